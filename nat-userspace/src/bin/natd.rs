@@ -1,0 +1,94 @@
+//! natd, the host agent.
+use std::{process::ExitCode, sync::Arc};
+
+use clap::Parser as _;
+use natd::{
+    config::{DaemonArgs, DaemonConfig, LogFormat},
+    daemon::{self, Daemon},
+    server,
+    state::StateError,
+};
+use tracing::{error, info};
+
+/// Exit status for a configuration or state problem a restart cannot fix (sysexits
+/// EX_CONFIG); the shipped systemd unit lists it in RestartPreventExitStatus.
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let args = DaemonArgs::parse();
+    let config = match DaemonConfig::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("natd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.cleanup {
+        let errors = runtime.block_on(daemon::cleanup(&config));
+        for e in &errors {
+            error!("cleanup: {e}");
+        }
+        info!(errors = errors.len(), "cleanup finished");
+        return if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    runtime.block_on(serve(config))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NATD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: DaemonConfig) -> ExitCode {
+    let socket = config.socket.clone();
+    let daemon = match Daemon::start(config).await {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e:#}");
+            let is_state = e.downcast_ref::<StateError>().is_some();
+            return if is_state { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE };
+        }
+    };
+    let listener = match server::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot listen on {}: {e}", socket.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = server::router(Arc::new(tokio::sync::Mutex::new(daemon)));
+    info!(socket = %socket.display(), "natd ready");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        info!("shutting down; networks and sandboxes stay in place");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    };
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let _ = std::fs::remove_file(&socket);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1405 @@
+//! natd's core: validates requests, allocates addresses and ports, wires the kernel through
+//! `netlink`/`netns`, persists through `state`, and keeps the dataplane in sync. Every
+//! mutating operation validates first, then changes the kernel with undo on failure, then
+//! commits, so a refused or failed request leaves nothing behind.
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    str::FromStr as _,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use tracing::{info, warn};
+
+use crate::{
+    api::{
+        AttachedSandbox, ConnectRequest, Driver, Endpoint, InfoResponse, Network, NetworkCreate,
+        NetworkMode, NetworkView, PortMapping, RunRequest, Sandbox, SandboxView,
+    },
+    config::{self, DaemonConfig},
+    dataplane::{self, Dataplane, Desired, Iface, IfaceRole},
+    ipam,
+    netlink::{self, LinkKind, Netlink, NetlinkError},
+    netns,
+    portspec::{ExposeSpec, Proto, PublishSpec},
+    process,
+    state::{Change, Snapshot, StateError, Store},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Dataplane(#[from] dataplane::DataplaneError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Result<T, E = DaemonError> = std::result::Result<T, E>;
+
+fn invalid(message: impl Into<String>) -> DaemonError {
+    DaemonError::Invalid(message.into())
+}
+
+pub const DEFAULT_NETWORK: &str = "bridge";
+const RESERVED_NETWORK_NAMES: [&str; 3] = ["bridge", "host", "none"];
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Docker's rule for container and network names.
+fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = name.len() >= 2
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "Invalid {kind} name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (2-64 characters)"
+        )))
+    }
+}
+
+pub struct Daemon {
+    config: DaemonConfig,
+    store: Store,
+    state: Snapshot,
+    nl: Netlink,
+    dataplane: Box<dyn Dataplane>,
+    uplinks: Vec<String>,
+    port_range: (u16, u16),
+    last_reconcile: Vec<String>,
+}
+
+impl Daemon {
+    pub async fn start(config: DaemonConfig) -> anyhow::Result<Self> {
+        let (store, state) = Store::open(&config.state_dir)?;
+        let nl = Netlink::connect()?;
+        for (key, value) in [("net.ipv4.ip_forward", "1")]
+            .into_iter()
+            .chain(config.fixed_cidr_v6.map(|_| ("net.ipv6.conf.all.forwarding", "1")))
+        {
+            if let Err(e) = netlink::write_sysctl(key, value) {
+                warn!(key, error = %e, "cannot set sysctl");
+            }
+        }
+        let uplinks = resolve_uplinks(&nl, &config.uplinks).await?;
+        let port_range = match config.port_range {
+            Some(range) => range,
+            None => local_port_range(),
+        };
+        let dataplane = dataplane::create(&config)?;
+        info!(dataplane = dataplane.kind(), ?uplinks, "dataplane ready");
+        let mut daemon = Self {
+            config,
+            store,
+            state,
+            nl,
+            dataplane,
+            uplinks,
+            port_range,
+            last_reconcile: Vec::new(),
+        };
+        daemon.ensure_default_network().await?;
+        let report = daemon.reconcile().await?;
+        for line in &report {
+            info!(target: "natd::reconcile", "{line}");
+        }
+        if report.is_empty() {
+            info!(target: "natd::reconcile", "kernel state matches the stored state");
+        }
+        daemon.last_reconcile = report;
+        Ok(daemon)
+    }
+
+    fn alloc_id(&mut self) -> (u32, Change) {
+        let id = self.state.next_id.max(1);
+        self.state.next_id = id + 1;
+        (id as u32, Change::NextId(id + 1))
+    }
+
+    /// The network named `bridge` follows natd's flags: created on first start, updated when
+    /// the flags change.
+    async fn ensure_default_network(&mut self) -> Result<()> {
+        let existing = self.state.networks.get(DEFAULT_NETWORK).cloned();
+        let (id, id_change) = match &existing {
+            Some(n) => (n.id, None),
+            None => {
+                let (id, change) = self.alloc_id();
+                (id, Some(change))
+            }
+        };
+        let cfg = &self.config;
+        let adopted = match &existing {
+            Some(n) if n.bridge == cfg.bridge => n.bridge_adopted,
+            _ => self.nl.link(&cfg.bridge).await?.is_some(),
+        };
+        let network = Network {
+            id,
+            name: DEFAULT_NETWORK.into(),
+            driver: Driver::Bridge,
+            bridge: cfg.bridge.clone(),
+            bridge_adopted: adopted,
+            subnet: config::subnet_of(cfg.bip).to_string(),
+            gateway: cfg.bip.ip(),
+            aux_gateway: cfg.default_gateway.filter(|g| *g != cfg.bip.ip()),
+            ip_range: cfg.fixed_cidr.map(|c| c.to_string()),
+            subnet_v6: cfg.fixed_cidr_v6.map(|c| c.to_string()),
+            gateway_v6: cfg.fixed_cidr_v6.map(|c| first_v6_host(c)),
+            aux_gateway_v6: cfg.default_gateway_v6,
+            internal: false,
+            icc: cfg.icc,
+            ip_masq: cfg.ip_masq,
+            mtu: cfg.mtu,
+            default: true,
+            created: existing.as_ref().map(|n| n.created).unwrap_or_else(now),
+        };
+        if existing.as_ref() != Some(&network) {
+            if let Some(old) = &existing {
+                info!(old = %old.subnet, new = %network.subnet, "default network settings changed");
+                for sandbox in self.state.sandboxes.values() {
+                    for ep in sandbox.endpoints.iter().filter(|e| e.network == DEFAULT_NETWORK) {
+                        if !cfg.bip.contains(ep.ipv4) {
+                            warn!(sandbox = %sandbox.name, ip = %ep.ipv4, "address is outside the new --bip subnet; reconnect the sandbox");
+                        }
+                    }
+                }
+            }
+            let mut changes = vec![Change::PutNetwork(network.clone())];
+            changes.extend(id_change);
+            self.store.commit(changes)?;
+            self.state.networks.insert(network.name.clone(), network);
+        }
+        Ok(())
+    }
+
+    // ----- reconcile ---------------------------------------------------------------------
+
+    /// Makes the kernel match the stored state and removes what natd owns but no longer
+    /// needs. Returns one line per change.
+    pub async fn reconcile(&mut self) -> Result<Vec<String>> {
+        let mut report = Vec::new();
+        let networks: Vec<Network> = self.state.networks.values().cloned().collect();
+        for network in &networks {
+            if self.ensure_bridge(network).await? {
+                report.push(format!("created bridge {} for network {}", network.bridge, network.name));
+            }
+        }
+        let sandboxes: Vec<Sandbox> = self.state.sandboxes.values().cloned().collect();
+        for sandbox in &sandboxes {
+            report.extend(self.reconcile_sandbox(sandbox).await);
+        }
+        report.extend(self.remove_stale().await?);
+        let sync = self.sync_dataplane().await?;
+        report.extend(sync.attached.iter().map(|l| format!("attached program {l}")));
+        report.extend(sync.detached.iter().map(|l| format!("detached stale program {l}")));
+        self.last_reconcile = report.clone();
+        Ok(report)
+    }
+
+    async fn reconcile_sandbox(&mut self, sandbox: &Sandbox) -> Vec<String> {
+        let mut report = Vec::new();
+        let Some(path) = sandbox.netns.as_ref().map(PathBuf::from) else {
+            return report;
+        };
+        if matches!(sandbox.mode, NetworkMode::Container(_)) {
+            return report;
+        }
+        if !path.exists() || !netns::is_netns(&path) {
+            if !sandbox.netns_owned {
+                report.push(format!(
+                    "sandbox {}: adopted namespace {} is gone; remove the sandbox",
+                    sandbox.name,
+                    path.display()
+                ));
+                return report;
+            }
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            match netns::create_named(&name) {
+                Ok(_) => report.push(format!("sandbox {}: recreated namespace {}", sandbox.name, path.display())),
+                Err(e) => {
+                    report.push(format!("sandbox {}: cannot recreate namespace: {e}", sandbox.name));
+                    return report;
+                }
+            }
+        }
+        for (i, endpoint) in sandbox.endpoints.iter().enumerate() {
+            let Some(network) = self.state.networks.get(&endpoint.network).cloned() else {
+                continue;
+            };
+            match self.nl.link(&endpoint.host_ifname).await {
+                Ok(Some(link)) => {
+                    if let Ok(Some(bridge)) = self.nl.link(&network.bridge).await
+                        && (link.master != Some(bridge.index) || !link.up)
+                    {
+                        let _ = self.nl.set_master(link.index, bridge.index).await;
+                        let _ = self.nl.set_up(link.index).await;
+                        report.push(format!("sandbox {}: re-attached {} to {}", sandbox.name, link.name, network.bridge));
+                    }
+                }
+                Ok(None) => {
+                    let sandbox_mtu = sandbox.mtu.unwrap_or(network.mtu);
+                    match self.wire_endpoint(&path, &network, endpoint, i == 0, sandbox_mtu).await {
+                        Ok(_) => report.push(format!(
+                            "sandbox {}: recreated {} ({} in the sandbox, {})",
+                            sandbox.name, endpoint.host_ifname, endpoint.ifname, endpoint.ipv4
+                        )),
+                        Err(e) => report.push(format!("sandbox {}: cannot recreate {}: {e}", sandbox.name, endpoint.host_ifname)),
+                    }
+                }
+                Err(e) => report.push(format!("sandbox {}: {e}", sandbox.name)),
+            }
+        }
+        report
+    }
+
+    /// Interfaces, namespaces and /etc/netns entries carrying natd's prefix that no stored
+    /// object explains.
+    async fn remove_stale(&mut self) -> Result<Vec<String>> {
+        let mut report = Vec::new();
+        let prefix = &self.config.name_prefix;
+        let wanted_links: HashSet<String> = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.host_ifname.clone()))
+            .chain(self.state.networks.values().map(|n| n.bridge.clone()))
+            .collect();
+        for link in self.nl.links().await? {
+            let owned = link.name.starts_with(&format!("{prefix}v"))
+                || link.name.starts_with(&format!("{prefix}p"))
+                || (link.name.starts_with(&format!("{prefix}b")) && link.kind == LinkKind::Bridge);
+            if owned && !wanted_links.contains(&link.name) {
+                self.nl.delete_link(link.index).await?;
+                report.push(format!("removed stale interface {}", link.name));
+            }
+        }
+        let wanted_ns: HashSet<String> = self
+            .state
+            .sandboxes
+            .values()
+            .filter(|s| s.netns_owned)
+            .filter_map(|s| s.netns.clone())
+            .collect();
+        let ns_prefix = sandbox_ns_prefix(prefix);
+        if let Ok(entries) = std::fs::read_dir(netns::NETNS_RUN_DIR) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let path = entry.path();
+                if name.starts_with(&ns_prefix) && !wanted_ns.contains(&path.display().to_string()) {
+                    process::kill_all(&netns::pids_in(&path));
+                    netns::delete_named(&path)?;
+                    report.push(format!("removed stale namespace {name}"));
+                }
+            }
+        }
+        let wanted_etc: HashSet<String> =
+            self.state.sandboxes.values().filter_map(|s| s.etc_name.clone()).collect();
+        if let Ok(entries) = std::fs::read_dir(netns::NETNS_ETC_DIR) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(&ns_prefix) && !wanted_etc.contains(&name) {
+                    let _ = netns::remove_etc(&name);
+                    report.push(format!("removed stale /etc/netns/{name}"));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn desired_dataplane(&self) -> Result<Desired> {
+        let mut desired = Desired::default();
+        for uplink in &self.uplinks {
+            if let Some(link) = self.nl.link(uplink).await? {
+                desired.ifaces.push(Iface {
+                    index: link.index,
+                    name: link.name,
+                    role: IfaceRole::Uplink,
+                });
+            }
+        }
+        for sandbox in self.state.sandboxes.values() {
+            for endpoint in &sandbox.endpoints {
+                let network_id = self.state.networks.get(&endpoint.network).map(|n| n.id).unwrap_or(0);
+                if let Some(link) = self.nl.link(&endpoint.host_ifname).await? {
+                    desired.ifaces.push(Iface {
+                        index: link.index,
+                        name: link.name,
+                        role: IfaceRole::SandboxVeth { network_id },
+                    });
+                }
+            }
+        }
+        Ok(desired)
+    }
+
+    async fn sync_dataplane(&mut self) -> Result<dataplane::SyncReport> {
+        let desired = self.desired_dataplane().await?;
+        Ok(self.dataplane.sync(&desired)?)
+    }
+
+    // ----- bridges and endpoints ---------------------------------------------------------
+
+    /// Creates the network's bridge if missing and gives it its gateway address(es), MTU and
+    /// up state. Returns whether it had to be created.
+    async fn ensure_bridge(&self, network: &Network) -> Result<bool> {
+        let (link, created) = match self.nl.link(&network.bridge).await? {
+            Some(link) => (link, false),
+            None => (self.nl.create_bridge(&network.bridge, network.mtu).await?, true),
+        };
+        if link.kind != LinkKind::Bridge {
+            return Err(DaemonError::Conflict(format!(
+                "interface {} exists and is not a bridge",
+                network.bridge
+            )));
+        }
+        let subnet = parse_v4(&network.subnet)?;
+        let gateway = IpNetwork::V4(Ipv4Network::new(network.gateway, subnet.prefix()).map_err(|e| invalid(e.to_string()))?);
+        self.nl.add_address(link.index, gateway).await?;
+        if let (Some(subnet6), Some(gw6)) = (&network.subnet_v6, network.gateway_v6) {
+            let subnet6 = parse_v6(subnet6)?;
+            self.nl
+                .add_address(link.index, IpNetwork::V6(Ipv6Network::new(gw6, subnet6.prefix()).map_err(|e| invalid(e.to_string()))?))
+                .await?;
+        }
+        if !network.bridge_adopted && link.mtu != network.mtu {
+            self.nl.set_mtu(link.index, network.mtu).await?;
+        }
+        if !link.up {
+            self.nl.set_up(link.index).await?;
+        }
+        Ok(created)
+    }
+
+    /// Creates the veth pair of one endpoint, plugs the host end into the bridge and sets up
+    /// the sandbox end (name, MTU, addresses, default route). Undoes itself on failure.
+    async fn wire_endpoint(
+        &self,
+        netns_path: &Path,
+        network: &Network,
+        endpoint: &Endpoint,
+        default_route: bool,
+        mtu: u32,
+    ) -> Result<String> {
+        let peer = endpoint.host_ifname.replacen(&format!("{}v", self.config.name_prefix), &format!("{}p", self.config.name_prefix), 1);
+        let bridge = self.nl.require_link(&network.bridge).await?;
+        // A leftover peer from an interrupted run would make the create fail.
+        if let Some(old) = self.nl.link(&peer).await? {
+            self.nl.delete_link(old.index).await?;
+        }
+        let host = self.nl.create_veth(&endpoint.host_ifname, &peer, mtu).await?;
+        let result = async {
+            self.nl.set_master(host.index, bridge.index).await?;
+            self.nl.set_up(host.index).await?;
+            let peer_link = self.nl.require_link(&peer).await?;
+            let fd = netns::open(netns_path)?;
+            self.nl.move_to_netns(peer_link.index, fd.as_fd()).await?;
+            let inner = Netlink::connect_in(netns_path)?;
+            let peer_link = inner.require_link(&peer).await?;
+            inner.rename(peer_link.index, &endpoint.ifname).await?;
+            inner.set_mtu(peer_link.index, mtu).await?;
+            inner
+                .add_address(peer_link.index, IpNetwork::V4(Ipv4Network::new(endpoint.ipv4, endpoint.prefix_len).map_err(|e| invalid(e.to_string()))?))
+                .await?;
+            if let Some(v6) = endpoint.ipv6 {
+                inner
+                    .add_address(peer_link.index, IpNetwork::V6(Ipv6Network::new(v6, endpoint.prefix_len_v6).map_err(|e| invalid(e.to_string()))?))
+                    .await?;
+            }
+            inner.set_up(peer_link.index).await?;
+            if let Some(lo) = inner.link("lo").await? {
+                inner.set_up(lo.index).await?;
+            }
+            if default_route && !network.internal {
+                let gw = network.aux_gateway.unwrap_or(network.gateway);
+                inner.add_default_route_v4(gw, peer_link.index).await?;
+                if let Some(gw6) = network.aux_gateway_v6.or(network.gateway_v6)
+                    && endpoint.ipv6.is_some()
+                {
+                    inner.add_default_route_v6(gw6, peer_link.index).await?;
+                }
+            }
+            let mac = inner.require_link(&endpoint.ifname).await?.mac;
+            Ok::<_, DaemonError>(netlink::format_mac(&mac))
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.nl.delete_link(host.index).await;
+        }
+        result
+    }
+
+    async fn unwire_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        if let Some(link) = self.nl.link(&endpoint.host_ifname).await? {
+            self.nl.delete_link(link.index).await?;
+        }
+        Ok(())
+    }
+
+    fn used_v4(&self, network: &Network) -> HashSet<Ipv4Addr> {
+        let mut used: HashSet<Ipv4Addr> = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.network == network.name)
+            .map(|e| e.ipv4)
+            .collect();
+        used.insert(network.gateway);
+        used.extend(network.aux_gateway);
+        used
+    }
+
+    fn used_v6(&self, network: &Network) -> HashSet<Ipv6Addr> {
+        let mut used: HashSet<Ipv6Addr> = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.network == network.name)
+            .filter_map(|e| e.ipv6)
+            .collect();
+        used.extend(network.gateway_v6);
+        used.extend(network.aux_gateway_v6);
+        used
+    }
+
+    /// Picks (or checks) the addresses of a new endpoint; no side effects.
+    fn plan_endpoint(
+        &self,
+        network: &Network,
+        requested_ip: Option<&str>,
+        ifname: String,
+        endpoint_id: u32,
+    ) -> Result<Endpoint> {
+        let subnet = parse_v4(&network.subnet)?;
+        let pool = network.ip_range.as_deref().map(parse_v4).transpose()?;
+        let used = self.used_v4(network);
+        let ipv4 = match requested_ip {
+            Some(text) => {
+                let ip: Ipv4Addr = text
+                    .parse()
+                    .map_err(|_| invalid(format!("invalid IPv4 address: {text}")))?;
+                ipam::check_requested_v4(subnet, ip, &used).map_err(|e| match e {
+                    ipam::IpamError::InUse { .. } => DaemonError::Conflict(e.to_string()),
+                    other => invalid(other.to_string()),
+                })?;
+                ip
+            }
+            None => ipam::allocate_v4(&network.name, subnet, pool, &used)
+                .map_err(|e| DaemonError::Conflict(e.to_string()))?,
+        };
+        let (ipv6, prefix_len_v6) = match &network.subnet_v6 {
+            Some(subnet6) => {
+                let subnet6 = parse_v6(subnet6)?;
+                let ip = ipam::allocate_v6(&network.name, subnet6, &self.used_v6(network))
+                    .map_err(|e| DaemonError::Conflict(e.to_string()))?;
+                (Some(ip), subnet6.prefix())
+            }
+            None => (None, 0),
+        };
+        Ok(Endpoint {
+            network: network.name.clone(),
+            host_ifname: format!("{}v{endpoint_id:x}", self.config.name_prefix),
+            ifname,
+            ipv4,
+            prefix_len: subnet.prefix(),
+            ipv6,
+            prefix_len_v6,
+            mac: String::new(),
+        })
+    }
+
+    // ----- ports -------------------------------------------------------------------------
+
+    fn port_in_use(&self, ip: Option<IpAddr>, port: u16, proto: Proto, extra: &[PortMapping]) -> bool {
+        self.state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.ports.iter())
+            .chain(extra.iter())
+            .any(|m| {
+                m.proto == proto
+                    && m.host_port == port
+                    && (m.host_ip.is_none() || ip.is_none() || m.host_ip == ip)
+            })
+    }
+
+    /// Turns `-p`/`-P` into concrete host ports, refusing taken ones with Docker's message.
+    fn allocate_ports(
+        &self,
+        publish: &[PublishSpec],
+        publish_all: bool,
+        expose: &[ExposeSpec],
+    ) -> Result<Vec<PortMapping>> {
+        let mut out: Vec<PortMapping> = Vec::new();
+        let random = |this: &Self, ip: Option<IpAddr>, proto: Proto, range: (u16, u16), out: &[PortMapping]| {
+            (range.0..=range.1).find(|p| !this.port_in_use(ip, *p, proto, out))
+        };
+        for spec in publish {
+            match spec.host_ports {
+                Some(host) if host.len() == spec.container_ports.len() => {
+                    for (h, c) in host.ports().zip(spec.container_ports.ports()) {
+                        if self.port_in_use(spec.host_ip, h, spec.proto, &out) {
+                            return Err(DaemonError::Conflict(format!(
+                                "Bind for {}:{h} failed: port is already allocated",
+                                display_ip(spec.host_ip)
+                            )));
+                        }
+                        out.push(PortMapping { host_ip: spec.host_ip, host_port: h, container_port: c, proto: spec.proto });
+                    }
+                }
+                Some(host) => {
+                    // A host range with a single container port: any free port of the range.
+                    let port = random(self, spec.host_ip, spec.proto, (host.first, host.last), &out)
+                        .ok_or_else(|| {
+                            DaemonError::Conflict(format!(
+                                "Bind for {}:{host} failed: port is already allocated",
+                                display_ip(spec.host_ip)
+                            ))
+                        })?;
+                    out.push(PortMapping { host_ip: spec.host_ip, host_port: port, container_port: spec.container_ports.first, proto: spec.proto });
+                }
+                None => {
+                    for c in spec.container_ports.ports() {
+                        let port = random(self, spec.host_ip, spec.proto, self.port_range, &out)
+                            .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
+                        out.push(PortMapping { host_ip: spec.host_ip, host_port: port, container_port: c, proto: spec.proto });
+                    }
+                }
+            }
+        }
+        if publish_all {
+            for spec in expose {
+                for c in spec.ports.ports() {
+                    if out.iter().any(|m| m.container_port == c && m.proto == spec.proto) {
+                        continue;
+                    }
+                    let port = random(self, None, spec.proto, self.port_range, &out)
+                        .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
+                    out.push(PortMapping { host_ip: None, host_port: port, container_port: c, proto: spec.proto });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- sandboxes ---------------------------------------------------------------------
+
+    pub async fn run(&mut self, req: RunRequest) -> Result<SandboxView> {
+        validate_name("container", &req.name)?;
+        if self.state.sandboxes.contains_key(&req.name) {
+            return Err(DaemonError::Conflict(format!(
+                "Conflict. The container name \"{}\" is already in use",
+                req.name
+            )));
+        }
+        let network_arg = req.network.clone().unwrap_or_else(|| DEFAULT_NETWORK.to_string());
+        let (mode, network) = match network_arg.as_str() {
+            "none" => (NetworkMode::None, None),
+            "host" => (NetworkMode::Host, None),
+            other => match other.strip_prefix("container:") {
+                Some(target) => {
+                    if !self.state.sandboxes.contains_key(target) {
+                        return Err(DaemonError::NotFound(format!("No such container: {target}")));
+                    }
+                    (NetworkMode::Container(target.to_string()), None)
+                }
+                None => {
+                    let network = self
+                        .state
+                        .networks
+                        .get(other)
+                        .cloned()
+                        .ok_or_else(|| DaemonError::NotFound(format!("network {other} not found")))?;
+                    (NetworkMode::Bridge, Some(network))
+                }
+            },
+        };
+        let shares = matches!(mode, NetworkMode::Host | NetworkMode::Container(_));
+        if req.ip.is_some() && network.is_none() {
+            return Err(invalid(format!("--ip needs a bridge network, not --network {network_arg}")));
+        }
+        let publish = req
+            .publish
+            .iter()
+            .map(|p| PublishSpec::from_str(p).map_err(|e| invalid(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        let expose = req
+            .expose
+            .iter()
+            .map(|p| ExposeSpec::from_str(p).map_err(|e| invalid(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        if (!publish.is_empty() || req.publish_all) && network.is_none() {
+            let kind = match &mode {
+                NetworkMode::Container(_) => "the container type network mode",
+                NetworkMode::Host => "the host network mode",
+                _ => "the none network mode",
+            };
+            return Err(invalid(format!("conflicting options: port publishing and {kind}")));
+        }
+        if shares && (!req.dns.is_empty() || req.mtu.is_some()) {
+            return Err(invalid(format!(
+                "conflicting options: --dns/--mtu and --network {network_arg} (the namespace is not the sandbox's own)"
+            )));
+        }
+        if shares && req.netns.is_some() {
+            return Err(invalid(format!("conflicting options: --netns and --network {network_arg}")));
+        }
+        let dns = req
+            .dns
+            .iter()
+            .map(|d| d.parse::<IpAddr>().map_err(|_| invalid(format!("invalid DNS server address: {d}"))))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(mtu) = req.mtu {
+            config::validate_mtu(mtu).map_err(invalid)?;
+        }
+        if let Some(path) = &req.netns {
+            let path = Path::new(path);
+            if !netns::is_netns(path) {
+                return Err(invalid(format!("{} is not a network namespace", path.display())));
+            }
+            let id = netns::identity(path);
+            if let Some(other) = self.state.sandboxes.values().find(|s| {
+                s.netns.as_deref().map(|p| netns::identity(Path::new(p))) == Some(id)
+            }) {
+                return Err(DaemonError::Conflict(format!(
+                    "network namespace {} is already used by sandbox {}",
+                    path.display(),
+                    other.name
+                )));
+            }
+        }
+        let mut all_exposed = expose.clone();
+        for spec in &publish {
+            all_exposed.push(ExposeSpec { ports: spec.container_ports, proto: spec.proto });
+        }
+        let ports = self.allocate_ports(&publish, req.publish_all, &all_exposed)?;
+
+        let (id, id_change) = self.alloc_id();
+        let mut changes = vec![id_change];
+        let endpoint = match &network {
+            Some(net) => {
+                let (eid, c) = self.alloc_id();
+                changes.push(c);
+                Some(self.plan_endpoint(net, req.ip.as_deref(), "eth0".into(), eid)?)
+            }
+            None => None,
+        };
+
+        // Side effects from here on; `undo` collects what to roll back.
+        let ns_name = format!("{}{}", sandbox_ns_prefix(&self.config.name_prefix), req.name);
+        let (netns_path, netns_owned, etc_name) = match (&mode, &req.netns) {
+            (NetworkMode::Host | NetworkMode::Container(_), _) => (None, false, None),
+            (_, Some(path)) => {
+                let base = Path::new(path).file_name().map(|n| n.to_string_lossy().to_string());
+                (Some(PathBuf::from(path)), false, base)
+            }
+            (_, None) => (Some(netns::create_named(&ns_name)?), true, Some(ns_name.clone())),
+        };
+        let result = self
+            .finish_run(&req, id, mode, network, endpoint, netns_path.clone(), netns_owned, etc_name.clone(), dns, publish, expose, ports)
+            .await;
+        match result {
+            Ok(sandbox) => {
+                changes.push(Change::PutSandbox(sandbox.clone()));
+                if let Err(e) = self.store.commit(changes) {
+                    self.teardown(&sandbox).await;
+                    return Err(e.into());
+                }
+                self.state.sandboxes.insert(sandbox.name.clone(), sandbox.clone());
+                if let Err(e) = self.sync_dataplane().await {
+                    warn!(error = %e, "dataplane sync after run");
+                }
+                info!(sandbox = %sandbox.name, "sandbox created");
+                Ok(self.view(&sandbox))
+            }
+            Err(e) => {
+                if netns_owned && let Some(path) = &netns_path {
+                    process::kill_all(&netns::pids_in(path));
+                    let _ = netns::delete_named(path);
+                }
+                if let Some(name) = etc_name.filter(|_| netns_owned) {
+                    let _ = netns::remove_etc(&name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_run(
+        &self,
+        req: &RunRequest,
+        id: u32,
+        mode: NetworkMode,
+        network: Option<Network>,
+        endpoint: Option<Endpoint>,
+        netns_path: Option<PathBuf>,
+        netns_owned: bool,
+        etc_name: Option<String>,
+        dns: Vec<IpAddr>,
+        publish: Vec<PublishSpec>,
+        expose: Vec<ExposeSpec>,
+        ports: Vec<PortMapping>,
+    ) -> Result<Sandbox> {
+        let mut endpoints = Vec::new();
+        if let Some(path) = &netns_path {
+            let inner = Netlink::connect_in(path)?;
+            if let Some(lo) = inner.link("lo").await? {
+                inner.set_up(lo.index).await?;
+            }
+            if let (Some(network), Some(mut endpoint)) = (network.as_ref(), endpoint) {
+                let mtu = req.mtu.unwrap_or(network.mtu);
+                endpoint.mac = self.wire_endpoint(path, network, &endpoint, true, mtu).await?;
+                endpoints.push(endpoint);
+            }
+        }
+        let servers = if dns.is_empty() { self.config.dns.clone() } else { dns.clone() };
+        if let Some(name) = etc_name.as_ref().filter(|_| netns_path.is_some())
+            && netns_owned
+        {
+            netns::write_resolv_conf(name, &servers)
+                .map_err(|e| DaemonError::Internal(format!("write /etc/netns/{name}/resolv.conf: {e}")))?;
+        }
+        let mut sandbox = Sandbox {
+            id,
+            name: req.name.clone(),
+            mode,
+            netns: netns_path.as_ref().map(|p| p.display().to_string()),
+            netns_owned,
+            etc_name: etc_name.filter(|_| netns_owned),
+            endpoints,
+            dns,
+            mtu: req.mtu,
+            publish,
+            publish_all: req.publish_all,
+            expose,
+            ports,
+            command: req.command.clone(),
+            pid: None,
+            pid_start: None,
+            log: None,
+            created: now(),
+        };
+        if !req.command.is_empty() {
+            let log_dir = self.config.state_dir.join("logs");
+            std::fs::create_dir_all(&log_dir)
+                .map_err(|e| DaemonError::Internal(format!("create {}: {e}", log_dir.display())))?;
+            let log = log_dir.join(format!("{}.log", req.name));
+            let (enter_ns, enter_etc) = self.enter_target(&sandbox);
+            let plan = netns::EnterPlan::new(Path::new(&enter_ns), enter_etc.as_deref())?;
+            let spawned = process::spawn_detached(&req.command, plan, &log);
+            match spawned {
+                Ok((pid, started)) => {
+                    sandbox.pid = Some(pid);
+                    sandbox.pid_start = started;
+                    sandbox.log = Some(log.display().to_string());
+                }
+                Err(e) => {
+                    for endpoint in &sandbox.endpoints {
+                        let _ = self.unwire_endpoint(endpoint).await;
+                    }
+                    return Err(invalid(format!(
+                        "cannot start {:?} in sandbox {}: {e}",
+                        req.command.join(" "),
+                        req.name
+                    )));
+                }
+            }
+        }
+        Ok(sandbox)
+    }
+
+    /// Namespace and /etc/netns name a process of this sandbox lives in.
+    fn enter_target(&self, sandbox: &Sandbox) -> (String, Option<String>) {
+        let mut current = sandbox;
+        for _ in 0..16 {
+            match &current.mode {
+                NetworkMode::Host => break,
+                NetworkMode::Container(target) => match self.state.sandboxes.get(target) {
+                    Some(t) => current = t,
+                    None => break,
+                },
+                _ => {
+                    if let Some(ns) = &current.netns {
+                        return (ns.clone(), current.etc_name.clone());
+                    }
+                    break;
+                }
+            }
+        }
+        (format!("/proc/{}/ns/net", std::process::id()), None)
+    }
+
+    async fn teardown(&self, sandbox: &Sandbox) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(pid) = sandbox.pid {
+            let started = sandbox.pid_start;
+            let _ = tokio::task::spawn_blocking(move || process::stop(pid, started, Duration::from_secs(5))).await;
+        }
+        for endpoint in &sandbox.endpoints {
+            if let Err(e) = self.unwire_endpoint(endpoint).await {
+                errors.push(e.to_string());
+            }
+        }
+        if sandbox.netns_owned
+            && let Some(path) = &sandbox.netns
+        {
+            let path = Path::new(path);
+            process::kill_all(&netns::pids_in(path));
+            if let Err(e) = netns::delete_named(path) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(name) = &sandbox.etc_name
+            && let Err(e) = netns::remove_etc(name)
+        {
+            errors.push(format!("remove /etc/netns/{name}: {e}"));
+        }
+        errors
+    }
+
+    pub async fn rm(&mut self, name: &str) -> Result<Vec<String>> {
+        let sandbox = self.sandbox(name)?.clone();
+        let users: Vec<&str> = self
+            .state
+            .sandboxes
+            .values()
+            .filter(|s| s.mode == NetworkMode::Container(name.to_string()))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(DaemonError::Conflict(format!(
+                "cannot remove {name}: sandboxes {} share its network namespace (--network container:{name}); remove them first",
+                users.join(", ")
+            )));
+        }
+        let errors = self.teardown(&sandbox).await;
+        self.store.commit(vec![Change::DeleteSandbox(name.to_string())])?;
+        self.state.sandboxes.remove(name);
+        if let Err(e) = self.sync_dataplane().await {
+            warn!(error = %e, "dataplane sync after rm");
+        }
+        for e in &errors {
+            warn!(sandbox = name, error = %e, "teardown");
+        }
+        Ok(errors)
+    }
+
+    fn sandbox(&self, name: &str) -> Result<&Sandbox> {
+        self.state
+            .sandboxes
+            .get(name)
+            .ok_or_else(|| DaemonError::NotFound(format!("No such container: {name}")))
+    }
+
+    fn network(&self, name: &str) -> Result<&Network> {
+        self.state
+            .networks
+            .get(name)
+            .ok_or_else(|| DaemonError::NotFound(format!("network {name} not found")))
+    }
+
+    pub fn view(&self, sandbox: &Sandbox) -> SandboxView {
+        let status = match (sandbox.command.is_empty(), sandbox.pid) {
+            (true, _) => "created",
+            (false, Some(pid)) if process::is_running(pid, sandbox.pid_start) => "running",
+            (false, _) => "exited",
+        };
+        let (enter_netns, enter_etc) = self.enter_target(sandbox);
+        SandboxView {
+            sandbox: sandbox.clone(),
+            status: status.into(),
+            enter_netns,
+            enter_etc,
+        }
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<SandboxView> {
+        Ok(self.view(self.sandbox(name)?))
+    }
+
+    pub fn list(&self) -> Vec<SandboxView> {
+        self.state.sandboxes.values().map(|s| self.view(s)).collect()
+    }
+
+    // ----- networks ----------------------------------------------------------------------
+
+    pub async fn network_create(&mut self, req: NetworkCreate) -> Result<NetworkView> {
+        validate_name("network", &req.name)?;
+        if self.state.networks.contains_key(&req.name) || RESERVED_NETWORK_NAMES.contains(&req.name.as_str()) {
+            return Err(DaemonError::Conflict(format!("network with name {} already exists", req.name)));
+        }
+        match req.driver.as_deref() {
+            None | Some("bridge") => {}
+            Some(other) => {
+                return Err(invalid(format!("plugin \"{other}\" not found (natd supports the bridge driver)")));
+            }
+        }
+        let mut bridge_name = None;
+        for (key, value) in &req.options {
+            match key.as_str() {
+                "bridge-name" | "com.docker.network.bridge.name" => bridge_name = Some(value.clone()),
+                other => return Err(invalid(format!("unknown network option {other:?} (known: bridge-name)"))),
+            }
+        }
+        let mtu = req.mtu.unwrap_or(self.config.mtu);
+        config::validate_mtu(mtu).map_err(invalid)?;
+        let host_routes = self.nl.routes_v4().await?;
+        let bridges: HashSet<String> = self.state.networks.values().map(|n| n.bridge.clone()).collect();
+        let mut bridge_indexes = HashSet::new();
+        for name in &bridges {
+            if let Some(link) = self.nl.link(name).await? {
+                bridge_indexes.insert(link.index);
+            }
+        }
+        // Routes through natd's own bridges are its networks, compared separately below.
+        let foreign_routes: Vec<(Ipv4Network, Option<u32>)> = host_routes
+            .iter()
+            .filter_map(|r| match r.destination {
+                IpNetwork::V4(d) if d.prefix() > 0 => Some((d, r.oif)),
+                _ => None,
+            })
+            .filter(|(_, oif)| oif.is_none_or(|o| !bridge_indexes.contains(&o)))
+            .collect();
+        let networks: Vec<Ipv4Network> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| parse_v4(&n.subnet).ok())
+            .collect();
+        let subnet = match &req.subnet {
+            Some(text) => {
+                let subnet = config::parse_v4_subnet("subnet", text).map_err(|e| invalid(e.to_string()))?;
+                if subnet.prefix() > 30 {
+                    return Err(invalid(format!("subnet {subnet} is too small for sandboxes (at most /30)")));
+                }
+                if networks.iter().any(|n| n.overlaps(subnet)) {
+                    return Err(DaemonError::Conflict("Pool overlaps with other one on this address space".into()));
+                }
+                if let Some((route, _)) = foreign_routes.iter().find(|(r, _)| r.overlaps(subnet)) {
+                    return Err(DaemonError::Conflict(format!(
+                        "subnet {subnet} overlaps with route {route} on the host"
+                    )));
+                }
+                subnet
+            }
+            None => {
+                let mut taken = networks.clone();
+                taken.extend(foreign_routes.iter().map(|(r, _)| *r));
+                ipam::pick_free_subnet(&taken).map_err(|e| DaemonError::Conflict(e.to_string()))?
+            }
+        };
+        let gateway = match &req.gateway {
+            Some(text) => {
+                let gw: Ipv4Addr = text
+                    .parse()
+                    .map_err(|_| invalid(format!("invalid gateway address: {text}")))?;
+                if !subnet.contains(gw) {
+                    return Err(invalid(format!("no matching subnet for gateway {gw}")));
+                }
+                if gw == subnet.network() || gw == subnet.broadcast() {
+                    return Err(invalid(format!("gateway {gw} is the network or broadcast address of {subnet}")));
+                }
+                gw
+            }
+            None => ipam::default_gateway(subnet),
+        };
+        let ip_range = match &req.ip_range {
+            Some(text) => {
+                let range = config::parse_v4_subnet("ip-range", text).map_err(|e| invalid(e.to_string()))?;
+                if !subnet.contains(range.network()) || range.prefix() < subnet.prefix() {
+                    return Err(invalid(format!("no matching subnet for range {range}")));
+                }
+                Some(range.to_string())
+            }
+            None => None,
+        };
+        let (id, id_change) = self.alloc_id();
+        let bridge = bridge_name.unwrap_or_else(|| format!("{}b{id:x}", self.config.name_prefix));
+        config::validate_ifname(&bridge).map_err(invalid)?;
+        if bridges.contains(&bridge) {
+            return Err(DaemonError::Conflict(format!("bridge {bridge} is already used by another network")));
+        }
+        let adopted = match self.nl.link(&bridge).await? {
+            Some(link) if link.kind == LinkKind::Bridge => true,
+            Some(_) => return Err(DaemonError::Conflict(format!("interface {bridge} exists and is not a bridge"))),
+            None => false,
+        };
+        let network = Network {
+            id,
+            name: req.name.clone(),
+            driver: Driver::Bridge,
+            bridge,
+            bridge_adopted: adopted,
+            subnet: subnet.to_string(),
+            gateway,
+            aux_gateway: None,
+            ip_range,
+            subnet_v6: None,
+            gateway_v6: None,
+            aux_gateway_v6: None,
+            internal: req.internal,
+            icc: req.icc.unwrap_or(true),
+            ip_masq: !req.internal,
+            mtu,
+            default: false,
+            created: now(),
+        };
+        if let Err(e) = self.ensure_bridge(&network).await {
+            self.undo_bridge(&network).await;
+            return Err(e);
+        }
+        if let Err(e) = self.store.commit(vec![id_change, Change::PutNetwork(network.clone())]) {
+            self.undo_bridge(&network).await;
+            return Err(e.into());
+        }
+        self.state.networks.insert(network.name.clone(), network.clone());
+        info!(network = %network.name, subnet = %network.subnet, "network created");
+        Ok(self.network_view(&network))
+    }
+
+    /// Removes a bridge natd created, or natd's address from an adopted one.
+    async fn undo_bridge(&self, network: &Network) -> Vec<String> {
+        let mut errors = Vec::new();
+        let Ok(Some(link)) = self.nl.link(&network.bridge).await else {
+            return errors;
+        };
+        if network.bridge_adopted {
+            if let Ok(subnet) = parse_v4(&network.subnet)
+                && let Ok(addr) = Ipv4Network::new(network.gateway, subnet.prefix())
+                && let Err(e) = self.nl.del_address(link.index, IpNetwork::V4(addr)).await
+            {
+                errors.push(e.to_string());
+            }
+        } else if let Err(e) = self.nl.delete_link(link.index).await {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+
+    pub async fn network_rm(&mut self, name: &str) -> Result<()> {
+        let network = self.network(name)?.clone();
+        if network.default {
+            return Err(DaemonError::Conflict(format!("{name} is a pre-defined network and cannot be removed")));
+        }
+        let users: Vec<&str> = self
+            .state
+            .sandboxes
+            .values()
+            .filter(|s| s.endpoints.iter().any(|e| e.network == name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(DaemonError::Conflict(format!(
+                "error while removing network: network {name} id {} has active endpoints ({})",
+                network.id,
+                users.join(", ")
+            )));
+        }
+        for e in self.undo_bridge(&network).await {
+            warn!(network = name, error = %e, "bridge teardown");
+        }
+        self.store.commit(vec![Change::DeleteNetwork(name.to_string())])?;
+        self.state.networks.remove(name);
+        Ok(())
+    }
+
+    pub fn network_view(&self, network: &Network) -> NetworkView {
+        let sandboxes = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+            .filter(|(_, e)| e.network == network.name)
+            .map(|(s, e)| AttachedSandbox {
+                name: s.name.clone(),
+                ipv4: format!("{}/{}", e.ipv4, e.prefix_len),
+                ipv6: e.ipv6.map(|ip| format!("{ip}/{}", e.prefix_len_v6)),
+                mac: e.mac.clone(),
+            })
+            .collect();
+        NetworkView {
+            network: network.clone(),
+            sandboxes,
+        }
+    }
+
+    pub fn network_inspect(&self, name: &str) -> Result<NetworkView> {
+        Ok(self.network_view(self.network(name)?))
+    }
+
+    pub fn network_list(&self) -> Vec<NetworkView> {
+        self.state.networks.values().map(|n| self.network_view(n)).collect()
+    }
+
+    pub async fn connect(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
+        let network = self.network(network_name)?.clone();
+        let sandbox = self.sandbox(&req.sandbox)?.clone();
+        let Some(path) = sandbox.netns.clone().filter(|_| !matches!(sandbox.mode, NetworkMode::Container(_) | NetworkMode::Host)) else {
+            return Err(invalid(
+                "container sharing network namespace with another container or host cannot be connected to any other network",
+            ));
+        };
+        if sandbox.endpoints.iter().any(|e| e.network == network_name) {
+            return Err(DaemonError::Conflict(format!(
+                "endpoint with name {} already exists in network {network_name}",
+                sandbox.name
+            )));
+        }
+        let index = (0..).find(|i| !sandbox.endpoints.iter().any(|e| e.ifname == format!("eth{i}"))).unwrap_or(0);
+        let (eid, id_change) = self.alloc_id();
+        let mut endpoint = self.plan_endpoint(&network, req.ip.as_deref(), format!("eth{index}"), eid)?;
+        let first = sandbox.endpoints.is_empty();
+        let mtu = sandbox.mtu.unwrap_or(network.mtu);
+        endpoint.mac = self.wire_endpoint(Path::new(&path), &network, &endpoint, first, mtu).await?;
+        let mut updated = sandbox.clone();
+        updated.endpoints.push(endpoint.clone());
+        if updated.mode == NetworkMode::None {
+            updated.mode = NetworkMode::Bridge;
+        }
+        if let Err(e) = self.store.commit(vec![id_change, Change::PutSandbox(updated.clone())]) {
+            let _ = self.unwire_endpoint(&endpoint).await;
+            return Err(e.into());
+        }
+        self.state.sandboxes.insert(updated.name.clone(), updated.clone());
+        if let Err(e) = self.sync_dataplane().await {
+            warn!(error = %e, "dataplane sync after connect");
+        }
+        Ok(self.view(&updated))
+    }
+
+    pub async fn disconnect(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
+        self.network(network_name)?;
+        let sandbox = self.sandbox(&req.sandbox)?.clone();
+        let Some(endpoint) = sandbox.endpoints.iter().find(|e| e.network == network_name).cloned() else {
+            return Err(invalid(format!(
+                "container {} is not connected to network {network_name}",
+                sandbox.name
+            )));
+        };
+        let mut updated = sandbox.clone();
+        updated.endpoints.retain(|e| e.network != network_name);
+        if !updated.ports.is_empty() && updated.endpoints.is_empty() {
+            return Err(invalid(format!(
+                "cannot disconnect {} from its last network while it publishes ports",
+                sandbox.name
+            )));
+        }
+        self.unwire_endpoint(&endpoint).await?;
+        self.store.commit(vec![Change::PutSandbox(updated.clone())])?;
+        self.state.sandboxes.insert(updated.name.clone(), updated.clone());
+        if let Err(e) = self.sync_dataplane().await {
+            warn!(error = %e, "dataplane sync after disconnect");
+        }
+        Ok(self.view(&updated))
+    }
+
+    pub fn info(&self) -> InfoResponse {
+        let running = self
+            .state
+            .sandboxes
+            .values()
+            .filter(|s| s.pid.is_some_and(|p| process::is_running(p, s.pid_start)))
+            .count();
+        InfoResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().to_string())
+                .unwrap_or_default(),
+            dataplane: self.dataplane.kind().into(),
+            dataplane_detail: self.dataplane.info(),
+            networks: self.state.networks.len(),
+            sandboxes: self.state.sandboxes.len(),
+            running,
+            port_mappings: self.state.sandboxes.values().map(|s| s.ports.len()).sum(),
+            uplinks: self.uplinks.clone(),
+            default_bridge: self.config.bridge.clone(),
+            name_prefix: self.config.name_prefix.clone(),
+            state_dir: self.config.state_dir.display().to_string(),
+            last_reconcile: self.last_reconcile.clone(),
+        }
+    }
+}
+
+/// `natd --cleanup`: removes every sandbox, network, pinned object and the state database.
+/// Keeps going on errors and returns them.
+pub async fn cleanup(config: &DaemonConfig) -> Vec<String> {
+    let mut errors = Vec::new();
+    let nl = match Netlink::connect() {
+        Ok(nl) => nl,
+        Err(e) => return vec![e.to_string()],
+    };
+    let snapshot = match Store::open(&config.state_dir) {
+        Ok((_, snapshot)) => snapshot,
+        Err(e) => {
+            errors.push(format!("{e} (removing by name prefix only)"));
+            Snapshot::default()
+        }
+    };
+    for sandbox in snapshot.sandboxes.values() {
+        if let Some(pid) = sandbox.pid {
+            process::stop(pid, sandbox.pid_start, Duration::from_secs(5));
+        }
+        if sandbox.netns_owned
+            && let Some(path) = &sandbox.netns
+        {
+            process::kill_all(&netns::pids_in(Path::new(path)));
+        }
+        for endpoint in &sandbox.endpoints {
+            if let Ok(Some(link)) = nl.link(&endpoint.host_ifname).await
+                && let Err(e) = nl.delete_link(link.index).await
+            {
+                errors.push(e.to_string());
+            }
+        }
+        if sandbox.netns_owned
+            && let Some(path) = &sandbox.netns
+            && let Err(e) = netns::delete_named(Path::new(path))
+        {
+            errors.push(e.to_string());
+        }
+    }
+    let mut bridges: BTreeMap<String, bool> = snapshot
+        .networks
+        .values()
+        .map(|n| (n.bridge.clone(), n.bridge_adopted))
+        .collect();
+    bridges.entry(config.bridge.clone()).or_insert(true);
+    for (bridge, adopted) in bridges {
+        if adopted {
+            continue;
+        }
+        if let Ok(Some(link)) = nl.link(&bridge).await
+            && let Err(e) = nl.delete_link(link.index).await
+        {
+            errors.push(e.to_string());
+        }
+    }
+    // Whatever else carries the prefix.
+    let prefix = &config.name_prefix;
+    if let Ok(links) = nl.links().await {
+        for link in links {
+            if [format!("{prefix}v"), format!("{prefix}p"), format!("{prefix}b")]
+                .iter()
+                .any(|p| link.name.starts_with(p.as_str()))
+                && let Err(e) = nl.delete_link(link.index).await
+            {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    let ns_prefix = sandbox_ns_prefix(prefix);
+    for dir in [netns::NETNS_RUN_DIR, netns::NETNS_ETC_DIR] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !name.starts_with(&ns_prefix) {
+                    continue;
+                }
+                let result = if dir == netns::NETNS_RUN_DIR {
+                    process::kill_all(&netns::pids_in(&entry.path()));
+                    netns::delete_named(&entry.path()).map_err(|e| e.to_string())
+                } else {
+                    netns::remove_etc(&name).map_err(|e| e.to_string())
+                };
+                if let Err(e) = result {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    errors.extend(dataplane::ebpf::cleanup_pin_dir(&config.bpffs));
+    let db = config.state_dir.join(crate::state::DB_FILE);
+    if let Err(e) = std::fs::remove_file(&db)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        errors.push(format!("remove {}: {e}", db.display()));
+    }
+    errors
+}
+
+/// Namespaces (and /etc/netns entries) natd creates are named `<prefix>-sbx-<sandbox>`;
+/// reconcile and cleanup only ever remove names of that shape.
+pub fn sandbox_ns_prefix(prefix: &str) -> String {
+    format!("{prefix}-sbx-")
+}
+
+fn display_ip(ip: Option<IpAddr>) -> String {
+    match ip {
+        None => "0.0.0.0".into(),
+        Some(IpAddr::V6(v6)) => format!("[{v6}]"),
+        Some(v4) => v4.to_string(),
+    }
+}
+
+fn parse_v4(text: &str) -> Result<Ipv4Network> {
+    text.parse().map_err(|_| DaemonError::Internal(format!("stored subnet {text} is invalid")))
+}
+
+fn parse_v6(text: &str) -> Result<Ipv6Network> {
+    text.parse().map_err(|_| DaemonError::Internal(format!("stored subnet {text} is invalid")))
+}
+
+fn first_v6_host(net: Ipv6Network) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()) + 1)
+}
+
+/// The host's ephemeral port range in natd's namespace (Docker allocates from it too).
+fn local_port_range() -> (u16, u16) {
+    netlink::read_sysctl("net.ipv4.ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+            Some((parts.next()?, parts.next()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// `--uplink` as given, else the interfaces of the IPv4 default routes.
+async fn resolve_uplinks(nl: &Netlink, configured: &[String]) -> Result<Vec<String>> {
+    if !configured.is_empty() {
+        for name in configured {
+            if nl.link(name).await?.is_none() {
+                return Err(invalid(format!("uplink {name}: no such interface")));
+            }
+        }
+        return Ok(configured.to_vec());
+    }
+    let routes = nl.routes_v4().await?;
+    let links = nl.links().await?;
+    let mut out: Vec<String> = routes
+        .iter()
+        .filter(|r| r.destination.prefix() == 0)
+        .filter_map(|r| r.oif)
+        .filter_map(|oif| links.iter().find(|l| l.index == oif).map(|l| l.name.clone()))
+        .collect();
+    out.dedup();
+    if out.is_empty() {
+        warn!("no --uplink given and no default route: published ports and masquerade have no uplink");
+    }
+    Ok(out)
+}

@@ -1,0 +1,376 @@
+//! Typed rtnetlink operations natd needs: links (bridge, veth), addresses and routes, in
+//! natd's own namespace or in a sandbox's (a socket opened inside that namespace).
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+};
+
+use futures::TryStreamExt as _;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::{AddressAttribute, AddressFlags},
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
+        route::{RouteAddress, RouteAttribute, RouteType},
+    },
+};
+
+use crate::netns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink {op} {target}: {message}")]
+    Request {
+        op: &'static str,
+        target: String,
+        message: String,
+        errno: i32,
+    },
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("interface {0} not found")]
+    NoSuchLink(String),
+}
+
+impl NetlinkError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+fn request_err(op: &'static str, target: impl ToString) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |e| {
+        let errno = match &e {
+            rtnetlink::Error::NetlinkError(m) => -m.raw_code(),
+            _ => 0,
+        };
+        let message = match &e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+            other => other.to_string(),
+        };
+        NetlinkError::Request {
+            op,
+            target: target.to_string(),
+            message,
+            errno,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Veth,
+    Other(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: LinkKind,
+    pub master: Option<u32>,
+    pub mtu: u32,
+    pub up: bool,
+    pub mac: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub destination: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A netlink socket in the calling thread's namespace. Needs a tokio runtime.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// A netlink socket bound to the namespace at `path`: the socket keeps that namespace
+    /// for its lifetime, whatever thread later uses it.
+    pub fn connect_in(path: &Path) -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle) = netns::run_in(path, move || {
+            let _guard = runtime.enter();
+            rtnetlink::new_connection().map(|(c, h, _)| (c, h))
+        })?
+        .map_err(NetlinkError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let mut stream = self.handle.link().get().execute();
+        let mut links = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(request_err("dump links", ""))? {
+            links.push(parse_link(msg));
+        }
+        Ok(links)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(parse_link(msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::ENODEV => Ok(None),
+            Err(e) => Err(request_err("get link", name)(e)),
+        }
+    }
+
+    pub async fn require_link(&self, name: &str) -> Result<Link, NetlinkError> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))
+    }
+
+    pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<Link, NetlinkError> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(request_err("create bridge", name))?;
+        self.require_link(name).await
+    }
+
+    pub async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Link, NetlinkError> {
+        let message = LinkVeth::new(name, peer).mtu(mtu).build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(request_err("create veth", name))?;
+        // The peer gets its MTU separately: IFLA_MTU of the request covers only the first end.
+        let peer_link = self.require_link(peer).await?;
+        self.set_mtu(peer_link.index, mtu).await?;
+        self.require_link(name).await
+    }
+
+    async fn set(&self, op: &'static str, target: impl ToString, message: rtnetlink::packet_route::link::LinkMessage) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(request_err(op, target))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        self.set("set up", index, LinkUnspec::new_with_index(index).up().build()).await
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.set("set mtu", index, LinkUnspec::new_with_index(index).mtu(mtu).build()).await
+    }
+
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<(), NetlinkError> {
+        self.set("set master", index, LinkUnspec::new_with_index(index).controller(master).build())
+            .await
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        self.set("rename", name, LinkUnspec::new_with_index(index).name(name.to_string()).build())
+            .await
+    }
+
+    pub async fn move_to_netns(&self, index: u32, netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
+        self.set(
+            "move to namespace",
+            index,
+            LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build(),
+        )
+        .await
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::ENODEV => Ok(()),
+            Err(e) => Err(request_err("delete link", index)(e)),
+        }
+    }
+
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(request_err("dump addresses", index))? {
+            let prefix = msg.header.prefix_len;
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(ip) = attr
+                    && let Ok(net) = IpNetwork::new(ip, prefix)
+                {
+                    out.push(net);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an address; already present is success. IPv6 addresses skip DAD: natd owns the
+    /// subnet and has checked uniqueness, and DAD would delay the sandbox by a second.
+    pub async fn add_address(&self, index: u32, address: IpNetwork) -> Result<(), NetlinkError> {
+        let mut request = self.handle.address().add(index, address.ip(), address.prefix());
+        if address.is_ipv6() {
+            let msg = request.message_mut();
+            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Ok(()),
+            Err(e) => Err(request_err("add address", address)(e)),
+        }
+    }
+
+    pub async fn del_address(&self, index: u32, address: IpNetwork) -> Result<(), NetlinkError> {
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = stream.try_next().await.map_err(request_err("dump addresses", index))? {
+            let matches = msg.header.prefix_len == address.prefix()
+                && msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == address.ip()));
+            if matches {
+                return self
+                    .handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(request_err("delete address", address));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn add_default_route_v4(&self, gateway: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(oif)
+            .build();
+        self.add_route(route, gateway.into()).await
+    }
+
+    pub async fn add_default_route_v6(&self, gateway: Ipv6Addr, oif: u32) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway)
+            .output_interface(oif)
+            .build();
+        self.add_route(route, gateway.into()).await
+    }
+
+    async fn add_route(&self, route: rtnetlink::packet_route::route::RouteMessage, gateway: IpAddr) -> Result<(), NetlinkError> {
+        match self.handle.route().add(route).replace().execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Ok(()),
+            Err(e) => Err(request_err("add default route via", gateway)(e)),
+        }
+    }
+
+    /// Unicast routes of the main table, IPv4.
+    pub async fn routes_v4(&self) -> Result<Vec<Route>, NetlinkError> {
+        let mut stream = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(request_err("dump routes", "v4"))? {
+            if msg.header.kind != RouteType::Unicast || msg.header.address_family != AddressFamily::Inet {
+                continue;
+            }
+            let mut destination = Ipv4Addr::UNSPECIFIED;
+            let mut gateway = None;
+            let mut oif = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let Ok(net) = Ipv4Network::new(destination, msg.header.destination_prefix_length) {
+                out.push(Route {
+                    destination: IpNetwork::V4(net),
+                    gateway,
+                    oif,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_link(msg: rtnetlink::packet_route::link::LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: LinkKind::Other(String::new()),
+        master: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        mac: Vec::new(),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::Controller(master) => link.master = Some(master),
+            LinkAttribute::Address(mac) => link.mac = mac,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = match kind {
+                            InfoKind::Bridge => LinkKind::Bridge,
+                            InfoKind::Veth => LinkKind::Veth,
+                            other => LinkKind::Other(format!("{other:?}").to_lowercase()),
+                        };
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// Writes a sysctl of the calling thread's network namespace (/proc/sys/net is per netns).
+pub fn write_sysctl(path: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(Path::new("/proc/sys").join(path.replace('.', "/")), value)
+}
+
+pub fn read_sysctl(path: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(Path::new("/proc/sys").join(path.replace('.', "/")))
+        .map(|s| s.trim().to_string())
+}

@@ -1,0 +1,275 @@
+//! Network namespaces: named ones under /run/netns (the iproute2 convention, so `ip netns`
+//! sees them), entering one for a command, and finding the processes inside one.
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+};
+
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub const NETNS_ETC_DIR: &str = "/etc/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("network namespace {path} already exists")]
+    Exists { path: PathBuf },
+}
+
+fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> NetnsError + use<> {
+    let path = path.to_owned();
+    move |source| NetnsError::Io {
+        path,
+        op,
+        source,
+    }
+}
+
+fn nix_err(path: &Path, op: &'static str) -> impl FnOnce(nix::Error) -> NetnsError + use<> {
+    let path = path.to_owned();
+    move |e| NetnsError::Io {
+        path,
+        op,
+        source: io::Error::from(e),
+    }
+}
+
+pub fn named_path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+/// /run/netns must be a shared mount point so that namespaces bound there are seen by
+/// every mount namespace (iproute2 does the same on first use).
+fn ensure_run_dir() -> Result<(), NetnsError> {
+    let dir = Path::new(NETNS_RUN_DIR);
+    std::fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
+    let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    if mount(None::<&str>, dir, None::<&str>, flags, None::<&str>).is_err() {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(nix_err(dir, "bind-mount onto itself"))?;
+        mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
+            .map_err(nix_err(dir, "make shared"))?;
+    }
+    Ok(())
+}
+
+/// Creates a new, empty network namespace pinned at /run/netns/NAME.
+pub fn create_named(name: &str) -> Result<PathBuf, NetnsError> {
+    ensure_run_dir()?;
+    let path = named_path(name);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(NetnsError::Exists { path });
+        }
+        Err(e) => return Err(io_err(&path, "create mount point")(e)),
+    }
+    let target = path.clone();
+    // unshare() changes the calling thread only; a throwaway thread keeps natd's threads in
+    // natd's namespace.
+    let result = std::thread::spawn(move || -> Result<(), NetnsError> {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(nix_err(&target, "unshare"))?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(nix_err(&target, "bind-mount"))
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(NetnsError::Io {
+            path: path.clone(),
+            op: "create",
+            source: io::Error::other("thread panicked"),
+        })
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Removes a namespace pinned by `create_named`. Missing is fine: the goal is reached.
+pub fn delete_named(path: &Path) -> Result<(), NetnsError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(nix_err(path, "unmount")(e)),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path, "remove")(e)),
+    }
+}
+
+/// True when `path` is a network namespace (a bind mount of an nsfs inode or /proc/PID/ns/net).
+pub fn is_netns(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    // NS_GET_NSTYPE would be exact; setns() with CLONE_NEWNET validation in a thread is
+    // heavier. nsfs files report st_dev of nsfs and the namespace type via readlink of the fd.
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+    matches!(link, Ok(l) if l.as_os_str().as_bytes().starts_with(b"net:["))
+}
+
+pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
+    File::open(path)
+        .map(OwnedFd::from)
+        .map_err(io_err(path, "open"))
+}
+
+/// Runs `f` on a thread that has entered the namespace at `path`.
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let fd = open(path)?;
+    let path = path.to_owned();
+    std::thread::spawn(move || -> Result<T, NetnsError> {
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(nix_err(&path, "setns"))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| NetnsError::Io {
+        path: PathBuf::new(),
+        op: "run",
+        source: io::Error::other("thread panicked"),
+    })?
+}
+
+/// (device, inode) that identifies a namespace.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Processes whose network namespace is the one at `path` (what `ip netns pids` lists).
+pub fn pids_in(path: &Path) -> Vec<i32> {
+    let Some(id) = identity(path) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| identity(Path::new(&format!("/proc/{pid}/ns/net"))) == Some(id))
+        .collect()
+}
+
+/// What a child process does between fork and exec to live "inside" a sandbox, as
+/// `ip netns exec` does: enter the network namespace, get a private mount namespace,
+/// bind /etc/netns/NAME/* over /etc/*, and mount a sysfs that shows the sandbox's devices.
+/// Everything is prepared before fork so the child only makes syscalls.
+pub struct EnterPlan {
+    netns: OwnedFd,
+    etc_binds: Vec<(CString, CString)>,
+}
+
+impl EnterPlan {
+    pub fn new(netns_path: &Path, etc_name: Option<&str>) -> Result<Self, NetnsError> {
+        let netns = open(netns_path)?;
+        let mut etc_binds = Vec::new();
+        if let Some(name) = etc_name {
+            let dir = Path::new(NETNS_ETC_DIR).join(name);
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let src = entry.path();
+                    let dst = Path::new("/etc").join(entry.file_name());
+                    if let (Ok(src), Ok(dst)) = (
+                        CString::new(src.as_os_str().as_bytes()),
+                        CString::new(dst.as_os_str().as_bytes()),
+                    ) {
+                        etc_binds.push((src, dst));
+                    }
+                }
+            }
+        }
+        Ok(Self { netns, etc_binds })
+    }
+
+    /// To be called in the child after fork (e.g. from `CommandExt::pre_exec`).
+    pub fn enter(&self) -> io::Result<()> {
+        setns(self.netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+        unshare(CloneFlags::CLONE_NEWNS)?;
+        // Keep our binds from propagating back to the host's mount namespace.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )?;
+        for (src, dst) in &self.etc_binds {
+            // A missing /etc target (e.g. no /etc/hosts) is not fatal, as with ip netns exec.
+            let _ = mount(
+                Some(src.as_c_str()),
+                dst.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            );
+        }
+        if umount2("/sys", MntFlags::MNT_DETACH).is_ok() {
+            let _ = mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Writes /etc/netns/NAME/resolv.conf; with no servers the directory is removed so the
+/// sandbox sees the host's resolv.conf.
+pub fn write_resolv_conf(name: &str, servers: &[std::net::IpAddr]) -> io::Result<()> {
+    let dir = Path::new(NETNS_ETC_DIR).join(name);
+    if servers.is_empty() {
+        return remove_etc(name);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut text = String::from("# written by natd\n");
+    for server in servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    let tmp = dir.join(".resolv.conf.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, dir.join("resolv.conf"))
+}
+
+pub fn remove_etc(name: &str) -> io::Result<()> {
+    match std::fs::remove_dir_all(Path::new(NETNS_ETC_DIR).join(name)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,216 @@
+//! natd's persistent truth: networks and sandboxes in a redb database (copy-on-write,
+//! crash-safe commits). Every mutating API call is one write transaction.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use crate::api::{Network, Sandbox};
+
+const NETWORKS: TableDefinition<&str, &str> = TableDefinition::new("networks");
+const SANDBOXES: TableDefinition<&str, &str> = TableDefinition::new("sandboxes");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_ID: &str = "next_id";
+pub const DB_FILE: &str = "natd.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "state database {path} is corrupt or unreadable ({reason}).\n\
+         natd will not start on it. To recover: stop natd, move the file aside \
+         (mv {path} {path}.bad), run `natd --cleanup` with the same flags to remove what natd \
+         owns, then start natd again and recreate networks and sandboxes"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("state database {path} is in use by another natd (one state dir per natd)")]
+    InUse { path: PathBuf },
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state database error: {0}")]
+    Db(String),
+}
+
+fn db_err(e: impl std::fmt::Display) -> StateError {
+    StateError::Db(e.to_string())
+}
+
+/// Everything natd knows, loaded at start and kept in memory; the database is written
+/// through on every change.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub networks: BTreeMap<String, Network>,
+    pub sandboxes: BTreeMap<String, Sandbox>,
+    pub next_id: u64,
+}
+
+pub enum Change {
+    PutNetwork(Network),
+    DeleteNetwork(String),
+    PutSandbox(Sandbox),
+    DeleteSandbox(String),
+    NextId(u64),
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<(Self, Snapshot), StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(DB_FILE);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse { path: path.clone() },
+            other => StateError::Corrupt {
+                path: path.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+        let store = Self { db, path };
+        let snapshot = store.load()?;
+        Ok((store, snapshot))
+    }
+
+    fn corrupt(&self, reason: impl std::fmt::Display) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn load(&self) -> Result<Snapshot, StateError> {
+        // Make sure the tables exist so that a fresh database reads as empty.
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(NETWORKS).map_err(|e| self.corrupt(e))?;
+            txn.open_table(SANDBOXES).map_err(|e| self.corrupt(e))?;
+            txn.open_table(META).map_err(|e| self.corrupt(e))?;
+        }
+        txn.commit().map_err(db_err)?;
+
+        let read = self.db.begin_read().map_err(db_err)?;
+        let mut snapshot = Snapshot::default();
+        let networks = read.open_table(NETWORKS).map_err(|e| self.corrupt(e))?;
+        for entry in networks.iter().map_err(|e| self.corrupt(e))? {
+            let (key, value) = entry.map_err(|e| self.corrupt(e))?;
+            let network: Network = serde_json::from_str(value.value())
+                .map_err(|e| self.corrupt(format!("network {}: {e}", key.value())))?;
+            snapshot.networks.insert(key.value().to_string(), network);
+        }
+        let sandboxes = read.open_table(SANDBOXES).map_err(|e| self.corrupt(e))?;
+        for entry in sandboxes.iter().map_err(|e| self.corrupt(e))? {
+            let (key, value) = entry.map_err(|e| self.corrupt(e))?;
+            let sandbox: Sandbox = serde_json::from_str(value.value())
+                .map_err(|e| self.corrupt(format!("sandbox {}: {e}", key.value())))?;
+            snapshot.sandboxes.insert(key.value().to_string(), sandbox);
+        }
+        let meta = read.open_table(META).map_err(|e| self.corrupt(e))?;
+        snapshot.next_id = meta
+            .get(NEXT_ID)
+            .map_err(|e| self.corrupt(e))?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        Ok(snapshot)
+    }
+
+    /// Applies all changes in one durable transaction: all or nothing.
+    pub fn commit(&self, changes: Vec<Change>) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut networks = txn.open_table(NETWORKS).map_err(db_err)?;
+            let mut sandboxes = txn.open_table(SANDBOXES).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            for change in changes {
+                match change {
+                    Change::PutNetwork(n) => {
+                        let json = serde_json::to_string(&n).map_err(db_err)?;
+                        networks.insert(n.name.as_str(), json.as_str()).map_err(db_err)?;
+                    }
+                    Change::DeleteNetwork(name) => {
+                        networks.remove(name.as_str()).map_err(db_err)?;
+                    }
+                    Change::PutSandbox(s) => {
+                        let json = serde_json::to_string(&s).map_err(db_err)?;
+                        sandboxes.insert(s.name.as_str(), json.as_str()).map_err(db_err)?;
+                    }
+                    Change::DeleteSandbox(name) => {
+                        sandboxes.remove(name.as_str()).map_err(db_err)?;
+                    }
+                    Change::NextId(id) => {
+                        meta.insert(NEXT_ID, id).map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Driver;
+
+    fn network(name: &str) -> Network {
+        Network {
+            id: 7,
+            name: name.into(),
+            driver: Driver::Bridge,
+            bridge: "natdb7".into(),
+            bridge_adopted: false,
+            subnet: "10.9.0.0/24".into(),
+            gateway: "10.9.0.1".parse().unwrap(),
+            aux_gateway: None,
+            ip_range: None,
+            subnet_v6: None,
+            gateway_v6: None,
+            aux_gateway_v6: None,
+            internal: false,
+            icc: true,
+            ip_masq: true,
+            mtu: 1500,
+            default: false,
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_detects_corruption() {
+        let dir = std::env::temp_dir().join(format!("natd-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let (store, snap) = Store::open(&dir).unwrap();
+            assert!(snap.networks.is_empty());
+            assert_eq!(snap.next_id, 1);
+            store
+                .commit(vec![Change::PutNetwork(network("a")), Change::NextId(8)])
+                .unwrap();
+        }
+        {
+            let (store, snap) = Store::open(&dir).unwrap();
+            assert_eq!(snap.networks["a"], network("a"));
+            assert_eq!(snap.next_id, 8);
+            store.commit(vec![Change::DeleteNetwork("a".into())]).unwrap();
+        }
+        let (_, snap) = Store::open(&dir).unwrap();
+        assert!(snap.networks.is_empty());
+        drop(snap);
+
+        std::fs::write(dir.join(DB_FILE), b"this is not a redb file at all, not even close......").unwrap();
+        let err = match Store::open(&dir) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("corrupt file opened"),
+        };
+        assert!(err.contains("corrupt") && err.contains("natd --cleanup"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
