@@ -1,1 +1,350 @@
+//! The netns topology harness shared by the end-to-end tests, the demo and the benchmark.
+//!
+//! A `Lab` is a throwaway world: an "external" namespace that plays the LAN and a "host"
+//! namespace where natd runs (started with `nsenter --net`, so its bpffs pins live in the
+//! machine's bpffs). Everything gets a name unique to this process and test, and `Drop`
+//! removes it all, also when the test fails. Nothing touches the machine's own namespace.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
 
+use anyhow::{Context as _, Result, bail};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub const HOST_UPLINK_IP: &str = "198.51.100.1";
+pub const EXT_IP: &str = "198.51.100.2";
+
+fn bin(var: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(var) {
+        return PathBuf::from(path);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    root.join("target/debug").join(name)
+}
+
+pub fn natd_bin() -> PathBuf {
+    bin("NATD_BIN", "natd")
+}
+
+pub fn natctl_bin() -> PathBuf {
+    bin("NATCTL_BIN", "natctl")
+}
+
+/// Runs a command and returns its output; never panics.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn must(program: &str, args: &[&str]) -> String {
+    let out = sh(program, args);
+    if !out.status.success() {
+        panic!(
+            "{program} {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn require_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("the end-to-end tests need root (network namespaces, netlink, BPF): run `cargo xtask test` as root");
+    }
+}
+
+pub struct Natd {
+    pub child: Child,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub host_ns: String,
+    pub ext_ns: String,
+    pub prefix: String,
+    pub bridge: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub natd: Option<Natd>,
+    pub natd_args: Vec<String>,
+    extra_netns: Vec<String>,
+}
+
+impl Lab {
+    /// The namespaces and the uplink; natd is not started yet.
+    pub fn new() -> Result<Self> {
+        require_root();
+        let pid = std::process::id();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = (pid.wrapping_mul(64).wrapping_add(n)) & 0xf_ffff;
+        let id = format!("{pid}x{n}");
+        let prefix = format!("t{tag:05x}");
+        let dir = std::env::temp_dir().join(format!("natlab-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let lab = Self {
+            host_ns: format!("natlab-{id}-host"),
+            ext_ns: format!("natlab-{id}-ext"),
+            bridge: format!("{prefix}br"),
+            socket: dir.join("natd.sock"),
+            state_dir: dir.join("state"),
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/natlab-{id}")),
+            prefix,
+            dir,
+            id,
+            natd: None,
+            natd_args: Vec::new(),
+            extra_netns: Vec::new(),
+        };
+        lab.build_topology()?;
+        Ok(lab)
+    }
+
+    fn build_topology(&self) -> Result<()> {
+        let (h, e) = (&self.host_ns, &self.ext_ns);
+        for ns in [h, e] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["link", "add", "up0", "netns", h, "type", "veth", "peer", "name", "lan0", "netns", e])?;
+        ip(&["-n", h, "addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "up0"])?;
+        ip(&["-n", e, "addr", "add", &format!("{EXT_IP}/24"), "dev", "lan0"])?;
+        ip(&["-n", h, "link", "set", "up0", "up"])?;
+        ip(&["-n", e, "link", "set", "lan0", "up"])?;
+        ip(&["-n", h, "route", "add", "default", "via", EXT_IP])?;
+        Ok(())
+    }
+
+    /// Another namespace owned by this lab (deleted on drop).
+    pub fn add_netns(&mut self, suffix: &str) -> Result<String> {
+        let name = format!("natlab-{}-{suffix}", self.id);
+        ip(&["netns", "add", &name])?;
+        self.extra_netns.push(name.clone());
+        Ok(name)
+    }
+
+    pub fn base_args(&self) -> Vec<String> {
+        [
+            "--socket",
+            self.socket.to_str().unwrap(),
+            "--state-dir",
+            self.state_dir.to_str().unwrap(),
+            "--bpffs",
+            self.bpffs.to_str().unwrap(),
+            "--name-prefix",
+            &self.prefix,
+            "--bridge",
+            &self.bridge,
+            "--uplink",
+            "up0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// natd inside the host namespace with this lab's own socket, state, pins and prefix.
+    pub fn start_natd(&mut self, extra: &[&str]) -> Result<()> {
+        self.natd_args = extra.iter().map(|s| s.to_string()).collect();
+        self.restart_natd()
+    }
+
+    /// Starts natd again with the arguments of the last `start_natd`.
+    pub fn restart_natd(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("natd.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host_ns))
+            .arg(natd_bin())
+            .args(self.base_args())
+            .args(&self.natd_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start natd")?;
+        self.natd = Some(Natd { child });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.natctl(&["info"]).status.success() {
+                return Ok(());
+            }
+            if let Some(natd) = &mut self.natd
+                && let Ok(Some(status)) = natd.child.try_wait()
+            {
+                bail!("natd exited at start ({status}):\n{}", self.natd_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("natd did not become ready:\n{}", self.natd_log())
+    }
+
+    pub fn natd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("natd.log")).unwrap_or_default()
+    }
+
+    /// Stops natd with `signal` and waits for it.
+    pub fn stop_natd(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut natd) = self.natd.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(natd.child.id() as i32), signal);
+            let _ = natd.child.wait();
+        }
+    }
+
+    pub fn natctl(&self, args: &[&str]) -> Output {
+        Command::new(natctl_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run natctl")
+    }
+
+    /// natctl that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.natctl(args);
+        if !out.status.success() {
+            panic!(
+                "natctl {args:?} failed:\n{}{}\n--- natd log ---\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.natd_log()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// natctl that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.natctl(args);
+        assert!(
+            !out.status.success(),
+            "natctl {args:?} should have failed but printed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--format", "json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).expect("natctl printed JSON")
+    }
+
+    /// `natctl exec NAME -- args`, returning the raw output.
+    pub fn exec(&self, sandbox: &str, args: &[&str]) -> Output {
+        let mut full = vec!["exec", sandbox, "--"];
+        full.extend_from_slice(args);
+        self.natctl(&full)
+    }
+
+    pub fn exec_ok(&self, sandbox: &str, args: &[&str]) -> String {
+        let out = self.exec(sandbox, args);
+        if !out.status.success() {
+            panic!(
+                "exec in {sandbox} {args:?} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A command in one of the lab's own namespaces (host, ext, or an added one).
+    pub fn in_ns(&self, ns: &str, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", ns];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    pub fn host(&self, args: &[&str]) -> Output {
+        self.in_ns(&self.host_ns, args)
+    }
+
+    pub fn host_ok(&self, args: &[&str]) -> String {
+        let out = self.host(args);
+        assert!(
+            out.status.success(),
+            "in host {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn ext(&self, args: &[&str]) -> Output {
+        self.in_ns(&self.ext_ns, args)
+    }
+
+    /// natd --cleanup for this lab's instance.
+    pub fn cleanup_natd(&self) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host_ns))
+            .arg(natd_bin())
+            .args(self.base_args())
+            .args(&self.natd_args)
+            .arg("--cleanup")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run natd --cleanup")
+    }
+
+    /// IPv4 address of `ifname` inside a sandbox.
+    pub fn sandbox_ip(&self, sandbox: &str) -> String {
+        let view = self.json(&["inspect", sandbox]);
+        view["endpoints"][0]["ipv4"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_natd(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.cleanup_natd();
+        for ns in self.extra_netns.iter().chain([&self.host_ns, &self.ext_ns]) {
+            let _ = sh("ip", &["netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        if std::env::var_os("NATLAB_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = sh("ip", args);
+    if !out.status.success() {
+        bail!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

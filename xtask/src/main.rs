@@ -1,1 +1,109 @@
-fn main(){}
+//! Orchestration only: set-up, builds, the demo, the test suites. The product lives in
+//! nat-userspace; topology helpers for the demo are shared with the tests via nat-tests.
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker; mount bpffs.
+    Setup,
+    /// Build the eBPF object and the release binaries (target/release/natd, natctl).
+    Build,
+    /// Build, then load and attach the programs in a throwaway namespace and detach them.
+    BuildAndLoad,
+    /// The main job on an embedded default: a throwaway topology with natd serving a sandbox.
+    Demo {
+        /// Leave the topology and natd running and print how to explore and tear down.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Unit tests, then the root-needing end-to-end suites in network namespaces.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::run(),
+        Task::Build => setup::run().and_then(|()| build()),
+        Task::BuildAndLoad => setup::run().and_then(|()| build()).and_then(|()| run_demo_binary(&["load-check"])),
+        Task::Demo { keep } => setup::run().and_then(|()| build()).and_then(|()| {
+            let mut args = vec!["demo"];
+            if keep {
+                args.push("--keep");
+            }
+            run_demo_binary(&args)
+        }),
+        Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "nat-userspace", "--bins"]))
+}
+
+/// The demo and the load check live in nat-tests' `natd-lab` binary, next to the topology
+/// harness the tests use.
+fn run_demo_binary(args: &[&str]) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "nat-tests", "--bin", "natd-lab"]))?;
+    let root = workspace_root()?;
+    run(Command::new(root.join("target/release/natd-lab"))
+        .args(args)
+        .env("NATD_BIN", root.join("target/release/natd"))
+        .env("NATCTL_BIN", root.join("target/release/natctl")))
+}
+
+fn workspace_root() -> Result<std::path::PathBuf> {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest.parent().context("xtask has no parent dir")?.to_owned())
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    let root = workspace_root()?;
+    // Unit and property tests of every crate (no root needed).
+    run(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
+    // The end-to-end suites drive the real binaries inside namespaces they create.
+    run(cargo().args(["build", "-p", "nat-userspace", "--bins"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "nat-tests", "--tests", "--"])
+        .arg("--test-threads=2")
+        .env("NATD_BIN", root.join("target/debug/natd"))
+        .env("NATCTL_BIN", root.join("target/debug/natctl"));
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    run(&mut cmd)
+}

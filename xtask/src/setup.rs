@@ -1,0 +1,113 @@
+//! `cargo xtask setup`: idempotent, quiet when everything is present.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run as run_cmd;
+
+/// Debian packages natd's build, tests, demo and benchmark use.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "nftables",
+    "iptables",
+    "libnftnl-dev",
+    "libmnl-dev",
+    "pkg-config",
+    "iperf3",
+    "wrk",
+    "tcpdump",
+    "iputils-ping",
+    "netcat-openbsd",
+    "socat",
+    "curl",
+    "ethtool",
+    "busybox",
+    "util-linux",
+    "llvm-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "libxml2-dev",
+];
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup is needed")?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain");
+    if !out.status.success() {
+        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker against LLVM 22 (about a minute)");
+    run_cmd(crate::cargo()
+        .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+fn bpffs() -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf ")))
+        .unwrap_or(false);
+    if mounted {
+        return Ok(());
+    }
+    eprintln!("setup: mounting bpffs at /sys/fs/bpf");
+    std::fs::create_dir_all(root).ok();
+    run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+pub fn run() -> Result<()> {
+    if !nix_is_root() {
+        bail!("run as root: natd's set-up installs packages and its tests create network namespaces");
+    }
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
