@@ -29,6 +29,17 @@ use crate::{
     state::{Change, Snapshot, StateError, Store},
 };
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_names() {
+        use super::is_generated_ifname as g;
+        assert!(g("natd", "natdv1f") && g("natd", "natdp1f") && g("natd", "natdb2"));
+        assert!(!g("natd", "natd0") && !g("natd", "natdbr") && !g("natd", "natdv") && !g("natd", "eth0"));
+        assert!(!g("natd", "natdvX1") && !g("natd", "natdbackup"));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
@@ -288,10 +299,7 @@ impl Daemon {
             .chain(self.state.networks.values().map(|n| n.bridge.clone()))
             .collect();
         for link in self.nl.links().await? {
-            let owned = link.name.starts_with(&format!("{prefix}v"))
-                || link.name.starts_with(&format!("{prefix}p"))
-                || (link.name.starts_with(&format!("{prefix}b")) && link.kind == LinkKind::Bridge);
-            if owned && !wanted_links.contains(&link.name) {
+            if is_generated_ifname(prefix, &link.name) && !wanted_links.contains(&link.name) {
                 self.nl.delete_link(link.index).await?;
                 report.push(format!("removed stale interface {}", link.name));
             }
@@ -1303,9 +1311,7 @@ pub async fn cleanup(config: &DaemonConfig) -> Vec<String> {
     let prefix = &config.name_prefix;
     if let Ok(links) = nl.links().await {
         for link in links {
-            if [format!("{prefix}v"), format!("{prefix}p"), format!("{prefix}b")]
-                .iter()
-                .any(|p| link.name.starts_with(p.as_str()))
+            if is_generated_ifname(prefix, &link.name)
                 && let Err(e) = nl.delete_link(link.index).await
             {
                 errors.push(e.to_string());
@@ -1340,6 +1346,18 @@ pub async fn cleanup(config: &DaemonConfig) -> Vec<String> {
         errors.push(format!("remove {}: {e}", db.display()));
     }
     errors
+}
+
+/// Names natd generates: `<prefix>v<hex>` and `<prefix>p<hex>` (the two ends of a sandbox
+/// veth) and `<prefix>b<hex>` (a user network's bridge). Only these are ever swept.
+pub fn is_generated_ifname(prefix: &str, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let mut chars = rest.chars();
+    matches!(chars.next(), Some('v' | 'p' | 'b'))
+        && !chars.as_str().is_empty()
+        && chars.as_str().chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
 /// Namespaces (and /etc/netns entries) natd creates are named `<prefix>-sbx-<sandbox>`;

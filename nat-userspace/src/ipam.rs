@@ -39,7 +39,9 @@ pub fn allocate_v4(
     let last = u32::from(range.broadcast());
     (first..=last)
         .map(Ipv4Addr::from)
-        .find(|ip| !is_reserved_v4(subnet, *ip) && !used.contains(ip))
+        // The pool's own first and last address are skipped too: a sandbox on x.y.z.0 of a
+        // larger subnet is valid but confuses enough tools to not be worth handing out.
+        .find(|ip| !is_reserved_v4(subnet, *ip) && !is_reserved_v4(range, *ip) && !used.contains(ip))
         .ok_or_else(|| IpamError::Exhausted {
             network: network_name.to_string(),
             pool: range.to_string(),

@@ -128,15 +128,17 @@ pub fn delete_named(path: &Path) -> Result<(), NetnsError> {
     }
 }
 
-/// True when `path` is a network namespace (a bind mount of an nsfs inode or /proc/PID/ns/net).
+/// True when `path` is a network namespace: an nsfs file (a /run/netns bind mount or
+/// /proc/PID/ns/net) whose namespace type is CLONE_NEWNET.
 pub fn is_netns(path: &Path) -> bool {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
     let Ok(file) = File::open(path) else {
         return false;
     };
-    // NS_GET_NSTYPE would be exact; setns() with CLONE_NEWNET validation in a thread is
-    // heavier. nsfs files report st_dev of nsfs and the namespace type via readlink of the fd.
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
-    matches!(link, Ok(l) if l.as_os_str().as_bytes().starts_with(b"net:["))
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd's namespace type; on a
+    // file that is not an nsfs inode it fails with ENOTTY.
+    let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE as _) };
+    kind == libc::CLONE_NEWNET
 }
 
 pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
