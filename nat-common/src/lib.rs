@@ -1,8 +1,18 @@
 //! Types shared by natd's kernel programs and its agent.
 //!
 //! Only `#[repr(C)]` integers and byte arrays with explicit padding live here, so the
-//! layout is the same on both sides of the map. Sizes are asserted at compile time.
+//! layout is the same on both sides of a map. Sizes are asserted at compile time.
+//! Conventions: addresses are 16 bytes (IPv4 in the first 4, the rest zero) with a family
+//! byte beside them, so IPv6 needs no new types; ports and addresses are kept in network
+//! byte order exactly as they sit in the packet.
 #![no_std]
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
 
 /// Per-CPU counters kept by the TC programs, indexed by these ids.
 pub mod counter {
@@ -14,12 +24,24 @@ pub mod counter {
     pub const UDP: u32 = 5;
     pub const ICMP: u32 = 6;
     pub const OTHER_L3: u32 = 7;
-    /// Frames too short for the headers they announce; they pass untouched.
     pub const MALFORMED: u32 = 8;
-    pub const COUNT: u32 = 16;
+    pub const DNAT_NEW: u32 = 9;
+    pub const DNAT_ESTABLISHED: u32 = 10;
+    pub const DNAT_REPLY: u32 = 11;
+    pub const SNAT_NEW: u32 = 12;
+    pub const SNAT_ESTABLISHED: u32 = 13;
+    pub const SNAT_REPLY: u32 = 14;
+    pub const DROP_CT_FULL: u32 = 15;
+    pub const DROP_NO_PORT: u32 = 16;
+    pub const DROP_NO_UPLINK_ADDR: u32 = 17;
+    pub const DROP_FRAGMENT: u32 = 18;
+    pub const DROP_TUPLE_CLASH: u32 = 19;
+    pub const STALE_MAPPING: u32 = 20;
+    pub const CSUM_ERROR: u32 = 21;
+    pub const COUNT: u32 = 32;
 
     /// Names in id order, for `natctl info` and the benchmark report.
-    pub const NAMES: [&str; 9] = [
+    pub const NAMES: [&str; 22] = [
         "packets_seen",
         "bytes_seen",
         "ipv4",
@@ -29,14 +51,49 @@ pub mod counter {
         "icmp",
         "other_l3",
         "malformed",
+        "dnat_new",
+        "dnat_established",
+        "dnat_reply",
+        "snat_new",
+        "snat_established",
+        "snat_reply",
+        "drop_ct_full",
+        "drop_no_port",
+        "drop_no_uplink_addr",
+        "drop_fragment",
+        "drop_tuple_clash",
+        "stale_mapping",
+        "csum_error",
     ];
 }
 
-/// Where a program is attached; the agent writes it into `IFACE_ROLE` so one program can
-/// serve every interface and still count per role.
+/// Where a program is attached; the agent writes it into `NATD_IFACE_CONFIG`.
 pub mod role {
     pub const UPLINK: u32 = 1;
     pub const SANDBOX_VETH: u32 = 2;
+}
+
+/// Connection tracking entry kinds: which translation an entry performs.
+pub mod ct {
+    /// Client -> published host address: rewrite the destination to the sandbox.
+    pub const DNAT_FORWARD: u8 = 1;
+    /// Sandbox -> client reply: rewrite the source back to the published address.
+    pub const DNAT_REPLY: u8 = 2;
+    /// Sandbox -> outside: rewrite the source to the uplink address and NAT port.
+    pub const SNAT_FORWARD: u8 = 3;
+    /// Outside -> uplink address reply: rewrite the destination back to the sandbox.
+    pub const SNAT_REPLY: u8 = 4;
+
+    pub const REWRITE_SRC: u8 = 1;
+    pub const REWRITE_DST: u8 = 2;
+
+    pub const TCP_SYN_SENT: u8 = 1;
+    pub const TCP_ESTABLISHED: u8 = 2;
+    pub const TCP_CLOSING: u8 = 3;
+    pub const TCP_CLOSED: u8 = 4;
+    /// UDP and ICMP: one direction seen / both seen.
+    pub const DGRAM_NEW: u8 = 5;
+    pub const DGRAM_REPLIED: u8 = 6;
 }
 
 /// Per-interface counters, keyed by ifindex.
@@ -46,26 +103,128 @@ pub struct IfaceStats {
     pub packets: u64,
     pub bytes: u64,
 }
-
 const _: () = assert!(core::mem::size_of::<IfaceStats>() == 16);
 
-/// Value of `IFACE_ROLE`: what natd attached to this ifindex and why.
+/// Value of `NATD_IFACE_CONFIG`: what natd attached to this ifindex and why.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceConfig {
     pub role: u32,
-    /// Network id (index into natd's networks) for veths, 0 for uplinks.
+    /// Network id for sandbox veths, 0 for uplinks.
     pub network_id: u32,
+    /// Uplinks: the address masqueraded traffic leaves with.
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 7],
 }
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 32);
 
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
+/// A connection tuple as seen at the point of lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// TCP/UDP ports; for ICMP echo the id sits in `sport` of requests and `dport` of replies.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The address and port written over the side named by `rewrite`.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub rewrite: u8,
+    pub kind: u8,
+    pub state: u8,
+    pub _pad: [u8; 3],
+    /// The published mapping a DNAT entry belongs to (0 for SNAT).
+    pub mapping_id: u32,
+    pub _pad2: u32,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
+
+/// A published host address and port. `addr` all zero: every local address (0.0.0.0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<PortKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTarget {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 2],
+    pub mapping_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortTarget>() == 24);
+
+/// Keys of `NATD_LOCAL_ADDRS`: the host's own addresses (Docker's `--dst-type LOCAL`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+
+/// Value of `NATD_MASQ_V4` (an LPM trie of sandbox subnets whose traffic is masqueraded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasqNet {
+    pub network_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<MasqNet>() == 8);
+
+/// Single entry of `NATD_CONFIG`. Timeouts live in the agent's GC; the kernel needs the
+/// masquerade port range only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Host byte order, inclusive.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
 
 pub const MAX_IFACES: u32 = 4096;
+pub const DEFAULT_CT_ENTRIES: u32 = 131_072;
+pub const MAX_PORT_MAPPINGS: u32 = 131_072;
+pub const MAX_MASQ_NETS: u32 = 1024;
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
+/// How many NAT ports a new masqueraded flow tries before it is dropped.
+pub const SNAT_PORT_TRIES: u32 = 32;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain integer structs without padding holes.
+    // SAFETY: all of these are #[repr(C)] integer/byte-array structs without implicit padding
+    // (asserted sizes above), valid for any bit pattern.
     unsafe impl aya::Pod for super::IfaceStats {}
-    // SAFETY: plain integer structs without padding holes.
     unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::PortTarget {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::MasqNet {}
+    unsafe impl aya::Pod for super::NatConfig {}
 }

@@ -105,6 +105,13 @@ pub struct DaemonArgs {
     /// Range that random host ports are taken from (default: the host's ip_local_port_range).
     #[arg(long = "port-range")]
     pub port_range: Option<String>,
+    /// Range of NAT source ports for masquerade (default: above or below the host's
+    /// ip_local_port_range, so they never collide with the host's own connections).
+    #[arg(long = "masquerade-port-range")]
+    pub masquerade_port_range: Option<String>,
+    /// Capacity of the connection table (two entries per flow).
+    #[arg(long = "conntrack-max")]
+    pub conntrack_max: Option<u32>,
     #[arg(long = "log-format", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
@@ -135,6 +142,8 @@ struct FileConfig {
     dataplane: Option<DataplaneKind>,
     name_prefix: Option<String>,
     port_range: Option<String>,
+    masquerade_port_range: Option<String>,
+    conntrack_max: Option<u32>,
     log_format: Option<LogFormat>,
 }
 
@@ -167,6 +176,8 @@ pub struct DaemonConfig {
     pub dataplane: DataplaneKind,
     pub name_prefix: String,
     pub port_range: Option<(u16, u16)>,
+    pub masquerade_port_range: Option<(u16, u16)>,
+    pub conntrack_max: u32,
     pub log_format: LogFormat,
 }
 
@@ -274,7 +285,17 @@ impl DaemonConfig {
             None => None,
             Some(text) => Some(parse_port_range(&text).map_err(|m| invalid("port-range", m))?),
         };
+        let masquerade_port_range = match pick(&args.masquerade_port_range, file.masquerade_port_range) {
+            None => None,
+            Some(text) => Some(parse_port_range(&text).map_err(|m| invalid("masquerade-port-range", m))?),
+        };
+        let conntrack_max = args.conntrack_max.or(file.conntrack_max).unwrap_or(nat_common::DEFAULT_CT_ENTRIES);
+        if !(64..=16_777_216).contains(&conntrack_max) {
+            return Err(invalid("conntrack-max", format!("{conntrack_max} is out of range (64-16777216)")));
+        }
         Ok(Self {
+            masquerade_port_range,
+            conntrack_max,
             socket: args
                 .socket
                 .clone()

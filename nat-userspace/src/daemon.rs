@@ -20,7 +20,7 @@ use crate::{
         NetworkMode, NetworkView, PortMapping, RunRequest, Sandbox, SandboxView,
     },
     config::{self, DaemonConfig},
-    dataplane::{self, Dataplane, Desired, Iface, IfaceRole},
+    dataplane::{self, Dataplane, Desired, Iface, IfaceRole, PortRule},
     ipam,
     netlink::{self, LinkKind, Netlink, NetlinkError},
     netns,
@@ -101,6 +101,7 @@ pub struct Daemon {
     dataplane: Box<dyn Dataplane>,
     uplinks: Vec<String>,
     port_range: (u16, u16),
+    snat_ports: (u16, u16),
     last_reconcile: Vec<String>,
 }
 
@@ -121,6 +122,7 @@ impl Daemon {
             Some(range) => range,
             None => local_port_range(),
         };
+        let snat_ports = config.masquerade_port_range.unwrap_or_else(|| masquerade_ports(local_port_range()));
         let dataplane = dataplane::create(&config)?;
         info!(dataplane = dataplane.kind(), ?uplinks, "dataplane ready");
         let mut daemon = Self {
@@ -131,6 +133,7 @@ impl Daemon {
             dataplane,
             uplinks,
             port_range,
+            snat_ports,
             last_reconcile: Vec::new(),
         };
         daemon.ensure_default_network().await?;
@@ -338,14 +341,33 @@ impl Daemon {
     }
 
     async fn desired_dataplane(&self) -> Result<Desired> {
-        let mut desired = Desired::default();
+        let mut desired = Desired { snat_ports: self.snat_ports, ..Default::default() };
+        let addresses = self.nl.all_addresses().await?;
+        let first_v4 = |index: u32| {
+            addresses.iter().find_map(|(i, net)| match net {
+                IpNetwork::V4(v4) if *i == index => Some(v4.ip()),
+                _ => None,
+            })
+        };
+        desired.local_addrs = addresses
+            .iter()
+            .filter_map(|(_, net)| match net {
+                IpNetwork::V4(v4) => Some(v4.ip()),
+                _ => None,
+            })
+            .collect();
         for uplink in &self.uplinks {
             if let Some(link) = self.nl.link(uplink).await? {
                 desired.ifaces.push(Iface {
                     index: link.index,
                     name: link.name,
-                    role: IfaceRole::Uplink,
+                    role: IfaceRole::Uplink { addr: first_v4(link.index) },
                 });
+            }
+        }
+        for network in self.state.networks.values() {
+            if network.ip_masq && !network.internal {
+                desired.masq_nets.push((parse_v4(&network.subnet)?, network.id));
             }
         }
         for sandbox in self.state.sandboxes.values() {
@@ -359,12 +381,24 @@ impl Daemon {
                     });
                 }
             }
+            desired.ports.extend(port_rules(sandbox));
         }
         Ok(desired)
     }
 
+    /// Periodic housekeeping: expire idle flows and follow address changes of the host.
+    pub async fn tick(&mut self) -> Result<()> {
+        let gc = self.dataplane.gc()?;
+        if gc.expired > 0 {
+            tracing::debug!(scanned = gc.scanned, expired = gc.expired, "conntrack gc");
+        }
+        self.sync_dataplane().await?;
+        Ok(())
+    }
+
     async fn sync_dataplane(&mut self) -> Result<dataplane::SyncReport> {
         let desired = self.desired_dataplane().await?;
+        reserve_host_ports(&desired.ports);
         Ok(self.dataplane.sync(&desired)?)
     }
 
@@ -542,7 +576,11 @@ impl Daemon {
 
     // ----- ports -------------------------------------------------------------------------
 
-    fn port_in_use(&self, ip: Option<IpAddr>, port: u16, proto: Proto, extra: &[PortMapping]) -> bool {
+    fn port_in_use(&self, host_used: &HashSet<(Proto, u16)>, ip: Option<IpAddr>, port: u16, proto: Proto, extra: &[PortMapping]) -> bool {
+        host_used.contains(&(proto, port)) || self.port_allocated(ip, port, proto, extra)
+    }
+
+    fn port_allocated(&self, ip: Option<IpAddr>, port: u16, proto: Proto, extra: &[PortMapping]) -> bool {
         self.state
             .sandboxes
             .values()
@@ -563,16 +601,24 @@ impl Daemon {
         expose: &[ExposeSpec],
     ) -> Result<Vec<PortMapping>> {
         let mut out: Vec<PortMapping> = Vec::new();
+        let host_used = host_ports_in_use();
         let random = |this: &Self, ip: Option<IpAddr>, proto: Proto, range: (u16, u16), out: &[PortMapping]| {
-            (range.0..=range.1).find(|p| !this.port_in_use(ip, *p, proto, out))
+            (range.0..=range.1).find(|p| !this.port_in_use(&host_used, ip, *p, proto, out))
         };
         for spec in publish {
             match spec.host_ports {
                 Some(host) if host.len() == spec.container_ports.len() => {
+                    let listening = host_listening_ports();
                     for (h, c) in host.ports().zip(spec.container_ports.ports()) {
-                        if self.port_in_use(spec.host_ip, h, spec.proto, &out) {
+                        if self.port_allocated(spec.host_ip, h, spec.proto, &out) {
                             return Err(DaemonError::Conflict(format!(
                                 "Bind for {}:{h} failed: port is already allocated",
+                                display_ip(spec.host_ip)
+                            )));
+                        }
+                        if listening.contains(&(spec.proto, h)) {
+                            return Err(DaemonError::Conflict(format!(
+                                "Bind for {}:{h} failed: address already in use by a process on the host",
                                 display_ip(spec.host_ip)
                             )));
                         }
@@ -1384,6 +1430,91 @@ fn parse_v6(text: &str) -> Result<Ipv6Network> {
 
 fn first_v6_host(net: Ipv6Network) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()) + 1)
+}
+
+/// The kernel-side form of a sandbox's published ports (IPv4 host addresses; ports bound
+/// to an IPv6 address wait for the IPv6 datapath).
+fn port_rules(sandbox: &Sandbox) -> Vec<PortRule> {
+    let Some(endpoint) = sandbox.endpoints.first() else {
+        return Vec::new();
+    };
+    sandbox
+        .ports
+        .iter()
+        .filter_map(|m| {
+            let host_ip = match m.host_ip {
+                None => None,
+                Some(IpAddr::V4(v4)) if v4.is_unspecified() => None,
+                Some(IpAddr::V4(v4)) => Some(v4),
+                Some(IpAddr::V6(_)) => return None,
+            };
+            Some(PortRule::new(host_ip, m.host_port, m.proto, endpoint.ipv4, m.container_port, sandbox.id))
+        })
+        .collect()
+}
+
+/// Published host ports go into `ip_local_reserved_ports` of natd's namespace, so the
+/// host never picks one as the source port of its own connections (whose replies would
+/// otherwise be taken for connections to the sandbox).
+fn reserve_host_ports(rules: &[PortRule]) {
+    let mut ports: Vec<u16> = rules.iter().map(|r| r.host_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let text = ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    let current = netlink::read_sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or_default();
+    if current != text
+        && let Err(e) = netlink::write_sysctl("net.ipv4.ip_local_reserved_ports", if text.is_empty() { "\n" } else { &text })
+    {
+        warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
+    }
+}
+
+/// (protocol, port) of sockets of natd's namespace, from /proc/net: with `listening_only`,
+/// TCP listeners and bound UDP sockets; otherwise every socket.
+fn host_sockets(listening_only: bool) -> HashSet<(Proto, u16)> {
+    let mut out = HashSet::new();
+    for (file, proto) in [
+        ("/proc/net/tcp", Proto::Tcp),
+        ("/proc/net/tcp6", Proto::Tcp),
+        ("/proc/net/udp", Proto::Udp),
+        ("/proc/net/udp6", Proto::Udp),
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let mut fields = line.split_whitespace();
+            let (Some(local), Some(_remote), Some(state)) = (fields.nth(1), fields.next(), fields.next()) else {
+                continue;
+            };
+            let Some(port) = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) else {
+                continue;
+            };
+            // 0A: TCP_LISTEN; 07: TCP_CLOSE, which is how bound UDP sockets show.
+            if !listening_only || (proto == Proto::Tcp && state == "0A") || (proto == Proto::Udp && state == "07") {
+                out.insert((proto, port));
+            }
+        }
+    }
+    out
+}
+
+fn host_listening_ports() -> HashSet<(Proto, u16)> {
+    host_sockets(true)
+}
+
+fn host_ports_in_use() -> HashSet<(Proto, u16)> {
+    host_sockets(false)
+}
+
+/// Masquerade ports sit outside the host's ephemeral range, so a NAT port can never equal
+/// the source port of one of the host's own connections.
+fn masquerade_ports(local: (u16, u16)) -> (u16, u16) {
+    if local.1 <= 65535 - 1024 {
+        (local.1 + 1, 65535)
+    } else if local.0 > 2048 {
+        (1024, local.0 - 1)
+    } else {
+        (61000, 65535)
+    }
 }
 
 /// The host's ephemeral port range in natd's namespace (Docker allocates from it too).

@@ -237,6 +237,24 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every address of every link: (ifindex, address).
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNetwork)>, NetlinkError> {
+        let mut stream = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(request_err("dump addresses", "all"))? {
+            let prefix = msg.header.prefix_len;
+            let index = msg.header.index;
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(ip) = attr
+                    && let Ok(net) = IpNetwork::new(ip, prefix)
+                {
+                    out.push((index, net));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds an address; already present is success. IPv6 addresses skip DAD: natd owns the
     /// subnet and has checked uniqueness, and DAD would delay the sandbox by a second.
     pub async fn add_address(&self, index: u32, address: IpNetwork) -> Result<(), NetlinkError> {

@@ -69,7 +69,19 @@ async fn serve(config: DaemonConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let app = server::router(Arc::new(tokio::sync::Mutex::new(daemon)));
+    let daemon = Arc::new(tokio::sync::Mutex::new(daemon));
+    let housekeeping = Arc::clone(&daemon);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if let Err(e) = housekeeping.lock().await.tick().await {
+                tracing::warn!("housekeeping: {e}");
+            }
+        }
+    });
+    let app = server::router(daemon);
     info!(socket = %socket.display(), "natd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let shutdown = async {

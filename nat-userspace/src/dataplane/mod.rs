@@ -1,9 +1,17 @@
-//! The NAT dataplane behind one trait: natd computes the desired attachments (and, as the
-//! dataplane issues land, mappings) and each implementation makes the kernel match it.
+//! The NAT dataplane behind one trait: natd computes the desired kernel state from its
+//! store (attachments, published ports, masqueraded subnets) and each implementation makes
+//! the kernel match it with the smallest set of changes.
 pub mod ebpf;
 pub mod nftables;
 
-use crate::config::{DaemonConfig, DataplaneKind};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::{
+    config::{DaemonConfig, DataplaneKind},
+    portspec::Proto,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -17,7 +25,8 @@ pub enum DataplaneError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfaceRole {
-    Uplink,
+    /// Masqueraded traffic leaves with `addr` (None: the uplink has no IPv4 address).
+    Uplink { addr: Option<Ipv4Addr> },
     SandboxVeth { network_id: u32 },
 }
 
@@ -29,10 +38,50 @@ pub struct Iface {
     pub role: IfaceRole,
 }
 
+/// One published port, IPv4, ready for the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRule {
+    /// None: every local address.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub proto: Proto,
+    pub target: Ipv4Addr,
+    pub target_port: u16,
+    /// Changes whenever any field above changes, so flows of an old mapping are recognised.
+    pub mapping_id: u32,
+}
+
+impl PortRule {
+    pub fn new(host_ip: Option<Ipv4Addr>, host_port: u16, proto: Proto, target: Ipv4Addr, target_port: u16, salt: u32) -> Self {
+        // FNV-1a over every field: a cheap stable id that differs when anything differs.
+        let mut hash: u32 = 0x811c_9dc5;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes {
+                hash ^= u32::from(*b);
+                hash = hash.wrapping_mul(0x0100_0193);
+            }
+        };
+        feed(&host_ip.map(|i| i.octets()).unwrap_or_default());
+        feed(&host_port.to_be_bytes());
+        feed(&[proto.number()]);
+        feed(&target.octets());
+        feed(&target_port.to_be_bytes());
+        feed(&salt.to_be_bytes());
+        Self { host_ip, host_port, proto, target, target_port, mapping_id: hash.max(1) }
+    }
+}
+
 /// What the kernel should look like, computed from natd's state.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
     pub ifaces: Vec<Iface>,
+    /// Every IPv4 address of natd's namespace (targets of ports published on 0.0.0.0).
+    pub local_addrs: Vec<Ipv4Addr>,
+    /// Sandbox subnets whose outbound traffic is masqueraded, with their network id.
+    pub masq_nets: Vec<(Ipv4Network, u32)>,
+    pub ports: Vec<PortRule>,
+    /// Inclusive range of NAT source ports for masquerade.
+    pub snat_ports: (u16, u16),
 }
 
 /// What a sync changed, for the reconcile report.
@@ -41,12 +90,23 @@ pub struct SyncReport {
     pub attached: Vec<String>,
     pub detached: Vec<String>,
     pub adopted: Vec<String>,
+    pub flows_invalidated: usize,
+}
+
+/// Connection-table housekeeping results.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub scanned: usize,
+    pub expired: usize,
 }
 
 pub trait Dataplane: Send + Sync {
     fn kind(&self) -> &'static str;
-    /// Makes the kernel match `desired`: attach what is missing, detach what is stale.
+    /// Makes the kernel match `desired`: attach what is missing, detach what is stale, and
+    /// update maps element by element so no mapping is ever half-installed.
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError>;
+    /// Expires idle flows; called periodically.
+    fn gc(&mut self) -> Result<GcReport, DataplaneError>;
     /// Counters, attachments and map sizes for `natctl info`.
     fn info(&self) -> serde_json::Value;
     /// Removes everything this dataplane put into the kernel (`natd --cleanup`); keeps going

@@ -1,7 +1,7 @@
 //! The nftables fallback dataplane. Its rules (natd's own table, atomic nftnl batches) are
 //! the subject of their own issue; until then selecting it is a clear error, never a
 //! silent no-op.
-use super::{Dataplane, DataplaneError, Desired, SyncReport};
+use super::{Dataplane, DataplaneError, Desired, GcReport, SyncReport};
 use crate::config::DaemonConfig;
 
 pub struct NftablesDataplane;
@@ -20,6 +20,9 @@ impl Dataplane for NftablesDataplane {
     }
     fn sync(&mut self, _desired: &Desired) -> Result<SyncReport, DataplaneError> {
         Ok(SyncReport::default())
+    }
+    fn gc(&mut self) -> Result<GcReport, DataplaneError> {
+        Ok(GcReport::default())
     }
     fn info(&self) -> serde_json::Value {
         serde_json::json!({})

@@ -44,7 +44,7 @@ fn demo(keep: bool) -> Result<()> {
 
     step("creating a user-defined network and a sandbox running a web server, published as 8080 -> 80");
     show(&lab, &["network", "create", "demo-net"]);
-    let reply = "printf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello from the sandbox web; you are %s\\n' $SOCAT_PEERADDR";
+    let reply = "echo HTTP/1.0 200 OK; echo; echo hello from the sandbox web - you are $SOCAT_PEERADDR";
     show(
         &lab,
         &["run", "--name", "web", "--network", "demo-net", "-p", "8080:80", "--", "socat", "TCP-LISTEN:80,fork,reuseaddr", &format!("SYSTEM:{reply}")],
