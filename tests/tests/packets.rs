@@ -1,0 +1,420 @@
+//! The bytes natd's TC programs write, checked through BPF_PROG_TEST_RUN: frames built with
+//! etherparse, the output parsed again and every checksum recomputed independently.
+//! Each test runs on its own thread in a fresh network namespace (test runs use that
+//! namespace's loopback device) with its own pin directory.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use etherparse::{Ipv4Header, Ipv4Options, IpNumber, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use nat_common::{AddrKey, CtEntry, CtKey, FAMILY_V4, IfaceConfig, MasqNet, NatConfig, PortKey, PortTarget, counter, role};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const INGRESS: &str = "natd_uplink_ingress";
+const EGRESS: &str = "natd_uplink_egress";
+
+const HOST: [u8; 4] = [198, 51, 100, 1];
+const CLIENT: [u8; 4] = [203, 0, 113, 7];
+const REMOTE: [u8; 4] = [203, 0, 113, 9];
+const SANDBOX: [u8; 4] = [172, 20, 0, 2];
+const OTHER_SANDBOX: [u8; 4] = [172, 20, 0, 3];
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+struct Bpf {
+    ebpf: Ebpf,
+    pin: PathBuf,
+}
+
+impl Bpf {
+    fn load(ct_capacity: u32) -> Self {
+        natlab::require_root();
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a private network namespace for this test");
+        let pin = PathBuf::from(format!(
+            "/sys/fs/bpf/natlab-pkt-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&pin).expect("bpffs is mounted (cargo xtask setup)");
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin)
+            .map_max_entries("NATD_CT", ct_capacity)
+            .load(natd::EBPF_OBJECT)
+            .expect("load natd's eBPF object");
+        for name in [INGRESS, EGRESS, "natd_observe"] {
+            let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            program.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        let mut bpf = Self { ebpf, pin };
+        // The test run's skb belongs to loopback (ifindex 1): make it the uplink.
+        let mut config: HashMap<_, u32, IfaceConfig> = HashMap::try_from(bpf.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&HOST);
+        config.insert(1, IfaceConfig { role: role::UPLINK, network_id: 0, addr, family: FAMILY_V4, _pad: [0; 7] }, 0).unwrap();
+        let mut nat: Array<_, NatConfig> = Array::try_from(bpf.ebpf.map_mut("NATD_CONFIG").unwrap()).unwrap();
+        nat.set(0, NatConfig { snat_port_min: 61000, snat_port_max: 61009, _pad: 0 }, 0).unwrap();
+        let mut local: HashMap<_, AddrKey, u32> = HashMap::try_from(bpf.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
+        local.insert(AddrKey { addr, family: FAMILY_V4, _pad: [0; 3] }, 1, 0).unwrap();
+        let mut masq: LpmTrie<_, [u8; 4], MasqNet> = LpmTrie::try_from(bpf.ebpf.map_mut("NATD_MASQ_V4").unwrap()).unwrap();
+        masq.insert(&Key::new(24, [172, 20, 0, 0]), MasqNet { network_id: 2, _pad: 0 }, 0).unwrap();
+        bpf
+    }
+
+    fn publish(&mut self, host_ip: Option<[u8; 4]>, host_port: u16, proto: u8, target: [u8; 4], target_port: u16, mapping_id: u32) {
+        let mut ports: HashMap<_, PortKey, PortTarget> = HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
+        ports.insert(port_key(host_ip, host_port, proto), PortTarget { addr: v4(target), port: target_port.to_be(), _pad: [0; 2], mapping_id }, 0).unwrap();
+    }
+
+    fn unpublish(&mut self, host_ip: Option<[u8; 4]>, host_port: u16, proto: u8) {
+        let mut ports: HashMap<_, PortKey, PortTarget> = HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
+        ports.remove(&port_key(host_ip, host_port, proto)).unwrap();
+    }
+
+    fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &mut SchedClassifier = self.ebpf.program_mut(program).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn counter(&self, id: u32) -> u64 {
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("NATD_COUNTERS").unwrap()).unwrap();
+        array.get(&id, 0).unwrap().iter().sum()
+    }
+
+    fn ct(&self) -> Vec<(CtKey, CtEntry)> {
+        let map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(self.ebpf.map("NATD_CT").unwrap()).unwrap();
+        map.iter().map(|r| r.unwrap()).collect()
+    }
+}
+
+impl Drop for Bpf {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.pin) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.pin);
+    }
+}
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&a);
+    out
+}
+
+fn port_key(ip: Option<[u8; 4]>, port: u16, proto: u8) -> PortKey {
+    PortKey { addr: ip.map(v4).unwrap_or_default(), port: port.to_be(), proto, family: FAMILY_V4 }
+}
+
+fn builder(src: [u8; 4], dst: [u8; 4]) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64)
+}
+
+fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
+    let payload = b"natd test payload";
+    let b = builder(src, dst).tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(1).psh() };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    builder(src, dst).udp(sport, dport).write(&mut out, b"datagram").unwrap();
+    out
+}
+
+fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, request: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = builder(src, dst);
+    if request {
+        b.icmpv4_echo_request(id, 1).write(&mut out, b"ping").unwrap();
+    } else {
+        b.icmpv4_echo_reply(id, 1).write(&mut out, b"ping").unwrap();
+    }
+    out
+}
+
+/// What a frame says, after checking every checksum against an independent recomputation.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+}
+
+fn inspect(frame: &[u8]) -> Seen {
+    let packet = SlicedPacket::from_ethernet(frame).expect("output parses");
+    let Some(NetSlice::Ipv4(ip)) = &packet.net else { panic!("not IPv4") };
+    let header: Ipv4Header = ip.header().to_header();
+    assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 header checksum");
+    let (sport, dport) = match &packet.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let h = tcp.to_header();
+            let expected = h.calc_checksum_ipv4(&header, tcp.payload()).unwrap();
+            assert_eq!(h.checksum, expected, "TCP checksum");
+            (h.source_port, h.destination_port)
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            let h = udp.to_header();
+            if h.checksum != 0 {
+                assert_eq!(h.checksum, h.calc_checksum_ipv4(&header, udp.payload()).unwrap(), "UDP checksum");
+            }
+            (h.source_port, h.destination_port)
+        }
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            let h = icmp.header();
+            assert_eq!(h.checksum, h.icmp_type.calc_checksum(icmp.payload()), "ICMP checksum");
+            let id = u16::from_be_bytes([icmp.bytes5to8()[0], icmp.bytes5to8()[1]]);
+            (id, id)
+        }
+        other => panic!("unexpected transport {other:?}"),
+    };
+    Seen { src: header.source.into(), dst: header.destination.into(), sport, dport }
+}
+
+fn seen(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Seen {
+    Seen { src: src.into(), dst: dst.into(), sport, dport }
+}
+
+#[test]
+fn dnat_forward_reverse_and_established() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
+    let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, true));
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80), "DNAT keeps the client's address");
+    assert_eq!(bpf.ct().len(), 2, "one entry per direction");
+    assert_eq!(bpf.counter(counter::DNAT_NEW), 1);
+
+    let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 80, CLIENT, 40000, false));
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(inspect(&out), seen(HOST, 8080, CLIENT, 40000), "reply leaves from the published address");
+    assert_eq!(bpf.counter(counter::DNAT_REPLY), 1);
+
+    let (_, out) = bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, false));
+    assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
+    assert_eq!(bpf.counter(counter::DNAT_ESTABLISHED), 1);
+    assert_eq!(bpf.ct().len(), 2, "no new entries for an established flow");
+}
+
+#[test]
+fn dnat_honours_bound_address_and_protocol() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(Some([198, 51, 100, 77]), 5353, 17, SANDBOX, 53, 12);
+    // Not for this address (even though it is the host's): untouched.
+    let frame = udp(CLIENT, 5000, HOST, 5353);
+    let (ret, out) = bpf.run(INGRESS, &frame);
+    assert_eq!((ret, out.as_slice()), (TC_ACT_OK, frame.as_slice()));
+    // The bound address: translated, UDP checksum recomputed.
+    let (_, out) = bpf.run(INGRESS, &udp(CLIENT, 5000, [198, 51, 100, 77], 5353));
+    assert_eq!(inspect(&out), seen(CLIENT, 5000, SANDBOX, 53));
+    // TCP on the same port is another mapping: untouched.
+    let frame = tcp(CLIENT, 5000, [198, 51, 100, 77], 5353, true);
+    assert_eq!(bpf.run(INGRESS, &frame).1, frame);
+}
+
+#[test]
+fn snat_new_and_established_flows_and_replies() {
+    let mut bpf = Bpf::load(1024);
+    let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5555, REMOTE, 443, true));
+    assert_eq!(ret, TC_ACT_OK);
+    let first = inspect(&out);
+    assert_eq!((first.src, first.dst, first.dport), (HOST.into(), REMOTE.into(), 443));
+    assert!((61000..=61009).contains(&first.sport), "NAT port {} from the configured range", first.sport);
+    let nat_port = first.sport;
+    let (_, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5555, REMOTE, 443, false));
+    assert_eq!(inspect(&out), seen(HOST, nat_port, REMOTE, 443), "established flow keeps its port");
+    let (_, out) = bpf.run(INGRESS, &tcp(REMOTE, 443, HOST, nat_port, false));
+    assert_eq!(inspect(&out), seen(REMOTE, 443, SANDBOX, 5555), "reply goes back to the sandbox");
+    assert_eq!((bpf.counter(counter::SNAT_NEW), bpf.counter(counter::SNAT_ESTABLISHED), bpf.counter(counter::SNAT_REPLY)), (1, 1, 1));
+
+    // Another sandbox, same source port, same remote: a different NAT port.
+    let (_, out) = bpf.run(EGRESS, &tcp(OTHER_SANDBOX, 5555, REMOTE, 443, true));
+    let second = inspect(&out);
+    assert_ne!(second.sport, nat_port);
+    // Traffic of the host itself (not from a sandbox subnet) is not touched.
+    let frame = tcp(HOST, 40001, REMOTE, 443, true);
+    assert_eq!(bpf.run(EGRESS, &frame).1, frame);
+}
+
+#[test]
+fn snat_skips_published_ports_and_runs_out_cleanly() {
+    let mut bpf = Bpf::load(1024);
+    // 61000..=61009 is the NAT range; publish all but one of them.
+    for port in 61000..=61008 {
+        bpf.publish(None, port, 6, SANDBOX, 80, u32::from(port));
+    }
+    let (_, out) = bpf.run(EGRESS, &tcp(SANDBOX, 1000, REMOTE, 80, true));
+    assert_eq!(inspect(&out).sport, 61009, "the only NAT port that is not a published port");
+    // The range is now exhausted for this remote ip:port: the new flow is dropped, not leaked.
+    let (ret, _) = bpf.run(EGRESS, &tcp(OTHER_SANDBOX, 1000, REMOTE, 80, true));
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(bpf.counter(counter::DROP_NO_PORT), 1);
+    // A different remote port has the whole (unpublished) range again.
+    let (ret, _) = bpf.run(EGRESS, &tcp(OTHER_SANDBOX, 1000, REMOTE, 81, true));
+    assert_eq!(ret, TC_ACT_OK);
+}
+
+#[test]
+fn udp_zero_checksum_stays_zero() {
+    let mut bpf = Bpf::load(1024);
+    let mut frame = udp(SANDBOX, 6000, REMOTE, 53);
+    // UDP checksum field: Ethernet 14 + IPv4 20 + 6.
+    frame[40] = 0;
+    frame[41] = 0;
+    let (_, out) = bpf.run(EGRESS, &frame);
+    assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum means none and stays none");
+    let s = inspect(&out);
+    assert_eq!((s.src, s.dport), (HOST.into(), 53));
+    // With a checksum: recomputed (checked in inspect).
+    let (_, out) = bpf.run(EGRESS, &udp(SANDBOX, 6001, REMOTE, 53));
+    assert_eq!(inspect(&out).src, Ipv4Addr::from(HOST));
+}
+
+#[test]
+fn icmp_echo_id_is_translated_both_ways() {
+    let mut bpf = Bpf::load(1024);
+    let (ret, out) = bpf.run(EGRESS, &icmp_echo(SANDBOX, REMOTE, 0x1234, true));
+    assert_eq!(ret, TC_ACT_OK);
+    let out_seen = inspect(&out);
+    assert_eq!((out_seen.src, out_seen.dst), (HOST.into(), REMOTE.into()));
+    let nat_id = out_seen.sport;
+    assert!((61000..=61009).contains(&nat_id));
+    let (_, back) = bpf.run(INGRESS, &icmp_echo(REMOTE, HOST, nat_id, false));
+    let back = inspect(&back);
+    assert_eq!((back.src, back.dst, back.sport), (REMOTE.into(), SANDBOX.into(), 0x1234));
+    // An echo reply from a sandbox (answering someone) opens no flow.
+    let frame = icmp_echo(SANDBOX, REMOTE, 0x99, false);
+    assert_eq!(bpf.run(EGRESS, &frame).1, frame);
+}
+
+#[test]
+fn ip_options_move_the_l4_header() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT, HOST).unwrap();
+    // Record Route, 8 bytes: type 7, length 7, pointer 4, one empty slot, then EOL.
+    ip.options = Ipv4Options::try_from(&[7u8, 7, 4, 0, 0, 0, 0, 0][..]).unwrap();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(40000, 8080, 1, 1000)
+        .syn()
+        .write(&mut frame, b"opts")
+        .unwrap();
+    assert_eq!(frame[14] & 0x0f, 7, "IHL 7 with options");
+    let (_, out) = bpf.run(INGRESS, &frame);
+    assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
+    assert_eq!(&out[34..42], &frame[34..42], "options untouched");
+}
+
+#[test]
+fn truncated_and_malformed_frames_pass_untouched() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
+    let full = tcp(CLIENT, 40000, HOST, 8080, true);
+    // BPF_PROG_TEST_RUN itself refuses IPv4 frames shorter than Ethernet + 20 bytes (EINVAL),
+    // as the stack never hands such an skb to TC; every longer cut reaches the program.
+    for len in 34..full.len() {
+        for program in [INGRESS, EGRESS] {
+            let (ret, out) = bpf.run(program, &full[..len]);
+            assert_eq!(ret, TC_ACT_OK, "{program} len {len}");
+            assert_eq!(out, &full[..len], "{program}: a truncated frame (len {len}) is never rewritten");
+        }
+    }
+    let sandbox_frame = tcp(SANDBOX, 40000, REMOTE, 80, true);
+    for len in 34..sandbox_frame.len() {
+        let (_, out) = bpf.run(EGRESS, &sandbox_frame[..len]);
+        assert_eq!(out, &sandbox_frame[..len]);
+    }
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44;
+    let mut bad_version = full.clone();
+    bad_version[14] = 0x65;
+    let mut short_total = full.clone();
+    short_total[16..18].copy_from_slice(&10u16.to_be_bytes());
+    for frame in [bad_ihl, bad_version, short_total] {
+        let (ret, out) = bpf.run(INGRESS, &frame);
+        assert_eq!((ret, out), (TC_ACT_OK, frame.clone()));
+    }
+    assert!(bpf.counter(counter::MALFORMED) > 0);
+    assert_eq!(bpf.counter(counter::DNAT_NEW), 0, "nothing was translated");
+    assert!(bpf.ct().is_empty(), "no flow was created");
+}
+
+#[test]
+fn fragments_never_leak_a_sandbox_address() {
+    let mut bpf = Bpf::load(1024);
+    let mut later = tcp(SANDBOX, 5555, REMOTE, 443, false);
+    // Fragment offset 185 (x8 bytes), no more fragments: a later fragment.
+    later[20..22].copy_from_slice(&185u16.to_be_bytes());
+    let (ret, _) = bpf.run(EGRESS, &fix_ip_checksum(later));
+    assert_eq!(ret, TC_ACT_SHOT, "a later fragment of a sandbox cannot be translated and must not leave");
+    assert_eq!(bpf.counter(counter::DROP_FRAGMENT), 1);
+    let mut first = tcp(SANDBOX, 5555, REMOTE, 443, true);
+    first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    let (ret, out) = bpf.run(EGRESS, &fix_ip_checksum(first));
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(Ipv4Addr::from([out[26], out[27], out[28], out[29]]), Ipv4Addr::from(HOST), "first fragment translated");
+}
+
+fn fix_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let header = Ipv4Header::from_slice(&frame[14..]).unwrap().0;
+    frame[24..26].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
+    frame
+}
+
+#[test]
+fn removed_mapping_invalidates_its_flows() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(None, 5353, 17, SANDBOX, 53, 21);
+    let frame = udp(CLIENT, 7000, HOST, 5353);
+    assert_eq!(inspect(&bpf.run(INGRESS, &frame).1).dst, Ipv4Addr::from(SANDBOX));
+    bpf.unpublish(None, 5353, 17);
+    let (ret, out) = bpf.run(INGRESS, &frame);
+    assert_eq!((ret, out), (TC_ACT_OK, frame.clone()), "the established UDP flow is gone with its mapping");
+    assert_eq!(bpf.counter(counter::STALE_MAPPING), 1);
+    assert!(bpf.ct().is_empty(), "both entries removed");
+    // Re-published to another sandbox: new flows go there.
+    bpf.publish(None, 5353, 17, OTHER_SANDBOX, 53, 22);
+    assert_eq!(inspect(&bpf.run(INGRESS, &frame).1).dst, Ipv4Addr::from(OTHER_SANDBOX));
+}
+
+#[test]
+fn full_table_drops_only_new_flows() {
+    let mut bpf = Bpf::load(64);
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
+    // 32 flows fill 64 entries.
+    for port in 0..32u16 {
+        let (ret, _) = bpf.run(INGRESS, &tcp(CLIENT, 20000 + port, HOST, 8080, true));
+        assert_eq!(ret, TC_ACT_OK);
+    }
+    assert_eq!(bpf.ct().len(), 64);
+    let (ret, _) = bpf.run(INGRESS, &tcp(CLIENT, 30000, HOST, 8080, true));
+    assert_eq!(ret, TC_ACT_SHOT, "a new flow is refused when the table is full");
+    let (ret, _) = bpf.run(EGRESS, &tcp(SANDBOX, 30000, REMOTE, 80, true));
+    assert_eq!(ret, TC_ACT_SHOT, "and a new masqueraded flow too (dropped, not leaked)");
+    assert_eq!(bpf.counter(counter::DROP_CT_FULL), 2);
+    let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 20005, HOST, 8080, false));
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(inspect(&out).dst, Ipv4Addr::from(SANDBOX), "established flows keep working");
+}
+
