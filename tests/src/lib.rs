@@ -348,3 +348,62 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs `f` on a thread inside the network namespace at `path` (e.g. /run/netns/NAME).
+/// Sockets created there stay in that namespace when used from other threads afterwards.
+pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("thread in namespace panicked")
+    })
+}
+
+impl Lab {
+    pub fn ext_path(&self) -> String {
+        format!("/run/netns/{}", self.ext_ns)
+    }
+
+    pub fn host_path(&self) -> String {
+        format!("/run/netns/{}", self.host_ns)
+    }
+
+    /// A background process in one of the lab's namespaces, killed (by pid) on drop.
+    pub fn spawn_in(&self, ns: &str, args: &[&str]) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn background process");
+        Background { child }
+    }
+}
+
+pub struct Background {
+    child: Child,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until something listens on `port` in the namespace at `path`.
+pub fn wait_listening(ns_path: &str, proto: &str, port: u16) -> bool {
+    let flag = if proto == "udp" { "-lun" } else { "-ltn" };
+    let needle = format!(":{port} ");
+    wait_until(Duration::from_secs(5), || {
+        let out = sh("nsenter", &[&format!("--net={ns_path}"), "ss", "-H", flag]);
+        String::from_utf8_lossy(&out.stdout).contains(&needle)
+    })
+}

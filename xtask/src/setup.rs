@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "ethtool",
     "busybox",
+    "conntrack",
     "util-linux",
     "llvm-22-dev",
     "libzstd-dev",
