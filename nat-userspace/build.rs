@@ -12,7 +12,10 @@ fn main() -> anyhow::Result<()> {
         .context("nat-userspace has no parent directory")?
         .join("nat-ebpf");
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 path to nat-ebpf")?;
-    println!("cargo:rerun-if-changed={}", manifest_dir.parent().unwrap().join("nat-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.parent().unwrap().join("nat-common").display()
+    );
     aya_build::build_ebpf(
         [Package {
             name: "nat-ebpf",

@@ -38,10 +38,19 @@ pub mod counter {
     pub const DROP_TUPLE_CLASH: u32 = 19;
     pub const STALE_MAPPING: u32 = 20;
     pub const CSUM_ERROR: u32 = 21;
+    pub const DROP_CROSS_NETWORK: u32 = 22;
+    pub const DROP_ICC: u32 = 23;
+    pub const DROP_INTERNAL: u32 = 24;
+    pub const DROP_DIRECT_ACCESS: u32 = 25;
+    pub const DROP_LOOPBACK_SPOOF: u32 = 26;
+    pub const HAIRPIN_NEW: u32 = 27;
+    pub const ICMP_ERROR_TRANSLATED: u32 = 28;
+    pub const SOCK_REWRITES: u32 = 29;
+    pub const DROP_SPOOFED_SOURCE: u32 = 30;
     pub const COUNT: u32 = 32;
 
-    /// Names in id order, for `natctl info` and the benchmark report.
-    pub const NAMES: [&str; 22] = [
+    /// Names in id order, for `natctl stats` and the benchmark report.
+    pub const NAMES: [&str; 31] = [
         "packets_seen",
         "bytes_seen",
         "ipv4",
@@ -64,6 +73,15 @@ pub mod counter {
         "drop_tuple_clash",
         "stale_mapping",
         "csum_error",
+        "drop_cross_network",
+        "drop_icc",
+        "drop_internal",
+        "drop_direct_access",
+        "drop_loopback_spoof",
+        "hairpin_new",
+        "icmp_error_translated",
+        "sock_rewrites",
+        "drop_spoofed_source",
     ];
 }
 
@@ -134,16 +152,21 @@ pub struct CtKey {
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 
+/// What a packet with the key's tuple becomes: the complete translated tuple, so one
+/// lookup rewrites source, destination or both (hairpin), and the reverse direction's key
+/// is this tuple reversed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// The address and port written over the side named by `rewrite`.
-    pub addr: [u8; 16],
-    pub port: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// `ct::REWRITE_SRC | ct::REWRITE_DST`: which side differs from the key.
     pub rewrite: u8,
     pub kind: u8,
     pub state: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
     /// The published mapping a DNAT entry belongs to (0 for SNAT).
     pub mapping_id: u32,
     pub _pad2: u32,
@@ -152,7 +175,7 @@ pub struct CtEntry {
     pub packets: u64,
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 
 /// A published host address and port. `addr` all zero: every local address (0.0.0.0).
 #[repr(C)]
@@ -185,14 +208,57 @@ pub struct AddrKey {
 }
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 
-/// Value of `NATD_MASQ_V4` (an LPM trie of sandbox subnets whose traffic is masqueraded).
+/// A natd network as the kernel sees it: in `NATD_NETS_V4` (by subnet, LPM) and
+/// `NATD_NETWORKS` (by id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MasqNet {
+pub struct NetInfo {
     pub network_id: u32,
-    pub _pad: u32,
+    /// `net::ICC | net::INTERNAL | net::MASQ`.
+    pub flags: u32,
+    pub gateway: [u8; 16],
+    pub subnet: [u8; 16],
+    pub prefix_len: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<MasqNet>() == 8);
+const _: () = assert!(core::mem::size_of::<NetInfo>() == 48);
+
+pub mod net {
+    pub const ICC: u32 = 1;
+    pub const INTERNAL: u32 = 2;
+    pub const MASQ: u32 = 4;
+}
+
+/// Per-mapping traffic, per CPU, keyed by mapping id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<MappingStats>() == 16);
+
+/// A socket whose destination a cgroup hook rewrote, and the address it rewrote it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
+
+/// The address the application asked for, restored for recvmsg/getpeername.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOrig {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SockOrig>() == 24);
 
 /// Single entry of `NATD_CONFIG`. Timeouts live in the agent's GC; the kernel needs the
 /// masquerade port range only.
@@ -209,7 +275,8 @@ const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
 pub const MAX_IFACES: u32 = 4096;
 pub const DEFAULT_CT_ENTRIES: u32 = 131_072;
 pub const MAX_PORT_MAPPINGS: u32 = 131_072;
-pub const MAX_MASQ_NETS: u32 = 1024;
+pub const MAX_NETWORKS: u32 = 1024;
+pub const MAX_SOCK_REWRITES: u32 = 65_536;
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
 /// How many NAT ports a new masqueraded flow tries before it is dropped.
 pub const SNAT_PORT_TRIES: u32 = 32;
@@ -225,6 +292,9 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PortTarget {}
     unsafe impl aya::Pod for super::AddrKey {}
-    unsafe impl aya::Pod for super::MasqNet {}
+    unsafe impl aya::Pod for super::NetInfo {}
+    unsafe impl aya::Pod for super::MappingStats {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::SockOrig {}
     unsafe impl aya::Pod for super::NatConfig {}
 }

@@ -1,5 +1,6 @@
-//! Connection tracking in `NATD_CT`: tuple keys, pair insertion that never half-installs a
-//! flow, and per-packet state updates. Expiry is the agent's job (it sees both directions).
+//! Connection tracking in `NATD_CT`: tuple keys, flows inserted as a pair that is never
+//! half-installed, and per-packet state updates. Expiry is the agent's job (it sees both
+//! directions at once).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use nat_common::{CtEntry, CtKey, FAMILY_V4, PROTO_TCP, ct};
 
@@ -16,6 +17,46 @@ pub enum InsertError {
     Clash,
     /// The table is full (or another map error): only this new flow is refused.
     Full,
+}
+
+/// An IPv4 tuple, addresses and ports in network byte order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Tuple {
+    #[inline(always)]
+    pub fn of(packet: &Ipv4Packet) -> Self {
+        Self { src: packet.src, dst: packet.dst, sport: packet.sport, dport: packet.dport, proto: packet.proto }
+    }
+
+    #[inline(always)]
+    pub fn reversed(&self) -> Self {
+        Self { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto }
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> CtKey {
+        CtKey {
+            src: v4_addr(self.src),
+            dst: v4_addr(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    pub fn of_entry(entry: &CtEntry, proto: u8) -> Self {
+        Self { src: v4_raw(&entry.src), dst: v4_raw(&entry.dst), sport: entry.sport, dport: entry.dport, proto }
+    }
 }
 
 #[inline(always)]
@@ -35,39 +76,30 @@ pub fn v4_raw(addr: &[u8; 16]) -> u32 {
 }
 
 #[inline(always)]
-pub fn key_v4(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        src: v4_addr(src),
-        dst: v4_addr(dst),
-        sport,
-        dport,
-        proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
-    }
-}
-
-#[inline(always)]
-pub fn packet_key(packet: &Ipv4Packet) -> CtKey {
-    key_v4(packet.src, packet.dst, packet.sport, packet.dport, packet.proto)
-}
-
-#[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
-pub fn new_entry(kind: u8, rewrite: u8, addr: u32, port: u16, mapping_id: u32, proto: u8) -> CtEntry {
+fn entry(kind: u8, from: &Tuple, to: &Tuple, mapping_id: u32) -> CtEntry {
     let now = now();
+    let mut rewrite = 0;
+    if from.src != to.src || from.sport != to.sport {
+        rewrite |= ct::REWRITE_SRC;
+    }
+    if from.dst != to.dst || from.dport != to.dport {
+        rewrite |= ct::REWRITE_DST;
+    }
     CtEntry {
-        addr: v4_addr(addr),
-        port,
+        src: v4_addr(to.src),
+        dst: v4_addr(to.dst),
+        sport: to.sport,
+        dport: to.dport,
         rewrite,
         kind,
-        state: if proto == PROTO_TCP { ct::TCP_SYN_SENT } else { ct::DGRAM_NEW },
-        _pad: [0; 3],
+        state: if from.proto == PROTO_TCP { ct::TCP_SYN_SENT } else { ct::DGRAM_NEW },
+        _pad: 0,
         mapping_id,
         _pad2: 0,
         created_ns: now,
@@ -77,25 +109,53 @@ pub fn new_entry(kind: u8, rewrite: u8, addr: u32, port: u16, mapping_id: u32, p
     }
 }
 
-/// Inserts the reply entry, then the forward entry; if the second fails the first is
-/// removed again, so a flow is either fully tracked or not at all.
+/// The reply direction's entry first (it claims the translated tuple), then the forward
+/// one; if the second fails the first is removed again.
 #[inline(always)]
-pub fn insert_pair(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) -> Result<(), InsertError> {
-    insert_new(rev_key, rev)?;
-    if let Err(e) = insert_new(fwd_key, fwd) {
-        let _ = NATD_CT.remove(rev_key);
+pub fn track(original: &Tuple, translated: &Tuple, kinds: (u8, u8), mapping_id: u32) -> Result<CtEntry, InsertError> {
+    let reply_key = translated.reversed().key();
+    let reply = entry(kinds.1, &translated.reversed(), &original.reversed(), mapping_id);
+    insert_new(&reply_key, &reply)?;
+    let forward = entry(kinds.0, original, translated, mapping_id);
+    if let Err(e) = insert_new(&original.key(), &forward) {
+        let _ = NATD_CT.remove(&reply_key);
         return Err(e);
     }
-    Ok(())
+    Ok(forward)
+}
+
+/// Claims only the reply tuple (masquerade port search); `finish` adds the forward entry.
+#[inline(always)]
+pub fn claim_reply(original: &Tuple, translated: &Tuple, kind: u8) -> Result<(), InsertError> {
+    let reply = entry(kind, &translated.reversed(), &original.reversed(), 0);
+    insert_new(&translated.reversed().key(), &reply)
 }
 
 #[inline(always)]
-pub fn insert_new(key: &CtKey, entry: &CtEntry) -> Result<(), InsertError> {
+pub fn finish(original: &Tuple, translated: &Tuple, kind: u8) -> Result<CtEntry, InsertError> {
+    let forward = entry(kind, original, translated, 0);
+    if let Err(e) = insert_new(&original.key(), &forward) {
+        let _ = NATD_CT.remove(&translated.reversed().key());
+        return Err(e);
+    }
+    Ok(forward)
+}
+
+#[inline(always)]
+fn insert_new(key: &CtKey, entry: &CtEntry) -> Result<(), InsertError> {
     match NATD_CT.insert(key, entry, BPF_NOEXIST) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(InsertError::Clash),
         Err(_) => Err(InsertError::Full),
     }
+}
+
+/// Removes both entries of the flow `key` belongs to.
+#[inline(always)]
+pub fn forget(key: &CtKey, entry: &CtEntry) {
+    let peer = Tuple::of_entry(entry, key.proto).reversed().key();
+    let _ = NATD_CT.remove(&peer);
+    let _ = NATD_CT.remove(key);
 }
 
 /// Accounts a packet on its entry and follows TCP's flags.

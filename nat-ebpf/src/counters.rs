@@ -17,6 +17,21 @@ pub fn add(id: u32, by: u64) {
     }
 }
 
+/// Traffic of one published mapping (the agent creates the entry with the mapping).
+#[inline(always)]
+pub fn mapping(mapping_id: u32, len: u32) {
+    if mapping_id == 0 {
+        return;
+    }
+    if let Some(stats) = maps::NATD_MAPPING_STATS.get_ptr_mut(&mapping_id) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += u64::from(len);
+        }
+    }
+}
+
 #[inline(always)]
 pub fn count_iface(ctx: &TcContext) {
     let len = u64::from(ctx.len());
@@ -24,15 +39,15 @@ pub fn count_iface(ctx: &TcContext) {
     add(counter::BYTES_SEEN, len);
     // SAFETY: the ifindex field is always readable in a TC context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if let Some(stats) = maps::NATD_IFACE_STATS.get_ptr_mut(ifindex) {
+    if let Some(stats) = maps::NATD_IFACE_STATS.get_ptr_mut(&ifindex) {
         // SAFETY: pointer into the map value; a lost update between CPUs only skews a counter.
         unsafe {
             (*stats).packets += 1;
             (*stats).bytes += len;
         }
-    } else if maps::NATD_IFACE_CONFIG.get_ptr(ifindex).is_some() {
+    } else if maps::NATD_IFACE_CONFIG.get_ptr(&ifindex).is_some() {
         let first = IfaceStats { packets: 1, bytes: len };
-        let _ = maps::NATD_IFACE_STATS.insert(ifindex, first, 0);
+        let _ = maps::NATD_IFACE_STATS.insert(&ifindex, &first, 0);
     }
 }
 

@@ -1,32 +1,35 @@
-//! Translation on the uplink: published ports (DNAT) on ingress, masquerade (SNAT) on
-//! egress, and the reverse of each through the connection table. Both directions of every
-//! flow cross the uplink, so the sandbox veths need no translation of their own.
+//! Translation: published ports (DNAT) for traffic from outside and from sandboxes
+//! (hairpin), masquerade (SNAT) on the way out, and the reverse of each through the
+//! connection table.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_get_prandom_u32,
-    maps::lpm_trie::Key,
     programs::TcContext,
 };
-use nat_common::{
-    AddrKey, CtEntry, CtKey, FAMILY_V4, PROTO_ICMP, PortKey, PortTarget, SNAT_PORT_TRIES, counter, ct,
-};
+use nat_common::{AddrKey, FAMILY_V4, NetInfo, PROTO_ICMP, PortKey, PortTarget, SNAT_PORT_TRIES, counter, ct};
 
 use crate::{
-    conntrack::{self, InsertError, v4_addr, v4_raw},
-    counters::bump,
-    csum::{self, Side},
+    conntrack::{self, InsertError, Tuple, v4_addr, v4_raw},
+    counters::{self, bump},
+    csum,
     maps,
-    parse::{Fragment, ICMP_ECHO_REQUEST, Ipv4Packet},
+    parse::Ipv4Packet,
 };
 
 pub type Verdict = i32;
 
+/// Which program is asking: each hook translates only the directions that cross it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    UplinkIngress,
+    UplinkEgress,
+    /// Host side of a sandbox veth: what a sandbox sends.
+    Sandbox,
+}
+
 #[inline(always)]
-fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &CtEntry) -> Verdict {
-    let side = if entry.rewrite == ct::REWRITE_SRC { Side::Src } else { Side::Dst };
-    let result = csum::set_addr(ctx, packet, side, v4_raw(&entry.addr))
-        .and_then(|()| csum::set_port(ctx, packet, side, entry.port));
-    match result {
+pub fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> Verdict {
+    match csum::rewrite(ctx, packet, to) {
         Ok(()) => TC_ACT_OK,
         Err(_) => {
             // A half-rewritten packet must not leave: drop it.
@@ -37,145 +40,109 @@ fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &CtEntry) -> Verdict {
 }
 
 #[inline(always)]
-fn port_key(addr: u32, port: u16, proto: u8) -> PortKey {
+pub fn port_key(addr: u32, port: u16, proto: u8) -> PortKey {
     PortKey { addr: v4_addr(addr), port, proto, family: FAMILY_V4 }
+}
+
+#[inline(always)]
+pub fn is_local(addr: u32) -> bool {
+    let key = AddrKey { addr: v4_addr(addr), family: FAMILY_V4, _pad: [0; 3] };
+    maps::NATD_LOCAL_ADDRS.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+pub fn is_loopback(addr: u32) -> bool {
+    addr.to_ne_bytes()[0] == 127
 }
 
 /// The published mapping for a destination: bound to that address, or to every address
 /// when the destination is one of the host's own (Docker's `--dst-type LOCAL`).
 #[inline(always)]
-fn published(dst: u32, dport: u16, proto: u8) -> Option<PortTarget> {
-    if let Some(target) = maps::NATD_PORTS.get_ptr(port_key(dst, dport, proto)) {
+pub fn published(dst: u32, dport: u16, proto: u8) -> Option<PortTarget> {
+    if let Some(target) = maps::NATD_PORTS.get_ptr(&port_key(dst, dport, proto)) {
         // SAFETY: valid map value pointer; copied out at once.
         return Some(unsafe { *target });
     }
-    let local = AddrKey { addr: v4_addr(dst), family: FAMILY_V4, _pad: [0; 3] };
-    maps::NATD_LOCAL_ADDRS.get_ptr(local)?;
+    if !is_local(dst) {
+        return None;
+    }
     // SAFETY: as above.
-    maps::NATD_PORTS.get_ptr(port_key(0, dport, proto)).map(|t| unsafe { *t })
+    maps::NATD_PORTS.get_ptr(&port_key(0, dport, proto)).map(|t| unsafe { *t })
 }
 
-fn reverse_of_translated(key: &CtKey, entry: &CtEntry) -> CtKey {
-    let mut translated = *key;
-    if entry.rewrite == ct::REWRITE_SRC {
-        translated.src = entry.addr;
-        translated.sport = entry.port;
-    } else {
-        translated.dst = entry.addr;
-        translated.dport = entry.port;
-    }
-    CtKey {
-        src: translated.dst,
-        dst: translated.src,
-        sport: translated.dport,
-        dport: translated.sport,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    }
-}
-
-/// Uplink ingress: replies to masqueraded flows and new or established connections to
-/// published ports.
+/// An existing flow: translate it if this hook owns that direction. `None`: not tracked
+/// here (or its mapping is gone), go on as for a new packet.
 #[inline(always)]
-pub fn uplink_ingress(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
-    if packet.fragment == Fragment::Later || !packet.translatable() {
-        return TC_ACT_OK;
-    }
-    let key = conntrack::packet_key(packet);
-    if let Some(entry) = maps::NATD_CT.get_ptr_mut(&key) {
-        // SAFETY: valid map value pointer; copied so later map updates cannot alias it.
-        let copy = unsafe { *entry };
-        match copy.kind {
-            ct::DNAT_FORWARD => {
-                let live = published(packet.dst, packet.dport, packet.proto)
-                    .is_some_and(|t| t.mapping_id == copy.mapping_id);
-                if live {
-                    conntrack::touch(entry, packet, ctx.len());
-                    bump(counter::DNAT_ESTABLISHED);
-                    return apply(ctx, packet, &copy);
-                }
+pub fn established(ctx: &TcContext, packet: &mut Ipv4Packet, hook: Hook) -> Option<Verdict> {
+    let key = Tuple::of(packet).key();
+    let entry = maps::NATD_CT.get_ptr_mut(&key)?;
+    // SAFETY: valid map value pointer, copied so later map updates cannot alias it.
+    let copy = unsafe { *entry };
+    let counter_id = match (hook, copy.kind) {
+        (Hook::UplinkIngress | Hook::Sandbox, ct::DNAT_FORWARD) => {
+            let live = published(packet.dst, packet.dport, packet.proto)
+                .is_some_and(|t| t.mapping_id == copy.mapping_id);
+            if !live {
                 // The mapping was removed or changed: the flow is gone with it.
-                let _ = maps::NATD_CT.remove(&reverse_of_translated(&key, &copy));
-                let _ = maps::NATD_CT.remove(&key);
+                conntrack::forget(&key, &copy);
                 bump(counter::STALE_MAPPING);
+                return None;
             }
-            ct::SNAT_REPLY => {
-                conntrack::touch(entry, packet, ctx.len());
-                bump(counter::SNAT_REPLY);
-                return apply(ctx, packet, &copy);
-            }
-            _ => return TC_ACT_OK,
+            counter::DNAT_ESTABLISHED
         }
-    }
-    if packet.proto == PROTO_ICMP {
-        return TC_ACT_OK;
-    }
-    let Some(target) = published(packet.dst, packet.dport, packet.proto) else {
-        return TC_ACT_OK;
+        (Hook::UplinkEgress | Hook::Sandbox, ct::DNAT_REPLY) => counter::DNAT_REPLY,
+        (Hook::UplinkIngress, ct::SNAT_REPLY) => counter::SNAT_REPLY,
+        (Hook::UplinkEgress, ct::SNAT_FORWARD) => counter::SNAT_ESTABLISHED,
+        // Tracked, translated at another hook (e.g. masquerade happens on the uplink).
+        _ => return Some(TC_ACT_OK),
     };
-    let target_addr = v4_raw(&target.addr);
-    let forward = conntrack::new_entry(ct::DNAT_FORWARD, ct::REWRITE_DST, target_addr, target.port, target.mapping_id, packet.proto);
-    let reply_key = conntrack::key_v4(target_addr, packet.src, target.port, packet.sport, packet.proto);
-    let reply = conntrack::new_entry(ct::DNAT_REPLY, ct::REWRITE_SRC, packet.dst, packet.dport, target.mapping_id, packet.proto);
-    match conntrack::insert_pair(&key, &forward, &reply_key, &reply) {
-        Ok(()) => {}
-        Err(InsertError::Clash) => {
-            bump(counter::DROP_TUPLE_CLASH);
-            return TC_ACT_SHOT;
-        }
-        Err(InsertError::Full) => {
-            bump(counter::DROP_CT_FULL);
-            return TC_ACT_SHOT;
-        }
-    }
-    if let Some(entry) = maps::NATD_CT.get_ptr_mut(&key) {
-        conntrack::touch(entry, packet, ctx.len());
-    }
-    bump(counter::DNAT_NEW);
-    apply(ctx, packet, &forward)
+    conntrack::touch(entry, packet, ctx.len());
+    counters::mapping(copy.mapping_id, ctx.len());
+    bump(counter_id);
+    Some(apply(ctx, packet, &Tuple::of_entry(&copy, packet.proto)))
 }
 
-/// Uplink egress: replies of published-port flows and masquerade of sandbox traffic.
+/// A new connection to a published port. From a sandbox to its own published port
+/// (hairpin) the source becomes the network's gateway, so the reply comes back through
+/// the host instead of being answered locally by the sandbox.
 #[inline(always)]
-pub fn uplink_egress(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
-    let masq = maps::NATD_MASQ_V4.get(Key::new(32, packet.src.to_ne_bytes())).is_some();
-    if packet.fragment == Fragment::Later {
-        // Without ports a later fragment cannot be translated; letting it out would leak a
-        // sandbox address.
-        if masq {
-            bump(counter::DROP_FRAGMENT);
-            return TC_ACT_SHOT;
-        }
-        return TC_ACT_OK;
+pub fn dnat_new(ctx: &TcContext, packet: &mut Ipv4Packet, target: &PortTarget, from_net: Option<&NetInfo>) -> Verdict {
+    let original = Tuple::of(packet);
+    let mut translated = original;
+    translated.dst = v4_raw(&target.addr);
+    translated.dport = target.port;
+    let hairpin = translated.dst == original.src;
+    if hairpin && let Some(net) = from_net {
+        translated.src = v4_raw(&net.gateway);
     }
-    if !packet.translatable() {
-        return TC_ACT_OK;
+    match conntrack::track(&original, &translated, (ct::DNAT_FORWARD, ct::DNAT_REPLY), target.mapping_id) {
+        Ok(_) => {}
+        Err(e) => return refuse(e),
     }
-    let key = conntrack::packet_key(packet);
-    if let Some(entry) = maps::NATD_CT.get_ptr_mut(&key) {
-        // SAFETY: valid map value pointer, copied at once.
-        let copy = unsafe { *entry };
-        let counter_id = match copy.kind {
-            ct::DNAT_REPLY => counter::DNAT_REPLY,
-            ct::SNAT_FORWARD => counter::SNAT_ESTABLISHED,
-            _ => return TC_ACT_OK,
-        };
+    if let Some(entry) = maps::NATD_CT.get_ptr_mut(&original.key()) {
         conntrack::touch(entry, packet, ctx.len());
-        bump(counter_id);
-        return apply(ctx, packet, &copy);
     }
-    if !masq || (packet.proto == PROTO_ICMP && packet.icmp_type != ICMP_ECHO_REQUEST) {
-        return TC_ACT_OK;
-    }
-    masquerade_new(ctx, packet, &key)
+    counters::mapping(target.mapping_id, ctx.len());
+    bump(if from_net.is_some() { counter::HAIRPIN_NEW } else { counter::DNAT_NEW });
+    apply(ctx, packet, &translated)
 }
 
 #[inline(always)]
-fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet, key: &CtKey) -> Verdict {
+fn refuse(e: InsertError) -> Verdict {
+    bump(match e {
+        InsertError::Clash => counter::DROP_TUPLE_CLASH,
+        InsertError::Full => counter::DROP_CT_FULL,
+    });
+    TC_ACT_SHOT
+}
+
+/// A new flow out of a masqueraded network: a NAT port is claimed from the configured
+/// range, starting at a random offset (RFC 6056), skipping published ports.
+#[inline(always)]
+pub fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
     // SAFETY: the ifindex field is always readable in a TC context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let uplink_addr = match maps::NATD_IFACE_CONFIG.get_ptr(ifindex) {
+    let uplink_addr = match maps::NATD_IFACE_CONFIG.get_ptr(&ifindex) {
         // SAFETY: valid map value pointer.
         Some(config) if unsafe { (*config).family } == FAMILY_V4 => unsafe { v4_raw(&(*config).addr) },
         _ => {
@@ -188,50 +155,40 @@ fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet, key: &CtKey) -> Verd
         _ => (61000, 65535),
     };
     let span = u32::from(max - min) + 1;
-    // Random start (RFC 6056): NAT ports must not be predictable.
     // SAFETY: no preconditions.
     let start = unsafe { bpf_get_prandom_u32() } % span;
-    let reply_to = conntrack::new_entry(ct::SNAT_REPLY, ct::REWRITE_DST, packet.src, packet.sport, 0, packet.proto);
-    let mut chosen: u16 = 0;
+    let original = Tuple::of(packet);
+    let mut translated = original;
+    translated.src = uplink_addr;
+    let mut claimed = false;
     for i in 0..SNAT_PORT_TRIES {
-        let port_host = min as u32 + (start + i) % span;
-        let port = (port_host as u16).to_be();
+        let port = ((min as u32 + (start + i) % span) as u16).to_be();
         if packet.proto != PROTO_ICMP
-            && (maps::NATD_PORTS.get_ptr(port_key(uplink_addr, port, packet.proto)).is_some()
-                || maps::NATD_PORTS.get_ptr(port_key(0, port, packet.proto)).is_some())
+            && (maps::NATD_PORTS.get_ptr(&port_key(uplink_addr, port, packet.proto)).is_some()
+                || maps::NATD_PORTS.get_ptr(&port_key(0, port, packet.proto)).is_some())
         {
             continue;
         }
-        let reply_key = conntrack::key_v4(packet.dst, uplink_addr, packet.dport, port, packet.proto);
-        match conntrack::insert_new(&reply_key, &reply_to) {
+        translated.sport = port;
+        match conntrack::claim_reply(&original, &translated, ct::SNAT_REPLY) {
             Ok(()) => {
-                chosen = port;
+                claimed = true;
                 break;
             }
             Err(InsertError::Clash) => continue,
-            Err(InsertError::Full) => {
-                bump(counter::DROP_CT_FULL);
-                return TC_ACT_SHOT;
-            }
+            Err(InsertError::Full) => return refuse(InsertError::Full),
         }
     }
-    if chosen == 0 {
+    if !claimed {
         bump(counter::DROP_NO_PORT);
         return TC_ACT_SHOT;
     }
-    let forward = conntrack::new_entry(ct::SNAT_FORWARD, ct::REWRITE_SRC, uplink_addr, chosen, 0, packet.proto);
-    if let Err(e) = conntrack::insert_new(key, &forward) {
-        let reply_key = conntrack::key_v4(packet.dst, uplink_addr, packet.dport, chosen, packet.proto);
-        let _ = maps::NATD_CT.remove(&reply_key);
-        bump(match e {
-            InsertError::Clash => counter::DROP_TUPLE_CLASH,
-            InsertError::Full => counter::DROP_CT_FULL,
-        });
-        return TC_ACT_SHOT;
+    if let Err(e) = conntrack::finish(&original, &translated, ct::SNAT_FORWARD) {
+        return refuse(e);
     }
-    if let Some(entry) = maps::NATD_CT.get_ptr_mut(key) {
+    if let Some(entry) = maps::NATD_CT.get_ptr_mut(&original.key()) {
         conntrack::touch(entry, packet, ctx.len());
     }
     bump(counter::SNAT_NEW);
-    apply(ctx, packet, &forward)
+    apply(ctx, packet, &translated)
 }

@@ -227,3 +227,23 @@ pub struct InfoResponse {
 pub struct ErrorBody {
     pub message: String,
 }
+
+/// `GET /v1/stats`: what the dataplane counted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatsView {
+    pub dataplane: String,
+    /// Every counter of the dataplane, by name (drops are the `drop_*` ones).
+    pub counters: std::collections::BTreeMap<String, u64>,
+    pub mappings: Vec<MappingStatsView>,
+    /// Map name -> (entries, capacity).
+    pub maps: std::collections::BTreeMap<String, (usize, u32)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MappingStatsView {
+    pub sandbox: String,
+    pub mapping: String,
+    pub mapping_id: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}

@@ -13,10 +13,7 @@ use crate::api::ErrorBody;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to natd at {path}: {source} (is natd running? set --socket or NATD_SOCKET)")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Connect { path: PathBuf, source: std::io::Error },
     #[error("talking to natd: {0}")]
     Http(String),
     /// natd refused the request; the message is natd's.
@@ -34,13 +31,23 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: &Path) -> Self {
-        Self { socket: socket.to_owned() }
+        Self {
+            socket: socket.to_owned(),
+        }
     }
 
-    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ClientError> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+            .map_err(|source| ClientError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(http)?;
@@ -59,7 +66,10 @@ impl Client {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).to_string());
-            return Err(ClientError::Api { status: status.as_u16(), message });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
         }
         Ok((status, bytes))
     }
@@ -73,7 +83,11 @@ impl Client {
         self.get(path).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(http)?;
         let (_, bytes) = self.request(Method::POST, path, Some(body)).await?;
         serde_json::from_slice(&bytes).map_err(http)

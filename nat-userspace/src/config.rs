@@ -12,10 +12,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {source}")]
     Parse {
         path: PathBuf,
@@ -49,7 +46,11 @@ pub enum LogFormat {
 
 /// Flags of `natd`. Every field is optional here so that the config file can fill it.
 #[derive(Debug, Parser, Default)]
-#[command(name = "natd", version, about = "natd: Docker-style bridge networking for network namespaces, NAT in eBPF")]
+#[command(
+    name = "natd",
+    version,
+    about = "natd: Docker-style bridge networking for network namespaces, NAT in eBPF"
+)]
 pub struct DaemonArgs {
     /// JSON config file (keys as the long flag names, e.g. "fixed-cidr", "dns": [..]).
     #[arg(long)]
@@ -255,16 +256,20 @@ impl DaemonConfig {
         let default_gateway_v6 = match pick(&args.default_gateway_v6, file.default_gateway_v6) {
             None => None,
             Some(text) => {
-                let ip: Ipv6Addr = text.parse().map_err(|_| {
-                    invalid("default-gateway-v6", format!("{text} is not an IPv6 address"))
-                })?;
+                let ip: Ipv6Addr = text
+                    .parse()
+                    .map_err(|_| invalid("default-gateway-v6", format!("{text} is not an IPv6 address")))?;
                 if fixed_cidr_v6.is_none() {
                     return Err(invalid("default-gateway-v6", "needs fixed-cidr-v6"));
                 }
                 Some(ip)
             }
         };
-        let dns_text = if args.dns.is_empty() { file.dns } else { args.dns.clone() };
+        let dns_text = if args.dns.is_empty() {
+            file.dns
+        } else {
+            args.dns.clone()
+        };
         let dns = dns_text
             .iter()
             .map(|d| {
@@ -272,12 +277,16 @@ impl DaemonConfig {
                     .map_err(|_| invalid("dns", format!("{d} is not an IP address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let name_prefix = pick(&args.name_prefix, file.name_prefix)
-            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        let name_prefix =
+            pick(&args.name_prefix, file.name_prefix).unwrap_or_else(|| DEFAULT_PREFIX.to_string());
         validate_prefix(&name_prefix)?;
         let bridge = pick(&args.bridge, file.bridge).unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         validate_ifname(&bridge).map_err(|m| invalid("bridge", m))?;
-        let uplinks = if args.uplink.is_empty() { file.uplink } else { args.uplink.clone() };
+        let uplinks = if args.uplink.is_empty() {
+            file.uplink
+        } else {
+            args.uplink.clone()
+        };
         for uplink in &uplinks {
             validate_ifname(uplink).map_err(|m| invalid("uplink", m))?;
         }
@@ -289,9 +298,15 @@ impl DaemonConfig {
             None => None,
             Some(text) => Some(parse_port_range(&text).map_err(|m| invalid("masquerade-port-range", m))?),
         };
-        let conntrack_max = args.conntrack_max.or(file.conntrack_max).unwrap_or(nat_common::DEFAULT_CT_ENTRIES);
+        let conntrack_max = args
+            .conntrack_max
+            .or(file.conntrack_max)
+            .unwrap_or(nat_common::DEFAULT_CT_ENTRIES);
         if !(64..=16_777_216).contains(&conntrack_max) {
-            return Err(invalid("conntrack-max", format!("{conntrack_max} is out of range (64-16777216)")));
+            return Err(invalid(
+                "conntrack-max",
+                format!("{conntrack_max} is out of range (64-16777216)"),
+            ));
         }
         Ok(Self {
             masquerade_port_range,
@@ -353,7 +368,10 @@ pub fn parse_v4_subnet(key: &'static str, text: &str) -> Result<Ipv4Network, Con
     if net.ip() != net.network() {
         return Err(invalid(
             key,
-            format!("invalid CIDR address: {text} has host bits set (did you mean {}?)", subnet_of(net)),
+            format!(
+                "invalid CIDR address: {text} has host bits set (did you mean {}?)",
+                subnet_of(net)
+            ),
         ));
     }
     Ok(net)
@@ -364,7 +382,10 @@ pub fn parse_v6_subnet(key: &'static str, text: &str) -> Result<Ipv6Network, Con
         .parse()
         .map_err(|_| invalid(key, format!("invalid CIDR address: {text}")))?;
     if net.ip() != net.network() {
-        return Err(invalid(key, format!("invalid CIDR address: {text} has host bits set")));
+        return Err(invalid(
+            key,
+            format!("invalid CIDR address: {text} has host bits set"),
+        ));
     }
     if net.prefix() > 124 {
         return Err(invalid(key, format!("{text} is too small for sandboxes")));
@@ -384,7 +405,9 @@ fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
     // Interface names are at most 15 bytes and natd appends a kind letter and an id of up to 8.
     if prefix.is_empty()
         || prefix.len() > 6
-        || !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         || !prefix.starts_with(|c: char| c.is_ascii_lowercase())
     {
         return Err(invalid(
@@ -402,7 +425,9 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
         || name == ".."
         || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        return Err(format!("{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"));
+        return Err(format!(
+            "{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        ));
     }
     Ok(())
 }
@@ -411,8 +436,14 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = text
         .split_once('-')
         .ok_or_else(|| format!("{text}: expected FIRST-LAST"))?;
-    let lo: u16 = lo.trim().parse().map_err(|_| format!("{text}: invalid port {lo}"))?;
-    let hi: u16 = hi.trim().parse().map_err(|_| format!("{text}: invalid port {hi}"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text}: invalid port {lo}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text}: invalid port {hi}"))?;
     if lo == 0 || lo > hi {
         return Err(format!("{text}: expected 1 <= FIRST <= LAST"));
     }
@@ -449,8 +480,7 @@ mod tests {
                 "fixed-cidr-v6": "2001:db8::/64", "icc": false}"#,
         )
         .unwrap();
-        let cfg = DaemonConfig::load(&args(&["--config", path.to_str().unwrap(), "--mtu", "1450"]))
-            .unwrap();
+        let cfg = DaemonConfig::load(&args(&["--config", path.to_str().unwrap(), "--mtu", "1450"])).unwrap();
         assert_eq!(cfg.mtu, 1450, "flag wins over file");
         assert_eq!(cfg.bip.to_string(), "192.168.1.5/24");
         assert_eq!(cfg.fixed_cidr.unwrap().to_string(), "192.168.1.128/25");
@@ -463,8 +493,13 @@ mod tests {
     #[test]
     fn seed_daemon_json_with_fixed_cidr_outside_bip_is_refused() {
         // The seed's example puts fixed-cidr 10.20.0.0/16 outside bip 192.168.1.5/24.
-        let err = DaemonConfig::load(&args(&["--bip", "192.168.1.5/24", "--fixed-cidr", "10.20.0.0/16"]))
-            .unwrap_err();
+        let err = DaemonConfig::load(&args(&[
+            "--bip",
+            "192.168.1.5/24",
+            "--fixed-cidr",
+            "10.20.0.0/16",
+        ]))
+        .unwrap_err();
         assert!(err.to_string().contains("not inside the bridge subnet"), "{err}");
     }
 

@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        AttachedSandbox, ConnectRequest, Driver, Endpoint, InfoResponse, Network, NetworkCreate,
-        NetworkMode, NetworkView, PortMapping, RunRequest, Sandbox, SandboxView,
+        AttachedSandbox, ConnectRequest, Driver, Endpoint, InfoResponse, Network, NetworkCreate, NetworkMode,
+        NetworkView, PortMapping, RunRequest, Sandbox, SandboxView,
     },
     config::{self, DaemonConfig},
     dataplane::{self, Dataplane, Desired, Iface, IfaceRole, PortRule},
@@ -109,10 +109,11 @@ impl Daemon {
     pub async fn start(config: DaemonConfig) -> anyhow::Result<Self> {
         let (store, state) = Store::open(&config.state_dir)?;
         let nl = Netlink::connect()?;
-        for (key, value) in [("net.ipv4.ip_forward", "1")]
-            .into_iter()
-            .chain(config.fixed_cidr_v6.map(|_| ("net.ipv6.conf.all.forwarding", "1")))
-        {
+        for (key, value) in [("net.ipv4.ip_forward", "1")].into_iter().chain(
+            config
+                .fixed_cidr_v6
+                .map(|_| ("net.ipv6.conf.all.forwarding", "1")),
+        ) {
             if let Err(e) = netlink::write_sysctl(key, value) {
                 warn!(key, error = %e, "cannot set sysctl");
             }
@@ -122,7 +123,9 @@ impl Daemon {
             Some(range) => range,
             None => local_port_range(),
         };
-        let snat_ports = config.masquerade_port_range.unwrap_or_else(|| masquerade_ports(local_port_range()));
+        let snat_ports = config
+            .masquerade_port_range
+            .unwrap_or_else(|| masquerade_ports(local_port_range()));
         let dataplane = dataplane::create(&config)?;
         info!(dataplane = dataplane.kind(), ?uplinks, "dataplane ready");
         let mut daemon = Self {
@@ -181,7 +184,7 @@ impl Daemon {
             aux_gateway: cfg.default_gateway.filter(|g| *g != cfg.bip.ip()),
             ip_range: cfg.fixed_cidr.map(|c| c.to_string()),
             subnet_v6: cfg.fixed_cidr_v6.map(|c| c.to_string()),
-            gateway_v6: cfg.fixed_cidr_v6.map(|c| first_v6_host(c)),
+            gateway_v6: cfg.fixed_cidr_v6.map(first_v6_host),
             aux_gateway_v6: cfg.default_gateway_v6,
             internal: false,
             icc: cfg.icc,
@@ -218,7 +221,10 @@ impl Daemon {
         let networks: Vec<Network> = self.state.networks.values().cloned().collect();
         for network in &networks {
             if self.ensure_bridge(network).await? {
-                report.push(format!("created bridge {} for network {}", network.bridge, network.name));
+                report.push(format!(
+                    "created bridge {} for network {}",
+                    network.bridge, network.name
+                ));
             }
         }
         let sandboxes: Vec<Sandbox> = self.state.sandboxes.values().cloned().collect();
@@ -228,7 +234,11 @@ impl Daemon {
         report.extend(self.remove_stale().await?);
         let sync = self.sync_dataplane().await?;
         report.extend(sync.attached.iter().map(|l| format!("attached program {l}")));
-        report.extend(sync.detached.iter().map(|l| format!("detached stale program {l}")));
+        report.extend(
+            sync.detached
+                .iter()
+                .map(|l| format!("detached stale program {l}")),
+        );
         self.last_reconcile = report.clone();
         Ok(report)
     }
@@ -250,11 +260,22 @@ impl Daemon {
                 ));
                 return report;
             }
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             match netns::create_named(&name) {
-                Ok(_) => report.push(format!("sandbox {}: recreated namespace {}", sandbox.name, path.display())),
+                Ok(_) => report.push(format!(
+                    "sandbox {}: recreated namespace {}",
+                    sandbox.name,
+                    path.display()
+                )),
                 Err(e) => {
-                    report.push(format!("sandbox {}: cannot recreate namespace: {e}", sandbox.name));
+                    report.push(format!(
+                        "sandbox {}: cannot recreate namespace: {e}",
+                        sandbox.name
+                    ));
                     return report;
                 }
             }
@@ -270,17 +291,26 @@ impl Daemon {
                     {
                         let _ = self.nl.set_master(link.index, bridge.index).await;
                         let _ = self.nl.set_up(link.index).await;
-                        report.push(format!("sandbox {}: re-attached {} to {}", sandbox.name, link.name, network.bridge));
+                        report.push(format!(
+                            "sandbox {}: re-attached {} to {}",
+                            sandbox.name, link.name, network.bridge
+                        ));
                     }
                 }
                 Ok(None) => {
                     let sandbox_mtu = sandbox.mtu.unwrap_or(network.mtu);
-                    match self.wire_endpoint(&path, &network, endpoint, i == 0, sandbox_mtu).await {
+                    match self
+                        .wire_endpoint(&path, &network, endpoint, i == 0, sandbox_mtu)
+                        .await
+                    {
                         Ok(_) => report.push(format!(
                             "sandbox {}: recreated {} ({} in the sandbox, {})",
                             sandbox.name, endpoint.host_ifname, endpoint.ifname, endpoint.ipv4
                         )),
-                        Err(e) => report.push(format!("sandbox {}: cannot recreate {}: {e}", sandbox.name, endpoint.host_ifname)),
+                        Err(e) => report.push(format!(
+                            "sandbox {}: cannot recreate {}: {e}",
+                            sandbox.name, endpoint.host_ifname
+                        )),
                     }
                 }
                 Err(e) => report.push(format!("sandbox {}: {e}", sandbox.name)),
@@ -326,8 +356,12 @@ impl Daemon {
                 }
             }
         }
-        let wanted_etc: HashSet<String> =
-            self.state.sandboxes.values().filter_map(|s| s.etc_name.clone()).collect();
+        let wanted_etc: HashSet<String> = self
+            .state
+            .sandboxes
+            .values()
+            .filter_map(|s| s.etc_name.clone())
+            .collect();
         if let Ok(entries) = std::fs::read_dir(netns::NETNS_ETC_DIR) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -341,7 +375,10 @@ impl Daemon {
     }
 
     async fn desired_dataplane(&self) -> Result<Desired> {
-        let mut desired = Desired { snat_ports: self.snat_ports, ..Default::default() };
+        let mut desired = Desired {
+            snat_ports: self.snat_ports,
+            ..Default::default()
+        };
         let addresses = self.nl.all_addresses().await?;
         let first_v4 = |index: u32| {
             addresses.iter().find_map(|(i, net)| match net {
@@ -361,18 +398,30 @@ impl Daemon {
                 desired.ifaces.push(Iface {
                     index: link.index,
                     name: link.name,
-                    role: IfaceRole::Uplink { addr: first_v4(link.index) },
+                    role: IfaceRole::Uplink {
+                        addr: first_v4(link.index),
+                    },
                 });
             }
         }
         for network in self.state.networks.values() {
-            if network.ip_masq && !network.internal {
-                desired.masq_nets.push((parse_v4(&network.subnet)?, network.id));
-            }
+            desired.networks.push(dataplane::NetworkRule {
+                id: network.id,
+                subnet: parse_v4(&network.subnet)?,
+                gateway: network.gateway,
+                icc: network.icc,
+                internal: network.internal,
+                masquerade: network.ip_masq && !network.internal,
+            });
         }
         for sandbox in self.state.sandboxes.values() {
             for endpoint in &sandbox.endpoints {
-                let network_id = self.state.networks.get(&endpoint.network).map(|n| n.id).unwrap_or(0);
+                let network_id = self
+                    .state
+                    .networks
+                    .get(&endpoint.network)
+                    .map(|n| n.id)
+                    .unwrap_or(0);
                 if let Some(link) = self.nl.link(&endpoint.host_ifname).await? {
                     desired.ifaces.push(Iface {
                         index: link.index,
@@ -418,12 +467,19 @@ impl Daemon {
             )));
         }
         let subnet = parse_v4(&network.subnet)?;
-        let gateway = IpNetwork::V4(Ipv4Network::new(network.gateway, subnet.prefix()).map_err(|e| invalid(e.to_string()))?);
+        let gateway = IpNetwork::V4(
+            Ipv4Network::new(network.gateway, subnet.prefix()).map_err(|e| invalid(e.to_string()))?,
+        );
         self.nl.add_address(link.index, gateway).await?;
         if let (Some(subnet6), Some(gw6)) = (&network.subnet_v6, network.gateway_v6) {
             let subnet6 = parse_v6(subnet6)?;
             self.nl
-                .add_address(link.index, IpNetwork::V6(Ipv6Network::new(gw6, subnet6.prefix()).map_err(|e| invalid(e.to_string()))?))
+                .add_address(
+                    link.index,
+                    IpNetwork::V6(
+                        Ipv6Network::new(gw6, subnet6.prefix()).map_err(|e| invalid(e.to_string()))?,
+                    ),
+                )
                 .await?;
         }
         if !network.bridge_adopted && link.mtu != network.mtu {
@@ -431,6 +487,14 @@ impl Daemon {
         }
         if !link.up {
             self.nl.set_up(link.index).await?;
+        }
+        // Replies of published-port flows are translated as they leave a sandbox, so they
+        // reach the host's IP layer with a host address as source; accept_local lets the
+        // bridge take them. The sandbox hook drops anything a sandbox sends with a host
+        // address of its own making, so nothing else can use this.
+        let key = format!("net/ipv4/conf/{}/accept_local", network.bridge);
+        if let Err(e) = std::fs::write(Path::new("/proc/sys").join(&key), "1") {
+            warn!(bridge = %network.bridge, error = %e, "cannot set accept_local");
         }
         Ok(created)
     }
@@ -445,7 +509,11 @@ impl Daemon {
         default_route: bool,
         mtu: u32,
     ) -> Result<String> {
-        let peer = endpoint.host_ifname.replacen(&format!("{}v", self.config.name_prefix), &format!("{}p", self.config.name_prefix), 1);
+        let peer = endpoint.host_ifname.replacen(
+            &format!("{}v", self.config.name_prefix),
+            &format!("{}p", self.config.name_prefix),
+            1,
+        );
         let bridge = self.nl.require_link(&network.bridge).await?;
         // A leftover peer from an interrupted run would make the create fail.
         if let Some(old) = self.nl.link(&peer).await? {
@@ -463,11 +531,23 @@ impl Daemon {
             inner.rename(peer_link.index, &endpoint.ifname).await?;
             inner.set_mtu(peer_link.index, mtu).await?;
             inner
-                .add_address(peer_link.index, IpNetwork::V4(Ipv4Network::new(endpoint.ipv4, endpoint.prefix_len).map_err(|e| invalid(e.to_string()))?))
+                .add_address(
+                    peer_link.index,
+                    IpNetwork::V4(
+                        Ipv4Network::new(endpoint.ipv4, endpoint.prefix_len)
+                            .map_err(|e| invalid(e.to_string()))?,
+                    ),
+                )
                 .await?;
             if let Some(v6) = endpoint.ipv6 {
                 inner
-                    .add_address(peer_link.index, IpNetwork::V6(Ipv6Network::new(v6, endpoint.prefix_len_v6).map_err(|e| invalid(e.to_string()))?))
+                    .add_address(
+                        peer_link.index,
+                        IpNetwork::V6(
+                            Ipv6Network::new(v6, endpoint.prefix_len_v6)
+                                .map_err(|e| invalid(e.to_string()))?,
+                        ),
+                    )
                     .await?;
             }
             inner.set_up(peer_link.index).await?;
@@ -576,7 +656,14 @@ impl Daemon {
 
     // ----- ports -------------------------------------------------------------------------
 
-    fn port_in_use(&self, host_used: &HashSet<(Proto, u16)>, ip: Option<IpAddr>, port: u16, proto: Proto, extra: &[PortMapping]) -> bool {
+    fn port_in_use(
+        &self,
+        host_used: &HashSet<(Proto, u16)>,
+        ip: Option<IpAddr>,
+        port: u16,
+        proto: Proto,
+        extra: &[PortMapping],
+    ) -> bool {
         host_used.contains(&(proto, port)) || self.port_allocated(ip, port, proto, extra)
     }
 
@@ -602,12 +689,13 @@ impl Daemon {
     ) -> Result<Vec<PortMapping>> {
         let mut out: Vec<PortMapping> = Vec::new();
         let host_used = host_ports_in_use();
-        let random = |this: &Self, ip: Option<IpAddr>, proto: Proto, range: (u16, u16), out: &[PortMapping]| {
-            (range.0..=range.1).find(|p| !this.port_in_use(&host_used, ip, *p, proto, out))
-        };
+        let random =
+            |this: &Self, ip: Option<IpAddr>, proto: Proto, range: (u16, u16), out: &[PortMapping]| {
+                (range.0..=range.1).find(|p| !this.port_in_use(&host_used, ip, *p, proto, out))
+            };
         for spec in publish {
             match spec.host_ports {
-                Some(host) if host.len() == spec.container_ports.len() => {
+                Some(host) if host.count() == spec.container_ports.count() => {
                     let listening = host_listening_ports();
                     for (h, c) in host.ports().zip(spec.container_ports.ports()) {
                         if self.port_allocated(spec.host_ip, h, spec.proto, &out) {
@@ -622,7 +710,12 @@ impl Daemon {
                                 display_ip(spec.host_ip)
                             )));
                         }
-                        out.push(PortMapping { host_ip: spec.host_ip, host_port: h, container_port: c, proto: spec.proto });
+                        out.push(PortMapping {
+                            host_ip: spec.host_ip,
+                            host_port: h,
+                            container_port: c,
+                            proto: spec.proto,
+                        });
                     }
                 }
                 Some(host) => {
@@ -634,13 +727,24 @@ impl Daemon {
                                 display_ip(spec.host_ip)
                             ))
                         })?;
-                    out.push(PortMapping { host_ip: spec.host_ip, host_port: port, container_port: spec.container_ports.first, proto: spec.proto });
+                    out.push(PortMapping {
+                        host_ip: spec.host_ip,
+                        host_port: port,
+                        container_port: spec.container_ports.first,
+                        proto: spec.proto,
+                    });
                 }
                 None => {
                     for c in spec.container_ports.ports() {
-                        let port = random(self, spec.host_ip, spec.proto, self.port_range, &out)
-                            .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
-                        out.push(PortMapping { host_ip: spec.host_ip, host_port: port, container_port: c, proto: spec.proto });
+                        let port = random(self, spec.host_ip, spec.proto, self.port_range, &out).ok_or_else(
+                            || DaemonError::Conflict("no free host port left in the port range".into()),
+                        )?;
+                        out.push(PortMapping {
+                            host_ip: spec.host_ip,
+                            host_port: port,
+                            container_port: c,
+                            proto: spec.proto,
+                        });
                     }
                 }
             }
@@ -651,9 +755,15 @@ impl Daemon {
                     if out.iter().any(|m| m.container_port == c && m.proto == spec.proto) {
                         continue;
                     }
-                    let port = random(self, None, spec.proto, self.port_range, &out)
-                        .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
-                    out.push(PortMapping { host_ip: None, host_port: port, container_port: c, proto: spec.proto });
+                    let port = random(self, None, spec.proto, self.port_range, &out).ok_or_else(|| {
+                        DaemonError::Conflict("no free host port left in the port range".into())
+                    })?;
+                    out.push(PortMapping {
+                        host_ip: None,
+                        host_port: port,
+                        container_port: c,
+                        proto: spec.proto,
+                    });
                 }
             }
         }
@@ -694,13 +804,29 @@ impl Daemon {
         };
         let shares = matches!(mode, NetworkMode::Host | NetworkMode::Container(_));
         if req.ip.is_some() && network.is_none() {
-            return Err(invalid(format!("--ip needs a bridge network, not --network {network_arg}")));
+            return Err(invalid(format!(
+                "--ip needs a bridge network, not --network {network_arg}"
+            )));
         }
         let publish = req
             .publish
             .iter()
             .map(|p| PublishSpec::from_str(p).map_err(|e| invalid(e.to_string())))
             .collect::<Result<Vec<_>>>()?;
+        for spec in &publish {
+            if spec.proto == Proto::Sctp {
+                return Err(invalid(format!(
+                    "cannot publish {spec}: SCTP is not supported by natd's dataplane yet \
+                     (SCTP's CRC32c checksum cannot be updated incrementally)"
+                )));
+            }
+            if let Some(IpAddr::V6(ip)) = spec.host_ip {
+                return Err(invalid(format!(
+                    "cannot publish {spec}: publishing on an IPv6 address ({ip}) needs natd's IPv6 datapath, \
+                     which is not available yet"
+                )));
+            }
+        }
         let expose = req
             .expose
             .iter()
@@ -712,7 +838,9 @@ impl Daemon {
                 NetworkMode::Host => "the host network mode",
                 _ => "the none network mode",
             };
-            return Err(invalid(format!("conflicting options: port publishing and {kind}")));
+            return Err(invalid(format!(
+                "conflicting options: port publishing and {kind}"
+            )));
         }
         if shares && (!req.dns.is_empty() || req.mtu.is_some()) {
             return Err(invalid(format!(
@@ -720,12 +848,17 @@ impl Daemon {
             )));
         }
         if shares && req.netns.is_some() {
-            return Err(invalid(format!("conflicting options: --netns and --network {network_arg}")));
+            return Err(invalid(format!(
+                "conflicting options: --netns and --network {network_arg}"
+            )));
         }
         let dns = req
             .dns
             .iter()
-            .map(|d| d.parse::<IpAddr>().map_err(|_| invalid(format!("invalid DNS server address: {d}"))))
+            .map(|d| {
+                d.parse::<IpAddr>()
+                    .map_err(|_| invalid(format!("invalid DNS server address: {d}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         if let Some(mtu) = req.mtu {
             config::validate_mtu(mtu).map_err(invalid)?;
@@ -736,9 +869,12 @@ impl Daemon {
                 return Err(invalid(format!("{} is not a network namespace", path.display())));
             }
             let id = netns::identity(path);
-            if let Some(other) = self.state.sandboxes.values().find(|s| {
-                s.netns.as_deref().map(|p| netns::identity(Path::new(p))) == Some(id)
-            }) {
+            if let Some(other) = self
+                .state
+                .sandboxes
+                .values()
+                .find(|s| s.netns.as_deref().map(|p| netns::identity(Path::new(p))) == Some(id))
+            {
                 return Err(DaemonError::Conflict(format!(
                     "network namespace {} is already used by sandbox {}",
                     path.display(),
@@ -748,7 +884,10 @@ impl Daemon {
         }
         let mut all_exposed = expose.clone();
         for spec in &publish {
-            all_exposed.push(ExposeSpec { ports: spec.container_ports, proto: spec.proto });
+            all_exposed.push(ExposeSpec {
+                ports: spec.container_ports,
+                proto: spec.proto,
+            });
         }
         let ports = self.allocate_ports(&publish, req.publish_all, &all_exposed)?;
 
@@ -768,13 +907,28 @@ impl Daemon {
         let (netns_path, netns_owned, etc_name) = match (&mode, &req.netns) {
             (NetworkMode::Host | NetworkMode::Container(_), _) => (None, false, None),
             (_, Some(path)) => {
-                let base = Path::new(path).file_name().map(|n| n.to_string_lossy().to_string());
+                let base = Path::new(path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string());
                 (Some(PathBuf::from(path)), false, base)
             }
             (_, None) => (Some(netns::create_named(&ns_name)?), true, Some(ns_name.clone())),
         };
         let result = self
-            .finish_run(&req, id, mode, network, endpoint, netns_path.clone(), netns_owned, etc_name.clone(), dns, publish, expose, ports)
+            .finish_run(
+                &req,
+                id,
+                mode,
+                network,
+                endpoint,
+                netns_path.clone(),
+                netns_owned,
+                etc_name.clone(),
+                dns,
+                publish,
+                expose,
+                ports,
+            )
             .await;
         match result {
             Ok(sandbox) => {
@@ -831,7 +985,11 @@ impl Daemon {
                 endpoints.push(endpoint);
             }
         }
-        let servers = if dns.is_empty() { self.config.dns.clone() } else { dns.clone() };
+        let servers = if dns.is_empty() {
+            self.config.dns.clone()
+        } else {
+            dns.clone()
+        };
         if let Some(name) = etc_name.as_ref().filter(|_| netns_path.is_some())
             && netns_owned
         {
@@ -912,7 +1070,8 @@ impl Daemon {
         let mut errors = Vec::new();
         if let Some(pid) = sandbox.pid {
             let started = sandbox.pid_start;
-            let _ = tokio::task::spawn_blocking(move || process::stop(pid, started, Duration::from_secs(5))).await;
+            let _ = tokio::task::spawn_blocking(move || process::stop(pid, started, Duration::from_secs(5)))
+                .await;
         }
         for endpoint in &sandbox.endpoints {
             if let Err(e) = self.unwire_endpoint(endpoint).await {
@@ -1004,20 +1163,30 @@ impl Daemon {
 
     pub async fn network_create(&mut self, req: NetworkCreate) -> Result<NetworkView> {
         validate_name("network", &req.name)?;
-        if self.state.networks.contains_key(&req.name) || RESERVED_NETWORK_NAMES.contains(&req.name.as_str()) {
-            return Err(DaemonError::Conflict(format!("network with name {} already exists", req.name)));
+        if self.state.networks.contains_key(&req.name) || RESERVED_NETWORK_NAMES.contains(&req.name.as_str())
+        {
+            return Err(DaemonError::Conflict(format!(
+                "network with name {} already exists",
+                req.name
+            )));
         }
         match req.driver.as_deref() {
             None | Some("bridge") => {}
             Some(other) => {
-                return Err(invalid(format!("plugin \"{other}\" not found (natd supports the bridge driver)")));
+                return Err(invalid(format!(
+                    "plugin \"{other}\" not found (natd supports the bridge driver)"
+                )));
             }
         }
         let mut bridge_name = None;
         for (key, value) in &req.options {
             match key.as_str() {
                 "bridge-name" | "com.docker.network.bridge.name" => bridge_name = Some(value.clone()),
-                other => return Err(invalid(format!("unknown network option {other:?} (known: bridge-name)"))),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown network option {other:?} (known: bridge-name)"
+                    )));
+                }
             }
         }
         let mtu = req.mtu.unwrap_or(self.config.mtu);
@@ -1049,10 +1218,14 @@ impl Daemon {
             Some(text) => {
                 let subnet = config::parse_v4_subnet("subnet", text).map_err(|e| invalid(e.to_string()))?;
                 if subnet.prefix() > 30 {
-                    return Err(invalid(format!("subnet {subnet} is too small for sandboxes (at most /30)")));
+                    return Err(invalid(format!(
+                        "subnet {subnet} is too small for sandboxes (at most /30)"
+                    )));
                 }
                 if networks.iter().any(|n| n.overlaps(subnet)) {
-                    return Err(DaemonError::Conflict("Pool overlaps with other one on this address space".into()));
+                    return Err(DaemonError::Conflict(
+                        "Pool overlaps with other one on this address space".into(),
+                    ));
                 }
                 if let Some((route, _)) = foreign_routes.iter().find(|(r, _)| r.overlaps(subnet)) {
                     return Err(DaemonError::Conflict(format!(
@@ -1076,7 +1249,9 @@ impl Daemon {
                     return Err(invalid(format!("no matching subnet for gateway {gw}")));
                 }
                 if gw == subnet.network() || gw == subnet.broadcast() {
-                    return Err(invalid(format!("gateway {gw} is the network or broadcast address of {subnet}")));
+                    return Err(invalid(format!(
+                        "gateway {gw} is the network or broadcast address of {subnet}"
+                    )));
                 }
                 gw
             }
@@ -1096,11 +1271,17 @@ impl Daemon {
         let bridge = bridge_name.unwrap_or_else(|| format!("{}b{id:x}", self.config.name_prefix));
         config::validate_ifname(&bridge).map_err(invalid)?;
         if bridges.contains(&bridge) {
-            return Err(DaemonError::Conflict(format!("bridge {bridge} is already used by another network")));
+            return Err(DaemonError::Conflict(format!(
+                "bridge {bridge} is already used by another network"
+            )));
         }
         let adopted = match self.nl.link(&bridge).await? {
             Some(link) if link.kind == LinkKind::Bridge => true,
-            Some(_) => return Err(DaemonError::Conflict(format!("interface {bridge} exists and is not a bridge"))),
+            Some(_) => {
+                return Err(DaemonError::Conflict(format!(
+                    "interface {bridge} exists and is not a bridge"
+                )));
+            }
             None => false,
         };
         let network = Network {
@@ -1127,7 +1308,10 @@ impl Daemon {
             self.undo_bridge(&network).await;
             return Err(e);
         }
-        if let Err(e) = self.store.commit(vec![id_change, Change::PutNetwork(network.clone())]) {
+        if let Err(e) = self
+            .store
+            .commit(vec![id_change, Change::PutNetwork(network.clone())])
+        {
             self.undo_bridge(&network).await;
             return Err(e.into());
         }
@@ -1158,7 +1342,9 @@ impl Daemon {
     pub async fn network_rm(&mut self, name: &str) -> Result<()> {
         let network = self.network(name)?.clone();
         if network.default {
-            return Err(DaemonError::Conflict(format!("{name} is a pre-defined network and cannot be removed")));
+            return Err(DaemonError::Conflict(format!(
+                "{name} is a pre-defined network and cannot be removed"
+            )));
         }
         let users: Vec<&str> = self
             .state
@@ -1207,13 +1393,21 @@ impl Daemon {
     }
 
     pub fn network_list(&self) -> Vec<NetworkView> {
-        self.state.networks.values().map(|n| self.network_view(n)).collect()
+        self.state
+            .networks
+            .values()
+            .map(|n| self.network_view(n))
+            .collect()
     }
 
     pub async fn connect(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
         let network = self.network(network_name)?.clone();
         let sandbox = self.sandbox(&req.sandbox)?.clone();
-        let Some(path) = sandbox.netns.clone().filter(|_| !matches!(sandbox.mode, NetworkMode::Container(_) | NetworkMode::Host)) else {
+        let Some(path) = sandbox
+            .netns
+            .clone()
+            .filter(|_| !matches!(sandbox.mode, NetworkMode::Container(_) | NetworkMode::Host))
+        else {
             return Err(invalid(
                 "container sharing network namespace with another container or host cannot be connected to any other network",
             ));
@@ -1224,18 +1418,25 @@ impl Daemon {
                 sandbox.name
             )));
         }
-        let index = (0..).find(|i| !sandbox.endpoints.iter().any(|e| e.ifname == format!("eth{i}"))).unwrap_or(0);
+        let index = (0..)
+            .find(|i| !sandbox.endpoints.iter().any(|e| e.ifname == format!("eth{i}")))
+            .unwrap_or(0);
         let (eid, id_change) = self.alloc_id();
         let mut endpoint = self.plan_endpoint(&network, req.ip.as_deref(), format!("eth{index}"), eid)?;
         let first = sandbox.endpoints.is_empty();
         let mtu = sandbox.mtu.unwrap_or(network.mtu);
-        endpoint.mac = self.wire_endpoint(Path::new(&path), &network, &endpoint, first, mtu).await?;
+        endpoint.mac = self
+            .wire_endpoint(Path::new(&path), &network, &endpoint, first, mtu)
+            .await?;
         let mut updated = sandbox.clone();
         updated.endpoints.push(endpoint.clone());
         if updated.mode == NetworkMode::None {
             updated.mode = NetworkMode::Bridge;
         }
-        if let Err(e) = self.store.commit(vec![id_change, Change::PutSandbox(updated.clone())]) {
+        if let Err(e) = self
+            .store
+            .commit(vec![id_change, Change::PutSandbox(updated.clone())])
+        {
             let _ = self.unwire_endpoint(&endpoint).await;
             return Err(e.into());
         }
@@ -1249,7 +1450,12 @@ impl Daemon {
     pub async fn disconnect(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
         self.network(network_name)?;
         let sandbox = self.sandbox(&req.sandbox)?.clone();
-        let Some(endpoint) = sandbox.endpoints.iter().find(|e| e.network == network_name).cloned() else {
+        let Some(endpoint) = sandbox
+            .endpoints
+            .iter()
+            .find(|e| e.network == network_name)
+            .cloned()
+        else {
             return Err(invalid(format!(
                 "container {} is not connected to network {network_name}",
                 sandbox.name
@@ -1270,6 +1476,34 @@ impl Daemon {
             warn!(error = %e, "dataplane sync after disconnect");
         }
         Ok(self.view(&updated))
+    }
+
+    pub fn stats(&self) -> crate::api::StatsView {
+        let raw = self.dataplane.stats();
+        let mut mappings = Vec::new();
+        for sandbox in self.state.sandboxes.values() {
+            for rule in port_rules(sandbox) {
+                let (packets, bytes) = raw.mappings.get(&rule.mapping_id).copied().unwrap_or_default();
+                let host = rule.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into());
+                mappings.push(crate::api::MappingStatsView {
+                    sandbox: sandbox.name.clone(),
+                    mapping: format!("{host}:{}->{}:{}/{}", rule.host_port, rule.target, rule.target_port, rule.proto),
+                    mapping_id: rule.mapping_id,
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        crate::api::StatsView {
+            dataplane: self.dataplane.kind().into(),
+            counters: raw.counters,
+            mappings,
+            maps: raw.maps,
+        }
+    }
+
+    pub fn flows(&self) -> Vec<dataplane::Flow> {
+        self.dataplane.flows()
     }
 
     pub fn info(&self) -> InfoResponse {
@@ -1403,7 +1637,10 @@ pub fn is_generated_ifname(prefix: &str, name: &str) -> bool {
     let mut chars = rest.chars();
     matches!(chars.next(), Some('v' | 'p' | 'b'))
         && !chars.as_str().is_empty()
-        && chars.as_str().chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        && chars
+            .as_str()
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
 /// Namespaces (and /etc/netns entries) natd creates are named `<prefix>-sbx-<sandbox>`;
@@ -1421,11 +1658,13 @@ fn display_ip(ip: Option<IpAddr>) -> String {
 }
 
 fn parse_v4(text: &str) -> Result<Ipv4Network> {
-    text.parse().map_err(|_| DaemonError::Internal(format!("stored subnet {text} is invalid")))
+    text.parse()
+        .map_err(|_| DaemonError::Internal(format!("stored subnet {text} is invalid")))
 }
 
 fn parse_v6(text: &str) -> Result<Ipv6Network> {
-    text.parse().map_err(|_| DaemonError::Internal(format!("stored subnet {text} is invalid")))
+    text.parse()
+        .map_err(|_| DaemonError::Internal(format!("stored subnet {text} is invalid")))
 }
 
 fn first_v6_host(net: Ipv6Network) -> Ipv6Addr {
@@ -1448,7 +1687,14 @@ fn port_rules(sandbox: &Sandbox) -> Vec<PortRule> {
                 Some(IpAddr::V4(v4)) => Some(v4),
                 Some(IpAddr::V6(_)) => return None,
             };
-            Some(PortRule::new(host_ip, m.host_port, m.proto, endpoint.ipv4, m.container_port, sandbox.id))
+            Some(PortRule::new(
+                host_ip,
+                m.host_port,
+                m.proto,
+                endpoint.ipv4,
+                m.container_port,
+                sandbox.id,
+            ))
         })
         .collect()
 }
@@ -1463,7 +1709,10 @@ fn reserve_host_ports(rules: &[PortRule]) {
     let text = ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     let current = netlink::read_sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or_default();
     if current != text
-        && let Err(e) = netlink::write_sysctl("net.ipv4.ip_local_reserved_ports", if text.is_empty() { "\n" } else { &text })
+        && let Err(e) = netlink::write_sysctl(
+            "net.ipv4.ip_local_reserved_ports",
+            if text.is_empty() { "\n" } else { &text },
+        )
     {
         warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
     }
@@ -1479,17 +1728,27 @@ fn host_sockets(listening_only: bool) -> HashSet<(Proto, u16)> {
         ("/proc/net/udp", Proto::Udp),
         ("/proc/net/udp6", Proto::Udp),
     ] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let mut fields = line.split_whitespace();
-            let (Some(local), Some(_remote), Some(state)) = (fields.nth(1), fields.next(), fields.next()) else {
+            let (Some(local), Some(_remote), Some(state)) = (fields.nth(1), fields.next(), fields.next())
+            else {
                 continue;
             };
-            let Some(port) = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) else {
+            let Some(port) = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
                 continue;
             };
             // 0A: TCP_LISTEN; 07: TCP_CLOSE, which is how bound UDP sockets show.
-            if !listening_only || (proto == Proto::Tcp && state == "0A") || (proto == Proto::Udp && state == "07") {
+            if !listening_only
+                || (proto == Proto::Tcp && state == "0A")
+                || (proto == Proto::Udp && state == "07")
+            {
                 out.insert((proto, port));
             }
         }

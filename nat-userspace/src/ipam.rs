@@ -17,13 +17,17 @@ pub enum IpamError {
     InUse { ip: String },
     #[error("Invalid address {ip}: it is the network or broadcast address of {subnet}")]
     Reserved { ip: String, subnet: String },
-    #[error("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")]
+    #[error(
+        "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"
+    )]
     NoFreeSubnet,
 }
 
 /// Docker-like default pools that networks created without `--subnet` are carved from, as /24s.
-pub const DEFAULT_POOLS: [(Ipv4Addr, u8); 2] =
-    [(Ipv4Addr::new(172, 20, 0, 0), 14), (Ipv4Addr::new(192, 168, 0, 0), 16)];
+pub const DEFAULT_POOLS: [(Ipv4Addr, u8); 2] = [
+    (Ipv4Addr::new(172, 20, 0, 0), 14),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+];
 pub const DEFAULT_POOL_PREFIX: u8 = 24;
 
 /// First free address of `pool` (or of `subnet` when no pool is set), skipping the subnet's
@@ -84,7 +88,11 @@ pub fn allocate_v6(
     let host_bits = 128 - u32::from(subnet.prefix());
     // Searching more than a few million candidates means the pool is effectively full of
     // our own allocations; real networks never get near that.
-    let span: u128 = if host_bits >= 24 { 1 << 24 } else { 1u128 << host_bits };
+    let span: u128 = if host_bits >= 24 {
+        1 << 24
+    } else {
+        1u128 << host_bits
+    };
     (1..span)
         .map(|offset| Ipv6Addr::from(base + offset))
         .find(|ip| !used.contains(ip))
@@ -150,8 +158,7 @@ mod tests {
 
     #[test]
     fn pool_restricts_range() {
-        let ip = allocate_v4("n", net("10.1.0.0/16"), Some(net("10.1.5.0/24")), &HashSet::new())
-            .unwrap();
+        let ip = allocate_v4("n", net("10.1.0.0/16"), Some(net("10.1.5.0/24")), &HashSet::new()).unwrap();
         assert_eq!(ip, Ipv4Addr::new(10, 1, 5, 1));
     }
 
@@ -161,7 +168,9 @@ mod tests {
         let used = HashSet::from([Ipv4Addr::new(10, 1, 0, 7)]);
         assert!(check_requested_v4(subnet, Ipv4Addr::new(10, 1, 0, 8), &used).is_ok());
         assert_eq!(
-            check_requested_v4(subnet, Ipv4Addr::new(10, 1, 0, 7), &used).unwrap_err().to_string(),
+            check_requested_v4(subnet, Ipv4Addr::new(10, 1, 0, 7), &used)
+                .unwrap_err()
+                .to_string(),
             "Address already in use: 10.1.0.7"
         );
         assert!(matches!(
@@ -178,7 +187,10 @@ mod tests {
     fn v6_allocation() {
         let subnet: Ipv6Network = "2001:db8::/64".parse().unwrap();
         let used = HashSet::from(["2001:db8::1".parse().unwrap()]);
-        assert_eq!(allocate_v6("n", subnet, &used).unwrap().to_string(), "2001:db8::2");
+        assert_eq!(
+            allocate_v6("n", subnet, &used).unwrap().to_string(),
+            "2001:db8::2"
+        );
     }
 
     #[test]

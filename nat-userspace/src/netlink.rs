@@ -172,7 +172,12 @@ impl Netlink {
         self.require_link(name).await
     }
 
-    async fn set(&self, op: &'static str, target: impl ToString, message: rtnetlink::packet_route::link::LinkMessage) -> Result<(), NetlinkError> {
+    async fn set(
+        &self,
+        op: &'static str,
+        target: impl ToString,
+        message: rtnetlink::packet_route::link::LinkMessage,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .link()
             .set(message)
@@ -182,28 +187,44 @@ impl Netlink {
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
-        self.set("set up", index, LinkUnspec::new_with_index(index).up().build()).await
+        self.set("set up", index, LinkUnspec::new_with_index(index).up().build())
+            .await
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        self.set("set mtu", index, LinkUnspec::new_with_index(index).mtu(mtu).build()).await
+        self.set(
+            "set mtu",
+            index,
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+        )
+        .await
     }
 
     pub async fn set_master(&self, index: u32, master: u32) -> Result<(), NetlinkError> {
-        self.set("set master", index, LinkUnspec::new_with_index(index).controller(master).build())
-            .await
+        self.set(
+            "set master",
+            index,
+            LinkUnspec::new_with_index(index).controller(master).build(),
+        )
+        .await
     }
 
     pub async fn rename(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
-        self.set("rename", name, LinkUnspec::new_with_index(index).name(name.to_string()).build())
-            .await
+        self.set(
+            "rename",
+            name,
+            LinkUnspec::new_with_index(index).name(name.to_string()).build(),
+        )
+        .await
     }
 
     pub async fn move_to_netns(&self, index: u32, netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
         self.set(
             "move to namespace",
             index,
-            LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build(),
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(netns.as_raw_fd())
+                .build(),
         )
         .await
     }
@@ -217,14 +238,13 @@ impl Netlink {
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(request_err("dump addresses", index))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(request_err("dump addresses", index))?
+        {
             let prefix = msg.header.prefix_len;
             for attr in msg.attributes {
                 if let AddressAttribute::Address(ip) = attr
@@ -241,7 +261,11 @@ impl Netlink {
     pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNetwork)>, NetlinkError> {
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(request_err("dump addresses", "all"))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(request_err("dump addresses", "all"))?
+        {
             let prefix = msg.header.prefix_len;
             let index = msg.header.index;
             for attr in msg.attributes {
@@ -272,7 +296,11 @@ impl Netlink {
 
     pub async fn del_address(&self, index: u32, address: IpNetwork) -> Result<(), NetlinkError> {
         let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
-        while let Some(msg) = stream.try_next().await.map_err(request_err("dump addresses", index))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(request_err("dump addresses", index))?
+        {
             let matches = msg.header.prefix_len == address.prefix()
                 && msg
                     .attributes
@@ -307,7 +335,11 @@ impl Netlink {
         self.add_route(route, gateway.into()).await
     }
 
-    async fn add_route(&self, route: rtnetlink::packet_route::route::RouteMessage, gateway: IpAddr) -> Result<(), NetlinkError> {
+    async fn add_route(
+        &self,
+        route: rtnetlink::packet_route::route::RouteMessage,
+        gateway: IpAddr,
+    ) -> Result<(), NetlinkError> {
         match self.handle.route().add(route).replace().execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Ok(()),
@@ -323,7 +355,11 @@ impl Netlink {
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(request_err("dump routes", "v4"))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(request_err("dump routes", "v4"))?
+        {
             if msg.header.kind != RouteType::Unicast || msg.header.address_family != AddressFamily::Inet {
                 continue;
             }
@@ -389,6 +425,5 @@ pub fn write_sysctl(path: &str, value: &str) -> std::io::Result<()> {
 }
 
 pub fn read_sysctl(path: &str) -> std::io::Result<String> {
-    std::fs::read_to_string(Path::new("/proc/sys").join(path.replace('.', "/")))
-        .map(|s| s.trim().to_string())
+    std::fs::read_to_string(Path::new("/proc/sys").join(path.replace('.', "/"))).map(|s| s.trim().to_string())
 }

@@ -33,11 +33,7 @@ pub enum NetnsError {
 
 fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> NetnsError + use<> {
     let path = path.to_owned();
-    move |source| NetnsError::Io {
-        path,
-        op,
-        source,
-    }
+    move |source| NetnsError::Io { path, op, source }
 }
 
 fn nix_err(path: &Path, op: &'static str) -> impl FnOnce(nix::Error) -> NetnsError + use<> {
@@ -60,10 +56,15 @@ fn ensure_run_dir() -> Result<(), NetnsError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
     let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
     if mount(None::<&str>, dir, None::<&str>, flags, None::<&str>).is_err() {
-        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(nix_err(dir, "bind-mount onto itself"))?;
-        mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
-            .map_err(nix_err(dir, "make shared"))?;
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(nix_err(dir, "bind-mount onto itself"))?;
+        mount(None::<&str>, dir, None::<&str>, flags, None::<&str>).map_err(nix_err(dir, "make shared"))?;
     }
     Ok(())
 }
@@ -142,9 +143,7 @@ pub fn is_netns(path: &Path) -> bool {
 }
 
 pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
-    File::open(path)
-        .map(OwnedFd::from)
-        .map_err(io_err(path, "open"))
+    File::open(path).map(OwnedFd::from).map_err(io_err(path, "open"))
 }
 
 /// Runs `f` on a thread that has entered the namespace at `path`.

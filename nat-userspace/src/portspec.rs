@@ -69,9 +69,12 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn single(port: u16) -> Self {
-        Self { first: port, last: port }
+        Self {
+            first: port,
+            last: port,
+        }
     }
-    pub fn len(self) -> u32 {
+    pub fn count(self) -> u32 {
         u32::from(self.last - self.first) + 1
     }
     pub fn is_single(self) -> bool {
@@ -133,7 +136,10 @@ impl FromStr for PublishSpec {
             2 => ("", parts[0]),
             3 => (parts[0], parts[1]),
             // IPv6 literals contain colons: everything before the last two parts is the IP.
-            _ => (&rest[..rest.len() - container.len() - parts[n - 2].len() - 2], parts[n - 2]),
+            _ => (
+                &rest[..rest.len() - container.len() - parts[n - 2].len() - 2],
+                parts[n - 2],
+            ),
         };
         let host_ip = if ip.is_empty() {
             None
@@ -142,7 +148,10 @@ impl FromStr for PublishSpec {
                 .strip_prefix('[')
                 .and_then(|s| s.strip_suffix(']'))
                 .unwrap_or(ip);
-            Some(bare.parse::<IpAddr>().map_err(|_| PortSpecError::Ip(ip.to_string()))?)
+            Some(
+                bare.parse::<IpAddr>()
+                    .map_err(|_| PortSpecError::Ip(ip.to_string()))?,
+            )
         };
         if container.is_empty() {
             return Err(PortSpecError::Empty(raw.to_string()));
@@ -155,7 +164,7 @@ impl FromStr for PublishSpec {
             Some(parse_range(host).ok_or_else(|| PortSpecError::HostPort(host.to_string()))?)
         };
         if let Some(h) = host_ports
-            && h.len() != container_ports.len()
+            && h.count() != container_ports.count()
             && !container_ports.is_single()
         {
             return Err(PortSpecError::RangeMismatch {
@@ -175,7 +184,9 @@ impl FromStr for PublishSpec {
 impl fmt::Display for PublishSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.host_ip, self.host_ports) {
-            (Some(IpAddr::V6(ip)), h) => write!(f, "[{ip}]:{}:", h.map(|h| h.to_string()).unwrap_or_default())?,
+            (Some(IpAddr::V6(ip)), h) => {
+                write!(f, "[{ip}]:{}:", h.map(|h| h.to_string()).unwrap_or_default())?
+            }
             (Some(ip), h) => write!(f, "{ip}:{}:", h.map(|h| h.to_string()).unwrap_or_default())?,
             (None, Some(h)) => write!(f, "{h}:")?,
             (None, None) => {}
@@ -216,7 +227,10 @@ mod tests {
     #[test]
     fn docker_forms() {
         let spec = p("80").unwrap();
-        assert_eq!((spec.host_ip, spec.host_ports, spec.container_ports.first), (None, None, 80));
+        assert_eq!(
+            (spec.host_ip, spec.host_ports, spec.container_ports.first),
+            (None, None, 80)
+        );
         let spec = p("8080:80").unwrap();
         assert_eq!(spec.host_ports, Some(PortRange::single(8080)));
         let spec = p("127.0.0.1::80").unwrap();
@@ -225,9 +239,9 @@ mod tests {
         let spec = p("127.0.0.1:8080:80/udp").unwrap();
         assert_eq!(spec.proto, Proto::Udp);
         let spec = p("8000-8010:80-90").unwrap();
-        assert_eq!(spec.container_ports.len(), 11);
+        assert_eq!(spec.container_ports.count(), 11);
         let spec = p("8000-8010:80").unwrap();
-        assert_eq!(spec.host_ports.unwrap().len(), 11);
+        assert_eq!(spec.host_ports.unwrap().count(), 11);
         let spec = p("[::1]:8080:80").unwrap();
         assert_eq!(spec.host_ip, Some("::1".parse().unwrap()));
         let spec = p("::1:8080:80").unwrap();
@@ -259,17 +273,30 @@ mod tests {
     }
 
     fn spec_strategy() -> impl Strategy<Value = PublishSpec> {
-        let range = (1u16..=65000, 0u16..20).prop_map(|(a, n)| PortRange { first: a, last: a + n });
+        let range = (1u16..=65000, 0u16..20).prop_map(|(a, n)| PortRange {
+            first: a,
+            last: a + n,
+        });
         let ip = prop_oneof![
             Just(None),
             any::<[u8; 4]>().prop_map(|b| Some(IpAddr::from(b))),
             any::<[u8; 16]>().prop_map(|b| Some(IpAddr::from(b))),
         ];
         let proto = prop_oneof![Just(Proto::Tcp), Just(Proto::Udp), Just(Proto::Sctp)];
-        (ip, proptest::option::of(1u16..=60000), range, proto).prop_map(|(host_ip, host_first, container_ports, proto)| {
-            let host_ports = host_first.map(|f| PortRange { first: f, last: f + (container_ports.last - container_ports.first) });
-            PublishSpec { host_ip, host_ports, container_ports, proto }
-        })
+        (ip, proptest::option::of(1u16..=60000), range, proto).prop_map(
+            |(host_ip, host_first, container_ports, proto)| {
+                let host_ports = host_first.map(|f| PortRange {
+                    first: f,
+                    last: f + (container_ports.last - container_ports.first),
+                });
+                PublishSpec {
+                    host_ip,
+                    host_ports,
+                    container_ports,
+                    proto,
+                }
+            },
+        )
     }
 
     proptest! {
@@ -290,7 +317,7 @@ mod tests {
                 prop_assert!(spec.container_ports.first >= 1);
                 prop_assert!(spec.container_ports.first <= spec.container_ports.last);
                 if let Some(h) = spec.host_ports {
-                    prop_assert!(h.len() == spec.container_ports.len() || spec.container_ports.is_single());
+                    prop_assert!(h.count() == spec.container_ports.count() || spec.container_ports.is_single());
                 }
             }
         }

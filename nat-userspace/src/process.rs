@@ -28,7 +28,9 @@ pub fn start_time(pid: i32) -> Option<u64> {
 pub fn is_running(pid: i32, started: Option<u64>) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
             state != Some("Z") && (started.is_none() || start_time(pid) == started)
         }
         Err(_) => false,

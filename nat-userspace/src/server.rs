@@ -26,7 +26,13 @@ impl IntoResponse for DaemonError {
             DaemonError::Conflict(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, Json(ErrorBody { message: self.to_string() })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                message: self.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -40,6 +46,8 @@ pub fn router(daemon: Shared) -> Router {
         .route("/v1/sandboxes", get(list).post(run))
         .route("/v1/sandboxes/{name}", get(inspect).delete(rm))
         .route("/v1/reconcile", post(reconcile))
+        .route("/v1/stats", get(stats))
+        .route("/v1/conntrack", get(conntrack))
         .with_state(daemon)
 }
 
@@ -138,4 +146,12 @@ async fn reconcile(State(d): State<Shared>) -> Response {
         Ok(report) => Json(serde_json::json!({ "changes": report })).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn stats(State(d): State<Shared>) -> Response {
+    Json(d.lock().await.stats()).into_response()
+}
+
+async fn conntrack(State(d): State<Shared>) -> Response {
+    Json(d.lock().await.flows()).into_response()
 }

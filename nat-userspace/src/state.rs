@@ -27,10 +27,7 @@ pub enum StateError {
     #[error("state database {path} is in use by another natd (one state dir per natd)")]
     InUse { path: PathBuf },
     #[error("cannot create state directory {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { path: PathBuf, source: std::io::Error },
     #[error("state database error: {0}")]
     Db(String),
 }
@@ -205,7 +202,11 @@ mod tests {
         assert!(snap.networks.is_empty());
         drop(snap);
 
-        std::fs::write(dir.join(DB_FILE), b"this is not a redb file at all, not even close......").unwrap();
+        std::fs::write(
+            dir.join(DB_FILE),
+            b"this is not a redb file at all, not even close......",
+        )
+        .unwrap();
         let err = match Store::open(&dir) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("corrupt file opened"),

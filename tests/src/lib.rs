@@ -59,7 +59,9 @@ pub fn must(program: &str, args: &[&str]) -> String {
 
 pub fn require_root() {
     if !nix::unistd::Uid::effective().is_root() {
-        panic!("the end-to-end tests need root (network namespaces, netlink, BPF): run `cargo xtask test` as root");
+        panic!(
+            "the end-to-end tests need root (network namespaces, netlink, BPF): run `cargo xtask test` as root"
+        );
     }
 }
 
@@ -118,8 +120,18 @@ impl Lab {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
-        ip(&["link", "add", "up0", "netns", h, "type", "veth", "peer", "name", "lan0", "netns", e])?;
-        ip(&["-n", h, "addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "up0"])?;
+        ip(&[
+            "link", "add", "up0", "netns", h, "type", "veth", "peer", "name", "lan0", "netns", e,
+        ])?;
+        ip(&[
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("{HOST_UPLINK_IP}/24"),
+            "dev",
+            "up0",
+        ])?;
         ip(&["-n", e, "addr", "add", &format!("{EXT_IP}/24"), "dev", "lan0"])?;
         ip(&["-n", h, "link", "set", "up0", "up"])?;
         ip(&["-n", e, "link", "set", "lan0", "up"])?;
@@ -309,7 +321,10 @@ impl Lab {
     /// IPv4 address of `ifname` inside a sandbox.
     pub fn sandbox_ip(&self, sandbox: &str) -> String {
         let view = self.json(&["inspect", sandbox]);
-        view["endpoints"][0]["ipv4"].as_str().unwrap_or_default().to_string()
+        view["endpoints"][0]["ipv4"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 

@@ -41,7 +41,10 @@ fn network_modes_and_connectivity() {
     assert!(addrs.contains(&format!("{alpha_ip}/16")), "{addrs}");
     let routes = lab.exec_ok("alpha", &["ip", "route", "show", "default"]);
     assert!(routes.contains("via 172.18.0.1 dev eth0"), "{routes}");
-    assert!(lab.exec_ok("alpha", &["ip", "-o", "link", "show", "lo"]).contains("UP"));
+    assert!(
+        lab.exec_ok("alpha", &["ip", "-o", "link", "show", "lo"])
+            .contains("UP")
+    );
     assert!(ping(&lab, "alpha", &beta_ip), "alpha cannot ping beta");
     assert!(ping(&lab, "beta", &alpha_ip), "beta cannot ping alpha");
     assert!(ping(&lab, "alpha", "172.18.0.1"), "alpha cannot ping its gateway");
@@ -56,12 +59,19 @@ fn network_modes_and_connectivity() {
 
     let ps = lab.json(&["ps"]);
     let status = |name: &str| {
-        ps.as_array().unwrap().iter().find(|s| s["name"] == name).map(|s| s["status"].as_str().unwrap().to_string())
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["status"].as_str().unwrap().to_string())
     };
     assert_eq!(status("alpha").as_deref(), Some("running"));
     assert_eq!(status("beta").as_deref(), Some("created"));
     let table = lab.ok(&["ps"]);
-    assert!(table.contains("container:alpha") && table.contains("host") && table.contains("none"), "{table}");
+    assert!(
+        table.contains("container:alpha") && table.contains("host") && table.contains("none"),
+        "{table}"
+    );
 
     // exec passes the exit code through.
     assert_eq!(lab.exec("alpha", &["sh", "-c", "exit 7"]).status.code(), Some(7));
@@ -76,59 +86,151 @@ fn network_modes_and_connectivity() {
 #[test]
 fn mtu_dns_and_daemon_settings() {
     let lab = lab(&[
-        "--bip", "10.123.0.1/16", "--fixed-cidr", "10.123.5.0/24", "--default-gateway", "10.123.0.254",
-        "--fixed-cidr-v6", "2001:db8:77::/64", "--mtu", "1400", "--dns", "192.0.2.53", "--dns", "192.0.2.54",
+        "--bip",
+        "10.123.0.1/16",
+        "--fixed-cidr",
+        "10.123.5.0/24",
+        "--default-gateway",
+        "10.123.0.254",
+        "--fixed-cidr-v6",
+        "2001:db8:77::/64",
+        "--mtu",
+        "1400",
+        "--dns",
+        "192.0.2.53",
+        "--dns",
+        "192.0.2.54",
     ]);
     // The bridge carries --bip and --mtu.
     let bridge = lab.host_ok(&["ip", "-o", "addr", "show", "dev", &lab.bridge]);
-    assert!(bridge.contains("10.123.0.1/16") && bridge.contains("2001:db8:77::1/64"), "{bridge}");
-    assert!(lab.host_ok(&["ip", "-o", "link", "show", &lab.bridge]).contains("mtu 1400"));
+    assert!(
+        bridge.contains("10.123.0.1/16") && bridge.contains("2001:db8:77::1/64"),
+        "{bridge}"
+    );
+    assert!(
+        lab.host_ok(&["ip", "-o", "link", "show", &lab.bridge])
+            .contains("mtu 1400")
+    );
 
     lab.ok(&["run", "--name", "one"]);
     let ip = lab.sandbox_ip("one");
-    assert!(ip.starts_with("10.123.5."), "address {ip} should come from --fixed-cidr");
-    assert!(lab.exec_ok("one", &["ip", "-o", "link", "show", "eth0"]).contains("mtu 1400"));
-    assert!(lab.exec_ok("one", &["ip", "route", "show", "default"]).contains("via 10.123.0.254"));
+    assert!(
+        ip.starts_with("10.123.5."),
+        "address {ip} should come from --fixed-cidr"
+    );
+    assert!(
+        lab.exec_ok("one", &["ip", "-o", "link", "show", "eth0"])
+            .contains("mtu 1400")
+    );
+    assert!(
+        lab.exec_ok("one", &["ip", "route", "show", "default"])
+            .contains("via 10.123.0.254")
+    );
     let resolv = lab.exec_ok("one", &["cat", "/etc/resolv.conf"]);
-    assert!(resolv.contains("nameserver 192.0.2.53") && resolv.contains("nameserver 192.0.2.54"), "{resolv}");
-    let v6 = lab.exec_ok("one", &["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+    assert!(
+        resolv.contains("nameserver 192.0.2.53") && resolv.contains("nameserver 192.0.2.54"),
+        "{resolv}"
+    );
+    let v6 = lab.exec_ok(
+        "one",
+        &["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"],
+    );
     assert!(v6.contains("2001:db8:77::"), "{v6}");
-    assert!(lab.exec("one", &["ping", "-6", "-c1", "-W2", "2001:db8:77::1"]).status.success(), "IPv6 gateway unreachable");
+    assert!(
+        lab.exec("one", &["ping", "-6", "-c1", "-W2", "2001:db8:77::1"])
+            .status
+            .success(),
+        "IPv6 gateway unreachable"
+    );
 
     // Per-sandbox settings win.
     lab.ok(&["run", "--name", "two", "--mtu", "1300", "--dns", "192.0.2.99"]);
-    assert!(lab.exec_ok("two", &["ip", "-o", "link", "show", "eth0"]).contains("mtu 1300"));
-    assert!(lab.exec_ok("two", &["cat", "/etc/resolv.conf"]).contains("192.0.2.99"));
+    assert!(
+        lab.exec_ok("two", &["ip", "-o", "link", "show", "eth0"])
+            .contains("mtu 1300")
+    );
+    assert!(
+        lab.exec_ok("two", &["cat", "/etc/resolv.conf"])
+            .contains("192.0.2.99")
+    );
     // The host's own resolv.conf is untouched.
-    assert!(!std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default().contains("192.0.2.99"));
+    assert!(
+        !std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .contains("192.0.2.99")
+    );
 }
 
 #[test]
 fn config_file_is_read() {
     let mut lab = Lab::new().unwrap();
     let path = lab.dir.join("daemon.json");
-    std::fs::write(&path, r#"{"bip": "10.124.0.1/24", "mtu": "1450", "dns": ["192.0.2.7"]}"#).unwrap();
+    std::fs::write(
+        &path,
+        r#"{"bip": "10.124.0.1/24", "mtu": "1450", "dns": ["192.0.2.7"]}"#,
+    )
+    .unwrap();
     lab.start_natd(&["--config", path.to_str().unwrap()]).unwrap();
     lab.ok(&["run", "--name", "cfg"]);
     assert!(lab.sandbox_ip("cfg").starts_with("10.124.0."));
-    assert!(lab.exec_ok("cfg", &["ip", "-o", "link", "show", "eth0"]).contains("mtu 1450"));
-    assert!(lab.exec_ok("cfg", &["cat", "/etc/resolv.conf"]).contains("192.0.2.7"));
+    assert!(
+        lab.exec_ok("cfg", &["ip", "-o", "link", "show", "eth0"])
+            .contains("mtu 1450")
+    );
+    assert!(
+        lab.exec_ok("cfg", &["cat", "/etc/resolv.conf"])
+            .contains("192.0.2.7")
+    );
 }
 
 #[test]
 fn user_networks_connect_and_disconnect() {
     let lab = lab(&[]);
-    lab.ok(&["network", "create", "--subnet", "10.88.0.0/24", "--gateway", "10.88.0.254", "--ip-range", "10.88.0.128/25", "front"]);
+    lab.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.88.0.0/24",
+        "--gateway",
+        "10.88.0.254",
+        "--ip-range",
+        "10.88.0.128/25",
+        "front",
+    ]);
     lab.ok(&["network", "create", "back"]);
     let nets = lab.json(&["network", "ls"]);
-    let back = nets.as_array().unwrap().iter().find(|n| n["name"] == "back").unwrap().clone();
-    assert!(back["subnet"].as_str().unwrap().ends_with("/24"), "auto subnet is a /24: {back}");
+    let back = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "back")
+        .unwrap()
+        .clone();
+    assert!(
+        back["subnet"].as_str().unwrap().ends_with("/24"),
+        "auto subnet is a /24: {back}"
+    );
 
-    lab.ok(&["run", "--name", "web", "--network", "front", "--ip", "10.88.0.200"]);
+    lab.ok(&[
+        "run",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--ip",
+        "10.88.0.200",
+    ]);
     lab.ok(&["run", "--name", "app", "--network", "front"]);
     assert_eq!(lab.sandbox_ip("web"), "10.88.0.200");
-    assert!(lab.sandbox_ip("app").starts_with("10.88.0.1"), "from --ip-range: {}", lab.sandbox_ip("app"));
-    assert!(lab.exec_ok("web", &["ip", "route", "show", "default"]).contains("via 10.88.0.254"));
+    assert!(
+        lab.sandbox_ip("app").starts_with("10.88.0.1"),
+        "from --ip-range: {}",
+        lab.sandbox_ip("app")
+    );
+    assert!(
+        lab.exec_ok("web", &["ip", "route", "show", "default"])
+            .contains("via 10.88.0.254")
+    );
     assert!(ping(&lab, "app", "10.88.0.200"));
 
     lab.ok(&["run", "--name", "db", "--network", "back"]);
@@ -149,28 +251,55 @@ fn user_networks_connect_and_disconnect() {
     lab.ok(&["rm", "db"]);
     let bridge = back["bridge"].as_str().unwrap().to_string();
     lab.ok(&["network", "rm", "back"]);
-    assert!(!lab.host(&["ip", "link", "show", &bridge]).status.success(), "bridge {bridge} removed");
+    assert!(
+        !lab.host(&["ip", "link", "show", &bridge]).status.success(),
+        "bridge {bridge} removed"
+    );
 }
 
 #[test]
 fn restart_keeps_state_and_traffic_survives_downtime() {
     let mut lab = lab(&[]);
     lab.ok(&["network", "create", "--subnet", "10.89.0.0/24", "keep"]);
-    lab.ok(&["run", "--name", "s1", "--network", "keep", "-p", "8081:80", "--", "sleep", "1000"]);
+    lab.ok(&[
+        "run",
+        "--name",
+        "s1",
+        "--network",
+        "keep",
+        "-p",
+        "8081:80",
+        "--",
+        "sleep",
+        "1000",
+    ]);
     lab.ok(&["run", "--name", "s2", "--network", "keep"]);
     let before_ps = lab.json(&["ps"]);
     let before_nets = lab.json(&["network", "ls"]);
     let s2 = lab.sandbox_ip("s2");
-    let s1_netns = lab.json(&["inspect", "s1"])["netns"].as_str().unwrap().to_string();
+    let s1_netns = lab.json(&["inspect", "s1"])["netns"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
         lab.stop_natd(signal);
         // natctl exec needs natd; the namespace itself does not.
-        let out = sh("nsenter", &[&format!("--net={s1_netns}"), "ping", "-c1", "-W2", &s2]);
-        assert!(out.status.success(), "sandboxes keep working while natd is down ({signal})");
+        let out = sh(
+            "nsenter",
+            &[&format!("--net={s1_netns}"), "ping", "-c1", "-W2", &s2],
+        );
+        assert!(
+            out.status.success(),
+            "sandboxes keep working while natd is down ({signal})"
+        );
         lab.restart_natd().unwrap();
         assert_eq!(lab.json(&["ps"]), before_ps, "sandboxes after {signal}");
-        assert_eq!(lab.json(&["network", "ls"]), before_nets, "networks after {signal}");
+        assert_eq!(
+            lab.json(&["network", "ls"]),
+            before_nets,
+            "networks after {signal}"
+        );
         assert!(ping(&lab, "s1", &s2));
     }
     // Allocation continues without reusing a taken address or port.
@@ -178,7 +307,10 @@ fn restart_keeps_state_and_traffic_survives_downtime() {
     let s3 = lab.sandbox_ip("s3");
     assert!(s3 != s2 && s3 != lab.sandbox_ip("s1"));
     let err = lab.fails(&["run", "--name", "s4", "-p", "8081:80"]);
-    assert!(err.contains("Bind for 0.0.0.0:8081 failed: port is already allocated"), "{err}");
+    assert!(
+        err.contains("Bind for 0.0.0.0:8081 failed: port is already allocated"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -187,13 +319,26 @@ fn reconcile_repairs_and_removes_only_what_natd_owns() {
     lab.ok(&["run", "--name", "r1"]);
     lab.ok(&["run", "--name", "r2"]);
     let r2 = lab.sandbox_ip("r2");
-    let veth = lab.json(&["inspect", "r1"])["endpoints"][0]["host_ifname"].as_str().unwrap().to_string();
+    let veth = lab.json(&["inspect", "r1"])["endpoints"][0]["host_ifname"]
+        .as_str()
+        .unwrap()
+        .to_string();
     lab.stop_natd(Signal::SIGTERM);
     // Behind natd's back: delete r1's veth, add a stray interface and namespace with natd's
     // prefix, and a foreign interface and namespace that natd must leave alone.
     lab.host_ok(&["ip", "link", "del", &veth]);
     let stray = format!("{}vdead", lab.prefix); // hex: a name natd could have generated
-    lab.host_ok(&["ip", "link", "add", &stray, "type", "veth", "peer", "name", &format!("{}pdeaf", lab.prefix)]);
+    lab.host_ok(&[
+        "ip",
+        "link",
+        "add",
+        &stray,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{}pdeaf", lab.prefix),
+    ]);
     lab.host_ok(&["ip", "link", "add", "foreign0", "type", "bridge"]);
     let stray_ns = format!("{}-sbx-ghost", lab.prefix);
     sh("ip", &["netns", "add", &stray_ns]);
@@ -203,15 +348,29 @@ fn reconcile_repairs_and_removes_only_what_natd_owns() {
 
     lab.restart_natd().unwrap();
     assert!(ping(&lab, "r1", &r2), "r1's veth was recreated");
-    assert_eq!(lab.sandbox_ip("r1"), lab.json(&["inspect", "r1"])["endpoints"][0]["ipv4"].as_str().unwrap());
-    assert!(!lab.host(&["ip", "link", "show", &stray]).status.success(), "stray {stray} removed");
-    assert!(lab.host(&["ip", "link", "show", "foreign0"]).status.success(), "foreign interface kept");
+    assert_eq!(
+        lab.sandbox_ip("r1"),
+        lab.json(&["inspect", "r1"])["endpoints"][0]["ipv4"]
+            .as_str()
+            .unwrap()
+    );
+    assert!(
+        !lab.host(&["ip", "link", "show", &stray]).status.success(),
+        "stray {stray} removed"
+    );
+    assert!(
+        lab.host(&["ip", "link", "show", "foreign0"]).status.success(),
+        "foreign interface kept"
+    );
     let namespaces = String::from_utf8_lossy(&sh("ip", &["netns", "list"]).stdout).to_string();
     assert!(!namespaces.contains(&stray_ns), "stray namespace removed");
     assert!(namespaces.contains(&foreign_ns), "foreign namespace kept");
     let info = lab.json(&["info"]);
     let report = info["last_reconcile"].to_string();
-    assert!(report.contains(&format!("recreated {veth}")) && report.contains(&stray), "{report}");
+    assert!(
+        report.contains(&format!("recreated {veth}")) && report.contains(&stray),
+        "{report}"
+    );
 }
 
 #[test]
@@ -220,21 +379,45 @@ fn commands_run_detached_and_rm_stops_them() {
     let page = lab.dir.join("www");
     std::fs::create_dir_all(&page).unwrap();
     std::fs::write(page.join("index.html"), "hello natd\n").unwrap();
-    lab.ok(&["run", "--name", "www", "--", "busybox", "httpd", "-f", "-p", "80", "-h", page.to_str().unwrap()]);
+    lab.ok(&[
+        "run",
+        "--name",
+        "www",
+        "--",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        page.to_str().unwrap(),
+    ]);
     lab.ok(&["run", "--name", "client"]);
     let ip = lab.sandbox_ip("www");
     let url = format!("http://{ip}/index.html");
     assert!(
-        wait_until(Duration::from_secs(5), || lab.exec("client", &["curl", "-sf", "--max-time", "2", &url]).stdout == b"hello natd\n"),
+        wait_until(Duration::from_secs(5), || lab
+            .exec("client", &["curl", "-sf", "--max-time", "2", &url])
+            .stdout
+            == b"hello natd\n"),
         "the server in www answers the client"
     );
     let view = lab.json(&["inspect", "www"]);
     let pid = view["pid"].as_i64().unwrap() as i32;
     let netns = view["netns"].as_str().unwrap().to_string();
     assert_eq!(view["status"], "running");
-    assert!(std::fs::read_to_string(view["log"].as_str().unwrap()).is_ok(), "log file exists");
+    assert!(
+        std::fs::read_to_string(view["log"].as_str().unwrap()).is_ok(),
+        "log file exists"
+    );
     lab.ok(&["rm", "www"]);
-    assert!(wait_until(Duration::from_secs(3), || !std::path::Path::new(&format!("/proc/{pid}")).exists()), "process stopped");
+    assert!(
+        wait_until(Duration::from_secs(3), || !std::path::Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "process stopped"
+    );
     assert!(!std::path::Path::new(&netns).exists(), "namespace removed");
     assert!(lab.fails(&["inspect", "www"]).contains("No such container: www"));
     // The address is free again.
@@ -250,14 +433,26 @@ fn adopted_namespace_and_bridge_are_left_in_place() {
     let ns = lab.add_netns("mine").unwrap();
     lab.ok(&["run", "--name", "adopt", "--netns", &format!("/run/netns/{ns}")]);
     let out = lab.in_ns(&ns, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("172.18."), "wired into the given namespace");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("172.18."),
+        "wired into the given namespace"
+    );
     let err = lab.fails(&["run", "--name", "adopt2", "--netns", &format!("/run/netns/{ns}")]);
     assert!(err.contains("already used by sandbox adopt"), "{err}");
     lab.ok(&["rm", "adopt"]);
-    assert!(sh("ip", &["netns", "list"]).stdout.windows(ns.len()).any(|w| w == ns.as_bytes()), "adopted namespace kept");
+    assert!(
+        sh("ip", &["netns", "list"])
+            .stdout
+            .windows(ns.len())
+            .any(|w| w == ns.as_bytes()),
+        "adopted namespace kept"
+    );
     lab.stop_natd(Signal::SIGTERM);
     assert!(lab.cleanup_natd().status.success());
-    assert!(lab.host(&["ip", "link", "show", &bridge]).status.success(), "adopted bridge survives cleanup");
+    assert!(
+        lab.host(&["ip", "link", "show", &bridge]).status.success(),
+        "adopted bridge survives cleanup"
+    );
 }
 
 #[test]
@@ -266,17 +461,26 @@ fn cleanup_removes_everything_natd_owns() {
     lab.ok(&["network", "create", "gone"]);
     lab.ok(&["run", "--name", "c1", "--network", "gone", "--", "sleep", "1000"]);
     lab.ok(&["run", "--name", "c2", "--dns", "192.0.2.1"]);
-    let netns = lab.json(&["inspect", "c1"])["netns"].as_str().unwrap().to_string();
+    let netns = lab.json(&["inspect", "c1"])["netns"]
+        .as_str()
+        .unwrap()
+        .to_string();
     lab.stop_natd(Signal::SIGTERM);
     let out = lab.cleanup_natd();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let links = lab.host_ok(&["ip", "-o", "link"]);
-    assert!(!links.contains(&lab.prefix), "no interface with the prefix left:\n{links}");
+    assert!(
+        !links.contains(&lab.prefix),
+        "no interface with the prefix left:\n{links}"
+    );
     assert!(!std::path::Path::new(&netns).exists());
     assert!(!std::path::Path::new(&format!("/etc/netns/{}-sbx-c2", lab.prefix)).exists());
     assert!(!lab.bpffs.exists(), "pins removed");
     assert!(!lab.state_dir.join("natd.redb").exists());
-    assert!(lab.host(&["ip", "link", "show", "up0"]).status.success(), "the uplink is not natd's");
+    assert!(
+        lab.host(&["ip", "link", "show", "up0"]).status.success(),
+        "the uplink is not natd's"
+    );
 }
 
 #[test]
@@ -286,7 +490,10 @@ fn corrupt_state_gives_a_clear_error() {
     std::fs::write(lab.state_dir.join("natd.redb"), vec![0x5a; 8192]).unwrap();
     let err = lab.start_natd(&[]).unwrap_err().to_string();
     assert!(err.contains("corrupt") && err.contains("natd --cleanup"), "{err}");
-    assert!(err.contains("exit status: 78"), "EX_CONFIG so systemd does not loop: {err}");
+    assert!(
+        err.contains("exit status: 78"),
+        "EX_CONFIG so systemd does not loop: {err}"
+    );
 }
 
 #[test]
@@ -310,7 +517,17 @@ fn concurrent_requests_get_distinct_addresses() {
 fn bad_input_is_refused_and_changes_nothing() {
     let lab = lab(&["--bip", "10.125.0.1/29"]);
     lab.ok(&["network", "create", "--subnet", "10.90.0.0/24", "taken"]);
-    lab.ok(&["run", "--name", "holder", "--network", "taken", "--ip", "10.90.0.10", "-p", "80:80"]);
+    lab.ok(&[
+        "run",
+        "--name",
+        "holder",
+        "--network",
+        "taken",
+        "--ip",
+        "10.90.0.10",
+        "-p",
+        "80:80",
+    ]);
     lab.ok(&["run", "--name", "shared", "--network", "none"]);
     // Fill the /29 of the default network (gateway .1; .2-.6 usable).
     for i in 0..5 {
@@ -321,52 +538,214 @@ fn bad_input_is_refused_and_changes_nothing() {
     let links = lab.host_ok(&["ip", "-o", "link"]).lines().count();
 
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["network", "create", "--subnet", "10.90.0.128/25", "x1"], "Pool overlaps with other one on this address space"),
-        (vec!["network", "create", "--subnet", "198.51.100.0/24", "x2"], "overlaps with route 198.51.100.0/24 on the host"),
-        (vec!["network", "create", "--subnet", "10.91.0.0/24", "--gateway", "10.92.0.1", "x3"], "no matching subnet for gateway 10.92.0.1"),
-        (vec!["network", "create", "--subnet", "10.91.0.0/33", "x4"], "invalid CIDR address: 10.91.0.0/33"),
-        (vec!["network", "create", "--subnet", "10.91.0.1/24", "x5"], "has host bits set"),
-        (vec!["network", "create", "taken"], "network with name taken already exists"),
-        (vec!["network", "create", "bridge"], "network with name bridge already exists"),
-        (vec!["network", "create", "--ip-range", "10.99.0.0/24", "--subnet", "10.91.0.0/24", "x6"], "no matching subnet for range 10.99.0.0/24"),
-        (vec!["network", "create", "-d", "overlay", "x7"], "plugin \"overlay\" not found"),
+        (
+            vec!["network", "create", "--subnet", "10.90.0.128/25", "x1"],
+            "Pool overlaps with other one on this address space",
+        ),
+        (
+            vec!["network", "create", "--subnet", "198.51.100.0/24", "x2"],
+            "overlaps with route 198.51.100.0/24 on the host",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "--subnet",
+                "10.91.0.0/24",
+                "--gateway",
+                "10.92.0.1",
+                "x3",
+            ],
+            "no matching subnet for gateway 10.92.0.1",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.91.0.0/33", "x4"],
+            "invalid CIDR address: 10.91.0.0/33",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.91.0.1/24", "x5"],
+            "has host bits set",
+        ),
+        (
+            vec!["network", "create", "taken"],
+            "network with name taken already exists",
+        ),
+        (
+            vec!["network", "create", "bridge"],
+            "network with name bridge already exists",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "--ip-range",
+                "10.99.0.0/24",
+                "--subnet",
+                "10.91.0.0/24",
+                "x6",
+            ],
+            "no matching subnet for range 10.99.0.0/24",
+        ),
+        (
+            vec!["network", "create", "-d", "overlay", "x7"],
+            "plugin \"overlay\" not found",
+        ),
         (vec!["network", "rm", "taken"], "has active endpoints"),
-        (vec!["network", "rm", "bridge"], "bridge is a pre-defined network and cannot be removed"),
+        (
+            vec!["network", "rm", "bridge"],
+            "bridge is a pre-defined network and cannot be removed",
+        ),
         (vec!["network", "rm", "nosuch"], "network nosuch not found"),
-        (vec!["run", "--name", "holder"], "The container name \"holder\" is already in use"),
-        (vec!["run", "--name", "b1", "--network", "taken", "--ip", "10.90.0.10"], "Address already in use: 10.90.0.10"),
-        (vec!["run", "--name", "b2", "--network", "taken", "--ip", "10.77.0.10"], "It does not belong to any of this network's subnets"),
-        (vec!["run", "--name", "b3"], "no available IPv4 addresses on this network's address pools"),
-        (vec!["run", "--name", "b4", "--network", "taken", "-p", "abc"], "Invalid containerPort: abc"),
-        (vec!["run", "--name", "b5", "--network", "taken", "-p", "x:80"], "Invalid hostPort: x"),
-        (vec!["run", "--name", "b6", "--network", "taken", "-p", "80/icmp"], "Invalid proto: icmp"),
-        (vec!["run", "--name", "b7", "--network", "taken", "-p", "300.1.1.1:80:80"], "Invalid ip address: 300.1.1.1"),
-        (vec!["run", "--name", "b8", "--network", "taken", "-p", "8000-8005:80-90"], "Invalid ranges specified for container and host Ports: 80-90 and 8000-8005"),
-        (vec!["run", "--name", "b9", "--network", "taken", "-p", "80:81"], "Bind for 0.0.0.0:80 failed: port is already allocated"),
-        (vec!["run", "--name", "ba", "--network", "taken", "-p", "127.0.0.1:80:81"], "Bind for 127.0.0.1:80 failed: port is already allocated"),
-        (vec!["run", "--name", "bb", "--network", "container:nosuch"], "No such container: nosuch"),
-        (vec!["run", "--name", "bc", "--network", "nosuchnet"], "network nosuchnet not found"),
-        (vec!["run", "--name", "bd", "--network", "host", "-p", "80"], "conflicting options: port publishing and the host network mode"),
-        (vec!["run", "--name", "be", "--network", "container:shared", "-p", "80"], "conflicting options: port publishing and the container type network mode"),
-        (vec!["run", "--name", "bf", "--network", "taken", "--mtu", "10"], "MTU 10 is out of range"),
-        (vec!["run", "--name", "bg", "--network", "taken", "--dns", "not-an-ip"], "invalid DNS server address: not-an-ip"),
-        (vec!["run", "--name", "bh", "--network", "taken", "--netns", "/etc/hostname"], "/etc/hostname is not a network namespace"),
+        (
+            vec!["run", "--name", "holder"],
+            "The container name \"holder\" is already in use",
+        ),
+        (
+            vec!["run", "--name", "b1", "--network", "taken", "--ip", "10.90.0.10"],
+            "Address already in use: 10.90.0.10",
+        ),
+        (
+            vec!["run", "--name", "b2", "--network", "taken", "--ip", "10.77.0.10"],
+            "It does not belong to any of this network's subnets",
+        ),
+        (
+            vec!["run", "--name", "b3"],
+            "no available IPv4 addresses on this network's address pools",
+        ),
+        (
+            vec!["run", "--name", "b4", "--network", "taken", "-p", "abc"],
+            "Invalid containerPort: abc",
+        ),
+        (
+            vec!["run", "--name", "b5", "--network", "taken", "-p", "x:80"],
+            "Invalid hostPort: x",
+        ),
+        (
+            vec!["run", "--name", "b6", "--network", "taken", "-p", "80/icmp"],
+            "Invalid proto: icmp",
+        ),
+        (
+            vec![
+                "run",
+                "--name",
+                "b7",
+                "--network",
+                "taken",
+                "-p",
+                "300.1.1.1:80:80",
+            ],
+            "Invalid ip address: 300.1.1.1",
+        ),
+        (
+            vec![
+                "run",
+                "--name",
+                "b8",
+                "--network",
+                "taken",
+                "-p",
+                "8000-8005:80-90",
+            ],
+            "Invalid ranges specified for container and host Ports: 80-90 and 8000-8005",
+        ),
+        (
+            vec!["run", "--name", "b9", "--network", "taken", "-p", "80:81"],
+            "Bind for 0.0.0.0:80 failed: port is already allocated",
+        ),
+        (
+            vec![
+                "run",
+                "--name",
+                "ba",
+                "--network",
+                "taken",
+                "-p",
+                "127.0.0.1:80:81",
+            ],
+            "Bind for 127.0.0.1:80 failed: port is already allocated",
+        ),
+        (
+            vec!["run", "--name", "bb", "--network", "container:nosuch"],
+            "No such container: nosuch",
+        ),
+        (
+            vec!["run", "--name", "bc", "--network", "nosuchnet"],
+            "network nosuchnet not found",
+        ),
+        (
+            vec!["run", "--name", "bd", "--network", "host", "-p", "80"],
+            "conflicting options: port publishing and the host network mode",
+        ),
+        (
+            vec!["run", "--name", "be", "--network", "container:shared", "-p", "80"],
+            "conflicting options: port publishing and the container type network mode",
+        ),
+        (
+            vec!["run", "--name", "bf", "--network", "taken", "--mtu", "10"],
+            "MTU 10 is out of range",
+        ),
+        (
+            vec!["run", "--name", "bg", "--network", "taken", "--dns", "not-an-ip"],
+            "invalid DNS server address: not-an-ip",
+        ),
+        (
+            vec![
+                "run",
+                "--name",
+                "bh",
+                "--network",
+                "taken",
+                "--netns",
+                "/etc/hostname",
+            ],
+            "/etc/hostname is not a network namespace",
+        ),
         (vec!["run", "--name", "b/i"], "Invalid container name (b/i)"),
-        (vec!["run", "--name", "bj", "--network", "taken", "--", "/no/such/program"], "cannot start"),
+        (
+            vec![
+                "run",
+                "--name",
+                "bj",
+                "--network",
+                "taken",
+                "--",
+                "/no/such/program",
+            ],
+            "cannot start",
+        ),
         (vec!["rm", "nosuch"], "No such container: nosuch"),
         (vec!["inspect", "nosuch"], "No such container: nosuch"),
-        (vec!["network", "connect", "taken", "nosuch"], "No such container: nosuch"),
-        (vec!["network", "connect", "taken", "holder"], "endpoint with name holder already exists in network taken"),
-        (vec!["network", "connect", "nosuchnet", "holder"], "network nosuchnet not found"),
+        (
+            vec!["network", "connect", "taken", "nosuch"],
+            "No such container: nosuch",
+        ),
+        (
+            vec!["network", "connect", "taken", "holder"],
+            "endpoint with name holder already exists in network taken",
+        ),
+        (
+            vec!["network", "connect", "nosuchnet", "holder"],
+            "network nosuchnet not found",
+        ),
     ];
     for (args, needle) in &cases {
         let err = lab.fails(args);
-        assert!(err.contains(needle), "natctl {args:?}: expected {needle:?} in {err:?}");
-        assert!(err.starts_with("Error response from daemon: "), "Docker-style prefix: {err}");
+        assert!(
+            err.contains(needle),
+            "natctl {args:?}: expected {needle:?} in {err:?}"
+        );
+        assert!(
+            err.starts_with("Error response from daemon: "),
+            "Docker-style prefix: {err}"
+        );
     }
     assert_eq!(lab.json(&["ps"]), ps, "sandboxes unchanged");
     assert_eq!(lab.json(&["network", "ls"]), nets, "networks unchanged");
-    assert_eq!(lab.host_ok(&["ip", "-o", "link"]).lines().count(), links, "no interface left behind");
+    assert_eq!(
+        lab.host_ok(&["ip", "-o", "link"]).lines().count(),
+        links,
+        "no interface left behind"
+    );
     let stray: Vec<String> = String::from_utf8_lossy(&sh("ip", &["netns", "list"]).stdout)
         .lines()
         .filter(|l| l.starts_with(&format!("{}-sbx-b", lab.prefix)))
@@ -375,7 +754,10 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(stray.is_empty(), "no namespace left behind: {stray:?}");
 
     // natd's own flags are checked before anything starts.
-    let out = sh(natlab::natd_bin().to_str().unwrap(), &["--bip", "10.0.0.0/8", "--socket", "/nonexistent/x"]);
+    let out = sh(
+        natlab::natd_bin().to_str().unwrap(),
+        &["--bip", "10.0.0.0/8", "--socket", "/nonexistent/x"],
+    );
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bridge address"));
 }

@@ -20,20 +20,40 @@ fn lab(extra: &[&str]) -> Lab {
 
 /// A TCP server in a sandbox that answers every connection with the peer's address.
 fn tcp_whoami(port: u16) -> Vec<String> {
-    ["socat", &format!("TCP-LISTEN:{port},fork,reuseaddr"), "SYSTEM:echo $SOCAT_PEERADDR"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "socat",
+        &format!("TCP-LISTEN:{port},fork,reuseaddr"),
+        "SYSTEM:echo $SOCAT_PEERADDR",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Connects from the external namespace and returns the line the server sent.
 fn ext_tcp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
-    let out = lab.ext(&["socat", "-T3", "-", &format!("TCP:{addr}:{port},connect-timeout=3")]);
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = lab.ext(&[
+        "socat",
+        "-T3",
+        "-",
+        &format!("TCP:{addr}:{port},connect-timeout=3"),
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn ext_udp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
-    let out = sh("sh", &["-c", &format!("echo hi | ip netns exec {} socat -T2 - UDP:{addr}:{port}", lab.ext_ns)]);
+    let out = sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "echo hi | ip netns exec {} socat -T2 - UDP:{addr}:{port}",
+                lab.ext_ns
+            ),
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (!text.is_empty()).then_some(text)
 }
@@ -47,13 +67,19 @@ fn run_sandbox(lab: &Lab, name: &str, args: &[&str], command: &[String]) {
 }
 
 fn sandbox_ns(lab: &Lab, name: &str) -> String {
-    lab.json(&["inspect", name])["netns"].as_str().unwrap().to_string()
+    lab.json(&["inspect", name])["netns"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// natd's promise: no netfilter rule and no kernel conntrack entry takes part.
 fn assert_no_kernel_nat(lab: &Lab) {
     let rules = lab.host_ok(&["nft", "list", "ruleset"]);
-    assert!(rules.trim().is_empty(), "no nftables/iptables rule in the host namespace:\n{rules}");
+    assert!(
+        rules.trim().is_empty(),
+        "no nftables/iptables rule in the host namespace:\n{rules}"
+    );
     let ct = lab.host(&["conntrack", "-L"]);
     let listed = String::from_utf8_lossy(&ct.stdout).to_string();
     assert!(listed.trim().is_empty(), "no kernel conntrack entry:\n{listed}");
@@ -68,8 +94,23 @@ fn published_ports_in_every_form() {
                   for p in 90 91 92 93 94; do socat TCP-LISTEN:$p,fork,reuseaddr SYSTEM:\"echo port-$p\" & done; \
                   socat UDP-RECVFROM:53,fork SYSTEM:'echo $SOCAT_PEERADDR' & wait";
     let publish = [
-        "-p", "8080:80", "-p", "80", "-p", "198.51.100.1:8181:81", "-p", "198.51.100.1::81",
-        "-p", "8090-8092:90-92", "-p", "8100-8110:93", "-p", "5353:53/udp", "-P", "--expose", "94",
+        "-p",
+        "8080:80",
+        "-p",
+        "80",
+        "-p",
+        "198.51.100.1:8181:81",
+        "-p",
+        "198.51.100.1::81",
+        "-p",
+        "8090-8092:90-92",
+        "-p",
+        "8100-8110:93",
+        "-p",
+        "5353:53/udp",
+        "-P",
+        "--expose",
+        "94",
     ];
     run_sandbox(&lab, "srv", &publish, &["sh".into(), "-c".into(), script.into()]);
     let ns = sandbox_ns(&lab, "srv");
@@ -83,10 +124,17 @@ fn published_ports_in_every_form() {
     assert_eq!(ext_tcp(&lab, "198.51.100.3", 8080).as_deref(), Some(EXT_IP));
     // Bound to one address: only there.
     assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8181).as_deref(), Some("eighty-one"));
-    assert_eq!(ext_tcp(&lab, "198.51.100.3", 8181), None, "not published on this address");
+    assert_eq!(
+        ext_tcp(&lab, "198.51.100.3", 8181),
+        None,
+        "not published on this address"
+    );
     // Ranges.
     for (host, container) in [(8090, 90), (8091, 91), (8092, 92)] {
-        assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, host).as_deref(), Some(format!("port-{container}").as_str()));
+        assert_eq!(
+            ext_tcp(&lab, HOST_UPLINK_IP, host).as_deref(),
+            Some(format!("port-{container}").as_str())
+        );
     }
     // UDP: the reply comes back through the translation.
     assert_eq!(ext_udp(&lab, HOST_UPLINK_IP, 5353).as_deref(), Some(EXT_IP));
@@ -98,7 +146,9 @@ fn published_ports_in_every_form() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["container_port"] == container && m["host_ip"].is_null() != bound && m["host_port"] != 8181)
+            .find(|m| {
+                m["container_port"] == container && m["host_ip"].is_null() != bound && m["host_port"] != 8181
+            })
             .map(|m| m["host_port"].as_u64().unwrap() as u16)
             .unwrap_or_else(|| panic!("mapping for {container}: {ports}"))
     };
@@ -107,15 +157,31 @@ fn published_ports_in_every_form() {
         let v: Vec<u16> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
         (v[0], v[1])
     };
-    let random = ports.as_array().unwrap().iter().find(|m| m["container_port"] == 80 && m["host_port"] != 8080).unwrap()["host_port"].as_u64().unwrap() as u16;
-    assert!((lo..=hi).contains(&random), "random port {random} from ip_local_port_range {lo}-{hi}");
+    let random = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["container_port"] == 80 && m["host_port"] != 8080)
+        .unwrap()["host_port"]
+        .as_u64()
+        .unwrap() as u16;
+    assert!(
+        (lo..=hi).contains(&random),
+        "random port {random} from ip_local_port_range {lo}-{hi}"
+    );
     assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, random).as_deref(), Some(EXT_IP));
     let bound_random = host_port(81, true);
     assert_ne!(bound_random, 8181);
-    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, bound_random).as_deref(), Some("eighty-one"));
+    assert_eq!(
+        ext_tcp(&lab, HOST_UPLINK_IP, bound_random).as_deref(),
+        Some("eighty-one")
+    );
     let in_range = host_port(93, false);
     assert!((8100..=8110).contains(&in_range));
-    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, in_range).as_deref(), Some("port-93"));
+    assert_eq!(
+        ext_tcp(&lab, HOST_UPLINK_IP, in_range).as_deref(),
+        Some("port-93")
+    );
     let exposed = host_port(94, false);
     assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, exposed).as_deref(), Some("port-94"));
     let text = lab.ok(&["port", "srv", "53/udp"]);
@@ -131,7 +197,14 @@ fn published_ports_in_every_form() {
 #[test]
 fn masquerade_with_many_sandboxes_and_one_source_port() {
     let lab = lab(&[]);
-    let _server = lab.spawn_in(&lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT"]);
+    let _server = lab.spawn_in(
+        &lab.ext_ns,
+        &[
+            "socat",
+            "TCP-LISTEN:9000,fork,reuseaddr",
+            "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT",
+        ],
+    );
     assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
     let names: Vec<String> = (0..4).map(|i| format!("out{i}")).collect();
     for name in &names {
@@ -144,9 +217,17 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
             .map(|name| {
                 let lab = &lab;
                 scope.spawn(move || {
-                    lab.exec_ok(name, &["socat", "-T3", "-", &format!("TCP:{EXT_IP}:9000,sourceport=5555,connect-timeout=3")])
-                        .trim()
-                        .to_string()
+                    lab.exec_ok(
+                        name,
+                        &[
+                            "socat",
+                            "-T3",
+                            "-",
+                            &format!("TCP:{EXT_IP}:9000,sourceport=5555,connect-timeout=3"),
+                        ],
+                    )
+                    .trim()
+                    .to_string()
                 })
             })
             .collect();
@@ -154,26 +235,43 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
     });
     let mut ports = Vec::new();
     for line in &seen {
-        let (addr, port) = line.rsplit_once(' ').unwrap_or_else(|| panic!("server answered {line:?}"));
+        let (addr, port) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("server answered {line:?}"));
         assert_eq!(addr, HOST_UPLINK_IP, "masqueraded to the uplink address");
         ports.push(port.to_string());
     }
     ports.sort();
     ports.dedup();
-    assert_eq!(ports.len(), names.len(), "each flow got its own NAT port: {seen:?}");
+    assert_eq!(
+        ports.len(),
+        names.len(),
+        "each flow got its own NAT port: {seen:?}"
+    );
 
     // Many parallel connections from one sandbox.
     let ok = lab.exec_ok(
         "out0",
         &["sh", "-c", &format!("for i in $(seq 40); do (socat -T3 - TCP:{EXT_IP}:9000,connect-timeout=3 | grep -q {HOST_UPLINK_IP} && echo ok) & done; wait")],
     );
-    assert_eq!(ok.lines().filter(|l| *l == "ok").count(), 40, "all 40 parallel flows answered");
+    assert_eq!(
+        ok.lines().filter(|l| *l == "ok").count(),
+        40,
+        "all 40 parallel flows answered"
+    );
 
     // ICMP echo out of two sandboxes at once (echo ids translated).
     std::thread::scope(|scope| {
         for name in ["out1", "out2"] {
             let lab = &lab;
-            scope.spawn(move || assert!(lab.exec(name, &["ping", "-c3", "-i0.2", "-W2", EXT_IP]).status.success(), "{name} pings out"));
+            scope.spawn(move || {
+                assert!(
+                    lab.exec(name, &["ping", "-c3", "-i0.2", "-W2", EXT_IP])
+                        .status
+                        .success(),
+                    "{name} pings out"
+                )
+            });
         }
     });
     assert_no_kernel_nat(&lab);
@@ -182,32 +280,77 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
 #[test]
 fn ip_masq_false_and_internal_networks_stay_inside() {
     let lab = lab(&["--ip-masq", "false"]);
-    let _server = lab.spawn_in(&lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"]);
+    let _server = lab.spawn_in(
+        &lab.ext_ns,
+        &[
+            "socat",
+            "TCP-LISTEN:9000,fork,reuseaddr",
+            "SYSTEM:echo $SOCAT_PEERADDR",
+        ],
+    );
     assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
     lab.ok(&["network", "create", "masq"]);
     lab.ok(&["network", "create", "--internal", "inside"]);
     lab.ok(&["run", "--name", "plain"]);
     lab.ok(&["run", "--name", "masqd", "--network", "masq"]);
     lab.ok(&["run", "--name", "intern", "--network", "inside"]);
-    let connect = |name: &str| lab.exec(name, &["socat", "-T2", "-", &format!("TCP:{EXT_IP}:9000,connect-timeout=2")]);
-    assert!(!connect("plain").status.success(), "--ip-masq false: the default network is not masqueraded");
+    let connect = |name: &str| {
+        lab.exec(
+            name,
+            &[
+                "socat",
+                "-T2",
+                "-",
+                &format!("TCP:{EXT_IP}:9000,connect-timeout=2"),
+            ],
+        )
+    };
+    assert!(
+        !connect("plain").status.success(),
+        "--ip-masq false: the default network is not masqueraded"
+    );
     assert!(!connect("intern").status.success(), "--internal: no way out");
-    assert!(lab.exec_ok("intern", &["ip", "route"]).lines().all(|l| !l.starts_with("default")), "no default route");
+    assert!(
+        lab.exec_ok("intern", &["ip", "route"])
+            .lines()
+            .all(|l| !l.starts_with("default")),
+        "no default route"
+    );
     let out = connect("masqd");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), HOST_UPLINK_IP, "a user network still masquerades");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        HOST_UPLINK_IP,
+        "a user network still masquerades"
+    );
 }
 
 #[test]
 fn flows_survive_natd_stop_and_restart() {
     let mut lab = lab(&[]);
-    run_sandbox(&lab, "echo", &["-p", "8080:80"], &["socat".into(), "TCP-LISTEN:80,fork,reuseaddr".into(), "EXEC:cat".into()]);
+    run_sandbox(
+        &lab,
+        "echo",
+        &["-p", "8080:80"],
+        &[
+            "socat".into(),
+            "TCP-LISTEN:80,fork,reuseaddr".into(),
+            "EXEC:cat".into(),
+        ],
+    );
     let ns = sandbox_ns(&lab, "echo");
     assert!(wait_listening(&ns, "tcp", 80));
-    let _remote = lab.spawn_in(&lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]);
+    let _remote = lab.spawn_in(
+        &lab.ext_ns,
+        &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
+    );
     assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
 
-    let mut inbound = in_netns(&lab.ext_path(), || TcpStream::connect((HOST_UPLINK_IP, 8080)).expect("connect to published port"));
-    let mut outbound = in_netns(&ns, || TcpStream::connect((EXT_IP, 9000)).expect("connect out of the sandbox"));
+    let mut inbound = in_netns(&lab.ext_path(), || {
+        TcpStream::connect((HOST_UPLINK_IP, 8080)).expect("connect to published port")
+    });
+    let mut outbound = in_netns(&ns, || {
+        TcpStream::connect((EXT_IP, 9000)).expect("connect out of the sandbox")
+    });
     for stream in [&mut inbound, &mut outbound] {
         stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     }
@@ -216,21 +359,35 @@ fn flows_survive_natd_stop_and_restart() {
             return false;
         }
         let mut line = String::new();
-        BufReader::new(stream.try_clone().unwrap()).read_line(&mut line).is_ok() && line.trim() == text
+        BufReader::new(stream.try_clone().unwrap())
+            .read_line(&mut line)
+            .is_ok()
+            && line.trim() == text
     };
     assert!(echo(&mut inbound, "before") && echo(&mut outbound, "before"));
 
     lab.stop_natd(Signal::SIGKILL);
-    assert!(echo(&mut inbound, "while-down"), "established inbound flow while natd is down");
-    assert!(echo(&mut outbound, "while-down"), "established outbound flow while natd is down");
-    let mut fresh = in_netns(&lab.ext_path(), || TcpStream::connect((HOST_UPLINK_IP, 8080)).expect("new flow while natd is down"));
+    assert!(
+        echo(&mut inbound, "while-down"),
+        "established inbound flow while natd is down"
+    );
+    assert!(
+        echo(&mut outbound, "while-down"),
+        "established outbound flow while natd is down"
+    );
+    let mut fresh = in_netns(&lab.ext_path(), || {
+        TcpStream::connect((HOST_UPLINK_IP, 8080)).expect("new flow while natd is down")
+    });
     fresh.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     assert!(echo(&mut fresh, "new-while-down"));
 
     lab.restart_natd().unwrap();
     let info = lab.json(&["info"]);
     let report = info["last_reconcile"].to_string();
-    assert!(!report.contains("attached program"), "pinned programs are adopted, not re-attached: {report}");
+    assert!(
+        !report.contains("attached program"),
+        "pinned programs are adopted, not re-attached: {report}"
+    );
     assert!(echo(&mut inbound, "after") && echo(&mut outbound, "after") && echo(&mut fresh, "after"));
     assert_no_kernel_nat(&lab);
 
@@ -238,7 +395,10 @@ fn flows_survive_natd_stop_and_restart() {
     lab.stop_natd(Signal::SIGTERM);
     assert!(lab.cleanup_natd().status.success());
     let attached = lab.host_ok(&["bpftool", "net", "show"]);
-    assert!(!attached.contains("natd_"), "no program left attached:\n{attached}");
+    assert!(
+        !attached.contains("natd_"),
+        "no program left attached:\n{attached}"
+    );
     assert!(!lab.bpffs.exists());
     let mut buf = [0u8; 1];
     let _ = inbound.read(&mut buf);
@@ -247,7 +407,16 @@ fn flows_survive_natd_stop_and_restart() {
 #[test]
 fn removing_a_mapping_invalidates_its_udp_flow() {
     let lab = lab(&[]);
-    run_sandbox(&lab, "first", &["-p", "5353:53/udp"], &["socat".into(), "UDP-RECVFROM:53,fork".into(), "SYSTEM:echo first".into()]);
+    run_sandbox(
+        &lab,
+        "first",
+        &["-p", "5353:53/udp"],
+        &[
+            "socat".into(),
+            "UDP-RECVFROM:53,fork".into(),
+            "SYSTEM:echo first".into(),
+        ],
+    );
     assert!(wait_listening(&sandbox_ns(&lab, "first"), "udp", 53));
     let socket = in_netns(&lab.ext_path(), || UdpSocket::bind((EXT_IP, 40000)).unwrap());
     socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -260,10 +429,22 @@ fn removing_a_mapping_invalidates_its_udp_flow() {
     };
     assert_eq!(ask().as_deref(), Some("first"));
     lab.ok(&["rm", "first"]);
-    run_sandbox(&lab, "second", &["-p", "5353:53/udp"], &["socat".into(), "UDP-RECVFROM:53,fork".into(), "SYSTEM:echo second".into()]);
+    run_sandbox(
+        &lab,
+        "second",
+        &["-p", "5353:53/udp"],
+        &[
+            "socat".into(),
+            "UDP-RECVFROM:53,fork".into(),
+            "SYSTEM:echo second".into(),
+        ],
+    );
     assert!(wait_listening(&sandbox_ns(&lab, "second"), "udp", 53));
     // The very same 5-tuple now reaches the new mapping's sandbox.
-    assert!(wait_until(Duration::from_secs(5), || ask().as_deref() == Some("second")), "the old UDP flow was invalidated");
+    assert!(
+        wait_until(Duration::from_secs(5), || ask().as_deref() == Some("second")),
+        "the old UDP flow was invalidated"
+    );
 }
 
 #[test]
@@ -272,7 +453,10 @@ fn published_port_taken_by_a_host_process_is_refused() {
     let _listener = lab.spawn_in(&lab.host_ns, &["socat", "TCP-LISTEN:7777,reuseaddr", "-"]);
     assert!(wait_listening(&lab.host_path(), "tcp", 7777));
     let err = lab.fails(&["run", "--name", "clash", "-p", "7777:80"]);
-    assert!(err.contains("Bind for 0.0.0.0:7777 failed: address already in use"), "{err}");
+    assert!(
+        err.contains("Bind for 0.0.0.0:7777 failed: address already in use"),
+        "{err}"
+    );
     // Published ports are reserved so the host never uses them as ephemeral source ports.
     lab.ok(&["run", "--name", "fine", "-p", "7778:80"]);
     let reserved = lab.host_ok(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]);
@@ -286,8 +470,20 @@ fn parallel_clients_reach_a_published_port() {
     assert!(wait_listening(&sandbox_ns(&lab, "busy"), "tcp", 80));
     let out = sh(
         "sh",
-        &["-c", &format!("for i in $(seq 60); do (ip netns exec {} socat -T3 - TCP:{HOST_UPLINK_IP}:8080,connect-timeout=3 | grep -qx {EXT_IP} && echo ok) & done; wait", lab.ext_ns)],
+        &[
+            "-c",
+            &format!(
+                "for i in $(seq 60); do (ip netns exec {} socat -T3 - TCP:{HOST_UPLINK_IP}:8080,connect-timeout=3 | grep -qx {EXT_IP} && echo ok) & done; wait",
+                lab.ext_ns
+            ),
+        ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| *l == "ok").count(), 60);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| *l == "ok")
+            .count(),
+        60
+    );
     assert_no_kernel_nat(&lab);
 }

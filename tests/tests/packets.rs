@@ -13,13 +13,16 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use etherparse::{Ipv4Header, Ipv4Options, IpNumber, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use nat_common::{AddrKey, CtEntry, CtKey, FAMILY_V4, IfaceConfig, MasqNet, NatConfig, PortKey, PortTarget, counter, role};
+use etherparse::{IpNumber, Ipv4Header, Ipv4Options, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use nat_common::{
+    AddrKey, CtEntry, CtKey, FAMILY_V4, IfaceConfig, NatConfig, NetInfo, PortKey, PortTarget, counter, net, role,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const INGRESS: &str = "natd_uplink_ingress";
 const EGRESS: &str = "natd_uplink_egress";
+const SANDBOX_PROG: &str = "natd_sandbox_ingress";
 
 const HOST: [u8; 4] = [198, 51, 100, 1];
 const CLIENT: [u8; 4] = [203, 0, 113, 7];
@@ -37,7 +40,8 @@ struct Bpf {
 impl Bpf {
     fn load(ct_capacity: u32) -> Self {
         natlab::require_root();
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a private network namespace for this test");
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("a private network namespace for this test");
         let pin = PathBuf::from(format!(
             "/sys/fs/bpf/natlab-pkt-{}-{}",
             std::process::id(),
@@ -49,32 +53,106 @@ impl Bpf {
             .map_max_entries("NATD_CT", ct_capacity)
             .load(natd::EBPF_OBJECT)
             .expect("load natd's eBPF object");
-        for name in [INGRESS, EGRESS, "natd_observe"] {
+        for name in [INGRESS, EGRESS, SANDBOX_PROG] {
             let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            program.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
         let mut bpf = Self { ebpf, pin };
         // The test run's skb belongs to loopback (ifindex 1): make it the uplink.
-        let mut config: HashMap<_, u32, IfaceConfig> = HashMap::try_from(bpf.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
+        let mut config: HashMap<_, u32, IfaceConfig> =
+            HashMap::try_from(bpf.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&HOST);
-        config.insert(1, IfaceConfig { role: role::UPLINK, network_id: 0, addr, family: FAMILY_V4, _pad: [0; 7] }, 0).unwrap();
+        config
+            .insert(
+                1,
+                IfaceConfig {
+                    role: role::UPLINK,
+                    network_id: 0,
+                    addr,
+                    family: FAMILY_V4,
+                    _pad: [0; 7],
+                },
+                0,
+            )
+            .unwrap();
         let mut nat: Array<_, NatConfig> = Array::try_from(bpf.ebpf.map_mut("NATD_CONFIG").unwrap()).unwrap();
-        nat.set(0, NatConfig { snat_port_min: 61000, snat_port_max: 61009, _pad: 0 }, 0).unwrap();
-        let mut local: HashMap<_, AddrKey, u32> = HashMap::try_from(bpf.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
-        local.insert(AddrKey { addr, family: FAMILY_V4, _pad: [0; 3] }, 1, 0).unwrap();
-        let mut masq: LpmTrie<_, [u8; 4], MasqNet> = LpmTrie::try_from(bpf.ebpf.map_mut("NATD_MASQ_V4").unwrap()).unwrap();
-        masq.insert(&Key::new(24, [172, 20, 0, 0]), MasqNet { network_id: 2, _pad: 0 }, 0).unwrap();
+        nat.set(
+            0,
+            NatConfig {
+                snat_port_min: 61000,
+                snat_port_max: 61009,
+                _pad: 0,
+            },
+            0,
+        )
+        .unwrap();
+        let mut local: HashMap<_, AddrKey, u32> =
+            HashMap::try_from(bpf.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
+        local
+            .insert(
+                AddrKey {
+                    addr,
+                    family: FAMILY_V4,
+                    _pad: [0; 3],
+                },
+                1,
+                0,
+            )
+            .unwrap();
+        bpf.network(2, [172, 20, 0, 0], 24, [172, 20, 0, 1], net::ICC | net::MASQ);
         bpf
     }
 
-    fn publish(&mut self, host_ip: Option<[u8; 4]>, host_port: u16, proto: u8, target: [u8; 4], target_port: u16, mapping_id: u32) {
-        let mut ports: HashMap<_, PortKey, PortTarget> = HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
-        ports.insert(port_key(host_ip, host_port, proto), PortTarget { addr: v4(target), port: target_port.to_be(), _pad: [0; 2], mapping_id }, 0).unwrap();
+    fn network(&mut self, id: u32, subnet: [u8; 4], prefix_len: u8, gateway: [u8; 4], flags: u32) {
+        let info = NetInfo { network_id: id, flags, gateway: v4(gateway), subnet: v4(subnet), prefix_len, _pad: [0; 7] };
+        let mut nets: LpmTrie<_, [u8; 4], NetInfo> = LpmTrie::try_from(self.ebpf.map_mut("NATD_NETS_V4").unwrap()).unwrap();
+        nets.insert(&Key::new(u32::from(prefix_len), subnet), info, 0).unwrap();
+        let mut by_id: HashMap<_, u32, NetInfo> = HashMap::try_from(self.ebpf.map_mut("NATD_NETWORKS").unwrap()).unwrap();
+        by_id.insert(id, info, 0).unwrap();
+    }
+
+    /// Makes the test run's device (loopback, ifindex 1) a sandbox veth of network `id`.
+    fn as_sandbox_veth(&mut self, network_id: u32) {
+        let mut config: HashMap<_, u32, IfaceConfig> = HashMap::try_from(self.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
+        config.insert(1, IfaceConfig { role: role::SANDBOX_VETH, network_id, ..Default::default() }, 0).unwrap();
+    }
+
+    fn local(&mut self, ip: [u8; 4]) {
+        let mut local: HashMap<_, AddrKey, u32> = HashMap::try_from(self.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
+        local.insert(AddrKey { addr: v4(ip), family: FAMILY_V4, _pad: [0; 3] }, 1, 0).unwrap();
+    }
+
+    fn publish(
+        &mut self,
+        host_ip: Option<[u8; 4]>,
+        host_port: u16,
+        proto: u8,
+        target: [u8; 4],
+        target_port: u16,
+        mapping_id: u32,
+    ) {
+        let mut ports: HashMap<_, PortKey, PortTarget> =
+            HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
+        ports
+            .insert(
+                port_key(host_ip, host_port, proto),
+                PortTarget {
+                    addr: v4(target),
+                    port: target_port.to_be(),
+                    _pad: [0; 2],
+                    mapping_id,
+                },
+                0,
+            )
+            .unwrap();
     }
 
     fn unpublish(&mut self, host_ip: Option<[u8; 4]>, host_port: u16, proto: u8) {
-        let mut ports: HashMap<_, PortKey, PortTarget> = HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
+        let mut ports: HashMap<_, PortKey, PortTarget> =
+            HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
         ports.remove(&port_key(host_ip, host_port, proto)).unwrap();
     }
 
@@ -90,7 +168,8 @@ impl Bpf {
     }
 
     fn counter(&self, id: u32) -> u64 {
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("NATD_COUNTERS").unwrap()).unwrap();
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("NATD_COUNTERS").unwrap()).unwrap();
         array.get(&id, 0).unwrap().iter().sum()
     }
 
@@ -118,7 +197,12 @@ fn v4(a: [u8; 4]) -> [u8; 16] {
 }
 
 fn port_key(ip: Option<[u8; 4]>, port: u16, proto: u8) -> PortKey {
-    PortKey { addr: ip.map(v4).unwrap_or_default(), port: port.to_be(), proto, family: FAMILY_V4 }
+    PortKey {
+        addr: ip.map(v4).unwrap_or_default(),
+        port: port.to_be(),
+        proto,
+        family: FAMILY_V4,
+    }
 }
 
 fn builder(src: [u8; 4], dst: [u8; 4]) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
@@ -136,7 +220,10 @@ fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8>
 
 fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut out = Vec::new();
-    builder(src, dst).udp(sport, dport).write(&mut out, b"datagram").unwrap();
+    builder(src, dst)
+        .udp(sport, dport)
+        .write(&mut out, b"datagram")
+        .unwrap();
     out
 }
 
@@ -162,9 +249,15 @@ struct Seen {
 
 fn inspect(frame: &[u8]) -> Seen {
     let packet = SlicedPacket::from_ethernet(frame).expect("output parses");
-    let Some(NetSlice::Ipv4(ip)) = &packet.net else { panic!("not IPv4") };
+    let Some(NetSlice::Ipv4(ip)) = &packet.net else {
+        panic!("not IPv4")
+    };
     let header: Ipv4Header = ip.header().to_header();
-    assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        header.header_checksum,
+        header.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let (sport, dport) = match &packet.transport {
         Some(TransportSlice::Tcp(tcp)) => {
             let h = tcp.to_header();
@@ -175,23 +268,41 @@ fn inspect(frame: &[u8]) -> Seen {
         Some(TransportSlice::Udp(udp)) => {
             let h = udp.to_header();
             if h.checksum != 0 {
-                assert_eq!(h.checksum, h.calc_checksum_ipv4(&header, udp.payload()).unwrap(), "UDP checksum");
+                assert_eq!(
+                    h.checksum,
+                    h.calc_checksum_ipv4(&header, udp.payload()).unwrap(),
+                    "UDP checksum"
+                );
             }
             (h.source_port, h.destination_port)
         }
         Some(TransportSlice::Icmpv4(icmp)) => {
             let h = icmp.header();
-            assert_eq!(h.checksum, h.icmp_type.calc_checksum(icmp.payload()), "ICMP checksum");
+            assert_eq!(
+                h.checksum,
+                h.icmp_type.calc_checksum(icmp.payload()),
+                "ICMP checksum"
+            );
             let id = u16::from_be_bytes([icmp.bytes5to8()[0], icmp.bytes5to8()[1]]);
             (id, id)
         }
         other => panic!("unexpected transport {other:?}"),
     };
-    Seen { src: header.source.into(), dst: header.destination.into(), sport, dport }
+    Seen {
+        src: header.source.into(),
+        dst: header.destination.into(),
+        sport,
+        dport,
+    }
 }
 
 fn seen(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Seen {
-    Seen { src: src.into(), dst: dst.into(), sport, dport }
+    Seen {
+        src: src.into(),
+        dst: dst.into(),
+        sport,
+        dport,
+    }
 }
 
 #[test]
@@ -200,13 +311,21 @@ fn dnat_forward_reverse_and_established() {
     bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
     let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, true));
     assert_eq!(ret, TC_ACT_OK);
-    assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80), "DNAT keeps the client's address");
+    assert_eq!(
+        inspect(&out),
+        seen(CLIENT, 40000, SANDBOX, 80),
+        "DNAT keeps the client's address"
+    );
     assert_eq!(bpf.ct().len(), 2, "one entry per direction");
     assert_eq!(bpf.counter(counter::DNAT_NEW), 1);
 
     let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 80, CLIENT, 40000, false));
     assert_eq!(ret, TC_ACT_OK);
-    assert_eq!(inspect(&out), seen(HOST, 8080, CLIENT, 40000), "reply leaves from the published address");
+    assert_eq!(
+        inspect(&out),
+        seen(HOST, 8080, CLIENT, 40000),
+        "reply leaves from the published address"
+    );
     assert_eq!(bpf.counter(counter::DNAT_REPLY), 1);
 
     let (_, out) = bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, false));
@@ -237,14 +356,36 @@ fn snat_new_and_established_flows_and_replies() {
     let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5555, REMOTE, 443, true));
     assert_eq!(ret, TC_ACT_OK);
     let first = inspect(&out);
-    assert_eq!((first.src, first.dst, first.dport), (HOST.into(), REMOTE.into(), 443));
-    assert!((61000..=61009).contains(&first.sport), "NAT port {} from the configured range", first.sport);
+    assert_eq!(
+        (first.src, first.dst, first.dport),
+        (HOST.into(), REMOTE.into(), 443)
+    );
+    assert!(
+        (61000..=61009).contains(&first.sport),
+        "NAT port {} from the configured range",
+        first.sport
+    );
     let nat_port = first.sport;
     let (_, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5555, REMOTE, 443, false));
-    assert_eq!(inspect(&out), seen(HOST, nat_port, REMOTE, 443), "established flow keeps its port");
+    assert_eq!(
+        inspect(&out),
+        seen(HOST, nat_port, REMOTE, 443),
+        "established flow keeps its port"
+    );
     let (_, out) = bpf.run(INGRESS, &tcp(REMOTE, 443, HOST, nat_port, false));
-    assert_eq!(inspect(&out), seen(REMOTE, 443, SANDBOX, 5555), "reply goes back to the sandbox");
-    assert_eq!((bpf.counter(counter::SNAT_NEW), bpf.counter(counter::SNAT_ESTABLISHED), bpf.counter(counter::SNAT_REPLY)), (1, 1, 1));
+    assert_eq!(
+        inspect(&out),
+        seen(REMOTE, 443, SANDBOX, 5555),
+        "reply goes back to the sandbox"
+    );
+    assert_eq!(
+        (
+            bpf.counter(counter::SNAT_NEW),
+            bpf.counter(counter::SNAT_ESTABLISHED),
+            bpf.counter(counter::SNAT_REPLY)
+        ),
+        (1, 1, 1)
+    );
 
     // Another sandbox, same source port, same remote: a different NAT port.
     let (_, out) = bpf.run(EGRESS, &tcp(OTHER_SANDBOX, 5555, REMOTE, 443, true));
@@ -263,7 +404,11 @@ fn snat_skips_published_ports_and_runs_out_cleanly() {
         bpf.publish(None, port, 6, SANDBOX, 80, u32::from(port));
     }
     let (_, out) = bpf.run(EGRESS, &tcp(SANDBOX, 1000, REMOTE, 80, true));
-    assert_eq!(inspect(&out).sport, 61009, "the only NAT port that is not a published port");
+    assert_eq!(
+        inspect(&out).sport,
+        61009,
+        "the only NAT port that is not a published port"
+    );
     // The range is now exhausted for this remote ip:port: the new flow is dropped, not leaked.
     let (ret, _) = bpf.run(EGRESS, &tcp(OTHER_SANDBOX, 1000, REMOTE, 80, true));
     assert_eq!(ret, TC_ACT_SHOT);
@@ -281,7 +426,11 @@ fn udp_zero_checksum_stays_zero() {
     frame[40] = 0;
     frame[41] = 0;
     let (_, out) = bpf.run(EGRESS, &frame);
-    assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum means none and stays none");
+    assert_eq!(
+        &out[40..42],
+        &[0, 0],
+        "a zero UDP checksum means none and stays none"
+    );
     let s = inspect(&out);
     assert_eq!((s.src, s.dport), (HOST.into(), 53));
     // With a checksum: recomputed (checked in inspect).
@@ -300,7 +449,10 @@ fn icmp_echo_id_is_translated_both_ways() {
     assert!((61000..=61009).contains(&nat_id));
     let (_, back) = bpf.run(INGRESS, &icmp_echo(REMOTE, HOST, nat_id, false));
     let back = inspect(&back);
-    assert_eq!((back.src, back.dst, back.sport), (REMOTE.into(), SANDBOX.into(), 0x1234));
+    assert_eq!(
+        (back.src, back.dst, back.sport),
+        (REMOTE.into(), SANDBOX.into(), 0x1234)
+    );
     // An echo reply from a sandbox (answering someone) opens no flow.
     let frame = icmp_echo(SANDBOX, REMOTE, 0x99, false);
     assert_eq!(bpf.run(EGRESS, &frame).1, frame);
@@ -337,7 +489,11 @@ fn truncated_and_malformed_frames_pass_untouched() {
         for program in [INGRESS, EGRESS] {
             let (ret, out) = bpf.run(program, &full[..len]);
             assert_eq!(ret, TC_ACT_OK, "{program} len {len}");
-            assert_eq!(out, &full[..len], "{program}: a truncated frame (len {len}) is never rewritten");
+            assert_eq!(
+                out,
+                &full[..len],
+                "{program}: a truncated frame (len {len}) is never rewritten"
+            );
         }
     }
     let sandbox_frame = tcp(SANDBOX, 40000, REMOTE, 80, true);
@@ -367,13 +523,20 @@ fn fragments_never_leak_a_sandbox_address() {
     // Fragment offset 185 (x8 bytes), no more fragments: a later fragment.
     later[20..22].copy_from_slice(&185u16.to_be_bytes());
     let (ret, _) = bpf.run(EGRESS, &fix_ip_checksum(later));
-    assert_eq!(ret, TC_ACT_SHOT, "a later fragment of a sandbox cannot be translated and must not leave");
+    assert_eq!(
+        ret, TC_ACT_SHOT,
+        "a later fragment of a sandbox cannot be translated and must not leave"
+    );
     assert_eq!(bpf.counter(counter::DROP_FRAGMENT), 1);
     let mut first = tcp(SANDBOX, 5555, REMOTE, 443, true);
     first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
     let (ret, out) = bpf.run(EGRESS, &fix_ip_checksum(first));
     assert_eq!(ret, TC_ACT_OK);
-    assert_eq!(Ipv4Addr::from([out[26], out[27], out[28], out[29]]), Ipv4Addr::from(HOST), "first fragment translated");
+    assert_eq!(
+        Ipv4Addr::from([out[26], out[27], out[28], out[29]]),
+        Ipv4Addr::from(HOST),
+        "first fragment translated"
+    );
 }
 
 fn fix_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
@@ -390,12 +553,19 @@ fn removed_mapping_invalidates_its_flows() {
     assert_eq!(inspect(&bpf.run(INGRESS, &frame).1).dst, Ipv4Addr::from(SANDBOX));
     bpf.unpublish(None, 5353, 17);
     let (ret, out) = bpf.run(INGRESS, &frame);
-    assert_eq!((ret, out), (TC_ACT_OK, frame.clone()), "the established UDP flow is gone with its mapping");
+    assert_eq!(
+        (ret, out),
+        (TC_ACT_OK, frame.clone()),
+        "the established UDP flow is gone with its mapping"
+    );
     assert_eq!(bpf.counter(counter::STALE_MAPPING), 1);
     assert!(bpf.ct().is_empty(), "both entries removed");
     // Re-published to another sandbox: new flows go there.
     bpf.publish(None, 5353, 17, OTHER_SANDBOX, 53, 22);
-    assert_eq!(inspect(&bpf.run(INGRESS, &frame).1).dst, Ipv4Addr::from(OTHER_SANDBOX));
+    assert_eq!(
+        inspect(&bpf.run(INGRESS, &frame).1).dst,
+        Ipv4Addr::from(OTHER_SANDBOX)
+    );
 }
 
 #[test]
@@ -411,10 +581,16 @@ fn full_table_drops_only_new_flows() {
     let (ret, _) = bpf.run(INGRESS, &tcp(CLIENT, 30000, HOST, 8080, true));
     assert_eq!(ret, TC_ACT_SHOT, "a new flow is refused when the table is full");
     let (ret, _) = bpf.run(EGRESS, &tcp(SANDBOX, 30000, REMOTE, 80, true));
-    assert_eq!(ret, TC_ACT_SHOT, "and a new masqueraded flow too (dropped, not leaked)");
+    assert_eq!(
+        ret, TC_ACT_SHOT,
+        "and a new masqueraded flow too (dropped, not leaked)"
+    );
     assert_eq!(bpf.counter(counter::DROP_CT_FULL), 2);
     let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 20005, HOST, 8080, false));
     assert_eq!(ret, TC_ACT_OK);
-    assert_eq!(inspect(&out).dst, Ipv4Addr::from(SANDBOX), "established flows keep working");
+    assert_eq!(
+        inspect(&out).dst,
+        Ipv4Addr::from(SANDBOX),
+        "established flows keep working"
+    );
 }
-

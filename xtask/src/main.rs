@@ -40,7 +40,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
-        Task::BuildAndLoad => setup::run().and_then(|()| build()).and_then(|()| run_demo_binary(&["load-check"])),
+        Task::BuildAndLoad => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| run_demo_binary(&["load-check"])),
         Task::Demo { keep } => setup::run().and_then(|()| build()).and_then(|()| {
             let mut args = vec!["demo"];
             if keep {

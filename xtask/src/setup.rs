@@ -46,10 +46,12 @@ fn apt_packages() -> Result<()> {
     }
     eprintln!("setup: installing {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_cmd(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn rust_src() -> Result<()> {
@@ -57,7 +59,10 @@ fn rust_src() -> Result<()> {
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
         .context("rustup is needed")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("setup: adding rust-src to the nightly toolchain");
@@ -77,15 +82,26 @@ fn bpf_linker() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: building bpf-linker against LLVM 22 (about a minute)");
-    run_cmd(crate::cargo()
-        .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+    run_cmd(
+        crate::cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
 }
 
 fn bpffs() -> Result<()> {
     let root = Path::new("/sys/fs/bpf");
     let mounted = std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf ")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf "))
+        })
         .unwrap_or(false);
     if mounted {
         return Ok(());

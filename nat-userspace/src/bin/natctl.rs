@@ -7,14 +7,19 @@ use std::{
 
 use clap::{Parser, Subcommand, ValueEnum};
 use natd::{
-    api::{ConnectRequest, InfoResponse, NetworkCreate, NetworkMode, NetworkView, RunRequest, SandboxView},
+    api::{ConnectRequest, InfoResponse, NetworkCreate, NetworkMode, NetworkView, RunRequest, SandboxView, StatsView},
+    dataplane::Flow,
     client::{Client, ClientError},
     netns::EnterPlan,
     portspec::ExposeSpec,
 };
 
 #[derive(Parser)]
-#[command(name = "natctl", version, about = "Control natd: networks and sandboxes, Docker-style")]
+#[command(
+    name = "natctl",
+    version,
+    about = "Control natd: networks and sandboxes, Docker-style"
+)]
 struct Cli {
     /// natd's API socket.
     #[arg(long, env = "NATD_SOCKET", default_value = natd::config::DEFAULT_SOCKET, global = true)]
@@ -57,6 +62,18 @@ enum Command {
     Port { name: String, port: Option<String> },
     /// natd's dataplane, versions and counts.
     Info,
+    /// Counters (drops by reason), traffic per published port, map fill levels.
+    Stats,
+    /// Connection tracking.
+    #[command(subcommand)]
+    Ct(CtCommand),
+}
+
+#[derive(Subcommand)]
+enum CtCommand {
+    /// Tracked flows with their original and translated tuples.
+    #[command(alias = "list")]
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -84,7 +101,9 @@ enum NetworkCommand {
     },
     #[command(alias = "list")]
     Ls,
-    Inspect { name: String },
+    Inspect {
+        name: String,
+    },
     #[command(alias = "remove")]
     Rm {
         #[arg(required = true)]
@@ -96,7 +115,10 @@ enum NetworkCommand {
         #[arg(long)]
         ip: Option<String>,
     },
-    Disconnect { network: String, sandbox: String },
+    Disconnect {
+        network: String,
+        sandbox: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -242,7 +264,12 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
                         v.sandbox.name.clone(),
                         mode_text(v),
                         v.status.clone(),
-                        v.sandbox.endpoints.iter().map(|e| e.ipv4.to_string()).collect::<Vec<_>>().join(","),
+                        v.sandbox
+                            .endpoints
+                            .iter()
+                            .map(|e| e.ipv4.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
                         ports_text(v),
                         v.sandbox.command.join(" "),
                     ]
@@ -275,7 +302,10 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
                 }
             }
             match last_err {
-                Some(ClientError::Api { status, .. }) => Err(ClientError::Api { status, message: "some sandboxes were not removed".into() }),
+                Some(ClientError::Api { status, .. }) => Err(ClientError::Api {
+                    status,
+                    message: "some sandboxes were not removed".into(),
+                }),
                 Some(e) => Err(e),
                 None => Ok(()),
             }
@@ -284,7 +314,12 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
             let view: SandboxView = client.get(&format!("/v1/sandboxes/{name}")).await?;
             let filter = port
                 .as_deref()
-                .map(|p| p.parse::<ExposeSpec>().map_err(|e| ClientError::Api { status: 400, message: e.to_string() }))
+                .map(|p| {
+                    p.parse::<ExposeSpec>().map_err(|e| ClientError::Api {
+                        status: 400,
+                        message: e.to_string(),
+                    })
+                })
                 .transpose()?;
             let mappings: Vec<_> = view
                 .sandbox
@@ -295,12 +330,82 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
             if json {
                 print_json(&mappings);
             } else if let (Some(p), true) = (port, mappings.is_empty()) {
-                return Err(ClientError::Api { status: 404, message: format!("No public port '{p}' published for {name}") });
+                return Err(ClientError::Api {
+                    status: 404,
+                    message: format!("No public port '{p}' published for {name}"),
+                });
             } else {
                 for m in mappings {
                     println!("{}/{} -> {}", m.container_port, m.proto, m.host_display());
                 }
             }
+            Ok(())
+        }
+        Command::Stats => {
+            let stats: StatsView = client.get("/v1/stats").await?;
+            if json {
+                print_json(&stats);
+                return Ok(());
+            }
+            println!("dataplane: {}", stats.dataplane);
+            let (drops, others): (Vec<_>, Vec<_>) = stats.counters.iter().partition(|(k, _)| k.starts_with("drop_"));
+            print_table(
+                &["COUNTER", "VALUE"],
+                others.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect(),
+            );
+            println!();
+            print_table(
+                &["DROP REASON", "PACKETS"],
+                drops.iter().map(|(k, v)| vec![k.trim_start_matches("drop_").to_string(), v.to_string()]).collect(),
+            );
+            println!();
+            print_table(
+                &["SANDBOX", "MAPPING", "PACKETS", "BYTES"],
+                stats
+                    .mappings
+                    .iter()
+                    .map(|m| vec![m.sandbox.clone(), m.mapping.clone(), m.packets.to_string(), m.bytes.to_string()])
+                    .collect(),
+            );
+            println!();
+            print_table(
+                &["MAP", "ENTRIES", "CAPACITY", "FILL"],
+                stats
+                    .maps
+                    .iter()
+                    .map(|(name, (n, cap))| {
+                        let fill = if *cap == 0 { 0.0 } else { *n as f64 * 100.0 / f64::from(*cap) };
+                        vec![name.clone(), n.to_string(), cap.to_string(), format!("{fill:.1}%")]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        Command::Ct(CtCommand::Ls) => {
+            let flows: Vec<Flow> = client.get("/v1/conntrack").await?;
+            if json {
+                print_json(&flows);
+                return Ok(());
+            }
+            let tuple = |t: &(std::net::IpAddr, u16, std::net::IpAddr, u16)| format!("{}:{} -> {}:{}", t.0, t.1, t.2, t.3);
+            print_table(
+                &["PROTO", "KIND", "STATE", "ORIGINAL", "TRANSLATED", "PACKETS", "BYTES", "IDLE"],
+                flows
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.proto.clone(),
+                            f.kind.clone(),
+                            f.state.clone(),
+                            tuple(&f.original),
+                            tuple(&f.translated),
+                            f.packets.to_string(),
+                            f.bytes.to_string(),
+                            format!("{}s", f.idle_s),
+                        ]
+                    })
+                    .collect(),
+            );
             Ok(())
         }
         Command::Info => {
@@ -320,7 +425,14 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
             println!("name prefix:    {}", info.name_prefix);
             println!("state dir:      {}", info.state_dir);
             if let Some(links) = info.dataplane_detail.get("links").and_then(|l| l.as_array()) {
-                println!("attached:       {}", links.iter().filter_map(|l| l.as_str()).collect::<Vec<_>>().join(", "));
+                println!(
+                    "attached:       {}",
+                    links
+                        .iter()
+                        .filter_map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             if let Some(counters) = info.dataplane_detail.get("counters").and_then(|c| c.as_object()) {
                 let text: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -339,7 +451,17 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
 
 async fn network(client: &Client, cmd: &NetworkCommand, json: bool) -> Result<(), ClientError> {
     match cmd {
-        NetworkCommand::Create { driver, subnet, gateway, ip_range, internal, icc, mtu, opt, name } => {
+        NetworkCommand::Create {
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            icc,
+            mtu,
+            opt,
+            name,
+        } => {
             let mut options = Vec::new();
             for o in opt {
                 let (k, v) = o.split_once('=').ok_or_else(|| ClientError::Api {
@@ -394,7 +516,18 @@ async fn network(client: &Client, cmd: &NetworkCommand, json: bool) -> Result<()
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE", "SANDBOXES", "OPTIONS"], rows);
+            print_table(
+                &[
+                    "NAME",
+                    "DRIVER",
+                    "SUBNET",
+                    "GATEWAY",
+                    "BRIDGE",
+                    "SANDBOXES",
+                    "OPTIONS",
+                ],
+                rows,
+            );
         }
         NetworkCommand::Inspect { name } => {
             let view: NetworkView = client.get(&format!("/v1/networks/{name}")).await?;
@@ -407,12 +540,22 @@ async fn network(client: &Client, cmd: &NetworkCommand, json: bool) -> Result<()
             }
         }
         NetworkCommand::Connect { network, sandbox, ip } => {
-            let body = ConnectRequest { sandbox: sandbox.clone(), ip: ip.clone() };
-            let _: SandboxView = client.post(&format!("/v1/networks/{network}/connect"), &body).await?;
+            let body = ConnectRequest {
+                sandbox: sandbox.clone(),
+                ip: ip.clone(),
+            };
+            let _: SandboxView = client
+                .post(&format!("/v1/networks/{network}/connect"), &body)
+                .await?;
         }
         NetworkCommand::Disconnect { network, sandbox } => {
-            let body = ConnectRequest { sandbox: sandbox.clone(), ip: None };
-            let _: SandboxView = client.post(&format!("/v1/networks/{network}/disconnect"), &body).await?;
+            let body = ConnectRequest {
+                sandbox: sandbox.clone(),
+                ip: None,
+            };
+            let _: SandboxView = client
+                .post(&format!("/v1/networks/{network}/disconnect"), &body)
+                .await?;
         }
     }
     Ok(())
@@ -457,7 +600,11 @@ fn exec(socket: &Path, name: &str, command: &[String]) -> ExitCode {
         Err(e) => {
             eprintln!("natctl: exec {}: {e}", command[0]);
             // Docker's exit code for a command that cannot be found/started.
-            ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+            ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            })
         }
     }
 }

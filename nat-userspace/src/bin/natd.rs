@@ -24,7 +24,11 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("natd: cannot start the runtime: {e}");
@@ -37,7 +41,11 @@ fn main() -> ExitCode {
             error!("cleanup: {e}");
         }
         info!(errors = errors.len(), "cleanup finished");
-        return if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        return if errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     runtime.block_on(serve(config))
 }
@@ -45,7 +53,9 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NATD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -59,7 +69,11 @@ async fn serve(config: DaemonConfig) -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             let is_state = e.downcast_ref::<StateError>().is_some();
-            return if is_state { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE };
+            return if is_state {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     let listener = match server::bind(&socket) {

@@ -26,8 +26,12 @@ pub enum DataplaneError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfaceRole {
     /// Masqueraded traffic leaves with `addr` (None: the uplink has no IPv4 address).
-    Uplink { addr: Option<Ipv4Addr> },
-    SandboxVeth { network_id: u32 },
+    Uplink {
+        addr: Option<Ipv4Addr>,
+    },
+    SandboxVeth {
+        network_id: u32,
+    },
 }
 
 /// An interface in natd's namespace the dataplane must serve.
@@ -52,7 +56,14 @@ pub struct PortRule {
 }
 
 impl PortRule {
-    pub fn new(host_ip: Option<Ipv4Addr>, host_port: u16, proto: Proto, target: Ipv4Addr, target_port: u16, salt: u32) -> Self {
+    pub fn new(
+        host_ip: Option<Ipv4Addr>,
+        host_port: u16,
+        proto: Proto,
+        target: Ipv4Addr,
+        target_port: u16,
+        salt: u32,
+    ) -> Self {
         // FNV-1a over every field: a cheap stable id that differs when anything differs.
         let mut hash: u32 = 0x811c_9dc5;
         let mut feed = |bytes: &[u8]| {
@@ -67,8 +78,26 @@ impl PortRule {
         feed(&target.octets());
         feed(&target_port.to_be_bytes());
         feed(&salt.to_be_bytes());
-        Self { host_ip, host_port, proto, target, target_port, mapping_id: hash.max(1) }
+        Self {
+            host_ip,
+            host_port,
+            proto,
+            target,
+            target_port,
+            mapping_id: hash.max(1),
+        }
     }
+}
+
+/// A natd network as the dataplane needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkRule {
+    pub id: u32,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub icc: bool,
+    pub internal: bool,
+    pub masquerade: bool,
 }
 
 /// What the kernel should look like, computed from natd's state.
@@ -77,11 +106,37 @@ pub struct Desired {
     pub ifaces: Vec<Iface>,
     /// Every IPv4 address of natd's namespace (targets of ports published on 0.0.0.0).
     pub local_addrs: Vec<Ipv4Addr>,
-    /// Sandbox subnets whose outbound traffic is masqueraded, with their network id.
-    pub masq_nets: Vec<(Ipv4Network, u32)>,
+    pub networks: Vec<NetworkRule>,
     pub ports: Vec<PortRule>,
     /// Inclusive range of NAT source ports for masquerade.
     pub snat_ports: (u16, u16),
+}
+
+/// One tracked flow, as `natctl ct ls` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Flow {
+    pub proto: String,
+    pub kind: String,
+    pub state: String,
+    /// The tuple as it arrived: source, source port, destination, destination port.
+    pub original: (std::net::IpAddr, u16, std::net::IpAddr, u16),
+    /// The tuple after translation.
+    pub translated: (std::net::IpAddr, u16, std::net::IpAddr, u16),
+    pub mapping_id: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub age_s: u64,
+    pub idle_s: u64,
+}
+
+/// Counters, per-mapping traffic and map fill levels.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// mapping id -> (packets, bytes).
+    pub mappings: std::collections::BTreeMap<u32, (u64, u64)>,
+    /// map name -> (entries, capacity).
+    pub maps: std::collections::BTreeMap<String, (usize, u32)>,
 }
 
 /// What a sync changed, for the reconcile report.
@@ -107,8 +162,10 @@ pub trait Dataplane: Send + Sync {
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError>;
     /// Expires idle flows; called periodically.
     fn gc(&mut self) -> Result<GcReport, DataplaneError>;
-    /// Counters, attachments and map sizes for `natctl info`.
+    /// Attachments and map sizes for `natctl info`.
     fn info(&self) -> serde_json::Value;
+    fn stats(&self) -> Stats;
+    fn flows(&self) -> Vec<Flow>;
     /// Removes everything this dataplane put into the kernel (`natd --cleanup`); keeps going
     /// on errors and returns them all.
     fn cleanup(&mut self) -> Vec<String>;

@@ -1,7 +1,7 @@
 //! The nftables fallback dataplane. Its rules (natd's own table, atomic nftnl batches) are
 //! the subject of their own issue; until then selecting it is a clear error, never a
 //! silent no-op.
-use super::{Dataplane, DataplaneError, Desired, GcReport, SyncReport};
+use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, Stats, SyncReport};
 use crate::config::DaemonConfig;
 
 pub struct NftablesDataplane;
@@ -26,6 +26,12 @@ impl Dataplane for NftablesDataplane {
     }
     fn info(&self) -> serde_json::Value {
         serde_json::json!({})
+    }
+    fn stats(&self) -> Stats {
+        Stats::default()
+    }
+    fn flows(&self) -> Vec<Flow> {
+        Vec::new()
     }
     fn cleanup(&mut self) -> Vec<String> {
         Vec::new()

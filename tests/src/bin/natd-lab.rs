@@ -36,7 +36,10 @@ fn show(lab: &Lab, args: &[&str]) {
 fn demo(keep: bool) -> Result<()> {
     step("building a throwaway topology: namespaces 'ext' (the LAN) and 'host' (where natd runs)");
     let mut lab = Lab::new()?;
-    println!("host namespace {} (uplink up0 {HOST_UPLINK_IP}), external namespace {} ({EXT_IP})", lab.host_ns, lab.ext_ns);
+    println!(
+        "host namespace {} (uplink up0 {HOST_UPLINK_IP}), external namespace {} ({EXT_IP})",
+        lab.host_ns, lab.ext_ns
+    );
 
     step("starting natd inside the host namespace");
     lab.start_natd(&["--dataplane", "ebpf"])?;
@@ -47,26 +50,79 @@ fn demo(keep: bool) -> Result<()> {
     let reply = "echo HTTP/1.0 200 OK; echo; echo hello from the sandbox web - you are $SOCAT_PEERADDR";
     show(
         &lab,
-        &["run", "--name", "web", "--network", "demo-net", "-p", "8080:80", "--", "socat", "TCP-LISTEN:80,fork,reuseaddr", &format!("SYSTEM:{reply}")],
+        &[
+            "run",
+            "--name",
+            "web",
+            "--network",
+            "demo-net",
+            "-p",
+            "8080:80",
+            "--",
+            "socat",
+            "TCP-LISTEN:80,fork,reuseaddr",
+            &format!("SYSTEM:{reply}"),
+        ],
     );
-    let ready = wait_until(Duration::from_secs(5), || lab.exec("web", &["ss", "-ltn", "sport = :80"]).stdout.windows(3).any(|w| w == b":80"));
+    let ready = wait_until(Duration::from_secs(5), || {
+        lab.exec("web", &["ss", "-ltn", "sport = :80"])
+            .stdout
+            .windows(3)
+            .any(|w| w == b":80")
+    });
     if !ready {
         bail!("the web server did not start in the sandbox");
     }
 
-    step(&format!("from the external namespace: curl http://{HOST_UPLINK_IP}:8080/"));
-    let out = lab.ext(&["curl", "-sS", "--max-time", "5", &format!("http://{HOST_UPLINK_IP}:8080/")]);
-    print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    step(&format!(
+        "from the external namespace: curl http://{HOST_UPLINK_IP}:8080/"
+    ));
+    let out = lab.ext(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{HOST_UPLINK_IP}:8080/"),
+    ]);
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let published_ok = out.status.success() && String::from_utf8_lossy(&out.stdout).contains(EXT_IP);
 
     step("from the sandbox: a connection out to the external namespace (masquerade)");
     let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ext_ns, "socat", "TCP-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo the external server sees you as $SOCAT_PEERADDR"])
+        .args([
+            "netns",
+            "exec",
+            &lab.ext_ns,
+            "socat",
+            "TCP-LISTEN:9000,fork,reuseaddr",
+            "SYSTEM:echo the external server sees you as $SOCAT_PEERADDR",
+        ])
         .spawn()
         .context("start the external server")?;
-    wait_until(Duration::from_secs(3), || lab.ext(&["ss", "-ltn", "sport = :9000"]).stdout.windows(5).any(|w| w == b":9000"));
-    let out = lab.exec("web", &["socat", "-T3", "-", &format!("TCP:{EXT_IP}:9000,connect-timeout=3")]);
-    print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(3), || {
+        lab.ext(&["ss", "-ltn", "sport = :9000"])
+            .stdout
+            .windows(5)
+            .any(|w| w == b":9000")
+    });
+    let out = lab.exec(
+        "web",
+        &[
+            "socat",
+            "-T3",
+            "-",
+            &format!("TCP:{EXT_IP}:9000,connect-timeout=3"),
+        ],
+    );
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let masq_ok = out.status.success() && String::from_utf8_lossy(&out.stdout).contains(HOST_UPLINK_IP);
     let _ = server.kill();
     let _ = server.wait();
@@ -77,16 +133,29 @@ fn demo(keep: bool) -> Result<()> {
     show(&lab, &["info"]);
 
     println!();
-    println!("published port answered with the client's own address: {}", if published_ok { "yes" } else { "NO" });
-    println!("outbound traffic masqueraded to the uplink address:     {}", if masq_ok { "yes" } else { "NO" });
+    println!(
+        "published port answered with the client's own address: {}",
+        if published_ok { "yes" } else { "NO" }
+    );
+    println!(
+        "outbound traffic masqueraded to the uplink address:     {}",
+        if masq_ok { "yes" } else { "NO" }
+    );
 
     if keep {
         let natd_pid = lab.natd.as_ref().map(|n| n.child.id()).unwrap_or(0);
-        let ctl = format!("{} --socket {}", natlab::natctl_bin().display(), lab.socket.display());
+        let ctl = format!(
+            "{} --socket {}",
+            natlab::natctl_bin().display(),
+            lab.socket.display()
+        );
         println!("\nThe topology is still running (--keep). Explore it:");
         println!("  {ctl} ps");
         println!("  {ctl} exec web -- ip addr");
-        println!("  ip netns exec {} curl http://{HOST_UPLINK_IP}:8080/", lab.ext_ns);
+        println!(
+            "  ip netns exec {} curl http://{HOST_UPLINK_IP}:8080/",
+            lab.ext_ns
+        );
         println!("Tear it down:");
         println!("  kill {natd_pid}");
         println!(
@@ -95,7 +164,12 @@ fn demo(keep: bool) -> Result<()> {
             natlab::natd_bin().display(),
             lab.base_args().join(" ")
         );
-        println!("  ip netns del {}; ip netns del {}; rm -rf {}", lab.host_ns, lab.ext_ns, lab.dir.display());
+        println!(
+            "  ip netns del {}; ip netns del {}; rm -rf {}",
+            lab.host_ns,
+            lab.ext_ns,
+            lab.dir.display()
+        );
         std::mem::forget(lab);
         return Ok(());
     }
@@ -113,7 +187,10 @@ fn load_check() -> Result<()> {
     lab.start_natd(&["--dataplane", "ebpf"])?;
     lab.ok(&["run", "--name", "probe"]);
     let info = lab.json(&["info"]);
-    let links = info["dataplane_detail"]["links"].as_array().cloned().unwrap_or_default();
+    let links = info["dataplane_detail"]["links"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     println!("programs attached: {links:?}");
     if info["dataplane"] != "ebpf" || links.len() < 3 {
         bail!("expected the eBPF dataplane with programs on the uplink and the sandbox veth:\n{info:#}");

@@ -1,0 +1,174 @@
+//! ICMP errors (destination unreachable incl. fragmentation needed, time exceeded,
+//! parameter problem) about translated flows: the embedded IP header and L4 ports are
+//! translated like the flow itself, with the embedded IP checksum, the embedded L4
+//! checksum (when it is inside the packet), the ICMP checksum and the outer header fixed,
+//! so PMTU discovery and traceroute work through the NAT.
+use aya_ebpf::{
+    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use nat_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, counter};
+
+use crate::{
+    conntrack::Tuple,
+    counters::bump,
+    maps,
+    nat::Verdict,
+    parse::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4Packet},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+pub fn is_error(packet: &Ipv4Packet) -> bool {
+    packet.proto == PROTO_ICMP
+        && matches!(packet.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+}
+
+struct Failed;
+
+/// Writes `new` over `old` at `offset` and keeps the checksums that cover it right:
+/// `ip_csum` (an IP header checksum over the field, if any), `l4` (an L4 checksum over it,
+/// with whether it is a pseudo-header field) and the outer ICMP checksum, which covers
+/// all of the embedded bytes including those checksums.
+struct Patch<'a> {
+    ctx: &'a TcContext,
+    icmp_csum: usize,
+}
+
+impl Patch<'_> {
+    #[inline(always)]
+    fn u16_at(&self, offset: usize) -> Result<u16, Failed> {
+        self.ctx.load::<u16>(offset).map_err(|_| Failed)
+    }
+
+    #[inline(always)]
+    fn field32(&self, offset: usize, old: u32, new: u32, ip_csum: Option<usize>, l4_csum: Option<(usize, u64)>) -> Result<(), Failed> {
+        if old == new {
+            return Ok(());
+        }
+        self.ctx.store(offset, &new, 0).map_err(|_| Failed)?;
+        self.ctx.l4_csum_replace(self.icmp_csum, u64::from(old), u64::from(new), 4).map_err(|_| Failed)?;
+        if let Some(at) = ip_csum {
+            self.cascade(at, |c| c.l3_csum_replace(at, u64::from(old), u64::from(new), 4))?;
+        }
+        if let Some((at, flags)) = l4_csum {
+            self.cascade(at, |c| c.l4_csum_replace(at, u64::from(old), u64::from(new), flags | u64::from(BPF_F_PSEUDO_HDR) | 4))?;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn field16(&self, offset: usize, old: u16, new: u16, l4_csum: Option<(usize, u64)>) -> Result<(), Failed> {
+        if old == new {
+            return Ok(());
+        }
+        self.ctx.store(offset, &new, 0).map_err(|_| Failed)?;
+        self.ctx.l4_csum_replace(self.icmp_csum, u64::from(old), u64::from(new), 2).map_err(|_| Failed)?;
+        if let Some((at, flags)) = l4_csum {
+            self.cascade(at, |c| c.l4_csum_replace(at, u64::from(old), u64::from(new), flags | 2))?;
+        }
+        Ok(())
+    }
+
+    /// Updates an embedded checksum and carries its change into the ICMP checksum.
+    #[inline(always)]
+    fn cascade(&self, at: usize, update: impl Fn(&TcContext) -> Result<(), i64>) -> Result<(), Failed> {
+        let before = self.u16_at(at)?;
+        update(self.ctx).map_err(|_| Failed)?;
+        let after = self.u16_at(at)?;
+        self.ctx.l4_csum_replace(self.icmp_csum, u64::from(before), u64::from(after), 2).map_err(|_| Failed)
+    }
+}
+
+/// `None`: not an error about a flow natd translates; handle the packet as usual.
+#[inline(always)]
+pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> Option<Verdict> {
+    match try_translate(ctx, outer) {
+        Ok(verdict) => verdict,
+        Err(Failed) => {
+            bump(counter::CSUM_ERROR);
+            Some(TC_ACT_SHOT)
+        }
+    }
+}
+
+#[inline(always)]
+fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<Verdict>, Failed> {
+    let inner_l3 = outer.l4 + 8;
+    let Ok(version_ihl) = ctx.load::<u8>(inner_l3) else { return Ok(None) };
+    let ihl = usize::from(version_ihl & 0x0f);
+    if version_ihl >> 4 != 4 || ihl < 5 {
+        return Ok(None);
+    }
+    let inner_l4 = inner_l3 + ihl * 4;
+    let Ok(proto) = ctx.load::<u8>(inner_l3 + 9) else { return Ok(None) };
+    let (Ok(src), Ok(dst)) = (ctx.load::<u32>(inner_l3 + 12), ctx.load::<u32>(inner_l3 + 16)) else {
+        return Ok(None);
+    };
+    // The embedded packet is one the receiver of this error sent: its ports (or echo id).
+    let (sport, dport, sport_at, dport_at) = match proto {
+        PROTO_TCP | PROTO_UDP => {
+            let (Ok(s), Ok(d)) = (ctx.load::<u16>(inner_l4), ctx.load::<u16>(inner_l4 + 2)) else {
+                return Ok(None);
+            };
+            (s, d, inner_l4, inner_l4 + 2)
+        }
+        PROTO_ICMP => {
+            let (Ok(kind), Ok(id)) = (ctx.load::<u8>(inner_l4), ctx.load::<u16>(inner_l4 + 4)) else {
+                return Ok(None);
+            };
+            match kind {
+                ICMP_ECHO_REQUEST => (id, 0, inner_l4 + 4, inner_l4 + 4),
+                ICMP_ECHO_REPLY => (0, id, inner_l4 + 4, inner_l4 + 4),
+                _ => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    };
+    let embedded = Tuple { src, dst, sport, dport, proto };
+    // The flow entry that matches packets coming back the other way tells how the
+    // embedded packet must look on this side of the NAT.
+    let reply_key = embedded.reversed().key();
+    let Some(entry) = maps::NATD_CT.get_ptr(&reply_key) else { return Ok(None) };
+    // SAFETY: valid map value pointer, copied at once.
+    let entry = unsafe { *entry };
+    let wanted = Tuple::of_entry(&entry, proto).reversed();
+
+    let patch = Patch { ctx, icmp_csum: outer.l4 + 2 };
+    let inner_ip_csum = Some(inner_l3 + 10);
+    // The embedded L4 checksum only counts when the error quoted enough of the packet.
+    let inner_l4_csum = match proto {
+        PROTO_TCP if (ctx.len() as usize) >= inner_l4 + 18 => Some((inner_l4 + 16, 0u64)),
+        PROTO_UDP if (ctx.len() as usize) >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => Some((inner_l4 + 6, 0u64)),
+        _ => None,
+    };
+    patch.field32(inner_l3 + 12, embedded.src, wanted.src, inner_ip_csum, inner_l4_csum)?;
+    patch.field32(inner_l3 + 16, embedded.dst, wanted.dst, inner_ip_csum, inner_l4_csum)?;
+    if proto == PROTO_ICMP {
+        // Echo id: covered by the embedded ICMP checksum, which is beyond what errors must
+        // quote; fix it when present.
+        let id_new = if sport != 0 { wanted.sport } else { wanted.dport };
+        let id_old = if sport != 0 { sport } else { dport };
+        let echo_csum = ((ctx.len() as usize) >= inner_l4 + 4).then_some((inner_l4 + 2, 0u64));
+        patch.field16(sport_at, id_old, id_new, echo_csum)?;
+    } else {
+        patch.field16(sport_at, embedded.sport, wanted.sport, inner_l4_csum)?;
+        patch.field16(dport_at, embedded.dport, wanted.dport, inner_l4_csum)?;
+    }
+    // The error goes to whoever sent the embedded packet, as that sender knows itself, and
+    // comes from its peer as the sender knows it.
+    let mut outer_to = Tuple::of(outer);
+    if outer.dst == embedded.src {
+        outer_to.dst = wanted.src;
+    }
+    if outer.src == embedded.dst {
+        outer_to.src = wanted.dst;
+    }
+    bump(counter::ICMP_ERROR_TRANSLATED);
+    match crate::csum::rewrite(ctx, outer, &outer_to) {
+        Ok(()) => Ok(Some(TC_ACT_OK)),
+        Err(_) => Err(Failed),
+    }
+}

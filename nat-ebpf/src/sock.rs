@@ -1,0 +1,92 @@
+//! Socket hooks for connections the host itself opens to published ports (its own
+//! addresses and 127.0.0.1): the destination is rewritten at connect()/sendmsg() time, so
+//! no packet ever carries 127.0.0.1 off the host and route_localnet stays off. These
+//! programs are attached to the cgroup v2 root, which spans the whole machine: they act
+//! only on sockets of the network namespace natd serves (its netns cookie) and leave every
+//! other socket alone.
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+};
+use nat_common::{FAMILY_V4, PROTO_TCP, PROTO_UDP, SockKey, SockOrig, counter};
+
+use crate::{
+    conntrack::{v4_addr, v4_raw},
+    counters::bump,
+    maps,
+    nat::{is_local, is_loopback, port_key},
+};
+
+#[inline(always)]
+fn ours(ctx: &SockAddrContext) -> bool {
+    let Some(wanted) = maps::NATD_NETNS.get(0) else { return false };
+    // SAFETY: the helper only reads the context.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    *wanted != 0 && cookie == *wanted
+}
+
+/// connect4 / sendmsg4: a destination that is a published port of this host becomes the
+/// sandbox behind it.
+#[inline(always)]
+pub fn rewrite_destination(ctx: &SockAddrContext) {
+    if !ours(ctx) {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the program's run; these fields are readable
+    // and writable for cgroup/connect4 and cgroup/sendmsg4.
+    unsafe {
+        let sa = ctx.sock_addr;
+        let proto = (*sa).protocol as u8;
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return;
+        }
+        let addr = (*sa).user_ip4;
+        let port = (*sa).user_port as u16;
+        if !is_loopback(addr) && !is_local(addr) {
+            return;
+        }
+        let target = match maps::NATD_PORTS.get_ptr(&port_key(addr, port, proto)) {
+            Some(t) => *t,
+            None => match maps::NATD_PORTS.get_ptr(&port_key(0, port, proto)) {
+                Some(t) => *t,
+                None => return,
+            },
+        };
+        let new_addr = v4_raw(&target.addr);
+        (*sa).user_ip4 = new_addr;
+        (*sa).user_port = u32::from(target.port);
+        let key = SockKey {
+            cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            addr: target.addr,
+            port: target.port,
+            family: FAMILY_V4,
+            _pad: [0; 5],
+        };
+        let orig = SockOrig { addr: v4_addr(addr), port, _pad: [0; 6] };
+        let _ = maps::NATD_SOCK_ORIG.insert(&key, &orig, 0);
+        bump(counter::SOCK_REWRITES);
+    }
+}
+
+/// recvmsg4 / getpeername4: the peer is shown as the address the application used.
+#[inline(always)]
+pub fn restore_peer(ctx: &SockAddrContext) {
+    if !ours(ctx) {
+        return;
+    }
+    // SAFETY: as above; user_ip4/user_port hold the peer for recvmsg4 and getpeername4.
+    unsafe {
+        let sa = ctx.sock_addr;
+        let key = SockKey {
+            cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            addr: v4_addr((*sa).user_ip4),
+            port: (*sa).user_port as u16,
+            family: FAMILY_V4,
+            _pad: [0; 5],
+        };
+        if let Some(orig) = maps::NATD_SOCK_ORIG.get_ptr(&key) {
+            (*sa).user_ip4 = v4_raw(&(*orig).addr);
+            (*sa).user_port = u32::from((*orig).port);
+        }
+    }
+}
