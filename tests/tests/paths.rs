@@ -1,0 +1,273 @@
+//! Every path a Docker user relies on, end to end through the eBPF dataplane: published
+//! ports from the host itself and from sandboxes (hairpin), loopback-only ports that stay
+//! loopback-only, isolation between and inside networks, ICMP errors through the NAT, and
+//! what `natctl stats`, `natctl ct ls` and `natctl info` show.
+use std::{
+    net::{TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use etherparse::PacketBuilder;
+use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, sh, wait_listening, wait_until};
+
+fn lab() -> Lab {
+    let mut lab = Lab::new().expect("build topology");
+    lab.start_natd(&["--dataplane", "ebpf"]).expect("start natd");
+    lab
+}
+
+fn whoami(port: u16) -> String {
+    format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR'")
+}
+
+fn run(lab: &Lab, name: &str, args: &[&str], script: &str) {
+    let mut full = vec!["run", "--name", name];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--", "sh", "-c", script]);
+    lab.ok(&full);
+}
+
+fn netns_of(lab: &Lab, name: &str) -> String {
+    lab.json(&["inspect", name])["netns"].as_str().unwrap().to_string()
+}
+
+fn tcp_from(lab: &Lab, ns_cmd: &[&str], addr: &str, port: u16) -> Option<String> {
+    let target = format!("TCP:{addr}:{port},connect-timeout=2");
+    let mut args: Vec<&str> = ns_cmd.to_vec();
+    args.extend_from_slice(&["socat", "-T2", "-", &target]);
+    let out = sh(args[0], &args[1..]);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+fn from_sandbox(lab: &Lab, sandbox: &str, addr: &str, port: u16) -> Option<String> {
+    let ctl = natlab::natctl_bin();
+    let socket = lab.socket.to_str().unwrap().to_string();
+    tcp_from(lab, &[ctl.to_str().unwrap(), "--socket", &socket, "exec", sandbox, "--"], addr, port)
+}
+
+fn from_host(lab: &Lab, addr: &str, port: u16) -> Option<String> {
+    tcp_from(lab, &["ip", "netns", "exec", &lab.host_ns], addr, port)
+}
+
+fn from_ext(lab: &Lab, addr: &str, port: u16) -> Option<String> {
+    tcp_from(lab, &["ip", "netns", "exec", &lab.ext_ns], addr, port)
+}
+
+fn counter(lab: &Lab, name: &str) -> u64 {
+    lab.json(&["stats"])["counters"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn published_ports_from_the_host_and_from_sandboxes() {
+    let lab = lab();
+    lab.ok(&["network", "create", "--subnet", "10.31.0.0/24", "front"]);
+    lab.ok(&["network", "create", "--subnet", "10.32.0.0/24", "back"]);
+    run(&lab, "web", &["--network", "front", "-p", "8080:80", "-p", "127.0.0.1:8081:81"], &format!("{} & {} & wait", whoami(80), whoami(81)));
+    lab.ok(&["run", "--name", "peer", "--network", "front"]);
+    lab.ok(&["run", "--name", "other", "--network", "back"]);
+    let ns = netns_of(&lab, "web");
+    assert!(wait_listening(&ns, "tcp", 80) && wait_listening(&ns, "tcp", 81));
+    let web_ip = lab.sandbox_ip("web");
+
+    // The host itself: through its uplink address and through 127.0.0.1 (socket hooks).
+    assert!(from_host(&lab, HOST_UPLINK_IP, 8080).is_some(), "host -> uplink address");
+    assert!(from_host(&lab, "127.0.0.1", 8080).is_some(), "host -> 127.0.0.1 (published on 0.0.0.0)");
+    assert!(from_host(&lab, "127.0.0.1", 8081).is_some(), "host -> 127.0.0.1 (published on 127.0.0.1)");
+    assert!(counter(&lab, "sock_rewrites") >= 3);
+    // The peer name the host sees is the published address (getpeername hook).
+    let peer = lab.host_ok(&["socat", "-T2", "-", "TCP:127.0.0.1:8080,connect-timeout=2"]);
+    assert!(!peer.trim().is_empty());
+
+    // From a sandbox on the same network, on another network, and from web itself.
+    assert_eq!(from_sandbox(&lab, "peer", HOST_UPLINK_IP, 8080).as_deref(), Some(lab.sandbox_ip("peer").as_str()));
+    assert_eq!(from_sandbox(&lab, "other", HOST_UPLINK_IP, 8080).as_deref(), Some(lab.sandbox_ip("other").as_str()), "across networks through a host address");
+    let hairpin = from_sandbox(&lab, "web", HOST_UPLINK_IP, 8080).expect("hairpin: web reaches its own published port");
+    assert_eq!(hairpin, "10.31.0.1", "hairpin traffic comes from the network's gateway");
+    // A loopback-only port is not reachable from sandboxes through the host.
+    assert_eq!(from_sandbox(&lab, "peer", HOST_UPLINK_IP, 8081), None);
+    // Nor from the LAN through the uplink address.
+    assert_eq!(from_ext(&lab, HOST_UPLINK_IP, 8081), None);
+    // The socket hooks act only in natd's namespace: 127.0.0.1:8080 in ext is ext's own.
+    assert_eq!(from_ext(&lab, "127.0.0.1", 8080), None);
+    // Direct to the sandbox address from another network: isolated.
+    assert_eq!(from_sandbox(&lab, "other", &web_ip, 80), None);
+    assert!(counter(&lab, "drop_cross_network") > 0);
+}
+
+/// A neighbour that sends crafted frames to the host's MAC aimed at 127.0.0.1, or routes a
+/// sandbox subnet via the host, gets nothing.
+#[test]
+fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours() {
+    let lab = lab();
+    run(&lab, "web", &["-p", "127.0.0.1:8081:80"], &whoami(80));
+    assert!(wait_listening(&netns_of(&lab, "web"), "tcp", 80));
+    let web_ip = lab.sandbox_ip("web");
+    let host_mac = mac_of(&lab, &lab.host_ns, "up0");
+    let ext_mac = mac_of(&lab, &lab.ext_ns, "lan0");
+    let before = counter(&lab, "drop_loopback_spoof");
+    // A SYN to 127.0.0.1:8081 in a frame addressed to the host's uplink MAC.
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(ext_mac, host_mac)
+        .ipv4([198, 51, 100, 2], [127, 0, 0, 1], 64)
+        .tcp(40000, 8081, 1, 64240)
+        .syn()
+        .write(&mut frame, &[])
+        .unwrap();
+    let ifindex = ifindex_in(&lab.ext_path(), "lan0");
+    for _ in 0..3 {
+        in_netns(&lab.ext_path(), || send_raw(ifindex, &frame));
+    }
+    assert!(wait_until(Duration::from_secs(2), || counter(&lab, "drop_loopback_spoof") >= before + 3), "dropped at the uplink");
+    assert_eq!(counter(&lab, "dnat_new"), 0, "never translated");
+
+    // Route the default network via the host and try the sandbox address directly.
+    lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
+    assert_eq!(from_ext(&lab, &web_ip, 80), None, "no direct access to a sandbox address");
+    assert!(!lab.ext(&["ping", "-c1", "-W1", &web_ip]).status.success(), "not even ping");
+    assert!(counter(&lab, "drop_direct_access") >= 2);
+    // The host's own bridge address stays reachable, as with Docker.
+    assert!(lab.ext(&["ping", "-c1", "-W2", "172.18.0.1"]).status.success());
+}
+
+fn mac_of(lab: &Lab, ns: &str, dev: &str) -> [u8; 6] {
+    let out = lab.in_ns(ns, &["ip", "-o", "link", "show", dev]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text.split("link/ether ").nth(1).and_then(|s| s.split_whitespace().next()).expect("mac");
+    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    bytes.try_into().unwrap()
+}
+
+fn ifindex_in(ns_path: &str, dev: &str) -> i32 {
+    let dev = dev.to_string();
+    in_netns(ns_path, move || nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex") as i32)
+}
+
+/// Sends one raw Ethernet frame out of `ifindex` (AF_PACKET) in the calling thread's namespace.
+fn send_raw(ifindex: i32, frame: &[u8]) {
+    // SAFETY: plain socket syscalls with valid buffers; the fd is closed at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0, "AF_PACKET socket");
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        libc::close(fd);
+        assert_eq!(sent as usize, frame.len());
+    }
+}
+
+#[test]
+fn isolation_between_and_inside_networks() {
+    let lab = lab();
+    lab.ok(&["network", "create", "--subnet", "10.41.0.0/24", "red"]);
+    lab.ok(&["network", "create", "--subnet", "10.42.0.0/24", "blue"]);
+    lab.ok(&["network", "create", "--subnet", "10.43.0.0/24", "--icc=false", "quiet"]);
+    for (name, net) in [("r1", "red"), ("r2", "red"), ("b1", "blue"), ("q1", "quiet"), ("q2", "quiet")] {
+        lab.ok(&["run", "--name", name, "--network", net]);
+    }
+    let ping = |from: &str, to: &str| lab.exec(from, &["ping", "-c1", "-W1", &lab.sandbox_ip(to)]).status.success();
+    assert!(ping("r1", "r2"), "same network talks");
+    assert!(!ping("r1", "b1") && !ping("b1", "r1"), "networks are isolated");
+    assert!(!ping("q1", "q2"), "icc=false blocks sandbox to sandbox");
+    assert!(lab.exec("q1", &["ping", "-c1", "-W1", "10.43.0.1"]).status.success(), "but not the gateway");
+    let stats = lab.json(&["stats"]);
+    assert!(stats["counters"]["drop_cross_network"].as_u64().unwrap() > 0);
+    assert!(stats["counters"]["drop_icc"].as_u64().unwrap() > 0);
+    // Published ports still connect them through a host address.
+    run(&lab, "srv", &["--network", "blue", "-p", "9090:90"], &whoami(90));
+    assert!(wait_listening(&netns_of(&lab, "srv"), "tcp", 90));
+    assert!(from_sandbox(&lab, "q1", HOST_UPLINK_IP, 9090).is_some());
+    assert!(from_sandbox(&lab, "r1", HOST_UPLINK_IP, 9090).is_some());
+}
+
+#[test]
+fn icmp_errors_come_back_through_the_nat() {
+    let mut lab = lab();
+    // A router behind ext: "far" at 203.0.113.2, so a TTL can expire on the way.
+    let far = lab.add_netns("far").unwrap();
+    sh("ip", &["link", "add", "tofar", "netns", &lab.ext_ns, "type", "veth", "peer", "name", "fromext", "netns", &far]);
+    lab.ext(&["ip", "addr", "add", "203.0.113.1/24", "dev", "tofar"]);
+    lab.ext(&["ip", "link", "set", "tofar", "up"]);
+    lab.ext(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    lab.in_ns(&far, &["ip", "addr", "add", "203.0.113.2/24", "dev", "fromext"]);
+    lab.in_ns(&far, &["ip", "link", "set", "fromext", "up"]);
+    lab.in_ns(&far, &["ip", "route", "add", "default", "via", "203.0.113.1"]);
+    lab.ok(&["run", "--name", "tracer"]);
+    assert!(lab.exec("tracer", &["ping", "-c1", "-W2", "203.0.113.2"]).status.success(), "far is reachable");
+    // TTL 2: the host forwards (TTL 1), ext's router drops it and answers with time
+    // exceeded to the uplink address; natd hands it to the sandbox.
+    let out = lab.exec("tracer", &["ping", "-c1", "-W2", "-t", "2", "203.0.113.2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Time to live exceeded") && text.contains(EXT_IP), "traceroute through the NAT: {text}");
+
+    // Port unreachable for a published UDP port nobody listens on: the client's connected
+    // socket sees the refusal.
+    lab.ok(&["run", "--name", "silent", "-p", "5353:53/udp"]);
+    let socket = in_netns(&lab.ext_path(), || UdpSocket::bind((EXT_IP, 0)).unwrap());
+    socket.connect((HOST_UPLINK_IP, 5353)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket.send(b"anyone?").unwrap();
+    let mut buf = [0u8; 16];
+    let err = socket.recv(&mut buf).expect_err("no answer expected");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the ICMP error reached the client's socket");
+
+    // Fragmentation needed: the sandbox network's bridge has a smaller MTU than the path
+    // the client uses, and the sandbox advertises a large MSS; PMTU discovery must work.
+    lab.ok(&["network", "create", "--subnet", "10.51.0.0/24", "--mtu", "1280", "small"]);
+    run(&lab, "sink", &["--network", "small", "-p", "8088:80"], "socat TCP-LISTEN:80,reuseaddr,fork SYSTEM:'wc -c'");
+    lab.exec_ok("sink", &["ip", "link", "set", "eth0", "mtu", "1500"]);
+    assert!(wait_listening(&netns_of(&lab, "sink"), "tcp", 80));
+    let out = sh("sh", &["-c", &format!("head -c 200000 /dev/zero | ip netns exec {} socat -t5 -T8 - TCP:{HOST_UPLINK_IP}:8088,connect-timeout=3", lab.ext_ns)]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200000", "a 200 kB upload through a smaller MTU completes");
+    assert!(counter(&lab, "icmp_error_translated") >= 3, "time exceeded, port unreachable and fragmentation needed were translated");
+}
+
+#[test]
+fn stats_conntrack_and_info_show_what_happens() {
+    let lab = lab();
+    run(&lab, "web", &["-p", "8080:80"], &whoami(80));
+    assert!(wait_listening(&netns_of(&lab, "web"), "tcp", 80));
+    // Keep one connection open so it shows in the table.
+    let stream = in_netns(&lab.ext_path(), || TcpStream::connect((HOST_UPLINK_IP, 8080)).unwrap());
+    for _ in 0..3 {
+        assert!(from_ext(&lab, HOST_UPLINK_IP, 8080).is_some());
+    }
+    let stats = lab.json(&["stats"]);
+    let mapping = &stats["mappings"][0];
+    assert_eq!(mapping["sandbox"], "web");
+    assert!(mapping["mapping"].as_str().unwrap().starts_with("0.0.0.0:8080->"));
+    assert!(mapping["packets"].as_u64().unwrap() >= 12, "per-mapping packets: {mapping}");
+    assert!(mapping["bytes"].as_u64().unwrap() > 0);
+    assert!(stats["maps"]["NATD_CT"][0].as_u64().unwrap() >= 2, "map fill level");
+    let table = lab.ok(&["stats"]);
+    assert!(table.contains("DROP REASON") && table.contains("cross_network") && table.contains("0.0.0.0:8080->"), "{table}");
+
+    let flows = lab.json(&["ct", "ls"]);
+    let dnat = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "dnat" && f["original"][2] == HOST_UPLINK_IP)
+        .unwrap_or_else(|| panic!("a dnat flow: {flows}"));
+    assert_eq!(dnat["original"][3], 8080);
+    assert_eq!(dnat["translated"][2], lab.sandbox_ip("web").as_str());
+    assert_eq!(dnat["translated"][3], 80);
+    assert!(lab.ok(&["ct", "ls"]).contains(&format!("{EXT_IP}:")));
+
+    let info = lab.json(&["info"]);
+    let links = info["dataplane_detail"]["links"].to_string();
+    assert!(links.contains("up0-ingress-natd_uplink_ingress") && links.contains("up0-egress-natd_uplink_egress"), "{links}");
+    assert!(links.contains("ingress-natd_sandbox_ingress") && links.contains("cgroup-natd_connect4"), "{links}");
+    drop(stream);
+}
