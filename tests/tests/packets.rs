@@ -594,3 +594,172 @@ fn full_table_drops_only_new_flows() {
         "established flows keep working"
     );
 }
+
+/// The packet an ICMP error quotes, without Ethernet: the original datagram as sent.
+fn inner_udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src, dst, 63).udp(sport, dport).write(&mut out, b"quoted datagram").unwrap();
+    out
+}
+
+fn inner_tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src, dst, 63).tcp(sport, dport, 7, 1000).ack(1).write(&mut out, &[0u8; 64]).unwrap();
+    out
+}
+
+fn icmp_error(src: [u8; 4], dst: [u8; 4], kind: etherparse::Icmpv4Type, quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    builder(src, dst).icmpv4(kind).write(&mut out, quoted).unwrap();
+    out
+}
+
+/// Outer addresses and the quoted tuple of an ICMP error, after checking the outer IP
+/// checksum, the ICMP checksum, the quoted IP checksum and the quoted L4 checksum.
+fn inspect_error(frame: &[u8]) -> (Seen, Seen) {
+    let packet = SlicedPacket::from_ethernet(frame).expect("output parses");
+    let Some(NetSlice::Ipv4(ip)) = &packet.net else { panic!("not IPv4") };
+    let outer: Ipv4Header = ip.header().to_header();
+    assert_eq!(outer.header_checksum, outer.calc_header_checksum(), "outer IPv4 checksum");
+    let Some(TransportSlice::Icmpv4(icmp)) = &packet.transport else { panic!("not ICMP") };
+    let header = icmp.header();
+    assert_eq!(header.checksum, header.icmp_type.calc_checksum(icmp.payload()), "ICMP checksum");
+    let quoted = icmp.payload();
+    let (inner, rest) = Ipv4Header::from_slice(quoted).expect("quoted IPv4 header");
+    assert_eq!(inner.header_checksum, inner.calc_header_checksum(), "quoted IPv4 checksum");
+    let (sport, dport) = match inner.protocol {
+        IpNumber::UDP => {
+            let (udp, payload) = etherparse::UdpHeader::from_slice(rest).unwrap();
+            assert_eq!(udp.checksum, udp.calc_checksum_ipv4(&inner, payload).unwrap(), "quoted UDP checksum");
+            (udp.source_port, udp.destination_port)
+        }
+        IpNumber::TCP => {
+            let (tcp, payload) = etherparse::TcpHeader::from_slice(rest).unwrap();
+            assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&inner, payload).unwrap(), "quoted TCP checksum");
+            (tcp.source_port, tcp.destination_port)
+        }
+        IpNumber::ICMP => {
+            let id = u16::from_be_bytes([rest[4], rest[5]]);
+            (id, id)
+        }
+        other => panic!("quoted protocol {other:?}"),
+    };
+    (
+        Seen { src: outer.source.into(), dst: outer.destination.into(), sport: 0, dport: 0 },
+        Seen { src: inner.source.into(), dst: inner.destination.into(), sport, dport },
+    )
+}
+
+#[test]
+fn icmp_fragmentation_needed_for_a_published_port_flow() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
+    bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, true));
+    // The host cannot forward the client's big segment into the bridge and says so to the
+    // client, quoting the segment as it was after DNAT.
+    let kind = etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1280,
+    });
+    let frame = icmp_error(HOST, CLIENT, kind, &inner_tcp(CLIENT, 40000, SANDBOX, 80));
+    let (ret, out) = bpf.run(EGRESS, &frame);
+    assert_eq!(ret, TC_ACT_OK);
+    let (outer, quoted) = inspect_error(&out);
+    assert_eq!((outer.src, outer.dst), (HOST.into(), CLIENT.into()));
+    assert_eq!(quoted, seen(CLIENT, 40000, HOST, 8080), "the client recognises its own segment");
+    assert_eq!(bpf.counter(counter::ICMP_ERROR_TRANSLATED), 1);
+}
+
+#[test]
+fn icmp_port_unreachable_from_a_sandbox() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(None, 5353, 17, SANDBOX, 53, 6);
+    bpf.run(INGRESS, &udp(CLIENT, 5000, HOST, 5353));
+    bpf.as_sandbox_veth(2);
+    let kind = etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
+    let frame = icmp_error(SANDBOX, CLIENT, kind, &inner_udp(CLIENT, 5000, SANDBOX, 53));
+    let (ret, out) = bpf.run(SANDBOX_PROG, &frame);
+    assert_eq!(ret, TC_ACT_OK);
+    let (outer, quoted) = inspect_error(&out);
+    assert_eq!((outer.src, outer.dst), (HOST.into(), CLIENT.into()), "the error comes from the published address");
+    assert_eq!(quoted, seen(CLIENT, 5000, HOST, 5353));
+}
+
+#[test]
+fn icmp_time_exceeded_for_a_masqueraded_flow() {
+    let mut bpf = Bpf::load(1024);
+    let (_, out) = bpf.run(EGRESS, &udp(SANDBOX, 33434, REMOTE, 33435));
+    let nat_port = inspect(&out).sport;
+    let router = [198, 51, 100, 2];
+    let kind = etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
+    let frame = icmp_error(router, HOST, kind, &inner_udp(HOST, nat_port, REMOTE, 33435));
+    let (ret, out) = bpf.run(INGRESS, &frame);
+    assert_eq!(ret, TC_ACT_OK);
+    let (outer, quoted) = inspect_error(&out);
+    assert_eq!((outer.src, outer.dst), (router.into(), SANDBOX.into()), "delivered to the sandbox");
+    assert_eq!(quoted, seen(SANDBOX, 33434, REMOTE, 33435));
+
+    // The same for a ping with a low TTL: the quoted echo id goes back to the sandbox's.
+    let (_, out) = bpf.run(EGRESS, &icmp_echo(SANDBOX, REMOTE, 0x4242, true));
+    let nat_id = inspect(&out).sport;
+    let mut quoted_echo = Vec::new();
+    PacketBuilder::ipv4(HOST, REMOTE, 1).icmpv4_echo_request(nat_id, 1).write(&mut quoted_echo, b"ping").unwrap();
+    let kind = etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
+    let (_, out) = bpf.run(INGRESS, &icmp_error(router, HOST, kind.clone(), &quoted_echo));
+    let (outer, quoted) = inspect_error(&out);
+    assert_eq!(outer.dst, Ipv4Addr::from(SANDBOX));
+    assert_eq!((quoted.src, quoted.sport), (SANDBOX.into(), 0x4242));
+    // An error about a flow natd does not know passes untouched.
+    let stranger = icmp_error(router, HOST, kind, &inner_udp(HOST, 999, REMOTE, 53));
+    assert_eq!(bpf.run(INGRESS, &stranger).1, stranger);
+}
+
+#[test]
+fn hairpin_to_own_and_other_sandboxes() {
+    let mut bpf = Bpf::load(1024);
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 9);
+    bpf.as_sandbox_veth(2);
+    // The sandbox reaches its own published port: source becomes the gateway.
+    let (ret, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 40000, HOST, 8080, true));
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(inspect(&out), seen([172, 20, 0, 1], 40000, SANDBOX, 80));
+    let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 80, [172, 20, 0, 1], 40000, false));
+    assert_eq!(inspect(&out), seen(HOST, 8080, SANDBOX, 40000), "the reply comes from the published address");
+    // Another sandbox: only the destination changes, the server sees the real client.
+    let (_, out) = bpf.run(SANDBOX_PROG, &tcp(OTHER_SANDBOX, 41000, HOST, 8080, true));
+    assert_eq!(inspect(&out), seen(OTHER_SANDBOX, 41000, SANDBOX, 80));
+    let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 80, OTHER_SANDBOX, 41000, false));
+    assert_eq!(inspect(&out), seen(HOST, 8080, OTHER_SANDBOX, 41000));
+    assert_eq!(bpf.counter(counter::HAIRPIN_NEW), 2);
+}
+
+#[test]
+fn isolation_drops_by_reason() {
+    let mut bpf = Bpf::load(1024);
+    bpf.network(3, [10, 3, 0, 0], 24, [10, 3, 0, 1], net::ICC | net::MASQ);
+    bpf.network(4, [10, 4, 0, 0], 24, [10, 4, 0, 1], net::MASQ);
+    bpf.network(5, [10, 5, 0, 0], 24, [10, 5, 0, 1], net::ICC | net::INTERNAL);
+    bpf.local([10, 4, 0, 1]);
+    // Outside -> a sandbox address, and -> 127.0.0.1 in a frame to the host.
+    assert_eq!(bpf.run(INGRESS, &tcp(CLIENT, 1, SANDBOX, 80, true)).0, TC_ACT_SHOT);
+    assert_eq!(bpf.run(INGRESS, &tcp(CLIENT, 1, [127, 0, 0, 1], 80, true)).0, TC_ACT_SHOT);
+    assert_eq!(bpf.counter(counter::DROP_DIRECT_ACCESS), 1);
+    assert_eq!(bpf.counter(counter::DROP_LOOPBACK_SPOOF), 1);
+    // Network 2 -> network 3: isolated; -> the outside: fine.
+    bpf.as_sandbox_veth(2);
+    assert_eq!(bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, [10, 3, 0, 5], 80, true)).0, TC_ACT_SHOT);
+    assert_eq!(bpf.counter(counter::DROP_CROSS_NETWORK), 1);
+    assert_eq!(bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, REMOTE, 80, true)).0, TC_ACT_OK);
+    // A sandbox claiming a host address as its source.
+    assert_eq!(bpf.run(SANDBOX_PROG, &tcp(HOST, 1, REMOTE, 80, true)).0, TC_ACT_SHOT);
+    assert_eq!(bpf.counter(counter::DROP_SPOOFED_SOURCE), 1);
+    // icc=false (network 4): sandbox to sandbox dropped, the gateway still reachable.
+    bpf.as_sandbox_veth(4);
+    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 3], 53)).0, TC_ACT_SHOT);
+    assert_eq!(bpf.counter(counter::DROP_ICC), 1);
+    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 1], 53)).0, TC_ACT_OK);
+    // internal (network 5): nothing leaves the subnet.
+    bpf.as_sandbox_veth(5);
+    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, REMOTE, 53)).0, TC_ACT_SHOT);
+    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, [10, 5, 0, 3], 53)).0, TC_ACT_OK);
+    assert_eq!(bpf.counter(counter::DROP_INTERNAL), 1);
+}
