@@ -113,6 +113,13 @@ pub struct DaemonArgs {
     /// Capacity of the connection table (two entries per flow).
     #[arg(long = "conntrack-max")]
     pub conntrack_max: Option<u32>,
+    /// Idle timeout of tracked flows, KIND=SECONDS (repeatable); kinds: tcp-syn,
+    /// tcp-established, tcp-closing, tcp-closed, udp, udp-replied, icmp.
+    #[arg(long = "conntrack-timeout")]
+    pub conntrack_timeout: Vec<String>,
+    /// Seconds between connection-table sweeps (and address refreshes).
+    #[arg(long = "gc-interval")]
+    pub gc_interval: Option<u64>,
     #[arg(long = "log-format", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
@@ -145,6 +152,9 @@ struct FileConfig {
     port_range: Option<String>,
     masquerade_port_range: Option<String>,
     conntrack_max: Option<u32>,
+    #[serde(default)]
+    conntrack_timeout: Vec<String>,
+    gc_interval: Option<u64>,
     log_format: Option<LogFormat>,
 }
 
@@ -179,8 +189,14 @@ pub struct DaemonConfig {
     pub port_range: Option<(u16, u16)>,
     pub masquerade_port_range: Option<(u16, u16)>,
     pub conntrack_max: u32,
+    /// (kind, seconds) overrides of the connection-tracking timeouts.
+    pub conntrack_timeouts: Vec<(String, u64)>,
+    pub gc_interval: u64,
     pub log_format: LogFormat,
 }
+
+pub const CONNTRACK_TIMEOUT_KINDS: [&str; 7] =
+    ["tcp-syn", "tcp-established", "tcp-closing", "tcp-closed", "udp", "udp-replied", "icmp"];
 
 pub const DEFAULT_SOCKET: &str = "/run/natd/natd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/natd";
@@ -308,7 +324,32 @@ impl DaemonConfig {
                 format!("{conntrack_max} is out of range (64-16777216)"),
             ));
         }
+        let timeout_text = if args.conntrack_timeout.is_empty() { file.conntrack_timeout } else { args.conntrack_timeout.clone() };
+        let mut conntrack_timeouts = Vec::new();
+        for item in &timeout_text {
+            let (kind, secs) = item
+                .split_once('=')
+                .ok_or_else(|| invalid("conntrack-timeout", format!("{item}: expected KIND=SECONDS")))?;
+            if !CONNTRACK_TIMEOUT_KINDS.contains(&kind) {
+                return Err(invalid(
+                    "conntrack-timeout",
+                    format!("unknown kind {kind:?} (known: {})", CONNTRACK_TIMEOUT_KINDS.join(", ")),
+                ));
+            }
+            let secs: u64 = secs
+                .parse()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| invalid("conntrack-timeout", format!("{item}: SECONDS must be a positive number")))?;
+            conntrack_timeouts.push((kind.to_string(), secs));
+        }
+        let gc_interval = args.gc_interval.or(file.gc_interval).unwrap_or(5);
+        if gc_interval == 0 {
+            return Err(invalid("gc-interval", "must be at least 1 second"));
+        }
         Ok(Self {
+            conntrack_timeouts,
+            gc_interval,
             masquerade_port_range,
             conntrack_max,
             socket: args

@@ -64,6 +64,7 @@ fn init_tracing(format: LogFormat) {
 
 async fn serve(config: DaemonConfig) -> ExitCode {
     let socket = config.socket.clone();
+    let gc_interval = config.gc_interval;
     let daemon = match Daemon::start(config).await {
         Ok(d) => d,
         Err(e) => {
@@ -83,10 +84,11 @@ async fn serve(config: DaemonConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let gc_interval = std::time::Duration::from_secs(gc_interval);
     let daemon = Arc::new(tokio::sync::Mutex::new(daemon));
     let housekeeping = Arc::clone(&daemon);
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut interval = tokio::time::interval(gc_interval);
         interval.tick().await;
         loop {
             interval.tick().await;

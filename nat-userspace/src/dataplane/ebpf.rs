@@ -56,6 +56,27 @@ pub struct Timeouts {
     pub icmp: Duration,
 }
 
+impl Timeouts {
+    /// Defaults with the operator's `--conntrack-timeout KIND=SECONDS` applied.
+    pub fn from_config(overrides: &[(String, u64)]) -> Self {
+        let mut t = Self::default();
+        for (kind, secs) in overrides {
+            let d = Duration::from_secs(*secs);
+            match kind.as_str() {
+                "tcp-syn" => t.tcp_syn = d,
+                "tcp-established" => t.tcp_established = d,
+                "tcp-closing" => t.tcp_closing = d,
+                "tcp-closed" => t.tcp_closed = d,
+                "udp" => t.udp = d,
+                "udp-replied" => t.udp_replied = d,
+                "icmp" => t.icmp = d,
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
@@ -218,7 +239,13 @@ impl EbpfDataplane {
             Array::try_from(ebpf.map_mut(NETNS).ok_or_else(|| err("map missing", NETNS))?)
                 .map_err(|e| err(NETNS, e))?;
         netns.set(0, cookie, 0).map_err(|e| err(NETNS, e))?;
-        Ok(Self { ebpf, pin_dir, timeouts: Timeouts::default(), ct_capacity, cgroup_root: cgroup2_root() })
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            timeouts: Timeouts::from_config(&config.conntrack_timeouts),
+            ct_capacity,
+            cgroup_root: cgroup2_root(),
+        })
     }
 
     fn links_dir(&self) -> PathBuf {
