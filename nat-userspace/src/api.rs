@@ -12,6 +12,8 @@ pub const API_PREFIX: &str = "/v1";
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     Bridge,
+    /// Sandboxes on the host's LAN through a bridge holding the host's NIC (pipework).
+    HostBridge,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +46,9 @@ pub struct Network {
     /// The network named `bridge`, configured by natd's flags.
     pub default: bool,
     pub created: u64,
+    /// hostbridge: the NIC natd put into the bridge and what it had before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::hostbridge::ParentState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +76,9 @@ pub struct Endpoint {
     #[serde(default)]
     pub prefix_len_v6: u8,
     pub mac: String,
+    /// Default route of this endpoint when it differs from the network's (`IP/PREFIX@GW`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// A published port after allocation: one host port to one container port.

@@ -192,6 +192,7 @@ impl Daemon {
             mtu: cfg.mtu,
             default: true,
             created: existing.as_ref().map(|n| n.created).unwrap_or_else(now),
+            parent: None,
         };
         if existing.as_ref() != Some(&network) {
             if let Some(old) = &existing {
@@ -404,7 +405,7 @@ impl Daemon {
                 });
             }
         }
-        for network in self.state.networks.values() {
+        for network in self.state.networks.values().filter(|n| n.driver == Driver::Bridge) {
             desired.networks.push(dataplane::NetworkRule {
                 id: network.id,
                 subnet: parse_v4(&network.subnet)?,
@@ -416,12 +417,12 @@ impl Daemon {
         }
         for sandbox in self.state.sandboxes.values() {
             for endpoint in &sandbox.endpoints {
-                let network_id = self
-                    .state
-                    .networks
-                    .get(&endpoint.network)
-                    .map(|n| n.id)
-                    .unwrap_or(0);
+                let Some(network) = self.state.networks.get(&endpoint.network) else { continue };
+                // No NAT and no isolation on the host's LAN: nothing to attach there.
+                if network.driver == Driver::HostBridge {
+                    continue;
+                }
+                let network_id = network.id;
                 if let Some(link) = self.nl.link(&endpoint.host_ifname).await? {
                     desired.ifaces.push(Iface {
                         index: link.index,
@@ -456,6 +457,19 @@ impl Daemon {
     /// Creates the network's bridge if missing and gives it its gateway address(es), MTU and
     /// up state. Returns whether it had to be created.
     async fn ensure_bridge(&self, network: &Network) -> Result<bool> {
+        if network.driver == Driver::HostBridge {
+            // The LAN's bridge carries the host's own addresses, never a natd gateway.
+            let link = self.nl.link(&network.bridge).await?.ok_or_else(|| {
+                DaemonError::Conflict(format!(
+                    "bridge {} of hostbridge network {} is gone; remove and recreate the network",
+                    network.bridge, network.name
+                ))
+            })?;
+            if !link.up {
+                self.nl.set_up(link.index).await?;
+            }
+            return Ok(false);
+        }
         let (link, created) = match self.nl.link(&network.bridge).await? {
             Some(link) => (link, false),
             None => (self.nl.create_bridge(&network.bridge, network.mtu).await?, true),
@@ -555,7 +569,7 @@ impl Daemon {
                 inner.set_up(lo.index).await?;
             }
             if default_route && !network.internal {
-                let gw = network.aux_gateway.unwrap_or(network.gateway);
+                let gw = endpoint.gateway.or(network.aux_gateway).unwrap_or(network.gateway);
                 inner.add_default_route_v4(gw, peer_link.index).await?;
                 if let Some(gw6) = network.aux_gateway_v6.or(network.gateway_v6)
                     && endpoint.ipv6.is_some()
@@ -615,10 +629,12 @@ impl Daemon {
         requested_ip: Option<&str>,
         ifname: String,
         endpoint_id: u32,
+        excluded: &HashSet<Ipv4Addr>,
     ) -> Result<Endpoint> {
         let subnet = parse_v4(&network.subnet)?;
         let pool = network.ip_range.as_deref().map(parse_v4).transpose()?;
-        let used = self.used_v4(network);
+        let mut used = self.used_v4(network);
+        used.extend(excluded);
         let ipv4 = match requested_ip {
             Some(text) => {
                 let ip: Ipv4Addr = text
@@ -651,7 +667,53 @@ impl Daemon {
             ipv6,
             prefix_len_v6,
             mac: String::new(),
+            gateway: None,
         })
+    }
+
+    /// `plan_endpoint`, plus on a hostbridge network an ARP probe on the LAN: a requested
+    /// address in use is refused, an allocated one is skipped for the next.
+    async fn plan_on_network(
+        &self,
+        network: &Network,
+        requested_ip: Option<&str>,
+        ifname: String,
+        endpoint_id: u32,
+    ) -> Result<Endpoint> {
+        let mut excluded = HashSet::new();
+        if network.driver == Driver::HostBridge {
+            // The host's own addresses on the LAN are taken too.
+            for (_, address) in self.nl.all_addresses().await? {
+                if let IpNetwork::V4(v4) = address {
+                    excluded.insert(v4.ip());
+                }
+            }
+        }
+        for _ in 0..8 {
+            let endpoint = self.plan_endpoint(network, requested_ip, ifname.clone(), endpoint_id, &excluded)?;
+            if network.driver != Driver::HostBridge {
+                return Ok(endpoint);
+            }
+            let bridge = self.nl.require_link(&network.bridge).await?;
+            let ip = endpoint.ipv4;
+            let in_use = tokio::task::spawn_blocking(move || {
+                crate::hostbridge::address_in_use(bridge.index, &bridge.mac, ip, Duration::from_millis(400))
+            })
+            .await
+            .map_err(|e| DaemonError::Internal(e.to_string()))?
+            .map_err(|e| DaemonError::Internal(format!("ARP probe on {}: {e}", network.bridge)))?;
+            if !in_use {
+                return Ok(endpoint);
+            }
+            if requested_ip.is_some() {
+                return Err(DaemonError::Conflict(format!(
+                    "Address already in use: {ip} answers ARP on the LAN ({})",
+                    network.bridge
+                )));
+            }
+            excluded.insert(ip);
+        }
+        Err(DaemonError::Conflict(format!("no free address found on the LAN of network {}", network.name)))
     }
 
     // ----- ports -------------------------------------------------------------------------
@@ -889,6 +951,15 @@ impl Daemon {
                 proto: spec.proto,
             });
         }
+        if let Some(net) = network.as_ref().filter(|n| n.driver == Driver::HostBridge)
+            && (!publish.is_empty() || req.publish_all)
+        {
+            return Err(invalid(format!(
+                "port publishing is not supported on hostbridge network {}: its sandboxes have addresses on the LAN \
+                 and are reachable directly",
+                net.name
+            )));
+        }
         let ports = self.allocate_ports(&publish, req.publish_all, &all_exposed)?;
 
         let (id, id_change) = self.alloc_id();
@@ -897,7 +968,7 @@ impl Daemon {
             Some(net) => {
                 let (eid, c) = self.alloc_id();
                 changes.push(c);
-                Some(self.plan_endpoint(net, req.ip.as_deref(), "eth0".into(), eid)?)
+                Some(self.plan_on_network(net, req.ip.as_deref(), "eth0".into(), eid).await?)
             }
             None => None,
         };
@@ -1172,9 +1243,10 @@ impl Daemon {
         }
         match req.driver.as_deref() {
             None | Some("bridge") => {}
+            Some("hostbridge") => return self.hostbridge_create(req).await,
             Some(other) => {
                 return Err(invalid(format!(
-                    "plugin \"{other}\" not found (natd supports the bridge driver)"
+                    "plugin \"{other}\" not found (natd supports the bridge and hostbridge drivers)"
                 )));
             }
         }
@@ -1303,6 +1375,7 @@ impl Daemon {
             mtu,
             default: false,
             created: now(),
+            parent: None,
         };
         if let Err(e) = self.ensure_bridge(&network).await {
             self.undo_bridge(&network).await;
@@ -1320,8 +1393,168 @@ impl Daemon {
         Ok(self.network_view(&network))
     }
 
+    /// `network create -d hostbridge`: a bridge on the host's LAN. With `parent` natd builds
+    /// it around the NIC (addresses and routes move onto the bridge); without, it uses an
+    /// existing bridge as it is.
+    async fn hostbridge_create(&mut self, req: NetworkCreate) -> Result<NetworkView> {
+        let mut bridge_name = None;
+        let mut parent = None;
+        for (key, value) in &req.options {
+            match key.as_str() {
+                "bridge-name" | "com.docker.network.bridge.name" => bridge_name = Some(value.clone()),
+                "parent" => parent = Some(value.clone()),
+                other => {
+                    return Err(invalid(format!("unknown network option {other:?} (known: parent, bridge-name)")));
+                }
+            }
+        }
+        let subnet_text = req
+            .subnet
+            .as_deref()
+            .ok_or_else(|| invalid("a hostbridge network needs --subnet (the LAN's subnet)"))?;
+        let subnet = config::parse_v4_subnet("subnet", subnet_text).map_err(|e| invalid(e.to_string()))?;
+        let gateway_text = req
+            .gateway
+            .as_deref()
+            .ok_or_else(|| invalid("a hostbridge network needs --gateway (the LAN's router)"))?;
+        let gateway: Ipv4Addr =
+            gateway_text.parse().map_err(|_| invalid(format!("invalid gateway address: {gateway_text}")))?;
+        if !subnet.contains(gateway) {
+            return Err(invalid(format!("no matching subnet for gateway {gateway}")));
+        }
+        let ip_range = match &req.ip_range {
+            Some(text) => {
+                let range = config::parse_v4_subnet("ip-range", text).map_err(|e| invalid(e.to_string()))?;
+                if !subnet.contains(range.network()) || range.prefix() < subnet.prefix() {
+                    return Err(invalid(format!("no matching subnet for range {range}")));
+                }
+                Some(range.to_string())
+            }
+            None => None,
+        };
+        if req.internal || req.icc == Some(false) {
+            return Err(invalid("--internal and --icc=false do not apply to hostbridge networks (no NAT, no isolation)"));
+        }
+        let overlapping = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| parse_v4(&n.subnet).ok())
+            .any(|n| n.overlaps(subnet));
+        if overlapping {
+            return Err(DaemonError::Conflict("Pool overlaps with other one on this address space".into()));
+        }
+        let (id, id_change) = self.alloc_id();
+        let bridge = match (&bridge_name, &parent) {
+            (Some(name), _) => name.clone(),
+            (None, Some(_)) => format!("{}b{id:x}", self.config.name_prefix),
+            (None, None) => {
+                return Err(invalid(
+                    "a hostbridge network needs --opt parent=IFACE, or --opt bridge-name=NAME of an existing bridge",
+                ));
+            }
+        };
+        config::validate_ifname(&bridge).map_err(invalid)?;
+        if self.state.networks.values().any(|n| n.bridge == bridge) {
+            return Err(DaemonError::Conflict(format!("bridge {bridge} is already used by another network")));
+        }
+        let existing = self.nl.link(&bridge).await?;
+        if let Some(link) = &existing
+            && link.kind != LinkKind::Bridge
+        {
+            return Err(DaemonError::Conflict(format!("interface {bridge} exists and is not a bridge")));
+        }
+        let mut created = false;
+        let parent_state = match &parent {
+            Some(parent_name) => {
+                let parent_link = self
+                    .nl
+                    .link(parent_name)
+                    .await?
+                    .ok_or_else(|| DaemonError::NotFound(format!("parent interface {parent_name} not found")))?;
+                if parent_link.master.is_some() {
+                    return Err(DaemonError::Conflict(format!("parent interface {parent_name} is already in a bridge")));
+                }
+                if self.uplinks.contains(parent_name) {
+                    return Err(invalid(format!("{parent_name} is natd's uplink; use another interface as parent")));
+                }
+                if existing.is_none() {
+                    self.nl.create_bridge(&bridge, parent_link.mtu).await?;
+                    created = true;
+                }
+                match crate::hostbridge::attach_parent(&self.nl, &bridge, parent_name).await {
+                    Ok(state) => Some(state),
+                    Err(e) => {
+                        if created && let Ok(Some(link)) = self.nl.link(&bridge).await {
+                            let _ = self.nl.delete_link(link.index).await;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => {
+                let link = existing
+                    .clone()
+                    .ok_or_else(|| DaemonError::NotFound(format!("bridge {bridge} not found (create it or give --opt parent=IFACE)")))?;
+                if !link.up {
+                    self.nl.set_up(link.index).await?;
+                }
+                None
+            }
+        };
+        let mtu = match self.nl.link(&bridge).await? {
+            Some(link) => link.mtu,
+            None => self.config.mtu,
+        };
+        let network = Network {
+            id,
+            name: req.name.clone(),
+            driver: Driver::HostBridge,
+            bridge,
+            bridge_adopted: !created,
+            subnet: subnet.to_string(),
+            gateway,
+            aux_gateway: None,
+            ip_range,
+            subnet_v6: None,
+            gateway_v6: None,
+            aux_gateway_v6: None,
+            internal: false,
+            icc: true,
+            ip_masq: false,
+            mtu: req.mtu.unwrap_or(mtu),
+            default: false,
+            created: now(),
+            parent: parent_state,
+        };
+        if let Err(e) = self.store.commit(vec![id_change, Change::PutNetwork(network.clone())]) {
+            self.undo_hostbridge(&network).await;
+            return Err(e.into());
+        }
+        self.state.networks.insert(network.name.clone(), network.clone());
+        info!(network = %network.name, bridge = %network.bridge, "hostbridge network created");
+        Ok(self.network_view(&network))
+    }
+
+    async fn undo_hostbridge(&self, network: &Network) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(state) = &network.parent {
+            errors.extend(crate::hostbridge::restore_parent(&self.nl, &network.bridge, state).await);
+        }
+        if !network.bridge_adopted
+            && let Ok(Some(link)) = self.nl.link(&network.bridge).await
+            && let Err(e) = self.nl.delete_link(link.index).await
+        {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+
     /// Removes a bridge natd created, or natd's address from an adopted one.
     async fn undo_bridge(&self, network: &Network) -> Vec<String> {
+        if network.driver == Driver::HostBridge {
+            return self.undo_hostbridge(network).await;
+        }
         let mut errors = Vec::new();
         let Ok(Some(link)) = self.nl.link(&network.bridge).await else {
             return errors;
@@ -1422,7 +1655,27 @@ impl Daemon {
             .find(|i| !sandbox.endpoints.iter().any(|e| e.ifname == format!("eth{i}")))
             .unwrap_or(0);
         let (eid, id_change) = self.alloc_id();
-        let mut endpoint = self.plan_endpoint(&network, req.ip.as_deref(), format!("eth{index}"), eid)?;
+        // pipework's form: IP/PREFIX@GATEWAY.
+        let (ip_text, gateway) = match req.ip.as_deref().map(|t| t.split_once('@').map(|(a, g)| (a, Some(g))).unwrap_or((t, None))) {
+            Some((ip, gw)) => (Some(ip), gw),
+            None => (None, None),
+        };
+        let (ip_text, prefix) = match ip_text.map(|t| t.split_once('/').map(|(a, p)| (a, Some(p))).unwrap_or((t, None))) {
+            Some((ip, p)) => (Some(ip), p),
+            None => (None, None),
+        };
+        let mut endpoint = self.plan_on_network(&network, ip_text, format!("eth{index}"), eid).await?;
+        if let Some(prefix) = prefix {
+            endpoint.prefix_len = prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=32).contains(p))
+                .ok_or_else(|| invalid(format!("invalid prefix length: {prefix}")))?;
+        }
+        if let Some(gateway) = gateway {
+            endpoint.gateway =
+                Some(gateway.parse().map_err(|_| invalid(format!("invalid gateway address: {gateway}")))?);
+        }
         let first = sandbox.endpoints.is_empty();
         let mtu = sandbox.mtu.unwrap_or(network.mtu);
         endpoint.mac = self
@@ -1569,6 +1822,11 @@ pub async fn cleanup(config: &DaemonConfig) -> Vec<String> {
             && let Err(e) = netns::delete_named(Path::new(path))
         {
             errors.push(e.to_string());
+        }
+    }
+    for network in snapshot.networks.values() {
+        if let Some(state) = &network.parent {
+            errors.extend(crate::hostbridge::restore_parent(&nl, &network.bridge, state).await);
         }
     }
     let mut bridges: BTreeMap<String, bool> = snapshot

@@ -4,6 +4,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod hostbridge;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

@@ -88,7 +88,14 @@ pub struct Route {
     pub destination: IpNetwork,
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
+    /// rtm_protocol: 2 (kernel) for routes the kernel derives from addresses.
+    pub protocol: u8,
+    pub priority: Option<u32>,
+    pub table: u32,
 }
+
+pub const RTPROT_KERNEL: u8 = 2;
+pub const RT_TABLE_MAIN: u32 = 254;
 
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -347,6 +354,31 @@ impl Netlink {
         }
     }
 
+    /// Adds (or replaces) an IPv4 route through `oif`.
+    pub async fn add_route_v4(&self, route: &Route, oif: u32) -> Result<(), NetlinkError> {
+        let message = route_message(route, oif);
+        match self.handle.route().add(message).replace().execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(request_err("add route", route.destination)(e)),
+        }
+    }
+
+    pub async fn del_route_v4(&self, route: &Route, oif: u32) -> Result<(), NetlinkError> {
+        match self.handle.route().del(route_message(route, oif)).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::ESRCH => Ok(()),
+            Err(e) => Err(request_err("delete route", route.destination)(e)),
+        }
+    }
+
+    pub async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<(), NetlinkError> {
+        self.set("set address", index, LinkUnspec::new_with_index(index).address(mac.to_vec()).build()).await
+    }
+
+    pub async fn set_nomaster(&self, index: u32) -> Result<(), NetlinkError> {
+        self.set("release from bridge", index, LinkUnspec::new_with_index(index).nocontroller().build()).await
+    }
+
     /// Unicast routes of the main table, IPv4.
     pub async fn routes_v4(&self) -> Result<Vec<Route>, NetlinkError> {
         let mut stream = self
@@ -366,24 +398,43 @@ impl Netlink {
             let mut destination = Ipv4Addr::UNSPECIFIED;
             let mut gateway = None;
             let mut oif = None;
+            let mut priority = None;
+            let mut table = u32::from(msg.header.table);
             for attr in &msg.attributes {
                 match attr {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(IpAddr::V4(*ip)),
                     RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Priority(p) => priority = Some(*p),
+                    RouteAttribute::Table(t) => table = *t,
                     _ => {}
                 }
             }
+            let protocol = u8::from(msg.header.protocol);
             if let Ok(net) = Ipv4Network::new(destination, msg.header.destination_prefix_length) {
-                out.push(Route {
-                    destination: IpNetwork::V4(net),
-                    gateway,
-                    oif,
-                });
+                out.push(Route { destination: IpNetwork::V4(net), gateway, oif, protocol, priority, table });
             }
         }
         Ok(out)
     }
+}
+
+fn route_message(route: &Route, oif: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    let IpNetwork::V4(dest) = route.destination else {
+        unreachable!("IPv4 routes only")
+    };
+    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dest.ip(), dest.prefix())
+        .output_interface(oif)
+        .table_id(route.table)
+        .protocol(rtnetlink::packet_route::route::RouteProtocol::from(route.protocol));
+    if let Some(IpAddr::V4(gw)) = route.gateway {
+        builder = builder.gateway(gw);
+    }
+    if let Some(priority) = route.priority {
+        builder = builder.priority(priority);
+    }
+    builder.build()
 }
 
 fn parse_link(msg: rtnetlink::packet_route::link::LinkMessage) -> Link {

@@ -177,6 +177,7 @@ mod tests {
             mtu: 1500,
             default: false,
             created: 1,
+            parent: None,
         }
     }
 
