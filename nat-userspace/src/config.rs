@@ -35,6 +35,8 @@ pub enum DataplaneKind {
     Auto,
     Ebpf,
     Nftables,
+    /// Plumbing only: no NAT, no isolation.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]

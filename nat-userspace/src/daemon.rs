@@ -103,6 +103,8 @@ pub struct Daemon {
     port_range: (u16, u16),
     snat_ports: (u16, u16),
     last_reconcile: Vec<String>,
+    /// Sandbox ports whose hairpin mode was set (ifindex, mode), to set it once.
+    hairpin_set: HashSet<(u32, bool)>,
 }
 
 impl Daemon {
@@ -138,6 +140,7 @@ impl Daemon {
             port_range,
             snat_ports,
             last_reconcile: Vec::new(),
+            hairpin_set: HashSet::new(),
         };
         daemon.ensure_default_network().await?;
         let report = daemon.reconcile().await?;
@@ -408,6 +411,7 @@ impl Daemon {
         for network in self.state.networks.values().filter(|n| n.driver == Driver::Bridge) {
             desired.networks.push(dataplane::NetworkRule {
                 id: network.id,
+                bridge: network.bridge.clone(),
                 subnet: parse_v4(&network.subnet)?,
                 gateway: network.gateway,
                 icc: network.icc,
@@ -436,6 +440,16 @@ impl Daemon {
         Ok(desired)
     }
 
+    /// Called several times a second: puts back kernel state removed behind natd's back.
+    pub fn heal(&mut self) -> Result<bool> {
+        let healed = self.dataplane.heal()?;
+        if healed {
+            warn!("the dataplane's kernel state was removed from outside (e.g. a firewall reload); re-applied");
+            self.last_reconcile.push("re-applied the dataplane after it was removed from outside".into());
+        }
+        Ok(healed)
+    }
+
     /// Periodic housekeeping: expire idle flows and follow address changes of the host.
     pub async fn tick(&mut self) -> Result<()> {
         let gc = self.dataplane.gc()?;
@@ -448,6 +462,17 @@ impl Daemon {
 
     async fn sync_dataplane(&mut self) -> Result<dataplane::SyncReport> {
         let desired = self.desired_dataplane().await?;
+        // With netfilter doing the NAT, a sandbox reaching its own published port is
+        // bridged back out of the port it came in on (Docker does the same without its
+        // userland proxy); the eBPF dataplane routes hairpin traffic and needs no such mode.
+        let hairpin = self.dataplane.kind() == "nftables";
+        for iface in &desired.ifaces {
+            if matches!(iface.role, IfaceRole::SandboxVeth { .. }) && self.hairpin_set.insert((iface.index, hairpin)) {
+                if let Err(e) = self.nl.set_hairpin(iface.index, hairpin).await {
+                    warn!(iface = %iface.name, error = %e, "cannot set hairpin mode");
+                }
+            }
+        }
         reserve_host_ports(&desired.ports);
         Ok(self.dataplane.sync(&desired)?)
     }
@@ -1877,6 +1902,7 @@ pub async fn cleanup(config: &DaemonConfig) -> Vec<String> {
         }
     }
     errors.extend(dataplane::ebpf::cleanup_pin_dir(&config.bpffs));
+    errors.extend(dataplane::nftables::remove_leftovers(config));
     let db = config.state_dir.join(crate::state::DB_FILE);
     if let Err(e) = std::fs::remove_file(&db)
         && e.kind() != std::io::ErrorKind::NotFound

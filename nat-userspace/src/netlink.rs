@@ -375,6 +375,12 @@ impl Netlink {
         self.set("set address", index, LinkUnspec::new_with_index(index).address(mac.to_vec()).build()).await
     }
 
+    /// Bridge port hairpin mode: frames may leave through the port they came in on.
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let message = rtnetlink::LinkBridgePort::new(index).hairpin(on).build();
+        self.handle.link().set_port(message).execute().await.map_err(request_err("set hairpin", index))
+    }
+
     pub async fn set_nomaster(&self, index: u32) -> Result<(), NetlinkError> {
         self.set("release from bridge", index, LinkUnspec::new_with_index(index).nocontroller().build()).await
     }

@@ -13,6 +13,7 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "libnftnl-dev",
     "libmnl-dev",
+    "libnftables-dev",
     "pkg-config",
     "iperf3",
     "wrk",

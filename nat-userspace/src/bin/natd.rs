@@ -97,6 +97,18 @@ async fn serve(config: DaemonConfig) -> ExitCode {
             }
         }
     });
+    // A firewall reload (`nft flush ruleset`) must not leave published ports unguarded for
+    // long: check four times a second.
+    let healer = Arc::clone(&daemon);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            interval.tick().await;
+            if let Err(e) = healer.lock().await.heal() {
+                tracing::warn!("re-applying the dataplane: {e}");
+            }
+        }
+    });
     let app = server::router(daemon);
     info!(socket = %socket.display(), "natd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

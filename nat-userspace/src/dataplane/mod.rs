@@ -2,6 +2,7 @@
 //! store (attachments, published ports, masqueraded subnets) and each implementation makes
 //! the kernel match it with the smallest set of changes.
 pub mod ebpf;
+pub mod nft;
 pub mod nftables;
 
 use std::net::Ipv4Addr;
@@ -90,9 +91,10 @@ impl PortRule {
 }
 
 /// A natd network as the dataplane needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkRule {
     pub id: u32,
+    pub bridge: String,
     pub subnet: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub icc: bool,
@@ -162,6 +164,11 @@ pub trait Dataplane: Send + Sync {
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError>;
     /// Expires idle flows; called periodically.
     fn gc(&mut self) -> Result<GcReport, DataplaneError>;
+    /// Re-applies the kernel state if something outside natd removed it (e.g. `nft flush
+    /// ruleset`); called several times a second. Returns whether it had to.
+    fn heal(&mut self) -> Result<bool, DataplaneError> {
+        Ok(false)
+    }
     /// Attachments and map sizes for `natctl info`.
     fn info(&self) -> serde_json::Value;
     fn stats(&self) -> Stats;
@@ -171,9 +178,28 @@ pub trait Dataplane: Send + Sync {
     fn cleanup(&mut self) -> Vec<String>;
 }
 
-/// The one factory: `auto` prefers eBPF and falls back to nftables.
+/// The one factory: `auto` prefers eBPF and falls back to nftables. Whatever another
+/// dataplane left in the kernel (after a switch) is removed first.
 pub fn create(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
+    let dataplane = open(config)?;
+    let leftovers = match dataplane.kind() {
+        "ebpf" => nftables::remove_leftovers(config),
+        "nftables" => ebpf::cleanup_pin_dir(&config.bpffs),
+        _ => {
+            let mut errors = nftables::remove_leftovers(config);
+            errors.extend(ebpf::cleanup_pin_dir(&config.bpffs));
+            errors
+        }
+    };
+    for e in leftovers {
+        tracing::warn!("removing the other dataplane's leftovers: {e}");
+    }
+    Ok(dataplane)
+}
+
+fn open(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
     match config.dataplane {
+        DataplaneKind::None => Ok(Box::new(NoDataplane)),
         DataplaneKind::Ebpf => Ok(Box::new(ebpf::EbpfDataplane::open(config)?)),
         DataplaneKind::Nftables => Ok(Box::new(nftables::NftablesDataplane::open(config)?)),
         DataplaneKind::Auto => match ebpf::EbpfDataplane::open(config) {
@@ -189,5 +215,34 @@ pub fn create(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneErro
                 }
             }
         },
+    }
+}
+
+/// `--dataplane none`: plumbing only (bridges, veths, addresses), no NAT and no isolation;
+/// for hosts where something else does the NAT, and for the reference test mode that
+/// applies Docker's own iptables rules.
+pub struct NoDataplane;
+
+impl Dataplane for NoDataplane {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+    fn sync(&mut self, _desired: &Desired) -> Result<SyncReport, DataplaneError> {
+        Ok(SyncReport::default())
+    }
+    fn gc(&mut self) -> Result<GcReport, DataplaneError> {
+        Ok(GcReport::default())
+    }
+    fn info(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn stats(&self) -> Stats {
+        Stats::default()
+    }
+    fn flows(&self) -> Vec<Flow> {
+        Vec::new()
+    }
+    fn cleanup(&mut self) -> Vec<String> {
+        Vec::new()
     }
 }
