@@ -743,49 +743,33 @@ impl Daemon {
 
     // ----- ports -------------------------------------------------------------------------
 
-    fn port_in_use(
-        &self,
-        host_used: &HashSet<(Proto, u16)>,
-        ip: Option<IpAddr>,
-        port: u16,
-        proto: Proto,
-        extra: &[PortMapping],
-    ) -> bool {
-        host_used.contains(&(proto, port)) || self.port_allocated(ip, port, proto, extra)
-    }
-
-    fn port_allocated(&self, ip: Option<IpAddr>, port: u16, proto: Proto, extra: &[PortMapping]) -> bool {
-        self.state
-            .sandboxes
-            .values()
-            .flat_map(|s| s.ports.iter())
-            .chain(extra.iter())
-            .any(|m| {
-                m.proto == proto
-                    && m.host_port == port
-                    && (m.host_ip.is_none() || ip.is_none() || m.host_ip == ip)
-            })
-    }
-
     /// Turns `-p`/`-P` into concrete host ports, refusing taken ones with Docker's message.
+    /// One index of what is taken, so publishing tens of thousands of ports stays linear.
     fn allocate_ports(
         &self,
         publish: &[PublishSpec],
         publish_all: bool,
         expose: &[ExposeSpec],
     ) -> Result<Vec<PortMapping>> {
-        let mut out: Vec<PortMapping> = Vec::new();
+        let mut book = PortBook::default();
+        for mapping in self.state.sandboxes.values().flat_map(|s| s.ports.iter()) {
+            book.add(mapping);
+        }
         let host_used = host_ports_in_use();
-        let random =
-            |this: &Self, ip: Option<IpAddr>, proto: Proto, range: (u16, u16), out: &[PortMapping]| {
-                (range.0..=range.1).find(|p| !this.port_in_use(&host_used, ip, *p, proto, out))
-            };
+        let mut out: Vec<PortMapping> = Vec::new();
+        let random = |book: &PortBook, ip: Option<IpAddr>, proto: Proto, range: (u16, u16)| {
+            (range.0..=range.1).find(|p| !host_used.contains(&(proto, *p)) && !book.taken(ip, *p, proto))
+        };
+        let push = |book: &mut PortBook, out: &mut Vec<PortMapping>, m: PortMapping| {
+            book.add(&m);
+            out.push(m);
+        };
         for spec in publish {
             match spec.host_ports {
                 Some(host) if host.count() == spec.container_ports.count() => {
                     let listening = host_listening_ports();
                     for (h, c) in host.ports().zip(spec.container_ports.ports()) {
-                        if self.port_allocated(spec.host_ip, h, spec.proto, &out) {
+                        if book.taken(spec.host_ip, h, spec.proto) {
                             return Err(DaemonError::Conflict(format!(
                                 "Bind for {}:{h} failed: port is already allocated",
                                 display_ip(spec.host_ip)
@@ -797,41 +781,32 @@ impl Daemon {
                                 display_ip(spec.host_ip)
                             )));
                         }
-                        out.push(PortMapping {
-                            host_ip: spec.host_ip,
-                            host_port: h,
-                            container_port: c,
-                            proto: spec.proto,
-                        });
+                        let m = PortMapping { host_ip: spec.host_ip, host_port: h, container_port: c, proto: spec.proto };
+                        push(&mut book, &mut out, m);
                     }
                 }
                 Some(host) => {
                     // A host range with a single container port: any free port of the range.
-                    let port = random(self, spec.host_ip, spec.proto, (host.first, host.last), &out)
-                        .ok_or_else(|| {
-                            DaemonError::Conflict(format!(
-                                "Bind for {}:{host} failed: port is already allocated",
-                                display_ip(spec.host_ip)
-                            ))
-                        })?;
-                    out.push(PortMapping {
+                    let port = random(&book, spec.host_ip, spec.proto, (host.first, host.last)).ok_or_else(|| {
+                        DaemonError::Conflict(format!(
+                            "Bind for {}:{host} failed: port is already allocated",
+                            display_ip(spec.host_ip)
+                        ))
+                    })?;
+                    let m = PortMapping {
                         host_ip: spec.host_ip,
                         host_port: port,
                         container_port: spec.container_ports.first,
                         proto: spec.proto,
-                    });
+                    };
+                    push(&mut book, &mut out, m);
                 }
                 None => {
                     for c in spec.container_ports.ports() {
-                        let port = random(self, spec.host_ip, spec.proto, self.port_range, &out).ok_or_else(
-                            || DaemonError::Conflict("no free host port left in the port range".into()),
-                        )?;
-                        out.push(PortMapping {
-                            host_ip: spec.host_ip,
-                            host_port: port,
-                            container_port: c,
-                            proto: spec.proto,
-                        });
+                        let port = random(&book, spec.host_ip, spec.proto, self.port_range)
+                            .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
+                        let m = PortMapping { host_ip: spec.host_ip, host_port: port, container_port: c, proto: spec.proto };
+                        push(&mut book, &mut out, m);
                     }
                 }
             }
@@ -842,15 +817,10 @@ impl Daemon {
                     if out.iter().any(|m| m.container_port == c && m.proto == spec.proto) {
                         continue;
                     }
-                    let port = random(self, None, spec.proto, self.port_range, &out).ok_or_else(|| {
-                        DaemonError::Conflict("no free host port left in the port range".into())
-                    })?;
-                    out.push(PortMapping {
-                        host_ip: None,
-                        host_port: port,
-                        container_port: c,
-                        proto: spec.proto,
-                    });
+                    let port = random(&book, None, spec.proto, self.port_range)
+                        .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
+                    let m = PortMapping { host_ip: None, host_port: port, container_port: c, proto: spec.proto };
+                    push(&mut book, &mut out, m);
                 }
             }
         }
@@ -1955,6 +1925,26 @@ fn first_v6_host(net: Ipv6Network) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()) + 1)
 }
 
+/// Which host ports are taken, by protocol and port: the host addresses they are bound to
+/// (None: every address).
+#[derive(Default)]
+struct PortBook {
+    taken: std::collections::HashMap<(Proto, u16), Vec<Option<IpAddr>>>,
+}
+
+impl PortBook {
+    fn add(&mut self, m: &PortMapping) {
+        self.taken.entry((m.proto, m.host_port)).or_default().push(m.host_ip);
+    }
+
+    /// 0.0.0.0 conflicts with every address, a specific address with itself and 0.0.0.0.
+    fn taken(&self, ip: Option<IpAddr>, port: u16, proto: Proto) -> bool {
+        self.taken
+            .get(&(proto, port))
+            .is_some_and(|ips| ips.iter().any(|h| h.is_none() || ip.is_none() || *h == ip))
+    }
+}
+
 /// The kernel-side form of a sandbox's published ports (IPv4 host addresses; ports bound
 /// to an IPv6 address wait for the IPv6 datapath).
 fn port_rules(sandbox: &Sandbox) -> Vec<PortRule> {
@@ -1990,7 +1980,18 @@ fn reserve_host_ports(rules: &[PortRule]) {
     let mut ports: Vec<u16> = rules.iter().map(|r| r.host_port).collect();
     ports.sort_unstable();
     ports.dedup();
-    let text = ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    // Runs as ranges: tens of thousands of ports stay a short line.
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < ports.len() {
+        let mut j = i;
+        while j + 1 < ports.len() && ports[j + 1] == ports[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { ports[i].to_string() } else { format!("{}-{}", ports[i], ports[j]) });
+        i = j + 1;
+    }
+    let text = parts.join(",");
     let current = netlink::read_sysctl("net.ipv4.ip_local_reserved_ports").unwrap_or_default();
     if current != text
         && let Err(e) = netlink::write_sysctl(

@@ -32,16 +32,37 @@ pub struct NftablesDataplane {
     last: Option<Desired>,
 }
 
-fn port_element(rule: &PortRule) -> (String, Option<String>) {
+/// (map, element) of a published port.
+fn port_element(rule: &PortRule) -> (&'static str, String) {
     let target = format!("{} . {}", rule.target, rule.target_port);
     match rule.host_ip {
-        None => (format!("ports_any {{ {} . {} : {target} }}", rule.proto, rule.host_port), None),
-        Some(ip) => (format!("ports_ip {{ {ip} . {} . {} : {target} }}", rule.proto, rule.host_port), None),
+        None => ("ports_any", format!("{} . {} : {target}", rule.proto, rule.host_port)),
+        Some(ip) => ("ports_ip", format!("{ip} . {} . {} : {target}", rule.proto, rule.host_port)),
     }
 }
 
 fn hairpin_element(rule: &PortRule) -> String {
-    format!("hairpin {{ {t} . {t} . {} . {} }}", rule.proto, rule.target_port, t = rule.target)
+    format!("{t} . {t} . {} . {}", rule.proto, rule.target_port, t = rule.target)
+}
+
+/// `add`/`delete element` commands, one per map with all its elements.
+fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String {
+    let mut by_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for rule in rules {
+        let (map, element) = port_element(rule);
+        by_map.entry(map).or_default().push(element);
+        let hairpin = hairpin_element(rule);
+        let entry = by_map.entry("hairpin").or_default();
+        if !entry.contains(&hairpin) {
+            entry.push(hairpin);
+        }
+    }
+    let mut out = String::new();
+    for (map, elements) in by_map {
+        // A delete must not name an element twice; adds are idempotent anyway.
+        let _ = writeln!(out, "{verb} element ip {table} {map} {{ {} }}", elements.join(", "));
+    }
+    out
 }
 
 impl NftablesDataplane {
@@ -156,7 +177,8 @@ impl Dataplane for NftablesDataplane {
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
         let mut report = SyncReport::default();
         let fixed = self.static_part(desired);
-        let wanted: BTreeMap<String, PortRule> = desired.ports.iter().map(|r| (port_element(r).0, *r)).collect();
+        let wanted: BTreeMap<String, PortRule> =
+            desired.ports.iter().map(|r| (format!("{} {}", port_element(r).0, port_element(r).1), *r)).collect();
         let exists = self.table_exists();
         if !exists || self.applied_static.as_deref() != Some(fixed.as_str()) {
             // The whole table in one transaction: never a moment with NAT rules but without
@@ -166,25 +188,38 @@ impl Dataplane for NftablesDataplane {
                 let _ = writeln!(batch, "delete table ip {}", self.table);
             }
             batch.push_str(&fixed);
-            for (element, rule) in &wanted {
-                let _ = writeln!(batch, "add element ip {} {element}", self.table);
-                let _ = writeln!(batch, "add element ip {} {}", self.table, hairpin_element(rule));
+            let all: Vec<&PortRule> = wanted.values().collect();
+            if !all.is_empty() {
+                batch.push_str(&element_commands("add", &self.table, &all));
             }
             self.nft.run(&batch).map_err(err)?;
             report.attached.push(format!("table ip {} ({} published ports)", self.table, wanted.len()));
         } else {
             let mut batch = String::new();
-            for (element, rule) in &self.applied_ports {
-                if !wanted.contains_key(element) {
-                    let _ = writeln!(batch, "delete element ip {} {element}", self.table);
-                    let _ = writeln!(batch, "delete element ip {} {}", self.table, hairpin_element(rule));
+            let gone: Vec<&PortRule> =
+                self.applied_ports.iter().filter(|(e, _)| !wanted.contains_key(*e)).map(|(_, r)| r).collect();
+            let new: Vec<&PortRule> =
+                wanted.iter().filter(|(e, _)| !self.applied_ports.contains_key(*e)).map(|(_, r)| r).collect();
+            if !gone.is_empty() {
+                // Hairpin elements are shared by mappings to the same sandbox port: only
+                // those no remaining mapping needs go.
+                let keep: BTreeSet<String> = wanted.values().map(hairpin_element).collect();
+                let mut by_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+                for rule in &gone {
+                    let (map, element) = port_element(rule);
+                    by_map.entry(map).or_default().push(element);
+                    let hairpin = hairpin_element(rule);
+                    let entry = by_map.entry("hairpin").or_default();
+                    if !keep.contains(&hairpin) && !entry.contains(&hairpin) {
+                        entry.push(hairpin);
+                    }
+                }
+                for (map, elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
+                    let _ = writeln!(batch, "delete element ip {} {map} {{ {} }}", self.table, elements.join(", "));
                 }
             }
-            for (element, rule) in &wanted {
-                if !self.applied_ports.contains_key(element) {
-                    let _ = writeln!(batch, "add element ip {} {element}", self.table);
-                    let _ = writeln!(batch, "add element ip {} {}", self.table, hairpin_element(rule));
-                }
+            if !new.is_empty() {
+                batch.push_str(&element_commands("add", &self.table, &new));
             }
             if !batch.is_empty() {
                 self.nft.run(&batch).map_err(err)?;
