@@ -32,12 +32,24 @@ pub struct Tuple {
 impl Tuple {
     #[inline(always)]
     pub fn of(packet: &Ipv4Packet) -> Self {
-        Self { src: packet.src, dst: packet.dst, sport: packet.sport, dport: packet.dport, proto: packet.proto }
+        Self {
+            src: packet.src,
+            dst: packet.dst,
+            sport: packet.sport,
+            dport: packet.dport,
+            proto: packet.proto,
+        }
     }
 
     #[inline(always)]
     pub fn reversed(&self) -> Self {
-        Self { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto }
+        Self {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
     }
 
     #[inline(always)]
@@ -55,7 +67,13 @@ impl Tuple {
 
     #[inline(always)]
     pub fn of_entry(entry: &CtEntry, proto: u8) -> Self {
-        Self { src: v4_raw(&entry.src), dst: v4_raw(&entry.dst), sport: entry.sport, dport: entry.dport, proto }
+        Self {
+            src: v4_raw(&entry.src),
+            dst: v4_raw(&entry.dst),
+            sport: entry.sport,
+            dport: entry.dport,
+            proto,
+        }
     }
 }
 
@@ -98,7 +116,11 @@ fn entry(kind: u8, from: &Tuple, to: &Tuple, mapping_id: u32) -> CtEntry {
         dport: to.dport,
         rewrite,
         kind,
-        state: if from.proto == PROTO_TCP { ct::TCP_SYN_SENT } else { ct::DGRAM_NEW },
+        state: if from.proto == PROTO_TCP {
+            ct::TCP_SYN_SENT
+        } else {
+            ct::DGRAM_NEW
+        },
         _pad: 0,
         mapping_id,
         _pad2: 0,
@@ -112,7 +134,12 @@ fn entry(kind: u8, from: &Tuple, to: &Tuple, mapping_id: u32) -> CtEntry {
 /// The reply direction's entry first (it claims the translated tuple), then the forward
 /// one; if the second fails the first is removed again.
 #[inline(always)]
-pub fn track(original: &Tuple, translated: &Tuple, kinds: (u8, u8), mapping_id: u32) -> Result<CtEntry, InsertError> {
+pub fn track(
+    original: &Tuple,
+    translated: &Tuple,
+    kinds: (u8, u8),
+    mapping_id: u32,
+) -> Result<CtEntry, InsertError> {
     let reply_key = translated.reversed().key();
     let reply = entry(kinds.1, &translated.reversed(), &original.reversed(), mapping_id);
     insert_new(&reply_key, &reply)?;
@@ -125,10 +152,39 @@ pub fn track(original: &Tuple, translated: &Tuple, kinds: (u8, u8), mapping_id: 
 }
 
 /// Claims only the reply tuple (masquerade port search); `finish` adds the forward entry.
+/// A TCP flow that has seen FIN or RST from the far side no longer needs its tuple: it is
+/// taken over (as netfilter reuses TIME_WAIT/CLOSE tuples), so short connections to one
+/// server do not exhaust the NAT port range.
 #[inline(always)]
 pub fn claim_reply(original: &Tuple, translated: &Tuple, kind: u8) -> Result<(), InsertError> {
+    let key = translated.reversed().key();
     let reply = entry(kind, &translated.reversed(), &original.reversed(), 0);
-    insert_new(&translated.reversed().key(), &reply)
+    match insert_new(&key, &reply) {
+        Err(InsertError::Clash) if original.proto == PROTO_TCP => {
+            let Some(old) = NATD_CT.get_ptr(&key) else {
+                return Err(InsertError::Clash);
+            };
+            // SAFETY: valid map value pointer; only fields are read.
+            let stale_forward = unsafe {
+                let closed = (*old).state == ct::TCP_CLOSING || (*old).state == ct::TCP_CLOSED;
+                if (*old).kind != kind || !closed {
+                    return Err(InsertError::Clash);
+                }
+                CtKey {
+                    src: (*old).dst,
+                    dst: (*old).src,
+                    sport: (*old).dport,
+                    dport: (*old).sport,
+                    proto: key.proto,
+                    family: key.family,
+                    _pad: [0; 2],
+                }
+            };
+            let _ = NATD_CT.remove(&stale_forward);
+            NATD_CT.insert(&key, &reply, 0).map_err(|_| InsertError::Full)
+        }
+        other => other,
+    }
 }
 
 #[inline(always)]
@@ -175,7 +231,11 @@ pub fn touch(entry: *mut CtEntry, packet: &Ipv4Packet, len: u32) {
                 ct::TCP_CLOSING
             } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
                 // A new connection on a tuple whose previous one ended.
-                if state == ct::TCP_CLOSED || state == ct::TCP_CLOSING { ct::TCP_SYN_SENT } else { state }
+                if state == ct::TCP_CLOSED || state == ct::TCP_CLOSING {
+                    ct::TCP_SYN_SENT
+                } else {
+                    state
+                }
             } else if flags & TCP_ACK != 0 && state == ct::TCP_SYN_SENT {
                 ct::TCP_ESTABLISHED
             } else {

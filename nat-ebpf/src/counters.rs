@@ -46,7 +46,10 @@ pub fn count_iface(ctx: &TcContext) {
             (*stats).bytes += len;
         }
     } else if maps::NATD_IFACE_CONFIG.get_ptr(&ifindex).is_some() {
-        let first = IfaceStats { packets: 1, bytes: len };
+        let first = IfaceStats {
+            packets: 1,
+            bytes: len,
+        };
         let _ = maps::NATD_IFACE_STATS.insert(&ifindex, &first, 0);
     }
 }

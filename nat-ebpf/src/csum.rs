@@ -32,19 +32,29 @@ pub fn l4_csum(proto: u8, l4: usize) -> Option<(usize, u64)> {
 
 #[inline(always)]
 fn set_addr(ctx: &TcContext, packet: &mut Ipv4Packet, src: bool, new: u32) -> Result<(), CsumError> {
-    let (offset, old) = if src { (IP_SRC, packet.src) } else { (IP_DST, packet.dst) };
+    let (offset, old) = if src {
+        (IP_SRC, packet.src)
+    } else {
+        (IP_DST, packet.dst)
+    };
     if old == new {
         return Ok(());
     }
     ctx.store(offset, &new, 0).map_err(|_| CsumError)?;
-    ctx.l3_csum_replace(IP_CSUM, u64::from(old), u64::from(new), 4).map_err(|_| CsumError)?;
+    ctx.l3_csum_replace(IP_CSUM, u64::from(old), u64::from(new), 4)
+        .map_err(|_| CsumError)?;
     // ICMP's checksum does not cover a pseudo-header; later fragments carry no L4 header.
     if packet.proto != PROTO_ICMP
         && packet.fragment != Fragment::Later
         && let Some((csum, flags)) = l4_csum(packet.proto, packet.l4)
     {
-        ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | u64::from(BPF_F_PSEUDO_HDR) | 4)
-            .map_err(|_| CsumError)?;
+        ctx.l4_csum_replace(
+            csum,
+            u64::from(old),
+            u64::from(new),
+            flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
+        )
+        .map_err(|_| CsumError)?;
     }
     if src {
         packet.src = new;
@@ -70,7 +80,8 @@ fn set_port(ctx: &TcContext, packet: &mut Ipv4Packet, src: bool, new: u16) -> Re
         return Ok(());
     };
     ctx.store(offset, &new, 0).map_err(|_| CsumError)?;
-    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 2).map_err(|_| CsumError)?;
+    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 2)
+        .map_err(|_| CsumError)?;
     if src {
         packet.sport = new;
     } else {

@@ -23,7 +23,10 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 pub fn is_error(packet: &Ipv4Packet) -> bool {
     packet.proto == PROTO_ICMP
-        && matches!(packet.icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+        && matches!(
+            packet.icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
 }
 
 struct Failed;
@@ -44,30 +47,56 @@ impl Patch<'_> {
     }
 
     #[inline(always)]
-    fn field32(&self, offset: usize, old: u32, new: u32, ip_csum: Option<usize>, l4_csum: Option<(usize, u64)>) -> Result<(), Failed> {
+    fn field32(
+        &self,
+        offset: usize,
+        old: u32,
+        new: u32,
+        ip_csum: Option<usize>,
+        l4_csum: Option<(usize, u64)>,
+    ) -> Result<(), Failed> {
         if old == new {
             return Ok(());
         }
         self.ctx.store(offset, &new, 0).map_err(|_| Failed)?;
-        self.ctx.l4_csum_replace(self.icmp_csum, u64::from(old), u64::from(new), 4).map_err(|_| Failed)?;
+        self.ctx
+            .l4_csum_replace(self.icmp_csum, u64::from(old), u64::from(new), 4)
+            .map_err(|_| Failed)?;
         if let Some(at) = ip_csum {
             self.cascade(at, |c| c.l3_csum_replace(at, u64::from(old), u64::from(new), 4))?;
         }
         if let Some((at, flags)) = l4_csum {
-            self.cascade(at, |c| c.l4_csum_replace(at, u64::from(old), u64::from(new), flags | u64::from(BPF_F_PSEUDO_HDR) | 4))?;
+            self.cascade(at, |c| {
+                c.l4_csum_replace(
+                    at,
+                    u64::from(old),
+                    u64::from(new),
+                    flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
+                )
+            })?;
         }
         Ok(())
     }
 
     #[inline(always)]
-    fn field16(&self, offset: usize, old: u16, new: u16, l4_csum: Option<(usize, u64)>) -> Result<(), Failed> {
+    fn field16(
+        &self,
+        offset: usize,
+        old: u16,
+        new: u16,
+        l4_csum: Option<(usize, u64)>,
+    ) -> Result<(), Failed> {
         if old == new {
             return Ok(());
         }
         self.ctx.store(offset, &new, 0).map_err(|_| Failed)?;
-        self.ctx.l4_csum_replace(self.icmp_csum, u64::from(old), u64::from(new), 2).map_err(|_| Failed)?;
+        self.ctx
+            .l4_csum_replace(self.icmp_csum, u64::from(old), u64::from(new), 2)
+            .map_err(|_| Failed)?;
         if let Some((at, flags)) = l4_csum {
-            self.cascade(at, |c| c.l4_csum_replace(at, u64::from(old), u64::from(new), flags | 2))?;
+            self.cascade(at, |c| {
+                c.l4_csum_replace(at, u64::from(old), u64::from(new), flags | 2)
+            })?;
         }
         Ok(())
     }
@@ -78,7 +107,9 @@ impl Patch<'_> {
         let before = self.u16_at(at)?;
         update(self.ctx).map_err(|_| Failed)?;
         let after = self.u16_at(at)?;
-        self.ctx.l4_csum_replace(self.icmp_csum, u64::from(before), u64::from(after), 2).map_err(|_| Failed)
+        self.ctx
+            .l4_csum_replace(self.icmp_csum, u64::from(before), u64::from(after), 2)
+            .map_err(|_| Failed)
     }
 }
 
@@ -97,13 +128,17 @@ pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> Option<Verdic
 #[inline(always)]
 fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<Verdict>, Failed> {
     let inner_l3 = outer.l4 + 8;
-    let Ok(version_ihl) = ctx.load::<u8>(inner_l3) else { return Ok(None) };
+    let Ok(version_ihl) = ctx.load::<u8>(inner_l3) else {
+        return Ok(None);
+    };
     let ihl = usize::from(version_ihl & 0x0f);
     if version_ihl >> 4 != 4 || ihl < 5 {
         return Ok(None);
     }
     let inner_l4 = inner_l3 + ihl * 4;
-    let Ok(proto) = ctx.load::<u8>(inner_l3 + 9) else { return Ok(None) };
+    let Ok(proto) = ctx.load::<u8>(inner_l3 + 9) else {
+        return Ok(None);
+    };
     let (Ok(src), Ok(dst)) = (ctx.load::<u32>(inner_l3 + 12), ctx.load::<u32>(inner_l3 + 16)) else {
         return Ok(None);
     };
@@ -127,25 +162,50 @@ fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<Verdi
         }
         _ => return Ok(None),
     };
-    let embedded = Tuple { src, dst, sport, dport, proto };
+    let embedded = Tuple {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+    };
     // The flow entry that matches packets coming back the other way tells how the
     // embedded packet must look on this side of the NAT.
     let reply_key = embedded.reversed().key();
-    let Some(entry) = maps::NATD_CT.get_ptr(&reply_key) else { return Ok(None) };
+    let Some(entry) = maps::NATD_CT.get_ptr(&reply_key) else {
+        return Ok(None);
+    };
     // SAFETY: valid map value pointer, copied at once.
     let entry = unsafe { *entry };
     let wanted = Tuple::of_entry(&entry, proto).reversed();
 
-    let patch = Patch { ctx, icmp_csum: outer.l4 + 2 };
+    let patch = Patch {
+        ctx,
+        icmp_csum: outer.l4 + 2,
+    };
     let inner_ip_csum = Some(inner_l3 + 10);
     // The embedded L4 checksum only counts when the error quoted enough of the packet.
     let inner_l4_csum = match proto {
         PROTO_TCP if (ctx.len() as usize) >= inner_l4 + 18 => Some((inner_l4 + 16, 0u64)),
-        PROTO_UDP if (ctx.len() as usize) >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => Some((inner_l4 + 6, 0u64)),
+        PROTO_UDP if (ctx.len() as usize) >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => {
+            Some((inner_l4 + 6, 0u64))
+        }
         _ => None,
     };
-    patch.field32(inner_l3 + 12, embedded.src, wanted.src, inner_ip_csum, inner_l4_csum)?;
-    patch.field32(inner_l3 + 16, embedded.dst, wanted.dst, inner_ip_csum, inner_l4_csum)?;
+    patch.field32(
+        inner_l3 + 12,
+        embedded.src,
+        wanted.src,
+        inner_ip_csum,
+        inner_l4_csum,
+    )?;
+    patch.field32(
+        inner_l3 + 16,
+        embedded.dst,
+        wanted.dst,
+        inner_ip_csum,
+        inner_l4_csum,
+    )?;
     if proto == PROTO_ICMP {
         // Echo id: covered by the embedded ICMP checksum, which is beyond what errors must
         // quote; fix it when present.

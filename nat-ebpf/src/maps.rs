@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use nat_common::{
     AddrKey, CtEntry, CtKey, DEFAULT_CT_ENTRIES, IfaceConfig, IfaceStats, MAX_IFACES, MAX_LOCAL_ADDRS,
-    MAX_NETWORKS, MAX_PORT_MAPPINGS, MAX_SOCK_REWRITES, MappingStats, NatConfig, NetInfo, PortKey, PortTarget,
-    SockKey, SockOrig, counter,
+    MAX_NETWORKS, MAX_PORT_MAPPINGS, MAX_SOCK_REWRITES, MappingStats, NatConfig, NetInfo, PortKey,
+    PortTarget, SockKey, SockOrig, counter,
 };
 
 #[map]

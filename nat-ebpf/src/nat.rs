@@ -6,13 +6,14 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use nat_common::{AddrKey, FAMILY_V4, NetInfo, PROTO_ICMP, PortKey, PortTarget, SNAT_PORT_TRIES, counter, ct};
+use nat_common::{
+    AddrKey, FAMILY_V4, NetInfo, PROTO_ICMP, PortKey, PortTarget, SNAT_PORT_TRIES, counter, ct,
+};
 
 use crate::{
     conntrack::{self, InsertError, Tuple, v4_addr, v4_raw},
     counters::{self, bump},
-    csum,
-    maps,
+    csum, maps,
     parse::Ipv4Packet,
 };
 
@@ -41,12 +42,21 @@ pub fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> Verdict {
 
 #[inline(always)]
 pub fn port_key(addr: u32, port: u16, proto: u8) -> PortKey {
-    PortKey { addr: v4_addr(addr), port, proto, family: FAMILY_V4 }
+    PortKey {
+        addr: v4_addr(addr),
+        port,
+        proto,
+        family: FAMILY_V4,
+    }
 }
 
 #[inline(always)]
 pub fn is_local(addr: u32) -> bool {
-    let key = AddrKey { addr: v4_addr(addr), family: FAMILY_V4, _pad: [0; 3] };
+    let key = AddrKey {
+        addr: v4_addr(addr),
+        family: FAMILY_V4,
+        _pad: [0; 3],
+    };
     maps::NATD_LOCAL_ADDRS.get_ptr(&key).is_some()
 }
 
@@ -67,7 +77,9 @@ pub fn published(dst: u32, dport: u16, proto: u8) -> Option<PortTarget> {
         return None;
     }
     // SAFETY: as above.
-    maps::NATD_PORTS.get_ptr(&port_key(0, dport, proto)).map(|t| unsafe { *t })
+    maps::NATD_PORTS
+        .get_ptr(&port_key(0, dport, proto))
+        .map(|t| unsafe { *t })
 }
 
 /// An existing flow: translate it if this hook owns that direction. `None`: not tracked
@@ -106,7 +118,12 @@ pub fn established(ctx: &TcContext, packet: &mut Ipv4Packet, hook: Hook) -> Opti
 /// (hairpin) the source becomes the network's gateway, so the reply comes back through
 /// the host instead of being answered locally by the sandbox.
 #[inline(always)]
-pub fn dnat_new(ctx: &TcContext, packet: &mut Ipv4Packet, target: &PortTarget, from_net: Option<&NetInfo>) -> Verdict {
+pub fn dnat_new(
+    ctx: &TcContext,
+    packet: &mut Ipv4Packet,
+    target: &PortTarget,
+    from_net: Option<&NetInfo>,
+) -> Verdict {
     let original = Tuple::of(packet);
     let mut translated = original;
     translated.dst = v4_raw(&target.addr);
@@ -115,7 +132,12 @@ pub fn dnat_new(ctx: &TcContext, packet: &mut Ipv4Packet, target: &PortTarget, f
     if hairpin && let Some(net) = from_net {
         translated.src = v4_raw(&net.gateway);
     }
-    match conntrack::track(&original, &translated, (ct::DNAT_FORWARD, ct::DNAT_REPLY), target.mapping_id) {
+    match conntrack::track(
+        &original,
+        &translated,
+        (ct::DNAT_FORWARD, ct::DNAT_REPLY),
+        target.mapping_id,
+    ) {
         Ok(_) => {}
         Err(e) => return refuse(e),
     }
@@ -123,7 +145,11 @@ pub fn dnat_new(ctx: &TcContext, packet: &mut Ipv4Packet, target: &PortTarget, f
         conntrack::touch(entry, packet, ctx.len());
     }
     counters::mapping(target.mapping_id, ctx.len());
-    bump(if from_net.is_some() { counter::HAIRPIN_NEW } else { counter::DNAT_NEW });
+    bump(if from_net.is_some() {
+        counter::HAIRPIN_NEW
+    } else {
+        counter::DNAT_NEW
+    });
     apply(ctx, packet, &translated)
 }
 
@@ -151,7 +177,9 @@ pub fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
         }
     };
     let (min, max) = match maps::NATD_CONFIG.get(0) {
-        Some(c) if c.snat_port_min != 0 && c.snat_port_min <= c.snat_port_max => (c.snat_port_min, c.snat_port_max),
+        Some(c) if c.snat_port_min != 0 && c.snat_port_min <= c.snat_port_max => {
+            (c.snat_port_min, c.snat_port_max)
+        }
         _ => (61000, 65535),
     };
     let span = u32::from(max - min) + 1;
@@ -164,8 +192,12 @@ pub fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
     for i in 0..SNAT_PORT_TRIES {
         let port = ((min as u32 + (start + i) % span) as u16).to_be();
         if packet.proto != PROTO_ICMP
-            && (maps::NATD_PORTS.get_ptr(&port_key(uplink_addr, port, packet.proto)).is_some()
-                || maps::NATD_PORTS.get_ptr(&port_key(0, port, packet.proto)).is_some())
+            && (maps::NATD_PORTS
+                .get_ptr(&port_key(uplink_addr, port, packet.proto))
+                .is_some()
+                || maps::NATD_PORTS
+                    .get_ptr(&port_key(0, port, packet.proto))
+                    .is_some())
         {
             continue;
         }

@@ -19,7 +19,9 @@ use crate::{
 
 #[inline(always)]
 fn ours(ctx: &SockAddrContext) -> bool {
-    let Some(wanted) = maps::NATD_NETNS.get(0) else { return false };
+    let Some(wanted) = maps::NATD_NETNS.get(0) else {
+        return false;
+    };
     // SAFETY: the helper only reads the context.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     *wanted != 0 && cookie == *wanted
@@ -62,7 +64,11 @@ pub fn rewrite_destination(ctx: &SockAddrContext) {
             family: FAMILY_V4,
             _pad: [0; 5],
         };
-        let orig = SockOrig { addr: v4_addr(addr), port, _pad: [0; 6] };
+        let orig = SockOrig {
+            addr: v4_addr(addr),
+            port,
+            _pad: [0; 6],
+        };
         let _ = maps::NATD_SOCK_ORIG.insert(&key, &orig, 0);
         bump(counter::SOCK_REWRITES);
     }

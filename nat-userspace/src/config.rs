@@ -197,8 +197,15 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
 }
 
-pub const CONNTRACK_TIMEOUT_KINDS: [&str; 7] =
-    ["tcp-syn", "tcp-established", "tcp-closing", "tcp-closed", "udp", "udp-replied", "icmp"];
+pub const CONNTRACK_TIMEOUT_KINDS: [&str; 7] = [
+    "tcp-syn",
+    "tcp-established",
+    "tcp-closing",
+    "tcp-closed",
+    "udp",
+    "udp-replied",
+    "icmp",
+];
 
 pub const DEFAULT_SOCKET: &str = "/run/natd/natd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/natd";
@@ -326,7 +333,11 @@ impl DaemonConfig {
                 format!("{conntrack_max} is out of range (64-16777216)"),
             ));
         }
-        let timeout_text = if args.conntrack_timeout.is_empty() { file.conntrack_timeout } else { args.conntrack_timeout.clone() };
+        let timeout_text = if args.conntrack_timeout.is_empty() {
+            file.conntrack_timeout
+        } else {
+            args.conntrack_timeout.clone()
+        };
         let mut conntrack_timeouts = Vec::new();
         for item in &timeout_text {
             let (kind, secs) = item
@@ -335,14 +346,18 @@ impl DaemonConfig {
             if !CONNTRACK_TIMEOUT_KINDS.contains(&kind) {
                 return Err(invalid(
                     "conntrack-timeout",
-                    format!("unknown kind {kind:?} (known: {})", CONNTRACK_TIMEOUT_KINDS.join(", ")),
+                    format!(
+                        "unknown kind {kind:?} (known: {})",
+                        CONNTRACK_TIMEOUT_KINDS.join(", ")
+                    ),
                 ));
             }
-            let secs: u64 = secs
-                .parse()
-                .ok()
-                .filter(|s| *s > 0)
-                .ok_or_else(|| invalid("conntrack-timeout", format!("{item}: SECONDS must be a positive number")))?;
+            let secs: u64 = secs.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                invalid(
+                    "conntrack-timeout",
+                    format!("{item}: SECONDS must be a positive number"),
+                )
+            })?;
             conntrack_timeouts.push((kind.to_string(), secs));
         }
         let gc_interval = args.gc_interval.or(file.gc_interval).unwrap_or(5);

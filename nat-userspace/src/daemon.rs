@@ -408,7 +408,12 @@ impl Daemon {
                 });
             }
         }
-        for network in self.state.networks.values().filter(|n| n.driver == Driver::Bridge) {
+        for network in self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.driver == Driver::Bridge)
+        {
             desired.networks.push(dataplane::NetworkRule {
                 id: network.id,
                 bridge: network.bridge.clone(),
@@ -421,7 +426,9 @@ impl Daemon {
         }
         for sandbox in self.state.sandboxes.values() {
             for endpoint in &sandbox.endpoints {
-                let Some(network) = self.state.networks.get(&endpoint.network) else { continue };
+                let Some(network) = self.state.networks.get(&endpoint.network) else {
+                    continue;
+                };
                 // No NAT and no isolation on the host's LAN: nothing to attach there.
                 if network.driver == Driver::HostBridge {
                     continue;
@@ -444,8 +451,11 @@ impl Daemon {
     pub fn heal(&mut self) -> Result<bool> {
         let healed = self.dataplane.heal()?;
         if healed {
-            warn!("the dataplane's kernel state was removed from outside (e.g. a firewall reload); re-applied");
-            self.last_reconcile.push("re-applied the dataplane after it was removed from outside".into());
+            warn!(
+                "the dataplane's kernel state was removed from outside (e.g. a firewall reload); re-applied"
+            );
+            self.last_reconcile
+                .push("re-applied the dataplane after it was removed from outside".into());
         }
         Ok(healed)
     }
@@ -467,10 +477,11 @@ impl Daemon {
         // userland proxy); the eBPF dataplane routes hairpin traffic and needs no such mode.
         let hairpin = self.dataplane.kind() == "nftables";
         for iface in &desired.ifaces {
-            if matches!(iface.role, IfaceRole::SandboxVeth { .. }) && self.hairpin_set.insert((iface.index, hairpin)) {
-                if let Err(e) = self.nl.set_hairpin(iface.index, hairpin).await {
-                    warn!(iface = %iface.name, error = %e, "cannot set hairpin mode");
-                }
+            if matches!(iface.role, IfaceRole::SandboxVeth { .. })
+                && self.hairpin_set.insert((iface.index, hairpin))
+                && let Err(e) = self.nl.set_hairpin(iface.index, hairpin).await
+            {
+                warn!(iface = %iface.name, error = %e, "cannot set hairpin mode");
             }
         }
         reserve_host_ports(&desired.ports);
@@ -594,7 +605,10 @@ impl Daemon {
                 inner.set_up(lo.index).await?;
             }
             if default_route && !network.internal {
-                let gw = endpoint.gateway.or(network.aux_gateway).unwrap_or(network.gateway);
+                let gw = endpoint
+                    .gateway
+                    .or(network.aux_gateway)
+                    .unwrap_or(network.gateway);
                 inner.add_default_route_v4(gw, peer_link.index).await?;
                 if let Some(gw6) = network.aux_gateway_v6.or(network.gateway_v6)
                     && endpoint.ipv6.is_some()
@@ -715,7 +729,8 @@ impl Daemon {
             }
         }
         for _ in 0..8 {
-            let endpoint = self.plan_endpoint(network, requested_ip, ifname.clone(), endpoint_id, &excluded)?;
+            let endpoint =
+                self.plan_endpoint(network, requested_ip, ifname.clone(), endpoint_id, &excluded)?;
             if network.driver != Driver::HostBridge {
                 return Ok(endpoint);
             }
@@ -738,7 +753,10 @@ impl Daemon {
             }
             excluded.insert(ip);
         }
-        Err(DaemonError::Conflict(format!("no free address found on the LAN of network {}", network.name)))
+        Err(DaemonError::Conflict(format!(
+            "no free address found on the LAN of network {}",
+            network.name
+        )))
     }
 
     // ----- ports -------------------------------------------------------------------------
@@ -781,18 +799,25 @@ impl Daemon {
                                 display_ip(spec.host_ip)
                             )));
                         }
-                        let m = PortMapping { host_ip: spec.host_ip, host_port: h, container_port: c, proto: spec.proto };
+                        let m = PortMapping {
+                            host_ip: spec.host_ip,
+                            host_port: h,
+                            container_port: c,
+                            proto: spec.proto,
+                        };
                         push(&mut book, &mut out, m);
                     }
                 }
                 Some(host) => {
                     // A host range with a single container port: any free port of the range.
-                    let port = random(&book, spec.host_ip, spec.proto, (host.first, host.last)).ok_or_else(|| {
-                        DaemonError::Conflict(format!(
-                            "Bind for {}:{host} failed: port is already allocated",
-                            display_ip(spec.host_ip)
-                        ))
-                    })?;
+                    let port = random(&book, spec.host_ip, spec.proto, (host.first, host.last)).ok_or_else(
+                        || {
+                            DaemonError::Conflict(format!(
+                                "Bind for {}:{host} failed: port is already allocated",
+                                display_ip(spec.host_ip)
+                            ))
+                        },
+                    )?;
                     let m = PortMapping {
                         host_ip: spec.host_ip,
                         host_port: port,
@@ -803,9 +828,16 @@ impl Daemon {
                 }
                 None => {
                     for c in spec.container_ports.ports() {
-                        let port = random(&book, spec.host_ip, spec.proto, self.port_range)
-                            .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
-                        let m = PortMapping { host_ip: spec.host_ip, host_port: port, container_port: c, proto: spec.proto };
+                        let port =
+                            random(&book, spec.host_ip, spec.proto, self.port_range).ok_or_else(|| {
+                                DaemonError::Conflict("no free host port left in the port range".into())
+                            })?;
+                        let m = PortMapping {
+                            host_ip: spec.host_ip,
+                            host_port: port,
+                            container_port: c,
+                            proto: spec.proto,
+                        };
                         push(&mut book, &mut out, m);
                     }
                 }
@@ -817,9 +849,15 @@ impl Daemon {
                     if out.iter().any(|m| m.container_port == c && m.proto == spec.proto) {
                         continue;
                     }
-                    let port = random(&book, None, spec.proto, self.port_range)
-                        .ok_or_else(|| DaemonError::Conflict("no free host port left in the port range".into()))?;
-                    let m = PortMapping { host_ip: None, host_port: port, container_port: c, proto: spec.proto };
+                    let port = random(&book, None, spec.proto, self.port_range).ok_or_else(|| {
+                        DaemonError::Conflict("no free host port left in the port range".into())
+                    })?;
+                    let m = PortMapping {
+                        host_ip: None,
+                        host_port: port,
+                        container_port: c,
+                        proto: spec.proto,
+                    };
                     push(&mut book, &mut out, m);
                 }
             }
@@ -963,7 +1001,10 @@ impl Daemon {
             Some(net) => {
                 let (eid, c) = self.alloc_id();
                 changes.push(c);
-                Some(self.plan_on_network(net, req.ip.as_deref(), "eth0".into(), eid).await?)
+                Some(
+                    self.plan_on_network(net, req.ip.as_deref(), "eth0".into(), eid)
+                        .await?,
+                )
             }
             None => None,
         };
@@ -1399,7 +1440,9 @@ impl Daemon {
                 "bridge-name" | "com.docker.network.bridge.name" => bridge_name = Some(value.clone()),
                 "parent" => parent = Some(value.clone()),
                 other => {
-                    return Err(invalid(format!("unknown network option {other:?} (known: parent, bridge-name)")));
+                    return Err(invalid(format!(
+                        "unknown network option {other:?} (known: parent, bridge-name)"
+                    )));
                 }
             }
         }
@@ -1412,8 +1455,9 @@ impl Daemon {
             .gateway
             .as_deref()
             .ok_or_else(|| invalid("a hostbridge network needs --gateway (the LAN's router)"))?;
-        let gateway: Ipv4Addr =
-            gateway_text.parse().map_err(|_| invalid(format!("invalid gateway address: {gateway_text}")))?;
+        let gateway: Ipv4Addr = gateway_text
+            .parse()
+            .map_err(|_| invalid(format!("invalid gateway address: {gateway_text}")))?;
         if !subnet.contains(gateway) {
             return Err(invalid(format!("no matching subnet for gateway {gateway}")));
         }
@@ -1428,7 +1472,9 @@ impl Daemon {
             None => None,
         };
         if req.internal || req.icc == Some(false) {
-            return Err(invalid("--internal and --icc=false do not apply to hostbridge networks (no NAT, no isolation)"));
+            return Err(invalid(
+                "--internal and --icc=false do not apply to hostbridge networks (no NAT, no isolation)",
+            ));
         }
         let overlapping = self
             .state
@@ -1437,7 +1483,9 @@ impl Daemon {
             .filter_map(|n| parse_v4(&n.subnet).ok())
             .any(|n| n.overlaps(subnet));
         if overlapping {
-            return Err(DaemonError::Conflict("Pool overlaps with other one on this address space".into()));
+            return Err(DaemonError::Conflict(
+                "Pool overlaps with other one on this address space".into(),
+            ));
         }
         let (id, id_change) = self.alloc_id();
         let bridge = match (&bridge_name, &parent) {
@@ -1451,27 +1499,33 @@ impl Daemon {
         };
         config::validate_ifname(&bridge).map_err(invalid)?;
         if self.state.networks.values().any(|n| n.bridge == bridge) {
-            return Err(DaemonError::Conflict(format!("bridge {bridge} is already used by another network")));
+            return Err(DaemonError::Conflict(format!(
+                "bridge {bridge} is already used by another network"
+            )));
         }
         let existing = self.nl.link(&bridge).await?;
         if let Some(link) = &existing
             && link.kind != LinkKind::Bridge
         {
-            return Err(DaemonError::Conflict(format!("interface {bridge} exists and is not a bridge")));
+            return Err(DaemonError::Conflict(format!(
+                "interface {bridge} exists and is not a bridge"
+            )));
         }
         let mut created = false;
         let parent_state = match &parent {
             Some(parent_name) => {
-                let parent_link = self
-                    .nl
-                    .link(parent_name)
-                    .await?
-                    .ok_or_else(|| DaemonError::NotFound(format!("parent interface {parent_name} not found")))?;
+                let parent_link = self.nl.link(parent_name).await?.ok_or_else(|| {
+                    DaemonError::NotFound(format!("parent interface {parent_name} not found"))
+                })?;
                 if parent_link.master.is_some() {
-                    return Err(DaemonError::Conflict(format!("parent interface {parent_name} is already in a bridge")));
+                    return Err(DaemonError::Conflict(format!(
+                        "parent interface {parent_name} is already in a bridge"
+                    )));
                 }
                 if self.uplinks.contains(parent_name) {
-                    return Err(invalid(format!("{parent_name} is natd's uplink; use another interface as parent")));
+                    return Err(invalid(format!(
+                        "{parent_name} is natd's uplink; use another interface as parent"
+                    )));
                 }
                 if existing.is_none() {
                     self.nl.create_bridge(&bridge, parent_link.mtu).await?;
@@ -1488,9 +1542,11 @@ impl Daemon {
                 }
             }
             None => {
-                let link = existing
-                    .clone()
-                    .ok_or_else(|| DaemonError::NotFound(format!("bridge {bridge} not found (create it or give --opt parent=IFACE)")))?;
+                let link = existing.clone().ok_or_else(|| {
+                    DaemonError::NotFound(format!(
+                        "bridge {bridge} not found (create it or give --opt parent=IFACE)"
+                    ))
+                })?;
                 if !link.up {
                     self.nl.set_up(link.index).await?;
                 }
@@ -1522,7 +1578,10 @@ impl Daemon {
             created: now(),
             parent: parent_state,
         };
-        if let Err(e) = self.store.commit(vec![id_change, Change::PutNetwork(network.clone())]) {
+        if let Err(e) = self
+            .store
+            .commit(vec![id_change, Change::PutNetwork(network.clone())])
+        {
             self.undo_hostbridge(&network).await;
             return Err(e.into());
         }
@@ -1651,15 +1710,22 @@ impl Daemon {
             .unwrap_or(0);
         let (eid, id_change) = self.alloc_id();
         // pipework's form: IP/PREFIX@GATEWAY.
-        let (ip_text, gateway) = match req.ip.as_deref().map(|t| t.split_once('@').map(|(a, g)| (a, Some(g))).unwrap_or((t, None))) {
+        let (ip_text, gateway) = match req
+            .ip
+            .as_deref()
+            .map(|t| t.split_once('@').map(|(a, g)| (a, Some(g))).unwrap_or((t, None)))
+        {
             Some((ip, gw)) => (Some(ip), gw),
             None => (None, None),
         };
-        let (ip_text, prefix) = match ip_text.map(|t| t.split_once('/').map(|(a, p)| (a, Some(p))).unwrap_or((t, None))) {
-            Some((ip, p)) => (Some(ip), p),
-            None => (None, None),
-        };
-        let mut endpoint = self.plan_on_network(&network, ip_text, format!("eth{index}"), eid).await?;
+        let (ip_text, prefix) =
+            match ip_text.map(|t| t.split_once('/').map(|(a, p)| (a, Some(p))).unwrap_or((t, None))) {
+                Some((ip, p)) => (Some(ip), p),
+                None => (None, None),
+            };
+        let mut endpoint = self
+            .plan_on_network(&network, ip_text, format!("eth{index}"), eid)
+            .await?;
         if let Some(prefix) = prefix {
             endpoint.prefix_len = prefix
                 .parse::<u8>()
@@ -1668,8 +1734,11 @@ impl Daemon {
                 .ok_or_else(|| invalid(format!("invalid prefix length: {prefix}")))?;
         }
         if let Some(gateway) = gateway {
-            endpoint.gateway =
-                Some(gateway.parse().map_err(|_| invalid(format!("invalid gateway address: {gateway}")))?);
+            endpoint.gateway = Some(
+                gateway
+                    .parse()
+                    .map_err(|_| invalid(format!("invalid gateway address: {gateway}")))?,
+            );
         }
         let first = sandbox.endpoints.is_empty();
         let mtu = sandbox.mtu.unwrap_or(network.mtu);
@@ -1732,10 +1801,16 @@ impl Daemon {
         for sandbox in self.state.sandboxes.values() {
             for rule in port_rules(sandbox) {
                 let (packets, bytes) = raw.mappings.get(&rule.mapping_id).copied().unwrap_or_default();
-                let host = rule.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into());
+                let host = rule
+                    .host_ip
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "0.0.0.0".into());
                 mappings.push(crate::api::MappingStatsView {
                     sandbox: sandbox.name.clone(),
-                    mapping: format!("{host}:{}->{}:{}/{}", rule.host_port, rule.target, rule.target_port, rule.proto),
+                    mapping: format!(
+                        "{host}:{}->{}:{}/{}",
+                        rule.host_port, rule.target, rule.target_port, rule.proto
+                    ),
                     mapping_id: rule.mapping_id,
                     packets,
                     bytes,
@@ -1934,7 +2009,10 @@ struct PortBook {
 
 impl PortBook {
     fn add(&mut self, m: &PortMapping) {
-        self.taken.entry((m.proto, m.host_port)).or_default().push(m.host_ip);
+        self.taken
+            .entry((m.proto, m.host_port))
+            .or_default()
+            .push(m.host_ip);
     }
 
     /// 0.0.0.0 conflicts with every address, a specific address with itself and 0.0.0.0.
@@ -1988,7 +2066,11 @@ fn reserve_host_ports(rules: &[PortRule]) {
         while j + 1 < ports.len() && ports[j + 1] == ports[j] + 1 {
             j += 1;
         }
-        parts.push(if i == j { ports[i].to_string() } else { format!("{}-{}", ports[i], ports[j]) });
+        parts.push(if i == j {
+            ports[i].to_string()
+        } else {
+            format!("{}-{}", ports[i], ports[j])
+        });
         i = j + 1;
     }
     let text = parts.join(",");

@@ -52,14 +52,23 @@ pub async fn attach_parent(nl: &Netlink, bridge: &str, parent: &str) -> Result<P
         .routes_v4()
         .await?
         .into_iter()
-        .filter(|r| r.oif == Some(parent_link.index) && r.protocol != RTPROT_KERNEL && r.table == RT_TABLE_MAIN)
+        .filter(|r| {
+            r.oif == Some(parent_link.index) && r.protocol != RTPROT_KERNEL && r.table == RT_TABLE_MAIN
+        })
         .collect();
     let state = ParentState {
         parent: parent.to_string(),
         addresses: addresses.iter().map(|a| a.to_string()).collect(),
         routes: routes
             .iter()
-            .map(|r| (r.destination.to_string(), r.gateway.map(|g| g.to_string()), r.priority, r.protocol))
+            .map(|r| {
+                (
+                    r.destination.to_string(),
+                    r.gateway.map(|g| g.to_string()),
+                    r.priority,
+                    r.protocol,
+                )
+            })
             .collect(),
     };
     let result = async {
@@ -138,7 +147,14 @@ pub fn address_in_use(ifindex: u32, mac: &[u8], target: Ipv4Addr, wait: Duration
     addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     let addr_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
     // SAFETY: valid fd and sockaddr_ll of the given length.
-    if unsafe { libc::bind(socket.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), addr_len) } != 0 {
+    if unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            addr_len,
+        )
+    } != 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     let mut frame = Vec::with_capacity(42);
@@ -151,7 +167,10 @@ pub fn address_in_use(ifindex: u32, mac: &[u8], target: Ipv4Addr, wait: Duration
     frame.extend_from_slice(&[0, 0, 0, 0]);
     frame.extend_from_slice(&[0; 6]);
     frame.extend_from_slice(&target.octets());
-    let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
     // SAFETY: valid fd and a timeval of the right size.
     unsafe {
         libc::setsockopt(
@@ -165,7 +184,14 @@ pub fn address_in_use(ifindex: u32, mac: &[u8], target: Ipv4Addr, wait: Duration
     for _ in 0..2 {
         // SAFETY: valid fd, frame buffer and sockaddr.
         let sent = unsafe {
-            libc::sendto(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), addr_len)
+            libc::sendto(
+                socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                addr_len,
+            )
         };
         if sent < 0 {
             return Err(std::io::Error::last_os_error());

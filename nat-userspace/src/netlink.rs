@@ -372,17 +372,32 @@ impl Netlink {
     }
 
     pub async fn set_mac(&self, index: u32, mac: &[u8]) -> Result<(), NetlinkError> {
-        self.set("set address", index, LinkUnspec::new_with_index(index).address(mac.to_vec()).build()).await
+        self.set(
+            "set address",
+            index,
+            LinkUnspec::new_with_index(index).address(mac.to_vec()).build(),
+        )
+        .await
     }
 
     /// Bridge port hairpin mode: frames may leave through the port they came in on.
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
         let message = rtnetlink::LinkBridgePort::new(index).hairpin(on).build();
-        self.handle.link().set_port(message).execute().await.map_err(request_err("set hairpin", index))
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .map_err(request_err("set hairpin", index))
     }
 
     pub async fn set_nomaster(&self, index: u32) -> Result<(), NetlinkError> {
-        self.set("release from bridge", index, LinkUnspec::new_with_index(index).nocontroller().build()).await
+        self.set(
+            "release from bridge",
+            index,
+            LinkUnspec::new_with_index(index).nocontroller().build(),
+        )
+        .await
     }
 
     /// Unicast routes of the main table, IPv4.
@@ -418,7 +433,14 @@ impl Netlink {
             }
             let protocol = u8::from(msg.header.protocol);
             if let Ok(net) = Ipv4Network::new(destination, msg.header.destination_prefix_length) {
-                out.push(Route { destination: IpNetwork::V4(net), gateway, oif, protocol, priority, table });
+                out.push(Route {
+                    destination: IpNetwork::V4(net),
+                    gateway,
+                    oif,
+                    protocol,
+                    priority,
+                    table,
+                });
             }
         }
         Ok(out)
@@ -433,7 +455,9 @@ fn route_message(route: &Route, oif: u32) -> rtnetlink::packet_route::route::Rou
         .destination_prefix(dest.ip(), dest.prefix())
         .output_interface(oif)
         .table_id(route.table)
-        .protocol(rtnetlink::packet_route::route::RouteProtocol::from(route.protocol));
+        .protocol(rtnetlink::packet_route::route::RouteProtocol::from(
+            route.protocol,
+        ));
     if let Some(IpAddr::V4(gw)) = route.gateway {
         builder = builder.gateway(gw);
     }

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod bpf;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub const HOST_UPLINK_IP: &str = "198.51.100.1";

@@ -490,21 +490,49 @@ fn parallel_clients_reach_a_published_port() {
 
 #[test]
 fn idle_flows_expire() {
-    let lab = lab(&["--conntrack-timeout", "udp=1", "--conntrack-timeout", "udp-replied=2", "--gc-interval", "1"]);
-    run_sandbox(&lab, "echo", &["-p", "5353:53/udp"], &["socat".into(), "UDP-RECVFROM:53,fork".into(), "SYSTEM:echo hi".into()]);
+    let lab = lab(&[
+        "--conntrack-timeout",
+        "udp=1",
+        "--conntrack-timeout",
+        "udp-replied=2",
+        "--gc-interval",
+        "1",
+    ]);
+    run_sandbox(
+        &lab,
+        "echo",
+        &["-p", "5353:53/udp"],
+        &[
+            "socat".into(),
+            "UDP-RECVFROM:53,fork".into(),
+            "SYSTEM:echo hi".into(),
+        ],
+    );
     assert!(wait_listening(&sandbox_ns(&lab, "echo"), "udp", 53));
     assert_eq!(ext_udp(&lab, HOST_UPLINK_IP, 5353).as_deref(), Some("hi"));
     let udp_flows = || {
-        lab.json(&["ct", "ls"]).as_array().unwrap().iter().filter(|f| f["proto"] == "udp").count()
+        lab.json(&["ct", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["proto"] == "udp")
+            .count()
     };
     assert!(udp_flows() >= 2, "the flow is tracked (both directions)");
-    assert!(wait_until(Duration::from_secs(8), || udp_flows() == 0), "idle UDP flows are expired by the sweep");
+    assert!(
+        wait_until(Duration::from_secs(8), || udp_flows() == 0),
+        "idle UDP flows are expired by the sweep"
+    );
 }
 
 /// A natd upgrade with different programs: the pinned links are updated in place.
 #[test]
 fn restart_replaces_an_outdated_program_in_place() {
-    use aya::programs::{SchedClassifier, links::{FdLink, PinnedLink}, tc::SchedClassifierLink};
+    use aya::programs::{
+        SchedClassifier,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    };
     let mut lab = lab(&[]);
     run_sandbox(&lab, "web", &["-p", "8080:80"], &tcp_whoami(80));
     assert!(wait_listening(&sandbox_ns(&lab, "web"), "tcp", 80));
@@ -521,18 +549,31 @@ fn restart_replaces_an_outdated_program_in_place() {
     let scratch = std::path::PathBuf::from(format!("{}-scratch", lab.bpffs.display()));
     std::fs::create_dir_all(&scratch).unwrap();
     {
-        let mut other = aya::EbpfLoader::new().default_map_pin_directory(&scratch).load(natd::EBPF_OBJECT).unwrap();
-        let program: &mut SchedClassifier = other.program_mut("natd_sandbox_ingress").unwrap().try_into().unwrap();
+        let mut other = aya::EbpfLoader::new()
+            .default_map_pin_directory(&scratch)
+            .load(natd::EBPF_OBJECT)
+            .unwrap();
+        let program: &mut SchedClassifier = other
+            .program_mut("natd_sandbox_ingress")
+            .unwrap()
+            .try_into()
+            .unwrap();
         program.load().unwrap();
         let link: FdLink = PinnedLink::from_pin(&pin).unwrap().into();
-        let id = program.attach_to_link(SchedClassifierLink::try_from(link).unwrap()).unwrap();
+        let id = program
+            .attach_to_link(SchedClassifierLink::try_from(link).unwrap())
+            .unwrap();
         drop(program.take_link(id).unwrap());
     }
     for entry in std::fs::read_dir(&scratch).unwrap().flatten() {
         let _ = std::fs::remove_file(entry.path());
     }
     let _ = std::fs::remove_dir(&scratch);
-    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8080), None, "the stand-in program does not translate");
+    assert_eq!(
+        ext_tcp(&lab, HOST_UPLINK_IP, 8080),
+        None,
+        "the stand-in program does not translate"
+    );
 
     lab.restart_natd().unwrap();
     let report = lab.json(&["info"])["last_reconcile"].to_string();

@@ -15,7 +15,8 @@ use aya::{
 };
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use nat_common::{
-    AddrKey, CtEntry, CtKey, FAMILY_V4, IfaceConfig, NatConfig, NetInfo, PortKey, PortTarget, counter, net, role,
+    AddrKey, CtEntry, CtKey, FAMILY_V4, IfaceConfig, NatConfig, NetInfo, PortKey, PortTarget, counter, net,
+    role,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -107,22 +108,54 @@ impl Bpf {
     }
 
     fn network(&mut self, id: u32, subnet: [u8; 4], prefix_len: u8, gateway: [u8; 4], flags: u32) {
-        let info = NetInfo { network_id: id, flags, gateway: v4(gateway), subnet: v4(subnet), prefix_len, _pad: [0; 7] };
-        let mut nets: LpmTrie<_, [u8; 4], NetInfo> = LpmTrie::try_from(self.ebpf.map_mut("NATD_NETS_V4").unwrap()).unwrap();
-        nets.insert(&Key::new(u32::from(prefix_len), subnet), info, 0).unwrap();
-        let mut by_id: HashMap<_, u32, NetInfo> = HashMap::try_from(self.ebpf.map_mut("NATD_NETWORKS").unwrap()).unwrap();
+        let info = NetInfo {
+            network_id: id,
+            flags,
+            gateway: v4(gateway),
+            subnet: v4(subnet),
+            prefix_len,
+            _pad: [0; 7],
+        };
+        let mut nets: LpmTrie<_, [u8; 4], NetInfo> =
+            LpmTrie::try_from(self.ebpf.map_mut("NATD_NETS_V4").unwrap()).unwrap();
+        nets.insert(&Key::new(u32::from(prefix_len), subnet), info, 0)
+            .unwrap();
+        let mut by_id: HashMap<_, u32, NetInfo> =
+            HashMap::try_from(self.ebpf.map_mut("NATD_NETWORKS").unwrap()).unwrap();
         by_id.insert(id, info, 0).unwrap();
     }
 
     /// Makes the test run's device (loopback, ifindex 1) a sandbox veth of network `id`.
     fn as_sandbox_veth(&mut self, network_id: u32) {
-        let mut config: HashMap<_, u32, IfaceConfig> = HashMap::try_from(self.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
-        config.insert(1, IfaceConfig { role: role::SANDBOX_VETH, network_id, ..Default::default() }, 0).unwrap();
+        let mut config: HashMap<_, u32, IfaceConfig> =
+            HashMap::try_from(self.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
+        config
+            .insert(
+                1,
+                IfaceConfig {
+                    role: role::SANDBOX_VETH,
+                    network_id,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
     }
 
     fn local(&mut self, ip: [u8; 4]) {
-        let mut local: HashMap<_, AddrKey, u32> = HashMap::try_from(self.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
-        local.insert(AddrKey { addr: v4(ip), family: FAMILY_V4, _pad: [0; 3] }, 1, 0).unwrap();
+        let mut local: HashMap<_, AddrKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
+        local
+            .insert(
+                AddrKey {
+                    addr: v4(ip),
+                    family: FAMILY_V4,
+                    _pad: [0; 3],
+                },
+                1,
+                0,
+            )
+            .unwrap();
     }
 
     fn publish(
@@ -598,13 +631,20 @@ fn full_table_drops_only_new_flows() {
 /// The packet an ICMP error quotes, without Ethernet: the original datagram as sent.
 fn inner_udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, 63).udp(sport, dport).write(&mut out, b"quoted datagram").unwrap();
+    PacketBuilder::ipv4(src, dst, 63)
+        .udp(sport, dport)
+        .write(&mut out, b"quoted datagram")
+        .unwrap();
     out
 }
 
 fn inner_tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, 63).tcp(sport, dport, 7, 1000).ack(1).write(&mut out, &[0u8; 64]).unwrap();
+    PacketBuilder::ipv4(src, dst, 63)
+        .tcp(sport, dport, 7, 1000)
+        .ack(1)
+        .write(&mut out, &[0u8; 64])
+        .unwrap();
     out
 }
 
@@ -618,24 +658,48 @@ fn icmp_error(src: [u8; 4], dst: [u8; 4], kind: etherparse::Icmpv4Type, quoted: 
 /// checksum, the ICMP checksum, the quoted IP checksum and the quoted L4 checksum.
 fn inspect_error(frame: &[u8]) -> (Seen, Seen) {
     let packet = SlicedPacket::from_ethernet(frame).expect("output parses");
-    let Some(NetSlice::Ipv4(ip)) = &packet.net else { panic!("not IPv4") };
+    let Some(NetSlice::Ipv4(ip)) = &packet.net else {
+        panic!("not IPv4")
+    };
     let outer: Ipv4Header = ip.header().to_header();
-    assert_eq!(outer.header_checksum, outer.calc_header_checksum(), "outer IPv4 checksum");
-    let Some(TransportSlice::Icmpv4(icmp)) = &packet.transport else { panic!("not ICMP") };
+    assert_eq!(
+        outer.header_checksum,
+        outer.calc_header_checksum(),
+        "outer IPv4 checksum"
+    );
+    let Some(TransportSlice::Icmpv4(icmp)) = &packet.transport else {
+        panic!("not ICMP")
+    };
     let header = icmp.header();
-    assert_eq!(header.checksum, header.icmp_type.calc_checksum(icmp.payload()), "ICMP checksum");
+    assert_eq!(
+        header.checksum,
+        header.icmp_type.calc_checksum(icmp.payload()),
+        "ICMP checksum"
+    );
     let quoted = icmp.payload();
     let (inner, rest) = Ipv4Header::from_slice(quoted).expect("quoted IPv4 header");
-    assert_eq!(inner.header_checksum, inner.calc_header_checksum(), "quoted IPv4 checksum");
+    assert_eq!(
+        inner.header_checksum,
+        inner.calc_header_checksum(),
+        "quoted IPv4 checksum"
+    );
     let (sport, dport) = match inner.protocol {
         IpNumber::UDP => {
             let (udp, payload) = etherparse::UdpHeader::from_slice(rest).unwrap();
-            assert_eq!(udp.checksum, udp.calc_checksum_ipv4(&inner, payload).unwrap(), "quoted UDP checksum");
+            assert_eq!(
+                udp.checksum,
+                udp.calc_checksum_ipv4(&inner, payload).unwrap(),
+                "quoted UDP checksum"
+            );
             (udp.source_port, udp.destination_port)
         }
         IpNumber::TCP => {
             let (tcp, payload) = etherparse::TcpHeader::from_slice(rest).unwrap();
-            assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&inner, payload).unwrap(), "quoted TCP checksum");
+            assert_eq!(
+                tcp.checksum,
+                tcp.calc_checksum_ipv4(&inner, payload).unwrap(),
+                "quoted TCP checksum"
+            );
             (tcp.source_port, tcp.destination_port)
         }
         IpNumber::ICMP => {
@@ -645,8 +709,18 @@ fn inspect_error(frame: &[u8]) -> (Seen, Seen) {
         other => panic!("quoted protocol {other:?}"),
     };
     (
-        Seen { src: outer.source.into(), dst: outer.destination.into(), sport: 0, dport: 0 },
-        Seen { src: inner.source.into(), dst: inner.destination.into(), sport, dport },
+        Seen {
+            src: outer.source.into(),
+            dst: outer.destination.into(),
+            sport: 0,
+            dport: 0,
+        },
+        Seen {
+            src: inner.source.into(),
+            dst: inner.destination.into(),
+            sport,
+            dport,
+        },
     )
 }
 
@@ -657,15 +731,19 @@ fn icmp_fragmentation_needed_for_a_published_port_flow() {
     bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, true));
     // The host cannot forward the client's big segment into the bridge and says so to the
     // client, quoting the segment as it was after DNAT.
-    let kind = etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
-        next_hop_mtu: 1280,
-    });
+    let kind = etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+    );
     let frame = icmp_error(HOST, CLIENT, kind, &inner_tcp(CLIENT, 40000, SANDBOX, 80));
     let (ret, out) = bpf.run(EGRESS, &frame);
     assert_eq!(ret, TC_ACT_OK);
     let (outer, quoted) = inspect_error(&out);
     assert_eq!((outer.src, outer.dst), (HOST.into(), CLIENT.into()));
-    assert_eq!(quoted, seen(CLIENT, 40000, HOST, 8080), "the client recognises its own segment");
+    assert_eq!(
+        quoted,
+        seen(CLIENT, 40000, HOST, 8080),
+        "the client recognises its own segment"
+    );
     assert_eq!(bpf.counter(counter::ICMP_ERROR_TRANSLATED), 1);
 }
 
@@ -675,12 +753,17 @@ fn icmp_port_unreachable_from_a_sandbox() {
     bpf.publish(None, 5353, 17, SANDBOX, 53, 6);
     bpf.run(INGRESS, &udp(CLIENT, 5000, HOST, 5353));
     bpf.as_sandbox_veth(2);
-    let kind = etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
+    let kind =
+        etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
     let frame = icmp_error(SANDBOX, CLIENT, kind, &inner_udp(CLIENT, 5000, SANDBOX, 53));
     let (ret, out) = bpf.run(SANDBOX_PROG, &frame);
     assert_eq!(ret, TC_ACT_OK);
     let (outer, quoted) = inspect_error(&out);
-    assert_eq!((outer.src, outer.dst), (HOST.into(), CLIENT.into()), "the error comes from the published address");
+    assert_eq!(
+        (outer.src, outer.dst),
+        (HOST.into(), CLIENT.into()),
+        "the error comes from the published address"
+    );
     assert_eq!(quoted, seen(CLIENT, 5000, HOST, 5353));
 }
 
@@ -690,20 +773,29 @@ fn icmp_time_exceeded_for_a_masqueraded_flow() {
     let (_, out) = bpf.run(EGRESS, &udp(SANDBOX, 33434, REMOTE, 33435));
     let nat_port = inspect(&out).sport;
     let router = [198, 51, 100, 2];
-    let kind = etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
+    let kind =
+        etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
     let frame = icmp_error(router, HOST, kind, &inner_udp(HOST, nat_port, REMOTE, 33435));
     let (ret, out) = bpf.run(INGRESS, &frame);
     assert_eq!(ret, TC_ACT_OK);
     let (outer, quoted) = inspect_error(&out);
-    assert_eq!((outer.src, outer.dst), (router.into(), SANDBOX.into()), "delivered to the sandbox");
+    assert_eq!(
+        (outer.src, outer.dst),
+        (router.into(), SANDBOX.into()),
+        "delivered to the sandbox"
+    );
     assert_eq!(quoted, seen(SANDBOX, 33434, REMOTE, 33435));
 
     // The same for a ping with a low TTL: the quoted echo id goes back to the sandbox's.
     let (_, out) = bpf.run(EGRESS, &icmp_echo(SANDBOX, REMOTE, 0x4242, true));
     let nat_id = inspect(&out).sport;
     let mut quoted_echo = Vec::new();
-    PacketBuilder::ipv4(HOST, REMOTE, 1).icmpv4_echo_request(nat_id, 1).write(&mut quoted_echo, b"ping").unwrap();
-    let kind = etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
+    PacketBuilder::ipv4(HOST, REMOTE, 1)
+        .icmpv4_echo_request(nat_id, 1)
+        .write(&mut quoted_echo, b"ping")
+        .unwrap();
+    let kind =
+        etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
     let (_, out) = bpf.run(INGRESS, &icmp_error(router, HOST, kind.clone(), &quoted_echo));
     let (outer, quoted) = inspect_error(&out);
     assert_eq!(outer.dst, Ipv4Addr::from(SANDBOX));
@@ -723,7 +815,11 @@ fn hairpin_to_own_and_other_sandboxes() {
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(inspect(&out), seen([172, 20, 0, 1], 40000, SANDBOX, 80));
     let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 80, [172, 20, 0, 1], 40000, false));
-    assert_eq!(inspect(&out), seen(HOST, 8080, SANDBOX, 40000), "the reply comes from the published address");
+    assert_eq!(
+        inspect(&out),
+        seen(HOST, 8080, SANDBOX, 40000),
+        "the reply comes from the published address"
+    );
     // Another sandbox: only the destination changes, the server sees the real client.
     let (_, out) = bpf.run(SANDBOX_PROG, &tcp(OTHER_SANDBOX, 41000, HOST, 8080, true));
     assert_eq!(inspect(&out), seen(OTHER_SANDBOX, 41000, SANDBOX, 80));
@@ -740,26 +836,87 @@ fn isolation_drops_by_reason() {
     bpf.network(5, [10, 5, 0, 0], 24, [10, 5, 0, 1], net::ICC | net::INTERNAL);
     bpf.local([10, 4, 0, 1]);
     // Outside -> a sandbox address, and -> 127.0.0.1 in a frame to the host.
-    assert_eq!(bpf.run(INGRESS, &tcp(CLIENT, 1, SANDBOX, 80, true)).0, TC_ACT_SHOT);
-    assert_eq!(bpf.run(INGRESS, &tcp(CLIENT, 1, [127, 0, 0, 1], 80, true)).0, TC_ACT_SHOT);
+    assert_eq!(
+        bpf.run(INGRESS, &tcp(CLIENT, 1, SANDBOX, 80, true)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        bpf.run(INGRESS, &tcp(CLIENT, 1, [127, 0, 0, 1], 80, true)).0,
+        TC_ACT_SHOT
+    );
     assert_eq!(bpf.counter(counter::DROP_DIRECT_ACCESS), 1);
     assert_eq!(bpf.counter(counter::DROP_LOOPBACK_SPOOF), 1);
     // Network 2 -> network 3: isolated; -> the outside: fine.
     bpf.as_sandbox_veth(2);
-    assert_eq!(bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, [10, 3, 0, 5], 80, true)).0, TC_ACT_SHOT);
+    assert_eq!(
+        bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, [10, 3, 0, 5], 80, true)).0,
+        TC_ACT_SHOT
+    );
     assert_eq!(bpf.counter(counter::DROP_CROSS_NETWORK), 1);
-    assert_eq!(bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, REMOTE, 80, true)).0, TC_ACT_OK);
+    assert_eq!(
+        bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, REMOTE, 80, true)).0,
+        TC_ACT_OK
+    );
     // A sandbox claiming a host address as its source.
-    assert_eq!(bpf.run(SANDBOX_PROG, &tcp(HOST, 1, REMOTE, 80, true)).0, TC_ACT_SHOT);
+    assert_eq!(
+        bpf.run(SANDBOX_PROG, &tcp(HOST, 1, REMOTE, 80, true)).0,
+        TC_ACT_SHOT
+    );
     assert_eq!(bpf.counter(counter::DROP_SPOOFED_SOURCE), 1);
     // icc=false (network 4): sandbox to sandbox dropped, the gateway still reachable.
     bpf.as_sandbox_veth(4);
-    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 3], 53)).0, TC_ACT_SHOT);
+    assert_eq!(
+        bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 3], 53)).0,
+        TC_ACT_SHOT
+    );
     assert_eq!(bpf.counter(counter::DROP_ICC), 1);
-    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 1], 53)).0, TC_ACT_OK);
+    assert_eq!(
+        bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 1], 53)).0,
+        TC_ACT_OK
+    );
     // internal (network 5): nothing leaves the subnet.
     bpf.as_sandbox_veth(5);
-    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, REMOTE, 53)).0, TC_ACT_SHOT);
-    assert_eq!(bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, [10, 5, 0, 3], 53)).0, TC_ACT_OK);
+    assert_eq!(
+        bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, REMOTE, 53)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, [10, 5, 0, 3], 53)).0,
+        TC_ACT_OK
+    );
     assert_eq!(bpf.counter(counter::DROP_INTERNAL), 1);
+}
+
+#[test]
+fn closed_tcp_flows_give_their_nat_port_back() {
+    let mut bpf = Bpf::load(1024);
+    // 61000..=61009: ten NAT ports for one remote ip:port.
+    let mut nat_ports = Vec::new();
+    for sport in 1..=10u16 {
+        let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, sport, REMOTE, 80, true));
+        assert_eq!(ret, TC_ACT_OK);
+        nat_ports.push(inspect(&out).sport);
+    }
+    assert_eq!(
+        bpf.run(EGRESS, &tcp(SANDBOX, 11, REMOTE, 80, true)).0,
+        TC_ACT_SHOT,
+        "range exhausted"
+    );
+    // The remote closes the flow on one NAT port.
+    let mut fin = Vec::new();
+    builder(REMOTE, HOST)
+        .tcp(80, nat_ports[3], 5, 1000)
+        .fin()
+        .ack(1)
+        .write(&mut fin, &[])
+        .unwrap();
+    assert_eq!(inspect(&bpf.run(INGRESS, &fin).1).dst, Ipv4Addr::from(SANDBOX));
+    let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 12, REMOTE, 80, true));
+    assert_eq!(ret, TC_ACT_OK, "a new flow takes over the closed flow's port");
+    assert_eq!(inspect(&out).sport, nat_ports[3]);
+    // Established flows keep their ports.
+    assert_eq!(
+        inspect(&bpf.run(EGRESS, &tcp(SANDBOX, 1, REMOTE, 80, false)).1).sport,
+        nat_ports[0]
+    );
 }

@@ -28,7 +28,10 @@ fn run(lab: &Lab, name: &str, args: &[&str], script: &str) {
 }
 
 fn netns_of(lab: &Lab, name: &str) -> String {
-    lab.json(&["inspect", name])["netns"].as_str().unwrap().to_string()
+    lab.json(&["inspect", name])["netns"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn tcp_from(lab: &Lab, ns_cmd: &[&str], addr: &str, port: u16) -> Option<String> {
@@ -43,7 +46,12 @@ fn tcp_from(lab: &Lab, ns_cmd: &[&str], addr: &str, port: u16) -> Option<String>
 fn from_sandbox(lab: &Lab, sandbox: &str, addr: &str, port: u16) -> Option<String> {
     let ctl = natlab::natctl_bin();
     let socket = lab.socket.to_str().unwrap().to_string();
-    tcp_from(lab, &[ctl.to_str().unwrap(), "--socket", &socket, "exec", sandbox, "--"], addr, port)
+    tcp_from(
+        lab,
+        &[ctl.to_str().unwrap(), "--socket", &socket, "exec", sandbox, "--"],
+        addr,
+        port,
+    )
 }
 
 fn from_host(lab: &Lab, addr: &str, port: u16) -> Option<String> {
@@ -63,7 +71,12 @@ fn published_ports_from_the_host_and_from_sandboxes() {
     let lab = lab();
     lab.ok(&["network", "create", "--subnet", "10.31.0.0/24", "front"]);
     lab.ok(&["network", "create", "--subnet", "10.32.0.0/24", "back"]);
-    run(&lab, "web", &["--network", "front", "-p", "8080:80", "-p", "127.0.0.1:8081:81"], &format!("{} & {} & wait", whoami(80), whoami(81)));
+    run(
+        &lab,
+        "web",
+        &["--network", "front", "-p", "8080:80", "-p", "127.0.0.1:8081:81"],
+        &format!("{} & {} & wait", whoami(80), whoami(81)),
+    );
     lab.ok(&["run", "--name", "peer", "--network", "front"]);
     lab.ok(&["run", "--name", "other", "--network", "back"]);
     let ns = netns_of(&lab, "web");
@@ -71,19 +84,39 @@ fn published_ports_from_the_host_and_from_sandboxes() {
     let web_ip = lab.sandbox_ip("web");
 
     // The host itself: through its uplink address and through 127.0.0.1 (socket hooks).
-    assert!(from_host(&lab, HOST_UPLINK_IP, 8080).is_some(), "host -> uplink address");
-    assert!(from_host(&lab, "127.0.0.1", 8080).is_some(), "host -> 127.0.0.1 (published on 0.0.0.0)");
-    assert!(from_host(&lab, "127.0.0.1", 8081).is_some(), "host -> 127.0.0.1 (published on 127.0.0.1)");
+    assert!(
+        from_host(&lab, HOST_UPLINK_IP, 8080).is_some(),
+        "host -> uplink address"
+    );
+    assert!(
+        from_host(&lab, "127.0.0.1", 8080).is_some(),
+        "host -> 127.0.0.1 (published on 0.0.0.0)"
+    );
+    assert!(
+        from_host(&lab, "127.0.0.1", 8081).is_some(),
+        "host -> 127.0.0.1 (published on 127.0.0.1)"
+    );
     assert!(counter(&lab, "sock_rewrites") >= 3);
     // The peer name the host sees is the published address (getpeername hook).
     let peer = lab.host_ok(&["socat", "-T2", "-", "TCP:127.0.0.1:8080,connect-timeout=2"]);
     assert!(!peer.trim().is_empty());
 
     // From a sandbox on the same network, on another network, and from web itself.
-    assert_eq!(from_sandbox(&lab, "peer", HOST_UPLINK_IP, 8080).as_deref(), Some(lab.sandbox_ip("peer").as_str()));
-    assert_eq!(from_sandbox(&lab, "other", HOST_UPLINK_IP, 8080).as_deref(), Some(lab.sandbox_ip("other").as_str()), "across networks through a host address");
-    let hairpin = from_sandbox(&lab, "web", HOST_UPLINK_IP, 8080).expect("hairpin: web reaches its own published port");
-    assert_eq!(hairpin, "10.31.0.1", "hairpin traffic comes from the network's gateway");
+    assert_eq!(
+        from_sandbox(&lab, "peer", HOST_UPLINK_IP, 8080).as_deref(),
+        Some(lab.sandbox_ip("peer").as_str())
+    );
+    assert_eq!(
+        from_sandbox(&lab, "other", HOST_UPLINK_IP, 8080).as_deref(),
+        Some(lab.sandbox_ip("other").as_str()),
+        "across networks through a host address"
+    );
+    let hairpin =
+        from_sandbox(&lab, "web", HOST_UPLINK_IP, 8080).expect("hairpin: web reaches its own published port");
+    assert_eq!(
+        hairpin, "10.31.0.1",
+        "hairpin traffic comes from the network's gateway"
+    );
     // A loopback-only port is not reachable from sandboxes through the host.
     assert_eq!(from_sandbox(&lab, "peer", HOST_UPLINK_IP, 8081), None);
     // Nor from the LAN through the uplink address.
@@ -118,13 +151,24 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours() {
     for _ in 0..3 {
         in_netns(&lab.ext_path(), || send_raw(ifindex, &frame));
     }
-    assert!(wait_until(Duration::from_secs(2), || counter(&lab, "drop_loopback_spoof") >= before + 3), "dropped at the uplink");
+    assert!(
+        wait_until(Duration::from_secs(2), || counter(&lab, "drop_loopback_spoof")
+            >= before + 3),
+        "dropped at the uplink"
+    );
     assert_eq!(counter(&lab, "dnat_new"), 0, "never translated");
 
     // Route the default network via the host and try the sandbox address directly.
     lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
-    assert_eq!(from_ext(&lab, &web_ip, 80), None, "no direct access to a sandbox address");
-    assert!(!lab.ext(&["ping", "-c1", "-W1", &web_ip]).status.success(), "not even ping");
+    assert_eq!(
+        from_ext(&lab, &web_ip, 80),
+        None,
+        "no direct access to a sandbox address"
+    );
+    assert!(
+        !lab.ext(&["ping", "-c1", "-W1", &web_ip]).status.success(),
+        "not even ping"
+    );
     assert!(counter(&lab, "drop_direct_access") >= 2);
     // The host's own bridge address stays reachable, as with Docker.
     assert!(lab.ext(&["ping", "-c1", "-W2", "172.18.0.1"]).status.success());
@@ -133,14 +177,23 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours() {
 fn mac_of(lab: &Lab, ns: &str, dev: &str) -> [u8; 6] {
     let out = lab.in_ns(ns, &["ip", "-o", "link", "show", dev]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text.split("link/ether ").nth(1).and_then(|s| s.split_whitespace().next()).expect("mac");
-    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    let mac = text
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("mac");
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
     bytes.try_into().unwrap()
 }
 
 fn ifindex_in(ns_path: &str, dev: &str) -> i32 {
     let dev = dev.to_string();
-    in_netns(ns_path, move || nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex") as i32)
+    in_netns(ns_path, move || {
+        nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex") as i32
+    })
 }
 
 /// Sends one raw Ethernet frame out of `ifindex` (AF_PACKET) in the calling thread's namespace.
@@ -172,15 +225,37 @@ fn isolation_between_and_inside_networks() {
     let lab = lab();
     lab.ok(&["network", "create", "--subnet", "10.41.0.0/24", "red"]);
     lab.ok(&["network", "create", "--subnet", "10.42.0.0/24", "blue"]);
-    lab.ok(&["network", "create", "--subnet", "10.43.0.0/24", "--icc=false", "quiet"]);
-    for (name, net) in [("r1", "red"), ("r2", "red"), ("b1", "blue"), ("q1", "quiet"), ("q2", "quiet")] {
+    lab.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.43.0.0/24",
+        "--icc=false",
+        "quiet",
+    ]);
+    for (name, net) in [
+        ("r1", "red"),
+        ("r2", "red"),
+        ("b1", "blue"),
+        ("q1", "quiet"),
+        ("q2", "quiet"),
+    ] {
         lab.ok(&["run", "--name", name, "--network", net]);
     }
-    let ping = |from: &str, to: &str| lab.exec(from, &["ping", "-c1", "-W1", &lab.sandbox_ip(to)]).status.success();
+    let ping = |from: &str, to: &str| {
+        lab.exec(from, &["ping", "-c1", "-W1", &lab.sandbox_ip(to)])
+            .status
+            .success()
+    };
     assert!(ping("r1", "r2"), "same network talks");
     assert!(!ping("r1", "b1") && !ping("b1", "r1"), "networks are isolated");
     assert!(!ping("q1", "q2"), "icc=false blocks sandbox to sandbox");
-    assert!(lab.exec("q1", &["ping", "-c1", "-W1", "10.43.0.1"]).status.success(), "but not the gateway");
+    assert!(
+        lab.exec("q1", &["ping", "-c1", "-W1", "10.43.0.1"])
+            .status
+            .success(),
+        "but not the gateway"
+    );
     let stats = lab.json(&["stats"]);
     assert!(stats["counters"]["drop_cross_network"].as_u64().unwrap() > 0);
     assert!(stats["counters"]["drop_icc"].as_u64().unwrap() > 0);
@@ -196,7 +271,23 @@ fn icmp_errors_come_back_through_the_nat() {
     let mut lab = lab();
     // A router behind ext: "far" at 203.0.113.2, so a TTL can expire on the way.
     let far = lab.add_netns("far").unwrap();
-    sh("ip", &["link", "add", "tofar", "netns", &lab.ext_ns, "type", "veth", "peer", "name", "fromext", "netns", &far]);
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            "tofar",
+            "netns",
+            &lab.ext_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fromext",
+            "netns",
+            &far,
+        ],
+    );
     lab.ext(&["ip", "addr", "add", "203.0.113.1/24", "dev", "tofar"]);
     lab.ext(&["ip", "link", "set", "tofar", "up"]);
     lab.ext(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -204,12 +295,20 @@ fn icmp_errors_come_back_through_the_nat() {
     lab.in_ns(&far, &["ip", "link", "set", "fromext", "up"]);
     lab.in_ns(&far, &["ip", "route", "add", "default", "via", "203.0.113.1"]);
     lab.ok(&["run", "--name", "tracer"]);
-    assert!(lab.exec("tracer", &["ping", "-c1", "-W2", "203.0.113.2"]).status.success(), "far is reachable");
+    assert!(
+        lab.exec("tracer", &["ping", "-c1", "-W2", "203.0.113.2"])
+            .status
+            .success(),
+        "far is reachable"
+    );
     // TTL 2: the host forwards (TTL 1), ext's router drops it and answers with time
     // exceeded to the uplink address; natd hands it to the sandbox.
     let out = lab.exec("tracer", &["ping", "-c1", "-W2", "-t", "2", "203.0.113.2"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Time to live exceeded") && text.contains(EXT_IP), "traceroute through the NAT: {text}");
+    assert!(
+        text.contains("Time to live exceeded") && text.contains(EXT_IP),
+        "traceroute through the NAT: {text}"
+    );
 
     // Port unreachable for a published UDP port nobody listens on: the client's connected
     // socket sees the refusal.
@@ -220,17 +319,50 @@ fn icmp_errors_come_back_through_the_nat() {
     socket.send(b"anyone?").unwrap();
     let mut buf = [0u8; 16];
     let err = socket.recv(&mut buf).expect_err("no answer expected");
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the ICMP error reached the client's socket");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the ICMP error reached the client's socket"
+    );
 
     // Fragmentation needed: the sandbox network's bridge has a smaller MTU than the path
     // the client uses, and the sandbox advertises a large MSS; PMTU discovery must work.
-    lab.ok(&["network", "create", "--subnet", "10.51.0.0/24", "--mtu", "1280", "small"]);
-    run(&lab, "sink", &["--network", "small", "-p", "8088:80"], "socat TCP-LISTEN:80,reuseaddr,fork SYSTEM:'wc -c'");
+    lab.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.51.0.0/24",
+        "--mtu",
+        "1280",
+        "small",
+    ]);
+    run(
+        &lab,
+        "sink",
+        &["--network", "small", "-p", "8088:80"],
+        "socat TCP-LISTEN:80,reuseaddr,fork SYSTEM:'wc -c'",
+    );
     lab.exec_ok("sink", &["ip", "link", "set", "eth0", "mtu", "1500"]);
     assert!(wait_listening(&netns_of(&lab, "sink"), "tcp", 80));
-    let out = sh("sh", &["-c", &format!("head -c 200000 /dev/zero | ip netns exec {} socat -t5 -T8 - TCP:{HOST_UPLINK_IP}:8088,connect-timeout=3", lab.ext_ns)]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200000", "a 200 kB upload through a smaller MTU completes");
-    assert!(counter(&lab, "icmp_error_translated") >= 3, "time exceeded, port unreachable and fragmentation needed were translated");
+    let out = sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "head -c 200000 /dev/zero | ip netns exec {} socat -t5 -T8 - TCP:{HOST_UPLINK_IP}:8088,connect-timeout=3",
+                lab.ext_ns
+            ),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200000",
+        "a 200 kB upload through a smaller MTU completes"
+    );
+    assert!(
+        counter(&lab, "icmp_error_translated") >= 3,
+        "time exceeded, port unreachable and fragmentation needed were translated"
+    );
 }
 
 #[test]
@@ -239,7 +371,9 @@ fn stats_conntrack_and_info_show_what_happens() {
     run(&lab, "web", &["-p", "8080:80"], &whoami(80));
     assert!(wait_listening(&netns_of(&lab, "web"), "tcp", 80));
     // Keep one connection open so it shows in the table.
-    let stream = in_netns(&lab.ext_path(), || TcpStream::connect((HOST_UPLINK_IP, 8080)).unwrap());
+    let stream = in_netns(&lab.ext_path(), || {
+        TcpStream::connect((HOST_UPLINK_IP, 8080)).unwrap()
+    });
     for _ in 0..3 {
         assert!(from_ext(&lab, HOST_UPLINK_IP, 8080).is_some());
     }
@@ -247,11 +381,20 @@ fn stats_conntrack_and_info_show_what_happens() {
     let mapping = &stats["mappings"][0];
     assert_eq!(mapping["sandbox"], "web");
     assert!(mapping["mapping"].as_str().unwrap().starts_with("0.0.0.0:8080->"));
-    assert!(mapping["packets"].as_u64().unwrap() >= 12, "per-mapping packets: {mapping}");
+    assert!(
+        mapping["packets"].as_u64().unwrap() >= 12,
+        "per-mapping packets: {mapping}"
+    );
     assert!(mapping["bytes"].as_u64().unwrap() > 0);
-    assert!(stats["maps"]["NATD_CT"][0].as_u64().unwrap() >= 2, "map fill level");
+    assert!(
+        stats["maps"]["NATD_CT"][0].as_u64().unwrap() >= 2,
+        "map fill level"
+    );
     let table = lab.ok(&["stats"]);
-    assert!(table.contains("DROP REASON") && table.contains("cross_network") && table.contains("0.0.0.0:8080->"), "{table}");
+    assert!(
+        table.contains("DROP REASON") && table.contains("cross_network") && table.contains("0.0.0.0:8080->"),
+        "{table}"
+    );
 
     let flows = lab.json(&["ct", "ls"]);
     let dnat = flows
@@ -267,7 +410,13 @@ fn stats_conntrack_and_info_show_what_happens() {
 
     let info = lab.json(&["info"]);
     let links = info["dataplane_detail"]["links"].to_string();
-    assert!(links.contains("up0-ingress-natd_uplink_ingress") && links.contains("up0-egress-natd_uplink_egress"), "{links}");
-    assert!(links.contains("ingress-natd_sandbox_ingress") && links.contains("cgroup-natd_connect4"), "{links}");
+    assert!(
+        links.contains("up0-ingress-natd_uplink_ingress") && links.contains("up0-egress-natd_uplink_egress"),
+        "{links}"
+    );
+    assert!(
+        links.contains("ingress-natd_sandbox_ingress") && links.contains("cgroup-natd_connect4"),
+        "{links}"
+    );
     drop(stream);
 }

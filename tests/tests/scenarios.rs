@@ -35,7 +35,21 @@ impl World {
         if mode == Mode::Docker {
             // The seed: nat PREROUTING for local destinations jumps to DOCKER.
             ipt(&lab, &["-t", "nat", "-N", "DOCKER"]);
-            ipt(&lab, &["-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"]);
+            ipt(
+                &lab,
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                    "-j",
+                    "DOCKER",
+                ],
+            );
         }
         let world = Self { lab, mode };
         world.network_rules("bridge");
@@ -49,7 +63,22 @@ impl World {
         }
         let view = self.lab.json(&["network", "inspect", network]);
         let (subnet, bridge) = (view["subnet"].as_str().unwrap(), view["bridge"].as_str().unwrap());
-        ipt(&self.lab, &["-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]);
+        ipt(
+            &self.lab,
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                subnet,
+                "!",
+                "-o",
+                bridge,
+                "-j",
+                "MASQUERADE",
+            ],
+        );
     }
 
     fn network(&self, args: &[&str]) {
@@ -72,9 +101,18 @@ impl World {
             return;
         }
         let view = self.lab.json(&["inspect", name]);
-        let ip = view["endpoints"][0]["ipv4"].as_str().unwrap_or_default().to_string();
-        let network = view["endpoints"][0]["network"].as_str().unwrap_or("bridge").to_string();
-        let bridge = self.lab.json(&["network", "inspect", &network])["bridge"].as_str().unwrap().to_string();
+        let ip = view["endpoints"][0]["ipv4"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let network = view["endpoints"][0]["network"]
+            .as_str()
+            .unwrap_or("bridge")
+            .to_string();
+        let bridge = self.lab.json(&["network", "inspect", &network])["bridge"]
+            .as_str()
+            .unwrap()
+            .to_string();
         for port in view["ports"].as_array().into_iter().flatten() {
             let proto = port["proto"].as_str().unwrap();
             let (hp, cp) = (port["host_port"].to_string(), port["container_port"].to_string());
@@ -84,20 +122,44 @@ impl World {
                 rule.extend_from_slice(&["-d", b]);
             }
             let to = format!("{ip}:{cp}");
-            rule.extend_from_slice(&["!", "-i", &bridge, "-p", proto, "-m", proto, "--dport", &hp, "-j", "DNAT", "--to-destination", &to]);
+            rule.extend_from_slice(&[
+                "!",
+                "-i",
+                &bridge,
+                "-p",
+                proto,
+                "-m",
+                proto,
+                "--dport",
+                &hp,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ]);
             ipt(&self.lab, &rule);
         }
     }
 
     fn wait_server(&self, name: &str, proto: &str, port: u16) {
-        let ns = self.lab.json(&["inspect", name])["netns"].as_str().unwrap().to_string();
-        assert!(wait_listening(&ns, proto, port), "server {name}:{port}/{proto} up");
+        let ns = self.lab.json(&["inspect", name])["netns"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            wait_listening(&ns, proto, port),
+            "server {name}:{port}/{proto} up"
+        );
     }
 }
 
 fn ipt(lab: &Lab, args: &[&str]) {
     let out = lab.host(&[&["iptables"][..], args].concat());
-    assert!(out.status.success(), "iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "iptables {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn whoami(port: u16) -> String {
@@ -114,14 +176,17 @@ fn tcp(cmd: &[&str], addr: &str, port: u16) -> Option<String> {
 }
 
 impl World {
-    fn from_ext(&self, addr: &str, port: u16) -> Option<String> {
+    fn via_ext(&self, addr: &str, port: u16) -> Option<String> {
         tcp(&["ip", "netns", "exec", &self.lab.ext_ns], addr, port)
     }
-    fn from_host(&self, addr: &str, port: u16) -> Option<String> {
+    fn via_host(&self, addr: &str, port: u16) -> Option<String> {
         tcp(&["ip", "netns", "exec", &self.lab.host_ns], addr, port)
     }
-    fn from_sandbox(&self, sandbox: &str, addr: &str, port: u16) -> Option<String> {
-        let ns = self.lab.json(&["inspect", sandbox])["netns"].as_str().unwrap().to_string();
+    fn via_sandbox(&self, sandbox: &str, addr: &str, port: u16) -> Option<String> {
+        let ns = self.lab.json(&["inspect", sandbox])["netns"]
+            .as_str()
+            .unwrap()
+            .to_string();
         tcp(&["nsenter", &format!("--net={ns}")], addr, port)
     }
 }
@@ -130,7 +195,11 @@ impl World {
 fn check(mode: Mode, scenario: &str, expected: &[(Mode, bool)], observe: impl FnOnce(&World) -> bool) {
     let world = World::new(mode);
     let observed = observe(&world);
-    let want = expected.iter().find(|(m, _)| *m == mode).map(|(_, e)| *e).expect("every mode has an expectation");
+    let want = expected
+        .iter()
+        .find(|(m, _)| *m == mode)
+        .map(|(_, e)| *e)
+        .expect("every mode has an expectation");
     let docker = expected.iter().find(|(m, _)| *m == Mode::Docker).map(|(_, e)| *e);
     let relation = match (mode, docker) {
         (Mode::Docker, _) => "reference",
@@ -148,15 +217,28 @@ fn published_tcp_port_keeps_client_address(mode: Mode) {
     check(mode, "published TCP port, client address kept", &ALL, |w| {
         w.run("web", &["-p", "8080:80"], &whoami(80));
         w.wait_server("web", "tcp", 80);
-        w.from_ext(HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)
+        w.via_ext(HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)
     });
 }
 
 fn published_udp_port(mode: Mode) {
     check(mode, "published UDP port", &ALL, |w| {
-        w.run("dns", &["-p", "5353:53/udp"], "socat UDP-RECVFROM:53,fork SYSTEM:'echo $SOCAT_PEERADDR'");
+        w.run(
+            "dns",
+            &["-p", "5353:53/udp"],
+            "socat UDP-RECVFROM:53,fork SYSTEM:'echo $SOCAT_PEERADDR'",
+        );
         w.wait_server("dns", "udp", 53);
-        let out = sh("sh", &["-c", &format!("echo q | ip netns exec {} socat -T2 - UDP:{HOST_UPLINK_IP}:5353", w.lab.ext_ns)]);
+        let out = sh(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "echo q | ip netns exec {} socat -T2 - UDP:{HOST_UPLINK_IP}:5353",
+                    w.lab.ext_ns
+                ),
+            ],
+        );
         String::from_utf8_lossy(&out.stdout).trim() == EXT_IP
     });
 }
@@ -170,26 +252,34 @@ fn random_and_ranged_host_ports(mode: Mode) {
         let ports = w.lab.json(&["port", "web"]);
         ports.as_array().unwrap().iter().all(|m| {
             let hp = m["host_port"].as_u64().unwrap() as u16;
-            w.from_ext(HOST_UPLINK_IP, hp).as_deref() == Some(EXT_IP)
+            w.via_ext(HOST_UPLINK_IP, hp).as_deref() == Some(EXT_IP)
         })
     });
 }
 
 fn port_bound_to_one_address(mode: Mode) {
     check(mode, "port bound to one host address only", &ALL, |w| {
-        w.lab.host_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", "up0"]);
+        w.lab
+            .host_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", "up0"]);
         w.run("web", &["-p", "198.51.100.3:8080:80"], &whoami(80));
         w.wait_server("web", "tcp", 80);
-        w.from_ext("198.51.100.3", 8080).is_some() && w.from_ext(HOST_UPLINK_IP, 8080).is_none()
+        w.via_ext("198.51.100.3", 8080).is_some() && w.via_ext(HOST_UPLINK_IP, 8080).is_none()
     });
 }
 
 fn masquerade_to_uplink_address(mode: Mode) {
     check(mode, "masquerade to the uplink address", &ALL, |w| {
-        let _server = w.lab.spawn_in(&w.lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"]);
+        let _server = w.lab.spawn_in(
+            &w.lab.ext_ns,
+            &[
+                "socat",
+                "TCP-LISTEN:9000,fork,reuseaddr",
+                "SYSTEM:echo $SOCAT_PEERADDR",
+            ],
+        );
         assert!(wait_listening(&w.lab.ext_path(), "tcp", 9000));
         w.run("out", &[], "");
-        w.from_sandbox("out", EXT_IP, 9000).as_deref() == Some(HOST_UPLINK_IP)
+        w.via_sandbox("out", EXT_IP, 9000).as_deref() == Some(HOST_UPLINK_IP)
     });
 }
 
@@ -201,42 +291,58 @@ fn networks_are_isolated(mode: Mode) {
         w.run("b1", &["--network", "blue"], "");
         w.wait_server("r1", "tcp", 80);
         let r1 = w.lab.sandbox_ip("r1");
-        w.from_sandbox("b1", &r1, 80).is_none()
+        w.via_sandbox("b1", &r1, 80).is_none()
     });
 }
 
 fn no_direct_access_from_outside(mode: Mode) {
-    check(mode, "sandbox address not reachable from outside", &NATD_ONLY, |w| {
-        w.run("web", &[], &whoami(80));
-        w.wait_server("web", "tcp", 80);
-        let ip = w.lab.sandbox_ip("web");
-        w.lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
-        w.from_ext(&ip, 80).is_none()
-    });
+    check(
+        mode,
+        "sandbox address not reachable from outside",
+        &NATD_ONLY,
+        |w| {
+            w.run("web", &[], &whoami(80));
+            w.wait_server("web", "tcp", 80);
+            let ip = w.lab.sandbox_ip("web");
+            w.lab
+                .ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
+            w.via_ext(&ip, 80).is_none()
+        },
+    );
 }
 
 fn hairpin_from_own_sandbox(mode: Mode) {
-    check(mode, "a sandbox reaches its own published port", &NATD_ONLY, |w| {
-        w.run("web", &["-p", "8080:80"], &whoami(80));
-        w.wait_server("web", "tcp", 80);
-        w.from_sandbox("web", HOST_UPLINK_IP, 8080).is_some()
-    });
+    check(
+        mode,
+        "a sandbox reaches its own published port",
+        &NATD_ONLY,
+        |w| {
+            w.run("web", &["-p", "8080:80"], &whoami(80));
+            w.wait_server("web", "tcp", 80);
+            w.via_sandbox("web", HOST_UPLINK_IP, 8080).is_some()
+        },
+    );
 }
 
 fn other_sandbox_via_host_address(mode: Mode) {
-    check(mode, "another sandbox reaches a published port", &NATD_ONLY, |w| {
-        w.run("web", &["-p", "8080:80"], &whoami(80));
-        w.run("client", &[], "");
-        w.wait_server("web", "tcp", 80);
-        w.from_sandbox("client", HOST_UPLINK_IP, 8080).is_some()
-    });
+    check(
+        mode,
+        "another sandbox reaches a published port",
+        &NATD_ONLY,
+        |w| {
+            w.run("web", &["-p", "8080:80"], &whoami(80));
+            w.run("client", &[], "");
+            w.wait_server("web", "tcp", 80);
+            w.via_sandbox("client", HOST_UPLINK_IP, 8080).is_some()
+        },
+    );
 }
 
 fn host_reaches_published_port(mode: Mode) {
     check(mode, "the host reaches a port via its address", &NATD_ONLY, |w| {
         w.run("web", &["-p", "8080:80"], &whoami(80));
         w.wait_server("web", "tcp", 80);
-        w.from_host(HOST_UPLINK_IP, 8080).is_some()
+        w.via_host(HOST_UPLINK_IP, 8080).is_some()
     });
 }
 
@@ -245,7 +351,7 @@ fn host_reaches_published_port_on_loopback(mode: Mode) {
     check(mode, "the host reaches a port via 127.0.0.1", &expected, |w| {
         w.run("web", &["-p", "127.0.0.1:8080:80"], &whoami(80));
         w.wait_server("web", "tcp", 80);
-        w.from_host("127.0.0.1", 8080).is_some()
+        w.via_host("127.0.0.1", 8080).is_some()
     });
 }
 
@@ -256,7 +362,7 @@ fn icc_false_keeps_sandboxes_apart(mode: Mode) {
         w.run("q2", &["--network", "quiet"], "");
         w.wait_server("q1", "tcp", 80);
         let q1 = w.lab.sandbox_ip("q1");
-        w.from_sandbox("q2", &q1, 80).is_none()
+        w.via_sandbox("q2", &q1, 80).is_none()
     });
 }
 
@@ -269,19 +375,29 @@ fn no_netfilter_rules_in_the_host(mode: Mode) {
 }
 
 fn survives_a_firewall_flush(mode: Mode) {
-    check(mode, "published port works after `nft flush ruleset`", &NATD_ONLY, |w| {
-        w.run("web", &["-p", "8080:80"], &whoami(80));
-        w.wait_server("web", "tcp", 80);
-        assert!(w.from_ext(HOST_UPLINK_IP, 8080).is_some());
-        w.lab.host_ok(&["nft", "flush", "ruleset"]);
-        let flushed = Instant::now();
-        let back = wait_until(Duration::from_secs(3), || w.from_ext(HOST_UPLINK_IP, 8080).is_some());
-        if back && mode == Mode::Nftables {
-            assert!(flushed.elapsed() < Duration::from_secs(2), "re-applied within a second (+ connect time)");
-            assert!(w.lab.natd_log().contains("re-applied"));
-        }
-        back
-    });
+    check(
+        mode,
+        "published port works after `nft flush ruleset`",
+        &NATD_ONLY,
+        |w| {
+            w.run("web", &["-p", "8080:80"], &whoami(80));
+            w.wait_server("web", "tcp", 80);
+            assert!(w.via_ext(HOST_UPLINK_IP, 8080).is_some());
+            w.lab.host_ok(&["nft", "flush", "ruleset"]);
+            let flushed = Instant::now();
+            let back = wait_until(Duration::from_secs(3), || {
+                w.via_ext(HOST_UPLINK_IP, 8080).is_some()
+            });
+            if back && mode == Mode::Nftables {
+                assert!(
+                    flushed.elapsed() < Duration::from_secs(2),
+                    "re-applied within a second (+ connect time)"
+                );
+                assert!(w.lab.natd_log().contains("re-applied"));
+            }
+            back
+        },
+    );
 }
 
 fn removed_mapping_ends_its_udp_flow(mode: Mode) {
@@ -290,7 +406,11 @@ fn removed_mapping_ends_its_udp_flow(mode: Mode) {
         if w.mode == Mode::Docker {
             return false;
         }
-        w.run("one", &["-p", "5353:53/udp"], "socat UDP-RECVFROM:53,fork SYSTEM:'echo one'");
+        w.run(
+            "one",
+            &["-p", "5353:53/udp"],
+            "socat UDP-RECVFROM:53,fork SYSTEM:'echo one'",
+        );
         w.wait_server("one", "udp", 53);
         let socket = in_netns(&w.lab.ext_path(), || UdpSocket::bind((EXT_IP, 41000)).unwrap());
         socket.connect((HOST_UPLINK_IP, 5353)).unwrap();
@@ -303,9 +423,14 @@ fn removed_mapping_ends_its_udp_flow(mode: Mode) {
         };
         let first = ask();
         w.lab.ok(&["rm", "one"]);
-        w.run("two", &["-p", "5353:53/udp"], "socat UDP-RECVFROM:53,fork SYSTEM:'echo two'");
+        w.run(
+            "two",
+            &["-p", "5353:53/udp"],
+            "socat UDP-RECVFROM:53,fork SYSTEM:'echo two'",
+        );
         w.wait_server("two", "udp", 53);
-        first.as_deref() == Some("one") && wait_until(Duration::from_secs(5), || ask().as_deref() == Some("two"))
+        first.as_deref() == Some("one")
+            && wait_until(Duration::from_secs(5), || ask().as_deref() == Some("two"))
     });
 }
 
@@ -348,25 +473,51 @@ fn switching_dataplanes_leaves_no_leftovers() {
     use nix::sys::signal::Signal;
     let mut lab = Lab::new().unwrap();
     lab.start_natd(&["--dataplane", "ebpf"]).unwrap();
-    lab.ok(&["run", "--name", "web", "-p", "8080:80", "--", "sh", "-c", &whoami(80)]);
-    let ns = lab.json(&["inspect", "web"])["netns"].as_str().unwrap().to_string();
+    lab.ok(&[
+        "run",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "--",
+        "sh",
+        "-c",
+        &whoami(80),
+    ]);
+    let ns = lab.json(&["inspect", "web"])["netns"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(wait_listening(&ns, "tcp", 80));
-    let reach = |lab: &Lab| tcp(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP);
+    let reach = |lab: &Lab| {
+        tcp(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)
+    };
     assert!(reach(&lab));
     let table = format!("table ip {}", lab.prefix);
 
     lab.stop_natd(Signal::SIGTERM);
     lab.start_natd(&["--dataplane", "nftables"]).unwrap();
     assert!(reach(&lab), "nftables took over");
-    let links = std::fs::read_dir(lab.bpffs.join("links")).map(|d| d.count()).unwrap_or(0);
+    let links = std::fs::read_dir(lab.bpffs.join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(links, 0, "no pinned eBPF link left");
-    assert!(!lab.host_ok(&["bpftool", "net", "show"]).contains("natd_"), "no program attached");
+    assert!(
+        !lab.host_ok(&["bpftool", "net", "show"]).contains("natd_"),
+        "no program attached"
+    );
     assert!(lab.host_ok(&["nft", "list", "ruleset"]).contains(&table));
     let stats = lab.json(&["stats"]);
-    assert!(stats["mappings"][0]["packets"].as_u64().unwrap_or(0) > 0, "per-mapping counters from nft: {stats}");
+    assert!(
+        stats["mappings"][0]["packets"].as_u64().unwrap_or(0) > 0,
+        "per-mapping counters from nft: {stats}"
+    );
 
     lab.stop_natd(Signal::SIGTERM);
     lab.start_natd(&["--dataplane", "ebpf"]).unwrap();
     assert!(reach(&lab), "eBPF took over again");
-    assert!(!lab.host_ok(&["nft", "list", "ruleset"]).contains(&table), "natd's nft table is gone");
+    assert!(
+        !lab.host_ok(&["nft", "list", "ruleset"]).contains(&table),
+        "natd's nft table is gone"
+    );
 }

@@ -28,6 +28,15 @@ enum Task {
         #[arg(long)]
         keep: bool,
     },
+    /// natd against baseline, iptables and nftables: report.md, results.json, plots.
+    Bench {
+        /// A reduced grid (under 5 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Output directory (default target/bench/<timestamp>).
+        #[arg(long)]
+        out: Option<String>,
+    },
     /// Unit tests, then the root-needing end-to-end suites in network namespaces.
     Test {
         /// Only run tests whose name contains this.
@@ -51,6 +60,9 @@ fn main() -> ExitCode {
             run_demo_binary(&args)
         }),
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
+        Task::Bench { quick, out } => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| bench(quick, out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +98,31 @@ fn run_demo_binary(args: &[&str]) -> Result<()> {
         .args(args)
         .env("NATD_BIN", root.join("target/release/natd"))
         .env("NATCTL_BIN", root.join("target/release/natctl")))
+}
+
+fn bench(quick: bool, out: Option<String>) -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "nat-tests",
+        "--bin",
+        "natd-bench",
+        "--bin",
+        "natd-loadgen",
+    ]))?;
+    let root = workspace_root()?;
+    let mut cmd = Command::new(root.join("target/release/natd-bench"));
+    cmd.current_dir(&root)
+        .env("NATD_BIN", root.join("target/release/natd"))
+        .env("NATCTL_BIN", root.join("target/release/natctl"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(out) = out {
+        cmd.args(["--out", &out]);
+    }
+    run(&mut cmd)
 }
 
 fn workspace_root() -> Result<std::path::PathBuf> {

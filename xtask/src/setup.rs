@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "busybox",
     "conntrack",
     "util-linux",
+    "fonts-dejavu-core",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",

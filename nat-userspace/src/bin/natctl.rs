@@ -7,9 +7,12 @@ use std::{
 
 use clap::{Parser, Subcommand, ValueEnum};
 use natd::{
-    api::{ConnectRequest, InfoResponse, NetworkCreate, NetworkMode, NetworkView, RunRequest, SandboxView, StatsView},
-    dataplane::Flow,
+    api::{
+        ConnectRequest, InfoResponse, NetworkCreate, NetworkMode, NetworkView, RunRequest, SandboxView,
+        StatsView,
+    },
     client::{Client, ClientError},
+    dataplane::Flow,
     netns::EnterPlan,
     portspec::ExposeSpec,
 };
@@ -348,15 +351,22 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
                 return Ok(());
             }
             println!("dataplane: {}", stats.dataplane);
-            let (drops, others): (Vec<_>, Vec<_>) = stats.counters.iter().partition(|(k, _)| k.starts_with("drop_"));
+            let (drops, others): (Vec<_>, Vec<_>) =
+                stats.counters.iter().partition(|(k, _)| k.starts_with("drop_"));
             print_table(
                 &["COUNTER", "VALUE"],
-                others.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect(),
+                others
+                    .iter()
+                    .map(|(k, v)| vec![k.to_string(), v.to_string()])
+                    .collect(),
             );
             println!();
             print_table(
                 &["DROP REASON", "PACKETS"],
-                drops.iter().map(|(k, v)| vec![k.trim_start_matches("drop_").to_string(), v.to_string()]).collect(),
+                drops
+                    .iter()
+                    .map(|(k, v)| vec![k.trim_start_matches("drop_").to_string(), v.to_string()])
+                    .collect(),
             );
             println!();
             print_table(
@@ -364,7 +374,14 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
                 stats
                     .mappings
                     .iter()
-                    .map(|m| vec![m.sandbox.clone(), m.mapping.clone(), m.packets.to_string(), m.bytes.to_string()])
+                    .map(|m| {
+                        vec![
+                            m.sandbox.clone(),
+                            m.mapping.clone(),
+                            m.packets.to_string(),
+                            m.bytes.to_string(),
+                        ]
+                    })
                     .collect(),
             );
             println!();
@@ -374,8 +391,17 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
                     .maps
                     .iter()
                     .map(|(name, (n, cap))| {
-                        let fill = if *cap == 0 { 0.0 } else { *n as f64 * 100.0 / f64::from(*cap) };
-                        vec![name.clone(), n.to_string(), cap.to_string(), format!("{fill:.1}%")]
+                        let fill = if *cap == 0 {
+                            0.0
+                        } else {
+                            *n as f64 * 100.0 / f64::from(*cap)
+                        };
+                        vec![
+                            name.clone(),
+                            n.to_string(),
+                            cap.to_string(),
+                            format!("{fill:.1}%"),
+                        ]
                     })
                     .collect(),
             );
@@ -387,9 +413,20 @@ async fn dispatch(cli: &Cli) -> Result<(), ClientError> {
                 print_json(&flows);
                 return Ok(());
             }
-            let tuple = |t: &(std::net::IpAddr, u16, std::net::IpAddr, u16)| format!("{}:{} -> {}:{}", t.0, t.1, t.2, t.3);
+            let tuple = |t: &(std::net::IpAddr, u16, std::net::IpAddr, u16)| {
+                format!("{}:{} -> {}:{}", t.0, t.1, t.2, t.3)
+            };
             print_table(
-                &["PROTO", "KIND", "STATE", "ORIGINAL", "TRANSLATED", "PACKETS", "BYTES", "IDLE"],
+                &[
+                    "PROTO",
+                    "KIND",
+                    "STATE",
+                    "ORIGINAL",
+                    "TRANSLATED",
+                    "PACKETS",
+                    "BYTES",
+                    "IDLE",
+                ],
                 flows
                     .iter()
                     .map(|f| {

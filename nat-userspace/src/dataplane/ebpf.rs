@@ -30,7 +30,12 @@ const PROG_UPLINK_EGRESS: &str = "natd_uplink_egress";
 const PROG_SANDBOX: &str = "natd_sandbox_ingress";
 const TC_PROGRAMS: [&str; 3] = [PROG_UPLINK_INGRESS, PROG_UPLINK_EGRESS, PROG_SANDBOX];
 /// Socket hooks, attached to the cgroup v2 root and filtered by natd's netns cookie.
-const SOCK_PROGRAMS: [&str; 4] = ["natd_connect4", "natd_sendmsg4", "natd_recvmsg4", "natd_getpeername4"];
+const SOCK_PROGRAMS: [&str; 4] = [
+    "natd_connect4",
+    "natd_sendmsg4",
+    "natd_recvmsg4",
+    "natd_getpeername4",
+];
 
 const COUNTERS: &str = "NATD_COUNTERS";
 const IFACE_STATS: &str = "NATD_IFACE_STATS";
@@ -125,12 +130,19 @@ fn cgroup2_root() -> Option<PathBuf> {
 fn netns_cookie() -> std::io::Result<u64> {
     use std::os::fd::AsRawFd as _;
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    let socket =
+        std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid socket fd, a u64 out-buffer and its length.
     let rc = unsafe {
-        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
@@ -224,7 +236,9 @@ impl EbpfDataplane {
                 .ok_or_else(|| err("program missing", name))?
                 .try_into()
                 .map_err(|e| err("program type", e))?;
-            program.load().map_err(|e| err(&format!("verifier rejected {name}"), e))?;
+            program
+                .load()
+                .map_err(|e| err(&format!("verifier rejected {name}"), e))?;
         }
         for name in SOCK_PROGRAMS {
             let program: &mut CgroupSockAddr = ebpf
@@ -232,7 +246,9 @@ impl EbpfDataplane {
                 .ok_or_else(|| err("program missing", name))?
                 .try_into()
                 .map_err(|e| err("program type", e))?;
-            program.load().map_err(|e| err(&format!("verifier rejected {name}"), e))?;
+            program
+                .load()
+                .map_err(|e| err(&format!("verifier rejected {name}"), e))?;
         }
         let cookie = netns_cookie().map_err(|e| err("netns cookie (SO_NETNS_COOKIE, Linux >= 5.14)", e))?;
         let mut netns: Array<&mut MapData, u64> =
@@ -290,7 +306,9 @@ impl EbpfDataplane {
     /// different program (an upgrade), the link is updated in place (BPF_LINK_UPDATE), so
     /// there is no moment without a program on the interface.
     fn replace_if_outdated(&mut self, program: &str, pin: &Path) -> Result<bool, DataplaneError> {
-        let fd_link: FdLink = PinnedLink::from_pin(pin).map_err(|e| err("open pinned link", e))?.into();
+        let fd_link: FdLink = PinnedLink::from_pin(pin)
+            .map_err(|e| err("open pinned link", e))?
+            .into();
         let current = fd_link.info().map_err(|e| err("link info", e))?.program_id();
         let prog: &mut SchedClassifier = self
             .ebpf
@@ -306,7 +324,8 @@ impl EbpfDataplane {
         if current_tag == Some(wanted_tag) {
             return Ok(false);
         }
-        let link = aya::programs::tc::SchedClassifierLink::try_from(fd_link).map_err(|e| err("link type", e))?;
+        let link =
+            aya::programs::tc::SchedClassifierLink::try_from(fd_link).map_err(|e| err("link type", e))?;
         let id = prog.attach_to_link(link).map_err(|e| err("update link", e))?;
         // The pin keeps the (updated) link; our handle only needs closing.
         drop(prog.take_link(id).map_err(|e| err("take link", e))?);
@@ -314,7 +333,10 @@ impl EbpfDataplane {
     }
 
     fn attach_cgroup(&mut self, program: &str, pin: &Path) -> Result<(), DataplaneError> {
-        let root = self.cgroup_root.clone().ok_or_else(|| err("attach socket hooks", "no cgroup v2 hierarchy"))?;
+        let root = self
+            .cgroup_root
+            .clone()
+            .ok_or_else(|| err("attach socket hooks", "no cgroup v2 hierarchy"))?;
         let cgroup = std::fs::File::open(&root).map_err(|e| err(&format!("open {}", root.display()), e))?;
         let prog: &mut CgroupSockAddr = self
             .ebpf
@@ -329,7 +351,9 @@ impl EbpfDataplane {
             .map_err(|e| err(&format!("attach {program} to {}", root.display()), e))?;
         let link = prog.take_link(id).map_err(|e| err("take link", e))?;
         let fd_link: FdLink = link.try_into().map_err(|e| err("link is not an fd link", e))?;
-        fd_link.pin(pin).map_err(|e| err(&format!("pin link {}", pin.display()), e))?;
+        fd_link
+            .pin(pin)
+            .map_err(|e| err(&format!("pin link {}", pin.display()), e))?;
         Ok(())
     }
 
@@ -388,7 +412,9 @@ impl EbpfDataplane {
         for (name, ifname, direction, program) in plan {
             if existing.contains(&name) {
                 if self.replace_if_outdated(program, &self.links_dir().join(&name))? {
-                    report.attached.push(format!("{name} (program replaced atomically)"));
+                    report
+                        .attached
+                        .push(format!("{name} (program replaced atomically)"));
                 } else {
                     report.adopted.push(name);
                 }
@@ -457,7 +483,9 @@ impl EbpfDataplane {
         // Counters exist before the mapping does, so the programs only ever add to them.
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| err("nr_cpus", e))?;
         let mut stats: PerCpuHashMap<&mut MapData, u32, MappingStats> = PerCpuHashMap::try_from(
-            self.ebpf.map_mut(MAPPING_STATS).ok_or_else(|| err("map missing", MAPPING_STATS))?,
+            self.ebpf
+                .map_mut(MAPPING_STATS)
+                .ok_or_else(|| err("map missing", MAPPING_STATS))?,
         )
         .map_err(|e| err(MAPPING_STATS, e))?;
         let have: HashSet<u32> = stats.keys().filter_map(Result::ok).collect();
@@ -465,7 +493,8 @@ impl EbpfDataplane {
             let _ = stats.remove(id);
         }
         for id in live.difference(&have) {
-            let zeros = PerCpuValues::try_from(vec![MappingStats::default(); cpus]).map_err(|e| err(MAPPING_STATS, e))?;
+            let zeros = PerCpuValues::try_from(vec![MappingStats::default(); cpus])
+                .map_err(|e| err(MAPPING_STATS, e))?;
             stats.insert(id, zeros, 0).map_err(|e| err(MAPPING_STATS, e))?;
         }
         let mut map = self.hash_map::<PortKey, PortTarget>(PORTS)?;
@@ -508,12 +537,23 @@ impl EbpfDataplane {
         let by_id: BTreeMap<u32, NetInfo> = infos.iter().map(|i| (i.network_id, *i)).collect();
         let mut networks = self.hash_map::<u32, NetInfo>(NETWORKS)?;
         sync_hash(&mut networks, &by_id, NETWORKS)?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 4], NetInfo> =
-            LpmTrie::try_from(self.ebpf.map_mut(NETS_V4).ok_or_else(|| err("map missing", NETS_V4))?)
-                .map_err(|e| err(NETS_V4, e))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 4], NetInfo> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut(NETS_V4)
+                .ok_or_else(|| err("map missing", NETS_V4))?,
+        )
+        .map_err(|e| err(NETS_V4, e))?;
         let want: BTreeMap<(u32, [u8; 4]), NetInfo> = infos
             .iter()
-            .map(|i| ((u32::from(i.prefix_len), [i.subnet[0], i.subnet[1], i.subnet[2], i.subnet[3]]), *i))
+            .map(|i| {
+                (
+                    (
+                        u32::from(i.prefix_len),
+                        [i.subnet[0], i.subnet[1], i.subnet[2], i.subnet[3]],
+                    ),
+                    *i,
+                )
+            })
             .collect();
         let have: Vec<Key<[u8; 4]>> = trie.keys().filter_map(Result::ok).collect();
         for key in have {
@@ -522,7 +562,8 @@ impl EbpfDataplane {
             }
         }
         for ((prefix, data), value) in &want {
-            trie.insert(&Key::new(*prefix, *data), *value, 0).map_err(|e| err(NETS_V4, e))?;
+            trie.insert(&Key::new(*prefix, *data), *value, 0)
+                .map_err(|e| err(NETS_V4, e))?;
         }
 
         let mut config: Array<&mut MapData, NatConfig> = Array::try_from(
@@ -751,11 +792,21 @@ impl Dataplane for EbpfDataplane {
         let entries = |name: &str| -> usize {
             let Some(map) = self.ebpf.map(name) else { return 0 };
             match name {
-                CT => HashMap::<_, CtKey, CtEntry>::try_from(map).map(|m| m.keys().count()).unwrap_or(0),
-                PORTS => HashMap::<_, PortKey, PortTarget>::try_from(map).map(|m| m.keys().count()).unwrap_or(0),
-                LOCAL_ADDRS => HashMap::<_, AddrKey, u32>::try_from(map).map(|m| m.keys().count()).unwrap_or(0),
-                NETWORKS => HashMap::<_, u32, NetInfo>::try_from(map).map(|m| m.keys().count()).unwrap_or(0),
-                IFACE_CONFIG => HashMap::<_, u32, IfaceConfig>::try_from(map).map(|m| m.keys().count()).unwrap_or(0),
+                CT => HashMap::<_, CtKey, CtEntry>::try_from(map)
+                    .map(|m| m.keys().count())
+                    .unwrap_or(0),
+                PORTS => HashMap::<_, PortKey, PortTarget>::try_from(map)
+                    .map(|m| m.keys().count())
+                    .unwrap_or(0),
+                LOCAL_ADDRS => HashMap::<_, AddrKey, u32>::try_from(map)
+                    .map(|m| m.keys().count())
+                    .unwrap_or(0),
+                NETWORKS => HashMap::<_, u32, NetInfo>::try_from(map)
+                    .map(|m| m.keys().count())
+                    .unwrap_or(0),
+                IFACE_CONFIG => HashMap::<_, u32, IfaceConfig>::try_from(map)
+                    .map(|m| m.keys().count())
+                    .unwrap_or(0),
                 _ => 0,
             }
         };
@@ -801,8 +852,18 @@ impl Dataplane for EbpfDataplane {
                 proto: proto_name(k.proto).into(),
                 kind: kind_name(e.kind).into(),
                 state: state_name(e.state).into(),
-                original: (addr(&k.src), u16::from_be(k.sport), addr(&k.dst), u16::from_be(k.dport)),
-                translated: (addr(&e.src), u16::from_be(e.sport), addr(&e.dst), u16::from_be(e.dport)),
+                original: (
+                    addr(&k.src),
+                    u16::from_be(k.sport),
+                    addr(&k.dst),
+                    u16::from_be(k.dport),
+                ),
+                translated: (
+                    addr(&e.src),
+                    u16::from_be(e.sport),
+                    addr(&e.dst),
+                    u16::from_be(e.dport),
+                ),
                 mapping_id: e.mapping_id,
                 packets: e.packets,
                 bytes: e.bytes,

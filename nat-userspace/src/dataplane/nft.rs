@@ -65,7 +65,13 @@ impl Nft {
         // owned by the context and copied before the next call.
         unsafe {
             let rc = nft_run_cmd_from_buffer(self.ctx.as_ptr(), text.as_ptr());
-            let read = |p: *const c_char| if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
+            let read = |p: *const c_char| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            };
             let output = read(nft_ctx_get_output_buffer(self.ctx.as_ptr()));
             let error = read(nft_ctx_get_error_buffer(self.ctx.as_ptr()));
             if rc != 0 {

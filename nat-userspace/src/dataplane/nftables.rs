@@ -17,7 +17,12 @@ use std::{
 use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, PortRule, Stats, SyncReport, nft::Nft};
 use crate::config::DaemonConfig;
 
-const DROP_COUNTERS: [&str; 4] = ["drop_direct_access", "drop_cross_network", "drop_icc", "drop_internal"];
+const DROP_COUNTERS: [&str; 4] = [
+    "drop_direct_access",
+    "drop_cross_network",
+    "drop_icc",
+    "drop_internal",
+];
 
 fn err(e: impl std::fmt::Display) -> DataplaneError {
     DataplaneError::Nftables(e.to_string())
@@ -36,13 +41,24 @@ pub struct NftablesDataplane {
 fn port_element(rule: &PortRule) -> (&'static str, String) {
     let target = format!("{} . {}", rule.target, rule.target_port);
     match rule.host_ip {
-        None => ("ports_any", format!("{} . {} : {target}", rule.proto, rule.host_port)),
-        Some(ip) => ("ports_ip", format!("{ip} . {} . {} : {target}", rule.proto, rule.host_port)),
+        None => (
+            "ports_any",
+            format!("{} . {} : {target}", rule.proto, rule.host_port),
+        ),
+        Some(ip) => (
+            "ports_ip",
+            format!("{ip} . {} . {} : {target}", rule.proto, rule.host_port),
+        ),
     }
 }
 
 fn hairpin_element(rule: &PortRule) -> String {
-    format!("{t} . {t} . {} . {}", rule.proto, rule.target_port, t = rule.target)
+    format!(
+        "{t} . {t} . {} . {}",
+        rule.proto,
+        rule.target_port,
+        t = rule.target
+    )
 }
 
 /// `add`/`delete element` commands, one per map with all its elements.
@@ -60,7 +76,11 @@ fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String {
     let mut out = String::new();
     for (map, elements) in by_map {
         // A delete must not name an element twice; adds are idempotent anyway.
-        let _ = writeln!(out, "{verb} element ip {table} {map} {{ {} }}", elements.join(", "));
+        let _ = writeln!(
+            out,
+            "{verb} element ip {table} {map} {{ {} }}",
+            elements.join(", ")
+        );
     }
     out
 }
@@ -69,7 +89,8 @@ impl NftablesDataplane {
     pub fn open(config: &DaemonConfig) -> Result<Self, DataplaneError> {
         let mut nft = Nft::new(false).map_err(err)?;
         // Probe: nf_tables must be usable here.
-        nft.run("list tables").map_err(|e| err(format!("nf_tables is not usable: {e}")))?;
+        nft.run("list tables")
+            .map_err(|e| err(format!("nf_tables is not usable: {e}")))?;
         // Bridged traffic must traverse netfilter for icc=false and same-bridge hairpin.
         let _ = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1");
         Ok(Self {
@@ -94,21 +115,45 @@ impl NftablesDataplane {
                 uplinks.insert(format!("\"{}\"", iface.name));
             }
         }
-        let bridges: BTreeSet<String> = desired.networks.iter().map(|n| format!("\"{}\"", n.bridge)).collect();
+        let bridges: BTreeSet<String> = desired
+            .networks
+            .iter()
+            .map(|n| format!("\"{}\"", n.bridge))
+            .collect();
         let nets: Vec<String> = desired.networks.iter().map(|n| n.subnet.to_string()).collect();
-        let masq: Vec<String> = desired.networks.iter().filter(|n| n.masquerade).map(|n| n.subnet.to_string()).collect();
-        let elements = |items: &[String]| if items.is_empty() { String::new() } else { format!("elements = {{ {} }}", items.join(", ")) };
+        let masq: Vec<String> = desired
+            .networks
+            .iter()
+            .filter(|n| n.masquerade)
+            .map(|n| n.subnet.to_string())
+            .collect();
+        let elements = |items: &[String]| {
+            if items.is_empty() {
+                String::new()
+            } else {
+                format!("elements = {{ {} }}", items.join(", "))
+            }
+        };
         let uplinks: Vec<String> = uplinks.into_iter().collect();
         let bridges_list: Vec<String> = bridges.iter().cloned().collect();
         let mut forward = String::new();
         for n in &desired.networks {
             let b = &n.bridge;
             if !n.icc {
-                let _ = writeln!(forward, "    iifname \"{b}\" oifname \"{b}\" counter name \"drop_icc\" drop");
+                let _ = writeln!(
+                    forward,
+                    "    iifname \"{b}\" oifname \"{b}\" counter name \"drop_icc\" drop"
+                );
             }
             if n.internal {
-                let _ = writeln!(forward, "    iifname \"{b}\" oifname != \"{b}\" counter name \"drop_internal\" drop");
-                let _ = writeln!(forward, "    oifname \"{b}\" iifname != \"{b}\" counter name \"drop_internal\" drop");
+                let _ = writeln!(
+                    forward,
+                    "    iifname \"{b}\" oifname != \"{b}\" counter name \"drop_internal\" drop"
+                );
+                let _ = writeln!(
+                    forward,
+                    "    oifname \"{b}\" iifname != \"{b}\" counter name \"drop_internal\" drop"
+                );
             }
             if !bridges_list.is_empty() {
                 let _ = writeln!(
@@ -117,7 +162,10 @@ impl NftablesDataplane {
                 );
             }
         }
-        let counters: String = DROP_COUNTERS.iter().map(|c| format!("  counter {c} {{ }}\n")).collect();
+        let counters: String = DROP_COUNTERS
+            .iter()
+            .map(|c| format!("  counter {c} {{ }}\n"))
+            .collect();
         format!(
             "table ip {t} {{
 {counters}  set uplinks {{ type ifname; {up} }}
@@ -163,8 +211,19 @@ impl NftablesDataplane {
     /// Deletes kernel conntrack entries of a removed mapping so its flows (UDP too) end.
     fn forget_flows(rule: &PortRule) {
         let _ = Command::new("conntrack")
-            .args(["-D", "-p", &rule.proto.to_string(), "--orig-port-dst", &rule.host_port.to_string()])
-            .args(["--reply-src", &rule.target.to_string(), "--reply-port-src", &rule.target_port.to_string()])
+            .args([
+                "-D",
+                "-p",
+                &rule.proto.to_string(),
+                "--orig-port-dst",
+                &rule.host_port.to_string(),
+            ])
+            .args([
+                "--reply-src",
+                &rule.target.to_string(),
+                "--reply-port-src",
+                &rule.target_port.to_string(),
+            ])
             .output();
     }
 }
@@ -177,8 +236,11 @@ impl Dataplane for NftablesDataplane {
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
         let mut report = SyncReport::default();
         let fixed = self.static_part(desired);
-        let wanted: BTreeMap<String, PortRule> =
-            desired.ports.iter().map(|r| (format!("{} {}", port_element(r).0, port_element(r).1), *r)).collect();
+        let wanted: BTreeMap<String, PortRule> = desired
+            .ports
+            .iter()
+            .map(|r| (format!("{} {}", port_element(r).0, port_element(r).1), *r))
+            .collect();
         let exists = self.table_exists();
         if !exists || self.applied_static.as_deref() != Some(fixed.as_str()) {
             // The whole table in one transaction: never a moment with NAT rules but without
@@ -193,13 +255,24 @@ impl Dataplane for NftablesDataplane {
                 batch.push_str(&element_commands("add", &self.table, &all));
             }
             self.nft.run(&batch).map_err(err)?;
-            report.attached.push(format!("table ip {} ({} published ports)", self.table, wanted.len()));
+            report.attached.push(format!(
+                "table ip {} ({} published ports)",
+                self.table,
+                wanted.len()
+            ));
         } else {
             let mut batch = String::new();
-            let gone: Vec<&PortRule> =
-                self.applied_ports.iter().filter(|(e, _)| !wanted.contains_key(*e)).map(|(_, r)| r).collect();
-            let new: Vec<&PortRule> =
-                wanted.iter().filter(|(e, _)| !self.applied_ports.contains_key(*e)).map(|(_, r)| r).collect();
+            let gone: Vec<&PortRule> = self
+                .applied_ports
+                .iter()
+                .filter(|(e, _)| !wanted.contains_key(*e))
+                .map(|(_, r)| r)
+                .collect();
+            let new: Vec<&PortRule> = wanted
+                .iter()
+                .filter(|(e, _)| !self.applied_ports.contains_key(*e))
+                .map(|(_, r)| r)
+                .collect();
             if !gone.is_empty() {
                 // Hairpin elements are shared by mappings to the same sandbox port: only
                 // those no remaining mapping needs go.
@@ -215,7 +288,12 @@ impl Dataplane for NftablesDataplane {
                     }
                 }
                 for (map, elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
-                    let _ = writeln!(batch, "delete element ip {} {map} {{ {} }}", self.table, elements.join(", "));
+                    let _ = writeln!(
+                        batch,
+                        "delete element ip {} {map} {{ {} }}",
+                        self.table,
+                        elements.join(", ")
+                    );
                 }
             }
             if !new.is_empty() {
@@ -262,8 +340,12 @@ impl Dataplane for NftablesDataplane {
     fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         let Ok(mut nft) = Nft::new(true) else { return stats };
-        let Ok(text) = nft.run(&format!("list table ip {}", self.table)) else { return stats };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { return stats };
+        let Ok(text) = nft.run(&format!("list table ip {}", self.table)) else {
+            return stats;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return stats;
+        };
         let by_element: BTreeMap<(String, u64), u32> = self
             .applied_ports
             .values()
@@ -273,7 +355,9 @@ impl Dataplane for NftablesDataplane {
             if let Some(counter) = item.get("counter")
                 && let Some(name) = counter["name"].as_str()
             {
-                stats.counters.insert(name.to_string(), counter["packets"].as_u64().unwrap_or(0));
+                stats
+                    .counters
+                    .insert(name.to_string(), counter["packets"].as_u64().unwrap_or(0));
             }
             if let Some(map) = item.get("map") {
                 let name = map["name"].as_str().unwrap_or_default().to_string();

@@ -1,0 +1,97 @@
+//! The benchmark's load generator: a 1-byte request/response server, and clients that
+//! measure connection rate (CRR: connect, 1 byte each way, close) and transaction rate on a
+//! kept-alive connection (RR), with latency percentiles from an HDR histogram.
+//! Bounded by duration; prints one JSON object.
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(args.get(1).and_then(|p| p.parse().ok()).unwrap_or(80)),
+        Some(kind @ ("crr" | "rr")) => {
+            let target = args.get(1).expect("HOST:PORT").clone();
+            let seconds: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
+            client(kind, &target, Duration::from_secs_f64(seconds));
+        }
+        _ => {
+            eprintln!("usage: natd-loadgen serve PORT | crr HOST:PORT SECONDS | rr HOST:PORT SECONDS");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn serve(port: u16) {
+    let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let _ = stream.set_nodelay(true);
+            let mut byte = [0u8; 1];
+            while let Ok(1) = stream.read(&mut byte) {
+                if stream.write_all(&byte).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn exchange(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut byte = [7u8; 1];
+    stream.write_all(&byte)?;
+    stream.read_exact(&mut byte)
+}
+
+fn client(kind: &str, target: &str, duration: Duration) {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let mut errors = 0u64;
+    let start = Instant::now();
+    let mut kept: Option<TcpStream> = None;
+    while start.elapsed() < duration {
+        let t0 = Instant::now();
+        let ok = if kind == "crr" {
+            TcpStream::connect(target)
+                .and_then(|mut s| {
+                    s.set_nodelay(true)?;
+                    exchange(&mut s)
+                })
+                .is_ok()
+        } else {
+            if kept.is_none() {
+                kept = TcpStream::connect(target).ok();
+                if let Some(s) = &kept {
+                    let _ = s.set_nodelay(true);
+                }
+            }
+            match kept.as_mut().map(exchange) {
+                Some(Ok(())) => true,
+                _ => {
+                    kept = None;
+                    false
+                }
+            }
+        };
+        if ok {
+            let _ = histogram.record(t0.elapsed().as_micros().max(1) as u64);
+        } else {
+            errors += 1;
+            if errors > 1000 {
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"ops\": {}, \"per_s\": {:.1}, \"p50_us\": {}, \"p99_us\": {}, \"errors\": {errors}}}",
+        histogram.len(),
+        histogram.len() as f64 / elapsed,
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99)
+    );
+}
