@@ -424,3 +424,14 @@ pub fn wait_listening(ns_path: &str, proto: &str, port: u16) -> bool {
         String::from_utf8_lossy(&out.stdout).contains(&needle)
     })
 }
+
+/// A one-line TCP exchange with socat run under `prefix` (e.g. `ip netns exec NS`):
+/// the line the server sent, or None when the connection failed or said nothing.
+pub fn tcp_line(prefix: &[&str], addr: &str, port: u16) -> Option<String> {
+    let target = format!("TCP:{addr}:{port},connect-timeout=2");
+    let mut args: Vec<&str> = prefix.to_vec();
+    args.extend_from_slice(&["socat", "-T2", "-", &target]);
+    let out = sh(args[0], &args[1..]);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}

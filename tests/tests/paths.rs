@@ -34,20 +34,10 @@ fn netns_of(lab: &Lab, name: &str) -> String {
         .to_string()
 }
 
-fn tcp_from(lab: &Lab, ns_cmd: &[&str], addr: &str, port: u16) -> Option<String> {
-    let target = format!("TCP:{addr}:{port},connect-timeout=2");
-    let mut args: Vec<&str> = ns_cmd.to_vec();
-    args.extend_from_slice(&["socat", "-T2", "-", &target]);
-    let out = sh(args[0], &args[1..]);
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !text.is_empty()).then_some(text)
-}
-
 fn from_sandbox(lab: &Lab, sandbox: &str, addr: &str, port: u16) -> Option<String> {
     let ctl = natlab::natctl_bin();
     let socket = lab.socket.to_str().unwrap().to_string();
-    tcp_from(
-        lab,
+    natlab::tcp_line(
         &[ctl.to_str().unwrap(), "--socket", &socket, "exec", sandbox, "--"],
         addr,
         port,
@@ -55,11 +45,11 @@ fn from_sandbox(lab: &Lab, sandbox: &str, addr: &str, port: u16) -> Option<Strin
 }
 
 fn from_host(lab: &Lab, addr: &str, port: u16) -> Option<String> {
-    tcp_from(lab, &["ip", "netns", "exec", &lab.host_ns], addr, port)
+    natlab::tcp_line(&["ip", "netns", "exec", &lab.host_ns], addr, port)
 }
 
 fn from_ext(lab: &Lab, addr: &str, port: u16) -> Option<String> {
-    tcp_from(lab, &["ip", "netns", "exec", &lab.ext_ns], addr, port)
+    natlab::tcp_line(&["ip", "netns", "exec", &lab.ext_ns], addr, port)
 }
 
 fn counter(lab: &Lab, name: &str) -> u64 {
