@@ -1417,6 +1417,11 @@ impl Daemon {
             self.undo_bridge(&network).await;
             return Err(e);
         }
+        self.commit_network(network, id_change).await
+    }
+
+    /// Persists a network whose kernel side is in place; undoes that side if it cannot.
+    async fn commit_network(&mut self, network: Network, id_change: Change) -> Result<NetworkView> {
         if let Err(e) = self
             .store
             .commit(vec![id_change, Change::PutNetwork(network.clone())])
@@ -1425,7 +1430,7 @@ impl Daemon {
             return Err(e.into());
         }
         self.state.networks.insert(network.name.clone(), network.clone());
-        info!(network = %network.name, subnet = %network.subnet, "network created");
+        info!(network = %network.name, subnet = %network.subnet, driver = ?network.driver, "network created");
         Ok(self.network_view(&network))
     }
 
@@ -1578,16 +1583,7 @@ impl Daemon {
             created: now(),
             parent: parent_state,
         };
-        if let Err(e) = self
-            .store
-            .commit(vec![id_change, Change::PutNetwork(network.clone())])
-        {
-            self.undo_hostbridge(&network).await;
-            return Err(e.into());
-        }
-        self.state.networks.insert(network.name.clone(), network.clone());
-        info!(network = %network.name, bridge = %network.bridge, "hostbridge network created");
-        Ok(self.network_view(&network))
+        self.commit_network(network, id_change).await
     }
 
     async fn undo_hostbridge(&self, network: &Network) -> Vec<String> {

@@ -38,9 +38,36 @@ pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec
     out
 }
 
+/// A scratch pin directory under /sys/fs/bpf, emptied and removed on drop, also when
+/// loading fails halfway.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn create(tag: &str) -> Result<Self> {
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).context("bpffs is mounted (cargo xtask setup)")?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 pub struct Prog {
     ebpf: Ebpf,
-    pin: PathBuf,
+    _pin: PinDir,
 }
 
 impl Prog {
@@ -48,14 +75,9 @@ impl Prog {
     /// published ports (0.0.0.0:1.. -> the sandbox) and one network 172.20.0.0/24.
     pub fn load(mappings: u32, ct_capacity: u32) -> Result<Self> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("private netns")?;
-        let pin = PathBuf::from(format!(
-            "/sys/fs/bpf/natbench-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&pin)?;
+        let pin = PinDir::create("natbench")?;
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin)
+            .default_map_pin_directory(&pin.0)
             .map_max_entries("NATD_CT", ct_capacity.max(1024))
             .load(natd::EBPF_OBJECT)?;
         for name in [
@@ -67,7 +89,7 @@ impl Prog {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context("program")?.try_into()?;
             p.load()?;
         }
-        let mut prog = Self { ebpf, pin };
+        let mut prog = Self { ebpf, _pin: pin };
         prog.iface(role::UPLINK, 0);
         {
             let mut cfg: Array<_, NatConfig> =
@@ -218,17 +240,6 @@ impl Prog {
         ));
         self.iface(role::UPLINK, 0);
         Ok(out)
-    }
-}
-
-impl Drop for Prog {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.pin) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin);
     }
 }
 

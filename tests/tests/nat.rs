@@ -428,7 +428,10 @@ fn removing_a_mapping_invalidates_its_udp_flow() {
         Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     };
     // The first datagram may wait for ARP on both sides: allow a retry.
-    assert!(wait_until(Duration::from_secs(6), || ask().as_deref() == Some("first")), "the first mapping answers");
+    assert!(
+        wait_until(Duration::from_secs(6), || ask().as_deref() == Some("first")),
+        "the first mapping answers"
+    );
     lab.ok(&["rm", "first"]);
     run_sandbox(
         &lab,

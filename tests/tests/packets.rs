@@ -2,11 +2,7 @@
 //! etherparse, the output parsed again and every checksum recomputed independently.
 //! Each test runs on its own thread in a fresh network namespace (test runs use that
 //! namespace's loopback device) with its own pin directory.
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -31,11 +27,9 @@ const REMOTE: [u8; 4] = [203, 0, 113, 9];
 const SANDBOX: [u8; 4] = [172, 20, 0, 2];
 const OTHER_SANDBOX: [u8; 4] = [172, 20, 0, 3];
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
 struct Bpf {
     ebpf: Ebpf,
-    pin: PathBuf,
+    _pin: natlab::bpf::PinDir,
 }
 
 impl Bpf {
@@ -43,14 +37,9 @@ impl Bpf {
         natlab::require_root();
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("a private network namespace for this test");
-        let pin = PathBuf::from(format!(
-            "/sys/fs/bpf/natlab-pkt-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&pin).expect("bpffs is mounted (cargo xtask setup)");
+        let pin = natlab::bpf::PinDir::create("natlab-pkt").expect("scratch pin directory");
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin)
+            .default_map_pin_directory(&pin.0)
             .map_max_entries("NATD_CT", ct_capacity)
             .load(natd::EBPF_OBJECT)
             .expect("load natd's eBPF object");
@@ -60,7 +49,7 @@ impl Bpf {
                 .load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
-        let mut bpf = Self { ebpf, pin };
+        let mut bpf = Self { ebpf, _pin: pin };
         // The test run's skb belongs to loopback (ifindex 1): make it the uplink.
         let mut config: HashMap<_, u32, IfaceConfig> =
             HashMap::try_from(bpf.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
@@ -209,17 +198,6 @@ impl Bpf {
     fn ct(&self) -> Vec<(CtKey, CtEntry)> {
         let map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(self.ebpf.map("NATD_CT").unwrap()).unwrap();
         map.iter().map(|r| r.unwrap()).collect()
-    }
-}
-
-impl Drop for Bpf {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.pin) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin);
     }
 }
 

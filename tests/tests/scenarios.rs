@@ -481,7 +481,8 @@ fn switching_dataplanes_leaves_no_leftovers() {
         .to_string();
     assert!(wait_listening(&ns, "tcp", 80));
     let reach = |lab: &Lab| {
-        natlab::tcp_line(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)
+        natlab::tcp_line(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080).as_deref()
+            == Some(EXT_IP)
     };
     assert!(reach(&lab));
     let table = format!("table ip {}", lab.prefix);

@@ -230,26 +230,23 @@ impl EbpfDataplane {
                     e,
                 )
             })?;
-        for name in TC_PROGRAMS {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| err("program missing", name))?
-                .try_into()
-                .map_err(|e| err("program type", e))?;
-            program
-                .load()
-                .map_err(|e| err(&format!("verifier rejected {name}"), e))?;
+        // The same steps for both program types; their `load` is inherent, not a trait.
+        macro_rules! load_all {
+            ($ty:ty, $names:expr) => {
+                for name in $names {
+                    let program: &mut $ty = ebpf
+                        .program_mut(name)
+                        .ok_or_else(|| err("program missing", name))?
+                        .try_into()
+                        .map_err(|e| err("program type", e))?;
+                    program
+                        .load()
+                        .map_err(|e| err(&format!("verifier rejected {name}"), e))?;
+                }
+            };
         }
-        for name in SOCK_PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| err("program missing", name))?
-                .try_into()
-                .map_err(|e| err("program type", e))?;
-            program
-                .load()
-                .map_err(|e| err(&format!("verifier rejected {name}"), e))?;
-        }
+        load_all!(SchedClassifier, TC_PROGRAMS);
+        load_all!(CgroupSockAddr, SOCK_PROGRAMS);
         let cookie = netns_cookie().map_err(|e| err("netns cookie (SO_NETNS_COOKIE, Linux >= 5.14)", e))?;
         let mut netns: Array<&mut MapData, u64> =
             Array::try_from(ebpf.map_mut(NETNS).ok_or_else(|| err("map missing", NETNS))?)

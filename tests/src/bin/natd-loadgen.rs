@@ -42,6 +42,19 @@ fn serve(port: u16) {
     }
 }
 
+/// Bounded connect: a dropped SYN must cost a measured error, not two minutes of retries.
+fn connect(target: &str) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs as _;
+    let addr = target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    Ok(stream)
+}
+
 fn exchange(stream: &mut TcpStream) -> std::io::Result<()> {
     let mut byte = [7u8; 1];
     stream.write_all(&byte)?;
@@ -56,18 +69,10 @@ fn client(kind: &str, target: &str, duration: Duration) {
     while start.elapsed() < duration {
         let t0 = Instant::now();
         let ok = if kind == "crr" {
-            TcpStream::connect(target)
-                .and_then(|mut s| {
-                    s.set_nodelay(true)?;
-                    exchange(&mut s)
-                })
-                .is_ok()
+            connect(target).and_then(|mut s| exchange(&mut s)).is_ok()
         } else {
             if kept.is_none() {
-                kept = TcpStream::connect(target).ok();
-                if let Some(s) = &kept {
-                    let _ = s.set_nodelay(true);
-                }
+                kept = connect(target).ok();
             }
             match kept.as_mut().map(exchange) {
                 Some(Ok(())) => true,
