@@ -1365,16 +1365,7 @@ impl Daemon {
             }
             None => ipam::default_gateway(subnet),
         };
-        let ip_range = match &req.ip_range {
-            Some(text) => {
-                let range = config::parse_v4_subnet("ip-range", text).map_err(|e| invalid(e.to_string()))?;
-                if !subnet.contains(range.network()) || range.prefix() < subnet.prefix() {
-                    return Err(invalid(format!("no matching subnet for range {range}")));
-                }
-                Some(range.to_string())
-            }
-            None => None,
-        };
+        let ip_range = parse_ip_range(subnet, req.ip_range.as_deref())?;
         let (id, id_change) = self.alloc_id();
         let bridge = bridge_name.unwrap_or_else(|| format!("{}b{id:x}", self.config.name_prefix));
         config::validate_ifname(&bridge).map_err(invalid)?;
@@ -1466,16 +1457,7 @@ impl Daemon {
         if !subnet.contains(gateway) {
             return Err(invalid(format!("no matching subnet for gateway {gateway}")));
         }
-        let ip_range = match &req.ip_range {
-            Some(text) => {
-                let range = config::parse_v4_subnet("ip-range", text).map_err(|e| invalid(e.to_string()))?;
-                if !subnet.contains(range.network()) || range.prefix() < subnet.prefix() {
-                    return Err(invalid(format!("no matching subnet for range {range}")));
-                }
-                Some(range.to_string())
-            }
-            None => None,
-        };
+        let ip_range = parse_ip_range(subnet, req.ip_range.as_deref())?;
         if req.internal || req.icc == Some(false) {
             return Err(invalid(
                 "--internal and --icc=false do not apply to hostbridge networks (no NAT, no isolation)",
@@ -1980,6 +1962,16 @@ fn display_ip(ip: Option<IpAddr>) -> String {
         Some(IpAddr::V6(v6)) => format!("[{v6}]"),
         Some(v4) => v4.to_string(),
     }
+}
+
+/// `--ip-range`: a pool inside the network's subnet.
+fn parse_ip_range(subnet: Ipv4Network, text: Option<&str>) -> Result<Option<String>> {
+    let Some(text) = text else { return Ok(None) };
+    let range = config::parse_v4_subnet("ip-range", text).map_err(|e| invalid(e.to_string()))?;
+    if !subnet.contains(range.network()) || range.prefix() < subnet.prefix() {
+        return Err(invalid(format!("no matching subnet for range {range}")));
+    }
+    Ok(Some(range.to_string()))
 }
 
 fn parse_v4(text: &str) -> Result<Ipv4Network> {
