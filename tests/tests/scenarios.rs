@@ -220,17 +220,14 @@ fn published_udp_port(mode: Mode) {
             "socat UDP-RECVFROM:53,fork SYSTEM:'echo $SOCAT_PEERADDR'",
         );
         w.wait_server("dns", "udp", 53);
-        let out = sh(
-            "sh",
-            &[
-                "-c",
-                &format!(
-                    "echo q | ip netns exec {} socat -T2 - UDP:{HOST_UPLINK_IP}:5353",
-                    w.lab.ext_ns
-                ),
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).trim() == EXT_IP
+        // A datagram may be the one that waits for ARP; UDP retries like its clients do.
+        wait_until(Duration::from_secs(8), || {
+            let command = format!(
+                "echo q | ip netns exec {} socat -T2 - UDP:{HOST_UPLINK_IP}:5353",
+                w.lab.ext_ns
+            );
+            String::from_utf8_lossy(&sh("sh", &["-c", &command]).stdout).trim() == EXT_IP
+        })
     });
 }
 
