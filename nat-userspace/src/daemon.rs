@@ -383,7 +383,15 @@ impl Daemon {
             snat_ports: self.snat_ports,
             ..Default::default()
         };
+        // Two dumps, whatever the number of sandboxes: no netlink round trip per veth.
         let addresses = self.nl.all_addresses().await?;
+        let links: std::collections::HashMap<String, u32> = self
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.index))
+            .collect();
         let first_v4 = |index: u32| {
             addresses.iter().find_map(|(i, net)| match net {
                 IpNetwork::V4(v4) if *i == index => Some(v4.ip()),
@@ -398,12 +406,12 @@ impl Daemon {
             })
             .collect();
         for uplink in &self.uplinks {
-            if let Some(link) = self.nl.link(uplink).await? {
+            if let Some(&index) = links.get(uplink) {
                 desired.ifaces.push(Iface {
-                    index: link.index,
-                    name: link.name,
+                    index,
+                    name: uplink.clone(),
                     role: IfaceRole::Uplink {
-                        addr: first_v4(link.index),
+                        addr: first_v4(index),
                     },
                 });
             }
@@ -434,10 +442,10 @@ impl Daemon {
                     continue;
                 }
                 let network_id = network.id;
-                if let Some(link) = self.nl.link(&endpoint.host_ifname).await? {
+                if let Some(&index) = links.get(&endpoint.host_ifname) {
                     desired.ifaces.push(Iface {
-                        index: link.index,
-                        name: link.name,
+                        index,
+                        name: endpoint.host_ifname.clone(),
                         role: IfaceRole::SandboxVeth { network_id },
                     });
                 }

@@ -132,27 +132,30 @@ impl Prog {
                 HashMap::try_from(prog.ebpf.map_mut("NATD_NETWORKS").context("map")?)?;
             by_id.insert(id, info, 0)?;
         }
-        let mut ports: HashMap<_, PortKey, PortTarget> =
-            HashMap::try_from(prog.ebpf.map_mut("NATD_PORTS").context("map")?)?;
         for i in 0..mappings {
-            let port = (1 + i % 65535) as u16;
-            ports.insert(
-                PortKey {
-                    addr: [0; 16],
-                    port: port.to_be(),
-                    proto: 6,
-                    family: FAMILY_V4,
-                },
-                PortTarget {
-                    addr: v4(SANDBOX),
-                    port: 80u16.to_be(),
-                    _pad: [0; 2],
-                    mapping_id: i + 1,
-                },
-                0,
-            )?;
+            prog.publish([0; 4], (1 + i % 65535) as u16, i + 1)?;
         }
         Ok(prog)
+    }
+
+    /// TCP `host_ip:port` (0.0.0.0 when all zero) -> the sandbox's port 80.
+    fn publish(&mut self, host_ip: [u8; 4], port: u16, mapping_id: u32) -> Result<()> {
+        let mut ports: HashMap<_, PortKey, PortTarget> =
+            HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").context("map")?)?;
+        let key = PortKey {
+            addr: v4(host_ip),
+            port: port.to_be(),
+            proto: 6,
+            family: FAMILY_V4,
+        };
+        let target = PortTarget {
+            addr: v4(SANDBOX),
+            port: 80u16.to_be(),
+            _pad: [0; 2],
+            mapping_id,
+        };
+        ports.insert(key, target, 0)?;
+        Ok(())
     }
 
     fn iface(&mut self, kind: u32, network_id: u32) {
@@ -254,26 +257,8 @@ pub fn add_latency(mappings: u32, samples: usize) -> Result<(f64, Vec<f64>)> {
         let port = 40000 + i as u16;
         let frame = tcp(CLIENT, 30000 + i as u16, HOST, port, true);
         let t0 = Instant::now();
-        {
-            let mut ports: HashMap<_, PortKey, PortTarget> =
-                HashMap::try_from(prog.ebpf.map_mut("NATD_PORTS").context("map")?)?;
-            // Bound to the host address: never one of the 0.0.0.0 entries already present.
-            ports.insert(
-                PortKey {
-                    addr: v4(HOST),
-                    port: port.to_be(),
-                    proto: 6,
-                    family: FAMILY_V4,
-                },
-                PortTarget {
-                    addr: v4(SANDBOX),
-                    port: 80u16.to_be(),
-                    _pad: [0; 2],
-                    mapping_id: 2_000_000 + i as u32,
-                },
-                0,
-            )?;
-        }
+        // Bound to the host address: never one of the 0.0.0.0 entries already present.
+        prog.publish(HOST, port, 2_000_000 + i as u32)?;
         prog.run_once("natd_uplink_ingress", &frame)?;
         adds.push(t0.elapsed().as_secs_f64() * 1e6);
     }

@@ -68,9 +68,16 @@ fn published_ports_from_the_host_and_from_sandboxes() {
         &format!("{} & {} & wait", whoami(80), whoami(81)),
     );
     lab.ok(&["run", "--name", "peer", "--network", "front"]);
+    run(
+        &lab,
+        "dns",
+        &["-p", "5300:53/udp"],
+        "socat UDP-RECVFROM:53,fork SYSTEM:'echo hi'",
+    );
     lab.ok(&["run", "--name", "other", "--network", "back"]);
     let ns = netns_of(&lab, "web");
     assert!(wait_listening(&ns, "tcp", 80) && wait_listening(&ns, "tcp", 81));
+    assert!(wait_listening(&netns_of(&lab, "dns"), "udp", 53));
     let web_ip = lab.sandbox_ip("web");
 
     // The host itself: through its uplink address and through 127.0.0.1 (socket hooks).
@@ -87,9 +94,25 @@ fn published_ports_from_the_host_and_from_sandboxes() {
         "host -> 127.0.0.1 (published on 127.0.0.1)"
     );
     assert!(counter(&lab, "sock_rewrites") >= 3);
-    // The peer name the host sees is the published address (getpeername hook).
-    let peer = lab.host_ok(&["socat", "-T2", "-", "TCP:127.0.0.1:8080,connect-timeout=2"]);
-    assert!(!peer.trim().is_empty());
+    // The application sees the address it used, not the sandbox behind it: TCP's peer name
+    // (getpeername hook) and the source of UDP replies (recvmsg hook).
+    let (tcp_peer, udp_from) = in_netns(&lab.host_path(), || {
+        let stream = TcpStream::connect(("127.0.0.1", 8080)).expect("connect from the host");
+        let socket = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut from = None;
+        for _ in 0..5 {
+            socket.send_to(b"q", ("127.0.0.1", 5300)).unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok((_, addr)) = socket.recv_from(&mut buf) {
+                from = Some(addr.to_string());
+                break;
+            }
+        }
+        (stream.peer_addr().unwrap().to_string(), from)
+    });
+    assert_eq!(tcp_peer, "127.0.0.1:8080");
+    assert_eq!(udp_from.as_deref(), Some("127.0.0.1:5300"));
 
     // From a sandbox on the same network, on another network, and from web itself.
     assert_eq!(
