@@ -7,83 +7,16 @@
 //! byte order exactly as they sit in the packet.
 #![no_std]
 
+pub mod addr;
+pub mod counter;
+pub mod names;
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
-
-/// Per-CPU counters kept by the TC programs, indexed by these ids.
-pub mod counter {
-    pub const PACKETS_SEEN: u32 = 0;
-    pub const BYTES_SEEN: u32 = 1;
-    pub const IPV4: u32 = 2;
-    pub const IPV6: u32 = 3;
-    pub const TCP: u32 = 4;
-    pub const UDP: u32 = 5;
-    pub const ICMP: u32 = 6;
-    pub const OTHER_L3: u32 = 7;
-    pub const MALFORMED: u32 = 8;
-    pub const DNAT_NEW: u32 = 9;
-    pub const DNAT_ESTABLISHED: u32 = 10;
-    pub const DNAT_REPLY: u32 = 11;
-    pub const SNAT_NEW: u32 = 12;
-    pub const SNAT_ESTABLISHED: u32 = 13;
-    pub const SNAT_REPLY: u32 = 14;
-    pub const DROP_CT_FULL: u32 = 15;
-    pub const DROP_NO_PORT: u32 = 16;
-    pub const DROP_NO_UPLINK_ADDR: u32 = 17;
-    pub const DROP_FRAGMENT: u32 = 18;
-    pub const DROP_TUPLE_CLASH: u32 = 19;
-    pub const STALE_MAPPING: u32 = 20;
-    pub const CSUM_ERROR: u32 = 21;
-    pub const DROP_CROSS_NETWORK: u32 = 22;
-    pub const DROP_ICC: u32 = 23;
-    pub const DROP_INTERNAL: u32 = 24;
-    pub const DROP_DIRECT_ACCESS: u32 = 25;
-    pub const DROP_LOOPBACK_SPOOF: u32 = 26;
-    pub const HAIRPIN_NEW: u32 = 27;
-    pub const ICMP_ERROR_TRANSLATED: u32 = 28;
-    pub const SOCK_REWRITES: u32 = 29;
-    pub const DROP_SPOOFED_SOURCE: u32 = 30;
-    pub const COUNT: u32 = 32;
-
-    /// Names in id order, for `natctl stats` and the benchmark report.
-    pub const NAMES: [&str; 31] = [
-        "packets_seen",
-        "bytes_seen",
-        "ipv4",
-        "ipv6",
-        "tcp",
-        "udp",
-        "icmp",
-        "other_l3",
-        "malformed",
-        "dnat_new",
-        "dnat_established",
-        "dnat_reply",
-        "snat_new",
-        "snat_established",
-        "snat_reply",
-        "drop_ct_full",
-        "drop_no_port",
-        "drop_no_uplink_addr",
-        "drop_fragment",
-        "drop_tuple_clash",
-        "stale_mapping",
-        "csum_error",
-        "drop_cross_network",
-        "drop_icc",
-        "drop_internal",
-        "drop_direct_access",
-        "drop_loopback_spoof",
-        "hairpin_new",
-        "icmp_error_translated",
-        "sock_rewrites",
-        "drop_spoofed_source",
-    ];
-}
 
 /// Where a program is attached; the agent writes it into `NATD_IFACE_CONFIG`.
 pub mod role {
@@ -151,6 +84,23 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+
+impl CtKey {
+    /// The key of the other direction of the flow this key and `entry` belong to: the
+    /// translated tuple, reversed.
+    #[inline(always)]
+    pub fn peer(&self, entry: &CtEntry) -> CtKey {
+        CtKey {
+            src: entry.dst,
+            dst: entry.src,
+            sport: entry.dport,
+            dport: entry.sport,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+}
 
 /// What a packet with the key's tuple becomes: the complete translated tuple, so one
 /// lookup rewrites source, destination or both (hairpin), and the reverse direction's key
@@ -278,6 +228,9 @@ pub const MAX_PORT_MAPPINGS: u32 = 131_072;
 pub const MAX_NETWORKS: u32 = 1024;
 pub const MAX_SOCK_REWRITES: u32 = 65_536;
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
+/// NAT source ports for masquerade when natd has configured none (host byte order,
+/// inclusive); natd itself picks a range outside the host's ephemeral ports.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
 /// How many NAT ports a new masqueraded flow tries before it is dropped.
 pub const SNAT_PORT_TRIES: u32 = 32;
 

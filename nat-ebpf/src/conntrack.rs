@@ -2,7 +2,11 @@
 //! half-installed, and per-packet state updates. Expiry is the agent's job (it sees both
 //! directions at once).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use nat_common::{CtEntry, CtKey, FAMILY_V4, PROTO_TCP, ct};
+use nat_common::{
+    CtEntry, CtKey, FAMILY_V4, PROTO_TCP,
+    addr::{v4_from_raw, v4_raw},
+    ct,
+};
 
 use crate::{
     maps::NATD_CT,
@@ -55,8 +59,8 @@ impl Tuple {
     #[inline(always)]
     pub fn key(&self) -> CtKey {
         CtKey {
-            src: v4_addr(self.src),
-            dst: v4_addr(self.dst),
+            src: v4_from_raw(self.src),
+            dst: v4_from_raw(self.dst),
             sport: self.sport,
             dport: self.dport,
             proto: self.proto,
@@ -78,22 +82,6 @@ impl Tuple {
 }
 
 #[inline(always)]
-pub fn v4_addr(raw: u32) -> [u8; 16] {
-    let mut addr = [0u8; 16];
-    let bytes = raw.to_ne_bytes();
-    addr[0] = bytes[0];
-    addr[1] = bytes[1];
-    addr[2] = bytes[2];
-    addr[3] = bytes[3];
-    addr
-}
-
-#[inline(always)]
-pub fn v4_raw(addr: &[u8; 16]) -> u32 {
-    u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])
-}
-
-#[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
@@ -110,8 +98,8 @@ fn entry(kind: u8, from: &Tuple, to: &Tuple, mapping_id: u32) -> CtEntry {
         rewrite |= ct::REWRITE_DST;
     }
     CtEntry {
-        src: v4_addr(to.src),
-        dst: v4_addr(to.dst),
+        src: v4_from_raw(to.src),
+        dst: v4_from_raw(to.dst),
         sport: to.sport,
         dport: to.dport,
         rewrite,
@@ -170,15 +158,7 @@ pub fn claim_reply(original: &Tuple, translated: &Tuple, kind: u8) -> Result<(),
                 if (*old).kind != kind || !closed {
                     return Err(InsertError::Clash);
                 }
-                CtKey {
-                    src: (*old).dst,
-                    dst: (*old).src,
-                    sport: (*old).dport,
-                    dport: (*old).sport,
-                    proto: key.proto,
-                    family: key.family,
-                    _pad: [0; 2],
-                }
+                key.peer(&*old)
             };
             let _ = NATD_CT.remove(&stale_forward);
             NATD_CT.insert(&key, &reply, 0).map_err(|_| InsertError::Full)
@@ -209,8 +189,7 @@ fn insert_new(key: &CtKey, entry: &CtEntry) -> Result<(), InsertError> {
 /// Removes both entries of the flow `key` belongs to.
 #[inline(always)]
 pub fn forget(key: &CtKey, entry: &CtEntry) {
-    let peer = Tuple::of_entry(entry, key.proto).reversed().key();
-    let _ = NATD_CT.remove(&peer);
+    let _ = NATD_CT.remove(&key.peer(entry));
     let _ = NATD_CT.remove(key);
 }
 

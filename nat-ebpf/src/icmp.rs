@@ -14,7 +14,7 @@ use crate::{
     counters::bump,
     maps,
     nat::Verdict,
-    parse::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4Packet},
+    parse::{Fragment, Ipv4Packet, Position, parse_ipv4_at},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -128,95 +128,25 @@ pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> Option<Verdic
 #[inline(always)]
 fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<Verdict>, Failed> {
     let inner_l3 = outer.l4 + 8;
-    let Ok(version_ihl) = ctx.load::<u8>(inner_l3) else {
+    let Ok(inner) = parse_ipv4_at(ctx, inner_l3, Position::Quoted) else {
         return Ok(None);
     };
-    let ihl = usize::from(version_ihl & 0x0f);
-    if version_ihl >> 4 != 4 || ihl < 5 {
+    if !inner.translatable() || inner.fragment == Fragment::Later {
         return Ok(None);
     }
-    let inner_l4 = inner_l3 + ihl * 4;
-    let Ok(proto) = ctx.load::<u8>(inner_l3 + 9) else {
-        return Ok(None);
-    };
-    let (Ok(src), Ok(dst)) = (ctx.load::<u32>(inner_l3 + 12), ctx.load::<u32>(inner_l3 + 16)) else {
-        return Ok(None);
-    };
-    // The embedded packet is one the receiver of this error sent: its ports (or echo id).
-    let (sport, dport, sport_at, dport_at) = match proto {
-        PROTO_TCP | PROTO_UDP => {
-            let (Ok(s), Ok(d)) = (ctx.load::<u16>(inner_l4), ctx.load::<u16>(inner_l4 + 2)) else {
-                return Ok(None);
-            };
-            (s, d, inner_l4, inner_l4 + 2)
-        }
-        PROTO_ICMP => {
-            let (Ok(kind), Ok(id)) = (ctx.load::<u8>(inner_l4), ctx.load::<u16>(inner_l4 + 4)) else {
-                return Ok(None);
-            };
-            match kind {
-                ICMP_ECHO_REQUEST => (id, 0, inner_l4 + 4, inner_l4 + 4),
-                ICMP_ECHO_REPLY => (0, id, inner_l4 + 4, inner_l4 + 4),
-                _ => return Ok(None),
-            }
-        }
-        _ => return Ok(None),
-    };
-    let embedded = Tuple {
-        src,
-        dst,
-        sport,
-        dport,
-        proto,
-    };
+    let embedded = Tuple::of(&inner);
     // The flow entry that matches packets coming back the other way tells how the
     // embedded packet must look on this side of the NAT.
-    let reply_key = embedded.reversed().key();
-    let Some(entry) = maps::NATD_CT.get_ptr(&reply_key) else {
+    let Some(entry) = maps::NATD_CT.get_ptr(&embedded.reversed().key()) else {
         return Ok(None);
     };
     // SAFETY: valid map value pointer, copied at once.
-    let entry = unsafe { *entry };
-    let wanted = Tuple::of_entry(&entry, proto).reversed();
-
+    let wanted = Tuple::of_entry(unsafe { &*entry }, inner.proto).reversed();
     let patch = Patch {
         ctx,
         icmp_csum: outer.l4 + 2,
     };
-    let inner_ip_csum = Some(inner_l3 + 10);
-    // The embedded L4 checksum only counts when the error quoted enough of the packet.
-    let inner_l4_csum = match proto {
-        PROTO_TCP if (ctx.len() as usize) >= inner_l4 + 18 => Some((inner_l4 + 16, 0u64)),
-        PROTO_UDP if (ctx.len() as usize) >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => {
-            Some((inner_l4 + 6, 0u64))
-        }
-        _ => None,
-    };
-    patch.field32(
-        inner_l3 + 12,
-        embedded.src,
-        wanted.src,
-        inner_ip_csum,
-        inner_l4_csum,
-    )?;
-    patch.field32(
-        inner_l3 + 16,
-        embedded.dst,
-        wanted.dst,
-        inner_ip_csum,
-        inner_l4_csum,
-    )?;
-    if proto == PROTO_ICMP {
-        // Echo id: covered by the embedded ICMP checksum, which is beyond what errors must
-        // quote; fix it when present.
-        let id_new = if sport != 0 { wanted.sport } else { wanted.dport };
-        let id_old = if sport != 0 { sport } else { dport };
-        let echo_csum = ((ctx.len() as usize) >= inner_l4 + 4).then_some((inner_l4 + 2, 0u64));
-        patch.field16(sport_at, id_old, id_new, echo_csum)?;
-    } else {
-        patch.field16(sport_at, embedded.sport, wanted.sport, inner_l4_csum)?;
-        patch.field16(dport_at, embedded.dport, wanted.dport, inner_l4_csum)?;
-    }
+    rewrite_quoted(&patch, inner_l3, &inner, &wanted)?;
     // The error goes to whoever sent the embedded packet, as that sender knows itself, and
     // comes from its peer as the sender knows it.
     let mut outer_to = Tuple::of(outer);
@@ -230,5 +160,37 @@ fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<Verdi
     match crate::csum::rewrite(ctx, outer, &outer_to) {
         Ok(()) => Ok(Some(TC_ACT_OK)),
         Err(_) => Err(Failed),
+    }
+}
+
+/// Rewrites the quoted packet `inner` (at `inner_l3`) into `wanted`: addresses, ports or
+/// echo id, with every checksum that covers them.
+#[inline(always)]
+fn rewrite_quoted(patch: &Patch, inner_l3: usize, inner: &Ipv4Packet, wanted: &Tuple) -> Result<(), Failed> {
+    let (ctx, inner_l4) = (patch.ctx, inner.l4);
+    let inner_ip_csum = Some(inner_l3 + 10);
+    // The embedded L4 checksum only counts when the error quoted enough of the packet.
+    let inner_l4_csum = match inner.proto {
+        PROTO_TCP if (ctx.len() as usize) >= inner_l4 + 18 => Some((inner_l4 + 16, 0u64)),
+        PROTO_UDP if (ctx.len() as usize) >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => {
+            Some((inner_l4 + 6, 0u64))
+        }
+        _ => None,
+    };
+    patch.field32(inner_l3 + 12, inner.src, wanted.src, inner_ip_csum, inner_l4_csum)?;
+    patch.field32(inner_l3 + 16, inner.dst, wanted.dst, inner_ip_csum, inner_l4_csum)?;
+    if inner.proto == PROTO_ICMP {
+        // Echo id: covered by the embedded ICMP checksum, which is beyond what errors must
+        // quote; fix it when present.
+        let (id_old, id_new) = if inner.sport != 0 {
+            (inner.sport, wanted.sport)
+        } else {
+            (inner.dport, wanted.dport)
+        };
+        let echo_csum = ((ctx.len() as usize) >= inner_l4 + 4).then_some((inner_l4 + 2, 0u64));
+        patch.field16(inner_l4 + 4, id_old, id_new, echo_csum)
+    } else {
+        patch.field16(inner_l4, inner.sport, wanted.sport, inner_l4_csum)?;
+        patch.field16(inner_l4 + 2, inner.dport, wanted.dport, inner_l4_csum)
     }
 }

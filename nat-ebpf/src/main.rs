@@ -11,6 +11,8 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
+mod lookup;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
@@ -31,7 +33,7 @@ mod programs {
     use nat_common::{PROTO_ICMP, counter, net};
 
     use crate::{
-        counters, icmp, maps,
+        counters, icmp, lookup, maps,
         nat::{self, Hook},
         parse::{self, Fragment, Ipv4Packet, Parsed},
         policy, sock,
@@ -118,7 +120,7 @@ mod programs {
     }
 
     fn try_uplink_ingress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
-        if nat::is_loopback(packet.dst) {
+        if lookup::is_loopback(packet.dst) {
             return policy::enforce(policy::from_outside(packet.dst));
         }
         if icmp::is_error(packet)
@@ -131,7 +133,7 @@ mod programs {
                 return verdict;
             }
             if packet.proto != PROTO_ICMP
-                && let Some(target) = nat::published(packet.dst, packet.dport, packet.proto)
+                && let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto)
             {
                 return nat::dnat_new(ctx, packet, &target, None);
             }
@@ -178,7 +180,7 @@ mod programs {
         let Some(own) = own else { return TC_ACT_OK };
         // Sandboxes never send with a host address as source: only natd's own translation
         // may produce those (the bridge accepts local sources for that reason).
-        if nat::is_local(packet.src) || nat::is_loopback(packet.src) {
+        if lookup::is_local(packet.src) || lookup::is_loopback(packet.src) {
             counters::bump(counter::DROP_SPOOFED_SOURCE);
             return aya_ebpf::bindings::TC_ACT_SHOT;
         }
@@ -192,8 +194,8 @@ mod programs {
                 return verdict;
             }
             if packet.proto != PROTO_ICMP
-                && nat::is_local(packet.dst)
-                && let Some(target) = nat::published(packet.dst, packet.dport, packet.proto)
+                && lookup::is_local(packet.dst)
+                && let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto)
             {
                 return nat::dnat_new(ctx, packet, &target, Some(&own));
             }

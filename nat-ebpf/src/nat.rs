@@ -7,13 +7,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nat_common::{
-    AddrKey, FAMILY_V4, NetInfo, PROTO_ICMP, PortKey, PortTarget, SNAT_PORT_TRIES, counter, ct,
+    DEFAULT_SNAT_PORTS, FAMILY_V4, NetInfo, PROTO_ICMP, PortTarget, SNAT_PORT_TRIES, addr, counter, ct,
 };
 
 use crate::{
-    conntrack::{self, InsertError, Tuple, v4_addr, v4_raw},
+    conntrack::{self, InsertError, Tuple},
     counters::{self, bump},
-    csum, maps,
+    csum,
+    lookup::{is_published_port, published},
+    maps,
     parse::Ipv4Packet,
 };
 
@@ -38,48 +40,6 @@ pub fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> Verdict {
             TC_ACT_SHOT
         }
     }
-}
-
-#[inline(always)]
-pub fn port_key(addr: u32, port: u16, proto: u8) -> PortKey {
-    PortKey {
-        addr: v4_addr(addr),
-        port,
-        proto,
-        family: FAMILY_V4,
-    }
-}
-
-#[inline(always)]
-pub fn is_local(addr: u32) -> bool {
-    let key = AddrKey {
-        addr: v4_addr(addr),
-        family: FAMILY_V4,
-        _pad: [0; 3],
-    };
-    maps::NATD_LOCAL_ADDRS.get_ptr(&key).is_some()
-}
-
-#[inline(always)]
-pub fn is_loopback(addr: u32) -> bool {
-    addr.to_ne_bytes()[0] == 127
-}
-
-/// The published mapping for a destination: bound to that address, or to every address
-/// when the destination is one of the host's own (Docker's `--dst-type LOCAL`).
-#[inline(always)]
-pub fn published(dst: u32, dport: u16, proto: u8) -> Option<PortTarget> {
-    if let Some(target) = maps::NATD_PORTS.get_ptr(&port_key(dst, dport, proto)) {
-        // SAFETY: valid map value pointer; copied out at once.
-        return Some(unsafe { *target });
-    }
-    if !is_local(dst) {
-        return None;
-    }
-    // SAFETY: as above.
-    maps::NATD_PORTS
-        .get_ptr(&port_key(0, dport, proto))
-        .map(|t| unsafe { *t })
 }
 
 /// An existing flow: translate it if this hook owns that direction. `None`: not tracked
@@ -126,11 +86,11 @@ pub fn dnat_new(
 ) -> Verdict {
     let original = Tuple::of(packet);
     let mut translated = original;
-    translated.dst = v4_raw(&target.addr);
+    translated.dst = addr::v4_raw(&target.addr);
     translated.dport = target.port;
     let hairpin = translated.dst == original.src;
     if hairpin && let Some(net) = from_net {
-        translated.src = v4_raw(&net.gateway);
+        translated.src = addr::v4_raw(&net.gateway);
     }
     match conntrack::track(
         &original,
@@ -170,7 +130,7 @@ pub fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let uplink_addr = match maps::NATD_IFACE_CONFIG.get_ptr(&ifindex) {
         // SAFETY: valid map value pointer.
-        Some(config) if unsafe { (*config).family } == FAMILY_V4 => unsafe { v4_raw(&(*config).addr) },
+        Some(config) if unsafe { (*config).family } == FAMILY_V4 => unsafe { addr::v4_raw(&(*config).addr) },
         _ => {
             bump(counter::DROP_NO_UPLINK_ADDR);
             return TC_ACT_SHOT;
@@ -180,7 +140,7 @@ pub fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
         Some(c) if c.snat_port_min != 0 && c.snat_port_min <= c.snat_port_max => {
             (c.snat_port_min, c.snat_port_max)
         }
-        _ => (61000, 65535),
+        _ => DEFAULT_SNAT_PORTS,
     };
     let span = u32::from(max - min) + 1;
     // SAFETY: no preconditions.
@@ -191,14 +151,7 @@ pub fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
     let mut claimed = false;
     for i in 0..SNAT_PORT_TRIES {
         let port = ((min as u32 + (start + i) % span) as u16).to_be();
-        if packet.proto != PROTO_ICMP
-            && (maps::NATD_PORTS
-                .get_ptr(&port_key(uplink_addr, port, packet.proto))
-                .is_some()
-                || maps::NATD_PORTS
-                    .get_ptr(&port_key(0, port, packet.proto))
-                    .is_some())
-        {
+        if packet.proto != PROTO_ICMP && is_published_port(uplink_addr, port, packet.proto) {
             continue;
         }
         translated.sport = port;

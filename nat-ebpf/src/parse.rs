@@ -79,9 +79,23 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Malformed> {
     }
 }
 
+/// Whether an IPv4 header is the packet's own or one quoted inside an ICMP error. A quoted
+/// packet is cut short (RFC 792 guarantees its header and 8 bytes of payload): its total
+/// length is not checked against the frame and only what those 8 bytes hold is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Outer,
+    Quoted,
+}
+
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Malformed> {
-    let l3 = ETH_HLEN;
+    parse_ipv4_at(ctx, ETH_HLEN, Position::Outer)
+}
+
+/// The IPv4 header at `l3` and the L4 fields natd translates.
+#[inline(always)]
+pub fn parse_ipv4_at(ctx: &TcContext, l3: usize, position: Position) -> Result<Ipv4Packet, Malformed> {
     let version_ihl: u8 = load(ctx, l3)?;
     let ihl = usize::from(version_ihl & 0x0f);
     // IHL counts 32-bit words; below 5 the header is invalid. Options (IHL > 5) are honoured
@@ -91,7 +105,7 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Malformed> {
     }
     let l4 = l3 + ihl * 4;
     let total_len = u16::from_be(load::<u16>(ctx, l3 + 2)?) as usize;
-    if total_len < ihl * 4 || (ctx.len() as usize) < l3 + total_len {
+    if position == Position::Outer && (total_len < ihl * 4 || (ctx.len() as usize) < l3 + total_len) {
         return Err(Malformed);
     }
     let frag = u16::from_be(load::<u16>(ctx, l3 + 6)?);
@@ -123,7 +137,10 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, Malformed> {
         PROTO_TCP => {
             packet.sport = load(ctx, l4)?;
             packet.dport = load(ctx, l4 + 2)?;
-            packet.tcp_flags = load(ctx, l4 + 13)?;
+            // Byte 13 lies beyond the 8 bytes an ICMP error has to quote.
+            if position == Position::Outer {
+                packet.tcp_flags = load(ctx, l4 + 13)?;
+            }
         }
         PROTO_UDP => {
             packet.sport = load(ctx, l4)?;

@@ -7,8 +7,8 @@ use nat_common::{NetInfo, counter, net};
 
 use crate::{
     counters::bump,
+    lookup::{is_local, is_loopback},
     maps,
-    nat::{is_local, is_loopback},
 };
 
 /// `Some(counter)`: drop and count.

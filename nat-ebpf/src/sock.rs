@@ -8,13 +8,16 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use nat_common::{FAMILY_V4, PROTO_TCP, PROTO_UDP, SockKey, SockOrig, counter};
+use nat_common::{
+    FAMILY_V4, PROTO_TCP, PROTO_UDP, SockKey, SockOrig,
+    addr::{v4_from_raw, v4_raw},
+    counter,
+};
 
 use crate::{
-    conntrack::{v4_addr, v4_raw},
     counters::bump,
+    lookup::{is_local, is_loopback, published},
     maps,
-    nat::{is_local, is_loopback, port_key},
 };
 
 #[inline(always)]
@@ -44,15 +47,13 @@ pub fn rewrite_destination(ctx: &SockAddrContext) {
         }
         let addr = (*sa).user_ip4;
         let port = (*sa).user_port as u16;
+        // Only connections to the host itself are redirected; anything else keeps its
+        // destination even when a mapping happens to be bound to that address.
         if !is_loopback(addr) && !is_local(addr) {
             return;
         }
-        let target = match maps::NATD_PORTS.get_ptr(&port_key(addr, port, proto)) {
-            Some(t) => *t,
-            None => match maps::NATD_PORTS.get_ptr(&port_key(0, port, proto)) {
-                Some(t) => *t,
-                None => return,
-            },
+        let Some(target) = published(addr, port, proto) else {
+            return;
         };
         let new_addr = v4_raw(&target.addr);
         (*sa).user_ip4 = new_addr;
@@ -65,7 +66,7 @@ pub fn rewrite_destination(ctx: &SockAddrContext) {
             _pad: [0; 5],
         };
         let orig = SockOrig {
-            addr: v4_addr(addr),
+            addr: v4_from_raw(addr),
             port,
             _pad: [0; 6],
         };
@@ -85,7 +86,7 @@ pub fn restore_peer(ctx: &SockAddrContext) {
         let sa = ctx.sock_addr;
         let key = SockKey {
             cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            addr: v4_addr((*sa).user_ip4),
+            addr: v4_from_raw((*sa).user_ip4),
             port: (*sa).user_port as u16,
             family: FAMILY_V4,
             _pad: [0; 5],

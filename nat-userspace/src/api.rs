@@ -1,134 +1,30 @@
-//! The HTTP/JSON API between natctl and natd: request and response bodies, and the
-//! records natd persists (a sandbox or network is returned as it is stored).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
+//! The HTTP/JSON API between natctl and natd: its paths (used by the server's router and
+//! by the client) and the request and response bodies. A sandbox or network is returned as
+//! it is stored (`model`), with a view of what is live.
 use serde::{Deserialize, Serialize};
 
-use crate::portspec::{Proto, PublishSpec};
+use crate::model::{Network, Sandbox};
 
-pub const API_PREFIX: &str = "/v1";
+/// Every path of the API. Parameterised paths come as a route pattern (axum's `{name}`
+/// syntax) for the server and a function for the client.
+pub mod paths {
+    pub const INFO: &str = "/v1/info";
+    pub const NETWORKS: &str = "/v1/networks";
+    pub const NETWORK: &str = "/v1/networks/{name}";
+    pub const NETWORK_CONNECT: &str = "/v1/networks/{name}/connect";
+    pub const NETWORK_DISCONNECT: &str = "/v1/networks/{name}/disconnect";
+    pub const SANDBOXES: &str = "/v1/sandboxes";
+    pub const SANDBOX: &str = "/v1/sandboxes/{name}";
+    pub const RECONCILE: &str = "/v1/reconcile";
+    pub const STATS: &str = "/v1/stats";
+    pub const CONNTRACK: &str = "/v1/conntrack";
+    /// Only in builds with the `failpoints` feature (tests).
+    pub const FAILPOINTS: &str = "/v1/debug/failpoints";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    Bridge,
-    /// Sandboxes on the host's LAN through a bridge holding the host's NIC (pipework).
-    HostBridge,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Network {
-    pub id: u32,
-    pub name: String,
-    pub driver: Driver,
-    /// The Linux bridge that carries this network.
-    pub bridge: String,
-    /// The bridge existed before natd used it: natd never deletes it.
-    pub bridge_adopted: bool,
-    pub subnet: String,
-    /// Address of the bridge.
-    pub gateway: Ipv4Addr,
-    /// Default route of sandboxes when it differs from the bridge address (--default-gateway).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aux_gateway: Option<Ipv4Addr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_range: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet_v6: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway_v6: Option<Ipv6Addr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aux_gateway_v6: Option<Ipv6Addr>,
-    pub internal: bool,
-    pub icc: bool,
-    pub ip_masq: bool,
-    pub mtu: u32,
-    /// The network named `bridge`, configured by natd's flags.
-    pub default: bool,
-    pub created: u64,
-    /// hostbridge: the NIC natd put into the bridge and what it had before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<crate::hostbridge::ParentState>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "mode", content = "target")]
-pub enum NetworkMode {
-    /// Attached to the default network or a user-defined one.
-    Bridge,
-    None,
-    Host,
-    Container(String),
-}
-
-/// One interface of a sandbox on one network.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoint {
-    pub network: String,
-    /// The veth end in natd's namespace, enslaved to the network's bridge.
-    pub host_ifname: String,
-    /// The name inside the sandbox: eth0, eth1, ...
-    pub ifname: String,
-    pub ipv4: Ipv4Addr,
-    pub prefix_len: u8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6: Option<Ipv6Addr>,
-    #[serde(default)]
-    pub prefix_len_v6: u8,
-    pub mac: String,
-    /// Default route of this endpoint when it differs from the network's (`IP/PREFIX@GW`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
-}
-
-/// A published port after allocation: one host port to one container port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortMapping {
-    /// None: every address of the host (0.0.0.0).
-    pub host_ip: Option<IpAddr>,
-    pub host_port: u16,
-    pub container_port: u16,
-    pub proto: Proto,
-}
-
-impl PortMapping {
-    pub fn host_display(&self) -> String {
-        match self.host_ip {
-            None => format!("0.0.0.0:{}", self.host_port),
-            Some(IpAddr::V6(ip)) => format!("[{ip}]:{}", self.host_port),
-            Some(ip) => format!("{ip}:{}", self.host_port),
-        }
+    /// `pattern` with its `{name}` filled in (names are validated to need no escaping).
+    pub fn with_name(pattern: &str, name: &str) -> String {
+        pattern.replace("{name}", name)
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sandbox {
-    pub id: u32,
-    pub name: String,
-    pub mode: NetworkMode,
-    /// Path of the network namespace (None in host mode: natd's own namespace).
-    pub netns: Option<String>,
-    /// natd created the namespace and deletes it with the sandbox.
-    pub netns_owned: bool,
-    /// Name under /etc/netns whose files are bind-mounted over /etc inside the sandbox.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etc_name: Option<String>,
-    pub endpoints: Vec<Endpoint>,
-    pub dns: Vec<IpAddr>,
-    pub mtu: Option<u32>,
-    pub publish: Vec<PublishSpec>,
-    pub publish_all: bool,
-    pub expose: Vec<crate::portspec::ExposeSpec>,
-    pub ports: Vec<PortMapping>,
-    pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    /// Start time of `pid` (clock ticks since boot), to never signal a recycled pid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_start: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-    pub created: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -205,7 +101,7 @@ pub struct AttachedSandbox {
 pub struct SandboxView {
     #[serde(flatten)]
     pub sandbox: Sandbox,
-    /// running | exited | none (no command) | unknown.
+    /// created (no command) | running | exited.
     pub status: String,
     /// Namespace to enter for `natctl exec` (natd's own for host mode and resolved for container:).
     pub enter_netns: String,
@@ -254,4 +150,13 @@ pub struct MappingStatsView {
     pub mapping_id: u32,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// `POST /v1/debug/failpoints` (builds with the `failpoints` feature): configure a fail
+/// point as the `fail` crate understands it, e.g. `{"name": "rollback-record",
+/// "actions": "2*off->return"}`; `"actions": "off"` removes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailpointRequest {
+    pub name: String,
+    pub actions: String,
 }

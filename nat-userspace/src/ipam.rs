@@ -21,6 +21,8 @@ pub enum IpamError {
         "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"
     )]
     NoFreeSubnet,
+    #[error("no matching subnet for range {range}")]
+    PoolOutsideSubnet { range: String },
 }
 
 /// Docker-like default pools that networks created without `--subnet` are carved from, as /24s.
@@ -102,6 +104,16 @@ pub fn allocate_v6(
         })
 }
 
+/// Checks that a pool (`--ip-range`, `--fixed-cidr`) lies inside its subnet.
+pub fn check_pool(subnet: Ipv4Network, pool: Ipv4Network) -> Result<(), IpamError> {
+    if !subnet.contains(pool.network()) || pool.prefix() < subnet.prefix() {
+        return Err(IpamError::PoolOutsideSubnet {
+            range: pool.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Picks the first /24 of the default pools that overlaps none of `taken`.
 pub fn pick_free_subnet(taken: &[Ipv4Network]) -> Result<Ipv4Network, IpamError> {
     for (base, prefix) in DEFAULT_POOLS {
@@ -121,6 +133,11 @@ pub fn pick_free_subnet(taken: &[Ipv4Network]) -> Result<Ipv4Network, IpamError>
         }
     }
     Err(IpamError::NoFreeSubnet)
+}
+
+/// The first host address of an IPv6 subnet (its gateway by default).
+pub fn first_v6_host(net: Ipv6Network) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()) + 1)
 }
 
 /// The gateway a new network gets when none is given: the first host address.

@@ -4,14 +4,12 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod hostbridge;
 pub mod ipam;
-pub mod netlink;
-pub mod netns;
+pub mod model;
 pub mod portspec;
-pub mod process;
 pub mod server;
 pub mod state;
+pub mod sys;
 
 /// The kernel programs, built by build.rs from the nat-ebpf crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));

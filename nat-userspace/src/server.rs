@@ -12,19 +12,22 @@ use axum::{
 use tokio::{net::UnixListener, sync::Mutex};
 
 use crate::{
-    api::{ConnectRequest, ErrorBody, NetworkCreate, RunRequest},
-    daemon::{Daemon, DaemonError},
+    api::{ConnectRequest, ErrorBody, NetworkCreate, RunRequest, paths},
+    daemon::{Daemon, DaemonError, ErrorClass},
 };
 
 type Shared = Arc<Mutex<Daemon>>;
 
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            DaemonError::Invalid(_) => StatusCode::BAD_REQUEST,
-            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
-            DaemonError::Conflict(_) => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match self.class() {
+            ErrorClass::Invalid => StatusCode::BAD_REQUEST,
+            ErrorClass::NotFound => StatusCode::NOT_FOUND,
+            ErrorClass::Conflict => StatusCode::CONFLICT,
+            ErrorClass::Internal => {
+                tracing::error!(error = ?self, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         (
             status,
@@ -37,18 +40,35 @@ impl IntoResponse for DaemonError {
 }
 
 pub fn router(daemon: Shared) -> Router {
-    Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/networks", get(network_list).post(network_create))
-        .route("/v1/networks/{name}", get(network_inspect).delete(network_rm))
-        .route("/v1/networks/{name}/connect", post(connect))
-        .route("/v1/networks/{name}/disconnect", post(disconnect))
-        .route("/v1/sandboxes", get(list).post(run))
-        .route("/v1/sandboxes/{name}", get(inspect).delete(rm))
-        .route("/v1/reconcile", post(reconcile))
-        .route("/v1/stats", get(stats))
-        .route("/v1/conntrack", get(conntrack))
-        .with_state(daemon)
+    let router = Router::new()
+        .route(paths::INFO, get(info))
+        .route(paths::NETWORKS, get(network_list).post(network_create))
+        .route(paths::NETWORK, get(network_inspect).delete(network_rm))
+        .route(paths::NETWORK_CONNECT, post(connect))
+        .route(paths::NETWORK_DISCONNECT, post(disconnect))
+        .route(paths::SANDBOXES, get(list).post(run))
+        .route(paths::SANDBOX, get(inspect).delete(rm))
+        .route(paths::RECONCILE, post(reconcile))
+        .route(paths::STATS, get(stats))
+        .route(paths::CONNTRACK, get(conntrack));
+    #[cfg(feature = "failpoints")]
+    let router = router.route(paths::FAILPOINTS, post(failpoint));
+    router.with_state(daemon)
+}
+
+/// Test builds only: configure a fail point at run time (see `daemon::rollback`).
+#[cfg(feature = "failpoints")]
+async fn failpoint(Json(req): Json<crate::api::FailpointRequest>) -> Response {
+    let result = if req.actions == "off" {
+        fail::remove(&req.name);
+        Ok(())
+    } else {
+        fail::cfg(&req.name, &req.actions)
+    };
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(message) => (StatusCode::BAD_REQUEST, Json(ErrorBody { message })).into_response(),
+    }
 }
 
 /// Binds the socket (replacing a stale one), restricted to its owner.

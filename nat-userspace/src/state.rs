@@ -7,7 +7,7 @@ use std::{
 
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use crate::api::{Network, Sandbox};
+use crate::model::{Network, Sandbox};
 
 const NETWORKS: TableDefinition<&str, &str> = TableDefinition::new("networks");
 const SANDBOXES: TableDefinition<&str, &str> = TableDefinition::new("sandboxes");
@@ -43,6 +43,29 @@ pub struct Snapshot {
     pub networks: BTreeMap<String, Network>,
     pub sandboxes: BTreeMap<String, Sandbox>,
     pub next_id: u64,
+}
+
+impl Snapshot {
+    /// Applies committed changes to the in-memory copy.
+    pub fn apply(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::PutNetwork(n) => {
+                    self.networks.insert(n.name.clone(), n);
+                }
+                Change::DeleteNetwork(name) => {
+                    self.networks.remove(&name);
+                }
+                Change::PutSandbox(s) => {
+                    self.sandboxes.insert(s.name.clone(), s);
+                }
+                Change::DeleteSandbox(name) => {
+                    self.sandboxes.remove(&name);
+                }
+                Change::NextId(id) => self.next_id = self.next_id.max(id),
+            }
+        }
+    }
 }
 
 pub enum Change {
@@ -120,7 +143,7 @@ impl Store {
     }
 
     /// Applies all changes in one durable transaction: all or nothing.
-    pub fn commit(&self, changes: Vec<Change>) -> Result<(), StateError> {
+    pub fn commit(&self, changes: &[Change]) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut networks = txn.open_table(NETWORKS).map_err(db_err)?;
@@ -129,21 +152,21 @@ impl Store {
             for change in changes {
                 match change {
                     Change::PutNetwork(n) => {
-                        let json = serde_json::to_string(&n).map_err(db_err)?;
+                        let json = serde_json::to_string(n).map_err(db_err)?;
                         networks.insert(n.name.as_str(), json.as_str()).map_err(db_err)?;
                     }
                     Change::DeleteNetwork(name) => {
                         networks.remove(name.as_str()).map_err(db_err)?;
                     }
                     Change::PutSandbox(s) => {
-                        let json = serde_json::to_string(&s).map_err(db_err)?;
+                        let json = serde_json::to_string(s).map_err(db_err)?;
                         sandboxes.insert(s.name.as_str(), json.as_str()).map_err(db_err)?;
                     }
                     Change::DeleteSandbox(name) => {
                         sandboxes.remove(name.as_str()).map_err(db_err)?;
                     }
                     Change::NextId(id) => {
-                        meta.insert(NEXT_ID, id).map_err(db_err)?;
+                        meta.insert(NEXT_ID, *id).map_err(db_err)?;
                     }
                 }
             }
@@ -155,7 +178,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Driver;
+    use crate::model::Driver;
 
     fn network(name: &str) -> Network {
         Network {
@@ -164,7 +187,7 @@ mod tests {
             driver: Driver::Bridge,
             bridge: "natdb7".into(),
             bridge_adopted: false,
-            subnet: "10.9.0.0/24".into(),
+            subnet: "10.9.0.0/24".parse().unwrap(),
             gateway: "10.9.0.1".parse().unwrap(),
             aux_gateway: None,
             ip_range: None,
@@ -190,14 +213,14 @@ mod tests {
             assert!(snap.networks.is_empty());
             assert_eq!(snap.next_id, 1);
             store
-                .commit(vec![Change::PutNetwork(network("a")), Change::NextId(8)])
+                .commit(&[Change::PutNetwork(network("a")), Change::NextId(8)])
                 .unwrap();
         }
         {
             let (store, snap) = Store::open(&dir).unwrap();
             assert_eq!(snap.networks["a"], network("a"));
             assert_eq!(snap.next_id, 8);
-            store.commit(vec![Change::DeleteNetwork("a".into())]).unwrap();
+            store.commit(&[Change::DeleteNetwork("a".into())]).unwrap();
         }
         let (_, snap) = Store::open(&dir).unwrap();
         assert!(snap.networks.is_empty());

@@ -45,18 +45,39 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
-/// Runs a command that must succeed; returns stdout.
-pub fn must(program: &str, args: &[&str]) -> String {
-    let out = sh(program, args);
+/// The stdout of a command that had to succeed; panics with `what`, its status and both
+/// outputs (and `context`, e.g. natd's log) when it did not.
+pub fn stdout_or_panic(what: &str, out: Output, context: &str) -> String {
     if !out.status.success() {
         panic!(
-            "{program} {args:?} failed ({}):\n{}{}",
+            "{what} failed ({}):\n{}{}{context}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn must(program: &str, args: &[&str]) -> String {
+    stdout_or_panic(&format!("{program} {args:?}"), sh(program, args), "")
+}
+
+/// A UDP server (a shell command line for a sandbox) answering every datagram with
+/// `reply`, a shell word such as `$SOCAT_PEERADDR`. The command reads the datagram before
+/// it answers: socat's SYSTEM: writes the datagram to the command's stdin, and a command
+/// that exits without reading it (a bare `echo`) makes socat fail with EPIPE and drop the
+/// answer. That race, not natd, was the "first datagram gets no answer" of earlier runs.
+pub fn udp_reply(port: u16, reply: &str) -> String {
+    format!("socat UDP-RECVFROM:{port},fork SYSTEM:'head -c1 >/dev/null; echo {reply}'")
+}
+
+/// A TCP server (a shell command line for a sandbox) that answers every connection with
+/// the peer's address as it sees it: what tests use to check that a client's own
+/// address arrives.
+pub fn whoami(port: u16) -> String {
+    format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR'")
 }
 
 pub fn require_root() {
@@ -169,6 +190,13 @@ impl Lab {
         .collect()
     }
 
+    /// The topology with natd started in it (arguments as for `start_natd`).
+    pub fn started(extra: &[&str]) -> Self {
+        let mut lab = Self::new().expect("build the lab's topology");
+        lab.start_natd(extra).expect("start natd");
+        lab
+    }
+
     /// natd inside the host namespace with this lab's own socket, state, pins and prefix.
     pub fn start_natd(&mut self, extra: &[&str]) -> Result<()> {
         self.natd_args = extra.iter().map(|s| s.to_string()).collect();
@@ -232,16 +260,8 @@ impl Lab {
 
     /// natctl that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.natctl(args);
-        if !out.status.success() {
-            panic!(
-                "natctl {args:?} failed:\n{}{}\n--- natd log ---\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                self.natd_log()
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).to_string()
+        let log = format!("\n--- natd log ---\n{}", self.natd_log());
+        stdout_or_panic(&format!("natctl {args:?}"), self.natctl(args), &log)
     }
 
     /// natctl that must fail; returns stderr.
@@ -269,16 +289,11 @@ impl Lab {
     }
 
     pub fn exec_ok(&self, sandbox: &str, args: &[&str]) -> String {
-        let out = self.exec(sandbox, args);
-        if !out.status.success() {
-            panic!(
-                "exec in {sandbox} {args:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).to_string()
+        stdout_or_panic(
+            &format!("exec in {sandbox} {args:?}"),
+            self.exec(sandbox, args),
+            "",
+        )
     }
 
     /// A command in one of the lab's own namespaces (host, ext, or an added one).
@@ -293,14 +308,7 @@ impl Lab {
     }
 
     pub fn host_ok(&self, args: &[&str]) -> String {
-        let out = self.host(args);
-        assert!(
-            out.status.success(),
-            "in host {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        stdout_or_panic(&format!("in host {args:?}"), self.host(args), "")
     }
 
     pub fn ext(&self, args: &[&str]) -> Output {
@@ -318,6 +326,22 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .expect("run natd --cleanup")
+    }
+
+    /// The path of a sandbox's network namespace.
+    pub fn netns_of(&self, sandbox: &str) -> String {
+        self.json(&["inspect", sandbox])["netns"]
+            .as_str()
+            .unwrap_or_else(|| panic!("sandbox {sandbox} has a namespace of its own"))
+            .to_string()
+    }
+
+    /// `natctl run --name NAME ARGS... -- sh -c SCRIPT`.
+    pub fn run_script(&self, name: &str, args: &[&str], script: &str) {
+        let mut full = vec!["run", "--name", name];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--", "sh", "-c", script]);
+        self.ok(&full);
     }
 
     /// IPv4 address of `ifname` inside a sandbox.

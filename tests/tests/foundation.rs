@@ -5,12 +5,6 @@ use std::time::Duration;
 use natlab::{Lab, sh, wait_until};
 use nix::sys::signal::Signal;
 
-fn lab(extra: &[&str]) -> Lab {
-    let mut lab = Lab::new().expect("build topology");
-    lab.start_natd(extra).expect("start natd");
-    lab
-}
-
 fn ping(lab: &Lab, from: &str, to: &str) -> bool {
     lab.exec(from, &["ping", "-c1", "-W2", to]).status.success()
 }
@@ -25,7 +19,7 @@ fn links_in(lab: &Lab, sandbox: &str) -> Vec<String> {
 
 #[test]
 fn network_modes_and_connectivity() {
-    let lab = lab(&[]);
+    let lab = Lab::started(&[]);
     lab.ok(&["run", "--name", "alpha", "--", "sleep", "1000"]);
     lab.ok(&["run", "--name", "beta"]);
     lab.ok(&["run", "--name", "nonet", "--network", "none"]);
@@ -85,7 +79,7 @@ fn network_modes_and_connectivity() {
 
 #[test]
 fn mtu_dns_and_daemon_settings() {
-    let lab = lab(&[
+    let lab = Lab::started(&[
         "--bip",
         "10.123.0.1/16",
         "--fixed-cidr",
@@ -185,7 +179,7 @@ fn config_file_is_read() {
 
 #[test]
 fn user_networks_connect_and_disconnect() {
-    let lab = lab(&[]);
+    let lab = Lab::started(&[]);
     lab.ok(&[
         "network",
         "create",
@@ -259,7 +253,7 @@ fn user_networks_connect_and_disconnect() {
 
 #[test]
 fn restart_keeps_state_and_traffic_survives_downtime() {
-    let mut lab = lab(&[]);
+    let mut lab = Lab::started(&[]);
     lab.ok(&["network", "create", "--subnet", "10.89.0.0/24", "keep"]);
     lab.ok(&[
         "run",
@@ -315,7 +309,7 @@ fn restart_keeps_state_and_traffic_survives_downtime() {
 
 #[test]
 fn reconcile_repairs_and_removes_only_what_natd_owns() {
-    let mut lab = lab(&[]);
+    let mut lab = Lab::started(&[]);
     lab.ok(&["run", "--name", "r1"]);
     lab.ok(&["run", "--name", "r2"]);
     let r2 = lab.sandbox_ip("r2");
@@ -375,7 +369,7 @@ fn reconcile_repairs_and_removes_only_what_natd_owns() {
 
 #[test]
 fn commands_run_detached_and_rm_stops_them() {
-    let lab = lab(&[]);
+    let lab = Lab::started(&[]);
     let page = lab.dir.join("www");
     std::fs::create_dir_all(&page).unwrap();
     std::fs::write(page.join("index.html"), "hello natd\n").unwrap();
@@ -457,7 +451,7 @@ fn adopted_namespace_and_bridge_are_left_in_place() {
 
 #[test]
 fn cleanup_removes_everything_natd_owns() {
-    let mut lab = lab(&[]);
+    let mut lab = Lab::started(&[]);
     lab.ok(&["network", "create", "gone"]);
     lab.ok(&["run", "--name", "c1", "--network", "gone", "--", "sleep", "1000"]);
     lab.ok(&["run", "--name", "c2", "--dns", "192.0.2.1"]);
@@ -498,7 +492,7 @@ fn corrupt_state_gives_a_clear_error() {
 
 #[test]
 fn concurrent_requests_get_distinct_addresses() {
-    let lab = lab(&[]);
+    let lab = Lab::started(&[]);
     let names: Vec<String> = (0..8).map(|i| format!("par{i}")).collect();
     std::thread::scope(|scope| {
         for name in &names {
@@ -515,7 +509,7 @@ fn concurrent_requests_get_distinct_addresses() {
 /// Every refused request names the problem and leaves the state as it was.
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let lab = lab(&["--bip", "10.125.0.1/29"]);
+    let lab = Lab::started(&["--bip", "10.125.0.1/29"]);
     lab.ok(&["network", "create", "--subnet", "10.90.0.0/24", "taken"]);
     lab.ok(&[
         "run",

@@ -7,28 +7,9 @@ use std::{
     time::Duration,
 };
 
+use nat_common::names::program;
 use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, sh, wait_listening, wait_until};
 use nix::sys::signal::Signal;
-
-fn lab(extra: &[&str]) -> Lab {
-    let mut lab = Lab::new().expect("build topology");
-    let mut args = vec!["--dataplane", "ebpf"];
-    args.extend_from_slice(extra);
-    lab.start_natd(&args).expect("start natd");
-    lab
-}
-
-/// A TCP server in a sandbox that answers every connection with the peer's address.
-fn tcp_whoami(port: u16) -> Vec<String> {
-    [
-        "socat",
-        &format!("TCP-LISTEN:{port},fork,reuseaddr"),
-        "SYSTEM:echo $SOCAT_PEERADDR",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 /// Connects from the external namespace and returns the line the server sent.
 fn ext_tcp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
@@ -58,21 +39,6 @@ fn ext_udp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-fn run_sandbox(lab: &Lab, name: &str, args: &[&str], command: &[String]) {
-    let mut full: Vec<&str> = vec!["run", "--name", name];
-    full.extend_from_slice(args);
-    full.push("--");
-    full.extend(command.iter().map(String::as_str));
-    lab.ok(&full);
-}
-
-fn sandbox_ns(lab: &Lab, name: &str) -> String {
-    lab.json(&["inspect", name])["netns"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// natd's promise: no netfilter rule and no kernel conntrack entry takes part.
 fn assert_no_kernel_nat(lab: &Lab) {
     let rules = lab.host_ok(&["nft", "list", "ruleset"]);
@@ -87,12 +53,12 @@ fn assert_no_kernel_nat(lab: &Lab) {
 
 #[test]
 fn published_ports_in_every_form() {
-    let lab = lab(&[]);
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
     lab.host_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", "up0"]);
     let script = "socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR' & \
                   socat TCP-LISTEN:81,fork,reuseaddr SYSTEM:'echo eighty-one' & \
                   for p in 90 91 92 93 94; do socat TCP-LISTEN:$p,fork,reuseaddr SYSTEM:\"echo port-$p\" & done; \
-                  socat UDP-RECVFROM:53,fork SYSTEM:'echo $SOCAT_PEERADDR' & wait";
+                  socat UDP-RECVFROM:53,fork SYSTEM:'head -c1 >/dev/null; echo $SOCAT_PEERADDR' & wait";
     let publish = [
         "-p",
         "8080:80",
@@ -112,8 +78,8 @@ fn published_ports_in_every_form() {
         "--expose",
         "94",
     ];
-    run_sandbox(&lab, "srv", &publish, &["sh".into(), "-c".into(), script.into()]);
-    let ns = sandbox_ns(&lab, "srv");
+    lab.run_script("srv", &publish, script);
+    let ns = lab.netns_of("srv");
     for port in [80, 81, 90, 91, 92, 93, 94] {
         assert!(wait_listening(&ns, "tcp", port), "server on {port}");
     }
@@ -136,12 +102,10 @@ fn published_ports_in_every_form() {
             Some(format!("port-{container}").as_str())
         );
     }
-    // UDP: the reply comes back through the translation.
-    // A datagram may be the one that waits for ARP; UDP retries like its clients do.
-    assert!(
-        wait_until(Duration::from_secs(8), || ext_udp(&lab, HOST_UPLINK_IP, 5353)
-            .as_deref()
-            == Some(EXT_IP)),
+    // UDP: the reply to the very first datagram comes back through the translation.
+    assert_eq!(
+        ext_udp(&lab, HOST_UPLINK_IP, 5353).as_deref(),
+        Some(EXT_IP),
         "the UDP reply comes back through the translation"
     );
 
@@ -202,7 +166,7 @@ fn published_ports_in_every_form() {
 
 #[test]
 fn masquerade_with_many_sandboxes_and_one_source_port() {
-    let lab = lab(&[]);
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
     let _server = lab.spawn_in(
         &lab.ext_ns,
         &[
@@ -285,7 +249,7 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
 
 #[test]
 fn ip_masq_false_and_internal_networks_stay_inside() {
-    let lab = lab(&["--ip-masq", "false"]);
+    let lab = Lab::started(&["--dataplane", "ebpf", "--ip-masq", "false"]);
     let _server = lab.spawn_in(
         &lab.ext_ns,
         &[
@@ -332,18 +296,13 @@ fn ip_masq_false_and_internal_networks_stay_inside() {
 
 #[test]
 fn flows_survive_natd_stop_and_restart() {
-    let mut lab = lab(&[]);
-    run_sandbox(
-        &lab,
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script(
         "echo",
         &["-p", "8080:80"],
-        &[
-            "socat".into(),
-            "TCP-LISTEN:80,fork,reuseaddr".into(),
-            "EXEC:cat".into(),
-        ],
+        "socat TCP-LISTEN:80,fork,reuseaddr EXEC:cat",
     );
-    let ns = sandbox_ns(&lab, "echo");
+    let ns = lab.netns_of("echo");
     assert!(wait_listening(&ns, "tcp", 80));
     let _remote = lab.spawn_in(
         &lab.ext_ns,
@@ -412,18 +371,9 @@ fn flows_survive_natd_stop_and_restart() {
 
 #[test]
 fn removing_a_mapping_invalidates_its_udp_flow() {
-    let lab = lab(&[]);
-    run_sandbox(
-        &lab,
-        "first",
-        &["-p", "5353:53/udp"],
-        &[
-            "socat".into(),
-            "UDP-RECVFROM:53,fork".into(),
-            "SYSTEM:echo first".into(),
-        ],
-    );
-    assert!(wait_listening(&sandbox_ns(&lab, "first"), "udp", 53));
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("first", &["-p", "5353:53/udp"], &natlab::udp_reply(53, "first"));
+    assert!(wait_listening(&lab.netns_of("first"), "udp", 53));
     let socket = in_netns(&lab.ext_path(), || UdpSocket::bind((EXT_IP, 40000)).unwrap());
     socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     socket.connect((HOST_UPLINK_IP, 5353)).unwrap();
@@ -433,33 +383,21 @@ fn removing_a_mapping_invalidates_its_udp_flow() {
         let n = socket.recv(&mut buf).ok()?;
         Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     };
-    // The first datagram may wait for ARP on both sides: allow a retry.
-    assert!(
-        wait_until(Duration::from_secs(6), || ask().as_deref() == Some("first")),
-        "the first mapping answers"
-    );
+    assert_eq!(ask().as_deref(), Some("first"), "the first mapping answers");
     lab.ok(&["rm", "first"]);
-    run_sandbox(
-        &lab,
-        "second",
-        &["-p", "5353:53/udp"],
-        &[
-            "socat".into(),
-            "UDP-RECVFROM:53,fork".into(),
-            "SYSTEM:echo second".into(),
-        ],
-    );
-    assert!(wait_listening(&sandbox_ns(&lab, "second"), "udp", 53));
+    lab.run_script("second", &["-p", "5353:53/udp"], &natlab::udp_reply(53, "second"));
+    assert!(wait_listening(&lab.netns_of("second"), "udp", 53));
     // The very same 5-tuple now reaches the new mapping's sandbox.
-    assert!(
-        wait_until(Duration::from_secs(5), || ask().as_deref() == Some("second")),
+    assert_eq!(
+        ask().as_deref(),
+        Some("second"),
         "the old UDP flow was invalidated"
     );
 }
 
 #[test]
 fn published_port_taken_by_a_host_process_is_refused() {
-    let lab = lab(&[]);
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
     let _listener = lab.spawn_in(&lab.host_ns, &["socat", "TCP-LISTEN:7777,reuseaddr", "-"]);
     assert!(wait_listening(&lab.host_path(), "tcp", 7777));
     let err = lab.fails(&["run", "--name", "clash", "-p", "7777:80"]);
@@ -475,9 +413,9 @@ fn published_port_taken_by_a_host_process_is_refused() {
 
 #[test]
 fn parallel_clients_reach_a_published_port() {
-    let lab = lab(&[]);
-    run_sandbox(&lab, "busy", &["-p", "8080:80"], &tcp_whoami(80));
-    assert!(wait_listening(&sandbox_ns(&lab, "busy"), "tcp", 80));
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("busy", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("busy"), "tcp", 80));
     let out = sh(
         "sh",
         &[
@@ -500,7 +438,9 @@ fn parallel_clients_reach_a_published_port() {
 
 #[test]
 fn idle_flows_expire() {
-    let lab = lab(&[
+    let lab = Lab::started(&[
+        "--dataplane",
+        "ebpf",
         "--conntrack-timeout",
         "udp=1",
         "--conntrack-timeout",
@@ -508,17 +448,8 @@ fn idle_flows_expire() {
         "--gc-interval",
         "1",
     ]);
-    run_sandbox(
-        &lab,
-        "echo",
-        &["-p", "5353:53/udp"],
-        &[
-            "socat".into(),
-            "UDP-RECVFROM:53,fork".into(),
-            "SYSTEM:echo hi".into(),
-        ],
-    );
-    assert!(wait_listening(&sandbox_ns(&lab, "echo"), "udp", 53));
+    lab.run_script("echo", &["-p", "5353:53/udp"], &natlab::udp_reply(53, "hi"));
+    assert!(wait_listening(&lab.netns_of("echo"), "udp", 53));
     assert_eq!(ext_udp(&lab, HOST_UPLINK_IP, 5353).as_deref(), Some("hi"));
     let udp_flows = || {
         lab.json(&["ct", "ls"])
@@ -543,9 +474,9 @@ fn restart_replaces_an_outdated_program_in_place() {
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
     };
-    let mut lab = lab(&[]);
-    run_sandbox(&lab, "web", &["-p", "8080:80"], &tcp_whoami(80));
-    assert!(wait_listening(&sandbox_ns(&lab, "web"), "tcp", 80));
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
     assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8080).as_deref(), Some(EXT_IP));
     lab.stop_natd(Signal::SIGTERM);
 
@@ -554,7 +485,10 @@ fn restart_replaces_an_outdated_program_in_place() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("up0-ingress-natd_uplink_ingress"))
+        .find(|p| {
+            p.to_string_lossy()
+                .ends_with(&format!("up0-ingress-{}", program::UPLINK_INGRESS))
+        })
         .expect("pinned uplink ingress link");
     let scratch = std::path::PathBuf::from(format!("{}-scratch", lab.bpffs.display()));
     std::fs::create_dir_all(&scratch).unwrap();
@@ -564,7 +498,7 @@ fn restart_replaces_an_outdated_program_in_place() {
             .load(natd::EBPF_OBJECT)
             .unwrap();
         let program: &mut SchedClassifier = other
-            .program_mut("natd_sandbox_ingress")
+            .program_mut(program::SANDBOX_INGRESS)
             .unwrap()
             .try_into()
             .unwrap();
@@ -589,4 +523,31 @@ fn restart_replaces_an_outdated_program_in_place() {
     let report = lab.json(&["info"])["last_reconcile"].to_string();
     assert!(report.contains("program replaced atomically"), "{report}");
     assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8080).as_deref(), Some(EXT_IP));
+}
+
+/// The first datagram to a freshly published UDP port is answered, every time, on both
+/// dataplanes: one attempt per port, no retry (a lost datagram is a DNS query lost).
+#[test]
+fn the_first_datagram_to_a_fresh_udp_port_is_answered() {
+    for dataplane in ["ebpf", "nftables"] {
+        let lab = Lab::started(&["--dataplane", dataplane]);
+        let mut unanswered = Vec::new();
+        for i in 0..15u16 {
+            let (name, port) = (format!("u{i}"), 6000 + i);
+            lab.run_script(
+                &name,
+                &["-p", &format!("{port}:53/udp")],
+                &natlab::udp_reply(53, "hi"),
+            );
+            assert!(wait_listening(&lab.netns_of(&name), "udp", 53));
+            if ext_udp(&lab, HOST_UPLINK_IP, port).as_deref() != Some("hi") {
+                unanswered.push(port);
+            }
+            lab.ok(&["rm", &name]);
+        }
+        assert!(
+            unanswered.is_empty(),
+            "{dataplane}: first datagrams to {unanswered:?} got no answer"
+        );
+    }
 }

@@ -4,216 +4,22 @@
 //! namespace's loopback device) with its own pin directory.
 use std::net::Ipv4Addr;
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-};
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use nat_common::{
-    AddrKey, CtEntry, CtKey, FAMILY_V4, IfaceConfig, NatConfig, NetInfo, PortKey, PortTarget, counter, net,
-    role,
-};
+use nat_common::{counter, names::program, net};
+use natlab::bpf::{Bpf, CLIENT, HOST, SANDBOX};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
-const INGRESS: &str = "natd_uplink_ingress";
-const EGRESS: &str = "natd_uplink_egress";
-const SANDBOX_PROG: &str = "natd_sandbox_ingress";
+const INGRESS: &str = program::UPLINK_INGRESS;
+const EGRESS: &str = program::UPLINK_EGRESS;
+const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
 
-const HOST: [u8; 4] = [198, 51, 100, 1];
-const CLIENT: [u8; 4] = [203, 0, 113, 7];
 const REMOTE: [u8; 4] = [203, 0, 113, 9];
-const SANDBOX: [u8; 4] = [172, 20, 0, 2];
 const OTHER_SANDBOX: [u8; 4] = [172, 20, 0, 3];
 
-struct Bpf {
-    ebpf: Ebpf,
-    _pin: natlab::bpf::PinDir,
-}
-
-impl Bpf {
-    fn load(ct_capacity: u32) -> Self {
-        natlab::require_root();
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("a private network namespace for this test");
-        let pin = natlab::bpf::PinDir::create("natlab-pkt").expect("scratch pin directory");
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin.0)
-            .map_max_entries("NATD_CT", ct_capacity)
-            .load(natd::EBPF_OBJECT)
-            .expect("load natd's eBPF object");
-        for name in [INGRESS, EGRESS, SANDBOX_PROG] {
-            let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            program
-                .load()
-                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-        }
-        let mut bpf = Self { ebpf, _pin: pin };
-        // The test run's skb belongs to loopback (ifindex 1): make it the uplink.
-        let mut config: HashMap<_, u32, IfaceConfig> =
-            HashMap::try_from(bpf.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&HOST);
-        config
-            .insert(
-                1,
-                IfaceConfig {
-                    role: role::UPLINK,
-                    network_id: 0,
-                    addr,
-                    family: FAMILY_V4,
-                    _pad: [0; 7],
-                },
-                0,
-            )
-            .unwrap();
-        let mut nat: Array<_, NatConfig> = Array::try_from(bpf.ebpf.map_mut("NATD_CONFIG").unwrap()).unwrap();
-        nat.set(
-            0,
-            NatConfig {
-                snat_port_min: 61000,
-                snat_port_max: 61009,
-                _pad: 0,
-            },
-            0,
-        )
-        .unwrap();
-        let mut local: HashMap<_, AddrKey, u32> =
-            HashMap::try_from(bpf.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
-        local
-            .insert(
-                AddrKey {
-                    addr,
-                    family: FAMILY_V4,
-                    _pad: [0; 3],
-                },
-                1,
-                0,
-            )
-            .unwrap();
-        bpf.network(2, [172, 20, 0, 0], 24, [172, 20, 0, 1], net::ICC | net::MASQ);
-        bpf
-    }
-
-    fn network(&mut self, id: u32, subnet: [u8; 4], prefix_len: u8, gateway: [u8; 4], flags: u32) {
-        let info = NetInfo {
-            network_id: id,
-            flags,
-            gateway: v4(gateway),
-            subnet: v4(subnet),
-            prefix_len,
-            _pad: [0; 7],
-        };
-        let mut nets: LpmTrie<_, [u8; 4], NetInfo> =
-            LpmTrie::try_from(self.ebpf.map_mut("NATD_NETS_V4").unwrap()).unwrap();
-        nets.insert(&Key::new(u32::from(prefix_len), subnet), info, 0)
-            .unwrap();
-        let mut by_id: HashMap<_, u32, NetInfo> =
-            HashMap::try_from(self.ebpf.map_mut("NATD_NETWORKS").unwrap()).unwrap();
-        by_id.insert(id, info, 0).unwrap();
-    }
-
-    /// Makes the test run's device (loopback, ifindex 1) a sandbox veth of network `id`.
-    fn as_sandbox_veth(&mut self, network_id: u32) {
-        let mut config: HashMap<_, u32, IfaceConfig> =
-            HashMap::try_from(self.ebpf.map_mut("NATD_IFACE_CONFIG").unwrap()).unwrap();
-        config
-            .insert(
-                1,
-                IfaceConfig {
-                    role: role::SANDBOX_VETH,
-                    network_id,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
-    }
-
-    fn local(&mut self, ip: [u8; 4]) {
-        let mut local: HashMap<_, AddrKey, u32> =
-            HashMap::try_from(self.ebpf.map_mut("NATD_LOCAL_ADDRS").unwrap()).unwrap();
-        local
-            .insert(
-                AddrKey {
-                    addr: v4(ip),
-                    family: FAMILY_V4,
-                    _pad: [0; 3],
-                },
-                1,
-                0,
-            )
-            .unwrap();
-    }
-
-    fn publish(
-        &mut self,
-        host_ip: Option<[u8; 4]>,
-        host_port: u16,
-        proto: u8,
-        target: [u8; 4],
-        target_port: u16,
-        mapping_id: u32,
-    ) {
-        let mut ports: HashMap<_, PortKey, PortTarget> =
-            HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
-        ports
-            .insert(
-                port_key(host_ip, host_port, proto),
-                PortTarget {
-                    addr: v4(target),
-                    port: target_port.to_be(),
-                    _pad: [0; 2],
-                    mapping_id,
-                },
-                0,
-            )
-            .unwrap();
-    }
-
-    fn unpublish(&mut self, host_ip: Option<[u8; 4]>, host_port: u16, proto: u8) {
-        let mut ports: HashMap<_, PortKey, PortTarget> =
-            HashMap::try_from(self.ebpf.map_mut("NATD_PORTS").unwrap()).unwrap();
-        ports.remove(&port_key(host_ip, host_port, proto)).unwrap();
-    }
-
-    fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let program: &mut SchedClassifier = self.ebpf.program_mut(program).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn counter(&self, id: u32) -> u64 {
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("NATD_COUNTERS").unwrap()).unwrap();
-        array.get(&id, 0).unwrap().iter().sum()
-    }
-
-    fn ct(&self) -> Vec<(CtKey, CtEntry)> {
-        let map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(self.ebpf.map("NATD_CT").unwrap()).unwrap();
-        map.iter().map(|r| r.unwrap()).collect()
-    }
-}
-
-fn v4(a: [u8; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..4].copy_from_slice(&a);
-    out
-}
-
-fn port_key(ip: Option<[u8; 4]>, port: u16, proto: u8) -> PortKey {
-    PortKey {
-        addr: ip.map(v4).unwrap_or_default(),
-        port: port.to_be(),
-        proto,
-        family: FAMILY_V4,
-    }
+fn load(ct_capacity: u32) -> Bpf {
+    natlab::require_root();
+    Bpf::load(ct_capacity).expect("natd's eBPF object loads in a private namespace")
 }
 
 fn builder(src: [u8; 4], dst: [u8; 4]) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
@@ -318,7 +124,7 @@ fn seen(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Seen {
 
 #[test]
 fn dnat_forward_reverse_and_established() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
     let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, true));
     assert_eq!(ret, TC_ACT_OK);
@@ -347,7 +153,7 @@ fn dnat_forward_reverse_and_established() {
 
 #[test]
 fn dnat_honours_bound_address_and_protocol() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(Some([198, 51, 100, 77]), 5353, 17, SANDBOX, 53, 12);
     // Not for this address (even though it is the host's): untouched.
     let frame = udp(CLIENT, 5000, HOST, 5353);
@@ -363,7 +169,7 @@ fn dnat_honours_bound_address_and_protocol() {
 
 #[test]
 fn snat_new_and_established_flows_and_replies() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5555, REMOTE, 443, true));
     assert_eq!(ret, TC_ACT_OK);
     let first = inspect(&out);
@@ -409,7 +215,7 @@ fn snat_new_and_established_flows_and_replies() {
 
 #[test]
 fn snat_skips_published_ports_and_runs_out_cleanly() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     // 61000..=61009 is the NAT range; publish all but one of them.
     for port in 61000..=61008 {
         bpf.publish(None, port, 6, SANDBOX, 80, u32::from(port));
@@ -431,7 +237,7 @@ fn snat_skips_published_ports_and_runs_out_cleanly() {
 
 #[test]
 fn udp_zero_checksum_stays_zero() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     let mut frame = udp(SANDBOX, 6000, REMOTE, 53);
     // UDP checksum field: Ethernet 14 + IPv4 20 + 6.
     frame[40] = 0;
@@ -451,7 +257,7 @@ fn udp_zero_checksum_stays_zero() {
 
 #[test]
 fn icmp_echo_id_is_translated_both_ways() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     let (ret, out) = bpf.run(EGRESS, &icmp_echo(SANDBOX, REMOTE, 0x1234, true));
     assert_eq!(ret, TC_ACT_OK);
     let out_seen = inspect(&out);
@@ -471,7 +277,7 @@ fn icmp_echo_id_is_translated_both_ways() {
 
 #[test]
 fn ip_options_move_the_l4_header() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT, HOST).unwrap();
     // Record Route, 8 bytes: type 7, length 7, pointer 4, one empty slot, then EOL.
@@ -491,7 +297,7 @@ fn ip_options_move_the_l4_header() {
 
 #[test]
 fn truncated_and_malformed_frames_pass_untouched() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     let full = tcp(CLIENT, 40000, HOST, 8080, true);
     // BPF_PROG_TEST_RUN itself refuses IPv4 frames shorter than Ethernet + 20 bytes (EINVAL),
@@ -529,7 +335,7 @@ fn truncated_and_malformed_frames_pass_untouched() {
 
 #[test]
 fn fragments_never_leak_a_sandbox_address() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     let mut later = tcp(SANDBOX, 5555, REMOTE, 443, false);
     // Fragment offset 185 (x8 bytes), no more fragments: a later fragment.
     later[20..22].copy_from_slice(&185u16.to_be_bytes());
@@ -558,7 +364,7 @@ fn fix_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn removed_mapping_invalidates_its_flows() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(None, 5353, 17, SANDBOX, 53, 21);
     let frame = udp(CLIENT, 7000, HOST, 5353);
     assert_eq!(inspect(&bpf.run(INGRESS, &frame).1).dst, Ipv4Addr::from(SANDBOX));
@@ -581,7 +387,7 @@ fn removed_mapping_invalidates_its_flows() {
 
 #[test]
 fn full_table_drops_only_new_flows() {
-    let mut bpf = Bpf::load(64);
+    let mut bpf = load(64);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     // 32 flows fill 64 entries.
     for port in 0..32u16 {
@@ -704,7 +510,7 @@ fn inspect_error(frame: &[u8]) -> (Seen, Seen) {
 
 #[test]
 fn icmp_fragmentation_needed_for_a_published_port_flow() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, true));
     // The host cannot forward the client's big segment into the bridge and says so to the
@@ -727,7 +533,7 @@ fn icmp_fragmentation_needed_for_a_published_port_flow() {
 
 #[test]
 fn icmp_port_unreachable_from_a_sandbox() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(None, 5353, 17, SANDBOX, 53, 6);
     bpf.run(INGRESS, &udp(CLIENT, 5000, HOST, 5353));
     bpf.as_sandbox_veth(2);
@@ -747,7 +553,7 @@ fn icmp_port_unreachable_from_a_sandbox() {
 
 #[test]
 fn icmp_time_exceeded_for_a_masqueraded_flow() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     let (_, out) = bpf.run(EGRESS, &udp(SANDBOX, 33434, REMOTE, 33435));
     let nat_port = inspect(&out).sport;
     let router = [198, 51, 100, 2];
@@ -785,7 +591,7 @@ fn icmp_time_exceeded_for_a_masqueraded_flow() {
 
 #[test]
 fn hairpin_to_own_and_other_sandboxes() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 9);
     bpf.as_sandbox_veth(2);
     // The sandbox reaches its own published port: source becomes the gateway.
@@ -808,7 +614,7 @@ fn hairpin_to_own_and_other_sandboxes() {
 
 #[test]
 fn isolation_drops_by_reason() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     bpf.network(3, [10, 3, 0, 0], 24, [10, 3, 0, 1], net::ICC | net::MASQ);
     bpf.network(4, [10, 4, 0, 0], 24, [10, 4, 0, 1], net::MASQ);
     bpf.network(5, [10, 5, 0, 0], 24, [10, 5, 0, 1], net::ICC | net::INTERNAL);
@@ -867,7 +673,7 @@ fn isolation_drops_by_reason() {
 
 #[test]
 fn closed_tcp_flows_give_their_nat_port_back() {
-    let mut bpf = Bpf::load(1024);
+    let mut bpf = load(1024);
     // 61000..=61009: ten NAT ports for one remote ip:port.
     let mut nat_ports = Vec::new();
     for sport in 1..=10u16 {

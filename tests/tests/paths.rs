@@ -8,31 +8,8 @@ use std::{
 };
 
 use etherparse::PacketBuilder;
+use nat_common::names::{map, program};
 use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, sh, wait_listening, wait_until};
-
-fn lab() -> Lab {
-    let mut lab = Lab::new().expect("build topology");
-    lab.start_natd(&["--dataplane", "ebpf"]).expect("start natd");
-    lab
-}
-
-fn whoami(port: u16) -> String {
-    format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR'")
-}
-
-fn run(lab: &Lab, name: &str, args: &[&str], script: &str) {
-    let mut full = vec!["run", "--name", name];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--", "sh", "-c", script]);
-    lab.ok(&full);
-}
-
-fn netns_of(lab: &Lab, name: &str) -> String {
-    lab.json(&["inspect", name])["netns"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 fn from_sandbox(lab: &Lab, sandbox: &str, addr: &str, port: u16) -> Option<String> {
     let ctl = natlab::natctl_bin();
@@ -58,26 +35,20 @@ fn counter(lab: &Lab, name: &str) -> u64 {
 
 #[test]
 fn published_ports_from_the_host_and_from_sandboxes() {
-    let lab = lab();
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
     lab.ok(&["network", "create", "--subnet", "10.31.0.0/24", "front"]);
     lab.ok(&["network", "create", "--subnet", "10.32.0.0/24", "back"]);
-    run(
-        &lab,
+    lab.run_script(
         "web",
         &["--network", "front", "-p", "8080:80", "-p", "127.0.0.1:8081:81"],
-        &format!("{} & {} & wait", whoami(80), whoami(81)),
+        &format!("{} & {} & wait", natlab::whoami(80), natlab::whoami(81)),
     );
     lab.ok(&["run", "--name", "peer", "--network", "front"]);
-    run(
-        &lab,
-        "dns",
-        &["-p", "5300:53/udp"],
-        "socat UDP-RECVFROM:53,fork SYSTEM:'echo hi'",
-    );
+    lab.run_script("dns", &["-p", "5300:53/udp"], &natlab::udp_reply(53, "hi"));
     lab.ok(&["run", "--name", "other", "--network", "back"]);
-    let ns = netns_of(&lab, "web");
+    let ns = lab.netns_of("web");
     assert!(wait_listening(&ns, "tcp", 80) && wait_listening(&ns, "tcp", 81));
-    assert!(wait_listening(&netns_of(&lab, "dns"), "udp", 53));
+    assert!(wait_listening(&lab.netns_of("dns"), "udp", 53));
     let web_ip = lab.sandbox_ip("web");
 
     // The host itself: through its uplink address and through 127.0.0.1 (socket hooks).
@@ -100,15 +71,9 @@ fn published_ports_from_the_host_and_from_sandboxes() {
         let stream = TcpStream::connect(("127.0.0.1", 8080)).expect("connect from the host");
         let socket = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut from = None;
-        for _ in 0..5 {
-            socket.send_to(b"q", ("127.0.0.1", 5300)).unwrap();
-            let mut buf = [0u8; 64];
-            if let Ok((_, addr)) = socket.recv_from(&mut buf) {
-                from = Some(addr.to_string());
-                break;
-            }
-        }
+        socket.send_to(b"q", ("127.0.0.1", 5300)).unwrap();
+        let mut buf = [0u8; 64];
+        let from = socket.recv_from(&mut buf).ok().map(|(_, addr)| addr.to_string());
         (stream.peer_addr().unwrap().to_string(), from)
     });
     assert_eq!(tcp_peer, "127.0.0.1:8080");
@@ -145,9 +110,9 @@ fn published_ports_from_the_host_and_from_sandboxes() {
 /// sandbox subnet via the host, gets nothing.
 #[test]
 fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours() {
-    let lab = lab();
-    run(&lab, "web", &["-p", "127.0.0.1:8081:80"], &whoami(80));
-    assert!(wait_listening(&netns_of(&lab, "web"), "tcp", 80));
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("web", &["-p", "127.0.0.1:8081:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
     let web_ip = lab.sandbox_ip("web");
     let host_mac = mac_of(&lab, &lab.host_ns, "up0");
     let ext_mac = mac_of(&lab, &lab.ext_ns, "lan0");
@@ -235,7 +200,7 @@ fn send_raw(ifindex: i32, frame: &[u8]) {
 
 #[test]
 fn isolation_between_and_inside_networks() {
-    let lab = lab();
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
     lab.ok(&["network", "create", "--subnet", "10.41.0.0/24", "red"]);
     lab.ok(&["network", "create", "--subnet", "10.42.0.0/24", "blue"]);
     lab.ok(&[
@@ -273,15 +238,19 @@ fn isolation_between_and_inside_networks() {
     assert!(stats["counters"]["drop_cross_network"].as_u64().unwrap() > 0);
     assert!(stats["counters"]["drop_icc"].as_u64().unwrap() > 0);
     // Published ports still connect them through a host address.
-    run(&lab, "srv", &["--network", "blue", "-p", "9090:90"], &whoami(90));
-    assert!(wait_listening(&netns_of(&lab, "srv"), "tcp", 90));
+    lab.run_script(
+        "srv",
+        &["--network", "blue", "-p", "9090:90"],
+        &natlab::whoami(90),
+    );
+    assert!(wait_listening(&lab.netns_of("srv"), "tcp", 90));
     assert!(from_sandbox(&lab, "q1", HOST_UPLINK_IP, 9090).is_some());
     assert!(from_sandbox(&lab, "r1", HOST_UPLINK_IP, 9090).is_some());
 }
 
 #[test]
 fn icmp_errors_come_back_through_the_nat() {
-    let mut lab = lab();
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
     // A router behind ext: "far" at 203.0.113.2, so a TTL can expire on the way.
     let far = lab.add_netns("far").unwrap();
     sh(
@@ -349,14 +318,13 @@ fn icmp_errors_come_back_through_the_nat() {
         "1280",
         "small",
     ]);
-    run(
-        &lab,
+    lab.run_script(
         "sink",
         &["--network", "small", "-p", "8088:80"],
         "socat TCP-LISTEN:80,reuseaddr,fork SYSTEM:'wc -c'",
     );
     lab.exec_ok("sink", &["ip", "link", "set", "eth0", "mtu", "1500"]);
-    assert!(wait_listening(&netns_of(&lab, "sink"), "tcp", 80));
+    assert!(wait_listening(&lab.netns_of("sink"), "tcp", 80));
     let out = sh(
         "sh",
         &[
@@ -380,9 +348,9 @@ fn icmp_errors_come_back_through_the_nat() {
 
 #[test]
 fn stats_conntrack_and_info_show_what_happens() {
-    let lab = lab();
-    run(&lab, "web", &["-p", "8080:80"], &whoami(80));
-    assert!(wait_listening(&netns_of(&lab, "web"), "tcp", 80));
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
     // Keep one connection open so it shows in the table.
     let stream = in_netns(&lab.ext_path(), || {
         TcpStream::connect((HOST_UPLINK_IP, 8080)).unwrap()
@@ -399,10 +367,7 @@ fn stats_conntrack_and_info_show_what_happens() {
         "per-mapping packets: {mapping}"
     );
     assert!(mapping["bytes"].as_u64().unwrap() > 0);
-    assert!(
-        stats["maps"]["NATD_CT"][0].as_u64().unwrap() >= 2,
-        "map fill level"
-    );
+    assert!(stats["maps"][map::CT][0].as_u64().unwrap() >= 2, "map fill level");
     let table = lab.ok(&["stats"]);
     assert!(
         table.contains("DROP REASON") && table.contains("cross_network") && table.contains("0.0.0.0:8080->"),
@@ -424,7 +389,8 @@ fn stats_conntrack_and_info_show_what_happens() {
     let info = lab.json(&["info"]);
     let links = info["dataplane_detail"]["links"].to_string();
     assert!(
-        links.contains("up0-ingress-natd_uplink_ingress") && links.contains("up0-egress-natd_uplink_egress"),
+        links.contains(&format!("up0-ingress-{}", program::UPLINK_INGRESS))
+            && links.contains(&format!("up0-egress-{}", program::UPLINK_EGRESS)),
         "{links}"
     );
     assert!(

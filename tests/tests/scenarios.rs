@@ -162,10 +162,6 @@ fn ipt(lab: &Lab, args: &[&str]) {
     );
 }
 
-fn whoami(port: u16) -> String {
-    format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR'")
-}
-
 impl World {
     fn via_ext(&self, addr: &str, port: u16) -> Option<String> {
         natlab::tcp_line(&["ip", "netns", "exec", &self.lab.ext_ns], addr, port)
@@ -206,7 +202,7 @@ const NATD_ONLY: [(Mode, bool); 3] = [(Mode::Ebpf, true), (Mode::Nftables, true)
 
 fn published_tcp_port_keeps_client_address(mode: Mode) {
     check(mode, "published TCP port, client address kept", &ALL, |w| {
-        w.run("web", &["-p", "8080:80"], &whoami(80));
+        w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
         w.wait_server("web", "tcp", 80);
         w.via_ext(HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)
     });
@@ -217,23 +213,20 @@ fn published_udp_port(mode: Mode) {
         w.run(
             "dns",
             &["-p", "5353:53/udp"],
-            "socat UDP-RECVFROM:53,fork SYSTEM:'echo $SOCAT_PEERADDR'",
+            &natlab::udp_reply(53, "$SOCAT_PEERADDR"),
         );
         w.wait_server("dns", "udp", 53);
-        // A datagram may be the one that waits for ARP; UDP retries like its clients do.
-        wait_until(Duration::from_secs(8), || {
-            let command = format!(
-                "echo q | ip netns exec {} socat -T2 - UDP:{HOST_UPLINK_IP}:5353",
-                w.lab.ext_ns
-            );
-            String::from_utf8_lossy(&sh("sh", &["-c", &command]).stdout).trim() == EXT_IP
-        })
+        let command = format!(
+            "echo q | ip netns exec {} socat -T2 - UDP:{HOST_UPLINK_IP}:5353",
+            w.lab.ext_ns
+        );
+        String::from_utf8_lossy(&sh("sh", &["-c", &command]).stdout).trim() == EXT_IP
     });
 }
 
 fn random_and_ranged_host_ports(mode: Mode) {
     check(mode, "random and ranged host ports", &ALL, |w| {
-        let script = format!("{} & {} & wait", whoami(80), whoami(81));
+        let script = format!("{} & {} & wait", natlab::whoami(80), natlab::whoami(81));
         w.run("web", &["-p", "80", "-p", "9000-9010:81"], &script);
         w.wait_server("web", "tcp", 80);
         w.wait_server("web", "tcp", 81);
@@ -249,7 +242,7 @@ fn port_bound_to_one_address(mode: Mode) {
     check(mode, "port bound to one host address only", &ALL, |w| {
         w.lab
             .host_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", "up0"]);
-        w.run("web", &["-p", "198.51.100.3:8080:80"], &whoami(80));
+        w.run("web", &["-p", "198.51.100.3:8080:80"], &natlab::whoami(80));
         w.wait_server("web", "tcp", 80);
         w.via_ext("198.51.100.3", 8080).is_some() && w.via_ext(HOST_UPLINK_IP, 8080).is_none()
     });
@@ -275,7 +268,7 @@ fn networks_are_isolated(mode: Mode) {
     check(mode, "networks cannot reach each other", &NATD_ONLY, |w| {
         w.network(&["--subnet", "10.61.0.0/24", "red"]);
         w.network(&["--subnet", "10.62.0.0/24", "blue"]);
-        w.run("r1", &["--network", "red"], &whoami(80));
+        w.run("r1", &["--network", "red"], &natlab::whoami(80));
         w.run("b1", &["--network", "blue"], "");
         w.wait_server("r1", "tcp", 80);
         let r1 = w.lab.sandbox_ip("r1");
@@ -289,7 +282,7 @@ fn no_direct_access_from_outside(mode: Mode) {
         "sandbox address not reachable from outside",
         &NATD_ONLY,
         |w| {
-            w.run("web", &[], &whoami(80));
+            w.run("web", &[], &natlab::whoami(80));
             w.wait_server("web", "tcp", 80);
             let ip = w.lab.sandbox_ip("web");
             w.lab
@@ -305,7 +298,7 @@ fn hairpin_from_own_sandbox(mode: Mode) {
         "a sandbox reaches its own published port",
         &NATD_ONLY,
         |w| {
-            w.run("web", &["-p", "8080:80"], &whoami(80));
+            w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
             w.wait_server("web", "tcp", 80);
             w.via_sandbox("web", HOST_UPLINK_IP, 8080).is_some()
         },
@@ -318,7 +311,7 @@ fn other_sandbox_via_host_address(mode: Mode) {
         "another sandbox reaches a published port",
         &NATD_ONLY,
         |w| {
-            w.run("web", &["-p", "8080:80"], &whoami(80));
+            w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
             w.run("client", &[], "");
             w.wait_server("web", "tcp", 80);
             w.via_sandbox("client", HOST_UPLINK_IP, 8080).is_some()
@@ -328,7 +321,7 @@ fn other_sandbox_via_host_address(mode: Mode) {
 
 fn host_reaches_published_port(mode: Mode) {
     check(mode, "the host reaches a port via its address", &NATD_ONLY, |w| {
-        w.run("web", &["-p", "8080:80"], &whoami(80));
+        w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
         w.wait_server("web", "tcp", 80);
         w.via_host(HOST_UPLINK_IP, 8080).is_some()
     });
@@ -337,7 +330,7 @@ fn host_reaches_published_port(mode: Mode) {
 fn host_reaches_published_port_on_loopback(mode: Mode) {
     let expected = [(Mode::Ebpf, true), (Mode::Nftables, false), (Mode::Docker, false)];
     check(mode, "the host reaches a port via 127.0.0.1", &expected, |w| {
-        w.run("web", &["-p", "127.0.0.1:8080:80"], &whoami(80));
+        w.run("web", &["-p", "127.0.0.1:8080:80"], &natlab::whoami(80));
         w.wait_server("web", "tcp", 80);
         w.via_host("127.0.0.1", 8080).is_some()
     });
@@ -346,7 +339,7 @@ fn host_reaches_published_port_on_loopback(mode: Mode) {
 fn icc_false_keeps_sandboxes_apart(mode: Mode) {
     check(mode, "icc=false blocks sandbox to sandbox", &NATD_ONLY, |w| {
         w.network(&["--subnet", "10.63.0.0/24", "--icc=false", "quiet"]);
-        w.run("q1", &["--network", "quiet"], &whoami(80));
+        w.run("q1", &["--network", "quiet"], &natlab::whoami(80));
         w.run("q2", &["--network", "quiet"], "");
         w.wait_server("q1", "tcp", 80);
         let q1 = w.lab.sandbox_ip("q1");
@@ -357,7 +350,7 @@ fn icc_false_keeps_sandboxes_apart(mode: Mode) {
 fn no_netfilter_rules_in_the_host(mode: Mode) {
     let expected = [(Mode::Ebpf, true), (Mode::Nftables, false), (Mode::Docker, false)];
     check(mode, "no netfilter rule in the host namespace", &expected, |w| {
-        w.run("web", &["-p", "8080:80"], &whoami(80));
+        w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
         w.lab.host_ok(&["nft", "list", "ruleset"]).trim().is_empty()
     });
 }
@@ -368,7 +361,7 @@ fn survives_a_firewall_flush(mode: Mode) {
         "published port works after `nft flush ruleset`",
         &NATD_ONLY,
         |w| {
-            w.run("web", &["-p", "8080:80"], &whoami(80));
+            w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
             w.wait_server("web", "tcp", 80);
             assert!(w.via_ext(HOST_UPLINK_IP, 8080).is_some());
             w.lab.host_ok(&["nft", "flush", "ruleset"]);
@@ -394,11 +387,7 @@ fn removed_mapping_ends_its_udp_flow(mode: Mode) {
         if w.mode == Mode::Docker {
             return false;
         }
-        w.run(
-            "one",
-            &["-p", "5353:53/udp"],
-            "socat UDP-RECVFROM:53,fork SYSTEM:'echo one'",
-        );
+        w.run("one", &["-p", "5353:53/udp"], &natlab::udp_reply(53, "one"));
         w.wait_server("one", "udp", 53);
         let socket = in_netns(&w.lab.ext_path(), || UdpSocket::bind((EXT_IP, 41000)).unwrap());
         socket.connect((HOST_UPLINK_IP, 5353)).unwrap();
@@ -409,16 +398,11 @@ fn removed_mapping_ends_its_udp_flow(mode: Mode) {
             let n = socket.recv(&mut buf).ok()?;
             Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
         };
-        // The first datagram may wait for ARP on both sides: allow a retry.
-        let first = wait_until(Duration::from_secs(5), || ask().as_deref() == Some("one"));
+        let first = ask().as_deref() == Some("one");
         w.lab.ok(&["rm", "one"]);
-        w.run(
-            "two",
-            &["-p", "5353:53/udp"],
-            "socat UDP-RECVFROM:53,fork SYSTEM:'echo two'",
-        );
+        w.run("two", &["-p", "5353:53/udp"], &natlab::udp_reply(53, "two"));
         w.wait_server("two", "udp", 53);
-        first && wait_until(Duration::from_secs(5), || ask().as_deref() == Some("two"))
+        first && ask().as_deref() == Some("two")
     });
 }
 
@@ -470,7 +454,7 @@ fn switching_dataplanes_leaves_no_leftovers() {
         "--",
         "sh",
         "-c",
-        &whoami(80),
+        &natlab::whoami(80),
     ]);
     let ns = lab.json(&["inspect", "web"])["netns"]
         .as_str()

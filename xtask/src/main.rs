@@ -134,8 +134,16 @@ fn test(filter: Option<&str>) -> Result<()> {
     let root = workspace_root()?;
     // Unit and property tests of every crate (no root needed).
     run(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
-    // The end-to-end suites drive the real binaries inside namespaces they create.
-    run(cargo().args(["build", "-p", "nat-userspace", "--bins"]))?;
+    // The end-to-end suites drive the real binaries inside namespaces they create; the
+    // rollback and crash tests need natd's fail points.
+    run(cargo().args([
+        "build",
+        "-p",
+        "nat-userspace",
+        "--bins",
+        "--features",
+        "failpoints",
+    ]))?;
     let mut cmd = cargo();
     cmd.args(["test", "-p", "nat-tests", "--tests", "--"])
         .arg("--test-threads=2")

@@ -15,6 +15,8 @@ use tracing::{error, info};
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // Fail points (test builds with the `failpoints` feature) from $FAILPOINTS.
+    let _failpoints = fail::FailScenario::setup();
     let args = DaemonArgs::parse();
     let config = match DaemonConfig::load(&args) {
         Ok(c) => c,

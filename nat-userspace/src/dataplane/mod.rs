@@ -2,8 +2,8 @@
 //! store (attachments, published ports, masqueraded subnets) and each implementation makes
 //! the kernel match it with the smallest set of changes.
 pub mod ebpf;
-pub mod nft;
 pub mod nftables;
+mod none;
 
 use std::net::Ipv4Addr;
 
@@ -150,6 +150,47 @@ pub struct SyncReport {
     pub flows_invalidated: usize,
 }
 
+/// The idle timeouts of tracked flows an operator can set (`--conntrack-timeout KIND=SECONDS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtTimeout {
+    TcpSyn,
+    TcpEstablished,
+    TcpClosing,
+    TcpClosed,
+    Udp,
+    UdpReplied,
+    Icmp,
+}
+
+impl CtTimeout {
+    pub const ALL: [CtTimeout; 7] = [
+        CtTimeout::TcpSyn,
+        CtTimeout::TcpEstablished,
+        CtTimeout::TcpClosing,
+        CtTimeout::TcpClosed,
+        CtTimeout::Udp,
+        CtTimeout::UdpReplied,
+        CtTimeout::Icmp,
+    ];
+
+    /// The KIND of `--conntrack-timeout KIND=SECONDS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CtTimeout::TcpSyn => "tcp-syn",
+            CtTimeout::TcpEstablished => "tcp-established",
+            CtTimeout::TcpClosing => "tcp-closing",
+            CtTimeout::TcpClosed => "tcp-closed",
+            CtTimeout::Udp => "udp",
+            CtTimeout::UdpReplied => "udp-replied",
+            CtTimeout::Icmp => "icmp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
 /// Connection-table housekeeping results.
 #[derive(Debug, Default)]
 pub struct GcReport {
@@ -158,7 +199,7 @@ pub struct GcReport {
 }
 
 pub trait Dataplane: Send + Sync {
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> DataplaneKind;
     /// Makes the kernel match `desired`: attach what is missing, detach what is stale, and
     /// update maps element by element so no mapping is ever half-installed.
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError>;
@@ -173,9 +214,6 @@ pub trait Dataplane: Send + Sync {
     fn info(&self) -> serde_json::Value;
     fn stats(&self) -> Stats;
     fn flows(&self) -> Vec<Flow>;
-    /// Removes everything this dataplane put into the kernel (`natd --cleanup`); keeps going
-    /// on errors and returns them all.
-    fn cleanup(&mut self) -> Vec<String>;
 }
 
 /// The one factory: `auto` prefers eBPF and falls back to nftables. Whatever another
@@ -183,13 +221,9 @@ pub trait Dataplane: Send + Sync {
 pub fn create(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
     let dataplane = open(config)?;
     let leftovers = match dataplane.kind() {
-        "ebpf" => nftables::remove_leftovers(config),
-        "nftables" => ebpf::cleanup_pin_dir(&config.bpffs),
-        _ => {
-            let mut errors = nftables::remove_leftovers(config);
-            errors.extend(ebpf::cleanup_pin_dir(&config.bpffs));
-            errors
-        }
+        DataplaneKind::Ebpf => nftables::remove_leftovers(config),
+        DataplaneKind::Nftables => ebpf::loader::cleanup_pin_dir(&config.bpffs),
+        _ => remove_all(config),
     };
     for e in leftovers {
         tracing::warn!("removing the other dataplane's leftovers: {e}");
@@ -197,9 +231,17 @@ pub fn create(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneErro
     Ok(dataplane)
 }
 
+/// Removes what any dataplane put into the kernel, without a running one (`natd
+/// --cleanup`, dataplane switches). Keeps going on errors and returns them.
+pub fn remove_all(config: &DaemonConfig) -> Vec<String> {
+    let mut errors = nftables::remove_leftovers(config);
+    errors.extend(ebpf::loader::cleanup_pin_dir(&config.bpffs));
+    errors
+}
+
 fn open(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
     match config.dataplane {
-        DataplaneKind::None => Ok(Box::new(NoDataplane)),
+        DataplaneKind::None => Ok(Box::new(none::NoDataplane)),
         DataplaneKind::Ebpf => Ok(Box::new(ebpf::EbpfDataplane::open(config)?)),
         DataplaneKind::Nftables => Ok(Box::new(nftables::NftablesDataplane::open(config)?)),
         DataplaneKind::Auto => match ebpf::EbpfDataplane::open(config) {
@@ -215,34 +257,5 @@ fn open(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
                 }
             }
         },
-    }
-}
-
-/// `--dataplane none`: plumbing only (bridges, veths, addresses), no NAT and no isolation;
-/// for hosts where something else does the NAT, and for the reference test mode that
-/// applies Docker's own iptables rules.
-pub struct NoDataplane;
-
-impl Dataplane for NoDataplane {
-    fn kind(&self) -> &'static str {
-        "none"
-    }
-    fn sync(&mut self, _desired: &Desired) -> Result<SyncReport, DataplaneError> {
-        Ok(SyncReport::default())
-    }
-    fn gc(&mut self) -> Result<GcReport, DataplaneError> {
-        Ok(GcReport::default())
-    }
-    fn info(&self) -> serde_json::Value {
-        serde_json::json!({})
-    }
-    fn stats(&self) -> Stats {
-        Stats::default()
-    }
-    fn flows(&self) -> Vec<Flow> {
-        Vec::new()
-    }
-    fn cleanup(&mut self) -> Vec<String> {
-        Vec::new()
     }
 }

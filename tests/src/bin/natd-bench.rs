@@ -427,9 +427,9 @@ fn traffic(plan: &Plan, mappings: u32) -> Result<Vec<Sample>> {
 
 fn program_cost(mappings: u32, samples_per_path: usize) -> Result<Vec<Sample>> {
     let handle = std::thread::spawn(move || -> Result<Vec<Sample>> {
-        let mut p = natlab::bpf::Prog::load(mappings, 4 * samples_per_path as u32 + 1024)?;
+        let mut p = natlab::bpf::bench_setup(mappings, 4 * samples_per_path as u32 + 1024)?;
         let empty = p.median_ns(
-            "natd_empty",
+            nat_common::names::program::EMPTY,
             &natlab::bpf::tcp([203, 0, 113, 7], 40000, [198, 51, 100, 1], 9999, true),
             samples_per_path,
         )?;
@@ -531,7 +531,7 @@ fn control(mappings: u32, samples: usize) -> Result<Vec<Sample>> {
 
 fn nft_latency(mappings: u32, samples: usize) -> Result<(f64, Vec<f64>)> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-    let mut nft = natd::dataplane::nft::Nft::new(false)?;
+    let mut nft = natd::dataplane::nftables::ffi::Nft::new(false)?;
     nft.run("table ip bench {\n map ports_any { type inet_proto . inet_service : ipv4_addr . inet_service; counter; }\n}\n")?;
     let elements: Vec<String> = filler_ports(mappings)
         .iter()

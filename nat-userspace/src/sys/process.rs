@@ -14,7 +14,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::netns::EnterPlan;
+use super::netns::EnterPlan;
 
 /// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
 pub fn start_time(pid: i32) -> Option<u64> {

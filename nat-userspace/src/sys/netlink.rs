@@ -18,7 +18,7 @@ use rtnetlink::{
     },
 };
 
-use crate::netns;
+use super::netns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -498,13 +498,4 @@ fn parse_link(msg: rtnetlink::packet_route::link::LinkMessage) -> Link {
         }
     }
     link
-}
-
-/// Writes a sysctl of the calling thread's network namespace (/proc/sys/net is per netns).
-pub fn write_sysctl(path: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(Path::new("/proc/sys").join(path.replace('.', "/")), value)
-}
-
-pub fn read_sysctl(path: &str) -> std::io::Result<String> {
-    std::fs::read_to_string(Path::new("/proc/sys").join(path.replace('.', "/"))).map(|s| s.trim().to_string())
 }

@@ -1,0 +1,62 @@
+//! Per-CPU counters kept by the TC programs, indexed by these ids. Each id is declared
+//! together with its display name (`natctl stats`, the benchmark report, metrics), and a
+//! compile-time check keeps the table in id order, so a name can never drift from its id.
+
+macro_rules! counters {
+    ($($id:ident = $n:literal => $name:literal,)*) => {
+        $(pub const $id: u32 = $n;)*
+        /// Every counter as (id, display name), in id order.
+        pub const ALL: &[(u32, &str)] = &[$(($id, $name)),*];
+    };
+}
+
+counters! {
+    PACKETS_SEEN = 0 => "packets_seen",
+    BYTES_SEEN = 1 => "bytes_seen",
+    IPV4 = 2 => "ipv4",
+    IPV6 = 3 => "ipv6",
+    TCP = 4 => "tcp",
+    UDP = 5 => "udp",
+    ICMP = 6 => "icmp",
+    OTHER_L3 = 7 => "other_l3",
+    MALFORMED = 8 => "malformed",
+    DNAT_NEW = 9 => "dnat_new",
+    DNAT_ESTABLISHED = 10 => "dnat_established",
+    DNAT_REPLY = 11 => "dnat_reply",
+    SNAT_NEW = 12 => "snat_new",
+    SNAT_ESTABLISHED = 13 => "snat_established",
+    SNAT_REPLY = 14 => "snat_reply",
+    DROP_CT_FULL = 15 => "drop_ct_full",
+    DROP_NO_PORT = 16 => "drop_no_port",
+    DROP_NO_UPLINK_ADDR = 17 => "drop_no_uplink_addr",
+    DROP_FRAGMENT = 18 => "drop_fragment",
+    DROP_TUPLE_CLASH = 19 => "drop_tuple_clash",
+    STALE_MAPPING = 20 => "stale_mapping",
+    CSUM_ERROR = 21 => "csum_error",
+    DROP_CROSS_NETWORK = 22 => "drop_cross_network",
+    DROP_ICC = 23 => "drop_icc",
+    DROP_INTERNAL = 24 => "drop_internal",
+    DROP_DIRECT_ACCESS = 25 => "drop_direct_access",
+    DROP_LOOPBACK_SPOOF = 26 => "drop_loopback_spoof",
+    HAIRPIN_NEW = 27 => "hairpin_new",
+    ICMP_ERROR_TRANSLATED = 28 => "icmp_error_translated",
+    SOCK_REWRITES = 29 => "sock_rewrites",
+    DROP_SPOOFED_SOURCE = 30 => "drop_spoofed_source",
+}
+
+/// Slots of the counter array (room to grow without resizing the pinned map).
+pub const COUNT: u32 = 32;
+
+const _: () = {
+    let mut i = 0;
+    while i < ALL.len() {
+        assert!(ALL[i].0 == i as u32, "counter table out of id order");
+        i += 1;
+    }
+    assert!(ALL.len() as u32 <= COUNT, "more counters than slots");
+};
+
+/// The display name of a counter id.
+pub fn name(id: u32) -> Option<&'static str> {
+    ALL.get(id as usize).map(|(_, name)| *name)
+}

@@ -1,0 +1,151 @@
+//! `info`, `stats`, `ct ls`: what natd and its dataplane see.
+use natd::{
+    api::{InfoResponse, StatsView, paths},
+    client::Client,
+    dataplane::Flow,
+};
+
+use crate::{
+    CliError,
+    output::{print_json, print_table},
+};
+
+pub async fn stats(client: &Client, json: bool) -> Result<(), CliError> {
+    let stats: StatsView = client.get(paths::STATS).await?;
+    if json {
+        print_json(&stats);
+        return Ok(());
+    }
+    println!("dataplane: {}", stats.dataplane);
+    let (drops, others): (Vec<_>, Vec<_>) = stats.counters.iter().partition(|(k, _)| k.starts_with("drop_"));
+    print_table(
+        &["COUNTER", "VALUE"],
+        others
+            .iter()
+            .map(|(k, v)| vec![k.to_string(), v.to_string()])
+            .collect(),
+    );
+    println!();
+    print_table(
+        &["DROP REASON", "PACKETS"],
+        drops
+            .iter()
+            .map(|(k, v)| vec![k.trim_start_matches("drop_").to_string(), v.to_string()])
+            .collect(),
+    );
+    println!();
+    print_table(
+        &["SANDBOX", "MAPPING", "PACKETS", "BYTES"],
+        stats
+            .mappings
+            .iter()
+            .map(|m| {
+                vec![
+                    m.sandbox.clone(),
+                    m.mapping.clone(),
+                    m.packets.to_string(),
+                    m.bytes.to_string(),
+                ]
+            })
+            .collect(),
+    );
+    println!();
+    print_table(
+        &["MAP", "ENTRIES", "CAPACITY", "FILL"],
+        stats
+            .maps
+            .iter()
+            .map(|(name, (n, cap))| {
+                let fill = if *cap == 0 {
+                    0.0
+                } else {
+                    *n as f64 * 100.0 / f64::from(*cap)
+                };
+                vec![
+                    name.clone(),
+                    n.to_string(),
+                    cap.to_string(),
+                    format!("{fill:.1}%"),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+pub async fn conntrack(client: &Client, json: bool) -> Result<(), CliError> {
+    let flows: Vec<Flow> = client.get(paths::CONNTRACK).await?;
+    if json {
+        print_json(&flows);
+        return Ok(());
+    }
+    let tuple =
+        |t: &(std::net::IpAddr, u16, std::net::IpAddr, u16)| format!("{}:{} -> {}:{}", t.0, t.1, t.2, t.3);
+    print_table(
+        &[
+            "PROTO",
+            "KIND",
+            "STATE",
+            "ORIGINAL",
+            "TRANSLATED",
+            "PACKETS",
+            "BYTES",
+            "IDLE",
+        ],
+        flows
+            .iter()
+            .map(|f| {
+                vec![
+                    f.proto.clone(),
+                    f.kind.clone(),
+                    f.state.clone(),
+                    tuple(&f.original),
+                    tuple(&f.translated),
+                    f.packets.to_string(),
+                    f.bytes.to_string(),
+                    format!("{}s", f.idle_s),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
+    let info: InfoResponse = client.get(paths::INFO).await?;
+    if json {
+        print_json(&info);
+        return Ok(());
+    }
+    println!("natd version:   {}", info.version);
+    println!("kernel:         {}", info.kernel);
+    println!("dataplane:      {}", info.dataplane);
+    println!("networks:       {}", info.networks);
+    println!("sandboxes:      {} ({} running)", info.sandboxes, info.running);
+    println!("port mappings:  {}", info.port_mappings);
+    println!("uplinks:        {}", info.uplinks.join(", "));
+    println!("default bridge: {}", info.default_bridge);
+    println!("name prefix:    {}", info.name_prefix);
+    println!("state dir:      {}", info.state_dir);
+    if let Some(links) = info.dataplane_detail.get("links").and_then(|l| l.as_array()) {
+        println!(
+            "attached:       {}",
+            links
+                .iter()
+                .filter_map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(counters) = info.dataplane_detail.get("counters").and_then(|c| c.as_object()) {
+        let text: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("counters:       {}", text.join(" "));
+    }
+    if !info.last_reconcile.is_empty() {
+        println!("last reconcile:");
+        for line in &info.last_reconcile {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}

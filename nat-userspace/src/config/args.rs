@@ -1,0 +1,130 @@
+//! Where settings come from: natd's flags (clap) and the JSON config file, whose keys are
+//! the long flag names (Docker's daemon.json names where Docker has one).
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use super::{DataplaneKind, LogFormat};
+
+/// Flags of `natd`. Every field is optional here so that the config file can fill it.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "natd",
+    version,
+    about = "natd: Docker-style bridge networking for network namespaces, NAT in eBPF"
+)]
+pub struct DaemonArgs {
+    /// JSON config file (keys as the long flag names, e.g. "fixed-cidr", "dns": [..]).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Unix socket the API listens on (mode 0600).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Directory of the state database and sandbox logs.
+    #[arg(long = "state-dir")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory where maps and program links are pinned.
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
+    /// Bridge of the default network; an existing bridge is adopted.
+    #[arg(short = 'b', long)]
+    pub bridge: Option<String>,
+    /// Bridge address and subnet of the default network (CIDR, e.g. 172.18.0.1/16).
+    #[arg(long)]
+    pub bip: Option<String>,
+    /// Pool inside --bip that sandboxes get IPv4 addresses from.
+    #[arg(long = "fixed-cidr")]
+    pub fixed_cidr: Option<String>,
+    /// IPv6 subnet of the default network; sandboxes get an IPv6 address from it.
+    #[arg(long = "fixed-cidr-v6")]
+    pub fixed_cidr_v6: Option<String>,
+    /// MTU of bridges and sandbox interfaces.
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Default IPv4 gateway of sandboxes on the default network (instead of the bridge address).
+    #[arg(long = "default-gateway")]
+    pub default_gateway: Option<String>,
+    /// Default IPv6 gateway of sandboxes on the default network.
+    #[arg(long = "default-gateway-v6")]
+    pub default_gateway_v6: Option<String>,
+    /// DNS server written to sandboxes' resolv.conf (repeatable).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Allow traffic between sandboxes of the default network.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub icc: Option<bool>,
+    /// Masquerade traffic leaving the default network.
+    #[arg(long = "ip-masq", action = clap::ArgAction::Set)]
+    pub ip_masq: Option<bool>,
+    /// Uplink interface (repeatable); default: the interface of the default route.
+    #[arg(long)]
+    pub uplink: Vec<String>,
+    /// Which dataplane does the NAT.
+    #[arg(long, value_enum)]
+    pub dataplane: Option<DataplaneKind>,
+    /// Prefix of every interface and network namespace natd creates (at most 6 characters).
+    #[arg(long = "name-prefix")]
+    pub name_prefix: Option<String>,
+    /// Range that random host ports are taken from (default: the host's ip_local_port_range).
+    #[arg(long = "port-range")]
+    pub port_range: Option<String>,
+    /// Range of NAT source ports for masquerade (default: above or below the host's
+    /// ip_local_port_range, so they never collide with the host's own connections).
+    #[arg(long = "masquerade-port-range")]
+    pub masquerade_port_range: Option<String>,
+    /// Capacity of the connection table (two entries per flow).
+    #[arg(long = "conntrack-max")]
+    pub conntrack_max: Option<u32>,
+    /// Idle timeout of tracked flows, KIND=SECONDS (repeatable); kinds: tcp-syn,
+    /// tcp-established, tcp-closing, tcp-closed, udp, udp-replied, icmp.
+    #[arg(long = "conntrack-timeout")]
+    pub conntrack_timeout: Vec<String>,
+    /// Seconds between connection-table sweeps (and address refreshes).
+    #[arg(long = "gc-interval")]
+    pub gc_interval: Option<u64>,
+    #[arg(long = "log-format", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// The config file: same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub bpffs: Option<PathBuf>,
+    pub bridge: Option<String>,
+    pub bip: Option<String>,
+    pub fixed_cidr: Option<String>,
+    pub fixed_cidr_v6: Option<String>,
+    pub mtu: Option<NumberOrString>,
+    pub default_gateway: Option<String>,
+    pub default_gateway_v6: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    pub icc: Option<bool>,
+    pub ip_masq: Option<bool>,
+    #[serde(default)]
+    pub uplink: Vec<String>,
+    pub dataplane: Option<DataplaneKind>,
+    pub name_prefix: Option<String>,
+    pub port_range: Option<String>,
+    pub masquerade_port_range: Option<String>,
+    pub conntrack_max: Option<u32>,
+    #[serde(default)]
+    pub conntrack_timeout: Vec<String>,
+    pub gc_interval: Option<u64>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// daemon.json examples write `"mtu": "1500"`; Docker itself wants a number. Take both.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrString {
+    Number(u32),
+    Text(String),
+}

@@ -1,0 +1,175 @@
+//! Checks of single settings, shared by the flags, the config file and the API (subnets,
+//! MTU, interface names, port ranges). Each names the setting and says what is wrong.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+
+use super::{ConfigError, invalid};
+use crate::dataplane::CtTimeout;
+
+pub fn subnet_of(net: Ipv4Network) -> Ipv4Network {
+    Ipv4Network::new(net.network(), net.prefix()).expect("prefix already validated")
+}
+
+/// A subnet in CIDR form without host bits, as Docker requires for --subnet.
+pub fn parse_v4_subnet(key: &'static str, text: &str) -> Result<Ipv4Network, ConfigError> {
+    let net: Ipv4Network = text
+        .parse()
+        .map_err(|_| invalid(key, format!("invalid CIDR address: {text}")))?;
+    if net.ip() != net.network() {
+        return Err(invalid(
+            key,
+            format!(
+                "invalid CIDR address: {text} has host bits set (did you mean {}?)",
+                subnet_of(net)
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+pub fn parse_v6_subnet(key: &'static str, text: &str) -> Result<Ipv6Network, ConfigError> {
+    let net: Ipv6Network = text
+        .parse()
+        .map_err(|_| invalid(key, format!("invalid CIDR address: {text}")))?;
+    if net.ip() != net.network() {
+        return Err(invalid(
+            key,
+            format!("invalid CIDR address: {text} has host bits set"),
+        ));
+    }
+    if net.prefix() > 124 {
+        return Err(invalid(key, format!("{text} is too small for sandboxes")));
+    }
+    Ok(net)
+}
+
+pub fn validate_mtu(mtu: u32) -> Result<(), String> {
+    if (68..=65535).contains(&mtu) {
+        Ok(())
+    } else {
+        Err(format!("MTU {mtu} is out of range (68-65535)"))
+    }
+}
+
+pub fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
+    // Interface names are at most 15 bytes and natd appends a kind letter and an id of up to 8.
+    if prefix.is_empty()
+        || prefix.len() > 6
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        || !prefix.starts_with(|c: char| c.is_ascii_lowercase())
+    {
+        return Err(invalid(
+            "name-prefix",
+            format!("{prefix:?}: use 1-6 lowercase letters or digits, starting with a letter"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!(
+            "{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        ));
+    }
+    Ok(())
+}
+
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text}: expected FIRST-LAST"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text}: invalid port {lo}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text}: invalid port {hi}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{text}: expected 1 <= FIRST <= LAST"));
+    }
+    Ok((lo, hi))
+}
+
+/// `--bip`: the bridge's address with the default network's prefix.
+pub fn bip(text: &str) -> Result<Ipv4Network, ConfigError> {
+    let bip: Ipv4Network = text.parse().map_err(|e| invalid("bip", format!("{text}: {e}")))?;
+    if bip.ip() == bip.network() || bip.prefix() > 30 {
+        return Err(invalid(
+            "bip",
+            format!("{text}: give the bridge address with its prefix, e.g. 172.18.0.1/16"),
+        ));
+    }
+    Ok(bip)
+}
+
+/// `--fixed-cidr`: a pool inside the bridge subnet.
+pub fn fixed_cidr(text: &str, bip: Ipv4Network) -> Result<Ipv4Network, ConfigError> {
+    let net = parse_v4_subnet("fixed-cidr", text)?;
+    if !bip.contains(net.network()) || net.prefix() < bip.prefix() {
+        return Err(invalid(
+            "fixed-cidr",
+            format!("{text} is not inside the bridge subnet {}", subnet_of(bip)),
+        ));
+    }
+    Ok(net)
+}
+
+pub fn default_gateway(text: &str, bip: Ipv4Network) -> Result<Ipv4Addr, ConfigError> {
+    let ip: Ipv4Addr = text
+        .parse()
+        .map_err(|_| invalid("default-gateway", format!("{text} is not an IPv4 address")))?;
+    if !bip.contains(ip) {
+        return Err(invalid(
+            "default-gateway",
+            format!("{ip} is not in the bridge subnet {}", subnet_of(bip)),
+        ));
+    }
+    Ok(ip)
+}
+
+pub fn default_gateway_v6(text: &str, fixed_cidr_v6: Option<Ipv6Network>) -> Result<Ipv6Addr, ConfigError> {
+    let ip: Ipv6Addr = text
+        .parse()
+        .map_err(|_| invalid("default-gateway-v6", format!("{text} is not an IPv6 address")))?;
+    if fixed_cidr_v6.is_none() {
+        return Err(invalid("default-gateway-v6", "needs fixed-cidr-v6"));
+    }
+    Ok(ip)
+}
+
+pub fn dns_server(text: &str) -> Result<IpAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| invalid("dns", format!("{text} is not an IP address")))
+}
+
+/// `--conntrack-timeout KIND=SECONDS`.
+pub fn conntrack_timeout(item: &str) -> Result<(CtTimeout, u64), ConfigError> {
+    let (kind, secs) = item
+        .split_once('=')
+        .ok_or_else(|| invalid("conntrack-timeout", format!("{item}: expected KIND=SECONDS")))?;
+    let Some(kind) = CtTimeout::from_name(kind) else {
+        let known: Vec<&str> = CtTimeout::ALL.iter().map(|k| k.name()).collect();
+        return Err(invalid(
+            "conntrack-timeout",
+            format!("unknown kind {kind:?} (known: {})", known.join(", ")),
+        ));
+    };
+    let secs: u64 = secs.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+        invalid(
+            "conntrack-timeout",
+            format!("{item}: SECONDS must be a positive number"),
+        )
+    })?;
+    Ok((kind, secs))
+}

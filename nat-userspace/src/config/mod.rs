@@ -1,0 +1,323 @@
+//! natd's settings: command-line flags, each also a key of a JSON config file (Docker's
+//! daemon.json names where Docker has one). Flags win over the file, the file over defaults.
+mod args;
+pub mod checks;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+pub use args::DaemonArgs;
+use args::{FileConfig, NumberOrString};
+pub use checks::{
+    parse_port_range, parse_v4_subnet, parse_v6_subnet, subnet_of, validate_ifname, validate_mtu,
+};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use serde::Deserialize;
+
+use crate::dataplane::CtTimeout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("invalid {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    Auto,
+    Ebpf,
+    Nftables,
+    /// Plumbing only: no NAT, no isolation.
+    None,
+}
+
+impl std::fmt::Display for DataplaneKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataplaneKind::Auto => "auto",
+            DataplaneKind::Ebpf => "ebpf",
+            DataplaneKind::Nftables => "nftables",
+            DataplaneKind::None => "none",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings natd runs with.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub bridge: String,
+    /// Address of the bridge, with the default network's prefix length.
+    pub bip: Ipv4Network,
+    pub fixed_cidr: Option<Ipv4Network>,
+    pub fixed_cidr_v6: Option<Ipv6Network>,
+    pub mtu: u32,
+    pub default_gateway: Option<Ipv4Addr>,
+    pub default_gateway_v6: Option<Ipv6Addr>,
+    pub dns: Vec<IpAddr>,
+    pub icc: bool,
+    pub ip_masq: bool,
+    pub uplinks: Vec<String>,
+    pub dataplane: DataplaneKind,
+    pub name_prefix: String,
+    pub port_range: Option<(u16, u16)>,
+    pub masquerade_port_range: Option<(u16, u16)>,
+    pub conntrack_max: u32,
+    /// (kind, seconds) overrides of the connection-tracking timeouts.
+    pub conntrack_timeouts: Vec<(CtTimeout, u64)>,
+    pub gc_interval: u64,
+    pub log_format: LogFormat,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/natd/natd.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/natd";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/natd";
+pub const DEFAULT_BRIDGE: &str = "natd0";
+pub const DEFAULT_BIP: &str = "172.18.0.1/16";
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_PREFIX: &str = "natd";
+
+impl DaemonConfig {
+    pub fn load(args: &DaemonArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    /// Flags win over the file, the file over defaults; every value is checked.
+    fn merge(args: &DaemonArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let bip = checks::bip(&pick(&args.bip, file.bip).unwrap_or_else(|| DEFAULT_BIP.to_string()))?;
+        let fixed_cidr_v6 = parsed(pick(&args.fixed_cidr_v6, file.fixed_cidr_v6), |t| {
+            parse_v6_subnet("fixed-cidr-v6", t)
+        })?;
+        let name_prefix =
+            pick(&args.name_prefix, file.name_prefix).unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        checks::validate_prefix(&name_prefix)?;
+        let bridge = pick(&args.bridge, file.bridge).unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        validate_ifname(&bridge).map_err(|m| invalid("bridge", m))?;
+        let uplinks = list(&args.uplink, file.uplink);
+        for uplink in &uplinks {
+            validate_ifname(uplink).map_err(|m| invalid("uplink", m))?;
+        }
+        let port_range = |key: &'static str| move |t: &str| parse_port_range(t).map_err(|m| invalid(key, m));
+        let conntrack_max = args
+            .conntrack_max
+            .or(file.conntrack_max)
+            .unwrap_or(nat_common::DEFAULT_CT_ENTRIES);
+        if !(64..=16_777_216).contains(&conntrack_max) {
+            return Err(invalid(
+                "conntrack-max",
+                format!("{conntrack_max} is out of range (64-16777216)"),
+            ));
+        }
+        let gc_interval = args.gc_interval.or(file.gc_interval).unwrap_or(5);
+        if gc_interval == 0 {
+            return Err(invalid("gc-interval", "must be at least 1 second"));
+        }
+        Ok(Self {
+            socket: args
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            bpffs: args
+                .bpffs
+                .clone()
+                .or(file.bpffs)
+                .unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            bridge,
+            bip,
+            fixed_cidr: parsed(pick(&args.fixed_cidr, file.fixed_cidr), |t| {
+                checks::fixed_cidr(t, bip)
+            })?,
+            fixed_cidr_v6,
+            mtu: mtu(args.mtu, file.mtu)?,
+            default_gateway: parsed(pick(&args.default_gateway, file.default_gateway), |t| {
+                checks::default_gateway(t, bip)
+            })?,
+            default_gateway_v6: parsed(pick(&args.default_gateway_v6, file.default_gateway_v6), |t| {
+                checks::default_gateway_v6(t, fixed_cidr_v6)
+            })?,
+            dns: list(&args.dns, file.dns)
+                .iter()
+                .map(|d| checks::dns_server(d))
+                .collect::<Result<_, _>>()?,
+            icc: args.icc.or(file.icc).unwrap_or(true),
+            ip_masq: args.ip_masq.or(file.ip_masq).unwrap_or(true),
+            uplinks,
+            dataplane: args.dataplane.or(file.dataplane).unwrap_or(DataplaneKind::Auto),
+            name_prefix,
+            port_range: parsed(pick(&args.port_range, file.port_range), port_range("port-range"))?,
+            masquerade_port_range: parsed(
+                pick(&args.masquerade_port_range, file.masquerade_port_range),
+                port_range("masquerade-port-range"),
+            )?,
+            conntrack_max,
+            conntrack_timeouts: list(&args.conntrack_timeout, file.conntrack_timeout)
+                .iter()
+                .map(|t| checks::conntrack_timeout(t))
+                .collect::<Result<_, _>>()?,
+            gc_interval,
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+/// The flag when given, else the file's value.
+fn pick(flag: &Option<String>, from_file: Option<String>) -> Option<String> {
+    flag.clone().or(from_file)
+}
+
+/// A repeatable flag when given at least once, else the file's list.
+fn list(flag: &[String], from_file: Vec<String>) -> Vec<String> {
+    if flag.is_empty() { from_file } else { flag.to_vec() }
+}
+
+/// An optional setting, checked when present.
+fn parsed<T>(
+    text: Option<String>,
+    check: impl Fn(&str) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    text.as_deref().map(check).transpose()
+}
+
+/// daemon.json examples write `"mtu": "1500"`; Docker itself wants a number. Take both.
+fn mtu(flag: Option<u32>, from_file: Option<NumberOrString>) -> Result<u32, ConfigError> {
+    let mtu = match (flag, from_file) {
+        (Some(m), _) => m,
+        (None, Some(NumberOrString::Number(m))) => m,
+        (None, Some(NumberOrString::Text(s))) => s
+            .trim()
+            .parse()
+            .map_err(|_| invalid("mtu", format!("{s} is not a number")))?,
+        (None, None) => DEFAULT_MTU,
+    };
+    validate_mtu(mtu).map_err(|m| invalid("mtu", m))?;
+    Ok(mtu)
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(list: &[&str]) -> DaemonArgs {
+        DaemonArgs::parse_from(std::iter::once("natd").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = DaemonConfig::load(&args(&[])).unwrap();
+        assert_eq!(cfg.bridge, "natd0");
+        assert_eq!(cfg.bip.to_string(), "172.18.0.1/16");
+        assert_eq!(cfg.mtu, 1500);
+        assert!(cfg.icc && cfg.ip_masq);
+        assert_eq!(cfg.dataplane, DataplaneKind::Auto);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("natd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("daemon.json");
+        std::fs::write(
+            &path,
+            r#"{"bip": "192.168.1.5/24", "fixed-cidr": "192.168.1.128/25", "mtu": "1400",
+                "default-gateway": "192.168.1.254", "dns": ["10.20.1.2", "10.20.1.3"],
+                "fixed-cidr-v6": "2001:db8::/64", "icc": false}"#,
+        )
+        .unwrap();
+        let cfg = DaemonConfig::load(&args(&["--config", path.to_str().unwrap(), "--mtu", "1450"])).unwrap();
+        assert_eq!(cfg.mtu, 1450, "flag wins over file");
+        assert_eq!(cfg.bip.to_string(), "192.168.1.5/24");
+        assert_eq!(cfg.fixed_cidr.unwrap().to_string(), "192.168.1.128/25");
+        assert_eq!(cfg.default_gateway, Some("192.168.1.254".parse().unwrap()));
+        assert_eq!(cfg.dns.len(), 2);
+        assert!(!cfg.icc);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn seed_daemon_json_with_fixed_cidr_outside_bip_is_refused() {
+        // The seed's example puts fixed-cidr 10.20.0.0/16 outside bip 192.168.1.5/24.
+        let err = DaemonConfig::load(&args(&[
+            "--bip",
+            "192.168.1.5/24",
+            "--fixed-cidr",
+            "10.20.0.0/16",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("not inside the bridge subnet"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for (flags, needle) in [
+            (vec!["--bip", "172.18.0.0/16"], "bridge address"),
+            (vec!["--bip", "nonsense"], "bip"),
+            (vec!["--fixed-cidr", "172.18.1.1/24"], "host bits"),
+            (vec!["--mtu", "20"], "out of range"),
+            (vec!["--default-gateway", "10.0.0.1"], "not in the bridge subnet"),
+            (vec!["--dns", "dns.example"], "not an IP address"),
+            (vec!["--name-prefix", "Way-too-long"], "name-prefix"),
+            (vec!["--port-range", "9000-8000"], "FIRST <= LAST"),
+        ] {
+            let err = DaemonConfig::load(&args(&flags)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let path = std::env::temp_dir().join(format!("natd-cfg-bad-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"bridgee": "x"}"#).unwrap();
+        let err = DaemonConfig::load(&args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+}

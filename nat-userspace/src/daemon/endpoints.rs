@@ -1,0 +1,307 @@
+//! Endpoints: a sandbox's interface on one network. Addresses come from the network's
+//! pool (checked with the driver), the veth pair is wired into the bridge and the
+//! sandbox, and `network connect`/`disconnect` add and remove them on a running sandbox.
+use std::{collections::HashSet, net::Ipv4Addr, os::fd::AsFd as _, path::Path};
+
+use super::{
+    Daemon,
+    drivers::{self, AddressCheck},
+    error::{Result, conflict, invalid},
+    names,
+    rollback::{Rollback, Undo},
+};
+use crate::{
+    api::{ConnectRequest, SandboxView},
+    ipam,
+    model::{Endpoint, Network, NetworkMode},
+    state::Change,
+    sys::{
+        netlink::{self, Netlink},
+        netns,
+    },
+};
+
+/// How many allocated addresses in a row may turn out to be used on a LAN before giving up.
+const PROBE_ATTEMPTS: usize = 8;
+
+/// A requested address: `IP`, or pipework's `IP/PREFIX@GATEWAY`.
+struct RequestedIp<'a> {
+    ip: Option<&'a str>,
+    prefix: Option<&'a str>,
+    gateway: Option<&'a str>,
+}
+
+fn split_requested(text: Option<&str>) -> RequestedIp<'_> {
+    let Some(text) = text else {
+        return RequestedIp {
+            ip: None,
+            prefix: None,
+            gateway: None,
+        };
+    };
+    let (address, gateway) = text.split_once('@').map_or((text, None), |(a, g)| (a, Some(g)));
+    let (ip, prefix) = address
+        .split_once('/')
+        .map_or((address, None), |(a, p)| (a, Some(p)));
+    RequestedIp {
+        ip: Some(ip),
+        prefix,
+        gateway,
+    }
+}
+
+impl Daemon {
+    fn used_v4(&self, network: &Network) -> HashSet<Ipv4Addr> {
+        let mut used: HashSet<Ipv4Addr> = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.network == network.name)
+            .map(|e| e.ipv4)
+            .collect();
+        used.insert(network.gateway);
+        used.extend(network.aux_gateway);
+        used
+    }
+
+    fn used_v6(&self, network: &Network) -> HashSet<std::net::Ipv6Addr> {
+        let mut used: HashSet<_> = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.network == network.name)
+            .filter_map(|e| e.ipv6)
+            .collect();
+        used.extend(network.gateway_v6);
+        used.extend(network.aux_gateway_v6);
+        used
+    }
+
+    /// Picks (or checks) the addresses of a new endpoint with IPAM; no side effects.
+    fn address_endpoint(
+        &self,
+        network: &Network,
+        requested: Option<&str>,
+        ifname: &str,
+        endpoint_id: u32,
+        excluded: &HashSet<Ipv4Addr>,
+    ) -> Result<Endpoint> {
+        let mut used = self.used_v4(network);
+        used.extend(excluded);
+        let ipv4 = match requested {
+            Some(text) => {
+                let ip: Ipv4Addr = text
+                    .parse()
+                    .map_err(|_| invalid(format!("invalid IPv4 address: {text}")))?;
+                ipam::check_requested_v4(network.subnet, ip, &used).map_err(|e| match e {
+                    ipam::IpamError::InUse { .. } => conflict(e.to_string()),
+                    other => invalid(other.to_string()),
+                })?;
+                ip
+            }
+            None => ipam::allocate_v4(&network.name, network.subnet, network.ip_range, &used)
+                .map_err(|e| conflict(e.to_string()))?,
+        };
+        let (ipv6, prefix_len_v6) = match network.subnet_v6 {
+            Some(subnet6) => {
+                let ip = ipam::allocate_v6(&network.name, subnet6, &self.used_v6(network))
+                    .map_err(|e| conflict(e.to_string()))?;
+                (Some(ip), subnet6.prefix())
+            }
+            None => (None, 0),
+        };
+        Ok(Endpoint {
+            network: network.name.clone(),
+            host_ifname: names::host_veth(&self.config.name_prefix, endpoint_id),
+            ifname: ifname.to_string(),
+            ipv4,
+            prefix_len: network.subnet.prefix(),
+            ipv6,
+            prefix_len_v6,
+            mac: String::new(),
+            gateway: None,
+        })
+    }
+
+    /// Plans an endpoint on `network`: IPAM, then the driver's own check of the address
+    /// (an ARP probe on a LAN): a requested address in use is refused, an allocated one is
+    /// skipped for the next.
+    pub(super) async fn plan_endpoint(
+        &self,
+        network: &Network,
+        requested: Option<&str>,
+        ifname: &str,
+        endpoint_id: u32,
+    ) -> Result<Endpoint> {
+        let driver = drivers::of(network.driver);
+        let mut excluded: HashSet<Ipv4Addr> = driver
+            .foreign_addresses(&self.nl, network)
+            .await?
+            .into_iter()
+            .collect();
+        let parsed = split_requested(requested);
+        for _ in 0..PROBE_ATTEMPTS {
+            let mut endpoint = self.address_endpoint(network, parsed.ip, ifname, endpoint_id, &excluded)?;
+            if let Some(prefix) = parsed.prefix {
+                endpoint.prefix_len = prefix
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| (1..=32).contains(p))
+                    .ok_or_else(|| invalid(format!("invalid prefix length: {prefix}")))?;
+            }
+            if let Some(gateway) = parsed.gateway {
+                endpoint.gateway = Some(
+                    gateway
+                        .parse()
+                        .map_err(|_| invalid(format!("invalid gateway address: {gateway}")))?,
+                );
+            }
+            match driver.check_address(&self.nl, network, endpoint.ipv4).await? {
+                AddressCheck::Free => return Ok(endpoint),
+                AddressCheck::InUse(who) if parsed.ip.is_some() => {
+                    return Err(conflict(format!("Address already in use: {who}")));
+                }
+                AddressCheck::InUse(_) => {
+                    excluded.insert(endpoint.ipv4);
+                }
+            }
+        }
+        Err(conflict(format!(
+            "no free address found on the LAN of network {}",
+            network.name
+        )))
+    }
+
+    /// Creates the veth pair of one endpoint, plugs the host end into the bridge and sets
+    /// up the sandbox end (name, MTU, addresses, default route). Returns the sandbox end's
+    /// MAC address.
+    pub(super) async fn wire_endpoint(
+        &self,
+        netns_path: &Path,
+        network: &Network,
+        endpoint: &Endpoint,
+        default_route: bool,
+        mtu: u32,
+        rollback: &mut Rollback,
+    ) -> Result<String> {
+        let peer = names::peer_veth(&self.config.name_prefix, &endpoint.host_ifname);
+        let bridge = self.nl.require_link(&network.bridge).await?;
+        // A leftover peer from an interrupted run would make the create fail.
+        if let Some(old) = self.nl.link(&peer).await? {
+            self.nl.delete_link(old.index).await?;
+        }
+        let host = self.nl.create_veth(&endpoint.host_ifname, &peer, mtu).await?;
+        rollback.record(Undo::DeleteLink(endpoint.host_ifname.clone()))?;
+        self.nl.set_master(host.index, bridge.index).await?;
+        self.nl.set_up(host.index).await?;
+        let peer_link = self.nl.require_link(&peer).await?;
+        let fd = netns::open(netns_path)?;
+        self.nl.move_to_netns(peer_link.index, fd.as_fd()).await?;
+        let inner = Netlink::connect_in(netns_path)?;
+        let peer_link = inner.require_link(&peer).await?;
+        inner.rename(peer_link.index, &endpoint.ifname).await?;
+        inner.set_mtu(peer_link.index, mtu).await?;
+        for address in endpoint.ipv4_cidr().into_iter().chain(endpoint.ipv6_cidr()) {
+            inner.add_address(peer_link.index, address).await?;
+        }
+        inner.set_up(peer_link.index).await?;
+        if let Some(lo) = inner.link("lo").await? {
+            inner.set_up(lo.index).await?;
+        }
+        if default_route && !network.internal {
+            let gw = endpoint
+                .gateway
+                .or(network.aux_gateway)
+                .unwrap_or(network.gateway);
+            inner.add_default_route_v4(gw, peer_link.index).await?;
+            if let Some(gw6) = network.aux_gateway_v6.or(network.gateway_v6)
+                && endpoint.ipv6.is_some()
+            {
+                inner.add_default_route_v6(gw6, peer_link.index).await?;
+            }
+        }
+        let mac = inner.require_link(&endpoint.ifname).await?.mac;
+        Ok(netlink::format_mac(&mac))
+    }
+
+    /// Removes an endpoint's veth pair (deleting the host end takes the sandbox end along).
+    pub(super) async fn unwire_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
+        if let Some(link) = self.nl.link(&endpoint.host_ifname).await? {
+            self.nl.delete_link(link.index).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn connect(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
+        let network = self.network(network_name)?.clone();
+        let sandbox = self.sandbox(&req.sandbox)?.clone();
+        let Some(path) = sandbox.netns.clone().filter(|_| sandbox.has_own_netns()) else {
+            return Err(invalid(
+                "container sharing network namespace with another container or host cannot be connected to any other network",
+            ));
+        };
+        if sandbox.endpoints.iter().any(|e| e.network == network_name) {
+            return Err(conflict(format!(
+                "endpoint with name {} already exists in network {network_name}",
+                sandbox.name
+            )));
+        }
+        let index = (0..)
+            .find(|i| !sandbox.endpoints.iter().any(|e| e.ifname == format!("eth{i}")))
+            .unwrap_or(0);
+        let (eid, id_change) = self.alloc_id();
+        let mut endpoint = self
+            .plan_endpoint(&network, req.ip.as_deref(), &format!("eth{index}"), eid)
+            .await?;
+        let first = sandbox.endpoints.is_empty();
+        let mtu = sandbox.mtu.unwrap_or(network.mtu);
+
+        let mut rollback = Rollback::new("network connect");
+        let result = async {
+            endpoint.mac = self
+                .wire_endpoint(Path::new(&path), &network, &endpoint, first, mtu, &mut rollback)
+                .await?;
+            let mut updated = sandbox.clone();
+            updated.endpoints.push(endpoint.clone());
+            if updated.mode == NetworkMode::None {
+                updated.mode = NetworkMode::Bridge;
+            }
+            self.commit(vec![id_change, Change::PutSandbox(updated.clone())])?;
+            Ok(updated)
+        }
+        .await;
+        let updated = rollback.settle(&self.nl, result).await?;
+        self.sync_after_change().await?;
+        Ok(self.view(&updated))
+    }
+
+    pub async fn disconnect(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
+        self.network(network_name)?;
+        let sandbox = self.sandbox(&req.sandbox)?.clone();
+        let Some(endpoint) = sandbox
+            .endpoints
+            .iter()
+            .find(|e| e.network == network_name)
+            .cloned()
+        else {
+            return Err(invalid(format!(
+                "container {} is not connected to network {network_name}",
+                sandbox.name
+            )));
+        };
+        let mut updated = sandbox.clone();
+        updated.endpoints.retain(|e| e.network != network_name);
+        if !updated.ports.is_empty() && updated.endpoints.is_empty() {
+            return Err(invalid(format!(
+                "cannot disconnect {} from its last network while it publishes ports",
+                sandbox.name
+            )));
+        }
+        self.unwire_endpoint(&endpoint).await?;
+        self.commit_and_sync(vec![Change::PutSandbox(updated.clone())])
+            .await?;
+        Ok(self.view(&updated))
+    }
+}

@@ -1,0 +1,105 @@
+//! natd's core. Every mutating request follows one path: validate into a plan (no side
+//! effects), apply the plan to the kernel recording each change on a rollback stack,
+//! commit the records (store, then the in-memory snapshot), and bring the dataplane in
+//! line before answering. A refused or failed request leaves nothing behind.
+//!
+//! Where things live: `startup` (what happens when natd starts), `networks` and
+//! `drivers` (network create/rm, one driver abstraction), `sandboxes` (run/rm),
+//! `endpoints` (addresses, veth wiring, connect/disconnect), `ports` (host port
+//! allocation), `reconcile` (kernel back to the records), `sync` (records to the
+//! dataplane), `views` (what the API shows), `cleanup` (`natd --cleanup`).
+mod cleanup;
+pub mod drivers;
+mod endpoints;
+pub mod error;
+pub mod names;
+mod networks;
+pub mod ports;
+mod reconcile;
+pub mod rollback;
+mod sandboxes;
+mod startup;
+mod sync;
+mod views;
+
+use std::{
+    collections::HashSet,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+pub use cleanup::cleanup;
+pub use error::{DaemonError, ErrorClass};
+use error::{Result, not_found};
+
+use crate::{
+    config::DaemonConfig,
+    dataplane::Dataplane,
+    model::{Network, Sandbox},
+    state::{Change, Snapshot, Store},
+    sys::netlink::Netlink,
+};
+
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Daemon {
+    config: DaemonConfig,
+    store: Store,
+    state: Snapshot,
+    nl: Netlink,
+    dataplane: Box<dyn Dataplane>,
+    uplinks: Vec<String>,
+    /// Range random host ports come from.
+    port_range: (u16, u16),
+    /// Where the next random host port search starts.
+    port_cursor: ports::Cursor,
+    /// Range of NAT source ports for masquerade.
+    snat_ports: (u16, u16),
+    last_reconcile: Vec<String>,
+    /// Sandbox ports whose hairpin mode was set (ifindex, mode), to set it once.
+    hairpin_set: HashSet<(u32, bool)>,
+}
+
+impl Daemon {
+    fn alloc_id(&mut self) -> (u32, Change) {
+        let id = self.state.next_id.max(1);
+        self.state.next_id = id + 1;
+        (id as u32, Change::NextId(id + 1))
+    }
+
+    fn sandbox(&self, name: &str) -> Result<&Sandbox> {
+        self.state
+            .sandboxes
+            .get(name)
+            .ok_or_else(|| not_found(format!("No such container: {name}")))
+    }
+
+    fn network(&self, name: &str) -> Result<&Network> {
+        self.state
+            .networks
+            .get(name)
+            .ok_or_else(|| not_found(format!("network {name} not found")))
+    }
+
+    /// Makes `changes` durable, then visible in the in-memory snapshot.
+    fn commit(&mut self, changes: Vec<Change>) -> Result<()> {
+        fail::fail_point!("before-commit", |_| Err(error::internal(
+            "injected failure before the store commit (fail point before-commit)"
+        )));
+        self.store.commit(&changes)?;
+        self.state.apply(changes);
+        Ok(())
+    }
+
+    /// `commit`, then the dataplane: the change is in the kernel when this returns.
+    async fn commit_and_sync(&mut self, changes: Vec<Change>) -> Result<()> {
+        self.commit(changes)?;
+        self.sync_after_change().await
+    }
+}

@@ -1,0 +1,84 @@
+//! `network create` and `network rm`: the checks every driver shares (name, reserved
+//! names, driver), then the driver's own plan and setup under a rollback stack.
+use tracing::{info, warn};
+
+use super::{
+    Daemon,
+    drivers::{self, PlanContext},
+    error::{Result, conflict, invalid},
+    rollback::Rollback,
+    sandboxes::validate_name,
+};
+use crate::{
+    api::{NetworkCreate, NetworkView},
+    state::Change,
+};
+
+/// Names `--network` gives a meaning of its own.
+const RESERVED_NETWORK_NAMES: [&str; 3] = ["bridge", "host", "none"];
+
+impl Daemon {
+    pub async fn network_create(&mut self, req: NetworkCreate) -> Result<NetworkView> {
+        validate_name("network", &req.name)?;
+        if self.state.networks.contains_key(&req.name) || RESERVED_NETWORK_NAMES.contains(&req.name.as_str())
+        {
+            return Err(conflict(format!("network with name {} already exists", req.name)));
+        }
+        let driver_name = req.driver.as_deref().unwrap_or("bridge");
+        let driver = drivers::by_name(driver_name).ok_or_else(|| {
+            invalid(format!(
+                "plugin \"{driver_name}\" not found (natd supports the bridge and hostbridge drivers)"
+            ))
+        })?;
+        let (id, id_change) = self.alloc_id();
+        let planned = {
+            let ctx = PlanContext {
+                nl: &self.nl,
+                config: &self.config,
+                networks: &self.state.networks,
+                uplinks: &self.uplinks,
+            };
+            driver.plan(&ctx, &req, id).await?
+        };
+
+        let mut rollback = Rollback::new("network create");
+        let result = async {
+            let network = driver.setup(&self.nl, planned, &mut rollback).await?;
+            self.commit(vec![id_change, Change::PutNetwork(network.clone())])?;
+            Ok(network)
+        }
+        .await;
+        let network = rollback.settle(&self.nl, result).await?;
+        self.sync_after_change().await?;
+        info!(network = %network.name, subnet = %network.subnet, driver = network.driver.name(), "network created");
+        Ok(self.network_view(&network))
+    }
+
+    pub async fn network_rm(&mut self, name: &str) -> Result<()> {
+        let network = self.network(name)?.clone();
+        if network.default {
+            return Err(conflict(format!(
+                "{name} is a pre-defined network and cannot be removed"
+            )));
+        }
+        let users: Vec<&str> = self
+            .state
+            .sandboxes
+            .values()
+            .filter(|s| s.endpoints.iter().any(|e| e.network == name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(conflict(format!(
+                "error while removing network: network {name} id {} has active endpoints ({})",
+                network.id,
+                users.join(", ")
+            )));
+        }
+        for e in drivers::of(network.driver).teardown(&self.nl, &network).await {
+            warn!(network = name, error = %e, "network teardown");
+        }
+        self.commit_and_sync(vec![Change::DeleteNetwork(name.to_string())])
+            .await
+    }
+}

@@ -1,0 +1,362 @@
+//! Host port allocation for `-p` and `-P`: pure functions over what is taken (the port
+//! book of every published mapping, and the host's own sockets), so they are unit-tested
+//! without a kernel. Docker's rules: a port bound to 0.0.0.0 conflicts with the same port
+//! on every address, a specific address only with itself and 0.0.0.0; random ports come
+//! from the host's ephemeral range and skip ports any host socket uses.
+use std::{collections::HashMap, net::IpAddr};
+
+use crate::{
+    model::{PortMapping, display_host_ip},
+    portspec::{ExposeSpec, PortRange, Proto, PublishSpec},
+    sys::sockets::HostSockets,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PortError {
+    #[error("Bind for {addr}:{port} failed: port is already allocated")]
+    Allocated { addr: String, port: String },
+    #[error("Bind for {addr}:{port} failed: address already in use by a process on the host")]
+    HostProcess { addr: String, port: u16 },
+    #[error("no free host port left in the port range {first}-{last}")]
+    Exhausted { first: u16, last: u16 },
+}
+
+/// Which host ports are published, by protocol and port: the host addresses they are
+/// bound to (None: every address). One index, so publishing tens of thousands of ports
+/// stays linear.
+#[derive(Default)]
+pub struct PortBook {
+    taken: HashMap<(Proto, u16), Vec<Option<IpAddr>>>,
+}
+
+impl PortBook {
+    pub fn of<'a>(mappings: impl IntoIterator<Item = &'a PortMapping>) -> Self {
+        let mut book = Self::default();
+        for mapping in mappings {
+            book.add(mapping);
+        }
+        book
+    }
+
+    pub fn add(&mut self, m: &PortMapping) {
+        self.taken
+            .entry((m.proto, m.host_port))
+            .or_default()
+            .push(m.host_ip);
+    }
+
+    /// 0.0.0.0 conflicts with every address, a specific address with itself and 0.0.0.0.
+    pub fn taken(&self, ip: Option<IpAddr>, port: u16, proto: Proto) -> bool {
+        self.taken
+            .get(&(proto, port))
+            .is_some_and(|ips| ips.iter().any(|h| h.is_none() || ip.is_none() || *h == ip))
+    }
+}
+
+/// What a sandbox asks to publish.
+pub struct PortRequest<'a> {
+    pub publish: &'a [PublishSpec],
+    pub publish_all: bool,
+    /// Ports `-P` publishes: `--expose` and the container side of every `-p`.
+    pub expose: &'a [ExposeSpec],
+}
+
+/// Where the next search of the random range starts, per protocol, kept from request to
+/// request as Docker's port allocator does: random ports are not handed out again right
+/// after they are freed, and many of them cost linear time, not quadratic.
+pub type Cursor = HashMap<Proto, u16>;
+
+struct Allocator<'a> {
+    book: PortBook,
+    host: &'a HostSockets,
+    out: Vec<PortMapping>,
+    cursor: &'a mut Cursor,
+}
+
+impl Allocator<'_> {
+    fn push(&mut self, host_ip: Option<IpAddr>, host_port: u16, container_port: u16, proto: Proto) {
+        let mapping = PortMapping {
+            host_ip,
+            host_port,
+            container_port,
+            proto,
+        };
+        self.book.add(&mapping);
+        self.out.push(mapping);
+    }
+
+    fn is_free(&self, ip: Option<IpAddr>, proto: Proto, port: u16) -> bool {
+        !self.host.in_use.contains(&(proto, port)) && !self.book.taken(ip, port, proto)
+    }
+
+    /// The first free port of a `-p` host range.
+    fn free_in(&self, ip: Option<IpAddr>, proto: Proto, (first, last): (u16, u16)) -> Result<u16, PortError> {
+        (first..=last)
+            .find(|p| self.is_free(ip, proto, *p))
+            .ok_or(PortError::Exhausted { first, last })
+    }
+
+    /// A free port of the random range, searched from where the last search ended.
+    fn random(
+        &mut self,
+        ip: Option<IpAddr>,
+        proto: Proto,
+        (first, last): (u16, u16),
+    ) -> Result<u16, PortError> {
+        let start = self
+            .cursor
+            .get(&proto)
+            .copied()
+            .unwrap_or(first)
+            .clamp(first, last);
+        let span = u32::from(last - first) + 1;
+        let port = (0..span)
+            .map(|i| (u32::from(first) + (u32::from(start - first) + i) % span) as u16)
+            .find(|p| self.is_free(ip, proto, *p))
+            .ok_or(PortError::Exhausted { first, last })?;
+        self.cursor
+            .insert(proto, if port >= last { first } else { port + 1 });
+        Ok(port)
+    }
+
+    /// `-p HOST:CONTAINER` with as many host ports as container ports: exactly those.
+    fn fixed(&mut self, spec: &PublishSpec, host: PortRange) -> Result<(), PortError> {
+        let addr = display_host_ip(spec.host_ip);
+        for (h, c) in host.ports().zip(spec.container_ports.ports()) {
+            if self.book.taken(spec.host_ip, h, spec.proto) {
+                return Err(PortError::Allocated {
+                    addr,
+                    port: h.to_string(),
+                });
+            }
+            if self.host.listening.contains(&(spec.proto, h)) {
+                return Err(PortError::HostProcess { addr, port: h });
+            }
+            self.push(spec.host_ip, h, c, spec.proto);
+        }
+        Ok(())
+    }
+}
+
+/// Turns `-p`/`-P` into concrete host ports, or the first conflict in Docker's words.
+/// `existing` is every mapping already published; `random` the range random ports come
+/// from.
+pub fn allocate<'a>(
+    existing: impl IntoIterator<Item = &'a PortMapping>,
+    host: &HostSockets,
+    random: (u16, u16),
+    cursor: &mut Cursor,
+    request: &PortRequest<'_>,
+) -> Result<Vec<PortMapping>, PortError> {
+    let mut alloc = Allocator {
+        book: PortBook::of(existing),
+        host,
+        out: Vec::new(),
+        cursor,
+    };
+    for spec in request.publish {
+        match spec.host_ports {
+            Some(host) if host.count() == spec.container_ports.count() => alloc.fixed(spec, host)?,
+            Some(host) => {
+                // A host range with a single container port: any free port of the range.
+                let port = alloc
+                    .free_in(spec.host_ip, spec.proto, (host.first, host.last))
+                    .map_err(|_| PortError::Allocated {
+                        addr: display_host_ip(spec.host_ip),
+                        port: host.to_string(),
+                    })?;
+                alloc.push(spec.host_ip, port, spec.container_ports.first, spec.proto);
+            }
+            None => {
+                for c in spec.container_ports.ports() {
+                    let port = alloc.random(spec.host_ip, spec.proto, random)?;
+                    alloc.push(spec.host_ip, port, c, spec.proto);
+                }
+            }
+        }
+    }
+    if request.publish_all {
+        for spec in request.expose {
+            for c in spec.ports.ports() {
+                let published = alloc
+                    .out
+                    .iter()
+                    .any(|m| m.container_port == c && m.proto == spec.proto);
+                if !published {
+                    let port = alloc.random(None, spec.proto, random)?;
+                    alloc.push(None, port, c, spec.proto);
+                }
+            }
+        }
+    }
+    Ok(alloc.out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> PublishSpec {
+        text.parse().unwrap()
+    }
+
+    fn mapping(host_ip: Option<&str>, port: u16) -> PortMapping {
+        PortMapping {
+            host_ip: host_ip.map(|i| i.parse().unwrap()),
+            host_port: port,
+            container_port: 80,
+            proto: Proto::Tcp,
+        }
+    }
+
+    fn publish(
+        existing: &[PortMapping],
+        host: &HostSockets,
+        specs: &[&str],
+    ) -> Result<Vec<PortMapping>, PortError> {
+        let publish: Vec<PublishSpec> = specs.iter().map(|s| spec(s)).collect();
+        let request = PortRequest {
+            publish: &publish,
+            publish_all: false,
+            expose: &[],
+        };
+        allocate(existing, host, (40000, 40009), &mut Cursor::new(), &request)
+    }
+
+    #[test]
+    fn bound_addresses_conflict_as_docker_says() {
+        let none = HostSockets::default();
+        let any = [mapping(None, 8080)];
+        let err = publish(&any, &none, &["127.0.0.1:8080:80"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Bind for 127.0.0.1:8080 failed: port is already allocated"
+        );
+        let one = [mapping(Some("127.0.0.1"), 8080)];
+        assert!(publish(&one, &none, &["198.51.100.1:8080:80"]).is_ok());
+        assert_eq!(
+            publish(&one, &none, &["8080:80"]).unwrap_err().to_string(),
+            "Bind for 0.0.0.0:8080 failed: port is already allocated"
+        );
+        // Same port, other protocol: free.
+        assert!(publish(&any, &none, &["8080:80/udp"]).is_ok());
+        // Within one request too.
+        assert!(publish(&[], &none, &["8080:80", "8080:81"]).is_err());
+    }
+
+    #[test]
+    fn a_port_a_host_process_listens_on_is_refused() {
+        let mut host = HostSockets::default();
+        host.listening.insert((Proto::Tcp, 9000));
+        host.in_use.insert((Proto::Tcp, 9000));
+        let err = publish(&[], &host, &["9000:80"]).unwrap_err();
+        assert_eq!(
+            err,
+            PortError::HostProcess {
+                addr: "0.0.0.0".into(),
+                port: 9000
+            }
+        );
+    }
+
+    #[test]
+    fn random_ports_skip_taken_and_used_ports_and_run_out_cleanly() {
+        let mut host = HostSockets::default();
+        host.in_use.insert((Proto::Tcp, 40000));
+        let existing = [mapping(None, 40001)];
+        let got = publish(&existing, &host, &["80", "[::1]::81"]).unwrap();
+        assert_eq!(got[0].host_port, 40002);
+        assert_eq!(got[1].host_port, 40003, "0.0.0.0 above takes the port on ::1 too");
+        // 40000..=40009 minus two taken leaves 8.
+        let eight: Vec<&str> = vec!["80"; 8];
+        assert_eq!(publish(&existing, &host, &eight).unwrap().len(), 8);
+        let nine: Vec<&str> = vec!["80"; 9];
+        assert_eq!(
+            publish(&existing, &host, &nine).unwrap_err(),
+            PortError::Exhausted {
+                first: 40000,
+                last: 40009
+            }
+        );
+    }
+
+    #[test]
+    fn ranges_map_one_to_one_or_pick_one_of_the_host_range() {
+        let none = HostSockets::default();
+        let got = publish(&[], &none, &["8000-8002:80-82"]).unwrap();
+        let pairs: Vec<(u16, u16)> = got.iter().map(|m| (m.host_port, m.container_port)).collect();
+        assert_eq!(pairs, [(8000, 80), (8001, 81), (8002, 82)]);
+        let taken = [mapping(None, 8000), mapping(None, 8001)];
+        let got = publish(&taken, &none, &["8000-8010:80"]).unwrap();
+        assert_eq!((got[0].host_port, got[0].container_port), (8002, 80));
+        let full: Vec<PortMapping> = (8000..=8010).map(|p| mapping(None, p)).collect();
+        assert_eq!(
+            publish(&full, &none, &["8000-8010:80"]).unwrap_err().to_string(),
+            "Bind for 0.0.0.0:8000-8010 failed: port is already allocated"
+        );
+    }
+
+    #[test]
+    fn publish_all_covers_exposed_ports_not_published_yet() {
+        let none = HostSockets::default();
+        let publish = [spec("8080:80")];
+        let expose: Vec<ExposeSpec> = ["80", "53/udp", "443"]
+            .iter()
+            .map(|e| e.parse().unwrap())
+            .collect();
+        let request = PortRequest {
+            publish: &publish,
+            publish_all: true,
+            expose: &expose,
+        };
+        let got = allocate([], &none, (40000, 40009), &mut Cursor::new(), &request).unwrap();
+        let shown: Vec<String> = got
+            .iter()
+            .map(|m| format!("{}->{}/{}", m.host_display(), m.container_port, m.proto))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "0.0.0.0:8080->80/tcp",
+                "0.0.0.0:40000->53/udp",
+                "0.0.0.0:40000->443/tcp"
+            ]
+        );
+    }
+
+    #[test]
+    fn tens_of_thousands_of_ports_stay_distinct() {
+        let none = HostSockets::default();
+        let specs: Vec<PublishSpec> = (0..20_000).map(|_| spec("80")).collect();
+        let request = PortRequest {
+            publish: &specs,
+            publish_all: false,
+            expose: &[],
+        };
+        let got = allocate([], &none, (10000, 65535), &mut Cursor::new(), &request).unwrap();
+        let mut ports: Vec<u16> = got.iter().map(|m| m.host_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 20_000);
+    }
+
+    #[test]
+    fn the_cursor_carries_over_between_requests() {
+        let none = HostSockets::default();
+        let publish = [spec("80")];
+        let request = PortRequest {
+            publish: &publish,
+            publish_all: false,
+            expose: &[],
+        };
+        let mut cursor = Cursor::new();
+        let first = allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
+        // The first mapping is gone again, yet the next request gets the next port...
+        let second = allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
+        assert_eq!((first[0].host_port, second[0].host_port), (40000, 40001));
+        // ...and wraps around at the end of the range.
+        allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
+        let wrapped = allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
+        assert_eq!(wrapped[0].host_port, 40000);
+    }
+}

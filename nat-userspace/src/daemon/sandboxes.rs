@@ -1,0 +1,446 @@
+//! Sandboxes: `run` validates a request into a `RunPlan` (mode, network, endpoint,
+//! namespace, published ports: every refusal happens here, before any side effect), then
+//! applies it with a rollback stack; `rm` tears one down.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr as _,
+    time::Duration,
+};
+
+use tracing::{info, warn};
+
+use super::{
+    DEFAULT_NETWORK, Daemon, drivers,
+    error::{Result, conflict, internal, invalid},
+    names, now,
+    ports::{self, PortRequest},
+    rollback::{Rollback, Undo},
+};
+use crate::{
+    api::{RunRequest, SandboxView},
+    config,
+    model::{Endpoint, Network, NetworkMode, PortMapping, Sandbox},
+    portspec::{ExposeSpec, Proto, PublishSpec},
+    state::Change,
+    sys::{netlink::Netlink, netns, process, sockets},
+};
+
+/// Where the sandbox's network namespace comes from.
+enum NetnsPlan {
+    /// Host mode or `container:`: not a namespace of its own.
+    Shared,
+    /// `--netns PATH`: someone else's, adopted and never deleted.
+    Adopt(PathBuf),
+    /// A new one, `/run/netns/<name>`.
+    Create(String),
+}
+
+/// A validated `run` request: everything `apply_run` needs, nothing left to refuse.
+struct RunPlan {
+    id: u32,
+    name: String,
+    mode: NetworkMode,
+    /// The network and the endpoint on it, for bridge mode.
+    attachment: Option<(Network, Endpoint)>,
+    netns: NetnsPlan,
+    dns: Vec<IpAddr>,
+    mtu: Option<u32>,
+    publish: Vec<PublishSpec>,
+    publish_all: bool,
+    expose: Vec<ExposeSpec>,
+    ports: Vec<PortMapping>,
+    command: Vec<String>,
+    changes: Vec<Change>,
+}
+
+/// Docker's rule for container and network names.
+pub(super) fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = name.len() >= 2
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "Invalid {kind} name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (2-64 characters)"
+        )))
+    }
+}
+
+impl Daemon {
+    /// `--network`: the mode and, for bridge mode, the network.
+    fn resolve_mode(&self, network: Option<&str>) -> Result<(NetworkMode, Option<Network>)> {
+        match network.unwrap_or(DEFAULT_NETWORK) {
+            "none" => Ok((NetworkMode::None, None)),
+            "host" => Ok((NetworkMode::Host, None)),
+            other => match other.strip_prefix("container:") {
+                Some(target) => {
+                    self.sandbox(target)?;
+                    Ok((NetworkMode::Container(target.to_string()), None))
+                }
+                None => Ok((NetworkMode::Bridge, Some(self.network(other)?.clone()))),
+            },
+        }
+    }
+
+    fn parse_ports(req: &RunRequest) -> Result<(Vec<PublishSpec>, Vec<ExposeSpec>)> {
+        let publish = req
+            .publish
+            .iter()
+            .map(|p| PublishSpec::from_str(p).map_err(|e| invalid(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        for spec in &publish {
+            if spec.proto == Proto::Sctp {
+                return Err(invalid(format!(
+                    "cannot publish {spec}: SCTP is not supported by natd's dataplane yet \
+                     (SCTP's CRC32c checksum cannot be updated incrementally)"
+                )));
+            }
+            if let Some(IpAddr::V6(ip)) = spec.host_ip {
+                return Err(invalid(format!(
+                    "cannot publish {spec}: publishing on an IPv6 address ({ip}) needs natd's IPv6 datapath, \
+                     which is not available yet"
+                )));
+            }
+        }
+        let expose = req
+            .expose
+            .iter()
+            .map(|p| ExposeSpec::from_str(p).map_err(|e| invalid(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((publish, expose))
+    }
+
+    /// Options that only make sense with a namespace of the sandbox's own.
+    fn check_mode_options(req: &RunRequest, mode: &NetworkMode, network: Option<&Network>) -> Result<()> {
+        let network_arg = req.network.as_deref().unwrap_or(DEFAULT_NETWORK);
+        let shares = matches!(mode, NetworkMode::Host | NetworkMode::Container(_));
+        if req.ip.is_some() && network.is_none() {
+            return Err(invalid(format!(
+                "--ip needs a bridge network, not --network {network_arg}"
+            )));
+        }
+        if (!req.publish.is_empty() || req.publish_all) && network.is_none() {
+            let kind = match mode {
+                NetworkMode::Container(_) => "the container type network mode",
+                NetworkMode::Host => "the host network mode",
+                _ => "the none network mode",
+            };
+            return Err(invalid(format!(
+                "conflicting options: port publishing and {kind}"
+            )));
+        }
+        if shares && (!req.dns.is_empty() || req.mtu.is_some()) {
+            return Err(invalid(format!(
+                "conflicting options: --dns/--mtu and --network {network_arg} (the namespace is not the sandbox's own)"
+            )));
+        }
+        if shares && req.netns.is_some() {
+            return Err(invalid(format!(
+                "conflicting options: --netns and --network {network_arg}"
+            )));
+        }
+        if let Some(net) = network.filter(|n| !drivers::of(n.driver).translated())
+            && (!req.publish.is_empty() || req.publish_all)
+        {
+            return Err(invalid(format!(
+                "port publishing is not supported on hostbridge network {}: its sandboxes have addresses on the LAN \
+                 and are reachable directly",
+                net.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_adopted_netns(&self, path: &str) -> Result<()> {
+        let path = Path::new(path);
+        if !netns::is_netns(path) {
+            return Err(invalid(format!("{} is not a network namespace", path.display())));
+        }
+        let id = netns::identity(path);
+        if let Some(other) = self
+            .state
+            .sandboxes
+            .values()
+            .find(|s| s.netns.as_deref().map(|p| netns::identity(Path::new(p))) == Some(id))
+        {
+            return Err(conflict(format!(
+                "network namespace {} is already used by sandbox {}",
+                path.display(),
+                other.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every check of a `run` request, and every choice (ids, addresses, host ports).
+    async fn plan_run(&mut self, req: RunRequest) -> Result<RunPlan> {
+        validate_name("container", &req.name)?;
+        if self.state.sandboxes.contains_key(&req.name) {
+            return Err(conflict(format!(
+                "Conflict. The container name \"{}\" is already in use",
+                req.name
+            )));
+        }
+        let (mode, network) = self.resolve_mode(req.network.as_deref())?;
+        Self::check_mode_options(&req, &mode, network.as_ref())?;
+        let (publish, expose) = Self::parse_ports(&req)?;
+        let dns = req
+            .dns
+            .iter()
+            .map(|d| {
+                d.parse::<IpAddr>()
+                    .map_err(|_| invalid(format!("invalid DNS server address: {d}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(mtu) = req.mtu {
+            config::validate_mtu(mtu).map_err(invalid)?;
+        }
+        if let Some(path) = &req.netns {
+            self.check_adopted_netns(path)?;
+        }
+        // `-P` publishes --expose and the container side of every -p.
+        let mut all_exposed = expose.clone();
+        all_exposed.extend(publish.iter().map(|spec| ExposeSpec {
+            ports: spec.container_ports,
+            proto: spec.proto,
+        }));
+        let host = sockets::scan();
+        let request = PortRequest {
+            publish: &publish,
+            publish_all: req.publish_all,
+            expose: &all_exposed,
+        };
+        let existing = self.state.sandboxes.values().flat_map(|s| s.ports.iter());
+        let ports = ports::allocate(existing, &host, self.port_range, &mut self.port_cursor, &request)
+            .map_err(|e| conflict(e.to_string()))?;
+
+        let (id, id_change) = self.alloc_id();
+        let mut changes = vec![id_change];
+        let attachment = match network {
+            Some(network) => {
+                if let Some(ip) = req.ip.as_deref().filter(|ip| ip.contains(['/', '@'])) {
+                    return Err(invalid(format!("invalid IPv4 address: {ip}")));
+                }
+                let (eid, change) = self.alloc_id();
+                changes.push(change);
+                let endpoint = self
+                    .plan_endpoint(&network, req.ip.as_deref(), "eth0", eid)
+                    .await?;
+                Some((network, endpoint))
+            }
+            None => None,
+        };
+        let netns = match (&mode, &req.netns) {
+            (NetworkMode::Host | NetworkMode::Container(_), _) => NetnsPlan::Shared,
+            (_, Some(path)) => NetnsPlan::Adopt(PathBuf::from(path)),
+            (_, None) => NetnsPlan::Create(names::sandbox_ns(&self.config.name_prefix, &req.name)),
+        };
+        Ok(RunPlan {
+            id,
+            name: req.name,
+            mode,
+            attachment,
+            netns,
+            dns,
+            mtu: req.mtu,
+            publish,
+            publish_all: req.publish_all,
+            expose,
+            ports,
+            command: req.command,
+            changes,
+        })
+    }
+
+    pub async fn run(&mut self, req: RunRequest) -> Result<SandboxView> {
+        let mut plan = self.plan_run(req).await?;
+        let mut rollback = Rollback::new("run");
+        let result = async {
+            let sandbox = self.apply_run(&plan, &mut rollback).await?;
+            let mut changes = std::mem::take(&mut plan.changes);
+            changes.push(Change::PutSandbox(sandbox.clone()));
+            self.commit(changes)?;
+            Ok(sandbox)
+        }
+        .await;
+        let sandbox = rollback.settle(&self.nl, result).await?;
+        self.sync_after_change().await?;
+        info!(sandbox = %sandbox.name, "sandbox created");
+        Ok(self.view(&sandbox))
+    }
+
+    /// The kernel side of a planned sandbox: namespace, endpoint, resolv.conf, process.
+    async fn apply_run(&self, plan: &RunPlan, rollback: &mut Rollback) -> Result<Sandbox> {
+        let (netns_path, netns_owned, etc_name) = match &plan.netns {
+            NetnsPlan::Shared => (None, false, None),
+            NetnsPlan::Adopt(path) => {
+                let base = path.file_name().map(|n| n.to_string_lossy().to_string());
+                (Some(path.clone()), false, base)
+            }
+            NetnsPlan::Create(name) => {
+                let path = netns::create_named(name)?;
+                rollback.record(Undo::DeleteNetns(path.clone()))?;
+                (Some(path), true, Some(name.clone()))
+            }
+        };
+        let mut endpoints = Vec::new();
+        if let Some(path) = &netns_path {
+            let inner = Netlink::connect_in(path)?;
+            if let Some(lo) = inner.link("lo").await? {
+                inner.set_up(lo.index).await?;
+            }
+            if let Some((network, endpoint)) = &plan.attachment {
+                let mut endpoint = endpoint.clone();
+                let mtu = plan.mtu.unwrap_or(network.mtu);
+                endpoint.mac = self
+                    .wire_endpoint(path, network, &endpoint, true, mtu, rollback)
+                    .await?;
+                endpoints.push(endpoint);
+            }
+        }
+        if netns_owned && let Some(name) = &etc_name {
+            let servers = if plan.dns.is_empty() {
+                &self.config.dns
+            } else {
+                &plan.dns
+            };
+            netns::write_resolv_conf(name, servers)
+                .map_err(|e| internal(format!("write /etc/netns/{name}/resolv.conf")).because(e))?;
+            rollback.record(Undo::RemoveEtc(name.clone()))?;
+        }
+        let mut sandbox = Sandbox {
+            id: plan.id,
+            name: plan.name.clone(),
+            mode: plan.mode.clone(),
+            netns: netns_path.as_ref().map(|p| p.display().to_string()),
+            netns_owned,
+            etc_name: etc_name.filter(|_| netns_owned),
+            endpoints,
+            dns: plan.dns.clone(),
+            mtu: plan.mtu,
+            publish: plan.publish.clone(),
+            publish_all: plan.publish_all,
+            expose: plan.expose.clone(),
+            ports: plan.ports.clone(),
+            command: plan.command.clone(),
+            pid: None,
+            pid_start: None,
+            log: None,
+            created: now(),
+        };
+        if !plan.command.is_empty() {
+            self.start_command(&mut sandbox, rollback)?;
+        }
+        Ok(sandbox)
+    }
+
+    /// Starts the sandbox's command detached, output to `<state-dir>/logs/NAME.log`.
+    fn start_command(&self, sandbox: &mut Sandbox, rollback: &mut Rollback) -> Result<()> {
+        let log_dir = self.config.state_dir.join("logs");
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| internal(format!("create {}", log_dir.display())).because(e))?;
+        let log = log_dir.join(format!("{}.log", sandbox.name));
+        let (enter_ns, enter_etc) = self.enter_target(sandbox);
+        let plan = netns::EnterPlan::new(Path::new(&enter_ns), enter_etc.as_deref())?;
+        let (pid, started) = process::spawn_detached(&sandbox.command, plan, &log).map_err(|e| {
+            // A command that cannot be found is the request's fault; anything else is ours.
+            let message = format!(
+                "cannot start {:?} in sandbox {}",
+                sandbox.command.join(" "),
+                sandbox.name
+            );
+            match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => invalid(message),
+                _ => internal(message),
+            }
+            .because(e)
+        })?;
+        rollback.record(Undo::StopProcess { pid, started })?;
+        sandbox.pid = Some(pid);
+        sandbox.pid_start = started;
+        sandbox.log = Some(log.display().to_string());
+        Ok(())
+    }
+
+    /// Namespace and /etc/netns name a process of this sandbox lives in.
+    pub(super) fn enter_target(&self, sandbox: &Sandbox) -> (String, Option<String>) {
+        let mut current = sandbox;
+        // container: chains are short; the bound only protects against a corrupt cycle.
+        for _ in 0..16 {
+            match &current.mode {
+                NetworkMode::Host => break,
+                NetworkMode::Container(target) => match self.state.sandboxes.get(target) {
+                    Some(t) => current = t,
+                    None => break,
+                },
+                _ => {
+                    if let Some(ns) = &current.netns {
+                        return (ns.clone(), current.etc_name.clone());
+                    }
+                    break;
+                }
+            }
+        }
+        (format!("/proc/{}/ns/net", std::process::id()), None)
+    }
+
+    /// Stops the sandbox's process and removes its veths, namespace and /etc/netns entry.
+    /// Keeps going on errors and returns them.
+    async fn teardown(&self, sandbox: &Sandbox) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(pid) = sandbox.pid {
+            let started = sandbox.pid_start;
+            let _ = tokio::task::spawn_blocking(move || process::stop(pid, started, Duration::from_secs(5)))
+                .await;
+        }
+        for endpoint in &sandbox.endpoints {
+            if let Err(e) = self.unwire_endpoint(endpoint).await {
+                errors.push(e.to_string());
+            }
+        }
+        if sandbox.netns_owned
+            && let Some(path) = &sandbox.netns
+        {
+            let path = Path::new(path);
+            process::kill_all(&netns::pids_in(path));
+            if let Err(e) = netns::delete_named(path) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(name) = &sandbox.etc_name
+            && let Err(e) = netns::remove_etc(name)
+        {
+            errors.push(format!("remove /etc/netns/{name}: {e}"));
+        }
+        errors
+    }
+
+    pub async fn rm(&mut self, name: &str) -> Result<Vec<String>> {
+        let sandbox = self.sandbox(name)?.clone();
+        let users: Vec<&str> = self
+            .state
+            .sandboxes
+            .values()
+            .filter(|s| s.mode == NetworkMode::Container(name.to_string()))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(conflict(format!(
+                "cannot remove {name}: sandboxes {} share its network namespace (--network container:{name}); remove them first",
+                users.join(", ")
+            )));
+        }
+        let errors = self.teardown(&sandbox).await;
+        self.commit_and_sync(vec![Change::DeleteSandbox(name.to_string())])
+            .await?;
+        for e in &errors {
+            warn!(sandbox = name, error = %e, "teardown");
+        }
+        Ok(errors)
+    }
+}

@@ -1,0 +1,169 @@
+//! What happens when natd starts: open the store, find the uplinks and port ranges, open
+//! the dataplane, bring the default network in line with the flags, then reconcile the
+//! kernel with the records.
+use std::collections::HashSet;
+
+use tracing::{info, warn};
+
+use super::{DEFAULT_NETWORK, Daemon, drivers, error::Result, error::invalid, now};
+use crate::{
+    config::DaemonConfig,
+    dataplane,
+    model::{Driver, Network},
+    state::{Change, Store},
+    sys::{netlink::Netlink, sysctl},
+};
+
+impl Daemon {
+    pub async fn start(config: DaemonConfig) -> anyhow::Result<Self> {
+        let (store, state) = Store::open(&config.state_dir)?;
+        let nl = Netlink::connect()?;
+        let mut forwarding = vec!["net.ipv4.ip_forward"];
+        if config.fixed_cidr_v6.is_some() {
+            forwarding.push("net.ipv6.conf.all.forwarding");
+        }
+        for key in forwarding {
+            if let Err(e) = sysctl::write(key, "1") {
+                warn!(key, error = %e, "cannot set sysctl");
+            }
+        }
+        let uplinks = resolve_uplinks(&nl, &config.uplinks).await?;
+        let local_ports = sysctl::local_port_range().unwrap_or((32768, 60999));
+        let port_range = config.port_range.unwrap_or(local_ports);
+        let snat_ports = config
+            .masquerade_port_range
+            .unwrap_or_else(|| masquerade_ports(local_ports));
+        let dataplane = dataplane::create(&config)?;
+        info!(dataplane = %dataplane.kind(), ?uplinks, "dataplane ready");
+        let mut daemon = Self {
+            config,
+            store,
+            state,
+            nl,
+            dataplane,
+            uplinks,
+            port_range,
+            port_cursor: Default::default(),
+            snat_ports,
+            last_reconcile: Vec::new(),
+            hairpin_set: HashSet::new(),
+        };
+        daemon.ensure_default_network().await?;
+        let report = daemon.reconcile().await?;
+        for line in &report {
+            info!(target: "natd::reconcile", "{line}");
+        }
+        if report.is_empty() {
+            info!(target: "natd::reconcile", "kernel state matches the stored state");
+        }
+        Ok(daemon)
+    }
+
+    /// The network named `bridge` follows natd's flags: created on first start, updated
+    /// when the flags change.
+    async fn ensure_default_network(&mut self) -> Result<()> {
+        let existing = self.state.networks.get(DEFAULT_NETWORK).cloned();
+        let (id, id_change) = match &existing {
+            Some(n) => (n.id, None),
+            None => {
+                let (id, change) = self.alloc_id();
+                (id, Some(change))
+            }
+        };
+        let cfg = &self.config;
+        let adopted = match &existing {
+            Some(n) if n.bridge == cfg.bridge => n.bridge_adopted,
+            _ => self.nl.link(&cfg.bridge).await?.is_some(),
+        };
+        let network = Network {
+            id,
+            name: DEFAULT_NETWORK.into(),
+            driver: Driver::Bridge,
+            bridge: cfg.bridge.clone(),
+            bridge_adopted: adopted,
+            subnet: crate::config::subnet_of(cfg.bip),
+            gateway: cfg.bip.ip(),
+            aux_gateway: cfg.default_gateway.filter(|g| *g != cfg.bip.ip()),
+            ip_range: cfg.fixed_cidr,
+            subnet_v6: cfg.fixed_cidr_v6,
+            gateway_v6: cfg.fixed_cidr_v6.map(crate::ipam::first_v6_host),
+            aux_gateway_v6: cfg.default_gateway_v6,
+            internal: false,
+            icc: cfg.icc,
+            ip_masq: cfg.ip_masq,
+            mtu: cfg.mtu,
+            default: true,
+            created: existing.as_ref().map(|n| n.created).unwrap_or_else(now),
+            parent: None,
+        };
+        if existing.as_ref() == Some(&network) {
+            return Ok(());
+        }
+        if let Some(old) = &existing {
+            info!(old = %old.subnet, new = %network.subnet, "default network settings changed");
+            for sandbox in self.state.sandboxes.values() {
+                for ep in sandbox.endpoints.iter().filter(|e| e.network == DEFAULT_NETWORK) {
+                    if !cfg.bip.contains(ep.ipv4) {
+                        warn!(sandbox = %sandbox.name, ip = %ep.ipv4, "address is outside the new --bip subnet; reconnect the sandbox");
+                    }
+                }
+            }
+        }
+        let mut changes = vec![Change::PutNetwork(network)];
+        changes.extend(id_change);
+        self.commit(changes)
+    }
+
+    /// Reconcile brings every network's kernel side back; used at start-up, on
+    /// `POST /v1/reconcile`, and never on the periodic tick.
+    pub(super) async fn ensure_networks(&mut self) -> Result<Vec<String>> {
+        let mut report = Vec::new();
+        let networks: Vec<Network> = self.state.networks.values().cloned().collect();
+        for network in &networks {
+            if drivers::of(network.driver).ensure(&self.nl, network).await? {
+                report.push(format!(
+                    "created bridge {} for network {}",
+                    network.bridge, network.name
+                ));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Masquerade ports sit outside the host's ephemeral range, so a NAT port can never equal
+/// the source port of one of the host's own connections.
+fn masquerade_ports(local: (u16, u16)) -> (u16, u16) {
+    if local.1 <= 65535 - 1024 {
+        (local.1 + 1, 65535)
+    } else if local.0 > 2048 {
+        (1024, local.0 - 1)
+    } else {
+        nat_common::DEFAULT_SNAT_PORTS
+    }
+}
+
+/// `--uplink` as given, else the interfaces of the IPv4 default routes.
+async fn resolve_uplinks(nl: &Netlink, configured: &[String]) -> Result<Vec<String>> {
+    if !configured.is_empty() {
+        for name in configured {
+            if nl.link(name).await?.is_none() {
+                return Err(invalid(format!("uplink {name}: no such interface")));
+            }
+        }
+        return Ok(configured.to_vec());
+    }
+    let routes = nl.routes_v4().await?;
+    let links = nl.links().await?;
+    let mut out: Vec<String> = routes
+        .iter()
+        .filter(|r| r.destination.prefix() == 0)
+        .filter_map(|r| r.oif)
+        .filter_map(|oif| links.iter().find(|l| l.index == oif).map(|l| l.name.clone()))
+        .collect();
+    out.dedup();
+    if out.is_empty() {
+        warn!("no --uplink given and no default route: published ports and masquerade have no uplink");
+    }
+    Ok(out)
+}

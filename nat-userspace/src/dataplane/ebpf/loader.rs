@@ -1,0 +1,298 @@
+//! Loading natd's object and attaching its programs: maps pinned by name under
+//! `<bpffs>/maps` (reused, not recreated, on restart), TCX and cgroup links pinned under
+//! `<bpffs>/links` so attachments outlive natd and are adopted when it comes back, and
+//! upgraded in place when natd carries a different program.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use nat_common::names::{map, program};
+
+use super::err;
+use crate::dataplane::{DataplaneError, Desired, IfaceRole, SyncReport};
+
+/// Mounts bpffs at /sys/fs/bpf when it is missing (it is not mounted at boot everywhere).
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new("/sys/fs/bpf");
+    let is_bpffs = nix::sys::statfs::statfs(root)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .unwrap_or(false);
+    if !is_bpffs && pin_dir.starts_with(root) {
+        std::fs::create_dir_all(root).map_err(|e| err("create /sys/fs/bpf", e))?;
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| err("mount bpffs at /sys/fs/bpf", e))?;
+    }
+    Ok(())
+}
+
+/// The cgroup v2 hierarchy's root, where socket hooks see every process.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, path, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(path))
+    })
+}
+
+/// Loads the object with its maps pinned under `pin_dir/maps` and every program verified.
+pub fn load(pin_dir: &Path, ct_capacity: u32) -> Result<Ebpf, DataplaneError> {
+    // The memlock rlimit may not be raisable here; kernels >= 5.11 charge BPF memory to
+    // the cgroup instead, so a failure is not fatal.
+    let _ = nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+        nix::sys::resource::RLIM_INFINITY,
+        nix::sys::resource::RLIM_INFINITY,
+    );
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir.join("maps"))
+        .map_max_entries(map::CT, ct_capacity)
+        .load(crate::EBPF_OBJECT)
+        .map_err(|e| {
+            err(
+                &format!(
+                    "load object (if maps pinned under {} were made with other sizes or by another version, \
+                     run `natd --cleanup` first)",
+                    pin_dir.display()
+                ),
+                e,
+            )
+        })?;
+    // The same steps for both program types; their `load` is inherent, not a trait.
+    macro_rules! load_all {
+        ($ty:ty, $names:expr) => {
+            for name in $names {
+                let program: &mut $ty = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| err("program missing", name))?
+                    .try_into()
+                    .map_err(|e| err("program type", e))?;
+                program
+                    .load()
+                    .map_err(|e| err(&format!("verifier rejected {name}"), e))?;
+            }
+        };
+    }
+    load_all!(SchedClassifier, program::TC.iter().copied());
+    load_all!(CgroupSockAddr, program::SOCKET.iter().copied());
+    Ok(ebpf)
+}
+
+/// The pinned program links of one natd and the object whose programs they run.
+pub struct Links<'a> {
+    pub ebpf: &'a mut Ebpf,
+    pub dir: PathBuf,
+    pub cgroup_root: Option<&'a Path>,
+}
+
+impl Links<'_> {
+    pub fn pinned(dir: &Path) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| err("program missing", name))?
+            .try_into()
+            .map_err(|e| err("program type", e))
+    }
+
+    fn attach_tc(
+        &mut self,
+        program: &str,
+        ifname: &str,
+        direction: TcAttachType,
+        pin: &Path,
+    ) -> Result<(), DataplaneError> {
+        let prog = self.classifier(program)?;
+        let id = prog
+            .attach_with_options(ifname, direction, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| err(&format!("attach to {ifname} (TCX, Linux >= 6.6 needed)"), e))?;
+        pin_link(prog.take_link(id).map_err(|e| err("take link", e))?, pin)
+    }
+
+    /// A pinned link from an earlier natd keeps its program; when this natd carries a
+    /// different program (an upgrade), the link is updated in place (BPF_LINK_UPDATE), so
+    /// there is no moment without a program on the interface.
+    fn replace_if_outdated(&mut self, program: &str, pin: &Path) -> Result<bool, DataplaneError> {
+        let fd_link: FdLink = PinnedLink::from_pin(pin)
+            .map_err(|e| err("open pinned link", e))?
+            .into();
+        let current = fd_link.info().map_err(|e| err("link info", e))?.program_id();
+        let prog = self.classifier(program)?;
+        let wanted_tag = prog.info().map_err(|e| err("program info", e))?.tag();
+        let current_tag = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == current)
+            .map(|p| p.tag());
+        if current_tag == Some(wanted_tag) {
+            return Ok(false);
+        }
+        let link =
+            aya::programs::tc::SchedClassifierLink::try_from(fd_link).map_err(|e| err("link type", e))?;
+        let id = prog.attach_to_link(link).map_err(|e| err("update link", e))?;
+        // The pin keeps the (updated) link; our handle only needs closing.
+        drop(prog.take_link(id).map_err(|e| err("take link", e))?);
+        Ok(true)
+    }
+
+    fn attach_cgroup(&mut self, program: &str, root: &Path, pin: &Path) -> Result<(), DataplaneError> {
+        let cgroup = std::fs::File::open(root).map_err(|e| err(&format!("open {}", root.display()), e))?;
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| err("program missing", program))?
+            .try_into()
+            .map_err(|e| err("program type", e))?;
+        let id = prog
+            // With BPF links (Linux >= 5.7, which aya uses) cgroup attachments always
+            // coexist with other programs; the kernel rejects any attach flag there.
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| err(&format!("attach {program} to {}", root.display()), e))?;
+        pin_link(prog.take_link(id).map_err(|e| err("take link", e))?, pin)
+    }
+
+    /// Attaches what `desired` needs and is not attached, adopts (or upgrades) what is,
+    /// and detaches pinned links nothing needs any more.
+    pub fn sync(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<(), DataplaneError> {
+        let mut wanted = BTreeSet::new();
+        let mut plan = Vec::new();
+        for iface in &desired.ifaces {
+            let attachments: &[(TcAttachType, &str)] = match iface.role {
+                IfaceRole::Uplink { .. } => &[
+                    (TcAttachType::Ingress, program::UPLINK_INGRESS),
+                    (TcAttachType::Egress, program::UPLINK_EGRESS),
+                ],
+                IfaceRole::SandboxVeth { .. } => &[(TcAttachType::Ingress, program::SANDBOX_INGRESS)],
+            };
+            for &(direction, program) in attachments {
+                let dir = if direction == TcAttachType::Ingress {
+                    "ingress"
+                } else {
+                    "egress"
+                };
+                let name = format!("{}-{}-{dir}-{program}", iface.index, iface.name);
+                wanted.insert(name.clone());
+                plan.push((name, iface.name.clone(), direction, program));
+            }
+        }
+        let cgroup_plan: Vec<(String, &str)> = match self.cgroup_root {
+            Some(_) => program::SOCKET
+                .iter()
+                .map(|p| (format!("cgroup-{p}"), *p))
+                .collect(),
+            None => Vec::new(),
+        };
+        wanted.extend(cgroup_plan.iter().map(|(name, _)| name.clone()));
+        let existing = Self::pinned(&self.dir);
+        for (name, program) in cgroup_plan {
+            if existing.contains(&name) {
+                report.adopted.push(name);
+                continue;
+            }
+            let root = self
+                .cgroup_root
+                .expect("planned only with a cgroup root")
+                .to_owned();
+            self.attach_cgroup(program, &root, &self.dir.join(&name))?;
+            report.attached.push(name);
+        }
+        for stale in existing.difference(&wanted) {
+            unpin(&self.dir.join(stale)).map_err(|e| err("detach", e))?;
+            report.detached.push(stale.clone());
+        }
+        for (name, ifname, direction, program) in plan {
+            let pin = self.dir.join(&name);
+            if !existing.contains(&name) {
+                self.attach_tc(program, &ifname, direction, &pin)?;
+                report.attached.push(name);
+            } else if self.replace_if_outdated(program, &pin)? {
+                report
+                    .attached
+                    .push(format!("{name} (program replaced atomically)"));
+            } else {
+                report.adopted.push(name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pins a link so the attachment outlives natd (and is found again at its next start).
+fn pin_link(
+    link: impl TryInto<FdLink, Error = impl std::fmt::Display + std::fmt::Debug>,
+    pin: &Path,
+) -> Result<(), DataplaneError> {
+    let fd_link: FdLink = link.try_into().map_err(|e| err("link is not an fd link", e))?;
+    fd_link
+        .pin(pin)
+        .map_err(|e| err(&format!("pin link {}", pin.display()), e))?;
+    Ok(())
+}
+
+fn unpin(path: &Path) -> Result<(), String> {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => {
+            // Dropping the last reference to the link detaches the program.
+            drop(
+                link.unpin()
+                    .map_err(|e| format!("unpin {}: {e}", path.display()))?,
+            );
+            Ok(())
+        }
+        Err(_) => std::fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display())),
+    }
+}
+
+/// Detaches every pinned link and removes every pinned map under `pin_dir`, then the
+/// directory itself. Works without loading the object, so `natd --cleanup` always can.
+pub fn cleanup_pin_dir(pin_dir: &Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (sub, is_link) in [("links", true), ("maps", false)] {
+        let dir = pin_dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let result = if is_link {
+                unpin(&entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| format!("remove {}: {e}", entry.path().display()))
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+    }
+    for dir in [pin_dir.join("maps"), pin_dir.join("links"), pin_dir.to_owned()] {
+        if let Err(e) = std::fs::remove_dir(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(format!("remove {}: {e}", dir.display()));
+        }
+    }
+    errors
+}

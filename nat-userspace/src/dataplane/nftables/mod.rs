@@ -1,0 +1,222 @@
+//! The nftables fallback dataplane: the same behaviour through rules in natd's own table
+//! (`table ip <name-prefix>`), applied through libnftables as atomic batches. Published
+//! ports live in maps with concatenated keys (`proto . port` and `address . proto . port`
+//! to `address . port`), so a lookup costs the same with 10 or 65 000 mappings and adding
+//! or removing a mapping is one element update. The kernel's conntrack does the tracking.
+//!
+//! Differences from the eBPF dataplane (see docs/architecture.md): no access to published
+//! ports through 127.0.0.1 (that needs route_localnet, which natd never sets), flows are
+//! the kernel's (`conntrack -L`, not `natctl ct ls`), and bridged traffic goes through
+//! netfilter (bridge-nf-call-iptables) for icc=false and same-bridge hairpin.
+use std::{collections::BTreeMap, fmt::Write as _, process::Command};
+
+pub mod ffi;
+mod ruleset;
+
+use ffi::Nft;
+use ruleset::{element_commands, port_element};
+
+use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, PortRule, Stats, SyncReport};
+use crate::{
+    config::{DaemonConfig, DataplaneKind},
+    sys::sysctl,
+};
+
+fn err(e: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Nftables(e.to_string())
+}
+
+pub struct NftablesDataplane {
+    nft: Nft,
+    table: String,
+    /// What was last applied: the table's fixed part and the elements of the port maps.
+    applied_static: Option<String>,
+    applied_ports: BTreeMap<String, PortRule>,
+    last: Option<Desired>,
+}
+
+impl NftablesDataplane {
+    pub fn open(config: &DaemonConfig) -> Result<Self, DataplaneError> {
+        let mut nft = Nft::new(false).map_err(err)?;
+        // Probe: nf_tables must be usable here.
+        nft.run("list tables")
+            .map_err(|e| err(format!("nf_tables is not usable: {e}")))?;
+        // Bridged traffic must traverse netfilter for icc=false and same-bridge hairpin.
+        if let Err(e) = sysctl::write("net.bridge.bridge-nf-call-iptables", "1") {
+            tracing::warn!(error = %e, "cannot make bridged traffic traverse netfilter (icc=false needs it)");
+        }
+        Ok(Self {
+            nft,
+            table: config.name_prefix.clone(),
+            applied_static: None,
+            applied_ports: BTreeMap::new(),
+            last: None,
+        })
+    }
+
+    fn table_exists(&mut self) -> bool {
+        self.nft.run(&format!("list table ip {}", self.table)).is_ok()
+    }
+
+    /// Deletes kernel conntrack entries of a removed mapping so its flows (UDP too) end.
+    fn forget_flows(rule: &PortRule) {
+        let _ = Command::new("conntrack")
+            .args([
+                "-D",
+                "-p",
+                &rule.proto.to_string(),
+                "--orig-port-dst",
+                &rule.host_port.to_string(),
+            ])
+            .args([
+                "--reply-src",
+                &rule.target.to_string(),
+                "--reply-port-src",
+                &rule.target_port.to_string(),
+            ])
+            .output();
+    }
+}
+
+impl Dataplane for NftablesDataplane {
+    fn kind(&self) -> DataplaneKind {
+        DataplaneKind::Nftables
+    }
+
+    fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
+        let mut report = SyncReport::default();
+        let fixed = ruleset::table(&self.table, desired);
+        let wanted: BTreeMap<String, PortRule> = desired
+            .ports
+            .iter()
+            .map(|r| (format!("{} {}", port_element(r).0, port_element(r).1), *r))
+            .collect();
+        let exists = self.table_exists();
+        if !exists || self.applied_static.as_deref() != Some(fixed.as_str()) {
+            // The whole table in one transaction: never a moment with NAT rules but without
+            // the filter rules that guard them.
+            let mut batch = String::new();
+            if exists {
+                let _ = writeln!(batch, "delete table ip {}", self.table);
+            }
+            batch.push_str(&fixed);
+            let all: Vec<&PortRule> = wanted.values().collect();
+            if !all.is_empty() {
+                batch.push_str(&element_commands("add", &self.table, &all));
+            }
+            self.nft.run(&batch).map_err(err)?;
+            report.attached.push(format!(
+                "table ip {} ({} published ports)",
+                self.table,
+                wanted.len()
+            ));
+        } else {
+            let batch = ruleset::element_changes(&self.table, &self.applied_ports, &wanted);
+            if !batch.is_empty() {
+                self.nft.run(&batch).map_err(err)?;
+            }
+        }
+        for (element, rule) in &self.applied_ports {
+            if !wanted.contains_key(element) {
+                Self::forget_flows(rule);
+                report.flows_invalidated += 1;
+            }
+        }
+        self.applied_static = Some(fixed);
+        self.applied_ports = wanted;
+        self.last = Some(desired.clone());
+        Ok(report)
+    }
+
+    fn heal(&mut self) -> Result<bool, DataplaneError> {
+        if self.last.is_none() || self.table_exists() {
+            return Ok(false);
+        }
+        let desired = self.last.clone().unwrap_or_default();
+        self.applied_static = None;
+        self.sync(&desired)?;
+        Ok(true)
+    }
+
+    fn gc(&mut self) -> Result<GcReport, DataplaneError> {
+        Ok(GcReport::default())
+    }
+
+    fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "table": format!("ip {}", self.table),
+            "published_ports": self.applied_ports.len(),
+            "conntrack": "kernel (conntrack -L)",
+        })
+    }
+
+    fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        let Ok(mut nft) = Nft::new(true) else { return stats };
+        let Ok(text) = nft.run(&format!("list table ip {}", self.table)) else {
+            return stats;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return stats;
+        };
+        let by_element: BTreeMap<(String, u64), u32> = self
+            .applied_ports
+            .values()
+            .map(|r| ((r.proto.to_string(), u64::from(r.host_port)), r.mapping_id))
+            .collect();
+        for item in json["nftables"].as_array().into_iter().flatten() {
+            if let Some(counter) = item.get("counter")
+                && let Some(name) = counter["name"].as_str()
+            {
+                stats
+                    .counters
+                    .insert(name.to_string(), counter["packets"].as_u64().unwrap_or(0));
+            }
+            if let Some(map) = item.get("map") {
+                let name = map["name"].as_str().unwrap_or_default().to_string();
+                let elements = map["elem"].as_array().cloned().unwrap_or_default();
+                stats.maps.insert(name, (elements.len(), 0));
+                for element in elements {
+                    let key = &element[0]["elem"];
+                    let concat = key["val"]["concat"].as_array().cloned().unwrap_or_default();
+                    let n = concat.len();
+                    if n < 2 {
+                        continue;
+                    }
+                    let proto = concat[n - 2].as_str().unwrap_or_default().to_string();
+                    let port = concat[n - 1].as_u64().unwrap_or(0);
+                    if let Some(id) = by_element.get(&(proto, port)) {
+                        let packets = key["counter"]["packets"].as_u64().unwrap_or(0);
+                        let bytes = key["counter"]["bytes"].as_u64().unwrap_or(0);
+                        stats.mappings.insert(*id, (packets, bytes));
+                    }
+                }
+            }
+        }
+        stats
+    }
+
+    fn flows(&self) -> Vec<Flow> {
+        Vec::new()
+    }
+}
+
+/// Removes natd's table if it is there (used on cleanup and when another dataplane takes
+/// over).
+pub fn delete_table(nft: &mut Nft, table: &str) -> Vec<String> {
+    if nft.run(&format!("list table ip {table}")).is_err() {
+        return Vec::new();
+    }
+    match nft.run(&format!("delete table ip {table}")) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// `natd --cleanup` and dataplane switches: remove the table without a running dataplane.
+pub fn remove_leftovers(config: &DaemonConfig) -> Vec<String> {
+    match Nft::new(false) {
+        Ok(mut nft) => delete_table(&mut nft, &config.name_prefix),
+        Err(e) => vec![e.to_string()],
+    }
+}

@@ -1,0 +1,215 @@
+//! natd's nftables table as text for libnftables: the fixed part (sets, chains, counters)
+//! from the networks and uplinks, and the elements of the port maps from the published
+//! ports. Kept apart from the dataplane logic so a reader sees the whole ruleset here.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+};
+
+use crate::dataplane::{Desired, IfaceRole, PortRule};
+
+pub const DROP_COUNTERS: [&str; 4] = [
+    "drop_direct_access",
+    "drop_cross_network",
+    "drop_icc",
+    "drop_internal",
+];
+
+/// (map, element) of a published port.
+pub fn port_element(rule: &PortRule) -> (&'static str, String) {
+    let target = format!("{} . {}", rule.target, rule.target_port);
+    match rule.host_ip {
+        None => (
+            "ports_any",
+            format!("{} . {} : {target}", rule.proto, rule.host_port),
+        ),
+        Some(ip) => (
+            "ports_ip",
+            format!("{ip} . {} . {} : {target}", rule.proto, rule.host_port),
+        ),
+    }
+}
+
+pub fn hairpin_element(rule: &PortRule) -> String {
+    format!(
+        "{t} . {t} . {} . {}",
+        rule.proto,
+        rule.target_port,
+        t = rule.target
+    )
+}
+
+/// `add`/`delete element` commands, one per map with all its elements.
+pub fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String {
+    let mut by_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for rule in rules {
+        let (map, element) = port_element(rule);
+        by_map.entry(map).or_default().push(element);
+        let hairpin = hairpin_element(rule);
+        let entry = by_map.entry("hairpin").or_default();
+        if !entry.contains(&hairpin) {
+            entry.push(hairpin);
+        }
+    }
+    let mut out = String::new();
+    for (map, elements) in by_map {
+        // A delete must not name an element twice; adds are idempotent anyway.
+        let _ = writeln!(
+            out,
+            "{verb} element ip {table} {map} {{ {} }}",
+            elements.join(", ")
+        );
+    }
+    out
+}
+
+/// The table without port elements: sets of interfaces and networks, chains, counters.
+/// Filter and NAT chains go in together, in one transaction.
+/// The whole fixed part of natd's table. One template on purpose: the reader sees the
+/// ruleset exactly as the kernel gets it, chains in hook order.
+pub fn table(name: &str, desired: &Desired) -> String {
+    let mut uplinks = BTreeSet::new();
+    for iface in &desired.ifaces {
+        if let IfaceRole::Uplink { .. } = iface.role {
+            uplinks.insert(format!("\"{}\"", iface.name));
+        }
+    }
+    let bridges: BTreeSet<String> = desired
+        .networks
+        .iter()
+        .map(|n| format!("\"{}\"", n.bridge))
+        .collect();
+    let nets: Vec<String> = desired.networks.iter().map(|n| n.subnet.to_string()).collect();
+    let masq: Vec<String> = desired
+        .networks
+        .iter()
+        .filter(|n| n.masquerade)
+        .map(|n| n.subnet.to_string())
+        .collect();
+    let elements = |items: &[String]| {
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", items.join(", "))
+        }
+    };
+    let uplinks: Vec<String> = uplinks.into_iter().collect();
+    let bridges_list: Vec<String> = bridges.iter().cloned().collect();
+    let mut forward = String::new();
+    for n in &desired.networks {
+        let b = &n.bridge;
+        if !n.icc {
+            let _ = writeln!(
+                forward,
+                "    iifname \"{b}\" oifname \"{b}\" counter name \"drop_icc\" drop"
+            );
+        }
+        if n.internal {
+            let _ = writeln!(
+                forward,
+                "    iifname \"{b}\" oifname != \"{b}\" counter name \"drop_internal\" drop"
+            );
+            let _ = writeln!(
+                forward,
+                "    oifname \"{b}\" iifname != \"{b}\" counter name \"drop_internal\" drop"
+            );
+        }
+        if !bridges_list.is_empty() {
+            let _ = writeln!(
+                forward,
+                "    iifname \"{b}\" oifname @bridges oifname != \"{b}\" counter name \"drop_cross_network\" drop"
+            );
+        }
+    }
+    let counters: String = DROP_COUNTERS
+        .iter()
+        .map(|c| format!("  counter {c} {{ }}\n"))
+        .collect();
+    format!(
+        "table ip {t} {{
+{counters}  set uplinks {{ type ifname; {up} }}
+  set bridges {{ type ifname; {br} }}
+  set nets {{ type ipv4_addr; flags interval; {nets} }}
+  set masq_nets {{ type ipv4_addr; flags interval; {masq} }}
+  set hairpin {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; }}
+  map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; counter; }}
+  map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; counter; }}
+  chain forward {{
+type filter hook forward priority filter; policy accept;
+ct status dnat accept
+ct state established,related accept
+iifname @uplinks ip daddr @nets counter name \"drop_direct_access\" drop
+{forward}  }}
+  chain prerouting {{
+type nat hook prerouting priority dstnat; policy accept;
+ip daddr 127.0.0.0/8 return
+dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
+fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
+  }}
+  chain output {{
+type nat hook output priority -100; policy accept;
+ip daddr 127.0.0.0/8 return
+dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
+fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
+  }}
+  chain postrouting {{
+type nat hook postrouting priority srcnat; policy accept;
+ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade
+ip saddr @masq_nets oifname @uplinks masquerade
+  }}
+}}
+",
+        t = name,
+        up = elements(&uplinks),
+        br = elements(&bridges_list),
+        nets = elements(&nets),
+        masq = elements(&masq),
+    )
+}
+
+/// The element updates that turn the applied port maps into the wanted ones, as one
+/// batch (empty when nothing changed).
+pub fn element_changes(
+    table: &str,
+    applied: &BTreeMap<String, PortRule>,
+    wanted: &BTreeMap<String, PortRule>,
+) -> String {
+    let mut batch = String::new();
+    let gone: Vec<&PortRule> = applied
+        .iter()
+        .filter(|(e, _)| !wanted.contains_key(*e))
+        .map(|(_, r)| r)
+        .collect();
+    let new: Vec<&PortRule> = wanted
+        .iter()
+        .filter(|(e, _)| !applied.contains_key(*e))
+        .map(|(_, r)| r)
+        .collect();
+    if !gone.is_empty() {
+        // Hairpin elements are shared by mappings to the same sandbox port: only
+        // those no remaining mapping needs go.
+        let keep: BTreeSet<String> = wanted.values().map(hairpin_element).collect();
+        let mut by_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for rule in &gone {
+            let (map, element) = port_element(rule);
+            by_map.entry(map).or_default().push(element);
+            let hairpin = hairpin_element(rule);
+            let entry = by_map.entry("hairpin").or_default();
+            if !keep.contains(&hairpin) && !entry.contains(&hairpin) {
+                entry.push(hairpin);
+            }
+        }
+        for (map, elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
+            let _ = writeln!(
+                batch,
+                "delete element ip {} {map} {{ {} }}",
+                table,
+                elements.join(", ")
+            );
+        }
+    }
+    if !new.is_empty() {
+        batch.push_str(&element_commands("add", table, &new));
+    }
+    batch
+}

@@ -1,0 +1,8 @@
+//! Kernel plumbing with no natd policy in it: each module wraps one kind of kernel
+//! interface, and is the only place natd uses that interface.
+pub mod arp;
+pub mod netlink;
+pub mod netns;
+pub mod process;
+pub mod sockets;
+pub mod sysctl;
