@@ -42,10 +42,26 @@ counters! {
     ICMP_ERROR_TRANSLATED = 28 => "icmp_error_translated",
     SOCK_REWRITES = 29 => "sock_rewrites",
     DROP_SPOOFED_SOURCE = 30 => "drop_spoofed_source",
+    FAST_TO_SANDBOX = 31 => "fast_to_sandbox",
+    FAST_TO_UPLINK = 32 => "fast_to_uplink",
+    FAST_TO_UPLINK_NEIGH = 33 => "fast_to_uplink_neigh",
+    SLOW_TTL = 34 => "slow_ttl",
+    SLOW_MTU = 35 => "slow_mtu",
+    SLOW_HEADER = 36 => "slow_header",
+    CT_PROMOTED = 37 => "ct_promoted",
+    CT_PROMOTE_FULL = 38 => "ct_promote_full",
+    TCP_INVALID = 39 => "tcp_invalid",
+    DROP_TCP_NO_FLOW = 40 => "drop_tcp_no_flow",
+    DROP_UNTRANSLATED = 41 => "drop_untranslated",
+    DROP_SPOOFED_FLOW = 42 => "drop_spoofed_flow",
+    CT_TAKEOVER = 43 => "ct_takeover",
+    FIB_NOT_UPLINK = 44 => "fib_not_uplink",
+    FIB_FAILED = 45 => "fib_failed",
+    ORPHAN_REMOVED = 46 => "orphan_removed",
 }
 
 /// Slots of the counter array (room to grow without resizing the pinned map).
-pub const COUNT: u32 = 32;
+pub const COUNT: u32 = 64;
 
 const _: () = {
     let mut i = 0;

@@ -2,13 +2,15 @@
 //!
 //! Only `#[repr(C)]` integers and byte arrays with explicit padding live here, so the
 //! layout is the same on both sides of a map. Sizes are asserted at compile time.
-//! Conventions: addresses are 16 bytes (IPv4 in the first 4, the rest zero) with a family
-//! byte beside them, so IPv6 needs no new types; ports and addresses are kept in network
-//! byte order exactly as they sit in the packet.
+//! Conventions: IPv4 addresses and ports are kept in network byte order exactly as they sit
+//! in the packet (an address is the `u32` loaded from it); IPv4 maps have compact keys of
+//! their own, and 16-byte addresses (`addr`) are used where both families meet.
 #![no_std]
 
 pub mod addr;
+pub mod clock;
 pub mod counter;
+pub mod csum;
 pub mod names;
 
 pub const FAMILY_V4: u8 = 4;
@@ -24,7 +26,8 @@ pub mod role {
     pub const SANDBOX_VETH: u32 = 2;
 }
 
-/// Connection tracking entry kinds: which translation an entry performs.
+/// Connection tracking: entry kinds (which translation an entry performs), the hooks that
+/// translate an entry's packets, flags, and TCP events seen.
 pub mod ct {
     /// Client -> published host address: rewrite the destination to the sandbox.
     pub const DNAT_FORWARD: u8 = 1;
@@ -35,26 +38,148 @@ pub mod ct {
     /// Outside -> uplink address reply: rewrite the destination back to the sandbox.
     pub const SNAT_REPLY: u8 = 4;
 
-    pub const REWRITE_SRC: u8 = 1;
-    pub const REWRITE_DST: u8 = 2;
+    /// The programs that translate an entry's packets (a bit each).
+    pub const HOOK_UPLINK_INGRESS: u8 = 1;
+    pub const HOOK_UPLINK_EGRESS: u8 = 2;
+    pub const HOOK_SANDBOX: u8 = 4;
 
-    pub const TCP_SYN_SENT: u8 = 1;
-    pub const TCP_ESTABLISHED: u8 = 2;
-    pub const TCP_CLOSING: u8 = 3;
-    pub const TCP_CLOSED: u8 = 4;
-    /// UDP and ICMP: one direction seen / both seen.
-    pub const DGRAM_NEW: u8 = 5;
-    pub const DGRAM_REPLIED: u8 = 6;
+    /// The flow bypasses the host: its packets are redirected (both directions).
+    pub const FAST: u8 = 1;
+    /// The next hop's address was not resolved when the flow started: the kernel fills in
+    /// the link-layer header (`bpf_redirect_neigh`).
+    pub const NEIGH: u8 = 2;
+    /// A reply was seen (UDP, ICMP echo).
+    pub const REPLIED: u8 = 4;
+    /// The entry's packets come from outside (an uplink): from any uplink.
+    pub const FROM_OUTSIDE: u8 = 8;
+
+    /// TCP events seen in an entry's direction.
+    pub const TCP_SYN: u8 = 1;
+    pub const TCP_SYNACK: u8 = 2;
+    /// The three-way handshake completed (the originator acknowledged the SYN-ACK).
+    pub const TCP_ESTABLISHED: u8 = 4;
+    pub const TCP_FIN: u8 = 8;
+    pub const TCP_RST: u8 = 16;
 }
 
-/// Per-interface counters, keyed by ifindex.
+/// An IPv4 connection tuple as seen at the point of lookup (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ct4Key {
+    pub src: u32,
+    pub dst: u32,
+    /// TCP/UDP ports; for ICMP echo the id sits in `sport` of requests and `dport` of replies.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Ct4Key>() == 16);
+
+/// One direction of a tracked flow: everything the rewrite and the forwarding of its
+/// packets need, so an established packet costs one lookup (64 bytes, one cache line).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IfaceStats {
-    pub packets: u64,
-    pub bytes: u64,
+pub struct Ct4Entry {
+    /// What the packet becomes; the reverse direction's key is this tuple reversed.
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `csum::diff2([key.src, key.dst], [src, dst])`: the IP header and the L4
+    /// pseudo-header change.
+    pub addr_csum: u32,
+    /// `csum::diff1` of the ports word: the L4 header change.
+    pub port_csum: u32,
+    /// Fast path: where the packet is redirected (the host end of a sandbox veth, or an
+    /// uplink) and its link-layer addresses there.
+    pub out_ifindex: u32,
+    /// The interface this direction's packets must arrive on (0: any uplink).
+    pub in_ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// Largest IP packet (without GSO) that may be redirected; larger ones take the
+    /// kernel's path, which answers with fragmentation-needed.
+    pub mtu: u16,
+    /// `ct::DNAT_FORWARD`...
+    pub kind: u8,
+    /// `ct::HOOK_*` bits.
+    pub hooks: u8,
+    /// `ct::FAST | ct::NEIGH | ct::REPLIED | ct::FROM_OUTSIDE`.
+    pub flags: u8,
+    /// `ct::TCP_*` events seen in this direction.
+    pub tcp: u8,
+    pub _pad: [u8; 2],
+    /// The generation slot (`NATD_GENERATIONS`) the flow depends on, and its generation
+    /// when the flow started: a published mapping (DNAT) or a sandbox endpoint (SNAT).
+    pub gen_slot: u32,
+    pub generation: u32,
+    /// Reply entries of TCP flows: the SYN-ACK's sequence number, which the originator's
+    /// ACK must acknowledge before the flow leaves the embryonic table.
+    pub seq: u32,
+    /// `clock::ticks` of the last packet.
+    pub last_seen: u32,
 }
-const _: () = assert!(core::mem::size_of::<IfaceStats>() == 16);
+const _: () = assert!(core::mem::size_of::<Ct4Entry>() == 64);
+
+impl Ct4Key {
+    /// The key of the other direction of the flow this key and `entry` belong to: the
+    /// translated tuple, reversed.
+    #[inline(always)]
+    pub fn peer(&self, entry: &Ct4Entry) -> Ct4Key {
+        Ct4Key {
+            src: entry.dst,
+            dst: entry.src,
+            sport: entry.dport,
+            dport: entry.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// A published IPv4 host address and port. `addr` 0: every local address (0.0.0.0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Port4Key {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Port4Key>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Port4Target {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    /// The mapping's generation slot and current generation: a flow of a removed or
+    /// changed mapping no longer matches.
+    pub slot: u32,
+    pub generation: u32,
+    /// natd's id of the mapping (for its statistics).
+    pub mapping_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<Port4Target>() == 20);
+
+/// A sandbox's IPv4 endpoint, keyed by its address: where packets to it are redirected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint4 {
+    /// The host end of the sandbox's veth (`bpf_redirect_peer` lands on the other end).
+    pub host_ifindex: u32,
+    pub network_id: u32,
+    pub slot: u32,
+    pub generation: u32,
+    /// The sandbox's MAC, and the bridge's (the sandbox's gateway).
+    pub mac: [u8; 6],
+    pub gw_mac: [u8; 6],
+    pub mtu: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Endpoint4>() == 32);
 
 /// Value of `NATD_IFACE_CONFIG`: what natd attached to this ifindex and why.
 #[repr(C)]
@@ -63,115 +188,33 @@ pub struct IfaceConfig {
     pub role: u32,
     /// Network id for sandbox veths, 0 for uplinks.
     pub network_id: u32,
-    /// Uplinks: the address masqueraded traffic leaves with.
-    pub addr: [u8; 16],
-    pub family: u8,
-    pub _pad: [u8; 7],
-}
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 32);
-
-/// A connection tuple as seen at the point of lookup.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CtKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    /// TCP/UDP ports; for ICMP echo the id sits in `sport` of requests and `dport` of replies.
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub family: u8,
+    /// Uplinks: the address masqueraded traffic leaves with (0: none). Sandbox veths: the
+    /// sandbox's address, the only source it may send from.
+    pub addr4: u32,
+    pub mtu: u32,
+    /// Uplinks: their MAC (the source of redirected frames).
+    pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    pub addr6: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 40);
 
-impl CtKey {
-    /// The key of the other direction of the flow this key and `entry` belong to: the
-    /// translated tuple, reversed.
-    #[inline(always)]
-    pub fn peer(&self, entry: &CtEntry) -> CtKey {
-        CtKey {
-            src: entry.dst,
-            dst: entry.src,
-            sport: entry.dport,
-            dport: entry.sport,
-            proto: self.proto,
-            family: self.family,
-            _pad: [0; 2],
-        }
-    }
-}
-
-/// What a packet with the key's tuple becomes: the complete translated tuple, so one
-/// lookup rewrites source, destination or both (hairpin), and the reverse direction's key
-/// is this tuple reversed.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-    /// `ct::REWRITE_SRC | ct::REWRITE_DST`: which side differs from the key.
-    pub rewrite: u8,
-    pub kind: u8,
-    pub state: u8,
-    pub _pad: u8,
-    /// The published mapping a DNAT entry belongs to (0 for SNAT).
-    pub mapping_id: u32,
-    pub _pad2: u32,
-    pub created_ns: u64,
-    pub last_seen_ns: u64,
-    pub packets: u64,
-    pub bytes: u64,
-}
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
-
-/// A published host address and port. `addr` all zero: every local address (0.0.0.0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortKey {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub proto: u8,
-    pub family: u8,
-}
-const _: () = assert!(core::mem::size_of::<PortKey>() == 20);
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortTarget {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub _pad: [u8; 2],
-    pub mapping_id: u32,
-}
-const _: () = assert!(core::mem::size_of::<PortTarget>() == 24);
-
-/// Keys of `NATD_LOCAL_ADDRS`: the host's own addresses (Docker's `--dst-type LOCAL`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AddrKey {
-    pub addr: [u8; 16],
-    pub family: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
-
-/// A natd network as the kernel sees it: in `NATD_NETS_V4` (by subnet, LPM) and
+/// A natd network as the kernel sees it: in `NATD_NETS4` (by subnet, LPM) and
 /// `NATD_NETWORKS` (by id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetInfo {
+pub struct NetInfo4 {
     pub network_id: u32,
     /// `net::ICC | net::INTERNAL | net::MASQ`.
     pub flags: u32,
-    pub gateway: [u8; 16],
-    pub subnet: [u8; 16],
+    pub gateway: u32,
+    pub subnet: u32,
+    /// The bridge: the interface the kernel routes the network's packets from.
+    pub bridge_ifindex: u32,
     pub prefix_len: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<NetInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<NetInfo4>() == 24);
 
 pub mod net {
     pub const ICC: u32 = 1;
@@ -179,7 +222,7 @@ pub mod net {
     pub const MASQ: u32 = 4;
 }
 
-/// Per-mapping traffic, per CPU, keyed by mapping id.
+/// Per-mapping traffic, per CPU, by generation slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MappingStats {
@@ -210,21 +253,68 @@ pub struct SockOrig {
 }
 const _: () = assert!(core::mem::size_of::<SockOrig>() == 24);
 
-/// Single entry of `NATD_CONFIG`. Timeouts live in the agent's GC; the kernel needs the
-/// masquerade port range only.
+/// Single entry of `NATD_CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatConfig {
     /// Host byte order, inclusive.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
-    pub _pad: u32,
+    /// `config::FAST_PATH`.
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
 
+pub mod config {
+    /// Flows may bypass the host (natd's `--fast-path`, off while netfilter rules exist).
+    pub const FAST_PATH: u32 = 1;
+}
+
+/// The benchmark's warm test runs: the frame the wrapper program restores before every
+/// run (never used by natd itself).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchFrame {
+    pub len: u32,
+    /// Non-zero: a new flow per run. The run's number `n` (counted from this value) sets
+    /// the source port to `1024 + n % 60000`, and per `vary_how` adds `n % 251` to the
+    /// destination port (`bench::VARY_DPORT`) or `n / 60000` to the source address
+    /// (`bench::VARY_SADDR`, for flows to one published port).
+    pub vary: u32,
+    pub vary_how: u32,
+    pub _pad: u32,
+    pub bytes: [u8; 128],
+}
+const _: () = assert!(core::mem::size_of::<BenchFrame>() == 144);
+
+pub mod bench {
+    /// `BenchFrame::vary_how`: new flows differ in source and destination port.
+    pub const VARY_DPORT: u32 = 0;
+    /// New flows differ in source port and source address.
+    pub const VARY_SADDR: u32 = 1;
+}
+
+/// The benchmark's redirect-only baseline: where packets out of a sandbox are sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchRoute {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<BenchRoute>() == 16);
+
+/// The mark a sandbox program puts on a packet it redirects to an uplink: the uplink's
+/// egress program passes it on untouched (it is translated already) and clears the mark.
+/// Packets from sandboxes arrive with mark 0 (crossing the veth clears it).
+pub const FASTPATH_MARK: u32 = 0x6e61_7464;
+
 pub const MAX_IFACES: u32 = 4096;
-pub const DEFAULT_CT_ENTRIES: u32 = 131_072;
+pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
 pub const MAX_PORT_MAPPINGS: u32 = 131_072;
+pub const MAX_ENDPOINTS: u32 = 16_384;
+/// Generation slots: published mappings first, then endpoints.
+pub const GENERATION_SLOTS: u32 = MAX_PORT_MAPPINGS + MAX_ENDPOINTS;
 pub const MAX_NETWORKS: u32 = 1024;
 pub const MAX_SOCK_REWRITES: u32 = 65_536;
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
@@ -238,16 +328,17 @@ pub const SNAT_PORT_TRIES: u32 = 32;
 mod pod {
     // SAFETY: all of these are #[repr(C)] integer/byte-array structs without implicit padding
     // (asserted sizes above), valid for any bit pattern.
-    unsafe impl aya::Pod for super::IfaceStats {}
+    unsafe impl aya::Pod for super::Ct4Key {}
+    unsafe impl aya::Pod for super::Ct4Entry {}
+    unsafe impl aya::Pod for super::Port4Key {}
+    unsafe impl aya::Pod for super::Port4Target {}
+    unsafe impl aya::Pod for super::Endpoint4 {}
     unsafe impl aya::Pod for super::IfaceConfig {}
-    unsafe impl aya::Pod for super::CtKey {}
-    unsafe impl aya::Pod for super::CtEntry {}
-    unsafe impl aya::Pod for super::PortKey {}
-    unsafe impl aya::Pod for super::PortTarget {}
-    unsafe impl aya::Pod for super::AddrKey {}
-    unsafe impl aya::Pod for super::NetInfo {}
+    unsafe impl aya::Pod for super::NetInfo4 {}
     unsafe impl aya::Pod for super::MappingStats {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::SockOrig {}
     unsafe impl aya::Pod for super::NatConfig {}
+    unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::BenchRoute {}
 }

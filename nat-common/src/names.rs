@@ -6,31 +6,50 @@
 /// Maps, pinned by these names under `<bpffs>/maps`.
 pub mod map {
     pub const COUNTERS: &str = "NATD_COUNTERS";
-    pub const IFACE_STATS: &str = "NATD_IFACE_STATS";
     pub const IFACE_CONFIG: &str = "NATD_IFACE_CONFIG";
-    pub const CT: &str = "NATD_CT";
-    pub const PORTS: &str = "NATD_PORTS";
+    /// Established IPv4 flows (two entries each), preallocated: a full table refuses new
+    /// flows and never evicts an established one.
+    pub const CT4: &str = "NATD_CT4";
+    /// IPv4 flows that have not completed their handshake (an LRU: a flood of them evicts
+    /// its own kind, never an established flow).
+    pub const CT4_NEW: &str = "NATD_CT4_NEW";
+    pub const PORTS4: &str = "NATD_PORTS4";
+    pub const ENDPOINTS4: &str = "NATD_ENDPOINTS4";
+    pub const GENERATIONS: &str = "NATD_GENERATIONS";
     pub const MAPPING_STATS: &str = "NATD_MAPPING_STATS";
-    pub const LOCAL_ADDRS: &str = "NATD_LOCAL_ADDRS";
-    pub const NETS_V4: &str = "NATD_NETS_V4";
+    pub const LOCAL4: &str = "NATD_LOCAL4";
+    pub const NETS4: &str = "NATD_NETS4";
     pub const NETWORKS: &str = "NATD_NETWORKS";
     pub const CONFIG: &str = "NATD_CONFIG";
     pub const NETNS: &str = "NATD_NETNS";
     pub const SOCK_ORIG: &str = "NATD_SOCK_ORIG";
+    /// Per-CPU working memory of the programs that start flows, never pinned.
+    pub const SCRATCH: &str = "NATD_SCRATCH";
+    /// Benchmark only (never written by natd): the warm test-run wrapper's frame and the
+    /// program it tail-calls.
+    pub const BENCH_FRAME: &str = "NATD_BENCH_FRAME";
+    pub const BENCH_JUMP: &str = "NATD_BENCH_JUMP";
+    pub const BENCH_ROUTE: &str = "NATD_BENCH_ROUTE";
 
     pub const ALL: &[&str] = &[
         COUNTERS,
-        IFACE_STATS,
         IFACE_CONFIG,
-        CT,
-        PORTS,
+        CT4,
+        CT4_NEW,
+        PORTS4,
+        ENDPOINTS4,
+        GENERATIONS,
         MAPPING_STATS,
-        LOCAL_ADDRS,
-        NETS_V4,
+        LOCAL4,
+        NETS4,
         NETWORKS,
         CONFIG,
         NETNS,
         SOCK_ORIG,
+        SCRATCH,
+        BENCH_FRAME,
+        BENCH_JUMP,
+        BENCH_ROUTE,
     ];
 }
 
@@ -42,8 +61,13 @@ pub mod program {
     pub const UPLINK_EGRESS: &str = "natd_uplink_egress";
     /// TCX ingress of the host end of every sandbox veth.
     pub const SANDBOX_INGRESS: &str = "natd_sandbox_ingress";
-    /// Never attached: the benchmark's and tests' baseline for a test run's own cost.
+    /// Never attached by natd: the benchmark's and tests' baseline for a test run's own cost.
     pub const EMPTY: &str = "natd_empty";
+    /// Benchmark only: restores a frame, then tail-calls the program under test.
+    pub const BENCH_WRAPPER: &str = "natd_bench_wrapper";
+    /// Benchmark only: the redirect-only baseline (routing by redirect, no NAT).
+    pub const BENCH_REDIRECT_INGRESS: &str = "natd_bench_redirect_ingress";
+    pub const BENCH_REDIRECT_SANDBOX: &str = "natd_bench_redirect_sandbox";
     /// TC programs natd attaches.
     pub const TC: &[&str] = &[UPLINK_INGRESS, UPLINK_EGRESS, SANDBOX_INGRESS];
 
@@ -59,6 +83,9 @@ pub mod program {
         UPLINK_EGRESS,
         SANDBOX_INGRESS,
         EMPTY,
+        BENCH_WRAPPER,
+        BENCH_REDIRECT_INGRESS,
+        BENCH_REDIRECT_SANDBOX,
         CONNECT4,
         SENDMSG4,
         RECVMSG4,

@@ -1,6 +1,6 @@
-//! Per-CPU counters: no locks and no per-packet logging on the fast path.
-use aya_ebpf::programs::TcContext;
-use nat_common::{IfaceStats, counter};
+//! Per-CPU counters only: no shared counter is written from two CPUs, and nothing is
+//! logged per packet.
+use nat_common::counter;
 
 use crate::maps;
 
@@ -17,13 +17,10 @@ pub fn add(id: u32, by: u64) {
     }
 }
 
-/// Traffic of one published mapping (the agent creates the entry with the mapping).
+/// Traffic of one published mapping, by its slot.
 #[inline(always)]
-pub fn mapping(mapping_id: u32, len: u32) {
-    if mapping_id == 0 {
-        return;
-    }
-    if let Some(stats) = maps::NATD_MAPPING_STATS.get_ptr_mut(&mapping_id) {
+pub fn mapping(slot: u32, len: u32) {
+    if let Some(stats) = maps::NATD_MAPPING_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU value of this CPU.
         unsafe {
             (*stats).packets += 1;
@@ -32,30 +29,11 @@ pub fn mapping(mapping_id: u32, len: u32) {
     }
 }
 
+/// Every packet a TC program sees, by layer 3 and 4 protocol.
 #[inline(always)]
-pub fn count_iface(ctx: &TcContext) {
-    let len = u64::from(ctx.len());
+pub fn packet(len: u32, l3: u8, l4: u8) {
     bump(counter::PACKETS_SEEN);
-    add(counter::BYTES_SEEN, len);
-    // SAFETY: the ifindex field is always readable in a TC context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if let Some(stats) = maps::NATD_IFACE_STATS.get_ptr_mut(&ifindex) {
-        // SAFETY: pointer into the map value; a lost update between CPUs only skews a counter.
-        unsafe {
-            (*stats).packets += 1;
-            (*stats).bytes += len;
-        }
-    } else if maps::NATD_IFACE_CONFIG.get_ptr(&ifindex).is_some() {
-        let first = IfaceStats {
-            packets: 1,
-            bytes: len,
-        };
-        let _ = maps::NATD_IFACE_STATS.insert(&ifindex, &first, 0);
-    }
-}
-
-#[inline(always)]
-pub fn count_l3(l3: u8, l4: u8) {
+    add(counter::BYTES_SEEN, u64::from(len));
     bump(match l3 {
         4 => counter::IPV4,
         6 => counter::IPV6,

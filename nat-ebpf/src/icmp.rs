@@ -10,10 +10,9 @@ use aya_ebpf::{
 use nat_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, counter};
 
 use crate::{
-    conntrack::Tuple,
+    conntrack::{self, Tuple},
     counters::bump,
-    maps,
-    nat::Verdict,
+    nat::NOT_HANDLED,
     parse::{Fragment, Ipv4Packet, Position, parse_ipv4_at},
 };
 
@@ -113,20 +112,21 @@ impl Patch<'_> {
     }
 }
 
-/// `None`: not an error about a flow natd translates; handle the packet as usual.
-#[inline(always)]
-pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> Option<Verdict> {
+/// `NOT_HANDLED`: not an error about a flow natd translates; handle the packet as usual.
+#[inline(never)]
+pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> i32 {
     match try_translate(ctx, outer) {
-        Ok(verdict) => verdict,
+        Ok(Some(verdict)) => verdict,
+        Ok(None) => NOT_HANDLED,
         Err(Failed) => {
             bump(counter::CSUM_ERROR);
-            Some(TC_ACT_SHOT)
+            TC_ACT_SHOT
         }
     }
 }
 
 #[inline(always)]
-fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<Verdict>, Failed> {
+fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<i32>, Failed> {
     let inner_l3 = outer.l4 + 8;
     let Ok(inner) = parse_ipv4_at(ctx, inner_l3, Position::Quoted) else {
         return Ok(None);
@@ -137,11 +137,11 @@ fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<Verdi
     let embedded = Tuple::of(&inner);
     // The flow entry that matches packets coming back the other way tells how the
     // embedded packet must look on this side of the NAT.
-    let Some(entry) = maps::NATD_CT.get_ptr(&embedded.reversed().key()) else {
+    let Some(hit) = conntrack::lookup(&embedded.reversed().key()) else {
         return Ok(None);
     };
     // SAFETY: valid map value pointer, copied at once.
-    let wanted = Tuple::of_entry(unsafe { &*entry }, inner.proto).reversed();
+    let wanted = Tuple::of_entry(unsafe { &*hit.entry }, inner.proto).reversed();
     let patch = Patch {
         ctx,
         icmp_csum: outer.l4 + 2,

@@ -1,29 +1,25 @@
-//! The host-side lookups every hook shares: is an address the host's own, and which
-//! sandbox port a published host address and port lead to. TC programs and socket hooks
-//! both use `published`, so "which mapping applies" is decided in one place.
-use nat_common::{AddrKey, FAMILY_V4, PortKey, PortTarget, addr::v4_from_raw};
+//! The host-side lookups every hook shares: is an address the host's own, which sandbox
+//! port a published host address and port lead to, and where a sandbox endpoint is. TC
+//! programs and socket hooks both use `published`, so "which mapping applies" is decided
+//! in one place.
+use nat_common::{Endpoint4, IfaceConfig, NatConfig, NetInfo4, Port4Key, Port4Target};
 
 use crate::maps;
 
 #[inline(always)]
-pub fn port_key(addr: u32, port: u16, proto: u8) -> PortKey {
-    PortKey {
-        addr: v4_from_raw(addr),
+pub fn port_key(addr: u32, port: u16, proto: u8) -> Port4Key {
+    Port4Key {
+        addr,
         port,
         proto,
-        family: FAMILY_V4,
+        _pad: 0,
     }
 }
 
 /// One of the host's own addresses (Docker's `--dst-type LOCAL`).
 #[inline(always)]
 pub fn is_local(addr: u32) -> bool {
-    let key = AddrKey {
-        addr: v4_from_raw(addr),
-        family: FAMILY_V4,
-        _pad: [0; 3],
-    };
-    maps::NATD_LOCAL_ADDRS.get_ptr(&key).is_some()
+    maps::NATD_LOCAL4.get_ptr(&addr).is_some()
 }
 
 #[inline(always)]
@@ -35,23 +31,58 @@ pub fn is_loopback(addr: u32) -> bool {
 /// masquerade never hands out such a port as a NAT port.
 #[inline(always)]
 pub fn is_published_port(addr: u32, port: u16, proto: u8) -> bool {
-    maps::NATD_PORTS.get_ptr(&port_key(addr, port, proto)).is_some()
-        || maps::NATD_PORTS.get_ptr(&port_key(0, port, proto)).is_some()
+    maps::NATD_PORTS4.get_ptr(&port_key(addr, port, proto)).is_some()
+        || maps::NATD_PORTS4.get_ptr(&port_key(0, port, proto)).is_some()
 }
 
-/// The mapping for a destination: bound to that address, or to every address when the
-/// destination is one of the host's own (or loopback, for the host's own sockets).
+/// The mapping for a destination: bound to every address when the destination is one of
+/// the host's own (or loopback, for the host's own sockets), or bound to that address.
+/// A port is never published both ways (0.0.0.0 conflicts with every address), so the
+/// common case, 0.0.0.0, is looked up first.
 #[inline(always)]
-pub fn published(dst: u32, dport: u16, proto: u8) -> Option<PortTarget> {
-    if let Some(target) = maps::NATD_PORTS.get_ptr(&port_key(dst, dport, proto)) {
+pub fn published(dst: u32, dport: u16, proto: u8) -> Option<Port4Target> {
+    if let Some(target) = maps::NATD_PORTS4.get_ptr(&port_key(0, dport, proto)) {
         // SAFETY: valid map value pointer; copied out at once.
-        return Some(unsafe { *target });
-    }
-    if !is_local(dst) && !is_loopback(dst) {
-        return None;
+        return (is_loopback(dst) || is_local(dst)).then(|| unsafe { *target });
     }
     // SAFETY: as above.
-    maps::NATD_PORTS
-        .get_ptr(&port_key(0, dport, proto))
+    maps::NATD_PORTS4
+        .get_ptr(&port_key(dst, dport, proto))
         .map(|t| unsafe { *t })
+}
+
+#[inline(always)]
+pub fn endpoint(addr: u32) -> Option<Endpoint4> {
+    // SAFETY: valid map value pointer; copied out at once.
+    maps::NATD_ENDPOINTS4.get_ptr(&addr).map(|e| unsafe { *e })
+}
+
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<IfaceConfig> {
+    // SAFETY: valid map value pointer; copied out at once.
+    maps::NATD_IFACE_CONFIG.get_ptr(&ifindex).map(|c| unsafe { *c })
+}
+
+#[inline(always)]
+pub fn network(id: u32) -> Option<NetInfo4> {
+    // SAFETY: valid map value pointer; copied out at once.
+    maps::NATD_NETWORKS.get_ptr(&id).map(|n| unsafe { *n })
+}
+
+#[inline(always)]
+pub fn config() -> NatConfig {
+    maps::NATD_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The generation a slot has now (0 when the slot is out of range).
+#[inline(always)]
+pub fn generation(slot: u32) -> u32 {
+    maps::NATD_GENERATIONS.get(slot).copied().unwrap_or(0)
+}
+
+/// The interface a TC program runs on.
+#[inline(always)]
+pub fn ifindex(ctx: &aya_ebpf::programs::TcContext) -> u32 {
+    // SAFETY: the ifindex field is always readable in a TC context.
+    unsafe { (*ctx.skb.skb).ifindex }
 }

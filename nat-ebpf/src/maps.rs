@@ -1,50 +1,63 @@
 //! Every map the programs share with the agent. Pinned by name under natd's `--bpffs`
 //! directory, so translations, connection state and counters outlive a natd restart.
+//! Names are `nat_common::names::map` (aya's macro takes the identifier as the name).
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use nat_common::{
-    AddrKey, CtEntry, CtKey, DEFAULT_CT_ENTRIES, IfaceConfig, IfaceStats, MAX_IFACES, MAX_LOCAL_ADDRS,
-    MAX_NETWORKS, MAX_PORT_MAPPINGS, MAX_SOCK_REWRITES, MappingStats, NatConfig, NetInfo, PortKey,
-    PortTarget, SockKey, SockOrig, counter,
+    BenchFrame, BenchRoute, Ct4Entry, Ct4Key, DEFAULT_CT_ENTRIES, Endpoint4, GENERATION_SLOTS, IfaceConfig,
+    MAX_ENDPOINTS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORT_MAPPINGS, MAX_SOCK_REWRITES,
+    MappingStats, NatConfig, NetInfo4, Port4Key, Port4Target, SockKey, SockOrig, counter,
 };
 
 #[map]
 pub static NATD_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
 #[map]
-pub static NATD_IFACE_STATS: HashMap<u32, IfaceStats> = HashMap::pinned(MAX_IFACES, 0);
-
-#[map]
 pub static NATD_IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(MAX_IFACES, 0);
 
-/// Connection tracking: two entries per flow (one per direction). A preallocated hash, not
-/// an LRU: when it is full only new flows are refused, established ones are never evicted.
-/// The agent expires idle entries.
+/// Established IPv4 flows, two entries each (one per direction). Preallocated, not an
+/// LRU: when it is full new flows stay embryonic, established ones are never evicted.
+/// natd sizes it (`--conntrack-max`) and expires idle entries.
 #[map]
-pub static NATD_CT: HashMap<CtKey, CtEntry> = HashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+pub static NATD_CT4: HashMap<Ct4Key, Ct4Entry> = HashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+/// Flows whose handshake is not complete (TCP: the originator has not acknowledged the
+/// SYN-ACK; UDP and ICMP: no exchange both ways yet). An LRU, so a flood of them evicts
+/// its own kind, never an established flow.
+#[map]
+pub static NATD_CT4_NEW: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(DEFAULT_CT_ENTRIES / 4, 0);
 
 /// Published ports: host address (or 0.0.0.0) and port -> sandbox address and port.
 #[map]
-pub static NATD_PORTS: HashMap<PortKey, PortTarget> = HashMap::pinned(MAX_PORT_MAPPINGS, 0);
+pub static NATD_PORTS4: HashMap<Port4Key, Port4Target> = HashMap::pinned(MAX_PORT_MAPPINGS, 0);
 
-/// Traffic per published mapping; the agent creates the entries, programs only add.
+/// Sandbox endpoints by address: where the fast path delivers their packets.
 #[map]
-pub static NATD_MAPPING_STATS: PerCpuHashMap<u32, MappingStats> = PerCpuHashMap::pinned(MAX_PORT_MAPPINGS, 0);
+pub static NATD_ENDPOINTS4: HashMap<u32, Endpoint4> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// The host's own addresses, for ports published on every address.
+/// The current generation of every published mapping and endpoint, by slot: a flow whose
+/// generation differs belongs to something that was removed or changed.
 #[map]
-pub static NATD_LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+pub static NATD_GENERATIONS: Array<u32> = Array::pinned(GENERATION_SLOTS, 0);
+
+/// Traffic per published mapping, per CPU, by the mapping's slot.
+#[map]
+pub static NATD_MAPPING_STATS: PerCpuArray<MappingStats> = PerCpuArray::pinned(MAX_PORT_MAPPINGS, 0);
+
+/// The host's own IPv4 addresses, for ports published on every address.
+#[map]
+pub static NATD_LOCAL4: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
 
 /// natd's networks by subnet (longest prefix match on an address).
 #[map]
-pub static NATD_NETS_V4: LpmTrie<[u8; 4], NetInfo> = LpmTrie::pinned(MAX_NETWORKS, BPF_F_NO_PREALLOC);
+pub static NATD_NETS4: LpmTrie<[u8; 4], NetInfo4> = LpmTrie::pinned(MAX_NETWORKS, BPF_F_NO_PREALLOC);
 
 /// natd's networks by id (the id sandbox veths carry in `NATD_IFACE_CONFIG`).
 #[map]
-pub static NATD_NETWORKS: HashMap<u32, NetInfo> = HashMap::pinned(MAX_NETWORKS, 0);
+pub static NATD_NETWORKS: HashMap<u32, NetInfo4> = HashMap::pinned(MAX_NETWORKS, 0);
 
 #[map]
 pub static NATD_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
@@ -57,3 +70,22 @@ pub static NATD_NETNS: Array<u64> = Array::pinned(1, 0);
 /// application used in recvmsg/getpeername.
 #[map]
 pub static NATD_SOCK_ORIG: LruHashMap<SockKey, SockOrig> = LruHashMap::pinned(MAX_SOCK_REWRITES, 0);
+
+/// Benchmark only, never pinned: the frame the warm-run wrapper restores, and the program
+/// it then tail-calls.
+#[map]
+pub static NATD_BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static NATD_BENCH_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Benchmark only: the redirect-only baseline's route out of the sandbox.
+#[map]
+pub static NATD_BENCH_ROUTE: Array<BenchRoute> = Array::with_max_entries(1, 0);
+
+/// Working memory of the programs that start flows (a new flow's tuples and both entries):
+/// the verifier allows 512 bytes of stack for a whole call chain, and these alone would
+/// take most of it in every frame that handles them. Programs run to completion on one
+/// CPU without nesting, so one slot per CPU is enough.
+#[map]
+pub static NATD_SCRATCH: PerCpuArray<crate::conntrack::Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,37 +1,29 @@
-//! Translation: published ports (DNAT) for traffic from outside and from sandboxes
-//! (hairpin), masquerade (SNAT) on the way out, and the reverse of each through the
-//! connection table.
+//! Translation: packets of tracked flows (one lookup, then `fast::forward`), new flows to
+//! published ports (DNAT) from outside and from sandboxes (hairpin), and masquerade (SNAT)
+//! of new outbound flows: at the sandbox with a route lookup when the flow can bypass the
+//! host, else at the uplink's egress after the kernel routed it.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
 use nat_common::{
-    DEFAULT_SNAT_PORTS, FAMILY_V4, NetInfo, PROTO_ICMP, PortTarget, SNAT_PORT_TRIES, addr, counter, ct,
+    DEFAULT_SNAT_PORTS, Endpoint4, IfaceConfig, NetInfo4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Port4Target,
+    SNAT_PORT_TRIES, config, counter, ct, role,
 };
 
 use crate::{
-    conntrack::{self, InsertError, Tuple},
+    conntrack::{self, InsertError, Leg, NO_SLOT, NewFlow, Scratch, Tuple, Verdict},
     counters::{self, bump},
     csum,
-    lookup::{is_published_port, published},
-    maps,
-    parse::Ipv4Packet,
+    fast::{self, Toward},
+    fib, lookup,
+    parse::{self, Ipv4Packet, TCP_ACK, TCP_SYN},
 };
 
-pub type Verdict = i32;
-
-/// Which program is asking: each hook translates only the directions that cross it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    UplinkIngress,
-    UplinkEgress,
-    /// Host side of a sandbox veth: what a sandbox sends.
-    Sandbox,
-}
-
+/// Rewrites the packet into `to` with the checksum helpers, for the kernel's normal path.
 #[inline(always)]
-pub fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> Verdict {
+pub fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> i32 {
     match csum::rewrite(ctx, packet, to) {
         Ok(()) => TC_ACT_OK,
         Err(_) => {
@@ -42,79 +34,65 @@ pub fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> Verdict {
     }
 }
 
-/// An existing flow: translate it if this hook owns that direction. `None`: not tracked
-/// here (or its mapping is gone), go on as for a new packet.
-#[inline(always)]
-pub fn established(ctx: &TcContext, packet: &mut Ipv4Packet, hook: Hook) -> Option<Verdict> {
+/// Returned by the functions below for a packet they leave to the caller. Functions that
+/// are not inlined (each has its own stack frame: the programs would not fit the verifier's
+/// 512 bytes otherwise) return plain `i32`: BPF calls return one register.
+pub const NOT_HANDLED: i32 = i32::MIN;
+/// Returned by `tracked` for a packet of a flow that another hook translates.
+pub const ELSEWHERE: i32 = i32::MIN + 1;
+
+/// A packet of a known flow: one lookup, the flow's checks (hook, ingress interface,
+/// generation), TCP tracking, then forwarding: the verdict. `NOT_HANDLED` when there is
+/// no flow (or a dead one: the packet is new), `ELSEWHERE` for a flow another hook
+/// translates. `hook` is the calling program's `ct::HOOK_*`, `own_ifindex` the sandbox
+/// veth it runs on (0 elsewhere).
+#[inline(never)]
+pub fn tracked(ctx: &TcContext, packet: &mut Ipv4Packet, hook: u8, own_ifindex: u32) -> i32 {
     let key = Tuple::of(packet).key();
-    let entry = maps::NATD_CT.get_ptr_mut(&key)?;
-    // SAFETY: valid map value pointer, copied so later map updates cannot alias it.
-    let copy = unsafe { *entry };
-    let counter_id = match (hook, copy.kind) {
-        (Hook::UplinkIngress | Hook::Sandbox, ct::DNAT_FORWARD) => {
-            let live = published(packet.dst, packet.dport, packet.proto)
-                .is_some_and(|t| t.mapping_id == copy.mapping_id);
-            if !live {
-                // The mapping was removed or changed: the flow is gone with it.
-                conntrack::forget(&key, &copy);
-                bump(counter::STALE_MAPPING);
-                return None;
-            }
-            counter::DNAT_ESTABLISHED
-        }
-        (Hook::UplinkEgress | Hook::Sandbox, ct::DNAT_REPLY) => counter::DNAT_REPLY,
-        (Hook::UplinkIngress, ct::SNAT_REPLY) => counter::SNAT_REPLY,
-        (Hook::UplinkEgress, ct::SNAT_FORWARD) => counter::SNAT_ESTABLISHED,
-        // Tracked, translated at another hook (e.g. masquerade happens on the uplink).
-        _ => return Some(TC_ACT_OK),
+    let Some(hit) = conntrack::lookup(&key) else {
+        return NOT_HANDLED;
     };
-    conntrack::touch(entry, packet, ctx.len());
-    counters::mapping(copy.mapping_id, ctx.len());
+    // SAFETY: valid map value pointer, copied: a removed entry's memory may be reused by
+    // another CPU at once (preallocated tables).
+    let entry = unsafe { *hit.entry };
+    if hook == ct::HOOK_SANDBOX && entry.in_ifindex != 0 && entry.in_ifindex != own_ifindex {
+        // A sandbox sending packets of a flow that is not its own.
+        bump(counter::DROP_SPOOFED_FLOW);
+        return TC_ACT_SHOT;
+    }
+    if entry.hooks & hook == 0 {
+        return ELSEWHERE;
+    }
+    if !conntrack::live(&entry) {
+        // Its mapping or endpoint was removed or changed: the flow is gone with it.
+        conntrack::forget(&key, &entry);
+        bump(counter::STALE_MAPPING);
+        return NOT_HANDLED;
+    }
+    match conntrack::track(&key, &hit, packet) {
+        Verdict::Restart => {
+            conntrack::forget(&key, &entry);
+            return NOT_HANDLED;
+        }
+        Verdict::Promote => conntrack::promote(&key, &hit),
+        Verdict::Forward => {}
+    }
+    conntrack::touch(hit.entry);
+    let (counter_id, toward) = match entry.kind {
+        ct::DNAT_FORWARD => (counter::DNAT_ESTABLISHED, Toward::Sandbox),
+        ct::DNAT_REPLY => (counter::DNAT_REPLY, Toward::Uplink),
+        ct::SNAT_FORWARD => (counter::SNAT_ESTABLISHED, Toward::Uplink),
+        _ => (counter::SNAT_REPLY, Toward::Sandbox),
+    };
+    if (entry.kind == ct::DNAT_FORWARD || entry.kind == ct::DNAT_REPLY) && entry.gen_slot != NO_SLOT {
+        counters::mapping(entry.gen_slot, ctx.len());
+    }
     bump(counter_id);
-    Some(apply(ctx, packet, &Tuple::of_entry(&copy, packet.proto)))
-}
-
-/// A new connection to a published port. From a sandbox to its own published port
-/// (hairpin) the source becomes the network's gateway, so the reply comes back through
-/// the host instead of being answered locally by the sandbox.
-#[inline(always)]
-pub fn dnat_new(
-    ctx: &TcContext,
-    packet: &mut Ipv4Packet,
-    target: &PortTarget,
-    from_net: Option<&NetInfo>,
-) -> Verdict {
-    let original = Tuple::of(packet);
-    let mut translated = original;
-    translated.dst = addr::v4_raw(&target.addr);
-    translated.dport = target.port;
-    let hairpin = translated.dst == original.src;
-    if hairpin && let Some(net) = from_net {
-        translated.src = addr::v4_raw(&net.gateway);
-    }
-    match conntrack::track(
-        &original,
-        &translated,
-        (ct::DNAT_FORWARD, ct::DNAT_REPLY),
-        target.mapping_id,
-    ) {
-        Ok(_) => {}
-        Err(e) => return refuse(e),
-    }
-    if let Some(entry) = maps::NATD_CT.get_ptr_mut(&original.key()) {
-        conntrack::touch(entry, packet, ctx.len());
-    }
-    counters::mapping(target.mapping_id, ctx.len());
-    bump(if from_net.is_some() {
-        counter::HAIRPIN_NEW
-    } else {
-        counter::DNAT_NEW
-    });
-    apply(ctx, packet, &translated)
+    fast::forward(ctx, packet, &entry, toward)
 }
 
 #[inline(always)]
-fn refuse(e: InsertError) -> Verdict {
+fn refuse(e: InsertError) -> i32 {
     bump(match e {
         InsertError::Clash => counter::DROP_TUPLE_CLASH,
         InsertError::Full => counter::DROP_CT_FULL,
@@ -122,58 +100,265 @@ fn refuse(e: InsertError) -> Verdict {
     TC_ACT_SHOT
 }
 
-/// A new flow out of a masqueraded network: a NAT port is claimed from the configured
-/// range, starting at a random offset (RFC 6056), skipping published ports.
+/// Whether a packet may start a new flow: TCP only with a SYN (not a SYN-ACK), UDP
+/// always, ICMP with an echo request.
 #[inline(always)]
-pub fn masquerade_new(ctx: &TcContext, packet: &mut Ipv4Packet) -> Verdict {
-    // SAFETY: the ifindex field is always readable in a TC context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let uplink_addr = match maps::NATD_IFACE_CONFIG.get_ptr(&ifindex) {
-        // SAFETY: valid map value pointer.
-        Some(config) if unsafe { (*config).family } == FAMILY_V4 => unsafe { addr::v4_raw(&(*config).addr) },
+pub fn starts_flow(packet: &Ipv4Packet) -> bool {
+    match packet.proto {
+        PROTO_TCP => packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        PROTO_UDP => true,
+        PROTO_ICMP => packet.icmp_type == parse::ICMP_ECHO_REQUEST,
+        _ => false,
+    }
+}
+
+/// A new connection from outside to a published port. With the fast path on, both
+/// directions bypass the host from this first packet on. `uplink`: the interface it
+/// arrived on.
+#[inline(never)]
+pub fn dnat_from_outside(ctx: &TcContext, packet: &mut Ipv4Packet, target: &Port4Target, uplink: u32) -> i32 {
+    if !starts_flow(packet) {
+        return NOT_HANDLED;
+    }
+    let Some(s) = conntrack::scratch() else {
+        return TC_ACT_SHOT;
+    };
+    dnat_flow(&mut s.flow, packet, target);
+    outside_legs(ctx, packet, uplink, &mut s.flow);
+    start_dnat(ctx, packet, s, counter::DNAT_NEW)
+}
+
+/// A new connection from a sandbox to a published port. To its own published port
+/// (hairpin) the source becomes the network's gateway, so the reply comes back through
+/// the host instead of being answered locally by the sandbox. `veth`: the sandbox's
+/// host-side veth.
+#[inline(never)]
+pub fn dnat_from_sandbox(
+    ctx: &TcContext,
+    packet: &mut Ipv4Packet,
+    target: &Port4Target,
+    gateway: u32,
+    veth: u32,
+) -> i32 {
+    if !starts_flow(packet) {
+        return NOT_HANDLED;
+    }
+    let Some(s) = conntrack::scratch() else {
+        return TC_ACT_SHOT;
+    };
+    let flow = &mut s.flow;
+    dnat_flow(flow, packet, target);
+    if flow.translated.dst == flow.original.src {
+        flow.translated.src = gateway;
+    }
+    let target_veth = lookup::endpoint(target.addr).map(|e| e.host_ifindex).unwrap_or(0);
+    flow.forward = Leg::slow(ct::DNAT_FORWARD, ct::HOOK_SANDBOX, veth);
+    flow.reply = Leg::slow(
+        ct::DNAT_REPLY,
+        ct::HOOK_SANDBOX | ct::HOOK_UPLINK_EGRESS,
+        target_veth,
+    );
+    start_dnat(ctx, packet, s, counter::HAIRPIN_NEW)
+}
+
+/// The tuples of a DNAT flow; the callers set the legs.
+#[inline(always)]
+fn dnat_flow(flow: &mut NewFlow, packet: &Ipv4Packet, target: &Port4Target) {
+    flow.original = Tuple::of(packet);
+    flow.translated = flow.original;
+    flow.translated.dst = target.addr;
+    flow.translated.dport = target.port;
+    flow.gen_slot = target.slot;
+    flow.generation = target.generation;
+}
+
+/// Inserts a new DNAT flow and forwards its first packet.
+#[inline(never)]
+fn start_dnat(ctx: &TcContext, packet: &mut Ipv4Packet, s: &mut Scratch, counter_id: u32) -> i32 {
+    if let Err(e) = conntrack::create(s) {
+        return refuse(e);
+    }
+    counters::mapping(s.flow.gen_slot, ctx.len());
+    bump(counter_id);
+    fast::forward_cold(ctx, packet, &s.forward, Toward::Sandbox)
+}
+
+/// The legs of a flow from outside to a sandbox: fast when the fast path is on and the
+/// sandbox's endpoint is known (replies go back the way the first packet came), slow
+/// otherwise.
+#[inline(always)]
+fn outside_legs(ctx: &TcContext, packet: &Ipv4Packet, uplink: u32, flow: &mut NewFlow) {
+    let endpoint = lookup::endpoint(flow.translated.dst);
+    let target_veth = endpoint.map(|e| e.host_ifindex).unwrap_or(0);
+    flow.forward = Leg::slow(ct::DNAT_FORWARD, ct::HOOK_UPLINK_INGRESS, 0);
+    flow.reply = Leg::slow(
+        ct::DNAT_REPLY,
+        ct::HOOK_SANDBOX | ct::HOOK_UPLINK_EGRESS,
+        target_veth,
+    );
+    if !fast_path_on() || !packet.direct {
+        return;
+    }
+    let (Some(endpoint), Some(uplink_cfg), Some((client_mac, uplink_mac))) =
+        (endpoint, lookup::iface(uplink), parse::macs(ctx))
+    else {
+        return;
+    };
+    flow.forward.flags |= ct::FAST;
+    flow.forward.out_ifindex = endpoint.host_ifindex;
+    flow.forward.smac = endpoint.gw_mac;
+    flow.forward.dmac = endpoint.mac;
+    flow.forward.mtu = endpoint.mtu;
+    flow.reply.flags |= ct::FAST;
+    flow.reply.out_ifindex = uplink;
+    flow.reply.smac = if uplink_cfg.mac == [0; 6] {
+        uplink_mac
+    } else {
+        uplink_cfg.mac
+    };
+    flow.reply.dmac = client_mac;
+    flow.reply.mtu = uplink_cfg.mtu as u16;
+}
+
+#[inline(always)]
+pub fn fast_path_on() -> bool {
+    lookup::config().flags & config::FAST_PATH != 0
+}
+
+/// Claims a NAT port for the flow (whose translated source is the uplink address): from
+/// the configured range, starting at a random offset (RFC 6056), skipping published ports.
+#[inline(always)]
+fn claim_port(s: &mut Scratch) -> Result<(), i32> {
+    let cfg = lookup::config();
+    let (min, max) = if cfg.snat_port_min != 0 && cfg.snat_port_min <= cfg.snat_port_max {
+        (cfg.snat_port_min, cfg.snat_port_max)
+    } else {
+        DEFAULT_SNAT_PORTS
+    };
+    let span = u32::from(max - min) + 1;
+    // SAFETY: no preconditions.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let proto = s.flow.original.proto;
+    for i in 0..SNAT_PORT_TRIES {
+        let port = ((u32::from(min) + (start + i) % span) as u16).to_be();
+        if proto != PROTO_ICMP && lookup::is_published_port(s.flow.translated.src, port, proto) {
+            continue;
+        }
+        s.flow.translated.sport = port;
+        match conntrack::claim_reply(s) {
+            Ok(()) => return Ok(()),
+            Err(InsertError::Clash) => continue,
+            Err(InsertError::Full) => return Err(refuse(InsertError::Full)),
+        }
+    }
+    bump(counter::DROP_NO_PORT);
+    Err(TC_ACT_SHOT)
+}
+
+/// Claims the port, adds the forward entry, and forwards the first packet of the flow
+/// prepared in the scratch area.
+#[inline(never)]
+pub fn start_masquerade(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
+    let Some(s) = conntrack::scratch() else {
+        return TC_ACT_SHOT;
+    };
+    if let Err(verdict) = claim_port(s) {
+        return verdict;
+    }
+    if let Err(e) = conntrack::finish(s) {
+        return refuse(e);
+    }
+    bump(counter::SNAT_NEW);
+    fast::forward_cold(ctx, packet, &s.forward, Toward::Uplink)
+}
+
+/// The tuples of a masqueraded flow from `packet`'s source to `uplink_addr`, and the
+/// generation of the sandbox endpoint it depends on.
+#[inline(always)]
+fn snat_flow(flow: &mut NewFlow, packet: &Ipv4Packet, uplink_addr: u32, endpoint: Option<Endpoint4>) {
+    flow.original = Tuple::of(packet);
+    flow.translated = flow.original;
+    flow.translated.src = uplink_addr;
+    (flow.gen_slot, flow.generation) = endpoint.map(|e| (e.slot, e.generation)).unwrap_or((NO_SLOT, 0));
+}
+
+/// A new flow out of a masqueraded network, at the uplink's egress (the kernel routed
+/// it): translated here, its packets take the kernel's path.
+#[inline(never)]
+pub fn masquerade_at_egress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
+    let uplink_addr = match lookup::iface(lookup::ifindex(ctx)) {
+        Some(cfg) if cfg.addr4 != 0 => cfg.addr4,
         _ => {
             bump(counter::DROP_NO_UPLINK_ADDR);
             return TC_ACT_SHOT;
         }
     };
-    let (min, max) = match maps::NATD_CONFIG.get(0) {
-        Some(c) if c.snat_port_min != 0 && c.snat_port_min <= c.snat_port_max => {
-            (c.snat_port_min, c.snat_port_max)
-        }
-        _ => DEFAULT_SNAT_PORTS,
-    };
-    let span = u32::from(max - min) + 1;
-    // SAFETY: no preconditions.
-    let start = unsafe { bpf_get_prandom_u32() } % span;
-    let original = Tuple::of(packet);
-    let mut translated = original;
-    translated.src = uplink_addr;
-    let mut claimed = false;
-    for i in 0..SNAT_PORT_TRIES {
-        let port = ((min as u32 + (start + i) % span) as u16).to_be();
-        if packet.proto != PROTO_ICMP && is_published_port(uplink_addr, port, packet.proto) {
-            continue;
-        }
-        translated.sport = port;
-        match conntrack::claim_reply(&original, &translated, ct::SNAT_REPLY) {
-            Ok(()) => {
-                claimed = true;
-                break;
-            }
-            Err(InsertError::Clash) => continue,
-            Err(InsertError::Full) => return refuse(InsertError::Full),
-        }
-    }
-    if !claimed {
-        bump(counter::DROP_NO_PORT);
+    let Some(s) = conntrack::scratch() else {
         return TC_ACT_SHOT;
+    };
+    let endpoint = lookup::endpoint(packet.src);
+    snat_flow(&mut s.flow, packet, uplink_addr, endpoint);
+    let sandbox_veth = endpoint.map(|e| e.host_ifindex).unwrap_or(0);
+    s.flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_UPLINK_EGRESS, sandbox_veth);
+    s.flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
+    start_masquerade(ctx, packet)
+}
+
+/// A new TCP or UDP flow out of a masqueraded network, seen at the sandbox: when the
+/// route says it leaves by an uplink, the flow can bypass the host in both directions
+/// from this packet on; it is prepared in the scratch area for `start_masquerade` (a
+/// separate call from the program, so the two frames are never stacked). False: leave
+/// the packet to the kernel (and to the uplink's egress).
+#[inline(never)]
+pub fn prepare_masquerade_at_sandbox(
+    ctx: &TcContext,
+    packet: &Ipv4Packet,
+    net: &NetInfo4,
+    own: &IfaceConfig,
+    ifindex: u32,
+) -> bool {
+    if !fast_path_on() || !packet.direct || packet.ttl <= 1 {
+        return false;
     }
-    if let Err(e) = conntrack::finish(&original, &translated, ct::SNAT_FORWARD) {
-        return refuse(e);
+    if packet.proto != PROTO_TCP && packet.proto != PROTO_UDP {
+        return false;
     }
-    if let Some(entry) = maps::NATD_CT.get_ptr_mut(&original.key()) {
-        conntrack::touch(entry, packet, ctx.len());
+    let mut route = fib::Route::default();
+    if !fib::route(ctx, net.bridge_ifindex, packet, &mut route) {
+        bump(counter::FIB_FAILED);
+        return false;
     }
-    bump(counter::SNAT_NEW);
-    apply(ctx, packet, &translated)
+    let uplink = match lookup::iface(route.ifindex) {
+        Some(cfg) if cfg.role == role::UPLINK && cfg.addr4 != 0 => cfg,
+        _ => {
+            bump(counter::FIB_NOT_UPLINK);
+            return false;
+        }
+    };
+    let Some((sandbox_mac, gateway_mac)) = parse::macs(ctx) else {
+        return false;
+    };
+    let Some(s) = conntrack::scratch() else {
+        return false;
+    };
+    snat_flow(&mut s.flow, packet, uplink.addr4, lookup::endpoint(packet.src));
+    let forward = &mut s.flow.forward;
+    *forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, ifindex);
+    forward.flags |= ct::FAST;
+    forward.out_ifindex = route.ifindex;
+    forward.mtu = uplink.mtu as u16;
+    if route.resolved {
+        forward.smac = route.smac;
+        forward.dmac = route.dmac;
+    } else {
+        forward.flags |= ct::NEIGH;
+    }
+    let reply = &mut s.flow.reply;
+    *reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
+    reply.flags |= ct::FAST;
+    reply.out_ifindex = ifindex;
+    reply.smac = gateway_mac;
+    reply.dmac = sandbox_mac;
+    reply.mtu = own.mtu as u16;
+    true
 }

@@ -3,7 +3,7 @@
 //! `internal` networks have no way out, and nobody outside reaches a sandbox address
 //! directly.
 use aya_ebpf::maps::lpm_trie::Key;
-use nat_common::{NetInfo, counter, net};
+use nat_common::{NetInfo4, counter, net};
 
 use crate::{
     counters::bump,
@@ -15,13 +15,13 @@ use crate::{
 pub type Decision = Option<u32>;
 
 #[inline(always)]
-pub fn network_of(addr: u32) -> Option<NetInfo> {
-    maps::NATD_NETS_V4.get(&Key::new(32, addr.to_ne_bytes())).copied()
+pub fn network_of(addr: u32) -> Option<NetInfo4> {
+    maps::NATD_NETS4.get(Key::new(32, addr.to_ne_bytes())).copied()
 }
 
 /// A packet a sandbox of network `own` sends.
 #[inline(always)]
-pub fn from_sandbox(own: &NetInfo, dst: u32) -> Decision {
+pub fn from_sandbox(own: &NetInfo4, dst: u32) -> Decision {
     if is_local(dst) {
         // The host itself (gateway, uplink addresses) is reachable, as with Docker.
         return None;
@@ -51,10 +51,14 @@ pub fn from_outside(dst: u32) -> Decision {
 #[inline(always)]
 pub fn enforce(decision: Decision) -> i32 {
     match decision {
-        Some(reason) => {
-            bump(reason);
-            aya_ebpf::bindings::TC_ACT_SHOT
-        }
+        Some(reason) => drop(reason),
         None => aya_ebpf::bindings::TC_ACT_OK,
     }
+}
+
+/// Drops the packet and counts why.
+#[inline(always)]
+pub fn drop(reason: u32) -> i32 {
+    bump(reason);
+    aya_ebpf::bindings::TC_ACT_SHOT
 }

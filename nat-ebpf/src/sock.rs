@@ -55,12 +55,11 @@ pub fn rewrite_destination(ctx: &SockAddrContext) {
         let Some(target) = published(addr, port, proto) else {
             return;
         };
-        let new_addr = v4_raw(&target.addr);
-        (*sa).user_ip4 = new_addr;
+        (*sa).user_ip4 = target.addr;
         (*sa).user_port = u32::from(target.port);
         let key = SockKey {
             cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            addr: target.addr,
+            addr: v4_from_raw(target.addr),
             port: target.port,
             family: FAMILY_V4,
             _pad: [0; 5],

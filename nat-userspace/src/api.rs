@@ -15,6 +15,8 @@ pub mod paths {
     pub const NETWORK_DISCONNECT: &str = "/v1/networks/{name}/disconnect";
     pub const SANDBOXES: &str = "/v1/sandboxes";
     pub const SANDBOX: &str = "/v1/sandboxes/{name}";
+    /// POST publishes more ports of a running sandbox, DELETE withdraws some.
+    pub const SANDBOX_PORTS: &str = "/v1/sandboxes/{name}/ports";
     pub const RECONCILE: &str = "/v1/reconcile";
     pub const STATS: &str = "/v1/stats";
     pub const CONNTRACK: &str = "/v1/conntrack";
@@ -73,6 +75,12 @@ pub struct RunRequest {
     pub command: Vec<String>,
 }
 
+/// `natctl port add|rm`: `-p` specs to publish, or `[IP:]PORT[-PORT][/PROTO]` to withdraw.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PortsRequest {
+    pub ports: Vec<String>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ConnectRequest {
     pub sandbox: String,
@@ -116,6 +124,9 @@ pub struct InfoResponse {
     pub kernel: String,
     pub dataplane: String,
     pub dataplane_detail: serde_json::Value,
+    /// Whether flows bypass the host, and if not why.
+    #[serde(default)]
+    pub fast_path: String,
     pub networks: usize,
     pub sandboxes: usize,
     pub running: usize,

@@ -93,6 +93,17 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(http)
     }
 
+    /// DELETE with a JSON body (what to remove), answered with a JSON view.
+    pub async fn delete_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(http)?;
+        let (_, bytes) = self.request(Method::DELETE, path, Some(body)).await?;
+        serde_json::from_slice(&bytes).map_err(http)
+    }
+
     pub async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let (status, bytes) = self.request(Method::DELETE, path, None).await?;
         if status == StatusCode::NO_CONTENT || bytes.is_empty() {

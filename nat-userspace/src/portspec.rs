@@ -95,7 +95,8 @@ impl fmt::Display for PortRange {
     }
 }
 
-fn parse_range(text: &str) -> Option<PortRange> {
+/// `PORT` or `FIRST-LAST` (1-65535, FIRST <= LAST).
+pub fn parse_range(text: &str) -> Option<PortRange> {
     let (first, last) = match text.split_once('-') {
         Some((a, b)) => (a, b),
         None => (text, text),

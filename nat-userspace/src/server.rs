@@ -12,7 +12,7 @@ use axum::{
 use tokio::{net::UnixListener, sync::Mutex};
 
 use crate::{
-    api::{ConnectRequest, ErrorBody, NetworkCreate, RunRequest, paths},
+    api::{ConnectRequest, ErrorBody, NetworkCreate, PortsRequest, RunRequest, paths},
     daemon::{Daemon, DaemonError, ErrorClass},
 };
 
@@ -48,6 +48,7 @@ pub fn router(daemon: Shared) -> Router {
         .route(paths::NETWORK_DISCONNECT, post(disconnect))
         .route(paths::SANDBOXES, get(list).post(run))
         .route(paths::SANDBOX, get(inspect).delete(rm))
+        .route(paths::SANDBOX_PORTS, post(port_add).delete(port_rm))
         .route(paths::RECONCILE, post(reconcile))
         .route(paths::STATS, get(stats))
         .route(paths::CONNTRACK, get(conntrack));
@@ -174,4 +175,26 @@ async fn stats(State(d): State<Shared>) -> Response {
 
 async fn conntrack(State(d): State<Shared>) -> Response {
     Json(d.lock().await.flows()).into_response()
+}
+
+async fn port_add(
+    State(d): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<PortsRequest>,
+) -> Response {
+    match d.lock().await.port_add(&name, &req.ports).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn port_rm(
+    State(d): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<PortsRequest>,
+) -> Response {
+    match d.lock().await.port_rm(&name, &req.ports).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -8,7 +8,6 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
-    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -17,36 +16,37 @@ use aya::{
     maps::{HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use etherparse::PacketBuilder;
 use ipnetwork::Ipv4Network;
 use nat_common::{
-    CtEntry, CtKey,
+    Ct4Entry, Ct4Key,
     names::{map, program},
     net,
 };
 use natd::{
-    dataplane::{Desired, Iface, IfaceRole, NetworkRule, PortRule, ebpf::maps},
+    dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, PortRule, ebpf::maps::MapWriter},
     portspec::Proto,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The test run's device: loopback of the private namespace.
-const TEST_IFINDEX: u32 = 1;
+pub const TEST_IFINDEX: u32 = 1;
 
 pub const HOST: [u8; 4] = [198, 51, 100, 1];
 pub const CLIENT: [u8; 4] = [203, 0, 113, 7];
 pub const SANDBOX: [u8; 4] = [172, 20, 0, 2];
+/// The sandbox endpoint the tests install for `SANDBOX`: its veth's ifindex (the test
+/// device, which plays every sandbox's veth and the uplink in turn), its MAC and its
+/// gateway's (the bridge's).
+pub const SANDBOX_VETH: u32 = TEST_IFINDEX;
+pub const SANDBOX_MAC: [u8; 6] = [2, 0x5a, 0, 0, 0, 2];
+pub const BRIDGE_MAC: [u8; 6] = [2, 0xb0, 0, 0, 0, 1];
+pub const UPLINK_MAC: [u8; 6] = [2, 0x0a, 0, 0, 0, 1];
+/// `route_via_uplink`: the routed uplink's MAC and its gateway's.
+pub const UPLINK_ROUTED_MAC: [u8; 6] = [2, 0x0a, 0, 0, 0, 9];
+pub const GATEWAY_MAC: [u8; 6] = [2, 0xfe, 0, 0, 0, 0xfe];
 
-pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut out = Vec::new();
-    b.write(&mut out, b"x").expect("frame");
-    out
-}
+pub use crate::frames::tcp;
 
 /// A scratch pin directory under /sys/fs/bpf, emptied and removed on drop, also when
 /// loading fails halfway.
@@ -88,6 +88,7 @@ pub struct Bpf {
     pub ebpf: Ebpf,
     /// What the maps hold; every change is written with natd's map writer.
     pub desired: Desired,
+    writer: MapWriter,
     _pin: PinDir,
 }
 
@@ -96,11 +97,17 @@ impl Bpf {
     /// verified. The test device is an uplink with address `HOST`, which is local; one
     /// network 172.20.0.0/24 (id 2, icc, masquerade) exists; NAT ports are 61000-61009.
     pub fn load(ct_capacity: u32) -> Result<Self> {
+        Self::load_sized(ct_capacity, ct_capacity)
+    }
+
+    /// `load` with the established and embryonic tables sized apart.
+    pub fn load_sized(established: u32, embryonic: u32) -> Result<Self> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("a private network namespace")?;
         let pin = PinDir::create("natlab-bpf")?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin.0)
-            .map_max_entries(map::CT, ct_capacity)
+            .map_max_entries(map::CT4, established)
+            .map_max_entries(map::CT4_NEW, embryonic)
             .load(natd::EBPF_OBJECT)
             .context("load natd's eBPF object")?;
         for name in program::TC.iter().chain([&program::EMPTY]) {
@@ -114,16 +121,20 @@ impl Bpf {
                 local_addrs: vec![HOST.into()],
                 ..Default::default()
             },
+            writer: MapWriter::default(),
             _pin: pin,
         };
         bpf.as_uplink();
         bpf.network(2, [172, 20, 0, 0], 24, [172, 20, 0, 1], net::ICC | net::MASQ);
+        bpf.endpoint(SANDBOX, SANDBOX_VETH, 2);
         Ok(bpf)
     }
 
     /// Writes `desired` into the maps, as natd's sync does.
     pub fn sync(&mut self) {
-        maps::write(&mut self.ebpf, &self.desired).expect("natd's map writer");
+        self.writer
+            .write(&mut self.ebpf, &self.desired)
+            .expect("natd's map writer");
     }
 
     fn set_test_iface(&mut self, role: IfaceRole) {
@@ -132,6 +143,8 @@ impl Bpf {
             index: TEST_IFINDEX,
             name: "lo".into(),
             role,
+            mac: UPLINK_MAC,
+            mtu: 1500,
         });
         self.sync();
     }
@@ -143,9 +156,33 @@ impl Bpf {
         });
     }
 
-    /// The test device is the host end of a sandbox veth of network `network_id`.
-    pub fn as_sandbox_veth(&mut self, network_id: u32) {
-        self.set_test_iface(IfaceRole::SandboxVeth { network_id });
+    /// The test device is the host end of the veth of the sandbox `addr` on network
+    /// `network_id` (the test frames then come from that sandbox).
+    pub fn as_sandbox_veth(&mut self, network_id: u32, addr: [u8; 4]) {
+        self.set_test_iface(IfaceRole::SandboxVeth {
+            network_id,
+            addr: addr.into(),
+        });
+    }
+
+    /// A sandbox endpoint: address, the host end of its veth, network.
+    pub fn endpoint(&mut self, addr: [u8; 4], host_ifindex: u32, network_id: u32) {
+        self.desired.endpoints.retain(|e| e.addr != Ipv4Addr::from(addr));
+        self.desired.endpoints.push(EndpointRule {
+            addr: addr.into(),
+            host_ifindex,
+            network_id,
+            mac: SANDBOX_MAC,
+            gw_mac: BRIDGE_MAC,
+            mtu: 1500,
+        });
+        self.sync();
+    }
+
+    /// Whether new flows may bypass the host.
+    pub fn fast_path(&mut self, on: bool) {
+        self.desired.fast_path = on;
+        self.sync();
     }
 
     pub fn snat_ports(&mut self, first: u16, last: u16) {
@@ -165,6 +202,7 @@ impl Bpf {
         self.desired.networks.push(NetworkRule {
             id,
             bridge: format!("br{id}"),
+            bridge_ifindex: 0,
             subnet: Ipv4Network::new(subnet.into(), prefix_len).expect("subnet"),
             gateway: gateway.into(),
             icc: flags & net::ICC != 0,
@@ -215,6 +253,42 @@ impl Bpf {
         (ret, out)
     }
 
+    /// One test run of a packet carrying skb->mark `mark`: (return value, output frame,
+    /// mark afterwards).
+    pub fn run_marked(&mut self, program: &str, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        self.run_skb(program, frame, mark, 0)
+    }
+
+    /// One test run of a packet with skb->mark `mark` and, if not 0, a GSO segment size
+    /// (a packet the stack would segment): (return value, output frame, mark afterwards).
+    pub fn run_skb(&mut self, program: &str, frame: &[u8], mark: u32, gso_size: u32) -> (u32, Vec<u8>, u32) {
+        // Offsets in struct __sk_buff (192 bytes); the kernel accepts only a few fields
+        // set on the way in (mark and gso_size among them) but writes the whole structure
+        // out, or fails with ENOSPC.
+        const MARK: usize = 8;
+        const GSO_SIZE: usize = 176;
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut ctx_in = [0u8; 192];
+        ctx_in[MARK..MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+        ctx_in[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
+        let mut ctx_out = [0u8; 192];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx_in);
+        opts.ctx_out = Some(&mut ctx_out);
+        let result = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        let mark = u32::from_ne_bytes(ctx_out[MARK..MARK + 4].try_into().expect("4 bytes"));
+        (result.return_value, out, mark)
+    }
+
     /// One test run: (return value, output frame, ns the kernel measured).
     pub fn run_timed(&mut self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>, u64)> {
         let p: &mut SchedClassifier = self.ebpf.program_mut(program).context("program")?.try_into()?;
@@ -233,96 +307,97 @@ impl Bpf {
         array.get(&id, 0).expect("counter").iter().sum()
     }
 
-    pub fn ct(&self) -> Vec<(CtKey, CtEntry)> {
-        let map: HashMap<_, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map(map::CT).expect("conntrack")).expect("conntrack map");
-        map.iter().map(|r| r.expect("entry")).collect()
+    /// Every counter, by id.
+    pub fn counters(&self) -> Vec<u64> {
+        (0..nat_common::counter::COUNT)
+            .map(|id| self.counter(id))
+            .collect()
     }
 
-    pub fn median_ns(&mut self, program: &str, frame: &[u8], samples: usize) -> Result<f64> {
-        let mut v = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            v.push(self.run_timed(program, frame)?.2 as f64);
-        }
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        Ok(v[v.len() / 2])
-    }
-
-    /// Median ns per packet of each datapath (the benchmark's program cost).
-    pub fn paths(&mut self, samples: usize) -> Result<Vec<(&'static str, f64)>> {
-        let (ingress, egress) = (program::UPLINK_INGRESS, program::UPLINK_EGRESS);
+    /// Both connection tables: (key, entry, established).
+    pub fn ct(&self) -> Vec<(Ct4Key, Ct4Entry, bool)> {
         let mut out = Vec::new();
-        out.push((
-            "miss",
-            self.median_ns(ingress, &tcp(CLIENT, 40000, HOST, 65535, true), samples)?,
-        ));
-        // Mapping 1 is 0.0.0.0:1 -> sandbox:80. First packet creates the flow.
-        self.run_timed(ingress, &tcp(CLIENT, 40000, HOST, 1, true))?;
-        out.push((
-            "dnat_forward",
-            self.median_ns(ingress, &tcp(CLIENT, 40000, HOST, 1, false), samples)?,
-        ));
-        out.push((
-            "dnat_reverse",
-            self.median_ns(egress, &tcp(SANDBOX, 80, CLIENT, 40000, false), samples)?,
-        ));
-        let mut new_flow = Vec::with_capacity(samples);
-        for i in 0..samples {
-            let frame = tcp(SANDBOX, 10000 + i as u16, CLIENT, 443, true);
-            new_flow.push(self.run_timed(egress, &frame)?.2 as f64);
+        for (name, established) in [(map::CT4, true), (map::CT4_NEW, false)] {
+            let table: HashMap<_, Ct4Key, Ct4Entry> =
+                HashMap::try_from(self.ebpf.map(name).expect("conntrack")).expect("conntrack map");
+            out.extend(
+                table
+                    .iter()
+                    .map(|r| r.expect("entry"))
+                    .map(|(k, e)| (k, e, established)),
+            );
         }
-        new_flow.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        out.push(("snat_new", new_flow[new_flow.len() / 2]));
-        out.push((
-            "snat_established",
-            self.median_ns(egress, &tcp(SANDBOX, 10000, CLIENT, 443, false), samples)?,
-        ));
-        self.as_sandbox_veth(2);
-        out.push((
-            "isolation_drop",
-            self.median_ns(
-                program::SANDBOX_INGRESS,
-                &tcp(SANDBOX, 5000, [172, 21, 0, 9], 80, true),
-                samples,
-            )?,
-        ));
-        self.as_uplink();
-        Ok(out)
+        out
     }
-}
 
-/// `mappings` TCP ports published on 0.0.0.0:1.. to the sandbox's port 80, and a second
-/// network 172.21.0.0/24, for the benchmark.
-pub fn bench_setup(mappings: u32, ct_capacity: u32) -> Result<Bpf> {
-    let mut bpf = Bpf::load(ct_capacity.max(1024))?;
-    bpf.snat_ports(1024, 65535);
-    bpf.network(3, [172, 21, 0, 0], 24, [172, 21, 0, 1], net::ICC | net::MASQ);
-    bpf.publish_many((0..mappings).map(|i| PortRule {
-        host_ip: None,
-        host_port: (1 + i % 65535) as u16,
-        proto: Proto::Tcp,
-        target: SANDBOX.into(),
-        target_port: 80,
-        mapping_id: i + 1,
-    }));
-    Ok(bpf)
-}
-
-/// Time to load `mappings` port entries, then per added mapping: natd's map write until
-/// a test packet to it comes out translated (µs).
-pub fn add_latency(mappings: u32, samples: usize) -> Result<(f64, Vec<f64>)> {
-    let t0 = Instant::now();
-    let mut bpf = bench_setup(mappings, 4096)?;
-    let load = t0.elapsed().as_secs_f64();
-    let mut adds = Vec::with_capacity(samples);
-    for i in 0..samples {
-        let port = 40000 + i as u16;
-        let frame = tcp(CLIENT, 30000 + i as u16, HOST, port, true);
-        let t0 = Instant::now();
-        // Bound to the host address: never one of the 0.0.0.0 entries already present.
-        bpf.publish(Some(HOST), port, 6, SANDBOX, 80, 2_000_000 + i as u32);
-        bpf.run_timed(program::UPLINK_INGRESS, &frame)?;
-        adds.push(t0.elapsed().as_secs_f64() * 1e6);
+    /// The sandbox network's bridge and an uplink with a default route (via
+    /// 198.51.100.254, whose neighbour entry exists if `neighbour`), as veth ends in this
+    /// thread's namespace, plus a route to 10.99.0.0/24 out of another device; the test
+    /// device plays the sandbox's veth. Returns (uplink ifindex, bridge ifindex).
+    pub fn route_via_uplink(&mut self, neighbour: bool) -> (u32, u32) {
+        self.in_own_netns(
+            "for dev in up0 brt other0; do
+                 ip link add $dev type veth peer name $dev-peer
+                 ip link set $dev-peer up
+             done
+             ip link set up0 address 02:0a:00:00:00:09
+             ip addr add 198.51.100.1/24 dev up0
+             ip addr add 172.20.0.1/24 dev brt
+             ip link set up0 up
+             ip link set brt up
+             ip link set other0 up
+             ip route add default via 198.51.100.254 dev up0
+             ip route add 10.99.0.0/24 dev other0
+             echo 1 > /proc/sys/net/ipv4/ip_forward",
+        );
+        if neighbour {
+            self.in_own_netns("ip neigh add 198.51.100.254 lladdr 02:fe:00:00:00:fe dev up0 nud permanent");
+        }
+        let index = |name: &str| nix::net::if_::if_nametoindex(name).expect("ifindex");
+        let (uplink, bridge) = (index("up0"), index("brt"));
+        self.desired.ifaces.push(Iface {
+            index: uplink,
+            name: "up0".into(),
+            role: IfaceRole::Uplink {
+                addr: Some(HOST.into()),
+            },
+            mac: UPLINK_ROUTED_MAC,
+            mtu: 1500,
+        });
+        for n in &mut self.desired.networks {
+            n.bridge_ifindex = bridge;
+        }
+        self.as_sandbox_veth(2, SANDBOX);
+        (uplink, bridge)
     }
-    Ok((load, adds))
+
+    /// Rewrites every entry of both tables with `f` (to age flows, for example).
+    pub fn edit_ct(&mut self, f: impl Fn(&Ct4Key, &mut Ct4Entry)) {
+        for (name, _) in [(map::CT4, true), (map::CT4_NEW, false)] {
+            let mut table: HashMap<_, Ct4Key, Ct4Entry> =
+                HashMap::try_from(self.ebpf.map_mut(name).expect("conntrack")).expect("conntrack map");
+            let all: Vec<_> = table.iter().map(|r| r.expect("entry")).collect();
+            for (key, mut entry) in all {
+                f(&key, &mut entry);
+                table.insert(key, entry, 0).expect("rewrite entry");
+            }
+        }
+    }
+
+    /// Runs a shell script in this thread's private network namespace (interfaces,
+    /// routes, neighbours, per-namespace sysctls for the fast path's route lookups). It
+    /// refuses to run in the machine's own namespace.
+    pub fn in_own_netns(&self, script: &str) {
+        let guard = "[ \"$(readlink /proc/self/ns/net)\" != \"$(readlink /proc/1/ns/net)\" ] || \
+            { echo 'refusing: this is the machine network namespace' >&2; exit 3; }";
+        let out = std::process::Command::new("sh")
+            .args(["-ec", &format!("{guard}\n{script}")])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "script failed: {script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -14,6 +14,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub mod bpf;
+pub mod frames;
+pub mod warm;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -77,7 +79,7 @@ pub fn udp_reply(port: u16, reply: &str) -> String {
 /// the peer's address as it sees it: what tests use to check that a client's own
 /// address arrives.
 pub fn whoami(port: u16) -> String {
-    format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR'")
+    format!("socat TCP-LISTEN:{port},fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
 }
 
 pub fn require_root() {
@@ -203,8 +205,14 @@ impl Lab {
         self.restart_natd()
     }
 
-    /// Starts natd again with the arguments of the last `start_natd`.
+    /// Starts natd again with the arguments of the last `start_natd`. A natd still running
+    /// is stopped (SIGTERM) first: one natd per lab, never an orphan.
     pub fn restart_natd(&mut self) -> Result<()> {
+        if let Some(natd) = &mut self.natd
+            && natd.child.try_wait().ok().flatten().is_none()
+        {
+            self.stop_natd(nix::sys::signal::Signal::SIGTERM);
+        }
         let _ = std::fs::remove_file(&self.socket);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -405,6 +413,26 @@ pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Sends one datagram from the namespace at `ns_path` and returns the first reply, if one
+/// arrives within `timeout`. Unlike a socat client it returns as soon as the answer is in.
+pub fn udp_exchange(
+    ns_path: &str,
+    addr: &str,
+    port: u16,
+    payload: &[u8],
+    timeout: Duration,
+) -> Option<String> {
+    in_netns(ns_path, || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.set_read_timeout(Some(timeout)).ok()?;
+        socket.send_to(payload, (addr, port)).ok()?;
+        let mut buf = [0u8; 2048];
+        let (len, _) = socket.recv_from(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..len]).trim().to_string();
+        (!text.is_empty()).then_some(text)
+    })
+}
+
 impl Lab {
     pub fn ext_path(&self) -> String {
         format!("/run/netns/{}", self.ext_ns)
@@ -454,7 +482,9 @@ pub fn wait_listening(ns_path: &str, proto: &str, port: u16) -> bool {
 pub fn tcp_line(prefix: &[&str], addr: &str, port: u16) -> Option<String> {
     let target = format!("TCP:{addr}:{port},connect-timeout=2");
     let mut args: Vec<&str> = prefix.to_vec();
-    args.extend_from_slice(&["socat", "-T2", "-", &target]);
+    // `-t3`: socat gives the reply only 0.5 s after stdin's EOF by default, less than a forking
+    // server may need on a loaded machine.
+    args.extend_from_slice(&["socat", "-t3", "-T3", "-", &target]);
     let out = sh(args[0], &args[1..]);
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !text.is_empty()).then_some(text)

@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 fn ext_tcp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
     let out = lab.ext(&[
         "socat",
+        "-t3",
         "-T3",
         "-",
         &format!("TCP:{addr}:{port},connect-timeout=3"),
@@ -25,18 +26,7 @@ fn ext_tcp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
 }
 
 fn ext_udp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
-    let out = sh(
-        "sh",
-        &[
-            "-c",
-            &format!(
-                "echo hi | ip netns exec {} socat -T2 - UDP:{addr}:{port}",
-                lab.ext_ns
-            ),
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!text.is_empty()).then_some(text)
+    natlab::udp_exchange(&lab.ext_path(), addr, port, b"hi\n", Duration::from_secs(3))
 }
 
 /// natd's promise: no netfilter rule and no kernel conntrack entry takes part.
@@ -171,7 +161,7 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
         &lab.ext_ns,
         &[
             "socat",
-            "TCP-LISTEN:9000,fork,reuseaddr",
+            "TCP-LISTEN:9000,fork,reuseaddr,backlog=256",
             "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT",
         ],
     );
@@ -191,6 +181,7 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
                         name,
                         &[
                             "socat",
+                            "-t3",
                             "-T3",
                             "-",
                             &format!("TCP:{EXT_IP}:9000,sourceport=5555,connect-timeout=3"),
@@ -222,7 +213,7 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
     // Many parallel connections from one sandbox.
     let ok = lab.exec_ok(
         "out0",
-        &["sh", "-c", &format!("for i in $(seq 40); do (socat -T3 - TCP:{EXT_IP}:9000,connect-timeout=3 | grep -q {HOST_UPLINK_IP} && echo ok) & done; wait")],
+        &["sh", "-c", &format!("for i in $(seq 40); do (socat -t5 -T5 - TCP:{EXT_IP}:9000,connect-timeout=5 | grep -q {HOST_UPLINK_IP} && echo ok) & done; wait")],
     );
     assert_eq!(
         ok.lines().filter(|l| *l == "ok").count(),
@@ -269,6 +260,7 @@ fn ip_masq_false_and_internal_networks_stay_inside() {
             name,
             &[
                 "socat",
+                "-t2",
                 "-T2",
                 "-",
                 &format!("TCP:{EXT_IP}:9000,connect-timeout=2"),
@@ -421,7 +413,7 @@ fn parallel_clients_reach_a_published_port() {
         &[
             "-c",
             &format!(
-                "for i in $(seq 60); do (ip netns exec {} socat -T3 - TCP:{HOST_UPLINK_IP}:8080,connect-timeout=3 | grep -qx {EXT_IP} && echo ok) & done; wait",
+                "for i in $(seq 60); do (ip netns exec {} socat -t5 -T5 - TCP:{HOST_UPLINK_IP}:8080,connect-timeout=5 | grep -qx {EXT_IP} && echo ok) & done; wait",
                 lab.ext_ns
             ),
         ],
@@ -442,9 +434,9 @@ fn idle_flows_expire() {
         "--dataplane",
         "ebpf",
         "--conntrack-timeout",
-        "udp=1",
+        "udp=2",
         "--conntrack-timeout",
-        "udp-replied=2",
+        "udp-replied=4",
         "--gc-interval",
         "1",
     ]);
@@ -461,7 +453,7 @@ fn idle_flows_expire() {
     };
     assert!(udp_flows() >= 2, "the flow is tracked (both directions)");
     assert!(
-        wait_until(Duration::from_secs(8), || udp_flows() == 0),
+        wait_until(Duration::from_secs(12), || udp_flows() == 0),
         "idle UDP flows are expired by the sweep"
     );
 }
@@ -550,4 +542,36 @@ fn the_first_datagram_to_a_fresh_udp_port_is_answered() {
             "{dataplane}: first datagrams to {unanswered:?} got no answer"
         );
     }
+}
+
+#[test]
+fn ports_are_published_and_withdrawn_on_a_running_sandbox() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("web", &[], &natlab::whoami(80));
+    lab.run_script("other", &["-p", "8091:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8090), None, "nothing published yet");
+    let out = lab.ok(&["publish", "web", "8090:80"]);
+    assert!(out.contains("80/tcp -> 0.0.0.0:8090"), "{out}");
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8090).as_deref(), Some(EXT_IP));
+    // Docker's conflict rules and wording; nothing changes on refusal.
+    let err = lab.fails(&["publish", "web", "8091:80"]);
+    assert!(
+        err.contains("Bind for 0.0.0.0:8091 failed: port is already allocated"),
+        "{err}"
+    );
+    let err = lab.fails(&["publish", "web", "8092:80/sctp"]);
+    assert!(err.contains("SCTP"), "{err}");
+    let err = lab.fails(&["unpublish", "web", "9999"]);
+    assert!(err.contains("web does not publish 9999"), "{err}");
+    assert_eq!(lab.json(&["port", "web"]).as_array().map(Vec::len), Some(1));
+    // Kept across a restart like every other mapping.
+    lab.stop_natd(Signal::SIGTERM);
+    lab.restart_natd().expect("restart natd");
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8090).as_deref(), Some(EXT_IP));
+    lab.ok(&["unpublish", "web", "8090/tcp"]);
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8090), None, "withdrawn");
+    assert_eq!(lab.json(&["port", "web"]).as_array().map(Vec::len), Some(0));
+    let err = lab.fails(&["publish", "nosuch", "8093:80"]);
+    assert!(err.contains("No such container: nosuch"), "{err}");
 }

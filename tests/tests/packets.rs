@@ -1,12 +1,20 @@
 //! The bytes natd's TC programs write, checked through BPF_PROG_TEST_RUN: frames built with
-//! etherparse, the output parsed again and every checksum recomputed independently.
-//! Each test runs on its own thread in a fresh network namespace (test runs use that
-//! namespace's loopback device) with its own pin directory.
+//! etherparse, the output parsed again and every checksum recomputed independently
+//! (`natlab::frames`). Each test runs on its own thread in a fresh network namespace (test
+//! runs use that namespace's loopback device) with its own pin directory. These are the
+//! paths through the kernel's normal forwarding (the fast path is off); `fastpath.rs` and
+//! `conntrack.rs` cover redirects and flow tracking.
 use std::net::Ipv4Addr;
 
-use etherparse::{IpNumber, Ipv4Header, Ipv4Options, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
 use nat_common::{counter, names::program, net};
-use natlab::bpf::{Bpf, CLIENT, HOST, SANDBOX};
+use natlab::{
+    bpf::{Bpf, CLIENT, HOST, SANDBOX},
+    frames::{
+        Flags, SYN, ack, fix_ip_checksum, icmp_echo, icmp_error, inner_tcp, inner_udp, inspect,
+        inspect_error, seen, segment, tcp, udp,
+    },
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -16,139 +24,60 @@ const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
 
 const REMOTE: [u8; 4] = [203, 0, 113, 9];
 const OTHER_SANDBOX: [u8; 4] = [172, 20, 0, 3];
+const GATEWAY: [u8; 4] = [172, 20, 0, 1];
 
 fn load(ct_capacity: u32) -> Bpf {
     natlab::require_root();
     Bpf::load(ct_capacity).expect("natd's eBPF object loads in a private namespace")
 }
 
-fn builder(src: [u8; 4], dst: [u8; 4]) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64)
-}
-
-fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let payload = b"natd test payload";
-    let b = builder(src, dst).tcp(sport, dport, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(1).psh() };
-    let mut out = Vec::new();
-    b.write(&mut out, payload).unwrap();
-    out
-}
-
-fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    builder(src, dst)
-        .udp(sport, dport)
-        .write(&mut out, b"datagram")
-        .unwrap();
-    out
-}
-
-fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, request: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = builder(src, dst);
-    if request {
-        b.icmpv4_echo_request(id, 1).write(&mut out, b"ping").unwrap();
-    } else {
-        b.icmpv4_echo_reply(id, 1).write(&mut out, b"ping").unwrap();
-    }
-    out
-}
-
-/// What a frame says, after checking every checksum against an independent recomputation.
-#[derive(Debug, PartialEq, Eq)]
-struct Seen {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-}
-
-fn inspect(frame: &[u8]) -> Seen {
-    let packet = SlicedPacket::from_ethernet(frame).expect("output parses");
-    let Some(NetSlice::Ipv4(ip)) = &packet.net else {
-        panic!("not IPv4")
-    };
-    let header: Ipv4Header = ip.header().to_header();
-    assert_eq!(
-        header.header_checksum,
-        header.calc_header_checksum(),
-        "IPv4 header checksum"
-    );
-    let (sport, dport) = match &packet.transport {
-        Some(TransportSlice::Tcp(tcp)) => {
-            let h = tcp.to_header();
-            let expected = h.calc_checksum_ipv4(&header, tcp.payload()).unwrap();
-            assert_eq!(h.checksum, expected, "TCP checksum");
-            (h.source_port, h.destination_port)
-        }
-        Some(TransportSlice::Udp(udp)) => {
-            let h = udp.to_header();
-            if h.checksum != 0 {
-                assert_eq!(
-                    h.checksum,
-                    h.calc_checksum_ipv4(&header, udp.payload()).unwrap(),
-                    "UDP checksum"
-                );
-            }
-            (h.source_port, h.destination_port)
-        }
-        Some(TransportSlice::Icmpv4(icmp)) => {
-            let h = icmp.header();
-            assert_eq!(
-                h.checksum,
-                h.icmp_type.calc_checksum(icmp.payload()),
-                "ICMP checksum"
-            );
-            let id = u16::from_be_bytes([icmp.bytes5to8()[0], icmp.bytes5to8()[1]]);
-            (id, id)
-        }
-        other => panic!("unexpected transport {other:?}"),
-    };
-    Seen {
-        src: header.source.into(),
-        dst: header.destination.into(),
-        sport,
-        dport,
-    }
-}
-
-fn seen(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Seen {
-    Seen {
-        src: src.into(),
-        dst: dst.into(),
-        sport,
-        dport,
-    }
-}
-
 #[test]
 fn dnat_forward_reverse_and_established() {
     let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
-    let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, true));
+    let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1000, SYN));
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(
         inspect(&out),
         seen(CLIENT, 40000, SANDBOX, 80),
         "DNAT keeps the client's address"
     );
-    assert_eq!(bpf.ct().len(), 2, "one entry per direction");
+    let flows = bpf.ct();
+    assert_eq!(flows.len(), 2, "one entry per direction");
+    assert!(
+        flows.iter().all(|(_, _, established)| !established),
+        "embryonic until the handshake completes"
+    );
     assert_eq!(bpf.counter(counter::DNAT_NEW), 1);
-
-    let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 80, CLIENT, 40000, false));
+    // The SYN-ACK as it leaves the sandbox.
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let syn_ack = Flags {
+        syn: true,
+        ack: Some(1001),
+        ..Flags::default()
+    };
+    let (ret, out) = bpf.run(SANDBOX_PROG, &segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack));
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(
         inspect(&out),
         seen(HOST, 8080, CLIENT, 40000),
-        "reply leaves from the published address"
+        "the reply leaves from the published address"
     );
     assert_eq!(bpf.counter(counter::DNAT_REPLY), 1);
-
-    let (_, out) = bpf.run(INGRESS, &tcp(CLIENT, 40000, HOST, 8080, false));
+    // The client's ACK of the SYN-ACK completes the handshake.
+    bpf.as_uplink();
+    let (_, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(bpf.counter(counter::DNAT_ESTABLISHED), 1);
-    assert_eq!(bpf.ct().len(), 2, "no new entries for an established flow");
+    assert_eq!(bpf.counter(counter::CT_PROMOTED), 1);
+    let flows = bpf.ct();
+    assert!(
+        flows.len() == 2 && flows.iter().all(|(_, _, established)| *established),
+        "the flow moved to the established table: {flows:?}"
+    );
+    // A reply that reaches the uplink's egress untranslated is translated there too.
+    let (_, out) = bpf.run(EGRESS, &segment(SANDBOX, 80, CLIENT, 40000, 5001, ack(1010)));
+    assert_eq!(inspect(&out), seen(HOST, 8080, CLIENT, 40000));
 }
 
 #[test]
@@ -270,9 +199,11 @@ fn icmp_echo_id_is_translated_both_ways() {
         (back.src, back.dst, back.sport),
         (REMOTE.into(), SANDBOX.into(), 0x1234)
     );
-    // An echo reply from a sandbox (answering someone) opens no flow.
+    // An echo reply from a sandbox opens no flow, and does not leave with its private
+    // address either.
     let frame = icmp_echo(SANDBOX, REMOTE, 0x99, false);
-    assert_eq!(bpf.run(EGRESS, &frame).1, frame);
+    assert_eq!(bpf.run(EGRESS, &frame).0, TC_ACT_SHOT);
+    assert_eq!(bpf.counter(counter::DROP_UNTRANSLATED), 1);
 }
 
 #[test]
@@ -296,28 +227,37 @@ fn ip_options_move_the_l4_header() {
 }
 
 #[test]
-fn truncated_and_malformed_frames_pass_untouched() {
+fn truncated_and_malformed_frames_never_leave_untranslated() {
     let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     let full = tcp(CLIENT, 40000, HOST, 8080, true);
     // BPF_PROG_TEST_RUN itself refuses IPv4 frames shorter than Ethernet + 20 bytes (EINVAL),
     // as the stack never hands such an skb to TC; every longer cut reaches the program.
     for len in 34..full.len() {
-        for program in [INGRESS, EGRESS] {
-            let (ret, out) = bpf.run(program, &full[..len]);
-            assert_eq!(ret, TC_ACT_OK, "{program} len {len}");
-            assert_eq!(
-                out,
-                &full[..len],
-                "{program}: a truncated frame (len {len}) is never rewritten"
-            );
-        }
+        let (ret, out) = bpf.run(INGRESS, &full[..len]);
+        assert_eq!(ret, TC_ACT_OK, "len {len}");
+        assert_eq!(
+            out,
+            &full[..len],
+            "a truncated frame (len {len}) is never rewritten"
+        );
     }
+    // From a masqueraded network, what cannot be parsed cannot be translated: dropped.
     let sandbox_frame = tcp(SANDBOX, 40000, REMOTE, 80, true);
     for len in 34..sandbox_frame.len() {
-        let (_, out) = bpf.run(EGRESS, &sandbox_frame[..len]);
-        assert_eq!(out, &sandbox_frame[..len]);
+        assert_eq!(bpf.run(EGRESS, &sandbox_frame[..len]).0, TC_ACT_SHOT, "len {len}");
     }
+    let mut zero_length = sandbox_frame.clone();
+    zero_length[16..18].copy_from_slice(&0u16.to_be_bytes());
+    assert_eq!(
+        bpf.run(EGRESS, &fix_ip_checksum(zero_length)).0,
+        TC_ACT_SHOT,
+        "total length 0 without GSO: not a packet natd can translate"
+    );
+    assert_eq!(
+        bpf.counter(counter::DROP_UNTRANSLATED),
+        (sandbox_frame.len() - 34) as u64 + 1
+    );
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
     let mut bad_version = full.clone();
@@ -356,12 +296,6 @@ fn fragments_never_leak_a_sandbox_address() {
     );
 }
 
-fn fix_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
-    let header = Ipv4Header::from_slice(&frame[14..]).unwrap().0;
-    frame[24..26].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
-    frame
-}
-
 #[test]
 fn removed_mapping_invalidates_its_flows() {
     let mut bpf = load(1024);
@@ -385,127 +319,46 @@ fn removed_mapping_invalidates_its_flows() {
     );
 }
 
+/// A handshake through the uplink: SYN, SYN-ACK from the sandbox, ACK. Returns the
+/// verdict of the ACK.
+fn handshake(bpf: &mut Bpf, client: [u8; 4], port: u16) -> u32 {
+    bpf.as_uplink();
+    bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1000, SYN));
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let syn_ack = Flags {
+        syn: true,
+        ack: Some(1001),
+        ..Flags::default()
+    };
+    bpf.run(SANDBOX_PROG, &segment(SANDBOX, 80, client, port, 7000, syn_ack));
+    bpf.as_uplink();
+    bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1001, ack(7001)))
+        .0
+}
+
 #[test]
-fn full_table_drops_only_new_flows() {
+fn full_established_table_keeps_its_flows_and_new_ones_stay_embryonic() {
     let mut bpf = load(64);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
-    // 32 flows fill 64 entries.
+    // 32 completed flows fill the 64 entries of the established table.
     for port in 0..32u16 {
-        let (ret, _) = bpf.run(INGRESS, &tcp(CLIENT, 20000 + port, HOST, 8080, true));
-        assert_eq!(ret, TC_ACT_OK);
+        assert_eq!(handshake(&mut bpf, CLIENT, 20000 + port), TC_ACT_OK);
     }
-    assert_eq!(bpf.ct().len(), 64);
-    let (ret, _) = bpf.run(INGRESS, &tcp(CLIENT, 30000, HOST, 8080, true));
-    assert_eq!(ret, TC_ACT_SHOT, "a new flow is refused when the table is full");
-    let (ret, _) = bpf.run(EGRESS, &tcp(SANDBOX, 30000, REMOTE, 80, true));
-    assert_eq!(
-        ret, TC_ACT_SHOT,
-        "and a new masqueraded flow too (dropped, not leaked)"
-    );
-    assert_eq!(bpf.counter(counter::DROP_CT_FULL), 2);
-    let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 20005, HOST, 8080, false));
+    let established = |bpf: &Bpf| bpf.ct().iter().filter(|(_, _, e)| *e).count();
+    assert_eq!(established(&bpf), 64);
+    // One more: its handshake completes, it cannot move, it keeps working where it is.
+    assert_eq!(handshake(&mut bpf, CLIENT, 30000), TC_ACT_OK);
+    assert!(bpf.counter(counter::CT_PROMOTE_FULL) >= 1);
+    assert_eq!(established(&bpf), 64, "no established flow was evicted");
+    let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 30000, HOST, 8080, 1001, ack(7001)));
+    assert_eq!((ret, inspect(&out).dst), (TC_ACT_OK, Ipv4Addr::from(SANDBOX)));
+    let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 20005, HOST, 8080, 1001, ack(7001)));
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(
         inspect(&out).dst,
         Ipv4Addr::from(SANDBOX),
         "established flows keep working"
     );
-}
-
-/// The packet an ICMP error quotes, without Ethernet: the original datagram as sent.
-fn inner_udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, 63)
-        .udp(sport, dport)
-        .write(&mut out, b"quoted datagram")
-        .unwrap();
-    out
-}
-
-fn inner_tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, 63)
-        .tcp(sport, dport, 7, 1000)
-        .ack(1)
-        .write(&mut out, &[0u8; 64])
-        .unwrap();
-    out
-}
-
-fn icmp_error(src: [u8; 4], dst: [u8; 4], kind: etherparse::Icmpv4Type, quoted: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    builder(src, dst).icmpv4(kind).write(&mut out, quoted).unwrap();
-    out
-}
-
-/// Outer addresses and the quoted tuple of an ICMP error, after checking the outer IP
-/// checksum, the ICMP checksum, the quoted IP checksum and the quoted L4 checksum.
-fn inspect_error(frame: &[u8]) -> (Seen, Seen) {
-    let packet = SlicedPacket::from_ethernet(frame).expect("output parses");
-    let Some(NetSlice::Ipv4(ip)) = &packet.net else {
-        panic!("not IPv4")
-    };
-    let outer: Ipv4Header = ip.header().to_header();
-    assert_eq!(
-        outer.header_checksum,
-        outer.calc_header_checksum(),
-        "outer IPv4 checksum"
-    );
-    let Some(TransportSlice::Icmpv4(icmp)) = &packet.transport else {
-        panic!("not ICMP")
-    };
-    let header = icmp.header();
-    assert_eq!(
-        header.checksum,
-        header.icmp_type.calc_checksum(icmp.payload()),
-        "ICMP checksum"
-    );
-    let quoted = icmp.payload();
-    let (inner, rest) = Ipv4Header::from_slice(quoted).expect("quoted IPv4 header");
-    assert_eq!(
-        inner.header_checksum,
-        inner.calc_header_checksum(),
-        "quoted IPv4 checksum"
-    );
-    let (sport, dport) = match inner.protocol {
-        IpNumber::UDP => {
-            let (udp, payload) = etherparse::UdpHeader::from_slice(rest).unwrap();
-            assert_eq!(
-                udp.checksum,
-                udp.calc_checksum_ipv4(&inner, payload).unwrap(),
-                "quoted UDP checksum"
-            );
-            (udp.source_port, udp.destination_port)
-        }
-        IpNumber::TCP => {
-            let (tcp, payload) = etherparse::TcpHeader::from_slice(rest).unwrap();
-            assert_eq!(
-                tcp.checksum,
-                tcp.calc_checksum_ipv4(&inner, payload).unwrap(),
-                "quoted TCP checksum"
-            );
-            (tcp.source_port, tcp.destination_port)
-        }
-        IpNumber::ICMP => {
-            let id = u16::from_be_bytes([rest[4], rest[5]]);
-            (id, id)
-        }
-        other => panic!("quoted protocol {other:?}"),
-    };
-    (
-        Seen {
-            src: outer.source.into(),
-            dst: outer.destination.into(),
-            sport: 0,
-            dport: 0,
-        },
-        Seen {
-            src: inner.source.into(),
-            dst: inner.destination.into(),
-            sport,
-            dport,
-        },
-    )
 }
 
 #[test]
@@ -536,7 +389,7 @@ fn icmp_port_unreachable_from_a_sandbox() {
     let mut bpf = load(1024);
     bpf.publish(None, 5353, 17, SANDBOX, 53, 6);
     bpf.run(INGRESS, &udp(CLIENT, 5000, HOST, 5353));
-    bpf.as_sandbox_veth(2);
+    bpf.as_sandbox_veth(2, SANDBOX);
     let kind =
         etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
     let frame = icmp_error(SANDBOX, CLIENT, kind, &inner_udp(CLIENT, 5000, SANDBOX, 53));
@@ -593,20 +446,22 @@ fn icmp_time_exceeded_for_a_masqueraded_flow() {
 fn hairpin_to_own_and_other_sandboxes() {
     let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 9);
-    bpf.as_sandbox_veth(2);
+    bpf.as_sandbox_veth(2, SANDBOX);
     // The sandbox reaches its own published port: source becomes the gateway.
     let (ret, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 40000, HOST, 8080, true));
     assert_eq!(ret, TC_ACT_OK);
-    assert_eq!(inspect(&out), seen([172, 20, 0, 1], 40000, SANDBOX, 80));
-    let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 80, [172, 20, 0, 1], 40000, false));
+    assert_eq!(inspect(&out), seen(GATEWAY, 40000, SANDBOX, 80));
+    let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 80, GATEWAY, 40000, false));
     assert_eq!(
         inspect(&out),
         seen(HOST, 8080, SANDBOX, 40000),
         "the reply comes from the published address"
     );
     // Another sandbox: only the destination changes, the server sees the real client.
+    bpf.as_sandbox_veth(2, OTHER_SANDBOX);
     let (_, out) = bpf.run(SANDBOX_PROG, &tcp(OTHER_SANDBOX, 41000, HOST, 8080, true));
     assert_eq!(inspect(&out), seen(OTHER_SANDBOX, 41000, SANDBOX, 80));
+    bpf.as_sandbox_veth(2, SANDBOX);
     let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 80, OTHER_SANDBOX, 41000, false));
     assert_eq!(inspect(&out), seen(HOST, 8080, OTHER_SANDBOX, 41000));
     assert_eq!(bpf.counter(counter::HAIRPIN_NEW), 2);
@@ -631,7 +486,7 @@ fn isolation_drops_by_reason() {
     assert_eq!(bpf.counter(counter::DROP_DIRECT_ACCESS), 1);
     assert_eq!(bpf.counter(counter::DROP_LOOPBACK_SPOOF), 1);
     // Network 2 -> network 3: isolated; -> the outside: fine.
-    bpf.as_sandbox_veth(2);
+    bpf.as_sandbox_veth(2, SANDBOX);
     assert_eq!(
         bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, [10, 3, 0, 5], 80, true)).0,
         TC_ACT_SHOT
@@ -648,7 +503,7 @@ fn isolation_drops_by_reason() {
     );
     assert_eq!(bpf.counter(counter::DROP_SPOOFED_SOURCE), 1);
     // icc=false (network 4): sandbox to sandbox dropped, the gateway still reachable.
-    bpf.as_sandbox_veth(4);
+    bpf.as_sandbox_veth(4, [10, 4, 0, 2]);
     assert_eq!(
         bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 3], 53)).0,
         TC_ACT_SHOT
@@ -659,7 +514,7 @@ fn isolation_drops_by_reason() {
         TC_ACT_OK
     );
     // internal (network 5): nothing leaves the subnet.
-    bpf.as_sandbox_veth(5);
+    bpf.as_sandbox_veth(5, [10, 5, 0, 2]);
     assert_eq!(
         bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, REMOTE, 53)).0,
         TC_ACT_SHOT
@@ -681,23 +536,31 @@ fn closed_tcp_flows_give_their_nat_port_back() {
         assert_eq!(ret, TC_ACT_OK);
         nat_ports.push(inspect(&out).sport);
     }
-    assert_eq!(
-        bpf.run(EGRESS, &tcp(SANDBOX, 11, REMOTE, 80, true)).0,
-        TC_ACT_SHOT,
-        "range exhausted"
-    );
-    // The remote closes the flow on one NAT port.
-    let mut fin = Vec::new();
-    builder(REMOTE, HOST)
-        .tcp(80, nat_ports[3], 5, 1000)
-        .fin()
-        .ack(1)
-        .write(&mut fin, &[])
-        .unwrap();
-    assert_eq!(inspect(&bpf.run(INGRESS, &fin).1).dst, Ipv4Addr::from(SANDBOX));
-    let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 12, REMOTE, 80, true));
+    let next = |bpf: &mut Bpf, sport| bpf.run(EGRESS, &tcp(SANDBOX, sport, REMOTE, 80, true));
+    assert_eq!(next(&mut bpf, 11).0, TC_ACT_SHOT, "range exhausted");
+    let fin = |ack: u32| Flags {
+        fin: true,
+        ack: Some(ack),
+        ..Flags::default()
+    };
+    // The remote closes its direction of one flow: the flow is not over yet, its port
+    // stays taken (a lone FIN must not let a new flow take over a live NAT tuple).
+    let (_, out) = bpf.run(INGRESS, &segment(REMOTE, 80, HOST, nat_ports[3], 5, fin(1)));
+    assert_eq!(inspect(&out).dst, Ipv4Addr::from(SANDBOX));
+    assert_eq!(next(&mut bpf, 12).0, TC_ACT_SHOT, "half closed: still taken");
+    // The sandbox closes its direction too: now the port is free for a new flow.
+    bpf.run(EGRESS, &segment(SANDBOX, 4, REMOTE, 80, 9, fin(6)));
+    let (ret, out) = next(&mut bpf, 12);
     assert_eq!(ret, TC_ACT_OK, "a new flow takes over the closed flow's port");
     assert_eq!(inspect(&out).sport, nat_ports[3]);
+    assert_eq!(bpf.counter(counter::CT_TAKEOVER), 1);
+    // A reset ends a flow at once.
+    let rst = Flags {
+        rst: true,
+        ..Flags::default()
+    };
+    bpf.run(INGRESS, &segment(REMOTE, 80, HOST, nat_ports[6], 5, rst));
+    assert_eq!(inspect(&next(&mut bpf, 13).1).sport, nat_ports[6]);
     // Established flows keep their ports.
     assert_eq!(
         inspect(&bpf.run(EGRESS, &tcp(SANDBOX, 1, REMOTE, 80, false)).1).sport,

@@ -1,7 +1,7 @@
-//! Every path a Docker user relies on, end to end through the eBPF dataplane: published
-//! ports from the host itself and from sandboxes (hairpin), loopback-only ports that stay
-//! loopback-only, isolation between and inside networks, ICMP errors through the NAT, and
-//! what `natctl stats`, `natctl ct ls` and `natctl info` show.
+//! Every path a Docker user relies on, end to end: published ports from the host itself
+//! (127.0.0.1 included) and from sandboxes (hairpin), loopback-only ports that stay
+//! loopback-only (on both dataplanes), isolation between and inside networks, ICMP errors
+//! through the NAT, and what `natctl stats`, `natctl ct ls` and `natctl info` show.
 use std::{
     net::{TcpStream, UdpSocket},
     time::Duration,
@@ -34,8 +34,18 @@ fn counter(lab: &Lab, name: &str) -> u64 {
 }
 
 #[test]
-fn published_ports_from_the_host_and_from_sandboxes() {
-    let lab = Lab::started(&["--dataplane", "ebpf"]);
+fn published_ports_from_the_host_and_from_sandboxes_ebpf() {
+    published_ports_from_the_host_and_from_sandboxes("ebpf");
+}
+
+#[test]
+fn published_ports_from_the_host_and_from_sandboxes_nftables() {
+    published_ports_from_the_host_and_from_sandboxes("nftables");
+}
+
+fn published_ports_from_the_host_and_from_sandboxes(dataplane: &str) {
+    let ebpf = dataplane == "ebpf";
+    let lab = Lab::started(&["--dataplane", dataplane]);
     lab.ok(&["network", "create", "--subnet", "10.31.0.0/24", "front"]);
     lab.ok(&["network", "create", "--subnet", "10.32.0.0/24", "back"]);
     lab.run_script(
@@ -51,7 +61,8 @@ fn published_ports_from_the_host_and_from_sandboxes() {
     assert!(wait_listening(&lab.netns_of("dns"), "udp", 53));
     let web_ip = lab.sandbox_ip("web");
 
-    // The host itself: through its uplink address and through 127.0.0.1 (socket hooks).
+    // The host itself: through its uplink address and through 127.0.0.1 (socket hooks for
+    // eBPF; output-chain DNAT with route_localnet on the bridge for nftables).
     assert!(
         from_host(&lab, HOST_UPLINK_IP, 8080).is_some(),
         "host -> uplink address"
@@ -64,7 +75,9 @@ fn published_ports_from_the_host_and_from_sandboxes() {
         from_host(&lab, "127.0.0.1", 8081).is_some(),
         "host -> 127.0.0.1 (published on 127.0.0.1)"
     );
-    assert!(counter(&lab, "sock_rewrites") >= 3);
+    if ebpf {
+        assert!(counter(&lab, "sock_rewrites") >= 3);
+    }
     // The application sees the address it used, not the sandbox behind it: TCP's peer name
     // (getpeername hook) and the source of UDP replies (recvmsg hook).
     let (tcp_peer, udp_from) = in_netns(&lab.host_path(), || {
@@ -106,16 +119,67 @@ fn published_ports_from_the_host_and_from_sandboxes() {
     assert!(counter(&lab, "drop_cross_network") > 0);
 }
 
+/// The attack CVE-2020-8558 describes, from a sandbox: a frame to the gateway's MAC aimed
+/// at 127.0.0.1 must not reach the host's loopback services (nor a loopback-only port).
+fn sandbox_cannot_reach_the_hosts_loopback(lab: &Lab) {
+    lab.ok(&["run", "--name", "attacker"]);
+    let _service = lab.spawn_in(
+        &lab.host_ns,
+        &[
+            "socat",
+            "TCP-LISTEN:7070,bind=127.0.0.1,fork,reuseaddr",
+            "SYSTEM:echo secret",
+        ],
+    );
+    assert!(wait_listening(&lab.host_path(), "tcp", 7070));
+    let ns = lab.netns_of("attacker");
+    let sandbox_mac = mac_of_path(&ns, "eth0");
+    let gateway_mac = mac_of(&lab.host_ns, &lab.bridge);
+    let before = counter(lab, "drop_loopback_spoof");
+    let ifindex = ifindex_in(&ns, "eth0");
+    for port in [7070u16, 8081] {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(sandbox_mac, gateway_mac)
+            .ipv4(
+                lab.sandbox_ip("attacker")
+                    .parse::<std::net::Ipv4Addr>()
+                    .unwrap()
+                    .octets(),
+                [127, 0, 0, 1],
+                64,
+            )
+            .tcp(40000, port, 1, 64240)
+            .syn()
+            .write(&mut frame, &[])
+            .unwrap();
+        in_netns(&ns, || send_raw(ifindex, &frame));
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || counter(lab, "drop_loopback_spoof")
+            >= before + 2),
+        "dropped before routing"
+    );
+}
+
 /// A neighbour that sends crafted frames to the host's MAC aimed at 127.0.0.1, or routes a
 /// sandbox subnet via the host, gets nothing.
 #[test]
-fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours() {
-    let lab = Lab::started(&["--dataplane", "ebpf"]);
+fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours_ebpf() {
+    loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours("ebpf");
+}
+
+#[test]
+fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours_nftables() {
+    loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours("nftables");
+}
+
+fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours(dataplane: &str) {
+    let lab = Lab::started(&["--dataplane", dataplane]);
     lab.run_script("web", &["-p", "127.0.0.1:8081:80"], &natlab::whoami(80));
     assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
     let web_ip = lab.sandbox_ip("web");
-    let host_mac = mac_of(&lab, &lab.host_ns, "up0");
-    let ext_mac = mac_of(&lab, &lab.ext_ns, "lan0");
+    let host_mac = mac_of(&lab.host_ns, "up0");
+    let ext_mac = mac_of(&lab.ext_ns, "lan0");
     let before = counter(&lab, "drop_loopback_spoof");
     // A SYN to 127.0.0.1:8081 in a frame addressed to the host's uplink MAC.
     let mut frame = Vec::new();
@@ -135,6 +199,8 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours() {
         "dropped at the uplink"
     );
     assert_eq!(counter(&lab, "dnat_new"), 0, "never translated");
+    // Nor from a sandbox through its gateway.
+    sandbox_cannot_reach_the_hosts_loopback(&lab);
 
     // Route the default network via the host and try the sandbox address directly.
     lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
@@ -152,8 +218,15 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours() {
     assert!(lab.ext(&["ping", "-c1", "-W2", "172.18.0.1"]).status.success());
 }
 
-fn mac_of(lab: &Lab, ns: &str, dev: &str) -> [u8; 6] {
-    let out = lab.in_ns(ns, &["ip", "-o", "link", "show", dev]);
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    mac_of_path(&format!("/run/netns/{ns}"), dev)
+}
+
+fn mac_of_path(ns_path: &str, dev: &str) -> [u8; 6] {
+    let out = sh(
+        "nsenter",
+        &[&format!("--net={ns_path}"), "ip", "-o", "link", "show", dev],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let mac = text
         .split("link/ether ")
@@ -367,7 +440,10 @@ fn stats_conntrack_and_info_show_what_happens() {
         "per-mapping packets: {mapping}"
     );
     assert!(mapping["bytes"].as_u64().unwrap() > 0);
-    assert!(stats["maps"][map::CT][0].as_u64().unwrap() >= 2, "map fill level");
+    assert!(
+        stats["maps"][map::CT4][0].as_u64().unwrap() >= 2,
+        "map fill level"
+    );
     let table = lab.ok(&["stats"]);
     assert!(
         table.contains("DROP REASON") && table.contains("cross_network") && table.contains("0.0.0.0:8080->"),

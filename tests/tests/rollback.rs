@@ -70,7 +70,7 @@ fn world(lab: &Lab) -> World {
             .lines()
             .count(),
         reserved_ports: lab.host_ok(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]),
-        ports_in_kernel: stats["maps"][nat_common::names::map::PORTS][0]
+        ports_in_kernel: stats["maps"][nat_common::names::map::PORTS4][0]
             .as_u64()
             .unwrap_or(0),
         sandboxes: lab.json(&["ps"]),

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, sh, wait_listening, wait_until};
+use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, wait_listening, wait_until};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -216,11 +216,15 @@ fn published_udp_port(mode: Mode) {
             &natlab::udp_reply(53, "$SOCAT_PEERADDR"),
         );
         w.wait_server("dns", "udp", 53);
-        let command = format!(
-            "echo q | ip netns exec {} socat -T2 - UDP:{HOST_UPLINK_IP}:5353",
-            w.lab.ext_ns
-        );
-        String::from_utf8_lossy(&sh("sh", &["-c", &command]).stdout).trim() == EXT_IP
+        natlab::udp_exchange(
+            &w.lab.ext_path(),
+            HOST_UPLINK_IP,
+            5353,
+            b"q\n",
+            Duration::from_secs(3),
+        )
+        .as_deref()
+            == Some(EXT_IP)
     });
 }
 
@@ -328,8 +332,7 @@ fn host_reaches_published_port(mode: Mode) {
 }
 
 fn host_reaches_published_port_on_loopback(mode: Mode) {
-    let expected = [(Mode::Ebpf, true), (Mode::Nftables, false), (Mode::Docker, false)];
-    check(mode, "the host reaches a port via 127.0.0.1", &expected, |w| {
+    check(mode, "the host reaches a port via 127.0.0.1", &NATD_ONLY, |w| {
         w.run("web", &["-p", "127.0.0.1:8080:80"], &natlab::whoami(80));
         w.wait_server("web", "tcp", 80);
         w.via_host("127.0.0.1", 8080).is_some()

@@ -30,12 +30,15 @@ enum Task {
     },
     /// natd against baseline, iptables and nftables: report.md, results.json, plots.
     Bench {
-        /// A reduced grid (under 5 minutes).
+        /// A reduced grid (about 10 minutes).
         #[arg(long)]
         quick: bool,
         /// Output directory (default target/bench/<timestamp>).
         #[arg(long)]
         out: Option<String>,
+        /// Only these parts, comma-separated: traffic, programs, flood, control.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Unit tests, then the root-needing end-to-end suites in network namespaces.
     Test {
@@ -60,9 +63,9 @@ fn main() -> ExitCode {
             run_demo_binary(&args)
         }),
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
-        Task::Bench { quick, out } => setup::run()
+        Task::Bench { quick, out, only } => setup::run()
             .and_then(|()| build())
-            .and_then(|()| bench(quick, out)),
+            .and_then(|()| bench(quick, out, only)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +103,7 @@ fn run_demo_binary(args: &[&str]) -> Result<()> {
         .env("NATCTL_BIN", root.join("target/release/natctl")))
 }
 
-fn bench(quick: bool, out: Option<String>) -> Result<()> {
+fn bench(quick: bool, out: Option<String>, only: Option<String>) -> Result<()> {
     run(cargo().args([
         "build",
         "--release",
@@ -121,6 +124,9 @@ fn bench(quick: bool, out: Option<String>) -> Result<()> {
     }
     if let Some(out) = out {
         cmd.args(["--out", &out]);
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", &only]);
     }
     run(&mut cmd)
 }

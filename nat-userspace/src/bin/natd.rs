@@ -100,14 +100,29 @@ async fn serve(config: DaemonConfig) -> ExitCode {
         }
     });
     // A firewall reload (`nft flush ruleset`) must not leave published ports unguarded for
-    // long: check four times a second.
+    // long: check four times a second. A firewall that appears must see forwarded traffic
+    // soon: the fast path follows it within a second.
     let healer = Arc::clone(&daemon);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             interval.tick().await;
-            if let Err(e) = healer.lock().await.heal() {
-                tracing::warn!("re-applying the dataplane: {e}");
+            let due = {
+                let mut daemon = healer.lock().await;
+                if let Err(e) = daemon.heal() {
+                    tracing::warn!("re-applying the dataplane: {e}");
+                }
+                daemon.firewall_check_due()
+            };
+            if let Some(prefix) = due {
+                // Listing the ruleset takes milliseconds: not under the lock requests wait for.
+                let found =
+                    tokio::task::spawn_blocking(move || natd::sys::netfilter::forwarding_rules(&prefix))
+                        .await
+                        .unwrap_or(None);
+                if let Err(e) = healer.lock().await.follow_firewall(found).await {
+                    tracing::warn!("switching the fast path: {e}");
+                }
             }
         }
     });

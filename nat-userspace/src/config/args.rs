@@ -76,6 +76,15 @@ pub struct DaemonArgs {
     /// Capacity of the connection table (two entries per flow).
     #[arg(long = "conntrack-max")]
     pub conntrack_max: Option<u32>,
+    /// Capacity of the table of flows whose handshake has not completed (an LRU: a flood of
+    /// unanswered flows evicts its own kind, never an established flow). Default: a quarter
+    /// of --conntrack-max.
+    #[arg(long = "conntrack-embryonic-max")]
+    pub conntrack_embryonic_max: Option<u32>,
+    /// Let flows bypass the host's routing and the bridge (redirected by natd's programs);
+    /// natd turns it off by itself while netfilter rules exist in its namespace.
+    #[arg(long = "fast-path", action = clap::ArgAction::Set)]
+    pub fast_path: Option<bool>,
     /// Idle timeout of tracked flows, KIND=SECONDS (repeatable); kinds: tcp-syn,
     /// tcp-established, tcp-closing, tcp-closed, udp, udp-replied, icmp.
     #[arg(long = "conntrack-timeout")]
@@ -115,6 +124,8 @@ pub struct FileConfig {
     pub port_range: Option<String>,
     pub masquerade_port_range: Option<String>,
     pub conntrack_max: Option<u32>,
+    pub conntrack_embryonic_max: Option<u32>,
+    pub fast_path: Option<bool>,
     #[serde(default)]
     pub conntrack_timeout: Vec<String>,
     pub gc_interval: Option<u64>,

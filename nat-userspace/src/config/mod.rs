@@ -89,6 +89,9 @@ pub struct DaemonConfig {
     pub port_range: Option<(u16, u16)>,
     pub masquerade_port_range: Option<(u16, u16)>,
     pub conntrack_max: u32,
+    /// Capacity of the embryonic-flow table.
+    pub conntrack_embryonic_max: u32,
+    pub fast_path: bool,
     /// (kind, seconds) overrides of the connection-tracking timeouts.
     pub conntrack_timeouts: Vec<(CtTimeout, u64)>,
     pub gc_interval: u64,
@@ -136,6 +139,16 @@ impl DaemonConfig {
             return Err(invalid(
                 "conntrack-max",
                 format!("{conntrack_max} is out of range (64-16777216)"),
+            ));
+        }
+        let conntrack_embryonic_max = args
+            .conntrack_embryonic_max
+            .or(file.conntrack_embryonic_max)
+            .unwrap_or((conntrack_max / 4).max(1024));
+        if !(64..=16_777_216).contains(&conntrack_embryonic_max) {
+            return Err(invalid(
+                "conntrack-embryonic-max",
+                format!("{conntrack_embryonic_max} is out of range (64-16777216)"),
             ));
         }
         let gc_interval = args.gc_interval.or(file.gc_interval).unwrap_or(5);
@@ -186,6 +199,8 @@ impl DaemonConfig {
                 port_range("masquerade-port-range"),
             )?,
             conntrack_max,
+            conntrack_embryonic_max,
+            fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
             conntrack_timeouts: list(&args.conntrack_timeout, file.conntrack_timeout)
                 .iter()
                 .map(|t| checks::conntrack_timeout(t))

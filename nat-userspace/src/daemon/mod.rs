@@ -15,6 +15,7 @@ pub mod error;
 pub mod names;
 mod networks;
 pub mod ports;
+mod publish;
 mod reconcile;
 pub mod rollback;
 mod sandboxes;
@@ -64,6 +65,13 @@ pub struct Daemon {
     last_reconcile: Vec<String>,
     /// Sandbox ports whose hairpin mode was set (ifindex, mode), to set it once.
     hairpin_set: HashSet<(u32, bool)>,
+    /// Bridges whose route_localnet natd set, and to what (nftables dataplane or not).
+    localnet_set: HashSet<(String, bool)>,
+    fast_path: sync::FastPath,
+    /// The host's links and addresses as the last full sync saw them.
+    kernel_view: Option<sync::KernelView>,
+    /// What the last full sync gave the dataplane (port changes start from it).
+    last_desired: Option<crate::dataplane::Desired>,
 }
 
 impl Daemon {

@@ -36,7 +36,6 @@ impl Daemon {
                 nl: &self.nl,
                 config: &self.config,
                 networks: &self.state.networks,
-                uplinks: &self.uplinks,
             };
             driver.plan(&ctx, &req, id).await?
         };

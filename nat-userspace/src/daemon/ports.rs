@@ -61,6 +61,27 @@ pub struct PortRequest<'a> {
     pub expose: &'a [ExposeSpec],
 }
 
+impl PortRequest<'_> {
+    /// Whether a host port must be picked (random, or any free one of a range): then every
+    /// port in use on the host counts, not only listeners.
+    pub fn picks_ports(&self) -> bool {
+        self.publish_all
+            || self.publish.iter().any(|s| {
+                s.host_ports
+                    .is_none_or(|h| h.count() != s.container_ports.count())
+            })
+    }
+}
+
+/// The host's sockets a request must avoid: listeners only, unless it picks ports.
+pub fn host_sockets(request: &PortRequest<'_>) -> HostSockets {
+    if request.picks_ports() {
+        crate::sys::sockets::scan()
+    } else {
+        crate::sys::sockets::scan_listening()
+    }
+}
+
 /// Where the next search of the random range starts, per protocol, kept from request to
 /// request as Docker's port allocator does: random ports are not handed out again right
 /// after they are freed, and many of them cost linear time, not quadratic.

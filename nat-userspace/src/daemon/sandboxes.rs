@@ -23,7 +23,7 @@ use crate::{
     model::{Endpoint, Network, NetworkMode, PortMapping, Sandbox},
     portspec::{ExposeSpec, Proto, PublishSpec},
     state::Change,
-    sys::{netlink::Netlink, netns, process, sockets},
+    sys::{netlink::Netlink, netns, process},
 };
 
 /// Where the sandbox's network namespace comes from.
@@ -52,6 +52,29 @@ struct RunPlan {
     ports: Vec<PortMapping>,
     command: Vec<String>,
     changes: Vec<Change>,
+}
+
+/// `-p` specs, refusing what the dataplane cannot publish.
+pub(super) fn parse_publish(specs: &[String]) -> Result<Vec<PublishSpec>> {
+    let publish = specs
+        .iter()
+        .map(|p| PublishSpec::from_str(p).map_err(|e| invalid(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    for spec in &publish {
+        if spec.proto == Proto::Sctp {
+            return Err(invalid(format!(
+                "cannot publish {spec}: SCTP is not supported by natd's dataplane yet \
+                 (SCTP's CRC32c checksum cannot be updated incrementally)"
+            )));
+        }
+        if let Some(IpAddr::V6(ip)) = spec.host_ip {
+            return Err(invalid(format!(
+                "cannot publish {spec}: publishing on an IPv6 address ({ip}) needs natd's IPv6 datapath, \
+                 which is not available yet"
+            )));
+        }
+    }
+    Ok(publish)
 }
 
 /// Docker's rule for container and network names.
@@ -88,25 +111,7 @@ impl Daemon {
     }
 
     fn parse_ports(req: &RunRequest) -> Result<(Vec<PublishSpec>, Vec<ExposeSpec>)> {
-        let publish = req
-            .publish
-            .iter()
-            .map(|p| PublishSpec::from_str(p).map_err(|e| invalid(e.to_string())))
-            .collect::<Result<Vec<_>>>()?;
-        for spec in &publish {
-            if spec.proto == Proto::Sctp {
-                return Err(invalid(format!(
-                    "cannot publish {spec}: SCTP is not supported by natd's dataplane yet \
-                     (SCTP's CRC32c checksum cannot be updated incrementally)"
-                )));
-            }
-            if let Some(IpAddr::V6(ip)) = spec.host_ip {
-                return Err(invalid(format!(
-                    "cannot publish {spec}: publishing on an IPv6 address ({ip}) needs natd's IPv6 datapath, \
-                     which is not available yet"
-                )));
-            }
-        }
+        let publish = parse_publish(&req.publish)?;
         let expose = req
             .expose
             .iter()
@@ -209,12 +214,12 @@ impl Daemon {
             ports: spec.container_ports,
             proto: spec.proto,
         }));
-        let host = sockets::scan();
         let request = PortRequest {
             publish: &publish,
             publish_all: req.publish_all,
             expose: &all_exposed,
         };
+        let host = ports::host_sockets(&request);
         let existing = self.state.sandboxes.values().flat_map(|s| s.ports.iter());
         let ports = ports::allocate(existing, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;

@@ -1,11 +1,11 @@
 //! What happens when natd starts: open the store, find the uplinks and port ranges, open
 //! the dataplane, bring the default network in line with the flags, then reconcile the
 //! kernel with the records.
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use tracing::{info, warn};
 
-use super::{DEFAULT_NETWORK, Daemon, drivers, error::Result, error::invalid, now};
+use super::{DEFAULT_NETWORK, Daemon, drivers, error::Result, error::invalid, now, sync};
 use crate::{
     config::DaemonConfig,
     dataplane,
@@ -27,7 +27,7 @@ impl Daemon {
                 warn!(key, error = %e, "cannot set sysctl");
             }
         }
-        let uplinks = resolve_uplinks(&nl, &config.uplinks).await?;
+        let uplinks = resolve_uplinks(&nl, &config.uplinks, &state.networks).await?;
         let local_ports = sysctl::local_port_range().unwrap_or((32768, 60999));
         let port_range = config.port_range.unwrap_or(local_ports);
         let snat_ports = config
@@ -47,7 +47,15 @@ impl Daemon {
             snat_ports,
             last_reconcile: Vec::new(),
             hairpin_set: HashSet::new(),
+            localnet_set: HashSet::new(),
+            kernel_view: None,
+            last_desired: None,
+            fast_path: sync::FastPath::new(false, ""),
         };
+        daemon.fast_path = sync::FastPath::new(
+            daemon.config.fast_path && daemon.dataplane.kind() == crate::config::DataplaneKind::Ebpf,
+            &daemon.config.name_prefix,
+        );
         daemon.ensure_default_network().await?;
         let report = daemon.reconcile().await?;
         for line in &report {
@@ -143,8 +151,14 @@ fn masquerade_ports(local: (u16, u16)) -> (u16, u16) {
     }
 }
 
-/// `--uplink` as given, else the interfaces of the IPv4 default routes.
-async fn resolve_uplinks(nl: &Netlink, configured: &[String]) -> Result<Vec<String>> {
+/// `--uplink` as given, else the interfaces of the IPv4 default routes. A default route
+/// on the bridge of a hostbridge network over a NIC names that NIC: the bridge plays the
+/// uplink's role only while the network exists (`sync::effective_uplink`).
+async fn resolve_uplinks(
+    nl: &Netlink,
+    configured: &[String],
+    networks: &BTreeMap<String, Network>,
+) -> Result<Vec<String>> {
     if !configured.is_empty() {
         for name in configured {
             if nl.link(name).await?.is_none() {
@@ -155,11 +169,18 @@ async fn resolve_uplinks(nl: &Netlink, configured: &[String]) -> Result<Vec<Stri
     }
     let routes = nl.routes_v4().await?;
     let links = nl.links().await?;
+    let parent_of = |bridge: &str| {
+        networks
+            .values()
+            .filter(|n| n.bridge == bridge)
+            .find_map(|n| n.parent.as_ref().map(|p| p.parent.clone()))
+    };
     let mut out: Vec<String> = routes
         .iter()
         .filter(|r| r.destination.prefix() == 0)
         .filter_map(|r| r.oif)
         .filter_map(|oif| links.iter().find(|l| l.index == oif).map(|l| l.name.clone()))
+        .map(|name| parent_of(&name).unwrap_or(name))
         .collect();
     out.dedup();
     if out.is_empty() {

@@ -2,7 +2,11 @@
 //! from the snapshot and two netlink dumps, and the dataplane makes the kernel match it.
 //! Runs after every mutating request, on the periodic tick (which also expires idle flows
 //! and follows address changes of the host), and at reconcile.
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use ipnetwork::IpNetwork;
 use tracing::warn;
@@ -13,26 +17,42 @@ use super::{
 };
 use crate::{
     config::DataplaneKind,
-    dataplane::{Desired, Iface, IfaceRole, NetworkRule, PortRule, SyncReport},
+    dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, PortRule, SyncReport},
     model::Sandbox,
-    sys::sysctl,
+    sys::{
+        netfilter,
+        netlink::{Link, LinkKind},
+        sysctl,
+    },
 };
 
+/// The host's links and addresses: two netlink dumps, whatever the number of sandboxes.
+pub(super) struct KernelView {
+    addresses: Vec<(u32, IpNetwork)>,
+    links: HashMap<String, Link>,
+}
+
 impl Daemon {
-    async fn desired_dataplane(&self) -> Result<Desired> {
+    async fn kernel_view(&self) -> Result<KernelView> {
+        Ok(KernelView {
+            addresses: self.nl.all_addresses().await?,
+            links: self
+                .nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect(),
+        })
+    }
+
+    fn desired_dataplane(&self, view: &KernelView) -> Desired {
         let mut desired = Desired {
             snat_ports: self.snat_ports,
+            fast_path: self.fast_path.is_on(),
             ..Default::default()
         };
-        // Two dumps, whatever the number of sandboxes: no netlink round trip per veth.
-        let addresses = self.nl.all_addresses().await?;
-        let links: HashMap<String, u32> = self
-            .nl
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name, l.index))
-            .collect();
+        let (addresses, links) = (&view.addresses, &view.links);
         let first_v4 = |index: u32| {
             addresses.iter().find_map(|(i, net)| match net {
                 IpNetwork::V4(v4) if *i == index => Some(v4.ip()),
@@ -47,14 +67,13 @@ impl Daemon {
             })
             .collect();
         for uplink in &self.uplinks {
-            if let Some(&index) = links.get(uplink) {
-                desired.ifaces.push(Iface {
-                    index,
-                    name: uplink.clone(),
-                    role: IfaceRole::Uplink {
-                        addr: first_v4(index),
+            if let Some(link) = effective_uplink(links, uplink) {
+                desired.ifaces.push(iface(
+                    link,
+                    IfaceRole::Uplink {
+                        addr: first_v4(link.index),
                     },
-                });
+                ));
             }
         }
         for network in self.state.networks.values() {
@@ -62,6 +81,7 @@ impl Daemon {
                 desired.networks.push(NetworkRule {
                     id: network.id,
                     bridge: network.bridge.clone(),
+                    bridge_ifindex: links.get(&network.bridge).map_or(0, |l| l.index),
                     subnet: network.subnet,
                     gateway: network.gateway,
                     icc: network.icc,
@@ -79,33 +99,80 @@ impl Daemon {
                 if !drivers::of(network.driver).translated() {
                     continue;
                 }
-                if let Some(&index) = links.get(&endpoint.host_ifname) {
-                    desired.ifaces.push(Iface {
-                        index,
-                        name: endpoint.host_ifname.clone(),
-                        role: IfaceRole::SandboxVeth {
-                            network_id: network.id,
-                        },
-                    });
-                }
+                let Some(veth) = links.get(&endpoint.host_ifname) else {
+                    continue;
+                };
+                let network_id = network.id;
+                desired.ifaces.push(iface(
+                    veth,
+                    IfaceRole::SandboxVeth {
+                        network_id,
+                        addr: endpoint.ipv4,
+                    },
+                ));
+                desired.endpoints.push(EndpointRule {
+                    addr: endpoint.ipv4,
+                    host_ifindex: veth.index,
+                    network_id,
+                    mac: parse_mac(&endpoint.mac),
+                    gw_mac: links.get(&network.bridge).map_or([0; 6], |b| mac6(&b.mac)),
+                    mtu: sandbox.mtu.unwrap_or(network.mtu),
+                });
             }
             desired.ports.extend(port_rules(sandbox));
         }
-        Ok(desired)
+        desired
     }
 
     pub(super) async fn sync_dataplane(&mut self) -> Result<SyncReport> {
-        let desired = self.desired_dataplane().await?;
+        let view = self.kernel_view().await?;
+        let desired = self.desired_dataplane(&view);
+        self.kernel_view = Some(view);
+        self.apply_desired(desired).await
+    }
+
+    /// After a change of published ports only (`added`, `removed`): the rest of the last
+    /// sync's state stands, so only those port rules reach the dataplane. Without a last
+    /// sync (start), a full one.
+    pub(super) async fn sync_ports(&mut self, added: &[PortRule], removed: &[PortRule]) -> Result<()> {
+        let Some(desired) = self.last_desired.as_mut() else {
+            return self.sync_after_change().await;
+        };
+        let gone: HashSet<u32> = removed.iter().map(|r| r.mapping_id).collect();
+        desired.ports.retain(|r| !gone.contains(&r.mapping_id));
+        desired.ports.extend_from_slice(added);
+        let ports: Vec<u16> = desired.ports.iter().map(|r| r.host_port).collect();
+        if let Err(e) = sysctl::reserve_local_ports(&ports) {
+            warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
+        }
+        self.dataplane
+            .change_ports(desired, added, removed)
+            .map(|_| ())
+            .map_err(|e| stored_but_not_applied(e.into()))
+    }
+
+    async fn apply_desired(&mut self, desired: Desired) -> Result<SyncReport> {
         // With netfilter doing the NAT, a sandbox reaching its own published port is
         // bridged back out of the port it came in on (Docker does the same without its
         // userland proxy); the eBPF dataplane routes hairpin traffic and needs no such mode.
-        let hairpin = self.dataplane.kind() == DataplaneKind::Nftables;
+        let netfilter_nat = self.dataplane.kind() == DataplaneKind::Nftables;
         for iface in &desired.ifaces {
             if matches!(iface.role, IfaceRole::SandboxVeth { .. })
-                && self.hairpin_set.insert((iface.index, hairpin))
-                && let Err(e) = self.nl.set_hairpin(iface.index, hairpin).await
+                && self.hairpin_set.insert((iface.index, netfilter_nat))
+                && let Err(e) = self.nl.set_hairpin(iface.index, netfilter_nat).await
             {
                 warn!(iface = %iface.name, error = %e, "cannot set hairpin mode");
+            }
+        }
+        // The nftables dataplane translates 127.0.0.1 to sandboxes, which needs
+        // route_localnet on natd's bridges (its raw guard drops 127.0.0.0/8 from anywhere
+        // but lo); every other dataplane keeps it off.
+        let localnet = if netfilter_nat { "1" } else { "0" };
+        for network in &desired.networks {
+            if self.localnet_set.insert((network.bridge.clone(), netfilter_nat))
+                && let Err(e) = sysctl::write_iface_v4(&network.bridge, "route_localnet", localnet)
+            {
+                warn!(bridge = %network.bridge, error = %e, "cannot set route_localnet");
             }
         }
         // Published host ports go into ip_local_reserved_ports of natd's namespace, so the
@@ -115,19 +182,18 @@ impl Daemon {
         if let Err(e) = sysctl::reserve_local_ports(&ports) {
             warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
         }
-        Ok(self.dataplane.sync(&desired)?)
+        let report = self.dataplane.sync(&desired)?;
+        self.last_desired = Some(desired);
+        Ok(report)
     }
 
     /// After a committed change: the change is stored, so a dataplane failure is reported
     /// (and retried on every tick), not undone.
     pub(super) async fn sync_after_change(&mut self) -> Result<()> {
-        self.sync_dataplane().await.map(|_| ()).map_err(|e| {
-            internal(
-                "the change is stored, but the dataplane could not be brought in line \
-                 (natd retries on every housekeeping tick)",
-            )
-            .because(e)
-        })
+        self.sync_dataplane()
+            .await
+            .map(|_| ())
+            .map_err(stored_but_not_applied)
     }
 
     /// Called several times a second: puts back kernel state removed behind natd's back.
@@ -143,6 +209,26 @@ impl Daemon {
         Ok(healed)
     }
 
+    /// Whether the firewall check is due (about once a second): the name prefix to check
+    /// with. The check itself (`netfilter::forwarding_rules`, a few milliseconds) runs
+    /// without the daemon's lock; `follow_firewall` applies its result.
+    pub fn firewall_check_due(&self) -> Option<String> {
+        self.fast_path
+            .check_due()
+            .then(|| self.config.name_prefix.clone())
+    }
+
+    /// A firewall that appeared or went away switches the fast path (flows already
+    /// bypassing the host included: the programs read the switch on every packet).
+    pub async fn follow_firewall(&mut self, found: Option<String>) -> Result<()> {
+        let before = self.fast_path.is_on();
+        self.fast_path.record(found);
+        if self.fast_path.is_on() != before {
+            self.sync_dataplane().await?;
+        }
+        Ok(())
+    }
+
     /// Periodic housekeeping: expire idle flows and follow address changes of the host.
     pub async fn tick(&mut self) -> Result<()> {
         let gc = self.dataplane.gc()?;
@@ -151,6 +237,129 @@ impl Daemon {
         }
         self.sync_dataplane().await?;
         Ok(())
+    }
+}
+
+/// The interface that plays an uplink's role: the uplink itself, or the bridge it is a
+/// port of (a hostbridge network over the host's NIC: the bridge holds the NIC's
+/// addresses, MAC and routes, and the host's traffic goes through it).
+pub(super) fn effective_uplink<'a>(links: &'a HashMap<String, Link>, name: &str) -> Option<&'a Link> {
+    let link = links.get(name)?;
+    match link.master {
+        Some(master) => links
+            .values()
+            .find(|l| l.index == master && l.kind == LinkKind::Bridge),
+        None => Some(link),
+    }
+}
+
+impl KernelView {
+    /// `name`, or `name via BRIDGE` when a bridge plays its role.
+    pub(super) fn describe_uplink(&self, name: &str) -> String {
+        match effective_uplink(&self.links, name) {
+            Some(link) if link.name != name => format!("{name} via {}", link.name),
+            _ => name.to_string(),
+        }
+    }
+}
+
+fn stored_but_not_applied(e: super::DaemonError) -> super::DaemonError {
+    internal(
+        "the change is stored, but the dataplane could not be brought in line \
+         (natd retries on every housekeeping tick)",
+    )
+    .because(e)
+}
+
+fn mac6(bytes: &[u8]) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    if bytes.len() == 6 {
+        mac.copy_from_slice(bytes);
+    }
+    mac
+}
+
+/// A MAC as natd stores it (`aa:bb:cc:dd:ee:ff`); all zero when it cannot be read.
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    mac6(&bytes)
+}
+
+fn iface(link: &Link, role: IfaceRole) -> Iface {
+    Iface {
+        index: link.index,
+        name: link.name.clone(),
+        role,
+        mac: mac6(&link.mac),
+        mtu: link.mtu,
+    }
+}
+
+/// Whether flows may bypass the host: wanted by the operator (`--fast-path`) and no
+/// netfilter rules on the forward path in natd's namespace, which bypassed packets would
+/// escape (checked at start and on every housekeeping tick, not per request).
+pub struct FastPath {
+    wanted: bool,
+    /// What keeps it off: netfilter rules found, or the operator.
+    blocked_by: Option<String>,
+    last_check: Instant,
+}
+
+impl FastPath {
+    /// How often the ruleset is listed (a listing takes a few milliseconds).
+    const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+    pub fn new(wanted: bool, prefix: &str) -> Self {
+        let mut fast = Self {
+            wanted,
+            blocked_by: None,
+            last_check: Instant::now(),
+        };
+        fast.check(prefix);
+        fast
+    }
+
+    pub fn check_due(&self) -> bool {
+        self.wanted && self.last_check.elapsed() >= Self::CHECK_EVERY
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.wanted && self.blocked_by.is_none()
+    }
+
+    pub fn check(&mut self, prefix: &str) {
+        if self.wanted {
+            self.record(netfilter::forwarding_rules(prefix));
+        }
+    }
+
+    /// The result of a check: the forwarding rules found, if any.
+    pub fn record(&mut self, found: Option<String>) {
+        if !self.wanted {
+            return;
+        }
+        self.last_check = Instant::now();
+        if found != self.blocked_by {
+            match &found {
+                Some(rules) => warn!("fast path off: netfilter rules see forwarded traffic ({rules})"),
+                None => tracing::info!("fast path on: no netfilter rule on the forward path"),
+            }
+        }
+        self.blocked_by = found;
+    }
+
+    /// For `natctl info`.
+    pub fn describe(&self) -> String {
+        match (&self.blocked_by, self.wanted) {
+            (_, false) => "off (--fast-path=false)".into(),
+            (Some(rules), true) => {
+                format!("off: netfilter rules in natd's namespace see forwarded traffic ({rules})")
+            }
+            (None, true) => "on".into(),
+        }
     }
 }
 

@@ -111,11 +111,20 @@ impl Daemon {
                 .unwrap_or_default(),
             dataplane: self.dataplane.kind().to_string(),
             dataplane_detail: self.dataplane.info(),
+            fast_path: self.fast_path.describe(),
             networks: self.state.networks.len(),
             sandboxes: self.state.sandboxes.len(),
             running,
             port_mappings: self.state.sandboxes.values().map(|s| s.ports.len()).sum(),
-            uplinks: self.uplinks.clone(),
+            uplinks: self
+                .uplinks
+                .iter()
+                .map(|u| {
+                    self.kernel_view
+                        .as_ref()
+                        .map_or(u.clone(), |v| v.describe_uplink(u))
+                })
+                .collect(),
             default_bridge: self.config.bridge.clone(),
             name_prefix: self.config.name_prefix.clone(),
             state_dir: self.config.state_dir.display().to_string(),

@@ -27,12 +27,10 @@ pub enum DataplaneError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfaceRole {
     /// Masqueraded traffic leaves with `addr` (None: the uplink has no IPv4 address).
-    Uplink {
-        addr: Option<Ipv4Addr>,
-    },
-    SandboxVeth {
-        network_id: u32,
-    },
+    Uplink { addr: Option<Ipv4Addr> },
+    /// The host end of a sandbox's veth; the sandbox's address is the only source it may
+    /// send from.
+    SandboxVeth { network_id: u32, addr: Ipv4Addr },
 }
 
 /// An interface in natd's namespace the dataplane must serve.
@@ -41,6 +39,21 @@ pub struct Iface {
     pub index: u32,
     pub name: String,
     pub role: IfaceRole,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// A sandbox's IPv4 endpoint: where the fast path delivers packets to its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointRule {
+    pub addr: Ipv4Addr,
+    /// The host end of its veth.
+    pub host_ifindex: u32,
+    pub network_id: u32,
+    pub mac: [u8; 6],
+    /// The bridge's MAC (the sandbox's gateway).
+    pub gw_mac: [u8; 6],
+    pub mtu: u32,
 }
 
 /// One published port, IPv4, ready for the kernel.
@@ -95,6 +108,8 @@ impl PortRule {
 pub struct NetworkRule {
     pub id: u32,
     pub bridge: String,
+    /// The bridge's ifindex (0 when it is missing).
+    pub bridge_ifindex: u32,
     pub subnet: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub icc: bool,
@@ -110,8 +125,11 @@ pub struct Desired {
     pub local_addrs: Vec<Ipv4Addr>,
     pub networks: Vec<NetworkRule>,
     pub ports: Vec<PortRule>,
+    pub endpoints: Vec<EndpointRule>,
     /// Inclusive range of NAT source ports for masquerade.
     pub snat_ports: (u16, u16),
+    /// Whether new flows may bypass the host (`--fast-path`, and no netfilter rules).
+    pub fast_path: bool,
 }
 
 /// One tracked flow, as `natctl ct ls` shows it.
@@ -125,9 +143,10 @@ pub struct Flow {
     /// The tuple after translation.
     pub translated: (std::net::IpAddr, u16, std::net::IpAddr, u16),
     pub mapping_id: u32,
-    pub packets: u64,
-    pub bytes: u64,
-    pub age_s: u64,
+    /// Whether the flow bypasses the host (redirected by the programs).
+    pub fast: bool,
+    /// Whether the flow completed its handshake (else it is still embryonic).
+    pub established: bool,
     pub idle_s: u64,
 }
 
@@ -203,6 +222,17 @@ pub trait Dataplane: Send + Sync {
     /// Makes the kernel match `desired`: attach what is missing, detach what is stale, and
     /// update maps element by element so no mapping is ever half-installed.
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError>;
+    /// Only published ports changed since the last sync (`desired` is the whole new
+    /// state): a dataplane may write just `added` and `removed`. By default, a full sync.
+    fn change_ports(
+        &mut self,
+        desired: &Desired,
+        added: &[PortRule],
+        removed: &[PortRule],
+    ) -> Result<SyncReport, DataplaneError> {
+        let _ = (added, removed);
+        self.sync(desired)
+    }
     /// Expires idle flows; called periodically.
     fn gc(&mut self) -> Result<GcReport, DataplaneError>;
     /// Re-applies the kernel state if something outside natd removed it (e.g. `nft flush

@@ -1,8 +1,10 @@
 //! Kernel plumbing with no natd policy in it: each module wraps one kind of kernel
 //! interface, and is the only place natd uses that interface.
 pub mod arp;
+pub mod netfilter;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod process;
 pub mod sockets;
 pub mod sysctl;

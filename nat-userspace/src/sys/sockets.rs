@@ -1,6 +1,16 @@
-//! Sockets of natd's network namespace, read from /proc/net: which host ports are taken
-//! by the host's own processes.
+//! Sockets of natd's network namespace: which host ports are taken by the host's own
+//! processes. Listeners come from sock_diag (the kernel walks only its listening tables:
+//! cheap whatever the number of connections on the machine); every port in use, for
+//! picking random ports, from /proc/net (a walk of every connection).
 use std::collections::HashSet;
+
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use crate::portspec::Proto;
 
@@ -11,6 +21,99 @@ pub struct HostSockets {
     pub listening: HashSet<(Proto, u16)>,
     /// Every local port in use, listening or connected.
     pub in_use: HashSet<(Proto, u16)>,
+}
+
+/// TCP listeners and bound UDP sockets only (`in_use` holds the same), through
+/// sock_diag; falls back to `scan` if sock_diag is not available.
+pub fn scan_listening() -> HostSockets {
+    let mut out = HostSockets::default();
+    let mut socket = match diag_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "sock_diag unavailable, reading /proc/net");
+            return scan();
+        }
+    };
+    for (family, protocol, proto, states) in [
+        (AF_INET, IPPROTO_TCP, Proto::Tcp, StateFlags::LISTEN),
+        (AF_INET6, IPPROTO_TCP, Proto::Tcp, StateFlags::LISTEN),
+        (AF_INET, IPPROTO_UDP, Proto::Udp, StateFlags::all()),
+        (AF_INET6, IPPROTO_UDP, Proto::Udp, StateFlags::all()),
+    ] {
+        match diag_ports(&mut socket, family, protocol, states) {
+            Ok(ports) => {
+                for port in ports {
+                    out.listening.insert((proto, port));
+                    out.in_use.insert((proto, port));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sock_diag unavailable, reading /proc/net");
+                return scan();
+            }
+        }
+    }
+    out
+}
+
+fn diag_socket() -> std::io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// Local ports of the sockets of one family and protocol in `states` (one dump).
+fn diag_ports(
+    socket: &mut Socket,
+    family: u8,
+    protocol: u8,
+    states: StateFlags,
+) -> std::io::Result<Vec<u16>> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut ports = Vec::new();
+    let mut receive = vec![0u8; 1 << 16];
+    loop {
+        let size = socket.recv(&mut &mut receive[..], 0)?;
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&receive[offset..size])
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    ports.push(r.header.socket_id.source_port)
+                }
+                NetlinkPayload::Done(_) => return Ok(ports),
+                NetlinkPayload::Error(e) => return Err(std::io::Error::other(format!("sock_diag: {e:?}"))),
+                _ => {}
+            }
+            if message.header.length == 0 {
+                break;
+            }
+            offset += message.header.length as usize;
+        }
+    }
 }
 
 /// Reads /proc/net/{tcp,tcp6,udp,udp6}; a file that cannot be read counts as empty.
@@ -53,6 +156,23 @@ fn parse_into(text: &str, proto: Proto, out: &mut HostSockets) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sock_diag_finds_a_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let udp_port = udp.local_addr().expect("addr").port();
+        let found = scan_listening();
+        assert!(
+            found.listening.contains(&(Proto::Tcp, port)),
+            "TCP listener {port}"
+        );
+        assert!(
+            found.listening.contains(&(Proto::Udp, udp_port)),
+            "UDP socket {udp_port}"
+        );
+    }
 
     #[test]
     fn listeners_and_connections() {

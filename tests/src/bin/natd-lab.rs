@@ -113,6 +113,7 @@ fn demo(keep: bool) -> Result<()> {
         "web",
         &[
             "socat",
+            "-t3",
             "-T3",
             "-",
             &format!("TCP:{EXT_IP}:9000,connect-timeout=3"),

@@ -1,7 +1,8 @@
 //! The benchmark's load generator: a 1-byte request/response server, and clients that
 //! measure connection rate (CRR: connect, 1 byte each way, close) and transaction rate on a
 //! kept-alive connection (RR), with latency percentiles from an HDR histogram.
-//! Bounded by duration; prints one JSON object.
+//! Bounded by duration; prints one JSON object. `flood` sends spoofed TCP SYNs (sources
+//! in 198.18.0.0/15, the benchmarking range) at a bounded rate for a bounded time.
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
@@ -19,8 +20,26 @@ fn main() {
             let seconds: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
             client(kind, &target, Duration::from_secs_f64(seconds));
         }
+        Some("flood") => {
+            let dst: std::net::Ipv4Addr = args
+                .get(1)
+                .and_then(|a| a.parse().ok())
+                .expect("IPv4 destination");
+            let port: u16 = args.get(2).and_then(|p| p.parse().ok()).expect("PORT");
+            let seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2.0);
+            let pps: u32 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+            flood(
+                dst,
+                port,
+                Duration::from_secs_f64(seconds.min(30.0)),
+                pps.min(1_000_000),
+            );
+        }
         _ => {
-            eprintln!("usage: natd-loadgen serve PORT | crr HOST:PORT SECONDS | rr HOST:PORT SECONDS");
+            eprintln!(
+                "usage: natd-loadgen serve PORT | crr HOST:PORT SECONDS | rr HOST:PORT SECONDS | \
+                 flood IPV4 PORT SECONDS PPS"
+            );
             std::process::exit(2);
         }
     }
@@ -99,4 +118,62 @@ fn client(kind: &str, target: &str, duration: Duration) {
         histogram.value_at_quantile(0.5),
         histogram.value_at_quantile(0.99)
     );
+}
+
+/// Spoofed SYNs to `dst:port`, `pps` per second in 10 ms batches, for `duration`.
+fn flood(dst: std::net::Ipv4Addr, port: u16, duration: Duration, pps: u32) {
+    // SAFETY: plain socket(2); the descriptor is closed at exit.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut state = Instant::now().elapsed().as_nanos() as u64 | 1;
+    let mut next = || {
+        // xorshift64: spread, not secrecy.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let batch = (pps / 100).max(1);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut frame = Vec::with_capacity(64);
+    while start.elapsed() < duration {
+        let tick = Instant::now();
+        for _ in 0..batch {
+            let r = next();
+            let src = [198, 18 + (r & 1) as u8, (r >> 8) as u8, (r >> 16) as u8];
+            frame.clear();
+            etherparse::PacketBuilder::ipv4(src, dst.octets(), 64)
+                .tcp(1024 + (r >> 24) as u16 % 60000, port, (r >> 32) as u32, 64240)
+                .syn()
+                .write(&mut frame, &[])
+                .expect("SYN");
+            // SAFETY: valid buffer and address of the sizes given.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n > 0 {
+                sent += 1;
+            }
+        }
+        if let Some(rest) = Duration::from_millis(10).checked_sub(tick.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    println!("{{\"sent\": {sent}}}");
 }

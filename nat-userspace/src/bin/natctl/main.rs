@@ -55,6 +55,18 @@ enum Command {
     },
     /// Show a sandbox's published ports.
     Port { name: String, port: Option<String> },
+    /// Publish more ports of a running sandbox: [IP:][HOSTPORT:]CONTAINERPORT[/PROTO].
+    Publish {
+        name: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
+    /// Withdraw published ports of a sandbox: [IP:]HOSTPORT[-HOSTPORT][/PROTO].
+    Unpublish {
+        name: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
     /// natd's dataplane, versions and counts.
     Info,
     /// Counters (drops by reason), traffic per published port, map fill levels.
@@ -203,6 +215,8 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Inspect { name } => sandboxes::inspect(&client, name).await,
         Command::Rm { names } => sandboxes::rm(&client, names).await,
         Command::Port { name, port } => sandboxes::port(&client, name, port.as_deref(), json).await,
+        Command::Publish { name, ports } => sandboxes::publish(&client, name, ports, true, json).await,
+        Command::Unpublish { name, ports } => sandboxes::publish(&client, name, ports, false, json).await,
         Command::Stats => status::stats(&client, json).await,
         Command::Ct(CtCommand::Ls) => status::conntrack(&client, json).await,
         Command::Info => status::info(&client, json).await,

@@ -1,4 +1,4 @@
-//! `run`, `ps`, `inspect`, `rm`, `port`, `exec`.
+//! `run`, `ps`, `inspect`, `rm`, `port`, `publish`, `unpublish`, `exec`.
 use std::{
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::Path,
@@ -6,7 +6,7 @@ use std::{
 };
 
 use natd::{
-    api::{RunRequest, SandboxView, paths},
+    api::{PortsRequest, RunRequest, SandboxView, paths},
     client::Client,
     portspec::ExposeSpec,
     sys::netns::EnterPlan,
@@ -124,6 +124,33 @@ pub async fn port(client: &Client, name: &str, port: Option<&str>, json: bool) -
         )));
     } else {
         for m in mappings {
+            println!("{}/{} -> {}", m.container_port, m.proto, m.host_display());
+        }
+    }
+    Ok(())
+}
+
+/// `publish` (add) or `unpublish` ports of a running sandbox; prints its mappings after.
+pub async fn publish(
+    client: &Client,
+    name: &str,
+    ports: &[String],
+    add: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let path = paths::with_name(paths::SANDBOX_PORTS, name);
+    let body = PortsRequest {
+        ports: ports.to_vec(),
+    };
+    let view: SandboxView = if add {
+        client.post(&path, &body).await?
+    } else {
+        client.delete_with(&path, &body).await?
+    };
+    if json {
+        print_json(&view.sandbox.ports);
+    } else {
+        for m in &view.sandbox.ports {
             println!("{}/{} -> {}", m.container_port, m.proto, m.host_display());
         }
     }

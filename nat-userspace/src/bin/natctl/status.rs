@@ -82,16 +82,7 @@ pub async fn conntrack(client: &Client, json: bool) -> Result<(), CliError> {
     let tuple =
         |t: &(std::net::IpAddr, u16, std::net::IpAddr, u16)| format!("{}:{} -> {}:{}", t.0, t.1, t.2, t.3);
     print_table(
-        &[
-            "PROTO",
-            "KIND",
-            "STATE",
-            "ORIGINAL",
-            "TRANSLATED",
-            "PACKETS",
-            "BYTES",
-            "IDLE",
-        ],
+        &["PROTO", "KIND", "STATE", "ORIGINAL", "TRANSLATED", "PATH", "IDLE"],
         flows
             .iter()
             .map(|f| {
@@ -101,8 +92,7 @@ pub async fn conntrack(client: &Client, json: bool) -> Result<(), CliError> {
                     f.state.clone(),
                     tuple(&f.original),
                     tuple(&f.translated),
-                    f.packets.to_string(),
-                    f.bytes.to_string(),
+                    if f.fast { "fast" } else { "host" }.to_string(),
                     format!("{}s", f.idle_s),
                 ]
             })
@@ -120,6 +110,9 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
     println!("natd version:   {}", info.version);
     println!("kernel:         {}", info.kernel);
     println!("dataplane:      {}", info.dataplane);
+    if !info.fast_path.is_empty() {
+        println!("fast path:      {}", info.fast_path);
+    }
     println!("networks:       {}", info.networks);
     println!("sandboxes:      {} ({} running)", info.sandboxes, info.running);
     println!("port mappings:  {}", info.port_mappings);

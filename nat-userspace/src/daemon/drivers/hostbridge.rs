@@ -217,8 +217,8 @@ fn lan_subnet_and_gateway(req: &NetworkCreate) -> Result<(Ipv4Network, Ipv4Addr)
     Ok((subnet, gateway))
 }
 
-/// The NIC a new hostbridge network takes into its bridge: it must exist, be in no
-/// bridge and not be natd's uplink. Returns its MTU.
+/// The NIC a new hostbridge network takes into its bridge: it must exist and be in no
+/// bridge. Returns its MTU.
 async fn check_parent(ctx: &PlanContext<'_>, parent: &str) -> Result<u32> {
     let link = ctx
         .nl
@@ -230,11 +230,8 @@ async fn check_parent(ctx: &PlanContext<'_>, parent: &str) -> Result<u32> {
             "parent interface {parent} is already in a bridge"
         )));
     }
-    if ctx.uplinks.iter().any(|u| u == parent) {
-        return Err(invalid(format!(
-            "{parent} is natd's uplink; use another interface as parent"
-        )));
-    }
+    // natd's uplink may be the parent (a one-NIC host): the bridge takes over its addresses
+    // and routes, and with them the uplink's role (`sync::effective_uplink`).
     Ok(link.mtu)
 }
 

@@ -25,8 +25,6 @@ pub struct PlanContext<'a> {
     pub config: &'a DaemonConfig,
     /// Every network natd has.
     pub networks: &'a BTreeMap<String, Network>,
-    /// natd's uplinks.
-    pub uplinks: &'a [String],
 }
 
 /// Whether an address a sandbox is about to get is free where the network lives.

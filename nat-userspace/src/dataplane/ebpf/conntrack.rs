@@ -1,18 +1,16 @@
-//! natd's side of the connection table: idle expiry (the programs never delete on their
-//! own clock; natd sees both entries of a flow at once), invalidation of flows whose
-//! mapping is gone, and the `natctl ct ls` listing.
-use std::{
-    collections::{HashMap as StdHashMap, HashSet},
-    time::Duration,
-};
+//! natd's side of the connection tables: idle expiry (the programs never delete on their
+//! own clock; natd sees both entries of a flow at once), removal of flows whose mapping or
+//! endpoint is gone, and the `natctl ct ls` listing. Both tables are walked: established
+//! flows (`NATD_CT4`) and embryonic ones (`NATD_CT4_NEW`).
+use std::{collections::HashMap as StdHashMap, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
 };
-use nat_common::{CtEntry, CtKey, ct, names::map};
+use nat_common::{Ct4Entry, Ct4Key, clock, ct, names::map};
 
-use super::{err, maps::v4_of};
+use super::{err, maps::from_raw};
 use crate::dataplane::{CtTimeout, DataplaneError, Flow, GcReport};
 
 /// Idle timeouts of tracked flows, by state.
@@ -61,110 +59,230 @@ impl Timeouts {
         t
     }
 
-    fn for_flow(&self, proto: u8, state: u8, replied: bool) -> Duration {
-        match proto {
-            6 => match state {
-                ct::TCP_ESTABLISHED => self.tcp_established,
-                ct::TCP_CLOSING => self.tcp_closing,
-                ct::TCP_CLOSED => self.tcp_closed,
-                _ => self.tcp_syn,
-            },
-            17 if replied => self.udp_replied,
-            17 => self.udp,
+    fn for_flow(&self, proto: u8, state: FlowState) -> Duration {
+        match (proto, state) {
+            (6, FlowState::Closed) => self.tcp_closed,
+            (6, FlowState::Closing) => self.tcp_closing,
+            (6, FlowState::Established) => self.tcp_established,
+            (6, _) => self.tcp_syn,
+            (17, FlowState::Established | FlowState::Replied) => self.udp_replied,
+            (17, _) => self.udp,
             _ => self.icmp,
         }
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns().
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
+/// The state of a flow from its two entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    New,
+    Replied,
+    Established,
+    Closing,
+    Closed,
 }
 
-/// The state of a flow from its two entries: the more final TCP state wins.
-fn flow_state(a: &CtEntry, b: Option<&CtEntry>) -> (u8, bool, u64) {
-    let b_state = b.map(|b| b.state).unwrap_or(0);
-    let rank = |s: u8| match s {
-        ct::TCP_CLOSED => 4,
-        ct::TCP_CLOSING => 3,
-        ct::TCP_ESTABLISHED => 2,
-        _ => 1,
-    };
-    let state = if rank(a.state) >= rank(b_state) {
-        a.state
-    } else {
-        b_state
-    };
-    let replied =
-        a.state == ct::DGRAM_REPLIED || b_state == ct::DGRAM_REPLIED || b.is_some_and(|b| b.packets > 0);
-    let last = a.last_seen_ns.max(b.map(|b| b.last_seen_ns).unwrap_or(0));
-    (state, replied, last)
-}
-
-fn table(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, CtKey, CtEntry>, DataplaneError> {
-    HashMap::try_from(ebpf.map_mut(map::CT).ok_or_else(|| err("map missing", map::CT))?)
-        .map_err(|e| err(map::CT, e))
-}
-
-pub fn entries(ebpf: &Ebpf) -> Vec<(CtKey, CtEntry)> {
-    ebpf.map(map::CT)
-        .and_then(|m| HashMap::<_, CtKey, CtEntry>::try_from(m).ok())
-        .map(|m| m.iter().filter_map(Result::ok).collect())
-        .unwrap_or_default()
-}
-
-/// Removes flows idle for longer than their state allows, judging both entries together.
-pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError> {
-    let now = monotonic_ns();
-    let mut map = table(ebpf)?;
-    let entries: StdHashMap<CtKey, CtEntry> = map.iter().filter_map(Result::ok).collect();
-    let mut expired = Vec::new();
-    for (key, entry) in &entries {
-        let peer = entries.get(&key.peer(entry));
-        let (state, replied, last) = flow_state(entry, peer);
-        let idle = Duration::from_nanos(now.saturating_sub(last));
-        // An entry without its peer is the remains of a refused insert: short grace.
-        let limit = if peer.is_none() {
-            timeouts.tcp_closed
-        } else {
-            timeouts.for_flow(key.proto, state, replied)
-        };
-        if idle > limit {
-            expired.push(*key);
+impl FlowState {
+    fn name(self, proto: u8) -> &'static str {
+        match (proto, self) {
+            (6, FlowState::New) => "syn-sent",
+            (6, FlowState::Replied) => "syn-received",
+            (_, FlowState::New) => "new",
+            (_, FlowState::Replied) => "replied",
+            (_, FlowState::Established) => "established",
+            (_, FlowState::Closing) => "closing",
+            (_, FlowState::Closed) => "closed",
         }
     }
-    for key in &expired {
-        let _ = map.remove(key);
+}
+
+pub fn flow_state(proto: u8, a: &Ct4Entry, b: Option<&Ct4Entry>) -> FlowState {
+    let b_tcp = b.map(|b| b.tcp).unwrap_or(0);
+    let b_flags = b.map(|b| b.flags).unwrap_or(0);
+    let tcp = a.tcp | b_tcp;
+    if proto == 6 {
+        if tcp & ct::TCP_RST != 0 || (a.tcp & ct::TCP_FIN != 0 && b_tcp & ct::TCP_FIN != 0) {
+            return FlowState::Closed;
+        }
+        if tcp & ct::TCP_FIN != 0 {
+            return FlowState::Closing;
+        }
+        if tcp & ct::TCP_ESTABLISHED != 0 {
+            return FlowState::Established;
+        }
+        return if tcp & ct::TCP_SYNACK != 0 {
+            FlowState::Replied
+        } else {
+            FlowState::New
+        };
+    }
+    if (a.flags | b_flags) & ct::REPLIED != 0 {
+        FlowState::Replied
+    } else {
+        FlowState::New
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE in ticks: the clock of the programs' `last_seen`.
+pub fn now_ticks() -> u32 {
+    let ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    clock::ticks(ns)
+}
+
+fn idle(now: u32, entry: &Ct4Entry, peer: Option<&Ct4Entry>) -> Duration {
+    let last = entry.last_seen.max(peer.map(|p| p.last_seen).unwrap_or(0));
+    Duration::from_nanos(clock::ns(now.saturating_sub(last)))
+}
+
+fn table<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<HashMap<&'a mut MapData, Ct4Key, Ct4Entry>, DataplaneError> {
+    HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?).map_err(|e| err(name, e))
+}
+
+/// Every entry of both tables, and whether it is established.
+pub fn entries(ebpf: &Ebpf) -> Vec<(Ct4Key, Ct4Entry, bool)> {
+    let mut out = Vec::new();
+    for (name, established) in [(map::CT4, true), (map::CT4_NEW, false)] {
+        if let Some(m) = ebpf
+            .map(name)
+            .and_then(|m| HashMap::<_, Ct4Key, Ct4Entry>::try_from(m).ok())
+        {
+            out.extend(m.iter().filter_map(Result::ok).map(|(k, e)| (k, e, established)));
+        }
+    }
+    out
+}
+
+fn generations(ebpf: &Ebpf) -> Option<Array<&MapData, u32>> {
+    Array::try_from(ebpf.map(map::GENERATIONS)?).ok()
+}
+
+/// Whether the mapping or endpoint a flow depends on is still the one it started with.
+fn live(generations: Option<&Array<&MapData, u32>>, entry: &Ct4Entry) -> bool {
+    if entry.gen_slot == u32::MAX {
+        return true;
+    }
+    generations
+        .and_then(|g| g.get(&entry.gen_slot, 0).ok())
+        .is_none_or(|g| g == entry.generation)
+}
+
+/// Removes flows idle for longer than their state allows, and flows of removed mappings
+/// or endpoints. A flow is judged on both entries and removed only if neither changed
+/// since the walk (a packet may have used it meanwhile), original direction first: the
+/// reply entry holds the claim on the translated tuple, which must never be free while an
+/// entry that translates into it remains.
+pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError> {
+    let now = now_ticks();
+    let all = entries(ebpf);
+    let by_key: StdHashMap<Ct4Key, &Ct4Entry> = all.iter().map(|(k, e, _)| (*k, e)).collect();
+    let gens = generations(ebpf);
+    // (key, last_seen) of each entry to remove, the original direction before its peer.
+    let mut doomed: Vec<Vec<(Ct4Key, u32)>> = Vec::new();
+    for (key, entry, _) in &all {
+        let peer_key = key.peer(entry);
+        let peer = by_key.get(&peer_key).copied();
+        let reply = entry.kind == ct::DNAT_REPLY || entry.kind == ct::SNAT_REPLY;
+        if reply && peer.is_some() {
+            // Judged with its original direction.
+            continue;
+        }
+        // An entry without its peer is the remains of a refused insert or an LRU eviction:
+        // short grace.
+        let limit = match peer {
+            None => timeouts.tcp_closed,
+            Some(p) => timeouts.for_flow(key.proto, flow_state(key.proto, entry, Some(p))),
+        };
+        if idle(now, entry, peer) > limit || !live(gens.as_ref(), entry) {
+            let mut flow = vec![(*key, entry.last_seen)];
+            flow.extend(peer.map(|p| (peer_key, p.last_seen)));
+            doomed.push(flow);
+        }
+    }
+    drop(gens);
+    let mut expired = 0;
+    let mut later = Vec::new();
+    {
+        let mut established = table(ebpf, map::CT4)?;
+        for flow in &doomed {
+            match unchanged(&established, flow) {
+                Check::Absent => later.push(flow),
+                Check::Changed => {}
+                Check::Unchanged => expired += remove(&mut established, flow),
+            }
+        }
+    }
+    let mut embryonic = table(ebpf, map::CT4_NEW)?;
+    for flow in later {
+        if unchanged(&embryonic, flow) == Check::Unchanged {
+            expired += remove(&mut embryonic, flow);
+        }
     }
     Ok(GcReport {
-        scanned: entries.len(),
-        expired: expired.len(),
+        scanned: all.len(),
+        expired,
     })
 }
 
-/// Flows of mappings that no longer exist are removed at once (UDP included); the
-/// programs also refuse them packet by packet.
-pub fn invalidate(ebpf: &mut Ebpf, live: &HashSet<u32>) -> Result<usize, DataplaneError> {
-    let mut map = table(ebpf)?;
-    let dead: Vec<CtKey> = map
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, e)| {
-            (e.kind == ct::DNAT_FORWARD || e.kind == ct::DNAT_REPLY) && !live.contains(&e.mapping_id)
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for key in &dead {
-        let _ = map.remove(key);
+#[derive(PartialEq, Eq)]
+enum Check {
+    /// None of the flow's entries is in this table.
+    Absent,
+    /// A packet used the flow since the walk.
+    Changed,
+    Unchanged,
+}
+
+fn unchanged(t: &HashMap<&mut MapData, Ct4Key, Ct4Entry>, flow: &[(Ct4Key, u32)]) -> Check {
+    let mut present = false;
+    for (key, seen) in flow {
+        if let Ok(entry) = t.get(key, 0) {
+            if entry.last_seen != *seen {
+                return Check::Changed;
+            }
+            present = true;
+        }
     }
-    Ok(dead.len())
+    if present { Check::Unchanged } else { Check::Absent }
+}
+
+/// Removes a flow's entries in their order (original direction first).
+fn remove(t: &mut HashMap<&mut MapData, Ct4Key, Ct4Entry>, flow: &[(Ct4Key, u32)]) -> usize {
+    flow.iter().filter(|(key, _)| t.remove(key).is_ok()).count()
+}
+
+/// Flows that leave by interface `old` leave by `new` from now on (an uplink whose role a
+/// bridge took over, or gave back: same MAC, another interface). Returns how many entries
+/// changed.
+pub fn retarget(ebpf: &mut Ebpf, old: u32, new: u32) -> Result<usize, DataplaneError> {
+    let mut moved = 0;
+    for name in [map::CT4, map::CT4_NEW] {
+        let mut t = table(ebpf, name)?;
+        let hits: Vec<(Ct4Key, Ct4Entry)> = t
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.out_ifindex == old)
+            .collect();
+        for (key, mut entry) in hits {
+            entry.out_ifindex = new;
+            // BPF_EXIST: an entry expired meanwhile stays gone.
+            if t.insert(key, entry, 2).is_ok() {
+                moved += 1;
+            }
+        }
+    }
+    Ok(moved)
 }
 
 /// Every tracked flow entry as `natctl ct ls` shows it.
-pub fn flows(ebpf: &Ebpf) -> Vec<Flow> {
-    let now = monotonic_ns();
+pub fn flows(ebpf: &Ebpf, mapping_of_slot: impl Fn(u32) -> Option<u32>) -> Vec<Flow> {
+    let now = now_ticks();
+    let all = entries(ebpf);
+    let by_key: StdHashMap<Ct4Key, &Ct4Entry> = all.iter().map(|(k, e, _)| (*k, e)).collect();
     let proto_name = |p: u8| match p {
         6 => "tcp",
         17 => "udp",
@@ -178,38 +296,34 @@ pub fn flows(ebpf: &Ebpf) -> Vec<Flow> {
         ct::SNAT_REPLY => "snat-reply",
         _ => "unknown",
     };
-    let state_name = |s: u8| match s {
-        ct::TCP_SYN_SENT => "syn-sent",
-        ct::TCP_ESTABLISHED => "established",
-        ct::TCP_CLOSING => "closing",
-        ct::TCP_CLOSED => "closed",
-        ct::DGRAM_REPLIED => "replied",
-        _ => "new",
-    };
-    let addr = |a: &[u8; 16]| std::net::IpAddr::V4(v4_of(a));
-    entries(ebpf)
-        .iter()
-        .map(|(k, e)| Flow {
-            proto: proto_name(k.proto).into(),
-            kind: kind_name(e.kind).into(),
-            state: state_name(e.state).into(),
-            original: (
-                addr(&k.src),
-                u16::from_be(k.sport),
-                addr(&k.dst),
-                u16::from_be(k.dport),
-            ),
-            translated: (
-                addr(&e.src),
-                u16::from_be(e.sport),
-                addr(&e.dst),
-                u16::from_be(e.dport),
-            ),
-            mapping_id: e.mapping_id,
-            packets: e.packets,
-            bytes: e.bytes,
-            age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
-            idle_s: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
+    let addr = |a: u32| std::net::IpAddr::V4(from_raw(a));
+    all.iter()
+        .map(|(k, e, established)| {
+            let peer = by_key.get(&k.peer(e)).copied();
+            Flow {
+                proto: proto_name(k.proto).into(),
+                kind: kind_name(e.kind).into(),
+                state: flow_state(k.proto, e, peer).name(k.proto).into(),
+                original: (
+                    addr(k.src),
+                    u16::from_be(k.sport),
+                    addr(k.dst),
+                    u16::from_be(k.dport),
+                ),
+                translated: (
+                    addr(e.src),
+                    u16::from_be(e.sport),
+                    addr(e.dst),
+                    u16::from_be(e.dport),
+                ),
+                mapping_id: match e.kind {
+                    ct::DNAT_FORWARD | ct::DNAT_REPLY => mapping_of_slot(e.gen_slot).unwrap_or(0),
+                    _ => 0,
+                },
+                fast: e.flags & ct::FAST != 0,
+                established: *established,
+                idle_s: idle(now, e, None).as_secs(),
+            }
         })
         .collect()
 }

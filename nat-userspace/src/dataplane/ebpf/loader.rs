@@ -17,7 +17,7 @@ use aya::{
 };
 use nat_common::names::{map, program};
 
-use super::err;
+use super::{err, pins};
 use crate::dataplane::{DataplaneError, Desired, IfaceRole, SyncReport};
 
 /// Mounts bpffs at /sys/fs/bpf when it is missing (it is not mounted at boot everywhere).
@@ -50,8 +50,22 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// Loads the object with its maps pinned under `pin_dir/maps` and every program verified.
-pub fn load(pin_dir: &Path, ct_capacity: u32) -> Result<Ebpf, DataplaneError> {
+/// Sizes of the connection tables: established flows and embryonic ones.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSizes {
+    pub established: u32,
+    pub embryonic: u32,
+}
+
+/// Loads the object with its maps pinned under `pin_dir/maps` and every program
+/// verified. Pinned maps that do not fit this object are replaced first (`pins`); the
+/// flows they held come back in the `CarryOver`, with a line per change.
+pub fn load(
+    pin_dir: &Path,
+    sizes: TableSizes,
+) -> Result<(Ebpf, pins::CarryOver, Vec<String>), DataplaneError> {
+    let overrides = [(map::CT4, sizes.established), (map::CT4_NEW, sizes.embryonic)];
+    let (carry, report) = pins::prepare(&pin_dir.join("maps"), &pins::expected(&overrides)?);
     // The memlock rlimit may not be raisable here; kernels >= 5.11 charge BPF memory to
     // the cgroup instead, so a failure is not fatal.
     let _ = nix::sys::resource::setrlimit(
@@ -61,7 +75,8 @@ pub fn load(pin_dir: &Path, ct_capacity: u32) -> Result<Ebpf, DataplaneError> {
     );
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir.join("maps"))
-        .map_max_entries(map::CT, ct_capacity)
+        .map_max_entries(map::CT4, sizes.established)
+        .map_max_entries(map::CT4_NEW, sizes.embryonic)
         .load(crate::EBPF_OBJECT)
         .map_err(|e| {
             err(
@@ -90,7 +105,7 @@ pub fn load(pin_dir: &Path, ct_capacity: u32) -> Result<Ebpf, DataplaneError> {
     }
     load_all!(SchedClassifier, program::TC.iter().copied());
     load_all!(CgroupSockAddr, program::SOCKET.iter().copied());
-    Ok(ebpf)
+    Ok((ebpf, carry, report))
 }
 
 /// The pinned program links of one natd and the object whose programs they run.

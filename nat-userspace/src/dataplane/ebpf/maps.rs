@@ -1,83 +1,83 @@
 //! The one writer of natd's maps: from `Desired` to map entries, element by element (a
 //! new mapping appears with one update, a removed one disappears with one delete, never
-//! half-installed). The agent, the packet tests and the benchmark all write maps through
-//! here, so the bytes they install are the bytes natd installs.
+//! half-installed). Published mappings and endpoints get generation slots (`slots`), so
+//! their removal ends their flows without touching the connection table. The agent, the
+//! packet tests and the benchmark all write maps through here, so the bytes they install
+//! are the bytes natd installs.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap as StdHashMap},
     net::Ipv4Addr,
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 use nat_common::{
-    AddrKey, FAMILY_V4, IfaceConfig, IfaceStats, MappingStats, NatConfig, NetInfo, PortKey, PortTarget, addr,
-    names::map, net, role,
+    Endpoint4, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, Port4Key, Port4Target,
+    config, names::map, net, role,
 };
 
-use super::err;
-use crate::dataplane::{DataplaneError, Desired, Iface, IfaceRole, NetworkRule, PortRule};
+use super::{
+    err,
+    slots::{SlotBook, SlotChange},
+};
+use crate::dataplane::{DataplaneError, Desired, EndpointRule, Iface, IfaceRole, NetworkRule, PortRule};
 
-pub fn v4_bytes(ip: Ipv4Addr) -> [u8; 16] {
-    addr::v4(ip.octets())
+/// An IPv4 address as the kernel side holds it (the `u32` loaded from a packet).
+pub fn raw(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
 }
 
-pub fn v4_of(bytes: &[u8; 16]) -> Ipv4Addr {
-    Ipv4Addr::from(addr::v4_octets(bytes))
+pub fn from_raw(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
 }
 
 pub fn iface_config(iface: &Iface) -> IfaceConfig {
-    match iface.role {
-        IfaceRole::Uplink { addr } => IfaceConfig {
-            role: role::UPLINK,
-            network_id: 0,
-            addr: addr.map(v4_bytes).unwrap_or_default(),
-            family: if addr.is_some() { FAMILY_V4 } else { 0 },
-            _pad: [0; 7],
-        },
-        IfaceRole::SandboxVeth { network_id } => IfaceConfig {
-            role: role::SANDBOX_VETH,
-            network_id,
-            ..Default::default()
-        },
+    let (role, network_id, addr4) = match iface.role {
+        IfaceRole::Uplink { addr } => (role::UPLINK, 0, addr.map(raw).unwrap_or(0)),
+        IfaceRole::SandboxVeth { network_id, addr } => (role::SANDBOX_VETH, network_id, raw(addr)),
+    };
+    IfaceConfig {
+        role,
+        network_id,
+        addr4,
+        mtu: iface.mtu,
+        mac: iface.mac,
+        ..Default::default()
     }
 }
 
-pub fn port_entry(rule: &PortRule) -> (PortKey, PortTarget) {
-    (
-        PortKey {
-            addr: rule.host_ip.map(v4_bytes).unwrap_or_default(),
-            port: rule.host_port.to_be(),
-            proto: rule.proto.number(),
-            family: FAMILY_V4,
-        },
-        PortTarget {
-            addr: v4_bytes(rule.target),
-            port: rule.target_port.to_be(),
-            _pad: [0; 2],
-            mapping_id: rule.mapping_id,
-        },
-    )
+pub fn port_key(rule: &PortRule) -> Port4Key {
+    Port4Key {
+        addr: rule.host_ip.map(raw).unwrap_or(0),
+        port: rule.host_port.to_be(),
+        proto: rule.proto.number(),
+        _pad: 0,
+    }
 }
 
-pub fn net_info(n: &NetworkRule) -> NetInfo {
-    NetInfo {
+fn port_target(rule: &PortRule, slot: u32, generation: u32) -> Port4Target {
+    Port4Target {
+        addr: raw(rule.target),
+        port: rule.target_port.to_be(),
+        _pad: 0,
+        slot,
+        generation,
+        mapping_id: rule.mapping_id,
+    }
+}
+
+pub fn net_info(n: &NetworkRule) -> NetInfo4 {
+    NetInfo4 {
         network_id: n.id,
         flags: (if n.icc { net::ICC } else { 0 })
             | (if n.internal { net::INTERNAL } else { 0 })
             | (if n.masquerade { net::MASQ } else { 0 }),
-        gateway: v4_bytes(n.gateway),
-        subnet: v4_bytes(n.subnet.network()),
+        gateway: raw(n.gateway),
+        subnet: raw(n.subnet.network()),
+        bridge_ifindex: n.bridge_ifindex,
         prefix_len: n.subnet.prefix(),
-        _pad: [0; 7],
-    }
-}
-
-pub fn local_addr(ip: Ipv4Addr) -> AddrKey {
-    AddrKey {
-        addr: v4_bytes(ip),
-        family: FAMILY_V4,
         _pad: [0; 3],
     }
 }
@@ -90,71 +90,383 @@ fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
 }
 
 /// Deletes what is not wanted and writes what differs: one syscall per changed element.
+/// `mirror` is what natd last wrote (compared instead of the kernel's map, so a request
+/// costs no read of the whole map); unknown, the kernel's map is read once. After a failed
+/// update it is unknown again.
 fn sync_hash<K, V>(
     map: &mut HashMap<&mut MapData, K, V>,
-    want: &BTreeMap<K, V>,
+    want: BTreeMap<K, V>,
+    mirror: &mut Option<BTreeMap<K, V>>,
     name: &str,
 ) -> Result<(), DataplaneError>
 where
     K: aya::Pod + Ord,
     V: aya::Pod + PartialEq,
 {
-    let have: BTreeMap<K, V> = map.iter().filter_map(Result::ok).collect();
+    let have = mirror
+        .take()
+        .unwrap_or_else(|| map.iter().filter_map(Result::ok).collect());
     for key in have.keys().filter(|k| !want.contains_key(k)) {
         let _ = map.remove(key);
     }
-    for (key, value) in want {
+    for (key, value) in &want {
         if have.get(key) != Some(value) {
             map.insert(key, value, 0).map_err(|e| err(name, e))?;
         }
     }
+    *mirror = Some(want);
     Ok(())
 }
 
-/// Makes every configuration map hold `desired`. Returns the mapping ids now published.
-/// Order matters: a program never finds a port mapping whose counters or network are
-/// not there yet.
-pub fn write(ebpf: &mut Ebpf, desired: &Desired) -> Result<HashSet<u32>, DataplaneError> {
-    write_ifaces(ebpf, &desired.ifaces)?;
-    write_local_addrs(ebpf, &desired.local_addrs)?;
-    write_networks(ebpf, &desired.networks)?;
-    write_config(ebpf, desired.snat_ports)?;
-    write_ports(ebpf, &desired.ports)
+/// What natd last wrote into each configuration map (None: unknown, read from the
+/// kernel at the next write).
+#[derive(Default)]
+struct Mirror {
+    ifaces: Option<BTreeMap<u32, IfaceConfig>>,
+    local: Option<BTreeMap<u32, u32>>,
+    networks: Option<BTreeMap<u32, NetInfo4>>,
+    nets4: Option<BTreeMap<(u32, [u8; 4]), NetInfo4>>,
+    endpoints: Option<BTreeMap<u32, Endpoint4>>,
+    ports: Option<BTreeMap<Port4Key, Port4Target>>,
+    config: Option<NatConfig>,
+    /// Generation of each slot natd read or wrote.
+    generations: StdHashMap<u32, u32>,
 }
 
-fn write_ifaces(ebpf: &mut Ebpf, ifaces: &[Iface]) -> Result<(), DataplaneError> {
-    let want: BTreeMap<u32, IfaceConfig> = ifaces.iter().map(|i| (i.index, iface_config(i))).collect();
-    sync_hash(&mut hash_map(ebpf, map::IFACE_CONFIG)?, &want, map::IFACE_CONFIG)?;
-    let mut stats = hash_map::<u32, IfaceStats>(ebpf, map::IFACE_STATS)?;
-    let stale: Vec<u32> = stats
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !want.contains_key(k))
-        .collect();
-    for key in stale {
-        let _ = stats.remove(&key);
+/// Who owns an endpoint slot: the address on that veth (the same address on a new veth
+/// is a new endpoint, whose flows are not the old one's).
+type EndpointOwner = (u32, u32);
+
+pub struct MapWriter {
+    mappings: SlotBook<u32>,
+    endpoints: SlotBook<EndpointOwner>,
+    mirror: Mirror,
+}
+
+impl Default for MapWriter {
+    fn default() -> Self {
+        Self {
+            mappings: SlotBook::new(0, MAX_PORT_MAPPINGS),
+            endpoints: SlotBook::new(MAX_PORT_MAPPINGS, nat_common::MAX_ENDPOINTS),
+            mirror: Mirror::default(),
+        }
+    }
+}
+
+impl MapWriter {
+    /// Takes over the slots the maps hold already (natd restarted over pinned maps).
+    pub fn adopt(&mut self, ebpf: &Ebpf) {
+        if let Some(ports) = ebpf
+            .map(map::PORTS4)
+            .and_then(|m| HashMap::<_, Port4Key, Port4Target>::try_from(m).ok())
+        {
+            self.mappings.adopt(
+                ports
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(_, t)| (t.mapping_id, t.slot)),
+            );
+        }
+        if let Some(endpoints) = ebpf
+            .map(map::ENDPOINTS4)
+            .and_then(|m| HashMap::<_, u32, Endpoint4>::try_from(m).ok())
+        {
+            self.endpoints.adopt(
+                endpoints
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(addr, e)| ((addr, e.host_ifindex), e.slot)),
+            );
+        }
+    }
+
+    /// Forgets what was written: the next write compares with the kernel's maps (and
+    /// repairs whatever was changed behind natd's back). Called on every housekeeping tick.
+    pub fn reread(&mut self) {
+        self.mirror = Mirror::default();
+    }
+
+    /// Every published mapping's id.
+    pub fn mapping_ids(&self) -> Vec<u32> {
+        self.mappings.owners().map(|(id, _)| *id).collect()
+    }
+
+    /// slot -> mapping id.
+    pub fn mapping_owners(&self) -> StdHashMap<u32, u32> {
+        self.mappings.owners().map(|(id, slot)| (slot, *id)).collect()
+    }
+
+    /// The current generation of `slots`.
+    pub fn generations_of(&self, ebpf: &Ebpf, slots: impl IntoIterator<Item = u32>) -> StdHashMap<u32, u32> {
+        let Some(array) = ebpf
+            .map(map::GENERATIONS)
+            .and_then(|m| Array::<_, u32>::try_from(m).ok())
+        else {
+            return StdHashMap::new();
+        };
+        slots
+            .into_iter()
+            .filter_map(|s| Some((s, array.get(&s, 0).ok()?)))
+            .collect()
+    }
+
+    /// The slot of a published mapping (for its statistics).
+    pub fn mapping_slots(&self, ids: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.mappings.slot(&id)?)))
+            .collect()
+    }
+
+    /// Makes every configuration map hold `desired`. Order matters: a program never finds
+    /// a port mapping or endpoint whose generation, counters or network are not there yet.
+    pub fn write(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> Result<(), DataplaneError> {
+        let ifaces: BTreeMap<u32, IfaceConfig> = desired
+            .ifaces
+            .iter()
+            .map(|i| (i.index, iface_config(i)))
+            .collect();
+        let m = &mut self.mirror;
+        sync_hash(
+            &mut hash_map(ebpf, map::IFACE_CONFIG)?,
+            ifaces,
+            &mut m.ifaces,
+            map::IFACE_CONFIG,
+        )?;
+        let local: BTreeMap<u32, u32> = desired.local_addrs.iter().map(|ip| (raw(*ip), 1)).collect();
+        sync_hash(
+            &mut hash_map(ebpf, map::LOCAL4)?,
+            local,
+            &mut m.local,
+            map::LOCAL4,
+        )?;
+        write_networks(ebpf, &desired.networks, m)?;
+        self.write_endpoints(ebpf, &desired.endpoints)?;
+        write_config(ebpf, desired, &mut self.mirror.config)?;
+        self.write_ports(ebpf, &desired.ports)
+    }
+
+    fn write_endpoints(&mut self, ebpf: &mut Ebpf, endpoints: &[EndpointRule]) -> Result<(), DataplaneError> {
+        let owners: Vec<EndpointOwner> = endpoints.iter().map(|e| (raw(e.addr), e.host_ifindex)).collect();
+        let changes = self.endpoints.sync(&owners).map_err(|e| err("endpoints", e))?;
+        let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
+        for change in &changes {
+            let (SlotChange::Taken { slot, .. } | SlotChange::Released { slot, .. }) = change;
+            generations.bump(*slot)?;
+        }
+        let mut want = BTreeMap::new();
+        for e in endpoints {
+            let slot = self
+                .endpoints
+                .slot(&(raw(e.addr), e.host_ifindex))
+                .expect("synced above");
+            want.insert(
+                raw(e.addr),
+                Endpoint4 {
+                    host_ifindex: e.host_ifindex,
+                    network_id: e.network_id,
+                    slot,
+                    generation: generations.get(slot)?,
+                    mac: e.mac,
+                    gw_mac: e.gw_mac,
+                    mtu: e.mtu.min(u32::from(u16::MAX)) as u16,
+                    _pad: [0; 2],
+                },
+            );
+        }
+        sync_hash(
+            &mut hash_map(ebpf, map::ENDPOINTS4)?,
+            want,
+            &mut self.mirror.endpoints,
+            map::ENDPOINTS4,
+        )
+    }
+
+    fn write_ports(&mut self, ebpf: &mut Ebpf, ports: &[PortRule]) -> Result<(), DataplaneError> {
+        let ids: Vec<u32> = ports.iter().map(|r| r.mapping_id).collect();
+        let changes = self.mappings.sync(&ids).map_err(|e| err("published ports", e))?;
+        let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
+        let mut fresh = Vec::new();
+        for change in &changes {
+            match change {
+                SlotChange::Released { slot, .. } => generations.bump(*slot)?,
+                SlotChange::Taken { slot, .. } => {
+                    generations.bump(*slot)?;
+                    fresh.push(*slot);
+                }
+            }
+        }
+        let mut want = BTreeMap::new();
+        for rule in ports {
+            let slot = self.mappings.slot(&rule.mapping_id).expect("synced above");
+            want.insert(port_key(rule), port_target(rule, slot, generations.get(slot)?));
+        }
+        drop(generations);
+        // Counters start at zero before the mapping exists, so the programs only add.
+        zero_stats(ebpf, &fresh)?;
+        sync_hash(
+            &mut hash_map(ebpf, map::PORTS4)?,
+            want,
+            &mut self.mirror.ports,
+            map::PORTS4,
+        )
+    }
+
+    /// Published ports added and removed, nothing else changed: only those elements are
+    /// written (no walk of the other mappings). False when what natd wrote is not known
+    /// (start, after a tick): the caller writes everything instead.
+    pub fn change_ports(
+        &mut self,
+        ebpf: &mut Ebpf,
+        added: &[PortRule],
+        removed: &[PortRule],
+    ) -> Result<bool, DataplaneError> {
+        let Some(mut mirror) = self.mirror.ports.take() else {
+            return Ok(false);
+        };
+        let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
+        let mut fresh = Vec::new();
+        let mut gone = Vec::new();
+        for rule in removed {
+            if let Some(SlotChange::Released { slot, .. }) = self.mappings.release(&rule.mapping_id) {
+                generations.bump(slot)?;
+            }
+            gone.push(port_key(rule));
+        }
+        let mut new = Vec::new();
+        for rule in added {
+            let change = self
+                .mappings
+                .take(&rule.mapping_id)
+                .map_err(|e| err("published ports", e))?;
+            if let Some(SlotChange::Taken { slot, .. }) = change {
+                generations.bump(slot)?;
+                fresh.push(slot);
+            }
+            let slot = self.mappings.slot(&rule.mapping_id).expect("taken above");
+            new.push((port_key(rule), port_target(rule, slot, generations.get(slot)?)));
+        }
+        drop(generations);
+        zero_stats(ebpf, &fresh)?;
+        let mut ports: HashMap<&mut MapData, Port4Key, Port4Target> = hash_map(ebpf, map::PORTS4)?;
+        for key in gone {
+            let _ = ports.remove(&key);
+            mirror.remove(&key);
+        }
+        for (key, target) in new {
+            ports.insert(key, target, 0).map_err(|e| err(map::PORTS4, e))?;
+            mirror.insert(key, target);
+        }
+        self.mirror.ports = Some(mirror);
+        Ok(true)
+    }
+
+    /// Packets and bytes of each published mapping: mapping id -> (packets, bytes).
+    pub fn mapping_stats(
+        &self,
+        ebpf: &Ebpf,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> BTreeMap<u32, (u64, u64)> {
+        let Some(stats) = ebpf
+            .map(map::MAPPING_STATS)
+            .and_then(|m| PerCpuArray::<_, MappingStats>::try_from(m).ok())
+        else {
+            return BTreeMap::new();
+        };
+        self.mapping_slots(ids)
+            .into_iter()
+            .filter_map(|(id, slot)| {
+                let values = stats.get(&slot, 0).ok()?;
+                Some((
+                    id,
+                    (
+                        values.iter().map(|v| v.packets).sum(),
+                        values.iter().map(|v| v.bytes).sum(),
+                    ),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// `NATD_GENERATIONS`, read and bumped slot by slot; a slot's value is read from the
+/// kernel once and then known (natd is its only writer).
+struct Generations<'a> {
+    array: Array<&'a mut MapData, u32>,
+    known: &'a mut StdHashMap<u32, u32>,
+}
+
+impl<'a> Generations<'a> {
+    fn open(ebpf: &'a mut Ebpf, known: &'a mut StdHashMap<u32, u32>) -> Result<Self, DataplaneError> {
+        let array = Array::try_from(
+            ebpf.map_mut(map::GENERATIONS)
+                .ok_or_else(|| err("map missing", map::GENERATIONS))?,
+        )
+        .map_err(|e| err(map::GENERATIONS, e))?;
+        Ok(Self { array, known })
+    }
+
+    fn get(&mut self, slot: u32) -> Result<u32, DataplaneError> {
+        if let Some(g) = self.known.get(&slot) {
+            return Ok(*g);
+        }
+        let g = self.array.get(&slot, 0).map_err(|e| err(map::GENERATIONS, e))?;
+        self.known.insert(slot, g);
+        Ok(g)
+    }
+
+    fn bump(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let next = self.get(slot)?.wrapping_add(1);
+        self.known.remove(&slot);
+        self.array
+            .set(slot, next, 0)
+            .map_err(|e| err(map::GENERATIONS, e))?;
+        self.known.insert(slot, next);
+        Ok(())
+    }
+}
+
+fn zero_stats(ebpf: &mut Ebpf, slots: &[u32]) -> Result<(), DataplaneError> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| err("nr_cpus", e))?;
+    let mut stats: PerCpuArray<&mut MapData, MappingStats> = PerCpuArray::try_from(
+        ebpf.map_mut(map::MAPPING_STATS)
+            .ok_or_else(|| err("map missing", map::MAPPING_STATS))?,
+    )
+    .map_err(|e| err(map::MAPPING_STATS, e))?;
+    for slot in slots {
+        let zeros = PerCpuValues::try_from(vec![MappingStats::default(); cpus])
+            .map_err(|e| err(map::MAPPING_STATS, e))?;
+        stats
+            .set(*slot, zeros, 0)
+            .map_err(|e| err(map::MAPPING_STATS, e))?;
     }
     Ok(())
 }
 
-fn write_local_addrs(ebpf: &mut Ebpf, addrs: &[Ipv4Addr]) -> Result<(), DataplaneError> {
-    let want: BTreeMap<AddrKey, u32> = addrs.iter().map(|ip| (local_addr(*ip), 1)).collect();
-    sync_hash(&mut hash_map(ebpf, map::LOCAL_ADDRS)?, &want, map::LOCAL_ADDRS)
-}
-
-fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule]) -> Result<(), DataplaneError> {
-    let infos: Vec<NetInfo> = networks.iter().map(net_info).collect();
-    let by_id: BTreeMap<u32, NetInfo> = infos.iter().map(|i| (i.network_id, *i)).collect();
-    sync_hash(&mut hash_map(ebpf, map::NETWORKS)?, &by_id, map::NETWORKS)?;
-    let mut trie: LpmTrie<&mut MapData, [u8; 4], NetInfo> = LpmTrie::try_from(
-        ebpf.map_mut(map::NETS_V4)
-            .ok_or_else(|| err("map missing", map::NETS_V4))?,
-    )
-    .map_err(|e| err(map::NETS_V4, e))?;
-    let want: BTreeMap<(u32, [u8; 4]), NetInfo> = infos
+fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule], m: &mut Mirror) -> Result<(), DataplaneError> {
+    let infos: Vec<NetInfo4> = networks.iter().map(net_info).collect();
+    let by_id: BTreeMap<u32, NetInfo4> = infos.iter().map(|i| (i.network_id, *i)).collect();
+    sync_hash(
+        &mut hash_map(ebpf, map::NETWORKS)?,
+        by_id,
+        &mut m.networks,
+        map::NETWORKS,
+    )?;
+    let want: BTreeMap<(u32, [u8; 4]), NetInfo4> = infos
         .iter()
-        .map(|i| ((u32::from(i.prefix_len), addr::v4_octets(&i.subnet)), *i))
+        .map(|i| ((u32::from(i.prefix_len), i.subnet.to_ne_bytes()), *i))
         .collect();
+    if m.nets4.as_ref() == Some(&want) {
+        return Ok(());
+    }
+    m.nets4 = None;
+    let mut trie: LpmTrie<&mut MapData, [u8; 4], NetInfo4> = LpmTrie::try_from(
+        ebpf.map_mut(map::NETS4)
+            .ok_or_else(|| err("map missing", map::NETS4))?,
+    )
+    .map_err(|e| err(map::NETS4, e))?;
     let have: Vec<Key<[u8; 4]>> = trie.keys().filter_map(Result::ok).collect();
     for key in have {
         if !want.contains_key(&(key.prefix_len(), key.data())) {
@@ -163,48 +475,34 @@ fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule]) -> Result<(), Datap
     }
     for ((prefix, data), value) in &want {
         trie.insert(&Key::new(*prefix, *data), *value, 0)
-            .map_err(|e| err(map::NETS_V4, e))?;
+            .map_err(|e| err(map::NETS4, e))?;
     }
+    m.nets4 = Some(want);
     Ok(())
 }
 
-fn write_config(ebpf: &mut Ebpf, snat_ports: (u16, u16)) -> Result<(), DataplaneError> {
-    let mut config: Array<&mut MapData, NatConfig> = Array::try_from(
+fn write_config(
+    ebpf: &mut Ebpf,
+    desired: &Desired,
+    mirror: &mut Option<NatConfig>,
+) -> Result<(), DataplaneError> {
+    let value = NatConfig {
+        snat_port_min: desired.snat_ports.0,
+        snat_port_max: desired.snat_ports.1,
+        flags: if desired.fast_path { config::FAST_PATH } else { 0 },
+    };
+    if mirror.as_ref() == Some(&value) {
+        return Ok(());
+    }
+    let mut config_map: Array<&mut MapData, NatConfig> = Array::try_from(
         ebpf.map_mut(map::CONFIG)
             .ok_or_else(|| err("map missing", map::CONFIG))?,
     )
     .map_err(|e| err(map::CONFIG, e))?;
-    let value = NatConfig {
-        snat_port_min: snat_ports.0,
-        snat_port_max: snat_ports.1,
-        _pad: 0,
-    };
-    config.set(0, value, 0).map_err(|e| err(map::CONFIG, e))
-}
-
-fn write_ports(ebpf: &mut Ebpf, ports: &[PortRule]) -> Result<HashSet<u32>, DataplaneError> {
-    let want: BTreeMap<PortKey, PortTarget> = ports.iter().map(port_entry).collect();
-    let live: HashSet<u32> = want.values().map(|t| t.mapping_id).collect();
-    // Counters exist before the mapping does, so the programs only ever add to them.
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| err("nr_cpus", e))?;
-    let mut stats: PerCpuHashMap<&mut MapData, u32, MappingStats> = PerCpuHashMap::try_from(
-        ebpf.map_mut(map::MAPPING_STATS)
-            .ok_or_else(|| err("map missing", map::MAPPING_STATS))?,
-    )
-    .map_err(|e| err(map::MAPPING_STATS, e))?;
-    let have: HashSet<u32> = stats.keys().filter_map(Result::ok).collect();
-    for id in have.difference(&live) {
-        let _ = stats.remove(id);
-    }
-    for id in live.difference(&have) {
-        let zeros = PerCpuValues::try_from(vec![MappingStats::default(); cpus])
-            .map_err(|e| err(map::MAPPING_STATS, e))?;
-        stats
-            .insert(id, zeros, 0)
-            .map_err(|e| err(map::MAPPING_STATS, e))?;
-    }
-    sync_hash(&mut hash_map(ebpf, map::PORTS)?, &want, map::PORTS)?;
-    Ok(live)
+    *mirror = None;
+    config_map.set(0, value, 0).map_err(|e| err(map::CONFIG, e))?;
+    *mirror = Some(value);
+    Ok(())
 }
 
 /// The cookie of the network namespace natd serves: socket hooks act only there.

@@ -4,19 +4,17 @@
 pub mod conntrack;
 pub mod loader;
 pub mod maps;
+mod pins;
+pub mod slots;
 
 use std::path::PathBuf;
 
-use aya::{
-    Ebpf,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
-};
+use aya::{Ebpf, maps::PerCpuArray};
 use nat_common::{
-    AddrKey, CtEntry, CtKey, IfaceConfig, IfaceStats, MappingStats, NetInfo, PortKey, PortTarget, counter,
-    names::map,
+    Ct4Entry, Ct4Key, Endpoint4, IfaceConfig, NetInfo4, Port4Key, Port4Target, counter, names::map,
 };
 
-use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, Stats, SyncReport};
+use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, IfaceRole, PortRule, Stats, SyncReport};
 use crate::{
     config::{DaemonConfig, DataplaneKind},
     sys::netns,
@@ -37,8 +35,20 @@ pub struct EbpfDataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     timeouts: conntrack::Timeouts,
-    ct_capacity: u32,
+    sizes: loader::TableSizes,
     cgroup_root: Option<PathBuf>,
+    writer: maps::MapWriter,
+    /// natd 0.1's flows, converted at the first sync (they need the mappings' slots).
+    legacy: Vec<(pins::LegacyKey, pins::LegacyEntry)>,
+    /// What start-up did to pinned maps, reported by the first sync.
+    pin_report: Vec<String>,
+    fast_path: bool,
+    /// The interfaces (index, name, is an uplink) whose attachments the last sync checked:
+    /// a sync for the same set (a port change) skips the check; every tick makes it again.
+    links_checked: Option<Vec<(u32, String, bool)>>,
+    /// The uplinks (ifindex, MAC) of the last sync, to notice one whose role moved to
+    /// another interface with the same MAC (a hostbridge network over it, or its removal).
+    uplinks: Vec<(u32, [u8; 6])>,
 }
 
 impl EbpfDataplane {
@@ -48,17 +58,84 @@ impl EbpfDataplane {
         for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
             std::fs::create_dir_all(&dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
         }
-        let mut ebpf = loader::load(&pin_dir, config.conntrack_max)?;
+        let sizes = loader::TableSizes {
+            established: config.conntrack_max,
+            embryonic: config.conntrack_embryonic_max,
+        };
+        let (mut ebpf, carry, mut pin_report) = loader::load(&pin_dir, sizes)?;
+        for (name, flows) in [(map::CT4, &carry.established), (map::CT4_NEW, &carry.embryonic)] {
+            let kept = pins::restore(&mut ebpf, name, flows)?;
+            if kept < flows.len() {
+                pin_report.push(format!(
+                    "{name}: {} flows did not fit the new size",
+                    flows.len() - kept
+                ));
+            }
+        }
         let cookie =
             netns::current_cookie().map_err(|e| err("netns cookie (SO_NETNS_COOKIE, Linux >= 5.14)", e))?;
         maps::write_netns_cookie(&mut ebpf, cookie)?;
+        let mut writer = maps::MapWriter::default();
+        writer.adopt(&ebpf);
         Ok(Self {
             ebpf,
             pin_dir,
             timeouts: conntrack::Timeouts::with(&config.conntrack_timeouts),
-            ct_capacity: config.conntrack_max,
+            sizes,
             cgroup_root: loader::cgroup2_root(),
+            writer,
+            legacy: carry.legacy,
+            pin_report,
+            fast_path: false,
+            links_checked: None,
+            uplinks: Vec::new(),
         })
+    }
+
+    /// Flows that left by an uplink whose role another interface took over (same MAC)
+    /// leave by that interface from now on.
+    fn follow_uplinks(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<(), DataplaneError> {
+        let now: Vec<(u32, [u8; 6])> = desired
+            .ifaces
+            .iter()
+            .filter(|i| matches!(i.role, IfaceRole::Uplink { .. }))
+            .map(|i| (i.index, i.mac))
+            .collect();
+        for &(index, mac) in &now {
+            let moved_from = self.uplinks.iter().find(|(old, old_mac)| {
+                *old_mac == mac && *old != index && !now.iter().any(|(i, _)| i == old)
+            });
+            if let Some(&(old, _)) = moved_from {
+                let moved = conntrack::retarget(&mut self.ebpf, old, index)?;
+                report
+                    .attached
+                    .push(format!("{moved} flow entries moved from uplink {old} to {index}"));
+            }
+        }
+        self.uplinks = now;
+        Ok(())
+    }
+
+    /// natd 0.1's flows into today's table, once the mappings have their slots.
+    fn convert_legacy(&mut self) -> Result<usize, DataplaneError> {
+        let legacy = std::mem::take(&mut self.legacy);
+        if legacy.is_empty() {
+            return Ok(0);
+        }
+        let now = conntrack::now_ticks();
+        let ids: Vec<u32> = legacy.iter().map(|(_, e)| e.mapping_id).collect();
+        let slots: std::collections::HashMap<u32, u32> = self.writer.mapping_slots(ids).into_iter().collect();
+        let generations = self.writer.generations_of(&self.ebpf, slots.values().copied());
+        let converted: Vec<(Ct4Key, Ct4Entry)> = legacy
+            .iter()
+            .filter_map(|(k, e)| {
+                pins::convert(k, e, now, |id| {
+                    let slot = *slots.get(&id)?;
+                    Some((slot, *generations.get(&slot)?))
+                })
+            })
+            .collect();
+        pins::restore(&mut self.ebpf, map::CT4, &converted)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -83,19 +160,59 @@ impl Dataplane for EbpfDataplane {
 
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
         let mut report = SyncReport::default();
+        report.attached.append(&mut self.pin_report);
         // Maps first, then attachments: a program never runs on a half-filled map.
-        let live = maps::write(&mut self.ebpf, desired)?;
-        report.flows_invalidated = conntrack::invalidate(&mut self.ebpf, &live)?;
+        self.writer.write(&mut self.ebpf, desired)?;
+        self.fast_path = desired.fast_path;
+        self.follow_uplinks(desired, &mut report)?;
+        let converted = self.convert_legacy()?;
+        if converted > 0 {
+            report.attached.push(format!(
+                "{converted} flows of natd 0.1's connection table carried over"
+            ));
+        }
+        let ifaces: Vec<(u32, String, bool)> = desired
+            .ifaces
+            .iter()
+            .map(|i| {
+                (
+                    i.index,
+                    i.name.clone(),
+                    matches!(i.role, IfaceRole::Uplink { .. }),
+                )
+            })
+            .collect();
+        if self.links_checked.as_ref() == Some(&ifaces) {
+            return Ok(report);
+        }
+        self.links_checked = None;
         let mut links = loader::Links {
             ebpf: &mut self.ebpf,
             dir: self.pin_dir.join("links"),
             cgroup_root: self.cgroup_root.as_deref(),
         };
         links.sync(desired, &mut report)?;
+        self.links_checked = Some(ifaces);
         Ok(report)
     }
 
+    fn change_ports(
+        &mut self,
+        desired: &Desired,
+        added: &[PortRule],
+        removed: &[PortRule],
+    ) -> Result<SyncReport, DataplaneError> {
+        if self.writer.change_ports(&mut self.ebpf, added, removed)? {
+            return Ok(SyncReport::default());
+        }
+        self.sync(desired)
+    }
+
     fn gc(&mut self) -> Result<GcReport, DataplaneError> {
+        // The tick's sync, right after, compares with the kernel's maps, not with what natd
+        // remembers writing: changes made behind natd's back are repaired within a tick.
+        self.writer.reread();
+        self.links_checked = None;
         conntrack::expire(&mut self.ebpf, &self.timeouts)
     }
 
@@ -105,29 +222,17 @@ impl Dataplane for EbpfDataplane {
             .into_iter()
             .map(|(name, value)| (name.to_string(), value.into()))
             .collect();
-        let mut ifaces = serde_json::Map::new();
-        if let Some(stats) = self
-            .ebpf
-            .map(map::IFACE_STATS)
-            .and_then(|m| HashMap::<_, u32, IfaceStats>::try_from(m).ok())
-        {
-            for (index, value) in stats.iter().filter_map(Result::ok) {
-                ifaces.insert(
-                    index.to_string(),
-                    serde_json::json!({"packets": value.packets, "bytes": value.bytes}),
-                );
-            }
-        }
         serde_json::json!({
             "attach": "tcx",
             "socket_hooks_cgroup": self.cgroup_root.as_ref().map(|p| p.display().to_string()),
             "pin_dir": self.pin_dir.display().to_string(),
             "links": loader::Links::pinned(&self.pin_dir.join("links")),
             "counters": counters,
-            "interfaces": ifaces,
+            "fast_path": self.fast_path,
             "maps": {
-                "conntrack": {"entries": maps::entries::<CtKey, CtEntry>(&self.ebpf, map::CT), "capacity": self.ct_capacity},
-                "ports": {"entries": maps::entries::<PortKey, PortTarget>(&self.ebpf, map::PORTS), "capacity": nat_common::MAX_PORT_MAPPINGS},
+                "conntrack": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4), "capacity": self.sizes.established},
+                "conntrack_embryonic": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4_NEW), "capacity": self.sizes.embryonic},
+                "ports": {"entries": maps::entries::<Port4Key, Port4Target>(&self.ebpf, map::PORTS4), "capacity": nat_common::MAX_PORT_MAPPINGS},
             },
         })
     }
@@ -139,39 +244,39 @@ impl Dataplane for EbpfDataplane {
                 .into_iter()
                 .map(|(name, value)| (name.to_string(), value))
                 .collect(),
+            mappings: self.writer.mapping_stats(&self.ebpf, self.writer.mapping_ids()),
             ..Default::default()
         };
-        if let Some(per_cpu) = self
-            .ebpf
-            .map(map::MAPPING_STATS)
-            .and_then(|m| PerCpuHashMap::<_, u32, MappingStats>::try_from(m).ok())
-        {
-            for (id, values) in per_cpu.iter().filter_map(Result::ok) {
-                let packets = values.iter().map(|v| v.packets).sum();
-                let bytes = values.iter().map(|v| v.bytes).sum();
-                stats.mappings.insert(id, (packets, bytes));
-            }
-        }
         let ebpf = &self.ebpf;
         for (name, entries, capacity) in [
             (
-                map::CT,
-                maps::entries::<CtKey, CtEntry>(ebpf, map::CT),
-                self.ct_capacity,
+                map::CT4,
+                maps::entries::<Ct4Key, Ct4Entry>(ebpf, map::CT4),
+                self.sizes.established,
             ),
             (
-                map::PORTS,
-                maps::entries::<PortKey, PortTarget>(ebpf, map::PORTS),
+                map::CT4_NEW,
+                maps::entries::<Ct4Key, Ct4Entry>(ebpf, map::CT4_NEW),
+                self.sizes.embryonic,
+            ),
+            (
+                map::PORTS4,
+                maps::entries::<Port4Key, Port4Target>(ebpf, map::PORTS4),
                 nat_common::MAX_PORT_MAPPINGS,
             ),
             (
-                map::LOCAL_ADDRS,
-                maps::entries::<AddrKey, u32>(ebpf, map::LOCAL_ADDRS),
+                map::ENDPOINTS4,
+                maps::entries::<u32, Endpoint4>(ebpf, map::ENDPOINTS4),
+                nat_common::MAX_ENDPOINTS,
+            ),
+            (
+                map::LOCAL4,
+                maps::entries::<u32, u32>(ebpf, map::LOCAL4),
                 nat_common::MAX_LOCAL_ADDRS,
             ),
             (
                 map::NETWORKS,
-                maps::entries::<u32, NetInfo>(ebpf, map::NETWORKS),
+                maps::entries::<u32, NetInfo4>(ebpf, map::NETWORKS),
                 nat_common::MAX_NETWORKS,
             ),
             (
@@ -186,7 +291,8 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn flows(&self) -> Vec<Flow> {
-        conntrack::flows(&self.ebpf)
+        let owners = self.writer.mapping_owners();
+        conntrack::flows(&self.ebpf, |slot| owners.get(&slot).copied())
     }
 }
 

@@ -4,22 +4,26 @@
 //! to `address . port`), so a lookup costs the same with 10 or 65 000 mappings and adding
 //! or removing a mapping is one element update. The kernel's conntrack does the tracking.
 //!
-//! Differences from the eBPF dataplane (see docs/architecture.md): no access to published
-//! ports through 127.0.0.1 (that needs route_localnet, which natd never sets), flows are
-//! the kernel's (`conntrack -L`, not `natctl ct ls`), and bridged traffic goes through
-//! netfilter (bridge-nf-call-iptables) for icc=false and same-bridge hairpin.
+//! The host reaches published ports through 127.0.0.1 as with Docker 28 without its
+//! userland proxy: the output chain translates loopback destinations, natd's bridges carry
+//! `route_localnet` (set by natd's sync) so the translated packet may leave with source
+//! 127.0.0.1, postrouting masquerades it to the bridge's address, and a raw-priority guard
+//! drops every packet for 127.0.0.0/8 that does not arrive on `lo` (CVE-2020-8558: neither
+//! a neighbour nor a sandbox reaches the host's loopback services through it).
+//!
+//! Differences from the eBPF dataplane (see docs/architecture.md): flows are the kernel's
+//! (`conntrack -L`, not `natctl ct ls`), and bridged traffic goes through netfilter
+//! (bridge-nf-call-iptables) for icc=false and same-bridge hairpin.
 use std::{collections::BTreeMap, fmt::Write as _, process::Command};
 
-pub mod ffi;
 mod ruleset;
 
-use ffi::Nft;
 use ruleset::{element_commands, port_element};
 
 use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, PortRule, Stats, SyncReport};
 use crate::{
     config::{DaemonConfig, DataplaneKind},
-    sys::sysctl,
+    sys::{nft::Nft, sysctl},
 };
 
 fn err(e: impl std::fmt::Display) -> DataplaneError {

@@ -8,11 +8,12 @@ use std::{
 
 use crate::dataplane::{Desired, IfaceRole, PortRule};
 
-pub const DROP_COUNTERS: [&str; 4] = [
+pub const DROP_COUNTERS: [&str; 5] = [
     "drop_direct_access",
     "drop_cross_network",
     "drop_icc",
     "drop_internal",
+    "drop_loopback_spoof",
 ];
 
 /// (map, element) of a published port.
@@ -134,6 +135,10 @@ pub fn table(name: &str, desired: &Desired) -> String {
   set hairpin {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; }}
   map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; counter; }}
   map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; counter; }}
+  chain guard {{
+type filter hook prerouting priority raw; policy accept;
+iifname != \"lo\" ip daddr 127.0.0.0/8 counter name \"drop_loopback_spoof\" drop
+  }}
   chain forward {{
 type filter hook forward priority filter; policy accept;
 ct status dnat accept
@@ -148,7 +153,6 @@ fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
   }}
   chain output {{
 type nat hook output priority -100; policy accept;
-ip daddr 127.0.0.0/8 return
 dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
 fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
   }}
@@ -156,6 +160,7 @@ fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
 type nat hook postrouting priority srcnat; policy accept;
 ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade
 ip saddr @masq_nets oifname @uplinks masquerade
+ip saddr 127.0.0.0/8 oifname @bridges masquerade
   }}
 }}
 ",

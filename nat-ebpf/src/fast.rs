@@ -1,0 +1,163 @@
+//! Forwarding of a tracked flow's packet. A flow that bypasses the host (`ct::FAST`,
+//! decided for both directions at its first packet) is rewritten with direct writes and
+//! redirected: into the sandbox with `bpf_redirect_peer` (skipping the host's routing, the
+//! bridge and the backlog), out of a sandbox straight to the uplink's egress. A packet the
+//! kernel must handle itself (TTL about to expire, larger than the next link's MTU, IP
+//! options) and every packet of a flow that does not bypass the host are rewritten with
+//! the checksum helpers and left to the kernel.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use nat_common::{Ct4Entry, FASTPATH_MARK, PROTO_TCP, PROTO_UDP, counter, csum, ct};
+
+use crate::{
+    conntrack::Tuple,
+    counters::bump,
+    nat,
+    parse::{IP, Ipv4Packet, L4, ptr_at},
+};
+
+/// The IPv4 header of a `direct` packet (no options).
+const IP_HEADER_LEN: u32 = 20;
+
+/// Where the packet goes next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Toward {
+    /// Into a sandbox (from an uplink).
+    Sandbox,
+    /// Out of an uplink (from a sandbox).
+    Uplink,
+}
+
+/// `forward` for the paths that start flows: a call of its own, so their stack frames
+/// stay within the verifier's limit (the established path inlines `forward`).
+#[inline(never)]
+pub fn forward_cold(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry, toward: Toward) -> i32 {
+    forward(ctx, packet, entry, toward)
+}
+
+#[inline(always)]
+pub fn forward(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry, toward: Toward) -> i32 {
+    let to = Tuple::of_entry(entry, packet.proto);
+    if entry.flags & ct::FAST == 0 || !nat::fast_path_on() {
+        // Switched off (a firewall appeared): flows that bypassed the host go through it
+        // from the next packet on.
+        return nat::apply(ctx, packet, &to);
+    }
+    if !packet.direct || (packet.proto != PROTO_TCP && packet.proto != PROTO_UDP) {
+        bump(counter::SLOW_HEADER);
+        return nat::apply(ctx, packet, &to);
+    }
+    if packet.ttl <= 1 {
+        // The kernel answers with time-exceeded (traceroute).
+        bump(counter::SLOW_TTL);
+        return nat::apply(ctx, packet, &to);
+    }
+    if exceeds_mtu(ctx, packet, entry.mtu) {
+        // The kernel answers with fragmentation-needed (PMTU discovery).
+        bump(counter::SLOW_MTU);
+        return nat::apply(ctx, packet, &to);
+    }
+    if rewrite(ctx, packet, entry).is_none() {
+        // A half-rewritten packet must not leave: drop it.
+        bump(counter::CSUM_ERROR);
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: redirect helpers only record the target; the kernel acts on the verdict.
+    unsafe {
+        match toward {
+            Toward::Sandbox => {
+                bump(counter::FAST_TO_SANDBOX);
+                bpf_redirect_peer(entry.out_ifindex, 0) as i32
+            }
+            Toward::Uplink => {
+                // The uplink's egress program passes marked packets on untouched.
+                ctx.set_mark(FASTPATH_MARK);
+                if entry.flags & ct::NEIGH != 0 {
+                    bump(counter::FAST_TO_UPLINK_NEIGH);
+                    bpf_redirect_neigh(entry.out_ifindex, core::ptr::null_mut(), 0, 0) as i32
+                } else {
+                    bump(counter::FAST_TO_UPLINK);
+                    bpf_redirect(entry.out_ifindex, 0) as i32
+                }
+            }
+        }
+    }
+}
+
+/// Whether the packet (each of its segments, for a GSO packet: the kernel's
+/// `skb_gso_validate_network_len`) is larger than `mtu`, as the route the kernel would
+/// have taken (the bridge, the uplink) allows.
+#[inline(always)]
+fn exceeds_mtu(ctx: &TcContext, packet: &Ipv4Packet, mtu: u16) -> bool {
+    // SAFETY: gso_size is always readable in a TC context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return packet.tot_len > mtu;
+    }
+    let l4_header = if packet.proto == PROTO_TCP {
+        // Data offset, in 32-bit words; a direct packet has its TCP header linear.
+        match ptr_at::<u8>(ctx, L4 + 12) {
+            // SAFETY: bounds-checked.
+            Some(doff) => u32::from(unsafe { *doff } >> 4) * 4,
+            None => return true,
+        }
+    } else {
+        8
+    };
+    IP_HEADER_LEN + l4_header + gso_size > u32::from(mtu)
+}
+
+/// Rewrites a `direct` packet into the entry's tuple: link-layer addresses, TTL, IP
+/// header and checksum written directly (the IP checksum from the entry's precomputed
+/// difference), then the L4 checksum with two helper calls, addresses with the
+/// pseudo-header flag and ports without: folding the ports into the pseudo-header call
+/// would corrupt CHECKSUM_PARTIAL packets, whose field holds only the pseudo-header sum.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry) -> Option<()> {
+    let eth: *mut [u8; 12] = ptr_at(ctx, 0)?;
+    let ip: *mut [u8; 20] = ptr_at(ctx, IP)?;
+    let ports: *mut [u16; 2] = ptr_at(ctx, L4)?;
+    // SAFETY: all three pointers are bounds-checked; nothing below changes the packet
+    // until the checksum helpers, after the last direct access.
+    unsafe {
+        if entry.flags & ct::NEIGH == 0 {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&entry.dmac);
+            macs[6..].copy_from_slice(&entry.smac);
+            eth.write_unaligned(macs);
+        }
+        let mut header = ip.read_unaligned();
+        let ttl_word = u16::from_ne_bytes([header[8], header[9]]);
+        header[8] -= 1;
+        let new_ttl_word = u16::from_ne_bytes([header[8], header[9]]);
+        let check = u16::from_ne_bytes([header[10], header[11]]);
+        let diff = csum::add(entry.addr_csum, csum::diff16(ttl_word, new_ttl_word));
+        header[10..12].copy_from_slice(&csum::replace(check, diff).to_ne_bytes());
+        header[12..16].copy_from_slice(&entry.src.to_ne_bytes());
+        header[16..20].copy_from_slice(&entry.dst.to_ne_bytes());
+        ip.write_unaligned(header);
+        ports.write_unaligned([entry.sport, entry.dport]);
+    }
+    let (at, flags) = match packet.proto {
+        PROTO_TCP => (L4 + 16, 0u64),
+        // A UDP checksum of 0 means "none" and must stay 0.
+        _ => (L4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
+    };
+    ctx.l4_csum_replace(
+        at,
+        0,
+        u64::from(entry.addr_csum),
+        flags | u64::from(BPF_F_PSEUDO_HDR),
+    )
+    .ok()?;
+    ctx.l4_csum_replace(at, 0, u64::from(entry.port_csum), flags)
+        .ok()?;
+    packet.src = entry.src;
+    packet.dst = entry.dst;
+    packet.sport = entry.sport;
+    packet.dport = entry.dport;
+    Some(())
+}

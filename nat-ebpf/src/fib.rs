@@ -1,0 +1,56 @@
+//! Route lookups for new outbound flows of the fast path: the kernel's own FIB answers
+//! which interface a sandbox's packet would leave by and with which link-layer addresses,
+//! so the flow can bypass the host's forwarding and still go where routing says.
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::generated::bpf_fib_lookup as fib_lookup,
+    programs::TcContext,
+};
+
+use crate::parse::Ipv4Packet;
+
+const AF_INET: u8 = 2;
+
+#[derive(Default)]
+pub struct Route {
+    pub ifindex: u32,
+    /// Whether the next hop's link-layer address is known (`smac`/`dmac` are set).
+    pub resolved: bool,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// The route of the packet as if it arrived on `in_ifindex` (a network's bridge: what
+/// the kernel's forwarding would see). The MTU is checked by the kernel against the skb
+/// (GSO-aware) because no length is given. False: no usable route.
+#[inline(never)]
+pub fn route(ctx: &TcContext, in_ifindex: u32, packet: &Ipv4Packet, out: &mut Route) -> bool {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request; fields are set below.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = packet.proto;
+    params.sport = packet.sport;
+    params.dport = packet.dport;
+    params.ifindex = in_ifindex;
+    params.__bindgen_anon_3.ipv4_src = packet.src;
+    params.__bindgen_anon_4.ipv4_dst = packet.dst;
+    // SAFETY: valid context and parameter block of the size given.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    out.ifindex = params.ifindex;
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        out.resolved = true;
+        out.smac = params.smac;
+        out.dmac = params.dmac;
+        true
+    } else {
+        rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH)
+    }
+}

@@ -1,0 +1,175 @@
+//! Published ports of a running sandbox: `natctl port add` publishes more ports without
+//! recreating the sandbox, `natctl port rm` withdraws some. Same rules and wording as `run
+//! -p` (the allocator in `ports`); nothing in the kernel changes before the commit, so
+//! there is nothing to roll back: the dataplane follows in the sync after it.
+use std::{collections::HashSet, net::IpAddr};
+
+use tracing::info;
+
+use super::{
+    Daemon,
+    error::{Result, conflict, invalid},
+    ports::{self, PortRequest},
+    sandboxes::parse_publish,
+    sync::port_rules,
+};
+use crate::{
+    api::SandboxView,
+    dataplane::PortRule,
+    model::{NetworkMode, PortMapping, display_host_ip},
+    portspec::{PortRange, Proto, parse_range},
+    state::Change,
+};
+
+/// `[IP:]PORT[-PORT][/PROTO]`: which published host ports to withdraw.
+struct Withdrawal {
+    host_ip: Option<IpAddr>,
+    ports: PortRange,
+    proto: Proto,
+}
+
+impl Withdrawal {
+    fn parse(text: &str) -> Result<Self> {
+        let bad = || {
+            invalid(format!(
+                "invalid published port {text:?}: expected [IP:]PORT[-PORT][/PROTO]"
+            ))
+        };
+        let (rest, proto) = match text.rsplit_once('/') {
+            Some((rest, proto)) => (rest, proto.parse::<Proto>().map_err(|_| bad())?),
+            None => (text, Proto::Tcp),
+        };
+        let (host_ip, ports) = match rest.rsplit_once(':') {
+            Some((ip, ports)) => {
+                let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                let ip = if ip == "0.0.0.0" || ip == "::" {
+                    None
+                } else {
+                    Some(ip.parse::<IpAddr>().map_err(|_| bad())?)
+                };
+                (ip, ports)
+            }
+            None => (None, rest),
+        };
+        let ports = parse_range(ports).ok_or_else(bad)?;
+        Ok(Self {
+            host_ip,
+            ports,
+            proto,
+        })
+    }
+
+    fn matches(&self, m: &PortMapping) -> bool {
+        m.proto == self.proto
+            && (self.ports.first..=self.ports.last).contains(&m.host_port)
+            && (self.host_ip.is_none() || m.host_ip == self.host_ip)
+    }
+}
+
+impl Daemon {
+    /// Publishes more ports of a running bridge-mode sandbox.
+    pub async fn port_add(&mut self, name: &str, publish: &[String]) -> Result<SandboxView> {
+        let mut sandbox = self.sandbox(name)?.clone();
+        if sandbox.mode != NetworkMode::Bridge || sandbox.endpoints.is_empty() {
+            return Err(invalid(format!(
+                "cannot publish ports of {name}: port publishing needs a sandbox on a bridge network"
+            )));
+        }
+        if let Some(network) = self.state.networks.get(&sandbox.endpoints[0].network)
+            && !super::drivers::of(network.driver).translated()
+        {
+            return Err(invalid(format!(
+                "port publishing is not supported on hostbridge network {}: its sandboxes have addresses on the LAN \
+                 and are reachable directly",
+                network.name
+            )));
+        }
+        if publish.is_empty() {
+            return Err(invalid("no port to publish given".to_string()));
+        }
+        let specs = parse_publish(publish)?;
+        let request = PortRequest {
+            publish: &specs,
+            publish_all: false,
+            expose: &[],
+        };
+        let host = ports::host_sockets(&request);
+        let existing = self.state.sandboxes.values().flat_map(|s| s.ports.iter());
+        let added = ports::allocate(existing, &host, self.port_range, &mut self.port_cursor, &request)
+            .map_err(|e| conflict(e.to_string()))?;
+        let summary: Vec<String> = added.iter().map(describe).collect();
+        let before = port_rules(&sandbox);
+        sandbox.publish.extend(specs);
+        sandbox.ports.extend(added);
+        self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
+        let (new, gone) = rule_changes(&before, &port_rules(&sandbox));
+        self.sync_ports(&new, &gone).await?;
+        info!(sandbox = name, ports = %summary.join(", "), "ports published");
+        Ok(self.view(&sandbox))
+    }
+
+    /// Withdraws published ports of a sandbox (flows through them end with them).
+    pub async fn port_rm(&mut self, name: &str, specs: &[String]) -> Result<SandboxView> {
+        let mut sandbox = self.sandbox(name)?.clone();
+        let withdrawals = specs
+            .iter()
+            .map(|s| Withdrawal::parse(s))
+            .collect::<Result<Vec<_>>>()?;
+        if withdrawals.is_empty() {
+            return Err(invalid("no published port to withdraw given".to_string()));
+        }
+        for (w, text) in withdrawals.iter().zip(specs) {
+            if !sandbox.ports.iter().any(|m| w.matches(m)) {
+                return Err(invalid(format!("{name} does not publish {text}")));
+            }
+        }
+        let (count, rules_before) = (sandbox.ports.len(), port_rules(&sandbox));
+        sandbox
+            .ports
+            .retain(|m| !withdrawals.iter().any(|w| w.matches(m)));
+        let removed = count - sandbox.ports.len();
+        // A `-p` spec whose host ports are all withdrawn is withdrawn with them.
+        sandbox.publish.retain(|spec| match spec.host_ports {
+            Some(range) => withdrawals.iter().all(|w| {
+                !(w.proto == spec.proto
+                    && w.ports.first <= range.first
+                    && range.last <= w.ports.last
+                    && (w.host_ip.is_none() || w.host_ip == spec.host_ip))
+            }),
+            None => true,
+        });
+        self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
+        let (new, gone) = rule_changes(&rules_before, &port_rules(&sandbox));
+        self.sync_ports(&new, &gone).await?;
+        info!(sandbox = name, removed, "published ports withdrawn");
+        Ok(self.view(&sandbox))
+    }
+}
+
+/// The port rules in `after` and not in `before`, and the other way round.
+fn rule_changes(before: &[PortRule], after: &[PortRule]) -> (Vec<PortRule>, Vec<PortRule>) {
+    let ids = |rules: &[PortRule]| rules.iter().map(|r| r.mapping_id).collect::<HashSet<u32>>();
+    let (had, has) = (ids(before), ids(after));
+    (
+        after
+            .iter()
+            .filter(|r| !had.contains(&r.mapping_id))
+            .copied()
+            .collect(),
+        before
+            .iter()
+            .filter(|r| !has.contains(&r.mapping_id))
+            .copied()
+            .collect(),
+    )
+}
+
+fn describe(m: &PortMapping) -> String {
+    format!(
+        "{}:{}->{}/{}",
+        display_host_ip(m.host_ip),
+        m.host_port,
+        m.container_port,
+        m.proto
+    )
+}

@@ -1,0 +1,283 @@
+//! One throwaway topology per mode: an external client namespace, a host namespace (natd
+//! started there with the mode's dataplane), a sandbox "srv" running the load generator's
+//! server and iperf3, and `N` published ports in total.
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    EbpfLoader,
+    maps::Array,
+    programs::{SchedClassifier, TcAttachType},
+};
+use nat_common::{
+    BenchRoute,
+    names::{map, program},
+};
+use natd::dataplane::{Desired, EndpointRule, ebpf::maps::MapWriter};
+use natlab::{HOST_UPLINK_IP, Lab, bpf::PinDir, in_netns, sh, wait_listening};
+
+/// The sandbox network's subnet (natd's default network), routed via the host in the
+/// modes without NAT.
+pub const SANDBOX_SUBNET: &str = "172.18.0.0/16";
+
+pub struct Bed {
+    pub mode: &'static str,
+    pub lab: Lab,
+    /// Where clients of the published port connect: address, CRR/RR port, iperf3 port.
+    pub target: (String, u16, u16),
+    pub sandbox_ns: String,
+    /// The host end of the sandbox's veth.
+    pub sandbox_veth: String,
+    /// The redirect-only programs of the `redirect` mode, detached on drop.
+    _redirect: Option<RedirectPrograms>,
+}
+
+fn natd_dataplane(mode: &str) -> &'static str {
+    match mode {
+        "ebpf" => "ebpf",
+        "nftables" => "nftables",
+        _ => "none",
+    }
+}
+
+/// Host ports for `count` filler mappings, avoiding the measured ones.
+pub fn filler_ports(count: u32) -> Vec<u16> {
+    (1..=65535u16)
+        .filter(|p| ![8080, 5201].contains(p))
+        .take(count as usize)
+        .collect()
+}
+
+/// Consecutive ports as ranges (one `-p A-B:A-B` each).
+pub fn ranges(ports: &[u16]) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for &p in ports {
+        match out.last_mut() {
+            Some(last) if last.1 + 1 == p => last.1 = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
+/// `-p` arguments publishing `ports` one to one.
+pub fn publish_args(ports: &[u16]) -> Vec<String> {
+    ranges(ports)
+        .into_iter()
+        .flat_map(|(a, b)| ["-p".to_string(), format!("{a}-{b}:{a}-{b}")])
+        .collect()
+}
+
+pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
+    let mut lab = Lab::new()?;
+    lab.start_natd(&["--dataplane", natd_dataplane(mode)])?;
+    let server = "taskset -c 1 natd-loadgen serve 80 & taskset -c 1 iperf3 -s -p 5201 >/dev/null & wait";
+    let loadgen_dir = natlab::natctl_bin()
+        .parent()
+        .expect("bin dir")
+        .display()
+        .to_string();
+    let script = format!("PATH={loadgen_dir}:$PATH; {server}");
+    lab.ok(&[
+        "run",
+        "--name",
+        "srv",
+        "-p",
+        "8080:80",
+        "-p",
+        "5201:5201",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let view = lab.json(&["inspect", "srv"]);
+    let sandbox_ns = view["netns"].as_str().context("sandbox netns")?.to_string();
+    let endpoint = &view["endpoints"][0];
+    let sandbox_ip = endpoint["ipv4"].as_str().context("sandbox address")?.to_string();
+    let sandbox_veth = endpoint["host_ifname"].as_str().context("host veth")?.to_string();
+    let filler = filler_ports(mappings.saturating_sub(2));
+    match mode {
+        "nftables" | "ebpf" if !filler.is_empty() => {
+            let mut args = vec!["run".to_string(), "--name".into(), "filler".into()];
+            args.extend(publish_args(&filler));
+            lab.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        "iptables" => docker_rules(&lab, &lab.bridge.clone(), &sandbox_ip, &filler)?,
+        _ => {}
+    }
+    for ns in [lab.ext_path(), sandbox_ns.clone()] {
+        for (k, v) in [
+            ("net.ipv4.ip_local_port_range", "1024 65000"),
+            ("net.ipv4.tcp_tw_reuse", "1"),
+        ] {
+            sh(
+                "nsenter",
+                &[&format!("--net={ns}"), "sysctl", "-qw", &format!("{k}={v}")],
+            );
+        }
+    }
+    let routed = matches!(mode, "baseline" | "redirect");
+    if routed {
+        lab.ext(&["ip", "route", "add", SANDBOX_SUBNET, "via", HOST_UPLINK_IP]);
+    }
+    let redirect = if mode == "redirect" {
+        Some(attach_redirect(&lab, &sandbox_ip, &sandbox_veth, endpoint)?)
+    } else {
+        None
+    };
+    let target = if routed {
+        (sandbox_ip, 80, 5201)
+    } else {
+        (HOST_UPLINK_IP.to_string(), 8080, 5201)
+    };
+    if !wait_listening(&sandbox_ns, "tcp", 80) || !wait_listening(&sandbox_ns, "tcp", 5201) {
+        bail!("servers did not start in {mode}");
+    }
+    Ok(Bed {
+        mode,
+        lab,
+        target,
+        sandbox_ns,
+        sandbox_veth,
+        _redirect: redirect,
+    })
+}
+
+/// Docker's rules for the default bridge (nat DOCKER chain from PREROUTING and OUTPUT,
+/// MASQUERADE, filter DOCKER/isolation chains), with the measured mapping last.
+pub fn docker_rules(lab: &Lab, bridge: &str, sandbox: &str, filler: &[u16]) -> Result<()> {
+    let mut nat = format!(
+        "*nat\n:DOCKER - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
+         -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n\
+         -A POSTROUTING -s 172.18.0.0/16 ! -o {bridge} -j MASQUERADE\n-A DOCKER -i {bridge} -j RETURN\n"
+    );
+    let mut filter = format!(
+        "*filter\n:DOCKER - [0:0]\n:DOCKER-ISOLATION-STAGE-1 - [0:0]\n:DOCKER-ISOLATION-STAGE-2 - [0:0]\n\
+         -A FORWARD -j DOCKER-ISOLATION-STAGE-1\n\
+         -A FORWARD -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         -A FORWARD -o {bridge} -j DOCKER\n-A FORWARD -i {bridge} ! -o {bridge} -j ACCEPT\n\
+         -A FORWARD -i {bridge} -o {bridge} -j ACCEPT\n\
+         -A DOCKER-ISOLATION-STAGE-1 -i {bridge} ! -o {bridge} -j DOCKER-ISOLATION-STAGE-2\n\
+         -A DOCKER-ISOLATION-STAGE-1 -j RETURN\n-A DOCKER-ISOLATION-STAGE-2 -o {bridge} -j DROP\n\
+         -A DOCKER-ISOLATION-STAGE-2 -j RETURN\n"
+    );
+    for p in filler {
+        let _ = writeln!(
+            nat,
+            "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {p} -j DNAT --to-destination 172.18.255.254:{p}"
+        );
+        let _ = writeln!(
+            filter,
+            "-A DOCKER -d 172.18.255.254/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {p} -j ACCEPT"
+        );
+    }
+    for (hp, cp) in [(8080, 80), (5201, 5201)] {
+        let _ = writeln!(
+            nat,
+            "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {hp} -j DNAT --to-destination {sandbox}:{cp}"
+        );
+        let _ = writeln!(
+            filter,
+            "-A DOCKER -d {sandbox}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {cp} -j ACCEPT"
+        );
+    }
+    let path = lab.dir.join("docker.rules");
+    std::fs::write(&path, format!("{nat}COMMIT\n{filter}COMMIT\n"))?;
+    let out = sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "ip netns exec {} iptables-restore --noflush < {}",
+                lab.host_ns,
+                path.display()
+            ),
+        ],
+    );
+    if !out.status.success() {
+        bail!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// natd's redirect-only programs on the uplink's ingress and the sandbox veth's ingress:
+/// packets to the sandbox go into it with `bpf_redirect_peer`, packets out of it straight
+/// to the uplink, without NAT or tracking. Loaded from natd's object with scratch pins.
+pub struct RedirectPrograms {
+    _ebpf: aya::Ebpf,
+    _pin: PinDir,
+}
+
+fn mac_of(lab: &Lab, ns: &str, dev: &str) -> Result<[u8; 6]> {
+    let out = lab.in_ns(ns, &["ip", "-j", "link", "show", "dev", dev]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
+    natd_mac(json[0]["address"].as_str().context("MAC")?)
+}
+
+fn attach_redirect(
+    lab: &Lab,
+    sandbox_ip: &str,
+    veth: &str,
+    endpoint: &serde_json::Value,
+) -> Result<RedirectPrograms> {
+    let sandbox_mac = natd_mac(endpoint["mac"].as_str().context("sandbox MAC")?)?;
+    let bridge_mac = mac_of(lab, &lab.host_ns, &lab.bridge)?;
+    let uplink_mac = mac_of(lab, &lab.host_ns, "up0")?;
+    let ext_mac = mac_of(lab, &lab.ext_ns, "lan0")?;
+    let addr: std::net::Ipv4Addr = sandbox_ip.parse()?;
+    let veth = veth.to_string();
+    in_netns(&lab.host_path(), move || -> Result<RedirectPrograms> {
+        let pin = PinDir::create("natd-bench-redirect")?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin.0)
+            .load(natd::EBPF_OBJECT)?;
+        let index =
+            |name: &str| nix::net::if_::if_nametoindex(name).with_context(|| format!("ifindex of {name}"));
+        let desired = Desired {
+            endpoints: vec![EndpointRule {
+                addr,
+                host_ifindex: index(&veth)?,
+                network_id: 1,
+                mac: sandbox_mac,
+                gw_mac: bridge_mac,
+                mtu: 1500,
+            }],
+            ..Default::default()
+        };
+        MapWriter::default().write(&mut ebpf, &desired)?;
+        let mut route: Array<_, BenchRoute> =
+            Array::try_from(ebpf.map_mut(map::BENCH_ROUTE).context("route map")?)?;
+        route.set(
+            0,
+            BenchRoute {
+                ifindex: index("up0")?,
+                smac: uplink_mac,
+                dmac: ext_mac,
+            },
+            0,
+        )?;
+        for (name, dev) in [
+            (program::BENCH_REDIRECT_INGRESS, "up0"),
+            (program::BENCH_REDIRECT_SANDBOX, veth.as_str()),
+        ] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).context("program")?.try_into()?;
+            p.load()?;
+            p.attach(dev, TcAttachType::Ingress)
+                .with_context(|| format!("attach {name} to {dev}"))?;
+        }
+        Ok(RedirectPrograms {
+            _ebpf: ebpf,
+            _pin: pin,
+        })
+    })
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn natd_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    bytes.try_into().map_err(|_| anyhow::anyhow!("MAC {text}"))
+}

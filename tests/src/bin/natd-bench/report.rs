@@ -1,0 +1,330 @@
+//! report.md, results.json and the plots: every series as median [p25–p75] over its runs,
+//! ratios against each other mode, every target stated as met or missed, the runs thrown
+//! out and why.
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
+
+use anyhow::Result;
+use natlab::sh;
+
+use crate::{MODES, Plan, Results, control::percentile, plots::plots};
+
+/// (scenario, mappings, metric, detail, mode).
+pub type Key = (String, u32, String, Option<String>, String);
+/// (scenario, mappings, metric, detail).
+type Row = (String, u32, String, Option<String>);
+
+pub struct Agg {
+    pub median: f64,
+    pub p25: f64,
+    pub p75: f64,
+    pub runs: usize,
+}
+
+/// Why natd misses the targets it misses, from the latest full run on this machine (the
+/// tables above say by how much in this run).
+const ANALYSIS: &str = include_str!("analysis.md");
+
+const METHOD: &str = "- method: every mode has its own topology of network namespaces (external client, host with natd, \
+sandbox server); client, server and their softirq work pinned to CPU 1; offloads on; the client's port range widened \
+and TIME_WAIT reuse on. CRR: new TCP connection, 1-byte request/response, close; RR: 1-byte transactions on a \
+kept-alive connection (p50/p99 latency from it); throughput: iperf3. `baseline` routes to the sandbox without NAT or \
+netfilter rules; `redirect` routes the same way through natd's redirect-only programs (`bpf_redirect_peer` into the \
+sandbox, `bpf_redirect` out of it, no NAT, no tracking); `iptables` applies Docker's rules (nat DOCKER chain from \
+PREROUTING/OUTPUT, MASQUERADE, filter DOCKER and isolation chains) with the measured mapping last in the chain. A run \
+counts only if the load generator saw no error and natd counted no drop (see *Invalid runs*).\n\
+- program cost, warm: BPF_PROG_TEST_RUN with `repeat` runs through a wrapper that restores the frame and tail-calls \
+the program, minus the wrapper tail-calling an empty program; every run's verdict and the counter its path moves are \
+checked. In situ: the kernel's run-time statistics (BPF_ENABLE_STATS, on only during the ebpf and redirect runs) of \
+the attached programs, run time over run count per attachment point during each CRR/RR run; the RR rows are the \
+steady-state paths, `(crr mix)` rows include flow setup. Statistics add two clock reads per program run to those \
+modes' traffic runs.\n\
+- control: one more port published on a running sandbox through natd's API (`natctl publish`), timed from the request \
+until a connection through the new port is answered, with the connection table empty and filled with synthetic \
+flows; nftables: one element added to a map of N (libnftables); iptables: one rule appended to Docker's chain of N \
+(the iptables command).\n";
+
+pub fn aggregate(samples: &[crate::Sample]) -> BTreeMap<Key, Agg> {
+    let mut groups: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    for s in samples {
+        let key = (
+            s.scenario.to_string(),
+            s.mappings,
+            s.metric.to_string(),
+            s.detail.clone(),
+            s.mode.clone(),
+        );
+        groups.entry(key).or_default().push(s.value);
+    }
+    groups
+        .into_iter()
+        .map(|(k, mut v)| {
+            let runs = v.len();
+            let agg = Agg {
+                median: percentile(&mut v, 0.5),
+                p25: percentile(&mut v, 0.25),
+                p75: percentile(&mut v, 0.75),
+                runs,
+            };
+            (k, agg)
+        })
+        .collect()
+}
+
+fn results_json(agg: &BTreeMap<Key, Agg>) -> Result<String> {
+    let rows: Vec<serde_json::Value> = agg
+        .iter()
+        .map(|((scenario, n, metric, detail, mode), a)| {
+            let mut o = serde_json::json!({
+                "scenario": scenario, "mode": mode, "mappings": n, "metric": metric,
+                "median": a.median, "p25": a.p25, "p75": a.p75, "runs": a.runs,
+            });
+            if let Some(d) = detail {
+                o["detail"] = serde_json::Value::String(d.clone());
+            }
+            o
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&rows)?)
+}
+
+fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let kernel = String::from_utf8_lossy(&sh("uname", &["-r"]).stdout)
+        .trim()
+        .to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "# natd benchmark{}\n",
+        if plan.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(md, "- machine: {cpu}, {cpus} CPUs; kernel {kernel}");
+    let _ = writeln!(
+        md,
+        "- run took {:.0} s; {} repetitions per point, modes interleaved ({}), {:.0} s per measurement; warm program \
+         runs: {} repetitions of {} runs",
+        elapsed.as_secs_f64(),
+        plan.reps,
+        MODES.join(", "),
+        plan.secs,
+        plan.reps.max(5),
+        plan.warm_repeat
+    );
+    md.push_str(METHOD);
+}
+
+fn table(md: &mut String, agg: &BTreeMap<Key, Agg>) {
+    let others = ["baseline", "redirect", "iptables", "nftables"];
+    let _ = writeln!(
+        md,
+        "\n| scenario | N | metric | detail | {} | {} |",
+        MODES.join(" | "),
+        others.map(|o| format!("ebpf/{o}")).join(" | ")
+    );
+    let _ = writeln!(md, "|{}", "---|".repeat(4 + MODES.len() + others.len()));
+    let mut rows: BTreeMap<Row, BTreeMap<String, &Agg>> = BTreeMap::new();
+    for ((scenario, n, metric, detail, mode), a) in agg {
+        rows.entry((scenario.clone(), *n, metric.clone(), detail.clone()))
+            .or_default()
+            .insert(mode.clone(), a);
+    }
+    for ((scenario, n, metric, detail), modes) in &rows {
+        let cell = |m: &str| {
+            modes
+                .get(m)
+                .map(|a| format!("{:.1} [{:.1}–{:.1}] ({})", a.median, a.p25, a.p75, a.runs))
+                .unwrap_or_else(|| "–".into())
+        };
+        let ratio = |m: &str| match (modes.get("ebpf"), modes.get(m)) {
+            (Some(e), Some(o)) if o.median > 0.0 => format!("{:.2}", e.median / o.median),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {scenario} | {n} | {metric} | {} | {} | {} |",
+            detail.clone().unwrap_or_default(),
+            MODES.map(cell).join(" | "),
+            others.map(ratio).join(" | ")
+        );
+    }
+}
+
+/// Target rows: (name, measured, goal, higher is better).
+fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f64, bool)> {
+    let get = |s: &str, n: u32, m: &str, d: Option<&str>, mode: &str| {
+        agg.get(&(s.into(), n, m.into(), d.map(str::to_string), mode.into()))
+            .map(|a| a.median)
+    };
+    let ratio = |s: &str, n: u32, m: &str, d: Option<&str>, other: &str| match (
+        get(s, n, m, d, "ebpf"),
+        get(s, n, m, d, other),
+    ) {
+        (Some(e), Some(o)) if o > 0.0 => Some(e / o),
+        _ => None,
+    };
+    let mut t = Vec::new();
+    for &n in &plan.scale {
+        for (metric, label) in [("crr_per_s", "CRR"), ("rr_per_s", "RR")] {
+            t.push((
+                format!("publish {label} ebpf/baseline >= 1.0 (N={n}; stretch 1.10)"),
+                ratio("publish", n, metric, None, "baseline"),
+                1.0,
+                true,
+            ));
+        }
+    }
+    for (metric, label) in [("crr_per_s", "CRR"), ("rr_per_s", "RR")] {
+        t.push((
+            format!("masquerade {label} ebpf/baseline >= 1.0"),
+            ratio("masquerade", 1, metric, None, "baseline"),
+            1.0,
+            true,
+        ));
+        t.push((
+            format!("publish {label} ebpf/redirect-only >= 0.97 (N=1)"),
+            ratio("publish", 1, metric, None, "redirect"),
+            0.97,
+            true,
+        ));
+    }
+    let big = if plan.scale.contains(&10000) {
+        10000
+    } else {
+        *plan.scale.last().expect("scale")
+    };
+    t.push((
+        "publish CRR ebpf/iptables >= 1.25 (N=1)".into(),
+        ratio("publish", 1, "crr_per_s", None, "iptables"),
+        1.25,
+        true,
+    ));
+    t.push((
+        format!("publish CRR ebpf/iptables >= 10 (N={big})"),
+        ratio("publish", big, "crr_per_s", None, "iptables"),
+        10.0,
+        true,
+    ));
+    for scenario in ["publish", "masquerade"] {
+        t.push((
+            format!("{scenario} throughput ebpf/baseline >= 1.0 (1 stream)"),
+            ratio(scenario, 1, "gbit_s", Some("1 stream(s)"), "baseline"),
+            1.0,
+            true,
+        ));
+    }
+    let small = plan.program_sizes[0];
+    let dnat = |n| get("program", n, "ns_per_packet_warm", Some("dnat_forward"), "ebpf");
+    t.push((
+        format!("DNAT forward warm <= 100 ns (N={small}; stretch 60)"),
+        dnat(small),
+        100.0,
+        false,
+    ));
+    for &n in &plan.program_sizes[1..] {
+        let flat = dnat(n).zip(dnat(small)).map(|(b, a)| b / a.max(1.0));
+        t.push((
+            format!("DNAT forward warm at N={n} within 1.2x of N={small}"),
+            flat,
+            1.2,
+            false,
+        ));
+    }
+    for &n in &plan.control_sizes {
+        t.push((
+            format!("publish one port via the API, p99 until answered <= 1000 us (N={n})"),
+            get("control", n, "add_us_p99", Some("0 flows"), "ebpf"),
+            1000.0,
+            false,
+        ));
+        let flows = format!("{} flows", plan.control_flows);
+        let with_flows = get("control", n, "add_us_p50", Some(&flows), "ebpf").zip(get(
+            "control",
+            n,
+            "add_us_p50",
+            Some("0 flows"),
+            "ebpf",
+        ));
+        t.push((
+            format!("publish with {flows} tracked / with none, p50 <= 1.2x (sync does not walk the table)"),
+            with_flows.map(|(a, b)| a / b.max(1.0)),
+            1.2,
+            false,
+        ));
+    }
+    t.push((
+        "legitimate connections succeeding during the SYN flood >= 99 %".into(),
+        get("flood", 1, "legit_success_pct", None, "ebpf"),
+        99.0,
+        true,
+    ));
+    let (m, sb) = plan.rss;
+    t.push((
+        format!("natd RSS <= 64 MiB ({m} mappings, {sb} sandboxes)"),
+        get("control", m, "rss_mib", Some(&format!("{sb} sandboxes")), "ebpf"),
+        64.0,
+        false,
+    ));
+    t
+}
+
+pub fn write(plan: &Plan, out: &Path, results: &Results, elapsed: Duration) -> Result<()> {
+    let agg = aggregate(&results.samples);
+    std::fs::write(out.join("results.json"), results_json(&agg)?)?;
+    let mut md = String::new();
+    header(&mut md, plan, elapsed);
+    table(&mut md, &agg);
+    let _ = writeln!(
+        md,
+        "\n## Targets\n\n| target | measured | verdict |\n|---|---|---|"
+    );
+    for (name, value, goal, higher) in targets(plan, &agg) {
+        let (text, verdict) = match value {
+            Some(v) => {
+                let ok = if higher { v >= goal } else { v <= goal };
+                let by = if higher {
+                    (goal - v) / goal * 100.0
+                } else {
+                    (v - goal) / goal * 100.0
+                };
+                (
+                    format!("{v:.2}"),
+                    if ok {
+                        "met".to_string()
+                    } else {
+                        format!("missed by {by:.0}%")
+                    },
+                )
+            }
+            None => ("not measured".into(), "–".into()),
+        };
+        let _ = writeln!(md, "| {name} | {text} | {verdict} |");
+    }
+    if !results.notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n");
+        for note in &results.notes {
+            let _ = writeln!(md, "- {note}");
+        }
+    }
+    let _ = writeln!(md, "\n## Invalid runs\n");
+    if results.invalid.is_empty() {
+        let _ = writeln!(md, "None: every run counted.");
+    }
+    for i in &results.invalid {
+        let _ = writeln!(md, "- {}: {}", i.what, i.why);
+    }
+    md.push('\n');
+    md.push_str(ANALYSIS);
+    let _ = writeln!(
+        md,
+        "\nPlots: `crr_vs_n.png`, `program_ns.png`. Raw aggregates: `results.json`."
+    );
+    std::fs::write(out.join("report.md"), &md)?;
+    plots(out, &agg, plan)?;
+    println!("{md}");
+    Ok(())
+}

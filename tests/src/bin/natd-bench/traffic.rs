@@ -1,0 +1,268 @@
+//! The traffic runs: CRR and RR with the load generator, throughput with iperf3, through
+//! a published port (client outside, server in the sandbox) and out of the sandbox
+//! (masquerade; routed without NAT in the baseline modes). A run counts only if the load
+//! generator saw no error and natd counted no drop; otherwise it is recorded as invalid.
+use anyhow::{Context as _, Result};
+use natlab::{EXT_IP, sh, wait_listening};
+
+use crate::{
+    Invalid, Plan, Results, Sample,
+    beds::{self, Bed},
+    insitu,
+};
+
+fn loadgen_bin() -> String {
+    natlab::natctl_bin()
+        .parent()
+        .expect("bin dir")
+        .join("natd-loadgen")
+        .display()
+        .to_string()
+}
+
+/// One load generator run, pinned to CPU 1: its JSON report.
+fn loadgen(ns: &str, kind: &str, target: &str, secs: f64) -> serde_json::Value {
+    let out = sh(
+        "nsenter",
+        &[
+            &format!("--net={ns}"),
+            "taskset",
+            "-c",
+            "1",
+            &loadgen_bin(),
+            kind,
+            target,
+            &secs.to_string(),
+        ],
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Gbit/s received, or why the run failed.
+fn iperf(ns: &str, host: &str, port: u16, streams: u32, secs: f64) -> Result<f64, String> {
+    let (port, streams, secs) = (port.to_string(), streams.to_string(), secs.max(1.0).to_string());
+    let out = sh(
+        "nsenter",
+        &[
+            &format!("--net={ns}"),
+            "taskset",
+            "-c",
+            "1",
+            "iperf3",
+            "-c",
+            host,
+            "-p",
+            &port,
+            "-P",
+            &streams,
+            "-t",
+            &secs,
+            "-J",
+        ],
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 output: {e}"))?;
+    if let Some(error) = json["error"].as_str() {
+        return Err(format!("iperf3: {error}"));
+    }
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .ok_or_else(|| "iperf3 reported no throughput".into())
+}
+
+/// Sum of natd's drop counters (0 where natd has no dataplane).
+fn natd_drops(bed: &Bed) -> u64 {
+    let stats = bed.lab.json(&["stats"]);
+    stats["counters"]
+        .as_object()
+        .map(|c| {
+            c.iter()
+                .filter(|(name, _)| name.starts_with("drop_"))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The in-situ path name of an attachment point's program in a scenario.
+fn in_situ_path(scenario: &str, metric: &str, point: &str) -> String {
+    let path = match (scenario, point) {
+        ("publish", "uplink_ingress") => "dnat_forward",
+        ("publish", "sandbox") => "dnat_reply",
+        ("masquerade", "uplink_ingress") => "snat_reply",
+        ("masquerade", "sandbox") => "snat_established",
+        (_, other) => other,
+    };
+    if metric == "crr_per_s" {
+        format!("{path} (crr mix)")
+    } else {
+        path.to_string()
+    }
+}
+
+struct Run<'a> {
+    bed: &'a Bed,
+    mappings: u32,
+    rep: usize,
+    results: &'a mut Results,
+}
+
+impl Run<'_> {
+    /// One CRR or RR run, checked, with the programs' in-situ cost for the modes that
+    /// attach programs.
+    fn loadgen(
+        &mut self,
+        scenario: &'static str,
+        ns: &str,
+        kind: &str,
+        target: &str,
+        secs: f64,
+    ) -> Result<()> {
+        let bed = self.bed;
+        let programs = matches!(bed.mode, "ebpf" | "redirect");
+        let stats = if programs {
+            Some(insitu::StatsOn::new()?)
+        } else {
+            None
+        };
+        let before = if programs {
+            insitu::snapshot(bed)?
+        } else {
+            Vec::new()
+        };
+        let drops = natd_drops(bed);
+        let v = loadgen(ns, kind, target, secs);
+        let after = if programs {
+            insitu::snapshot(bed)?
+        } else {
+            Vec::new()
+        };
+        drop(stats);
+        let dropped = natd_drops(bed) - drops;
+        let errors = v["errors"].as_u64().unwrap_or(u64::MAX);
+        let ops = v["ops"].as_u64().unwrap_or(0);
+        let what = format!(
+            "{scenario} {kind} {} N={} rep {}",
+            bed.mode,
+            self.mappings,
+            self.rep + 1
+        );
+        if errors > 0 || dropped > 0 || ops == 0 {
+            let why = if v.is_null() {
+                "no report from the load generator".into()
+            } else {
+                format!("{errors} client errors, {dropped} packets dropped by natd, {ops} operations")
+            };
+            self.results.invalid.push(Invalid { what, why });
+            return Ok(());
+        }
+        let (rate, n) = (
+            if kind == "crr" { "crr_per_s" } else { "rr_per_s" },
+            self.mappings,
+        );
+        let s = &mut self.results.samples;
+        s.push(Sample::new(
+            scenario,
+            bed.mode,
+            n,
+            rate,
+            v["per_s"].as_f64().unwrap_or(0.0),
+        ));
+        if kind == "rr" {
+            s.push(Sample::new(
+                scenario,
+                bed.mode,
+                n,
+                "p50_us",
+                v["p50_us"].as_f64().unwrap_or(0.0),
+            ));
+            s.push(Sample::new(
+                scenario,
+                bed.mode,
+                n,
+                "p99_us",
+                v["p99_us"].as_f64().unwrap_or(0.0),
+            ));
+        }
+        for (point, ns_per_run, _) in insitu::cost(&before, &after) {
+            s.push(
+                Sample::new("program", bed.mode, n, "ns_per_packet_in_situ", ns_per_run)
+                    .detail(in_situ_path(scenario, rate, point)),
+            );
+        }
+        Ok(())
+    }
+
+    fn iperf(&mut self, scenario: &'static str, ns: &str, host: &str, port: u16, streams: u32, secs: f64) {
+        let bed = self.bed;
+        let drops = natd_drops(bed);
+        let result = iperf(ns, host, port, streams, secs);
+        let dropped = natd_drops(bed) - drops;
+        let what = format!("{scenario} iperf3 x{streams} {} rep {}", bed.mode, self.rep + 1);
+        match result {
+            Ok(g) if dropped == 0 => self.results.samples.push(
+                Sample::new(scenario, bed.mode, self.mappings, "gbit_s", g)
+                    .detail(format!("{streams} stream(s)")),
+            ),
+            Ok(_) => self.results.invalid.push(Invalid {
+                what,
+                why: format!("{dropped} packets dropped by natd"),
+            }),
+            Err(why) => self.results.invalid.push(Invalid { what, why }),
+        }
+    }
+}
+
+/// Every mode with `mappings` published ports, `plan.reps` interleaved repetitions.
+pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
+    let mut beds = Vec::new();
+    for mode in crate::MODES {
+        beds.push(
+            beds::bed(mode, mappings).with_context(|| format!("{mode} topology with {mappings} mappings"))?,
+        );
+    }
+    // The masquerade servers live in each bed's external namespace.
+    let mut servers = Vec::new();
+    for b in &beds {
+        servers.push(b.lab.spawn_in(
+            &b.lab.ext_ns,
+            &["taskset", "-c", "1", &loadgen_bin(), "serve", "9000"],
+        ));
+        servers.push(b.lab.spawn_in(
+            &b.lab.ext_ns,
+            &["taskset", "-c", "1", "iperf3", "-s", "-p", "5202"],
+        ));
+        wait_listening(&b.lab.ext_path(), "tcp", 9000);
+        wait_listening(&b.lab.ext_path(), "tcp", 5202);
+    }
+    for rep in 0..plan.reps {
+        for bed in &beds {
+            eprintln!("  rep {} {} N={mappings}", rep + 1, bed.mode);
+            let mut run = Run {
+                bed,
+                mappings,
+                rep,
+                results,
+            };
+            let ext = bed.lab.ext_path();
+            let published = format!("{}:{}", bed.target.0, bed.target.1);
+            let mut targets = vec![("publish", ext.clone(), published)];
+            if mappings == 1 {
+                targets.push(("masquerade", bed.sandbox_ns.clone(), format!("{EXT_IP}:9000")));
+            }
+            for (scenario, ns, target) in &targets {
+                run.loadgen(scenario, ns, "crr", target, plan.secs)?;
+                run.loadgen(scenario, ns, "rr", target, plan.secs)?;
+            }
+            if mappings == 1 {
+                for &streams in &plan.streams {
+                    run.iperf("publish", &ext, &bed.target.0, bed.target.2, streams, plan.secs);
+                    run.iperf("masquerade", &bed.sandbox_ns, EXT_IP, 5202, streams, plan.secs);
+                }
+            }
+        }
+    }
+    drop(servers);
+    Ok(())
+}

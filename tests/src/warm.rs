@@ -1,0 +1,355 @@
+//! Warm program cost, for the benchmark: BPF_PROG_TEST_RUN with many repetitions of one
+//! path. A test run does not reset the packet between repetitions, so each program runs
+//! behind `natd_bench_wrapper`, which restores the frame's headers (and makes a new flow
+//! per run when asked) and tail-calls it; the wrapper tail-calling `natd_empty` is the
+//! baseline subtracted from every figure. Every run's verdict and the counters it must
+//! move are checked: a figure from a path that did something else is an error, not a row.
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::{
+    maps::{Array, ProgramArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use nat_common::{
+    BenchFrame, bench, counter,
+    names::{map, program},
+};
+use natd::{dataplane::PortRule, portspec::Proto};
+
+use crate::{
+    bpf::{Bpf, CLIENT, HOST, SANDBOX},
+    frames::{Flags, SYN, ack, segment},
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+/// A second host address: the filler mappings are bound to it, so they take no port the
+/// masquerade of the host address could use (and `snat_new` measures a new flow, not a
+/// search through published ports).
+pub const FILLER_ADDR: [u8; 4] = [198, 51, 100, 77];
+const REMOTE: [u8; 4] = [203, 0, 113, 9];
+const OTHER_NETWORK: [u8; 4] = [172, 21, 0, 9];
+
+/// One measured path: its name and ns per packet of each repetition.
+pub struct PathCost {
+    pub path: &'static str,
+    pub ns: Vec<f64>,
+}
+
+impl Bpf {
+    /// Loads the wrapper and the redirect-only programs (natd never loads them).
+    pub fn load_bench_programs(&mut self) -> Result<()> {
+        for name in [
+            program::BENCH_WRAPPER,
+            program::BENCH_REDIRECT_INGRESS,
+            program::BENCH_REDIRECT_SANDBOX,
+        ] {
+            let p: &mut SchedClassifier = self.ebpf.program_mut(name).context("program")?.try_into()?;
+            p.load().with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// `repeat` runs of `program` on `frame` behind the wrapper: (last verdict, mean ns
+    /// per run as the kernel measured it). `vary.0` not 0: a new flow per run, numbered from
+    /// `vary.0` on, made new as `vary.1` says (see `BenchFrame`).
+    pub fn warm(&mut self, program: &str, frame: &[u8], vary: (u32, u32), repeat: u32) -> Result<(u32, f64)> {
+        let mut saved = BenchFrame {
+            len: frame.len() as u32,
+            vary: vary.0,
+            vary_how: vary.1,
+            _pad: 0,
+            bytes: [0; 128],
+        };
+        ensure!(frame.len() <= saved.bytes.len(), "frame too long for the wrapper");
+        saved.bytes[..frame.len()].copy_from_slice(frame);
+        let mut frames: Array<_, BenchFrame> =
+            Array::try_from(self.ebpf.map_mut(map::BENCH_FRAME).context("frame map")?)?;
+        frames.set(0, saved, 0)?;
+        let target = self.ebpf.program(program).context("program")?.fd()?.try_clone()?;
+        let mut jump = ProgramArray::try_from(self.ebpf.map_mut(map::BENCH_JUMP).context("jump map")?)?;
+        jump.set(0, &target, 0)?;
+        let wrapper: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program::BENCH_WRAPPER)
+            .context("wrapper")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let result = wrapper.test_run(opts)?;
+        Ok((result.return_value, result.duration.as_nanos() as f64))
+    }
+
+    /// `warm`, checking the verdict and that counter `id` moved by exactly `repeat`.
+    fn warm_checked(
+        &mut self,
+        path: &str,
+        run: (&str, &[u8], (u32, u32)),
+        repeat: u32,
+        verdict: u32,
+        id: Option<u32>,
+    ) -> Result<f64> {
+        let before = self.counters();
+        let (got, ns) = self.warm(run.0, run.1, run.2, repeat)?;
+        let after = self.counters();
+        let moved = |id: u32| after[id as usize] - before[id as usize];
+        let all_moved = || {
+            (0..counter::COUNT)
+                .filter(|&i| moved(i) > 0)
+                .map(|i| format!("{} +{}", counter::name(i).unwrap_or("?"), moved(i)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if got != verdict {
+            bail!(
+                "{path}: verdict {got}, expected {verdict} (counters: {})",
+                all_moved()
+            );
+        }
+        if let Some(id) = id
+            && moved(id) != u64::from(repeat)
+        {
+            bail!(
+                "{path}: {} moved by {}, expected {repeat} (counters: {})",
+                counter::name(id).unwrap_or("?"),
+                moved(id),
+                all_moved()
+            );
+        }
+        Ok(ns)
+    }
+}
+
+/// natd's maps as the benchmark's program rows need them, in a private namespace of the
+/// calling thread: the measured published port (0.0.0.0:8080 -> the sandbox's port 80), a
+/// second network, a routed uplink for new outbound flows, the fast path on, NAT ports
+/// 1024-65535. `set_mappings` adds the fillers.
+pub fn bench_setup(ct_capacity: u32) -> Result<Bpf> {
+    let mut bpf = Bpf::load(ct_capacity)?;
+    bpf.load_bench_programs()?;
+    bpf.fast_path(true);
+    bpf.snat_ports(1024, 65535);
+    bpf.local(FILLER_ADDR);
+    bpf.network(
+        3,
+        [172, 21, 0, 0],
+        24,
+        [172, 21, 0, 1],
+        nat_common::net::ICC | nat_common::net::MASQ,
+    );
+    bpf.route_via_uplink(true);
+    bpf.as_uplink();
+    set_mappings(&mut bpf, 1);
+    Ok(bpf)
+}
+
+/// `mappings` published ports in all: the measured one and fillers bound to
+/// `FILLER_ADDR` (their mapping ids stay the same whatever the count, so changing the
+/// count touches only the fillers).
+pub fn set_mappings(bpf: &mut Bpf, mappings: u32) {
+    let fillers = (1..=65535u16)
+        .filter(|p| *p != 8080)
+        .take(mappings.saturating_sub(1) as usize);
+    let mut rules: Vec<PortRule> = fillers
+        .enumerate()
+        .map(|(i, port)| PortRule {
+            host_ip: Some(FILLER_ADDR.into()),
+            host_port: port,
+            proto: Proto::Tcp,
+            target: SANDBOX.into(),
+            target_port: 80,
+            mapping_id: 2 + i as u32,
+        })
+        .collect();
+    rules.push(PortRule {
+        host_ip: None,
+        host_port: 8080,
+        proto: Proto::Tcp,
+        target: SANDBOX.into(),
+        target_port: 80,
+        mapping_id: 1,
+    });
+    bpf.desired.ports = rules;
+    bpf.sync();
+}
+
+fn syn_ack(n: u32) -> Flags {
+    Flags {
+        syn: true,
+        ack: Some(n),
+        ..Flags::default()
+    }
+}
+
+/// A published-port flow and a masqueraded flow, both established on the fast path.
+/// Returns the masqueraded flow's NAT port.
+fn establish(bpf: &mut Bpf) -> Result<u16> {
+    let (ingress, sandbox) = (program::UPLINK_INGRESS, program::SANDBOX_INGRESS);
+    bpf.as_uplink();
+    bpf.run(ingress, &segment(CLIENT, 40000, HOST, 8080, 1000, SYN));
+    bpf.as_sandbox_veth(2, SANDBOX);
+    bpf.run(sandbox, &segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack(1001)));
+    let (_, out) = bpf.run(sandbox, &segment(SANDBOX, 5000, REMOTE, 443, 1000, SYN));
+    let nat_port = crate::frames::inspect(&out).sport;
+    bpf.as_uplink();
+    bpf.run(ingress, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
+    bpf.run(
+        ingress,
+        &segment(REMOTE, 443, HOST, nat_port, 9000, syn_ack(1001)),
+    );
+    bpf.as_sandbox_veth(2, SANDBOX);
+    bpf.run(sandbox, &segment(SANDBOX, 5000, REMOTE, 443, 1001, ack(9001)));
+    let promoted = bpf.counter(counter::CT_PROMOTED);
+    ensure!(
+        promoted == 2,
+        "both flows established before measuring (promoted {promoted})"
+    );
+    Ok(nat_port)
+}
+
+/// Every path's warm cost with each number of `mappings`, `reps` repetitions of `repeat`
+/// runs each, the wrapper's own cost (with `natd_empty`) subtracted run by run. The
+/// numbers of mappings take turns within each repetition, so a slow phase of the machine
+/// spreads over all of them instead of landing on one.
+pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, PathCost)>> {
+    // Each `snat_new` run is a new flow: room for all of them in the embryonic table is
+    // not needed (it is an LRU), but the established table must hold the measured flows.
+    let mut bpf = bench_setup(1 << 18)?;
+    let nat_port = establish(&mut bpf)?;
+    let (ingress, sandbox) = (program::UPLINK_INGRESS, program::SANDBOX_INGRESS);
+    let miss = segment(CLIENT, 40000, HOST, 65500, 1000, SYN);
+    let dnat_new = segment([198, 18, 0, 1], 1024, HOST, 8080, 1000, SYN);
+    let dnat = segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001));
+    let dnat_reply = segment(SANDBOX, 80, CLIENT, 40000, 5001, ack(1001));
+    let snat_new = segment(SANDBOX, 1024, REMOTE, 10000, 1000, SYN);
+    let snat = segment(SANDBOX, 5000, REMOTE, 443, 1001, ack(9001));
+    let snat_reply = segment(REMOTE, 443, HOST, nat_port, 9001, ack(1001));
+    let isolation = segment(SANDBOX, 5000, OTHER_NETWORK, 80, 1000, SYN);
+    let redirect = segment(CLIENT, 40000, SANDBOX, 80, 1001, ack(5001));
+    // (path, device role, program, frame, new flow per run (how), verdict, counter moved
+    // per run)
+    type Case<'a> = (
+        &'static str,
+        bool,
+        &'a str,
+        &'a [u8],
+        Option<u32>,
+        u32,
+        Option<u32>,
+    );
+    let cases: [Case; 9] = [
+        ("miss", true, ingress, &miss, None, TC_ACT_OK, None),
+        (
+            "dnat_new",
+            true,
+            ingress,
+            &dnat_new,
+            Some(bench::VARY_SADDR),
+            TC_ACT_REDIRECT,
+            Some(counter::DNAT_NEW),
+        ),
+        (
+            "dnat_forward",
+            true,
+            ingress,
+            &dnat,
+            None,
+            TC_ACT_REDIRECT,
+            Some(counter::FAST_TO_SANDBOX),
+        ),
+        (
+            "dnat_reply",
+            false,
+            sandbox,
+            &dnat_reply,
+            None,
+            TC_ACT_REDIRECT,
+            Some(counter::FAST_TO_UPLINK),
+        ),
+        (
+            "snat_new",
+            false,
+            sandbox,
+            &snat_new,
+            Some(bench::VARY_DPORT),
+            TC_ACT_REDIRECT,
+            Some(counter::SNAT_NEW),
+        ),
+        (
+            "snat_established",
+            false,
+            sandbox,
+            &snat,
+            None,
+            TC_ACT_REDIRECT,
+            Some(counter::SNAT_ESTABLISHED),
+        ),
+        (
+            "snat_reply",
+            true,
+            ingress,
+            &snat_reply,
+            None,
+            TC_ACT_REDIRECT,
+            Some(counter::SNAT_REPLY),
+        ),
+        (
+            "isolation_drop",
+            false,
+            sandbox,
+            &isolation,
+            None,
+            TC_ACT_SHOT,
+            Some(counter::DROP_CROSS_NETWORK),
+        ),
+        (
+            "redirect_only",
+            true,
+            program::BENCH_REDIRECT_INGRESS,
+            &redirect,
+            None,
+            TC_ACT_REDIRECT,
+            None,
+        ),
+    ];
+    let mut out: Vec<(u32, PathCost)> = mappings
+        .iter()
+        .flat_map(|&n| {
+            cases.iter().map(move |c| {
+                (
+                    n,
+                    PathCost {
+                        path: c.0,
+                        ns: Vec::new(),
+                    },
+                )
+            })
+        })
+        .collect();
+    let mut round = 0u32;
+    for _ in 0..reps {
+        for (m, &n) in mappings.iter().enumerate() {
+            set_mappings(&mut bpf, n);
+            for (i, &(path, uplink, prog, frame, new_flows, verdict, id)) in cases.iter().enumerate() {
+                // New flows never repeat a tuple of an earlier round.
+                let vary = new_flows.map_or((0, 0), |how| (1 + round * repeat, how));
+                if new_flows.is_some() {
+                    round += 1;
+                }
+                if uplink {
+                    bpf.as_uplink();
+                } else {
+                    bpf.as_sandbox_veth(2, SANDBOX);
+                }
+                let empty =
+                    bpf.warm_checked("empty", (program::EMPTY, frame, (0, 0)), repeat, TC_ACT_OK, None)?;
+                let ns = bpf.warm_checked(path, (prog, frame, vary), repeat, verdict, id)?;
+                out[m * cases.len() + i].1.ns.push((ns - empty).max(0.0));
+            }
+        }
+    }
+    Ok(out)
+}
