@@ -3,7 +3,7 @@
 //! it is stored (`model`), with a view of what is live.
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Network, Sandbox};
+use crate::model::{CniAttachment, Network, Sandbox};
 
 /// Every path of the API. Parameterised paths come as a route pattern (axum's `{name}`
 /// syntax) for the server and a function for the client.
@@ -71,6 +71,13 @@ pub struct RunRequest {
     pub expose: Vec<String>,
     #[serde(default)]
     pub netns: Option<String>,
+    /// Name of the interface inside the sandbox (default eth0).
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// A CNI attachment (natd-cni): the runtime owns the namespace and reserves host ports
+    /// itself, so published ports are not refused for a socket bound on the host.
+    #[serde(default)]
+    pub cni: Option<CniAttachment>,
     #[serde(default)]
     pub command: Vec<String>,
 }

@@ -1,10 +1,12 @@
 //! natd: Docker-style bridge networking for network namespaces, with the NAT done by eBPF.
 pub mod api;
 pub mod client;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
 pub mod portspec;
 pub mod server;
@@ -13,3 +15,11 @@ pub mod sys;
 
 /// The kernel programs, built by build.rs from the nat-ebpf crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
+
+/// FNV-1a over `bytes`: a hash that stays the same across builds and restarts (std's does
+/// not promise that), for names and MACs derived from other names.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

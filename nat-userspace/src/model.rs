@@ -188,6 +188,27 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
     pub created: u64,
+    /// Set when a container runtime made this sandbox through the CNI plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+/// A CNI attachment: what the runtime knows the sandbox by. The runtime owns its namespace:
+/// when that namespace is gone, natd's reconcile removes the sandbox (a DEL natd missed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub container_id: String,
+    pub ifname: String,
+    /// The CNI network (the conflist's `name`), for GC.
+    pub network: String,
+    /// natd gave the container its default route through this attachment: the first of a
+    /// container's attachments does; more (`podman network connect`) only add an interface.
+    #[serde(default = "default_true")]
+    pub default_route: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Sandbox {

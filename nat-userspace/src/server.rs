@@ -39,7 +39,7 @@ impl IntoResponse for DaemonError {
     }
 }
 
-pub fn router(daemon: Shared) -> Router {
+pub fn router(daemon: Shared, metrics: Arc<crate::metrics::ApiMetrics>) -> Router {
     let router = Router::new()
         .route(paths::INFO, get(info))
         .route(paths::NETWORKS, get(network_list).post(network_create))
@@ -54,7 +54,12 @@ pub fn router(daemon: Shared) -> Router {
         .route(paths::CONNTRACK, get(conntrack));
     #[cfg(feature = "failpoints")]
     let router = router.route(paths::FAILPOINTS, post(failpoint));
-    router.with_state(daemon)
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
+        .with_state(daemon)
 }
 
 /// Test builds only: configure a fail point at run time (see `daemon::rollback`).

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 pub mod bpf;
+pub mod cni;
 pub mod frames;
 pub mod warm;
 

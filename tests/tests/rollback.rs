@@ -63,7 +63,9 @@ fn world(lab: &Lab) -> World {
             .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
             .collect::<Vec<_>>()
             .join("\n"),
-        routes: lab.host_ok(&["ip", "route"]),
+        // "linkdown" mirrors a bridge's carrier, which the kernel recomputes asynchronously
+        // (linkwatch) when its last port goes: kernel timing, not natd's state.
+        routes: lab.host_ok(&["ip", "route"]).replace(" linkdown", ""),
         namespaces: names("/run/netns"),
         etc_netns: names("/etc/netns"),
         processes: String::from_utf8_lossy(&sh("pgrep", &["-f", MARKER]).stdout)

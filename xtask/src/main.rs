@@ -40,6 +40,12 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Write shell completions (completions/) and man pages (man/) for packaging.
+    Docs {
+        /// Output directory.
+        #[arg(long, default_value = "target/docs")]
+        out: String,
+    },
     /// Unit tests, then the root-needing end-to-end suites in network namespaces.
     Test {
         /// Only run tests whose name contains this.
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
             }
             run_demo_binary(&args)
         }),
+        Task::Docs { out } => docs(&out),
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
         Task::Bench { quick, out, only } => setup::run()
             .and_then(|()| build())
@@ -101,6 +108,36 @@ fn run_demo_binary(args: &[&str]) -> Result<()> {
         .args(args)
         .env("NATD_BIN", root.join("target/release/natd"))
         .env("NATCTL_BIN", root.join("target/release/natctl")))
+}
+
+/// Runs natctl's own generators (the clap definitions live with the binaries).
+fn docs(out: &str) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "nat-userspace", "--bin", "natctl"]))?;
+    let natctl = workspace_root()?.join("target/release/natctl");
+    let out = std::path::Path::new(out);
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    for (shell, file) in [
+        ("bash", "natctl.bash"),
+        ("zsh", "_natctl"),
+        ("fish", "natctl.fish"),
+    ] {
+        let output = Command::new(&natctl).args(["completion", shell]).output()?;
+        if !output.status.success() {
+            bail!(
+                "natctl completion {shell}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::fs::write(completions.join(file), output.stdout)?;
+    }
+    run(Command::new(&natctl).arg("manpages").arg(out.join("man")))?;
+    println!(
+        "completions in {}, man pages in {}",
+        completions.display(),
+        out.join("man").display()
+    );
+    Ok(())
 }
 
 fn bench(quick: bool, out: Option<String>, only: Option<String>) -> Result<()> {

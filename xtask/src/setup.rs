@@ -23,10 +23,16 @@ const PACKAGES: &[&str] = &[
     "socat",
     "curl",
     "ethtool",
-    "busybox",
+    // Static: it is also the whole root filesystem of the podman test's container.
+    "busybox-static",
     "conntrack",
     "util-linux",
     "fonts-dejavu-core",
+    // natd-cni's tests: podman with its CNI backend, and the reference plugins.
+    "podman",
+    "runc",
+    "conmon",
+    "containernetworking-plugins",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",

@@ -67,6 +67,7 @@ fn init_tracing(format: LogFormat) {
 async fn serve(config: DaemonConfig) -> ExitCode {
     let socket = config.socket.clone();
     let gc_interval = config.gc_interval;
+    let metrics_addr = config.metrics_addr;
     let daemon = match Daemon::start(config).await {
         Ok(d) => d,
         Err(e) => {
@@ -126,7 +127,24 @@ async fn serve(config: DaemonConfig) -> ExitCode {
             }
         }
     });
-    let app = server::router(daemon);
+    let api_metrics = Arc::new(natd::metrics::ApiMetrics::default());
+    if let Some(addr) = metrics_addr {
+        match natd::metrics::serve(addr, Arc::clone(&daemon), Arc::clone(&api_metrics)).await {
+            Ok(server) => {
+                info!(%addr, "serving metrics on {}", natd::metrics::PATH);
+                tokio::spawn(async move {
+                    if let Err(e) = server.await {
+                        error!("metrics server: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                error!("cannot serve metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let app = server::router(daemon, api_metrics);
     info!(socket = %socket.display(), "natd ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let shutdown = async {

@@ -94,6 +94,9 @@ pub struct DaemonArgs {
     pub gc_interval: Option<u64>,
     #[arg(long = "log-format", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics on ADDR:PORT (path /metrics); off unless given.
+    #[arg(long = "metrics-addr")]
+    pub metrics_addr: Option<String>,
     /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -130,6 +133,7 @@ pub struct FileConfig {
     pub conntrack_timeout: Vec<String>,
     pub gc_interval: Option<u64>,
     pub log_format: Option<LogFormat>,
+    pub metrics_addr: Option<String>,
 }
 
 /// daemon.json examples write `"mtu": "1500"`; Docker itself wants a number. Take both.

@@ -96,6 +96,8 @@ pub struct DaemonConfig {
     pub conntrack_timeouts: Vec<(CtTimeout, u64)>,
     pub gc_interval: u64,
     pub log_format: LogFormat,
+    /// Where Prometheus metrics are served (None: not at all).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/natd/natd.sock";
@@ -207,6 +209,14 @@ impl DaemonConfig {
                 .collect::<Result<_, _>>()?,
             gc_interval,
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            metrics_addr: parsed(pick(&args.metrics_addr, file.metrics_addr), |t| {
+                t.parse().map_err(|_| {
+                    invalid(
+                        "metrics-addr",
+                        format!("{t:?} is not an ADDRESS:PORT (e.g. 127.0.0.1:9323)"),
+                    )
+                })
+            })?,
         })
     }
 }

@@ -186,6 +186,17 @@ impl Daemon {
         mtu: u32,
         rollback: &mut Rollback,
     ) -> Result<String> {
+        if Netlink::connect_in(netns_path)?
+            .link(&endpoint.ifname)
+            .await?
+            .is_some()
+        {
+            return Err(conflict(format!(
+                "interface {} already exists in network namespace {}",
+                endpoint.ifname,
+                netns_path.display()
+            )));
+        }
         let peer = names::peer_veth(&self.config.name_prefix, &endpoint.host_ifname);
         let bridge = self.nl.require_link(&network.bridge).await?;
         // A leftover peer from an interrupted run would make the create fail.

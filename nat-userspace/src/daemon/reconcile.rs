@@ -19,6 +19,25 @@ impl Daemon {
         let mut report = self.ensure_networks().await?;
         let sandboxes: Vec<Sandbox> = self.state.sandboxes.values().cloned().collect();
         for sandbox in &sandboxes {
+            if sandbox.cni.is_some()
+                && !sandbox
+                    .netns
+                    .as_deref()
+                    .is_some_and(|p| netns::is_netns(Path::new(p)))
+            {
+                // The runtime deleted the container while natd could not hear its DEL.
+                let warnings = self.rm(&sandbox.name).await?;
+                report.push(format!(
+                    "removed CNI attachment {} (its namespace is gone){}",
+                    sandbox.name,
+                    if warnings.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", warnings.join("; "))
+                    }
+                ));
+                continue;
+            }
             report.extend(self.reconcile_sandbox(sandbox).await);
         }
         report.extend(self.remove_stale().await?);
@@ -39,6 +58,7 @@ impl Daemon {
         let Some(path) = sandbox.netns.as_ref().map(PathBuf::from) else {
             return report;
         };
+        let routed = sandbox.cni.as_ref().is_none_or(|c| c.default_route);
         if matches!(sandbox.mode, NetworkMode::Container(_)) {
             return report;
         }
@@ -89,7 +109,7 @@ impl Daemon {
                     // A half-made endpoint is removed again; the next reconcile retries.
                     let mut rollback = Rollback::new("reconcile");
                     let wired = self
-                        .wire_endpoint(&path, &network, endpoint, i == 0, mtu, &mut rollback)
+                        .wire_endpoint(&path, &network, endpoint, i == 0 && routed, mtu, &mut rollback)
                         .await;
                     match rollback.settle(&self.nl, wired).await {
                         Ok(_) => report.push(format!(

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     api::{RunRequest, SandboxView},
     config,
-    model::{Endpoint, Network, NetworkMode, PortMapping, Sandbox},
+    model::{CniAttachment, Endpoint, Network, NetworkMode, PortMapping, Sandbox},
     portspec::{ExposeSpec, Proto, PublishSpec},
     state::Change,
     sys::{netlink::Netlink, netns, process},
@@ -51,6 +51,7 @@ struct RunPlan {
     expose: Vec<ExposeSpec>,
     ports: Vec<PortMapping>,
     command: Vec<String>,
+    cni: Option<CniAttachment>,
     changes: Vec<Change>,
 }
 
@@ -161,25 +162,29 @@ impl Daemon {
         Ok(())
     }
 
-    fn check_adopted_netns(&self, path: &str) -> Result<()> {
+    /// A namespace is one sandbox's, except that the CNI attachments of one container
+    /// (eth0, eth1, ...) share it. Returns whether another attachment is already there.
+    fn check_adopted_netns(&self, path: &str, cni: Option<&CniAttachment>) -> Result<bool> {
         let path = Path::new(path);
         if !netns::is_netns(path) {
             return Err(invalid(format!("{} is not a network namespace", path.display())));
         }
         let id = netns::identity(path);
-        if let Some(other) = self
+        let users: Vec<&Sandbox> = self
             .state
             .sandboxes
             .values()
-            .find(|s| s.netns.as_deref().map(|p| netns::identity(Path::new(p))) == Some(id))
-        {
+            .filter(|s| s.netns.as_deref().map(|p| netns::identity(Path::new(p))) == Some(id))
+            .collect();
+        let same_container = |s: &&Sandbox| matches!((s.cni.as_ref(), cni), (Some(a), Some(b)) if a.container_id == b.container_id);
+        if let Some(other) = users.iter().find(|s| !same_container(s)) {
             return Err(conflict(format!(
                 "network namespace {} is already used by sandbox {}",
                 path.display(),
                 other.name
             )));
         }
-        Ok(())
+        Ok(!users.is_empty())
     }
 
     /// Every check of a `run` request, and every choice (ids, addresses, host ports).
@@ -205,8 +210,17 @@ impl Daemon {
         if let Some(mtu) = req.mtu {
             config::validate_mtu(mtu).map_err(invalid)?;
         }
-        if let Some(path) = &req.netns {
-            self.check_adopted_netns(path)?;
+        let shared_netns = match &req.netns {
+            Some(path) => self.check_adopted_netns(path, req.cni.as_ref())?,
+            None => false,
+        };
+        let ifname = req.ifname.as_deref().unwrap_or("eth0");
+        config::validate_ifname(ifname)
+            .map_err(|m| invalid(format!("invalid interface name {ifname:?}: {m}")))?;
+        if req.cni.is_some() && req.netns.is_none() {
+            return Err(invalid(
+                "a CNI attachment needs the runtime's network namespace (netns)",
+            ));
         }
         // `-P` publishes --expose and the container side of every -p.
         let mut all_exposed = expose.clone();
@@ -219,7 +233,13 @@ impl Daemon {
             publish_all: req.publish_all,
             expose: &all_exposed,
         };
-        let host = ports::host_sockets(&request);
+        // A runtime behind CNI binds its host ports itself (podman's port reservation), as
+        // the reference portmap plugin assumes: its own sockets must not refuse them.
+        let host = if req.cni.is_some() {
+            Default::default()
+        } else {
+            ports::host_sockets(&request)
+        };
         let existing = self.state.sandboxes.values().flat_map(|s| s.ports.iter());
         let ports = ports::allocate(existing, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;
@@ -234,7 +254,7 @@ impl Daemon {
                 let (eid, change) = self.alloc_id();
                 changes.push(change);
                 let endpoint = self
-                    .plan_endpoint(&network, req.ip.as_deref(), "eth0", eid)
+                    .plan_endpoint(&network, req.ip.as_deref(), ifname, eid)
                     .await?;
                 Some((network, endpoint))
             }
@@ -258,6 +278,10 @@ impl Daemon {
             expose,
             ports,
             command: req.command,
+            cni: req.cni.map(|cni| CniAttachment {
+                default_route: !shared_netns,
+                ..cni
+            }),
             changes,
         })
     }
@@ -294,6 +318,7 @@ impl Daemon {
             }
         };
         let mut endpoints = Vec::new();
+        let default_route = plan.cni.as_ref().is_none_or(|c| c.default_route);
         if let Some(path) = &netns_path {
             let inner = Netlink::connect_in(path)?;
             if let Some(lo) = inner.link("lo").await? {
@@ -303,7 +328,7 @@ impl Daemon {
                 let mut endpoint = endpoint.clone();
                 let mtu = plan.mtu.unwrap_or(network.mtu);
                 endpoint.mac = self
-                    .wire_endpoint(path, network, &endpoint, true, mtu, rollback)
+                    .wire_endpoint(path, network, &endpoint, default_route, mtu, rollback)
                     .await?;
                 endpoints.push(endpoint);
             }
@@ -337,6 +362,7 @@ impl Daemon {
             pid_start: None,
             log: None,
             created: now(),
+            cni: plan.cni.clone(),
         };
         if !plan.command.is_empty() {
             self.start_command(&mut sandbox, rollback)?;

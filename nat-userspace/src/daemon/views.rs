@@ -93,6 +93,11 @@ impl Daemon {
         }
     }
 
+    /// (sandboxes, networks) managed.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.state.sandboxes.len(), self.state.networks.len())
+    }
+
     pub fn flows(&self) -> Vec<Flow> {
         self.dataplane.flows()
     }

@@ -97,6 +97,12 @@ pub struct Route {
 pub const RTPROT_KERNEL: u8 = 2;
 pub const RT_TABLE_MAIN: u32 = 254;
 
+/// A locally administered unicast MAC derived from `name` (stable across restarts).
+pub fn stable_mac(name: &str) -> [u8; 6] {
+    let b = crate::stable_hash(name.bytes()).to_be_bytes();
+    [0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -155,6 +161,9 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))
     }
 
+    /// A bridge with a MAC of its own: left to the kernel, a bridge takes the lowest MAC of
+    /// its ports and changes it when ports come and go, which breaks the neighbour entries
+    /// every sandbox holds for its gateway (Docker sets one for the same reason).
     pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<Link, NetlinkError> {
         self.handle
             .link()
@@ -162,6 +171,8 @@ impl Netlink {
             .execute()
             .await
             .map_err(request_err("create bridge", name))?;
+        let link = self.require_link(name).await?;
+        self.set_mac(link.index, &stable_mac(name)).await?;
         self.require_link(name).await
     }
 

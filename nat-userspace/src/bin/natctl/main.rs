@@ -1,4 +1,5 @@
 //! natctl, the operator's CLI for natd (Docker's vocabulary).
+mod docs;
 mod networks;
 mod output;
 mod sandboxes;
@@ -74,6 +75,11 @@ enum Command {
     /// Connection tracking.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// Print a shell completion script: `natctl completion bash > /etc/bash_completion.d/natctl`.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages of natd and natctl (one per subcommand) into DIR (for packaging).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +190,12 @@ impl CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Documentation commands need no daemon.
+    match &cli.command {
+        Command::Completion { shell } => return docs::completion(*shell),
+        Command::Manpages { dir } => return docs::manpages(dir),
+        _ => {}
+    }
     // exec must fork from a single-threaded process: it is handled before any runtime exists.
     if let Command::Exec { name, command } = &cli.command {
         return sandboxes::exec(&cli.socket, name, command);
@@ -210,7 +222,9 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Network(cmd) => networks::network(&client, cmd, json).await,
         Command::Run(args) => sandboxes::run(&client, args, json).await,
-        Command::Exec { .. } => unreachable!("handled in main"),
+        Command::Exec { .. } | Command::Completion { .. } | Command::Manpages { .. } => {
+            unreachable!("handled in main")
+        }
         Command::Ps => sandboxes::ps(&client, json).await,
         Command::Inspect { name } => sandboxes::inspect(&client, name).await,
         Command::Rm { names } => sandboxes::rm(&client, names).await,

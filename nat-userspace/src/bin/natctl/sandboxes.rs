@@ -29,6 +29,7 @@ pub async fn run(client: &Client, args: &RunArgs, json: bool) -> Result<(), CliE
         expose: args.expose.clone(),
         netns: args.netns.clone(),
         command: args.command.clone(),
+        ..Default::default()
     };
     let view: SandboxView = client.post(paths::SANDBOXES, &request).await?;
     if json {

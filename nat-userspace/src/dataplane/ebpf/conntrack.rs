@@ -203,7 +203,6 @@ pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, Dataplan
             doomed.push(flow);
         }
     }
-    drop(gens);
     let mut expired = 0;
     let mut later = Vec::new();
     {

@@ -300,7 +300,6 @@ impl MapWriter {
             let slot = self.mappings.slot(&rule.mapping_id).expect("synced above");
             want.insert(port_key(rule), port_target(rule, slot, generations.get(slot)?));
         }
-        drop(generations);
         // Counters start at zero before the mapping exists, so the programs only add.
         zero_stats(ebpf, &fresh)?;
         sync_hash(
@@ -345,7 +344,6 @@ impl MapWriter {
             let slot = self.mappings.slot(&rule.mapping_id).expect("taken above");
             new.push((port_key(rule), port_target(rule, slot, generations.get(slot)?)));
         }
-        drop(generations);
         zero_stats(ebpf, &fresh)?;
         let mut ports: HashMap<&mut MapData, Port4Key, Port4Target> = hash_map(ebpf, map::PORTS4)?;
         for key in gone {

@@ -1,0 +1,133 @@
+//! Prometheus metrics (`--metrics-addr`), scraped as Prometheus would, inside the lab's
+//! host namespace: the numbers move as the traffic sent says. Also natctl's completions
+//! and man pages.
+use std::{process::Command, time::Duration};
+
+use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, natctl_bin, natd_bin, sh, tcp_line, wait_listening, wait_until};
+
+const METRICS: &str = "127.0.0.1:9323";
+
+fn scrape(lab: &Lab) -> String {
+    lab.host_ok(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "3",
+        &format!("http://{METRICS}/metrics"),
+    ])
+}
+
+/// The value of the sample whose name and labels start with `prefix` (0 when absent).
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_follow_the_traffic() {
+    let lab = Lab::started(&["--dataplane", "ebpf", "--metrics-addr", METRICS]);
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    let before = scrape(&lab);
+    assert!(before.ends_with("# EOF\n"), "OpenMetrics text:\n{before}");
+    let port = "natd_published_port_packets_total{sandbox=\"web\",mapping=\"0.0.0.0:8080->";
+    assert_eq!(sample(&before, port), 0.0, "{before}");
+    let dnat_before = sample(&before, "natd_translations_total{kind=\"dnat_new\"}");
+
+    for _ in 0..3 {
+        assert_eq!(
+            tcp_line(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080).as_deref(),
+            Some(EXT_IP)
+        );
+    }
+    // Three connections from outside: three new translated flows, each at least a SYN, an
+    // ACK and a FIN through the published port.
+    let after = scrape(&lab);
+    assert_eq!(
+        sample(&after, "natd_translations_total{kind=\"dnat_new\"}") - dnat_before,
+        3.0,
+        "{after}"
+    );
+    assert!(sample(&after, port) >= 9.0, "{after}");
+    let bytes = "natd_published_port_bytes_total{sandbox=\"web\"";
+    assert!(sample(&after, bytes) >= 9.0 * 40.0, "{after}");
+    assert!(sample(&after, "natd_conntrack_entries") >= 1.0, "{after}");
+    assert!(sample(&after, "natd_conntrack_capacity") >= 262_144.0, "{after}");
+    assert_eq!(sample(&after, "natd_objects{kind=\"sandbox\"}"), 1.0);
+    assert_eq!(sample(&after, "natd_dataplane_info{dataplane=\"ebpf\"}"), 1.0);
+    // natd's own API: the run request, counted by route pattern and status, and timed.
+    assert_eq!(
+        sample(
+            &after,
+            "natd_api_requests_total{route=\"/v1/sandboxes\",method=\"POST\",status=\"201\"}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        after.contains("natd_api_request_duration_seconds_bucket{"),
+        "{after}"
+    );
+
+    // Pings straight at the sandbox's address are dropped, and counted as such.
+    let web_ip = lab.sandbox_ip("web");
+    lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
+    let drops_before = sample(&after, "natd_drops_total{reason=\"direct_access\"}");
+    assert!(!lab.ext(&["ping", "-c2", "-W1", &web_ip]).status.success());
+    assert!(
+        wait_until(Duration::from_secs(2), || sample(
+            &scrape(&lab),
+            "natd_drops_total{reason=\"direct_access\"}"
+        ) - drops_before
+            >= 2.0),
+        "two dropped pings counted"
+    );
+}
+
+#[test]
+fn a_bad_metrics_address_stops_natd_with_a_clear_error() {
+    let out = sh(
+        natd_bin().to_str().unwrap(),
+        &["--metrics-addr", "localhost", "--socket", "/nonexistent/x.sock"],
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metrics-addr") && err.contains("ADDRESS:PORT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_flags() {
+    for (shell, marker) in [
+        ("bash", "_natctl()"),
+        ("zsh", "#compdef natctl"),
+        ("fish", "complete -c natctl"),
+    ] {
+        let out = sh(natctl_bin().to_str().unwrap(), &["completion", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell} script:\n{text}");
+        assert!(
+            text.contains("publish") && text.contains("unpublish"),
+            "{shell} knows the subcommands"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("natd-man-{}", std::process::id()));
+    let out = Command::new(natctl_bin())
+        .arg("manpages")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    assert!(read("natd.8").contains(".TH natd 8") && read("natd.8").contains("metrics\\-addr"));
+    assert!(read("natctl.1").contains(".TH natctl 1"));
+    assert!(read("natctl-network-create.1").contains("subnet"));
+    assert!(read("natctl-publish.1").contains(".TH natctl-publish 1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
