@@ -60,6 +60,7 @@ impl PinDir {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&path).context("bpffs is mounted (cargo xtask setup)")?;
+        crate::live::register_pin(path.clone());
         Ok(Self(path))
     }
 }
@@ -72,6 +73,7 @@ impl Drop for PinDir {
             }
         }
         let _ = std::fs::remove_dir(&self.0);
+        crate::live::forget_pin(&self.0);
     }
 }
 

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 pub mod bpf;
 pub mod cni;
 pub mod frames;
+pub mod live;
 pub mod warm;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -136,6 +137,15 @@ impl Lab {
             natd_args: Vec::new(),
             extra_netns: Vec::new(),
         };
+        live::register(live::LiveLab {
+            id: lab.id.clone(),
+            namespaces: vec![lab.host_ns.clone(), lab.ext_ns.clone()],
+            host_ns: lab.host_ns.clone(),
+            prefix: lab.prefix.clone(),
+            natd_cleanup: lab.cleanup_command(),
+            dir: lab.dir.clone(),
+            bpffs: lab.bpffs.clone(),
+        });
         lab.build_topology()?;
         Ok(lab)
     }
@@ -170,6 +180,7 @@ impl Lab {
         let name = format!("natlab-{}-{suffix}", self.id);
         ip(&["netns", "add", &name])?;
         self.extra_netns.push(name.clone());
+        live::update(&self.id, |l| l.namespaces.push(name.clone()));
         Ok(name)
     }
 
@@ -203,6 +214,8 @@ impl Lab {
     /// natd inside the host namespace with this lab's own socket, state, pins and prefix.
     pub fn start_natd(&mut self, extra: &[&str]) -> Result<()> {
         self.natd_args = extra.iter().map(|s| s.to_string()).collect();
+        let cleanup = self.cleanup_command();
+        live::update(&self.id, |l| l.natd_cleanup = cleanup);
         self.restart_natd()
     }
 
@@ -324,6 +337,15 @@ impl Lab {
         self.in_ns(&self.ext_ns, args)
     }
 
+    /// `natd ... --cleanup` for this lab's instance, as arguments.
+    fn cleanup_command(&self) -> Vec<String> {
+        let mut args = vec![natd_bin().display().to_string()];
+        args.extend(self.base_args());
+        args.extend(self.natd_args.iter().cloned());
+        args.push("--cleanup".into());
+        args
+    }
+
     /// natd --cleanup for this lab's instance.
     pub fn cleanup_natd(&self) -> Output {
         Command::new("nsenter")
@@ -374,6 +396,7 @@ impl Drop for Lab {
         if std::env::var_os("NATLAB_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+        live::forget(&self.id);
     }
 }
 
@@ -445,9 +468,13 @@ impl Lab {
 
     /// A background process in one of the lab's namespaces, killed (by pid) on drop.
     pub fn spawn_in(&self, ns: &str, args: &[&str]) -> Background {
+        use std::os::unix::process::CommandExt as _;
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(args)
+            // Its own process group: dropping it ends the forked children too (a socat
+            // server's connection handlers would otherwise outlive the test).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -463,6 +490,8 @@ pub struct Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

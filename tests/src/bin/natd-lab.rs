@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, wait_until};
 
 fn main() -> ExitCode {
+    natlab::live::clean_up_on_signal();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(args.iter().any(|a| a == "--keep")),

@@ -129,6 +129,7 @@ impl Plan {
 }
 
 fn main() {
+    natlab::live::clean_up_on_signal();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let out = args
