@@ -13,7 +13,7 @@ use crate::{
     conntrack::{self, Tuple},
     counters::bump,
     nat::NOT_HANDLED,
-    parse::{Fragment, Ipv4Packet, Position, parse_ipv4_at},
+    parse::{Fragment, IP, Ipv4Packet, Position, parse_ipv4_at},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -128,10 +128,14 @@ pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> i32 {
 #[inline(always)]
 fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<i32>, Failed> {
     let inner_l3 = outer.l4 + 8;
+    // The error ends where its IP total length says: bytes after it are the link layer's
+    // padding, which no checksum covers and which the receiver ignores.
+    let end = IP + usize::from(outer.tot_len);
     let Ok(inner) = parse_ipv4_at(ctx, inner_l3, Position::Quoted) else {
         return Ok(None);
     };
-    if !inner.translatable() || inner.fragment == Fragment::Later {
+    // What natd rewrites (the quoted header and the first 8 bytes after it) must be inside.
+    if !inner.translatable() || inner.fragment == Fragment::Later || inner.l4 + 8 > end {
         return Ok(None);
     }
     let embedded = Tuple::of(&inner);
@@ -146,7 +150,7 @@ fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<i32>,
         ctx,
         icmp_csum: outer.l4 + 2,
     };
-    rewrite_quoted(&patch, inner_l3, &inner, &wanted)?;
+    rewrite_quoted(&patch, inner_l3, &inner, &wanted, end)?;
     // The error goes to whoever sent the embedded packet, as that sender knows itself, and
     // comes from its peer as the sender knows it.
     let mut outer_to = Tuple::of(outer);
@@ -166,15 +170,19 @@ fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<i32>,
 /// Rewrites the quoted packet `inner` (at `inner_l3`) into `wanted`: addresses, ports or
 /// echo id, with every checksum that covers them.
 #[inline(always)]
-fn rewrite_quoted(patch: &Patch, inner_l3: usize, inner: &Ipv4Packet, wanted: &Tuple) -> Result<(), Failed> {
-    let (ctx, inner_l4) = (patch.ctx, inner.l4);
+fn rewrite_quoted(
+    patch: &Patch,
+    inner_l3: usize,
+    inner: &Ipv4Packet,
+    wanted: &Tuple,
+    end: usize,
+) -> Result<(), Failed> {
+    let inner_l4 = inner.l4;
     let inner_ip_csum = Some(inner_l3 + 10);
     // The embedded L4 checksum only counts when the error quoted enough of the packet.
     let inner_l4_csum = match inner.proto {
-        PROTO_TCP if (ctx.len() as usize) >= inner_l4 + 18 => Some((inner_l4 + 16, 0u64)),
-        PROTO_UDP if (ctx.len() as usize) >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => {
-            Some((inner_l4 + 6, 0u64))
-        }
+        PROTO_TCP if end >= inner_l4 + 18 => Some((inner_l4 + 16, 0u64)),
+        PROTO_UDP if end >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => Some((inner_l4 + 6, 0u64)),
         _ => None,
     };
     patch.field32(inner_l3 + 12, inner.src, wanted.src, inner_ip_csum, inner_l4_csum)?;
@@ -187,7 +195,7 @@ fn rewrite_quoted(patch: &Patch, inner_l3: usize, inner: &Ipv4Packet, wanted: &T
         } else {
             (inner.dport, wanted.dport)
         };
-        let echo_csum = ((ctx.len() as usize) >= inner_l4 + 4).then_some((inner_l4 + 2, 0u64));
+        let echo_csum = (end >= inner_l4 + 4).then_some((inner_l4 + 2, 0u64));
         patch.field16(inner_l4 + 4, id_old, id_new, echo_csum)
     } else {
         patch.field16(inner_l4, inner.sport, wanted.sport, inner_l4_csum)?;

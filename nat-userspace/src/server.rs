@@ -4,7 +4,7 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path as UrlPath, State},
+    extract::{FromRequest, Path as UrlPath, Request, State, rejection::JsonRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -17,6 +17,28 @@ use crate::{
 };
 
 type Shared = Arc<Mutex<Daemon>>;
+
+/// A JSON request body whose rejections (bad syntax, wrong types, too large, wrong content
+/// type) answer like every other refusal: the status axum chose and `{"message": ...}`.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(refusal(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+fn refusal(status: StatusCode, message: String) -> Response {
+    (status, Json(ErrorBody { message })).into_response()
+}
 
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
@@ -64,7 +86,7 @@ pub fn router(daemon: Shared, metrics: Arc<crate::metrics::ApiMetrics>) -> Route
 
 /// Test builds only: configure a fail point at run time (see `daemon::rollback`).
 #[cfg(feature = "failpoints")]
-async fn failpoint(Json(req): Json<crate::api::FailpointRequest>) -> Response {
+async fn failpoint(Body(req): Body<crate::api::FailpointRequest>) -> Response {
     let result = if req.actions == "off" {
         fail::remove(&req.name);
         Ok(())
@@ -99,7 +121,7 @@ async fn network_list(State(d): State<Shared>) -> Response {
     Json(d.lock().await.network_list()).into_response()
 }
 
-async fn network_create(State(d): State<Shared>, Json(req): Json<NetworkCreate>) -> Response {
+async fn network_create(State(d): State<Shared>, Body(req): Body<NetworkCreate>) -> Response {
     match d.lock().await.network_create(req).await {
         Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
         Err(e) => e.into_response(),
@@ -123,7 +145,7 @@ async fn network_rm(State(d): State<Shared>, UrlPath(name): UrlPath<String>) -> 
 async fn connect(
     State(d): State<Shared>,
     UrlPath(name): UrlPath<String>,
-    Json(req): Json<ConnectRequest>,
+    Body(req): Body<ConnectRequest>,
 ) -> Response {
     match d.lock().await.connect(&name, req).await {
         Ok(view) => Json(view).into_response(),
@@ -134,7 +156,7 @@ async fn connect(
 async fn disconnect(
     State(d): State<Shared>,
     UrlPath(name): UrlPath<String>,
-    Json(req): Json<ConnectRequest>,
+    Body(req): Body<ConnectRequest>,
 ) -> Response {
     match d.lock().await.disconnect(&name, req).await {
         Ok(view) => Json(view).into_response(),
@@ -146,7 +168,7 @@ async fn list(State(d): State<Shared>) -> Response {
     Json(d.lock().await.list()).into_response()
 }
 
-async fn run(State(d): State<Shared>, Json(req): Json<RunRequest>) -> Response {
+async fn run(State(d): State<Shared>, Body(req): Body<RunRequest>) -> Response {
     match d.lock().await.run(req).await {
         Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
         Err(e) => e.into_response(),
@@ -185,7 +207,7 @@ async fn conntrack(State(d): State<Shared>) -> Response {
 async fn port_add(
     State(d): State<Shared>,
     UrlPath(name): UrlPath<String>,
-    Json(req): Json<PortsRequest>,
+    Body(req): Body<PortsRequest>,
 ) -> Response {
     match d.lock().await.port_add(&name, &req.ports).await {
         Ok(view) => Json(view).into_response(),
@@ -196,7 +218,7 @@ async fn port_add(
 async fn port_rm(
     State(d): State<Shared>,
     UrlPath(name): UrlPath<String>,
-    Json(req): Json<PortsRequest>,
+    Body(req): Body<PortsRequest>,
 ) -> Response {
     match d.lock().await.port_rm(&name, &req.ports).await {
         Ok(view) => Json(view).into_response(),

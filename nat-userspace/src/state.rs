@@ -26,10 +26,20 @@ pub enum StateError {
     Corrupt { path: PathBuf, reason: String },
     #[error("state database {path} is in use by another natd (one state dir per natd)")]
     InUse { path: PathBuf },
+    #[error(
+        "cannot open the state database {path}: {reason}. Its directory must be writable (and \
+         have free space); natd changed nothing"
+    )]
+    Open { path: PathBuf, reason: String },
     #[error("cannot create state directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
     #[error("state database error: {0}")]
     Db(String),
+    #[error(
+        "cannot write the state database {path}: {reason}. Nothing was changed; free space on its \
+         file system or make its directory writable, then retry"
+    )]
+    Write { path: PathBuf, reason: String },
 }
 
 fn db_err(e: impl std::fmt::Display) -> StateError {
@@ -77,7 +87,9 @@ pub enum Change {
 }
 
 pub struct Store {
-    db: Database,
+    /// None after a failed write until it is reopened: redb refuses every transaction after
+    /// an I/O error (disk full, read-only file system) until the database is opened again.
+    db: Option<Database>,
     path: PathBuf,
 }
 
@@ -88,14 +100,34 @@ impl Store {
             source,
         })?;
         let path = state_dir.join(DB_FILE);
+        // redb would start an empty file afresh, and reconcile would then remove every
+        // interface natd made as stale: an existing but empty file is a lost state.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StateError::Corrupt {
+                path,
+                reason: "the file is empty".into(),
+            });
+        }
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse { path: path.clone() },
+            // The file system refused (read-only, full, permissions): not a corrupt file.
+            redb::DatabaseError::Storage(redb::StorageError::Io(e))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                StateError::Open {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            }
             other => StateError::Corrupt {
                 path: path.clone(),
                 reason: other.to_string(),
             },
         })?;
-        let store = Self { db, path };
+        let store = Self { db: Some(db), path };
         let snapshot = store.load()?;
         Ok((store, snapshot))
     }
@@ -109,7 +141,8 @@ impl Store {
 
     fn load(&self) -> Result<Snapshot, StateError> {
         // Make sure the tables exist so that a fresh database reads as empty.
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db.as_ref().ok_or_else(|| db_err("not open"))?;
+        let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(NETWORKS).map_err(|e| self.corrupt(e))?;
             txn.open_table(SANDBOXES).map_err(|e| self.corrupt(e))?;
@@ -117,7 +150,7 @@ impl Store {
         }
         txn.commit().map_err(db_err)?;
 
-        let read = self.db.begin_read().map_err(db_err)?;
+        let read = db.begin_read().map_err(db_err)?;
         let mut snapshot = Snapshot::default();
         let networks = read.open_table(NETWORKS).map_err(|e| self.corrupt(e))?;
         for entry in networks.iter().map_err(|e| self.corrupt(e))? {
@@ -142,9 +175,34 @@ impl Store {
         Ok(snapshot)
     }
 
-    /// Applies all changes in one durable transaction: all or nothing.
-    pub fn commit(&self, changes: &[Change]) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+    /// Applies all changes in one durable transaction: all or nothing (redb writes copies
+    /// of pages and switches to them only when the commit is durable).
+    pub fn commit(&mut self, changes: &[Change]) -> Result<(), StateError> {
+        if self.db.is_none() {
+            self.db = Some(Database::create(&self.path).map_err(|e| self.write_err(e))?);
+        }
+        let result = self.write(changes).map_err(|e| match e {
+            StateError::Db(reason) => self.write_err(reason),
+            other => other,
+        });
+        if result.is_err() {
+            // Closed now, reopened by the next commit: a full disk that is freed again must
+            // not leave natd unable to write until it restarts.
+            self.db = None;
+        }
+        result
+    }
+
+    fn write_err(&self, reason: impl std::fmt::Display) -> StateError {
+        StateError::Write {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn write(&self, changes: &[Change]) -> Result<(), StateError> {
+        let db = self.db.as_ref().ok_or_else(|| db_err("not open"))?;
+        let txn = db.begin_write().map_err(db_err)?;
         {
             let mut networks = txn.open_table(NETWORKS).map_err(db_err)?;
             let mut sandboxes = txn.open_table(SANDBOXES).map_err(db_err)?;
@@ -209,7 +267,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("natd-state-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let (store, snap) = Store::open(&dir).unwrap();
+            let (mut store, snap) = Store::open(&dir).unwrap();
             assert!(snap.networks.is_empty());
             assert_eq!(snap.next_id, 1);
             store
@@ -217,7 +275,7 @@ mod tests {
                 .unwrap();
         }
         {
-            let (store, snap) = Store::open(&dir).unwrap();
+            let (mut store, snap) = Store::open(&dir).unwrap();
             assert_eq!(snap.networks["a"], network("a"));
             assert_eq!(snap.next_id, 8);
             store.commit(&[Change::DeleteNetwork("a".into())]).unwrap();

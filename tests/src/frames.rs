@@ -290,3 +290,73 @@ pub fn inspect_error(frame: &[u8]) -> (Seen, Seen) {
         },
     )
 }
+
+/// Where the L4 checksum of a frame sits, if its headers parse completely.
+fn l4_checksum(frame: &[u8]) -> Option<(usize, u16, u16)> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = &packet.net else {
+        return None;
+    };
+    if ip.is_payload_fragmented() {
+        return None;
+    }
+    let header: Ipv4Header = ip.header().to_header();
+    let l4 = 14 + header.header_len();
+    match &packet.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let h = tcp.to_header();
+            Some((
+                l4 + 16,
+                h.checksum,
+                h.calc_checksum_ipv4(&header, tcp.payload()).ok()?,
+            ))
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            let h = udp.to_header();
+            let want = if h.checksum == 0 {
+                0
+            } else {
+                h.calc_checksum_ipv4(&header, udp.payload()).ok()?
+            };
+            Some((l4 + 6, h.checksum, want))
+        }
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            let h = icmp.header();
+            Some((l4 + 2, h.checksum, h.icmp_type.calc_checksum(icmp.payload())))
+        }
+        _ => None,
+    }
+}
+
+/// Makes the checksums of a (mutated) frame right again where its headers parse, so that
+/// what a program writes can be checked. Returns whether the frame is a well-formed IPv4
+/// packet with every checksum right.
+pub fn repair(frame: &mut [u8]) -> bool {
+    let Ok((header, _)) = Ipv4Header::from_slice(frame.get(14..).unwrap_or_default()) else {
+        return false;
+    };
+    if frame.len() < 14 + header.header_len() {
+        return false;
+    }
+    frame[24..26].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
+    match l4_checksum(frame) {
+        Some((at, _, want)) => {
+            frame[at..at + 2].copy_from_slice(&want.to_be_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Every checksum of a frame that parses, recomputed: Err names the wrong one.
+pub fn checksums_ok(frame: &[u8]) -> Result<(), String> {
+    let (header, _) = Ipv4Header::from_slice(&frame[14..]).map_err(|e| format!("IPv4 header: {e}"))?;
+    if header.header_checksum != header.calc_header_checksum() {
+        return Err("IPv4 header checksum".into());
+    }
+    match l4_checksum(frame) {
+        Some((_, have, want)) if have != want => Err(format!("L4 checksum {have:#06x}, want {want:#06x}")),
+        Some(_) => Ok(()),
+        None => Err("L4 header does not parse".into()),
+    }
+}

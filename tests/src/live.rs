@@ -30,7 +30,9 @@ pub(crate) fn register_pin(path: PathBuf) {
 }
 
 pub(crate) fn forget_pin(path: &std::path::Path) {
-    PINS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != path);
+    PINS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| p != path);
 }
 
 pub(crate) fn register(lab: LiveLab) {
@@ -38,13 +40,20 @@ pub(crate) fn register(lab: LiveLab) {
 }
 
 pub(crate) fn update(id: &str, f: impl FnOnce(&mut LiveLab)) {
-    if let Some(lab) = LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().find(|l| l.id == id) {
+    if let Some(lab) = LIVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter_mut()
+        .find(|l| l.id == id)
+    {
         f(lab);
     }
 }
 
 pub(crate) fn forget(id: &str) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|l| l.id != id);
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|l| l.id != id);
 }
 
 /// Call first thing in `main` (before any thread starts, so every thread inherits the
@@ -104,7 +113,10 @@ fn remove(lab: &LiveLab) {
         .filter(|n| n.starts_with(&format!("{}-sbx-", lab.prefix)))
         .collect();
     for ns in lab.namespaces.iter().chain(&sandboxes) {
-        for pid in quiet("ip", &["netns", "pids", ns]).unwrap_or_default().split_whitespace() {
+        for pid in quiet("ip", &["netns", "pids", ns])
+            .unwrap_or_default()
+            .split_whitespace()
+        {
             if let Ok(pid) = pid.parse::<i32>() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }

@@ -40,6 +40,12 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// The reliability matrix at full size (faults, load, bad input), repeated for at
+    /// least MINUTES; figures in target/soak/ (summary.md, figures.jsonl).
+    Soak {
+        #[arg(long, default_value_t = 0)]
+        minutes: u64,
+    },
     /// Write shell completions (completions/) and man pages (man/) for packaging.
     Docs {
         /// Output directory.
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
             run_demo_binary(&args)
         }),
         Task::Docs { out } => docs(&out),
+        Task::Soak { minutes } => setup::run().and_then(|()| soak(minutes)),
         Task::Test { filter } => setup::run().and_then(|()| test(filter.as_deref())),
         Task::Bench { quick, out, only } => setup::run()
             .and_then(|()| build())
@@ -108,6 +115,71 @@ fn run_demo_binary(args: &[&str]) -> Result<()> {
         .args(args)
         .env("NATD_BIN", root.join("target/release/natd"))
         .env("NATCTL_BIN", root.join("target/release/natctl")))
+}
+
+/// The reliability suites (tests/tests/reliability_*.rs) with NATLAB_SOAK=1, one after
+/// the other, round after round until `minutes` have passed (one round at least).
+fn soak(minutes: u64) -> Result<()> {
+    let root = workspace_root()?;
+    build_test_binaries()?;
+    let out = root.join("target/soak");
+    std::fs::create_dir_all(&out)?;
+    let figures = out.join("figures.jsonl");
+    let _ = std::fs::remove_file(&figures);
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", "nat-tests"]);
+        for suite in [
+            "reliability_restart",
+            "reliability_crash",
+            "reliability_api",
+            "reliability_state",
+            "reliability_datapath",
+        ] {
+            cmd.args(["--test", suite]);
+        }
+        cmd.args(["--", "--test-threads=1", "--nocapture"])
+            .env("NATLAB_SOAK", "1")
+            .env("NATLAB_FIGURES", &figures)
+            .env("NATD_BIN", root.join("target/debug/natd"))
+            .env("NATCTL_BIN", root.join("target/debug/natctl"));
+        run(&mut cmd)?;
+        if started.elapsed().as_secs() >= minutes * 60 {
+            break;
+        }
+    }
+    let text = std::fs::read_to_string(&figures).unwrap_or_default();
+    let mut summary = format!(
+        "# Soak run\n\n{rounds} round(s) in {:.1} minutes.\n\n| row | iterations | failures | checked |\n|---|---|---|---|\n",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        summary.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            v["row"].as_str().unwrap_or_default(),
+            v["iterations"],
+            v["failures"],
+            v["checked"].as_str().unwrap_or_default()
+        ));
+    }
+    std::fs::write(out.join("summary.md"), &summary)?;
+    println!("{summary}");
+    Ok(())
+}
+
+fn build_test_binaries() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "-p",
+        "nat-userspace",
+        "--bins",
+        "--features",
+        "failpoints",
+    ]))
 }
 
 /// Runs natctl's own generators (the clap definitions live with the binaries).
@@ -179,14 +251,7 @@ fn test(filter: Option<&str>) -> Result<()> {
     run(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
     // The end-to-end suites drive the real binaries inside namespaces they create; the
     // rollback and crash tests need natd's fail points.
-    run(cargo().args([
-        "build",
-        "-p",
-        "nat-userspace",
-        "--bins",
-        "--features",
-        "failpoints",
-    ]))?;
+    build_test_binaries()?;
     let mut cmd = cargo();
     cmd.args(["test", "-p", "nat-tests", "--tests", "--"])
         .arg("--test-threads=2")

@@ -1,0 +1,41 @@
+//! The reliability matrix runs in two sizes: a short form in `cargo xtask test` and the
+//! full one in `cargo xtask soak` (NATLAB_SOAK=1). Each row reports what it did and checked
+//! to NATLAB_FIGURES (JSON lines) when set, for docs/reliability.md.
+use std::io::Write as _;
+
+/// Whether this is the soak run.
+pub fn soak() -> bool {
+    std::env::var_os("NATLAB_SOAK").is_some_and(|v| v != "0")
+}
+
+/// `short` in CI, `full` in the soak run.
+pub fn size(short: usize, full: usize) -> usize {
+    if soak() { full } else { short }
+}
+
+/// A random seed, printed so that a failing run can be repeated with NATLAB_SEED.
+pub fn rng(row: &str) -> fastrand::Rng {
+    let seed = std::env::var("NATLAB_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("{row}: seed {seed} (repeat with NATLAB_SEED={seed})");
+    fastrand::Rng::with_seed(seed)
+}
+
+/// One row's figures: iterations done, failures seen, and what was checked.
+pub fn report(row: &str, iterations: usize, failures: usize, checked: &str) {
+    let line = serde_json::json!({
+        "row": row,
+        "soak": soak(),
+        "iterations": iterations,
+        "failures": failures,
+        "checked": checked,
+    });
+    println!("figures: {line}");
+    if let Some(path) = std::env::var_os("NATLAB_FIGURES")
+        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
