@@ -42,6 +42,20 @@ pub const SANDBOX_VETH: u32 = TEST_IFINDEX;
 pub const SANDBOX_MAC: [u8; 6] = [2, 0x5a, 0, 0, 0, 2];
 pub const BRIDGE_MAC: [u8; 6] = [2, 0xb0, 0, 0, 0, 1];
 pub const UPLINK_MAC: [u8; 6] = [2, 0x0a, 0, 0, 0, 1];
+/// What every program test names: verdicts, natd's TC programs, a remote peer.
+pub mod prelude {
+    use nat_common::names::program;
+
+    pub const TC_ACT_OK: u32 = 0;
+    pub const TC_ACT_SHOT: u32 = 2;
+    pub const TC_ACT_REDIRECT: u32 = 7;
+    pub const INGRESS: &str = program::UPLINK_INGRESS;
+    pub const EGRESS: &str = program::UPLINK_EGRESS;
+    pub const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
+    /// A server on the internet, as far as the programs can tell.
+    pub const REMOTE: [u8; 4] = [203, 0, 113, 9];
+}
+
 /// `route_via_uplink`: the routed uplink's MAC and its gateway's.
 pub const UPLINK_ROUTED_MAC: [u8; 6] = [2, 0x0a, 0, 0, 0, 9];
 pub const GATEWAY_MAC: [u8; 6] = [2, 0xfe, 0, 0, 0, 0xfe];

@@ -347,6 +347,29 @@ impl Lab {
         args
     }
 
+    /// Configures one of natd's fail points (test builds, `--features failpoints`), e.g.
+    /// `("rollback-record", "2*off->return")`; "off" removes it.
+    pub fn failpoint(&self, name: &str, actions: &str) {
+        let body = format!(r#"{{"name":"{name}","actions":"{actions}"}}"#);
+        let out = sh(
+            "curl",
+            &[
+                "-sf",
+                "--unix-socket",
+                self.socket.to_str().unwrap(),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body,
+                "http://natd/v1/debug/failpoints",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "configure fail point {name} (is natd built with --features failpoints?)"
+        );
+    }
+
     /// natd --cleanup for this lab's instance.
     pub fn cleanup_natd(&self) -> Output {
         Command::new("nsenter")

@@ -4,6 +4,7 @@
 //! per run when asked) and tail-calls it; the wrapper tail-calling `natd_empty` is the
 //! baseline subtracted from every figure. Every run's verdict and the counters it must
 //! move are checked: a figure from a path that did something else is an error, not a row.
+use crate::bpf::prelude::*;
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     maps::{Array, ProgramArray},
@@ -20,14 +21,10 @@ use crate::{
     frames::{Flags, SYN, ack, segment},
 };
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 /// A second host address: the filler mappings are bound to it, so they take no port the
 /// masquerade of the host address could use (and `snat_new` measures a new flow, not a
 /// search through published ports).
 pub const FILLER_ADDR: [u8; 4] = [198, 51, 100, 77];
-const REMOTE: [u8; 4] = [203, 0, 113, 9];
 const OTHER_NETWORK: [u8; 4] = [172, 21, 0, 9];
 
 /// One measured path: its name and ns per packet of each repetition.

@@ -22,6 +22,13 @@ fn mappings(host: u16) -> Value {
     json!([{ "hostPort": host, "containerPort": 80, "protocol": "tcp" }])
 }
 
+/// A namespace as a runtime makes one for a container: (name, path).
+fn container_ns(lab: &mut Lab, suffix: &str) -> (String, String) {
+    let ns = lab.add_netns(suffix).unwrap();
+    let path = format!("/run/netns/{ns}");
+    (ns, path)
+}
+
 fn ok(reply: Reply, what: &str) -> Value {
     assert!(reply.ok, "{what} failed: {} {}", reply.json, reply.stderr);
     reply.json
@@ -137,8 +144,7 @@ fn every_verb_in_every_version() {
 fn bad_requests_get_the_specs_errors() {
     let mut lab = Lab::started(&["--dataplane", "ebpf"]);
     let plugin = plugin_bin();
-    let ns = lab.add_netns("ctr").unwrap();
-    let netns = format!("/run/netns/{ns}");
+    let (ns, netns) = container_ns(&mut lab, "ctr");
     let vars = attachment("c1", &netns, "eth0");
     let conf = natd_conf(&lab, "1.0.0", mappings(8080));
 
@@ -198,8 +204,7 @@ fn bad_requests_get_the_specs_errors() {
         Some(EXT_IP)
     );
     // Another container asking for the same host port is refused by natd's port book.
-    let ns2 = lab.add_netns("ctr2").unwrap();
-    let netns2 = format!("/run/netns/{ns2}");
+    let (_, netns2) = container_ns(&mut lab, "ctr2");
     let clash = call(&lab, &plugin, "ADD", &attachment("c2", &netns2, "eth0"), &conf);
     assert_eq!(clash.code(), Some(100), "{}", clash.json);
     assert_eq!(sandbox_names(&lab).len(), 1);
@@ -212,8 +217,7 @@ fn gc_removes_what_the_runtime_no_longer_lists_and_status_tells_readiness() {
     let conf = natd_conf(&lab, "1.1.0", json!([]));
     let mut names = Vec::new();
     for id in ["keep", "stale"] {
-        let ns = lab.add_netns(id).unwrap();
-        let netns = format!("/run/netns/{ns}");
+        let (_, netns) = container_ns(&mut lab, id);
         ok(
             call(&lab, &plugin, "ADD", &attachment(id, &netns, "eth0"), &conf),
             "ADD",
@@ -253,8 +257,7 @@ fn gc_removes_what_the_runtime_no_longer_lists_and_status_tells_readiness() {
 fn del_while_natd_is_down_is_finished_by_the_next_start() {
     let mut lab = Lab::started(&["--dataplane", "ebpf"]);
     let plugin = plugin_bin();
-    let ns = lab.add_netns("ctr").unwrap();
-    let netns = format!("/run/netns/{ns}");
+    let (ns, netns) = container_ns(&mut lab, "ctr");
     let vars = attachment("c1", &netns, "eth0");
     let conf = natd_conf(&lab, "1.0.0", mappings(8080));
     let result = ok(call(&lab, &plugin, "ADD", &vars, &conf), "ADD");
@@ -282,8 +285,7 @@ fn del_while_natd_is_down_is_finished_by_the_next_start() {
     );
     assert!(!lab.host(&["ip", "link", "show", &host_veth]).status.success());
     // Its port is free again for the next container.
-    let ns2 = lab.add_netns("ctr2").unwrap();
-    let netns2 = format!("/run/netns/{ns2}");
+    let (_, netns2) = container_ns(&mut lab, "ctr2");
     ok(
         call(&lab, &plugin, "ADD", &attachment("c2", &netns2, "eth0"), &conf),
         "ADD of the next container",
@@ -438,8 +440,7 @@ fn a_container_joins_a_second_network_as_eth1() {
     let mut lab = Lab::started(&["--dataplane", "ebpf"]);
     lab.ok(&["network", "create", "--subnet", "10.77.0.0/24", "second"]);
     let plugin = plugin_bin();
-    let ns = lab.add_netns("ctr").unwrap();
-    let netns = format!("/run/netns/{ns}");
+    let (ns, netns) = container_ns(&mut lab, "ctr");
     let first = natd_conf(&lab, "1.0.0", json!([]));
     let mut second = natd_conf(&lab, "1.0.0", json!([]));
     second["name"] = json!("secondnet");

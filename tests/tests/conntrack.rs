@@ -2,19 +2,13 @@
 //! become established, why a SYN flood cannot lock clients out, who may send a flow's
 //! packets, and natd's expiry of idle and orphaned flows (its own GC code on the maps the
 //! programs wrote).
-use nat_common::{clock, counter, names::program};
+use nat_common::{clock, counter};
 use natd::dataplane::ebpf::conntrack::{Timeouts, expire};
+use natlab::bpf::prelude::*;
 use natlab::{
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
     frames::{Flags, SYN, ack, inspect, seen, segment, udp},
 };
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const INGRESS: &str = program::UPLINK_INGRESS;
-const EGRESS: &str = program::UPLINK_EGRESS;
-const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
-const REMOTE: [u8; 4] = [203, 0, 113, 9];
 
 fn load(established: u32, embryonic: u32) -> Bpf {
     natlab::require_root();

@@ -5,19 +5,12 @@
 //! outbound flows use the kernel's route lookup, so those tests build a small topology
 //! (`Bpf::route_via_uplink`) in the test's own namespace.
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
-use nat_common::{FASTPATH_MARK, counter, names::program};
+use nat_common::{FASTPATH_MARK, counter};
+use natlab::bpf::prelude::*;
 use natlab::{
     bpf::{BRIDGE_MAC, Bpf, CLIENT, GATEWAY_MAC, HOST, SANDBOX, SANDBOX_MAC, UPLINK_MAC, UPLINK_ROUTED_MAC},
     frames::{DST_MAC, Flags, SRC_MAC, SYN, ack, inspect, link, seen, segment, segment_ttl, udp},
 };
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-const INGRESS: &str = program::UPLINK_INGRESS;
-const EGRESS: &str = program::UPLINK_EGRESS;
-const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
-const REMOTE: [u8; 4] = [203, 0, 113, 9];
 
 fn load() -> Bpf {
     natlab::require_root();

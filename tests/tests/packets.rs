@@ -4,10 +4,11 @@
 //! runs use that namespace's loopback device) with its own pin directory. These are the
 //! paths through the kernel's normal forwarding (the fast path is off); `fastpath.rs` and
 //! `conntrack.rs` cover redirects and flow tracking.
+use natlab::bpf::prelude::*;
 use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
-use nat_common::{counter, names::program, net};
+use nat_common::{counter, net};
 use natlab::{
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
     frames::{
@@ -16,13 +17,6 @@ use natlab::{
     },
 };
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const INGRESS: &str = program::UPLINK_INGRESS;
-const EGRESS: &str = program::UPLINK_EGRESS;
-const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
-
-const REMOTE: [u8; 4] = [203, 0, 113, 9];
 const OTHER_SANDBOX: [u8; 4] = [172, 20, 0, 3];
 const GATEWAY: [u8; 4] = [172, 20, 0, 1];
 

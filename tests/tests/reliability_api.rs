@@ -382,6 +382,18 @@ fn mutated(rng: &mut fastrand::Rng, path: &str) -> Vec<u8> {
     }
 }
 
+/// Names in `now` that `before` did not have.
+fn new_names(now: &Value, before: &Value) -> Vec<String> {
+    let names = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    names(now).difference(&names(before)).cloned().collect()
+}
+
 fn state(lab: &Lab) -> (Value, Value) {
     (lab.json(&["ps"]), lab.json(&["network", "ls"]))
 }
@@ -424,8 +436,13 @@ fn hostile_api_input_gets_a_clear_4xx_and_changes_nothing() {
             Some((status, _)) if (200..300).contains(&status) => {
                 // A mutation that happens to be valid: undo it.
                 accepted += 1;
-                let _ = lab.natctl(&["rm", "mut"]);
-                let _ = lab.natctl(&["network", "rm", "mutnet"]);
+                let (sandboxes, networks) = state(&lab);
+                for name in new_names(&sandboxes, &before.0) {
+                    let _ = lab.natctl(&["rm", &name]);
+                }
+                for name in new_names(&networks, &before.1) {
+                    let _ = lab.natctl(&["network", "rm", &name]);
+                }
                 let _ = lab.natctl(&["unpublish", "keep", "9090"]);
                 let _ = lab.natctl(&["network", "disconnect", "bridge", "keep"]);
                 if lab.json(&["inspect", "keep"])["endpoints"]

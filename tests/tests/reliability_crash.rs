@@ -14,27 +14,6 @@ use natlab::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-fn failpoint(lab: &Lab, name: &str, actions: &str) {
-    let body = format!(r#"{{"name":"{name}","actions":"{actions}"}}"#);
-    let out = sh(
-        "curl",
-        &[
-            "-sf",
-            "--unix-socket",
-            lab.socket.to_str().unwrap(),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body,
-            "http://natd/v1/debug/failpoints",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "fail point {name} (natd built with --features failpoints?)"
-    );
-}
-
 fn names(list: &Value) -> Vec<String> {
     list.as_array()
         .unwrap()
@@ -95,7 +74,7 @@ fn random_request(rng: &mut fastrand::Rng, lab: &Lab, k: usize) -> Vec<String> {
 }
 
 /// Every leak and every half-wired sandbox, as lines; empty when the world is consistent.
-fn inconsistencies(lab: &Lab) -> (Vec<String>, usize) {
+fn inconsistencies(lab: &Lab, dataplane: &str) -> (Vec<String>, usize) {
     let mut found = Vec::new();
     let sandboxes = lab.json(&["ps"]);
     let networks = lab.json(&["network", "ls"]);
@@ -189,10 +168,25 @@ fn inconsistencies(lab: &Lab) -> (Vec<String>, usize) {
             found.push(format!("pinned link {file} of a missing interface"));
         }
     }
-    let stats = lab.json(&["stats"]);
-    let in_kernel = stats["maps"][nat_common::names::map::PORTS4][0]
-        .as_u64()
-        .unwrap_or(0) as usize;
+    let in_kernel = if dataplane == "ebpf" {
+        let stats = lab.json(&["stats"]);
+        stats["maps"][nat_common::names::map::PORTS4][0]
+            .as_u64()
+            .unwrap_or(0) as usize
+    } else {
+        // natd's nftables table is named after its prefix; one element per mapping.
+        let table: Value =
+            serde_json::from_str(&lab.host_ok(&["nft", "-j", "list", "table", "ip", &lab.prefix]))
+                .unwrap_or(Value::Null);
+        table["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("map"))
+            .filter(|m| m["name"] == "ports_any" || m["name"] == "ports_ip")
+            .map(|m| m["elem"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
     if in_kernel != port_rules {
         found.push(format!(
             "{in_kernel} published-port entries in the kernel, {port_rules} recorded"
@@ -202,11 +196,9 @@ fn inconsistencies(lab: &Lab) -> (Vec<String>, usize) {
     (found, checked)
 }
 
-#[test]
-fn natd_killed_during_changes_leaves_nothing_half_done() {
-    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
-    let mut rng = rng("crash during changes");
-    let iterations = size(15, 1000);
+fn crash_during_changes(dataplane: &str, iterations: usize) {
+    let mut lab = Lab::started(&["--dataplane", dataplane]);
+    let mut rng = rng(&format!("crash during changes ({dataplane})"));
     let mut checked = 0;
     let mut failures = Vec::new();
     for k in 0..iterations {
@@ -215,12 +207,8 @@ fn natd_killed_during_changes_leaves_nothing_half_done() {
         // the next one and before the commit), or just before the store commit.
         let stop = rng.u8(0..3);
         match stop {
-            1 => failpoint(
-                &lab,
-                "rollback-record",
-                &format!("{}*off->sleep(60000)", rng.u8(0..4)),
-            ),
-            2 => failpoint(&lab, "before-commit", "sleep(60000)"),
+            1 => lab.failpoint("rollback-record", &format!("{}*off->sleep(60000)", rng.u8(0..4))),
+            2 => lab.failpoint("before-commit", "sleep(60000)"),
             _ => {}
         }
         let mut child = Command::new(natctl_bin())
@@ -246,7 +234,7 @@ fn natd_killed_during_changes_leaves_nothing_half_done() {
             ));
             break;
         }
-        let (found, n) = inconsistencies(&lab);
+        let (found, n) = inconsistencies(&lab, dataplane);
         checked += n;
         if !found.is_empty() {
             failures.push(format!("iteration {k} ({request:?}, stop {stop}): {found:#?}"));
@@ -254,12 +242,12 @@ fn natd_killed_during_changes_leaves_nothing_half_done() {
         }
     }
     report(
-        "2 crash during changes",
+        &format!("2 crash during changes ({dataplane})"),
         iterations,
         failures.len(),
         &format!(
             "{checked} objects checked after the restarts: interfaces, namespaces, /etc/netns entries, \
-             pinned links, published-port map entries, addresses inside sandboxes"
+             pinned links, published-port map entries or nft elements, addresses inside sandboxes"
         ),
     );
     assert!(
@@ -267,4 +255,14 @@ fn natd_killed_during_changes_leaves_nothing_half_done() {
         "{failures:#?}\nnatd log:\n{}",
         lab.natd_log()
     );
+}
+
+#[test]
+fn natd_killed_during_changes_leaves_nothing_half_done_ebpf() {
+    crash_during_changes("ebpf", size(15, 1000));
+}
+
+#[test]
+fn natd_killed_during_changes_leaves_nothing_half_done_nftables() {
+    crash_during_changes("nftables", size(8, 200));
 }

@@ -3,8 +3,9 @@
 //! frames through every program.
 
 use etherparse::Ipv4Header;
-use nat_common::{counter, names::program};
+use nat_common::counter;
 use natd::dataplane::ebpf::conntrack::{Timeouts, expire};
+use natlab::bpf::prelude::*;
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
@@ -13,13 +14,6 @@ use natlab::{
     },
     soak::{report, rng, size},
 };
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const INGRESS: &str = program::UPLINK_INGRESS;
-const EGRESS: &str = program::UPLINK_EGRESS;
-const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
-const REMOTE: [u8; 4] = [203, 0, 113, 9];
 
 fn load(ct_capacity: u32) -> Bpf {
     natlab::require_root();
@@ -169,6 +163,7 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
         assert_eq!(ret, TC_ACT_OK);
         nat_ports.push(u16::from_be_bytes([out[34], out[35]]));
     }
+    let first_flow_port = nat_ports[0];
     nat_ports.sort();
     assert_eq!(nat_ports, [61000, 61001, 61002, 61003]);
     let refused = size(10, 1000);
@@ -185,7 +180,8 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5000, REMOTE, 443, false));
     assert_eq!(
         (ret, u16::from_be_bytes([out[34], out[35]])),
-        (TC_ACT_OK, nat_ports[0])
+        (TC_ACT_OK, first_flow_port),
+        "an existing flow keeps its NAT port"
     );
     // Their entries expire (aged here by hand, as the sweep ages them): ports come back.
     let idle_ticks = nat_common::clock::ticks(10_000_000_000_000);

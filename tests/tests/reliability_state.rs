@@ -30,9 +30,8 @@ fn kernel_objects(lab: &Lab) -> (Vec<String>, Vec<String>) {
     (links, namespaces)
 }
 
-/// natd started on a broken database: exit status 78 and a message with the path and the
-/// recovery, within seconds.
-fn refuses_to_start(lab: &Lab, what: &str) -> String {
+/// natd started once in the foreground: its exit status and what it printed.
+fn start_once(lab: &Lab) -> (Option<i32>, String) {
     let mut args = lab.base_args();
     args.extend(["--dataplane".to_string(), "ebpf".to_string()]);
     let out = Command::new("nsenter")
@@ -41,8 +40,17 @@ fn refuses_to_start(lab: &Lab, what: &str) -> String {
         .args(&args)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(78), "{what}: {err}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// natd started on a broken database: exit status 78 and a message with the path and the
+/// recovery, within seconds.
+fn refuses_to_start(lab: &Lab, what: &str) -> String {
+    let (status, err) = start_once(lab);
+    assert_eq!(status, Some(78), "{what}: {err}");
     let db = lab.state_dir.join("natd.redb");
     assert!(
         err.contains(db.to_str().unwrap()),
@@ -158,16 +166,8 @@ fn a_full_or_read_only_disk_refuses_changes_cleanly_and_recovers() {
     let disk = SmallDisk::mount(&state_dir, "16m");
     // Read-only from the start (a remount under an open database is refused as busy).
     disk.remount("ro");
-    let mut args = lab.base_args();
-    args.extend(["--dataplane".to_string(), "ebpf".to_string()]);
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.host_ns))
-        .arg(natlab::natd_bin())
-        .args(&args)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{err}");
+    let (status, err) = start_once(&lab);
+    assert_eq!(status, Some(78), "{err}");
     assert!(
         err.contains("natd.redb") && err.contains("must be writable"),
         "{err}"

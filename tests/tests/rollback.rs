@@ -80,35 +80,14 @@ fn world(lab: &Lab) -> World {
     }
 }
 
-fn failpoint(lab: &Lab, name: &str, actions: &str) {
-    let body = format!(r#"{{"name":"{name}","actions":"{actions}"}}"#);
-    let out = sh(
-        "curl",
-        &[
-            "-sf",
-            "--unix-socket",
-            lab.socket.to_str().unwrap(),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body,
-            "http://natd/v1/debug/failpoints",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "configure fail point {name} (is natd built with --features failpoints?)"
-    );
-}
-
 /// Makes step 1, 2, ... of `request` fail until it succeeds; after every failure the
 /// world must look as before. Returns how many steps the request has.
 fn fail_each_step(lab: &Lab, what: &str, request: &[&str], undo: &[&str]) -> usize {
     let before = world(lab);
     for step in 1..=20 {
-        failpoint(lab, "rollback-record", &format!("{}*off->return", step - 1));
+        lab.failpoint("rollback-record", &format!("{}*off->return", step - 1));
         let out = lab.natctl(request);
-        failpoint(lab, "rollback-record", "off");
+        lab.failpoint("rollback-record", "off");
         if out.status.success() {
             assert_ne!(world(lab), before, "{what} changed something when it succeeded");
             lab.ok(undo);
@@ -210,9 +189,9 @@ fn a_failure_at_each_step_of_a_request_leaves_nothing_behind() {
 
     // A failure of the store itself, after every kernel change was made.
     let before = world(&lab);
-    failpoint(&lab, "before-commit", "return");
+    lab.failpoint("before-commit", "return");
     let err = lab.fails(&run);
-    failpoint(&lab, "before-commit", "off");
+    lab.failpoint("before-commit", "off");
     assert!(err.contains("before the store commit"), "{err}");
     assert_eq!(world(&lab), before, "a failed commit undoes the kernel changes");
     lab.stop_natd(nix::sys::signal::Signal::SIGTERM);

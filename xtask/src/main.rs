@@ -131,7 +131,8 @@ fn soak(minutes: u64) -> Result<()> {
     loop {
         rounds += 1;
         let mut cmd = cargo();
-        cmd.args(["test", "-p", "nat-tests"]);
+        // Every row runs even when an earlier one fails.
+        cmd.args(["test", "--no-fail-fast", "-p", "nat-tests"]);
         for suite in [
             "reliability_restart",
             "reliability_crash",
