@@ -41,6 +41,11 @@ pub fn natctl_bin() -> PathBuf {
     bin("NATCTL_BIN", "natctl")
 }
 
+/// The load generator, built next to natctl.
+pub fn loadgen_bin() -> String {
+    natctl_bin().with_file_name("natd-loadgen").display().to_string()
+}
+
 /// Runs a command and returns its output; never panics.
 pub fn sh(program: &str, args: &[&str]) -> Output {
     Command::new(program)

@@ -9,15 +9,6 @@ use natlab::HOST_UPLINK_IP;
 
 use crate::{Plan, Results, Sample, beds};
 
-fn loadgen_bin() -> String {
-    natlab::natctl_bin()
-        .parent()
-        .expect("bin dir")
-        .join("natd-loadgen")
-        .display()
-        .to_string()
-}
-
 fn counter(stats: &serde_json::Value, name: &str) -> u64 {
     stats["counters"][name].as_u64().unwrap_or(0)
 }
@@ -29,7 +20,13 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     let secs = plan.flood_secs.to_string();
     let crr = |secs: &str| {
         std::process::Command::new("nsenter")
-            .args([&format!("--net={ext}"), &loadgen_bin(), "crr", &target, secs])
+            .args([
+                &format!("--net={ext}"),
+                &natlab::loadgen_bin(),
+                "crr",
+                &target,
+                secs,
+            ])
             .output()
     };
     // A first run warms up what a fresh topology still resolves (neighbours, caches).
@@ -40,7 +37,7 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     let flood = std::process::Command::new("nsenter")
         .args([
             &format!("--net={ext}"),
-            &loadgen_bin(),
+            &natlab::loadgen_bin(),
             "flood",
             HOST_UPLINK_IP,
             "8080",

@@ -11,15 +11,6 @@ use crate::{
     insitu,
 };
 
-fn loadgen_bin() -> String {
-    natlab::natctl_bin()
-        .parent()
-        .expect("bin dir")
-        .join("natd-loadgen")
-        .display()
-        .to_string()
-}
-
 /// One load generator run, pinned to CPU 1: its JSON report.
 fn loadgen(ns: &str, kind: &str, target: &str, secs: f64) -> serde_json::Value {
     let out = sh(
@@ -29,7 +20,7 @@ fn loadgen(ns: &str, kind: &str, target: &str, secs: f64) -> serde_json::Value {
             "taskset",
             "-c",
             "1",
-            &loadgen_bin(),
+            &natlab::loadgen_bin(),
             kind,
             target,
             &secs.to_string(),
@@ -227,7 +218,7 @@ pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
     for b in &beds {
         servers.push(b.lab.spawn_in(
             &b.lab.ext_ns,
-            &["taskset", "-c", "1", &loadgen_bin(), "serve", "9000"],
+            &["taskset", "-c", "1", &natlab::loadgen_bin(), "serve", "9000"],
         ));
         servers.push(b.lab.spawn_in(
             &b.lab.ext_ns,
