@@ -489,3 +489,28 @@ fn a_container_joins_a_second_network_as_eth1() {
     );
     assert!(sandbox_names(&lab).is_empty());
 }
+
+/// Runtimes may remove a container's namespace before they call DEL (natd running): DEL
+/// still succeeds and natd forgets the attachment, its veth and its port.
+#[test]
+fn del_after_the_namespace_is_gone_cleans_up() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    let plugin = plugin_bin();
+    let (ns, netns) = container_ns(&mut lab, "ctr");
+    let vars = attachment("c1", &netns, "eth0");
+    let conf = natd_conf(&lab, "1.0.0", mappings(8080));
+    let result = ok(call(&lab, &plugin, "ADD", &vars, &conf), "ADD");
+    let host_veth = result["interfaces"][1]["name"].as_str().unwrap().to_string();
+    assert!(sh("ip", &["netns", "del", &ns]).status.success());
+    ok(
+        call(&lab, &plugin, "DEL", &vars, &conf),
+        "DEL without the namespace",
+    );
+    assert!(sandbox_names(&lab).is_empty());
+    assert!(!lab.host(&["ip", "link", "show", &host_veth]).status.success());
+    let (_, netns2) = container_ns(&mut lab, "ctr2");
+    ok(
+        call(&lab, &plugin, "ADD", &attachment("c2", &netns2, "eth0"), &conf),
+        "the port is free for the next container",
+    );
+}

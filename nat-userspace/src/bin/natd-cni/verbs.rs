@@ -86,9 +86,10 @@ async fn describe(
     let endpoint = endpoint_of(view, env.ifname())?;
     // The plugin runs in the runtime's namespace, which is natd's: the host-side MACs are
     // there (best effort: a result without them is still valid).
-    let host_mac = |name: String| async move {
-        let nl = Netlink::connect().ok()?;
-        nl.link(&name).await.ok().flatten().map(|l| format_mac(&l.mac))
+    let nl = Netlink::connect().ok();
+    let host_mac = |name: String| {
+        let nl = nl.as_ref();
+        async move { nl?.link(&name).await.ok().flatten().map(|l| format_mac(&l.mac)) }
     };
     let mut result = CniResult {
         interfaces: vec![

@@ -113,6 +113,9 @@ pub struct Links<'a> {
     pub ebpf: &'a mut Ebpf,
     pub dir: PathBuf,
     pub cgroup_root: Option<&'a Path>,
+    /// Program id -> tag, filled by one walk of the kernel's program list when an id is
+    /// not known yet (the walk costs a few syscalls per program loaded on the machine).
+    pub program_tags: &'a mut std::collections::HashMap<u32, u64>,
 }
 
 impl Links<'_> {
@@ -156,12 +159,16 @@ impl Links<'_> {
             .map_err(|e| err("open pinned link", e))?
             .into();
         let current = fd_link.info().map_err(|e| err("link info", e))?.program_id();
+        if !self.program_tags.contains_key(&current) {
+            self.program_tags.extend(
+                aya::programs::loaded_programs()
+                    .filter_map(Result::ok)
+                    .map(|p| (p.id(), p.tag())),
+            );
+        }
+        let current_tag = self.program_tags.get(&current).copied();
         let prog = self.classifier(program)?;
         let wanted_tag = prog.info().map_err(|e| err("program info", e))?.tag();
-        let current_tag = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .find(|p| p.id() == current)
-            .map(|p| p.tag());
         if current_tag == Some(wanted_tag) {
             return Ok(false);
         }

@@ -46,6 +46,9 @@ pub struct EbpfDataplane {
     /// The interfaces (index, name, is an uplink) whose attachments the last sync checked:
     /// a sync for the same set (a port change) skips the check; every tick makes it again.
     links_checked: Option<Vec<(u32, String, bool)>>,
+    /// Tags of programs seen attached to natd's pinned links, by program id (a link keeps
+    /// its program alive, so an id stays bound to its tag while it is seen there).
+    program_tags: std::collections::HashMap<u32, u64>,
     /// The uplinks (ifindex, MAC) of the last sync, to notice one whose role moved to
     /// another interface with the same MAC (a hostbridge network over it, or its removal).
     uplinks: Vec<(u32, [u8; 6])>,
@@ -88,6 +91,7 @@ impl EbpfDataplane {
             pin_report,
             fast_path: false,
             links_checked: None,
+            program_tags: Default::default(),
             uplinks: Vec::new(),
         })
     }
@@ -190,6 +194,7 @@ impl Dataplane for EbpfDataplane {
             ebpf: &mut self.ebpf,
             dir: self.pin_dir.join("links"),
             cgroup_root: self.cgroup_root.as_deref(),
+            program_tags: &mut self.program_tags,
         };
         links.sync(desired, &mut report)?;
         self.links_checked = Some(ifaces);
