@@ -110,6 +110,9 @@ pub struct AttachedSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
     pub mac: String,
+    /// overlay: the host the sandbox runs on, when it is another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

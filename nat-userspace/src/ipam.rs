@@ -116,7 +116,18 @@ pub fn check_pool(subnet: Ipv4Network, pool: Ipv4Network) -> Result<(), IpamErro
 
 /// Picks the first /24 of the default pools that overlaps none of `taken`.
 pub fn pick_free_subnet(taken: &[Ipv4Network]) -> Result<Ipv4Network, IpamError> {
-    for (base, prefix) in DEFAULT_POOLS {
+    pick_free_from(&DEFAULT_POOLS, taken)
+}
+
+/// Overlay networks' default pool, as Docker's swarm: 10.0.0.0/8 in /24s.
+pub const OVERLAY_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 0, 0), 8);
+
+pub fn pick_free_overlay_subnet(taken: &[Ipv4Network]) -> Result<Ipv4Network, IpamError> {
+    pick_free_from(&[OVERLAY_POOL], taken)
+}
+
+fn pick_free_from(pools: &[(Ipv4Addr, u8)], taken: &[Ipv4Network]) -> Result<Ipv4Network, IpamError> {
+    for &(base, prefix) in pools {
         let pool = Ipv4Network::new(base, prefix).expect("constant pool");
         let step = 1u32 << (32 - DEFAULT_POOL_PREFIX);
         let mut start = u32::from(pool.network());

@@ -1,6 +1,7 @@
 //! natd: Docker-style bridge networking for network namespaces, with the NAT done by eBPF.
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod cni;
 pub mod config;
 pub mod daemon;

@@ -15,6 +15,9 @@ pub enum Driver {
     Bridge,
     /// Sandboxes on the host's LAN through a bridge holding the host's NIC (pipework).
     HostBridge,
+    /// One subnet across hosts: a bridge per host joined by VXLAN, membership in the
+    /// cluster store.
+    Overlay,
 }
 
 impl Driver {
@@ -23,6 +26,7 @@ impl Driver {
         match self {
             Driver::Bridge => "bridge",
             Driver::HostBridge => "hostbridge",
+            Driver::Overlay => "overlay",
         }
     }
 }
@@ -60,6 +64,18 @@ pub struct Network {
     /// hostbridge: the NIC natd put into the bridge and what it had before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentState>,
+    /// overlay: how this host joins the network's other hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayLink>,
+}
+
+/// An overlay network's VXLAN on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayLink {
+    /// VXLAN network identifier, the same on every host.
+    pub vni: u32,
+    /// This host's underlay address (`--cluster-advertise`) the device sends from.
+    pub local: Ipv4Addr,
 }
 
 impl Network {

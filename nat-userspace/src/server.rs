@@ -46,6 +46,7 @@ impl IntoResponse for DaemonError {
             ErrorClass::Invalid => StatusCode::BAD_REQUEST,
             ErrorClass::NotFound => StatusCode::NOT_FOUND,
             ErrorClass::Conflict => StatusCode::CONFLICT,
+            ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::Internal => {
                 tracing::error!(error = ?self, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

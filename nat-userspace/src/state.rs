@@ -259,6 +259,7 @@ mod tests {
             default: false,
             created: 1,
             parent: None,
+            overlay: None,
         }
     }
 

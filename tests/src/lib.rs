@@ -17,6 +17,7 @@ pub mod bpf;
 pub mod cni;
 pub mod frames;
 pub mod live;
+pub mod overlay;
 pub mod soak;
 pub mod warm;
 

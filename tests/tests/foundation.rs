@@ -581,8 +581,12 @@ fn bad_input_is_refused_and_changes_nothing() {
             "no matching subnet for range 10.99.0.0/24",
         ),
         (
-            vec!["network", "create", "-d", "overlay", "x7"],
-            "plugin \"overlay\" not found",
+            vec!["network", "create", "-d", "macvlan", "x7"],
+            "plugin \"macvlan\" not found",
+        ),
+        (
+            vec!["network", "create", "-d", "overlay", "x8"],
+            "overlay networks need a cluster store",
         ),
         (vec!["network", "rm", "taken"], "has active endpoints"),
         (

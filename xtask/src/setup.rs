@@ -33,6 +33,9 @@ const PACKAGES: &[&str] = &[
     "runc",
     "conmon",
     "containernetworking-plugins",
+    // Overlay networks' tests: the cluster store.
+    "etcd-server",
+    "etcd-client",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",

@@ -88,7 +88,11 @@ async fn serve(config: DaemonConfig) -> ExitCode {
         }
     };
     let gc_interval = std::time::Duration::from_secs(gc_interval);
+    let cluster = daemon.cluster();
     let daemon = Arc::new(tokio::sync::Mutex::new(daemon));
+    if let Some(cluster) = cluster {
+        natd::cluster::agent::spawn(cluster, Arc::clone(&daemon));
+    }
     let housekeeping = Arc::clone(&daemon);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(gc_interval);

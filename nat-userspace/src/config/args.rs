@@ -97,6 +97,17 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on ADDR:PORT (path /metrics); off unless given.
     #[arg(long = "metrics-addr")]
     pub metrics_addr: Option<String>,
+    /// Cluster store for overlay networks: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long = "cluster-store")]
+    pub cluster_store: Option<String>,
+    /// This host's underlay address for overlay traffic: an interface (its first IPv4
+    /// address) or an address; Docker's optional :PORT suffix is accepted and ignored.
+    #[arg(long = "cluster-advertise")]
+    pub cluster_advertise: Option<String>,
+    /// Seconds a host's registration lives without renewal (a dead host's sandboxes leave
+    /// the others' forwarding tables within this time).
+    #[arg(long = "cluster-ttl")]
+    pub cluster_ttl: Option<u64>,
     /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -134,6 +145,9 @@ pub struct FileConfig {
     pub gc_interval: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub metrics_addr: Option<String>,
+    pub cluster_store: Option<String>,
+    pub cluster_advertise: Option<String>,
+    pub cluster_ttl: Option<u64>,
 }
 
 /// daemon.json examples write `"mtu": "1500"`; Docker itself wants a number. Take both.

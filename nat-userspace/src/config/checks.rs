@@ -173,3 +173,53 @@ pub fn conntrack_timeout(item: &str) -> Result<(CtTimeout, u64), ConfigError> {
     })?;
     Ok((kind, secs))
 }
+
+/// `--cluster-store etcd://HOST:PORT[,HOST:PORT]`, with `--cluster-advertise` required
+/// alongside (Docker's pairing) and the TTL in a range a lease can have.
+pub fn cluster(
+    store: Option<String>,
+    advertise: Option<String>,
+    ttl: Option<u64>,
+) -> Result<Option<super::ClusterConfig>, ConfigError> {
+    let Some(store) = store else {
+        if advertise.is_some() {
+            return Err(invalid("cluster-advertise", "needs --cluster-store"));
+        }
+        return Ok(None);
+    };
+    let Some(rest) = store.strip_prefix("etcd://") else {
+        return Err(invalid(
+            "cluster-store",
+            format!("{store:?}: unsupported store (natd supports etcd://HOST:PORT[,HOST:PORT...])"),
+        ));
+    };
+    let endpoints: Vec<String> = rest.split(',').map(|e| e.trim_end_matches('/').to_string()).collect();
+    for endpoint in &endpoints {
+        let port = endpoint.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+            return Err(invalid(
+                "cluster-store",
+                format!("{endpoint:?} is not HOST:PORT"),
+            ));
+        }
+    }
+    let Some(advertise) = advertise else {
+        return Err(invalid(
+            "cluster-advertise",
+            "is required with --cluster-store (an interface or address other hosts reach this one at)",
+        ));
+    };
+    // Docker's form is IFACE:PORT or IP:PORT; the port was its API's and means nothing here.
+    let advertise = match advertise.rsplit_once(':') {
+        Some((head, port)) if port.parse::<u16>().is_ok() => head.to_string(),
+        _ => advertise,
+    };
+    if advertise.parse::<Ipv4Addr>().is_err() {
+        validate_ifname(&advertise).map_err(|m| invalid("cluster-advertise", m))?;
+    }
+    let ttl = ttl.unwrap_or(super::DEFAULT_CLUSTER_TTL);
+    if !(3..=3600).contains(&ttl) {
+        return Err(invalid("cluster-ttl", format!("{ttl} is out of range (3-3600 seconds)")));
+    }
+    Ok(Some(super::ClusterConfig { endpoints, advertise, ttl }))
+}

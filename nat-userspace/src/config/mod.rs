@@ -98,7 +98,21 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Where Prometheus metrics are served (None: not at all).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Overlay networks' cluster store (None: overlay networks are refused).
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// `--cluster-store`, `--cluster-advertise`, `--cluster-ttl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd client endpoints, HOST:PORT.
+    pub endpoints: Vec<String>,
+    /// An interface name or an address.
+    pub advertise: String,
+    pub ttl: u64,
+}
+
+pub const DEFAULT_CLUSTER_TTL: u64 = 20;
 
 pub const DEFAULT_SOCKET: &str = "/run/natd/natd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/natd";
@@ -153,6 +167,11 @@ impl DaemonConfig {
                 format!("{conntrack_embryonic_max} is out of range (64-16777216)"),
             ));
         }
+        let cluster = checks::cluster(
+            pick(&args.cluster_store, file.cluster_store),
+            pick(&args.cluster_advertise, file.cluster_advertise),
+            args.cluster_ttl.or(file.cluster_ttl),
+        )?;
         let gc_interval = args.gc_interval.or(file.gc_interval).unwrap_or(5);
         if gc_interval == 0 {
             return Err(invalid("gc-interval", "must be at least 1 second"));
@@ -217,6 +236,7 @@ impl DaemonConfig {
                     )
                 })
             })?,
+            cluster,
         })
     }
 }
@@ -318,6 +338,34 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("not inside the bridge subnet"), "{err}");
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let cfg = DaemonConfig::load(&args(&[
+            "--cluster-store",
+            "etcd://10.0.0.1:2379,10.0.0.2:2379",
+            "--cluster-advertise",
+            "eth1:2376",
+        ]))
+        .unwrap();
+        let cluster = cfg.cluster.unwrap();
+        assert_eq!(cluster.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!((cluster.advertise.as_str(), cluster.ttl), ("eth1", DEFAULT_CLUSTER_TTL));
+        assert!(DaemonConfig::load(&args(&[])).unwrap().cluster.is_none());
+        for (flags, needle) in [
+            (vec!["--cluster-store", "consul://h:8500", "--cluster-advertise", "eth0"], "unsupported store"),
+            (vec!["--cluster-store", "etcd://h", "--cluster-advertise", "eth0"], "is not HOST:PORT"),
+            (vec!["--cluster-store", "etcd://h:2379"], "cluster-advertise"),
+            (vec!["--cluster-advertise", "eth0"], "needs --cluster-store"),
+            (
+                vec!["--cluster-store", "etcd://h:2379", "--cluster-advertise", "eth0", "--cluster-ttl", "1"],
+                "cluster-ttl",
+            ),
+        ] {
+            let err = DaemonConfig::load(&args(&flags)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
     }
 
     #[test]

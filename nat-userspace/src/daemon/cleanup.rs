@@ -49,6 +49,7 @@ pub async fn cleanup(config: &DaemonConfig) -> Vec<String> {
             errors.push(e.to_string());
         }
     }
+    errors.extend(super::overlay::leave(config, snapshot.networks.values()).await);
     for network in snapshot.networks.values() {
         errors.extend(drivers::of(network.driver).teardown(&nl, network).await);
     }

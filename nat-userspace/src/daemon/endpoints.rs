@@ -5,7 +5,7 @@ use std::{collections::HashSet, net::Ipv4Addr, os::fd::AsFd as _, path::Path};
 
 use super::{
     Daemon,
-    drivers::{self, AddressCheck},
+    drivers::{self, AddressCheck, EndpointContext},
     error::{Result, conflict, invalid},
     names,
     rollback::{Rollback, Undo},
@@ -134,8 +134,14 @@ impl Daemon {
         requested: Option<&str>,
         ifname: &str,
         endpoint_id: u32,
+        sandbox: &str,
     ) -> Result<Endpoint> {
         let driver = drivers::of(network.driver);
+        let ctx = EndpointContext {
+            nl: &self.nl,
+            cluster: self.cluster.as_deref(),
+            sandbox,
+        };
         let mut excluded: HashSet<Ipv4Addr> = driver
             .foreign_addresses(&self.nl, network)
             .await?
@@ -158,7 +164,7 @@ impl Daemon {
                         .map_err(|_| invalid(format!("invalid gateway address: {gateway}")))?,
                 );
             }
-            match driver.check_address(&self.nl, network, endpoint.ipv4).await? {
+            match driver.check_address(&ctx, network, endpoint.ipv4).await? {
                 AddressCheck::Free => return Ok(endpoint),
                 AddressCheck::InUse(who) if parsed.ip.is_some() => {
                     return Err(conflict(format!("Address already in use: {who}")));
@@ -246,6 +252,14 @@ impl Daemon {
     }
 
     pub async fn connect(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
+        let result = self.connect_sandbox(network_name, req).await;
+        if result.is_err() {
+            self.release_unused_claims().await;
+        }
+        result
+    }
+
+    async fn connect_sandbox(&mut self, network_name: &str, req: ConnectRequest) -> Result<SandboxView> {
         let network = self.network(network_name)?.clone();
         let sandbox = self.sandbox(&req.sandbox)?.clone();
         let Some(path) = sandbox.netns.clone().filter(|_| sandbox.has_own_netns()) else {
@@ -264,7 +278,7 @@ impl Daemon {
             .unwrap_or(0);
         let (eid, id_change) = self.alloc_id();
         let mut endpoint = self
-            .plan_endpoint(&network, req.ip.as_deref(), &format!("eth{index}"), eid)
+            .plan_endpoint(&network, req.ip.as_deref(), &format!("eth{index}"), eid, &sandbox.name)
             .await?;
         let first = sandbox.endpoints.is_empty();
         let mtu = sandbox.mtu.unwrap_or(network.mtu);

@@ -19,6 +19,8 @@ pub enum ErrorClass {
     Conflict,
     /// natd or the kernel failed (500).
     Internal,
+    /// A service natd depends on (the cluster store) cannot be reached (503).
+    Unavailable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,10 @@ pub fn not_found(message: impl Into<String>) -> DaemonError {
 
 pub fn conflict(message: impl Into<String>) -> DaemonError {
     DaemonError::new(ErrorClass::Conflict, message)
+}
+
+pub fn unavailable(message: impl Into<String>) -> DaemonError {
+    DaemonError::new(ErrorClass::Unavailable, message)
 }
 
 pub fn internal(message: impl Into<String>) -> DaemonError {

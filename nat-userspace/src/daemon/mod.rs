@@ -5,7 +5,8 @@
 //!
 //! Where things live: `startup` (what happens when natd starts), `networks` and
 //! `drivers` (network create/rm, one driver abstraction), `sandboxes` (run/rm),
-//! `endpoints` (addresses, veth wiring, connect/disconnect), `ports` (host port
+//! `endpoints` (addresses, veth wiring, connect/disconnect), `overlay` (overlay networks
+//! in line with the cluster store), `ports` (host port
 //! allocation), `reconcile` (kernel back to the records), `sync` (records to the
 //! dataplane), `views` (what the API shows), `cleanup` (`natd --cleanup`).
 mod cleanup;
@@ -14,6 +15,7 @@ mod endpoints;
 pub mod error;
 pub mod names;
 mod networks;
+mod overlay;
 pub mod ports;
 mod publish;
 mod reconcile;
@@ -72,6 +74,8 @@ pub struct Daemon {
     kernel_view: Option<sync::KernelView>,
     /// What the last full sync gave the dataplane (port changes start from it).
     last_desired: Option<crate::dataplane::Desired>,
+    /// Membership of a cluster (`--cluster-store`), for overlay networks.
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl Daemon {

@@ -16,6 +16,11 @@ pub fn bridge(prefix: &str, id: u32) -> String {
     format!("{prefix}b{id:x}")
 }
 
+/// The VXLAN device of overlay network `id`: `<prefix>x<hex>`.
+pub fn vxlan(prefix: &str, id: u32) -> String {
+    format!("{prefix}x{id:x}")
+}
+
 /// Namespaces (and /etc/netns entries) natd creates are named `<prefix>-sbx-<sandbox>`.
 pub fn sandbox_ns_prefix(prefix: &str) -> String {
     format!("{prefix}-sbx-")
@@ -26,13 +31,13 @@ pub fn sandbox_ns(prefix: &str, sandbox: &str) -> String {
 }
 
 /// Whether `name` is one natd generates for interfaces: `<prefix>` then `v`, `p` or `b`
-/// then lowercase hex.
+/// then lowercase hex (`x`: an overlay's VXLAN device).
 pub fn is_generated_ifname(prefix: &str, name: &str) -> bool {
     let Some(rest) = name.strip_prefix(prefix) else {
         return false;
     };
     let mut chars = rest.chars();
-    matches!(chars.next(), Some('v' | 'p' | 'b'))
+    matches!(chars.next(), Some('v' | 'p' | 'b' | 'x'))
         && !chars.as_str().is_empty()
         && chars
             .as_str()
@@ -51,6 +56,6 @@ mod tests {
         assert!(!g("natd", "natd0") && !g("natd", "natdbr") && !g("natd", "natdv") && !g("natd", "eth0"));
         assert!(!g("natd", "natdvX1") && !g("natd", "natdbackup"));
         assert_eq!(peer_veth("natd", &host_veth("natd", 31)), "natdp1f");
-        assert!(g("natd", &bridge("natd", 0x2a)));
+        assert!(g("natd", &bridge("natd", 0x2a)) && g("natd", &vxlan("natd", 0x2a)));
     }
 }

@@ -27,7 +27,7 @@ impl Daemon {
         let driver_name = req.driver.as_deref().unwrap_or("bridge");
         let driver = drivers::by_name(driver_name).ok_or_else(|| {
             invalid(format!(
-                "plugin \"{driver_name}\" not found (natd supports the bridge and hostbridge drivers)"
+                "plugin \"{driver_name}\" not found (natd supports the bridge, hostbridge and overlay drivers)"
             ))
         })?;
         let (id, id_change) = self.alloc_id();
@@ -36,18 +36,29 @@ impl Daemon {
                 nl: &self.nl,
                 config: &self.config,
                 networks: &self.state.networks,
+                cluster: self.cluster.as_deref(),
             };
-            driver.plan(&ctx, &req, id).await?
+            let planned = driver.plan(&ctx, &req, id).await?;
+            driver.announce(&ctx, &planned).await?;
+            planned
         };
 
         let mut rollback = Rollback::new("network create");
         let result = async {
-            let network = driver.setup(&self.nl, planned, &mut rollback).await?;
+            let network = driver.setup(&self.nl, planned.clone(), &mut rollback).await?;
             self.commit(vec![id_change, Change::PutNetwork(network.clone())])?;
             Ok(network)
         }
         .await;
-        let network = rollback.settle(&self.nl, result).await?;
+        let network = match rollback.settle(&self.nl, result).await {
+            Ok(network) => network,
+            Err(e) => {
+                if let Err(undo) = driver.withdraw(self.cluster.as_deref(), &planned).await {
+                    warn!(network = %planned.name, error = %undo, "cannot withdraw the network after a failed create");
+                }
+                return Err(e);
+            }
+        };
         self.sync_after_change().await?;
         info!(network = %network.name, subnet = %network.subnet, driver = network.driver.name(), "network created");
         Ok(self.network_view(&network))
@@ -74,6 +85,9 @@ impl Daemon {
                 users.join(", ")
             )));
         }
+        drivers::of(network.driver)
+            .withdraw(self.cluster.as_deref(), &network)
+            .await?;
         for e in drivers::of(network.driver).teardown(&self.nl, &network).await {
             warn!(network = name, error = %e, "network teardown");
         }

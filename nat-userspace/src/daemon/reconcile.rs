@@ -133,12 +133,20 @@ impl Daemon {
     async fn remove_stale(&mut self) -> Result<Vec<String>> {
         let mut report = Vec::new();
         let prefix = &self.config.name_prefix;
+        let vxlans: Vec<String> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.overlay.is_some())
+            .map(|n| names::vxlan(prefix, n.id))
+            .collect();
         let wanted_links: HashSet<&str> = self
             .state
             .sandboxes
             .values()
             .flat_map(|s| s.endpoints.iter().map(|e| e.host_ifname.as_str()))
             .chain(self.state.networks.values().map(|n| n.bridge.as_str()))
+            .chain(vxlans.iter().map(String::as_str))
             .collect();
         for link in self.nl.links().await? {
             if names::is_generated_ifname(prefix, &link.name) && !wanted_links.contains(link.name.as_str()) {

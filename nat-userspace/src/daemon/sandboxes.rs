@@ -254,7 +254,7 @@ impl Daemon {
                 let (eid, change) = self.alloc_id();
                 changes.push(change);
                 let endpoint = self
-                    .plan_endpoint(&network, req.ip.as_deref(), ifname, eid)
+                    .plan_endpoint(&network, req.ip.as_deref(), ifname, eid, &req.name)
                     .await?;
                 Some((network, endpoint))
             }
@@ -287,6 +287,14 @@ impl Daemon {
     }
 
     pub async fn run(&mut self, req: RunRequest) -> Result<SandboxView> {
+        let result = self.run_sandbox(req).await;
+        if result.is_err() {
+            self.release_unused_claims().await;
+        }
+        result
+    }
+
+    async fn run_sandbox(&mut self, req: RunRequest) -> Result<SandboxView> {
         let mut plan = self.plan_run(req).await?;
         let mut rollback = Rollback::new("run");
         let result = async {

@@ -33,6 +33,7 @@ impl Daemon {
         let snat_ports = config
             .masquerade_port_range
             .unwrap_or_else(|| masquerade_ports(local_ports));
+        let cluster = super::overlay::join(&config, &nl).await?;
         let dataplane = dataplane::create(&config)?;
         info!(dataplane = %dataplane.kind(), ?uplinks, "dataplane ready");
         let mut daemon = Self {
@@ -50,6 +51,7 @@ impl Daemon {
             localnet_set: HashSet::new(),
             kernel_view: None,
             last_desired: None,
+            cluster,
             fast_path: sync::FastPath::new(false, ""),
         };
         daemon.fast_path = sync::FastPath::new(
@@ -103,6 +105,7 @@ impl Daemon {
             default: true,
             created: existing.as_ref().map(|n| n.created).unwrap_or_else(now),
             parent: None,
+            overlay: None,
         };
         if existing.as_ref() == Some(&network) {
             return Ok(());

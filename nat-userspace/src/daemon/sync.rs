@@ -193,7 +193,11 @@ impl Daemon {
         self.sync_dataplane()
             .await
             .map(|_| ())
-            .map_err(stored_but_not_applied)
+            .map_err(stored_but_not_applied)?;
+        // Overlay address claims follow the change (MACs of new endpoints, released
+        // addresses); the agent retries if the store cannot be reached now.
+        self.release_unused_claims().await;
+        Ok(())
     }
 
     /// Called several times a second: puts back kernel state removed behind natd's back.

@@ -43,7 +43,9 @@ impl Daemon {
                 ipv4: format!("{}/{}", e.ipv4, e.prefix_len),
                 ipv6: e.ipv6.map(|ip| format!("{ip}/{}", e.prefix_len_v6)),
                 mac: e.mac.clone(),
+                host: None,
             })
+            .chain(self.remote_sandboxes(network))
             .collect();
         NetworkView {
             network: network.clone(),

@@ -8,3 +8,4 @@ pub mod nft;
 pub mod process;
 pub mod sockets;
 pub mod sysctl;
+pub mod vxlan;

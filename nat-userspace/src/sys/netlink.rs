@@ -46,7 +46,7 @@ impl NetlinkError {
     }
 }
 
-fn request_err(op: &'static str, target: impl ToString) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+pub(crate) fn request_err(op: &'static str, target: impl ToString) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     move |e| {
         let errno = match &e {
             rtnetlink::Error::NetlinkError(m) => -m.raw_code(),
@@ -134,6 +134,10 @@ impl Netlink {
         .map_err(NetlinkError::Socket)?;
         tokio::spawn(connection);
         Ok(Self { handle })
+    }
+
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {

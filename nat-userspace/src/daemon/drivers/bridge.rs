@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::warn;
 
-use super::{AddressCheck, NetworkDriver, PlanContext, ip_range, options};
+use super::{AddressCheck, EndpointContext, NetworkDriver, PlanContext, ip_range, options};
 use crate::{
     api::NetworkCreate,
     config,
@@ -28,7 +28,7 @@ pub struct BridgeDriver;
 impl BridgeDriver {
     /// Subnets a new network must not overlap: natd's networks and the host's routes
     /// (routes through natd's own bridges are its networks, compared separately).
-    async fn taken_subnets(ctx: &PlanContext<'_>) -> Result<(Vec<Ipv4Network>, Vec<Ipv4Network>)> {
+    pub(super) async fn taken_subnets(ctx: &PlanContext<'_>) -> Result<(Vec<Ipv4Network>, Vec<Ipv4Network>)> {
         let mut bridge_indexes = HashSet::new();
         for network in ctx.networks.values() {
             if let Some(link) = ctx.nl.link(&network.bridge).await? {
@@ -76,7 +76,7 @@ impl BridgeDriver {
 
     /// Creates or adopts the bridge and gives it the gateway address, MTU and up state.
     /// Returns whether the bridge had to be created.
-    async fn bring_up(nl: &Netlink, network: &Network, mut rollback: Option<&mut Rollback>) -> Result<bool> {
+    pub(super) async fn bring_up(nl: &Netlink, network: &Network, mut rollback: Option<&mut Rollback>) -> Result<bool> {
         let (link, created) = match nl.link(&network.bridge).await? {
             Some(link) => (link, false),
             None => {
@@ -192,6 +192,7 @@ impl NetworkDriver for BridgeDriver {
             default: false,
             created: now(),
             parent: None,
+            overlay: None,
         })
     }
 
@@ -228,7 +229,7 @@ impl NetworkDriver for BridgeDriver {
         Ok(Vec::new())
     }
 
-    async fn check_address(&self, _nl: &Netlink, _network: &Network, _ip: Ipv4Addr) -> Result<AddressCheck> {
+    async fn check_address(&self, _ctx: &EndpointContext<'_>, _network: &Network, _ip: Ipv4Addr) -> Result<AddressCheck> {
         // natd owns the subnet: its records are the whole truth.
         Ok(AddressCheck::Free)
     }

@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use async_trait::async_trait;
 use ipnetwork::{IpNetwork, Ipv4Network};
 
-use super::{AddressCheck, NetworkDriver, PlanContext, ip_range, options};
+use super::{EndpointContext, AddressCheck, NetworkDriver, PlanContext, ip_range, options};
 use crate::{
     api::NetworkCreate,
     config,
@@ -104,6 +104,7 @@ impl NetworkDriver for HostBridgeDriver {
             mtu: req.mtu.unwrap_or(mtu),
             default: false,
             created: now(),
+            overlay: None,
             // Filled in by setup: what the NIC had before.
             parent: parent.map(|parent| ParentState {
                 parent,
@@ -177,8 +178,8 @@ impl NetworkDriver for HostBridgeDriver {
             .collect())
     }
 
-    async fn check_address(&self, nl: &Netlink, network: &Network, ip: Ipv4Addr) -> Result<AddressCheck> {
-        let bridge = nl.require_link(&network.bridge).await?;
+    async fn check_address(&self, ctx: &EndpointContext<'_>, network: &Network, ip: Ipv4Addr) -> Result<AddressCheck> {
+        let bridge = ctx.nl.require_link(&network.bridge).await?;
         let in_use = tokio::task::spawn_blocking(move || {
             arp::address_in_use(bridge.index, &bridge.mac, ip, PROBE_WAIT)
         })

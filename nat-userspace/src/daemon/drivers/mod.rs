@@ -3,6 +3,7 @@
 //! answered here, and nowhere else asks which driver a network has.
 pub mod bridge;
 pub mod hostbridge;
+pub mod overlay;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -14,6 +15,7 @@ use super::{error::Result, rollback::Rollback};
 use crate::{
     api::NetworkCreate,
     config::{self, DaemonConfig},
+    cluster::Cluster,
     ipam,
     model::{Driver, Network},
     sys::netlink::Netlink,
@@ -25,6 +27,16 @@ pub struct PlanContext<'a> {
     pub config: &'a DaemonConfig,
     /// Every network natd has.
     pub networks: &'a BTreeMap<String, Network>,
+    /// The cluster natd is a member of (`--cluster-store`).
+    pub cluster: Option<&'a Cluster>,
+}
+
+/// What a driver sees when it checks a new endpoint's address.
+pub struct EndpointContext<'a> {
+    pub nl: &'a Netlink,
+    pub cluster: Option<&'a Cluster>,
+    /// The sandbox the endpoint is for.
+    pub sandbox: &'a str,
 }
 
 /// Whether an address a sandbox is about to get is free where the network lives.
@@ -40,6 +52,18 @@ pub trait NetworkDriver: Send + Sync {
 
     /// Validates `req` into the network to create (id already allocated). No side effects.
     async fn plan(&self, ctx: &PlanContext<'_>, req: &NetworkCreate, id: u32) -> Result<Network>;
+
+    /// Makes the planned network known beyond this host before it is set up (overlay:
+    /// the cluster store). Undone by `withdraw` when the setup fails.
+    async fn announce(&self, _ctx: &PlanContext<'_>, _network: &Network) -> Result<()> {
+        Ok(())
+    }
+
+    /// `network rm`: refuses while the network is in use elsewhere, then removes what
+    /// `announce` made known.
+    async fn withdraw(&self, _cluster: Option<&Cluster>, _network: &Network) -> Result<()> {
+        Ok(())
+    }
 
     /// Puts the planned network into the kernel, recording each change in `rollback`;
     /// returns the network as created (e.g. with what its parent NIC had before).
@@ -58,7 +82,8 @@ pub trait NetworkDriver: Send + Sync {
     async fn foreign_addresses(&self, nl: &Netlink, network: &Network) -> Result<Vec<Ipv4Addr>>;
 
     /// Checks on the wire that `ip` is free before a sandbox gets it.
-    async fn check_address(&self, nl: &Netlink, network: &Network, ip: Ipv4Addr) -> Result<AddressCheck>;
+    /// (overlay: claims it in the cluster store.)
+    async fn check_address(&self, ctx: &EndpointContext<'_>, network: &Network, ip: Ipv4Addr) -> Result<AddressCheck>;
 
     /// Whether natd's dataplane serves the network: NAT, published ports and isolation.
     fn translated(&self) -> bool;
@@ -66,18 +91,20 @@ pub trait NetworkDriver: Send + Sync {
 
 static BRIDGE: bridge::BridgeDriver = bridge::BridgeDriver;
 static HOSTBRIDGE: hostbridge::HostBridgeDriver = hostbridge::HostBridgeDriver;
+static OVERLAY: overlay::OverlayDriver = overlay::OverlayDriver;
 
 /// The driver of a stored network.
 pub fn of(kind: Driver) -> &'static dyn NetworkDriver {
     match kind {
         Driver::Bridge => &BRIDGE,
         Driver::HostBridge => &HOSTBRIDGE,
+        Driver::Overlay => &OVERLAY,
     }
 }
 
 /// The driver `network create -d NAME` asks for.
 pub fn by_name(name: &str) -> Option<&'static dyn NetworkDriver> {
-    [Driver::Bridge, Driver::HostBridge]
+    [Driver::Bridge, Driver::HostBridge, Driver::Overlay]
         .into_iter()
         .find(|d| d.name() == name)
         .map(of)

@@ -10,6 +10,7 @@ mod beds;
 mod control;
 mod flood;
 mod insitu;
+mod overlay;
 mod plots;
 mod programs;
 mod report;
@@ -144,7 +145,7 @@ fn main() {
                 String::from_utf8_lossy(&stamp.stdout).trim()
             ))
         });
-    // `--only traffic,programs,flood,control`: a subset of the parts (the report then
+    // `--only traffic,overlay,programs,flood,control`: a subset of the parts (the report then
     // states only what ran).
     let only: Option<Vec<String>> = args
         .iter()
@@ -169,6 +170,10 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
             eprintln!("== published port and masquerade with {n} mappings present");
             traffic::run(&plan, n, &mut results)?;
         }
+    }
+    if wanted("overlay") {
+        eprintln!("== overlay across two hosts (natd vs. hand-built VXLAN)");
+        overlay::run(&plan, &mut results)?;
     }
     if wanted("programs") {
         eprintln!("== program cost, warm (BPF_PROG_TEST_RUN x {})", plan.warm_repeat);

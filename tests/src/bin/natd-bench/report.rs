@@ -217,6 +217,14 @@ fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f
             true,
         ));
     }
+    for (metric, detail, label) in [("rr_per_s", None, "RR"), ("gbit_s", Some("1 stream(s)"), "throughput")] {
+        t.push((
+            format!("overlay {label} natd/hand-built VXLAN >= 0.90"),
+            ratio("overlay", 1, metric, detail, "baseline"),
+            0.90,
+            true,
+        ));
+    }
     let small = plan.program_sizes[0];
     let dnat = |n| get("program", n, "ns_per_packet_warm", Some("dnat_forward"), "ebpf");
     t.push((

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// One load generator run, pinned to CPU 1: its JSON report.
-fn loadgen(ns: &str, kind: &str, target: &str, secs: f64) -> serde_json::Value {
+pub(crate) fn loadgen(ns: &str, kind: &str, target: &str, secs: f64) -> serde_json::Value {
     let out = sh(
         "nsenter",
         &[
@@ -30,7 +30,7 @@ fn loadgen(ns: &str, kind: &str, target: &str, secs: f64) -> serde_json::Value {
 }
 
 /// Gbit/s received, or why the run failed.
-fn iperf(ns: &str, host: &str, port: u16, streams: u32, secs: f64) -> Result<f64, String> {
+pub(crate) fn iperf(ns: &str, host: &str, port: u16, streams: u32, secs: f64) -> Result<f64, String> {
     let (port, streams, secs) = (port.to_string(), streams.to_string(), secs.max(1.0).to_string());
     let out = sh(
         "nsenter",

@@ -1,0 +1,112 @@
+//! The two loops that keep a natd in its cluster: the lease (renewed every third of its
+//! TTL, re-registered when the store lost it) and the view (list, then watch from the
+//! listed revision; a full list again every `RESYNC` and after any watch error, so a
+//! missed event cannot leave a stale entry). Each change of the view is handed to the
+//! daemon, which brings its overlay networks, FDB and neighbour entries in line.
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::{Cluster, ROOT};
+use crate::daemon::Daemon;
+
+/// A full list at least this often, even with a healthy watch.
+const RESYNC: Duration = Duration::from_secs(30);
+/// Wait before trying an unreachable store again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Logs a store problem once, and its end once, rather than on every retry.
+struct Health {
+    what: &'static str,
+    failing: bool,
+}
+
+impl Health {
+    fn ok(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            info!("cluster store reachable again ({})", self.what);
+        }
+    }
+
+    fn failed(&mut self, error: impl std::fmt::Display) {
+        if !self.failing {
+            warn!("cluster store: {} failed: {error}; retrying", self.what);
+            self.failing = true;
+        }
+    }
+}
+
+pub fn spawn(cluster: Arc<Cluster>, daemon: Arc<Mutex<Daemon>>) {
+    let lease_cluster = Arc::clone(&cluster);
+    tokio::spawn(async move { keep_lease(lease_cluster).await });
+    tokio::spawn(async move { follow(cluster, daemon).await });
+}
+
+async fn keep_lease(cluster: Arc<Cluster>) {
+    let period = Duration::from_millis(cluster.ttl * 1000 / 3).max(Duration::from_millis(300));
+    let mut health = Health {
+        what: "lease renewal",
+        failing: false,
+    };
+    loop {
+        match cluster.keepalive().await {
+            Ok(registered) => {
+                health.ok();
+                if registered {
+                    info!(host = %cluster.host_id, addr = %cluster.advertise, "registered in the cluster store");
+                }
+            }
+            Err(e) => health.failed(e),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+async fn follow(cluster: Arc<Cluster>, daemon: Arc<Mutex<Daemon>>) {
+    let mut health = Health {
+        what: "list and watch",
+        failing: false,
+    };
+    loop {
+        let revision = match cluster.refresh().await {
+            Ok(r) => r,
+            Err(e) => {
+                health.failed(e);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        apply(&daemon).await;
+        let mut watch = match cluster.store.watch(ROOT, revision + 1).await {
+            Ok(w) => w,
+            Err(e) => {
+                health.failed(e);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        health.ok();
+        let deadline = tokio::time::Instant::now() + RESYNC;
+        loop {
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                Err(_) => break, // time for the periodic full list
+                Ok(Ok((revision, events))) => {
+                    cluster.apply(revision, &events);
+                    apply(&daemon).await;
+                }
+                Ok(Err(e)) => {
+                    health.failed(e);
+                    tokio::time::sleep(RETRY).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn apply(daemon: &Mutex<Daemon>) {
+    if let Err(e) = daemon.lock().await.overlay_apply().await {
+        warn!("overlay networks: {e}");
+    }
+}

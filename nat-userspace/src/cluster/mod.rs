@@ -1,0 +1,441 @@
+//! Overlay networks' shared state: which hosts are alive, which overlay networks exist,
+//! and which address each sandbox on them has, kept in a cluster store (etcd).
+//!
+//! Keys (JSON values), under `/natd/`:
+//! - `hosts/<host id>`: a live host and its underlay address, under the host's lease, so a
+//!   host that stops renewing disappears within the lease's TTL;
+//! - `networks/<name>`, `subnets/<cidr>`, `vnis/<vni>`: an overlay network, created in one
+//!   transaction that also claims its subnet and VNI (two hosts cannot create either twice);
+//! - `ips/<network>/<address>`: an address claim (host, sandbox, MAC). Claims are not
+//!   leased: a partition longer than the TTL must not hand a running sandbox's address to
+//!   another host; the owner's liveness comes from its host key instead.
+pub mod agent;
+pub mod etcd;
+pub mod store;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use store::{ClusterStore, Cond, Event, Kv, Op, StoreError};
+
+pub const ROOT: &str = "/natd/";
+
+fn host_key(id: &str) -> String {
+    format!("{ROOT}hosts/{id}")
+}
+fn network_key(name: &str) -> String {
+    format!("{ROOT}networks/{name}")
+}
+fn subnet_key(subnet: Ipv4Network) -> String {
+    format!("{ROOT}subnets/{}_{}", subnet.network(), subnet.prefix())
+}
+fn vni_key(vni: u32) -> String {
+    format!("{ROOT}vnis/{vni}")
+}
+fn claims_prefix(network: &str) -> String {
+    format!("{ROOT}ips/{network}/")
+}
+fn claim_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("{}{ip}", claims_prefix(network))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub id: String,
+    pub name: String,
+    /// Underlay address VXLAN packets for this host's sandboxes go to.
+    pub addr: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayRecord {
+    pub name: String,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub vni: u32,
+    pub internal: bool,
+    pub created: u64,
+    /// The host (id) whose `network create` made it.
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Owner host id.
+    pub host: String,
+    pub sandbox: String,
+    /// The endpoint's MAC, once its interface exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// Everything under `/natd/` as the last list and the watch events after it left it.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    /// At least one list succeeded: until then nothing may be removed for being absent.
+    pub loaded: bool,
+    pub revision: i64,
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub networks: BTreeMap<String, OverlayRecord>,
+    pub claims: BTreeMap<String, BTreeMap<Ipv4Addr, Claim>>,
+}
+
+fn decode<T: DeserializeOwned>(kv: &Kv) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "ignoring a cluster record natd cannot read");
+            None
+        }
+    }
+}
+
+impl ClusterView {
+    fn from_kvs(revision: i64, kvs: &[Kv]) -> Self {
+        let mut view = Self {
+            loaded: true,
+            revision,
+            ..Default::default()
+        };
+        for kv in kvs {
+            view.put(kv);
+        }
+        view
+    }
+
+    fn put(&mut self, kv: &Kv) {
+        let Some(rest) = kv.key.strip_prefix(ROOT) else {
+            return;
+        };
+        if let Some(id) = rest.strip_prefix("hosts/") {
+            if let Some(host) = decode(kv) {
+                self.hosts.insert(id.to_string(), host);
+            }
+        } else if let Some(name) = rest.strip_prefix("networks/") {
+            if let Some(network) = decode(kv) {
+                self.networks.insert(name.to_string(), network);
+            }
+        } else if let Some((network, ip)) = rest.strip_prefix("ips/").and_then(|r| r.rsplit_once('/'))
+            && let (Ok(ip), Some(claim)) = (ip.parse(), decode(kv))
+        {
+            self.claims
+                .entry(network.to_string())
+                .or_default()
+                .insert(ip, claim);
+        }
+    }
+
+    fn delete(&mut self, key: &str) {
+        let Some(rest) = key.strip_prefix(ROOT) else {
+            return;
+        };
+        if let Some(id) = rest.strip_prefix("hosts/") {
+            self.hosts.remove(id);
+        } else if let Some(name) = rest.strip_prefix("networks/") {
+            self.networks.remove(name);
+        } else if let Some((network, ip)) = rest.strip_prefix("ips/").and_then(|r| r.rsplit_once('/'))
+            && let Ok(ip) = ip.parse::<Ipv4Addr>()
+            && let Some(claims) = self.claims.get_mut(network)
+        {
+            claims.remove(&ip);
+            if claims.is_empty() {
+                self.claims.remove(network);
+            }
+        }
+    }
+
+    /// Sandboxes of live hosts other than `me` on `network`: (address, MAC, underlay).
+    pub fn remote_endpoints(&self, network: &str, me: &str) -> Vec<(Ipv4Addr, String, Ipv4Addr)> {
+        let Some(claims) = self.claims.get(network) else {
+            return Vec::new();
+        };
+        claims
+            .iter()
+            .filter(|(_, c)| c.host != me)
+            .filter_map(|(ip, c)| Some((*ip, c.mac.clone()?, self.hosts.get(&c.host)?.addr)))
+            .collect()
+    }
+
+    pub fn host_name(&self, id: &str) -> String {
+        self.hosts
+            .get(id)
+            .map(|h| h.name.clone())
+            .unwrap_or_else(|| format!("{id} (not running)"))
+    }
+}
+
+/// Why an overlay network could not be created in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("network with name {0} already exists")]
+    NameTaken(String),
+    #[error("subnet {0} is already used by overlay network {1}")]
+    SubnetTaken(Ipv4Network, String),
+    #[error("VNI {0} is already used by overlay network {1}")]
+    VniTaken(u32, String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What claiming an address found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Claimed,
+    /// Someone else has it.
+    Taken(Claim),
+}
+
+/// natd's membership of one cluster.
+pub struct Cluster {
+    pub host_id: String,
+    pub host_name: String,
+    pub advertise: Ipv4Addr,
+    /// Seconds a dead host's entries may outlive it.
+    pub ttl: u64,
+    pub store: Arc<dyn ClusterStore>,
+    view: Mutex<ClusterView>,
+    lease: Mutex<Option<i64>>,
+}
+
+impl Cluster {
+    pub fn new(
+        host_id: String,
+        host_name: String,
+        advertise: Ipv4Addr,
+        ttl: u64,
+        store: Arc<dyn ClusterStore>,
+    ) -> Self {
+        Self {
+            host_id,
+            host_name,
+            advertise,
+            ttl,
+            store,
+            view: Mutex::default(),
+            lease: Mutex::default(),
+        }
+    }
+
+    pub fn view(&self) -> ClusterView {
+        self.view.lock().expect("cluster view lock").clone()
+    }
+
+    /// Lists the whole tree again: the view is then exactly the store's.
+    pub async fn refresh(&self) -> Result<i64, StoreError> {
+        let (revision, kvs) = self.store.range(ROOT).await?;
+        *self.view.lock().expect("cluster view lock") = ClusterView::from_kvs(revision, &kvs);
+        Ok(revision)
+    }
+
+    /// Applies watched events on top of the view.
+    pub fn apply(&self, revision: i64, events: &[Event]) {
+        let mut view = self.view.lock().expect("cluster view lock");
+        for event in events {
+            match event {
+                Event::Put(kv) => view.put(kv),
+                Event::Delete(key) => view.delete(key),
+            }
+        }
+        view.revision = revision;
+    }
+
+    fn host_record(&self) -> Vec<u8> {
+        serde_json::to_vec(&HostRecord {
+            id: self.host_id.clone(),
+            name: self.host_name.clone(),
+            addr: self.advertise,
+        })
+        .expect("host record serializes")
+    }
+
+    /// A new lease and the host key under it (after start, or when the lease was lost).
+    pub async fn register(&self) -> Result<(), StoreError> {
+        let lease = self.store.grant(self.ttl).await?;
+        let put = Op::Put {
+            key: host_key(&self.host_id),
+            value: self.host_record(),
+            lease: Some(lease),
+        };
+        self.store.txn(&[], &[put]).await?;
+        *self.lease.lock().expect("lease lock") = Some(lease);
+        Ok(())
+    }
+
+    /// Renews the lease, registering again when the store forgot it. Returns whether the
+    /// host had to register (again).
+    pub async fn keepalive(&self) -> Result<bool, StoreError> {
+        let lease = *self.lease.lock().expect("lease lock");
+        if let Some(lease) = lease
+            && self.store.keepalive(lease).await?
+        {
+            return Ok(false);
+        }
+        self.register().await?;
+        Ok(true)
+    }
+
+    /// Removes this host's registration now rather than when its lease runs out.
+    pub async fn deregister(&self) -> Result<(), StoreError> {
+        self.store
+            .txn(
+                &[],
+                &[Op::Delete {
+                    key: host_key(&self.host_id),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_network(&self, record: &OverlayRecord) -> Result<(), CreateError> {
+        let value = serde_json::to_vec(record).expect("network record serializes");
+        let name = record.name.as_bytes().to_vec();
+        let keys = [
+            network_key(&record.name),
+            subnet_key(record.subnet),
+            vni_key(record.vni),
+        ];
+        let when: Vec<Cond> = keys.iter().cloned().map(Cond::Absent).collect();
+        let then = vec![
+            Op::Put {
+                key: keys[0].clone(),
+                value,
+                lease: None,
+            },
+            Op::Put {
+                key: keys[1].clone(),
+                value: name.clone(),
+                lease: None,
+            },
+            Op::Put {
+                key: keys[2].clone(),
+                value: name,
+                lease: None,
+            },
+        ];
+        if self.store.txn(&when, &then).await? {
+            return Ok(());
+        }
+        let owner = |key: &str| {
+            let key = key.to_string();
+            async move {
+                let (_, kvs) = self.store.range(&key).await?;
+                Ok::<_, StoreError>(kvs.into_iter().find(|kv| kv.key == key).map(|kv| kv.value))
+            }
+        };
+        if owner(&keys[0]).await?.is_some() {
+            return Err(CreateError::NameTaken(record.name.clone()));
+        }
+        if let Some(by) = owner(&keys[1]).await? {
+            return Err(CreateError::SubnetTaken(
+                record.subnet,
+                String::from_utf8_lossy(&by).into(),
+            ));
+        }
+        if let Some(by) = owner(&keys[2]).await? {
+            return Err(CreateError::VniTaken(
+                record.vni,
+                String::from_utf8_lossy(&by).into(),
+            ));
+        }
+        Err(CreateError::Store(StoreError::Refused(
+            "the store changed under the request; try again".into(),
+        )))
+    }
+
+    /// Removes the network and everything under it, if it is still the one `record` says.
+    pub async fn remove_network(&self, record: &OverlayRecord) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(record).expect("network record serializes");
+        let when = [Cond::ValueIs(network_key(&record.name), value)];
+        let then = [
+            Op::Delete {
+                key: network_key(&record.name),
+            },
+            Op::Delete {
+                key: subnet_key(record.subnet),
+            },
+            Op::Delete {
+                key: vni_key(record.vni),
+            },
+            Op::DeletePrefix {
+                prefix: claims_prefix(&record.name),
+            },
+        ];
+        self.store.txn(&when, &then).await
+    }
+
+    /// The store's current claims of `network` (not the view's: callers decide on them).
+    pub async fn claims(&self, network: &str) -> Result<BTreeMap<Ipv4Addr, Claim>, StoreError> {
+        let (_, kvs) = self.store.range(&claims_prefix(network)).await?;
+        let prefix = claims_prefix(network);
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| Some((kv.key.strip_prefix(&prefix)?.parse().ok()?, decode(kv)?)))
+            .collect())
+    }
+
+    /// Claims `ip` on `network` for `claim`, unless someone has it already.
+    pub async fn claim(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        claim: &Claim,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let key = claim_key(network, ip);
+        let value = serde_json::to_vec(claim).expect("claim serializes");
+        let put = Op::Put {
+            key: key.clone(),
+            value,
+            lease: None,
+        };
+        if self.store.txn(&[Cond::Absent(key)], &[put]).await? {
+            return Ok(ClaimOutcome::Claimed);
+        }
+        match self.claims(network).await?.remove(&ip) {
+            Some(owner) if owner.host == self.host_id && owner.sandbox == claim.sandbox => {
+                self.replace_claim(network, ip, &owner, claim).await?;
+                Ok(ClaimOutcome::Claimed)
+            }
+            Some(owner) => Ok(ClaimOutcome::Taken(owner)),
+            // Released in between: try once more.
+            None => Box::pin(self.claim(network, ip, claim)).await,
+        }
+    }
+
+    /// Replaces this host's claim `old` with `new` (e.g. with the MAC now known).
+    pub async fn replace_claim(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        old: &Claim,
+        new: &Claim,
+    ) -> Result<bool, StoreError> {
+        let key = claim_key(network, ip);
+        let when = [Cond::ValueIs(
+            key.clone(),
+            serde_json::to_vec(old).expect("claim serializes"),
+        )];
+        let put = Op::Put {
+            key,
+            value: serde_json::to_vec(new).expect("claim serializes"),
+            lease: None,
+        };
+        self.store.txn(&when, &[put]).await
+    }
+
+    /// Gives back `ip` if `claim` still holds it.
+    pub async fn release(&self, network: &str, ip: Ipv4Addr, claim: &Claim) -> Result<bool, StoreError> {
+        let key = claim_key(network, ip);
+        let when = [Cond::ValueIs(
+            key.clone(),
+            serde_json::to_vec(claim).expect("claim serializes"),
+        )];
+        self.store.txn(&when, &[Op::Delete { key }]).await
+    }
+}

@@ -1,0 +1,327 @@
+//! Overlay networks on this host, kept in line with the cluster store: overlay networks
+//! created on other hosts are set up here, ones removed there are removed here, this
+//! host's address claims carry its sandboxes' MACs (and nothing else), and each overlay's
+//! VXLAN device holds exactly one FDB and one neighbour entry per sandbox of the other
+//! live hosts. Level-triggered: any view of the store, after any missed event, converges.
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, sync::Arc};
+
+use ipnetwork::IpNetwork;
+use tracing::{info, warn};
+
+use super::{
+    Daemon,
+    drivers::{self, overlay},
+    error::{Result, unavailable},
+    rollback::Rollback,
+};
+use crate::{
+    api::AttachedSandbox,
+    cluster::{Claim, ClaimOutcome, Cluster, ClusterView, OverlayRecord, etcd::Etcd},
+    config::DaemonConfig,
+    model::{Driver, Network},
+    state::Change,
+    sys::{netlink::Netlink, vxlan},
+};
+
+/// Joins the cluster named by `--cluster-store`, if any. The store may be down: natd
+/// starts anyway and the agent keeps trying (bridge networks do not need it).
+pub(super) async fn join(config: &DaemonConfig, nl: &Netlink) -> anyhow::Result<Option<Arc<Cluster>>> {
+    let Some(settings) = &config.cluster else {
+        return Ok(None);
+    };
+    let advertise = advertised_address(nl, &settings.advertise).await?;
+    let host_id = host_id(&config.state_dir)?;
+    let host_name = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let store = Arc::new(Etcd::new(settings.endpoints.clone()));
+    let cluster = Arc::new(Cluster::new(host_id, host_name, advertise, settings.ttl, store));
+    match cluster.register().await {
+        Ok(()) => {
+            info!(host = %cluster.host_id, %advertise, store = %cluster.store.describe(), "joined the cluster")
+        }
+        Err(e) => warn!(store = %cluster.store.describe(), "cannot register in the cluster store yet: {e}"),
+    }
+    if let Err(e) = cluster.refresh().await {
+        warn!("cannot read the cluster store yet: {e}");
+    }
+    Ok(Some(cluster))
+}
+
+/// `--cluster-advertise`: an address of this host, or an interface's first IPv4 address.
+async fn advertised_address(nl: &Netlink, text: &str) -> anyhow::Result<Ipv4Addr> {
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        if ip.is_loopback() || ip.is_unspecified() {
+            anyhow::bail!("--cluster-advertise: {ip} cannot be advertised to other hosts");
+        }
+        overlay::underlay(nl, ip).await?;
+        return Ok(ip);
+    }
+    let link = nl
+        .link(text)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("--cluster-advertise: no interface named {text}"))?;
+    nl.addresses(link.index)
+        .await?
+        .into_iter()
+        .find_map(|a| match a {
+            IpNetwork::V4(v4) => Some(v4.ip()),
+            IpNetwork::V6(_) => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("--cluster-advertise: interface {text} has no IPv4 address"))
+}
+
+/// This host's id in the cluster: made once, kept in the state directory (Docker's
+/// engine-id), so a restarted natd is the same host to its peers.
+fn host_id(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join("host-id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && !text.trim().is_empty()
+    {
+        return Ok(text.trim().to_string());
+    }
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
+        .trim()
+        .replace('-', "");
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &id)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+/// `natd --cleanup`: gives back this host's address claims and registration, so the
+/// addresses of the sandboxes it removes are free for the other hosts at once.
+pub(super) async fn leave(config: &DaemonConfig, networks: impl Iterator<Item = &Network>) -> Vec<String> {
+    let (Some(settings), Ok(id)) = (
+        &config.cluster,
+        std::fs::read_to_string(config.state_dir.join("host-id")),
+    ) else {
+        return Vec::new();
+    };
+    let cluster = Cluster::new(
+        id.trim().to_string(),
+        String::new(),
+        Ipv4Addr::UNSPECIFIED,
+        settings.ttl,
+        Arc::new(Etcd::new(settings.endpoints.clone())),
+    );
+    let mut errors = Vec::new();
+    for network in networks.filter(|n| n.driver == Driver::Overlay) {
+        match cluster.claims(&network.name).await {
+            Ok(claims) => {
+                for (ip, claim) in claims.iter().filter(|(_, c)| c.host == cluster.host_id) {
+                    if let Err(e) = cluster.release(&network.name, *ip, claim).await {
+                        errors.push(format!("release {ip} on {}: {e}", network.name));
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("overlay network {}: {e}", network.name)),
+        }
+    }
+    if let Err(e) = cluster.deregister().await {
+        errors.push(e.to_string());
+    }
+    errors
+}
+
+impl Daemon {
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.clone()
+    }
+
+    fn overlay_networks(&self) -> Vec<Network> {
+        self.state
+            .networks
+            .values()
+            .filter(|n| n.driver == Driver::Overlay)
+            .cloned()
+            .collect()
+    }
+
+    fn has_local_endpoints(&self, network: &str) -> bool {
+        self.state
+            .sandboxes
+            .values()
+            .any(|s| s.endpoints.iter().any(|e| e.network == network))
+    }
+
+    /// Sandboxes of other hosts on an overlay network, for `network inspect`.
+    pub(super) fn remote_sandboxes(&self, network: &Network) -> Vec<AttachedSandbox> {
+        let (Some(cluster), Driver::Overlay) = (&self.cluster, network.driver) else {
+            return Vec::new();
+        };
+        let view = cluster.view();
+        view.claims
+            .get(&network.name)
+            .into_iter()
+            .flatten()
+            .filter(|(_, c)| c.host != cluster.host_id)
+            .map(|(ip, c)| AttachedSandbox {
+                name: c.sandbox.clone(),
+                ipv4: format!("{ip}/{}", network.subnet.prefix()),
+                ipv6: None,
+                mac: c.mac.clone().unwrap_or_default(),
+                host: Some(view.host_name(&c.host)),
+            })
+            .collect()
+    }
+
+    /// Brings this host's overlay networks in line with the cluster's view.
+    pub async fn overlay_apply(&mut self) -> Result<()> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Ok(());
+        };
+        let view = cluster.view();
+        if !view.loaded {
+            return Ok(());
+        }
+        let mut changed = false;
+        for record in view.networks.values() {
+            match self.state.networks.get(&record.name) {
+                None => {
+                    self.join_overlay(&cluster, record).await?;
+                    changed = true;
+                }
+                Some(local) if local.driver != Driver::Overlay => {
+                    warn!(network = %record.name, "a local network has the name of an overlay network of the cluster; not joining it");
+                }
+                Some(local)
+                    if local.subnet != record.subnet
+                        || local.overlay.as_ref().map(|o| o.vni) != Some(record.vni) =>
+                {
+                    warn!(network = %record.name, "the cluster's overlay network of this name is another one (re-created elsewhere); remove the local sandboxes on it");
+                }
+                Some(_) => {}
+            }
+        }
+        for network in self.overlay_networks() {
+            if !view.networks.contains_key(&network.name) && !self.has_local_endpoints(&network.name) {
+                for e in drivers::of(Driver::Overlay).teardown(&self.nl, &network).await {
+                    warn!(network = %network.name, error = %e, "overlay teardown");
+                }
+                self.commit(vec![Change::DeleteNetwork(network.name.clone())])?;
+                info!(network = %network.name, "overlay network removed from the cluster; removed here");
+                changed = true;
+            }
+        }
+        if changed {
+            self.sync_after_change().await?;
+        }
+        self.publish_claims(&cluster).await?;
+        self.program_peers(&cluster, &view).await
+    }
+
+    async fn join_overlay(&mut self, cluster: &Cluster, record: &OverlayRecord) -> Result<()> {
+        let mtu = overlay::overlay_mtu(&self.nl, cluster).await?;
+        let (id, id_change) = self.alloc_id();
+        let network = overlay::local_network(record, id, &self.config.name_prefix, mtu, cluster.advertise);
+        let mut rollback = Rollback::new("join overlay network");
+        let result = async {
+            let network = drivers::of(Driver::Overlay)
+                .setup(&self.nl, network, &mut rollback)
+                .await?;
+            self.commit(vec![id_change, Change::PutNetwork(network.clone())])?;
+            Ok(network)
+        }
+        .await;
+        let network = rollback.settle(&self.nl, result).await?;
+        info!(network = %network.name, subnet = %network.subnet, vni = record.vni, "joined overlay network");
+        Ok(())
+    }
+
+    /// This host's claims in the store say exactly which of its sandboxes use which
+    /// address with which MAC: missing MACs are filled in, claims without a sandbox (a
+    /// failed run, a crash before the commit) are given back.
+    pub(super) async fn publish_claims(&self, cluster: &Cluster) -> Result<()> {
+        for network in self.overlay_networks() {
+            let stored = cluster
+                .claims(&network.name)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let local: BTreeMap<Ipv4Addr, Claim> = self
+                .state
+                .sandboxes
+                .values()
+                .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+                .filter(|(_, e)| e.network == network.name)
+                .map(|(s, e)| {
+                    let mac = (!e.mac.is_empty()).then(|| e.mac.clone());
+                    (
+                        e.ipv4,
+                        Claim {
+                            host: cluster.host_id.clone(),
+                            sandbox: s.name.clone(),
+                            mac,
+                        },
+                    )
+                })
+                .collect();
+            let store = |e: crate::cluster::store::StoreError| unavailable(e.to_string());
+            for (ip, want) in &local {
+                match stored.get(ip) {
+                    Some(have) if have == want => {}
+                    Some(have) if have.host == cluster.host_id => {
+                        cluster
+                            .replace_claim(&network.name, *ip, have, want)
+                            .await
+                            .map_err(store)?;
+                    }
+                    Some(have) => warn!(
+                        network = %network.name, %ip, other = %have.host,
+                        "address of sandbox {} is claimed by another host too", want.sandbox
+                    ),
+                    None => {
+                        if let ClaimOutcome::Taken(have) =
+                            cluster.claim(&network.name, *ip, want).await.map_err(store)?
+                        {
+                            warn!(network = %network.name, %ip, other = %have.host, "address of sandbox {} is claimed by another host", want.sandbox);
+                        }
+                    }
+                }
+            }
+            for (ip, have) in &stored {
+                if have.host == cluster.host_id && !local.contains_key(ip) {
+                    cluster.release(&network.name, *ip, have).await.map_err(store)?;
+                    info!(network = %network.name, %ip, "released an address no sandbox here uses");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the other hosts' sandboxes into each overlay's VXLAN device.
+    async fn program_peers(&self, cluster: &Cluster, view: &ClusterView) -> Result<()> {
+        for network in self.overlay_networks() {
+            let Some(device) = self.nl.link(&overlay::vxlan_name(&network)).await? else {
+                continue;
+            };
+            let mut peers: Vec<vxlan::Peer> = view
+                .remote_endpoints(&network.name, &cluster.host_id)
+                .into_iter()
+                .filter_map(|(ip, mac, underlay)| {
+                    Some(vxlan::Peer {
+                        ip,
+                        mac: vxlan::parse_mac(&mac)?,
+                        underlay,
+                    })
+                })
+                .collect();
+            peers.sort();
+            let (added, removed) = vxlan::program(&self.nl, device.index, &peers).await?;
+            if added + removed > 0 {
+                info!(network = %network.name, peers = peers.len(), added, removed, "overlay forwarding entries updated");
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed request: gives back addresses it claimed. Never fails the caller.
+    pub(super) async fn release_unused_claims(&self) {
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = self.publish_claims(cluster).await
+        {
+            warn!("overlay address claims: {e}");
+        }
+    }
+}

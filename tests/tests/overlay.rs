@@ -1,0 +1,390 @@
+//! Overlay networks across hosts: three natd hosts on one LAN, a real etcd on it. A
+//! network created on one host exists on all; sandboxes on different hosts share its
+//! subnet with unique addresses and reach each other by address through VXLAN (and
+//! nothing of theirs crosses the LAN in clear); isolation between overlays and from
+//! bridge networks; masquerade and published ports per host; a host that joins late sees
+//! everything; the store restarting loses nothing; a dead host's sandboxes leave the
+//! others' forwarding tables within the TTL.
+use std::{collections::HashSet, time::Duration};
+
+use natlab::{
+    EXT_IP, HOST_UPLINK_IP, Lab,
+    overlay::{Etcd, host_ip, member_args, shared_lan},
+    sh, wait_listening, wait_until,
+};
+
+const TTL: u64 = 3;
+/// How long a change in the store may take to reach the other hosts' kernels.
+const CONVERGE: Duration = Duration::from_secs(10);
+
+fn from_sandbox(lab: &Lab, name: &str, addr: &str, port: u16) -> Option<String> {
+    let ctl = natlab::natctl_bin();
+    let socket = lab.socket.to_str().unwrap();
+    natlab::tcp_line(
+        &[ctl.to_str().unwrap(), "--socket", socket, "exec", name, "--"],
+        addr,
+        port,
+    )
+}
+
+fn networks(lab: &Lab) -> Vec<String> {
+    lab.json(&["network", "ls"])
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn vxlan_of(lab: &Lab, network: &str) -> String {
+    let bridge = lab.json(&["network", "inspect", network])["bridge"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let links = lab.host_ok(&["ip", "-o", "link", "show", "master", &bridge, "type", "vxlan"]);
+    links
+        .split(':')
+        .nth(1)
+        .map(|s| s.trim().split('@').next().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The VXLAN device's own forwarding entries (MAC -> remote host), not the bridge's
+/// learned ones.
+fn fdb(lab: &Lab, device: &str) -> String {
+    lab.host_ok(&["bridge", "fdb", "show", "dev", device])
+        .lines()
+        .filter(|l| l.contains(" dst "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn mac_of(lab: &Lab, sandbox: &str) -> String {
+    lab.json(&["inspect", sandbox])["endpoints"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn server(lab: &Lab, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--network", "ov1"];
+    args.extend_from_slice(extra);
+    lab.run_script(name, &args, &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of(name), "tcp", 80));
+    lab.sandbox_ip(name)
+}
+
+#[test]
+fn overlay_needs_a_cluster_store() {
+    let lab = Lab::started(&[]);
+    let err = lab.fails(&["network", "create", "-d", "overlay", "ov"]);
+    assert!(err.contains("overlay networks need a cluster store"), "{err}");
+    // A bad store URL is a configuration error naming the key, before anything is touched.
+    let out = sh(
+        "nsenter",
+        &[
+            &format!("--net={}", lab.host_path()),
+            natlab::natd_bin().to_str().unwrap(),
+            "--socket",
+            "/nonexistent/natd.sock",
+            "--cluster-store",
+            "consul://10.0.0.1:8500",
+            "--cluster-advertise",
+            "up0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("cluster-store") && text.contains("unsupported store"),
+        "{text}"
+    );
+}
+
+#[test]
+fn overlay_across_hosts_ebpf() {
+    overlay_across_hosts("ebpf");
+}
+
+#[test]
+fn overlay_across_hosts_nftables() {
+    overlay_across_hosts("nftables");
+}
+
+fn overlay_across_hosts(dataplane: &str) {
+    let mut hosts = shared_lan(3);
+    let lan = hosts[0].ext_ns.clone();
+    let mut etcd = Etcd::start(&lan, hosts[0].dir.clone());
+    let mut args = member_args(TTL);
+    args.extend(["--dataplane".to_string(), dataplane.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for host in &mut hosts[..2] {
+        host.start_natd(&args).expect("start natd");
+    }
+    let (a, b) = (&hosts[0], &hosts[1]);
+
+    // One create, seen by every host; names and subnets are cluster-wide.
+    a.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.70.0.0/24",
+        "ov1",
+    ]);
+    assert!(
+        wait_until(CONVERGE, || networks(b).contains(&"ov1".to_string())),
+        "host B sees ov1"
+    );
+    let err = b.fails(&["network", "create", "-d", "overlay", "ov1"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = b.fails(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.70.0.128/25",
+        "ov9",
+    ]);
+    assert!(err.contains("overlaps"), "{err}");
+    let inspect = b.json(&["network", "inspect", "ov1"]);
+    assert_eq!(inspect["driver"], "overlay");
+    assert_eq!(inspect["mtu"], 1450, "underlay MTU 1500 minus 50 bytes of VXLAN");
+
+    let a1 = server(a, "a1", &["-p", "8080:80"]);
+    let b1 = server(b, "b1", &[]);
+    assert_ne!(a1, b1);
+    // Across hosts by address, both ways, with the sandboxes' own addresses (no NAT).
+    assert!(
+        wait_until(CONVERGE, || from_sandbox(b, "b1", &a1, 80).as_deref()
+            == Some(b1.as_str())),
+        "b1 reaches a1 across hosts\n{}",
+        a.natd_log()
+    );
+    assert_eq!(from_sandbox(a, "a1", &b1, 80).as_deref(), Some(a1.as_str()));
+    let inspect = a.json(&["network", "inspect", "ov1"]).to_string();
+    assert!(
+        inspect.contains(&b1) && inspect.contains("\"host\""),
+        "inspect lists the other host's sandbox: {inspect}"
+    );
+
+    // MTU: the largest ping that fits the overlay passes unfragmented, one byte more does not.
+    let ping = |size: &str| {
+        b.exec("b1", &["ping", "-c1", "-W2", "-M", "do", "-s", size, &a1])
+            .status
+            .success()
+    };
+    assert!(ping("1422"), "1422 bytes of ICMP payload + 28 = 1450");
+    assert!(!ping("1423"));
+
+    // On the LAN (host B's port) only VXLAN between the hosts' addresses: no sandbox address in clear.
+    let pcap = hosts[0].dir.join("lan.pcap");
+    {
+        let _capture = a.spawn_in(
+            &lan,
+            &[
+                "timeout",
+                "10",
+                "tcpdump",
+                "-i",
+                "lan1",
+                "-nn",
+                "--immediate-mode",
+                "-U",
+                "-w",
+                pcap.to_str().unwrap(),
+                "udp port 4789 or net 10.70.0.0/24",
+            ],
+        );
+        // tcpdump creates the file once it captures.
+        assert!(wait_until(Duration::from_secs(5), || pcap.exists()));
+        for _ in 0..3 {
+            assert!(b.exec("b1", &["ping", "-c1", "-W2", &a1]).status.success());
+        }
+        assert_eq!(from_sandbox(b, "b1", &a1, 80).as_deref(), Some(b1.as_str()));
+    }
+    let count = |filter: &str| {
+        let out = sh("tcpdump", &["-nn", "-r", pcap.to_str().unwrap(), filter]);
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let vxlan = count(&format!(
+        "udp port 4789 and host {} and host {}",
+        HOST_UPLINK_IP,
+        host_ip(1)
+    ));
+    assert!(
+        vxlan >= 6,
+        "VXLAN packets between the hosts: {vxlan}\n{}",
+        String::from_utf8_lossy(&sh("tcpdump", &["-nn", "-r", pcap.to_str().unwrap()]).stderr)
+    );
+    assert_eq!(
+        count("net 10.70.0.0/24"),
+        0,
+        "no sandbox address on the LAN in clear"
+    );
+
+    // Each host masquerades its own sandboxes and publishes their ports.
+    let _outside = a.spawn_in(
+        &lan,
+        &[
+            "socat",
+            "TCP-LISTEN:9000,fork,reuseaddr",
+            "SYSTEM:echo $SOCAT_PEERADDR",
+        ],
+    );
+    assert!(wait_listening(&a.ext_path(), "tcp", 9000));
+    assert_eq!(
+        from_sandbox(a, "a1", EXT_IP, 9000).as_deref(),
+        Some(HOST_UPLINK_IP)
+    );
+    assert_eq!(from_sandbox(b, "b1", EXT_IP, 9000), Some(host_ip(1)));
+    let from_lan = |addr: &str, port: u16| natlab::tcp_line(&["ip", "netns", "exec", &lan], addr, port);
+    assert_eq!(from_lan(HOST_UPLINK_IP, 8080).as_deref(), Some(EXT_IP));
+    assert_eq!(
+        from_lan(&a1, 80),
+        None,
+        "sandbox addresses are not reachable from the LAN"
+    );
+
+    // Isolation: another overlay (subnet from the pool), and a bridge network.
+    b.ok(&["network", "create", "-d", "overlay", "ov2"]);
+    b.run_script("b2", &["--network", "ov2"], &natlab::whoami(80));
+    assert!(wait_listening(&b.netns_of("b2"), "tcp", 80));
+    let b2 = b.sandbox_ip("b2");
+    assert!(b2.starts_with("10."), "{b2}");
+    assert!(wait_until(CONVERGE, || networks(a).contains(&"ov2".to_string())));
+    a.ok(&["run", "--name", "a2", "--network", "ov2"]);
+    assert!(
+        wait_until(CONVERGE, || from_sandbox(a, "a2", &b2, 80).is_some()),
+        "same overlay across hosts: A's FDB {}\nB's FDB {}\nA: {}\nB: {}",
+        fdb(a, &vxlan_of(a, "ov2")),
+        fdb(b, &vxlan_of(b, "ov2")),
+        a.natd_log(),
+        b.natd_log()
+    );
+    assert_eq!(from_sandbox(a, "a1", &b2, 80), None, "ov1 does not reach ov2");
+    assert_eq!(from_sandbox(a, "a2", &a1, 80), None, "ov2 does not reach ov1");
+    a.ok(&["network", "create", "--subnet", "10.71.0.0/24", "plain"]);
+    a.ok(&["run", "--name", "p1", "--network", "plain"]);
+    assert_eq!(
+        from_sandbox(a, "p1", &a1, 80),
+        None,
+        "a bridge network does not reach an overlay"
+    );
+    assert_eq!(from_sandbox(a, "p1", &b1, 80), None);
+
+    // A third host joins later and sees everything; allocation stays unique under
+    // concurrent runs on two hosts.
+    hosts[2].start_natd(&args).expect("start natd C");
+    let (a, c) = (&hosts[0], &hosts[2]);
+    assert!(wait_until(CONVERGE, || {
+        let n = networks(c);
+        n.contains(&"ov1".to_string()) && n.contains(&"ov2".to_string())
+    }));
+    let c1 = server(c, "c1", &[]);
+    assert!(wait_until(CONVERGE, || from_sandbox(c, "c1", &a1, 80).as_deref()
+        == Some(c1.as_str())));
+    assert_eq!(from_sandbox(c, "c1", &b1, 80).as_deref(), Some(c1.as_str()));
+    std::thread::scope(|s| {
+        for (host, tag) in [(a, "a"), (c, "c")] {
+            for i in 0..4 {
+                s.spawn(move || host.ok(&["run", "--name", &format!("{tag}x{i}"), "--network", "ov1"]));
+            }
+        }
+    });
+    let mut seen = HashSet::new();
+    for (host, tag) in [(a, "a"), (c, "c")] {
+        for i in 0..4 {
+            let ip = host.sandbox_ip(&format!("{tag}x{i}"));
+            assert!(seen.insert(ip.clone()), "address {ip} handed out twice");
+        }
+    }
+    assert!(
+        ![a1.clone(), b1.clone(), c1.clone()]
+            .iter()
+            .any(|ip| seen.contains(ip))
+    );
+
+    // In use on another host: refused.
+    a.ok(&["rm", "a2"]);
+    let err = a.fails(&["network", "rm", "ov2"]);
+    assert!(err.contains("active endpoints") && err.contains("b2"), "{err}");
+
+    // The store goes away: running sandboxes keep talking; overlay requests fail clearly;
+    // when it is back natd carries on with nothing lost.
+    etcd.stop();
+    assert_eq!(from_sandbox(c, "c1", &a1, 80).as_deref(), Some(c1.as_str()));
+    let err = a.fails(&["run", "--name", "late", "--network", "ov1"]);
+    assert!(err.contains("cluster store unreachable"), "{err}");
+    a.ok(&["run", "--name", "bridged", "--network", "plain"]);
+    etcd.restart();
+    a.ok(&["run", "--name", "late", "--network", "ov1"]);
+    let late = a.sandbox_ip("late");
+    assert!(!seen.contains(&late) && late != b1 && late != c1);
+    assert!(
+        etcd.keys("/natd/ips/ov1/").iter().any(|k| k.ends_with(&b1)),
+        "claims survived the restart"
+    );
+
+    // natd restarts on A: its peers keep their entries, it re-syncs and is reachable again.
+    hosts[0].restart_natd().expect("restart natd A");
+    let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+    assert_eq!(from_sandbox(c, "c1", &a1, 80).as_deref(), Some(c1.as_str()));
+    assert_eq!(from_sandbox(a, "a1", &b1, 80).as_deref(), Some(a1.as_str()));
+
+    // Host B dies: its sandboxes leave A's and C's forwarding tables within the TTL.
+    let vx_a = vxlan_of(a, "ov1");
+    let b1_mac = mac_of(b, "b1");
+    assert!(fdb(a, &vx_a).contains(&b1_mac), "{}", fdb(a, &vx_a));
+    hosts[1].stop_natd(nix::sys::signal::Signal::SIGKILL);
+    let _ = sh("ip", &["netns", "del", &hosts[1].host_ns]);
+    let (a, c) = (&hosts[0], &hosts[2]);
+    let vx_c = vxlan_of(c, "ov1");
+    assert!(
+        wait_until(Duration::from_secs(TTL + 5), || !fdb(a, &vx_a).contains(&b1_mac)
+            && !fdb(c, &vx_c).contains(&b1_mac)),
+        "B's sandbox is gone from A's and C's FDB:\n{}",
+        fdb(a, &vx_a)
+    );
+    let neigh = a.host_ok(&["ip", "neigh", "show", "dev", &vx_a]);
+    assert!(!neigh.contains(&b1), "{neigh}");
+    let reach = from_sandbox(c, "c1", &a1, 80);
+    assert_eq!(
+        reach.as_deref(),
+        Some(c1.as_str()),
+        "the others are unaffected\nA fdb {}\nC fdb {}\nA neigh {}\nC neigh {}\nA log {}\nC log {}",
+        fdb(a, &vx_a),
+        fdb(c, &vx_c),
+        a.host_ok(&["ip", "neigh", "show", "dev", &vx_a]),
+        c.host_ok(&["ip", "neigh", "show", "dev", &vx_c]),
+        a.natd_log(),
+        c.natd_log()
+    );
+
+    // With its only remote user dead, ov2 can go, everywhere.
+    a.ok(&["network", "rm", "ov2"]);
+    assert!(wait_until(CONVERGE, || !networks(c).contains(&"ov2".to_string())));
+    assert!(etcd.keys("/natd/networks/ov2").is_empty() && etcd.keys("/natd/ips/ov2/").is_empty());
+
+    // `natd --cleanup` on C gives its addresses and its registration back at once.
+    let claimed = |ip: &str| {
+        etcd.keys("/natd/ips/ov1/")
+            .iter()
+            .any(|k| k.ends_with(&format!("/{ip}")))
+    };
+    assert!(claimed(&c1));
+    hosts[2].stop_natd(nix::sys::signal::Signal::SIGTERM);
+    let out = hosts[2].cleanup_natd();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!claimed(&c1) && claimed(&a1));
+    assert_eq!(
+        etcd.keys("/natd/hosts/").len(),
+        1,
+        "only A is registered: {:?}",
+        etcd.keys("/natd/hosts/")
+    );
+}
