@@ -38,7 +38,10 @@ fn ip(args: &[&str]) {
 pub fn shared_lan(n: usize) -> Vec<Lab> {
     let labs: Vec<Lab> = (0..n).map(|_| Lab::new().expect("lab")).collect();
     let lan = labs[0].ext_ns.clone();
-    ip(&["-n", &lan, "link", "add", "lan", "type", "bridge"]);
+    // A MAC of its own: left to the kernel, the bridge takes its lowest port's and changes
+    // it when that port goes (a host leaving), and every host's neighbour entry for the
+    // store's address (on this bridge) goes stale for seconds.
+    ip(&["-n", &lan, "link", "add", "lan", "address", "02:00:5e:00:00:01", "type", "bridge"]);
     ip(&["-n", &lan, "addr", "del", &format!("{EXT_IP}/24"), "dev", "lan0"]);
     ip(&["-n", &lan, "link", "set", "lan0", "master", "lan"]);
     ip(&["-n", &lan, "addr", "add", &format!("{EXT_IP}/24"), "dev", "lan"]);
@@ -146,6 +149,10 @@ impl Etcd {
             String::from_utf8_lossy(&out.stdout).contains("true")
         });
         assert!(healthy, "etcd did not become healthy:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::{Cluster, ROOT};
+use super::{Cluster, ROOT, store::StoreError};
 use crate::daemon::Daemon;
 
 /// A full list at least this often, even with a healthy watch.
@@ -50,11 +50,14 @@ async fn keep_lease(cluster: Arc<Cluster>) {
         failing: false,
     };
     loop {
-        match cluster.keepalive().await {
+        // An attempt gets one period at most: one that hangs (a lost connection) must not
+        // use up the lease the next attempts could still save.
+        let attempt = tokio::time::timeout(period, cluster.keepalive()).await;
+        match attempt.unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {period:?}")))) {
             Ok(registered) => {
                 health.ok();
                 if registered {
-                    info!(host = %cluster.host_id, addr = %cluster.advertise, "registered in the cluster store");
+                    info!(host = %cluster.host_id, addr = %cluster.advertise, "registered again in the cluster store (its lease was gone)");
                 }
             }
             Err(e) => health.failed(e),
@@ -96,6 +99,7 @@ async fn follow(cluster: Arc<Cluster>, daemon: Arc<Mutex<Daemon>>) {
                     apply(&daemon).await;
                 }
                 Ok(Err(e)) => {
+                    cluster.mark_unreachable();
                     health.failed(e);
                     tokio::time::sleep(RETRY).await;
                     break;

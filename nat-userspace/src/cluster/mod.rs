@@ -201,6 +201,10 @@ pub struct Cluster {
     pub store: Arc<dyn ClusterStore>,
     view: Mutex<ClusterView>,
     lease: Mutex<Option<i64>>,
+    /// The last list of the whole tree succeeded: background work that would otherwise wait
+    /// for a store that is down (inside requests, under the daemon's lock) is skipped, and
+    /// the agent catches up when the store answers again.
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -219,6 +223,7 @@ impl Cluster {
             store,
             view: Mutex::default(),
             lease: Mutex::default(),
+            reachable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -228,9 +233,21 @@ impl Cluster {
 
     /// Lists the whole tree again: the view is then exactly the store's.
     pub async fn refresh(&self) -> Result<i64, StoreError> {
-        let (revision, kvs) = self.store.range(ROOT).await?;
+        let listed = self.store.range(ROOT).await;
+        self.reachable.store(listed.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        let (revision, kvs) = listed?;
         *self.view.lock().expect("cluster view lock") = ClusterView::from_kvs(revision, &kvs);
         Ok(revision)
+    }
+
+    /// Whether the store answered the last list (see `reachable`).
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A watch or request found the store gone.
+    pub fn mark_unreachable(&self) {
+        self.reachable.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Applies watched events on top of the view.
@@ -389,23 +406,28 @@ impl Cluster {
     ) -> Result<ClaimOutcome, StoreError> {
         let key = claim_key(network, ip);
         let value = serde_json::to_vec(claim).expect("claim serializes");
-        let put = Op::Put {
-            key: key.clone(),
-            value,
-            lease: None,
-        };
-        if self.store.txn(&[Cond::Absent(key)], &[put]).await? {
-            return Ok(ClaimOutcome::Claimed);
-        }
-        match self.claims(network).await?.remove(&ip) {
-            Some(owner) if owner.host == self.host_id && owner.sandbox == claim.sandbox => {
-                self.replace_claim(network, ip, &owner, claim).await?;
-                Ok(ClaimOutcome::Claimed)
+        // Bounded: a claim released between the two steps is tried again, a few times.
+        for _ in 0..3 {
+            let put = Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+                lease: None,
+            };
+            if self.store.txn(&[Cond::Absent(key.clone())], &[put]).await? {
+                return Ok(ClaimOutcome::Claimed);
             }
-            Some(owner) => Ok(ClaimOutcome::Taken(owner)),
-            // Released in between: try once more.
-            None => Box::pin(self.claim(network, ip, claim)).await,
+            match self.claims(network).await?.remove(&ip) {
+                Some(owner) if owner.host == self.host_id && owner.sandbox == claim.sandbox => {
+                    self.replace_claim(network, ip, &owner, claim).await?;
+                    return Ok(ClaimOutcome::Claimed);
+                }
+                Some(owner) => return Ok(ClaimOutcome::Taken(owner)),
+                None => continue,
+            }
         }
+        Err(StoreError::Refused(format!(
+            "the claim of {ip} on {network} keeps changing; try again"
+        )))
     }
 
     /// Replaces this host's claim `old` with `new` (e.g. with the MAC now known).

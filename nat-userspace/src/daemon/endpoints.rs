@@ -214,6 +214,9 @@ impl Daemon {
         self.nl.set_master(host.index, bridge.index).await?;
         self.nl.set_up(host.index).await?;
         let peer_link = self.nl.require_link(&peer).await?;
+        if let Some(mac) = drivers::of(network.driver).endpoint_mac(endpoint.ipv4) {
+            self.nl.set_mac(peer_link.index, &mac).await?;
+        }
         let fd = netns::open(netns_path)?;
         self.nl.move_to_netns(peer_link.index, fd.as_fd()).await?;
         let inner = Netlink::connect_in(netns_path)?;

@@ -316,9 +316,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// After a failed request: gives back addresses it claimed. Never fails the caller.
+    /// After a change or a failed request: this host's claims follow its sandboxes (MACs
+    /// filled in, addresses of removed or never-made endpoints given back). Never fails the
+    /// caller; skipped while the store is unreachable (the agent catches up when it is back).
     pub(super) async fn release_unused_claims(&self) {
-        if let Some(cluster) = &self.cluster
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.reachable())
             && let Err(e) = self.publish_claims(cluster).await
         {
             warn!("overlay address claims: {e}");

@@ -87,6 +87,12 @@ pub trait NetworkDriver: Send + Sync {
 
     /// Whether natd's dataplane serves the network: NAT, published ports and isolation.
     fn translated(&self) -> bool;
+
+    /// The MAC an endpoint with address `ip` gets, when the driver fixes it (None: the
+    /// kernel's random one).
+    fn endpoint_mac(&self, _ip: Ipv4Addr) -> Option<[u8; 6]> {
+        None
+    }
 }
 
 static BRIDGE: bridge::BridgeDriver = bridge::BridgeDriver;

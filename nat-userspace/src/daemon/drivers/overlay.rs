@@ -23,7 +23,7 @@ use crate::{
     ipam,
     model::{Driver, Network, OverlayLink},
     sys::{
-        netlink::{Link, Netlink},
+        netlink::{self, Link, Netlink},
         vxlan,
     },
 };
@@ -337,7 +337,8 @@ impl NetworkDriver for OverlayDriver {
         let claim = Claim {
             host: cluster.host_id.clone(),
             sandbox: ctx.sandbox.to_string(),
-            mac: None,
+            // Known before the interface exists: the other hosts can program it at once.
+            mac: self.endpoint_mac(ip).map(|m| netlink::format_mac(&m)),
         };
         match cluster
             .claim(&network.name, ip, &claim)
@@ -355,5 +356,12 @@ impl NetworkDriver for OverlayDriver {
 
     fn translated(&self) -> bool {
         true
+    }
+
+    /// Docker's 02:42 followed by the address: when an address is reused on another host,
+    /// the neighbour entries other sandboxes still hold for it stay right.
+    fn endpoint_mac(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        let [a, b, c, d] = ip.octets();
+        Some([0x02, 0x42, a, b, c, d])
     }
 }

@@ -2,8 +2,8 @@
 //! VXLAN devices and entries programmed by natd, natd's eBPF dataplane on both hosts)
 //! against the same overlay built by hand with iproute2 (bridge, `ip link add type
 //! vxlan ... nolearning proxy`, `bridge fdb append`, `ip neigh add`) and no NAT
-//! programs. Reported as scenario `overlay`: mode `ebpf` is natd, mode `baseline` the
-//! hand-built one. Interleaved like the other traffic runs.
+//! programs. Reported as scenario `overlay`: modes `ebpf` and `nftables` are natd with that
+//! dataplane, mode `baseline` the hand-built one. Interleaved like the other traffic runs.
 use anyhow::{Context as _, Result, bail};
 use natlab::{
     Background, Lab,
@@ -44,10 +44,12 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn natd_bed() -> Result<OverlayBed> {
+/// natd on both hosts with `dataplane` (`ebpf` or `nftables`).
+fn natd_bed(dataplane: &'static str) -> Result<OverlayBed> {
     let mut hosts = shared_lan(2);
     let etcd = Etcd::start(&hosts[0].ext_ns, hosts[0].dir.clone());
-    let args = member_args(20);
+    let mut args = member_args(20);
+    args.extend(["--dataplane".to_string(), dataplane.to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for host in &mut hosts {
         host.start_natd(&args)?;
@@ -77,7 +79,7 @@ fn natd_bed() -> Result<OverlayBed> {
         bail!("servers did not start");
     }
     Ok(OverlayBed {
-        mode: "ebpf",
+        mode: dataplane,
         _hosts: hosts,
         _etcd: Some(etcd),
         _servers: None,
@@ -218,21 +220,43 @@ fn measure(bed: &OverlayBed, plan: &Plan, rep: usize, results: &mut Results) {
     }
 }
 
+fn signal_control(bed: &OverlayBed, signal: nix::sys::signal::Signal) {
+    let mut pids: Vec<u32> = bed._hosts.iter().filter_map(|h| h.natd.as_ref().map(|n| n.child.id())).collect();
+    pids.extend(bed._etcd.as_ref().and_then(Etcd::pid));
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+}
+
 pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     let beds = [
         hand_bed().context("hand-built overlay")?,
-        natd_bed().context("natd overlay")?,
+        natd_bed("nftables").context("natd overlay, nftables")?,
+        natd_bed("ebpf").context("natd overlay, ebpf")?,
     ];
     for rep in 0..plan.reps {
         for bed in &beds {
             eprintln!("  rep {} overlay {}", rep + 1, bed.mode);
+            // Diagnostic: the datapath alone, without the control plane's background work.
+            let pause = std::env::var_os("NATD_BENCH_PAUSE").is_some();
+            if pause {
+                signal_control(bed, nix::sys::signal::Signal::SIGSTOP);
+            }
             measure(bed, plan, rep, results);
+            if pause {
+                signal_control(bed, nix::sys::signal::Signal::SIGCONT);
+            }
         }
+    }
+    if std::env::var_os("NATD_BENCH_PAUSE").is_some() {
+        results
+            .notes
+            .push("NATD_BENCH_PAUSE: natd and etcd were stopped (SIGSTOP) during each overlay measurement".into());
     }
     results.notes.push(
         "overlay: sandbox on host B to sandbox on host A across a VXLAN on a shared LAN (veth underlay); \
          `baseline` is the same overlay built by hand with iproute2 (static FDB and neighbour entries, no NAT \
-         programs), `ebpf` is natd (etcd-coordinated, natd's eBPF dataplane on both hosts)"
+         programs), `ebpf` and `nftables` are natd (etcd-coordinated) with that dataplane on both hosts"
             .into(),
     );
     Ok(())
