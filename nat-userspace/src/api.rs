@@ -146,6 +146,21 @@ pub struct InfoResponse {
     pub name_prefix: String,
     pub state_dir: String,
     pub last_reconcile: Vec<String>,
+    /// Membership of a cluster (`--cluster-store`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub store: String,
+    pub host_id: String,
+    pub advertise: String,
+    /// The last list of the store succeeded.
+    pub reachable: bool,
+    /// Live hosts (names) as this host last saw them.
+    pub hosts: Vec<String>,
+    pub overlay_networks: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -151,6 +151,10 @@ fn overlay_across_hosts(dataplane: &str) {
         "ov9",
     ]);
     assert!(err.contains("overlaps"), "{err}");
+    let info = a.json(&["info"]);
+    assert_eq!(info["cluster"]["reachable"], true, "{info}");
+    assert_eq!(info["cluster"]["hosts"].as_array().map(Vec::len), Some(2), "{info}");
+    assert!(a.ok(&["info"]).contains("cluster store:  etcd://"));
     let inspect = b.json(&["network", "inspect", "ov1"]);
     assert_eq!(inspect["driver"], "overlay");
     assert_eq!(inspect["mtu"], 1450, "underlay MTU 1500 minus 50 bytes of VXLAN");
@@ -329,6 +333,10 @@ fn overlay_across_hosts(dataplane: &str) {
     // when it is back natd carries on with nothing lost.
     etcd.stop();
     assert_eq!(from_sandbox(c, "c1", &a1, 80).as_deref(), Some(c1.as_str()));
+    assert!(
+        wait_until(CONVERGE, || a.json(&["info"])["cluster"]["reachable"] == false),
+        "natctl info shows the store unreachable"
+    );
     let err = a.fails(&["run", "--name", "late", "--network", "ov1"]);
     assert!(err.contains("cluster store unreachable"), "{err}");
     a.ok(&["run", "--name", "bridged", "--network", "plain"]);

@@ -146,6 +146,20 @@ impl Daemon {
             .any(|s| s.endpoints.iter().any(|e| e.network == network))
     }
 
+    /// `natctl info`'s cluster part.
+    pub(super) fn cluster_info(&self) -> Option<crate::api::ClusterInfo> {
+        let cluster = self.cluster.as_ref()?;
+        let view = cluster.view();
+        Some(crate::api::ClusterInfo {
+            store: cluster.store.describe(),
+            host_id: cluster.host_id.clone(),
+            advertise: cluster.advertise.to_string(),
+            reachable: cluster.reachable(),
+            hosts: view.hosts.values().map(|h| format!("{} ({}, {})", h.name, h.addr, &h.id[..h.id.len().min(8)])).collect(),
+            overlay_networks: view.networks.len(),
+        })
+    }
+
     /// Sandboxes of other hosts on an overlay network, for `network inspect`.
     pub(super) fn remote_sandboxes(&self, network: &Network) -> Vec<AttachedSandbox> {
         let (Some(cluster), Driver::Overlay) = (&self.cluster, network.driver) else {

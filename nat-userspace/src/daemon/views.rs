@@ -136,6 +136,7 @@ impl Daemon {
             name_prefix: self.config.name_prefix.clone(),
             state_dir: self.config.state_dir.display().to_string(),
             last_reconcile: self.last_reconcile.clone(),
+            cluster: self.cluster_info(),
         }
     }
 }

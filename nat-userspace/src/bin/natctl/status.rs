@@ -120,6 +120,13 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
     println!("default bridge: {}", info.default_bridge);
     println!("name prefix:    {}", info.name_prefix);
     println!("state dir:      {}", info.state_dir);
+    if let Some(cluster) = &info.cluster {
+        let state = if cluster.reachable { "reachable" } else { "UNREACHABLE" };
+        println!("cluster store:  {} ({state})", cluster.store);
+        println!("cluster host:   {} advertising {}", cluster.host_id, cluster.advertise);
+        println!("cluster hosts:  {}", cluster.hosts.join(", "));
+        println!("overlays:       {}", cluster.overlay_networks);
+    }
     if let Some(links) = info.dataplane_detail.get("links").and_then(|l| l.as_array()) {
         println!(
             "attached:       {}",
