@@ -21,32 +21,47 @@ use tokio::net::TcpStream;
 
 use super::store::{ClusterStore, Cond, Event, Kv, Op, StoreError, Watch};
 
-/// How long one unary request may take, connection included.
+/// How long one member may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request may take once connected.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A client of one etcd cluster: requests go to the first endpoint that answers.
 pub struct Etcd {
     endpoints: Vec<String>,
+    /// Index of the member that answered last.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl Etcd {
     /// `endpoints`: `HOST:PORT` of each member.
     pub fn new(endpoints: Vec<String>) -> Self {
-        Self { endpoints }
+        Self {
+            endpoints,
+            preferred: Default::default(),
+        }
     }
 
     async fn connect(
         &self,
     ) -> Result<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, String), StoreError> {
         let mut last = String::from("no endpoint configured");
-        for endpoint in &self.endpoints {
-            match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(endpoint.as_str())).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| StoreError::Unavailable(format!("{endpoint}: {e}")))?;
+        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        // The member that answered last first; each member gets its own time budget.
+        for i in 0..self.endpoints.len() {
+            let index = (first + i) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            let attempt = async {
+                let stream = TcpStream::connect(endpoint.as_str()).await.map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok((sender, connection))) => {
                     tokio::spawn(connection);
+                    self.preferred.store(index, std::sync::atomic::Ordering::Relaxed);
                     return Ok((sender, endpoint.clone()));
                 }
                 Ok(Err(e)) => last = format!("{endpoint}: {e}"),
@@ -57,9 +72,18 @@ impl Etcd {
     }
 
     async fn send(&self, path: &str, body: &Value) -> Result<hyper::Response<Incoming>, StoreError> {
-        let (mut sender, endpoint) = self.connect().await?;
+        let (sender, endpoint) = self.connect().await?;
+        Self::send_on(sender, &endpoint, path, body).await
+    }
+
+    async fn send_on(
+        mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<hyper::Response<Incoming>, StoreError> {
         let request = Request::post(path)
-            .header("host", endpoint.as_str())
+            .header("host", endpoint)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| StoreError::Protocol(e.to_string()))?;
@@ -70,8 +94,9 @@ impl Etcd {
     }
 
     async fn call<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, StoreError> {
+        let (sender, endpoint) = self.connect().await?;
         let exchange = async {
-            let response = self.send(path, &body).await?;
+            let response = Self::send_on(sender, &endpoint, path, &body).await?;
             let status = response.status();
             let bytes = response
                 .into_body()
@@ -134,6 +159,13 @@ fn cond_json(cond: &Cond) -> Value {
         Cond::ValueIs(key, value) => {
             json!({"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)})
         }
+        Cond::Present(key) => {
+            json!({"key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"})
+        }
+        // A range compare holds when every key of the range satisfies it (an empty range does).
+        Cond::UnchangedSince { prefix, revision } => json!({
+            "key": b64(prefix), "range_end": b64(prefix_end(prefix)),
+            "target": "MOD", "result": "LESS", "mod_revision": (revision + 1).to_string()}),
     }
 }
 
@@ -158,13 +190,13 @@ impl ClusterStore for Etcd {
         Ok((response.header.revision, kvs))
     }
 
-    async fn txn(&self, when: &[Cond], then: &[Op]) -> Result<bool, StoreError> {
+    async fn txn(&self, when: &[Cond], then: &[Op]) -> Result<Option<i64>, StoreError> {
         let body = json!({
             "compare": when.iter().map(cond_json).collect::<Vec<_>>(),
             "success": then.iter().map(op_json).collect::<Vec<_>>(),
         });
         let response: TxnResponse = self.call("/v3/kv/txn", body).await?;
-        Ok(response.succeeded)
+        Ok(response.succeeded.then_some(response.header.revision))
     }
 
     async fn grant(&self, ttl: u64) -> Result<i64, StoreError> {
@@ -179,7 +211,13 @@ impl ClusterStore for Etcd {
         let response: KeepaliveResponse = self
             .call("/v3/lease/keepalive", json!({"ID": lease.to_string()}))
             .await?;
-        Ok(response.result.ttl > 0)
+        match response.result {
+            Some(result) => Ok(result.ttl > 0),
+            None => Err(StoreError::Unavailable(format!(
+                "etcd lease keepalive: {}",
+                response.error.map(|e| e.to_string()).unwrap_or_else(|| "no result".into())
+            ))),
+        }
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
@@ -330,6 +368,8 @@ struct RangeResponse {
 #[derive(Deserialize)]
 struct TxnResponse {
     #[serde(default)]
+    header: Header,
+    #[serde(default)]
     succeeded: bool,
 }
 
@@ -347,8 +387,11 @@ struct KeepaliveResult {
 
 #[derive(Deserialize)]
 struct KeepaliveResponse {
+    /// Absent when the stream reports an error instead (`{"error": ...}` with status 200).
     #[serde(default)]
-    result: KeepaliveResult,
+    result: Option<KeepaliveResult>,
+    #[serde(default)]
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -404,6 +447,10 @@ mod tests {
         let failed: TxnResponse = serde_json::from_str(r#"{"header":{"revision":"7"}}"#).unwrap();
         assert!(!failed.succeeded);
         let gone: KeepaliveResponse = serde_json::from_str(r#"{"result":{"header":{},"ID":"999"}}"#).unwrap();
-        assert_eq!(gone.result.ttl, 0);
+        assert_eq!(gone.result.map(|r| r.ttl), Some(0));
+        let failed: KeepaliveResponse =
+            serde_json::from_str(r#"{"error":{"grpc_code":14,"http_code":503,"message":"transport is closing"}}"#)
+                .unwrap();
+        assert!(failed.result.is_none() && failed.error.is_some());
     }
 }

@@ -236,7 +236,11 @@ impl Cluster {
         let listed = self.store.range(ROOT).await;
         self.reachable.store(listed.is_ok(), std::sync::atomic::Ordering::Relaxed);
         let (revision, kvs) = listed?;
-        *self.view.lock().expect("cluster view lock") = ClusterView::from_kvs(revision, &kvs);
+        let mut view = self.view.lock().expect("cluster view lock");
+        // Two listers (the agent, a request's plan): the view never goes back in time.
+        if !view.loaded || revision >= view.revision {
+            *view = ClusterView::from_kvs(revision, &kvs);
+        }
         Ok(revision)
     }
 
@@ -253,6 +257,9 @@ impl Cluster {
     /// Applies watched events on top of the view.
     pub fn apply(&self, revision: i64, events: &[Event]) {
         let mut view = self.view.lock().expect("cluster view lock");
+        if revision <= view.revision {
+            return; // A newer list already has these changes.
+        }
         for event in events {
             match event {
                 Event::Put(kv) => view.put(kv),
@@ -279,7 +286,10 @@ impl Cluster {
             value: self.host_record(),
             lease: Some(lease),
         };
-        self.store.txn(&[], &[put]).await?;
+        if let Err(e) = self.store.txn(&[], &[put]).await {
+            let _ = self.store.revoke(lease).await;
+            return Err(e);
+        }
         *self.lease.lock().expect("lease lock") = Some(lease);
         Ok(())
     }
@@ -336,7 +346,7 @@ impl Cluster {
                 lease: None,
             },
         ];
-        if self.store.txn(&when, &then).await? {
+        if self.store.txn(&when, &then).await?.is_some() {
             return Ok(());
         }
         let owner = |key: &str| {
@@ -366,10 +376,17 @@ impl Cluster {
         )))
     }
 
-    /// Removes the network and everything under it, if it is still the one `record` says.
-    pub async fn remove_network(&self, record: &OverlayRecord) -> Result<bool, StoreError> {
+    /// Removes the network and everything under it, if it is still the one `record` says
+    /// and (with `since`) no address of it was claimed after that revision.
+    pub async fn remove_network(&self, record: &OverlayRecord, since: Option<i64>) -> Result<bool, StoreError> {
         let value = serde_json::to_vec(record).expect("network record serializes");
-        let when = [Cond::ValueIs(network_key(&record.name), value)];
+        let mut when = vec![Cond::ValueIs(network_key(&record.name), value)];
+        if let Some(revision) = since {
+            when.push(Cond::UnchangedSince {
+                prefix: claims_prefix(&record.name),
+                revision,
+            });
+        }
         let then = [
             Op::Delete {
                 key: network_key(&record.name),
@@ -384,7 +401,14 @@ impl Cluster {
                 prefix: claims_prefix(&record.name),
             },
         ];
-        self.store.txn(&when, &then).await
+        Ok(self.store.txn(&when, &then).await?.is_some())
+    }
+
+    /// The network's record as the store has it now.
+    pub async fn network_record(&self, name: &str) -> Result<Option<OverlayRecord>, StoreError> {
+        let key = network_key(name);
+        let (_, kvs) = self.store.range(&key).await?;
+        Ok(kvs.iter().find(|kv| kv.key == key).and_then(decode))
     }
 
     /// The store's current claims of `network` (not the view's: callers decide on them).
@@ -397,13 +421,9 @@ impl Cluster {
             .collect())
     }
 
-    /// Claims `ip` on `network` for `claim`, unless someone has it already.
-    pub async fn claim(
-        &self,
-        network: &str,
-        ip: Ipv4Addr,
-        claim: &Claim,
-    ) -> Result<ClaimOutcome, StoreError> {
+    /// Claims `ip` on `network` for `claim`, unless someone has it already or the network
+    /// is no longer in the cluster.
+    pub async fn claim(&self, network: &str, ip: Ipv4Addr, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let key = claim_key(network, ip);
         let value = serde_json::to_vec(claim).expect("claim serializes");
         // Bounded: a claim released between the two steps is tried again, a few times.
@@ -413,16 +433,24 @@ impl Cluster {
                 value: value.clone(),
                 lease: None,
             };
-            if self.store.txn(&[Cond::Absent(key.clone())], &[put]).await? {
+            let when = [Cond::Absent(key.clone()), Cond::Present(network_key(network))];
+            if self.store.txn(&when, &[put]).await?.is_some() {
                 return Ok(ClaimOutcome::Claimed);
             }
             match self.claims(network).await?.remove(&ip) {
+                Some(owner) if owner == *claim => return Ok(ClaimOutcome::Claimed),
                 Some(owner) if owner.host == self.host_id && owner.sandbox == claim.sandbox => {
-                    self.replace_claim(network, ip, &owner, claim).await?;
-                    return Ok(ClaimOutcome::Claimed);
+                    if self.replace_claim(network, ip, &owner, claim).await? {
+                        return Ok(ClaimOutcome::Claimed);
+                    }
                 }
                 Some(owner) => return Ok(ClaimOutcome::Taken(owner)),
-                None => continue,
+                None if self.network_record(network).await?.is_none() => {
+                    return Err(StoreError::Refused(format!(
+                        "overlay network {network} no longer exists in the cluster"
+                    )));
+                }
+                None => {}
             }
         }
         Err(StoreError::Refused(format!(
@@ -431,33 +459,21 @@ impl Cluster {
     }
 
     /// Replaces this host's claim `old` with `new` (e.g. with the MAC now known).
-    pub async fn replace_claim(
-        &self,
-        network: &str,
-        ip: Ipv4Addr,
-        old: &Claim,
-        new: &Claim,
-    ) -> Result<bool, StoreError> {
+    pub async fn replace_claim(&self, network: &str, ip: Ipv4Addr, old: &Claim, new: &Claim) -> Result<bool, StoreError> {
         let key = claim_key(network, ip);
-        let when = [Cond::ValueIs(
-            key.clone(),
-            serde_json::to_vec(old).expect("claim serializes"),
-        )];
+        let when = [Cond::ValueIs(key.clone(), serde_json::to_vec(old).expect("claim serializes"))];
         let put = Op::Put {
             key,
             value: serde_json::to_vec(new).expect("claim serializes"),
             lease: None,
         };
-        self.store.txn(&when, &[put]).await
+        Ok(self.store.txn(&when, &[put]).await?.is_some())
     }
 
     /// Gives back `ip` if `claim` still holds it.
     pub async fn release(&self, network: &str, ip: Ipv4Addr, claim: &Claim) -> Result<bool, StoreError> {
         let key = claim_key(network, ip);
-        let when = [Cond::ValueIs(
-            key.clone(),
-            serde_json::to_vec(claim).expect("claim serializes"),
-        )];
-        self.store.txn(&when, &[Op::Delete { key }]).await
+        let when = [Cond::ValueIs(key.clone(), serde_json::to_vec(claim).expect("claim serializes"))];
+        Ok(self.store.txn(&when, &[Op::Delete { key }]).await?.is_some())
     }
 }

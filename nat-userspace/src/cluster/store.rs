@@ -30,6 +30,11 @@ pub enum Cond {
     Absent(String),
     /// The key exists with exactly this value.
     ValueIs(String, Vec<u8>),
+    /// The key exists.
+    Present(String),
+    /// No key under the prefix changed after `revision` (none created, changed or, through
+    /// the parent's own condition, deleted).
+    UnchangedSince { prefix: String, revision: i64 },
 }
 
 /// A write of a transaction.
@@ -66,8 +71,9 @@ pub trait ClusterStore: Send + Sync {
     fn describe(&self) -> String;
     /// Every key under `prefix`, and the store's revision they were read at.
     async fn range(&self, prefix: &str) -> Result<(i64, Vec<Kv>), StoreError>;
-    /// Applies `then` if every condition of `when` holds; returns whether it did.
-    async fn txn(&self, when: &[Cond], then: &[Op]) -> Result<bool, StoreError>;
+    /// Applies `then` if every condition of `when` holds; returns the revision it made, or
+    /// None when a condition did not hold.
+    async fn txn(&self, when: &[Cond], then: &[Op]) -> Result<Option<i64>, StoreError>;
     /// A lease of `ttl` seconds: keys put with it go when it is not kept alive.
     async fn grant(&self, ttl: u64) -> Result<i64, StoreError>;
     /// Renews the lease; false when the store no longer knows it (it expired).

@@ -143,7 +143,7 @@ impl Daemon {
             sandbox,
         };
         let mut excluded: HashSet<Ipv4Addr> = driver
-            .foreign_addresses(&self.nl, network)
+            .foreign_addresses(&ctx, network)
             .await?
             .into_iter()
             .collect();

@@ -53,7 +53,7 @@ impl Daemon {
         let network = match rollback.settle(&self.nl, result).await {
             Ok(network) => network,
             Err(e) => {
-                if let Err(undo) = driver.withdraw(self.cluster.as_deref(), &planned).await {
+                if let Err(undo) = driver.unannounce(self.cluster.as_deref(), &planned).await {
                     warn!(network = %planned.name, error = %undo, "cannot withdraw the network after a failed create");
                 }
                 return Err(e);

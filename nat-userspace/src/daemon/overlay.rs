@@ -11,12 +11,12 @@ use tracing::{info, warn};
 use super::{
     Daemon,
     drivers::{self, overlay},
-    error::{Result, unavailable},
+    error::{Result, internal, unavailable},
     rollback::Rollback,
 };
 use crate::{
     api::AttachedSandbox,
-    cluster::{Claim, ClaimOutcome, Cluster, ClusterView, OverlayRecord, etcd::Etcd},
+    cluster::{Claim, ClaimOutcome, Cluster, ClusterView, OverlayRecord, etcd::Etcd, store::StoreError},
     config::DaemonConfig,
     model::{Driver, Network},
     state::Change,
@@ -181,7 +181,10 @@ impl Daemon {
             .collect()
     }
 
-    /// Brings this host's overlay networks in line with the cluster's view.
+    /// Brings this host's overlay networks in line with the cluster's view. Each network
+    /// is handled on its own: one that cannot be joined does not hold up the others, and
+    /// the claims and forwarding passes always run. Joining and removing are confirmed
+    /// against the store first (the view may be older than a request that just changed it).
     pub async fn overlay_apply(&mut self) -> Result<()> {
         let Some(cluster) = self.cluster.clone() else {
             return Ok(());
@@ -190,40 +193,65 @@ impl Daemon {
         if !view.loaded {
             return Ok(());
         }
+        let store = |e: StoreError| unavailable(e.to_string());
+        let mut errors = Vec::new();
         let mut changed = false;
         for record in view.networks.values() {
             match self.state.networks.get(&record.name) {
                 None => {
-                    self.join_overlay(&cluster, record).await?;
-                    changed = true;
+                    let joined = async {
+                        if cluster.network_record(&record.name).await.map_err(store)?.as_ref() != Some(record) {
+                            return Ok(false); // Gone or re-created meanwhile: the next view says.
+                        }
+                        self.join_overlay(&cluster, record).await.map(|()| true)
+                    };
+                    match joined.await {
+                        Ok(j) => changed |= j,
+                        Err(e) => errors.push(format!("joining {}: {e}", record.name)),
+                    }
                 }
                 Some(local) if local.driver != Driver::Overlay => {
                     warn!(network = %record.name, "a local network has the name of an overlay network of the cluster; not joining it");
                 }
-                Some(local)
-                    if local.subnet != record.subnet
-                        || local.overlay.as_ref().map(|o| o.vni) != Some(record.vni) =>
-                {
+                Some(local) if !same_network(local, record) => {
                     warn!(network = %record.name, "the cluster's overlay network of this name is another one (re-created elsewhere); remove the local sandboxes on it");
                 }
                 Some(_) => {}
             }
         }
         for network in self.overlay_networks() {
-            if !view.networks.contains_key(&network.name) && !self.has_local_endpoints(&network.name) {
-                for e in drivers::of(Driver::Overlay).teardown(&self.nl, &network).await {
-                    warn!(network = %network.name, error = %e, "overlay teardown");
+            if view.networks.contains_key(&network.name) || self.has_local_endpoints(&network.name) {
+                continue;
+            }
+            match cluster.network_record(&network.name).await {
+                Ok(Some(_)) => continue, // The view is behind (a create that just happened).
+                Ok(None) => {}
+                Err(e) => {
+                    errors.push(format!("checking {}: {e}", network.name));
+                    continue;
                 }
-                self.commit(vec![Change::DeleteNetwork(network.name.clone())])?;
-                info!(network = %network.name, "overlay network removed from the cluster; removed here");
-                changed = true;
+            }
+            for e in drivers::of(Driver::Overlay).teardown(&self.nl, &network).await {
+                warn!(network = %network.name, error = %e, "overlay teardown");
+            }
+            match self.commit(vec![Change::DeleteNetwork(network.name.clone())]) {
+                Ok(()) => {
+                    info!(network = %network.name, "overlay network removed from the cluster; removed here");
+                    changed = true;
+                }
+                Err(e) => errors.push(format!("removing {}: {e}", network.name)),
             }
         }
-        if changed {
-            self.sync_after_change().await?;
+        if changed && let Err(e) = self.sync_after_change().await {
+            errors.push(e.to_string());
         }
-        self.publish_claims(&cluster).await?;
-        self.program_peers(&cluster, &view).await
+        errors.extend(self.publish_claims(&cluster).await);
+        errors.extend(self.program_peers(&cluster, &view).await);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(internal(errors.join("; ")))
+        }
     }
 
     async fn join_overlay(&mut self, cluster: &Cluster, record: &OverlayRecord) -> Result<()> {
@@ -244,72 +272,76 @@ impl Daemon {
         Ok(())
     }
 
+    /// Overlay networks of this host that are the cluster's network of that name (not
+    /// one removed or re-created elsewhere): the only ones claims and peers are kept for.
+    fn current_overlays(&self, view: &ClusterView) -> Vec<Network> {
+        self.overlay_networks()
+            .into_iter()
+            .filter(|n| view.networks.get(&n.name).is_some_and(|r| same_network(n, r)))
+            .collect()
+    }
+
     /// This host's claims in the store say exactly which of its sandboxes use which
     /// address with which MAC: missing MACs are filled in, claims without a sandbox (a
-    /// failed run, a crash before the commit) are given back.
-    pub(super) async fn publish_claims(&self, cluster: &Cluster) -> Result<()> {
-        for network in self.overlay_networks() {
-            let stored = cluster
-                .claims(&network.name)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let local: BTreeMap<Ipv4Addr, Claim> = self
-                .state
-                .sandboxes
-                .values()
-                .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
-                .filter(|(_, e)| e.network == network.name)
-                .map(|(s, e)| {
-                    let mac = (!e.mac.is_empty()).then(|| e.mac.clone());
-                    (
-                        e.ipv4,
-                        Claim {
-                            host: cluster.host_id.clone(),
-                            sandbox: s.name.clone(),
-                            mac,
-                        },
-                    )
-                })
-                .collect();
-            let store = |e: crate::cluster::store::StoreError| unavailable(e.to_string());
-            for (ip, want) in &local {
-                match stored.get(ip) {
-                    Some(have) if have == want => {}
-                    Some(have) if have.host == cluster.host_id => {
-                        cluster
-                            .replace_claim(&network.name, *ip, have, want)
-                            .await
-                            .map_err(store)?;
-                    }
-                    Some(have) => warn!(
-                        network = %network.name, %ip, other = %have.host,
-                        "address of sandbox {} is claimed by another host too", want.sandbox
-                    ),
-                    None => {
-                        if let ClaimOutcome::Taken(have) =
-                            cluster.claim(&network.name, *ip, want).await.map_err(store)?
-                        {
-                            warn!(network = %network.name, %ip, other = %have.host, "address of sandbox {} is claimed by another host", want.sandbox);
-                        }
+    /// failed run, a crash before the commit) are given back. Returns the errors, per
+    /// network.
+    pub(super) async fn publish_claims(&self, cluster: &Cluster) -> Vec<String> {
+        let mut errors = Vec::new();
+        for network in self.current_overlays(&cluster.view()) {
+            if let Err(e) = self.publish_network_claims(cluster, &network).await {
+                errors.push(format!("claims of {}: {e}", network.name));
+            }
+        }
+        errors
+    }
+
+    async fn publish_network_claims(&self, cluster: &Cluster, network: &Network) -> Result<(), StoreError> {
+        let stored = cluster.claims(&network.name).await?;
+        let local: BTreeMap<Ipv4Addr, Claim> = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+            .filter(|(_, e)| e.network == network.name)
+            .map(|(s, e)| {
+                let mac = (!e.mac.is_empty()).then(|| e.mac.clone());
+                let claim = Claim {
+                    host: cluster.host_id.clone(),
+                    sandbox: s.name.clone(),
+                    mac,
+                };
+                (e.ipv4, claim)
+            })
+            .collect();
+        for (ip, want) in &local {
+            match stored.get(ip) {
+                Some(have) if have == want => {}
+                Some(have) if have.host == cluster.host_id => {
+                    cluster.replace_claim(&network.name, *ip, have, want).await?;
+                }
+                Some(have) => warn!(
+                    network = %network.name, %ip, other = %have.host,
+                    "address of sandbox {} is claimed by another host too", want.sandbox
+                ),
+                None => {
+                    if let ClaimOutcome::Taken(have) = cluster.claim(&network.name, *ip, want).await? {
+                        warn!(network = %network.name, %ip, other = %have.host, "address of sandbox {} is claimed by another host", want.sandbox);
                     }
                 }
             }
-            for (ip, have) in &stored {
-                if have.host == cluster.host_id && !local.contains_key(ip) {
-                    cluster.release(&network.name, *ip, have).await.map_err(store)?;
-                    info!(network = %network.name, %ip, "released an address no sandbox here uses");
-                }
+        }
+        for (ip, have) in &stored {
+            if have.host == cluster.host_id && !local.contains_key(ip) && cluster.release(&network.name, *ip, have).await? {
+                info!(network = %network.name, %ip, "released an address no sandbox here uses");
             }
         }
         Ok(())
     }
 
     /// Puts the other hosts' sandboxes into each overlay's VXLAN device.
-    async fn program_peers(&self, cluster: &Cluster, view: &ClusterView) -> Result<()> {
-        for network in self.overlay_networks() {
-            let Some(device) = self.nl.link(&overlay::vxlan_name(&network)).await? else {
-                continue;
-            };
+    async fn program_peers(&self, cluster: &Cluster, view: &ClusterView) -> Vec<String> {
+        let mut errors = Vec::new();
+        for network in self.current_overlays(view) {
             let mut peers: Vec<vxlan::Peer> = view
                 .remote_endpoints(&network.name, &cluster.host_id)
                 .into_iter()
@@ -322,22 +354,36 @@ impl Daemon {
                 })
                 .collect();
             peers.sort();
-            let (added, removed) = vxlan::program(&self.nl, device.index, &peers).await?;
-            if added + removed > 0 {
-                info!(network = %network.name, peers = peers.len(), added, removed, "overlay forwarding entries updated");
+            let programmed = async {
+                let Some(device) = self.nl.link(&overlay::vxlan_name(&network)).await? else {
+                    return Ok((0, 0));
+                };
+                vxlan::program(&self.nl, device.index, &peers).await
+            };
+            match programmed.await {
+                Ok((0, 0)) => {}
+                Ok((added, removed)) => {
+                    info!(network = %network.name, peers = peers.len(), added, removed, "overlay forwarding entries updated")
+                }
+                Err(e) => errors.push(format!("forwarding entries of {}: {e}", network.name)),
             }
         }
-        Ok(())
+        errors
     }
 
     /// After a change or a failed request: this host's claims follow its sandboxes (MACs
     /// filled in, addresses of removed or never-made endpoints given back). Never fails the
     /// caller; skipped while the store is unreachable (the agent catches up when it is back).
     pub(super) async fn release_unused_claims(&self) {
-        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.reachable())
-            && let Err(e) = self.publish_claims(cluster).await
-        {
-            warn!("overlay address claims: {e}");
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| c.reachable()) {
+            for e in self.publish_claims(cluster).await {
+                warn!("overlay address claims: {e}");
+            }
         }
     }
+}
+
+/// Whether this host's network is the cluster's network `record` (same subnet and VNI).
+fn same_network(local: &Network, record: &OverlayRecord) -> bool {
+    local.subnet == record.subnet && local.overlay.as_ref().map(|o| o.vni) == Some(record.vni)
 }

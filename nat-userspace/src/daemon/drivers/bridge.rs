@@ -225,7 +225,7 @@ impl NetworkDriver for BridgeDriver {
         errors
     }
 
-    async fn foreign_addresses(&self, _nl: &Netlink, _network: &Network) -> Result<Vec<Ipv4Addr>> {
+    async fn foreign_addresses(&self, _ctx: &EndpointContext<'_>, _network: &Network) -> Result<Vec<Ipv4Addr>> {
         Ok(Vec::new())
     }
 

@@ -165,9 +165,10 @@ impl NetworkDriver for HostBridgeDriver {
         errors
     }
 
-    async fn foreign_addresses(&self, nl: &Netlink, _network: &Network) -> Result<Vec<Ipv4Addr>> {
+    async fn foreign_addresses(&self, ctx: &EndpointContext<'_>, _network: &Network) -> Result<Vec<Ipv4Addr>> {
         // The host's own addresses on the LAN are taken too.
-        Ok(nl
+        Ok(ctx
+            .nl
             .all_addresses()
             .await?
             .into_iter()

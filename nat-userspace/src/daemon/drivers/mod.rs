@@ -65,6 +65,11 @@ pub trait NetworkDriver: Send + Sync {
         Ok(())
     }
 
+    /// Undoes `announce` after a failed create (no checks: nobody can use it yet).
+    async fn unannounce(&self, _cluster: Option<&Cluster>, _network: &Network) -> Result<()> {
+        Ok(())
+    }
+
     /// Puts the planned network into the kernel, recording each change in `rollback`;
     /// returns the network as created (e.g. with what its parent NIC had before).
     async fn setup(&self, nl: &Netlink, network: Network, rollback: &mut Rollback) -> Result<Network>;
@@ -79,7 +84,7 @@ pub trait NetworkDriver: Send + Sync {
 
     /// Addresses of the network's segment IPAM must never hand out, besides natd's own
     /// records (e.g. the host's addresses on a LAN).
-    async fn foreign_addresses(&self, nl: &Netlink, network: &Network) -> Result<Vec<Ipv4Addr>>;
+    async fn foreign_addresses(&self, ctx: &EndpointContext<'_>, network: &Network) -> Result<Vec<Ipv4Addr>>;
 
     /// Checks on the wire that `ip` is free before a sandbox gets it.
     /// (overlay: claims it in the cluster store.)

@@ -269,7 +269,7 @@ impl NetworkDriver for OverlayDriver {
 
     async fn withdraw(&self, cluster: Option<&Cluster>, network: &Network) -> Result<()> {
         let cluster = cluster.ok_or_else(no_cluster)?;
-        cluster.refresh().await.map_err(store_error)?;
+        let revision = cluster.refresh().await.map_err(store_error)?;
         let view = cluster.view();
         let Some(record) = view.networks.get(&network.name) else {
             return Ok(()); // Already removed by another host.
@@ -290,12 +290,22 @@ impl NetworkDriver for OverlayDriver {
                 users.join(", ")
             )));
         }
-        if !cluster.remove_network(record).await.map_err(store_error)? {
+        // Only if nobody claimed an address since the check above.
+        if !cluster.remove_network(record, Some(revision)).await.map_err(store_error)? {
             return Err(conflict(format!(
                 "network {} changed in the cluster store meanwhile; try again",
                 network.name
             )));
         }
+        Ok(())
+    }
+
+    async fn unannounce(&self, cluster: Option<&Cluster>, network: &Network) -> Result<()> {
+        let cluster = cluster.ok_or_else(no_cluster)?;
+        cluster
+            .remove_network(&record_of(network, &cluster.host_id), None)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -323,8 +333,16 @@ impl NetworkDriver for OverlayDriver {
         errors
     }
 
-    async fn foreign_addresses(&self, _nl: &Netlink, _network: &Network) -> Result<Vec<Ipv4Addr>> {
-        Ok(Vec::new())
+    /// Every address the cluster view has claimed on the network (the claim at the end
+    /// stays the final word: the view may be behind).
+    async fn foreign_addresses(&self, ctx: &EndpointContext<'_>, network: &Network) -> Result<Vec<Ipv4Addr>> {
+        let cluster = ctx.cluster.ok_or_else(no_cluster)?;
+        Ok(cluster
+            .view()
+            .claims
+            .get(&network.name)
+            .map(|claims| claims.keys().copied().collect())
+            .unwrap_or_default())
     }
 
     async fn check_address(
