@@ -320,7 +320,10 @@ impl Cluster {
         Ok(())
     }
 
-    pub async fn create_network(&self, record: &OverlayRecord) -> Result<(), CreateError> {
+    /// Creates the network with its subnet and VNI, if none of the three is taken and no
+    /// other subnet was taken after `since` (the revision the caller checked overlaps at:
+    /// two hosts creating overlapping subnets at once cannot both succeed).
+    pub async fn create_network(&self, record: &OverlayRecord, since: i64) -> Result<(), CreateError> {
         let value = serde_json::to_vec(record).expect("network record serializes");
         let name = record.name.as_bytes().to_vec();
         let keys = [
@@ -328,7 +331,11 @@ impl Cluster {
             subnet_key(record.subnet),
             vni_key(record.vni),
         ];
-        let when: Vec<Cond> = keys.iter().cloned().map(Cond::Absent).collect();
+        let mut when: Vec<Cond> = keys.iter().cloned().map(Cond::Absent).collect();
+        when.push(Cond::UnchangedSince {
+            prefix: format!("{ROOT}subnets/"),
+            revision: since,
+        });
         let then = vec![
             Op::Put {
                 key: keys[0].clone(),
@@ -440,7 +447,10 @@ impl Cluster {
             match self.claims(network).await?.remove(&ip) {
                 Some(owner) if owner == *claim => return Ok(ClaimOutcome::Claimed),
                 Some(owner) if owner.host == self.host_id && owner.sandbox == claim.sandbox => {
-                    if self.replace_claim(network, ip, &owner, claim).await? {
+                    // Our own claim for this sandbox (a retry): brought up to date, unless it
+                    // changed meanwhile (then the next round looks again).
+                    let replaced = self.replace_claim(network, ip, &owner, claim).await?;
+                    if replaced {
                         return Ok(ClaimOutcome::Claimed);
                     }
                 }

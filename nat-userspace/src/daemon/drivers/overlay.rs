@@ -258,8 +258,21 @@ impl NetworkDriver for OverlayDriver {
 
     async fn announce(&self, ctx: &PlanContext<'_>, network: &Network) -> Result<()> {
         let cluster = ctx.cluster.ok_or_else(no_cluster)?;
+        // The overlap check again, at the revision the create is conditioned on.
+        let revision = cluster.refresh().await.map_err(store_error)?;
+        if let Some(other) = cluster
+            .view()
+            .networks
+            .values()
+            .find(|n| n.name != network.name && n.subnet.overlaps(network.subnet))
+        {
+            return Err(conflict(format!(
+                "Pool overlaps with other one on this address space (overlay network {})",
+                other.name
+            )));
+        }
         cluster
-            .create_network(&record_of(network, &cluster.host_id))
+            .create_network(&record_of(network, &cluster.host_id), revision)
             .await
             .map_err(|e| match e {
                 CreateError::Store(e) => store_error(e),
