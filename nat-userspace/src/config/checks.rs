@@ -209,6 +209,13 @@ pub fn cluster(
             "is required with --cluster-store (an interface or address other hosts reach this one at)",
         ));
     };
+    let bare = advertise.trim_start_matches('[').split(']').next().unwrap_or_default();
+    if advertise.parse::<Ipv6Addr>().is_ok() || bare.parse::<Ipv6Addr>().is_ok() {
+        return Err(invalid(
+            "cluster-advertise",
+            format!("{advertise}: IPv6 underlays are not supported; give an IPv4 address or an interface with one"),
+        ));
+    }
     // Docker's form is IFACE:PORT or IP:PORT; the port was its API's and means nothing here.
     let advertise = match advertise.rsplit_once(':') {
         Some((head, port)) if port.parse::<u16>().is_ok() => head.to_string(),

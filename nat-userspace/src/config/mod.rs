@@ -359,6 +359,10 @@ mod tests {
             (vec!["--cluster-store", "etcd://h:2379"], "cluster-advertise"),
             (vec!["--cluster-advertise", "eth0"], "needs --cluster-store"),
             (
+                vec!["--cluster-store", "etcd://h:2379", "--cluster-advertise", "[2001:db8::1]:2376"],
+                "IPv6 underlays are not supported",
+            ),
+            (
                 vec!["--cluster-store", "etcd://h:2379", "--cluster-advertise", "eth0", "--cluster-ttl", "1"],
                 "cluster-ttl",
             ),
