@@ -3,11 +3,12 @@
 //! neighbour entries its ARP proxy answers from (`ip neigh replace IP lladdr MAC dev VX`).
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt as _;
+use futures::StreamExt as _;
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::{
     LinkVxlan,
     packet_route::{
-        AddressFamily,
+        AddressFamily, RouteNetlinkMessage,
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
     },
 };
@@ -69,24 +70,31 @@ fn ipv4_of(address: &NeighbourAddress) -> Option<Ipv4Addr> {
     }
 }
 
-async fn dump(
-    nl: &Netlink,
-    family: AddressFamily,
-    index: u32,
-) -> Result<Vec<NeighbourMessage>, NetlinkError> {
-    let messages: Vec<NeighbourMessage> = nl
-        .handle()
-        .neighbours()
-        .get()
-        .set_address_family(family)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(request_err("list neighbours", index))?;
-    Ok(messages
-        .into_iter()
-        .filter(|m| m.header.ifindex == index)
-        .collect())
+/// The device's entries of one family. The request names the device (NDA_IFINDEX, as `ip
+/// neigh show dev` does): the kernel then dumps only its IPv4 neighbours, so that cost does
+/// not grow with the rest of the host. Bridge FDB dumps of this shape are not filtered by the
+/// kernel (its legacy parser ignores the attribute), hence the filter here too.
+async fn dump(nl: &Netlink, family: AddressFamily, index: u32) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+    let mut request = NeighbourMessage::default();
+    request.header.family = family;
+    request.attributes.push(NeighbourAttribute::IfIndex(index));
+    let mut message = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(request));
+    message.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut handle = nl.handle().clone();
+    let mut responses = handle.request(message).map_err(request_err("list neighbours", index))?;
+    let mut out = Vec::new();
+    while let Some(response) = responses.next().await {
+        match response.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) if m.header.ifindex == index => {
+                out.push(m)
+            }
+            NetlinkPayload::Error(e) => {
+                return Err(request_err("list neighbours", index)(rtnetlink::Error::NetlinkError(e)));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// The FDB entries natd programs on the device: (MAC, remote underlay) with a destination.
