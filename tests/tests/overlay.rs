@@ -350,7 +350,17 @@ fn overlay_across_hosts(dataplane: &str) {
     let err = a.fails(&["run", "--name", "late", "--network", "ov1"]);
     assert!(err.contains("cluster store unreachable"), "{err}");
     a.ok(&["run", "--name", "bridged", "--network", "plain"]);
+    // natd starts while the store is down, and its sandboxes keep their overlay.
+    hosts[2].restart_natd().expect("natd C starts without its store");
+    let (a, c) = (&hosts[0], &hosts[2]);
+    assert_eq!(from_sandbox(c, "c1", &a1, 80).as_deref(), Some(c1.as_str()));
+    assert!(c.natd_log().contains("cannot register in the cluster store yet"));
     etcd.restart();
+    assert!(
+        wait_until(CONVERGE, || a.json(&["info"])["cluster"]["hosts"].as_array().map(Vec::len) == Some(3)),
+        "C, started while the store was down, registers once it is back: {}",
+        a.json(&["info"])["cluster"]
+    );
     a.ok(&["run", "--name", "late", "--network", "ov1"]);
     let late = a.sandbox_ip("late");
     assert!(!seen.contains(&late) && late != b1 && late != c1);

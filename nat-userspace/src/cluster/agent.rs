@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::{Cluster, ROOT, store::StoreError};
+use super::{Cluster, ROOT, Renewal, store::StoreError};
 use crate::daemon::Daemon;
 
 /// A full list at least this often, even with a healthy watch.
@@ -54,10 +54,17 @@ async fn keep_lease(cluster: Arc<Cluster>) {
         // use up the lease the next attempts could still save.
         let attempt = tokio::time::timeout(period, cluster.keepalive()).await;
         match attempt.unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {period:?}")))) {
-            Ok(registered) => {
+            Ok(renewal) => {
                 health.ok();
-                if registered {
-                    info!(host = %cluster.host_id, addr = %cluster.advertise, "registered again in the cluster store (its lease was gone)");
+                match renewal {
+                    Renewal::Renewed => {}
+                    Renewal::Registered => {
+                        info!(host = %cluster.host_id, addr = %cluster.advertise, "registered in the cluster store")
+                    }
+                    Renewal::Reregistered => warn!(
+                        host = %cluster.host_id, addr = %cluster.advertise,
+                        "registered again in the cluster store: the lease had expired, so other hosts dropped this one meanwhile"
+                    ),
                 }
             }
             Err(e) => health.failed(e),

@@ -183,6 +183,16 @@ pub enum CreateError {
     Store(#[from] StoreError),
 }
 
+/// What a lease renewal did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// First registration (the store was unreachable when natd started).
+    Registered,
+    /// The store had dropped the lease (it expired): the host's key was gone meanwhile.
+    Reregistered,
+}
+
 /// What claiming an address found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
@@ -294,17 +304,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Renews the lease, registering again when the store forgot it. Returns whether the
-    /// host had to register (again).
-    pub async fn keepalive(&self) -> Result<bool, StoreError> {
+    /// Renews the lease, registering (again) when there is none or the store forgot it.
+    pub async fn keepalive(&self) -> Result<Renewal, StoreError> {
         let lease = *self.lease.lock().expect("lease lock");
-        if let Some(lease) = lease
-            && self.store.keepalive(lease).await?
-        {
-            return Ok(false);
+        match lease {
+            Some(lease) if self.store.keepalive(lease).await? => Ok(Renewal::Renewed),
+            Some(_) => {
+                self.register().await?;
+                Ok(Renewal::Reregistered)
+            }
+            None => {
+                self.register().await?;
+                Ok(Renewal::Registered)
+            }
         }
-        self.register().await?;
-        Ok(true)
     }
 
     /// Removes this host's registration now rather than when its lease runs out.
