@@ -206,6 +206,10 @@ fn overlay_across_hosts(dataplane: &str) {
         );
         // tcpdump creates the file once it captures.
         assert!(wait_until(Duration::from_secs(5), || pcap.exists()));
+        // Both ends must resolve each other again: answered by the local VXLAN device's ARP
+        // proxy, so no ARP crosses the underlay.
+        b.exec_ok("b1", &["ip", "neigh", "flush", "all"]);
+        a.exec_ok("a1", &["ip", "neigh", "flush", "all"]);
         for _ in 0..3 {
             assert!(b.exec("b1", &["ping", "-c1", "-W2", &a1]).status.success());
         }
@@ -230,6 +234,11 @@ fn overlay_across_hosts(dataplane: &str) {
         0,
         "no sandbox address on the LAN in clear"
     );
+    // Ethertype of the frame inside VXLAN: after UDP (8 bytes), VXLAN (8) and two MACs (12).
+    let inner_arp = count("udp port 4789 and udp[28:2] = 0x0806");
+    let inner_ip = count("udp port 4789 and udp[28:2] = 0x0800");
+    assert!(inner_ip >= 6, "the capture decodes inner frames: {inner_ip}");
+    assert_eq!(inner_arp, 0, "no ARP crosses the hosts");
 
     // Each host masquerades its own sandboxes and publishes their ports.
     let _outside = a.spawn_in(
