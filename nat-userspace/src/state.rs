@@ -100,33 +100,7 @@ impl Store {
             source,
         })?;
         let path = state_dir.join(DB_FILE);
-        // redb would start an empty file afresh, and reconcile would then remove every
-        // interface natd made as stale: an existing but empty file is a lost state.
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
-            return Err(StateError::Corrupt {
-                path,
-                reason: "the file is empty".into(),
-            });
-        }
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse { path: path.clone() },
-            // The file system refused (read-only, full, permissions): not a corrupt file.
-            redb::DatabaseError::Storage(redb::StorageError::Io(e))
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                StateError::Open {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
-            }
-            other => StateError::Corrupt {
-                path: path.clone(),
-                reason: other.to_string(),
-            },
-        })?;
+        let db = open_db(&path, false)?;
         let store = Self { db: Some(db), path };
         let snapshot = store.load()?;
         Ok((store, snapshot))
@@ -179,7 +153,9 @@ impl Store {
     /// of pages and switches to them only when the commit is durable).
     pub fn commit(&mut self, changes: &[Change]) -> Result<(), StateError> {
         if self.db.is_none() {
-            self.db = Some(Database::create(&self.path).map_err(|e| self.write_err(e))?);
+            // The same checks as at start: a file that went away or was emptied meanwhile is
+            // lost state, never a fresh database to write deltas into.
+            self.db = Some(open_db(&self.path, true)?);
         }
         let result = self.write(changes).map_err(|e| match e {
             StateError::Db(reason) => self.write_err(reason),
@@ -233,6 +209,47 @@ impl Store {
     }
 }
 
+/// Opens natd's database. `existing`: the file must be there (a reopen after a failed
+/// write), else it is created.
+fn open_db(path: &Path, existing: bool) -> Result<Database, StateError> {
+    // redb would start an empty (or missing) file afresh, and reconcile would then remove
+    // every interface natd made as stale: an existing but empty file is a lost state.
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => {
+            return Err(StateError::Corrupt {
+                path: path.to_owned(),
+                reason: "the file is empty".into(),
+            });
+        }
+        Err(_) if existing => {
+            return Err(StateError::Corrupt {
+                path: path.to_owned(),
+                reason: "the file is gone".into(),
+            });
+        }
+        _ => {}
+    }
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse { path: path.to_owned() },
+        // The file system refused (read-only, full, permissions): not a corrupt file.
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            StateError::Open {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        }
+        other => StateError::Corrupt {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +278,29 @@ mod tests {
             parent: None,
             overlay: None,
         }
+    }
+
+    #[test]
+    fn a_reopen_after_a_failed_write_never_starts_a_fresh_database() {
+        let dir = std::env::temp_dir().join(format!("natd-state-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut store, _) = Store::open(&dir).unwrap();
+        store.commit(&[Change::PutNetwork(network("a"))]).unwrap();
+        let path = dir.join(DB_FILE);
+        for (damage, needle) in [("emptied", "the file is empty"), ("removed", "the file is gone")] {
+            // As after a failed write: closed, reopened by the next commit.
+            store.db = None;
+            if damage == "emptied" {
+                std::fs::write(&path, b"").unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+            let err = store.commit(&[Change::PutNetwork(network("b"))]).unwrap_err();
+            assert!(matches!(err, StateError::Corrupt { .. }), "{damage}: {err}");
+            assert!(err.to_string().contains(needle), "{damage}: {err}");
+            assert!(!path.exists() || std::fs::metadata(&path).unwrap().len() == 0, "{damage}: nothing written");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
