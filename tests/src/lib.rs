@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 pub mod bpf;
 pub mod cni;
 pub mod frames;
+pub mod lan;
 pub mod live;
 pub mod overlay;
 pub mod soak;
@@ -403,6 +404,14 @@ impl Lab {
         full.extend_from_slice(args);
         full.extend_from_slice(&["--", "sh", "-c", script]);
         self.ok(&full);
+    }
+
+    /// The line a server at `addr:port` sends to a client in sandbox `sandbox` (see
+    /// `tcp_line`).
+    pub fn tcp_line_from(&self, sandbox: &str, addr: &str, port: u16) -> Option<String> {
+        let ctl = natctl_bin();
+        let socket = self.socket.to_str().expect("socket path").to_string();
+        tcp_line(&[ctl.to_str().expect("natctl path"), "--socket", &socket, "exec", sandbox, "--"], addr, port)
     }
 
     /// IPv4 address of `ifname` inside a sandbox.

@@ -9,7 +9,8 @@ use std::{collections::HashSet, time::Duration};
 
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
-    overlay::{Etcd, host_ip, member_args, shared_lan},
+    lan::{host_ip, shared_lan},
+    overlay::{Etcd, member_args},
     sh, wait_listening, wait_until,
 };
 
@@ -18,13 +19,7 @@ const TTL: u64 = 3;
 const CONVERGE: Duration = Duration::from_secs(10);
 
 fn from_sandbox(lab: &Lab, name: &str, addr: &str, port: u16) -> Option<String> {
-    let ctl = natlab::natctl_bin();
-    let socket = lab.socket.to_str().unwrap();
-    natlab::tcp_line(
-        &[ctl.to_str().unwrap(), "--socket", socket, "exec", name, "--"],
-        addr,
-        port,
-    )
+    lab.tcp_line_from(name, addr, port)
 }
 
 fn networks(lab: &Lab) -> Vec<String> {
@@ -264,7 +259,9 @@ fn overlay_across_hosts(dataplane: &str) {
     );
 
     // Isolation: another overlay (subnet from the pool), and a bridge network.
-    b.ok(&["network", "create", "-d", "overlay", "ov2"]);
+    b.ok(&["network", "create", "-d", "overlay", "--opt", "vni=5000", "ov2"]);
+    let err = a.fails(&["network", "create", "-d", "overlay", "--opt", "vni=5000", "ov3"]);
+    assert!(err.contains("VNI 5000"), "{err}");
     b.run_script("b2", &["--network", "ov2"], &natlab::whoami(80));
     assert!(wait_listening(&b.netns_of("b2"), "tcp", 80));
     let b2 = b.sandbox_ip("b2");
@@ -383,6 +380,24 @@ fn overlay_across_hosts(dataplane: &str) {
     let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
     assert_eq!(from_sandbox(c, "c1", &a1, 80).as_deref(), Some(c1.as_str()));
     assert_eq!(from_sandbox(a, "a1", &b1, 80).as_deref(), Some(a1.as_str()));
+    for (network, vni) in [("ov1", "4096"), ("ov2", "5000")] {
+        let details = a.host_ok(&["ip", "-d", "link", "show", &vxlan_of(a, network)]);
+        assert!(
+            details.contains(&format!("vxlan id {vni} ")) && details.contains("nolearning") && details.contains("proxy"),
+            "{details}"
+        );
+    }
+
+    // The VXLAN device deleted behind natd's back: a reconcile brings it back with the
+    // other hosts' sandboxes in it at once (not at the next change in the cluster).
+    a.host_ok(&["ip", "link", "del", &vxlan_of(a, "ov1")]);
+    assert_eq!(from_sandbox(c, "c1", &a1, 80), None);
+    let out = sh(
+        "curl",
+        &["-sf", "--unix-socket", a.socket.to_str().unwrap(), "-X", "POST", "http://natd/v1/reconcile"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(from_sandbox(c, "c1", &a1, 80).as_deref(), Some(c1.as_str()));
 
     // Host B dies: its sandboxes leave A's and C's forwarding tables within the TTL.
     let vx_a = vxlan_of(a, "ov1");

@@ -12,13 +12,7 @@ use nat_common::names::{map, program};
 use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, sh, wait_listening, wait_until};
 
 fn from_sandbox(lab: &Lab, sandbox: &str, addr: &str, port: u16) -> Option<String> {
-    let ctl = natlab::natctl_bin();
-    let socket = lab.socket.to_str().unwrap().to_string();
-    natlab::tcp_line(
-        &[ctl.to_str().unwrap(), "--socket", &socket, "exec", sandbox, "--"],
-        addr,
-        port,
-    )
+    lab.tcp_line_from(sandbox, addr, port)
 }
 
 fn from_host(lab: &Lab, addr: &str, port: u16) -> Option<String> {

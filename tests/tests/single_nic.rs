@@ -10,49 +10,18 @@ use std::{
     time::Duration,
 };
 
-use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, sh, wait_listening};
+use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, wait_listening};
 
-const HOST_B_IP: &str = "198.51.100.3";
 
-/// Host A's external namespace becomes the LAN (a bridge with the router's address) and
-/// host B's only NIC is moved onto it. Both natd run with `--uplink up0`, their only NIC.
+/// Host A's external namespace becomes the LAN and host B's only NIC is moved onto it
+/// (`natlab::lan`). Both natd run with `--uplink up0`, their only NIC.
 fn one_nic_lan(dataplane: &str) -> (Lab, Lab) {
-    let mut a = Lab::new().expect("lab A");
-    let mut b = Lab::new().expect("lab B");
-    let ip = |args: &[&str]| {
-        let out = sh("ip", args);
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let lan = a.ext_ns.clone();
-    ip(&["-n", &lan, "link", "add", "lan", "type", "bridge"]);
-    ip(&["-n", &lan, "addr", "del", &format!("{EXT_IP}/24"), "dev", "lan0"]);
-    ip(&["-n", &lan, "link", "set", "lan0", "master", "lan"]);
-    ip(&["-n", &lan, "addr", "add", &format!("{EXT_IP}/24"), "dev", "lan"]);
-    ip(&["-n", &lan, "link", "set", "lan", "up"]);
-    ip(&["-n", &b.host_ns, "link", "del", "up0"]);
-    ip(&[
-        "link", "add", "up0", "netns", &b.host_ns, "type", "veth", "peer", "name", "lan1", "netns", &lan,
-    ]);
-    ip(&["-n", &lan, "link", "set", "lan1", "master", "lan"]);
-    ip(&["-n", &lan, "link", "set", "lan1", "up"]);
-    ip(&[
-        "-n",
-        &b.host_ns,
-        "addr",
-        "add",
-        &format!("{HOST_B_IP}/24"),
-        "dev",
-        "up0",
-    ]);
-    ip(&["-n", &b.host_ns, "link", "set", "up0", "up"]);
-    ip(&["-n", &b.host_ns, "route", "add", "default", "via", EXT_IP]);
-    for lab in [&mut a, &mut b] {
+    let mut hosts = natlab::lan::shared_lan(2);
+    for lab in &mut hosts {
         lab.start_natd(&["--dataplane", dataplane]).expect("start natd");
     }
+    let b = hosts.pop().expect("host B");
+    let a = hosts.pop().expect("host A");
     (a, b)
 }
 
@@ -101,13 +70,7 @@ fn echoes(stream: &mut TcpStream, line: &str) -> bool {
 
 /// The line a server at `addr:port` sends to a client in sandbox `name` of `lab`.
 fn from_sandbox(lab: &Lab, name: &str, addr: &str, port: u16) -> Option<String> {
-    let ctl = natlab::natctl_bin();
-    let socket = lab.socket.to_str().unwrap();
-    natlab::tcp_line(
-        &[ctl.to_str().unwrap(), "--socket", socket, "exec", name, "--"],
-        addr,
-        port,
-    )
+    lab.tcp_line_from(name, addr, port)
 }
 
 fn single_nic_host(dataplane: &str) {

@@ -287,16 +287,21 @@ impl Daemon {
     /// network.
     pub(super) async fn publish_claims(&self, cluster: &Cluster) -> Vec<String> {
         let mut errors = Vec::new();
-        for network in self.current_overlays(&cluster.view()) {
-            if let Err(e) = self.publish_network_claims(cluster, &network).await {
+        let view = cluster.view();
+        for network in self.current_overlays(&view) {
+            if let Err(e) = self.publish_network_claims(cluster, &view, &network).await {
                 errors.push(format!("claims of {}: {e}", network.name));
             }
         }
         errors
     }
 
-    async fn publish_network_claims(&self, cluster: &Cluster, network: &Network) -> Result<(), StoreError> {
-        let stored = cluster.claims(&network.name).await?;
+    async fn publish_network_claims(
+        &self,
+        cluster: &Cluster,
+        view: &ClusterView,
+        network: &Network,
+    ) -> Result<(), StoreError> {
         let local: BTreeMap<Ipv4Addr, Claim> = self
             .state
             .sandboxes
@@ -313,6 +318,20 @@ impl Daemon {
                 (e.ipv4, claim)
             })
             .collect();
+        // Nothing to do when the view already shows exactly these claims (any later change
+        // of them reaches the view, and this runs again): no store round trip per request.
+        let seen: BTreeMap<Ipv4Addr, Claim> = view
+            .claims
+            .get(&network.name)
+            .into_iter()
+            .flatten()
+            .filter(|(_, c)| c.host == cluster.host_id)
+            .map(|(ip, c)| (*ip, c.clone()))
+            .collect();
+        if seen == local {
+            return Ok(());
+        }
+        let stored = cluster.claims(&network.name).await?;
         for (ip, want) in &local {
             match stored.get(ip) {
                 Some(have) if have == want => {}

@@ -41,6 +41,11 @@ impl Daemon {
             report.extend(self.reconcile_sandbox(sandbox).await);
         }
         report.extend(self.remove_stale().await?);
+        // A VXLAN device brought back is empty: the other hosts' sandboxes go in now, not at
+        // the next change of the cluster.
+        if let Err(e) = self.overlay_apply().await {
+            report.push(format!("overlay networks: {e}"));
+        }
         let sync = self.sync_dataplane().await?;
         report.extend(sync.attached.iter().map(|l| format!("attached program {l}")));
         report.extend(

@@ -189,17 +189,16 @@ pub async fn set_neighbour(nl: &Netlink, index: u32, ip: Ipv4Addr, mac: [u8; 6])
 /// entries it added and removed.
 pub async fn program(nl: &Netlink, index: u32, peers: &[Peer]) -> Result<(usize, usize), NetlinkError> {
     let (mut added, mut removed) = (0, 0);
+    // One dump per table: what is kept is what the additions are checked against.
+    let mut present = Vec::new();
     for (mac, dst, message) in fdb(nl, index).await? {
-        if !peers.iter().any(|p| p.mac == mac && p.underlay == dst) {
+        if peers.iter().any(|p| p.mac == mac && p.underlay == dst) {
+            present.push((mac, dst));
+        } else {
             delete(nl, message).await?;
             removed += 1;
         }
     }
-    let present: Vec<([u8; 6], Ipv4Addr)> = fdb(nl, index)
-        .await?
-        .into_iter()
-        .map(|(m, d, _)| (m, d))
-        .collect();
     for peer in peers {
         if !present.contains(&(peer.mac, peer.underlay)) {
             add_fdb(nl, index, peer.mac, peer.underlay).await?;

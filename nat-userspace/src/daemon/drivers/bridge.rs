@@ -51,11 +51,19 @@ impl BridgeDriver {
         Ok((networks, routes))
     }
 
-    async fn subnet(ctx: &PlanContext<'_>, req: &NetworkCreate) -> Result<Ipv4Network> {
-        let (networks, routes) = Self::taken_subnets(ctx).await?;
+    /// `--subnet` checked against what is taken, or the first free one from `pick`'s pool.
+    /// `elsewhere`: subnets taken beyond this host (an overlay's other networks).
+    pub(super) async fn subnet(
+        ctx: &PlanContext<'_>,
+        req: &NetworkCreate,
+        elsewhere: &[Ipv4Network],
+        pick: fn(&[Ipv4Network]) -> Result<Ipv4Network, ipam::IpamError>,
+    ) -> Result<Ipv4Network> {
+        let (mut networks, routes) = Self::taken_subnets(ctx).await?;
+        networks.extend_from_slice(elsewhere);
         let Some(text) = &req.subnet else {
             let taken: Vec<Ipv4Network> = networks.into_iter().chain(routes).collect();
-            return ipam::pick_free_subnet(&taken).map_err(|e| conflict(e.to_string()));
+            return pick(&taken).map_err(|e| conflict(e.to_string()));
         };
         let subnet = config::parse_v4_subnet("subnet", text).map_err(|e| invalid(e.to_string()))?;
         if subnet.prefix() > 30 {
@@ -72,6 +80,25 @@ impl BridgeDriver {
             )));
         }
         Ok(subnet)
+    }
+
+    /// `--gateway` inside `subnet` (not its network or broadcast address), or the first host.
+    pub(super) fn gateway(subnet: Ipv4Network, req: &NetworkCreate) -> Result<Ipv4Addr> {
+        let Some(text) = &req.gateway else {
+            return Ok(ipam::default_gateway(subnet));
+        };
+        let gw: Ipv4Addr = text
+            .parse()
+            .map_err(|_| invalid(format!("invalid gateway address: {text}")))?;
+        if !subnet.contains(gw) {
+            return Err(invalid(format!("no matching subnet for gateway {gw}")));
+        }
+        if gw == subnet.network() || gw == subnet.broadcast() {
+            return Err(invalid(format!(
+                "gateway {gw} is the network or broadcast address of {subnet}"
+            )));
+        }
+        Ok(gw)
     }
 
     /// Creates or adopts the bridge and gives it the gateway address, MTU and up state.
@@ -136,24 +163,8 @@ impl NetworkDriver for BridgeDriver {
         let opts = options(req, &["bridge-name"])?;
         let mtu = req.mtu.unwrap_or(ctx.config.mtu);
         config::validate_mtu(mtu).map_err(invalid)?;
-        let subnet = Self::subnet(ctx, req).await?;
-        let gateway = match &req.gateway {
-            Some(text) => {
-                let gw: Ipv4Addr = text
-                    .parse()
-                    .map_err(|_| invalid(format!("invalid gateway address: {text}")))?;
-                if !subnet.contains(gw) {
-                    return Err(invalid(format!("no matching subnet for gateway {gw}")));
-                }
-                if gw == subnet.network() || gw == subnet.broadcast() {
-                    return Err(invalid(format!(
-                        "gateway {gw} is the network or broadcast address of {subnet}"
-                    )));
-                }
-                gw
-            }
-            None => ipam::default_gateway(subnet),
-        };
+        let subnet = Self::subnet(ctx, req, &[], ipam::pick_free_subnet).await?;
+        let gateway = Self::gateway(subnet, req)?;
         let ip_range = ip_range(subnet, req.ip_range.as_deref())?;
         let bridge = opts
             .get("bridge-name")

@@ -170,47 +170,8 @@ impl NetworkDriver for OverlayDriver {
             )));
         }
         let cluster_subnets: Vec<Ipv4Network> = view.networks.values().map(|n| n.subnet).collect();
-        let (local, routes) = BridgeDriver::taken_subnets(ctx).await?;
-        let subnet = match &req.subnet {
-            None => {
-                let taken: Vec<Ipv4Network> = cluster_subnets
-                    .iter()
-                    .chain(&local)
-                    .chain(&routes)
-                    .copied()
-                    .collect();
-                ipam::pick_free_overlay_subnet(&taken).map_err(|e| conflict(e.to_string()))?
-            }
-            Some(text) => {
-                let subnet = config::parse_v4_subnet("subnet", text).map_err(|e| invalid(e.to_string()))?;
-                if subnet.prefix() > 30 {
-                    return Err(invalid(format!(
-                        "subnet {subnet} is too small for sandboxes (at most /30)"
-                    )));
-                }
-                if cluster_subnets.iter().chain(&local).any(|n| n.overlaps(subnet)) {
-                    return Err(conflict("Pool overlaps with other one on this address space"));
-                }
-                if let Some(route) = routes.iter().find(|r| r.overlaps(subnet)) {
-                    return Err(conflict(format!(
-                        "subnet {subnet} overlaps with route {route} on the host"
-                    )));
-                }
-                subnet
-            }
-        };
-        let gateway = match &req.gateway {
-            Some(text) => {
-                let gw: Ipv4Addr = text
-                    .parse()
-                    .map_err(|_| invalid(format!("invalid gateway address: {text}")))?;
-                if !subnet.contains(gw) || gw == subnet.network() || gw == subnet.broadcast() {
-                    return Err(invalid(format!("no matching subnet for gateway {gw}")));
-                }
-                gw
-            }
-            None => ipam::default_gateway(subnet),
-        };
+        let subnet = BridgeDriver::subnet(ctx, req, &cluster_subnets, ipam::pick_free_overlay_subnet).await?;
+        let gateway = BridgeDriver::gateway(subnet, req)?;
         let used_vnis: Vec<u32> = view.networks.values().map(|n| n.vni).collect();
         let vni = match opts
             .get("vni")

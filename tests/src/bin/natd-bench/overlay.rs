@@ -7,7 +7,8 @@
 use anyhow::{Context as _, Result, bail};
 use natlab::{
     Background, Lab,
-    overlay::{Etcd, host_ip, member_args, shared_lan},
+    lan::{host_ip, shared_lan},
+    overlay::{Etcd, member_args},
     sh, wait_listening, wait_until,
 };
 
