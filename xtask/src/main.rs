@@ -128,6 +128,7 @@ fn soak(minutes: u64) -> Result<()> {
     let _ = std::fs::remove_file(&figures);
     let started = std::time::Instant::now();
     let mut rounds = 0;
+    let mut failed = None;
     loop {
         rounds += 1;
         let mut cmd = cargo();
@@ -147,7 +148,12 @@ fn soak(minutes: u64) -> Result<()> {
             .env("NATLAB_FIGURES", &figures)
             .env("NATD_BIN", root.join("target/debug/natd"))
             .env("NATCTL_BIN", root.join("target/debug/natctl"));
-        run(&mut cmd)?;
+        // A failing round ends the soak, but the summary of what ran is still written:
+        // that is when it matters most.
+        if let Err(e) = run(&mut cmd) {
+            failed = Some(format!("round {rounds}: {e}"));
+            break;
+        }
         if started.elapsed().as_secs() >= minutes * 60 {
             break;
         }
@@ -167,9 +173,15 @@ fn soak(minutes: u64) -> Result<()> {
             v["checked"].as_str().unwrap_or_default()
         ));
     }
+    if let Some(failure) = &failed {
+        summary.push_str(&format!("\nFAILED: {failure} (the rows above are what ran until then)\n"));
+    }
     std::fs::write(out.join("summary.md"), &summary)?;
     println!("{summary}");
-    Ok(())
+    match failed {
+        Some(failure) => bail!("soak failed: {failure}"),
+        None => Ok(()),
+    }
 }
 
 fn build_test_binaries() -> Result<()> {
