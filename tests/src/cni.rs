@@ -36,7 +36,7 @@ impl Reply {
 /// One call: `plugin` with CNI_COMMAND=`command`, the given CNI_* variables, `conf` on stdin.
 pub fn call(lab: &Lab, plugin: &Path, command: &str, vars: &[(&str, &str)], conf: &Value) -> Reply {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", lab.host_ns))
+    cmd.arg(format!("--net={}", lab.host_path()))
         .arg(plugin)
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))

@@ -57,8 +57,7 @@ fn every_verb_in_every_version() {
         .into_iter()
         .enumerate()
     {
-        let ns = lab.add_netns(&format!("ctr{i}")).unwrap();
-        let netns = format!("/run/netns/{ns}");
+        let (ns, netns) = container_ns(&mut lab, &format!("ctr{i}"));
         let id = format!("container-{i}");
         let port = 8080 + i as u16;
         let conf = natd_conf(&lab, version, mappings(port));
@@ -67,7 +66,12 @@ fn every_verb_in_every_version() {
 
         // The result, in the version asked for.
         assert_eq!(result["cniVersion"], version);
-        gateway_macs.insert(result["interfaces"][0]["mac"].to_string());
+        let bridge_mac = result["interfaces"][0]["mac"].as_str();
+        assert!(
+            bridge_mac.is_some_and(|m| m.len() == 17),
+            "the bridge's MAC is in the result: {result}"
+        );
+        gateway_macs.insert(bridge_mac.unwrap_or_default().to_string());
         let inner = &result["interfaces"][2];
         assert_eq!(inner["name"], "eth0");
         assert_eq!(inner["sandbox"], netns.as_str());

@@ -87,7 +87,7 @@ tmp_dir = "{dir}/tmp"
     /// all run there), with this test's storage and configuration.
     fn run(&self, args: &[&str]) -> Output {
         Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.lab.host_ns))
+            .arg(format!("--net={}", self.lab.host_path()))
             .arg("podman")
             .arg("--root")
             .arg(self.dir.join("root"))

@@ -19,25 +19,6 @@ impl Daemon {
         let mut report = self.ensure_networks().await?;
         let sandboxes: Vec<Sandbox> = self.state.sandboxes.values().cloned().collect();
         for sandbox in &sandboxes {
-            if sandbox.cni.is_some()
-                && !sandbox
-                    .netns
-                    .as_deref()
-                    .is_some_and(|p| netns::is_netns(Path::new(p)))
-            {
-                // The runtime deleted the container while natd could not hear its DEL.
-                let warnings = self.rm(&sandbox.name).await?;
-                report.push(format!(
-                    "removed CNI attachment {} (its namespace is gone){}",
-                    sandbox.name,
-                    if warnings.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", warnings.join("; "))
-                    }
-                ));
-                continue;
-            }
             report.extend(self.reconcile_sandbox(sandbox).await);
         }
         report.extend(self.remove_stale().await?);
@@ -68,6 +49,26 @@ impl Daemon {
             return report;
         }
         if !path.exists() || !netns::is_netns(&path) {
+            if sandbox.cni.is_some() {
+                // The runtime deleted the container while natd could not hear its DEL. A
+                // refusal (another sandbox shares the namespace) is reported, never fatal.
+                match self.rm(&sandbox.name).await {
+                    Ok(warnings) => report.push(format!(
+                        "removed CNI attachment {} (its namespace is gone){}",
+                        sandbox.name,
+                        if warnings.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", warnings.join("; "))
+                        }
+                    )),
+                    Err(e) => report.push(format!(
+                        "sandbox {}: its namespace is gone but it cannot be removed: {e}",
+                        sandbox.name
+                    )),
+                }
+                return report;
+            }
             if !sandbox.netns_owned {
                 report.push(format!(
                     "sandbox {}: adopted namespace {} is gone; remove the sandbox",

@@ -54,22 +54,24 @@ pub async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         }),
         ..Default::default()
     };
+    // The network first: an unknown one is refused before anything exists.
+    let network = client
+        .get::<NetworkView>(&paths::with_name(paths::NETWORK, conf.network()))
+        .await
+        .map_err(|e| natd_error("reading the network", e))?
+        .network;
     let view: SandboxView = client
         .post(paths::SANDBOXES, &request)
         .await
         .map_err(|e| natd_error("attaching the container", e))?;
-    let network = match client
-        .get::<NetworkView>(&paths::with_name(paths::NETWORK, conf.network()))
-        .await
-    {
-        Ok(n) => n.network,
+    let result = match describe(env, conf, &view, &network).await {
+        Ok(result) => result,
         Err(e) => {
             // Never leave an attachment behind that the runtime believes failed.
             let _ = client.delete(&paths::with_name(paths::SANDBOX, &name)).await;
-            return Err(natd_error("reading the network", e));
+            return Err(e);
         }
     };
-    let result = describe(env, conf, &view, &network).await?;
     Ok(merge_previous(
         conf.prev_result.as_ref(),
         result.to_json(&conf.cni_version),
