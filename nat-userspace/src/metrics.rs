@@ -188,17 +188,6 @@ fn dataplane_registry(stats: &StatsView, sandboxes: usize, networks: usize) -> R
         conntrack.inc_by(*used as i64);
         conntrack_capacity.inc_by(i64::from(*max));
     }
-    if stats.dataplane == "nftables" {
-        // The nftables dataplane tracks flows in the kernel's own conntrack (per namespace).
-        let read = |file: &str| {
-            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{file}"))
-                .ok()
-                .and_then(|t| t.trim().parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        conntrack.set(read("nf_conntrack_count"));
-        conntrack_capacity.set(read("nf_conntrack_max"));
-    }
     registry.register(
         "natd_conntrack_entries",
         "Tracked flows (all conntrack tables)",
@@ -222,7 +211,12 @@ fn dataplane_registry(stats: &StatsView, sandboxes: usize, networks: usize) -> R
 }
 
 fn is_conntrack_map(name: &str) -> bool {
-    name == nat_common::names::map::CT4 || name == nat_common::names::map::CT4_NEW
+    [
+        nat_common::names::map::CT4,
+        nat_common::names::map::CT4_NEW,
+        crate::dataplane::KERNEL_CONNTRACK,
+    ]
+    .contains(&name)
 }
 
 #[derive(Clone)]

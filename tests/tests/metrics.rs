@@ -88,6 +88,28 @@ fn metrics_follow_the_traffic() {
 }
 
 #[test]
+fn nftables_reports_the_kernels_conntrack() {
+    let lab = Lab::started(&["--dataplane", "nftables", "--metrics-addr", METRICS]);
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    assert_eq!(
+        tcp_line(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080).as_deref(),
+        Some(EXT_IP)
+    );
+    let text = scrape(&lab);
+    // The flow just made is the kernel's (this namespace's table), and so is the capacity.
+    let max: f64 = lab
+        .host_ok(&["cat", "/proc/sys/net/netfilter/nf_conntrack_max"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(sample(&text, "natd_conntrack_capacity"), max, "{text}");
+    assert!(sample(&text, "natd_conntrack_entries") >= 1.0, "{text}");
+    assert_eq!(sample(&text, "natd_map_capacity{map=\"nf_conntrack\"}"), max, "{text}");
+    assert_eq!(sample(&text, "natd_dataplane_info{dataplane=\"nftables\"}"), 1.0);
+}
+
+#[test]
 fn a_bad_metrics_address_stops_natd_with_a_clear_error() {
     let out = sh(
         natd_bin().to_str().unwrap(),

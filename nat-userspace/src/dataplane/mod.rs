@@ -150,13 +150,17 @@ pub struct Flow {
     pub idle_s: u64,
 }
 
+/// The kernel's own connection table in `Stats::maps` (nftables dataplane).
+pub const KERNEL_CONNTRACK: &str = "nf_conntrack";
+
 /// Counters, per-mapping traffic and map fill levels.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub counters: std::collections::BTreeMap<String, u64>,
     /// mapping id -> (packets, bytes).
     pub mappings: std::collections::BTreeMap<u32, (u64, u64)>,
-    /// map name -> (entries, capacity).
+    /// map name -> (entries, capacity); the nftables dataplane reports the kernel's
+    /// conntrack as `KERNEL_CONNTRACK`.
     pub maps: std::collections::BTreeMap<String, (usize, u32)>,
 }
 

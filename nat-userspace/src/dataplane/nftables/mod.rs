@@ -156,6 +156,12 @@ impl Dataplane for NftablesDataplane {
 
     fn stats(&self) -> Stats {
         let mut stats = Stats::default();
+        // Flows of this dataplane are the kernel's conntrack entries (per namespace).
+        let count = sysctl::read("net.netfilter.nf_conntrack_count").ok().and_then(|t| t.parse::<usize>().ok());
+        let max = sysctl::read("net.netfilter.nf_conntrack_max").ok().and_then(|t| t.parse::<u32>().ok());
+        if let (Some(count), Some(max)) = (count, max) {
+            stats.maps.insert(super::KERNEL_CONNTRACK.to_string(), (count, max));
+        }
         let Ok(mut nft) = Nft::new(true) else { return stats };
         let Ok(text) = nft.run(&format!("list table ip {}", self.table)) else {
             return stats;
