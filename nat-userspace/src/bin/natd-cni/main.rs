@@ -66,21 +66,21 @@ fn main() -> ExitCode {
     let env = Env::read();
     let mut input = String::new();
     let read = std::io::stdin().read_to_string(&mut input);
-    // Errors are answered in the request's version when it could be read.
-    let version = serde_json::from_str::<Value>(&input)
-        .ok()
-        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+    // Parsed once: the version (errors are answered in it when it could be read), the log
+    // file, and the configuration itself.
+    let parsed = serde_json::from_str::<Value>(&input).map_err(|e| e.to_string());
+    let asked = parsed.as_ref().ok().and_then(|v| v["cniVersion"].as_str().map(str::to_string));
+    let version = asked
+        .clone()
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".to_string());
-    let log_file = serde_json::from_str::<Value>(&input)
-        .ok()
-        .and_then(|v| v["logFile"].as_str().map(PathBuf::from));
+    let log_file = parsed.as_ref().ok().and_then(|v| v["logFile"].as_str().map(PathBuf::from));
     let outcome = match read {
         Err(e) => Err(
             CniError::new(code::IO_FAILURE, "cannot read the configuration from stdin")
                 .with_details(e.to_string()),
         ),
-        Ok(_) => dispatch(&env, &input),
+        Ok(_) => dispatch(&env, parsed, asked),
     };
     let container = env.container_id.clone().unwrap_or_default();
     match outcome {
@@ -111,9 +111,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(env: &Env, input: &str) -> Result<Option<Value>, CniError> {
+fn dispatch(env: &Env, parsed: Result<Value, String>, asked: Option<String>) -> Result<Option<Value>, CniError> {
     if env.command == "VERSION" {
-        return Ok(Some(version_reply(input)));
+        // VERSION takes `{"cniVersion": ...}` (or nothing) and answers with the list.
+        let asked = asked.unwrap_or_else(|| "1.1.0".to_string());
+        return Ok(Some(json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })));
     }
     if !matches!(env.command.as_str(), "ADD" | "DEL" | "CHECK" | "GC" | "STATUS") {
         return Err(CniError::new(
@@ -121,10 +123,11 @@ fn dispatch(env: &Env, input: &str) -> Result<Option<Value>, CniError> {
             format!("unknown CNI_COMMAND: {:?}", env.command),
         ));
     }
-    let conf: NetConf = serde_json::from_str(input).map_err(|e| {
-        CniError::new(code::DECODE_FAILURE, "cannot decode the network configuration")
-            .with_details(e.to_string())
-    })?;
+    let decode_error = |details: String| {
+        CniError::new(code::DECODE_FAILURE, "cannot decode the network configuration").with_details(details)
+    };
+    let conf: NetConf = serde_json::from_value(parsed.map_err(decode_error)?)
+        .map_err(|e| decode_error(e.to_string()))?;
     check_version(&conf.cni_version)?;
     let needs = |minimum: &str| {
         if version_at_least(&conf.cni_version, minimum) {
@@ -163,15 +166,6 @@ fn dispatch(env: &Env, input: &str) -> Result<Option<Value>, CniError> {
             }
         }
     })
-}
-
-/// VERSION takes `{"cniVersion": ...}` (or nothing) and answers with the list.
-fn version_reply(input: &str) -> Value {
-    let asked = serde_json::from_str::<Value>(input)
-        .ok()
-        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "1.1.0".to_string());
-    json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
 /// Runtimes drop a plugin's stderr on success: a line per call goes to `logFile` when set.
