@@ -19,6 +19,7 @@ pub const FAMILY_V6: u8 = 6;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Where a program is attached; the agent writes it into `NATD_IFACE_CONFIG`.
 pub mod role {
@@ -62,32 +63,40 @@ pub mod ct {
     pub const TCP_RST: u8 = 16;
 }
 
-/// An IPv4 connection tuple as seen at the point of lookup (16 bytes).
+/// An IPv6 address as loaded from a packet: four `u32` words in network byte order.
+pub type Addr6 = [u32; 4];
+
+/// A connection tuple as seen at the point of lookup: `A` is `u32` (IPv4, 16 bytes) or
+/// `Addr6` (IPv6, 40 bytes), so IPv4 tables keep their compact keys.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ct4Key {
-    pub src: u32,
-    pub dst: u32,
+pub struct CtKey<A> {
+    pub src: A,
+    pub dst: A,
     /// TCP/UDP ports; for ICMP echo the id sits in `sport` of requests and `dport` of replies.
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
+pub type Ct4Key = CtKey<u32>;
+pub type Ct6Key = CtKey<Addr6>;
 const _: () = assert!(core::mem::size_of::<Ct4Key>() == 16);
+const _: () = assert!(core::mem::size_of::<Ct6Key>() == 40);
 
 /// One direction of a tracked flow: everything the rewrite and the forwarding of its
-/// packets need, so an established packet costs one lookup (64 bytes, one cache line).
+/// packets need, so an established packet costs one lookup (IPv4: 64 bytes, one cache
+/// line; IPv6: 88).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Ct4Entry {
+pub struct CtEntry<A> {
     /// What the packet becomes; the reverse direction's key is this tuple reversed.
-    pub src: u32,
-    pub dst: u32,
+    pub src: A,
+    pub dst: A,
     pub sport: u16,
     pub dport: u16,
-    /// `csum::diff2([key.src, key.dst], [src, dst])`: the IP header and the L4
-    /// pseudo-header change.
+    /// `csum::diff` of the addresses `[key.src, key.dst]` to `[src, dst]`: the IP header
+    /// (IPv4) and the L4 pseudo-header change.
     pub addr_csum: u32,
     /// `csum::diff1` of the ports word: the L4 header change.
     pub port_csum: u32,
@@ -99,7 +108,7 @@ pub struct Ct4Entry {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
     /// Largest IP packet (without GSO) that may be redirected; larger ones take the
-    /// kernel's path, which answers with fragmentation-needed.
+    /// kernel's path, which answers with fragmentation-needed / packet-too-big.
     pub mtu: u16,
     /// `ct::DNAT_FORWARD`...
     pub kind: u8,
@@ -120,14 +129,17 @@ pub struct Ct4Entry {
     /// `clock::ticks` of the last packet.
     pub last_seen: u32,
 }
+pub type Ct4Entry = CtEntry<u32>;
+pub type Ct6Entry = CtEntry<Addr6>;
 const _: () = assert!(core::mem::size_of::<Ct4Entry>() == 64);
+const _: () = assert!(core::mem::size_of::<Ct6Entry>() == 88);
 
-impl Ct4Key {
+impl<A: Copy> CtKey<A> {
     /// The key of the other direction of the flow this key and `entry` belong to: the
     /// translated tuple, reversed.
     #[inline(always)]
-    pub fn peer(&self, entry: &Ct4Entry) -> Ct4Key {
-        Ct4Key {
+    pub fn peer(&self, entry: &CtEntry<A>) -> CtKey<A> {
+        CtKey {
             src: entry.dst,
             dst: entry.src,
             sport: entry.dport,
@@ -138,21 +150,25 @@ impl Ct4Key {
     }
 }
 
-/// A published IPv4 host address and port. `addr` 0: every local address (0.0.0.0).
+/// A published host address and port. `addr` 0: every local address of the family
+/// (0.0.0.0 / [::]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Port4Key {
-    pub addr: u32,
+pub struct PortKey<A> {
+    pub addr: A,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
 }
+pub type Port4Key = PortKey<u32>;
+pub type Port6Key = PortKey<Addr6>;
 const _: () = assert!(core::mem::size_of::<Port4Key>() == 8);
+const _: () = assert!(core::mem::size_of::<Port6Key>() == 20);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Port4Target {
-    pub addr: u32,
+pub struct PortTarget<A> {
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
     /// The mapping's generation slot and current generation: a flow of a removed or
@@ -162,12 +178,16 @@ pub struct Port4Target {
     /// natd's id of the mapping (for its statistics).
     pub mapping_id: u32,
 }
+pub type Port4Target = PortTarget<u32>;
+pub type Port6Target = PortTarget<Addr6>;
 const _: () = assert!(core::mem::size_of::<Port4Target>() == 20);
+const _: () = assert!(core::mem::size_of::<Port6Target>() == 32);
 
-/// A sandbox's IPv4 endpoint, keyed by its address: where packets to it are redirected.
+/// A sandbox's endpoint, keyed by its address (`NATD_ENDPOINTS4` and `NATD_ENDPOINTS6`):
+/// where packets to it are redirected.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Endpoint4 {
+pub struct EndpointInfo {
     /// The host end of the sandbox's veth (`bpf_redirect_peer` lands on the other end).
     pub host_ifindex: u32,
     pub network_id: u32,
@@ -179,7 +199,7 @@ pub struct Endpoint4 {
     pub mtu: u16,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<Endpoint4>() == 32);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
 
 /// Value of `NATD_IFACE_CONFIG`: what natd attached to this ifindex and why.
 #[repr(C)]
@@ -216,10 +236,27 @@ pub struct NetInfo4 {
 }
 const _: () = assert!(core::mem::size_of::<NetInfo4>() == 24);
 
+/// A natd network's IPv6 side, in `NATD_NETS6` (by subnet, LPM). The network's policy
+/// flags for IPv6 traffic are its own (`net::MASQ` off in routed mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetInfo6 {
+    pub network_id: u32,
+    pub flags: u32,
+    pub gateway: Addr6,
+    pub bridge_ifindex: u32,
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<NetInfo6>() == 32);
+
 pub mod net {
     pub const ICC: u32 = 1;
     pub const INTERNAL: u32 = 2;
     pub const MASQ: u32 = 4;
+    /// Routed gateway mode: the sandboxes' addresses are reachable from outside (only on
+    /// published container ports), nothing is masqueraded.
+    pub const ROUTED: u32 = 8;
 }
 
 /// Per-mapping traffic, per CPU, by generation slot.
@@ -330,9 +367,14 @@ mod pod {
     // (asserted sizes above), valid for any bit pattern.
     unsafe impl aya::Pod for super::Ct4Key {}
     unsafe impl aya::Pod for super::Ct4Entry {}
+    unsafe impl aya::Pod for super::Ct6Key {}
+    unsafe impl aya::Pod for super::Ct6Entry {}
     unsafe impl aya::Pod for super::Port4Key {}
     unsafe impl aya::Pod for super::Port4Target {}
-    unsafe impl aya::Pod for super::Endpoint4 {}
+    unsafe impl aya::Pod for super::Port6Key {}
+    unsafe impl aya::Pod for super::Port6Target {}
+    unsafe impl aya::Pod for super::NetInfo6 {}
+    unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::IfaceConfig {}
     unsafe impl aya::Pod for super::NetInfo4 {}
     unsafe impl aya::Pod for super::MappingStats {}

@@ -15,6 +15,14 @@ pub mod map {
     pub const CT4_NEW: &str = "NATD_CT4_NEW";
     pub const PORTS4: &str = "NATD_PORTS4";
     pub const ENDPOINTS4: &str = "NATD_ENDPOINTS4";
+    /// The IPv6 counterparts: their own maps, keys sized for IPv6, so IPv4 lookups stay
+    /// compact.
+    pub const CT6: &str = "NATD_CT6";
+    pub const CT6_NEW: &str = "NATD_CT6_NEW";
+    pub const PORTS6: &str = "NATD_PORTS6";
+    pub const ENDPOINTS6: &str = "NATD_ENDPOINTS6";
+    pub const LOCAL6: &str = "NATD_LOCAL6";
+    pub const NETS6: &str = "NATD_NETS6";
     pub const GENERATIONS: &str = "NATD_GENERATIONS";
     pub const MAPPING_STATS: &str = "NATD_MAPPING_STATS";
     pub const LOCAL4: &str = "NATD_LOCAL4";
@@ -25,6 +33,11 @@ pub mod map {
     pub const SOCK_ORIG: &str = "NATD_SOCK_ORIG";
     /// Per-CPU working memory of the programs that start flows, never pinned.
     pub const SCRATCH: &str = "NATD_SCRATCH";
+    pub const SCRATCH6: &str = "NATD_SCRATCH6";
+    /// Per-CPU room for parsed packets the IPv6 programs and ICMP errors work on, never
+    /// pinned.
+    pub const PACKETS4: &str = "NATD_PACKETS4";
+    pub const PACKETS6: &str = "NATD_PACKETS6";
     /// Benchmark only (never written by natd): the warm test-run wrapper's frame and the
     /// program it tail-calls.
     pub const BENCH_FRAME: &str = "NATD_BENCH_FRAME";
@@ -38,6 +51,12 @@ pub mod map {
         CT4_NEW,
         PORTS4,
         ENDPOINTS4,
+        CT6,
+        CT6_NEW,
+        PORTS6,
+        ENDPOINTS6,
+        LOCAL6,
+        NETS6,
         GENERATIONS,
         MAPPING_STATS,
         LOCAL4,
@@ -47,6 +66,9 @@ pub mod map {
         NETNS,
         SOCK_ORIG,
         SCRATCH,
+        SCRATCH6,
+        PACKETS4,
+        PACKETS6,
         BENCH_FRAME,
         BENCH_JUMP,
         BENCH_ROUTE,
@@ -61,6 +83,12 @@ pub mod program {
     pub const UPLINK_EGRESS: &str = "natd_uplink_egress";
     /// TCX ingress of the host end of every sandbox veth.
     pub const SANDBOX_INGRESS: &str = "natd_sandbox_ingress";
+    /// The IPv6 halves, attached right after each of the above (TCX order): the IPv4
+    /// programs hand IPv6 packets on (TCX_NEXT) and these hand on everything else. Two
+    /// programs keep each within the verifier's stack and instruction limits.
+    pub const UPLINK_INGRESS6: &str = "natd_uplink_ingress6";
+    pub const UPLINK_EGRESS6: &str = "natd_uplink_egress6";
+    pub const SANDBOX_INGRESS6: &str = "natd_sandbox_ingress6";
     /// Never attached by natd: the benchmark's and tests' baseline for a test run's own cost.
     pub const EMPTY: &str = "natd_empty";
     /// Benchmark only: restores a frame, then tail-calls the program under test.
@@ -69,7 +97,14 @@ pub mod program {
     pub const BENCH_REDIRECT_INGRESS: &str = "natd_bench_redirect_ingress";
     pub const BENCH_REDIRECT_SANDBOX: &str = "natd_bench_redirect_sandbox";
     /// TC programs natd attaches.
-    pub const TC: &[&str] = &[UPLINK_INGRESS, UPLINK_EGRESS, SANDBOX_INGRESS];
+    pub const TC: &[&str] = &[
+        UPLINK_INGRESS,
+        UPLINK_EGRESS,
+        SANDBOX_INGRESS,
+        UPLINK_INGRESS6,
+        UPLINK_EGRESS6,
+        SANDBOX_INGRESS6,
+    ];
 
     pub const CONNECT4: &str = "natd_connect4";
     pub const SENDMSG4: &str = "natd_sendmsg4";
@@ -82,6 +117,9 @@ pub mod program {
         UPLINK_INGRESS,
         UPLINK_EGRESS,
         SANDBOX_INGRESS,
+        UPLINK_INGRESS6,
+        UPLINK_EGRESS6,
+        SANDBOX_INGRESS6,
         EMPTY,
         BENCH_WRAPPER,
         BENCH_REDIRECT_INGRESS,

@@ -1,17 +1,18 @@
-//! Connection tracking in two tables: `NATD_CT4_NEW` (an LRU) holds flows until their
-//! handshake completes, `NATD_CT4` (preallocated) holds established ones, so a flood of
+//! Connection tracking in two tables per family: `NATD_CT4_NEW`/`NATD_CT6_NEW` (LRUs) hold
+//! flows until their handshake completes, `NATD_CT4`/`NATD_CT6` (preallocated) hold
+//! established ones, so a flood of
 //! unanswered flows evicts its own kind and never locks out an established flow. Each flow
 //! is two entries, one per direction, inserted reply first (which claims the translated
 //! tuple atomically, BPF_NOEXIST) and never half-installed. Lookups try the established
 //! table first: an established packet costs one lookup. Expiry is the agent's job.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use nat_common::{Ct4Entry, Ct4Key, PROTO_TCP, clock, counter, csum, ct};
+use nat_common::{CtEntry, CtKey, PROTO_TCP, clock, counter, csum, ct};
 
 use crate::{
     counters::bump,
+    family::Family,
     lookup,
-    maps::{NATD_CT4, NATD_CT4_NEW, NATD_SCRATCH},
-    parse::{Ipv4Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -26,64 +27,80 @@ pub enum InsertError {
     Full,
 }
 
-/// An IPv4 tuple, addresses and ports in network byte order.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Tuple {
-    pub src: u32,
-    pub dst: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
+/// A tuple, addresses and ports in network byte order: the same layout as a table key,
+/// so a tuple is looked up where it lies (no 40-byte IPv6 key copies on the stack).
+pub type Tuple<A> = CtKey<A>;
+
+pub trait TupleOps<A>: Sized {
+    fn of(packet: &Packet<A>) -> Self;
+    /// `of`, written into `self`.
+    fn set_from(&mut self, packet: &Packet<A>);
+    fn reversed(&self) -> Self;
+    /// `reversed`, written into `out` (no temporary: IPv6 tuples are 40 bytes).
+    fn reverse_into(&self, out: &mut Self);
+    /// What a packet matching an entry becomes.
+    fn of_entry(entry: &CtEntry<A>, proto: u8) -> Self;
+    /// The 32-bit word the two ports form at the start of a TCP/UDP header.
+    fn ports_word(&self) -> u32;
 }
 
-impl Tuple {
+impl<A: Family> TupleOps<A> for Tuple<A> {
     #[inline(always)]
-    pub fn of(packet: &Ipv4Packet) -> Self {
+    fn of(packet: &Packet<A>) -> Self {
         Self {
             src: packet.src,
             dst: packet.dst,
             sport: packet.sport,
             dport: packet.dport,
             proto: packet.proto,
+            _pad: [0; 3],
         }
     }
 
     #[inline(always)]
-    pub fn reversed(&self) -> Self {
+    fn set_from(&mut self, packet: &Packet<A>) {
+        self.src = packet.src;
+        self.dst = packet.dst;
+        self.sport = packet.sport;
+        self.dport = packet.dport;
+        self.proto = packet.proto;
+        self._pad = [0; 3];
+    }
+
+    #[inline(always)]
+    fn reversed(&self) -> Self {
         Self {
             src: self.dst,
             dst: self.src,
             sport: self.dport,
             dport: self.sport,
             proto: self.proto,
-        }
-    }
-
-    #[inline(always)]
-    pub fn key(&self) -> Ct4Key {
-        Ct4Key {
-            src: self.src,
-            dst: self.dst,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
             _pad: [0; 3],
         }
     }
 
-    /// What a packet matching an entry becomes.
     #[inline(always)]
-    pub fn of_entry(entry: &Ct4Entry, proto: u8) -> Self {
+    fn reverse_into(&self, out: &mut Self) {
+        out.src = self.dst;
+        out.dst = self.src;
+        out.sport = self.dport;
+        out.dport = self.sport;
+        out.proto = self.proto;
+        out._pad = [0; 3];
+    }
+
+    #[inline(always)]
+    fn of_entry(entry: &CtEntry<A>, proto: u8) -> Self {
         Self {
             src: entry.src,
             dst: entry.dst,
             sport: entry.sport,
             dport: entry.dport,
             proto,
+            _pad: [0; 3],
         }
     }
 
-    /// The 32-bit word the two ports form at the start of a TCP/UDP header.
     #[inline(always)]
     fn ports_word(&self) -> u32 {
         let (s, d) = (self.sport.to_ne_bytes(), self.dport.to_ne_bytes());
@@ -137,9 +154,9 @@ impl Leg {
 }
 
 /// Everything a new flow needs: both tuples, both legs, and what it depends on.
-pub struct NewFlow {
-    pub original: Tuple,
-    pub translated: Tuple,
+pub struct NewFlow<A> {
+    pub original: Tuple<A>,
+    pub translated: Tuple<A>,
     pub forward: Leg,
     pub reply: Leg,
     pub gen_slot: u32,
@@ -147,27 +164,34 @@ pub struct NewFlow {
 }
 
 /// A new flow and room for its two entries, in `NATD_SCRATCH`.
-pub struct Scratch {
-    pub flow: NewFlow,
-    pub forward: Ct4Entry,
-    pub reply: Ct4Entry,
+pub struct Scratch<A> {
+    pub flow: NewFlow<A>,
+    /// The reply direction's key (the translated tuple reversed) and what it becomes.
+    pub reply_key: Tuple<A>,
+    pub reply_to: Tuple<A>,
+    pub forward: CtEntry<A>,
+    pub reply: CtEntry<A>,
+    /// IPv6: the copy of the entry an established packet is forwarded by (88 bytes the
+    /// stack of that path cannot spare).
+    pub current: CtEntry<A>,
 }
 
-/// This CPU's scratch area (None only if the map is missing, which loading prevents).
+/// This CPU's scratch area of the family (None only if the map is missing, which loading
+/// prevents).
 #[inline(always)]
-pub fn scratch() -> Option<&'static mut Scratch> {
+pub fn scratch<A: Family>() -> Option<&'static mut Scratch<A>> {
     // SAFETY: a per-CPU map value; programs on one CPU do not nest, so nothing else uses
     // it until this program returns.
-    NATD_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    A::scratch_ptr().map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
-fn fill_entry(out: &mut Ct4Entry, from: &Tuple, to: &Tuple, leg: &Leg, flow: &NewFlow) {
+fn fill_entry<A: Family>(out: &mut CtEntry<A>, from: &Tuple<A>, to: &Tuple<A>, leg: &Leg, flow: &NewFlow<A>) {
     out.src = to.src;
     out.dst = to.dst;
     out.sport = to.sport;
     out.dport = to.dport;
-    out.addr_csum = csum::diff2([from.src, from.dst], [to.src, to.dst]);
+    out.addr_csum = csum::add(A::csum_diff1(&from.src, &to.src), A::csum_diff1(&from.dst, &to.dst));
     out.port_csum = csum::diff1(from.ports_word(), to.ports_word());
     out.out_ifindex = leg.out_ifindex;
     out.in_ifindex = leg.in_ifindex;
@@ -187,8 +211,8 @@ fn fill_entry(out: &mut Ct4Entry, from: &Tuple, to: &Tuple, leg: &Leg, flow: &Ne
 
 /// Inserts a reply-direction entry: its tuple may be claimed by an established flow too.
 #[inline(always)]
-fn insert_new(key: &Ct4Key, entry: &Ct4Entry) -> Result<(), InsertError> {
-    if NATD_CT4.get_ptr(key).is_some() {
+fn insert_new<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertError> {
+    if A::ct().get_ptr(key).is_some() {
         return Err(InsertError::Clash);
     }
     insert_embryonic(key, entry)
@@ -197,29 +221,28 @@ fn insert_new(key: &Ct4Key, entry: &Ct4Entry) -> Result<(), InsertError> {
 /// Inserts into the embryonic table only. For a forward entry the packet's lookup just
 /// found the tuple in neither table.
 #[inline(always)]
-fn insert_embryonic(key: &Ct4Key, entry: &Ct4Entry) -> Result<(), InsertError> {
-    match NATD_CT4_NEW.insert(key, entry, BPF_NOEXIST) {
+fn insert_embryonic<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertError> {
+    match A::ct_new().insert(key, entry, BPF_NOEXIST) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(InsertError::Clash),
         Err(_) => Err(InsertError::Full),
     }
 }
 
-/// Fills the reply direction's entry; returns its key.
+/// Fills the reply direction's entry and its key (`s.reply_key`).
 #[inline(always)]
-fn fill_reply(s: &mut Scratch) -> Ct4Key {
-    let from = s.flow.translated.reversed();
-    let to = s.flow.original.reversed();
-    fill_entry(&mut s.reply, &from, &to, &s.flow.reply, &s.flow);
-    from.key()
+fn fill_reply<A: Family>(s: &mut Scratch<A>) {
+    s.flow.translated.reverse_into(&mut s.reply_key);
+    s.flow.original.reverse_into(&mut s.reply_to);
+    fill_entry(&mut s.reply, &s.reply_key, &s.reply_to, &s.flow.reply, &s.flow);
 }
 
 /// Inserts a new flow (embryonic): the reply direction's entry first, then the forward
 /// one (left in `s.forward`); if the second fails the first is removed again.
 #[inline(never)]
-pub fn create(s: &mut Scratch) -> Result<(), InsertError> {
-    let reply_key = fill_reply(s);
-    insert_new(&reply_key, &s.reply)?;
+pub fn create<A: Family>(s: &mut Scratch<A>) -> Result<(), InsertError> {
+    fill_reply(s);
+    insert_new(&s.reply_key, &s.reply)?;
     finish(s)
 }
 
@@ -227,18 +250,19 @@ pub fn create(s: &mut Scratch) -> Result<(), InsertError> {
 /// TCP tuple whose old flow is closed in both directions (or reset) is taken over, with
 /// remove and a BPF_NOEXIST insert, so two CPUs can never both take it.
 #[inline(never)]
-pub fn claim_reply(s: &mut Scratch) -> Result<(), InsertError> {
-    let key = fill_reply(s);
-    match insert_new(&key, &s.reply) {
+pub fn claim_reply<A: Family>(s: &mut Scratch<A>) -> Result<(), InsertError> {
+    fill_reply(s);
+    let key = &s.reply_key;
+    match insert_new(key, &s.reply) {
         Err(InsertError::Clash) if s.flow.original.proto == PROTO_TCP => {
-            let old = lookup(&key).ok_or(InsertError::Clash)?;
+            let old = lookup(key).ok_or(InsertError::Clash)?;
             // SAFETY: valid map value pointer, read before anything is removed.
             let old_entry = unsafe { &*old.entry };
-            if old_entry.kind != s.flow.reply.kind || !closed(&key, old_entry) {
+            if old_entry.kind != s.flow.reply.kind || !closed(key, old_entry) {
                 return Err(InsertError::Clash);
             }
-            forget(&key, old_entry);
-            insert_new(&key, &s.reply)?;
+            forget(key, old_entry);
+            insert_new(key, &s.reply)?;
             bump(counter::CT_TAKEOVER);
             Ok(())
         }
@@ -249,7 +273,7 @@ pub fn claim_reply(s: &mut Scratch) -> Result<(), InsertError> {
 /// Adds the forward entry (left in `s.forward`) of a flow whose reply tuple is claimed;
 /// on failure the claim is given up.
 #[inline(always)]
-pub fn finish(s: &mut Scratch) -> Result<(), InsertError> {
+pub fn finish<A: Family>(s: &mut Scratch<A>) -> Result<(), InsertError> {
     let flow = &s.flow;
     fill_entry(
         &mut s.forward,
@@ -261,16 +285,16 @@ pub fn finish(s: &mut Scratch) -> Result<(), InsertError> {
     if flow.original.proto == PROTO_TCP {
         s.forward.tcp = ct::TCP_SYN;
     }
-    if let Err(e) = insert_embryonic(&flow.original.key(), &s.forward) {
-        let _ = NATD_CT4_NEW.remove(&flow.translated.reversed().key());
+    if let Err(e) = insert_embryonic(&flow.original, &s.forward) {
+        let _ = A::ct_new().remove(&s.reply_key);
         return Err(e);
     }
     Ok(())
 }
 
 /// Whether a TCP flow is over: reset, or finished in both directions.
-#[inline(always)]
-fn closed(key: &Ct4Key, entry: &Ct4Entry) -> bool {
+#[inline(never)]
+fn closed<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> bool {
     // SAFETY: valid map value pointer, field read.
     let peer_tcp = lookup(&key.peer(entry))
         .map(|p| unsafe { (*p.entry).tcp })
@@ -286,20 +310,20 @@ pub enum Table {
 }
 
 /// An entry found for a packet.
-pub struct Hit {
-    pub entry: *mut Ct4Entry,
+pub struct Hit<A> {
+    pub entry: *mut CtEntry<A>,
     pub table: Table,
 }
 
 #[inline(always)]
-pub fn lookup(key: &Ct4Key) -> Option<Hit> {
-    if let Some(entry) = NATD_CT4.get_ptr_mut(key) {
+pub fn lookup<A: Family>(key: &CtKey<A>) -> Option<Hit<A>> {
+    if let Some(entry) = A::ct().get_ptr_mut(key) {
         return Some(Hit {
             entry,
             table: Table::Established,
         });
     }
-    NATD_CT4_NEW.get_ptr_mut(key).map(|entry| Hit {
+    A::ct_new().get_ptr_mut(key).map(|entry| Hit {
         entry,
         table: Table::Embryonic,
     })
@@ -308,29 +332,29 @@ pub fn lookup(key: &Ct4Key) -> Option<Hit> {
 /// Removes both entries of a flow from whichever table holds them: the original
 /// direction first, so the tuple the reply entry claims is never free while an entry that
 /// translates into it remains.
-#[inline(always)]
-pub fn forget(key: &Ct4Key, entry: &Ct4Entry) {
+#[inline(never)]
+pub fn forget<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) {
     let peer = key.peer(entry);
     let (first, second) = if is_reply_kind(entry.kind) {
-        (peer, *key)
+        (&peer, key)
     } else {
-        (*key, peer)
+        (key, &peer)
     };
-    let _ = NATD_CT4.remove(&first);
-    let _ = NATD_CT4_NEW.remove(&first);
-    let _ = NATD_CT4.remove(&second);
-    let _ = NATD_CT4_NEW.remove(&second);
+    let _ = A::ct().remove(first);
+    let _ = A::ct_new().remove(first);
+    let _ = A::ct().remove(second);
+    let _ = A::ct_new().remove(second);
 }
 
 /// Whether the mapping or endpoint the flow depends on is still the one it started with.
 #[inline(always)]
-pub fn live(entry: &Ct4Entry) -> bool {
+pub fn live<A>(entry: &CtEntry<A>) -> bool {
     entry.gen_slot == NO_SLOT || lookup::generation(entry.gen_slot) == entry.generation
 }
 
 /// The timestamp, written only when the coarse clock moved.
 #[inline(always)]
-pub fn touch(entry: *mut Ct4Entry) {
+pub fn touch<A>(entry: *mut CtEntry<A>) {
     let now = now();
     // SAFETY: a pointer into a map value; racing CPUs write the same tick.
     unsafe {
@@ -357,7 +381,7 @@ pub enum Verdict {
 /// change nothing. UDP and ICMP flows are established once a reply was seen and the
 /// originator spoke again.
 #[inline(always)]
-pub fn track(key: &Ct4Key, hit: &Hit, packet: &Ipv4Packet) -> Verdict {
+pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Verdict {
     let entry = hit.entry;
     // SAFETY: a pointer into a map value; only this entry's own direction writes these
     // fields (one CPU at a time per direction in practice; a lost update only delays).
@@ -416,13 +440,13 @@ pub fn track(key: &Ct4Key, hit: &Hit, packet: &Ipv4Packet) -> Verdict {
 /// For a packet of the originator of an embryonic flow: promote when the reply entry
 /// shows what completes the exchange.
 #[inline(always)]
-fn embryonic_confirmed(key: &Ct4Key, hit: &Hit, confirmed: impl Fn(&Ct4Entry) -> bool) -> Verdict {
+fn embryonic_confirmed<A: Family>(key: &CtKey<A>, hit: &Hit<A>, confirmed: impl Fn(&CtEntry<A>) -> bool) -> Verdict {
     if hit.table != Table::Embryonic {
         return Verdict::Forward;
     }
     // SAFETY: a pointer into a map value; only the peer's key is read.
     let peer_key = key.peer(unsafe { &*hit.entry });
-    match NATD_CT4_NEW.get_ptr(&peer_key) {
+    match A::ct_new().get_ptr(&peer_key) {
         // SAFETY: as above.
         Some(peer) if confirmed(unsafe { &*peer }) => Verdict::Promote,
         Some(_) => {
@@ -438,15 +462,15 @@ fn embryonic_confirmed(key: &Ct4Key, hit: &Hit, confirmed: impl Fn(&Ct4Entry) ->
 /// Moves a flow whose handshake completed from the embryonic table to the established
 /// one. If the established table is full the flow stays embryonic (and keeps working).
 #[inline(never)]
-pub fn promote(key: &Ct4Key, hit: &Hit) {
-    let Some(s) = scratch() else {
+pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>) {
+    let Some(s) = scratch::<A>() else {
         return;
     };
     // SAFETY: a pointer into a map value, copied (the flow is being moved between maps).
     s.forward = unsafe { *hit.entry };
     s.forward.tcp |= ct::TCP_ESTABLISHED;
     let peer_key = key.peer(&s.forward);
-    let Some(peer) = NATD_CT4_NEW.get_ptr(&peer_key) else {
+    let Some(peer) = A::ct_new().get_ptr(&peer_key) else {
         return;
     };
     // SAFETY: as above.
@@ -457,7 +481,7 @@ pub fn promote(key: &Ct4Key, hit: &Hit) {
     } else {
         ((&peer_key, &s.reply), (key, &s.forward))
     };
-    match NATD_CT4.insert(first.0, first.1, BPF_NOEXIST) {
+    match A::ct().insert(first.0, first.1, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU promoted it already.
         Err(e) if e == -EEXIST => return,
@@ -466,12 +490,12 @@ pub fn promote(key: &Ct4Key, hit: &Hit) {
             return;
         }
     }
-    if NATD_CT4.insert(second.0, second.1, BPF_NOEXIST).is_err() {
-        let _ = NATD_CT4.remove(first.0);
+    if A::ct().insert(second.0, second.1, BPF_NOEXIST).is_err() {
+        let _ = A::ct().remove(first.0);
         bump(counter::CT_PROMOTE_FULL);
         return;
     }
-    let _ = NATD_CT4_NEW.remove(second.0);
-    let _ = NATD_CT4_NEW.remove(first.0);
+    let _ = A::ct_new().remove(second.0);
+    let _ = A::ct_new().remove(first.0);
     bump(counter::CT_PROMOTED);
 }

@@ -4,16 +4,16 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use nat_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use nat_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     conntrack::Tuple,
-    parse::{ETH_HLEN, Fragment, Ipv4Packet},
+    family::Family,
+    parse::{ETH_HLEN, Fragment, Packet},
 };
 
+/// The IPv4 header checksum (IPv6 has none).
 const IP_CSUM: usize = ETH_HLEN + 10;
-const IP_SRC: usize = ETH_HLEN + 12;
-const IP_DST: usize = ETH_HLEN + 16;
 
 pub struct CsumError;
 
@@ -25,34 +25,42 @@ pub fn l4_csum(proto: u8, l4: usize) -> Option<(usize, u64)> {
         // A UDP checksum of 0 means "none" and must stay 0; MARK_MANGLED_0 makes the helper
         // leave it alone and never produce a 0 from a real checksum.
         PROTO_UDP => Some((l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))),
-        PROTO_ICMP => Some((l4 + 2, 0)),
+        PROTO_ICMP | PROTO_ICMPV6 => Some((l4 + 2, 0)),
         _ => None,
     }
 }
 
+/// Whether the L4 checksum covers the addresses: TCP, UDP and ICMPv6 have a
+/// pseudo-header, ICMP (IPv4) does not; later fragments carry no L4 header.
 #[inline(always)]
-fn set_addr(ctx: &TcContext, packet: &mut Ipv4Packet, src: bool, new: u32) -> Result<(), CsumError> {
+fn pseudo_header<A: Family>(packet: &Packet<A>) -> bool {
+    !(A::VERSION == 4 && packet.proto == PROTO_ICMP) && packet.fragment != Fragment::Later
+}
+
+#[inline(always)]
+fn set_addr<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: A) -> Result<(), CsumError> {
     let (offset, old) = if src {
-        (IP_SRC, packet.src)
+        (ETH_HLEN + A::SRC_AT, packet.src)
     } else {
-        (IP_DST, packet.dst)
+        (ETH_HLEN + A::DST_AT, packet.dst)
     };
     if old == new {
         return Ok(());
     }
+    let diff = A::csum_diff1(&old, &new);
     ctx.store(offset, &new, 0).map_err(|_| CsumError)?;
-    ctx.l3_csum_replace(IP_CSUM, u64::from(old), u64::from(new), 4)
-        .map_err(|_| CsumError)?;
-    // ICMP's checksum does not cover a pseudo-header; later fragments carry no L4 header.
-    if packet.proto != PROTO_ICMP
-        && packet.fragment != Fragment::Later
+    if A::VERSION == 4 {
+        ctx.l3_csum_replace(IP_CSUM, 0, u64::from(diff), 0)
+            .map_err(|_| CsumError)?;
+    }
+    if pseudo_header(packet)
         && let Some((csum, flags)) = l4_csum(packet.proto, packet.l4)
     {
         ctx.l4_csum_replace(
             csum,
-            u64::from(old),
-            u64::from(new),
-            flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
+            0,
+            u64::from(diff),
+            flags | u64::from(BPF_F_PSEUDO_HDR) | A::L4_CSUM_FLAGS,
         )
         .map_err(|_| CsumError)?;
     }
@@ -65,14 +73,14 @@ fn set_addr(ctx: &TcContext, packet: &mut Ipv4Packet, src: bool, new: u32) -> Re
 }
 
 #[inline(always)]
-fn set_port(ctx: &TcContext, packet: &mut Ipv4Packet, src: bool, new: u16) -> Result<(), CsumError> {
+fn set_port<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: u16) -> Result<(), CsumError> {
     let old = if src { packet.sport } else { packet.dport };
     if old == new || packet.fragment == Fragment::Later {
         return Ok(());
     }
     // ICMP echo: the id (kept as sport of requests and dport of replies) sits at offset 4.
     let offset = match (packet.proto, src) {
-        (PROTO_ICMP, _) => packet.l4 + 4,
+        (p, _) if p == A::ICMP => packet.l4 + 4,
         (_, true) => packet.l4,
         (_, false) => packet.l4 + 2,
     };
@@ -92,7 +100,7 @@ fn set_port(ctx: &TcContext, packet: &mut Ipv4Packet, src: bool, new: u16) -> Re
 
 /// Rewrites the packet into `to`, touching only the fields that differ.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> Result<(), CsumError> {
+pub fn rewrite<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, to: &Tuple<A>) -> Result<(), CsumError> {
     set_addr(ctx, packet, true, to.src)?;
     set_port(ctx, packet, true, to.sport)?;
     set_addr(ctx, packet, false, to.dst)?;

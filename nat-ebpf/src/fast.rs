@@ -10,17 +10,15 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use nat_common::{Ct4Entry, FASTPATH_MARK, PROTO_TCP, PROTO_UDP, counter, csum, ct};
+use nat_common::{CtEntry, FASTPATH_MARK, PROTO_TCP, PROTO_UDP, counter, csum, ct};
 
 use crate::{
-    conntrack::Tuple,
+    conntrack::{Tuple, TupleOps},
     counters::bump,
+    family::Family,
     nat,
-    parse::{IP, Ipv4Packet, L4, ptr_at},
+    parse::{IP, Packet, ptr_at},
 };
-
-/// The IPv4 header of a `direct` packet (no options).
-const IP_HEADER_LEN: u32 = 20;
 
 /// Where the packet goes next.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,12 +32,12 @@ pub enum Toward {
 /// `forward` for the paths that start flows: a call of its own, so their stack frames
 /// stay within the verifier's limit (the established path inlines `forward`).
 #[inline(never)]
-pub fn forward_cold(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry, toward: Toward) -> i32 {
+pub fn forward_cold<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A>, toward: Toward) -> i32 {
     forward(ctx, packet, entry, toward)
 }
 
 #[inline(always)]
-pub fn forward(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry, toward: Toward) -> i32 {
+pub fn forward<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A>, toward: Toward) -> i32 {
     let to = Tuple::of_entry(entry, packet.proto);
     if entry.flags & ct::FAST == 0 || !nat::fast_path_on() {
         // Switched off (a firewall appeared): flows that bypassed the host go through it
@@ -56,7 +54,7 @@ pub fn forward(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry, towar
         return nat::apply(ctx, packet, &to);
     }
     if exceeds_mtu(ctx, packet, entry.mtu) {
-        // The kernel answers with fragmentation-needed (PMTU discovery).
+        // The kernel answers with fragmentation-needed / packet-too-big (PMTU discovery).
         bump(counter::SLOW_MTU);
         return nat::apply(ctx, packet, &to);
     }
@@ -91,15 +89,15 @@ pub fn forward(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry, towar
 /// `skb_gso_validate_network_len`) is larger than `mtu`, as the route the kernel would
 /// have taken (the bridge, the uplink) allows.
 #[inline(always)]
-fn exceeds_mtu(ctx: &TcContext, packet: &Ipv4Packet, mtu: u16) -> bool {
+fn exceeds_mtu<A: Family>(ctx: &TcContext, packet: &Packet<A>, mtu: u16) -> bool {
     // SAFETY: gso_size is always readable in a TC context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size == 0 {
-        return packet.tot_len > mtu;
+        return packet.tot_len > u32::from(mtu);
     }
     let l4_header = if packet.proto == PROTO_TCP {
         // Data offset, in 32-bit words; a direct packet has its TCP header linear.
-        match ptr_at::<u8>(ctx, L4 + 12) {
+        match ptr_at::<u8>(ctx, IP + A::IP_HLEN + 12) {
             // SAFETY: bounds-checked.
             Some(doff) => u32::from(unsafe { *doff } >> 4) * 4,
             None => return true,
@@ -107,21 +105,24 @@ fn exceeds_mtu(ctx: &TcContext, packet: &Ipv4Packet, mtu: u16) -> bool {
     } else {
         8
     };
-    IP_HEADER_LEN + l4_header + gso_size > u32::from(mtu)
+    A::IP_HLEN as u32 + l4_header + gso_size > u32::from(mtu)
 }
 
-/// Rewrites a `direct` packet into the entry's tuple: link-layer addresses, TTL, IP
-/// header and checksum written directly (the IP checksum from the entry's precomputed
-/// difference), then the L4 checksum with two helper calls, addresses with the
-/// pseudo-header flag and ports without: folding the ports into the pseudo-header call
-/// would corrupt CHECKSUM_PARTIAL packets, whose field holds only the pseudo-header sum.
+/// Rewrites a `direct` packet into the entry's tuple: link-layer addresses, TTL / hop
+/// limit, addresses and (IPv4) the header checksum written directly (the IP checksum from
+/// the entry's precomputed difference), then the L4 checksum with two helper calls,
+/// addresses with the pseudo-header flag and ports without: folding the ports into the
+/// pseudo-header call would corrupt CHECKSUM_PARTIAL packets, whose field holds only the
+/// pseudo-header sum.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry) -> Option<()> {
+fn rewrite<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A>) -> Option<()> {
+    let l4 = IP + A::IP_HLEN;
     let eth: *mut [u8; 12] = ptr_at(ctx, 0)?;
-    let ip: *mut [u8; 20] = ptr_at(ctx, IP)?;
-    let ports: *mut [u16; 2] = ptr_at(ctx, L4)?;
-    // SAFETY: all three pointers are bounds-checked; nothing below changes the packet
-    // until the checksum helpers, after the last direct access.
+    let ttl: *mut u8 = ptr_at(ctx, IP + A::TTL_AT)?;
+    let addrs: *mut [A; 2] = ptr_at(ctx, IP + A::SRC_AT)?;
+    let ports: *mut [u16; 2] = ptr_at(ctx, l4)?;
+    // SAFETY: all pointers are bounds-checked; nothing below changes the packet until the
+    // checksum helpers, after the last direct access.
     unsafe {
         if entry.flags & ct::NEIGH == 0 {
             let mut macs = [0u8; 12];
@@ -129,28 +130,29 @@ fn rewrite(ctx: &TcContext, packet: &mut Ipv4Packet, entry: &Ct4Entry) -> Option
             macs[6..].copy_from_slice(&entry.smac);
             eth.write_unaligned(macs);
         }
-        let mut header = ip.read_unaligned();
-        let ttl_word = u16::from_ne_bytes([header[8], header[9]]);
-        header[8] -= 1;
-        let new_ttl_word = u16::from_ne_bytes([header[8], header[9]]);
-        let check = u16::from_ne_bytes([header[10], header[11]]);
-        let diff = csum::add(entry.addr_csum, csum::diff16(ttl_word, new_ttl_word));
-        header[10..12].copy_from_slice(&csum::replace(check, diff).to_ne_bytes());
-        header[12..16].copy_from_slice(&entry.src.to_ne_bytes());
-        header[16..20].copy_from_slice(&entry.dst.to_ne_bytes());
-        ip.write_unaligned(header);
+        let old_ttl = ttl.read();
+        ttl.write(old_ttl - 1);
+        if A::VERSION == 4 {
+            // TTL and protocol share a 16-bit word of the header checksum.
+            let check: *mut u16 = ptr_at(ctx, IP + 10)?;
+            let ttl_word = u16::from_ne_bytes([old_ttl, packet.proto]);
+            let new_ttl_word = u16::from_ne_bytes([old_ttl - 1, packet.proto]);
+            let diff = csum::add(entry.addr_csum, csum::diff16(ttl_word, new_ttl_word));
+            check.write_unaligned(csum::replace(check.read_unaligned(), diff));
+        }
+        addrs.write_unaligned([entry.src, entry.dst]);
         ports.write_unaligned([entry.sport, entry.dport]);
     }
     let (at, flags) = match packet.proto {
-        PROTO_TCP => (L4 + 16, 0u64),
+        PROTO_TCP => (l4 + 16, 0u64),
         // A UDP checksum of 0 means "none" and must stay 0.
-        _ => (L4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
+        _ => (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
     };
     ctx.l4_csum_replace(
         at,
         0,
         u64::from(entry.addr_csum),
-        flags | u64::from(BPF_F_PSEUDO_HDR),
+        flags | u64::from(BPF_F_PSEUDO_HDR) | A::L4_CSUM_FLAGS,
     )
     .ok()?;
     ctx.l4_csum_replace(at, 0, u64::from(entry.port_csum), flags)

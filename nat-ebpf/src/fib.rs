@@ -8,9 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::parse::Ipv4Packet;
-
-const AF_INET: u8 = 2;
+use crate::{family::Family, parse::Packet};
 
 #[derive(Default)]
 pub struct Route {
@@ -25,16 +23,14 @@ pub struct Route {
 /// the kernel's forwarding would see). The MTU is checked by the kernel against the skb
 /// (GSO-aware) because no length is given. False: no usable route.
 #[inline(never)]
-pub fn route(ctx: &TcContext, in_ifindex: u32, packet: &Ipv4Packet, out: &mut Route) -> bool {
+pub fn route<A: Family>(ctx: &TcContext, in_ifindex: u32, packet: &Packet<A>, out: &mut Route) -> bool {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request; fields are set below.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
+    A::fib_fill(&mut params, packet.src, packet.dst);
     params.l4_protocol = packet.proto;
     params.sport = packet.sport;
     params.dport = packet.dport;
     params.ifindex = in_ifindex;
-    params.__bindgen_anon_3.ipv4_src = packet.src;
-    params.__bindgen_anon_4.ipv4_dst = packet.dst;
     // SAFETY: valid context and parameter block of the size given.
     let rc = unsafe {
         fib_lookup(

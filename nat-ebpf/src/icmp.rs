@@ -1,5 +1,5 @@
-//! ICMP errors (destination unreachable incl. fragmentation needed, time exceeded,
-//! parameter problem) about translated flows: the embedded IP header and L4 ports are
+//! ICMP and ICMPv6 errors (destination unreachable incl. fragmentation needed, packet
+//! too big, time exceeded, parameter problem) about translated flows: the embedded IP header and L4 ports are
 //! translated like the flow itself, with the embedded IP checksum, the embedded L4
 //! checksum (when it is inside the packet), the ICMP checksum and the outer header fixed,
 //! so PMTU discovery and traceroute work through the NAT.
@@ -7,25 +7,18 @@ use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use nat_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, counter};
+use nat_common::{PROTO_TCP, PROTO_UDP, counter};
 
 use crate::{
-    conntrack::{self, Tuple},
+    conntrack::{self, Tuple, TupleOps},
     counters::bump,
+    family::Family,
     nat::NOT_HANDLED,
-    parse::{Fragment, IP, Ipv4Packet, Position, parse_ipv4_at},
+    parse::{Fragment, IP, Packet, Position},
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETER_PROBLEM: u8 = 12;
-
-pub fn is_error(packet: &Ipv4Packet) -> bool {
-    packet.proto == PROTO_ICMP
-        && matches!(
-            packet.icmp_type,
-            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
-        )
+pub fn is_error<A: Family>(packet: &Packet<A>) -> bool {
+    packet.proto == A::ICMP && A::is_icmp_error(packet.icmp_type)
 }
 
 struct Failed;
@@ -45,34 +38,30 @@ impl Patch<'_> {
         self.ctx.load::<u16>(offset).map_err(|_| Failed)
     }
 
+    /// An address: the checksum updates go by difference (`size` 0), the same for a
+    /// 4-byte and a 16-byte address.
     #[inline(always)]
-    fn field32(
+    fn addr<A: Family>(
         &self,
         offset: usize,
-        old: u32,
-        new: u32,
+        old: A,
+        new: A,
         ip_csum: Option<usize>,
         l4_csum: Option<(usize, u64)>,
     ) -> Result<(), Failed> {
         if old == new {
             return Ok(());
         }
+        let diff = u64::from(A::csum_diff1(&old, &new));
         self.ctx.store(offset, &new, 0).map_err(|_| Failed)?;
         self.ctx
-            .l4_csum_replace(self.icmp_csum, u64::from(old), u64::from(new), 4)
+            .l4_csum_replace(self.icmp_csum, 0, diff, 0)
             .map_err(|_| Failed)?;
         if let Some(at) = ip_csum {
-            self.cascade(at, |c| c.l3_csum_replace(at, u64::from(old), u64::from(new), 4))?;
+            self.cascade(at, |c| c.l3_csum_replace(at, 0, diff, 0))?;
         }
         if let Some((at, flags)) = l4_csum {
-            self.cascade(at, |c| {
-                c.l4_csum_replace(
-                    at,
-                    u64::from(old),
-                    u64::from(new),
-                    flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
-                )
-            })?;
+            self.cascade(at, |c| c.l4_csum_replace(at, 0, diff, flags | u64::from(BPF_F_PSEUDO_HDR)))?;
         }
         Ok(())
     }
@@ -114,7 +103,7 @@ impl Patch<'_> {
 
 /// `NOT_HANDLED`: not an error about a flow natd translates; handle the packet as usual.
 #[inline(never)]
-pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> i32 {
+pub fn translate_error<A: Family>(ctx: &TcContext, outer: &mut Packet<A>) -> i32 {
     match try_translate(ctx, outer) {
         Ok(Some(verdict)) => verdict,
         Ok(None) => NOT_HANDLED,
@@ -126,14 +115,18 @@ pub fn translate_error(ctx: &TcContext, outer: &mut Ipv4Packet) -> i32 {
 }
 
 #[inline(always)]
-fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<i32>, Failed> {
+fn try_translate<A: Family>(ctx: &TcContext, outer: &mut Packet<A>) -> Result<Option<i32>, Failed> {
     let inner_l3 = outer.l4 + 8;
     // The error ends where its IP total length says: bytes after it are the link layer's
     // padding, which no checksum covers and which the receiver ignores.
-    let end = IP + usize::from(outer.tot_len);
-    let Ok(inner) = parse_ipv4_at(ctx, inner_l3, Position::Quoted) else {
+    let end = IP + outer.tot_len as usize;
+    let Some(inner) = A::packet_slot(1) else {
         return Ok(None);
     };
+    if A::parse_into(ctx, inner_l3, Position::Quoted, inner).is_err() {
+        return Ok(None);
+    }
+    let inner = &*inner;
     // What natd rewrites (the quoted header and the first 8 bytes after it) must be inside.
     if !inner.translatable() || inner.fragment == Fragment::Later || inner.l4 + 8 > end {
         return Ok(None);
@@ -141,7 +134,7 @@ fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<i32>,
     let embedded = Tuple::of(&inner);
     // The flow entry that matches packets coming back the other way tells how the
     // embedded packet must look on this side of the NAT.
-    let Some(hit) = conntrack::lookup(&embedded.reversed().key()) else {
+    let Some(hit) = conntrack::lookup(&embedded.reversed()) else {
         return Ok(None);
     };
     // SAFETY: valid map value pointer, copied at once.
@@ -170,24 +163,27 @@ fn try_translate(ctx: &TcContext, outer: &mut Ipv4Packet) -> Result<Option<i32>,
 /// Rewrites the quoted packet `inner` (at `inner_l3`) into `wanted`: addresses, ports or
 /// echo id, with every checksum that covers them.
 #[inline(always)]
-fn rewrite_quoted(
+fn rewrite_quoted<A: Family>(
     patch: &Patch,
     inner_l3: usize,
-    inner: &Ipv4Packet,
-    wanted: &Tuple,
+    inner: &Packet<A>,
+    wanted: &Tuple<A>,
     end: usize,
 ) -> Result<(), Failed> {
     let inner_l4 = inner.l4;
-    let inner_ip_csum = Some(inner_l3 + 10);
+    // IPv6 has no header checksum.
+    let inner_ip_csum = (A::VERSION == 4).then_some(inner_l3 + 10);
     // The embedded L4 checksum only counts when the error quoted enough of the packet.
+    // ICMPv6's covers the addresses (a pseudo-header), ICMP's does not.
     let inner_l4_csum = match inner.proto {
         PROTO_TCP if end >= inner_l4 + 18 => Some((inner_l4 + 16, 0u64)),
         PROTO_UDP if end >= inner_l4 + 8 && patch.u16_at(inner_l4 + 6)? != 0 => Some((inner_l4 + 6, 0u64)),
+        p if p == A::ICMP && A::VERSION == 6 && end >= inner_l4 + 4 => Some((inner_l4 + 2, 0u64)),
         _ => None,
     };
-    patch.field32(inner_l3 + 12, inner.src, wanted.src, inner_ip_csum, inner_l4_csum)?;
-    patch.field32(inner_l3 + 16, inner.dst, wanted.dst, inner_ip_csum, inner_l4_csum)?;
-    if inner.proto == PROTO_ICMP {
+    patch.addr(inner_l3 + A::SRC_AT, inner.src, wanted.src, inner_ip_csum, inner_l4_csum)?;
+    patch.addr(inner_l3 + A::DST_AT, inner.dst, wanted.dst, inner_ip_csum, inner_l4_csum)?;
+    if inner.proto == A::ICMP {
         // Echo id: covered by the embedded ICMP checksum, which is beyond what errors must
         // quote; fix it when present.
         let (id_old, id_new) = if inner.sport != 0 {

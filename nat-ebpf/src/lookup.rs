@@ -2,13 +2,13 @@
 //! port a published host address and port lead to, and where a sandbox endpoint is. TC
 //! programs and socket hooks both use `published`, so "which mapping applies" is decided
 //! in one place.
-use nat_common::{Endpoint4, IfaceConfig, NatConfig, NetInfo4, Port4Key, Port4Target};
+use nat_common::{EndpointInfo, IfaceConfig, NatConfig, NetInfo4, PortKey, PortTarget};
 
-use crate::maps;
+use crate::{family::Family, maps};
 
 #[inline(always)]
-pub fn port_key(addr: u32, port: u16, proto: u8) -> Port4Key {
-    Port4Key {
+pub fn port_key<A: Family>(addr: A, port: u16, proto: u8) -> PortKey<A> {
+    PortKey {
         addr,
         port,
         proto,
@@ -18,21 +18,21 @@ pub fn port_key(addr: u32, port: u16, proto: u8) -> Port4Key {
 
 /// One of the host's own addresses (Docker's `--dst-type LOCAL`).
 #[inline(always)]
-pub fn is_local(addr: u32) -> bool {
-    maps::NATD_LOCAL4.get_ptr(&addr).is_some()
+pub fn is_local<A: Family>(addr: A) -> bool {
+    A::local().get_ptr(&addr).is_some()
 }
 
 #[inline(always)]
-pub fn is_loopback(addr: u32) -> bool {
-    addr.to_ne_bytes()[0] == 127
+pub fn is_loopback<A: Family>(addr: A) -> bool {
+    addr.is_loopback()
 }
 
 /// Whether `port` of `addr` is published at all (bound to `addr` or to every address):
 /// masquerade never hands out such a port as a NAT port.
 #[inline(always)]
-pub fn is_published_port(addr: u32, port: u16, proto: u8) -> bool {
-    maps::NATD_PORTS4.get_ptr(&port_key(addr, port, proto)).is_some()
-        || maps::NATD_PORTS4.get_ptr(&port_key(0, port, proto)).is_some()
+pub fn is_published_port<A: Family>(addr: A, port: u16, proto: u8) -> bool {
+    A::ports().get_ptr(&port_key(addr, port, proto)).is_some()
+        || A::ports().get_ptr(&port_key(A::default(), port, proto)).is_some()
 }
 
 /// The mapping for a destination: bound to every address when the destination is one of
@@ -40,27 +40,27 @@ pub fn is_published_port(addr: u32, port: u16, proto: u8) -> bool {
 /// A port is never published both ways (0.0.0.0 conflicts with every address), so the
 /// common case, 0.0.0.0, is looked up first.
 #[inline(always)]
-pub fn published(dst: u32, dport: u16, proto: u8) -> Option<Port4Target> {
-    if let Some(target) = maps::NATD_PORTS4.get_ptr(&port_key(0, dport, proto)) {
-        // SAFETY: valid map value pointer; copied out at once.
-        return (is_loopback(dst) || is_local(dst)).then(|| unsafe { *target });
+pub fn published<A: Family>(dst: A, dport: u16, proto: u8) -> Option<&'static PortTarget<A>> {
+    // SAFETY (both): valid map value pointers, read right away.
+    if let Some(target) = A::ports().get_ptr(&port_key(A::default(), dport, proto)) {
+        return (dst.is_loopback() || is_local(dst)).then(|| unsafe { &*target });
     }
-    // SAFETY: as above.
-    maps::NATD_PORTS4
-        .get_ptr(&port_key(dst, dport, proto))
-        .map(|t| unsafe { *t })
+    A::ports().get_ptr(&port_key(dst, dport, proto)).map(|t| unsafe { &*t })
 }
 
+/// A reference into the map, as `iface`.
 #[inline(always)]
-pub fn endpoint(addr: u32) -> Option<Endpoint4> {
-    // SAFETY: valid map value pointer; copied out at once.
-    maps::NATD_ENDPOINTS4.get_ptr(&addr).map(|e| unsafe { *e })
+pub fn endpoint<A: Family>(addr: A) -> Option<&'static EndpointInfo> {
+    // SAFETY: valid map value pointer, read right away.
+    A::endpoints().get_ptr(&addr).map(|e| unsafe { &*e })
 }
 
+/// A reference into the map, not a copy (the IPv6 paths cannot spare the stack); the
+/// callers read a few fields at once.
 #[inline(always)]
-pub fn iface(ifindex: u32) -> Option<IfaceConfig> {
-    // SAFETY: valid map value pointer; copied out at once.
-    maps::NATD_IFACE_CONFIG.get_ptr(&ifindex).map(|c| unsafe { *c })
+pub fn iface(ifindex: u32) -> Option<&'static IfaceConfig> {
+    // SAFETY: valid map value pointer, read right away.
+    maps::NATD_IFACE_CONFIG.get_ptr(&ifindex).map(|c| unsafe { &*c })
 }
 
 #[inline(always)]

@@ -11,6 +11,8 @@ mod counters;
 #[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]
+mod family;
+#[cfg(target_arch = "bpf")]
 mod fast;
 #[cfg(target_arch = "bpf")]
 mod fib;
@@ -36,12 +38,17 @@ mod programs {
         macros::{cgroup_sock_addr, classifier},
         programs::{SockAddrContext, TcContext},
     };
-    use nat_common::{FASTPATH_MARK, counter, ct, net};
+    use nat_common::{Addr6, FASTPATH_MARK, counter, ct, net};
+
+    /// TCX: hand the packet to the next program of the hook (TC_ACT_UNSPEC).
+    const TCX_NEXT: i32 = -1;
 
     use crate::{
-        counters, icmp, lookup,
+        counters,
+        family::{Family, is_link_local6, is_multicast6},
+        icmp, lookup,
         nat::{self, ELSEWHERE, NOT_HANDLED},
-        parse::{self, ETH_HLEN, Fragment, Ipv4Packet, Parsed},
+        parse::{self, ETH_HLEN, Fragment, Packet, Parsed},
         policy,
     };
 
@@ -50,7 +57,12 @@ mod programs {
     /// or at 127.0.0.0/8.
     #[classifier]
     pub fn natd_uplink_ingress(ctx: TcContext) -> i32 {
-        with_ipv4(&ctx, try_uplink_ingress, pass)
+        with_ipv4(&ctx, try_uplink_ingress::<u32>, pass)
+    }
+
+    #[classifier]
+    pub fn natd_uplink_ingress6(ctx: TcContext) -> i32 {
+        with_ipv6(&ctx, try_uplink_ingress::<Addr6>, pass)
     }
 
     /// Uplink egress: masquerade of flows the kernel routed here, errors about translated
@@ -63,7 +75,14 @@ mod programs {
             ctx.set_mark(0);
             return TC_ACT_OK;
         }
-        with_ipv4(&ctx, try_uplink_egress, fail_closed)
+        with_ipv4(&ctx, try_uplink_egress::<u32>, fail_closed)
+    }
+
+    /// Runs after `natd_uplink_egress`, which already passed on what a sandbox program
+    /// redirected here.
+    #[classifier]
+    pub fn natd_uplink_egress6(ctx: TcContext) -> i32 {
+        with_ipv6(&ctx, try_uplink_egress::<Addr6>, fail_closed)
     }
 
     /// Host side of sandbox veths (what sandboxes send): packets of tracked flows (out of
@@ -71,7 +90,12 @@ mod programs {
     /// (hairpin), new outbound flows, isolation and anti-spoofing.
     #[classifier]
     pub fn natd_sandbox_ingress(ctx: TcContext) -> i32 {
-        with_ipv4(&ctx, try_sandbox_ingress, pass)
+        with_ipv4(&ctx, try_sandbox_ingress::<u32>, pass)
+    }
+
+    #[classifier]
+    pub fn natd_sandbox_ingress6(ctx: TcContext) -> i32 {
+        with_ipv6(&ctx, try_sandbox_ingress::<Addr6>, pass)
     }
 
     /// Does nothing: the benchmark subtracts its cost (the test-run overhead) from the
@@ -111,27 +135,34 @@ mod programs {
         TC_ACT_OK
     }
 
-    /// On the way out, an IPv4 packet natd cannot parse must not leave with a sandbox's
+    /// On the way out, an IP packet natd cannot parse must not leave with a sandbox's
     /// private source address.
-    #[inline(always)]
+    #[inline(never)]
     fn fail_closed(ctx: &TcContext) -> i32 {
-        match ctx.load::<u32>(ETH_HLEN + 12) {
-            Ok(src) if masqueraded(src) => policy::drop(counter::DROP_UNTRANSLATED),
-            _ => TC_ACT_OK,
+        let leaks = match ctx.load::<u8>(ETH_HLEN).map(|v| v >> 4) {
+            Ok(4) => ctx.load::<u32>(ETH_HLEN + 12).is_ok_and(masqueraded),
+            Ok(6) => ctx.load::<Addr6>(ETH_HLEN + 8).is_ok_and(masqueraded),
+            _ => false,
+        };
+        if leaks {
+            policy::drop(counter::DROP_UNTRANSLATED)
+        } else {
+            TC_ACT_OK
         }
     }
 
     /// A source in a masqueraded network that is not the host's own (a bridge's gateway
     /// address answering a ping is the host speaking, not a sandbox).
     #[inline(always)]
-    fn masqueraded(src: u32) -> bool {
+    fn masqueraded<A: Family>(src: A) -> bool {
         policy::network_of(src).is_some_and(|n| n.flags & net::MASQ != 0) && !lookup::is_local(src)
     }
 
+    /// The IPv4 programs: IPv6 goes on to the next program of the hook (the IPv6 one).
     #[inline(always)]
     fn with_ipv4(
         ctx: &TcContext,
-        f: fn(&TcContext, &mut Ipv4Packet) -> i32,
+        f: fn(&TcContext, &mut Packet<u32>) -> i32,
         malformed: fn(&TcContext) -> i32,
     ) -> i32 {
         match parse::parse(ctx) {
@@ -139,10 +170,7 @@ mod programs {
                 counters::packet(ctx.len(), 4, packet.proto);
                 f(ctx, &mut packet)
             }
-            Ok(Parsed::Ipv6 { next_header }) => {
-                counters::packet(ctx.len(), 6, next_header);
-                TC_ACT_OK
-            }
+            Ok(Parsed::Ipv6) => TCX_NEXT,
             Ok(Parsed::Other) => {
                 counters::packet(ctx.len(), 0, 0);
                 TC_ACT_OK
@@ -154,13 +182,52 @@ mod programs {
         }
     }
 
+    /// The IPv6 programs: the packet is parsed into this CPU's slot (its fields would
+    /// take a fifth of the stack), anything else goes on.
     #[inline(always)]
-    fn tracked(packet: &Ipv4Packet) -> bool {
+    fn with_ipv6(
+        ctx: &TcContext,
+        f: fn(&TcContext, &mut Packet<Addr6>) -> i32,
+        malformed: fn(&TcContext) -> i32,
+    ) -> i32 {
+        let Some(packet) = Addr6::packet_slot(0) else {
+            return TCX_NEXT;
+        };
+        match parse::parse6(ctx, packet) {
+            Ok(false) => TCX_NEXT,
+            Ok(true) => {
+                counters::packet(ctx.len(), 6, packet.proto);
+                if link_local(packet) {
+                    return TC_ACT_OK;
+                }
+                f(ctx, packet)
+            }
+            Err(_) => {
+                counters::bump(counter::MALFORMED);
+                malformed(ctx)
+            }
+        }
+    }
+
+    /// IPv6 that never leaves the link: neighbour discovery and router messages (ICMPv6
+    /// 133-137), link-local and multicast destinations, link-local sources. natd neither
+    /// translates nor drops it: sandboxes must resolve their gateway and each other.
+    #[inline(always)]
+    fn link_local(packet: &Packet<Addr6>) -> bool {
+        (packet.proto == nat_common::PROTO_ICMPV6 && (133..=137).contains(&packet.icmp_type))
+            || is_multicast6(packet.dst)
+            || is_link_local6(packet.dst)
+            || is_link_local6(packet.src)
+    }
+
+    #[inline(always)]
+    fn tracked<A: Family>(packet: &Packet<A>) -> bool {
         packet.fragment != Fragment::Later && packet.translatable()
     }
 
-    fn try_uplink_ingress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
-        if lookup::is_loopback(packet.dst) {
+    #[inline(never)]
+    fn try_uplink_ingress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
+        if packet.dst.is_loopback() {
             return policy::enforce(policy::from_outside(packet.dst));
         }
         if tracked(packet) {
@@ -178,7 +245,7 @@ mod programs {
         if tracked(packet)
             && let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto)
         {
-            let verdict = nat::dnat_from_outside(ctx, packet, &target, lookup::ifindex(ctx));
+            let verdict = nat::dnat_from_outside(ctx, packet, target, lookup::ifindex(ctx));
             if verdict != NOT_HANDLED {
                 return verdict;
             }
@@ -186,7 +253,8 @@ mod programs {
         policy::enforce(policy::from_outside(packet.dst))
     }
 
-    fn try_uplink_egress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
+    #[inline(never)]
+    fn try_uplink_egress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
         let masq = masqueraded(packet.src);
         if icmp::is_error(packet) {
             let verdict = icmp::translate_error(ctx, packet);
@@ -211,7 +279,12 @@ mod programs {
                 verdict => return verdict,
             }
             if masq && nat::starts_flow(packet) {
-                return nat::masquerade_at_egress(ctx, packet);
+                // Two calls from here, so their frames are never stacked.
+                let verdict = nat::prepare_masquerade_at_egress(ctx, packet);
+                if verdict != NOT_HANDLED {
+                    return verdict;
+                }
+                return nat::start_masquerade(ctx, packet);
             }
         }
         if masq {
@@ -227,7 +300,8 @@ mod programs {
         TC_ACT_OK
     }
 
-    fn try_sandbox_ingress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
+    #[inline(never)]
+    fn try_sandbox_ingress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
         let ifindex = lookup::ifindex(ctx);
         // The connection table first: an established packet costs one lookup, and its
         // entry says which sandbox may send it.
@@ -241,22 +315,23 @@ mod programs {
         let Some(own) = lookup::iface(ifindex) else {
             return TC_ACT_OK;
         };
-        let Some(net) = lookup::network(own.network_id) else {
+        let Some(net) = A::own_network(own) else {
             return TC_ACT_OK;
         };
         // A sandbox sends from its own address only: never a host address (only natd's
         // translation produces those, and the bridge accepts local sources for that),
         // never another sandbox's.
-        let spoofed = if own.addr4 != 0 {
-            packet.src != own.addr4
+        let own_addr = A::of_iface(own);
+        let spoofed = if !own_addr.is_zero() {
+            packet.src != own_addr
         } else {
-            lookup::is_local(packet.src) || lookup::is_loopback(packet.src)
+            lookup::is_local(packet.src) || packet.src.is_loopback()
         };
         if spoofed {
             return policy::drop(counter::DROP_SPOOFED_SOURCE);
         }
-        if lookup::is_loopback(packet.dst) {
-            // A sandbox's own 127.0.0.0/8 never leaves it: one aimed at the host's loopback
+        if packet.dst.is_loopback() {
+            // A sandbox's own 127.0.0.0/8 (::1) never leaves it: one aimed at the host's loopback
             // through the gateway is an attack (CVE-2020-8558 class).
             return policy::drop(counter::DROP_LOOPBACK_SPOOF);
         }
@@ -268,7 +343,7 @@ mod programs {
         }
         if tracked(packet) && lookup::is_local(packet.dst) {
             if let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto) {
-                let verdict = nat::dnat_from_sandbox(ctx, packet, &target, net.gateway, ifindex);
+                let verdict = nat::dnat_from_sandbox(ctx, packet, target, net.gateway, ifindex);
                 if verdict != NOT_HANDLED {
                     return verdict;
                 }
@@ -283,7 +358,7 @@ mod programs {
             && nat::starts_flow(packet)
             && policy::network_of(packet.dst).is_none()
         {
-            if nat::prepare_masquerade_at_sandbox(ctx, packet, &net, &own, ifindex) {
+            if nat::prepare_masquerade_at_sandbox(ctx, packet, &net, own, ifindex) {
                 return nat::start_masquerade(ctx, packet);
             }
         }

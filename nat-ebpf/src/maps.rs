@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use nat_common::{
-    BenchFrame, BenchRoute, Ct4Entry, Ct4Key, DEFAULT_CT_ENTRIES, Endpoint4, GENERATION_SLOTS, IfaceConfig,
-    MAX_ENDPOINTS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORT_MAPPINGS, MAX_SOCK_REWRITES,
-    MappingStats, NatConfig, NetInfo4, Port4Key, Port4Target, SockKey, SockOrig, counter,
+    Addr6, BenchFrame, BenchRoute, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, DEFAULT_CT_ENTRIES, EndpointInfo,
+    GENERATION_SLOTS, IfaceConfig, MAX_ENDPOINTS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORT_MAPPINGS,
+    MAX_SOCK_REWRITES, MappingStats, NatConfig, NetInfo4, NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target,
+    SockKey, SockOrig, counter,
 };
 
 #[map]
@@ -36,7 +37,29 @@ pub static NATD_PORTS4: HashMap<Port4Key, Port4Target> = HashMap::pinned(MAX_POR
 
 /// Sandbox endpoints by address: where the fast path delivers their packets.
 #[map]
-pub static NATD_ENDPOINTS4: HashMap<u32, Endpoint4> = HashMap::pinned(MAX_ENDPOINTS, 0);
+pub static NATD_ENDPOINTS4: HashMap<u32, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// The IPv6 counterparts of the tables above (their own maps: IPv6 keys are 40 bytes,
+/// IPv4 lookups stay on 16-byte keys). Sized like the IPv4 ones; natd sizes both.
+#[map]
+pub static NATD_CT6: HashMap<Ct6Key, Ct6Entry> = HashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+
+#[map]
+pub static NATD_CT6_NEW: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::pinned(DEFAULT_CT_ENTRIES / 4, 0);
+
+#[map]
+pub static NATD_PORTS6: HashMap<Port6Key, Port6Target> = HashMap::pinned(MAX_PORT_MAPPINGS, 0);
+
+#[map]
+pub static NATD_ENDPOINTS6: HashMap<Addr6, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// The host's own IPv6 addresses.
+#[map]
+pub static NATD_LOCAL6: HashMap<Addr6, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+
+/// natd's networks' IPv6 subnets (longest prefix match).
+#[map]
+pub static NATD_NETS6: LpmTrie<[u8; 16], NetInfo6> = LpmTrie::pinned(MAX_NETWORKS, BPF_F_NO_PREALLOC);
 
 /// The current generation of every published mapping and endpoint, by slot: a flow whose
 /// generation differs belongs to something that was removed or changed.
@@ -88,4 +111,15 @@ pub static NATD_BENCH_ROUTE: Array<BenchRoute> = Array::with_max_entries(1, 0);
 /// take most of it in every frame that handles them. Programs run to completion on one
 /// CPU without nesting, so one slot per CPU is enough.
 #[map]
-pub static NATD_SCRATCH: PerCpuArray<crate::conntrack::Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static NATD_SCRATCH: PerCpuArray<crate::conntrack::Scratch<u32>> = PerCpuArray::with_max_entries(1, 0);
+
+/// Parsed packets of the IPv6 programs (slot 0) and packets quoted in ICMP errors (slot 1),
+/// per CPU: an IPv6 packet's fields would take a fifth of the stack in every frame.
+#[map]
+pub static NATD_PACKETS4: PerCpuArray<crate::parse::Ipv4Packet> = PerCpuArray::with_max_entries(2, 0);
+
+#[map]
+pub static NATD_PACKETS6: PerCpuArray<crate::parse::Ipv6Packet> = PerCpuArray::with_max_entries(2, 0);
+
+#[map]
+pub static NATD_SCRATCH6: PerCpuArray<crate::conntrack::Scratch<Addr6>> = PerCpuArray::with_max_entries(1, 0);

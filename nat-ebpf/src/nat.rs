@@ -8,22 +8,23 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nat_common::{
-    DEFAULT_SNAT_PORTS, Endpoint4, IfaceConfig, NetInfo4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Port4Target,
-    SNAT_PORT_TRIES, config, counter, ct, role,
+    CtEntry, DEFAULT_SNAT_PORTS, EndpointInfo, IfaceConfig, PROTO_TCP, PROTO_UDP, PortTarget, SNAT_PORT_TRIES, config,
+    counter, ct, role,
 };
 
 use crate::{
-    conntrack::{self, InsertError, Leg, NO_SLOT, NewFlow, Scratch, Tuple, Verdict},
+    conntrack::{self, InsertError, Leg, NO_SLOT, NewFlow, Scratch, Tuple, TupleOps, Verdict},
     counters::{self, bump},
     csum,
+    family::{Family, Net},
     fast::{self, Toward},
     fib, lookup,
-    parse::{self, Ipv4Packet, TCP_ACK, TCP_SYN},
+    parse::{self, Packet, TCP_ACK, TCP_SYN},
 };
 
 /// Rewrites the packet into `to` with the checksum helpers, for the kernel's normal path.
 #[inline(always)]
-pub fn apply(ctx: &TcContext, packet: &mut Ipv4Packet, to: &Tuple) -> i32 {
+pub fn apply<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, to: &Tuple<A>) -> i32 {
     match csum::rewrite(ctx, packet, to) {
         Ok(()) => TC_ACT_OK,
         Err(_) => {
@@ -47,14 +48,25 @@ pub const ELSEWHERE: i32 = i32::MIN + 1;
 /// translates. `hook` is the calling program's `ct::HOOK_*`, `own_ifindex` the sandbox
 /// veth it runs on (0 elsewhere).
 #[inline(never)]
-pub fn tracked(ctx: &TcContext, packet: &mut Ipv4Packet, hook: u8, own_ifindex: u32) -> i32 {
-    let key = Tuple::of(packet).key();
+pub fn tracked<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, hook: u8, own_ifindex: u32) -> i32 {
+    let key = Tuple::of(packet);
     let Some(hit) = conntrack::lookup(&key) else {
         return NOT_HANDLED;
     };
     // SAFETY: valid map value pointer, copied: a removed entry's memory may be reused by
-    // another CPU at once (preallocated tables).
-    let entry = unsafe { *hit.entry };
+    // another CPU at once (preallocated tables). IPv4 copies to the stack, IPv6 (whose
+    // frames are larger) to this CPU's scratch area.
+    let on_stack: CtEntry<A>;
+    let entry: &CtEntry<A> = if A::VERSION == 4 {
+        on_stack = unsafe { *hit.entry };
+        &on_stack
+    } else {
+        let Some(s) = conntrack::scratch::<A>() else {
+            return TC_ACT_SHOT;
+        };
+        s.current = unsafe { *hit.entry };
+        &s.current
+    };
     if hook == ct::HOOK_SANDBOX && entry.in_ifindex != 0 && entry.in_ifindex != own_ifindex {
         // A sandbox sending packets of a flow that is not its own.
         bump(counter::DROP_SPOOFED_FLOW);
@@ -88,7 +100,12 @@ pub fn tracked(ctx: &TcContext, packet: &mut Ipv4Packet, hook: u8, own_ifindex: 
         counters::mapping(entry.gen_slot, ctx.len());
     }
     bump(counter_id);
-    fast::forward(ctx, packet, &entry, toward)
+    if A::VERSION == 4 {
+        fast::forward(ctx, packet, entry, toward)
+    } else {
+        // IPv6 frames are larger: forwarding gets a frame of its own.
+        fast::forward_cold(ctx, packet, entry, toward)
+    }
 }
 
 #[inline(always)]
@@ -103,11 +120,11 @@ fn refuse(e: InsertError) -> i32 {
 /// Whether a packet may start a new flow: TCP only with a SYN (not a SYN-ACK), UDP
 /// always, ICMP with an echo request.
 #[inline(always)]
-pub fn starts_flow(packet: &Ipv4Packet) -> bool {
+pub fn starts_flow<A: Family>(packet: &Packet<A>) -> bool {
     match packet.proto {
         PROTO_TCP => packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         PROTO_UDP => true,
-        PROTO_ICMP => packet.icmp_type == parse::ICMP_ECHO_REQUEST,
+        p if p == A::ICMP => packet.icmp_type == A::ECHO_REQUEST,
         _ => false,
     }
 }
@@ -116,11 +133,11 @@ pub fn starts_flow(packet: &Ipv4Packet) -> bool {
 /// directions bypass the host from this first packet on. `uplink`: the interface it
 /// arrived on.
 #[inline(never)]
-pub fn dnat_from_outside(ctx: &TcContext, packet: &mut Ipv4Packet, target: &Port4Target, uplink: u32) -> i32 {
+pub fn dnat_from_outside<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, target: &PortTarget<A>, uplink: u32) -> i32 {
     if !starts_flow(packet) {
         return NOT_HANDLED;
     }
-    let Some(s) = conntrack::scratch() else {
+    let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
     dnat_flow(&mut s.flow, packet, target);
@@ -133,17 +150,17 @@ pub fn dnat_from_outside(ctx: &TcContext, packet: &mut Ipv4Packet, target: &Port
 /// the host instead of being answered locally by the sandbox. `veth`: the sandbox's
 /// host-side veth.
 #[inline(never)]
-pub fn dnat_from_sandbox(
+pub fn dnat_from_sandbox<A: Family>(
     ctx: &TcContext,
-    packet: &mut Ipv4Packet,
-    target: &Port4Target,
-    gateway: u32,
+    packet: &mut Packet<A>,
+    target: &PortTarget<A>,
+    gateway: A,
     veth: u32,
 ) -> i32 {
     if !starts_flow(packet) {
         return NOT_HANDLED;
     }
-    let Some(s) = conntrack::scratch() else {
+    let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
     let flow = &mut s.flow;
@@ -163,9 +180,11 @@ pub fn dnat_from_sandbox(
 
 /// The tuples of a DNAT flow; the callers set the legs.
 #[inline(always)]
-fn dnat_flow(flow: &mut NewFlow, packet: &Ipv4Packet, target: &Port4Target) {
-    flow.original = Tuple::of(packet);
-    flow.translated = flow.original;
+fn dnat_flow<A: Family>(flow: &mut NewFlow<A>, packet: &Packet<A>, target: &PortTarget<A>) {
+    // Written in place: a 40-byte IPv6 tuple built on the stack and copied twice would
+    // not fit the IPv6 paths' frames.
+    flow.original.set_from(packet);
+    flow.translated.set_from(packet);
     flow.translated.dst = target.addr;
     flow.translated.dport = target.port;
     flow.gen_slot = target.slot;
@@ -174,7 +193,7 @@ fn dnat_flow(flow: &mut NewFlow, packet: &Ipv4Packet, target: &Port4Target) {
 
 /// Inserts a new DNAT flow and forwards its first packet.
 #[inline(never)]
-fn start_dnat(ctx: &TcContext, packet: &mut Ipv4Packet, s: &mut Scratch, counter_id: u32) -> i32 {
+fn start_dnat<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, s: &mut Scratch<A>, counter_id: u32) -> i32 {
     if let Err(e) = conntrack::create(s) {
         return refuse(e);
     }
@@ -187,7 +206,7 @@ fn start_dnat(ctx: &TcContext, packet: &mut Ipv4Packet, s: &mut Scratch, counter
 /// sandbox's endpoint is known (replies go back the way the first packet came), slow
 /// otherwise.
 #[inline(always)]
-fn outside_legs(ctx: &TcContext, packet: &Ipv4Packet, uplink: u32, flow: &mut NewFlow) {
+fn outside_legs<A: Family>(ctx: &TcContext, packet: &Packet<A>, uplink: u32, flow: &mut NewFlow<A>) {
     let endpoint = lookup::endpoint(flow.translated.dst);
     let target_veth = endpoint.map(|e| e.host_ifindex).unwrap_or(0);
     flow.forward = Leg::slow(ct::DNAT_FORWARD, ct::HOOK_UPLINK_INGRESS, 0);
@@ -227,8 +246,8 @@ pub fn fast_path_on() -> bool {
 
 /// Claims a NAT port for the flow (whose translated source is the uplink address): from
 /// the configured range, starting at a random offset (RFC 6056), skipping published ports.
-#[inline(always)]
-fn claim_port(s: &mut Scratch) -> Result<(), i32> {
+#[inline(never)]
+fn claim_port<A: Family>(s: &mut Scratch<A>) -> Result<(), i32> {
     let cfg = lookup::config();
     let (min, max) = if cfg.snat_port_min != 0 && cfg.snat_port_min <= cfg.snat_port_max {
         (cfg.snat_port_min, cfg.snat_port_max)
@@ -241,7 +260,7 @@ fn claim_port(s: &mut Scratch) -> Result<(), i32> {
     let proto = s.flow.original.proto;
     for i in 0..SNAT_PORT_TRIES {
         let port = ((u32::from(min) + (start + i) % span) as u16).to_be();
-        if proto != PROTO_ICMP && lookup::is_published_port(s.flow.translated.src, port, proto) {
+        if proto != A::ICMP && lookup::is_published_port(s.flow.translated.src, port, proto) {
             continue;
         }
         s.flow.translated.sport = port;
@@ -258,8 +277,8 @@ fn claim_port(s: &mut Scratch) -> Result<(), i32> {
 /// Claims the port, adds the forward entry, and forwards the first packet of the flow
 /// prepared in the scratch area.
 #[inline(never)]
-pub fn start_masquerade(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
-    let Some(s) = conntrack::scratch() else {
+pub fn start_masquerade<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
+    let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
     if let Err(verdict) = claim_port(s) {
@@ -274,26 +293,31 @@ pub fn start_masquerade(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
 
 /// The tuples of a masqueraded flow from `packet`'s source to `uplink_addr`, and the
 /// generation of the sandbox endpoint it depends on.
-#[inline(always)]
-fn snat_flow(flow: &mut NewFlow, packet: &Ipv4Packet, uplink_addr: u32, endpoint: Option<Endpoint4>) {
-    flow.original = Tuple::of(packet);
-    flow.translated = flow.original;
+// A call of its own: inlined, the packet's addresses it copies were loaded before the
+// route lookup and kept in the caller's frame across it.
+#[inline(never)]
+fn snat_flow<A: Family>(flow: &mut NewFlow<A>, packet: &Packet<A>, uplink_addr: A, endpoint: Option<&EndpointInfo>) {
+    // Written in place: a 40-byte IPv6 tuple built on the stack and copied twice would
+    // not fit the IPv6 paths' frames.
+    flow.original.set_from(packet);
+    flow.translated.set_from(packet);
     flow.translated.src = uplink_addr;
     (flow.gen_slot, flow.generation) = endpoint.map(|e| (e.slot, e.generation)).unwrap_or((NO_SLOT, 0));
 }
 
 /// A new flow out of a masqueraded network, at the uplink's egress (the kernel routed
-/// it): translated here, its packets take the kernel's path.
+/// it): prepared in the scratch area for `start_masquerade`; its packets take the
+/// kernel's path. `NOT_HANDLED` when prepared, else the verdict.
 #[inline(never)]
-pub fn masquerade_at_egress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
+pub fn prepare_masquerade_at_egress<A: Family>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
     let uplink_addr = match lookup::iface(lookup::ifindex(ctx)) {
-        Some(cfg) if cfg.addr4 != 0 => cfg.addr4,
+        Some(cfg) if !A::of_iface(cfg).is_zero() => A::of_iface(cfg),
         _ => {
             bump(counter::DROP_NO_UPLINK_ADDR);
             return TC_ACT_SHOT;
         }
     };
-    let Some(s) = conntrack::scratch() else {
+    let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
     let endpoint = lookup::endpoint(packet.src);
@@ -301,7 +325,7 @@ pub fn masquerade_at_egress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
     let sandbox_veth = endpoint.map(|e| e.host_ifindex).unwrap_or(0);
     s.flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_UPLINK_EGRESS, sandbox_veth);
     s.flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
-    start_masquerade(ctx, packet)
+    NOT_HANDLED
 }
 
 /// A new TCP or UDP flow out of a masqueraded network, seen at the sandbox: when the
@@ -310,10 +334,10 @@ pub fn masquerade_at_egress(ctx: &TcContext, packet: &mut Ipv4Packet) -> i32 {
 /// separate call from the program, so the two frames are never stacked). False: leave
 /// the packet to the kernel (and to the uplink's egress).
 #[inline(never)]
-pub fn prepare_masquerade_at_sandbox(
+pub fn prepare_masquerade_at_sandbox<A: Family>(
     ctx: &TcContext,
-    packet: &Ipv4Packet,
-    net: &NetInfo4,
+    packet: &Packet<A>,
+    net: &Net<A>,
     own: &IfaceConfig,
     ifindex: u32,
 ) -> bool {
@@ -329,7 +353,7 @@ pub fn prepare_masquerade_at_sandbox(
         return false;
     }
     let uplink = match lookup::iface(route.ifindex) {
-        Some(cfg) if cfg.role == role::UPLINK && cfg.addr4 != 0 => cfg,
+        Some(cfg) if cfg.role == role::UPLINK && !A::of_iface(&cfg).is_zero() => cfg,
         _ => {
             bump(counter::FIB_NOT_UPLINK);
             return false;
@@ -338,10 +362,10 @@ pub fn prepare_masquerade_at_sandbox(
     let Some((sandbox_mac, gateway_mac)) = parse::macs(ctx) else {
         return false;
     };
-    let Some(s) = conntrack::scratch() else {
+    let Some(s) = conntrack::scratch::<A>() else {
         return false;
     };
-    snat_flow(&mut s.flow, packet, uplink.addr4, lookup::endpoint(packet.src));
+    snat_flow(&mut s.flow, packet, A::of_iface(uplink), lookup::endpoint(packet.src));
     let forward = &mut s.flow.forward;
     *forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, ifindex);
     forward.flags |= ct::FAST;

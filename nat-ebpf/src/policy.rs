@@ -2,26 +2,25 @@
 //! cannot reach each other's addresses, `icc=false` keeps sandboxes of one network apart,
 //! `internal` networks have no way out, and nobody outside reaches a sandbox address
 //! directly.
-use aya_ebpf::maps::lpm_trie::Key;
-use nat_common::{NetInfo4, counter, net};
+use nat_common::{counter, net};
 
 use crate::{
     counters::bump,
-    lookup::{is_local, is_loopback},
-    maps,
+    family::{Family, Net},
+    lookup::is_local,
 };
 
 /// `Some(counter)`: drop and count.
 pub type Decision = Option<u32>;
 
 #[inline(always)]
-pub fn network_of(addr: u32) -> Option<NetInfo4> {
-    maps::NATD_NETS4.get(Key::new(32, addr.to_ne_bytes())).copied()
+pub fn network_of<A: Family>(addr: A) -> Option<Net<A>> {
+    A::network_of(addr)
 }
 
 /// A packet a sandbox of network `own` sends.
-#[inline(always)]
-pub fn from_sandbox(own: &NetInfo4, dst: u32) -> Decision {
+#[inline(never)]
+pub fn from_sandbox<A: Family>(own: &Net<A>, dst: A) -> Decision {
     if is_local(dst) {
         // The host itself (gateway, uplink addresses) is reachable, as with Docker.
         return None;
@@ -37,8 +36,8 @@ pub fn from_sandbox(own: &NetInfo4, dst: u32) -> Decision {
 
 /// A packet arriving on an uplink that no translation claimed.
 #[inline(always)]
-pub fn from_outside(dst: u32) -> Decision {
-    if is_loopback(dst) {
+pub fn from_outside<A: Family>(dst: A) -> Decision {
+    if dst.is_loopback() {
         // 127.0.0.0/8 never arrives from a wire legitimately (CVE-2020-8558 class).
         return Some(counter::DROP_LOOPBACK_SPOOF);
     }

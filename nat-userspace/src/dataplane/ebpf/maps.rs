@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 use nat_common::{
-    Endpoint4, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, Port4Key, Port4Target,
+    EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, Port4Key, Port4Target,
     config, names::map, net, role,
 };
 
@@ -126,7 +126,7 @@ struct Mirror {
     local: Option<BTreeMap<u32, u32>>,
     networks: Option<BTreeMap<u32, NetInfo4>>,
     nets4: Option<BTreeMap<(u32, [u8; 4]), NetInfo4>>,
-    endpoints: Option<BTreeMap<u32, Endpoint4>>,
+    endpoints: Option<BTreeMap<u32, EndpointInfo>>,
     ports: Option<BTreeMap<Port4Key, Port4Target>>,
     config: Option<NatConfig>,
     /// Generation of each slot natd read or wrote.
@@ -169,7 +169,7 @@ impl MapWriter {
         }
         if let Some(endpoints) = ebpf
             .map(map::ENDPOINTS4)
-            .and_then(|m| HashMap::<_, u32, Endpoint4>::try_from(m).ok())
+            .and_then(|m| HashMap::<_, u32, EndpointInfo>::try_from(m).ok())
         {
             self.endpoints.adopt(
                 endpoints
@@ -261,7 +261,7 @@ impl MapWriter {
                 .expect("synced above");
             want.insert(
                 raw(e.addr),
-                Endpoint4 {
+                EndpointInfo {
                     host_ifindex: e.host_ifindex,
                     network_id: e.network_id,
                     slot,

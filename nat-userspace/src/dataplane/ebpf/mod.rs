@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use aya::{Ebpf, maps::PerCpuArray};
 use nat_common::{
-    Ct4Entry, Ct4Key, Endpoint4, IfaceConfig, NetInfo4, Port4Key, Port4Target, counter, names::map,
+    Ct4Entry, Ct4Key, EndpointInfo, IfaceConfig, NetInfo4, Port4Key, Port4Target, counter, names::map,
 };
 
 use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, IfaceRole, PortRule, Stats, SyncReport};
@@ -271,7 +271,7 @@ impl Dataplane for EbpfDataplane {
             ),
             (
                 map::ENDPOINTS4,
-                maps::entries::<u32, Endpoint4>(ebpf, map::ENDPOINTS4),
+                maps::entries::<u32, EndpointInfo>(ebpf, map::ENDPOINTS4),
                 nat_common::MAX_ENDPOINTS,
             ),
             (
