@@ -96,7 +96,7 @@ async fn client_run(socket: &Path, c: usize, ops: usize, seed: u64) -> ClientLog
                 let name = format!("c{c}net");
                 let request = NetworkCreate {
                     name: name.clone(),
-                    subnet: Some(format!("10.{}.0.0/24", 100 + c)),
+                    subnet: vec![format!("10.{}.0.0/24", 100 + c)],
                     ..Default::default()
                 };
                 match client.post::<_, Value>(paths::NETWORKS, &request).await {
