@@ -126,6 +126,7 @@ async fn client_run(socket: &Path, c: usize, ops: usize, seed: u64) -> ClientLog
                 let request = ConnectRequest {
                     sandbox: sandbox.clone(),
                     ip: None,
+                    ip6: None,
                 };
                 match client
                     .post::<_, Value>(&paths::with_name(paths::NETWORK_CONNECT, &network), &request)
@@ -147,6 +148,7 @@ async fn client_run(socket: &Path, c: usize, ops: usize, seed: u64) -> ClientLog
                 let request = ConnectRequest {
                     sandbox: sandbox.clone(),
                     ip: None,
+                    ip6: None,
                 };
                 // natd refuses to take a sandbox's last network while it publishes ports.
                 let refused = run_on_network.contains(&sandbox) && publishes.contains(&sandbox);
