@@ -72,11 +72,7 @@ pub fn parse_subnet(text: &str) -> Result<Ipv6Network, Ipam6Error> {
     let not_valid = || Ipam6Error::NotASubnet(text.to_string());
     let (address, prefix) = text.split_once('/').ok_or_else(not_valid)?;
     let address: Ipv6Addr = address.parse().map_err(|_| not_valid())?;
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= 128)
-        .ok_or_else(not_valid)?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 128).ok_or_else(not_valid)?;
     let given = Ipv6Network::new(address, prefix).map_err(|_| not_valid())?;
     let subnet = Ipv6Network::new(given.network(), prefix).expect("same prefix");
     if subnet.ip() != address {
@@ -137,7 +133,11 @@ pub fn parse_requested(text: &str) -> Result<Ipv6Addr, Ipam6Error> {
 
 /// Checks an address the user asked for (`--ip6`) against the network's subnet and the
 /// addresses in use (which hold the gateway).
-pub fn check_requested(subnet: Ipv6Network, ip: Ipv6Addr, used: &HashSet<Ipv6Addr>) -> Result<(), Ipam6Error> {
+pub fn check_requested(
+    subnet: Ipv6Network,
+    ip: Ipv6Addr,
+    used: &HashSet<Ipv6Addr>,
+) -> Result<(), Ipam6Error> {
     if !subnet.contains(ip) {
         return Err(Ipam6Error::OutsideSubnet(ip.to_string()));
     }
@@ -170,7 +170,8 @@ mod tests {
         assert_eq!(pool.prefix(), 48);
         let segments = pool.network().segments();
         assert_eq!(segments[0] >> 8, 0xfd);
-        let gid = (u64::from(segments[0] & 0xff) << 32) | (u64::from(segments[1]) << 16) | u64::from(segments[2]);
+        let gid =
+            (u64::from(segments[0] & 0xff) << 32) | (u64::from(segments[1]) << 16) | u64::from(segments[2]);
         assert_eq!(gid, expected_gid);
         assert_eq!(&segments[3..], &[0; 5]);
         // Stable for one id, different for another.
@@ -188,7 +189,11 @@ mod tests {
     fn first_fit_skips_taken_subnets() {
         let pool = net("fd12:3456:789a::/48");
         assert_eq!(pick_free_v6(pool, &[]).unwrap(), net("fd12:3456:789a::/64"));
-        let taken = [net("fd12:3456:789a::/64"), net("fd12:3456:789a:1::/64"), net("fd12:3456:789a:3::/64")];
+        let taken = [
+            net("fd12:3456:789a::/64"),
+            net("fd12:3456:789a:1::/64"),
+            net("fd12:3456:789a:3::/64"),
+        ];
         assert_eq!(pick_free_v6(pool, &taken).unwrap(), net("fd12:3456:789a:2::/64"));
         // A larger subnet somewhere else in the pool covers several /64s.
         let taken = [net("fd12:3456:789a::/62")];
@@ -204,13 +209,28 @@ mod tests {
     fn subnets_are_checked_with_dockers_words() {
         assert_eq!(parse_subnet("2001:db8:1::/64").unwrap(), net("2001:db8:1::/64"));
         let msg = |t: &str| parse_subnet(t).unwrap_err().to_string();
-        assert_eq!(msg("2001:db8::zz/64"), "'2001:db8::zz/64' is not a valid IPv6 subnet");
+        assert_eq!(
+            msg("2001:db8::zz/64"),
+            "'2001:db8::zz/64' is not a valid IPv6 subnet"
+        );
         assert_eq!(msg("2001:db8::"), "'2001:db8::' is not a valid IPv6 subnet");
-        assert_eq!(msg("2001:db8::/129"), "'2001:db8::/129' is not a valid IPv6 subnet");
+        assert_eq!(
+            msg("2001:db8::/129"),
+            "'2001:db8::/129' is not a valid IPv6 subnet"
+        );
         assert_eq!(msg("ff02::/64"), "multicast subnet 'ff02::/64' is not allowed");
-        assert_eq!(msg("fe80::/64"), "'fe80::/64' clashes with the Link-Local prefix 'fe80::/64'");
-        assert_eq!(msg("fe80::/10"), "'fe80::/10' clashes with the Link-Local prefix 'fe80::/64'");
-        assert_eq!(msg("2001:db8::1/64"), "invalid subnet 2001:db8::1/64: it should be 2001:db8::/64");
+        assert_eq!(
+            msg("fe80::/64"),
+            "'fe80::/64' clashes with the Link-Local prefix 'fe80::/64'"
+        );
+        assert_eq!(
+            msg("fe80::/10"),
+            "'fe80::/10' clashes with the Link-Local prefix 'fe80::/64'"
+        );
+        assert_eq!(
+            msg("2001:db8::1/64"),
+            "invalid subnet 2001:db8::1/64: it should be 2001:db8::/64"
+        );
         assert_eq!(
             check_free(net("2001:db8::/56"), &[net("2001:db8:0:1::/64")])
                 .unwrap_err()
@@ -223,21 +243,34 @@ mod tests {
     #[test]
     fn gateways_and_requested_addresses() {
         let subnet = net("2001:db8::/64");
-        assert_eq!(parse_gateway(subnet, "2001:db8::fe").unwrap().to_string(), "2001:db8::fe");
+        assert_eq!(
+            parse_gateway(subnet, "2001:db8::fe").unwrap().to_string(),
+            "2001:db8::fe"
+        );
         assert_eq!(
             parse_gateway(subnet, "2001:db9::1").unwrap_err().to_string(),
             "invalid gateway 2001:db9::1: parent subnet 2001:db8::/64 doesn't contain this address"
         );
-        assert_eq!(parse_requested("10.0.0.1").unwrap_err().to_string(), "invalid IPv6 address: 10.0.0.1");
-        assert_eq!(parse_requested("::").unwrap_err().to_string(), "invalid IPv6 address: ::");
+        assert_eq!(
+            parse_requested("10.0.0.1").unwrap_err().to_string(),
+            "invalid IPv6 address: 10.0.0.1"
+        );
+        assert_eq!(
+            parse_requested("::").unwrap_err().to_string(),
+            "invalid IPv6 address: ::"
+        );
         let used = HashSet::from(["2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap()]);
         assert!(check_requested(subnet, "2001:db8::10".parse().unwrap(), &used).is_ok());
         assert_eq!(
-            check_requested(subnet, "2001:db8::2".parse().unwrap(), &used).unwrap_err().to_string(),
+            check_requested(subnet, "2001:db8::2".parse().unwrap(), &used)
+                .unwrap_err()
+                .to_string(),
             "Address already in use: 2001:db8::2"
         );
         assert_eq!(
-            check_requested(subnet, "2001:db9::2".parse().unwrap(), &used).unwrap_err().to_string(),
+            check_requested(subnet, "2001:db9::2".parse().unwrap(), &used)
+                .unwrap_err()
+                .to_string(),
             "no configured subnet or ip-range contain the IP address 2001:db9::2"
         );
     }

@@ -15,7 +15,10 @@ fn ping6(lab: &Lab, from: &str, to: &str) -> bool {
 
 /// The sandbox's global IPv6 address on eth0, as `ip` shows it (`ADDR/PREFIX`).
 fn global_v6(lab: &Lab, sandbox: &str) -> String {
-    let out = lab.exec_ok(sandbox, &["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+    let out = lab.exec_ok(
+        sandbox,
+        &["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"],
+    );
     out.split_whitespace()
         .skip_while(|w| *w != "inet6")
         .nth(1)
@@ -30,7 +33,10 @@ fn addr_only(cidr: &str) -> &str {
 /// `natctl network ls` must not list `name`.
 fn absent(lab: &Lab, name: &str) {
     let ls = lab.ok(&["network", "ls"]);
-    assert!(!ls.lines().any(|l| l.split_whitespace().next() == Some(name)), "{name} was created:\n{ls}");
+    assert!(
+        !ls.lines().any(|l| l.split_whitespace().next() == Some(name)),
+        "{name} was created:\n{ls}"
+    );
 }
 
 #[test]
@@ -47,7 +53,10 @@ fn auto_ula_network_sandboxes_reach_each_other_and_the_gateway() {
     assert_eq!(segments[3], 0, "the first /64 of the /48: {subnet}");
     assert_eq!(gateway, format!("{}1", subnet.trim_end_matches("/64")));
     assert_eq!(view["enable_ipv6"], true);
-    assert_eq!(view["options"]["com.docker.network.bridge.gateway_mode_ipv6"], "nat");
+    assert_eq!(
+        view["options"]["com.docker.network.bridge.gateway_mode_ipv6"],
+        "nat"
+    );
     let ls = lab.ok(&["network", "ls"]);
     let row = ls.lines().find(|l| l.starts_with("v6net")).expect("v6net listed");
     assert!(row.contains(&subnet) && row.contains(&gateway), "{row}");
@@ -89,7 +98,10 @@ fn auto_ula_network_sandboxes_reach_each_other_and_the_gateway() {
     // The subnet survives a restart.
     let mut lab = lab;
     lab.restart_natd().expect("restart natd");
-    assert_eq!(lab.json(&["network", "inspect", "v6net"])["subnet_v6"], subnet.as_str());
+    assert_eq!(
+        lab.json(&["network", "inspect", "v6net"])["subnet_v6"],
+        subnet.as_str()
+    );
     assert!(ping6(&lab, "aa", addr_only(&b)), "after restart");
 }
 
@@ -115,11 +127,25 @@ fn explicit_subnet_static_address_and_refusals() {
     assert_eq!(view["subnet_v6"], "2001:db8:61::/64");
     assert_eq!(view["gateway_v6"], "2001:db8:61::fe");
     assert_eq!(view["gateway"], "10.61.0.1");
-    assert_eq!(view["options"]["com.docker.network.bridge.gateway_mode_ipv6"], "routed");
-    assert_eq!(view["options"]["com.docker.network.bridge.gateway_mode_ipv4"], "nat");
+    assert_eq!(
+        view["options"]["com.docker.network.bridge.gateway_mode_ipv6"],
+        "routed"
+    );
+    assert_eq!(
+        view["options"]["com.docker.network.bridge.gateway_mode_ipv4"],
+        "nat"
+    );
 
     // --ip6: the address inside the sandbox is the one asked for.
-    lab.ok(&["run", "--name", "fixed", "--network", "exp6", "--ip6", "2001:db8:61::42"]);
+    lab.ok(&[
+        "run",
+        "--name",
+        "fixed",
+        "--network",
+        "exp6",
+        "--ip6",
+        "2001:db8:61::42",
+    ]);
     assert_eq!(global_v6(&lab, "fixed"), "2001:db8:61::42/64");
     assert!(ping6(&lab, "fixed", "2001:db8:61::fe"), "gateway unreachable");
     lab.ok(&["run", "--name", "auto", "--network", "exp6"]);
@@ -128,19 +154,44 @@ fn explicit_subnet_static_address_and_refusals() {
     // network connect --ip6 on a running sandbox.
     lab.ok(&["run", "--name", "joiner"]);
     lab.ok(&["network", "connect", "--ip6", "2001:db8:61::99", "exp6", "joiner"]);
-    let eth1 = lab.exec_ok("joiner", &["ip", "-o", "-6", "addr", "show", "dev", "eth1", "scope", "global"]);
+    let eth1 = lab.exec_ok(
+        "joiner",
+        &["ip", "-o", "-6", "addr", "show", "dev", "eth1", "scope", "global"],
+    );
     assert!(eth1.contains("2001:db8:61::99/64"), "{eth1}");
 
     // Refusals in Docker's words, nothing created.
     let refusals: [(&[&str], &str); 5] = [
-        (&["run", "--name", "r1", "--network", "exp6", "--ip6", "10.61.0.9"], "invalid IPv6 address: 10.61.0.9"),
-        (&["run", "--name", "r2", "--network", "exp6", "--ip6", "::"], "invalid IPv6 address: ::"),
         (
-            &["run", "--name", "r3", "--network", "exp6", "--ip6", "2001:db8:99::1"],
+            &["run", "--name", "r1", "--network", "exp6", "--ip6", "10.61.0.9"],
+            "invalid IPv6 address: 10.61.0.9",
+        ),
+        (
+            &["run", "--name", "r2", "--network", "exp6", "--ip6", "::"],
+            "invalid IPv6 address: ::",
+        ),
+        (
+            &[
+                "run",
+                "--name",
+                "r3",
+                "--network",
+                "exp6",
+                "--ip6",
+                "2001:db8:99::1",
+            ],
             "no configured subnet or ip-range contain the IP address 2001:db8:99::1",
         ),
         (
-            &["run", "--name", "r4", "--network", "exp6", "--ip6", "2001:db8:61::42"],
+            &[
+                "run",
+                "--name",
+                "r4",
+                "--network",
+                "exp6",
+                "--ip6",
+                "2001:db8:61::42",
+            ],
             "Address already in use",
         ),
         (
@@ -151,20 +202,43 @@ fn explicit_subnet_static_address_and_refusals() {
     for (args, expected) in refusals {
         let err = lab.fails(args);
         assert!(err.contains(expected), "{args:?}: {err}");
-        assert!(!lab.natctl(&["inspect", args[2]]).status.success(), "{} exists", args[2]);
+        assert!(
+            !lab.natctl(&["inspect", args[2]]).status.success(),
+            "{} exists",
+            args[2]
+        );
     }
     let err = lab.fails(&["network", "connect", "--ip6", "2001:db8:61::42", "exp6", "auto"]);
-    assert!(err.contains("already exists") || err.contains("Address already in use"), "{err}");
+    assert!(
+        err.contains("already exists") || err.contains("Address already in use"),
+        "{err}"
+    );
 }
 
 #[test]
 fn network_create_refusals_leave_nothing_behind() {
     let lab = Lab::started(&[]);
-    lab.ok(&["network", "create", "--ipv6", "--subnet", "2001:db8:70::/64", "taken"]);
+    lab.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "2001:db8:70::/64",
+        "taken",
+    ]);
     let cases: [(&[&str], &str); 10] = [
-        (&["--ipv6", "--subnet", "2001:db8:zz::/64"], "'2001:db8:zz::/64' is not a valid IPv6 subnet"),
-        (&["--ipv6", "--subnet", "ff05::/64"], "multicast subnet 'ff05::/64' is not allowed"),
-        (&["--ipv6", "--subnet", "fe80::/64"], "'fe80::/64' clashes with the Link-Local prefix 'fe80::/64'"),
+        (
+            &["--ipv6", "--subnet", "2001:db8:zz::/64"],
+            "'2001:db8:zz::/64' is not a valid IPv6 subnet",
+        ),
+        (
+            &["--ipv6", "--subnet", "ff05::/64"],
+            "multicast subnet 'ff05::/64' is not allowed",
+        ),
+        (
+            &["--ipv6", "--subnet", "fe80::/64"],
+            "'fe80::/64' clashes with the Link-Local prefix 'fe80::/64'",
+        ),
         (
             &["--ipv6", "--subnet", "2001:db8:71::1/64"],
             "invalid subnet 2001:db8:71::1/64: it should be 2001:db8:71::/64",
@@ -174,11 +248,23 @@ fn network_create_refusals_leave_nothing_behind() {
             "invalid pool request: Pool overlaps with other one on this address space",
         ),
         (
-            &["--ipv6", "--subnet", "2001:db8:72::/64", "--gateway", "2001:db8:73::1"],
+            &[
+                "--ipv6",
+                "--subnet",
+                "2001:db8:72::/64",
+                "--gateway",
+                "2001:db8:73::1",
+            ],
             "invalid gateway 2001:db8:73::1: parent subnet 2001:db8:72::/64 doesn't contain this address",
         ),
         (
-            &["--ipv6", "--subnet", "2001:db8:72::/64", "--subnet", "2001:db8:74::/64"],
+            &[
+                "--ipv6",
+                "--subnet",
+                "2001:db8:72::/64",
+                "--subnet",
+                "2001:db8:74::/64",
+            ],
             "bridge driver doesn't support multiple subnets",
         ),
         (&["--subnet", "2001:db8:72::/64"], "an IPv6 subnet needs --ipv6"),
@@ -187,7 +273,15 @@ fn network_create_refusals_leave_nothing_behind() {
             "unknown gateway mode bridged",
         ),
         (
-            &["-d", "hostbridge", "--ipv6", "--subnet", "10.80.0.0/24", "--gateway", "10.80.0.1"],
+            &[
+                "-d",
+                "hostbridge",
+                "--ipv6",
+                "--subnet",
+                "10.80.0.0/24",
+                "--gateway",
+                "10.80.0.1",
+            ],
             "IPv6 is not supported on hostbridge networks yet",
         ),
     ];
@@ -201,7 +295,10 @@ fn network_create_refusals_leave_nothing_behind() {
         absent(&lab, &name);
     }
     let err = lab.fails(&["network", "create", "-d", "overlay", "--ipv6", "ov6"]);
-    assert!(err.contains("IPv6 is not supported on overlay networks yet"), "{err}");
+    assert!(
+        err.contains("IPv6 is not supported on overlay networks yet"),
+        "{err}"
+    );
     absent(&lab, "ov6");
     // Only the one network was made (and the default one).
     assert_eq!(lab.json(&["network", "ls"]).as_array().unwrap().len(), 2);
@@ -223,15 +320,36 @@ fn published_ports_show_both_families() {
         .expect("default network has IPv6")
         .parse()
         .unwrap();
-    assert!(subnet.network().segments()[0] >> 8 == 0xfd && subnet.prefix() == 64, "{subnet}");
+    assert!(
+        subnet.network().segments()[0] >> 8 == 0xfd && subnet.prefix() == 64,
+        "{subnet}"
+    );
 
-    lab.ok(&["run", "--name", "web", "-p", "8080:80", "-p", "[::]:8081:80", "-p", "0.0.0.0:8082:80"]);
+    lab.ok(&[
+        "run",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "-p",
+        "[::]:8081:80",
+        "-p",
+        "0.0.0.0:8082:80",
+    ]);
     assert_eq!(
         port_lines(&lab, "web"),
-        ["80/tcp -> 0.0.0.0:8080", "80/tcp -> 0.0.0.0:8082", "80/tcp -> [::]:8080", "80/tcp -> [::]:8081"]
+        [
+            "80/tcp -> 0.0.0.0:8080",
+            "80/tcp -> 0.0.0.0:8082",
+            "80/tcp -> [::]:8080",
+            "80/tcp -> [::]:8081"
+        ]
     );
     let ps = lab.ok(&["ps"]);
-    assert!(ps.contains("[::]:8080->80/tcp") && ps.contains("0.0.0.0:8080->80/tcp"), "{ps}");
+    assert!(
+        ps.contains("[::]:8080->80/tcp") && ps.contains("0.0.0.0:8080->80/tcp"),
+        "{ps}"
+    );
     // Random ports: one port, the same in both families.
     lab.ok(&["run", "--name", "rnd", "-p", "80"]);
     let ports = lab.json(&["inspect", "rnd"])["ports"].as_array().unwrap().clone();
@@ -241,14 +359,21 @@ fn published_ports_show_both_families() {
     assert_eq!(ports[1]["host_ip"], "::");
     // Conflicts per family: [::]:8081 is taken, 0.0.0.0:8081 is not.
     let err = lab.fails(&["run", "--name", "clash", "-p", "[::]:8081:80"]);
-    assert!(err.contains("Bind for [::]:8081 failed: port is already allocated"), "{err}");
+    assert!(
+        err.contains("Bind for [::]:8081 failed: port is already allocated"),
+        "{err}"
+    );
     assert!(!lab.natctl(&["inspect", "clash"]).status.success());
     lab.ok(&["run", "--name", "v4only", "-p", "0.0.0.0:8081:80"]);
     // Withdrawing the IPv6 binding keeps the IPv4 one.
     lab.ok(&["unpublish", "web", "[::]:8080"]);
     assert_eq!(
         port_lines(&lab, "web"),
-        ["80/tcp -> 0.0.0.0:8080", "80/tcp -> 0.0.0.0:8082", "80/tcp -> [::]:8081"]
+        [
+            "80/tcp -> 0.0.0.0:8080",
+            "80/tcp -> 0.0.0.0:8082",
+            "80/tcp -> [::]:8081"
+        ]
     );
 }
 
@@ -262,8 +387,19 @@ fn ipv6_host_addresses_need_an_ipv6_network() {
     );
     assert!(!lab.natctl(&["inspect", "web"]).status.success());
     lab.ok(&["network", "create", "plain"]);
-    let err = lab.fails(&["run", "--name", "web", "--network", "plain", "-p", "[2001:db8::1]:8080:80"]);
-    assert!(err.contains("network plain has no IPv6 (create it with --ipv6)"), "{err}");
+    let err = lab.fails(&[
+        "run",
+        "--name",
+        "web",
+        "--network",
+        "plain",
+        "-p",
+        "[2001:db8::1]:8080:80",
+    ]);
+    assert!(
+        err.contains("network plain has no IPv6 (create it with --ipv6)"),
+        "{err}"
+    );
     // Without IPv6 a plain -p stays IPv4 only.
     lab.ok(&["run", "--name", "web", "-p", "8080:80"]);
     assert_eq!(port_lines(&lab, "web"), ["80/tcp -> 0.0.0.0:8080"]);

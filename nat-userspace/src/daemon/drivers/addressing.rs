@@ -43,7 +43,9 @@ pub fn split<'a>(req: &'a NetworkCreate, driver: &str) -> Result<Requested<'a>> 
             &mut out.subnet_v4
         };
         if slot.replace(text.as_str()).is_some() {
-            return Err(invalid(format!("{driver} driver doesn't support multiple subnets")));
+            return Err(invalid(format!(
+                "{driver} driver doesn't support multiple subnets"
+            )));
         }
     }
     for text in &req.gateway {
@@ -65,7 +67,9 @@ pub fn split<'a>(req: &'a NetworkCreate, driver: &str) -> Result<Requested<'a>> 
             return Err(invalid(format!("an IPv6 subnet needs --ipv6 (subnet {subnet})")));
         }
         if let Some(gateway) = out.gateway_v6 {
-            return Err(invalid(format!("an IPv6 gateway needs --ipv6 (gateway {gateway})")));
+            return Err(invalid(format!(
+                "an IPv6 gateway needs --ipv6 (gateway {gateway})"
+            )));
         }
     }
     if let (Some(gateway), None) = (out.gateway_v6, out.subnet_v6) {
@@ -80,7 +84,9 @@ pub fn split<'a>(req: &'a NetworkCreate, driver: &str) -> Result<Requested<'a>> 
 pub fn refuse_ipv6(req: &NetworkCreate, networks_of: &str) -> Result<()> {
     let any_v6 = req.subnet.iter().chain(&req.gateway).any(|t| is_v6(t));
     if req.ipv6 || any_v6 {
-        return Err(invalid(format!("IPv6 is not supported on {networks_of} networks yet")));
+        return Err(invalid(format!(
+            "IPv6 is not supported on {networks_of} networks yet"
+        )));
     }
     Ok(())
 }
@@ -155,7 +161,11 @@ mod tests {
 
     #[test]
     fn subnets_and_gateways_split_by_family() {
-        let r = req(&["2001:db8::/64", "10.9.0.0/24"], &["10.9.0.254", "2001:db8::fe"], true);
+        let r = req(
+            &["2001:db8::/64", "10.9.0.0/24"],
+            &["10.9.0.254", "2001:db8::fe"],
+            true,
+        );
         assert_eq!(
             split(&r, "bridge").unwrap(),
             Requested {
@@ -177,15 +187,22 @@ mod tests {
             err(&req(&["2001:db8::/64"], &[], false)),
             "an IPv6 subnet needs --ipv6 (subnet 2001:db8::/64)"
         );
-        assert!(err(&req(&[], &["2001:db8::1"], true)).starts_with("no matching subnet for gateway 2001:db8::1"));
+        assert!(
+            err(&req(&[], &["2001:db8::1"], true)).starts_with("no matching subnet for gateway 2001:db8::1")
+        );
         // --ipv6 alone is fine: the subnet comes from the ULA pool.
-        assert_eq!(split(&req(&[], &[], true), "bridge").unwrap(), Requested::default());
+        assert_eq!(
+            split(&req(&[], &[], true), "bridge").unwrap(),
+            Requested::default()
+        );
     }
 
     #[test]
     fn other_drivers_refuse_ipv6_by_name() {
         assert_eq!(
-            refuse_ipv6(&req(&[], &[], true), "overlay").unwrap_err().to_string(),
+            refuse_ipv6(&req(&[], &[], true), "overlay")
+                .unwrap_err()
+                .to_string(),
             "IPv6 is not supported on overlay networks yet"
         );
         assert!(refuse_ipv6(&req(&["2001:db8::/64"], &[], false), "hostbridge").is_err());
@@ -195,8 +212,14 @@ mod tests {
     #[test]
     fn gateway_modes_default_to_nat_and_refuse_unknown_values() {
         let opts = BTreeMap::from([(GATEWAY_MODE_V6, "routed")]);
-        assert_eq!(gateway_modes(&opts).unwrap(), (GatewayMode::Nat, GatewayMode::Routed));
+        assert_eq!(
+            gateway_modes(&opts).unwrap(),
+            (GatewayMode::Nat, GatewayMode::Routed)
+        );
         let opts = BTreeMap::from([(GATEWAY_MODE_V4, "bridged")]);
-        assert_eq!(gateway_modes(&opts).unwrap_err().to_string(), "unknown gateway mode bridged");
+        assert_eq!(
+            gateway_modes(&opts).unwrap_err().to_string(),
+            "unknown gateway mode bridged"
+        );
     }
 }
