@@ -34,10 +34,16 @@ pub struct NetworkCreate {
     pub name: String,
     #[serde(default)]
     pub driver: Option<String>,
+    /// `--subnet`, at most one per address family (one string from earlier natctl).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub subnet: Vec<String>,
+    /// `--gateway`, matched to the subnets by address family.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub gateway: Vec<String>,
+    /// `--ipv6`: sandboxes get IPv6 addresses too (from the IPv6 `--subnet`, or from a /64
+    /// of the host's unique-local pool).
     #[serde(default)]
-    pub subnet: Option<String>,
-    #[serde(default)]
-    pub gateway: Option<String>,
+    pub ipv6: bool,
     #[serde(default)]
     pub ip_range: Option<String>,
     #[serde(default)]
@@ -59,6 +65,9 @@ pub struct RunRequest {
     pub network: Option<String>,
     #[serde(default)]
     pub ip: Option<String>,
+    /// `--ip6`: a static IPv6 address on a network with a user-configured IPv6 subnet.
+    #[serde(default)]
+    pub ip6: Option<String>,
     #[serde(default)]
     pub dns: Vec<String>,
     #[serde(default)]
@@ -93,6 +102,23 @@ pub struct ConnectRequest {
     pub sandbox: String,
     #[serde(default)]
     pub ip: Option<String>,
+    #[serde(default)]
+    pub ip6: Option<String>,
+}
+
+/// A list field that earlier clients sent as a single string (or null).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(text)) => vec![text],
+        Some(OneOrMany::Many(list)) => list,
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,6 +127,12 @@ pub struct NetworkView {
     pub network: Network,
     /// Sandboxes attached, with their addresses.
     pub sandboxes: Vec<AttachedSandbox>,
+    /// Whether sandboxes get IPv6 addresses (Docker's EnableIPv6).
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    /// Driver options in Docker's names (the gateway modes of a bridge network).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -161,6 +193,22 @@ pub struct ClusterInfo {
     /// Live hosts (names) as this host last saw them.
     pub hosts: Vec<String>,
     pub overlay_networks: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_create_takes_one_subnet_or_several() {
+        let old: NetworkCreate = serde_json::from_str(r#"{"name":"n","subnet":"10.1.0.0/24","gateway":null}"#).unwrap();
+        assert_eq!(old.subnet, ["10.1.0.0/24"]);
+        assert!(old.gateway.is_empty() && !old.ipv6);
+        let new: NetworkCreate =
+            serde_json::from_str(r#"{"name":"n","subnet":["10.1.0.0/24","2001:db8::/64"],"ipv6":true}"#).unwrap();
+        assert_eq!(new.subnet.len(), 2);
+        assert!(new.ipv6);
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

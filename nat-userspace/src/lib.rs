@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod ipam;
+pub mod ipam6;
 pub mod metrics;
 pub mod model;
 pub mod portspec;

@@ -60,6 +60,12 @@ pub struct Network {
     pub mtu: u32,
     /// The network named `bridge`, configured by natd's flags.
     pub default: bool,
+    /// `-o com.docker.network.bridge.gateway_mode_ipv4`: how traffic leaves the network.
+    #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
+    pub gateway_mode_v4: GatewayMode,
+    /// `-o com.docker.network.bridge.gateway_mode_ipv6`.
+    #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
+    pub gateway_mode_v6: GatewayMode,
     pub created: u64,
     /// hostbridge: the NIC natd put into the bridge and what it had before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +73,42 @@ pub struct Network {
     /// overlay: how this host joins the network's other hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlayLink>,
+}
+
+/// Docker 27's gateway mode of a bridge network, per address family: `nat` masquerades
+/// outbound traffic and publishes ports on the host's addresses; `routed` forwards the
+/// sandboxes' own addresses unchanged (the host's neighbours route to them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayMode {
+    #[default]
+    Nat,
+    Routed,
+}
+
+impl GatewayMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::Routed => "routed",
+        }
+    }
+
+    /// Skipped when serializing, so records of networks without a mode stay as they were.
+    pub fn is_nat(&self) -> bool {
+        *self == GatewayMode::Nat
+    }
+}
+
+impl std::str::FromStr for GatewayMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nat" => Ok(GatewayMode::Nat),
+            "routed" => Ok(GatewayMode::Routed),
+            other => Err(format!("unknown gateway mode {other}")),
+        }
+    }
 }
 
 /// An overlay network's VXLAN on this host.
@@ -87,6 +129,11 @@ impl Network {
     pub fn gateway_v6_cidr(&self) -> Option<IpNetwork> {
         let (subnet, gateway) = (self.subnet_v6?, self.gateway_v6?);
         Ipv6Network::new(gateway, subnet.prefix()).ok().map(IpNetwork::V6)
+    }
+
+    /// Whether sandboxes of the network get IPv6 addresses.
+    pub fn has_ipv6(&self) -> bool {
+        self.subnet_v6.is_some()
     }
 
     /// Whether outbound traffic of the network is masqueraded.
@@ -238,6 +285,27 @@ impl Sandbox {
 mod tests {
     use super::*;
 
+    #[test]
+    fn gateway_modes_parse_and_persist() {
+        assert_eq!("routed".parse::<GatewayMode>(), Ok(GatewayMode::Routed));
+        assert_eq!("nat".parse::<GatewayMode>(), Ok(GatewayMode::Nat));
+        assert_eq!("bogus".parse::<GatewayMode>().unwrap_err(), "unknown gateway mode bogus");
+        let mut network: Network = serde_json::from_str(NETWORK_V0).unwrap();
+        network.gateway_mode_v6 = GatewayMode::Routed;
+        let text = serde_json::to_string(&network).unwrap();
+        assert!(text.contains(r#""gateway_mode_v6":"routed""#), "{text}");
+        assert!(!text.contains("gateway_mode_v4"), "{text}");
+        let again: Network = serde_json::from_str(&text).unwrap();
+        assert_eq!(again, network);
+    }
+
+    #[test]
+    fn an_unspecified_host_address_shows_as_docker_shows_it() {
+        assert_eq!(display_host_ip(None), "0.0.0.0");
+        assert_eq!(display_host_ip(Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))), "[::]");
+        assert_eq!(display_host_ip(Some("2001:db8::1".parse().unwrap())), "[2001:db8::1]");
+    }
+
     /// Records exactly as natd 0.1 (untyped subnets) wrote them into natd.redb.
     const NETWORK_V0: &str = r#"{"id":7,"name":"lan","driver":"hostbridge","bridge":"br0","bridge_adopted":false,"subnet":"192.0.2.0/24","gateway":"192.0.2.1","ip_range":"192.0.2.128/25","subnet_v6":"2001:db8::/64","gateway_v6":"2001:db8::1","internal":false,"icc":true,"ip_masq":false,"mtu":1500,"default":false,"created":1764300000,"parent":{"parent":"eth1","addresses":["192.0.2.10/24","2001:db8::10/64"],"routes":[["0.0.0.0/0","192.0.2.1",100,4],["198.51.100.0/24",null,null,3]]}}"#;
     const SANDBOX_V0: &str = r#"{"id":9,"name":"web","mode":{"mode":"bridge"},"netns":"/run/netns/natd-sbx-web","netns_owned":true,"etc_name":"natd-sbx-web","endpoints":[{"network":"bridge","host_ifname":"natdva","ifname":"eth0","ipv4":"172.18.0.2","prefix_len":16,"prefix_len_v6":0,"mac":"02:42:ac:12:00:02"}],"dns":["192.0.2.53"],"mtu":null,"publish":[{"host_ip":null,"host_ports":{"first":8080,"last":8080},"container_ports":{"first":80,"last":80},"proto":"tcp"}],"publish_all":false,"expose":[],"ports":[{"host_ip":null,"host_port":8080,"container_port":80,"proto":"tcp"}],"command":["busybox","httpd"],"pid":4242,"pid_start":1000,"log":"/var/lib/natd/logs/web.log","created":1764300001}"#;
@@ -258,6 +326,8 @@ mod tests {
 
         let sandbox: Sandbox = serde_json::from_str(SANDBOX_V0).expect("sandbox record");
         assert_eq!(sandbox.ports[0].host_display(), "0.0.0.0:8080");
+        assert_eq!(network.gateway_mode_v4, GatewayMode::Nat);
+        assert_eq!(network.gateway_mode_v6, GatewayMode::Nat);
         let again: serde_json::Value = serde_json::to_value(&sandbox).unwrap();
         let before: serde_json::Value = serde_json::from_str(SANDBOX_V0).unwrap();
         assert_eq!(again, before);

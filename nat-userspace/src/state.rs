@@ -274,6 +274,8 @@ mod tests {
             ip_masq: true,
             mtu: 1500,
             default: false,
+            gateway_mode_v4: Default::default(),
+            gateway_mode_v6: Default::default(),
             created: 1,
             parent: None,
             overlay: None,

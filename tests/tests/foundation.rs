@@ -550,7 +550,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 "10.92.0.1",
                 "x3",
             ],
-            "no matching subnet for gateway 10.92.0.1",
+            "invalid gateway 10.92.0.1: parent subnet 10.91.0.0/24 doesn't contain this address",
         ),
         (
             vec!["network", "create", "--subnet", "10.91.0.0/33", "x4"],

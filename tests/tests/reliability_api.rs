@@ -96,7 +96,7 @@ async fn client_run(socket: &Path, c: usize, ops: usize, seed: u64) -> ClientLog
                 let name = format!("c{c}net");
                 let request = NetworkCreate {
                     name: name.clone(),
-                    subnet: Some(format!("10.{}.0.0/24", 100 + c)),
+                    subnet: vec![format!("10.{}.0.0/24", 100 + c)],
                     ..Default::default()
                 };
                 match client.post::<_, Value>(paths::NETWORKS, &request).await {
@@ -126,6 +126,7 @@ async fn client_run(socket: &Path, c: usize, ops: usize, seed: u64) -> ClientLog
                 let request = ConnectRequest {
                     sandbox: sandbox.clone(),
                     ip: None,
+                    ip6: None,
                 };
                 match client
                     .post::<_, Value>(&paths::with_name(paths::NETWORK_CONNECT, &network), &request)
@@ -147,6 +148,7 @@ async fn client_run(socket: &Path, c: usize, ops: usize, seed: u64) -> ClientLog
                 let request = ConnectRequest {
                     sandbox: sandbox.clone(),
                     ip: None,
+                    ip6: None,
                 };
                 // natd refuses to take a sandbox's last network while it publishes ports.
                 let refused = run_on_network.contains(&sandbox) && publishes.contains(&sandbox);

@@ -36,7 +36,12 @@ pub struct DaemonArgs {
     /// Pool inside --bip that sandboxes get IPv4 addresses from.
     #[arg(long = "fixed-cidr")]
     pub fixed_cidr: Option<String>,
-    /// IPv6 subnet of the default network; sandboxes get an IPv6 address from it.
+    /// Give the default network IPv6: sandboxes get an address from --fixed-cidr-v6, or
+    /// without it from a /64 of this host's unique-local fdXX:XXXX:XXXX::/48.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// IPv6 subnet of the default network; sandboxes get an IPv6 address from it. Implies
+    /// --ipv6 (as it did before --ipv6 existed).
     #[arg(long = "fixed-cidr-v6")]
     pub fixed_cidr_v6: Option<String>,
     /// MTU of bridges and sandbox interfaces.
@@ -124,6 +129,8 @@ pub struct FileConfig {
     pub bip: Option<String>,
     pub fixed_cidr: Option<String>,
     pub fixed_cidr_v6: Option<String>,
+    /// daemon.json's `"ipv6": true`.
+    pub ipv6: Option<bool>,
     pub mtu: Option<NumberOrString>,
     pub default_gateway: Option<String>,
     pub default_gateway_v6: Option<String>,

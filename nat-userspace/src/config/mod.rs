@@ -77,6 +77,9 @@ pub struct DaemonConfig {
     pub bip: Ipv4Network,
     pub fixed_cidr: Option<Ipv4Network>,
     pub fixed_cidr_v6: Option<Ipv6Network>,
+    /// The default network has IPv6: `--ipv6`, or `--fixed-cidr-v6` alone (which meant IPv6
+    /// before `--ipv6` existed, and still does).
+    pub ipv6: bool,
     pub mtu: u32,
     pub default_gateway: Option<Ipv4Addr>,
     pub default_gateway_v6: Option<Ipv6Addr>,
@@ -198,6 +201,7 @@ impl DaemonConfig {
                 checks::fixed_cidr(t, bip)
             })?,
             fixed_cidr_v6,
+            ipv6: args.ipv6 || file.ipv6.unwrap_or(false) || fixed_cidr_v6.is_some(),
             mtu: mtu(args.mtu, file.mtu)?,
             default_gateway: parsed(pick(&args.default_gateway, file.default_gateway), |t| {
                 checks::default_gateway(t, bip)
@@ -324,6 +328,20 @@ mod tests {
         assert_eq!(cfg.default_gateway, Some("192.168.1.254".parse().unwrap()));
         assert_eq!(cfg.dns.len(), 2);
         assert!(!cfg.icc);
+        assert!(cfg.ipv6, "--fixed-cidr-v6 implies IPv6");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ipv6_from_the_flag_or_the_file() {
+        assert!(!DaemonConfig::load(&args(&[])).unwrap().ipv6);
+        let cfg = DaemonConfig::load(&args(&["--ipv6"])).unwrap();
+        assert!(cfg.ipv6 && cfg.fixed_cidr_v6.is_none());
+        let dir = std::env::temp_dir().join(format!("natd-cfg6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("daemon.json");
+        std::fs::write(&path, r#"{"ipv6": true}"#).unwrap();
+        assert!(DaemonConfig::load(&args(&["--config", path.to_str().unwrap()])).unwrap().ipv6);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,7 +1,12 @@
 //! Endpoints: a sandbox's interface on one network. Addresses come from the network's
 //! pool (checked with the driver), the veth pair is wired into the bridge and the
 //! sandbox, and `network connect`/`disconnect` add and remove them on a running sandbox.
-use std::{collections::HashSet, net::Ipv4Addr, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    path::Path,
+};
 
 use super::{
     Daemon,
@@ -13,6 +18,7 @@ use super::{
 use crate::{
     api::{ConnectRequest, SandboxView},
     ipam,
+    ipam6::{self, Ipam6Error},
     model::{Endpoint, Network, NetworkMode},
     state::Change,
     sys::{
@@ -65,7 +71,7 @@ impl Daemon {
         used
     }
 
-    fn used_v6(&self, network: &Network) -> HashSet<std::net::Ipv6Addr> {
+    fn used_v6(&self, network: &Network) -> HashSet<Ipv6Addr> {
         let mut used: HashSet<_> = self
             .state
             .sandboxes
@@ -79,11 +85,37 @@ impl Daemon {
         used
     }
 
+    /// The IPv6 address of a new endpoint: `--ip6` checked as Docker checks it, else the
+    /// next free one when the network has IPv6. Returns it with its prefix length.
+    fn address_v6(&self, network: &Network, requested: Option<&str>) -> Result<(Option<Ipv6Addr>, u8)> {
+        let used = self.used_v6(network);
+        let Some(text) = requested else {
+            let Some(subnet) = network.subnet_v6 else {
+                return Ok((None, 0));
+            };
+            let ip = ipam::allocate_v6(&network.name, subnet, &used).map_err(|e| conflict(e.to_string()))?;
+            return Ok((Some(ip), subnet.prefix()));
+        };
+        let ip = ipam6::parse_requested(text).map_err(|e| invalid(e.to_string()))?;
+        // As Docker: static addresses only on user-defined networks, and this one needs IPv6.
+        let Some(subnet) = network.subnet_v6.filter(|_| !network.default) else {
+            return Err(invalid(
+                "user specified IP address is supported only when connecting to networks with user configured subnets",
+            ));
+        };
+        ipam6::check_requested(subnet, ip, &used).map_err(|e| match e {
+            Ipam6Error::InUse(_) => conflict(e.to_string()),
+            other => invalid(other.to_string()),
+        })?;
+        Ok((Some(ip), subnet.prefix()))
+    }
+
     /// Picks (or checks) the addresses of a new endpoint with IPAM; no side effects.
     fn address_endpoint(
         &self,
         network: &Network,
         requested: Option<&str>,
+        requested_v6: Option<&str>,
         ifname: &str,
         endpoint_id: u32,
         excluded: &HashSet<Ipv4Addr>,
@@ -104,14 +136,7 @@ impl Daemon {
             None => ipam::allocate_v4(&network.name, network.subnet, network.ip_range, &used)
                 .map_err(|e| conflict(e.to_string()))?,
         };
-        let (ipv6, prefix_len_v6) = match network.subnet_v6 {
-            Some(subnet6) => {
-                let ip = ipam::allocate_v6(&network.name, subnet6, &self.used_v6(network))
-                    .map_err(|e| conflict(e.to_string()))?;
-                (Some(ip), subnet6.prefix())
-            }
-            None => (None, 0),
-        };
+        let (ipv6, prefix_len_v6) = self.address_v6(network, requested_v6)?;
         Ok(Endpoint {
             network: network.name.clone(),
             host_ifname: names::host_veth(&self.config.name_prefix, endpoint_id),
@@ -132,6 +157,7 @@ impl Daemon {
         &self,
         network: &Network,
         requested: Option<&str>,
+        requested_v6: Option<&str>,
         ifname: &str,
         endpoint_id: u32,
         sandbox: &str,
@@ -149,7 +175,8 @@ impl Daemon {
             .collect();
         let parsed = split_requested(requested);
         for _ in 0..PROBE_ATTEMPTS {
-            let mut endpoint = self.address_endpoint(network, parsed.ip, ifname, endpoint_id, &excluded)?;
+            let mut endpoint =
+                self.address_endpoint(network, parsed.ip, requested_v6, ifname, endpoint_id, &excluded)?;
             if let Some(prefix) = parsed.prefix {
                 endpoint.prefix_len = prefix
                     .parse::<u8>()
@@ -281,7 +308,14 @@ impl Daemon {
             .unwrap_or(0);
         let (eid, id_change) = self.alloc_id();
         let mut endpoint = self
-            .plan_endpoint(&network, req.ip.as_deref(), &format!("eth{index}"), eid, &sandbox.name)
+            .plan_endpoint(
+                &network,
+                req.ip.as_deref(),
+                req.ip6.as_deref(),
+                &format!("eth{index}"),
+                eid,
+                &sandbox.name,
+            )
             .await?;
         let first = sandbox.endpoints.is_empty();
         let mtu = sandbox.mtu.unwrap_or(network.mtu);

@@ -76,6 +76,9 @@ pub struct Daemon {
     last_desired: Option<crate::dataplane::Desired>,
     /// Membership of a cluster (`--cluster-store`), for overlay networks.
     cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    /// The host's unique-local /48 (from `<state-dir>/host-id`), for `--ipv6` networks
+    /// without an IPv6 subnet.
+    ula_pool: ipnetwork::Ipv6Network,
 }
 
 impl Daemon {

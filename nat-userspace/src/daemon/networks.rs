@@ -37,6 +37,7 @@ impl Daemon {
                 config: &self.config,
                 networks: &self.state.networks,
                 cluster: self.cluster.as_deref(),
+                ula_pool: self.ula_pool,
             };
             let planned = driver.plan(&ctx, &req, id).await?;
             driver.announce(&ctx, &planned).await?;
@@ -59,9 +60,21 @@ impl Daemon {
                 return Err(e);
             }
         };
+        if network.has_ipv6() {
+            self.enable_ipv6_forwarding();
+        }
         self.sync_after_change().await?;
-        info!(network = %network.name, subnet = %network.subnet, driver = network.driver.name(), "network created");
+        info!(network = %network.name, subnet = %network.subnet, subnet_v6 = ?network.subnet_v6, driver = network.driver.name(), "network created");
         Ok(self.network_view(&network))
+    }
+
+    /// IPv6 forwarding in natd's namespace, needed by every network with IPv6 (sandboxes
+    /// reach beyond their bridge through natd's routing). A failure is logged: the network
+    /// still works inside itself.
+    pub(super) fn enable_ipv6_forwarding(&self) {
+        if let Err(e) = crate::sys::sysctl::write("net.ipv6.conf.all.forwarding", "1") {
+            warn!(error = %e, "cannot enable IPv6 forwarding");
+        }
     }
 
     pub async fn network_rm(&mut self, name: &str) -> Result<()> {

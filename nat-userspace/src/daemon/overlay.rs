@@ -73,7 +73,7 @@ async fn advertised_address(nl: &Netlink, text: &str) -> anyhow::Result<Ipv4Addr
 
 /// This host's id in the cluster: made once, kept in the state directory (Docker's
 /// engine-id), so a restarted natd is the same host to its peers.
-fn host_id(state_dir: &Path) -> anyhow::Result<String> {
+pub(super) fn host_id(state_dir: &Path) -> anyhow::Result<String> {
     let path = state_dir.join("host-id");
     if let Ok(text) = std::fs::read_to_string(&path)
         && !text.trim().is_empty()

@@ -1,9 +1,14 @@
 //! Host port allocation for `-p` and `-P`: pure functions over what is taken (the port
 //! book of every published mapping, and the host's own sockets), so they are unit-tested
-//! without a kernel. Docker's rules: a port bound to 0.0.0.0 conflicts with the same port
-//! on every address, a specific address only with itself and 0.0.0.0; random ports come
+//! without a kernel. Docker's rules, per address family: a port bound to 0.0.0.0 ([::])
+//! conflicts with the same port on every IPv4 (IPv6) address, a specific address only with
+//! itself and 0.0.0.0 ([::]), and never across families; a sandbox with IPv6 publishes a
+//! `-p` without address on 0.0.0.0 and [::] with the same host port; random ports come
 //! from the host's ephemeral range and skip ports any host socket uses.
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use crate::{
     model::{PortMapping, display_host_ip},
@@ -45,11 +50,32 @@ impl PortBook {
             .push(m.host_ip);
     }
 
-    /// 0.0.0.0 conflicts with every address, a specific address with itself and 0.0.0.0.
+    /// Within one family, the unspecified address conflicts with every address, a specific
+    /// address with itself and the unspecified one.
     pub fn taken(&self, ip: Option<IpAddr>, port: u16, proto: Proto) -> bool {
-        self.taken
-            .get(&(proto, port))
-            .is_some_and(|ips| ips.iter().any(|h| h.is_none() || ip.is_none() || *h == ip))
+        self.taken.get(&(proto, port)).is_some_and(|ips| {
+            ips.iter()
+                .any(|h| is_v6(*h) == is_v6(ip) && (is_any(*h) || is_any(ip) || *h == ip))
+        })
+    }
+}
+
+/// Whether a host address is IPv6 (None is 0.0.0.0).
+fn is_v6(ip: Option<IpAddr>) -> bool {
+    matches!(ip, Some(IpAddr::V6(_)))
+}
+
+/// 0.0.0.0 or [::].
+fn is_any(ip: Option<IpAddr>) -> bool {
+    ip.is_none_or(|ip| ip.is_unspecified())
+}
+
+/// The host addresses one `-p` binds: the one given, else 0.0.0.0 and, when the sandbox
+/// has IPv6, [::] too (Docker publishes on both families with the same port).
+pub fn host_addresses(given: Option<IpAddr>, ipv6: bool) -> Vec<Option<IpAddr>> {
+    match given {
+        None if ipv6 => vec![None, Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))],
+        other => vec![other],
     }
 }
 
@@ -59,6 +85,9 @@ pub struct PortRequest<'a> {
     pub publish_all: bool,
     /// Ports `-P` publishes: `--expose` and the container side of every `-p`.
     pub expose: &'a [ExposeSpec],
+    /// The sandbox's network has IPv6: ports without a host address are published on
+    /// both families.
+    pub ipv6: bool,
 }
 
 impl PortRequest<'_> {
@@ -106,21 +135,28 @@ impl Allocator<'_> {
         self.out.push(mapping);
     }
 
-    fn is_free(&self, ip: Option<IpAddr>, proto: Proto, port: u16) -> bool {
-        !self.host.in_use.contains(&(proto, port)) && !self.book.taken(ip, port, proto)
+    fn push_all(&mut self, ips: &[Option<IpAddr>], host_port: u16, container_port: u16, proto: Proto) {
+        for ip in ips {
+            self.push(*ip, host_port, container_port, proto);
+        }
+    }
+
+    /// Free on every one of `ips` (one port for both families).
+    fn is_free(&self, ips: &[Option<IpAddr>], proto: Proto, port: u16) -> bool {
+        !self.host.in_use.contains(&(proto, port)) && !ips.iter().any(|ip| self.book.taken(*ip, port, proto))
     }
 
     /// The first free port of a `-p` host range.
-    fn free_in(&self, ip: Option<IpAddr>, proto: Proto, (first, last): (u16, u16)) -> Result<u16, PortError> {
+    fn free_in(&self, ips: &[Option<IpAddr>], proto: Proto, (first, last): (u16, u16)) -> Result<u16, PortError> {
         (first..=last)
-            .find(|p| self.is_free(ip, proto, *p))
+            .find(|p| self.is_free(ips, proto, *p))
             .ok_or(PortError::Exhausted { first, last })
     }
 
     /// A free port of the random range, searched from where the last search ended.
     fn random(
         &mut self,
-        ip: Option<IpAddr>,
+        ips: &[Option<IpAddr>],
         proto: Proto,
         (first, last): (u16, u16),
     ) -> Result<u16, PortError> {
@@ -133,7 +169,7 @@ impl Allocator<'_> {
         let span = u32::from(last - first) + 1;
         let port = (0..span)
             .map(|i| (u32::from(first) + (u32::from(start - first) + i) % span) as u16)
-            .find(|p| self.is_free(ip, proto, *p))
+            .find(|p| self.is_free(ips, proto, *p))
             .ok_or(PortError::Exhausted { first, last })?;
         self.cursor
             .insert(proto, if port >= last { first } else { port + 1 });
@@ -141,19 +177,21 @@ impl Allocator<'_> {
     }
 
     /// `-p HOST:CONTAINER` with as many host ports as container ports: exactly those.
-    fn fixed(&mut self, spec: &PublishSpec, host: PortRange) -> Result<(), PortError> {
-        let addr = display_host_ip(spec.host_ip);
+    fn fixed(&mut self, spec: &PublishSpec, ips: &[Option<IpAddr>], host: PortRange) -> Result<(), PortError> {
         for (h, c) in host.ports().zip(spec.container_ports.ports()) {
-            if self.book.taken(spec.host_ip, h, spec.proto) {
-                return Err(PortError::Allocated {
-                    addr,
-                    port: h.to_string(),
-                });
+            for ip in ips {
+                let addr = display_host_ip(*ip);
+                if self.book.taken(*ip, h, spec.proto) {
+                    return Err(PortError::Allocated {
+                        addr,
+                        port: h.to_string(),
+                    });
+                }
+                if self.host.listening.contains(&(spec.proto, h)) {
+                    return Err(PortError::HostProcess { addr, port: h });
+                }
             }
-            if self.host.listening.contains(&(spec.proto, h)) {
-                return Err(PortError::HostProcess { addr, port: h });
-            }
-            self.push(spec.host_ip, h, c, spec.proto);
+            self.push_all(ips, h, c, spec.proto);
         }
         Ok(())
     }
@@ -176,22 +214,23 @@ pub fn allocate<'a>(
         cursor,
     };
     for spec in request.publish {
+        let ips = host_addresses(spec.host_ip, request.ipv6);
         match spec.host_ports {
-            Some(host) if host.count() == spec.container_ports.count() => alloc.fixed(spec, host)?,
+            Some(host) if host.count() == spec.container_ports.count() => alloc.fixed(spec, &ips, host)?,
             Some(host) => {
                 // A host range with a single container port: any free port of the range.
                 let port = alloc
-                    .free_in(spec.host_ip, spec.proto, (host.first, host.last))
+                    .free_in(&ips, spec.proto, (host.first, host.last))
                     .map_err(|_| PortError::Allocated {
                         addr: display_host_ip(spec.host_ip),
                         port: host.to_string(),
                     })?;
-                alloc.push(spec.host_ip, port, spec.container_ports.first, spec.proto);
+                alloc.push_all(&ips, port, spec.container_ports.first, spec.proto);
             }
             None => {
                 for c in spec.container_ports.ports() {
-                    let port = alloc.random(spec.host_ip, spec.proto, random)?;
-                    alloc.push(spec.host_ip, port, c, spec.proto);
+                    let port = alloc.random(&ips, spec.proto, random)?;
+                    alloc.push_all(&ips, port, c, spec.proto);
                 }
             }
         }
@@ -204,8 +243,9 @@ pub fn allocate<'a>(
                     .iter()
                     .any(|m| m.container_port == c && m.proto == spec.proto);
                 if !published {
-                    let port = alloc.random(None, spec.proto, random)?;
-                    alloc.push(None, port, c, spec.proto);
+                    let ips = host_addresses(None, request.ipv6);
+                    let port = alloc.random(&ips, spec.proto, random)?;
+                    alloc.push_all(&ips, port, c, spec.proto);
                 }
             }
         }
@@ -240,6 +280,7 @@ mod tests {
             publish: &publish,
             publish_all: false,
             expose: &[],
+            ipv6: false,
         };
         allocate(existing, host, (40000, 40009), &mut Cursor::new(), &request)
     }
@@ -265,6 +306,91 @@ mod tests {
         assert!(publish(&[], &none, &["8080:80", "8080:81"]).is_err());
     }
 
+    fn publish_v6(existing: &[PortMapping], specs: &[&str]) -> Result<Vec<PortMapping>, PortError> {
+        let publish: Vec<PublishSpec> = specs.iter().map(|s| spec(s)).collect();
+        let request = PortRequest {
+            publish: &publish,
+            publish_all: false,
+            expose: &[],
+            ipv6: true,
+        };
+        allocate(existing, &HostSockets::default(), (40000, 40009), &mut Cursor::new(), &request)
+    }
+
+    fn shown(mappings: &[PortMapping]) -> Vec<String> {
+        mappings
+            .iter()
+            .map(|m| format!("{}->{}/{}", m.host_display(), m.container_port, m.proto))
+            .collect()
+    }
+
+    #[test]
+    fn a_sandbox_with_ipv6_publishes_on_both_families_with_one_port() {
+        assert_eq!(
+            shown(&publish_v6(&[], &["8080:80"]).unwrap()),
+            ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"]
+        );
+        // A random port is one that is free in both families.
+        let v6_only = [mapping(Some("::"), 40000)];
+        assert_eq!(
+            shown(&publish_v6(&v6_only, &["80"]).unwrap()),
+            ["0.0.0.0:40001->80/tcp", "[::]:40001->80/tcp"]
+        );
+        // An address picks its family only.
+        assert_eq!(shown(&publish_v6(&[], &["[::]:8081:80"]).unwrap()), ["[::]:8081->80/tcp"]);
+        assert_eq!(
+            shown(&publish_v6(&[], &["[2001:db8::1]:8082:80"]).unwrap()),
+            ["[2001:db8::1]:8082->80/tcp"]
+        );
+        assert_eq!(shown(&publish_v6(&[], &["0.0.0.0:8083:80"]).unwrap()), ["0.0.0.0:8083->80/tcp"]);
+        assert_eq!(shown(&publish_v6(&[], &["10.0.0.1:8084:80"]).unwrap()), ["10.0.0.1:8084->80/tcp"]);
+        // Without IPv6 nothing changes.
+        assert_eq!(
+            shown(&publish(&[], &HostSockets::default(), &["8080:80"]).unwrap()),
+            ["0.0.0.0:8080->80/tcp"]
+        );
+    }
+
+    #[test]
+    fn conflicts_stay_within_one_family() {
+        let any6 = [mapping(Some("::"), 8080)];
+        assert_eq!(
+            publish_v6(&any6, &["[2001:db8::1]:8080:80"]).unwrap_err().to_string(),
+            "Bind for [2001:db8::1]:8080 failed: port is already allocated"
+        );
+        assert_eq!(
+            publish_v6(&any6, &["8080:80"]).unwrap_err().to_string(),
+            "Bind for [::]:8080 failed: port is already allocated"
+        );
+        // [::]:8080 leaves every IPv4 address's 8080 free, and 0.0.0.0 every IPv6 one.
+        assert!(publish_v6(&any6, &["0.0.0.0:8080:80"]).is_ok());
+        assert!(publish_v6(&any6, &["10.0.0.1:8080:80"]).is_ok());
+        let any4 = [mapping(None, 8080)];
+        assert!(publish_v6(&any4, &["[::]:8080:80"]).is_ok());
+        assert_eq!(
+            publish_v6(&any4, &["8080:80"]).unwrap_err().to_string(),
+            "Bind for 0.0.0.0:8080 failed: port is already allocated"
+        );
+        // Two specific IPv6 addresses do not conflict; the same one does.
+        let one6 = [mapping(Some("2001:db8::1"), 8080)];
+        assert!(publish_v6(&one6, &["[2001:db8::2]:8080:80"]).is_ok());
+        assert!(publish_v6(&one6, &["[2001:db8::1]:8080:80"]).is_err());
+        assert!(publish_v6(&one6, &["[::]:8080:80"]).is_err());
+    }
+
+    #[test]
+    fn publish_all_doubles_too() {
+        let expose: Vec<ExposeSpec> = vec!["53/udp".parse().unwrap()];
+        let request = PortRequest {
+            publish: &[],
+            publish_all: true,
+            expose: &expose,
+            ipv6: true,
+        };
+        let got = allocate([], &HostSockets::default(), (40000, 40009), &mut Cursor::new(), &request).unwrap();
+        assert_eq!(shown(&got), ["0.0.0.0:40000->53/udp", "[::]:40000->53/udp"]);
+    }
+
     #[test]
     fn a_port_a_host_process_listens_on_is_refused() {
         let mut host = HostSockets::default();
@@ -287,7 +413,7 @@ mod tests {
         let existing = [mapping(None, 40001)];
         let got = publish(&existing, &host, &["80", "[::1]::81"]).unwrap();
         assert_eq!(got[0].host_port, 40002);
-        assert_eq!(got[1].host_port, 40003, "0.0.0.0 above takes the port on ::1 too");
+        assert_eq!(got[1].host_port, 40003, "the search goes on from where the last one ended");
         // 40000..=40009 minus two taken leaves 8.
         let eight: Vec<&str> = vec!["80"; 8];
         assert_eq!(publish(&existing, &host, &eight).unwrap().len(), 8);
@@ -329,6 +455,7 @@ mod tests {
             publish: &publish,
             publish_all: true,
             expose: &expose,
+            ipv6: false,
         };
         let got = allocate([], &none, (40000, 40009), &mut Cursor::new(), &request).unwrap();
         let shown: Vec<String> = got
@@ -353,6 +480,7 @@ mod tests {
             publish: &specs,
             publish_all: false,
             expose: &[],
+            ipv6: false,
         };
         let got = allocate([], &none, (10000, 65535), &mut Cursor::new(), &request).unwrap();
         let mut ports: Vec<u16> = got.iter().map(|m| m.host_port).collect();
@@ -369,6 +497,7 @@ mod tests {
             publish: &publish,
             publish_all: false,
             expose: &[],
+            ipv6: false,
         };
         let mut cursor = Cursor::new();
         let first = allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();

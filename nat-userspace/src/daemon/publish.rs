@@ -10,7 +10,7 @@ use super::{
     Daemon,
     error::{Result, conflict, invalid},
     ports::{self, PortRequest},
-    sandboxes::parse_publish,
+    sandboxes::{check_publish_families, parse_publish},
     sync::port_rules,
 };
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
 
 /// `[IP:]PORT[-PORT][/PROTO]`: which published host ports to withdraw.
 struct Withdrawal {
+    /// None: on every address; `0.0.0.0` and `[::]` pick one family's unspecified address.
     host_ip: Option<IpAddr>,
     ports: PortRange,
     proto: Proto,
@@ -42,12 +43,7 @@ impl Withdrawal {
         let (host_ip, ports) = match rest.rsplit_once(':') {
             Some((ip, ports)) => {
                 let ip = ip.trim_start_matches('[').trim_end_matches(']');
-                let ip = if ip == "0.0.0.0" || ip == "::" {
-                    None
-                } else {
-                    Some(ip.parse::<IpAddr>().map_err(|_| bad())?)
-                };
-                (ip, ports)
+                (Some(ip.parse::<IpAddr>().map_err(|_| bad())?), ports)
             }
             None => (None, rest),
         };
@@ -62,8 +58,14 @@ impl Withdrawal {
     fn matches(&self, m: &PortMapping) -> bool {
         m.proto == self.proto
             && (self.ports.first..=self.ports.last).contains(&m.host_port)
-            && (self.host_ip.is_none() || m.host_ip == self.host_ip)
+            && self.host_ip.is_none_or(|ip| same_address(m.host_ip, Some(ip)))
     }
+}
+
+/// Host addresses as mappings store them: 0.0.0.0 is None.
+fn same_address(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
+    let normal = |ip: Option<IpAddr>| ip.filter(|ip| *ip != IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    normal(a) == normal(b)
 }
 
 impl Daemon {
@@ -75,9 +77,8 @@ impl Daemon {
                 "cannot publish ports of {name}: port publishing needs a sandbox on a bridge network"
             )));
         }
-        if let Some(network) = self.state.networks.get(&sandbox.endpoints[0].network)
-            && !super::drivers::of(network.driver).translated()
-        {
+        let network = self.network(&sandbox.endpoints[0].network)?.clone();
+        if !super::drivers::of(network.driver).translated() {
             return Err(invalid(format!(
                 "port publishing is not supported on hostbridge network {}: its sandboxes have addresses on the LAN \
                  and are reachable directly",
@@ -88,10 +89,13 @@ impl Daemon {
             return Err(invalid("no port to publish given".to_string()));
         }
         let specs = parse_publish(publish)?;
+        check_publish_families(&specs, &network)?;
         let request = PortRequest {
             publish: &specs,
             publish_all: false,
             expose: &[],
+            // The first endpoint's network is where published ports lead.
+            ipv6: network.has_ipv6() && sandbox.endpoints[0].ipv6.is_some(),
         };
         let host = ports::host_sockets(&request);
         let existing = self.state.sandboxes.values().flat_map(|s| s.ports.iter());
@@ -128,13 +132,14 @@ impl Daemon {
             .ports
             .retain(|m| !withdrawals.iter().any(|w| w.matches(m)));
         let removed = count - sandbox.ports.len();
-        // A `-p` spec whose host ports are all withdrawn is withdrawn with them.
+        // A `-p` spec whose host ports are all withdrawn (on every address it was published
+        // on: 0.0.0.0 and [::] for one without address) is withdrawn with them.
+        let remaining = sandbox.ports.clone();
         sandbox.publish.retain(|spec| match spec.host_ports {
-            Some(range) => withdrawals.iter().all(|w| {
-                !(w.proto == spec.proto
-                    && w.ports.first <= range.first
-                    && range.last <= w.ports.last
-                    && (w.host_ip.is_none() || w.host_ip == spec.host_ip))
+            Some(range) => remaining.iter().any(|m| {
+                m.proto == spec.proto
+                    && (range.first..=range.last).contains(&m.host_port)
+                    && (spec.host_ip.is_none() || same_address(m.host_ip, spec.host_ip))
             }),
             None => true,
         });

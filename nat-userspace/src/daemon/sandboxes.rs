@@ -68,14 +68,27 @@ pub(super) fn parse_publish(specs: &[String]) -> Result<Vec<PublishSpec>> {
                  (SCTP's CRC32c checksum cannot be updated incrementally)"
             )));
         }
-        if let Some(IpAddr::V6(ip)) = spec.host_ip {
-            return Err(invalid(format!(
-                "cannot publish {spec}: publishing on an IPv6 address ({ip}) needs natd's IPv6 datapath, \
-                 which is not available yet"
-            )));
-        }
     }
     Ok(publish)
+}
+
+/// A `-p` on an IPv6 host address needs a sandbox with an IPv6 address on `network`.
+pub(super) fn check_publish_families(publish: &[PublishSpec], network: &Network) -> Result<()> {
+    if network.has_ipv6() {
+        return Ok(());
+    }
+    if let Some(spec) = publish.iter().find(|s| matches!(s.host_ip, Some(IpAddr::V6(_)))) {
+        let how = if network.default {
+            "start natd with --ipv6"
+        } else {
+            "create it with --ipv6"
+        };
+        return Err(invalid(format!(
+            "cannot publish {spec}: network {} has no IPv6 ({how})",
+            network.name
+        )));
+    }
+    Ok(())
 }
 
 /// Docker's rule for container and network names.
@@ -125,10 +138,12 @@ impl Daemon {
     fn check_mode_options(req: &RunRequest, mode: &NetworkMode, network: Option<&Network>) -> Result<()> {
         let network_arg = req.network.as_deref().unwrap_or(DEFAULT_NETWORK);
         let shares = matches!(mode, NetworkMode::Host | NetworkMode::Container(_));
-        if req.ip.is_some() && network.is_none() {
-            return Err(invalid(format!(
-                "--ip needs a bridge network, not --network {network_arg}"
-            )));
+        for (flag, given) in [("--ip", &req.ip), ("--ip6", &req.ip6)] {
+            if given.is_some() && network.is_none() {
+                return Err(invalid(format!(
+                    "{flag} needs a bridge network, not --network {network_arg}"
+                )));
+            }
         }
         if (!req.publish.is_empty() || req.publish_all) && network.is_none() {
             let kind = match mode {
@@ -228,10 +243,14 @@ impl Daemon {
             ports: spec.container_ports,
             proto: spec.proto,
         }));
+        if let Some(network) = &network {
+            check_publish_families(&publish, network)?;
+        }
         let request = PortRequest {
             publish: &publish,
             publish_all: req.publish_all,
             expose: &all_exposed,
+            ipv6: network.as_ref().is_some_and(|n| n.has_ipv6()),
         };
         // A runtime behind CNI binds its host ports itself (podman's port reservation), as
         // the reference portmap plugin assumes: its own sockets must not refuse them.
@@ -254,7 +273,7 @@ impl Daemon {
                 let (eid, change) = self.alloc_id();
                 changes.push(change);
                 let endpoint = self
-                    .plan_endpoint(&network, req.ip.as_deref(), ifname, eid, &req.name)
+                    .plan_endpoint(&network, req.ip.as_deref(), req.ip6.as_deref(), ifname, eid, &req.name)
                     .await?;
                 Some((network, endpoint))
             }

@@ -19,7 +19,8 @@ impl Daemon {
         let (store, state) = Store::open(&config.state_dir)?;
         let nl = Netlink::connect()?;
         let mut forwarding = vec!["net.ipv4.ip_forward"];
-        if config.fixed_cidr_v6.is_some() {
+        // Networks created with --ipv6 need it as much as the default one.
+        if config.ipv6 || state.networks.values().any(|n| n.has_ipv6()) {
             forwarding.push("net.ipv6.conf.all.forwarding");
         }
         for key in forwarding {
@@ -34,6 +35,7 @@ impl Daemon {
             .masquerade_port_range
             .unwrap_or_else(|| masquerade_ports(local_ports));
         let cluster = super::overlay::join(&config, &nl).await?;
+        let ula_pool = crate::ipam6::ula_pool(&super::overlay::host_id(&config.state_dir)?);
         let dataplane = dataplane::create(&config)?;
         info!(dataplane = %dataplane.kind(), ?uplinks, "dataplane ready");
         let mut daemon = Self {
@@ -52,6 +54,7 @@ impl Daemon {
             kernel_view: None,
             last_desired: None,
             cluster,
+            ula_pool,
             fast_path: sync::FastPath::new(false, ""),
         };
         daemon.fast_path = sync::FastPath::new(
@@ -80,6 +83,7 @@ impl Daemon {
                 (id, Some(change))
             }
         };
+        let subnet_v6 = self.default_subnet_v6(existing.as_ref())?;
         let cfg = &self.config;
         let adopted = match &existing {
             Some(n) if n.bridge == cfg.bridge => n.bridge_adopted,
@@ -95,14 +99,16 @@ impl Daemon {
             gateway: cfg.bip.ip(),
             aux_gateway: cfg.default_gateway.filter(|g| *g != cfg.bip.ip()),
             ip_range: cfg.fixed_cidr,
-            subnet_v6: cfg.fixed_cidr_v6,
-            gateway_v6: cfg.fixed_cidr_v6.map(crate::ipam::first_v6_host),
+            subnet_v6,
+            gateway_v6: subnet_v6.map(crate::ipam::first_v6_host),
             aux_gateway_v6: cfg.default_gateway_v6,
             internal: false,
             icc: cfg.icc,
             ip_masq: cfg.ip_masq,
             mtu: cfg.mtu,
             default: true,
+            gateway_mode_v4: Default::default(),
+            gateway_mode_v6: Default::default(),
             created: existing.as_ref().map(|n| n.created).unwrap_or_else(now),
             parent: None,
             overlay: None,
@@ -123,6 +129,30 @@ impl Daemon {
         let mut changes = vec![Change::PutNetwork(network)];
         changes.extend(id_change);
         self.commit(changes)
+    }
+
+    /// The default network's IPv6 subnet: `--fixed-cidr-v6`; with `--ipv6` alone the /64 of
+    /// the host's ULA pool it already has (stable across restarts), or the lowest free one.
+    fn default_subnet_v6(&self, existing: Option<&Network>) -> Result<Option<ipnetwork::Ipv6Network>> {
+        if let Some(fixed) = self.config.fixed_cidr_v6 {
+            return Ok(Some(fixed));
+        }
+        if !self.config.ipv6 {
+            return Ok(None);
+        }
+        if let Some(kept) = existing.and_then(|n| n.subnet_v6) {
+            return Ok(Some(kept));
+        }
+        let taken: Vec<_> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.name != DEFAULT_NETWORK)
+            .filter_map(|n| n.subnet_v6)
+            .collect();
+        crate::ipam6::pick_free_v6(self.ula_pool, &taken)
+            .map(Some)
+            .map_err(|e| invalid(format!("--ipv6: {e}")))
     }
 
     /// Reconcile brings every network's kernel side back; used at start-up, on

@@ -47,9 +47,17 @@ impl Daemon {
             })
             .chain(self.remote_sandboxes(network))
             .collect();
+        let options = match network.driver {
+            crate::model::Driver::Bridge => {
+                super::drivers::addressing::gateway_mode_options(network.gateway_mode_v4, network.gateway_mode_v6)
+            }
+            _ => Default::default(),
+        };
         NetworkView {
             network: network.clone(),
             sandboxes,
+            enable_ipv6: network.has_ipv6(),
+            options,
         }
     }
 

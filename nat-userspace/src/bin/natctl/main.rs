@@ -94,10 +94,16 @@ enum NetworkCommand {
     Create {
         #[arg(short = 'd', long, default_value = "bridge")]
         driver: String,
+        /// Subnet in CIDR form; repeat for one IPv4 and one IPv6 subnet.
         #[arg(long)]
-        subnet: Option<String>,
+        subnet: Vec<String>,
+        /// Gateway of the subnet of the same address family (repeatable, as --subnet).
         #[arg(long)]
-        gateway: Option<String>,
+        gateway: Vec<String>,
+        /// Give sandboxes IPv6 addresses too: from the IPv6 --subnet, or from a /64 of this
+        /// host's unique-local fdXX:XXXX:XXXX::/48.
+        #[arg(long)]
+        ipv6: bool,
         #[arg(long = "ip-range")]
         ip_range: Option<String>,
         #[arg(long)]
@@ -107,7 +113,8 @@ enum NetworkCommand {
         icc: Option<bool>,
         #[arg(long)]
         mtu: Option<u32>,
-        /// KEY=VALUE driver option (bridge-name=NAME).
+        /// KEY=VALUE driver option (bridge-name=NAME,
+        /// com.docker.network.bridge.gateway_mode_ipv4|ipv6=nat|routed).
         #[arg(short = 'o', long = "opt")]
         opt: Vec<String>,
         name: String,
@@ -127,6 +134,9 @@ enum NetworkCommand {
         sandbox: String,
         #[arg(long)]
         ip: Option<String>,
+        /// Static IPv6 address (the network needs a user-configured IPv6 subnet).
+        #[arg(long)]
+        ip6: Option<String>,
     },
     Disconnect {
         network: String,
@@ -143,6 +153,9 @@ struct RunArgs {
     network: Option<String>,
     #[arg(long)]
     ip: Option<String>,
+    /// Static IPv6 address (the network needs a user-configured IPv6 subnet).
+    #[arg(long)]
+    ip6: Option<String>,
     #[arg(long)]
     dns: Vec<String>,
     #[arg(long)]

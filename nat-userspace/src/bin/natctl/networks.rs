@@ -23,10 +23,16 @@ pub async fn network(client: &Client, cmd: &NetworkCommand, json: bool) -> Resul
                 println!("{name}");
             }
         }
-        NetworkCommand::Connect { network, sandbox, ip } => {
+        NetworkCommand::Connect {
+            network,
+            sandbox,
+            ip,
+            ip6,
+        } => {
             let body = ConnectRequest {
                 sandbox: sandbox.clone(),
                 ip: ip.clone(),
+                ip6: ip6.clone(),
             };
             let _: SandboxView = client
                 .post(&paths::with_name(paths::NETWORK_CONNECT, network), &body)
@@ -35,7 +41,7 @@ pub async fn network(client: &Client, cmd: &NetworkCommand, json: bool) -> Resul
         NetworkCommand::Disconnect { network, sandbox } => {
             let body = ConnectRequest {
                 sandbox: sandbox.clone(),
-                ip: None,
+                ..Default::default()
             };
             let _: SandboxView = client
                 .post(&paths::with_name(paths::NETWORK_DISCONNECT, network), &body)
@@ -50,6 +56,7 @@ async fn create(client: &Client, cmd: &NetworkCommand, json: bool) -> Result<(),
         driver,
         subnet,
         gateway,
+        ipv6,
         ip_range,
         internal,
         icc,
@@ -72,6 +79,7 @@ async fn create(client: &Client, cmd: &NetworkCommand, json: bool) -> Result<(),
         driver: Some(driver.clone()),
         subnet: subnet.clone(),
         gateway: gateway.clone(),
+        ipv6: *ipv6,
         ip_range: ip_range.clone(),
         internal: *internal,
         icc: *icc,
@@ -107,11 +115,14 @@ async fn ls(client: &Client, json: bool) -> Result<(), CliError> {
             let subnets: Vec<String> = std::iter::once(n.subnet.to_string())
                 .chain(n.subnet_v6.map(|s| s.to_string()))
                 .collect();
+            let gateways: Vec<String> = std::iter::once(n.gateway.to_string())
+                .chain(n.gateway_v6.map(|g| g.to_string()))
+                .collect();
             vec![
                 n.name.clone(),
                 n.driver.name().into(),
                 subnets.join(","),
-                n.gateway.to_string(),
+                gateways.join(","),
                 n.bridge.clone(),
                 v.sandboxes.len().to_string(),
                 flags.join(","),

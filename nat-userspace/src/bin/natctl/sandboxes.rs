@@ -22,6 +22,7 @@ pub async fn run(client: &Client, args: &RunArgs, json: bool) -> Result<(), CliE
         name: args.name.clone(),
         network: args.network.clone(),
         ip: args.ip.clone(),
+        ip6: args.ip6.clone(),
         dns: args.dns.clone(),
         mtu: args.mtu,
         publish: args.publish.clone(),

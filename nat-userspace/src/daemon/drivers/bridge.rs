@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::warn;
 
-use super::{AddressCheck, EndpointContext, NetworkDriver, PlanContext, ip_range, options};
+use super::{AddressCheck, EndpointContext, NetworkDriver, PlanContext, addressing, ip_range, options};
 use crate::{
     api::NetworkCreate,
     config,
@@ -55,13 +55,13 @@ impl BridgeDriver {
     /// `elsewhere`: subnets taken beyond this host (an overlay's other networks).
     pub(super) async fn subnet(
         ctx: &PlanContext<'_>,
-        req: &NetworkCreate,
+        requested: Option<&str>,
         elsewhere: &[Ipv4Network],
         pick: fn(&[Ipv4Network]) -> Result<Ipv4Network, ipam::IpamError>,
     ) -> Result<Ipv4Network> {
         let (mut networks, routes) = Self::taken_subnets(ctx).await?;
         networks.extend_from_slice(elsewhere);
-        let Some(text) = &req.subnet else {
+        let Some(text) = requested else {
             let taken: Vec<Ipv4Network> = networks.into_iter().chain(routes).collect();
             return pick(&taken).map_err(|e| conflict(e.to_string()));
         };
@@ -83,15 +83,17 @@ impl BridgeDriver {
     }
 
     /// `--gateway` inside `subnet` (not its network or broadcast address), or the first host.
-    pub(super) fn gateway(subnet: Ipv4Network, req: &NetworkCreate) -> Result<Ipv4Addr> {
-        let Some(text) = &req.gateway else {
+    pub(super) fn gateway(subnet: Ipv4Network, requested: Option<&str>) -> Result<Ipv4Addr> {
+        let Some(text) = requested else {
             return Ok(ipam::default_gateway(subnet));
         };
         let gw: Ipv4Addr = text
             .parse()
             .map_err(|_| invalid(format!("invalid gateway address: {text}")))?;
         if !subnet.contains(gw) {
-            return Err(invalid(format!("no matching subnet for gateway {gw}")));
+            return Err(invalid(format!(
+                "invalid gateway {gw}: parent subnet {subnet} doesn't contain this address"
+            )));
         }
         if gw == subnet.network() || gw == subnet.broadcast() {
             return Err(invalid(format!(
@@ -160,11 +162,14 @@ impl NetworkDriver for BridgeDriver {
     }
 
     async fn plan(&self, ctx: &PlanContext<'_>, req: &NetworkCreate, id: u32) -> Result<Network> {
-        let opts = options(req, &["bridge-name"])?;
+        let opts = options(req, &["bridge-name", addressing::GATEWAY_MODE_V4, addressing::GATEWAY_MODE_V6])?;
+        let (gateway_mode_v4, gateway_mode_v6) = addressing::gateway_modes(&opts)?;
+        let requested = addressing::split(req, "bridge")?;
         let mtu = req.mtu.unwrap_or(ctx.config.mtu);
         config::validate_mtu(mtu).map_err(invalid)?;
-        let subnet = Self::subnet(ctx, req, &[], ipam::pick_free_subnet).await?;
-        let gateway = Self::gateway(subnet, req)?;
+        let subnet = Self::subnet(ctx, requested.subnet_v4, &[], ipam::pick_free_subnet).await?;
+        let gateway = Self::gateway(subnet, requested.gateway_v4)?;
+        let v6 = addressing::plan_v6(ctx, req, &requested)?;
         let ip_range = ip_range(subnet, req.ip_range.as_deref())?;
         let bridge = opts
             .get("bridge-name")
@@ -193,14 +198,16 @@ impl NetworkDriver for BridgeDriver {
             gateway,
             aux_gateway: None,
             ip_range,
-            subnet_v6: None,
-            gateway_v6: None,
+            subnet_v6: v6.map(|(subnet, _)| subnet),
+            gateway_v6: v6.map(|(_, gateway)| gateway),
             aux_gateway_v6: None,
             internal: req.internal,
             icc: req.icc.unwrap_or(true),
             ip_masq: !req.internal,
             mtu,
             default: false,
+            gateway_mode_v4,
+            gateway_mode_v6,
             created: now(),
             parent: None,
             overlay: None,

@@ -36,6 +36,7 @@ impl NetworkDriver for HostBridgeDriver {
     }
 
     async fn plan(&self, ctx: &PlanContext<'_>, req: &NetworkCreate, id: u32) -> Result<Network> {
+        super::addressing::refuse_ipv6(req, "hostbridge")?;
         let opts = options(req, &["parent", "bridge-name"])?;
         let (subnet, gateway) = lan_subnet_and_gateway(req)?;
         let ip_range = ip_range(subnet, req.ip_range.as_deref())?;
@@ -103,6 +104,8 @@ impl NetworkDriver for HostBridgeDriver {
             ip_masq: false,
             mtu: req.mtu.unwrap_or(mtu),
             default: false,
+            gateway_mode_v4: Default::default(),
+            gateway_mode_v6: Default::default(),
             created: now(),
             overlay: None,
             // Filled in by setup: what the NIC had before.
@@ -201,14 +204,13 @@ impl NetworkDriver for HostBridgeDriver {
 
 /// The LAN's subnet and router, both required: natd cannot guess a LAN's addressing.
 fn lan_subnet_and_gateway(req: &NetworkCreate) -> Result<(Ipv4Network, Ipv4Addr)> {
-    let subnet_text = req
-        .subnet
-        .as_deref()
+    let requested = super::addressing::split(req, "hostbridge")?;
+    let subnet_text = requested
+        .subnet_v4
         .ok_or_else(|| invalid("a hostbridge network needs --subnet (the LAN's subnet)"))?;
     let subnet = config::parse_v4_subnet("subnet", subnet_text).map_err(|e| invalid(e.to_string()))?;
-    let gateway_text = req
-        .gateway
-        .as_deref()
+    let gateway_text = requested
+        .gateway_v4
         .ok_or_else(|| invalid("a hostbridge network needs --gateway (the LAN's router)"))?;
     let gateway: Ipv4Addr = gateway_text
         .parse()

@@ -1,6 +1,7 @@
 //! Network drivers behind one abstraction (netavark's `NetworkDriver`, libnetwork's
 //! drivers): what differs between a NATed bridge network and one on the host's LAN is
 //! answered here, and nowhere else asks which driver a network has.
+pub mod addressing;
 pub mod bridge;
 pub mod hostbridge;
 pub mod overlay;
@@ -29,6 +30,9 @@ pub struct PlanContext<'a> {
     pub networks: &'a BTreeMap<String, Network>,
     /// The cluster natd is a member of (`--cluster-store`).
     pub cluster: Option<&'a Cluster>,
+    /// The host's unique-local /48 that `--ipv6` networks without an IPv6 subnet get a
+    /// /64 of.
+    pub ula_pool: ipnetwork::Ipv6Network,
 }
 
 /// What a driver sees when it checks a new endpoint's address.

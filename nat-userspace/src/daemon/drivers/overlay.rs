@@ -84,6 +84,8 @@ pub fn local_network(record: &OverlayRecord, id: u32, prefix: &str, mtu: u32, lo
         ip_masq: !record.internal,
         mtu,
         default: false,
+        gateway_mode_v4: Default::default(),
+        gateway_mode_v6: Default::default(),
         created: record.created,
         parent: None,
         overlay: Some(OverlayLink {
@@ -152,6 +154,7 @@ impl NetworkDriver for OverlayDriver {
     }
 
     async fn plan(&self, ctx: &PlanContext<'_>, req: &NetworkCreate, id: u32) -> Result<Network> {
+        super::addressing::refuse_ipv6(req, "overlay")?;
         let cluster = ctx.cluster.ok_or_else(no_cluster)?;
         let opts = options(req, &["vni", "com.docker.network.driver.overlay.vxlanid_list"])?;
         // What other hosts created up to now, read fresh.
@@ -170,8 +173,10 @@ impl NetworkDriver for OverlayDriver {
             )));
         }
         let cluster_subnets: Vec<Ipv4Network> = view.networks.values().map(|n| n.subnet).collect();
-        let subnet = BridgeDriver::subnet(ctx, req, &cluster_subnets, ipam::pick_free_overlay_subnet).await?;
-        let gateway = BridgeDriver::gateway(subnet, req)?;
+        let requested = super::addressing::split(req, "overlay")?;
+        let subnet =
+            BridgeDriver::subnet(ctx, requested.subnet_v4, &cluster_subnets, ipam::pick_free_overlay_subnet).await?;
+        let gateway = BridgeDriver::gateway(subnet, requested.gateway_v4)?;
         let used_vnis: Vec<u32> = view.networks.values().map(|n| n.vni).collect();
         let vni = match opts
             .get("vni")
