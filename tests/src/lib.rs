@@ -26,6 +26,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub const HOST_UPLINK_IP: &str = "198.51.100.1";
 pub const EXT_IP: &str = "198.51.100.2";
+/// The same link over IPv6 (documentation prefix; it never leaves the lab).
+pub const HOST_UPLINK_IP6: &str = "2001:db8:198::1";
+pub const EXT_IP6: &str = "2001:db8:198::2";
 
 fn bin(var: &str, name: &str) -> PathBuf {
     if let Ok(path) = std::env::var(var) {
@@ -177,9 +180,13 @@ impl Lab {
             "up0",
         ])?;
         ip(&["-n", e, "addr", "add", &format!("{EXT_IP}/24"), "dev", "lan0"])?;
+        // IPv6 without duplicate address detection: usable at once.
+        ip(&["-n", h, "addr", "add", &format!("{HOST_UPLINK_IP6}/64"), "dev", "up0", "nodad"])?;
+        ip(&["-n", e, "addr", "add", &format!("{EXT_IP6}/64"), "dev", "lan0", "nodad"])?;
         ip(&["-n", h, "link", "set", "up0", "up"])?;
         ip(&["-n", e, "link", "set", "lan0", "up"])?;
         ip(&["-n", h, "route", "add", "default", "via", EXT_IP])?;
+        ip(&["-n", h, "-6", "route", "add", "default", "via", EXT_IP6])?;
         Ok(())
     }
 

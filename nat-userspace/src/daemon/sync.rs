@@ -17,8 +17,8 @@ use super::{
 };
 use crate::{
     config::DataplaneKind,
-    dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, PortRule, SyncReport},
-    model::Sandbox,
+    dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, SyncReport},
+    model::{GatewayMode, Sandbox},
     sys::{
         netfilter,
         netlink::{Link, LinkKind},
@@ -59,19 +59,21 @@ impl Daemon {
                 _ => None,
             })
         };
-        desired.local_addrs = addresses
-            .iter()
-            .filter_map(|(_, net)| match net {
-                IpNetwork::V4(v4) => Some(v4.ip()),
+        // Masquerade leaves with a routable address, never a link-local one.
+        let first_v6 = |index: u32| {
+            addresses.iter().find_map(|(i, net)| match net {
+                IpNetwork::V6(v6) if *i == index && is_global_v6(v6.ip()) => Some(v6.ip()),
                 _ => None,
             })
-            .collect();
+        };
+        desired.local_addrs = addresses.iter().map(|(_, net)| net.ip()).collect();
         for uplink in &self.uplinks {
             if let Some(link) = effective_uplink(links, uplink) {
                 desired.ifaces.push(iface(
                     link,
                     IfaceRole::Uplink {
                         addr: first_v4(link.index),
+                        addr6: first_v6(link.index),
                     },
                 ));
             }
@@ -87,6 +89,11 @@ impl Daemon {
                     icc: network.icc,
                     internal: network.internal,
                     masquerade: network.masquerades(),
+                    v6: network.subnet_v6.zip(network.gateway_v6).map(|(subnet, gateway)| NetworkRule6 {
+                        subnet,
+                        gateway,
+                        masquerade: network.masquerades() && network.gateway_mode_v6 == GatewayMode::Nat,
+                    }),
                 });
             }
         }
@@ -103,21 +110,30 @@ impl Daemon {
                     continue;
                 };
                 let network_id = network.id;
+                let addr6 = endpoint.ipv6.filter(|_| network.subnet_v6.is_some());
                 desired.ifaces.push(iface(
                     veth,
                     IfaceRole::SandboxVeth {
                         network_id,
                         addr: endpoint.ipv4,
+                        addr6,
                     },
                 ));
-                desired.endpoints.push(EndpointRule {
-                    addr: endpoint.ipv4,
+                let rule = EndpointRule {
+                    addr: IpAddr::V4(endpoint.ipv4),
                     host_ifindex: veth.index,
                     network_id,
                     mac: parse_mac(&endpoint.mac),
                     gw_mac: links.get(&network.bridge).map_or([0; 6], |b| mac6(&b.mac)),
                     mtu: sandbox.mtu.unwrap_or(network.mtu),
-                });
+                };
+                desired.endpoints.push(rule);
+                if let Some(v6) = addr6 {
+                    desired.endpoints.push(EndpointRule {
+                        addr: IpAddr::V6(v6),
+                        ..rule
+                    });
+                }
             }
             desired.ports.extend(port_rules(sandbox));
         }
@@ -367,8 +383,8 @@ impl FastPath {
     }
 }
 
-/// The kernel-side form of a sandbox's published ports (IPv4 host addresses; ports bound
-/// to an IPv6 address wait for the IPv6 datapath).
+/// The kernel-side form of a sandbox's published ports: each mapping in its family,
+/// aimed at the sandbox's address of that family on its first network.
 pub(super) fn port_rules(sandbox: &Sandbox) -> Vec<PortRule> {
     let Some(endpoint) = sandbox.endpoints.first() else {
         return Vec::new();
@@ -377,20 +393,28 @@ pub(super) fn port_rules(sandbox: &Sandbox) -> Vec<PortRule> {
         .ports
         .iter()
         .filter_map(|m| {
-            let host_ip = match m.host_ip {
-                None => None,
-                Some(IpAddr::V4(v4)) if v4.is_unspecified() => None,
-                Some(IpAddr::V4(v4)) => Some(v4),
-                Some(IpAddr::V6(_)) => return None,
+            let (host_ip, target) = match m.host_ip {
+                None => (None, IpAddr::V4(endpoint.ipv4)),
+                Some(IpAddr::V4(v4)) => (Some(IpAddr::V4(v4)), IpAddr::V4(endpoint.ipv4)),
+                // Refused when the sandbox has no IPv6 address; skipped here for records
+                // written before that check.
+                Some(IpAddr::V6(v6)) => (Some(IpAddr::V6(v6)), IpAddr::V6(endpoint.ipv6?)),
             };
+            let host_ip = host_ip.filter(|ip| !ip.is_unspecified());
             Some(PortRule::new(
                 host_ip,
                 m.host_port,
                 m.proto,
-                endpoint.ipv4,
+                target,
                 m.container_port,
                 sandbox.id,
             ))
         })
         .collect()
+}
+
+/// A global unicast address (not link-local, loopback, multicast or unspecified).
+fn is_global_v6(ip: std::net::Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || first & 0xffc0 == 0xfe80)
 }

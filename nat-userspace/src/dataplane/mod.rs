@@ -5,9 +5,9 @@ pub mod ebpf;
 pub mod nftables;
 mod none;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::{
     config::{DaemonConfig, DataplaneKind},
@@ -26,11 +26,19 @@ pub enum DataplaneError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfaceRole {
-    /// Masqueraded traffic leaves with `addr` (None: the uplink has no IPv4 address).
-    Uplink { addr: Option<Ipv4Addr> },
-    /// The host end of a sandbox's veth; the sandbox's address is the only source it may
-    /// send from.
-    SandboxVeth { network_id: u32, addr: Ipv4Addr },
+    /// Masqueraded traffic leaves with `addr` / `addr6` (None: the uplink has no address
+    /// of that family; IPv6: no global one).
+    Uplink {
+        addr: Option<Ipv4Addr>,
+        addr6: Option<Ipv6Addr>,
+    },
+    /// The host end of a sandbox's veth; the sandbox's addresses are the only sources it
+    /// may send from.
+    SandboxVeth {
+        network_id: u32,
+        addr: Ipv4Addr,
+        addr6: Option<Ipv6Addr>,
+    },
 }
 
 /// An interface in natd's namespace the dataplane must serve.
@@ -43,10 +51,11 @@ pub struct Iface {
     pub mtu: u32,
 }
 
-/// A sandbox's IPv4 endpoint: where the fast path delivers packets to its address.
+/// A sandbox's endpoint on one address (IPv4 or IPv6): where the fast path delivers
+/// packets to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointRule {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// The host end of its veth.
     pub host_ifindex: u32,
     pub network_id: u32,
@@ -56,14 +65,15 @@ pub struct EndpointRule {
     pub mtu: u32,
 }
 
-/// One published port, IPv4, ready for the kernel.
+/// One published port, ready for the kernel. Its family is the target's: a host address,
+/// when given, is of the same family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRule {
-    /// None: every local address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// None: every local address of the family (0.0.0.0 / [::]).
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub proto: Proto,
-    pub target: Ipv4Addr,
+    pub target: IpAddr,
     pub target_port: u16,
     /// Changes whenever any field above changes, so flows of an old mapping are recognised.
     pub mapping_id: u32,
@@ -71,10 +81,10 @@ pub struct PortRule {
 
 impl PortRule {
     pub fn new(
-        host_ip: Option<Ipv4Addr>,
+        host_ip: Option<IpAddr>,
         host_port: u16,
         proto: Proto,
-        target: Ipv4Addr,
+        target: IpAddr,
         target_port: u16,
         salt: u32,
     ) -> Self {
@@ -86,10 +96,14 @@ impl PortRule {
                 hash = hash.wrapping_mul(0x0100_0193);
             }
         };
-        feed(&host_ip.map(|i| i.octets()).unwrap_or_default());
+        // IPv4 rules hash the bytes they always did: ids stay the same across an upgrade.
+        match host_ip {
+            None => feed(&[0; 4]),
+            Some(ip) => feed(&octets(ip)),
+        }
         feed(&host_port.to_be_bytes());
         feed(&[proto.number()]);
-        feed(&target.octets());
+        feed(&octets(target));
         feed(&target_port.to_be_bytes());
         feed(&salt.to_be_bytes());
         Self {
@@ -100,6 +114,13 @@ impl PortRule {
             target_port,
             mapping_id: hash.max(1),
         }
+    }
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 
@@ -115,14 +136,25 @@ pub struct NetworkRule {
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
+    /// The network's IPv6 side, if it has one.
+    pub v6: Option<NetworkRule6>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkRule6 {
+    pub subnet: Ipv6Network,
+    pub gateway: Ipv6Addr,
+    /// `gateway_mode_ipv6=nat` (and not internal): masqueraded and published like IPv4;
+    /// false: routed (no NAT, sandbox addresses reachable on published container ports).
+    pub masquerade: bool,
 }
 
 /// What the kernel should look like, computed from natd's state.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
     pub ifaces: Vec<Iface>,
-    /// Every IPv4 address of natd's namespace (targets of ports published on 0.0.0.0).
-    pub local_addrs: Vec<Ipv4Addr>,
+    /// Every address of natd's namespace (targets of ports published on 0.0.0.0 / [::]).
+    pub local_addrs: Vec<IpAddr>,
     pub networks: Vec<NetworkRule>,
     pub ports: Vec<PortRule>,
     pub endpoints: Vec<EndpointRule>,

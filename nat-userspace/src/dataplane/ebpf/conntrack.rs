@@ -1,17 +1,42 @@
 //! natd's side of the connection tables: idle expiry (the programs never delete on their
 //! own clock; natd sees both entries of a flow at once), removal of flows whose mapping or
-//! endpoint is gone, and the `natctl ct ls` listing. Both tables are walked: established
-//! flows (`NATD_CT4`) and embryonic ones (`NATD_CT4_NEW`).
-use std::{collections::HashMap as StdHashMap, time::Duration};
+//! endpoint is gone, and the `natctl ct ls` listing. Both tables of both families are
+//! walked: established flows (`NATD_CT4`, `NATD_CT6`) and embryonic ones (`NATD_CT4_NEW`,
+//! `NATD_CT6_NEW`).
+use std::{collections::HashMap as StdHashMap, hash::Hash, net::IpAddr, time::Duration};
 
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Array, HashMap, MapData},
 };
-use nat_common::{Ct4Entry, Ct4Key, clock, ct, names::map};
+use nat_common::{Addr6, CtEntry, CtKey, clock, ct, names::map};
 
-use super::{err, maps::from_raw};
+use super::{
+    err,
+    maps::{from_raw, from_raw6},
+};
 use crate::dataplane::{CtTimeout, DataplaneError, Flow, GcReport};
+
+/// An address family's connection tables.
+pub trait Family: Copy + Eq + Hash + 'static {
+    /// Established and embryonic table.
+    const TABLES: [&'static str; 2];
+    fn ip(self) -> IpAddr;
+}
+
+impl Family for u32 {
+    const TABLES: [&'static str; 2] = [map::CT4, map::CT4_NEW];
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(from_raw(self))
+    }
+}
+
+impl Family for Addr6 {
+    const TABLES: [&'static str; 2] = [map::CT6, map::CT6_NEW];
+    fn ip(self) -> IpAddr {
+        IpAddr::V6(from_raw6(self))
+    }
+}
 
 /// Idle timeouts of tracked flows, by state.
 #[derive(Clone, Copy, Debug)]
@@ -96,7 +121,7 @@ impl FlowState {
     }
 }
 
-pub fn flow_state(proto: u8, a: &Ct4Entry, b: Option<&Ct4Entry>) -> FlowState {
+pub fn flow_state<A>(proto: u8, a: &CtEntry<A>, b: Option<&CtEntry<A>>) -> FlowState {
     let b_tcp = b.map(|b| b.tcp).unwrap_or(0);
     let b_flags = b.map(|b| b.flags).unwrap_or(0);
     let tcp = a.tcp | b_tcp;
@@ -131,25 +156,33 @@ pub fn now_ticks() -> u32 {
     clock::ticks(ns)
 }
 
-fn idle(now: u32, entry: &Ct4Entry, peer: Option<&Ct4Entry>) -> Duration {
+fn idle<A>(now: u32, entry: &CtEntry<A>, peer: Option<&CtEntry<A>>) -> Duration {
     let last = entry.last_seen.max(peer.map(|p| p.last_seen).unwrap_or(0));
     Duration::from_nanos(clock::ns(now.saturating_sub(last)))
 }
 
-fn table<'a>(
+fn table<'a, A: Family>(
     ebpf: &'a mut Ebpf,
     name: &str,
-) -> Result<HashMap<&'a mut MapData, Ct4Key, Ct4Entry>, DataplaneError> {
+) -> Result<HashMap<&'a mut MapData, CtKey<A>, CtEntry<A>>, DataplaneError>
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
     HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?).map_err(|e| err(name, e))
 }
 
-/// Every entry of both tables, and whether it is established.
-pub fn entries(ebpf: &Ebpf) -> Vec<(Ct4Key, Ct4Entry, bool)> {
+/// Every entry of both tables of a family, and whether it is established.
+pub fn entries<A: Family>(ebpf: &Ebpf) -> Vec<(CtKey<A>, CtEntry<A>, bool)>
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
     let mut out = Vec::new();
-    for (name, established) in [(map::CT4, true), (map::CT4_NEW, false)] {
+    for (name, established) in [(A::TABLES[0], true), (A::TABLES[1], false)] {
         if let Some(m) = ebpf
             .map(name)
-            .and_then(|m| HashMap::<_, Ct4Key, Ct4Entry>::try_from(m).ok())
+            .and_then(|m| HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(m).ok())
         {
             out.extend(m.iter().filter_map(Result::ok).map(|(k, e)| (k, e, established)));
         }
@@ -162,7 +195,7 @@ fn generations(ebpf: &Ebpf) -> Option<Array<&MapData, u32>> {
 }
 
 /// Whether the mapping or endpoint a flow depends on is still the one it started with.
-fn live(generations: Option<&Array<&MapData, u32>>, entry: &Ct4Entry) -> bool {
+fn live<A>(generations: Option<&Array<&MapData, u32>>, entry: &CtEntry<A>) -> bool {
     if entry.gen_slot == u32::MAX {
         return true;
     }
@@ -177,12 +210,25 @@ fn live(generations: Option<&Array<&MapData, u32>>, entry: &Ct4Entry) -> bool {
 /// reply entry holds the claim on the translated tuple, which must never be free while an
 /// entry that translates into it remains.
 pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError> {
+    let v4 = expire_family::<u32>(ebpf, timeouts)?;
+    let v6 = expire_family::<Addr6>(ebpf, timeouts)?;
+    Ok(GcReport {
+        scanned: v4.scanned + v6.scanned,
+        expired: v4.expired + v6.expired,
+    })
+}
+
+fn expire_family<A: Family>(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError>
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
     let now = now_ticks();
-    let all = entries(ebpf);
-    let by_key: StdHashMap<Ct4Key, &Ct4Entry> = all.iter().map(|(k, e, _)| (*k, e)).collect();
+    let all = entries::<A>(ebpf);
+    let by_key: StdHashMap<CtKey<A>, &CtEntry<A>> = all.iter().map(|(k, e, _)| (*k, e)).collect();
     let gens = generations(ebpf);
     // (key, last_seen) of each entry to remove, the original direction before its peer.
-    let mut doomed: Vec<Vec<(Ct4Key, u32)>> = Vec::new();
+    let mut doomed: Vec<Vec<(CtKey<A>, u32)>> = Vec::new();
     for (key, entry, _) in &all {
         let peer_key = key.peer(entry);
         let peer = by_key.get(&peer_key).copied();
@@ -206,7 +252,7 @@ pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, Dataplan
     let mut expired = 0;
     let mut later = Vec::new();
     {
-        let mut established = table(ebpf, map::CT4)?;
+        let mut established = table::<A>(ebpf, A::TABLES[0])?;
         for flow in &doomed {
             match unchanged(&established, flow) {
                 Check::Absent => later.push(flow),
@@ -215,7 +261,7 @@ pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, Dataplan
             }
         }
     }
-    let mut embryonic = table(ebpf, map::CT4_NEW)?;
+    let mut embryonic = table::<A>(ebpf, A::TABLES[1])?;
     for flow in later {
         if unchanged(&embryonic, flow) == Check::Unchanged {
             expired += remove(&mut embryonic, flow);
@@ -236,7 +282,11 @@ enum Check {
     Unchanged,
 }
 
-fn unchanged(t: &HashMap<&mut MapData, Ct4Key, Ct4Entry>, flow: &[(Ct4Key, u32)]) -> Check {
+fn unchanged<A: Family>(t: &HashMap<&mut MapData, CtKey<A>, CtEntry<A>>, flow: &[(CtKey<A>, u32)]) -> Check
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
     let mut present = false;
     for (key, seen) in flow {
         if let Ok(entry) = t.get(key, 0) {
@@ -250,7 +300,11 @@ fn unchanged(t: &HashMap<&mut MapData, Ct4Key, Ct4Entry>, flow: &[(Ct4Key, u32)]
 }
 
 /// Removes a flow's entries in their order (original direction first).
-fn remove(t: &mut HashMap<&mut MapData, Ct4Key, Ct4Entry>, flow: &[(Ct4Key, u32)]) -> usize {
+fn remove<A: Family>(t: &mut HashMap<&mut MapData, CtKey<A>, CtEntry<A>>, flow: &[(CtKey<A>, u32)]) -> usize
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
     flow.iter().filter(|(key, _)| t.remove(key).is_ok()).count()
 }
 
@@ -258,10 +312,18 @@ fn remove(t: &mut HashMap<&mut MapData, Ct4Key, Ct4Entry>, flow: &[(Ct4Key, u32)
 /// bridge took over, or gave back: same MAC, another interface). Returns how many entries
 /// changed.
 pub fn retarget(ebpf: &mut Ebpf, old: u32, new: u32) -> Result<usize, DataplaneError> {
+    Ok(retarget_family::<u32>(ebpf, old, new)? + retarget_family::<Addr6>(ebpf, old, new)?)
+}
+
+fn retarget_family<A: Family>(ebpf: &mut Ebpf, old: u32, new: u32) -> Result<usize, DataplaneError>
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
     let mut moved = 0;
-    for name in [map::CT4, map::CT4_NEW] {
-        let mut t = table(ebpf, name)?;
-        let hits: Vec<(Ct4Key, Ct4Entry)> = t
+    for name in A::TABLES {
+        let mut t = table::<A>(ebpf, name)?;
+        let hits: Vec<(CtKey<A>, CtEntry<A>)> = t
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, e)| e.out_ifindex == old)
@@ -279,13 +341,24 @@ pub fn retarget(ebpf: &mut Ebpf, old: u32, new: u32) -> Result<usize, DataplaneE
 
 /// Every tracked flow entry as `natctl ct ls` shows it.
 pub fn flows(ebpf: &Ebpf, mapping_of_slot: impl Fn(u32) -> Option<u32>) -> Vec<Flow> {
+    let mut out = flows_of::<u32>(ebpf, &mapping_of_slot);
+    out.extend(flows_of::<Addr6>(ebpf, &mapping_of_slot));
+    out
+}
+
+fn flows_of<A: Family>(ebpf: &Ebpf, mapping_of_slot: &impl Fn(u32) -> Option<u32>) -> Vec<Flow>
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
     let now = now_ticks();
-    let all = entries(ebpf);
-    let by_key: StdHashMap<Ct4Key, &Ct4Entry> = all.iter().map(|(k, e, _)| (*k, e)).collect();
+    let all = entries::<A>(ebpf);
+    let by_key: StdHashMap<CtKey<A>, &CtEntry<A>> = all.iter().map(|(k, e, _)| (*k, e)).collect();
     let proto_name = |p: u8| match p {
         6 => "tcp",
         17 => "udp",
         1 => "icmp",
+        58 => "icmpv6",
         _ => "other",
     };
     let kind_name = |k: u8| match k {
@@ -295,7 +368,7 @@ pub fn flows(ebpf: &Ebpf, mapping_of_slot: impl Fn(u32) -> Option<u32>) -> Vec<F
         ct::SNAT_REPLY => "snat-reply",
         _ => "unknown",
     };
-    let addr = |a: u32| std::net::IpAddr::V4(from_raw(a));
+    let addr = |a: A| a.ip();
     all.iter()
         .map(|(k, e, established)| {
             let peer = by_key.get(&k.peer(e)).copied();

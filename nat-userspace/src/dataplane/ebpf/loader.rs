@@ -64,7 +64,12 @@ pub fn load(
     pin_dir: &Path,
     sizes: TableSizes,
 ) -> Result<(Ebpf, pins::CarryOver, Vec<String>), DataplaneError> {
-    let overrides = [(map::CT4, sizes.established), (map::CT4_NEW, sizes.embryonic)];
+    let overrides = [
+        (map::CT4, sizes.established),
+        (map::CT4_NEW, sizes.embryonic),
+        (map::CT6, sizes.established),
+        (map::CT6_NEW, sizes.embryonic),
+    ];
     let (carry, report) = pins::prepare(&pin_dir.join("maps"), &pins::expected(&overrides)?);
     // The memlock rlimit may not be raisable here; kernels >= 5.11 charge BPF memory to
     // the cgroup instead, so a failure is not fatal.
@@ -77,6 +82,8 @@ pub fn load(
         .default_map_pin_directory(pin_dir.join("maps"))
         .map_max_entries(map::CT4, sizes.established)
         .map_max_entries(map::CT4_NEW, sizes.embryonic)
+        .map_max_entries(map::CT6, sizes.established)
+        .map_max_entries(map::CT6_NEW, sizes.embryonic)
         .load(crate::EBPF_OBJECT)
         .map_err(|e| {
             err(
@@ -203,11 +210,17 @@ impl Links<'_> {
         let mut plan = Vec::new();
         for iface in &desired.ifaces {
             let attachments: &[(TcAttachType, &str)] = match iface.role {
+                // Each IPv4 program hands IPv6 on to the IPv6 one attached after it.
                 IfaceRole::Uplink { .. } => &[
                     (TcAttachType::Ingress, program::UPLINK_INGRESS),
+                    (TcAttachType::Ingress, program::UPLINK_INGRESS6),
                     (TcAttachType::Egress, program::UPLINK_EGRESS),
+                    (TcAttachType::Egress, program::UPLINK_EGRESS6),
                 ],
-                IfaceRole::SandboxVeth { .. } => &[(TcAttachType::Ingress, program::SANDBOX_INGRESS)],
+                IfaceRole::SandboxVeth { .. } => &[
+                    (TcAttachType::Ingress, program::SANDBOX_INGRESS),
+                    (TcAttachType::Ingress, program::SANDBOX_INGRESS6),
+                ],
             };
             for &(direction, program) in attachments {
                 let dir = if direction == TcAttachType::Ingress {

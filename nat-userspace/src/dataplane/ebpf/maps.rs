@@ -6,7 +6,7 @@
 //! are the bytes natd installs.
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use aya::{
@@ -14,73 +14,17 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 use nat_common::{
-    EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, Port4Key, Port4Target,
-    config, names::map, net, role,
+    Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, NetInfo6, Port4Key,
+    Port4Target, Port6Key, Port6Target, config, names::map,
 };
 
+pub use super::kernel_form::{from_raw, from_raw6, raw, raw6};
 use super::{
     err,
+    kernel_form::{PortEntry, endpoint_info, iface_config, net_info, net_info6, port_entry},
     slots::{SlotBook, SlotChange},
 };
-use crate::dataplane::{DataplaneError, Desired, EndpointRule, Iface, IfaceRole, NetworkRule, PortRule};
-
-/// An IPv4 address as the kernel side holds it (the `u32` loaded from a packet).
-pub fn raw(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
-
-pub fn from_raw(raw: u32) -> Ipv4Addr {
-    Ipv4Addr::from(raw.to_ne_bytes())
-}
-
-pub fn iface_config(iface: &Iface) -> IfaceConfig {
-    let (role, network_id, addr4) = match iface.role {
-        IfaceRole::Uplink { addr } => (role::UPLINK, 0, addr.map(raw).unwrap_or(0)),
-        IfaceRole::SandboxVeth { network_id, addr } => (role::SANDBOX_VETH, network_id, raw(addr)),
-    };
-    IfaceConfig {
-        role,
-        network_id,
-        addr4,
-        mtu: iface.mtu,
-        mac: iface.mac,
-        ..Default::default()
-    }
-}
-
-pub fn port_key(rule: &PortRule) -> Port4Key {
-    Port4Key {
-        addr: rule.host_ip.map(raw).unwrap_or(0),
-        port: rule.host_port.to_be(),
-        proto: rule.proto.number(),
-        _pad: 0,
-    }
-}
-
-fn port_target(rule: &PortRule, slot: u32, generation: u32) -> Port4Target {
-    Port4Target {
-        addr: raw(rule.target),
-        port: rule.target_port.to_be(),
-        _pad: 0,
-        slot,
-        generation,
-        mapping_id: rule.mapping_id,
-    }
-}
-
-pub fn net_info(n: &NetworkRule) -> NetInfo4 {
-    NetInfo4 {
-        network_id: n.id,
-        flags: (if n.icc { net::ICC } else { 0 })
-            | (if n.internal { net::INTERNAL } else { 0 })
-            | (if n.masquerade { net::MASQ } else { 0 }),
-        gateway: raw(n.gateway),
-        subnet: raw(n.subnet.network()),
-        bridge_ifindex: n.bridge_ifindex,
-        prefix_len: n.subnet.prefix(),
-        _pad: [0; 3],
-    }
-}
+use crate::dataplane::{DataplaneError, Desired, EndpointRule, NetworkRule, PortRule};
 
 fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
     ebpf: &'a mut Ebpf,
@@ -124,10 +68,14 @@ where
 struct Mirror {
     ifaces: Option<BTreeMap<u32, IfaceConfig>>,
     local: Option<BTreeMap<u32, u32>>,
+    local6: Option<BTreeMap<Addr6, u32>>,
     networks: Option<BTreeMap<u32, NetInfo4>>,
     nets4: Option<BTreeMap<(u32, [u8; 4]), NetInfo4>>,
+    nets6: Option<BTreeMap<(u32, [u8; 16]), NetInfo6>>,
     endpoints: Option<BTreeMap<u32, EndpointInfo>>,
+    endpoints6: Option<BTreeMap<Addr6, EndpointInfo>>,
     ports: Option<BTreeMap<Port4Key, Port4Target>>,
+    ports6: Option<BTreeMap<Port6Key, Port6Target>>,
     config: Option<NatConfig>,
     /// Generation of each slot natd read or wrote.
     generations: StdHashMap<u32, u32>,
@@ -135,7 +83,7 @@ struct Mirror {
 
 /// Who owns an endpoint slot: the address on that veth (the same address on a new veth
 /// is a new endpoint, whose flows are not the old one's).
-type EndpointOwner = (u32, u32);
+type EndpointOwner = (IpAddr, u32);
 
 pub struct MapWriter {
     mappings: SlotBook<u32>,
@@ -167,6 +115,17 @@ impl MapWriter {
                     .map(|(_, t)| (t.mapping_id, t.slot)),
             );
         }
+        if let Some(ports) = ebpf
+            .map(map::PORTS6)
+            .and_then(|m| HashMap::<_, Port6Key, Port6Target>::try_from(m).ok())
+        {
+            self.mappings.adopt(
+                ports
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(_, t)| (t.mapping_id, t.slot)),
+            );
+        }
         if let Some(endpoints) = ebpf
             .map(map::ENDPOINTS4)
             .and_then(|m| HashMap::<_, u32, EndpointInfo>::try_from(m).ok())
@@ -175,7 +134,18 @@ impl MapWriter {
                 endpoints
                     .iter()
                     .filter_map(Result::ok)
-                    .map(|(addr, e)| ((addr, e.host_ifindex), e.slot)),
+                    .map(|(addr, e)| ((IpAddr::V4(from_raw(addr)), e.host_ifindex), e.slot)),
+            );
+        }
+        if let Some(endpoints) = ebpf
+            .map(map::ENDPOINTS6)
+            .and_then(|m| HashMap::<_, Addr6, EndpointInfo>::try_from(m).ok())
+        {
+            self.endpoints.adopt(
+                endpoints
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(addr, e)| ((IpAddr::V6(from_raw6(addr)), e.host_ifindex), e.slot)),
             );
         }
     }
@@ -232,12 +202,25 @@ impl MapWriter {
             &mut m.ifaces,
             map::IFACE_CONFIG,
         )?;
-        let local: BTreeMap<u32, u32> = desired.local_addrs.iter().map(|ip| (raw(*ip), 1)).collect();
+        let mut local = BTreeMap::new();
+        let mut local6 = BTreeMap::new();
+        for ip in &desired.local_addrs {
+            match ip {
+                IpAddr::V4(v4) => local.insert(raw(*v4), 1),
+                IpAddr::V6(v6) => local6.insert(raw6(*v6), 1),
+            };
+        }
         sync_hash(
             &mut hash_map(ebpf, map::LOCAL4)?,
             local,
             &mut m.local,
             map::LOCAL4,
+        )?;
+        sync_hash(
+            &mut hash_map(ebpf, map::LOCAL6)?,
+            local6,
+            &mut m.local6,
+            map::LOCAL6,
         )?;
         write_networks(ebpf, &desired.networks, m)?;
         self.write_endpoints(ebpf, &desired.endpoints)?;
@@ -246,7 +229,7 @@ impl MapWriter {
     }
 
     fn write_endpoints(&mut self, ebpf: &mut Ebpf, endpoints: &[EndpointRule]) -> Result<(), DataplaneError> {
-        let owners: Vec<EndpointOwner> = endpoints.iter().map(|e| (raw(e.addr), e.host_ifindex)).collect();
+        let owners: Vec<EndpointOwner> = endpoints.iter().map(|e| (e.addr, e.host_ifindex)).collect();
         let changes = self.endpoints.sync(&owners).map_err(|e| err("endpoints", e))?;
         let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
         for change in &changes {
@@ -254,30 +237,26 @@ impl MapWriter {
             generations.bump(*slot)?;
         }
         let mut want = BTreeMap::new();
+        let mut want6 = BTreeMap::new();
         for e in endpoints {
-            let slot = self
-                .endpoints
-                .slot(&(raw(e.addr), e.host_ifindex))
-                .expect("synced above");
-            want.insert(
-                raw(e.addr),
-                EndpointInfo {
-                    host_ifindex: e.host_ifindex,
-                    network_id: e.network_id,
-                    slot,
-                    generation: generations.get(slot)?,
-                    mac: e.mac,
-                    gw_mac: e.gw_mac,
-                    mtu: e.mtu.min(u32::from(u16::MAX)) as u16,
-                    _pad: [0; 2],
-                },
-            );
+            let slot = self.endpoints.slot(&(e.addr, e.host_ifindex)).expect("synced above");
+            let info = endpoint_info(e, slot, generations.get(slot)?);
+            match e.addr {
+                IpAddr::V4(v4) => want.insert(raw(v4), info),
+                IpAddr::V6(v6) => want6.insert(raw6(v6), info),
+            };
         }
         sync_hash(
             &mut hash_map(ebpf, map::ENDPOINTS4)?,
             want,
             &mut self.mirror.endpoints,
             map::ENDPOINTS4,
+        )?;
+        sync_hash(
+            &mut hash_map(ebpf, map::ENDPOINTS6)?,
+            want6,
+            &mut self.mirror.endpoints6,
+            map::ENDPOINTS6,
         )
     }
 
@@ -296,9 +275,13 @@ impl MapWriter {
             }
         }
         let mut want = BTreeMap::new();
+        let mut want6 = BTreeMap::new();
         for rule in ports {
             let slot = self.mappings.slot(&rule.mapping_id).expect("synced above");
-            want.insert(port_key(rule), port_target(rule, slot, generations.get(slot)?));
+            match port_entry(rule, slot, generations.get(slot)?) {
+                PortEntry::V4(key, target) => want.insert(key, target).map(drop),
+                PortEntry::V6(key, target) => want6.insert(key, target).map(drop),
+            };
         }
         // Counters start at zero before the mapping exists, so the programs only add.
         zero_stats(ebpf, &fresh)?;
@@ -307,6 +290,12 @@ impl MapWriter {
             want,
             &mut self.mirror.ports,
             map::PORTS4,
+        )?;
+        sync_hash(
+            &mut hash_map(ebpf, map::PORTS6)?,
+            want6,
+            &mut self.mirror.ports6,
+            map::PORTS6,
         )
     }
 
@@ -319,7 +308,7 @@ impl MapWriter {
         added: &[PortRule],
         removed: &[PortRule],
     ) -> Result<bool, DataplaneError> {
-        let Some(mut mirror) = self.mirror.ports.take() else {
+        let (Some(mut mirror), Some(mut mirror6)) = (self.mirror.ports.take(), self.mirror.ports6.take()) else {
             return Ok(false);
         };
         let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
@@ -329,7 +318,8 @@ impl MapWriter {
             if let Some(SlotChange::Released { slot, .. }) = self.mappings.release(&rule.mapping_id) {
                 generations.bump(slot)?;
             }
-            gone.push(port_key(rule));
+            // The key does not depend on the slot.
+            gone.push(port_entry(rule, 0, 0));
         }
         let mut new = Vec::new();
         for rule in added {
@@ -342,19 +332,37 @@ impl MapWriter {
                 fresh.push(slot);
             }
             let slot = self.mappings.slot(&rule.mapping_id).expect("taken above");
-            new.push((port_key(rule), port_target(rule, slot, generations.get(slot)?)));
+            new.push(port_entry(rule, slot, generations.get(slot)?));
         }
         zero_stats(ebpf, &fresh)?;
         let mut ports: HashMap<&mut MapData, Port4Key, Port4Target> = hash_map(ebpf, map::PORTS4)?;
-        for key in gone {
-            let _ = ports.remove(&key);
-            mirror.remove(&key);
+        for entry in &gone {
+            if let PortEntry::V4(key, _) = entry {
+                let _ = ports.remove(key);
+                mirror.remove(key);
+            }
         }
-        for (key, target) in new {
-            ports.insert(key, target, 0).map_err(|e| err(map::PORTS4, e))?;
-            mirror.insert(key, target);
+        for entry in &new {
+            if let PortEntry::V4(key, target) = entry {
+                ports.insert(key, target, 0).map_err(|e| err(map::PORTS4, e))?;
+                mirror.insert(*key, *target);
+            }
         }
         self.mirror.ports = Some(mirror);
+        let mut ports6: HashMap<&mut MapData, Port6Key, Port6Target> = hash_map(ebpf, map::PORTS6)?;
+        for entry in &gone {
+            if let PortEntry::V6(key, _) = entry {
+                let _ = ports6.remove(key);
+                mirror6.remove(key);
+            }
+        }
+        for entry in &new {
+            if let PortEntry::V6(key, target) = entry {
+                ports6.insert(key, target, 0).map_err(|e| err(map::PORTS6, e))?;
+                mirror6.insert(*key, *target);
+            }
+        }
+        self.mirror.ports6 = Some(mirror6);
         Ok(true)
     }
 
@@ -456,16 +464,32 @@ fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule], m: &mut Mirror) -> 
         .iter()
         .map(|i| ((u32::from(i.prefix_len), i.subnet.to_ne_bytes()), *i))
         .collect();
-    if m.nets4.as_ref() == Some(&want) {
+    sync_trie(ebpf, map::NETS4, want, &mut m.nets4)?;
+    let want6: BTreeMap<(u32, [u8; 16]), NetInfo6> = networks
+        .iter()
+        .filter_map(|n| Some(((u32::from(n.v6?.subnet.prefix()), n.v6?.subnet.network().octets()), net_info6(n)?)))
+        .collect();
+    sync_trie(ebpf, map::NETS6, want6, &mut m.nets6)
+}
+
+/// An LPM trie made to hold exactly `want` (keyed by prefix length and address bytes).
+fn sync_trie<K, V>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    want: BTreeMap<(u32, K), V>,
+    mirror: &mut Option<BTreeMap<(u32, K), V>>,
+) -> Result<(), DataplaneError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    if mirror.as_ref() == Some(&want) {
         return Ok(());
     }
-    m.nets4 = None;
-    let mut trie: LpmTrie<&mut MapData, [u8; 4], NetInfo4> = LpmTrie::try_from(
-        ebpf.map_mut(map::NETS4)
-            .ok_or_else(|| err("map missing", map::NETS4))?,
-    )
-    .map_err(|e| err(map::NETS4, e))?;
-    let have: Vec<Key<[u8; 4]>> = trie.keys().filter_map(Result::ok).collect();
+    *mirror = None;
+    let mut trie: LpmTrie<&mut MapData, K, V> =
+        LpmTrie::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?).map_err(|e| err(name, e))?;
+    let have: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
     for key in have {
         if !want.contains_key(&(key.prefix_len(), key.data())) {
             let _ = trie.remove(&key);
@@ -473,9 +497,9 @@ fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule], m: &mut Mirror) -> 
     }
     for ((prefix, data), value) in &want {
         trie.insert(&Key::new(*prefix, *data), *value, 0)
-            .map_err(|e| err(map::NETS4, e))?;
+            .map_err(|e| err(name, e))?;
     }
-    m.nets4 = Some(want);
+    *mirror = Some(want);
     Ok(())
 }
 

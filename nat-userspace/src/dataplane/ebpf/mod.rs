@@ -3,6 +3,7 @@
 //! `maps` writes the configuration maps, `conntrack` expires and lists flows.
 pub mod conntrack;
 pub mod loader;
+pub mod kernel_form;
 pub mod maps;
 mod pins;
 pub mod slots;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 
 use aya::{Ebpf, maps::PerCpuArray};
 use nat_common::{
-    Ct4Entry, Ct4Key, EndpointInfo, IfaceConfig, NetInfo4, Port4Key, Port4Target, counter, names::map,
+    Addr6, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, EndpointInfo, IfaceConfig, NetInfo4, Port4Key, Port4Target, Port6Key, Port6Target, counter, names::map,
 };
 
 use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, IfaceRole, PortRule, Stats, SyncReport};
@@ -66,13 +67,16 @@ impl EbpfDataplane {
             embryonic: config.conntrack_embryonic_max,
         };
         let (mut ebpf, carry, mut pin_report) = loader::load(&pin_dir, sizes)?;
+        let mut carried = Vec::new();
         for (name, flows) in [(map::CT4, &carry.established), (map::CT4_NEW, &carry.embryonic)] {
-            let kept = pins::restore(&mut ebpf, name, flows)?;
-            if kept < flows.len() {
-                pin_report.push(format!(
-                    "{name}: {} flows did not fit the new size",
-                    flows.len() - kept
-                ));
+            carried.push((name, flows.len(), pins::restore(&mut ebpf, name, flows)?));
+        }
+        for (name, flows) in [(map::CT6, &carry.established6), (map::CT6_NEW, &carry.embryonic6)] {
+            carried.push((name, flows.len(), pins::restore(&mut ebpf, name, flows)?));
+        }
+        for (name, had, kept) in carried {
+            if kept < had {
+                pin_report.push(format!("{name}: {} flows did not fit the new size", had - kept));
             }
         }
         let cookie =
@@ -237,6 +241,8 @@ impl Dataplane for EbpfDataplane {
             "maps": {
                 "conntrack": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4), "capacity": self.sizes.established},
                 "conntrack_embryonic": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4_NEW), "capacity": self.sizes.embryonic},
+                "conntrack6": {"entries": maps::entries::<Ct6Key, Ct6Entry>(&self.ebpf, map::CT6), "capacity": self.sizes.established},
+                "conntrack6_embryonic": {"entries": maps::entries::<Ct6Key, Ct6Entry>(&self.ebpf, map::CT6_NEW), "capacity": self.sizes.embryonic},
                 "ports": {"entries": maps::entries::<Port4Key, Port4Target>(&self.ebpf, map::PORTS4), "capacity": nat_common::MAX_PORT_MAPPINGS},
             },
         })
@@ -265,9 +271,29 @@ impl Dataplane for EbpfDataplane {
                 self.sizes.embryonic,
             ),
             (
+                map::CT6,
+                maps::entries::<Ct6Key, Ct6Entry>(ebpf, map::CT6),
+                self.sizes.established,
+            ),
+            (
+                map::CT6_NEW,
+                maps::entries::<Ct6Key, Ct6Entry>(ebpf, map::CT6_NEW),
+                self.sizes.embryonic,
+            ),
+            (
                 map::PORTS4,
                 maps::entries::<Port4Key, Port4Target>(ebpf, map::PORTS4),
                 nat_common::MAX_PORT_MAPPINGS,
+            ),
+            (
+                map::PORTS6,
+                maps::entries::<Port6Key, Port6Target>(ebpf, map::PORTS6),
+                nat_common::MAX_PORT_MAPPINGS,
+            ),
+            (
+                map::ENDPOINTS6,
+                maps::entries::<Addr6, EndpointInfo>(ebpf, map::ENDPOINTS6),
+                nat_common::MAX_ENDPOINTS,
             ),
             (
                 map::ENDPOINTS4,

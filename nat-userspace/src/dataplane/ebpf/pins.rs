@@ -11,7 +11,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, MapInfo},
 };
-use nat_common::{Ct4Entry, Ct4Key, csum, ct, names::map};
+use nat_common::{Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, csum, ct, names::map};
 
 use super::err;
 use crate::dataplane::DataplaneError;
@@ -44,6 +44,8 @@ pub fn expected(overrides: &[(&str, u32)]) -> Result<BTreeMap<String, Shape>, Da
 pub struct CarryOver {
     pub established: Vec<(Ct4Key, Ct4Entry)>,
     pub embryonic: Vec<(Ct4Key, Ct4Entry)>,
+    pub established6: Vec<(Ct6Key, Ct6Entry)>,
+    pub embryonic6: Vec<(Ct6Key, Ct6Entry)>,
     /// natd 0.1's table, converted when the slots of mappings are known (first sync).
     pub legacy: Vec<(LegacyKey, LegacyEntry)>,
 }
@@ -78,6 +80,8 @@ pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOve
         let carried = match (name.as_str(), expected.get(&name)) {
             (map::CT4, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.established),
             (map::CT4_NEW, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.embryonic),
+            (map::CT6, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.established6),
+            (map::CT6_NEW, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.embryonic6),
             (LEGACY_CT, None) if info.key_size() == 40 && info.value_size() == 80 => {
                 read_pinned(&path, &mut carry.legacy)
             }
@@ -113,8 +117,8 @@ fn read_pinned<K: aya::Pod, V: aya::Pod>(path: &Path, into: &mut Vec<(K, V)>) ->
 }
 
 /// Writes carried flows into a table of the new object (as many as fit).
-pub fn restore(ebpf: &mut Ebpf, name: &str, flows: &[(Ct4Key, Ct4Entry)]) -> Result<usize, DataplaneError> {
-    let mut table: HashMap<&mut MapData, Ct4Key, Ct4Entry> =
+pub fn restore<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str, flows: &[(K, V)]) -> Result<usize, DataplaneError> {
+    let mut table: HashMap<&mut MapData, K, V> =
         HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?)
             .map_err(|e| err(name, e))?;
     Ok(flows

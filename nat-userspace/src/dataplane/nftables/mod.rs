@@ -93,6 +93,7 @@ impl Dataplane for NftablesDataplane {
         let wanted: BTreeMap<String, PortRule> = desired
             .ports
             .iter()
+            .filter(|r| r.target.is_ipv4())
             .map(|r| (format!("{} {}", port_element(r).0, port_element(r).1), *r))
             .collect();
         let exists = self.table_exists();

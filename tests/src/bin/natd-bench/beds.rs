@@ -236,7 +236,7 @@ fn attach_redirect(
             |name: &str| nix::net::if_::if_nametoindex(name).with_context(|| format!("ifindex of {name}"));
         let desired = Desired {
             endpoints: vec![EndpointRule {
-                addr,
+                addr: addr.into(),
                 host_ifindex: index(&veth)?,
                 network_id: 1,
                 mac: sandbox_mac,

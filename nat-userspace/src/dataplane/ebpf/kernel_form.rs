@@ -1,0 +1,160 @@
+//! natd's records in the form the kernel programs hold them: addresses as loaded from a
+//! packet (IPv4 a `u32`, IPv6 four `u32` words, network byte order read natively), ports
+//! in network byte order, and the map values built from `Desired`'s rules.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use nat_common::{
+    Addr6, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, net, role,
+};
+
+use crate::dataplane::{EndpointRule, Iface, IfaceRole, NetworkRule, PortRule};
+
+pub fn raw(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+pub fn from_raw(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+pub fn raw6(ip: Ipv6Addr) -> Addr6 {
+    let o = ip.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]))
+}
+
+pub fn from_raw6(raw: Addr6) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, word) in raw.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+pub fn iface_config(iface: &Iface) -> IfaceConfig {
+    let (role, network_id, addr4, addr6) = match iface.role {
+        IfaceRole::Uplink { addr, addr6 } => (role::UPLINK, 0, addr.map(raw).unwrap_or(0), addr6),
+        IfaceRole::SandboxVeth {
+            network_id,
+            addr,
+            addr6,
+        } => (role::SANDBOX_VETH, network_id, raw(addr), addr6),
+    };
+    IfaceConfig {
+        role,
+        network_id,
+        addr4,
+        mtu: iface.mtu,
+        mac: iface.mac,
+        addr6: addr6.map(|a| a.octets()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// A published port's key and target in its family's map.
+pub enum PortEntry {
+    V4(Port4Key, Port4Target),
+    V6(Port6Key, Port6Target),
+}
+
+pub fn port_entry(rule: &PortRule, slot: u32, generation: u32) -> PortEntry {
+    let (port, target_port, proto) = (rule.host_port.to_be(), rule.target_port.to_be(), rule.proto.number());
+    match rule.target {
+        IpAddr::V4(target) => PortEntry::V4(
+            Port4Key {
+                addr: match rule.host_ip {
+                    Some(IpAddr::V4(ip)) => raw(ip),
+                    _ => 0,
+                },
+                port,
+                proto,
+                _pad: 0,
+            },
+            Port4Target {
+                addr: raw(target),
+                port: target_port,
+                _pad: 0,
+                slot,
+                generation,
+                mapping_id: rule.mapping_id,
+            },
+        ),
+        IpAddr::V6(target) => PortEntry::V6(
+            Port6Key {
+                addr: match rule.host_ip {
+                    Some(IpAddr::V6(ip)) => raw6(ip),
+                    _ => [0; 4],
+                },
+                port,
+                proto,
+                _pad: 0,
+            },
+            Port6Target {
+                addr: raw6(target),
+                port: target_port,
+                _pad: 0,
+                slot,
+                generation,
+                mapping_id: rule.mapping_id,
+            },
+        ),
+    }
+}
+
+pub fn net_info(n: &NetworkRule) -> NetInfo4 {
+    NetInfo4 {
+        network_id: n.id,
+        flags: policy_flags(n) | (if n.masquerade { net::MASQ } else { 0 }),
+        gateway: raw(n.gateway),
+        subnet: raw(n.subnet.network()),
+        bridge_ifindex: n.bridge_ifindex,
+        prefix_len: n.subnet.prefix(),
+        _pad: [0; 3],
+    }
+}
+
+/// The network's IPv6 side: its own masquerade flag (routed mode), the same isolation.
+pub fn net_info6(n: &NetworkRule) -> Option<NetInfo6> {
+    let v6 = n.v6?;
+    let routed = !v6.masquerade && !n.internal;
+    Some(NetInfo6 {
+        network_id: n.id,
+        flags: policy_flags(n)
+            | (if v6.masquerade { net::MASQ } else { 0 })
+            | (if routed { net::ROUTED } else { 0 }),
+        gateway: raw6(v6.gateway),
+        bridge_ifindex: n.bridge_ifindex,
+        prefix_len: v6.subnet.prefix(),
+        _pad: [0; 3],
+    })
+}
+
+fn policy_flags(n: &NetworkRule) -> u32 {
+    (if n.icc { net::ICC } else { 0 }) | (if n.internal { net::INTERNAL } else { 0 })
+}
+
+pub fn endpoint_info(e: &EndpointRule, slot: u32, generation: u32) -> EndpointInfo {
+    EndpointInfo {
+        host_ifindex: e.host_ifindex,
+        network_id: e.network_id,
+        slot,
+        generation,
+        mac: e.mac,
+        gw_mac: e.gw_mac,
+        mtu: e.mtu.min(u32::from(u16::MAX)) as u16,
+        _pad: [0; 2],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_words_round_trip_in_packet_order() {
+        let ip: Ipv6Addr = "fd00:1:2::42".parse().unwrap();
+        let words = raw6(ip);
+        // The first word holds the first four octets as they sit in the packet.
+        assert_eq!(words[0].to_ne_bytes(), [0xfd, 0x00, 0x00, 0x01]);
+        assert_eq!(from_raw6(words), ip);
+    }
+}

@@ -1,0 +1,100 @@
+//! End-to-end IPv6 NAT through the eBPF dataplane (NAT66): published ports reached over
+//! IPv6 from the external namespace with the client's own address seen by the server,
+//! `-p` on both families with one host port, masquerade of sandbox traffic to the uplink's
+//! IPv6 address, ICMPv6 echo through the NAT, PMTU discovery through it (Packet Too Big
+//! translated), isolation, and no netfilter rule or kernel conntrack entry taking part.
+use std::{net::IpAddr, time::Duration};
+
+use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, wait_listening};
+
+/// A TCP server for both families that answers with the peer's address.
+fn whoami6(port: u16) -> String {
+    format!("socat TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
+}
+
+fn ext_tcp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
+    let out = lab.ext(&["socat", "-t3", "-T3", "-", &format!("TCP:{addr}:{port},connect-timeout=3")]);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// The address socat printed (`[2001:0db8:...]`, `[::ffff:198.51.100.2]` or IPv4).
+fn peer(line: &str) -> IpAddr {
+    let ip: IpAddr = line
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .unwrap_or_else(|e| panic!("not an address: {line}: {e}"));
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("an address")
+}
+
+fn counter(lab: &Lab, name: &str) -> u64 {
+    lab.json(&["stats"])["counters"][name].as_u64().unwrap_or(0)
+}
+
+fn assert_no_kernel_nat(lab: &Lab) {
+    let rules = lab.host_ok(&["nft", "list", "ruleset"]);
+    assert!(rules.trim().is_empty(), "no netfilter rule in the host namespace:\n{rules}");
+    let ct = lab.host(&["conntrack", "-L", "-f", "ipv6"]);
+    let listed = String::from_utf8_lossy(&ct.stdout).to_string();
+    assert!(listed.trim().is_empty(), "no kernel conntrack entry:\n{listed}");
+}
+
+#[test]
+fn published_ports_and_masquerade_over_ipv6() {
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.ok(&["network", "create", "--ipv6", "n6"]);
+    lab.run_script("web", &["--network", "n6", "-p", "8080:80"], &whoami6(80));
+    let port = lab.ok(&["port", "web"]);
+    assert!(port.contains("0.0.0.0:8080") && port.contains("[::]:8080"), "{port}");
+
+    // Over IPv6 the server sees the client's own IPv6 address; over IPv4 its IPv4 one: one
+    // host port, both families.
+    let seen6 = natlab::wait_until(Duration::from_secs(5), || {
+        ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8080).is_some()
+    });
+    assert!(seen6, "published port unreachable over IPv6");
+    let line = ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8080).expect("an answer over IPv6");
+    assert_eq!(peer(&line), ip(EXT_IP6), "the server sees the client's own address");
+    let line = ext_tcp(&lab, HOST_UPLINK_IP, 8080).expect("an answer over IPv4");
+    assert_eq!(peer(&line), ip(EXT_IP));
+    assert!(counter(&lab, "dnat_new") >= 2, "both flows were translated by natd's programs");
+
+    // The sandbox's own IPv6 address is not reachable from outside (nat mode).
+    let sandbox6 = lab.json(&["inspect", "web"])["endpoints"][0]["ipv6"]
+        .as_str()
+        .expect("web has an IPv6 address")
+        .to_string();
+    lab.ext(&["ip", "-6", "route", "replace", &format!("{sandbox6}/128"), "via", HOST_UPLINK_IP6]);
+    let before = counter(&lab, "drop_direct_access");
+    assert!(ext_tcp(&lab, &format!("[{sandbox6}]"), 80).is_none(), "direct access to {sandbox6} must fail");
+    assert!(counter(&lab, "drop_direct_access") > before, "dropped by natd's policy");
+
+    // Masquerade: a sandbox's connection arrives from the uplink's IPv6 address.
+    let _server = lab.spawn_in(
+        &lab.ext_ns,
+        &["socat", "TCP6-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"],
+    );
+    assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
+    lab.ok(&["run", "--name", "client", "--network", "n6"]);
+    let seen = lab
+        .tcp_line_from("client", &format!("[{EXT_IP6}]"), 9000)
+        .expect("the sandbox reaches the outside over IPv6");
+    assert_eq!(peer(&seen), ip(HOST_UPLINK_IP6), "masqueraded to the uplink's address");
+    assert!(counter(&lab, "snat_new") >= 1);
+
+    // ICMPv6 echo through the NAT, both ways of the published side and out.
+    let ping = lab.exec("client", &["ping", "-6", "-c1", "-W2", EXT_IP6]);
+    assert!(ping.status.success(), "ping -6 through the NAT: {}", String::from_utf8_lossy(&ping.stdout));
+    let flows = lab.ok(&["ct", "ls"]);
+    assert!(flows.contains("icmpv6"), "{flows}");
+    assert_no_kernel_nat(&lab);
+}
