@@ -110,8 +110,21 @@ pub mod program {
     pub const SENDMSG4: &str = "natd_sendmsg4";
     pub const RECVMSG4: &str = "natd_recvmsg4";
     pub const GETPEERNAME4: &str = "natd_getpeername4";
+    pub const CONNECT6: &str = "natd_connect6";
+    pub const SENDMSG6: &str = "natd_sendmsg6";
+    pub const RECVMSG6: &str = "natd_recvmsg6";
+    pub const GETPEERNAME6: &str = "natd_getpeername6";
     /// Socket hooks, attached to the cgroup v2 root and filtered by natd's netns cookie.
-    pub const SOCKET: &[&str] = &[CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
+    pub const SOCKET: &[&str] = &[
+        CONNECT4,
+        SENDMSG4,
+        RECVMSG4,
+        GETPEERNAME4,
+        CONNECT6,
+        SENDMSG6,
+        RECVMSG6,
+        GETPEERNAME6,
+    ];
 
     pub const ALL: &[&str] = &[
         UPLINK_INGRESS,
@@ -128,5 +141,9 @@ pub mod program {
         SENDMSG4,
         RECVMSG4,
         GETPEERNAME4,
+        CONNECT6,
+        SENDMSG6,
+        RECVMSG6,
+        GETPEERNAME6,
     ];
 }

@@ -132,6 +132,30 @@ mod programs {
         1
     }
 
+    #[cgroup_sock_addr(connect6)]
+    pub fn natd_connect6(ctx: SockAddrContext) -> i32 {
+        crate::sock::rewrite_destination6(&ctx);
+        1
+    }
+
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn natd_sendmsg6(ctx: SockAddrContext) -> i32 {
+        crate::sock::rewrite_destination6(&ctx);
+        1
+    }
+
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn natd_recvmsg6(ctx: SockAddrContext) -> i32 {
+        crate::sock::restore_peer6(&ctx);
+        1
+    }
+
+    #[cgroup_sock_addr(getpeername6)]
+    pub fn natd_getpeername6(ctx: SockAddrContext) -> i32 {
+        crate::sock::restore_peer6(&ctx);
+        1
+    }
+
     /// Malformed frames are not ours to judge where the stack drops what it cannot use.
     #[inline(always)]
     fn pass(_ctx: &TcContext) -> i32 {

@@ -9,13 +9,14 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use nat_common::{
-    FAMILY_V4, PROTO_TCP, PROTO_UDP, SockKey, SockOrig,
+    Addr6, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SockKey, SockOrig,
     addr::{v4_from_raw, v4_raw},
     counter,
 };
 
 use crate::{
     counters::bump,
+    family::{Family, bytes6, words6},
     lookup::{is_local, is_loopback, published},
     maps,
 };
@@ -92,6 +93,89 @@ pub fn restore_peer(ctx: &SockAddrContext) {
         };
         if let Some(orig) = maps::NATD_SOCK_ORIG.get_ptr(&key) {
             (*sa).user_ip4 = v4_raw(&(*orig).addr);
+            (*sa).user_port = u32::from((*orig).port);
+        }
+    }
+}
+
+/// The IPv6 address in a sock_addr context, word by word (the verifier allows only
+/// 4-byte accesses to `user_ip6`).
+#[inline(always)]
+unsafe fn user_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr) -> Addr6 {
+    // SAFETY: the caller holds a valid context pointer.
+    unsafe { [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]] }
+}
+
+#[inline(always)]
+unsafe fn set_user_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr, addr: Addr6) {
+    // SAFETY: as above; these fields are writable for connect6/sendmsg6/recvmsg6/getpeername6.
+    unsafe {
+        (*sa).user_ip6[0] = addr[0];
+        (*sa).user_ip6[1] = addr[1];
+        (*sa).user_ip6[2] = addr[2];
+        (*sa).user_ip6[3] = addr[3];
+    }
+}
+
+/// connect6 / sendmsg6: the IPv6 counterpart of `rewrite_destination` ([::1] and the
+/// host's own IPv6 addresses).
+#[inline(always)]
+pub fn rewrite_destination6(ctx: &SockAddrContext) {
+    if !ours(ctx) {
+        return;
+    }
+    // SAFETY: as in `rewrite_destination`.
+    unsafe {
+        let sa = ctx.sock_addr;
+        let proto = (*sa).protocol as u8;
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return;
+        }
+        let addr = user_ip6(sa);
+        let port = (*sa).user_port as u16;
+        if !addr.is_loopback() && !is_local(addr) {
+            return;
+        }
+        let Some(target) = published(addr, port, proto) else {
+            return;
+        };
+        set_user_ip6(sa, target.addr);
+        (*sa).user_port = u32::from(target.port);
+        let key = SockKey {
+            cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            addr: bytes6(target.addr),
+            port: target.port,
+            family: FAMILY_V6,
+            _pad: [0; 5],
+        };
+        let orig = SockOrig {
+            addr: bytes6(addr),
+            port,
+            _pad: [0; 6],
+        };
+        let _ = maps::NATD_SOCK_ORIG.insert(&key, &orig, 0);
+        bump(counter::SOCK_REWRITES);
+    }
+}
+
+/// recvmsg6 / getpeername6.
+#[inline(always)]
+pub fn restore_peer6(ctx: &SockAddrContext) {
+    if !ours(ctx) {
+        return;
+    }
+    // SAFETY: as in `restore_peer`.
+    unsafe {
+        let sa = ctx.sock_addr;
+        let key = SockKey {
+            cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            addr: bytes6(user_ip6(sa)),
+            port: (*sa).user_port as u16,
+            family: FAMILY_V6,
+            _pad: [0; 5],
+        };
+        if let Some(orig) = maps::NATD_SOCK_ORIG.get_ptr(&key) {
+            set_user_ip6(sa, words6((*orig).addr));
             (*sa).user_port = u32::from((*orig).port);
         }
     }

@@ -68,6 +68,20 @@ fn published_ports_and_masquerade_over_ipv6() {
     assert_eq!(peer(&line), ip(EXT_IP));
     assert!(counter(&lab, "dnat_new") >= 2, "both flows were translated by natd's programs");
 
+    // The host's own connections to [::1] and to its own IPv6 address reach the sandbox
+    // (socket hooks: nothing leaves with ::1), and the application sees the address it
+    // used as its peer.
+    let host_line = |addr: &str, port: u16| {
+        natlab::tcp_line(&["ip", "netns", "exec", &lab.host_ns], &format!("[{addr}]"), port)
+    };
+    assert!(host_line("::1", 8080).is_some(), "[::1]:8080 from the host");
+    assert!(host_line(HOST_UPLINK_IP6, 8080).is_some(), "the uplink's IPv6 address from the host");
+    // -p [::1]:8082:80 is the host's alone: reachable there, not through any other address.
+    lab.run_script("local", &["--network", "n6", "-p", "[::1]:8082:80"], &whoami6(80));
+    let local = natlab::wait_until(Duration::from_secs(5), || host_line("::1", 8082).is_some());
+    assert!(local, "[::1]:8082 from the host");
+    assert!(ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8082).is_none(), "8082 is bound to ::1 only");
+
     // The sandbox's own IPv6 address is not reachable from outside (nat mode).
     let sandbox6 = lab.json(&["inspect", "web"])["endpoints"][0]["ipv6"]
         .as_str()
@@ -96,5 +110,66 @@ fn published_ports_and_masquerade_over_ipv6() {
     assert!(ping.status.success(), "ping -6 through the NAT: {}", String::from_utf8_lossy(&ping.stdout));
     let flows = lab.ok(&["ct", "ls"]);
     assert!(flows.contains("icmpv6"), "{flows}");
+    assert_no_kernel_nat(&lab);
+}
+
+#[test]
+fn isolation_hairpin_and_path_mtu_over_ipv6() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    // A far server behind a router (the external namespace) whose next link has MTU 1280.
+    let far = lab.add_netns("far").expect("far namespace");
+    let (e, f) = (lab.ext_ns.clone(), far.clone());
+    for args in [
+        vec!["link", "add", "ext1", "netns", &e, "mtu", "1280", "type", "veth", "peer", "name", "far0", "netns", &f, "mtu", "1280"],
+        vec!["-n", &e, "addr", "add", "2001:db8:199::1/64", "dev", "ext1", "nodad"],
+        vec!["-n", &f, "addr", "add", "2001:db8:199::2/64", "dev", "far0", "nodad"],
+        vec!["-n", &e, "link", "set", "ext1", "up"],
+        vec!["-n", &f, "link", "set", "far0", "up"],
+        vec!["-n", &f, "link", "set", "lo", "up"],
+        vec!["-n", &f, "-6", "route", "add", "default", "via", "2001:db8:199::1"],
+        vec!["-n", &e, "-6", "route", "add", "2001:db8:198::/48", "via", HOST_UPLINK_IP6],
+    ] {
+        let out = natlab::sh("ip", &args);
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    lab.in_ns(&e, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+
+    lab.ok(&["network", "create", "--ipv6", "n6a"]);
+    lab.ok(&["network", "create", "--ipv6", "--icc=false", "n6b"]);
+    lab.run_script("web", &["--network", "n6a", "-p", "8080:80"], &whoami6(80));
+    lab.ok(&["run", "--name", "a2", "--network", "n6a"]);
+    lab.ok(&["run", "--name", "b1", "--network", "n6b"]);
+    lab.ok(&["run", "--name", "b2", "--network", "n6b"]);
+    let v6 = |name: &str| {
+        lab.json(&["inspect", name])["endpoints"][0]["ipv6"]
+            .as_str()
+            .expect("an IPv6 address")
+            .to_string()
+    };
+    let ping = |from: &str, to: &str| lab.exec(from, &["ping", "-6", "-c1", "-W2", to]).status.success();
+
+    // Same network: reachable; another network: dropped by natd; icc=false: dropped.
+    assert!(ping("a2", &v6("web")), "same network");
+    let before = counter(&lab, "drop_cross_network");
+    assert!(!ping("a2", &v6("b1")), "n6a must not reach n6b");
+    assert!(counter(&lab, "drop_cross_network") > before);
+    let before = counter(&lab, "drop_icc");
+    assert!(!ping("b1", &v6("b2")), "icc=false within n6b");
+    assert!(counter(&lab, "drop_icc") > before);
+
+    // Hairpin: a sandbox reaches a published port through the host's IPv6 address.
+    let line = natlab::wait_until(Duration::from_secs(5), || {
+        lab.tcp_line_from("a2", &format!("[{HOST_UPLINK_IP6}]"), 8080).is_some()
+    });
+    assert!(line, "hairpin over IPv6");
+
+    // Path MTU discovery through the NAT: the router's Packet Too Big, addressed to the
+    // uplink's address, is translated back to the sandbox, which then knows the path MTU.
+    let out = lab.exec("a2", &["ping", "-6", "-M", "do", "-s", "1400", "-c", "2", "-i", "0.3", "-W", "2", "2001:db8:199::2"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("mtu=1280") || text.contains("mtu = 1280"), "the sandbox learnt the path MTU:\n{text}");
+    assert!(counter(&lab, "icmp_error_translated") >= 1, "translated by natd");
+    let small = lab.exec("a2", &["ping", "-6", "-M", "do", "-s", "1200", "-c1", "-W2", "2001:db8:199::2"]);
+    assert!(small.status.success(), "packets within the path MTU pass");
     assert_no_kernel_nat(&lab);
 }
