@@ -89,7 +89,7 @@ impl Daemon {
             return Err(invalid("no port to publish given".to_string()));
         }
         let specs = parse_publish(publish)?;
-        check_publish_families(&specs, &network)?;
+        check_publish_families(&specs, &network, self.dataplane.kind())?;
         let request = PortRequest {
             publish: &specs,
             publish_all: false,

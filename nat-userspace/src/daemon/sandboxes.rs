@@ -72,8 +72,24 @@ pub(super) fn parse_publish(specs: &[String]) -> Result<Vec<PublishSpec>> {
     Ok(publish)
 }
 
-/// A `-p` on an IPv6 host address needs a sandbox with an IPv6 address on `network`.
-pub(super) fn check_publish_families(publish: &[PublishSpec], network: &Network) -> Result<()> {
+/// A `-p` on an IPv6 host address needs a sandbox with an IPv6 address on `network`;
+/// `[::1]` needs the eBPF dataplane's socket hooks (IPv6 has no route_localnet: netfilter
+/// cannot send a packet from ::1 to a sandbox).
+pub(super) fn check_publish_families(
+    publish: &[PublishSpec],
+    network: &Network,
+    dataplane: config::DataplaneKind,
+) -> Result<()> {
+    if dataplane == config::DataplaneKind::Nftables
+        && let Some(spec) = publish
+            .iter()
+            .find(|s| s.host_ip == Some(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)))
+    {
+        return Err(invalid(format!(
+            "cannot publish {spec}: ports on [::1] need the eBPF dataplane \
+             (the nftables dataplane cannot route IPv6 loopback traffic to a sandbox)"
+        )));
+    }
     if network.has_ipv6() {
         return Ok(());
     }
@@ -244,7 +260,7 @@ impl Daemon {
             proto: spec.proto,
         }));
         if let Some(network) = &network {
-            check_publish_families(&publish, network)?;
+            check_publish_families(&publish, network, self.dataplane.kind())?;
         }
         let request = PortRequest {
             publish: &publish,

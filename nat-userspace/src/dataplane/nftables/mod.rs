@@ -1,5 +1,5 @@
-//! The nftables fallback dataplane: the same behaviour through rules in natd's own table
-//! (`table ip <name-prefix>`), applied through libnftables as atomic batches. Published
+//! The nftables fallback dataplane: the same behaviour through rules in natd's own tables
+//! (`table ip <name-prefix>`, and `table ip6 <name-prefix>` when a network has IPv6), applied through libnftables as atomic batches. Published
 //! ports live in maps with concatenated keys (`proto . port` and `address . proto . port`
 //! to `address . port`), so a lookup costs the same with 10 or 65 000 mappings and adding
 //! or removing a mapping is one element update. The kernel's conntrack does the tracking.
@@ -58,15 +58,18 @@ impl NftablesDataplane {
         })
     }
 
-    fn table_exists(&mut self) -> bool {
-        self.nft.run(&format!("list table ip {}", self.table)).is_ok()
+    fn table_exists(&mut self, family: &str) -> bool {
+        self.nft.run(&format!("list table {family} {}", self.table)).is_ok()
     }
 
     /// Deletes kernel conntrack entries of a removed mapping so its flows (UDP too) end.
     fn forget_flows(rule: &PortRule) {
+        let family = if rule.target.is_ipv4() { "ipv4" } else { "ipv6" };
         let _ = Command::new("conntrack")
             .args([
                 "-D",
+                "-f",
+                family,
                 "-p",
                 &rule.proto.to_string(),
                 "--orig-port-dst",
@@ -89,20 +92,30 @@ impl Dataplane for NftablesDataplane {
 
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
         let mut report = SyncReport::default();
-        let fixed = ruleset::table(&self.table, desired);
+        let table6 = ruleset::table6(&self.table, desired);
+        let mut fixed = ruleset::table(&self.table, desired);
+        fixed.push_str(table6.as_deref().unwrap_or_default());
+        // IPv6 mappings only where a network has IPv6 (the table exists).
         let wanted: BTreeMap<String, PortRule> = desired
             .ports
             .iter()
-            .filter(|r| r.target.is_ipv4())
-            .map(|r| (format!("{} {}", port_element(r).0, port_element(r).1), *r))
+            .filter(|r| r.target.is_ipv4() || table6.is_some())
+            .map(|r| {
+                let (map, element) = port_element(r);
+                (format!("{} {map} {element}", ruleset::family_of(r)), *r)
+            })
             .collect();
-        let exists = self.table_exists();
-        if !exists || self.applied_static.as_deref() != Some(fixed.as_str()) {
+        let exists = self.table_exists("ip");
+        let exists6 = self.table_exists("ip6");
+        if !exists || exists6 != table6.is_some() || self.applied_static.as_deref() != Some(fixed.as_str()) {
             // The whole table in one transaction: never a moment with NAT rules but without
             // the filter rules that guard them.
             let mut batch = String::new();
             if exists {
                 let _ = writeln!(batch, "delete table ip {}", self.table);
+            }
+            if exists6 {
+                let _ = writeln!(batch, "delete table ip6 {}", self.table);
             }
             batch.push_str(&fixed);
             let all: Vec<&PortRule> = wanted.values().collect();
@@ -134,7 +147,8 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn heal(&mut self) -> Result<bool, DataplaneError> {
-        if self.last.is_none() || self.table_exists() {
+        let want6 = self.applied_static.as_deref().is_some_and(|t| t.contains("table ip6 "));
+        if self.last.is_none() || (self.table_exists("ip") && (!want6 || self.table_exists("ip6"))) {
             return Ok(false);
         }
         let desired = self.last.clone().unwrap_or_default();
@@ -150,6 +164,7 @@ impl Dataplane for NftablesDataplane {
     fn info(&self) -> serde_json::Value {
         serde_json::json!({
             "table": format!("ip {}", self.table),
+            "table6": self.applied_static.as_deref().is_some_and(|t| t.contains("table ip6 ")).then(|| format!("ip6 {}", self.table)),
             "published_ports": self.applied_ports.len(),
             "conntrack": "kernel (conntrack -L)",
         })
@@ -164,44 +179,17 @@ impl Dataplane for NftablesDataplane {
             stats.maps.insert(super::KERNEL_CONNTRACK.to_string(), (count, max));
         }
         let Ok(mut nft) = Nft::new(true) else { return stats };
-        let Ok(text) = nft.run(&format!("list table ip {}", self.table)) else {
-            return stats;
-        };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return stats;
-        };
-        let by_element: BTreeMap<(String, u64), u32> = self
+        let by_element: BTreeMap<(&str, String, u64), u32> = self
             .applied_ports
             .values()
-            .map(|r| ((r.proto.to_string(), u64::from(r.host_port)), r.mapping_id))
+            .map(|r| ((ruleset::family_of(r), r.proto.to_string(), u64::from(r.host_port)), r.mapping_id))
             .collect();
-        for item in json["nftables"].as_array().into_iter().flatten() {
-            if let Some(counter) = item.get("counter")
-                && let Some(name) = counter["name"].as_str()
-            {
-                stats
-                    .counters
-                    .insert(name.to_string(), counter["packets"].as_u64().unwrap_or(0));
-            }
-            if let Some(map) = item.get("map") {
-                let name = map["name"].as_str().unwrap_or_default().to_string();
-                let elements = map["elem"].as_array().cloned().unwrap_or_default();
-                stats.maps.insert(name, (elements.len(), 0));
-                for element in elements {
-                    let key = &element[0]["elem"];
-                    let concat = key["val"]["concat"].as_array().cloned().unwrap_or_default();
-                    let n = concat.len();
-                    if n < 2 {
-                        continue;
-                    }
-                    let proto = concat[n - 2].as_str().unwrap_or_default().to_string();
-                    let port = concat[n - 1].as_u64().unwrap_or(0);
-                    if let Some(id) = by_element.get(&(proto, port)) {
-                        let packets = key["counter"]["packets"].as_u64().unwrap_or(0);
-                        let bytes = key["counter"]["bytes"].as_u64().unwrap_or(0);
-                        stats.mappings.insert(*id, (packets, bytes));
-                    }
-                }
+        for family in ["ip", "ip6"] {
+            let Ok(text) = nft.run(&format!("list table {family} {}", self.table)) else {
+                continue;
+            };
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+                add_table_stats(&json, family, &by_element, &mut stats);
             }
         }
         stats
@@ -215,13 +203,16 @@ impl Dataplane for NftablesDataplane {
 /// Removes natd's table if it is there (used on cleanup and when another dataplane takes
 /// over).
 pub fn delete_table(nft: &mut Nft, table: &str) -> Vec<String> {
-    if nft.run(&format!("list table ip {table}")).is_err() {
-        return Vec::new();
+    let mut errors = Vec::new();
+    for family in ["ip", "ip6"] {
+        if nft.run(&format!("list table {family} {table}")).is_err() {
+            continue;
+        }
+        if let Err(e) = nft.run(&format!("delete table {family} {table}")) {
+            errors.push(e.to_string());
+        }
     }
-    match nft.run(&format!("delete table ip {table}")) {
-        Ok(_) => Vec::new(),
-        Err(e) => vec![e.to_string()],
-    }
+    errors
 }
 
 /// `natd --cleanup` and dataplane switches: remove the table without a running dataplane.
@@ -229,5 +220,45 @@ pub fn remove_leftovers(config: &DaemonConfig) -> Vec<String> {
     match Nft::new(false) {
         Ok(mut nft) => delete_table(&mut nft, &config.name_prefix),
         Err(e) => vec![e.to_string()],
+    }
+}
+
+/// One table's counters (summed over both families), map sizes (`ports_any`, `ip6
+/// ports_any`) and per-mapping traffic.
+fn add_table_stats(
+    json: &serde_json::Value,
+    family: &str,
+    by_element: &BTreeMap<(&str, String, u64), u32>,
+    stats: &mut Stats,
+) {
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        if let Some(counter) = item.get("counter")
+            && let Some(name) = counter["name"].as_str()
+        {
+            *stats.counters.entry(name.to_string()).or_default() += counter["packets"].as_u64().unwrap_or(0);
+        }
+        if let Some(map) = item.get("map") {
+            let name = map["name"].as_str().unwrap_or_default();
+            let name = if family == "ip" { name.to_string() } else { format!("{family} {name}") };
+            let elements = map["elem"].as_array().cloned().unwrap_or_default();
+            stats.maps.insert(name, (elements.len(), 0));
+            for element in elements {
+                let key = &element[0]["elem"];
+                let concat = key["val"]["concat"].as_array().cloned().unwrap_or_default();
+                let n = concat.len();
+                if n < 2 {
+                    continue;
+                }
+                let proto = concat[n - 2].as_str().unwrap_or_default().to_string();
+                let port = concat[n - 1].as_u64().unwrap_or(0);
+                if let Some(id) = by_element.get(&(family, proto, port)) {
+                    let packets = key["counter"]["packets"].as_u64().unwrap_or(0);
+                    let bytes = key["counter"]["bytes"].as_u64().unwrap_or(0);
+                    let entry = stats.mappings.entry(*id).or_default();
+                    entry.0 += packets;
+                    entry.1 += bytes;
+                }
+            }
+        }
     }
 }

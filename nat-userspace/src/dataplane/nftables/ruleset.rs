@@ -40,24 +40,30 @@ pub fn hairpin_element(rule: &PortRule) -> String {
     )
 }
 
-/// `add`/`delete element` commands, one per map with all its elements.
+/// The table family a rule's elements go to: `ip` or `ip6` (the target's family).
+pub fn family_of(rule: &PortRule) -> &'static str {
+    if rule.target.is_ipv4() { "ip" } else { "ip6" }
+}
+
+/// `add`/`delete element` commands, one per table and map with all its elements.
 pub fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String {
-    let mut by_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut by_map: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for rule in rules {
+        let family = family_of(rule);
         let (map, element) = port_element(rule);
-        by_map.entry(map).or_default().push(element);
+        by_map.entry((family, map)).or_default().push(element);
         let hairpin = hairpin_element(rule);
-        let entry = by_map.entry("hairpin").or_default();
+        let entry = by_map.entry((family, "hairpin")).or_default();
         if !entry.contains(&hairpin) {
             entry.push(hairpin);
         }
     }
     let mut out = String::new();
-    for (map, elements) in by_map {
+    for ((family, map), elements) in by_map {
         // A delete must not name an element twice; adds are idempotent anyway.
         let _ = writeln!(
             out,
-            "{verb} element ip {table} {map} {{ {} }}",
+            "{verb} element {family} {table} {map} {{ {} }}",
             elements.join(", ")
         );
     }
@@ -69,6 +75,47 @@ pub fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String 
 /// The whole fixed part of natd's table. One template on purpose: the reader sees the
 /// ruleset exactly as the kernel gets it, chains in hook order.
 pub fn table(name: &str, desired: &Desired) -> String {
+    family_table(name, desired, &IPV4)
+}
+
+/// The IPv6 table (`table ip6 <name>`), when a network has IPv6: the same rules over the
+/// networks' IPv6 subnets. [::1] is never translated here: IPv6 has no route_localnet,
+/// so such a packet could not leave the host (the eBPF dataplane's socket hooks do it).
+pub fn table6(name: &str, desired: &Desired) -> Option<String> {
+    desired
+        .networks
+        .iter()
+        .any(|n| n.v6.is_some())
+        .then(|| family_table(name, desired, &IPV6))
+}
+
+/// What differs between natd's IPv4 and IPv6 tables.
+struct Family {
+    table: &'static str,
+    l3: &'static str,
+    addr: &'static str,
+    loopback: &'static str,
+    /// Whether the host's own connections to loopback are translated (IPv4 only).
+    loopback_nat: bool,
+}
+
+const IPV4: Family = Family {
+    table: "ip",
+    l3: "ip",
+    addr: "ipv4_addr",
+    loopback: "127.0.0.0/8",
+    loopback_nat: true,
+};
+
+const IPV6: Family = Family {
+    table: "ip6",
+    l3: "ip6",
+    addr: "ipv6_addr",
+    loopback: "::1",
+    loopback_nat: false,
+};
+
+fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
     let mut uplinks = BTreeSet::new();
     for iface in &desired.ifaces {
         if let IfaceRole::Uplink { .. } = iface.role {
@@ -80,13 +127,19 @@ pub fn table(name: &str, desired: &Desired) -> String {
         .iter()
         .map(|n| format!("\"{}\"", n.bridge))
         .collect();
-    let nets: Vec<String> = desired.networks.iter().map(|n| n.subnet.to_string()).collect();
-    let masq: Vec<String> = desired
+    let v6 = f.table == "ip6";
+    // (subnet, masqueraded) of each network in this family.
+    let subnets: Vec<(String, bool)> = desired
         .networks
         .iter()
-        .filter(|n| n.masquerade)
-        .map(|n| n.subnet.to_string())
+        .filter_map(|n| match (v6, n.v6) {
+            (false, _) => Some((n.subnet.to_string(), n.masquerade)),
+            (true, Some(n6)) => Some((n6.subnet.to_string(), n6.masquerade)),
+            (true, None) => None,
+        })
         .collect();
+    let nets: Vec<String> = subnets.iter().map(|(s, _)| s.clone()).collect();
+    let masq: Vec<String> = subnets.iter().filter(|(_, m)| *m).map(|(s, _)| s.clone()).collect();
     let elements = |items: &[String]| {
         if items.is_empty() {
             String::new()
@@ -126,44 +179,50 @@ pub fn table(name: &str, desired: &Desired) -> String {
         .iter()
         .map(|c| format!("  counter {c} {{ }}\n"))
         .collect();
+    let (l3, addr, lo) = (f.l3, f.addr, f.loopback);
+    let (output_loopback, postrouting_loopback) = if f.loopback_nat {
+        (String::new(), format!("{l3} saddr {lo} oifname @bridges masquerade\n"))
+    } else {
+        (format!("{l3} daddr {lo} return\n"), String::new())
+    };
     format!(
-        "table ip {t} {{
+        "table {family} {t} {{
 {counters}  set uplinks {{ type ifname; {up} }}
   set bridges {{ type ifname; {br} }}
-  set nets {{ type ipv4_addr; flags interval; {nets} }}
-  set masq_nets {{ type ipv4_addr; flags interval; {masq} }}
-  set hairpin {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; }}
-  map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; counter; }}
-  map ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; counter; }}
+  set nets {{ type {addr}; flags interval; {nets} }}
+  set masq_nets {{ type {addr}; flags interval; {masq} }}
+  set hairpin {{ type {addr} . {addr} . inet_proto . inet_service; }}
+  map ports_any {{ type inet_proto . inet_service : {addr} . inet_service; counter; }}
+  map ports_ip {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; counter; }}
   chain guard {{
 type filter hook prerouting priority raw; policy accept;
-iifname != \"lo\" ip daddr 127.0.0.0/8 counter name \"drop_loopback_spoof\" drop
+iifname != \"lo\" {l3} daddr {lo} counter name \"drop_loopback_spoof\" drop
   }}
   chain forward {{
 type filter hook forward priority filter; policy accept;
 ct status dnat accept
 ct state established,related accept
-iifname @uplinks ip daddr @nets counter name \"drop_direct_access\" drop
+iifname @uplinks {l3} daddr @nets counter name \"drop_direct_access\" drop
 {forward}  }}
   chain prerouting {{
 type nat hook prerouting priority dstnat; policy accept;
-ip daddr 127.0.0.0/8 return
-dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
-fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
+{l3} daddr {lo} return
+dnat {l3} to {l3} daddr . meta l4proto . th dport map @ports_ip
+fib daddr type local dnat {l3} to meta l4proto . th dport map @ports_any
   }}
   chain output {{
 type nat hook output priority -100; policy accept;
-dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
-fib daddr type local dnat ip to meta l4proto . th dport map @ports_any
+{output_loopback}dnat {l3} to {l3} daddr . meta l4proto . th dport map @ports_ip
+fib daddr type local dnat {l3} to meta l4proto . th dport map @ports_any
   }}
   chain postrouting {{
 type nat hook postrouting priority srcnat; policy accept;
-ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade
-ip saddr @masq_nets oifname @uplinks masquerade
-ip saddr 127.0.0.0/8 oifname @bridges masquerade
-  }}
+{l3} saddr . {l3} daddr . meta l4proto . th dport @hairpin masquerade
+{l3} saddr @masq_nets oifname @uplinks masquerade
+{postrouting_loopback}  }}
 }}
 ",
+        family = f.table,
         t = name,
         up = elements(&uplinks),
         br = elements(&bridges_list),
@@ -194,20 +253,21 @@ pub fn element_changes(
         // Hairpin elements are shared by mappings to the same sandbox port: only
         // those no remaining mapping needs go.
         let keep: BTreeSet<String> = wanted.values().map(hairpin_element).collect();
-        let mut by_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut by_map: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for rule in &gone {
+            let family = family_of(rule);
             let (map, element) = port_element(rule);
-            by_map.entry(map).or_default().push(element);
+            by_map.entry((family, map)).or_default().push(element);
             let hairpin = hairpin_element(rule);
-            let entry = by_map.entry("hairpin").or_default();
+            let entry = by_map.entry((family, "hairpin")).or_default();
             if !keep.contains(&hairpin) && !entry.contains(&hairpin) {
                 entry.push(hairpin);
             }
         }
-        for (map, elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
+        for ((family, map), elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
             let _ = writeln!(
                 batch,
-                "delete element ip {} {map} {{ {} }}",
+                "delete element {family} {} {map} {{ {} }}",
                 table,
                 elements.join(", ")
             );
