@@ -58,6 +58,7 @@ counters! {
     FIB_NOT_UPLINK = 44 => "fib_not_uplink",
     FIB_FAILED = 45 => "fib_failed",
     ORPHAN_REMOVED = 46 => "orphan_removed",
+    ROUTED_NEW = 47 => "routed_new",
 }
 
 /// Slots of the counter array (room to grow without resizing the pinned map).

@@ -37,13 +37,18 @@ pub fn is_published_port<A: Family>(addr: A, port: u16, proto: u8) -> bool {
 
 /// The mapping for a destination: bound to every address when the destination is one of
 /// the host's own (or loopback, for the host's own sockets), or bound to that address.
-/// A port is never published both ways (0.0.0.0 conflicts with every address), so the
-/// common case, 0.0.0.0, is looked up first.
+/// A port is never published both ways on host addresses (0.0.0.0 conflicts with every
+/// address), so the common case, 0.0.0.0, is looked up first; a destination that is not
+/// the host's own can still match an address-bound entry: a routed network's open port
+/// (its sandbox's address, translated to itself).
 #[inline(always)]
 pub fn published<A: Family>(dst: A, dport: u16, proto: u8) -> Option<&'static PortTarget<A>> {
+    let local = dst.is_loopback() || is_local(dst);
     // SAFETY (both): valid map value pointers, read right away.
     if let Some(target) = A::ports().get_ptr(&port_key(A::default(), dport, proto)) {
-        return (dst.is_loopback() || is_local(dst)).then(|| unsafe { &*target });
+        if local {
+            return Some(unsafe { &*target });
+        }
     }
     A::ports().get_ptr(&port_key(dst, dport, proto)).map(|t| unsafe { &*t })
 }

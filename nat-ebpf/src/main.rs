@@ -389,6 +389,15 @@ mod programs {
                 return nat::start_masquerade(ctx, packet);
             }
         }
+        if net.flags & net::ROUTED != 0
+            && tracked(packet)
+            && nat::starts_flow(packet)
+            && policy::network_of(packet.dst).is_none()
+        {
+            // Routed: the flow keeps its addresses, but is tracked so its replies may come
+            // in (everything else aimed at the sandbox from outside is dropped).
+            return nat::track_routed(ctx, packet, ifindex);
+        }
         TC_ACT_OK
     }
 }

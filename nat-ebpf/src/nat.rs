@@ -386,3 +386,24 @@ pub fn prepare_masquerade_at_sandbox<A: Family>(
     reply.mtu = own.mtu as u16;
     true
 }
+
+/// A new outbound flow of a routed network: tracked with its own addresses in both
+/// directions (no translation), so replies from outside are let in as part of it.
+#[inline(never)]
+pub fn track_routed<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, veth: u32) -> i32 {
+    let Some(s) = conntrack::scratch::<A>() else {
+        return TC_ACT_SHOT;
+    };
+    let endpoint = lookup::endpoint(packet.src);
+    let flow = &mut s.flow;
+    flow.original.set_from(packet);
+    flow.translated.set_from(packet);
+    (flow.gen_slot, flow.generation) = endpoint.map(|e| (e.slot, e.generation)).unwrap_or((NO_SLOT, 0));
+    flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, veth);
+    flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
+    if let Err(e) = conntrack::create(s) {
+        return refuse(e);
+    }
+    bump(counter::ROUTED_NEW);
+    fast::forward_cold(ctx, packet, &s.forward, Toward::Uplink)
+}

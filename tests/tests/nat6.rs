@@ -197,3 +197,67 @@ fn isolation_hairpin_and_path_mtu_over_ipv6() {
     assert!(small.status.success(), "packets within the path MTU pass");
     assert_no_kernel_nat(&lab);
 }
+
+#[test]
+fn routed_gateway_mode_ebpf() {
+    routed_gateway_mode("ebpf");
+}
+
+#[test]
+fn routed_gateway_mode_nftables() {
+    routed_gateway_mode("nftables");
+}
+
+/// `gateway_mode_ipv6=routed`: no NAT for IPv6, the sandbox reachable at its own address on
+/// its published container ports only, its outbound flows leaving with its own address;
+/// IPv4 of the same network stays NATed.
+fn routed_gateway_mode(dataplane: &str) {
+    let lab = Lab::started(&["--dataplane", dataplane]);
+    lab.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "-o",
+        "com.docker.network.bridge.gateway_mode_ipv6=routed",
+        "r6",
+    ]);
+    let subnet = lab.json(&["network", "inspect", "r6"])["subnet_v6"]
+        .as_str()
+        .expect("an IPv6 subnet")
+        .to_string();
+    let script = format!("{} & {}", whoami6(80), whoami6(81));
+    lab.run_script("web", &["--network", "r6", "-p", "8080:80"], &script);
+    let web6 = lab.json(&["inspect", "web"])["endpoints"][0]["ipv6"]
+        .as_str()
+        .expect("web has an IPv6 address")
+        .to_string();
+    // The LAN routes the network's subnet to the host, as a routed network expects.
+    let route = lab.ext(&["ip", "-6", "route", "add", &subnet, "via", HOST_UPLINK_IP6]);
+    assert!(route.status.success());
+
+    let open = natlab::wait_until(Duration::from_secs(5), || ext_tcp(&lab, &format!("[{web6}]"), 80).is_some());
+    assert!(open, "the published container port is open on the sandbox's own address");
+    let line = ext_tcp(&lab, &format!("[{web6}]"), 80).expect("an answer");
+    assert_eq!(peer(&line), ip(EXT_IP6), "no NAT: the client's own address");
+    assert!(ext_tcp(&lab, &format!("[{web6}]"), 81).is_none(), "an unpublished port stays closed");
+    assert!(
+        ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8080).is_none(),
+        "no host port on IPv6 in routed mode"
+    );
+    // IPv4 of the same network is still NATed.
+    let line = ext_tcp(&lab, HOST_UPLINK_IP, 8080).expect("IPv4 published port");
+    assert_eq!(peer(&line), ip(EXT_IP));
+
+    // Outbound: the sandbox's own address, and the replies come back in.
+    let _server = lab.spawn_in(
+        &lab.ext_ns,
+        &["socat", "TCP6-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"],
+    );
+    assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
+    let seen = lab
+        .tcp_line_from("web", &format!("[{EXT_IP6}]"), 9000)
+        .expect("the sandbox reaches the outside over IPv6");
+    assert_eq!(peer(&seen), ip(&web6), "routed: not masqueraded");
+    let ping = lab.exec("web", &["ping", "-6", "-c1", "-W2", EXT_IP6]);
+    assert!(ping.status.success(), "ping out of a routed network");
+}

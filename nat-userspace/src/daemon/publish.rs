@@ -11,7 +11,6 @@ use super::{
     error::{Result, conflict, invalid},
     ports::{self, PortRequest},
     sandboxes::{check_publish_families, parse_publish},
-    sync::port_rules,
 };
 use crate::{
     api::SandboxView,
@@ -102,11 +101,11 @@ impl Daemon {
         let added = ports::allocate(existing, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;
         let summary: Vec<String> = added.iter().map(describe).collect();
-        let before = port_rules(&sandbox);
+        let before = self.port_rules_of(&sandbox);
         sandbox.publish.extend(specs);
         sandbox.ports.extend(added);
         self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
-        let (new, gone) = rule_changes(&before, &port_rules(&sandbox));
+        let (new, gone) = rule_changes(&before, &self.port_rules_of(&sandbox));
         self.sync_ports(&new, &gone).await?;
         info!(sandbox = name, ports = %summary.join(", "), "ports published");
         Ok(self.view(&sandbox))
@@ -127,7 +126,7 @@ impl Daemon {
                 return Err(invalid(format!("{name} does not publish {text}")));
             }
         }
-        let (count, rules_before) = (sandbox.ports.len(), port_rules(&sandbox));
+        let (count, rules_before) = (sandbox.ports.len(), self.port_rules_of(&sandbox));
         sandbox
             .ports
             .retain(|m| !withdrawals.iter().any(|w| w.matches(m)));
@@ -144,7 +143,7 @@ impl Daemon {
             None => true,
         });
         self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
-        let (new, gone) = rule_changes(&rules_before, &port_rules(&sandbox));
+        let (new, gone) = rule_changes(&rules_before, &self.port_rules_of(&sandbox));
         self.sync_ports(&new, &gone).await?;
         info!(sandbox = name, removed, "published ports withdrawn");
         Ok(self.view(&sandbox))

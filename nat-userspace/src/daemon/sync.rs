@@ -18,7 +18,7 @@ use super::{
 use crate::{
     config::DataplaneKind,
     dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, SyncReport},
-    model::{GatewayMode, Sandbox},
+    model::{GatewayMode, Network, Sandbox},
     sys::{
         netfilter,
         netlink::{Link, LinkKind},
@@ -88,7 +88,8 @@ impl Daemon {
                     gateway: network.gateway,
                     icc: network.icc,
                     internal: network.internal,
-                    masquerade: network.masquerades(),
+                    masquerade: network.masquerades() && network.gateway_mode_v4 == GatewayMode::Nat,
+                    routed: network.gateway_mode_v4 == GatewayMode::Routed && !network.internal,
                     v6: network.subnet_v6.zip(network.gateway_v6).map(|(subnet, gateway)| NetworkRule6 {
                         subnet,
                         gateway,
@@ -135,7 +136,7 @@ impl Daemon {
                     });
                 }
             }
-            desired.ports.extend(port_rules(sandbox));
+            desired.ports.extend(self.port_rules_of(sandbox));
         }
         desired
     }
@@ -383,11 +384,31 @@ impl FastPath {
     }
 }
 
+impl Daemon {
+    /// The kernel-side form of a sandbox's published ports (see `port_rules`).
+    pub(super) fn port_rules_of(&self, sandbox: &Sandbox) -> Vec<PortRule> {
+        let network = sandbox
+            .endpoints
+            .first()
+            .and_then(|e| self.state.networks.get(&e.network));
+        port_rules(sandbox, network)
+    }
+}
+
 /// The kernel-side form of a sandbox's published ports: each mapping in its family,
-/// aimed at the sandbox's address of that family on its first network.
-pub(super) fn port_rules(sandbox: &Sandbox) -> Vec<PortRule> {
+/// aimed at the sandbox's address of that family on its first network (`network`). On a
+/// family whose gateway mode is routed nothing is translated: the mapping opens the
+/// container port on the sandbox's own address (a rule that translates it to itself), as
+/// Docker's routed mode opens it in its firewall.
+fn port_rules(sandbox: &Sandbox, network: Option<&Network>) -> Vec<PortRule> {
     let Some(endpoint) = sandbox.endpoints.first() else {
         return Vec::new();
+    };
+    let routed = |v6: bool| {
+        network.is_some_and(|n| {
+            let mode = if v6 { n.gateway_mode_v6 } else { n.gateway_mode_v4 };
+            mode == GatewayMode::Routed && !n.internal
+        })
     };
     sandbox
         .ports
@@ -400,10 +421,14 @@ pub(super) fn port_rules(sandbox: &Sandbox) -> Vec<PortRule> {
                 // written before that check.
                 Some(IpAddr::V6(v6)) => (Some(IpAddr::V6(v6)), IpAddr::V6(endpoint.ipv6?)),
             };
-            let host_ip = host_ip.filter(|ip| !ip.is_unspecified());
+            let (host_ip, host_port) = if routed(target.is_ipv6()) {
+                (Some(target), m.container_port)
+            } else {
+                (host_ip.filter(|ip| !ip.is_unspecified()), m.host_port)
+            };
             Some(PortRule::new(
                 host_ip,
-                m.host_port,
+                host_port,
                 m.proto,
                 target,
                 m.container_port,

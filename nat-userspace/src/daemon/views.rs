@@ -1,5 +1,5 @@
 //! What the API shows: records with their live status, counters, flows, `info`.
-use super::{Daemon, error::Result, sync::port_rules};
+use super::{Daemon, error::Result};
 use crate::{
     api::{AttachedSandbox, InfoResponse, MappingStatsView, NetworkView, SandboxView, StatsView},
     dataplane::Flow,
@@ -77,7 +77,7 @@ impl Daemon {
         let raw = self.dataplane.stats();
         let mut mappings = Vec::new();
         for sandbox in self.state.sandboxes.values() {
-            for rule in port_rules(sandbox) {
+            for rule in self.port_rules_of(sandbox) {
                 let (packets, bytes) = raw.mappings.get(&rule.mapping_id).copied().unwrap_or_default();
                 let host = rule
                     .host_ip

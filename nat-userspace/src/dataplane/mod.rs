@@ -136,6 +136,9 @@ pub struct NetworkRule {
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
+    /// `gateway_mode_ipv4=routed`: sandbox addresses reachable on published container
+    /// ports, outbound flows tracked untranslated.
+    pub routed: bool,
     /// The network's IPv6 side, if it has one.
     pub v6: Option<NetworkRule6>,
 }

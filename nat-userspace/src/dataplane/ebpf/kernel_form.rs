@@ -103,7 +103,9 @@ pub fn port_entry(rule: &PortRule, slot: u32, generation: u32) -> PortEntry {
 pub fn net_info(n: &NetworkRule) -> NetInfo4 {
     NetInfo4 {
         network_id: n.id,
-        flags: policy_flags(n) | (if n.masquerade { net::MASQ } else { 0 }),
+        flags: policy_flags(n)
+            | (if n.masquerade { net::MASQ } else { 0 })
+            | (if n.routed { net::ROUTED } else { 0 }),
         gateway: raw(n.gateway),
         subnet: raw(n.subnet.network()),
         bridge_ifindex: n.bridge_ifindex,

@@ -31,6 +31,14 @@ pub fn port_element(rule: &PortRule) -> (&'static str, String) {
     }
 }
 
+/// A routed network's open port (a rule that translates the sandbox's address to
+/// itself): its element of the `open` set, which lets it past the direct-access drop (an
+/// identity DNAT leaves no `dnat` status in conntrack).
+pub fn open_element(rule: &PortRule) -> Option<String> {
+    (rule.host_ip == Some(rule.target) && rule.host_port == rule.target_port)
+        .then(|| format!("{} . {} . {}", rule.target, rule.proto, rule.target_port))
+}
+
 pub fn hairpin_element(rule: &PortRule) -> String {
     format!(
         "{t} . {t} . {} . {}",
@@ -56,6 +64,9 @@ pub fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String 
         let entry = by_map.entry((family, "hairpin")).or_default();
         if !entry.contains(&hairpin) {
             entry.push(hairpin);
+        }
+        if let Some(open) = open_element(rule) {
+            by_map.entry((family, "open")).or_default().push(open);
         }
     }
     let mut out = String::new();
@@ -192,6 +203,7 @@ fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
   set nets {{ type {addr}; flags interval; {nets} }}
   set masq_nets {{ type {addr}; flags interval; {masq} }}
   set hairpin {{ type {addr} . {addr} . inet_proto . inet_service; }}
+  set open {{ type {addr} . inet_proto . inet_service; }}
   map ports_any {{ type inet_proto . inet_service : {addr} . inet_service; counter; }}
   map ports_ip {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; counter; }}
   chain guard {{
@@ -202,6 +214,7 @@ iifname != \"lo\" {l3} daddr {lo} counter name \"drop_loopback_spoof\" drop
 type filter hook forward priority filter; policy accept;
 ct status dnat accept
 ct state established,related accept
+iifname @uplinks {l3} daddr . meta l4proto . th dport @open accept
 iifname @uplinks {l3} daddr @nets counter name \"drop_direct_access\" drop
 {forward}  }}
   chain prerouting {{
@@ -262,6 +275,9 @@ pub fn element_changes(
             let entry = by_map.entry((family, "hairpin")).or_default();
             if !keep.contains(&hairpin) && !entry.contains(&hairpin) {
                 entry.push(hairpin);
+            }
+            if let Some(open) = open_element(rule) {
+                by_map.entry((family, "open")).or_default().push(open);
             }
         }
         for ((family, map), elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
