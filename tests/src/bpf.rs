@@ -16,14 +16,16 @@ use aya::{
     maps::{HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use nat_common::{
-    Ct4Entry, Ct4Key,
+    Ct4Entry, Ct4Key, Ct6Entry, Ct6Key,
     names::{map, program},
     net,
 };
 use natd::{
-    dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, PortRule, ebpf::maps::MapWriter},
+    dataplane::{
+        Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, ebpf::maps::MapWriter,
+    },
     portspec::Proto,
 };
 
@@ -340,6 +342,97 @@ impl Bpf {
         let mut out = Vec::new();
         for (name, established) in [(map::CT4, true), (map::CT4_NEW, false)] {
             let table: HashMap<_, Ct4Key, Ct4Entry> =
+                HashMap::try_from(self.ebpf.map(name).expect("conntrack")).expect("conntrack map");
+            out.extend(
+                table
+                    .iter()
+                    .map(|r| r.expect("entry"))
+                    .map(|(k, e)| (k, e, established)),
+            );
+        }
+        out
+    }
+
+    /// The test device is the host end of the veth of a dual-stack sandbox (`addr` and
+    /// `addr6`) on network `network_id`.
+    pub fn as_sandbox_veth6(&mut self, network_id: u32, addr: [u8; 4], addr6: [u8; 16]) {
+        self.set_test_iface(IfaceRole::SandboxVeth {
+            network_id,
+            addr: addr.into(),
+            addr6: Some(addr6.into()),
+        });
+    }
+
+    /// A sandbox endpoint on an IPv6 address: address, the host end of its veth, network.
+    pub fn endpoint6(&mut self, addr: [u8; 16], host_ifindex: u32, network_id: u32) {
+        self.desired.endpoints.retain(|e| e.addr != IpAddr::from(addr));
+        self.desired.endpoints.push(EndpointRule {
+            addr: IpAddr::from(addr),
+            host_ifindex,
+            network_id,
+            mac: SANDBOX_MAC,
+            gw_mac: BRIDGE_MAC,
+            mtu: 1500,
+        });
+        self.sync();
+    }
+
+    /// The IPv6 side of the existing network `id`: subnet, gateway, and whether it is
+    /// masqueraded (false: routed).
+    pub fn network6(
+        &mut self,
+        id: u32,
+        subnet: [u8; 16],
+        prefix_len: u8,
+        gateway: [u8; 16],
+        masquerade: bool,
+    ) {
+        let network = self
+            .desired
+            .networks
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("network6 adds the IPv6 side of a network that exists");
+        network.v6 = Some(NetworkRule6 {
+            subnet: Ipv6Network::new(subnet.into(), prefix_len).expect("subnet"),
+            gateway: gateway.into(),
+            masquerade,
+        });
+        self.sync();
+    }
+
+    /// One more IPv6 address of the host.
+    pub fn local6(&mut self, ip: [u8; 16]) {
+        self.desired.local_addrs.push(IpAddr::from(ip));
+        self.sync();
+    }
+
+    /// A published port aimed at an IPv6 address; `host_ip` None is [::].
+    pub fn publish6(
+        &mut self,
+        host_ip: Option<[u8; 16]>,
+        host_port: u16,
+        proto: u8,
+        target: [u8; 16],
+        target_port: u16,
+        mapping_id: u32,
+    ) {
+        self.desired.ports.push(PortRule {
+            host_ip: host_ip.map(IpAddr::from),
+            host_port,
+            proto: proto_of(proto),
+            target: IpAddr::from(target),
+            target_port,
+            mapping_id,
+        });
+        self.sync();
+    }
+
+    /// Both IPv6 connection tables: (key, entry, established).
+    pub fn ct6(&self) -> Vec<(Ct6Key, Ct6Entry, bool)> {
+        let mut out = Vec::new();
+        for (name, established) in [(map::CT6, true), (map::CT6_NEW, false)] {
+            let table: HashMap<_, Ct6Key, Ct6Entry> =
                 HashMap::try_from(self.ebpf.map(name).expect("conntrack")).expect("conntrack map");
             out.extend(
                 table

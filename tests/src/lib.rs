@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 pub mod bpf;
 pub mod cni;
 pub mod frames;
+pub mod frames6;
 pub mod lan;
 pub mod live;
 pub mod overlay;
