@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, wait_listening, wait_until};
+use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns, wait_listening, wait_until};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -33,23 +33,27 @@ impl World {
         };
         lab.start_natd(&["--dataplane", dataplane]).expect("start natd");
         if mode == Mode::Docker {
-            // The seed: nat PREROUTING for local destinations jumps to DOCKER.
-            ipt(&lab, &["-t", "nat", "-N", "DOCKER"]);
-            ipt(
-                &lab,
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-j",
-                    "DOCKER",
-                ],
-            );
+            // The seed: nat PREROUTING for local destinations jumps to DOCKER; Docker 27
+            // writes the same for IPv6 with ip6tables.
+            for tool in ["iptables", "ip6tables"] {
+                xt(&lab, tool, &["-t", "nat", "-N", "DOCKER"]);
+                xt(
+                    &lab,
+                    tool,
+                    &[
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-m",
+                        "addrtype",
+                        "--dst-type",
+                        "LOCAL",
+                        "-j",
+                        "DOCKER",
+                    ],
+                );
+            }
         }
         let world = Self { lab, mode };
         world.network_rules("bridge");
@@ -62,23 +66,29 @@ impl World {
             return;
         }
         let view = self.lab.json(&["network", "inspect", network]);
-        let (subnet, bridge) = (view["subnet"].as_str().unwrap(), view["bridge"].as_str().unwrap());
-        ipt(
-            &self.lab,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-s",
-                subnet,
-                "!",
-                "-o",
-                bridge,
-                "-j",
-                "MASQUERADE",
-            ],
-        );
+        let bridge = view["bridge"].as_str().unwrap();
+        for (tool, key) in [("iptables", "subnet"), ("ip6tables", "subnet_v6")] {
+            let Some(subnet) = view[key].as_str() else {
+                continue;
+            };
+            xt(
+                &self.lab,
+                tool,
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    subnet,
+                    "!",
+                    "-o",
+                    bridge,
+                    "-j",
+                    "MASQUERADE",
+                ],
+            );
+        }
     }
 
     fn network(&self, args: &[&str]) {
@@ -105,6 +115,7 @@ impl World {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let ip6 = view["endpoints"][0]["ipv6"].as_str().map(str::to_string);
         let network = view["endpoints"][0]["network"]
             .as_str()
             .unwrap_or("bridge")
@@ -118,10 +129,16 @@ impl World {
             let (hp, cp) = (port["host_port"].to_string(), port["container_port"].to_string());
             let mut rule = vec!["-t", "nat", "-A", "DOCKER"];
             let bound = port["host_ip"].as_str().map(str::to_string);
-            if let Some(b) = &bound {
+            // Docker binds [::] for a port without address on an IPv6 network: the same
+            // DNAT with ip6tables to the container's IPv6 address.
+            let v6 = bound.as_deref().is_some_and(|b| b.contains(':'));
+            if let Some(b) = bound.as_deref().filter(|b| *b != "::") {
                 rule.extend_from_slice(&["-d", b]);
             }
-            let to = format!("{ip}:{cp}");
+            let to = match (&ip6, v6) {
+                (Some(ip6), true) => format!("[{ip6}]:{cp}"),
+                _ => format!("{ip}:{cp}"),
+            };
             rule.extend_from_slice(&[
                 "!",
                 "-i",
@@ -137,7 +154,7 @@ impl World {
                 "--to-destination",
                 &to,
             ]);
-            ipt(&self.lab, &rule);
+            xt(&self.lab, if v6 { "ip6tables" } else { "iptables" }, &rule);
         }
     }
 
@@ -154,10 +171,15 @@ impl World {
 }
 
 fn ipt(lab: &Lab, args: &[&str]) {
-    let out = lab.host(&[&["iptables"][..], args].concat());
+    xt(lab, "iptables", args);
+}
+
+/// `iptables` or `ip6tables` in the lab's host namespace.
+fn xt(lab: &Lab, tool: &str, args: &[&str]) {
+    let out = lab.host(&[&[tool][..], args].concat());
     assert!(
         out.status.success(),
-        "iptables {args:?}: {}",
+        "{tool} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -409,6 +431,86 @@ fn removed_mapping_ends_its_udp_flow(mode: Mode) {
     });
 }
 
+/// The address socat printed for its peer, without brackets or IPv4-mapping.
+fn peer(line: Option<String>) -> Option<std::net::IpAddr> {
+    let text = line?;
+    let ip: std::net::IpAddr = text.trim().trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    })
+}
+
+fn whoami6(port: u16) -> String {
+    format!("socat TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
+}
+
+/// A fresh sandbox's first IPv6 exchange takes a second or two in every mode, the Docker
+/// reference included (the kernel's neighbour discovery on the new link): IPv6 scenarios
+/// give their first connection that long, then judge.
+fn first6(f: impl Fn() -> Option<String>) -> Option<String> {
+    let mut got = None;
+    wait_until(Duration::from_secs(5), || {
+        got = f();
+        got.is_some()
+    });
+    got
+}
+
+fn ipv6_published_port_keeps_client_address(mode: Mode) {
+    check(mode, "IPv6: published port, client address kept", &ALL, |w| {
+        w.network(&["--ipv6", "v6net"]);
+        w.run("web", &["--network", "v6net", "-p", "8080:80"], &whoami6(80));
+        w.wait_server("web", "tcp", 80);
+        peer(first6(|| w.via_ext(&format!("[{HOST_UPLINK_IP6}]"), 8080))) == EXT_IP6.parse().ok()
+            && peer(w.via_ext(HOST_UPLINK_IP, 8080)) == EXT_IP.parse().ok()
+    });
+}
+
+fn ipv6_masquerade_to_uplink_address(mode: Mode) {
+    check(mode, "IPv6: masquerade to the uplink address", &ALL, |w| {
+        let _server = w.lab.spawn_in(
+            &w.lab.ext_ns,
+            &["socat", "TCP6-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"],
+        );
+        assert!(wait_listening(&w.lab.ext_path(), "tcp", 9000));
+        w.network(&["--ipv6", "v6net"]);
+        w.run("out", &["--network", "v6net"], "");
+        peer(first6(|| w.via_sandbox("out", &format!("[{EXT_IP6}]"), 9000))) == HOST_UPLINK_IP6.parse().ok()
+    });
+}
+
+fn ipv6_no_direct_access_from_outside(mode: Mode) {
+    check(mode, "IPv6: sandbox address not reachable", &NATD_ONLY, |w| {
+        w.network(&["--ipv6", "v6net"]);
+        w.run("web", &["--network", "v6net"], &whoami6(80));
+        w.wait_server("web", "tcp", 80);
+        let view = w.lab.json(&["network", "inspect", "v6net"]);
+        let subnet = view["subnet_v6"].as_str().unwrap().to_string();
+        let ip = w.lab.json(&["inspect", "web"])["endpoints"][0]["ipv6"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        w.lab.ext(&["ip", "-6", "route", "add", &subnet, "via", HOST_UPLINK_IP6]);
+        first6(|| w.via_ext(&format!("[{ip}]"), 80)).is_none()
+    });
+}
+
+fn ipv6_networks_are_isolated(mode: Mode) {
+    check(mode, "IPv6: networks cannot reach each other", &NATD_ONLY, |w| {
+        w.network(&["--ipv6", "red6"]);
+        w.network(&["--ipv6", "blue6"]);
+        w.run("r1", &["--network", "red6"], &whoami6(80));
+        w.run("b1", &["--network", "blue6"], "");
+        w.wait_server("r1", "tcp", 80);
+        let r1 = w.lab.json(&["inspect", "r1"])["endpoints"][0]["ipv6"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        first6(|| w.via_sandbox("b1", &format!("[{r1}]"), 80)).is_none()
+    });
+}
+
 macro_rules! suite {
     ($($scenario:ident),* $(,)?) => {
         mod ebpf {
@@ -439,6 +541,10 @@ suite!(
     no_netfilter_rules_in_the_host,
     survives_a_firewall_flush,
     removed_mapping_ends_its_udp_flow,
+    ipv6_published_port_keeps_client_address,
+    ipv6_masquerade_to_uplink_address,
+    ipv6_no_direct_access_from_outside,
+    ipv6_networks_are_isolated,
 );
 
 /// Restarting natd with the other dataplane takes over the sandboxes and leaves nothing of
