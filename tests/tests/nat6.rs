@@ -261,3 +261,60 @@ fn routed_gateway_mode(dataplane: &str) {
     let ping = lab.exec("web", &["ping", "-6", "-c1", "-W2", EXT_IP6]);
     assert!(ping.status.success(), "ping out of a routed network");
 }
+
+/// IPv6 flows in both directions outlive natd: killed, they keep flowing (and new ones
+/// start) on the pinned maps and programs; restarted, natd adopts them.
+#[test]
+fn ipv6_flows_survive_natd_stop_and_restart() {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        net::TcpStream,
+    };
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.ok(&["network", "create", "--ipv6", "n6"]);
+    lab.run_script(
+        "echo",
+        &["--network", "n6", "-p", "8080:80"],
+        "socat TCP6-LISTEN:80,ipv6only=0,fork,reuseaddr EXEC:cat",
+    );
+    let ns = lab.netns_of("echo");
+    assert!(wait_listening(&ns, "tcp", 80));
+    let _remote = lab.spawn_in(&lab.ext_ns, &["socat", "TCP6-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]);
+    assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
+    let uplink6: std::net::Ipv6Addr = HOST_UPLINK_IP6.parse().unwrap();
+    let ext6: std::net::Ipv6Addr = EXT_IP6.parse().unwrap();
+    // A fresh sandbox's first IPv6 exchange may take a second (see scenarios.rs).
+    let connect = |path: &str, addr: std::net::Ipv6Addr, port: u16| {
+        natlab::in_netns(path, || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)) {
+                    Ok(s) => break s,
+                    Err(e) if std::time::Instant::now() > deadline => panic!("connect [{addr}]:{port}: {e}"),
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let mut inbound = connect(&lab.ext_path(), uplink6, 8080);
+    let mut outbound = connect(&ns, ext6, 9000);
+    for stream in [&mut inbound, &mut outbound] {
+        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    let echo = |stream: &mut TcpStream, text: &str| -> bool {
+        if stream.write_all(format!("{text}\n").as_bytes()).is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        BufReader::new(stream.try_clone().unwrap()).read_line(&mut line).is_ok() && line.trim() == text
+    };
+    assert!(echo(&mut inbound, "before") && echo(&mut outbound, "before"));
+    lab.stop_natd(nix::sys::signal::Signal::SIGKILL);
+    assert!(echo(&mut inbound, "while-down"), "inbound IPv6 flow while natd is down");
+    assert!(echo(&mut outbound, "while-down"), "outbound IPv6 flow while natd is down");
+    lab.restart_natd().unwrap();
+    assert!(echo(&mut inbound, "after") && echo(&mut outbound, "after"));
+    let flows = lab.ok(&["ct", "ls"]);
+    assert!(flows.contains(HOST_UPLINK_IP6) || flows.contains(EXT_IP6), "natd lists the IPv6 flows:\n{flows}");
+    assert_no_kernel_nat(&lab);
+}
