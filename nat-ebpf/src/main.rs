@@ -85,7 +85,7 @@ mod programs {
             ctx.set_mark(0);
             return TC_ACT_OK;
         }
-        with_ipv6(&ctx, try_uplink_egress::<Addr6>, fail_closed)
+        with_ipv6(&ctx, try_uplink_egress::<Addr6>, fail_closed6)
     }
 
     /// Host side of sandbox veths (what sandboxes send): packets of tracked flows (out of
@@ -162,16 +162,22 @@ mod programs {
         TC_ACT_OK
     }
 
-    /// On the way out, an IP packet natd cannot parse must not leave with a sandbox's
-    /// private source address.
+    /// On the way out, an IPv4 packet natd cannot parse must not leave with a sandbox's
+    /// private source address. The family is the one the EtherType gave this program,
+    /// whatever the version field claims.
     #[inline(never)]
     fn fail_closed(ctx: &TcContext) -> i32 {
-        let leaks = match ctx.load::<u8>(ETH_HLEN).map(|v| v >> 4) {
-            Ok(4) => ctx.load::<u32>(ETH_HLEN + 12).is_ok_and(masqueraded),
-            Ok(6) => ctx.load::<Addr6>(ETH_HLEN + 8).is_ok_and(masqueraded),
-            _ => false,
-        };
-        if leaks {
+        if ctx.load::<u32>(ETH_HLEN + 12).is_ok_and(masqueraded) {
+            policy::drop(counter::DROP_UNTRANSLATED)
+        } else {
+            TC_ACT_OK
+        }
+    }
+
+    /// `fail_closed` for IPv6 (the source at its own offset).
+    #[inline(never)]
+    fn fail_closed6(ctx: &TcContext) -> i32 {
+        if ctx.load::<Addr6>(ETH_HLEN + 8).is_ok_and(masqueraded) {
             policy::drop(counter::DROP_UNTRANSLATED)
         } else {
             TC_ACT_OK

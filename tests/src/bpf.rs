@@ -230,6 +230,7 @@ impl Bpf {
             icc: flags & net::ICC != 0,
             internal: flags & net::INTERNAL != 0,
             masquerade: flags & net::MASQ != 0,
+            routed: flags & net::ROUTED != 0,
             v6: None,
         });
         self.sync();

@@ -14,7 +14,8 @@ use hdrhistogram::Histogram;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => serve(args.get(1).and_then(|p| p.parse().ok()).unwrap_or(80)),
+        Some("serve") => serve("0.0.0.0", args.get(1).and_then(|p| p.parse().ok()).unwrap_or(80)),
+        Some("serve6") => serve("::", args.get(1).and_then(|p| p.parse().ok()).unwrap_or(80)),
         Some(kind @ ("crr" | "rr")) => {
             let target = args.get(1).expect("HOST:PORT").clone();
             let seconds: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
@@ -37,7 +38,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: natd-loadgen serve PORT | crr HOST:PORT SECONDS | rr HOST:PORT SECONDS | \
+                "usage: natd-loadgen serve PORT | serve6 PORT | crr HOST:PORT SECONDS | rr HOST:PORT SECONDS | \
                  flood IPV4 PORT SECONDS PPS"
             );
             std::process::exit(2);
@@ -45,8 +46,8 @@ fn main() {
     }
 }
 
-fn serve(port: u16) {
-    let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+fn serve(addr: &str, port: u16) {
+    let listener = TcpListener::bind((addr, port)).expect("bind");
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || {
             let mut stream = stream;

@@ -10,6 +10,7 @@ mod beds;
 mod control;
 mod flood;
 mod insitu;
+mod ipv6;
 mod overlay;
 mod plots;
 mod programs;
@@ -145,7 +146,7 @@ fn main() {
                 String::from_utf8_lossy(&stamp.stdout).trim()
             ))
         });
-    // `--only traffic,overlay,programs,flood,control`: a subset of the parts (the report then
+    // `--only traffic,ipv6,overlay,programs,flood,control`: a subset of the parts (the report then
     // states only what ran).
     let only: Option<Vec<String>> = args
         .iter()
@@ -170,6 +171,10 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
             eprintln!("== published port and masquerade with {n} mappings present");
             traffic::run(&plan, n, &mut results)?;
         }
+    }
+    if wanted("ipv6") {
+        eprintln!("== IPv6: published port and masquerade (NAT66)");
+        ipv6::run(&plan, &mut results)?;
     }
     if wanted("overlay") {
         eprintln!("== overlay across two hosts (natd vs. hand-built VXLAN)");

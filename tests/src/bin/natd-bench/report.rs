@@ -217,6 +217,22 @@ fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f
             true,
         ));
     }
+    for (metric, label) in [("crr_per_s", "CRR"), ("rr_per_s", "RR")] {
+        for scenario in ["publish6", "masquerade6"] {
+            t.push((
+                format!("IPv6 {scenario} {label} ebpf/baseline >= 1.0"),
+                ratio(scenario, 1, metric, None, "baseline"),
+                1.0,
+                true,
+            ));
+        }
+    }
+    t.push((
+        "IPv6 publish6 CRR ebpf/ip6tables >= 1.25".into(),
+        ratio("publish6", 1, "crr_per_s", None, "iptables"),
+        1.25,
+        true,
+    ));
     for (metric, detail, label) in [("rr_per_s", None, "RR"), ("gbit_s", Some("1 stream(s)"), "throughput")] {
         t.push((
             format!("overlay {label} natd/hand-built VXLAN >= 0.90"),

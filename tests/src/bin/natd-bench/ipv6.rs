@@ -1,0 +1,159 @@
+//! The IPv6 rows: CRR and RR through a published port ([host]:8080 -> [sandbox]:80) and
+//! out of the sandbox (masquerade to the uplink's IPv6 address), in the modes `baseline`
+//! (routed, no NAT: the sandbox's subnet routed to the host), `iptables` (the ip6tables
+//! rules Docker 27 writes for an IPv6 network, natd only plumbing), `nftables` and `ebpf`,
+//! interleaved like the IPv4 runs. Scenarios `publish6` and `masquerade6`; same validity
+//! rules (no client error, no natd drop).
+use anyhow::{Context as _, Result, bail};
+use natlab::{EXT_IP6, HOST_UPLINK_IP6, Lab, sh, wait_listening};
+
+use crate::{Invalid, Plan, Results, Sample, traffic::loadgen};
+
+const MODES6: [&str; 4] = ["baseline", "iptables", "nftables", "ebpf"];
+/// The sandbox network's IPv6 subnet, routed via the host in the baseline.
+const SUBNET6: &str = "fd42:6:6:1::/64";
+
+struct Bed6 {
+    mode: &'static str,
+    lab: Lab,
+    sandbox_ns: String,
+    /// Where clients of the published port connect (`[addr]:port`).
+    target: String,
+}
+
+fn bed(mode: &'static str) -> Result<Bed6> {
+    let mut lab = Lab::new()?;
+    let dataplane = match mode {
+        "ebpf" | "nftables" => mode,
+        _ => "none",
+    };
+    lab.start_natd(&["--dataplane", dataplane])?;
+    lab.ok(&["network", "create", "--ipv6", "--subnet", SUBNET6, "v6"]);
+    let loadgen_dir = natlab::natctl_bin().parent().expect("bin dir").display().to_string();
+    let script = format!("PATH={loadgen_dir}:$PATH; exec taskset -c 1 natd-loadgen serve6 80");
+    lab.ok(&["run", "--name", "srv", "--network", "v6", "-p", "8080:80", "--", "sh", "-c", &script]);
+    let view = lab.json(&["inspect", "srv"]);
+    let sandbox_ns = view["netns"].as_str().context("sandbox netns")?.to_string();
+    let sandbox6 = view["endpoints"][0]["ipv6"].as_str().context("sandbox IPv6 address")?.to_string();
+    let bridge = lab.json(&["network", "inspect", "v6"])["bridge"].as_str().context("bridge")?.to_string();
+    for ns in [lab.ext_path(), sandbox_ns.clone()] {
+        for (k, v) in [("net.ipv4.ip_local_port_range", "1024 65000"), ("net.ipv4.tcp_tw_reuse", "1")] {
+            sh("nsenter", &[&format!("--net={ns}"), "sysctl", "-qw", &format!("{k}={v}")]);
+        }
+    }
+    let target = match mode {
+        "baseline" => {
+            lab.ext(&["ip", "-6", "route", "add", SUBNET6, "via", HOST_UPLINK_IP6]);
+            format!("[{sandbox6}]:80")
+        }
+        "iptables" => {
+            ip6tables_rules(&lab, &bridge, &sandbox6)?;
+            format!("[{HOST_UPLINK_IP6}]:8080")
+        }
+        _ => format!("[{HOST_UPLINK_IP6}]:8080"),
+    };
+    if !wait_listening(&sandbox_ns, "tcp", 80) {
+        bail!("server did not start in {mode}");
+    }
+    Ok(Bed6 {
+        mode,
+        lab,
+        sandbox_ns,
+        target,
+    })
+}
+
+/// What Docker 27 writes with ip6tables for an IPv6 bridge network and one published
+/// port (notes: libnetwork setup_ip_tables_linux.go, port_mapping_linux.go).
+fn ip6tables_rules(lab: &Lab, bridge: &str, sandbox6: &str) -> Result<()> {
+    let rules = format!(
+        "*nat\n:DOCKER - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
+         -A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DOCKER\n\
+         -A POSTROUTING -s {SUBNET6} ! -o {bridge} -j MASQUERADE\n-A DOCKER -i {bridge} -j RETURN\n\
+         -A DOCKER ! -i {bridge} -p tcp -m tcp --dport 8080 -j DNAT --to-destination [{sandbox6}]:80\n\
+         COMMIT\n*filter\n:DOCKER - [0:0]\n:DOCKER-ISOLATION-STAGE-1 - [0:0]\n:DOCKER-ISOLATION-STAGE-2 - [0:0]\n\
+         -P FORWARD DROP\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n\
+         -A FORWARD -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         -A FORWARD -o {bridge} -j DOCKER\n-A FORWARD -i {bridge} ! -o {bridge} -j ACCEPT\n\
+         -A FORWARD -i {bridge} -o {bridge} -j ACCEPT\n\
+         -A DOCKER-ISOLATION-STAGE-1 -i {bridge} ! -o {bridge} -j DOCKER-ISOLATION-STAGE-2\n\
+         -A DOCKER-ISOLATION-STAGE-1 -j RETURN\n-A DOCKER-ISOLATION-STAGE-2 -o {bridge} -j DROP\n\
+         -A DOCKER-ISOLATION-STAGE-2 -j RETURN\n\
+         -A DOCKER -d {sandbox6}/128 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n"
+    );
+    let path = lab.dir.join("docker6.rules");
+    std::fs::write(&path, rules)?;
+    let out = sh(
+        "sh",
+        &["-c", &format!("ip netns exec {} ip6tables-restore --noflush < {}", lab.host_ns, path.display())],
+    );
+    if !out.status.success() {
+        bail!("ip6tables-restore: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn natd_drops(lab: &Lab) -> u64 {
+    lab.json(&["stats"])["counters"]
+        .as_object()
+        .map(|c| {
+            c.iter()
+                .filter(|(name, _)| name.starts_with("drop_"))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
+    let mut beds = Vec::new();
+    for mode in MODES6 {
+        beds.push(bed(mode).with_context(|| format!("IPv6 {mode} topology"))?);
+    }
+    let mut servers = Vec::new();
+    for b in &beds {
+        servers.push(b.lab.spawn_in(
+            &b.lab.ext_ns,
+            &["taskset", "-c", "1", &natlab::loadgen_bin(), "serve6", "9000"],
+        ));
+        wait_listening(&b.lab.ext_path(), "tcp", 9000);
+    }
+    let outside = format!("[{EXT_IP6}]:9000");
+    for rep in 0..plan.reps {
+        for bed in &beds {
+            eprintln!("  rep {} ipv6 {}", rep + 1, bed.mode);
+            let ext = bed.lab.ext_path();
+            for (scenario, ns, target) in [
+                ("publish6", &ext, &bed.target),
+                ("masquerade6", &bed.sandbox_ns, &outside),
+            ] {
+                for kind in ["crr", "rr"] {
+                    let drops = natd_drops(&bed.lab);
+                    let v = loadgen(ns, kind, target, plan.secs);
+                    let dropped = natd_drops(&bed.lab) - drops;
+                    let (errors, ops) = (v["errors"].as_u64().unwrap_or(u64::MAX), v["ops"].as_u64().unwrap_or(0));
+                    if errors > 0 || dropped > 0 || ops == 0 {
+                        results.invalid.push(Invalid {
+                            what: format!("{scenario} {kind} {} rep {}", bed.mode, rep + 1),
+                            why: format!("{errors} client errors, {dropped} packets dropped by natd, {ops} operations"),
+                        });
+                        continue;
+                    }
+                    let metric = if kind == "crr" { "crr_per_s" } else { "rr_per_s" };
+                    results.samples.push(Sample::new(
+                        scenario,
+                        bed.mode,
+                        1,
+                        metric,
+                        v["per_s"].as_f64().unwrap_or(0.0),
+                    ));
+                    if kind == "rr" {
+                        results.samples.push(Sample::new(scenario, bed.mode, 1, "p99_us", v["p99_us"].as_f64().unwrap_or(0.0)));
+                    }
+                }
+            }
+        }
+    }
+    drop(servers);
+    Ok(())
+}
