@@ -68,10 +68,8 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
 
     // Over IPv6 the server sees the client's own IPv6 address; over IPv4 its IPv4 one: one
     // host port, both families.
-    let seen6 = natlab::wait_until(Duration::from_secs(5), || {
-        ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8080).is_some()
-    });
-    assert!(seen6, "published port unreachable over IPv6");
+    // Answered at once: the new network's bridge does not hold its first IPv6 packets back
+    // (no duplicate address detection on it).
     let line = ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8080).expect("an answer over IPv6");
     assert_eq!(peer(&line), ip(EXT_IP6), "the server sees the client's own address");
     let line = ext_tcp(&lab, HOST_UPLINK_IP, 8080).expect("an answer over IPv4");
@@ -95,8 +93,8 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
         // -p [::1]:8082:80 is the host's alone: reachable there, not through any other
         // address.
         lab.run_script("local", &["--network", "n6", "-p", "[::1]:8082:80"], &whoami6(80));
-        let local = natlab::wait_until(Duration::from_secs(5), || host_line("::1", 8082).is_some());
-        assert!(local, "[::1]:8082 from the host");
+        assert!(wait_listening(&lab.netns_of("local"), "tcp", 80));
+        assert!(host_line("::1", 8082).is_some(), "[::1]:8082 from the host");
         assert!(ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8082).is_none(), "8082 is bound to ::1 only");
     } else {
         let refusal = lab.fails(&["run", "--name", "local", "--network", "n6", "-p", "[::1]:8082:80"]);
@@ -182,10 +180,11 @@ fn isolation_hairpin_and_path_mtu_over_ipv6() {
     assert!(counter(&lab, "drop_icc") > before);
 
     // Hairpin: a sandbox reaches a published port through the host's IPv6 address.
-    let line = natlab::wait_until(Duration::from_secs(5), || {
-        lab.tcp_line_from("a2", &format!("[{HOST_UPLINK_IP6}]"), 8080).is_some()
-    });
-    assert!(line, "hairpin over IPv6");
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    assert!(
+        lab.tcp_line_from("a2", &format!("[{HOST_UPLINK_IP6}]"), 8080).is_some(),
+        "hairpin over IPv6"
+    );
 
     // Path MTU discovery through the NAT: the router's Packet Too Big, addressed to the
     // uplink's address, is translated back to the sandbox, which then knows the path MTU.
@@ -235,9 +234,7 @@ fn routed_gateway_mode(dataplane: &str) {
     let route = lab.ext(&["ip", "-6", "route", "add", &subnet, "via", HOST_UPLINK_IP6]);
     assert!(route.status.success());
 
-    let open = natlab::wait_until(Duration::from_secs(5), || ext_tcp(&lab, &format!("[{web6}]"), 80).is_some());
-    assert!(open, "the published container port is open on the sandbox's own address");
-    let line = ext_tcp(&lab, &format!("[{web6}]"), 80).expect("an answer");
+    let line = ext_tcp(&lab, &format!("[{web6}]"), 80).expect("the published container port is open on the sandbox's own address");
     assert_eq!(peer(&line), ip(EXT_IP6), "no NAT: the client's own address");
     assert!(ext_tcp(&lab, &format!("[{web6}]"), 81).is_none(), "an unpublished port stays closed");
     assert!(
@@ -283,17 +280,10 @@ fn ipv6_flows_survive_natd_stop_and_restart() {
     assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
     let uplink6: std::net::Ipv6Addr = HOST_UPLINK_IP6.parse().unwrap();
     let ext6: std::net::Ipv6Addr = EXT_IP6.parse().unwrap();
-    // A fresh sandbox's first IPv6 exchange may take a second (see scenarios.rs).
     let connect = |path: &str, addr: std::net::Ipv6Addr, port: u16| {
         natlab::in_netns(path, || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)) {
-                    Ok(s) => break s,
-                    Err(e) if std::time::Instant::now() > deadline => panic!("connect [{addr}]:{port}: {e}"),
-                    Err(_) => {}
-                }
-            }
+            TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("connect [{addr}]:{port}: {e}"))
         })
     };
     let mut inbound = connect(&lab.ext_path(), uplink6, 8080);

@@ -445,24 +445,12 @@ fn whoami6(port: u16) -> String {
     format!("socat TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
 }
 
-/// A fresh sandbox's first IPv6 exchange takes a second or two in every mode, the Docker
-/// reference included (the kernel's neighbour discovery on the new link): IPv6 scenarios
-/// give their first connection that long, then judge.
-fn first6(f: impl Fn() -> Option<String>) -> Option<String> {
-    let mut got = None;
-    wait_until(Duration::from_secs(5), || {
-        got = f();
-        got.is_some()
-    });
-    got
-}
-
 fn ipv6_published_port_keeps_client_address(mode: Mode) {
     check(mode, "IPv6: published port, client address kept", &ALL, |w| {
         w.network(&["--ipv6", "v6net"]);
         w.run("web", &["--network", "v6net", "-p", "8080:80"], &whoami6(80));
         w.wait_server("web", "tcp", 80);
-        peer(first6(|| w.via_ext(&format!("[{HOST_UPLINK_IP6}]"), 8080))) == EXT_IP6.parse().ok()
+        peer(w.via_ext(&format!("[{HOST_UPLINK_IP6}]"), 8080)) == EXT_IP6.parse().ok()
             && peer(w.via_ext(HOST_UPLINK_IP, 8080)) == EXT_IP.parse().ok()
     });
 }
@@ -476,7 +464,7 @@ fn ipv6_masquerade_to_uplink_address(mode: Mode) {
         assert!(wait_listening(&w.lab.ext_path(), "tcp", 9000));
         w.network(&["--ipv6", "v6net"]);
         w.run("out", &["--network", "v6net"], "");
-        peer(first6(|| w.via_sandbox("out", &format!("[{EXT_IP6}]"), 9000))) == HOST_UPLINK_IP6.parse().ok()
+        peer(w.via_sandbox("out", &format!("[{EXT_IP6}]"), 9000)) == HOST_UPLINK_IP6.parse().ok()
     });
 }
 
@@ -492,7 +480,7 @@ fn ipv6_no_direct_access_from_outside(mode: Mode) {
             .unwrap()
             .to_string();
         w.lab.ext(&["ip", "-6", "route", "add", &subnet, "via", HOST_UPLINK_IP6]);
-        first6(|| w.via_ext(&format!("[{ip}]"), 80)).is_none()
+        w.via_ext(&format!("[{ip}]"), 80).is_none()
     });
 }
 
@@ -507,7 +495,7 @@ fn ipv6_networks_are_isolated(mode: Mode) {
             .as_str()
             .unwrap()
             .to_string();
-        first6(|| w.via_sandbox("b1", &format!("[{r1}]"), 80)).is_none()
+        w.via_sandbox("b1", &format!("[{r1}]"), 80).is_none()
     });
 }
 

@@ -24,6 +24,14 @@ pub fn write_iface_v4(ifname: &str, setting: &str, value: &str) -> std::io::Resu
     )
 }
 
+/// A per-interface IPv6 setting (`net.ipv6.conf.<ifname>.<setting>`).
+pub fn write_iface_v6(ifname: &str, setting: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(
+        Path::new("/proc/sys/net/ipv6/conf").join(ifname).join(setting),
+        value,
+    )
+}
+
 /// The host's ephemeral port range (`ip_local_port_range`), inclusive.
 pub fn local_port_range() -> Option<(u16, u16)> {
     let text = read("net.ipv4.ip_local_port_range").ok()?;

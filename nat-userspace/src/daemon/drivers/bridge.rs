@@ -23,6 +23,9 @@ use crate::{
     },
 };
 
+/// The bridge's link-local address on networks with IPv6 (Docker's too).
+const LINK_LOCAL_GATEWAY: &str = "fe80::1/64";
+
 pub struct BridgeDriver;
 
 impl BridgeDriver {
@@ -122,9 +125,24 @@ impl BridgeDriver {
                 network.bridge
             )));
         }
+        if network.subnet_v6.is_some() {
+            // No kernel-made link-local address (it would be tentative, duplicate address
+            // detection, for a second or two once the first port comes up, and until then
+            // the host sends no neighbour solicitation on the bridge: a new network's first
+            // IPv6 packets through the kernel waited 2 s). natd gives the bridge fe80::1
+            // without detection instead, as Docker does; the bridge is natd's.
+            for (setting, value) in [("addr_gen_mode", "1"), ("accept_dad", "0")] {
+                if let Err(e) = sysctl::write_iface_v6(&network.bridge, setting, value) {
+                    warn!(bridge = %network.bridge, error = %e, "cannot set {setting}");
+                }
+            }
+        }
         let had = nl.addresses(link.index).await?;
         let mut addresses = vec![network.gateway_cidr()];
         addresses.extend(network.gateway_v6_cidr());
+        if network.subnet_v6.is_some() {
+            addresses.push(LINK_LOCAL_GATEWAY.parse().expect("a valid address"));
+        }
         for address in addresses {
             if had.contains(&address) {
                 continue;
