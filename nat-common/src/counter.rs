@@ -59,6 +59,8 @@ counters! {
     FIB_FAILED = 45 => "fib_failed",
     ORPHAN_REMOVED = 46 => "orphan_removed",
     ROUTED_NEW = 47 => "routed_new",
+    DROP_ROGUE_ND = 48 => "drop_rogue_nd",
+    DROP_NO_IPV6 = 49 => "drop_no_ipv6",
 }
 
 /// Slots of the counter array (room to grow without resizing the pinned map).

@@ -2,6 +2,7 @@
 //! CHECKSUM_PARTIAL skbs (locally generated TCP/UDP with offloaded checksums).
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_csum_update,
     programs::TcContext,
 };
 use nat_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -37,6 +38,21 @@ fn pseudo_header<A: Family>(packet: &Packet<A>) -> bool {
     !(A::VERSION == 4 && packet.proto == PROTO_ICMP) && packet.fragment != Fragment::Later
 }
 
+/// An L4 checksum update by `diff` of a pseudo-header field (an address). On a
+/// CHECKSUM_COMPLETE skb the helper also moves skb->csum by the difference, which IPv4's
+/// header checksum change cancels; IPv6 has none, so the move is undone here
+/// (`bpf_csum_update` touches only CHECKSUM_COMPLETE skbs). Linux 6.16 added `BPF_F_IPV6`
+/// for the same; this works on every kernel natd runs on.
+#[inline(always)]
+pub fn l4_pseudo_replace<A: Family>(ctx: &TcContext, at: usize, diff: u32, flags: u64) -> Result<(), i64> {
+    ctx.l4_csum_replace(at, 0, u64::from(diff), flags | u64::from(BPF_F_PSEUDO_HDR))?;
+    if A::VERSION == 6 {
+        // SAFETY: a valid skb context.
+        unsafe { bpf_csum_update(ctx.skb.skb, diff) };
+    }
+    Ok(())
+}
+
 #[inline(always)]
 fn set_addr<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: A) -> Result<(), CsumError> {
     let (offset, old) = if src {
@@ -56,13 +72,7 @@ fn set_addr<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: 
     if pseudo_header(packet)
         && let Some((csum, flags)) = l4_csum(packet.proto, packet.l4)
     {
-        ctx.l4_csum_replace(
-            csum,
-            0,
-            u64::from(diff),
-            flags | u64::from(BPF_F_PSEUDO_HDR) | A::L4_CSUM_FLAGS,
-        )
-        .map_err(|_| CsumError)?;
+        l4_pseudo_replace::<A>(ctx, csum, diff, flags).map_err(|_| CsumError)?;
     }
     if src {
         packet.src = new;

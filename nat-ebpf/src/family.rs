@@ -44,8 +44,7 @@ pub trait Family: Copy + PartialEq + Default + 'static {
     const SRC_AT: usize;
     const DST_AT: usize;
     const TTL_AT: usize;
-    /// Extra flags for `bpf_l4_csum_replace` pseudo-header updates (`BPF_F_IPV6`).
-    const L4_CSUM_FLAGS: u64;
+
 
     fn ct() -> &'static HashMap<CtKey<Self>, CtEntry<Self>>;
     fn ct_new() -> &'static LruHashMap<CtKey<Self>, CtEntry<Self>>;
@@ -88,7 +87,6 @@ impl Family for u32 {
     const SRC_AT: usize = 12;
     const DST_AT: usize = 16;
     const TTL_AT: usize = 8;
-    const L4_CSUM_FLAGS: u64 = 0;
 
     #[inline(always)]
     fn ct() -> &'static HashMap<CtKey<u32>, CtEntry<u32>> {
@@ -180,9 +178,6 @@ impl Family for Addr6 {
     const SRC_AT: usize = 8;
     const DST_AT: usize = 24;
     const TTL_AT: usize = 7;
-    /// The kernel must know the pseudo-header is IPv6's: on CHECKSUM_COMPLETE skbs an
-    /// IPv6 address change has no IP header checksum to cancel it out (Linux 6.16+).
-    const L4_CSUM_FLAGS: u64 = 1 << 7;
 
     #[inline(always)]
     fn ct() -> &'static HashMap<CtKey<Addr6>, CtEntry<Addr6>> {

@@ -6,8 +6,8 @@
 //! options) and every packet of a flow that does not bypass the host are rewritten with
 //! the checksum helpers and left to the kernel.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    bindings::{BPF_F_MARK_MANGLED_0, TC_ACT_SHOT},
+    helpers::generated::{bpf_csum_update, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
 use nat_common::{CtEntry, FASTPATH_MARK, PROTO_TCP, PROTO_UDP, counter, csum, ct};
@@ -121,6 +121,7 @@ fn rewrite<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A
     let ttl: *mut u8 = ptr_at(ctx, IP + A::TTL_AT)?;
     let addrs: *mut [A; 2] = ptr_at(ctx, IP + A::SRC_AT)?;
     let ports: *mut [u16; 2] = ptr_at(ctx, l4)?;
+    let old_ttl: u8;
     // SAFETY: all pointers are bounds-checked; nothing below changes the packet until the
     // checksum helpers, after the last direct access.
     unsafe {
@@ -130,7 +131,7 @@ fn rewrite<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A
             macs[6..].copy_from_slice(&entry.smac);
             eth.write_unaligned(macs);
         }
-        let old_ttl = ttl.read();
+        old_ttl = ttl.read();
         ttl.write(old_ttl - 1);
         if A::VERSION == 4 {
             // TTL and protocol share a 16-bit word of the header checksum.
@@ -148,13 +149,17 @@ fn rewrite<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A
         // A UDP checksum of 0 means "none" and must stay 0.
         _ => (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
     };
-    ctx.l4_csum_replace(
-        at,
-        0,
-        u64::from(entry.addr_csum),
-        flags | u64::from(BPF_F_PSEUDO_HDR) | A::L4_CSUM_FLAGS,
-    )
-    .ok()?;
+    crate::csum::l4_pseudo_replace::<A>(ctx, at, entry.addr_csum, flags).ok()?;
+    if A::VERSION == 6 {
+        // The hop limit is covered by a CHECKSUM_COMPLETE skb's checksum and by no header
+        // checksum: move skb->csum by its change (a no-op for other skbs).
+        let (before, after) = (
+            u16::from_ne_bytes([packet.proto, old_ttl]),
+            u16::from_ne_bytes([packet.proto, old_ttl - 1]),
+        );
+        // SAFETY: a valid skb context.
+        unsafe { bpf_csum_update(ctx.skb.skb, csum::diff16(before, after)) };
+    }
     ctx.l4_csum_replace(at, 0, u64::from(entry.port_csum), flags)
         .ok()?;
     packet.src = entry.src;

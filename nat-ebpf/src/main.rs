@@ -25,6 +25,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod ndp;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
@@ -45,8 +47,8 @@ mod programs {
 
     use crate::{
         counters,
-        family::{Family, is_link_local6, is_multicast6},
-        icmp, lookup,
+        family::Family,
+        icmp, lookup, ndp,
         nat::{self, ELSEWHERE, NOT_HANDLED},
         parse::{self, ETH_HLEN, Fragment, Packet, Parsed},
         policy,
@@ -62,7 +64,7 @@ mod programs {
 
     #[classifier]
     pub fn natd_uplink_ingress6(ctx: TcContext) -> i32 {
-        with_ipv6(&ctx, try_uplink_ingress::<Addr6>, pass)
+        with_ipv6(&ctx, try_uplink_ingress::<Addr6>, |_, p| ndp::at_uplink(p, true), pass)
     }
 
     /// Uplink egress: masquerade of flows the kernel routed here, errors about translated
@@ -85,7 +87,7 @@ mod programs {
             ctx.set_mark(0);
             return TC_ACT_OK;
         }
-        with_ipv6(&ctx, try_uplink_egress::<Addr6>, fail_closed6)
+        with_ipv6(&ctx, try_uplink_egress::<Addr6>, |_, p| ndp::at_uplink(p, false), fail_closed6)
     }
 
     /// Host side of sandbox veths (what sandboxes send): packets of tracked flows (out of
@@ -98,7 +100,7 @@ mod programs {
 
     #[classifier]
     pub fn natd_sandbox_ingress6(ctx: TcContext) -> i32 {
-        with_ipv6(&ctx, try_sandbox_ingress::<Addr6>, pass)
+        with_ipv6(&ctx, try_sandbox_ingress::<Addr6>, sandbox_link, pass)
     }
 
     /// Does nothing: the benchmark subtracts its cost (the test-run overhead) from the
@@ -221,6 +223,7 @@ mod programs {
     fn with_ipv6(
         ctx: &TcContext,
         f: fn(&TcContext, &mut Packet<Addr6>) -> i32,
+        link: fn(&TcContext, &Packet<Addr6>) -> Option<i32>,
         malformed: fn(&TcContext) -> i32,
     ) -> i32 {
         let Some(packet) = Addr6::packet_slot(0) else {
@@ -230,8 +233,8 @@ mod programs {
             Ok(false) => TCX_NEXT,
             Ok(true) => {
                 counters::packet(ctx.len(), 6, packet.proto);
-                if link_local(packet) {
-                    return TC_ACT_OK;
+                if let Some(verdict) = link(ctx, packet) {
+                    return verdict;
                 }
                 f(ctx, packet)
             }
@@ -242,15 +245,11 @@ mod programs {
         }
     }
 
-    /// IPv6 that never leaves the link: neighbour discovery and router messages (ICMPv6
-    /// 133-137), link-local and multicast destinations, link-local sources. natd neither
-    /// translates nor drops it: sandboxes must resolve their gateway and each other.
+    /// Link traffic of a sandbox (see `ndp`); a veth natd does not serve passes it.
     #[inline(always)]
-    fn link_local(packet: &Packet<Addr6>) -> bool {
-        (packet.proto == nat_common::PROTO_ICMPV6 && (133..=137).contains(&packet.icmp_type))
-            || is_multicast6(packet.dst)
-            || is_link_local6(packet.dst)
-            || is_link_local6(packet.src)
+    fn sandbox_link(ctx: &TcContext, packet: &Packet<Addr6>) -> Option<i32> {
+        let own = lookup::iface(lookup::ifindex(ctx))?;
+        ndp::at_sandbox(packet, own)
     }
 
     #[inline(always)]
@@ -349,7 +348,13 @@ mod programs {
             return TC_ACT_OK;
         };
         let Some(net) = A::own_network(own) else {
-            return TC_ACT_OK;
+            // IPv6 from a sandbox whose network has none (link traffic was judged
+            // before): nothing to route it with, and no policy to route it under.
+            return if A::VERSION == 6 {
+                policy::drop(counter::DROP_NO_IPV6)
+            } else {
+                TC_ACT_OK
+            };
         };
         // A sandbox sends from its own address only: never a host address (only natd's
         // translation produces those, and the bridge accepts local sources for that),

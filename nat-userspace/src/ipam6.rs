@@ -85,7 +85,9 @@ pub fn parse_subnet(text: &str) -> Result<Ipv6Network, Ipam6Error> {
     if overlaps(multicast, subnet) {
         return Err(Ipam6Error::Multicast(text.to_string()));
     }
-    let link_local: Ipv6Network = "fe80::/64".parse().expect("constant");
+    // All of fe80::/10 is link-local scope (Docker checks only fe80::/64): natd's programs
+    // leave such addresses to the link, a network there would escape every policy.
+    let link_local: Ipv6Network = "fe80::/10".parse().expect("constant");
     if overlaps(link_local, subnet) {
         return Err(Ipam6Error::LinkLocal(text.to_string()));
     }
@@ -226,6 +228,10 @@ mod tests {
         assert_eq!(
             msg("fe80::/10"),
             "'fe80::/10' clashes with the Link-Local prefix 'fe80::/64'"
+        );
+        assert_eq!(
+            msg("fe80:1::/64"),
+            "'fe80:1::/64' clashes with the Link-Local prefix 'fe80::/64'"
         );
         assert_eq!(
             msg("2001:db8::1/64"),

@@ -398,6 +398,7 @@ impl Bpf {
             subnet: Ipv6Network::new(subnet.into(), prefix_len).expect("subnet"),
             gateway: gateway.into(),
             masquerade,
+            routed: !masquerade,
         });
         self.sync();
     }

@@ -134,6 +134,16 @@ pub fn icmp6(src: [u8; 16], dst: [u8; 16], icmp_type: u8, code: u8, rest: [u8; 4
     out
 }
 
+/// A neighbour discovery message (133-137): hop limit 255, as RFC 4861 requires.
+pub fn nd6(src: [u8; 16], dst: [u8; 16], icmp_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    builder6(src, dst, 255)
+        .icmpv6_raw(icmp_type, 0, [0; 4])
+        .write(&mut out, body)
+        .expect("frame");
+    out
+}
+
 /// Packet Too Big (type 2) with `mtu`.
 pub fn packet_too_big(src: [u8; 16], dst: [u8; 16], mtu: u32, quoted: &[u8]) -> Vec<u8> {
     icmp6(src, dst, 2, 0, mtu.to_be_bytes(), quoted)

@@ -12,8 +12,8 @@ use natlab::{
     bpf::{BRIDGE_MAC, Bpf, HOST, HOST6, SANDBOX, SANDBOX_MAC, SANDBOX_VETH},
     frames::{self, Flags},
     frames6::{
-        Ext, SYN, ack, dest_unreachable, echo6, icmp6, inner_echo6, inner_tcp6, inner_udp6, inspect_error6,
-        inspect6, ip6, neighbour_solicitation, packet_too_big, seen6, segment6, solicited_node, tcp6,
+        Ext, SYN, ack, dest_unreachable, echo6, inner_echo6, inner_tcp6, inner_udp6, inspect_error6,
+        inspect6, ip6, nd6, packet_too_big, seen6, segment6, solicited_node, tcp6,
         time_exceeded, udp6, v6, with_ext,
     },
 };
@@ -373,81 +373,91 @@ fn icmp6_destination_unreachable_from_a_sandbox_about_a_published_port_flow() {
     assert_eq!(bpf.counter(counter::ICMP_ERROR_TRANSLATED), 1);
 }
 
+/// Link traffic is never translated, and never a way around the policy: the host's own
+/// passes at the uplink untouched; a sandbox may resolve and be resolved on its own link
+/// from its own addresses, never advertise itself as a router or redirect, never send
+/// neighbour discovery off its link, and with icc off reach nothing on the link but its
+/// gateway (fe80::1).
 #[test]
-fn neighbour_discovery_and_link_local_pass_untouched() {
+fn link_traffic_passes_untouched_within_the_policy() {
     let mut bpf = load(1024);
     bpf.publish6(None, 8080, 6, SANDBOX6, 80, 5);
-    let frames = [
-        // Address resolution of the host, from a link-local and from a global address.
-        neighbour_solicitation(LINK_LOCAL_A, solicited_node(HOST6), HOST6),
-        neighbour_solicitation(ROUTER6, solicited_node(HOST6), HOST6),
-        // Neighbour unreachability detection: unicast, global addresses.
-        neighbour_solicitation(ROUTER6, HOST6, HOST6),
-        // A router advertisement (134), a neighbour advertisement (136).
-        icmp6(
-            LINK_LOCAL_A,
-            v6([0xff02, 0, 0, 0, 0, 0, 0, 1]),
-            134,
-            0,
-            [64, 0, 0, 0],
-            &[0; 8],
-        ),
-        icmp6(ROUTER6, HOST6, 136, 0, [0x60, 0, 0, 0], &HOST6),
-        // Link-local TCP to a published port, and from a link-local source.
-        tcp6(LINK_LOCAL_A, 40000, LINK_LOCAL_B, 8080, true),
-        tcp6(LINK_LOCAL_A, 40000, HOST6, 8080, true),
-        // Multicast.
-        udp6(CLIENT6, 5353, v6([0xff02, 0, 0, 0, 0, 0, 0, 0xfb]), 5353),
-    ];
-    for (i, frame) in frames.iter().enumerate() {
-        assert_eq!(
-            bpf.run(INGRESS6, frame),
-            (TC_ACT_OK, frame.clone()),
-            "uplink ingress, frame {i}"
-        );
-    }
-    // What a masqueraded sandbox sends on its link: its gateway's resolution, its own
-    // duplicate address detection, link-local and multicast traffic.
-    let from_sandbox = [
-        neighbour_solicitation(SANDBOX6, solicited_node(GATEWAY6), GATEWAY6),
-        neighbour_solicitation(v6([0; 8]), solicited_node(SANDBOX6), SANDBOX6),
-        icmp6(SANDBOX6, GATEWAY6, 136, 0, [0x60, 0, 0, 0], &SANDBOX6),
-        icmp6(
-            LINK_LOCAL_B,
-            v6([0xff02, 0, 0, 0, 0, 0, 0, 2]),
-            133,
-            0,
-            [0; 4],
-            &[],
-        ),
-        udp6(SANDBOX6, 5353, v6([0xff02, 0, 0, 0, 0, 0, 0, 0xfb]), 5353),
-        tcp6(LINK_LOCAL_B, 80, LINK_LOCAL_A, 40000, false),
-    ];
-    for (i, frame) in from_sandbox.iter().enumerate() {
-        assert_eq!(
-            bpf.run(EGRESS6, frame),
-            (TC_ACT_OK, frame.clone()),
-            "uplink egress, frame {i}"
-        );
-    }
+    let all_nodes = v6([0xff02, 0, 0, 0, 0, 0, 0, 1]);
+    let all_routers = v6([0xff02, 0, 0, 0, 0, 0, 0, 2]);
+    let mdns = v6([0xff02, 0, 0, 0, 0, 0, 0, 0xfb]);
+    let gateway_ll = v6([0xfe80, 0, 0, 0, 0, 0, 0, 1]);
+    let pass = |bpf: &mut Bpf, program: &str, what: &str, frame: Vec<u8>| {
+        assert_eq!(bpf.run(program, &frame), (TC_ACT_OK, frame.clone()), "{what} passes untouched");
+    };
+    let drop = |bpf: &mut Bpf, program: &str, what: &str, frame: Vec<u8>, reason: u32| {
+        let before = bpf.counter(reason);
+        assert_eq!(bpf.run(program, &frame).0, TC_ACT_SHOT, "{what} is dropped");
+        assert_eq!(bpf.counter(reason), before + 1, "{what}: counted as {reason}");
+    };
+
+    // From outside, for the host: resolution of its address, unreachability detection,
+    // the LAN's router advertisement, link-local and multicast traffic.
+    pass(&mut bpf, INGRESS6, "NS for the host", nd6(LINK_LOCAL_A, solicited_node(HOST6), 135, &HOST6));
+    pass(&mut bpf, INGRESS6, "unicast NS", nd6(ROUTER6, HOST6, 135, &HOST6));
+    pass(&mut bpf, INGRESS6, "NA to the host", nd6(ROUTER6, HOST6, 136, &ROUTER6));
+    pass(&mut bpf, INGRESS6, "the LAN's RA", nd6(LINK_LOCAL_A, all_nodes, 134, &[0; 8]));
+    pass(&mut bpf, INGRESS6, "link-local TCP", tcp6(LINK_LOCAL_A, 40000, LINK_LOCAL_B, 8080, true));
+    pass(&mut bpf, INGRESS6, "multicast", udp6(CLIENT6, 5353, mdns, 5353));
+    // ... but neighbour discovery aimed at a sandbox is direct access like anything else.
+    drop(&mut bpf, INGRESS6, "NS to a sandbox", nd6(ROUTER6, SANDBOX6, 135, &SANDBOX6), counter::DROP_DIRECT_ACCESS);
+
+    // Leaving by the uplink: the host's own link traffic passes; a sandbox's neighbour
+    // discovery forwarded there is untranslated sandbox traffic.
+    pass(&mut bpf, EGRESS6, "the host's NS", nd6(LINK_LOCAL_A, solicited_node(ROUTER6), 135, &ROUTER6));
+    pass(&mut bpf, EGRESS6, "the host's NA", nd6(HOST6, ROUTER6, 136, &HOST6));
+    drop(&mut bpf, EGRESS6, "a sandbox's NA", nd6(SANDBOX6, ROUTER6, 136, &SANDBOX6), counter::DROP_UNTRANSLATED);
+
     as_sandbox(&mut bpf);
-    for (i, frame) in from_sandbox.iter().enumerate() {
-        assert_eq!(
-            bpf.run(SANDBOX_PROG6, frame),
-            (TC_ACT_OK, frame.clone()),
-            "sandbox veth, frame {i}"
-        );
-    }
+    pass(&mut bpf, SANDBOX_PROG6, "NS for the gateway", nd6(SANDBOX6, solicited_node(GATEWAY6), 135, &GATEWAY6));
+    pass(&mut bpf, SANDBOX_PROG6, "duplicate address detection", nd6(v6([0; 8]), solicited_node(SANDBOX6), 135, &SANDBOX6));
+    pass(&mut bpf, SANDBOX_PROG6, "NA to the gateway", nd6(SANDBOX6, GATEWAY6, 136, &SANDBOX6));
+    pass(&mut bpf, SANDBOX_PROG6, "router solicitation", nd6(LINK_LOCAL_B, all_routers, 133, &[]));
+    pass(&mut bpf, SANDBOX_PROG6, "multicast (icc on)", udp6(SANDBOX6, 5353, mdns, 5353));
+    pass(&mut bpf, SANDBOX_PROG6, "link-local TCP (icc on)", tcp6(LINK_LOCAL_B, 80, LINK_LOCAL_A, 40000, false));
+    drop(&mut bpf, SANDBOX_PROG6, "RA from a sandbox", nd6(LINK_LOCAL_B, all_nodes, 134, &[0; 8]), counter::DROP_ROGUE_ND);
+    drop(&mut bpf, SANDBOX_PROG6, "redirect from a sandbox", nd6(LINK_LOCAL_B, LINK_LOCAL_A, 137, &[0; 32]), counter::DROP_ROGUE_ND);
+    drop(&mut bpf, SANDBOX_PROG6, "NA off the link", nd6(SANDBOX6, REMOTE6, 136, &SANDBOX6), counter::DROP_ROGUE_ND);
+    drop(&mut bpf, SANDBOX_PROG6, "NS from another's address", nd6(OTHER_SANDBOX6, solicited_node(GATEWAY6), 135, &GATEWAY6), counter::DROP_SPOOFED_SOURCE);
+    drop(&mut bpf, SANDBOX_PROG6, "link-local source to the world", tcp6(LINK_LOCAL_B, 40000, CLIENT6, 443, true), counter::DROP_SPOOFED_SOURCE);
+
+    // icc off: nothing on the link but the gateway.
+    bpf.network(2, [172, 20, 0, 0], 16, [172, 20, 0, 1], net::MASQ);
+    bpf.network6(2, NET6, 64, GATEWAY6, true);
+    pass(&mut bpf, SANDBOX_PROG6, "NS for the gateway (icc off)", nd6(SANDBOX6, solicited_node(GATEWAY6), 135, &GATEWAY6));
+    pass(&mut bpf, SANDBOX_PROG6, "the gateway's link-local", tcp6(LINK_LOCAL_B, 40000, gateway_ll, 22, true));
+    // (LINK_LOCAL_A is fe80::1, the gateway's: another sandbox is fe80::3 here.)
+    let other_ll = v6([0xfe80, 0, 0, 0, 0, 0, 0, 3]);
+    drop(&mut bpf, SANDBOX_PROG6, "link-local TCP (icc off)", tcp6(LINK_LOCAL_B, 80, other_ll, 40000, false), counter::DROP_ICC);
+    drop(&mut bpf, SANDBOX_PROG6, "multicast (icc off)", udp6(SANDBOX6, 5353, mdns, 5353), counter::DROP_ICC);
     assert_eq!(bpf.counter(counter::DNAT_NEW), 0);
     assert!(bpf.ct6().is_empty(), "no flow was created");
-    for id in [
-        counter::DROP_DIRECT_ACCESS,
-        counter::DROP_UNTRANSLATED,
-        counter::DROP_SPOOFED_SOURCE,
-        counter::MALFORMED,
+}
+
+/// A sandbox whose network has no IPv6 has nothing to route IPv6 with: beyond its link,
+/// all of it is dropped.
+#[test]
+fn ipv6_from_a_network_without_ipv6_is_dropped() {
+    let mut bpf = load(1024);
+    bpf.network(3, [172, 21, 0, 0], 16, [172, 21, 0, 1], net::MASQ | net::ICC);
+    bpf.as_sandbox_veth(3, [172, 21, 0, 2]);
+    let before = bpf.counter(counter::DROP_NO_IPV6);
+    for frame in [
+        tcp6(v6([0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 2]), 40000, CLIENT6, 443, true),
+        tcp6(SANDBOX6, 40000, CLIENT6, 443, true),
+        udp6(OTHER_SANDBOX6, 53, SANDBOX6, 53),
     ] {
-        assert_eq!(bpf.counter(id), 0, "counter {id}");
+        assert_eq!(bpf.run(SANDBOX_PROG6, &frame).0, TC_ACT_SHOT);
     }
+    assert_eq!(bpf.counter(counter::DROP_NO_IPV6), before + 3);
+    // Its own link still works (neighbour discovery between link-local addresses).
+    let ns = nd6(LINK_LOCAL_B, solicited_node(LINK_LOCAL_A), 135, &LINK_LOCAL_A);
+    assert_eq!(bpf.run(SANDBOX_PROG6, &ns), (TC_ACT_OK, ns.clone()));
+    assert!(bpf.ct6().is_empty());
 }
 
 #[test]

@@ -479,7 +479,8 @@ fn ipv6_no_direct_access_from_outside(mode: Mode) {
             .as_str()
             .unwrap()
             .to_string();
-        w.lab.ext(&["ip", "-6", "route", "add", &subnet, "via", HOST_UPLINK_IP6]);
+        let route = w.lab.ext(&["ip", "-6", "route", "add", &subnet, "via", HOST_UPLINK_IP6]);
+        assert!(route.status.success(), "the LAN routes the subnet to the host");
         w.via_ext(&format!("[{ip}]"), 80).is_none()
     });
 }

@@ -66,7 +66,16 @@ impl Daemon {
                 _ => None,
             })
         };
-        desired.local_addrs = addresses.iter().map(|(_, net)| net.ip()).collect();
+        // Link-local addresses (one per veth) are never looked up: the programs leave link
+        // traffic alone before any lookup, and they would fill the table.
+        desired.local_addrs = addresses
+            .iter()
+            .map(|(_, net)| net.ip())
+            .filter(|ip| match ip {
+                IpAddr::V6(v6) => is_global_v6(*v6),
+                IpAddr::V4(_) => true,
+            })
+            .collect();
         for uplink in &self.uplinks {
             if let Some(link) = effective_uplink(links, uplink) {
                 desired.ifaces.push(iface(
@@ -94,6 +103,7 @@ impl Daemon {
                         subnet,
                         gateway,
                         masquerade: network.masquerades() && network.gateway_mode_v6 == GatewayMode::Nat,
+                        routed: network.gateway_mode_v6 == GatewayMode::Routed && !network.internal,
                     }),
                 });
             }
@@ -158,7 +168,7 @@ impl Daemon {
         let gone: HashSet<u32> = removed.iter().map(|r| r.mapping_id).collect();
         desired.ports.retain(|r| !gone.contains(&r.mapping_id));
         desired.ports.extend_from_slice(added);
-        let ports: Vec<u16> = desired.ports.iter().map(|r| r.host_port).collect();
+        let ports = reserved_ports(desired);
         if let Err(e) = sysctl::reserve_local_ports(&ports) {
             warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
         }
@@ -195,7 +205,7 @@ impl Daemon {
         // Published host ports go into ip_local_reserved_ports of natd's namespace, so the
         // host never picks one as the source port of its own connections (whose replies
         // would otherwise be taken for connections to the sandbox).
-        let ports: Vec<u16> = desired.ports.iter().map(|r| r.host_port).collect();
+        let ports = reserved_ports(&desired);
         if let Err(e) = sysctl::reserve_local_ports(&ports) {
             warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
         }
@@ -435,6 +445,17 @@ fn port_rules(sandbox: &Sandbox, network: Option<&Network>) -> Vec<PortRule> {
                 sandbox.id,
             ))
         })
+        .collect()
+}
+
+/// Host ports to keep out of the host's own ephemeral range: published ones, not a routed
+/// network's open container ports (no host port is taken there).
+fn reserved_ports(desired: &Desired) -> Vec<u16> {
+    desired
+        .ports
+        .iter()
+        .filter(|r| r.host_ip != Some(r.target))
+        .map(|r| r.host_port)
         .collect()
 }
 

@@ -147,9 +147,11 @@ pub struct NetworkRule {
 pub struct NetworkRule6 {
     pub subnet: Ipv6Network,
     pub gateway: Ipv6Addr,
-    /// `gateway_mode_ipv6=nat` (and not internal): masqueraded and published like IPv4;
-    /// false: routed (no NAT, sandbox addresses reachable on published container ports).
+    /// `gateway_mode_ipv6=nat` (and not internal): masqueraded and published like IPv4.
     pub masquerade: bool,
+    /// `gateway_mode_ipv6=routed` (and not internal): no NAT, sandbox addresses reachable
+    /// on published container ports, outbound flows tracked untranslated.
+    pub routed: bool,
 }
 
 /// What the kernel should look like, computed from natd's state.

@@ -210,8 +210,9 @@ fn live<A>(generations: Option<&Array<&MapData, u32>>, entry: &CtEntry<A>) -> bo
 /// reply entry holds the claim on the translated tuple, which must never be free while an
 /// entry that translates into it remains.
 pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError> {
-    let v4 = expire_family::<u32>(ebpf, timeouts)?;
-    let v6 = expire_family::<Addr6>(ebpf, timeouts)?;
+    // One family's failure does not keep the other's flows from expiring.
+    let (v4, v6) = (expire_family::<u32>(ebpf, timeouts), expire_family::<Addr6>(ebpf, timeouts));
+    let (v4, v6) = (v4?, v6?);
     Ok(GcReport {
         scanned: v4.scanned + v6.scanned,
         expired: v4.expired + v6.expired,

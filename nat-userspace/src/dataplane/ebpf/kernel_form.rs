@@ -117,12 +117,11 @@ pub fn net_info(n: &NetworkRule) -> NetInfo4 {
 /// The network's IPv6 side: its own masquerade flag (routed mode), the same isolation.
 pub fn net_info6(n: &NetworkRule) -> Option<NetInfo6> {
     let v6 = n.v6?;
-    let routed = !v6.masquerade && !n.internal;
     Some(NetInfo6 {
         network_id: n.id,
         flags: policy_flags(n)
             | (if v6.masquerade { net::MASQ } else { 0 })
-            | (if routed { net::ROUTED } else { 0 }),
+            | (if v6.routed { net::ROUTED } else { 0 }),
         gateway: raw6(v6.gateway),
         bridge_ifindex: n.bridge_ifindex,
         prefix_len: v6.subnet.prefix(),

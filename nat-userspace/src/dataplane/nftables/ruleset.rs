@@ -8,12 +8,13 @@ use std::{
 
 use crate::dataplane::{Desired, IfaceRole, PortRule};
 
-pub const DROP_COUNTERS: [&str; 5] = [
+pub const DROP_COUNTERS: [&str; 6] = [
     "drop_direct_access",
     "drop_cross_network",
     "drop_icc",
     "drop_internal",
     "drop_loopback_spoof",
+    "drop_no_ipv6",
 ];
 
 /// (map, element) of a published port.
@@ -161,6 +162,16 @@ fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
     let uplinks: Vec<String> = uplinks.into_iter().collect();
     let bridges_list: Vec<String> = bridges.iter().cloned().collect();
     let mut forward = String::new();
+    // IPv6 routed from a network that has none (its sandboxes could still send some).
+    if v6 {
+        for n in desired.networks.iter().filter(|n| n.v6.is_none()) {
+            let _ = writeln!(
+                forward,
+                "    iifname \"{}\" counter name \"drop_no_ipv6\" drop",
+                n.bridge
+            );
+        }
+    }
     for n in &desired.networks {
         let b = &n.bridge;
         if !n.icc {
