@@ -98,6 +98,9 @@ pub fn restore_peer(ctx: &SockAddrContext) {
     }
 }
 
+/// The third word of a v4-mapped IPv6 address (::ffff:0:0/96) as loaded.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
 /// The IPv6 address in a sock_addr context, word by word (the verifier allows only
 /// 4-byte accesses to `user_ip6`).
 #[inline(always)]
@@ -133,18 +136,33 @@ pub fn rewrite_destination6(ctx: &SockAddrContext) {
         }
         let addr = user_ip6(sa);
         let port = (*sa).user_port as u16;
-        if !addr.is_loopback() && !is_local(addr) {
-            return;
-        }
-        let Some(target) = published(addr, port, proto) else {
-            return;
+        // A dual-stack socket reaches IPv4 through a v4-mapped address (::ffff:a.b.c.d):
+        // connect4 never runs for it, so the IPv4 mapping is applied here.
+        let target_addr = if addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED {
+            let v4 = addr[3];
+            if !is_loopback(v4) && !is_local(v4) {
+                return;
+            }
+            let Some(target) = published(v4, port, proto) else {
+                return;
+            };
+            (*sa).user_port = u32::from(target.port);
+            [0, 0, V4_MAPPED, target.addr]
+        } else {
+            if !addr.is_loopback() && !is_local(addr) {
+                return;
+            }
+            let Some(target) = published(addr, port, proto) else {
+                return;
+            };
+            (*sa).user_port = u32::from(target.port);
+            target.addr
         };
-        set_user_ip6(sa, target.addr);
-        (*sa).user_port = u32::from(target.port);
+        set_user_ip6(sa, target_addr);
         let key = SockKey {
             cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            addr: bytes6(target.addr),
-            port: target.port,
+            addr: bytes6(target_addr),
+            port: (*sa).user_port as u16,
             family: FAMILY_V6,
             _pad: [0; 5],
         };

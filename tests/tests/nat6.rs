@@ -90,6 +90,8 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
     assert!(host_line(HOST_UPLINK_IP6, 8080).is_some(), "the uplink's IPv6 address from the host");
     if ebpf {
         assert!(host_line("::1", 8080).is_some(), "[::1]:8080 from the host");
+        // A dual-stack socket reaching the IPv4 mapping through a v4-mapped address.
+        assert!(host_line("::ffff:127.0.0.1", 8080).is_some(), "[::ffff:127.0.0.1]:8080 from the host");
         // -p [::1]:8082:80 is the host's alone: reachable there, not through any other
         // address.
         lab.run_script("local", &["--network", "n6", "-p", "[::1]:8082:80"], &whoami6(80));
