@@ -85,6 +85,12 @@ fn auto_ula_network_sandboxes_reach_each_other_and_the_gateway() {
     assert!(ps.contains(addr_only(&a)), "{ps}");
     let sysctl = lab.host_ok(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
     assert_eq!(sysctl.trim(), "1", "IPv6 forwarding in natd's namespace");
+    // The lab's uplink takes router advertisements (accept_ra=1), which forwarding turns
+    // off: natd says so instead of changing the uplink.
+    assert!(
+        lab.natd_log().contains("accept_ra=2"),
+        "natd warns about the uplink's router advertisements"
+    );
 
     // A second --ipv6 network takes the next /64 of the same /48.
     lab.ok(&["network", "create", "--ipv6", "v6two"]);

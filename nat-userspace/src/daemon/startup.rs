@@ -29,6 +29,9 @@ impl Daemon {
             }
         }
         let uplinks = resolve_uplinks(&nl, &config.uplinks, &state.networks).await?;
+        if config.ipv6 || state.networks.values().any(|n| n.has_ipv6()) {
+            super::networks::warn_router_advertised_uplinks(&uplinks);
+        }
         let local_ports = sysctl::local_port_range().unwrap_or((32768, 60999));
         let port_range = config.port_range.unwrap_or(local_ports);
         let snat_ports = config

@@ -32,6 +32,11 @@ pub fn write_iface_v6(ifname: &str, setting: &str, value: &str) -> std::io::Resu
     )
 }
 
+pub fn read_iface_v6(ifname: &str, setting: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(Path::new("/proc/sys/net/ipv6/conf").join(ifname).join(setting))
+        .map(|s| s.trim().to_string())
+}
+
 /// The host's ephemeral port range (`ip_local_port_range`), inclusive.
 pub fn local_port_range() -> Option<(u16, u16)> {
     let text = read("net.ipv4.ip_local_port_range").ok()?;
