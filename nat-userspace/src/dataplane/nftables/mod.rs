@@ -58,8 +58,16 @@ impl NftablesDataplane {
         })
     }
 
-    fn table_exists(&mut self, family: &str) -> bool {
-        self.nft.run(&format!("list table {family} {}", self.table)).is_ok()
+    /// Whether natd's `ip` and `ip6` tables exist: one `list tables` (names only), not a
+    /// listing of every table with all its map elements (the heal check runs it several
+    /// times a second).
+    fn tables_present(&mut self) -> (bool, bool) {
+        let listed = self.nft.run("list tables").unwrap_or_default();
+        let has = |family: &str| {
+            let wanted = format!("table {family} {}", self.table);
+            listed.lines().any(|l| l.trim() == wanted)
+        };
+        (has("ip"), has("ip6"))
     }
 
     /// Deletes kernel conntrack entries of a removed mapping so its flows (UDP too) end.
@@ -105,8 +113,7 @@ impl Dataplane for NftablesDataplane {
                 (format!("{} {map} {element}", ruleset::family_of(r)), *r)
             })
             .collect();
-        let exists = self.table_exists("ip");
-        let exists6 = self.table_exists("ip6");
+        let (exists, exists6) = self.tables_present();
         if !exists || exists6 != table6.is_some() || self.applied_static.as_deref() != Some(fixed.as_str()) {
             // The whole table in one transaction: never a moment with NAT rules but without
             // the filter rules that guard them.
@@ -148,7 +155,8 @@ impl Dataplane for NftablesDataplane {
 
     fn heal(&mut self) -> Result<bool, DataplaneError> {
         let want6 = self.applied_static.as_deref().is_some_and(|t| t.contains("table ip6 "));
-        if self.last.is_none() || (self.table_exists("ip") && (!want6 || self.table_exists("ip6"))) {
+        let (exists, exists6) = self.tables_present();
+        if self.last.is_none() || (exists && (!want6 || exists6)) {
             return Ok(false);
         }
         let desired = self.last.clone().unwrap_or_default();
