@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nat_common::{
-    Addr6, CtEntry, CtKey, EndpointInfo, IfaceConfig, PROTO_ICMP, PROTO_ICMPV6, PortKey, PortTarget, csum,
+    Addr6, CtEntry, CtKey, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, PROTO_ICMP, PROTO_ICMPV6, PortKey, PortTarget, csum,
 };
 
 use crate::{
@@ -30,6 +30,30 @@ pub struct Net<A> {
     pub flags: u32,
     pub gateway: A,
     pub bridge_ifindex: u32,
+}
+
+impl From<NetInfo4> for Net<u32> {
+    #[inline(always)]
+    fn from(info: NetInfo4) -> Self {
+        Self {
+            network_id: info.network_id,
+            flags: info.flags,
+            gateway: info.gateway,
+            bridge_ifindex: info.bridge_ifindex,
+        }
+    }
+}
+
+impl From<NetInfo6> for Net<Addr6> {
+    #[inline(always)]
+    fn from(info: NetInfo6) -> Self {
+        Self {
+            network_id: info.network_id,
+            flags: info.flags,
+            gateway: info.gateway,
+            bridge_ifindex: info.bridge_ifindex,
+        }
+    }
 }
 
 pub trait Family: Copy + PartialEq + Default + 'static {
@@ -114,23 +138,13 @@ impl Family for u32 {
     }
     #[inline(always)]
     fn network_of(addr: u32) -> Option<Net<u32>> {
-        let info = NATD_NETS4.get(Key::new(32, addr.to_ne_bytes()))?;
-        Some(Net {
-            network_id: info.network_id,
-            flags: info.flags,
-            gateway: info.gateway,
-            bridge_ifindex: info.bridge_ifindex,
-        })
+        let info = *NATD_NETS4.get(Key::new(32, addr.to_ne_bytes()))?;
+        Some(Net::from(info))
     }
     #[inline(always)]
     fn own_network(cfg: &IfaceConfig) -> Option<Net<u32>> {
         let info = lookup::network(cfg.network_id)?;
-        Some(Net {
-            network_id: info.network_id,
-            flags: info.flags,
-            gateway: info.gateway,
-            bridge_ifindex: info.bridge_ifindex,
-        })
+        Some(Net::from(info))
     }
     #[inline(always)]
     fn is_loopback(self) -> bool {
@@ -207,13 +221,8 @@ impl Family for Addr6 {
     /// every caller's frame.
     #[inline(never)]
     fn network_of(addr: Addr6) -> Option<Net<Addr6>> {
-        let info = NATD_NETS6.get(Key::new(128, bytes6(addr)))?;
-        Some(Net {
-            network_id: info.network_id,
-            flags: info.flags,
-            gateway: info.gateway,
-            bridge_ifindex: info.bridge_ifindex,
-        })
+        let info = *NATD_NETS6.get(Key::new(128, bytes6(addr)))?;
+        Some(Net::from(info))
     }
     #[inline(always)]
     fn own_network(cfg: &IfaceConfig) -> Option<Net<Addr6>> {

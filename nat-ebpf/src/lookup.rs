@@ -22,11 +22,6 @@ pub fn is_local<A: Family>(addr: A) -> bool {
     A::local().get_ptr(&addr).is_some()
 }
 
-#[inline(always)]
-pub fn is_loopback<A: Family>(addr: A) -> bool {
-    addr.is_loopback()
-}
-
 /// Whether `port` of `addr` is published at all (bound to `addr` or to every address):
 /// masquerade never hands out such a port as a NAT port.
 #[inline(always)]

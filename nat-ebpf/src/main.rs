@@ -71,23 +71,18 @@ mod programs {
     /// flows; nothing from a masqueraded network leaves untranslated.
     #[classifier]
     pub fn natd_uplink_egress(ctx: TcContext) -> i32 {
-        // SAFETY: the mark field is always readable in a TC context.
-        if unsafe { (*ctx.skb.skb).mark } == FASTPATH_MARK {
-            // Translated and redirected here by a sandbox program.
-            ctx.set_mark(0);
+        if redirected_here(&ctx) {
             return TC_ACT_OK;
         }
-        with_ipv4(&ctx, try_uplink_egress::<u32>, fail_closed)
+        with_ipv4(&ctx, try_uplink_egress::<u32>, fail_closed::<u32>)
     }
 
     #[classifier]
     pub fn natd_uplink_egress6(ctx: TcContext) -> i32 {
-        // SAFETY: the mark field is always readable in a TC context.
-        if unsafe { (*ctx.skb.skb).mark } == FASTPATH_MARK {
-            ctx.set_mark(0);
+        if redirected_here(&ctx) {
             return TC_ACT_OK;
         }
-        with_ipv6(&ctx, try_uplink_egress::<Addr6>, |_, p| ndp::at_uplink(p, false), fail_closed6)
+        with_ipv6(&ctx, try_uplink_egress::<Addr6>, |_, p| ndp::at_uplink(p, false), fail_closed::<Addr6>)
     }
 
     /// Host side of sandbox veths (what sandboxes send): packets of tracked flows (out of
@@ -103,6 +98,18 @@ mod programs {
         with_ipv6(&ctx, try_sandbox_ingress::<Addr6>, sandbox_link, pass)
     }
 
+    /// A packet a sandbox program translated and redirected to this uplink (its mark,
+    /// cleared here): passed on untouched by whichever egress program sees it first.
+    #[inline(always)]
+    fn redirected_here(ctx: &TcContext) -> bool {
+        // SAFETY: the mark field is always readable in a TC context.
+        if unsafe { (*ctx.skb.skb).mark } != FASTPATH_MARK {
+            return false;
+        }
+        ctx.set_mark(0);
+        true
+    }
+
     /// Does nothing: the benchmark subtracts its cost (the test-run overhead) from the
     /// others'. Never attached by natd.
     #[classifier]
@@ -112,49 +119,49 @@ mod programs {
 
     #[cgroup_sock_addr(connect4)]
     pub fn natd_connect4(ctx: SockAddrContext) -> i32 {
-        crate::sock::rewrite_destination(&ctx);
+        crate::sock::rewrite_destination::<crate::sock::V4>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(sendmsg4)]
     pub fn natd_sendmsg4(ctx: SockAddrContext) -> i32 {
-        crate::sock::rewrite_destination(&ctx);
+        crate::sock::rewrite_destination::<crate::sock::V4>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(recvmsg4)]
     pub fn natd_recvmsg4(ctx: SockAddrContext) -> i32 {
-        crate::sock::restore_peer(&ctx);
+        crate::sock::restore_peer::<crate::sock::V4>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(getpeername4)]
     pub fn natd_getpeername4(ctx: SockAddrContext) -> i32 {
-        crate::sock::restore_peer(&ctx);
+        crate::sock::restore_peer::<crate::sock::V4>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(connect6)]
     pub fn natd_connect6(ctx: SockAddrContext) -> i32 {
-        crate::sock::rewrite_destination6(&ctx);
+        crate::sock::rewrite_destination::<crate::sock::V6>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(sendmsg6)]
     pub fn natd_sendmsg6(ctx: SockAddrContext) -> i32 {
-        crate::sock::rewrite_destination6(&ctx);
+        crate::sock::rewrite_destination::<crate::sock::V6>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(recvmsg6)]
     pub fn natd_recvmsg6(ctx: SockAddrContext) -> i32 {
-        crate::sock::restore_peer6(&ctx);
+        crate::sock::restore_peer::<crate::sock::V6>(&ctx);
         1
     }
 
     #[cgroup_sock_addr(getpeername6)]
     pub fn natd_getpeername6(ctx: SockAddrContext) -> i32 {
-        crate::sock::restore_peer6(&ctx);
+        crate::sock::restore_peer::<crate::sock::V6>(&ctx);
         1
     }
 
@@ -164,22 +171,12 @@ mod programs {
         TC_ACT_OK
     }
 
-    /// On the way out, an IPv4 packet natd cannot parse must not leave with a sandbox's
-    /// private source address. The family is the one the EtherType gave this program,
+    /// On the way out, an IP packet natd cannot parse must not leave with a sandbox's
+    /// private source address. The family is the program's (the one the EtherType chose),
     /// whatever the version field claims.
     #[inline(never)]
-    fn fail_closed(ctx: &TcContext) -> i32 {
-        if ctx.load::<u32>(ETH_HLEN + 12).is_ok_and(masqueraded) {
-            policy::drop(counter::DROP_UNTRANSLATED)
-        } else {
-            TC_ACT_OK
-        }
-    }
-
-    /// `fail_closed` for IPv6 (the source at its own offset).
-    #[inline(never)]
-    fn fail_closed6(ctx: &TcContext) -> i32 {
-        if ctx.load::<Addr6>(ETH_HLEN + 8).is_ok_and(masqueraded) {
+    fn fail_closed<A: Family>(ctx: &TcContext) -> i32 {
+        if ctx.load::<A>(ETH_HLEN + A::SRC_AT).is_ok_and(masqueraded) {
             policy::drop(counter::DROP_UNTRANSLATED)
         } else {
             TC_ACT_OK

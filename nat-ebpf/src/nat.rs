@@ -394,11 +394,9 @@ pub fn track_routed<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, veth: u3
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
-    let endpoint = lookup::endpoint(packet.src);
+    // A masquerade to its own address: the same tuples, nothing translated.
+    snat_flow(&mut s.flow, packet, packet.src, lookup::endpoint(packet.src));
     let flow = &mut s.flow;
-    flow.original.set_from(packet);
-    flow.translated.set_from(packet);
-    (flow.gen_slot, flow.generation) = endpoint.map(|e| (e.slot, e.generation)).unwrap_or((NO_SLOT, 0));
     flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, veth);
     flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
     if let Err(e) = conntrack::create(s) {

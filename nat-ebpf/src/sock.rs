@@ -1,15 +1,19 @@
 //! Socket hooks for connections the host itself opens to published ports (its own
 //! addresses and 127.0.0.1): the destination is rewritten at connect()/sendmsg() time, so
 //! no packet ever carries 127.0.0.1 off the host and route_localnet stays off. These
-//! programs are attached to the cgroup v2 root, which spans the whole machine: they act
+//! programs (connect, sendmsg, recvmsg and getpeername, for IPv4 and IPv6) are attached to the cgroup v2 root, which spans the whole machine: they act
 //! only on sockets of the network namespace natd serves (its netns cookie) and leave every
 //! other socket alone.
+//!
+//! One body serves both families: `SockFamily` reads and writes the context's address in
+//! the 16-byte form `SockKey` keeps, and finds the published port behind it.
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use nat_common::{
-    Addr6, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SockKey, SockOrig,
+    FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SockKey, SockOrig,
     addr::{v4_from_raw, v4_raw},
     counter,
 };
@@ -17,7 +21,7 @@ use nat_common::{
 use crate::{
     counters::bump,
     family::{Family, bytes6, words6},
-    lookup::{is_local, is_loopback, published},
+    lookup::{is_local, published},
     maps,
 };
 
@@ -31,143 +35,112 @@ fn ours(ctx: &SockAddrContext) -> bool {
     *wanted != 0 && cookie == *wanted
 }
 
-/// connect4 / sendmsg4: a destination that is a published port of this host becomes the
-/// sandbox behind it.
-#[inline(always)]
-pub fn rewrite_destination(ctx: &SockAddrContext) {
-    if !ours(ctx) {
-        return;
-    }
-    // SAFETY: the context pointer is valid for the program's run; these fields are readable
-    // and writable for cgroup/connect4 and cgroup/sendmsg4.
-    unsafe {
-        let sa = ctx.sock_addr;
-        let proto = (*sa).protocol as u8;
-        if proto != PROTO_TCP && proto != PROTO_UDP {
-            return;
-        }
-        let addr = (*sa).user_ip4;
-        let port = (*sa).user_port as u16;
-        // Only connections to the host itself are redirected; anything else keeps its
-        // destination even when a mapping happens to be bound to that address.
-        if !is_loopback(addr) && !is_local(addr) {
-            return;
-        }
-        let Some(target) = published(addr, port, proto) else {
-            return;
-        };
-        (*sa).user_ip4 = target.addr;
-        (*sa).user_port = u32::from(target.port);
-        let key = SockKey {
-            cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            addr: v4_from_raw(target.addr),
-            port: target.port,
-            family: FAMILY_V4,
-            _pad: [0; 5],
-        };
-        let orig = SockOrig {
-            addr: v4_from_raw(addr),
-            port,
-            _pad: [0; 6],
-        };
-        let _ = maps::NATD_SOCK_ORIG.insert(&key, &orig, 0);
-        bump(counter::SOCK_REWRITES);
-    }
+/// The address family of a socket hook.
+pub trait SockFamily {
+    const FAMILY: u8;
+    /// `user_ip4` / `user_ip6` in the 16-byte form.
+    unsafe fn get(sa: *mut bpf_sock_addr) -> [u8; 16];
+    unsafe fn set(sa: *mut bpf_sock_addr, addr: [u8; 16]);
+    /// Where a connection to `addr:port` of the host goes instead (a published port's
+    /// sandbox), if anywhere. Only the host itself (its addresses, loopback) is redirected;
+    /// anything else keeps its destination even when a mapping is bound to that address.
+    fn target(addr: [u8; 16], port: u16, proto: u8) -> Option<([u8; 16], u16)>;
 }
 
-/// recvmsg4 / getpeername4: the peer is shown as the address the application used.
+pub struct V4;
+pub struct V6;
+
 #[inline(always)]
-pub fn restore_peer(ctx: &SockAddrContext) {
-    if !ours(ctx) {
-        return;
+fn target_of<A: Family>(addr: A, port: u16, proto: u8) -> Option<(A, u16)> {
+    if !addr.is_loopback() && !is_local(addr) {
+        return None;
     }
-    // SAFETY: as above; user_ip4/user_port hold the peer for recvmsg4 and getpeername4.
-    unsafe {
-        let sa = ctx.sock_addr;
-        let key = SockKey {
-            cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            addr: v4_from_raw((*sa).user_ip4),
-            port: (*sa).user_port as u16,
-            family: FAMILY_V4,
-            _pad: [0; 5],
-        };
-        if let Some(orig) = maps::NATD_SOCK_ORIG.get_ptr(&key) {
-            (*sa).user_ip4 = v4_raw(&(*orig).addr);
-            (*sa).user_port = u32::from((*orig).port);
-        }
+    published(addr, port, proto).map(|t| (t.addr, t.port))
+}
+
+impl SockFamily for V4 {
+    const FAMILY: u8 = FAMILY_V4;
+    #[inline(always)]
+    unsafe fn get(sa: *mut bpf_sock_addr) -> [u8; 16] {
+        // SAFETY: a valid context pointer (the caller's).
+        v4_from_raw(unsafe { (*sa).user_ip4 })
+    }
+    #[inline(always)]
+    unsafe fn set(sa: *mut bpf_sock_addr, addr: [u8; 16]) {
+        // SAFETY: as above; writable for connect4/sendmsg4/recvmsg4/getpeername4.
+        unsafe { (*sa).user_ip4 = v4_raw(&addr) };
+    }
+    #[inline(always)]
+    fn target(addr: [u8; 16], port: u16, proto: u8) -> Option<([u8; 16], u16)> {
+        target_of(v4_raw(&addr), port, proto).map(|(a, p)| (v4_from_raw(a), p))
     }
 }
 
 /// The third word of a v4-mapped IPv6 address (::ffff:0:0/96) as loaded.
 const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
-/// The IPv6 address in a sock_addr context, word by word (the verifier allows only
-/// 4-byte accesses to `user_ip6`).
-#[inline(always)]
-unsafe fn user_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr) -> Addr6 {
-    // SAFETY: the caller holds a valid context pointer.
-    unsafe { [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]] }
-}
-
-#[inline(always)]
-unsafe fn set_user_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr, addr: Addr6) {
-    // SAFETY: as above; these fields are writable for connect6/sendmsg6/recvmsg6/getpeername6.
-    unsafe {
-        (*sa).user_ip6[0] = addr[0];
-        (*sa).user_ip6[1] = addr[1];
-        (*sa).user_ip6[2] = addr[2];
-        (*sa).user_ip6[3] = addr[3];
+impl SockFamily for V6 {
+    const FAMILY: u8 = FAMILY_V6;
+    #[inline(always)]
+    unsafe fn get(sa: *mut bpf_sock_addr) -> [u8; 16] {
+        // SAFETY: a valid context pointer; word by word (the verifier allows only 4-byte
+        // accesses to `user_ip6`).
+        bytes6(unsafe { [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]] })
+    }
+    #[inline(always)]
+    unsafe fn set(sa: *mut bpf_sock_addr, addr: [u8; 16]) {
+        let w = words6(addr);
+        // SAFETY: as above; writable for connect6/sendmsg6/recvmsg6/getpeername6.
+        unsafe {
+            (*sa).user_ip6[0] = w[0];
+            (*sa).user_ip6[1] = w[1];
+            (*sa).user_ip6[2] = w[2];
+            (*sa).user_ip6[3] = w[3];
+        }
+    }
+    #[inline(always)]
+    fn target(addr: [u8; 16], port: u16, proto: u8) -> Option<([u8; 16], u16)> {
+        let w = words6(addr);
+        if w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED {
+            // A dual-stack socket reaches IPv4 through a v4-mapped address (::ffff:a.b.c.d):
+            // connect4 never runs for it, so the IPv4 mapping is applied here.
+            return target_of(w[3], port, proto).map(|(a, p)| (bytes6([0, 0, V4_MAPPED, a]), p));
+        }
+        target_of(w, port, proto).map(|(a, p)| (bytes6(a), p))
     }
 }
 
-/// connect6 / sendmsg6: the IPv6 counterpart of `rewrite_destination` ([::1] and the
-/// host's own IPv6 addresses).
+/// connect / sendmsg: a destination that is a published port of this host becomes the
+/// sandbox behind it.
 #[inline(always)]
-pub fn rewrite_destination6(ctx: &SockAddrContext) {
+pub fn rewrite_destination<F: SockFamily>(ctx: &SockAddrContext) {
     if !ours(ctx) {
         return;
     }
-    // SAFETY: as in `rewrite_destination`.
+    // SAFETY: the context pointer is valid for the program's run; these fields are readable
+    // and writable for the connect and sendmsg hooks.
     unsafe {
         let sa = ctx.sock_addr;
         let proto = (*sa).protocol as u8;
         if proto != PROTO_TCP && proto != PROTO_UDP {
             return;
         }
-        let addr = user_ip6(sa);
+        let addr = F::get(sa);
         let port = (*sa).user_port as u16;
-        // A dual-stack socket reaches IPv4 through a v4-mapped address (::ffff:a.b.c.d):
-        // connect4 never runs for it, so the IPv4 mapping is applied here.
-        let target_addr = if addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED {
-            let v4 = addr[3];
-            if !is_loopback(v4) && !is_local(v4) {
-                return;
-            }
-            let Some(target) = published(v4, port, proto) else {
-                return;
-            };
-            (*sa).user_port = u32::from(target.port);
-            [0, 0, V4_MAPPED, target.addr]
-        } else {
-            if !addr.is_loopback() && !is_local(addr) {
-                return;
-            }
-            let Some(target) = published(addr, port, proto) else {
-                return;
-            };
-            (*sa).user_port = u32::from(target.port);
-            target.addr
+        let Some((to, to_port)) = F::target(addr, port, proto) else {
+            return;
         };
-        set_user_ip6(sa, target_addr);
+        F::set(sa, to);
+        (*sa).user_port = u32::from(to_port);
         let key = SockKey {
             cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            addr: bytes6(target_addr),
-            port: (*sa).user_port as u16,
-            family: FAMILY_V6,
+            addr: to,
+            port: to_port,
+            family: F::FAMILY,
             _pad: [0; 5],
         };
         let orig = SockOrig {
-            addr: bytes6(addr),
+            addr,
             port,
             _pad: [0; 6],
         };
@@ -176,24 +149,24 @@ pub fn rewrite_destination6(ctx: &SockAddrContext) {
     }
 }
 
-/// recvmsg6 / getpeername6.
+/// recvmsg / getpeername: the peer is shown as the address the application used.
 #[inline(always)]
-pub fn restore_peer6(ctx: &SockAddrContext) {
+pub fn restore_peer<F: SockFamily>(ctx: &SockAddrContext) {
     if !ours(ctx) {
         return;
     }
-    // SAFETY: as in `restore_peer`.
+    // SAFETY: as above; the address fields hold the peer for recvmsg and getpeername.
     unsafe {
         let sa = ctx.sock_addr;
         let key = SockKey {
             cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            addr: bytes6(user_ip6(sa)),
+            addr: F::get(sa),
             port: (*sa).user_port as u16,
-            family: FAMILY_V6,
+            family: F::FAMILY,
             _pad: [0; 5],
         };
         if let Some(orig) = maps::NATD_SOCK_ORIG.get_ptr(&key) {
-            set_user_ip6(sa, words6((*orig).addr));
+            F::set(sa, (*orig).addr);
             (*sa).user_port = u32::from((*orig).port);
         }
     }
