@@ -51,9 +51,26 @@ pub fn iface_config(iface: &Iface) -> IfaceConfig {
 }
 
 /// A published port's key and target in its family's map.
+#[derive(Clone, Copy)]
 pub enum PortEntry {
     V4(Port4Key, Port4Target),
     V6(Port6Key, Port6Target),
+}
+
+impl PortEntry {
+    pub fn v4(&self) -> Option<(Port4Key, Port4Target)> {
+        match *self {
+            PortEntry::V4(k, t) => Some((k, t)),
+            PortEntry::V6(..) => None,
+        }
+    }
+
+    pub fn v6(&self) -> Option<(Port6Key, Port6Target)> {
+        match *self {
+            PortEntry::V6(k, t) => Some((k, t)),
+            PortEntry::V4(..) => None,
+        }
+    }
 }
 
 pub fn port_entry(rule: &PortRule, slot: u32, generation: u32) -> PortEntry {

@@ -104,50 +104,18 @@ impl Default for MapWriter {
 impl MapWriter {
     /// Takes over the slots the maps hold already (natd restarted over pinned maps).
     pub fn adopt(&mut self, ebpf: &Ebpf) {
-        if let Some(ports) = ebpf
-            .map(map::PORTS4)
-            .and_then(|m| HashMap::<_, Port4Key, Port4Target>::try_from(m).ok())
-        {
-            self.mappings.adopt(
-                ports
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(_, t)| (t.mapping_id, t.slot)),
-            );
-        }
-        if let Some(ports) = ebpf
-            .map(map::PORTS6)
-            .and_then(|m| HashMap::<_, Port6Key, Port6Target>::try_from(m).ok())
-        {
-            self.mappings.adopt(
-                ports
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(_, t)| (t.mapping_id, t.slot)),
-            );
-        }
-        if let Some(endpoints) = ebpf
-            .map(map::ENDPOINTS4)
-            .and_then(|m| HashMap::<_, u32, EndpointInfo>::try_from(m).ok())
-        {
-            self.endpoints.adopt(
-                endpoints
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(addr, e)| ((IpAddr::V4(from_raw(addr)), e.host_ifindex), e.slot)),
-            );
-        }
-        if let Some(endpoints) = ebpf
-            .map(map::ENDPOINTS6)
-            .and_then(|m| HashMap::<_, Addr6, EndpointInfo>::try_from(m).ok())
-        {
-            self.endpoints.adopt(
-                endpoints
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(addr, e)| ((IpAddr::V6(from_raw6(addr)), e.host_ifindex), e.slot)),
-            );
-        }
+        self.mappings
+            .adopt(pinned::<Port4Key, Port4Target>(ebpf, map::PORTS4).map(|(_, t)| (t.mapping_id, t.slot)));
+        self.mappings
+            .adopt(pinned::<Port6Key, Port6Target>(ebpf, map::PORTS6).map(|(_, t)| (t.mapping_id, t.slot)));
+        self.endpoints.adopt(
+            pinned::<u32, EndpointInfo>(ebpf, map::ENDPOINTS4)
+                .map(|(addr, e)| ((IpAddr::V4(from_raw(addr)), e.host_ifindex), e.slot)),
+        );
+        self.endpoints.adopt(
+            pinned::<Addr6, EndpointInfo>(ebpf, map::ENDPOINTS6)
+                .map(|(addr, e)| ((IpAddr::V6(from_raw6(addr)), e.host_ifindex), e.slot)),
+        );
     }
 
     /// Forgets what was written: the next write compares with the kernel's maps (and
@@ -335,33 +303,21 @@ impl MapWriter {
             new.push(port_entry(rule, slot, generations.get(slot)?));
         }
         zero_stats(ebpf, &fresh)?;
-        let mut ports: HashMap<&mut MapData, Port4Key, Port4Target> = hash_map(ebpf, map::PORTS4)?;
-        for entry in &gone {
-            if let PortEntry::V4(key, _) = entry {
-                let _ = ports.remove(key);
-                mirror.remove(key);
-            }
-        }
-        for entry in &new {
-            if let PortEntry::V4(key, target) = entry {
-                ports.insert(key, target, 0).map_err(|e| err(map::PORTS4, e))?;
-                mirror.insert(*key, *target);
-            }
-        }
+        apply_port_changes(
+            ebpf,
+            map::PORTS4,
+            gone.iter().filter_map(PortEntry::v4),
+            new.iter().filter_map(PortEntry::v4),
+            &mut mirror,
+        )?;
         self.mirror.ports = Some(mirror);
-        let mut ports6: HashMap<&mut MapData, Port6Key, Port6Target> = hash_map(ebpf, map::PORTS6)?;
-        for entry in &gone {
-            if let PortEntry::V6(key, _) = entry {
-                let _ = ports6.remove(key);
-                mirror6.remove(key);
-            }
-        }
-        for entry in &new {
-            if let PortEntry::V6(key, target) = entry {
-                ports6.insert(key, target, 0).map_err(|e| err(map::PORTS6, e))?;
-                mirror6.insert(*key, *target);
-            }
-        }
+        apply_port_changes(
+            ebpf,
+            map::PORTS6,
+            gone.iter().filter_map(PortEntry::v6),
+            new.iter().filter_map(PortEntry::v6),
+            &mut mirror6,
+        )?;
         self.mirror.ports6 = Some(mirror6);
         Ok(true)
     }
@@ -392,6 +348,36 @@ impl MapWriter {
             })
             .collect()
     }
+}
+
+/// The entries of a pinned hash map (none when it cannot be read).
+fn pinned<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> impl Iterator<Item = (K, V)> {
+    let entries: Vec<(K, V)> = ebpf
+        .map(name)
+        .and_then(|m| HashMap::<_, K, V>::try_from(m).ok())
+        .map(|m| m.iter().filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    entries.into_iter()
+}
+
+/// Removes the `gone` keys and writes the `new` entries of one port map and its mirror.
+fn apply_port_changes<K: aya::Pod + Ord, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    gone: impl Iterator<Item = (K, V)>,
+    new: impl Iterator<Item = (K, V)>,
+    mirror: &mut BTreeMap<K, V>,
+) -> Result<(), DataplaneError> {
+    let mut ports: HashMap<&mut MapData, K, V> = hash_map(ebpf, name)?;
+    for (key, _) in gone {
+        let _ = ports.remove(&key);
+        mirror.remove(&key);
+    }
+    for (key, target) in new {
+        ports.insert(key, target, 0).map_err(|e| err(name, e))?;
+        mirror.insert(key, target);
+    }
+    Ok(())
 }
 
 /// `NATD_GENERATIONS`, read and bumped slot by slot; a slot's value is read from the
