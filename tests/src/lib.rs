@@ -96,6 +96,34 @@ pub fn whoami(port: u16) -> String {
     format!("socat TCP-LISTEN:{port},fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
 }
 
+/// `whoami` listening on both families (an IPv6 socket that takes IPv4 too).
+pub fn whoami6(port: u16) -> String {
+    format!("socat TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
+}
+
+/// The peer address a `whoami` answered (`[2001:0db8:...]`, `[::ffff:198.51.100.2]`, an
+/// IPv4 address), as one `IpAddr` (IPv4-mapped ones as IPv4): None if it is not one.
+pub fn peer_ip(line: &str) -> Option<std::net::IpAddr> {
+    let ip: std::net::IpAddr = line.trim().trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    })
+}
+
+/// One line through an echo server on `stream`: whether it came back unchanged.
+pub fn echo_line(stream: &mut std::net::TcpStream, text: &str) -> bool {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    if stream.write_all(format!("{text}\n").as_bytes()).is_err() {
+        return false;
+    }
+    let Ok(clone) = stream.try_clone() else {
+        return false;
+    };
+    let mut line = String::new();
+    BufReader::new(clone).read_line(&mut line).is_ok() && line.trim() == text
+}
+
 pub fn require_root() {
     if !nix::unistd::Uid::effective().is_root() {
         panic!(

@@ -2,7 +2,7 @@
 //! servers in sandboxes, natd in the "host" namespace. Every flow is also checked to pass
 //! without a single netfilter rule or kernel conntrack entry in the host namespace.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::Read as _,
     net::{TcpStream, UdpSocket},
     time::Duration,
 };
@@ -311,16 +311,7 @@ fn flows_survive_natd_stop_and_restart() {
     for stream in [&mut inbound, &mut outbound] {
         stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     }
-    let echo = |stream: &mut TcpStream, text: &str| -> bool {
-        if stream.write_all(format!("{text}\n").as_bytes()).is_err() {
-            return false;
-        }
-        let mut line = String::new();
-        BufReader::new(stream.try_clone().unwrap())
-            .read_line(&mut line)
-            .is_ok()
-            && line.trim() == text
-    };
+    let echo = natlab::echo_line;
     assert!(echo(&mut inbound, "before") && echo(&mut outbound, "before"));
 
     lab.stop_natd(Signal::SIGKILL);

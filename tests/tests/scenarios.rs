@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns, wait_listening, wait_until};
+use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns, wait_listening, wait_until, whoami6};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -168,10 +168,6 @@ impl World {
             "server {name}:{port}/{proto} up"
         );
     }
-}
-
-fn ipt(lab: &Lab, args: &[&str]) {
-    xt(lab, "iptables", args);
 }
 
 /// `iptables` or `ip6tables` in the lab's host namespace.
@@ -431,18 +427,8 @@ fn removed_mapping_ends_its_udp_flow(mode: Mode) {
     });
 }
 
-/// The address socat printed for its peer, without brackets or IPv4-mapping.
 fn peer(line: Option<String>) -> Option<std::net::IpAddr> {
-    let text = line?;
-    let ip: std::net::IpAddr = text.trim().trim_start_matches('[').trim_end_matches(']').parse().ok()?;
-    Some(match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-        v4 => v4,
-    })
-}
-
-fn whoami6(port: u16) -> String {
-    format!("socat TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
+    natlab::peer_ip(&line?)
 }
 
 fn ipv6_published_port_keeps_client_address(mode: Mode) {

@@ -7,7 +7,10 @@
 use anyhow::{Context as _, Result, bail};
 use natlab::{EXT_IP6, HOST_UPLINK_IP6, Lab, sh, wait_listening};
 
-use crate::{Invalid, Plan, Results, Sample, traffic::loadgen};
+use crate::{
+    Invalid, Plan, Results, Sample,
+    traffic::{loadgen, natd_drops},
+};
 
 const MODES6: [&str; 4] = ["baseline", "iptables", "nftables", "ebpf"];
 /// The sandbox network's IPv6 subnet, routed via the host in the baseline.
@@ -91,18 +94,6 @@ fn ip6tables_rules(lab: &Lab, bridge: &str, sandbox6: &str) -> Result<()> {
         bail!("ip6tables-restore: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
-}
-
-fn natd_drops(lab: &Lab) -> u64 {
-    lab.json(&["stats"])["counters"]
-        .as_object()
-        .map(|c| {
-            c.iter()
-                .filter(|(name, _)| name.starts_with("drop_"))
-                .filter_map(|(_, v)| v.as_u64())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {

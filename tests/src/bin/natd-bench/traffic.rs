@@ -63,8 +63,8 @@ pub(crate) fn iperf(ns: &str, host: &str, port: u16, streams: u32, secs: f64) ->
 }
 
 /// Sum of natd's drop counters (0 where natd has no dataplane).
-fn natd_drops(bed: &Bed) -> u64 {
-    let stats = bed.lab.json(&["stats"]);
+pub(crate) fn natd_drops(lab: &natlab::Lab) -> u64 {
+    let stats = lab.json(&["stats"]);
     stats["counters"]
         .as_object()
         .map(|c| {
@@ -122,7 +122,7 @@ impl Run<'_> {
         } else {
             Vec::new()
         };
-        let drops = natd_drops(bed);
+        let drops = natd_drops(&bed.lab);
         let v = loadgen(ns, kind, target, secs);
         let after = if programs {
             insitu::snapshot(bed)?
@@ -130,7 +130,7 @@ impl Run<'_> {
             Vec::new()
         };
         drop(stats);
-        let dropped = natd_drops(bed) - drops;
+        let dropped = natd_drops(&bed.lab) - drops;
         let errors = v["errors"].as_u64().unwrap_or(u64::MAX);
         let ops = v["ops"].as_u64().unwrap_or(0);
         let what = format!(
@@ -187,9 +187,9 @@ impl Run<'_> {
 
     fn iperf(&mut self, scenario: &'static str, ns: &str, host: &str, port: u16, streams: u32, secs: f64) {
         let bed = self.bed;
-        let drops = natd_drops(bed);
+        let drops = natd_drops(&bed.lab);
         let result = iperf(ns, host, port, streams, secs);
-        let dropped = natd_drops(bed) - drops;
+        let dropped = natd_drops(&bed.lab) - drops;
         let what = format!("{scenario} iperf3 x{streams} {} rep {}", bed.mode, self.rep + 1);
         match result {
             Ok(g) if dropped == 0 => self.results.samples.push(
