@@ -5,12 +5,7 @@
 //! translated), isolation, and no netfilter rule or kernel conntrack entry taking part.
 use std::{net::IpAddr, time::Duration};
 
-use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, wait_listening};
-
-/// A TCP server for both families that answers with the peer's address.
-fn whoami6(port: u16) -> String {
-    format!("socat TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr,backlog=256 SYSTEM:'echo $SOCAT_PEERADDR'")
-}
+use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, echo_line as echo, wait_listening, whoami6};
 
 fn ext_tcp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
     let out = lab.ext(&["socat", "-t3", "-T3", "-", &format!("TCP:{addr}:{port},connect-timeout=3")]);
@@ -18,18 +13,9 @@ fn ext_tcp(lab: &Lab, addr: &str, port: u16) -> Option<String> {
     (out.status.success() && !text.is_empty()).then_some(text)
 }
 
-/// The address socat printed (`[2001:0db8:...]`, `[::ffff:198.51.100.2]` or IPv4).
+/// The address a whoami answered with.
 fn peer(line: &str) -> IpAddr {
-    let ip: IpAddr = line
-        .trim()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .unwrap_or_else(|e| panic!("not an address: {line}: {e}"));
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
+    natlab::peer_ip(line).unwrap_or_else(|| panic!("not an address: {line}"))
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -135,6 +121,16 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
         assert!(flows.contains("icmpv6"), "{flows}");
         assert_no_kernel_nat(&lab);
     }
+    // -p [ADDR]:PORT:80 binds that IPv6 address only.
+    lab.host_ok(&["ip", "addr", "add", "2001:db8:198::3/64", "dev", "up0", "nodad"]);
+    lab.run_script("bound", &["--network", "n6", "-p", "[2001:db8:198::3]:8083:80"], &whoami6(80));
+    assert!(wait_listening(&lab.netns_of("bound"), "tcp", 80));
+    let port = lab.ok(&["port", "bound"]);
+    assert!(port.contains("[2001:db8:198::3]:8083") && !port.contains("0.0.0.0"), "{port}");
+    let line = ext_tcp(&lab, "[2001:db8:198::3]", 8083).expect("the bound address answers");
+    assert_eq!(peer(&line), ip(EXT_IP6));
+    assert!(ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8083).is_none(), "another IPv6 address does not");
+    assert!(ext_tcp(&lab, HOST_UPLINK_IP, 8083).is_none(), "nor IPv4");
 }
 
 #[test]
@@ -180,6 +176,17 @@ fn isolation_hairpin_and_path_mtu_over_ipv6() {
     let before = counter(&lab, "drop_icc");
     assert!(!ping("b1", &v6("b2")), "icc=false within n6b");
     assert!(counter(&lab, "drop_icc") > before);
+
+    // --internal: no way out over IPv6 either.
+    lab.ok(&["network", "create", "--ipv6", "--internal", "i6"]);
+    lab.ok(&["run", "--name", "inside", "--network", "i6"]);
+    assert!(!ping("inside", EXT_IP6), "no route out of an internal network");
+    // Even with a route added inside (root in its namespace can), natd drops it.
+    let gateway = lab.json(&["network", "inspect", "i6"])["gateway_v6"].as_str().unwrap().to_string();
+    lab.exec_ok("inside", &["ip", "-6", "route", "add", "default", "via", &gateway]);
+    let before = counter(&lab, "drop_internal");
+    assert!(!ping("inside", EXT_IP6), "an internal network reaches nothing outside");
+    assert!(counter(&lab, "drop_internal") > before, "dropped by natd's policy");
 
     // Hairpin: a sandbox reaches a published port through the host's IPv6 address.
     assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
@@ -265,10 +272,7 @@ fn routed_gateway_mode(dataplane: &str) {
 /// start) on the pinned maps and programs; restarted, natd adopts them.
 #[test]
 fn ipv6_flows_survive_natd_stop_and_restart() {
-    use std::{
-        io::{BufRead as _, BufReader, Write as _},
-        net::TcpStream,
-    };
+    use std::net::TcpStream;
     let mut lab = Lab::started(&["--dataplane", "ebpf"]);
     lab.ok(&["network", "create", "--ipv6", "n6"]);
     lab.run_script(
@@ -293,13 +297,6 @@ fn ipv6_flows_survive_natd_stop_and_restart() {
     for stream in [&mut inbound, &mut outbound] {
         stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     }
-    let echo = |stream: &mut TcpStream, text: &str| -> bool {
-        if stream.write_all(format!("{text}\n").as_bytes()).is_err() {
-            return false;
-        }
-        let mut line = String::new();
-        BufReader::new(stream.try_clone().unwrap()).read_line(&mut line).is_ok() && line.trim() == text
-    };
     assert!(echo(&mut inbound, "before") && echo(&mut outbound, "before"));
     lab.stop_natd(nix::sys::signal::Signal::SIGKILL);
     assert!(echo(&mut inbound, "while-down"), "inbound IPv6 flow while natd is down");
