@@ -37,9 +37,12 @@ impl Daemon {
         let snat_ports = config
             .masquerade_port_range
             .unwrap_or_else(|| masquerade_ports(local_ports));
+        // The dataplane first: loading and verifying the programs takes seconds, and the
+        // cluster lease granted at join is only renewed once start-up is done (with a short
+        // --cluster-ttl it expired meanwhile and the host was dropped by its peers).
+        let dataplane = dataplane::create(&config)?;
         let cluster = super::overlay::join(&config, &nl).await?;
         let ula_pool = crate::ipam6::ula_pool(&super::overlay::host_id(&config.state_dir)?);
-        let dataplane = dataplane::create(&config)?;
         info!(dataplane = %dataplane.kind(), ?uplinks, "dataplane ready");
         let mut daemon = Self {
             config,
