@@ -13,6 +13,12 @@ pub mod counter;
 pub mod csum;
 pub mod names;
 
+/// The verdict natd's TC programs give a packet they let through: TCX_NEXT
+/// (TC_ACT_UNSPEC), not TC_ACT_OK, so the programs and classic tc filters after natd's on
+/// the same interface (shaping, other software's programs) still see it; at the end of
+/// the chain the packet passes. Drops and redirects end the chain as they must.
+pub const TC_PASS: i32 = -1;
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
@@ -23,8 +29,13 @@ pub const PROTO_ICMPV6: u8 = 58;
 
 /// Where a program is attached; the agent writes it into `NATD_IFACE_CONFIG`.
 pub mod role {
-    pub const UPLINK: u32 = 1;
+    /// An edge: any interface of natd's namespace that is not natd's own (NICs, VLANs,
+    /// bridges natd does not run, VPN devices), with an Ethernet header.
+    pub const EDGE: u32 = 1;
     pub const SANDBOX_VETH: u32 = 2;
+    /// An edge without a link layer (TUN devices: WireGuard, Tailscale, OpenVPN): frames
+    /// start at the IP header; flows through it never take the fast path.
+    pub const EDGE_L3: u32 = 3;
 }
 
 /// Connection tracking: entry kinds (which translation an entry performs), the hooks that
@@ -34,14 +45,14 @@ pub mod ct {
     pub const DNAT_FORWARD: u8 = 1;
     /// Sandbox -> client reply: rewrite the source back to the published address.
     pub const DNAT_REPLY: u8 = 2;
-    /// Sandbox -> outside: rewrite the source to the uplink address and NAT port.
+    /// Sandbox -> outside: rewrite the source to the edge's address and NAT port.
     pub const SNAT_FORWARD: u8 = 3;
-    /// Outside -> uplink address reply: rewrite the destination back to the sandbox.
+    /// Outside -> edge address reply: rewrite the destination back to the sandbox.
     pub const SNAT_REPLY: u8 = 4;
 
     /// The programs that translate an entry's packets (a bit each).
-    pub const HOOK_UPLINK_INGRESS: u8 = 1;
-    pub const HOOK_UPLINK_EGRESS: u8 = 2;
+    pub const HOOK_EDGE_INGRESS: u8 = 1;
+    pub const HOOK_EDGE_EGRESS: u8 = 2;
     pub const HOOK_SANDBOX: u8 = 4;
 
     /// The flow bypasses the host: its packets are redirected (both directions).
@@ -51,7 +62,7 @@ pub mod ct {
     pub const NEIGH: u8 = 2;
     /// A reply was seen (UDP, ICMP echo).
     pub const REPLIED: u8 = 4;
-    /// The entry's packets come from outside (an uplink): from any uplink.
+    /// The entry's packets come from outside (an edge): from any edge.
     pub const FROM_OUTSIDE: u8 = 8;
 
     /// TCP events seen in an entry's direction.
@@ -101,9 +112,9 @@ pub struct CtEntry<A> {
     /// `csum::diff1` of the ports word: the L4 header change.
     pub port_csum: u32,
     /// Fast path: where the packet is redirected (the host end of a sandbox veth, or an
-    /// uplink) and its link-layer addresses there.
+    /// edge) and its link-layer addresses there.
     pub out_ifindex: u32,
-    /// The interface this direction's packets must arrive on (0: any uplink).
+    /// The interface this direction's packets must arrive on (0: any edge).
     pub in_ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
@@ -123,8 +134,11 @@ pub struct CtEntry<A> {
     /// when the flow started: a published mapping (DNAT) or a sandbox endpoint (SNAT).
     pub gen_slot: u32,
     pub generation: u32,
-    /// Reply entries of TCP flows: the SYN-ACK's sequence number, which the originator's
-    /// ACK must acknowledge before the flow leaves the embryonic table.
+    /// TCP. While the handshake runs: the originator's initial sequence number in the
+    /// forward entry, the SYN-ACK's in the reply entry (the originator's ACK must
+    /// acknowledge it before the flow leaves the embryonic table). Once established: the
+    /// furthest end of this direction's segments (its SND.NXT as natd saw it), which an
+    /// RST from this direction must carry to count (RFC 5961).
     pub seq: u32,
     /// `clock::ticks` of the last packet.
     pub last_seen: u32,
@@ -170,7 +184,8 @@ const _: () = assert!(core::mem::size_of::<Port6Key>() == 20);
 pub struct PortTarget<A> {
     pub addr: A,
     pub port: u16,
-    pub _pad: u16,
+    /// `port::TRUSTED_ONLY`.
+    pub flags: u16,
     /// The mapping's generation slot and current generation: a flow of a removed or
     /// changed mapping no longer matches.
     pub slot: u32,
@@ -179,6 +194,13 @@ pub struct PortTarget<A> {
     pub mapping_id: u32,
 }
 pub type Port4Target = PortTarget<u32>;
+
+pub mod port {
+    /// A published container port opened on the sandbox's own address for edges a
+    /// network trusts (`com.docker.network.bridge.trusted_host_interfaces`): only packets
+    /// arriving on such an edge (`NATD_TRUSTED`) may use it.
+    pub const TRUSTED_ONLY: u16 = 1;
+}
 pub type Port6Target = PortTarget<Addr6>;
 const _: () = assert!(core::mem::size_of::<Port4Target>() == 20);
 const _: () = assert!(core::mem::size_of::<Port6Target>() == 32);
@@ -206,13 +228,13 @@ const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceConfig {
     pub role: u32,
-    /// Network id for sandbox veths, 0 for uplinks.
+    /// Network id for sandbox veths, 0 for edges.
     pub network_id: u32,
-    /// Uplinks: the address masqueraded traffic leaves with (0: none). Sandbox veths: the
+    /// Edges: the address masqueraded traffic leaves with (0: none). Sandbox veths: the
     /// sandbox's address, the only source it may send from.
     pub addr4: u32,
     pub mtu: u32,
-    /// Uplinks: their MAC (the source of redirected frames).
+    /// Edges: their MAC (the source of redirected frames); sandbox veths: the host end's.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
     pub addr6: [u8; 16],
@@ -299,12 +321,40 @@ pub struct NatConfig {
     pub snat_port_max: u16,
     /// `config::FAST_PATH`.
     pub flags: u32,
+    /// Per-source quotas (0: none): flows one source address may have in the embryonic
+    /// table, and UDP/ICMP flows it may have promoted to the established table. A source
+    /// over its quota gets no new flow (counted), so one client cannot churn the tables.
+    pub embryonic_per_source: u32,
+    pub promoted_per_source: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 16);
+
+/// Flows of one source address (`NATD_QUOTA4`, `NATD_QUOTA6`): counted up by the programs
+/// as flows start or are promoted, set to the live count by natd at every expiry pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceQuota {
+    pub embryonic: u32,
+    pub promoted: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceQuota>() == 8);
+
+/// Which edge a network trusts (`NATD_TRUSTED`): may reach its sandboxes' published
+/// container ports directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrustKey {
+    pub ifindex: u32,
+    pub network_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<TrustKey>() == 8);
 
 pub mod config {
     /// Flows may bypass the host (natd's `--fast-path`, off while netfilter rules exist).
     pub const FAST_PATH: u32 = 1;
+    /// The daemon's `allow-direct-routing` (Docker 28.2): every edge may reach published
+    /// container ports on sandbox addresses.
+    pub const DIRECT_ROUTING: u32 = 2;
 }
 
 /// The benchmark's warm test runs: the frame the wrapper program restores before every
@@ -341,8 +391,8 @@ pub struct BenchRoute {
 }
 const _: () = assert!(core::mem::size_of::<BenchRoute>() == 16);
 
-/// The mark a sandbox program puts on a packet it redirects to an uplink: the uplink's
-/// egress program passes it on untouched (it is translated already) and clears the mark.
+/// The mark a sandbox program puts on a packet it redirects to an edge: the edge's egress
+/// program passes it on untouched (it is translated already) and clears the mark.
 /// Packets from sandboxes arrive with mark 0 (crossing the veth clears it).
 pub const FASTPATH_MARK: u32 = 0x6e61_7464;
 
@@ -355,6 +405,11 @@ pub const GENERATION_SLOTS: u32 = MAX_PORT_MAPPINGS + MAX_ENDPOINTS;
 pub const MAX_NETWORKS: u32 = 1024;
 pub const MAX_SOCK_REWRITES: u32 = 65_536;
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
+/// Source addresses whose flows are counted for the per-source quotas (an LRU: the least
+/// active sources are forgotten first).
+pub const MAX_QUOTA_SOURCES: u32 = 65_536;
+/// (edge, network) pairs of trusted interfaces.
+pub const MAX_TRUSTED: u32 = 1024;
 /// NAT source ports for masquerade when natd has configured none (host byte order,
 /// inclusive); natd itself picks a range outside the host's ephemeral ports.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
@@ -381,6 +436,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::SockOrig {}
     unsafe impl aya::Pod for super::NatConfig {}
+    unsafe impl aya::Pod for super::SourceQuota {}
+    unsafe impl aya::Pod for super::TrustKey {}
     unsafe impl aya::Pod for super::BenchFrame {}
     unsafe impl aya::Pod for super::BenchRoute {}
 }

@@ -1,5 +1,5 @@
 //! Names of natd's maps and programs. The kernel side declares them as identifiers
-//! (`#[map] static NATD_CT`, `#[classifier] fn natd_uplink_ingress`), which aya's macros
+//! (`#[map] static NATD_CT4`, `#[classifier] fn natd_edge_in`), which aya's macros
 //! cannot take from a constant; everything else uses these constants, and a unit test of
 //! the agent checks that the built object carries exactly these names.
 
@@ -30,6 +30,11 @@ pub mod map {
     pub const NETWORKS: &str = "NATD_NETWORKS";
     pub const CONFIG: &str = "NATD_CONFIG";
     pub const NETNS: &str = "NATD_NETNS";
+    /// Per-source flow counts for the quotas (`nat_common::SourceQuota`).
+    pub const QUOTA4: &str = "NATD_QUOTA4";
+    pub const QUOTA6: &str = "NATD_QUOTA6";
+    /// (edge, network) pairs whose edge the network trusts (`nat_common::TrustKey`).
+    pub const TRUSTED: &str = "NATD_TRUSTED";
     pub const SOCK_ORIG: &str = "NATD_SOCK_ORIG";
     /// Per-CPU working memory of the programs that start flows, never pinned.
     pub const SCRATCH: &str = "NATD_SCRATCH";
@@ -64,6 +69,9 @@ pub mod map {
         NETWORKS,
         CONFIG,
         NETNS,
+        QUOTA4,
+        QUOTA6,
+        TRUSTED,
         SOCK_ORIG,
         SCRATCH,
         SCRATCH6,
@@ -75,20 +83,36 @@ pub mod map {
     ];
 }
 
-/// Programs.
+/// Programs. Kernel program names keep 15 characters (BPF_OBJ_NAME_LEN): these differ
+/// within them, so `bpftool prog` and run-time statistics tell them apart.
 pub mod program {
-    /// TCX ingress of every uplink.
-    pub const UPLINK_INGRESS: &str = "natd_uplink_ingress";
-    /// TCX egress of every uplink.
-    pub const UPLINK_EGRESS: &str = "natd_uplink_egress";
+    /// TCX ingress of every edge (an interface of natd's namespace that is not natd's
+    /// own: NICs, VLANs, other bridges, VPN devices).
+    pub const EDGE_INGRESS: &str = "natd_edge_in";
+    /// TCX egress of every edge.
+    pub const EDGE_EGRESS: &str = "natd_edge_out";
     /// TCX ingress of the host end of every sandbox veth.
     pub const SANDBOX_INGRESS: &str = "natd_sandbox_ingress";
     /// The IPv6 halves, attached right after each of the above (TCX order): the IPv4
     /// programs hand IPv6 packets on (TCX_NEXT) and these hand on everything else. Two
     /// programs keep each within the verifier's stack and instruction limits.
-    pub const UPLINK_INGRESS6: &str = "natd_uplink_ingress6";
-    pub const UPLINK_EGRESS6: &str = "natd_uplink_egress6";
+    pub const EDGE_INGRESS6: &str = "natd_edge_in6";
+    pub const EDGE_EGRESS6: &str = "natd_edge_out6";
     pub const SANDBOX_INGRESS6: &str = "natd_sandbox_ingress6";
+    /// The same for edges without a link layer (TUN devices: frames start at the IP
+    /// header).
+    pub const EDGE3_INGRESS: &str = "natd_edge3_in";
+    pub const EDGE3_EGRESS: &str = "natd_edge3_out";
+    pub const EDGE3_INGRESS6: &str = "natd_edge3_in6";
+    pub const EDGE3_EGRESS6: &str = "natd_edge3_out6";
+    /// Names earlier natd versions gave the edge programs (when they ran on uplinks only):
+    /// their pinned links are renamed and upgraded in place, never detached.
+    pub const RENAMED: &[(&str, &str)] = &[
+        ("natd_uplink_ingress", EDGE_INGRESS),
+        ("natd_uplink_egress", EDGE_EGRESS),
+        ("natd_uplink_ingress6", EDGE_INGRESS6),
+        ("natd_uplink_egress6", EDGE_EGRESS6),
+    ];
     /// Never attached by natd: the benchmark's and tests' baseline for a test run's own cost.
     pub const EMPTY: &str = "natd_empty";
     /// Benchmark only: restores a frame, then tail-calls the program under test.
@@ -98,12 +122,16 @@ pub mod program {
     pub const BENCH_REDIRECT_SANDBOX: &str = "natd_bench_redirect_sandbox";
     /// TC programs natd attaches.
     pub const TC: &[&str] = &[
-        UPLINK_INGRESS,
-        UPLINK_EGRESS,
+        EDGE_INGRESS,
+        EDGE_EGRESS,
         SANDBOX_INGRESS,
-        UPLINK_INGRESS6,
-        UPLINK_EGRESS6,
+        EDGE_INGRESS6,
+        EDGE_EGRESS6,
         SANDBOX_INGRESS6,
+        EDGE3_INGRESS,
+        EDGE3_EGRESS,
+        EDGE3_INGRESS6,
+        EDGE3_EGRESS6,
     ];
 
     pub const CONNECT4: &str = "natd_connect4";
@@ -127,12 +155,16 @@ pub mod program {
     ];
 
     pub const ALL: &[&str] = &[
-        UPLINK_INGRESS,
-        UPLINK_EGRESS,
+        EDGE_INGRESS,
+        EDGE_EGRESS,
         SANDBOX_INGRESS,
-        UPLINK_INGRESS6,
-        UPLINK_EGRESS6,
+        EDGE_INGRESS6,
+        EDGE_EGRESS6,
         SANDBOX_INGRESS6,
+        EDGE3_INGRESS,
+        EDGE3_EGRESS,
+        EDGE3_INGRESS6,
+        EDGE3_EGRESS6,
         EMPTY,
         BENCH_WRAPPER,
         BENCH_REDIRECT_INGRESS,

@@ -84,10 +84,10 @@ fn hop(ctx: &TcContext, smac: [u8; 6], dmac: [u8; 6]) -> Option<()> {
     Some(())
 }
 
-/// Uplink ingress of the baseline: a packet to a sandbox address goes into the sandbox.
+/// Edge ingress of the baseline: a packet to a sandbox address goes into the sandbox.
 #[classifier]
 pub fn natd_bench_redirect_ingress(ctx: TcContext) -> i32 {
-    let Ok(parse::Parsed::Ipv4(packet)) = parse::parse(&ctx) else {
+    let Ok(parse::Parsed::Ipv4(packet)) = parse::parse(&ctx, parse::ETH_HLEN) else {
         return TC_ACT_OK;
     };
     let Some(endpoint) = lookup::endpoint(packet.dst) else {
@@ -100,10 +100,10 @@ pub fn natd_bench_redirect_ingress(ctx: TcContext) -> i32 {
     unsafe { bpf_redirect_peer(endpoint.host_ifindex, 0) as i32 }
 }
 
-/// Sandbox ingress of the baseline: a packet out of the sandbox goes to the uplink.
+/// Sandbox ingress of the baseline: a packet out of the sandbox goes to the edge.
 #[classifier]
 pub fn natd_bench_redirect_sandbox(ctx: TcContext) -> i32 {
-    let Ok(parse::Parsed::Ipv4(packet)) = parse::parse(&ctx) else {
+    let Ok(parse::Parsed::Ipv4(packet)) = parse::parse(&ctx, parse::ETH_HLEN) else {
         return TC_ACT_OK;
     };
     let Some(route) = NATD_BENCH_ROUTE.get(0) else {

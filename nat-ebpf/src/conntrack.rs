@@ -13,6 +13,7 @@ use crate::{
     family::Family,
     lookup,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    quota,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -25,6 +26,8 @@ pub enum InsertError {
     Clash,
     /// The table is full (or another map error): only this new flow is refused.
     Full,
+    /// The flow's source has its quota of embryonic flows (`NatConfig`).
+    Quota,
 }
 
 /// A tuple, addresses and ports in network byte order: the same layout as a table key,
@@ -139,7 +142,7 @@ impl Leg {
         Self {
             kind,
             hooks,
-            flags: if hooks & ct::HOOK_UPLINK_INGRESS != 0 {
+            flags: if hooks & ct::HOOK_EDGE_INGRESS != 0 {
                 ct::FROM_OUTSIDE
             } else {
                 0
@@ -161,6 +164,8 @@ pub struct NewFlow<A> {
     pub reply: Leg,
     pub gen_slot: u32,
     pub generation: u32,
+    /// TCP: the SYN's sequence number (the originator's initial one).
+    pub syn_seq: u32,
 }
 
 /// A new flow and room for its two entries, in `NATD_SCRATCH`.
@@ -191,7 +196,10 @@ fn fill_entry<A: Family>(out: &mut CtEntry<A>, from: &Tuple<A>, to: &Tuple<A>, l
     out.dst = to.dst;
     out.sport = to.sport;
     out.dport = to.dport;
-    out.addr_csum = csum::add(A::csum_diff1(&from.src, &to.src), A::csum_diff1(&from.dst, &to.dst));
+    out.addr_csum = csum::add(
+        A::csum_diff1(&from.src, &to.src),
+        A::csum_diff1(&from.dst, &to.dst),
+    );
     out.port_csum = csum::diff1(from.ports_word(), to.ports_word());
     out.out_ifindex = leg.out_ifindex;
     out.in_ifindex = leg.in_ifindex;
@@ -284,6 +292,7 @@ pub fn finish<A: Family>(s: &mut Scratch<A>) -> Result<(), InsertError> {
     );
     if flow.original.proto == PROTO_TCP {
         s.forward.tcp = ct::TCP_SYN;
+        s.forward.seq = flow.syn_seq;
     }
     if let Err(e) = insert_embryonic(&flow.original, &s.forward) {
         let _ = A::ct_new().remove(&s.reply_key);
@@ -377,9 +386,10 @@ pub enum Verdict {
 
 /// Follows a packet of a known flow: TCP events are recorded only when plausible for the
 /// direction (a SYN-ACK only from the responder, a FIN only with ACK, the originator's ACK
-/// must acknowledge the SYN-ACK's sequence number); implausible ones are counted and
-/// change nothing. UDP and ICMP flows are established once a reply was seen and the
-/// originator spoke again.
+/// must acknowledge the SYN-ACK's sequence number, an RST only with the sequence number
+/// its receiver expects: RFC 5961, as Linux's conntrack since 5.x); implausible ones are
+/// counted and change nothing. UDP and ICMP flows are established once a reply was seen
+/// and the originator spoke again.
 #[inline(always)]
 pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Verdict {
     let entry = hit.entry;
@@ -390,16 +400,30 @@ pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Ver
     if packet.proto != PROTO_TCP {
         if reply_direction {
             // SAFETY: as above.
-            unsafe { (*entry).flags |= ct::REPLIED };
+            unsafe {
+                if (*entry).flags & ct::REPLIED == 0 {
+                    (*entry).flags |= ct::REPLIED;
+                    // The originator is where this reply goes.
+                    quota::release_embryonic(&(*entry).dst);
+                }
+            }
             return Verdict::Forward;
         }
         return embryonic_confirmed(key, hit, |peer| peer.flags & ct::REPLIED != 0);
     }
     let flags = packet.tcp_flags;
+    if hit.table == Table::Established && flags & TCP_RST == 0 {
+        record_end(entry, seq_end(packet));
+    }
     let mut seen = 0u8;
     let mut plausible = true;
     if flags & TCP_RST != 0 {
         plausible = flags & TCP_SYN == 0;
+        if plausible && !rst_expected(key, hit, packet) {
+            // Blind or stale: the endpoint judges it (RFC 5961); the flow stays as it is.
+            bump(counter::TCP_RST_IGNORED);
+            return Verdict::Forward;
+        }
         seen = ct::TCP_RST;
     } else if flags & TCP_SYN != 0 && flags & TCP_ACK != 0 {
         plausible = reply_direction && tcp_seen & ct::TCP_ESTABLISHED == 0;
@@ -437,10 +461,69 @@ pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Ver
     })
 }
 
+/// Where a TCP segment ends in its sender's sequence space (host byte order): its
+/// sequence number plus its payload, plus one for a SYN or FIN. A BIG TCP packet, whose
+/// length is not in its header, counts as empty (the end then lags until the next one).
+#[inline(always)]
+pub fn seq_end<A>(packet: &Packet<A>) -> u32 {
+    let header = (packet.l4 - packet.l3) as u32 + u32::from(packet.tcp_hlen);
+    let payload = packet.tot_len.saturating_sub(header);
+    let control = u32::from(packet.tcp_flags & (TCP_SYN | TCP_FIN) != 0);
+    u32::from_be(packet.seq).wrapping_add(payload).wrapping_add(control)
+}
+
+/// An established direction's furthest segment end: its SND.NXT as far as natd saw.
+/// Only moved forward (serial arithmetic), so a reordered or forged older segment does not
+/// pull it back; written only when it moves (data segments, not pure ACKs). Flows carried
+/// over from a natd that kept something else there start again at their next segment.
+#[inline(always)]
+fn record_end<A>(entry: *mut CtEntry<A>, end: u32) {
+    // SAFETY: a pointer into a map value, written by this direction only.
+    unsafe {
+        let last = u32::from_be((*entry).seq);
+        if end != last && (last == 0 || end.wrapping_sub(last) as i32 > 0) {
+            (*entry).seq = end.to_be();
+        }
+    }
+}
+
+/// Whether an RST carries the sequence number its sender's peer expects next (RFC 5961
+/// 3.2: only such an RST resets a receiver; anything else, in the window or not, is
+/// challenged or dropped there). Established: exactly the sender's furthest segment end,
+/// which an endpoint's RST carries (SND.NXT, RFC 793), also right after data its peer has
+/// not acknowledged yet. During the handshake (RFC 793 3.4): from the responder,
+/// acknowledging the originator's SYN or following its own SYN-ACK; from the originator,
+/// following its SYN.
+#[inline(never)]
+fn rst_expected<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> bool {
+    // SAFETY: valid map value pointers, fields read at once.
+    let entry = unsafe { &*hit.entry };
+    let seq = u32::from_be(packet.seq);
+    if hit.table == Table::Established {
+        return seq == u32::from_be(entry.seq);
+    }
+    if !is_reply_kind(entry.kind) {
+        return seq == u32::from_be(entry.seq).wrapping_add(1);
+    }
+    let Some(peer) = lookup(&key.peer(entry)) else {
+        // Half a flow (being removed): nothing left to protect.
+        return true;
+    };
+    // SAFETY: as above.
+    let syn = u32::from_be(unsafe { (*peer.entry).seq });
+    let acks_syn = packet.tcp_flags & TCP_ACK != 0 && u32::from_be(packet.ack) == syn.wrapping_add(1);
+    let after_synack = entry.tcp & ct::TCP_SYNACK != 0 && seq == u32::from_be(entry.seq).wrapping_add(1);
+    acks_syn || after_synack
+}
+
 /// For a packet of the originator of an embryonic flow: promote when the reply entry
 /// shows what completes the exchange.
 #[inline(always)]
-fn embryonic_confirmed<A: Family>(key: &CtKey<A>, hit: &Hit<A>, confirmed: impl Fn(&CtEntry<A>) -> bool) -> Verdict {
+fn embryonic_confirmed<A: Family>(
+    key: &CtKey<A>,
+    hit: &Hit<A>,
+    confirmed: impl Fn(&CtEntry<A>) -> bool,
+) -> Verdict {
     if hit.table != Table::Embryonic {
         return Verdict::Forward;
     }
@@ -460,12 +543,18 @@ fn embryonic_confirmed<A: Family>(key: &CtKey<A>, hit: &Hit<A>, confirmed: impl 
 }
 
 /// Moves a flow whose handshake completed from the embryonic table to the established
-/// one. If the established table is full the flow stays embryonic (and keeps working).
+/// one (`end`: where the originator's packet ends, `seq_end`). If the established table
+/// is full, or a UDP/ICMP flow's source has its quota of promoted flows, the flow stays
+/// embryonic (and keeps working).
 #[inline(never)]
-pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>) {
+pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>, end: u32) {
     let Some(s) = scratch::<A>() else {
         return;
     };
+    if key.proto != PROTO_TCP && !quota::promotion_admitted(&key.src) {
+        bump(counter::PROMOTE_SOURCE_QUOTA);
+        return;
+    }
     // SAFETY: a pointer into a map value, copied (the flow is being moved between maps).
     s.forward = unsafe { *hit.entry };
     s.forward.tcp |= ct::TCP_ESTABLISHED;
@@ -475,6 +564,12 @@ pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>) {
     };
     // SAFETY: as above.
     s.reply = unsafe { *peer };
+    if key.proto == PROTO_TCP {
+        // From here on each direction keeps its furthest segment end (see `rst_expected`):
+        // the responder's is its SYN-ACK's, the originator's this packet's.
+        s.reply.seq = u32::from_be(s.reply.seq).wrapping_add(1).to_be();
+        s.forward.seq = end.to_be();
+    }
     // The reply direction first: it holds the claim on the translated tuple.
     let (first, second) = if is_reply_kind(s.forward.kind) {
         ((key, &s.forward), (&peer_key, &s.reply))
@@ -497,5 +592,8 @@ pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>) {
     }
     let _ = A::ct_new().remove(second.0);
     let _ = A::ct_new().remove(first.0);
+    if key.proto == PROTO_TCP {
+        quota::release_embryonic(&key.src);
+    }
     bump(counter::CT_PROMOTED);
 }

@@ -10,11 +10,11 @@ use nat_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::{
     conntrack::Tuple,
     family::Family,
-    parse::{ETH_HLEN, Fragment, Packet},
+    parse::{Fragment, Packet},
 };
 
-/// The IPv4 header checksum (IPv6 has none).
-const IP_CSUM: usize = ETH_HLEN + 10;
+/// The IPv4 header checksum's offset in the header (IPv6 has none).
+const IP_CSUM_AT: usize = 10;
 
 pub struct CsumError;
 
@@ -56,9 +56,9 @@ pub fn l4_pseudo_replace<A: Family>(ctx: &TcContext, at: usize, diff: u32, flags
 #[inline(always)]
 fn set_addr<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: A) -> Result<(), CsumError> {
     let (offset, old) = if src {
-        (ETH_HLEN + A::SRC_AT, packet.src)
+        (packet.l3 + A::SRC_AT, packet.src)
     } else {
-        (ETH_HLEN + A::DST_AT, packet.dst)
+        (packet.l3 + A::DST_AT, packet.dst)
     };
     if old == new {
         return Ok(());
@@ -66,7 +66,7 @@ fn set_addr<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: 
     let diff = A::csum_diff1(&old, &new);
     ctx.store(offset, &new, 0).map_err(|_| CsumError)?;
     if A::VERSION == 4 {
-        ctx.l3_csum_replace(IP_CSUM, 0, u64::from(diff), 0)
+        ctx.l3_csum_replace(packet.l3 + IP_CSUM_AT, 0, u64::from(diff), 0)
             .map_err(|_| CsumError)?;
     }
     if pseudo_header(packet)
@@ -83,7 +83,12 @@ fn set_addr<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: 
 }
 
 #[inline(always)]
-fn set_port<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, src: bool, new: u16) -> Result<(), CsumError> {
+fn set_port<A: Family>(
+    ctx: &TcContext,
+    packet: &mut Packet<A>,
+    src: bool,
+    new: u16,
+) -> Result<(), CsumError> {
     let old = if src { packet.sport } else { packet.dport };
     if old == new || packet.fragment == Fragment::Later {
         return Ok(());

@@ -8,18 +8,19 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nat_common::{
-    Addr6, CtEntry, CtKey, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, PROTO_ICMP, PROTO_ICMPV6, PortKey, PortTarget, csum,
+    Addr6, CtEntry, CtKey, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, PROTO_ICMP, PROTO_ICMPV6, PortKey,
+    PortTarget, SourceQuota, csum,
 };
 
 use crate::{
     conntrack::Scratch,
     lookup,
-    parse::{self, Malformed, Packet, Position},
     maps::{
-        NATD_CT4, NATD_CT4_NEW, NATD_CT6, NATD_CT6_NEW, NATD_ENDPOINTS4, NATD_ENDPOINTS6, NATD_LOCAL4, NATD_LOCAL6,
-        NATD_NETS4, NATD_NETS6, NATD_PACKETS4, NATD_PACKETS6, NATD_PORTS4, NATD_PORTS6, NATD_SCRATCH,
-        NATD_SCRATCH6,
+        NATD_CT4, NATD_CT4_NEW, NATD_CT6, NATD_CT6_NEW, NATD_ENDPOINTS4, NATD_ENDPOINTS6, NATD_LOCAL4,
+        NATD_LOCAL6, NATD_NETS4, NATD_NETS6, NATD_PACKETS4, NATD_PACKETS6, NATD_PORTS4, NATD_PORTS6,
+        NATD_QUOTA4, NATD_QUOTA6, NATD_SCRATCH, NATD_SCRATCH6,
     },
+    parse::{self, Malformed, Packet, Position},
 };
 
 /// A network as one family sees it.
@@ -69,22 +70,28 @@ pub trait Family: Copy + PartialEq + Default + 'static {
     const DST_AT: usize;
     const TTL_AT: usize;
 
-
     fn ct() -> &'static HashMap<CtKey<Self>, CtEntry<Self>>;
     fn ct_new() -> &'static LruHashMap<CtKey<Self>, CtEntry<Self>>;
     fn scratch_ptr() -> Option<*mut Scratch<Self>>;
     fn ports() -> &'static HashMap<PortKey<Self>, PortTarget<Self>>;
     fn endpoints() -> &'static HashMap<Self, EndpointInfo>;
     fn local() -> &'static HashMap<Self, u32>;
+    fn quota() -> &'static LruHashMap<Self, SourceQuota>;
     /// natd's network whose subnet holds `addr`.
     fn network_of(addr: Self) -> Option<Net<Self>>;
     /// The network a sandbox veth belongs to, as this family sees it.
     fn own_network(cfg: &IfaceConfig) -> Option<Net<Self>>;
     fn is_loopback(self) -> bool;
+    /// A destination every host on the link receives (IPv4's limited broadcast and
+    /// multicast; IPv6 multicast is link traffic, judged in `ndp`).
+    fn is_broadcast(self) -> bool;
     fn is_zero(self) -> bool {
         self == Self::default()
     }
-    /// Uplinks: the address masquerade uses; sandbox veths: the sandbox's own address.
+    /// What a per-source quota counts flows of: the address (IPv4), its /64 (IPv6: one
+    /// host has a whole /64 to send from).
+    fn quota_key(self) -> Self;
+    /// Edges: the address masquerade uses; sandbox veths: the sandbox's own address.
     fn of_iface(cfg: &IfaceConfig) -> Self;
     /// The checksum difference of replacing one address (by reference: IPv6 addresses
     /// are not copied onto the stack for it).
@@ -94,7 +101,12 @@ pub trait Family: Copy + PartialEq + Default + 'static {
     /// ICMP error types natd translates (they quote the packet they are about).
     fn is_icmp_error(icmp_type: u8) -> bool;
     /// The IP header at `l3` (its own or one quoted inside an ICMP error), into `out`.
-    fn parse_into(ctx: &TcContext, l3: usize, position: Position, out: &mut Packet<Self>) -> Result<(), Malformed>;
+    fn parse_into(
+        ctx: &TcContext,
+        l3: usize,
+        position: Position,
+        out: &mut Packet<Self>,
+    ) -> Result<(), Malformed>;
     /// This CPU's packet slot `index` (`NATD_PACKETS4/6`).
     fn packet_slot(index: u32) -> Option<&'static mut Packet<Self>>;
 }
@@ -137,6 +149,10 @@ impl Family for u32 {
         &NATD_LOCAL4
     }
     #[inline(always)]
+    fn quota() -> &'static LruHashMap<u32, SourceQuota> {
+        &NATD_QUOTA4
+    }
+    #[inline(always)]
     fn network_of(addr: u32) -> Option<Net<u32>> {
         let info = *NATD_NETS4.get(Key::new(32, addr.to_ne_bytes()))?;
         Some(Net::from(info))
@@ -149,6 +165,14 @@ impl Family for u32 {
     #[inline(always)]
     fn is_loopback(self) -> bool {
         self.to_ne_bytes()[0] == 127
+    }
+    #[inline(always)]
+    fn is_broadcast(self) -> bool {
+        self == u32::MAX || self.to_ne_bytes()[0] & 0xf0 == 0xe0
+    }
+    #[inline(always)]
+    fn quota_key(self) -> u32 {
+        self
     }
     #[inline(always)]
     fn of_iface(cfg: &IfaceConfig) -> u32 {
@@ -171,7 +195,12 @@ impl Family for u32 {
         matches!(icmp_type, 3 | 11 | 12)
     }
     #[inline(always)]
-    fn parse_into(ctx: &TcContext, l3: usize, position: Position, out: &mut Packet<u32>) -> Result<(), Malformed> {
+    fn parse_into(
+        ctx: &TcContext,
+        l3: usize,
+        position: Position,
+        out: &mut Packet<u32>,
+    ) -> Result<(), Malformed> {
         *out = parse::parse_ipv4_at(ctx, l3, position)?;
         Ok(())
     }
@@ -217,6 +246,10 @@ impl Family for Addr6 {
     fn local() -> &'static HashMap<Addr6, u32> {
         &NATD_LOCAL6
     }
+    #[inline(always)]
+    fn quota() -> &'static LruHashMap<Addr6, SourceQuota> {
+        &NATD_QUOTA6
+    }
     /// A frame of its own: the 16-byte LPM key and its conversion would otherwise sit in
     /// every caller's frame.
     #[inline(never)]
@@ -235,6 +268,14 @@ impl Family for Addr6 {
     #[inline(always)]
     fn is_loopback(self) -> bool {
         self == LOOPBACK6
+    }
+    #[inline(always)]
+    fn is_broadcast(self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn quota_key(self) -> Addr6 {
+        [self[0], self[1], 0, 0]
     }
     #[inline(always)]
     fn of_iface(cfg: &IfaceConfig) -> Addr6 {
@@ -259,7 +300,12 @@ impl Family for Addr6 {
         matches!(icmp_type, 1..=4)
     }
     #[inline(always)]
-    fn parse_into(ctx: &TcContext, l3: usize, position: Position, out: &mut Packet<Addr6>) -> Result<(), Malformed> {
+    fn parse_into(
+        ctx: &TcContext,
+        l3: usize,
+        position: Position,
+        out: &mut Packet<Addr6>,
+    ) -> Result<(), Malformed> {
         parse::parse_ipv6_at(ctx, l3, position, out)
     }
     #[inline(always)]

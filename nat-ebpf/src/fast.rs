@@ -1,7 +1,7 @@
 //! Forwarding of a tracked flow's packet. A flow that bypasses the host (`ct::FAST`,
 //! decided for both directions at its first packet) is rewritten with direct writes and
 //! redirected: into the sandbox with `bpf_redirect_peer` (skipping the host's routing, the
-//! bridge and the backlog), out of a sandbox straight to the uplink's egress. A packet the
+//! bridge and the backlog), out of a sandbox straight to the edge's egress. A packet the
 //! kernel must handle itself (TTL about to expire, larger than the next link's MTU, IP
 //! options) and every packet of a flow that does not bypass the host are rewritten with
 //! the checksum helpers and left to the kernel.
@@ -23,21 +23,31 @@ use crate::{
 /// Where the packet goes next.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Toward {
-    /// Into a sandbox (from an uplink).
+    /// Into a sandbox (from an edge).
     Sandbox,
-    /// Out of an uplink (from a sandbox).
-    Uplink,
+    /// Out of an edge (from a sandbox).
+    Edge,
 }
 
 /// `forward` for the paths that start flows: a call of its own, so their stack frames
 /// stay within the verifier's limit (the established path inlines `forward`).
 #[inline(never)]
-pub fn forward_cold<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A>, toward: Toward) -> i32 {
+pub fn forward_cold<A: Family>(
+    ctx: &TcContext,
+    packet: &mut Packet<A>,
+    entry: &CtEntry<A>,
+    toward: Toward,
+) -> i32 {
     forward(ctx, packet, entry, toward)
 }
 
 #[inline(always)]
-pub fn forward<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEntry<A>, toward: Toward) -> i32 {
+pub fn forward<A: Family>(
+    ctx: &TcContext,
+    packet: &mut Packet<A>,
+    entry: &CtEntry<A>,
+    toward: Toward,
+) -> i32 {
     let to = Tuple::of_entry(entry, packet.proto);
     if entry.flags & ct::FAST == 0 || !nat::fast_path_on() {
         // Switched off (a firewall appeared): flows that bypassed the host go through it
@@ -70,14 +80,14 @@ pub fn forward<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEnt
                 bump(counter::FAST_TO_SANDBOX);
                 bpf_redirect_peer(entry.out_ifindex, 0) as i32
             }
-            Toward::Uplink => {
-                // The uplink's egress program passes marked packets on untouched.
+            Toward::Edge => {
+                // The edge's egress program passes marked packets on untouched.
                 ctx.set_mark(FASTPATH_MARK);
                 if entry.flags & ct::NEIGH != 0 {
-                    bump(counter::FAST_TO_UPLINK_NEIGH);
+                    bump(counter::FAST_TO_EDGE_NEIGH);
                     bpf_redirect_neigh(entry.out_ifindex, core::ptr::null_mut(), 0, 0) as i32
                 } else {
-                    bump(counter::FAST_TO_UPLINK);
+                    bump(counter::FAST_TO_EDGE);
                     bpf_redirect(entry.out_ifindex, 0) as i32
                 }
             }
@@ -87,7 +97,7 @@ pub fn forward<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, entry: &CtEnt
 
 /// Whether the packet (each of its segments, for a GSO packet: the kernel's
 /// `skb_gso_validate_network_len`) is larger than `mtu`, as the route the kernel would
-/// have taken (the bridge, the uplink) allows.
+/// have taken (the bridge, the edge) allows.
 #[inline(always)]
 fn exceeds_mtu<A: Family>(ctx: &TcContext, packet: &Packet<A>, mtu: u16) -> bool {
     // SAFETY: gso_size is always readable in a TC context.

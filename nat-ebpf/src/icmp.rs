@@ -4,17 +4,17 @@
 //! checksum (when it is inside the packet), the ICMP checksum and the outer header fixed,
 //! so PMTU discovery and traceroute work through the NAT.
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     programs::TcContext,
 };
-use nat_common::{PROTO_TCP, PROTO_UDP, counter};
+use nat_common::{PROTO_TCP, PROTO_UDP, TC_PASS, counter};
 
 use crate::{
     conntrack::{self, Tuple, TupleOps},
     counters::bump,
     family::Family,
     nat::NOT_HANDLED,
-    parse::{Fragment, IP, Packet, Position},
+    parse::{Fragment, Packet, Position},
 };
 
 pub fn is_error<A: Family>(packet: &Packet<A>) -> bool {
@@ -61,7 +61,9 @@ impl Patch<'_> {
             self.cascade(at, |c| c.l3_csum_replace(at, 0, diff, 0))?;
         }
         if let Some((at, flags)) = l4_csum {
-            self.cascade(at, |c| c.l4_csum_replace(at, 0, diff, flags | u64::from(BPF_F_PSEUDO_HDR)))?;
+            self.cascade(at, |c| {
+                c.l4_csum_replace(at, 0, diff, flags | u64::from(BPF_F_PSEUDO_HDR))
+            })?;
         }
         Ok(())
     }
@@ -119,7 +121,7 @@ fn try_translate<A: Family>(ctx: &TcContext, outer: &mut Packet<A>) -> Result<Op
     let inner_l3 = outer.l4 + 8;
     // The error ends where its IP total length says: bytes after it are the link layer's
     // padding, which no checksum covers and which the receiver ignores.
-    let end = IP + outer.tot_len as usize;
+    let end = outer.l3 + outer.tot_len as usize;
     let Some(inner) = A::packet_slot(1) else {
         return Ok(None);
     };
@@ -155,7 +157,7 @@ fn try_translate<A: Family>(ctx: &TcContext, outer: &mut Packet<A>) -> Result<Op
     }
     bump(counter::ICMP_ERROR_TRANSLATED);
     match crate::csum::rewrite(ctx, outer, &outer_to) {
-        Ok(()) => Ok(Some(TC_ACT_OK)),
+        Ok(()) => Ok(Some(TC_PASS)),
         Err(_) => Err(Failed),
     }
 }
@@ -181,8 +183,20 @@ fn rewrite_quoted<A: Family>(
         p if p == A::ICMP && A::VERSION == 6 && end >= inner_l4 + 4 => Some((inner_l4 + 2, 0u64)),
         _ => None,
     };
-    patch.addr(inner_l3 + A::SRC_AT, inner.src, wanted.src, inner_ip_csum, inner_l4_csum)?;
-    patch.addr(inner_l3 + A::DST_AT, inner.dst, wanted.dst, inner_ip_csum, inner_l4_csum)?;
+    patch.addr(
+        inner_l3 + A::SRC_AT,
+        inner.src,
+        wanted.src,
+        inner_ip_csum,
+        inner_l4_csum,
+    )?;
+    patch.addr(
+        inner_l3 + A::DST_AT,
+        inner.dst,
+        wanted.dst,
+        inner_ip_csum,
+        inner_l4_csum,
+    )?;
     if inner.proto == A::ICMP {
         // Echo id: covered by the embedded ICMP checksum, which is beyond what errors must
         // quote; fix it when present.

@@ -31,21 +31,22 @@ pub fn is_published_port<A: Family>(addr: A, port: u16, proto: u8) -> bool {
 }
 
 /// The mapping for a destination: bound to every address when the destination is one of
-/// the host's own (or loopback, for the host's own sockets), or bound to that address.
+/// the host's own (or loopback, for the host's own sockets), or bound to that address,
+/// which must be the host's too: a mapping bound to an address that left the host does
+/// not translate transit traffic to it (nor does it answer until the address is back).
 /// A port is never published both ways on host addresses (0.0.0.0 conflicts with every
-/// address), so the common case, 0.0.0.0, is looked up first; a destination that is not
-/// the host's own can still match an address-bound entry: a routed network's open port
-/// (its sandbox's address, translated to itself).
+/// address), so the common case, 0.0.0.0, is looked up first. A destination that is not
+/// the host's own matches only an open container port: a sandbox's address and port
+/// translated to themselves (routed mode, trusted edges, `allow-direct-routing`).
 #[inline(always)]
 pub fn published<A: Family>(dst: A, dport: u16, proto: u8) -> Option<&'static PortTarget<A>> {
     let local = dst.is_loopback() || is_local(dst);
     // SAFETY (both): valid map value pointers, read right away.
-    if let Some(target) = A::ports().get_ptr(&port_key(A::default(), dport, proto)) {
-        if local {
-            return Some(unsafe { &*target });
-        }
+    if local && let Some(target) = A::ports().get_ptr(&port_key(A::default(), dport, proto)) {
+        return Some(unsafe { &*target });
     }
-    A::ports().get_ptr(&port_key(dst, dport, proto)).map(|t| unsafe { &*t })
+    let target = unsafe { &*A::ports().get_ptr(&port_key(dst, dport, proto))? };
+    (local || (target.addr == dst && target.port == dport)).then_some(target)
 }
 
 /// A reference into the map, as `iface`.

@@ -3,6 +3,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod arp;
+#[cfg(target_arch = "bpf")]
 mod bench;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
@@ -31,79 +33,119 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
+mod quota;
+#[cfg(target_arch = "bpf")]
 mod sock;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::TC_ACT_OK,
         macros::{cgroup_sock_addr, classifier},
         programs::{SockAddrContext, TcContext},
     };
-    use nat_common::{Addr6, FASTPATH_MARK, counter, ct, net};
+    use nat_common::{Addr6, FASTPATH_MARK, TC_PASS, counter, ct, net, port};
 
-    /// TCX: hand the packet to the next program of the hook (TC_ACT_UNSPEC).
-    const TCX_NEXT: i32 = -1;
+    /// TCX: hand the packet to the next program of the hook (the IPv4 programs to the
+    /// IPv6 ones). The same verdict as `TC_PASS`, named for what it does here.
+    const TCX_NEXT: i32 = TC_PASS;
 
     use crate::{
-        counters,
+        arp, counters,
         family::Family,
-        icmp, lookup, ndp,
+        icmp, lookup,
         nat::{self, ELSEWHERE, NOT_HANDLED},
+        ndp,
         parse::{self, ETH_HLEN, Fragment, Packet, Parsed},
         policy,
     };
 
-    /// Uplink ingress: packets of tracked flows (into sandboxes), published ports, errors
-    /// about translated flows, and the drop of anything aimed directly at a sandbox address
-    /// or at 127.0.0.0/8.
+    /// Edge ingress (every interface of natd's namespace that is not natd's own): packets
+    /// of tracked flows (into sandboxes), published ports, errors about translated flows,
+    /// and the drop of anything aimed directly at a sandbox address or at 127.0.0.0/8.
     #[classifier]
-    pub fn natd_uplink_ingress(ctx: TcContext) -> i32 {
-        with_ipv4(&ctx, try_uplink_ingress::<u32>, pass)
+    pub fn natd_edge_in(ctx: TcContext) -> i32 {
+        with_ipv4(&ctx, ETH_HLEN, try_edge_ingress::<u32>, pass, pass)
     }
 
     #[classifier]
-    pub fn natd_uplink_ingress6(ctx: TcContext) -> i32 {
-        with_ipv6(&ctx, try_uplink_ingress::<Addr6>, |_, p| ndp::at_uplink(p, true), pass)
+    pub fn natd_edge_in6(ctx: TcContext) -> i32 {
+        with_ipv6(&ctx, ETH_HLEN, try_edge_ingress::<Addr6>, edge_link_in, pass)
     }
 
-    /// Uplink egress: masquerade of flows the kernel routed here, errors about translated
+    /// Edge egress: masquerade of flows the kernel routed here, errors about translated
     /// flows; nothing from a masqueraded network leaves untranslated.
     #[classifier]
-    pub fn natd_uplink_egress(ctx: TcContext) -> i32 {
-        if redirected_here(&ctx) {
-            return TC_ACT_OK;
+    pub fn natd_edge_out(ctx: TcContext) -> i32 {
+        if redirected_here(&ctx, parse::ETH_P_IP) {
+            return TC_PASS;
         }
-        with_ipv4(&ctx, try_uplink_egress::<u32>, fail_closed::<u32>)
+        with_ipv4(&ctx, ETH_HLEN, try_edge_egress::<u32>, pass, fail_closed::<u32>)
     }
 
     #[classifier]
-    pub fn natd_uplink_egress6(ctx: TcContext) -> i32 {
-        if redirected_here(&ctx) {
-            return TC_ACT_OK;
+    pub fn natd_edge_out6(ctx: TcContext) -> i32 {
+        if redirected_here(&ctx, parse::ETH_P_IPV6) {
+            return TC_PASS;
         }
-        with_ipv6(&ctx, try_uplink_egress::<Addr6>, |_, p| ndp::at_uplink(p, false), fail_closed::<Addr6>)
+        with_ipv6(
+            &ctx,
+            ETH_HLEN,
+            try_edge_egress::<Addr6>,
+            edge_link_out,
+            fail_closed::<Addr6>,
+        )
+    }
+
+    /// The edge programs for devices without a link layer (TUN: WireGuard, Tailscale,
+    /// OpenVPN), whose frames start at the IP header.
+    #[classifier]
+    pub fn natd_edge3_in(ctx: TcContext) -> i32 {
+        with_ipv4(&ctx, 0, try_edge_ingress::<u32>, pass, pass)
+    }
+
+    #[classifier]
+    pub fn natd_edge3_in6(ctx: TcContext) -> i32 {
+        with_ipv6(&ctx, 0, try_edge_ingress::<Addr6>, edge_link_in, pass)
+    }
+
+    #[classifier]
+    pub fn natd_edge3_out(ctx: TcContext) -> i32 {
+        with_ipv4(&ctx, 0, try_edge_egress::<u32>, pass, fail_closed::<u32>)
+    }
+
+    #[classifier]
+    pub fn natd_edge3_out6(ctx: TcContext) -> i32 {
+        with_ipv6(
+            &ctx,
+            0,
+            try_edge_egress::<Addr6>,
+            edge_link_out,
+            fail_closed::<Addr6>,
+        )
     }
 
     /// Host side of sandbox veths (what sandboxes send): packets of tracked flows (out of
     /// the host, or back to their clients), published ports reached from sandboxes
-    /// (hairpin), new outbound flows, isolation and anti-spoofing.
+    /// (hairpin), new outbound flows, isolation and anti-spoofing, ARP included.
     #[classifier]
     pub fn natd_sandbox_ingress(ctx: TcContext) -> i32 {
-        with_ipv4(&ctx, try_sandbox_ingress::<u32>, pass)
+        with_ipv4(&ctx, ETH_HLEN, try_sandbox_ingress::<u32>, arp::at_sandbox, pass)
     }
 
     #[classifier]
     pub fn natd_sandbox_ingress6(ctx: TcContext) -> i32 {
-        with_ipv6(&ctx, try_sandbox_ingress::<Addr6>, sandbox_link, pass)
+        with_ipv6(&ctx, ETH_HLEN, try_sandbox_ingress::<Addr6>, sandbox_link, pass)
     }
 
-    /// A packet a sandbox program translated and redirected to this uplink (its mark,
-    /// cleared here): passed on untouched by whichever egress program sees it first.
+    /// A packet a sandbox program translated and redirected to this edge (its mark,
+    /// cleared here): passed on untouched by the egress program of its family. The other
+    /// family's program leaves the mark alone: it hands the packet on (TCX_NEXT), and the
+    /// program after it must still know the packet is translated already.
     #[inline(always)]
-    fn redirected_here(ctx: &TcContext) -> bool {
-        // SAFETY: the mark field is always readable in a TC context.
-        if unsafe { (*ctx.skb.skb).mark } != FASTPATH_MARK {
+    fn redirected_here(ctx: &TcContext, ethertype: u16) -> bool {
+        // SAFETY: the mark and protocol fields are always readable in a TC context.
+        let (mark, protocol) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).protocol) };
+        if mark != FASTPATH_MARK || protocol != u32::from(ethertype.to_be()) {
             return false;
         }
         ctx.set_mark(0);
@@ -114,7 +156,7 @@ mod programs {
     /// others'. Never attached by natd.
     #[classifier]
     pub fn natd_empty(_ctx: TcContext) -> i32 {
-        TC_ACT_OK
+        TC_PASS
     }
 
     #[cgroup_sock_addr(connect4)]
@@ -165,21 +207,22 @@ mod programs {
         1
     }
 
-    /// Malformed frames are not ours to judge where the stack drops what it cannot use.
+    /// Malformed frames are not ours to judge where the stack drops what it cannot use;
+    /// neither are frames that are not IP at an edge.
     #[inline(always)]
-    fn pass(_ctx: &TcContext) -> i32 {
-        TC_ACT_OK
+    fn pass(_ctx: &TcContext, _l3: usize) -> i32 {
+        TC_PASS
     }
 
     /// On the way out, an IP packet natd cannot parse must not leave with a sandbox's
     /// private source address. The family is the program's (the one the EtherType chose),
     /// whatever the version field claims.
     #[inline(never)]
-    fn fail_closed<A: Family>(ctx: &TcContext) -> i32 {
-        if ctx.load::<A>(ETH_HLEN + A::SRC_AT).is_ok_and(masqueraded) {
+    fn fail_closed<A: Family>(ctx: &TcContext, l3: usize) -> i32 {
+        if ctx.load::<A>(l3 + A::SRC_AT).is_ok_and(masqueraded) {
             policy::drop(counter::DROP_UNTRANSLATED)
         } else {
-            TC_ACT_OK
+            TC_PASS
         }
     }
 
@@ -191,13 +234,17 @@ mod programs {
     }
 
     /// The IPv4 programs: IPv6 goes on to the next program of the hook (the IPv6 one).
+    /// `l3`: where the IP header starts (`ETH_HLEN`, or 0 on a device without a link
+    /// layer); `other`: what becomes of frames that are not IP (ARP).
     #[inline(always)]
     fn with_ipv4(
         ctx: &TcContext,
+        l3: usize,
         f: fn(&TcContext, &mut Packet<u32>) -> i32,
-        malformed: fn(&TcContext) -> i32,
+        other: fn(&TcContext, usize) -> i32,
+        malformed: fn(&TcContext, usize) -> i32,
     ) -> i32 {
-        match parse::parse(ctx) {
+        match parse::parse(ctx, l3) {
             Ok(Parsed::Ipv4(mut packet)) => {
                 counters::packet(ctx.len(), 4, packet.proto);
                 f(ctx, &mut packet)
@@ -205,11 +252,11 @@ mod programs {
             Ok(Parsed::Ipv6) => TCX_NEXT,
             Ok(Parsed::Other) => {
                 counters::packet(ctx.len(), 0, 0);
-                TC_ACT_OK
+                other(ctx, l3)
             }
             Err(_) => {
                 counters::bump(counter::MALFORMED);
-                malformed(ctx)
+                malformed(ctx, l3)
             }
         }
     }
@@ -219,14 +266,15 @@ mod programs {
     #[inline(always)]
     fn with_ipv6(
         ctx: &TcContext,
+        l3: usize,
         f: fn(&TcContext, &mut Packet<Addr6>) -> i32,
         link: fn(&TcContext, &Packet<Addr6>) -> Option<i32>,
-        malformed: fn(&TcContext) -> i32,
+        malformed: fn(&TcContext, usize) -> i32,
     ) -> i32 {
         let Some(packet) = Addr6::packet_slot(0) else {
             return TCX_NEXT;
         };
-        match parse::parse6(ctx, packet) {
+        match parse::parse6(ctx, l3, packet) {
             Ok(false) => TCX_NEXT,
             Ok(true) => {
                 counters::packet(ctx.len(), 6, packet.proto);
@@ -237,7 +285,7 @@ mod programs {
             }
             Err(_) => {
                 counters::bump(counter::MALFORMED);
-                malformed(ctx)
+                malformed(ctx, l3)
             }
         }
     }
@@ -246,7 +294,17 @@ mod programs {
     #[inline(always)]
     fn sandbox_link(ctx: &TcContext, packet: &Packet<Addr6>) -> Option<i32> {
         let own = lookup::iface(lookup::ifindex(ctx))?;
-        ndp::at_sandbox(packet, own)
+        ndp::at_sandbox(ctx, packet, own)
+    }
+
+    #[inline(always)]
+    fn edge_link_in(_ctx: &TcContext, packet: &Packet<Addr6>) -> Option<i32> {
+        ndp::at_edge(packet, true)
+    }
+
+    #[inline(always)]
+    fn edge_link_out(_ctx: &TcContext, packet: &Packet<Addr6>) -> Option<i32> {
+        ndp::at_edge(packet, false)
     }
 
     #[inline(always)]
@@ -255,12 +313,13 @@ mod programs {
     }
 
     #[inline(never)]
-    fn try_uplink_ingress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
+    fn try_edge_ingress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
+        let edge = lookup::ifindex(ctx);
         if packet.dst.is_loopback() {
-            return policy::enforce(policy::from_outside(packet.dst));
+            return policy::enforce(policy::from_outside(edge, packet.dst));
         }
         if tracked(packet) {
-            let verdict = nat::tracked(ctx, packet, ct::HOOK_UPLINK_INGRESS, 0);
+            let verdict = nat::tracked(ctx, packet, ct::HOOK_EDGE_INGRESS, 0);
             if verdict != NOT_HANDLED && verdict != ELSEWHERE {
                 return verdict;
             }
@@ -273,18 +332,31 @@ mod programs {
         }
         if tracked(packet)
             && let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto)
+            && (target.flags & port::TRUSTED_ONLY == 0 || policy::trusted_from(edge, packet.dst))
         {
-            let verdict = nat::dnat_from_outside(ctx, packet, target, lookup::ifindex(ctx));
+            let verdict = nat::dnat_from_outside(ctx, packet, target, edge);
             if verdict != NOT_HANDLED {
                 return verdict;
             }
         }
-        policy::enforce(policy::from_outside(packet.dst))
+        policy::enforce(policy::from_outside(edge, packet.dst))
     }
 
     #[inline(never)]
-    fn try_uplink_egress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
-        let masq = masqueraded(packet.src);
+    fn try_edge_egress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
+        let Some(net) = policy::network_of(packet.src) else {
+            // The host's own traffic, and what it routes for others: no flow of natd's
+            // leaves with such a source (translated ones leave with the host's), so no
+            // lookup. ICMP errors about translated flows come from the host, though.
+            if icmp::is_error(packet) {
+                let verdict = icmp::translate_error(ctx, packet);
+                if verdict != NOT_HANDLED {
+                    return verdict;
+                }
+            }
+            return TC_PASS;
+        };
+        let masq = net.flags & net::MASQ != 0 && !lookup::is_local(packet.src);
         if icmp::is_error(packet) {
             let verdict = icmp::translate_error(ctx, packet);
             if verdict != NOT_HANDLED {
@@ -297,13 +369,13 @@ mod programs {
             return if masq {
                 policy::drop(counter::DROP_FRAGMENT)
             } else {
-                TC_ACT_OK
+                TC_PASS
             };
         }
         if tracked(packet) {
-            match nat::tracked(ctx, packet, ct::HOOK_UPLINK_EGRESS, 0) {
+            match nat::tracked(ctx, packet, ct::HOOK_EDGE_EGRESS, 0) {
                 NOT_HANDLED => {}
-                ELSEWHERE if !masq => return TC_ACT_OK,
+                ELSEWHERE if !masq => return TC_PASS,
                 ELSEWHERE => {}
                 verdict => return verdict,
             }
@@ -326,7 +398,7 @@ mod programs {
             };
             return policy::drop(reason);
         }
-        TC_ACT_OK
+        TC_PASS
     }
 
     #[inline(never)]
@@ -337,12 +409,12 @@ mod programs {
         if tracked(packet) {
             match nat::tracked(ctx, packet, ct::HOOK_SANDBOX, ifindex) {
                 NOT_HANDLED => {}
-                ELSEWHERE => return TC_ACT_OK,
+                ELSEWHERE => return TC_PASS,
                 verdict => return verdict,
             }
         }
         let Some(own) = lookup::iface(ifindex) else {
-            return TC_ACT_OK;
+            return TC_PASS;
         };
         let Some(net) = A::own_network(own) else {
             // IPv6 from a sandbox whose network has none (link traffic was judged
@@ -350,7 +422,7 @@ mod programs {
             return if A::VERSION == 6 {
                 policy::drop(counter::DROP_NO_IPV6)
             } else {
-                TC_ACT_OK
+                TC_PASS
             };
         };
         // A sandbox sends from its own address only: never a host address (only natd's
@@ -370,6 +442,9 @@ mod programs {
             // through the gateway is an attack (CVE-2020-8558 class).
             return policy::drop(counter::DROP_LOOPBACK_SPOOF);
         }
+        if net.flags & net::ICC == 0 && packet.dst.is_broadcast() {
+            return policy::to_host_only(net.bridge_ifindex);
+        }
         if icmp::is_error(packet) {
             let verdict = icmp::translate_error(ctx, packet);
             if verdict != NOT_HANDLED {
@@ -383,7 +458,7 @@ mod programs {
                     return verdict;
                 }
             }
-            return TC_ACT_OK;
+            return TC_PASS;
         }
         if let Some(reason) = policy::from_sandbox(&net, packet.dst) {
             return policy::drop(reason);
@@ -393,8 +468,10 @@ mod programs {
             && nat::starts_flow(packet)
             && policy::network_of(packet.dst).is_none()
         {
-            if nat::prepare_masquerade_at_sandbox(ctx, packet, &net, own, ifindex) {
-                return nat::start_masquerade(ctx, packet);
+            match nat::prepare_masquerade_at_sandbox(ctx, packet, &net, own, ifindex) {
+                nat::PREPARED => return nat::start_masquerade(ctx, packet),
+                NOT_HANDLED => {}
+                verdict => return verdict,
             }
         }
         if net.flags & net::ROUTED != 0
@@ -406,7 +483,7 @@ mod programs {
             // in (everything else aimed at the sandbox from outside is dropped).
             return nat::track_routed(ctx, packet, ifindex);
         }
-        TC_ACT_OK
+        TC_PASS
     }
 }
 

@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use nat_common::{
     Addr6, BenchFrame, BenchRoute, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, DEFAULT_CT_ENTRIES, EndpointInfo,
-    GENERATION_SLOTS, IfaceConfig, MAX_ENDPOINTS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORT_MAPPINGS,
-    MAX_SOCK_REWRITES, MappingStats, NatConfig, NetInfo4, NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target,
-    SockKey, SockOrig, counter,
+    GENERATION_SLOTS, IfaceConfig, MAX_ENDPOINTS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_NETWORKS,
+    MAX_PORT_MAPPINGS, MAX_QUOTA_SOURCES, MAX_SOCK_REWRITES, MAX_TRUSTED, MappingStats, NatConfig, NetInfo4,
+    NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, SockKey, SockOrig, SourceQuota, TrustKey,
+    counter,
 };
 
 #[map]
@@ -88,6 +89,19 @@ pub static NATD_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
 /// The cookie of the network namespace natd serves: socket hooks act only there.
 #[map]
 pub static NATD_NETNS: Array<u64> = Array::pinned(1, 0);
+
+/// Flows per source address, for the per-source quotas (`NatConfig`): counted up here,
+/// set to the live count by natd's expiry pass.
+#[map]
+pub static NATD_QUOTA4: LruHashMap<u32, SourceQuota> = LruHashMap::pinned(MAX_QUOTA_SOURCES, 0);
+
+#[map]
+pub static NATD_QUOTA6: LruHashMap<Addr6, SourceQuota> = LruHashMap::pinned(MAX_QUOTA_SOURCES, 0);
+
+/// Edges a network trusts: they may reach its sandboxes' published container ports on
+/// the sandboxes' own addresses (`com.docker.network.bridge.trusted_host_interfaces`).
+#[map]
+pub static NATD_TRUSTED: HashMap<TrustKey, u32> = HashMap::pinned(MAX_TRUSTED, 0);
 
 /// Sockets whose destination the connect/sendmsg hooks rewrote, to restore the address the
 /// application used in recvmsg/getpeername.

@@ -1,15 +1,15 @@
 //! Translation: packets of tracked flows (one lookup, then `fast::forward`), new flows to
 //! published ports (DNAT) from outside and from sandboxes (hairpin), and masquerade (SNAT)
 //! of new outbound flows: at the sandbox with a route lookup when the flow can bypass the
-//! host, else at the uplink's egress after the kernel routed it.
+//! host, else at the edge's egress after the kernel routed it.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::TC_ACT_SHOT,
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
 use nat_common::{
-    CtEntry, DEFAULT_SNAT_PORTS, EndpointInfo, IfaceConfig, PROTO_TCP, PROTO_UDP, PortTarget, SNAT_PORT_TRIES, config,
-    counter, ct, role,
+    CtEntry, DEFAULT_SNAT_PORTS, EndpointInfo, IfaceConfig, PROTO_TCP, PROTO_UDP, PortTarget,
+    SNAT_PORT_TRIES, TC_PASS, config, counter, ct, role,
 };
 
 use crate::{
@@ -20,13 +20,14 @@ use crate::{
     fast::{self, Toward},
     fib, lookup,
     parse::{self, Packet, TCP_ACK, TCP_SYN},
+    quota,
 };
 
 /// Rewrites the packet into `to` with the checksum helpers, for the kernel's normal path.
 #[inline(always)]
 pub fn apply<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, to: &Tuple<A>) -> i32 {
     match csum::rewrite(ctx, packet, to) {
-        Ok(()) => TC_ACT_OK,
+        Ok(()) => TC_PASS,
         Err(_) => {
             // A half-rewritten packet must not leave: drop it.
             bump(counter::CSUM_ERROR);
@@ -86,14 +87,14 @@ pub fn tracked<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, hook: u8, own
             conntrack::forget(&key, &entry);
             return NOT_HANDLED;
         }
-        Verdict::Promote => conntrack::promote(&key, &hit),
+        Verdict::Promote => conntrack::promote(&key, &hit, conntrack::seq_end(packet)),
         Verdict::Forward => {}
     }
     conntrack::touch(hit.entry);
     let (counter_id, toward) = match entry.kind {
         ct::DNAT_FORWARD => (counter::DNAT_ESTABLISHED, Toward::Sandbox),
-        ct::DNAT_REPLY => (counter::DNAT_REPLY, Toward::Uplink),
-        ct::SNAT_FORWARD => (counter::SNAT_ESTABLISHED, Toward::Uplink),
+        ct::DNAT_REPLY => (counter::DNAT_REPLY, Toward::Edge),
+        ct::SNAT_FORWARD => (counter::SNAT_ESTABLISHED, Toward::Edge),
         _ => (counter::SNAT_REPLY, Toward::Sandbox),
     };
     if (entry.kind == ct::DNAT_FORWARD || entry.kind == ct::DNAT_REPLY) && entry.gen_slot != NO_SLOT {
@@ -113,8 +114,15 @@ fn refuse(e: InsertError) -> i32 {
     bump(match e {
         InsertError::Clash => counter::DROP_TUPLE_CLASH,
         InsertError::Full => counter::DROP_CT_FULL,
+        InsertError::Quota => counter::DROP_SOURCE_QUOTA,
     });
     TC_ACT_SHOT
+}
+
+/// A new flow of `src`, within its source's quota of pending flows.
+#[inline(always)]
+fn admit<A: Family>(src: &A) -> Result<(), InsertError> {
+    if quota::admit(src) { Ok(()) } else { Err(InsertError::Quota) }
 }
 
 /// Whether a packet may start a new flow: TCP only with a SYN (not a SYN-ACK), UDP
@@ -130,10 +138,15 @@ pub fn starts_flow<A: Family>(packet: &Packet<A>) -> bool {
 }
 
 /// A new connection from outside to a published port. With the fast path on, both
-/// directions bypass the host from this first packet on. `uplink`: the interface it
+/// directions bypass the host from this first packet on. `edge`: the interface it
 /// arrived on.
 #[inline(never)]
-pub fn dnat_from_outside<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, target: &PortTarget<A>, uplink: u32) -> i32 {
+pub fn dnat_from_outside<A: Family>(
+    ctx: &TcContext,
+    packet: &mut Packet<A>,
+    target: &PortTarget<A>,
+    edge: u32,
+) -> i32 {
     if !starts_flow(packet) {
         return NOT_HANDLED;
     }
@@ -141,7 +154,7 @@ pub fn dnat_from_outside<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, tar
         return TC_ACT_SHOT;
     };
     dnat_flow(&mut s.flow, packet, target);
-    outside_legs(ctx, packet, uplink, &mut s.flow);
+    outside_legs(ctx, packet, edge, &mut s.flow);
     start_dnat(ctx, packet, s, counter::DNAT_NEW)
 }
 
@@ -172,7 +185,7 @@ pub fn dnat_from_sandbox<A: Family>(
     flow.forward = Leg::slow(ct::DNAT_FORWARD, ct::HOOK_SANDBOX, veth);
     flow.reply = Leg::slow(
         ct::DNAT_REPLY,
-        ct::HOOK_SANDBOX | ct::HOOK_UPLINK_EGRESS,
+        ct::HOOK_SANDBOX | ct::HOOK_EDGE_EGRESS,
         target_veth,
     );
     start_dnat(ctx, packet, s, counter::HAIRPIN_NEW)
@@ -189,12 +202,22 @@ fn dnat_flow<A: Family>(flow: &mut NewFlow<A>, packet: &Packet<A>, target: &Port
     flow.translated.dport = target.port;
     flow.gen_slot = target.slot;
     flow.generation = target.generation;
+    flow.syn_seq = packet.seq;
 }
 
 /// Inserts a new DNAT flow and forwards its first packet.
 #[inline(never)]
-fn start_dnat<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, s: &mut Scratch<A>, counter_id: u32) -> i32 {
+fn start_dnat<A: Family>(
+    ctx: &TcContext,
+    packet: &mut Packet<A>,
+    s: &mut Scratch<A>,
+    counter_id: u32,
+) -> i32 {
+    if let Err(e) = admit(&s.flow.original.src) {
+        return refuse(e);
+    }
     if let Err(e) = conntrack::create(s) {
+        quota::release_embryonic(&s.flow.original.src);
         return refuse(e);
     }
     counters::mapping(s.flow.gen_slot, ctx.len());
@@ -206,20 +229,20 @@ fn start_dnat<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, s: &mut Scratc
 /// sandbox's endpoint is known (replies go back the way the first packet came), slow
 /// otherwise.
 #[inline(always)]
-fn outside_legs<A: Family>(ctx: &TcContext, packet: &Packet<A>, uplink: u32, flow: &mut NewFlow<A>) {
+fn outside_legs<A: Family>(ctx: &TcContext, packet: &Packet<A>, edge: u32, flow: &mut NewFlow<A>) {
     let endpoint = lookup::endpoint(flow.translated.dst);
     let target_veth = endpoint.map(|e| e.host_ifindex).unwrap_or(0);
-    flow.forward = Leg::slow(ct::DNAT_FORWARD, ct::HOOK_UPLINK_INGRESS, 0);
+    flow.forward = Leg::slow(ct::DNAT_FORWARD, ct::HOOK_EDGE_INGRESS, 0);
     flow.reply = Leg::slow(
         ct::DNAT_REPLY,
-        ct::HOOK_SANDBOX | ct::HOOK_UPLINK_EGRESS,
+        ct::HOOK_SANDBOX | ct::HOOK_EDGE_EGRESS,
         target_veth,
     );
     if !fast_path_on() || !packet.direct {
         return;
     }
-    let (Some(endpoint), Some(uplink_cfg), Some((client_mac, uplink_mac))) =
-        (endpoint, lookup::iface(uplink), parse::macs(ctx))
+    let (Some(endpoint), Some(edge_cfg), Some((client_mac, edge_mac))) =
+        (endpoint, lookup::iface(edge), parse::macs(ctx))
     else {
         return;
     };
@@ -229,14 +252,14 @@ fn outside_legs<A: Family>(ctx: &TcContext, packet: &Packet<A>, uplink: u32, flo
     flow.forward.dmac = endpoint.mac;
     flow.forward.mtu = endpoint.mtu;
     flow.reply.flags |= ct::FAST;
-    flow.reply.out_ifindex = uplink;
-    flow.reply.smac = if uplink_cfg.mac == [0; 6] {
-        uplink_mac
+    flow.reply.out_ifindex = edge;
+    flow.reply.smac = if edge_cfg.mac == [0; 6] {
+        edge_mac
     } else {
-        uplink_cfg.mac
+        edge_cfg.mac
     };
     flow.reply.dmac = client_mac;
-    flow.reply.mtu = uplink_cfg.mtu as u16;
+    flow.reply.mtu = edge_cfg.mtu as u16;
 }
 
 #[inline(always)]
@@ -244,7 +267,7 @@ pub fn fast_path_on() -> bool {
     lookup::config().flags & config::FAST_PATH != 0
 }
 
-/// Claims a NAT port for the flow (whose translated source is the uplink address): from
+/// Claims a NAT port for the flow (whose translated source is the edge's address): from
 /// the configured range, starting at a random offset (RFC 6056), skipping published ports.
 #[inline(never)]
 fn claim_port<A: Family>(s: &mut Scratch<A>) -> Result<(), i32> {
@@ -267,7 +290,7 @@ fn claim_port<A: Family>(s: &mut Scratch<A>) -> Result<(), i32> {
         match conntrack::claim_reply(s) {
             Ok(()) => return Ok(()),
             Err(InsertError::Clash) => continue,
-            Err(InsertError::Full) => return Err(refuse(InsertError::Full)),
+            Err(e) => return Err(refuse(e)),
         }
     }
     bump(counter::DROP_NO_PORT);
@@ -281,39 +304,50 @@ pub fn start_masquerade<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
+    if let Err(e) = admit(&s.flow.original.src) {
+        return refuse(e);
+    }
     if let Err(verdict) = claim_port(s) {
+        quota::release_embryonic(&s.flow.original.src);
         return verdict;
     }
     if let Err(e) = conntrack::finish(s) {
+        quota::release_embryonic(&s.flow.original.src);
         return refuse(e);
     }
     bump(counter::SNAT_NEW);
-    fast::forward_cold(ctx, packet, &s.forward, Toward::Uplink)
+    fast::forward_cold(ctx, packet, &s.forward, Toward::Edge)
 }
 
-/// The tuples of a masqueraded flow from `packet`'s source to `uplink_addr`, and the
+/// The tuples of a masqueraded flow from `packet`'s source to `edge_addr`, and the
 /// generation of the sandbox endpoint it depends on.
 // A call of its own: inlined, the packet's addresses it copies were loaded before the
 // route lookup and kept in the caller's frame across it.
 #[inline(never)]
-fn snat_flow<A: Family>(flow: &mut NewFlow<A>, packet: &Packet<A>, uplink_addr: A, endpoint: Option<&EndpointInfo>) {
+fn snat_flow<A: Family>(
+    flow: &mut NewFlow<A>,
+    packet: &Packet<A>,
+    edge_addr: A,
+    endpoint: Option<&EndpointInfo>,
+) {
     // Written in place: a 40-byte IPv6 tuple built on the stack and copied twice would
     // not fit the IPv6 paths' frames.
     flow.original.set_from(packet);
     flow.translated.set_from(packet);
-    flow.translated.src = uplink_addr;
+    flow.translated.src = edge_addr;
     (flow.gen_slot, flow.generation) = endpoint.map(|e| (e.slot, e.generation)).unwrap_or((NO_SLOT, 0));
+    flow.syn_seq = packet.seq;
 }
 
-/// A new flow out of a masqueraded network, at the uplink's egress (the kernel routed
+/// A new flow out of a masqueraded network, at the edge's egress (the kernel routed
 /// it): prepared in the scratch area for `start_masquerade`; its packets take the
 /// kernel's path. `NOT_HANDLED` when prepared, else the verdict.
 #[inline(never)]
 pub fn prepare_masquerade_at_egress<A: Family>(ctx: &TcContext, packet: &Packet<A>) -> i32 {
-    let uplink_addr = match lookup::iface(lookup::ifindex(ctx)) {
+    let edge_addr = match lookup::iface(lookup::ifindex(ctx)) {
         Some(cfg) if !A::of_iface(cfg).is_zero() => A::of_iface(cfg),
         _ => {
-            bump(counter::DROP_NO_UPLINK_ADDR);
+            bump(counter::DROP_NO_EDGE_ADDR);
             return TC_ACT_SHOT;
         }
     };
@@ -321,18 +355,24 @@ pub fn prepare_masquerade_at_egress<A: Family>(ctx: &TcContext, packet: &Packet<
         return TC_ACT_SHOT;
     };
     let endpoint = lookup::endpoint(packet.src);
-    snat_flow(&mut s.flow, packet, uplink_addr, endpoint);
+    snat_flow(&mut s.flow, packet, edge_addr, endpoint);
     let sandbox_veth = endpoint.map(|e| e.host_ifindex).unwrap_or(0);
-    s.flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_UPLINK_EGRESS, sandbox_veth);
-    s.flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
+    s.flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_EDGE_EGRESS, sandbox_veth);
+    s.flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_EDGE_INGRESS, 0);
     NOT_HANDLED
 }
 
-/// A new TCP or UDP flow out of a masqueraded network, seen at the sandbox: when the
-/// route says it leaves by an uplink, the flow can bypass the host in both directions
-/// from this packet on; it is prepared in the scratch area for `start_masquerade` (a
-/// separate call from the program, so the two frames are never stacked). False: leave
-/// the packet to the kernel (and to the uplink's egress).
+/// `prepare_masquerade_at_sandbox`: the flow is prepared to bypass the host.
+pub const PREPARED: i32 = i32::MIN + 2;
+
+/// A new flow out of a masqueraded network, seen at the sandbox. The kernel's FIB says
+/// which interface it leaves by: one natd has no program on (a device that appeared an
+/// instant ago, one natd cannot serve) would let it out with the sandbox's address, so it
+/// is dropped (`drop_unknown_edge`). When it leaves by an edge with a link layer and the
+/// fast path is on, the flow can bypass the host in both directions from this packet on:
+/// it is prepared in the scratch area for `start_masquerade` (a separate call from the
+/// program, so the two frames are never stacked) and `PREPARED` returned. `NOT_HANDLED`:
+/// leave the packet to the kernel (and to the edge's egress).
 #[inline(never)]
 pub fn prepare_masquerade_at_sandbox<A: Family>(
     ctx: &TcContext,
@@ -340,37 +380,46 @@ pub fn prepare_masquerade_at_sandbox<A: Family>(
     net: &Net<A>,
     own: &IfaceConfig,
     ifindex: u32,
-) -> bool {
-    if !fast_path_on() || !packet.direct || packet.ttl <= 1 {
-        return false;
-    }
-    if packet.proto != PROTO_TCP && packet.proto != PROTO_UDP {
-        return false;
-    }
+) -> i32 {
     let mut route = fib::Route::default();
     if !fib::route(ctx, net.bridge_ifindex, packet, &mut route) {
         bump(counter::FIB_FAILED);
-        return false;
+        return NOT_HANDLED;
     }
-    let uplink = match lookup::iface(route.ifindex) {
-        Some(cfg) if cfg.role == role::UPLINK && !A::of_iface(&cfg).is_zero() => cfg,
-        _ => {
-            bump(counter::FIB_NOT_UPLINK);
-            return false;
+    let edge = match lookup::iface(route.ifindex) {
+        None => {
+            bump(counter::DROP_UNKNOWN_EDGE);
+            return TC_ACT_SHOT;
+        }
+        Some(cfg) if cfg.role == role::EDGE && !A::of_iface(&cfg).is_zero() => cfg,
+        Some(_) => {
+            bump(counter::FIB_NOT_EDGE);
+            return NOT_HANDLED;
         }
     };
+    if !fast_path_on() || !packet.direct || packet.ttl <= 1 {
+        return NOT_HANDLED;
+    }
+    if packet.proto != PROTO_TCP && packet.proto != PROTO_UDP {
+        return NOT_HANDLED;
+    }
     let Some((sandbox_mac, gateway_mac)) = parse::macs(ctx) else {
-        return false;
+        return NOT_HANDLED;
     };
     let Some(s) = conntrack::scratch::<A>() else {
-        return false;
+        return NOT_HANDLED;
     };
-    snat_flow(&mut s.flow, packet, A::of_iface(uplink), lookup::endpoint(packet.src));
+    snat_flow(
+        &mut s.flow,
+        packet,
+        A::of_iface(edge),
+        lookup::endpoint(packet.src),
+    );
     let forward = &mut s.flow.forward;
     *forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, ifindex);
     forward.flags |= ct::FAST;
     forward.out_ifindex = route.ifindex;
-    forward.mtu = uplink.mtu as u16;
+    forward.mtu = edge.mtu as u16;
     if route.resolved {
         forward.smac = route.smac;
         forward.dmac = route.dmac;
@@ -378,13 +427,13 @@ pub fn prepare_masquerade_at_sandbox<A: Family>(
         forward.flags |= ct::NEIGH;
     }
     let reply = &mut s.flow.reply;
-    *reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
+    *reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_EDGE_INGRESS, 0);
     reply.flags |= ct::FAST;
     reply.out_ifindex = ifindex;
     reply.smac = gateway_mac;
     reply.dmac = sandbox_mac;
     reply.mtu = own.mtu as u16;
-    true
+    PREPARED
 }
 
 /// A new outbound flow of a routed network: tracked with its own addresses in both
@@ -398,10 +447,14 @@ pub fn track_routed<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, veth: u3
     snat_flow(&mut s.flow, packet, packet.src, lookup::endpoint(packet.src));
     let flow = &mut s.flow;
     flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, veth);
-    flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_UPLINK_INGRESS, 0);
+    flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_EDGE_INGRESS, 0);
+    if let Err(e) = admit(&s.flow.original.src) {
+        return refuse(e);
+    }
     if let Err(e) = conntrack::create(s) {
+        quota::release_embryonic(&s.flow.original.src);
         return refuse(e);
     }
     bump(counter::ROUTED_NEW);
-    fast::forward_cold(ctx, packet, &s.forward, Toward::Uplink)
+    fast::forward_cold(ctx, packet, &s.forward, Toward::Edge)
 }

@@ -4,6 +4,11 @@
 //! writes the same fixed offsets back. Everything else is read with bpf_skb_load_bytes
 //! (`ctx.load`), which checks lengths at run time, so IP options and quoted headers of
 //! ICMP errors need no pointer arithmetic the verifier would have to follow.
+//!
+//! Edges without a link layer (TUN devices: WireGuard, Tailscale, OpenVPN) hand the
+//! programs frames that start with the IP header: their packets are parsed with loads
+//! from offset 0 (`l3` 0), are never `direct` and so never take the fast path, and every
+//! rewrite goes by `Packet::l3`.
 use aya_ebpf::programs::TcContext;
 use nat_common::{Addr6, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
@@ -11,7 +16,8 @@ use crate::family::Family;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_ARP: u16 = 0x0806;
 /// Offsets of a `direct` packet: the IP header right after Ethernet, L4 after the fixed
 /// header (20 bytes for IPv4, 40 for IPv6).
 pub const IP: usize = ETH_HLEN;
@@ -25,7 +31,6 @@ const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
-
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -48,6 +53,8 @@ pub enum Fragment {
 /// is the family's address (`u32`, `Addr6`).
 #[derive(Clone, Copy)]
 pub struct Packet<A> {
+    /// Where the IP header starts: after Ethernet, or at 0 on an edge without a link layer.
+    pub l3: usize,
     pub l4: usize,
     pub proto: u8,
     pub src: A,
@@ -57,6 +64,9 @@ pub struct Packet<A> {
     /// TCP/UDP destination port; ICMP echo reply: the echo id.
     pub dport: u16,
     pub tcp_flags: u8,
+    /// TCP header length in bytes (data offset × 4; 0 for other protocols and quoted
+    /// packets).
+    pub tcp_hlen: u8,
     /// TCP sequence and acknowledgment numbers (network byte order).
     pub seq: u32,
     pub ack: u32,
@@ -88,8 +98,20 @@ impl<A: Family> Packet<A> {
     }
 
     #[inline(always)]
-    fn empty(l4: usize, proto: u8, src: A, dst: A, ttl: u8, tot_len: u32, fragment: Fragment, direct: bool) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn empty(
+        l3: usize,
+        l4: usize,
+        proto: u8,
+        src: A,
+        dst: A,
+        ttl: u8,
+        tot_len: u32,
+        fragment: Fragment,
+        direct: bool,
+    ) -> Self {
         Self {
+            l3,
             l4,
             proto,
             src,
@@ -97,6 +119,7 @@ impl<A: Family> Packet<A> {
             sport: 0,
             dport: 0,
             tcp_flags: 0,
+            tcp_hlen: 0,
             seq: 0,
             ack: 0,
             icmp_type: 0,
@@ -133,14 +156,31 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, Malformed> {
     ctx.load::<T>(offset).map_err(|_| Malformed)
 }
 
+/// The frame's EtherType; on an edge without a link layer (`l3` 0) the one the IP
+/// version implies (TUN devices carry nothing else).
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, Malformed> {
-    if let Some(packet) = parse_direct(ctx) {
+pub fn ethertype(ctx: &TcContext, l3: usize) -> Result<u16, Malformed> {
+    if l3 == ETH_HLEN {
+        return Ok(u16::from_be(load::<u16>(ctx, 12)?));
+    }
+    Ok(match load::<u8>(ctx, 0)? >> 4 {
+        4 => ETH_P_IP,
+        6 => ETH_P_IPV6,
+        _ => 0,
+    })
+}
+
+/// A frame whose IP header starts at `l3` (`ETH_HLEN`, or 0 on an edge without a link
+/// layer).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, l3: usize) -> Result<Parsed, Malformed> {
+    if l3 == ETH_HLEN
+        && let Some(packet) = parse_direct(ctx)
+    {
         return Ok(Parsed::Ipv4(packet));
     }
-    let ethertype = u16::from_be(load::<u16>(ctx, 12)?);
-    match ethertype {
-        ETH_P_IP => parse_ipv4_at(ctx, ETH_HLEN, Position::Outer).map(Parsed::Ipv4),
+    match ethertype(ctx, l3)? {
+        ETH_P_IP => parse_ipv4_at(ctx, l3, Position::Outer).map(Parsed::Ipv4),
         ETH_P_IPV6 => Ok(Parsed::Ipv6),
         _ => Ok(Parsed::Other),
     }
@@ -149,14 +189,14 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Malformed> {
 /// An IPv6 frame, into `out`; `Ok(false)`: not IPv6. A frame of its own: the stack it
 /// needs is free again when the packet is handled.
 #[inline(never)]
-pub fn parse6(ctx: &TcContext, out: &mut Ipv6Packet) -> Result<bool, Malformed> {
-    if parse_direct6(ctx, out).is_some() {
+pub fn parse6(ctx: &TcContext, l3: usize, out: &mut Ipv6Packet) -> Result<bool, Malformed> {
+    if l3 == ETH_HLEN && parse_direct6(ctx, out).is_some() {
         return Ok(true);
     }
-    if u16::from_be(load::<u16>(ctx, 12)?) != ETH_P_IPV6 {
+    if ethertype(ctx, l3)? != ETH_P_IPV6 {
         return Ok(false);
     }
-    parse_ipv6_at(ctx, ETH_HLEN, Position::Outer, out)?;
+    parse_ipv6_at(ctx, l3, Position::Outer, out)?;
     Ok(true)
 }
 
@@ -191,6 +231,7 @@ fn parse_direct(ctx: &TcContext) -> Option<Ipv4Packet> {
         return None;
     }
     let mut packet = Ipv4Packet::empty(
+        IP,
         L4,
         ip[9],
         u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
@@ -216,6 +257,7 @@ fn direct_l4<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, l4: usize) -> O
             packet.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
             packet.seq = u32::from_ne_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
             packet.ack = u32::from_ne_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+            packet.tcp_hlen = (tcp[12] >> 4) * 4;
             packet.tcp_flags = tcp[13];
         }
         PROTO_UDP => {
@@ -264,12 +306,17 @@ fn parse_direct6(ctx: &TcContext, out: &mut Ipv6Packet) -> Option<()> {
         return None;
     }
     *out = Ipv6Packet::empty(
+        IP,
         L4_V6,
         next,
         [ip[2], ip[3], ip[4], ip[5]],
         [ip[6], ip[7], ip[8], ip[9]],
         lengths[3],
-        if payload_len == 0 { 0 } else { u32::from(payload_len) + 40 },
+        if payload_len == 0 {
+            0
+        } else {
+            u32::from(payload_len) + 40
+        },
         Fragment::None,
         true,
     );
@@ -317,6 +364,7 @@ pub fn parse_ipv4_at(ctx: &TcContext, l3: usize, position: Position) -> Result<I
         _ => Fragment::Later,
     };
     let mut packet = Ipv4Packet::empty(
+        l3,
         l4,
         load(ctx, l3 + 9)?,
         load(ctx, l3 + 12)?,
@@ -335,7 +383,11 @@ pub fn parse_ipv4_at(ctx: &TcContext, l3: usize, position: Position) -> Result<I
 
 /// The L4 fields natd translates, read with loads.
 #[inline(always)]
-fn loaded_l4<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, position: Position) -> Result<(), Malformed> {
+fn loaded_l4<A: Family>(
+    ctx: &TcContext,
+    packet: &mut Packet<A>,
+    position: Position,
+) -> Result<(), Malformed> {
     let l4 = packet.l4;
     match packet.proto {
         PROTO_TCP => {
@@ -345,6 +397,7 @@ fn loaded_l4<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, position: Posit
             if position == Position::Outer {
                 packet.seq = load(ctx, l4 + 4)?;
                 packet.ack = load(ctx, l4 + 8)?;
+                packet.tcp_hlen = (load::<u8>(ctx, l4 + 12)? >> 4) * 4;
                 packet.tcp_flags = load(ctx, l4 + 13)?;
             }
         }
@@ -371,7 +424,12 @@ fn loaded_l4<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, position: Posit
 /// read with loads. A chain longer than that leaves `proto` at the header it stopped on:
 /// such a packet is not translated.
 #[inline(always)]
-pub fn parse_ipv6_at(ctx: &TcContext, l3: usize, position: Position, out: &mut Ipv6Packet) -> Result<(), Malformed> {
+pub fn parse_ipv6_at(
+    ctx: &TcContext,
+    l3: usize,
+    position: Position,
+    out: &mut Ipv6Packet,
+) -> Result<(), Malformed> {
     let version: u8 = load(ctx, l3)?;
     if version >> 4 != 6 {
         return Err(Malformed);
@@ -411,8 +469,13 @@ pub fn parse_ipv6_at(ctx: &TcContext, l3: usize, position: Position, out: &mut I
             _ => break,
         }
     }
-    let tot_len = if payload_len == 0 { 0 } else { u32::from(payload_len) + 40 };
+    let tot_len = if payload_len == 0 {
+        0
+    } else {
+        u32::from(payload_len) + 40
+    };
     *out = Ipv6Packet::empty(
+        l3,
         offset,
         next,
         load(ctx, l3 + 8)?,

@@ -80,13 +80,20 @@ pub struct RunRequest {
     pub expose: Vec<String>,
     #[serde(default)]
     pub netns: Option<String>,
+    /// `--replace-default-route`: an adopted namespace that has a default route already
+    /// gets natd's instead (without it such a namespace is refused).
+    #[serde(default)]
+    pub replace_default_route: bool,
     /// Name of the interface inside the sandbox (default eth0).
     #[serde(default)]
     pub ifname: Option<String>,
-    /// A CNI attachment (natd-cni): the runtime owns the namespace and reserves host ports
-    /// itself, so published ports are not refused for a socket bound on the host.
+    /// A CNI attachment (natd-cni): the runtime owns the namespace. Its published ports
+    /// (hostPort) are refused on a port a host process listens on, as natctl's are, unless
+    /// `host_port_over_listener` (natd-cni's `"hostPortOverListener": true`).
     #[serde(default)]
     pub cni: Option<CniAttachment>,
+    #[serde(default)]
+    pub host_port_over_listener: bool,
     #[serde(default)]
     pub command: Vec<String>,
 }
@@ -158,6 +165,10 @@ pub struct SandboxView {
     /// /etc/netns/<name> to bind over /etc when entering, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enter_etc: Option<String>,
+    /// Published ports (`HOST:PORT` as `port` shows them) that answer nowhere now: bound
+    /// to an address the host no longer has. They answer again when it comes back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inactive_ports: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -201,11 +212,13 @@ mod tests {
 
     #[test]
     fn network_create_takes_one_subnet_or_several() {
-        let old: NetworkCreate = serde_json::from_str(r#"{"name":"n","subnet":"10.1.0.0/24","gateway":null}"#).unwrap();
+        let old: NetworkCreate =
+            serde_json::from_str(r#"{"name":"n","subnet":"10.1.0.0/24","gateway":null}"#).unwrap();
         assert_eq!(old.subnet, ["10.1.0.0/24"]);
         assert!(old.gateway.is_empty() && !old.ipv6);
         let new: NetworkCreate =
-            serde_json::from_str(r#"{"name":"n","subnet":["10.1.0.0/24","2001:db8::/64"],"ipv6":true}"#).unwrap();
+            serde_json::from_str(r#"{"name":"n","subnet":["10.1.0.0/24","2001:db8::/64"],"ipv6":true}"#)
+                .unwrap();
         assert_eq!(new.subnet.len(), 2);
         assert!(new.ipv6);
     }

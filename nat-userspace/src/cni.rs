@@ -84,6 +84,11 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub dns: Option<Dns>,
+    /// `"hostPortOverListener": true`: a hostPort a process of the host listens on is
+    /// published anyway (the pod then takes that port's traffic from the process). Off by
+    /// default: a pod must not shadow sshd or the kubelet.
+    #[serde(rename = "hostPortOverListener", default)]
+    pub host_port_over_listener: bool,
     #[serde(rename = "runtimeConfig", default)]
     pub runtime_config: RuntimeConfig,
     #[serde(rename = "prevResult", default)]

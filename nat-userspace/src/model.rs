@@ -73,6 +73,10 @@ pub struct Network {
     /// overlay: how this host joins the network's other hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlayLink>,
+    /// `-o com.docker.network.bridge.trusted_host_interfaces=IF[:IF...]` (Docker 28.2):
+    /// edges that may reach published container ports on the sandboxes' own addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_host_interfaces: Vec<String>,
 }
 
 /// Docker 27's gateway mode of a bridge network, per address family: `nat` masquerades
@@ -232,6 +236,10 @@ pub struct Sandbox {
     pub netns: Option<String>,
     /// natd created the namespace and deletes it with the sandbox.
     pub netns_owned: bool,
+    /// (device, inode) of the namespace when the sandbox got it: a path that later names
+    /// another namespace (deleted and made again under the same name) is never re-wired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_identity: Option<(u64, u64)>,
     /// Name under /etc/netns whose files are bind-mounted over /etc inside the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etc_name: Option<String>,
@@ -289,7 +297,10 @@ mod tests {
     fn gateway_modes_parse_and_persist() {
         assert_eq!("routed".parse::<GatewayMode>(), Ok(GatewayMode::Routed));
         assert_eq!("nat".parse::<GatewayMode>(), Ok(GatewayMode::Nat));
-        assert_eq!("bogus".parse::<GatewayMode>().unwrap_err(), "unknown gateway mode bogus");
+        assert_eq!(
+            "bogus".parse::<GatewayMode>().unwrap_err(),
+            "unknown gateway mode bogus"
+        );
         let mut network: Network = serde_json::from_str(NETWORK_V0).unwrap();
         network.gateway_mode_v6 = GatewayMode::Routed;
         let text = serde_json::to_string(&network).unwrap();
@@ -303,7 +314,10 @@ mod tests {
     fn an_unspecified_host_address_shows_as_docker_shows_it() {
         assert_eq!(display_host_ip(None), "0.0.0.0");
         assert_eq!(display_host_ip(Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))), "[::]");
-        assert_eq!(display_host_ip(Some("2001:db8::1".parse().unwrap())), "[2001:db8::1]");
+        assert_eq!(
+            display_host_ip(Some("2001:db8::1".parse().unwrap())),
+            "[2001:db8::1]"
+        );
     }
 
     /// Records exactly as natd 0.1 (untyped subnets) wrote them into natd.redb.

@@ -230,7 +230,9 @@ fn open_db(path: &Path, existing: bool) -> Result<Database, StateError> {
         _ => {}
     }
     Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse { path: path.to_owned() },
+        redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse {
+            path: path.to_owned(),
+        },
         // The file system refused (read-only, full, permissions): not a corrupt file.
         redb::DatabaseError::Storage(redb::StorageError::Io(e))
             if !matches!(
@@ -279,6 +281,7 @@ mod tests {
             created: 1,
             parent: None,
             overlay: None,
+            trusted_host_interfaces: Vec::new(),
         }
     }
 
@@ -300,7 +303,10 @@ mod tests {
             let err = store.commit(&[Change::PutNetwork(network("b"))]).unwrap_err();
             assert!(matches!(err, StateError::Corrupt { .. }), "{damage}: {err}");
             assert!(err.to_string().contains(needle), "{damage}: {err}");
-            assert!(!path.exists() || std::fs::metadata(&path).unwrap().len() == 0, "{damage}: nothing written");
+            assert!(
+                !path.exists() || std::fs::metadata(&path).unwrap().len() == 0,
+                "{damage}: nothing written"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

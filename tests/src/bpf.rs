@@ -33,6 +33,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The test run's device: loopback of the private namespace.
 pub const TEST_IFINDEX: u32 = 1;
+/// Offset of `mark` in struct __sk_buff.
+const MARK: usize = 8;
 
 pub const HOST: [u8; 4] = [198, 51, 100, 1];
 /// The test uplink's IPv6 address (2001:db8:198::1).
@@ -50,11 +52,13 @@ pub const UPLINK_MAC: [u8; 6] = [2, 0x0a, 0, 0, 0, 1];
 pub mod prelude {
     use nat_common::names::program;
 
-    pub const TC_ACT_OK: u32 = 0;
+    /// What natd's programs return for a packet they let through (`nat_common::TC_PASS`,
+    /// TCX_NEXT), as a test run reports it.
+    pub const PASS: u32 = nat_common::TC_PASS as u32;
     pub const TC_ACT_SHOT: u32 = 2;
     pub const TC_ACT_REDIRECT: u32 = 7;
-    pub const INGRESS: &str = program::UPLINK_INGRESS;
-    pub const EGRESS: &str = program::UPLINK_EGRESS;
+    pub const INGRESS: &str = program::EDGE_INGRESS;
+    pub const EGRESS: &str = program::EDGE_EGRESS;
     pub const SANDBOX_PROG: &str = program::SANDBOX_INGRESS;
     /// A server on the internet, as far as the programs can tell.
     pub const REMOTE: [u8; 4] = [203, 0, 113, 9];
@@ -144,7 +148,7 @@ impl Bpf {
             writer: MapWriter::default(),
             _pin: pin,
         };
-        bpf.as_uplink();
+        bpf.as_edge();
         bpf.network(2, [172, 20, 0, 0], 24, [172, 20, 0, 1], net::ICC | net::MASQ);
         bpf.endpoint(SANDBOX, SANDBOX_VETH, 2);
         Ok(bpf)
@@ -165,15 +169,17 @@ impl Bpf {
             role,
             mac: UPLINK_MAC,
             mtu: 1500,
+            bridge: false,
         });
         self.sync();
     }
 
-    /// The test device is an uplink whose address is `HOST`.
-    pub fn as_uplink(&mut self) {
-        self.set_test_iface(IfaceRole::Uplink {
+    /// The test device is an edge whose address is `HOST`.
+    pub fn as_edge(&mut self) {
+        self.set_test_iface(IfaceRole::Edge {
             addr: Some(HOST.into()),
             addr6: Some(HOST6.into()),
+            link_layer: true,
         });
     }
 
@@ -232,6 +238,7 @@ impl Bpf {
             masquerade: flags & net::MASQ != 0,
             routed: flags & net::ROUTED != 0,
             v6: None,
+            trusted: Vec::new(),
         });
         self.sync();
     }
@@ -253,6 +260,7 @@ impl Bpf {
             target: IpAddr::from(target),
             target_port,
             mapping_id,
+            trusted_only: false,
         });
         self.sync();
     }
@@ -277,6 +285,39 @@ impl Bpf {
         (ret, out)
     }
 
+    /// A TUN device (a link without a link layer, like wg0) in the private namespace:
+    /// its ifindex. A test run on it hands the program the frame's IP packet only.
+    pub fn tun_device(&mut self, name: &str) -> u32 {
+        self.in_own_netns(&format!("ip tuntap add mode tun dev {name}; ip link set {name} up"));
+        nix::net::if_::if_nametoindex(name).expect("ifindex")
+    }
+
+    /// The TUN device `ifindex` is an edge whose address is `HOST`.
+    pub fn as_edge_l3(&mut self, ifindex: u32, name: &str) {
+        self.desired.ifaces.retain(|i| i.index != ifindex);
+        self.desired.ifaces.push(Iface {
+            index: ifindex,
+            name: name.into(),
+            role: IfaceRole::Edge {
+                addr: Some(HOST.into()),
+                addr6: Some(HOST6.into()),
+                link_layer: false,
+            },
+            mac: [0; 6],
+            mtu: 1500,
+            bridge: false,
+        });
+        self.sync();
+    }
+
+    /// One test run on device `ifindex` (the frame's Ethernet header is taken off for a
+    /// device without a link layer): (return value, output).
+    pub fn run_on(&mut self, program: &str, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        const IFINDEX: usize = 40;
+        let (ret, out, _) = self.run_ctx(program, frame, &[(IFINDEX, ifindex)]);
+        (ret, out)
+    }
+
     /// One test run of a packet carrying skb->mark `mark`: (return value, output frame,
     /// mark afterwards).
     pub fn run_marked(&mut self, program: &str, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
@@ -286,11 +327,15 @@ impl Bpf {
     /// One test run of a packet with skb->mark `mark` and, if not 0, a GSO segment size
     /// (a packet the stack would segment): (return value, output frame, mark afterwards).
     pub fn run_skb(&mut self, program: &str, frame: &[u8], mark: u32, gso_size: u32) -> (u32, Vec<u8>, u32) {
-        // Offsets in struct __sk_buff (192 bytes); the kernel accepts only a few fields
-        // set on the way in (mark and gso_size among them) but writes the whole structure
-        // out, or fails with ENOSPC.
-        const MARK: usize = 8;
         const GSO_SIZE: usize = 176;
+        self.run_ctx(program, frame, &[(MARK, mark), (GSO_SIZE, gso_size)])
+    }
+
+    /// One test run with fields of struct __sk_buff set (offset, value): (return value,
+    /// output frame, mark afterwards). The kernel accepts only a few fields set on the way
+    /// in (mark, ifindex, gso_size among them) but writes the whole structure (192 bytes)
+    /// out, or fails with ENOSPC.
+    fn run_ctx(&mut self, program: &str, frame: &[u8], fields: &[(usize, u32)]) -> (u32, Vec<u8>, u32) {
         let p: &mut SchedClassifier = self
             .ebpf
             .program_mut(program)
@@ -299,8 +344,9 @@ impl Bpf {
             .expect("classifier");
         let mut out = vec![0u8; frame.len() + 256];
         let mut ctx_in = [0u8; 192];
-        ctx_in[MARK..MARK + 4].copy_from_slice(&mark.to_ne_bytes());
-        ctx_in[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
+        for (at, value) in fields {
+            ctx_in[*at..*at + 4].copy_from_slice(&value.to_ne_bytes());
+        }
         let mut ctx_out = [0u8; 192];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
@@ -426,6 +472,7 @@ impl Bpf {
             target: IpAddr::from(target),
             target_port,
             mapping_id,
+            trusted_only: false,
         });
         self.sync();
     }
@@ -474,12 +521,14 @@ impl Bpf {
         self.desired.ifaces.push(Iface {
             index: uplink,
             name: "up0".into(),
-            role: IfaceRole::Uplink {
+            role: IfaceRole::Edge {
                 addr: Some(HOST.into()),
                 addr6: None,
+                link_layer: true,
             },
             mac: UPLINK_ROUTED_MAC,
             mtu: 1500,
+            bridge: false,
         });
         for n in &mut self.desired.networks {
             n.bridge_ifindex = bridge;
@@ -505,7 +554,9 @@ impl Bpf {
     /// routes, neighbours, per-namespace sysctls for the fast path's route lookups). It
     /// refuses to run in the machine's own namespace.
     pub fn in_own_netns(&self, script: &str) {
-        let guard = "[ \"$(readlink /proc/self/ns/net)\" != \"$(readlink /proc/1/ns/net)\" ] || \
+        // The initial namespace's inode number is fixed (PROC_NET_INIT_INO); /proc/1 may not
+        // be readable.
+        let guard = "[ \"$(stat -L -c %i /proc/self/ns/net)\" != 4026531833 ] || \
             { echo 'refusing: this is the machine network namespace' >&2; exit 3; }";
         let out = std::process::Command::new("sh")
             .args(["-ec", &format!("{guard}\n{script}")])

@@ -44,7 +44,10 @@ pub fn ack(n: u32) -> Flags {
     }
 }
 
-/// A TCP segment with a payload, sequence number `seq`.
+/// What `segment` carries unless it is a SYN, FIN or RST.
+pub const PAYLOAD: &[u8] = b"natd test payload";
+
+/// A TCP segment with a payload (`PAYLOAD`), sequence number `seq`.
 pub fn segment(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, seq: u32, flags: Flags) -> Vec<u8> {
     segment_ttl(src, sport, dst, dport, seq, flags, 64)
 }
@@ -74,7 +77,7 @@ pub fn segment_ttl(
     let payload: &[u8] = if flags.syn || flags.fin || flags.rst {
         b""
     } else {
-        b"natd test payload"
+        PAYLOAD
     };
     let mut out = Vec::new();
     b.write(&mut out, payload).expect("frame");

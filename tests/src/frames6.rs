@@ -20,6 +20,16 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
+/// Network 2's IPv6 side in the packet tests: fd00:20::/64, gateway ::1, the test sandbox
+/// ::2, another sandbox ::3.
+pub const NET6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 0]);
+pub const GATEWAY6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 1]);
+pub const SANDBOX6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 2]);
+pub const OTHER_SANDBOX6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 3]);
+pub const LINK_LOCAL_A: [u8; 16] = v6([0xfe80, 0, 0, 0, 0, 0, 0, 1]);
+pub const LINK_LOCAL_B: [u8; 16] = v6([0xfe80, 0, 0, 0, 0, 0, 0, 2]);
+pub const ALL_NODES: [u8; 16] = v6([0xff02, 0, 0, 0, 0, 0, 0, 1]);
+
 /// An IPv6 address from its text form (the tests' constants).
 pub const fn v6(segments: [u16; 8]) -> [u8; 16] {
     let mut out = [0u8; 16];

@@ -15,11 +15,13 @@ use anyhow::{Context as _, Result, bail};
 
 pub mod bpf;
 pub mod cni;
+pub mod edges;
 pub mod frames;
 pub mod frames6;
 pub mod lan;
 pub mod live;
 pub mod overlay;
+pub mod raw;
 pub mod soak;
 pub mod warm;
 
@@ -413,6 +415,16 @@ impl Lab {
         );
     }
 
+    /// `POST /v1/reconcile` (no natctl command): the report, one change per line.
+    pub fn reconcile(&self) -> String {
+        let out = sh(
+            "curl",
+            &["-sf", "-X", "POST", "--unix-socket", self.socket.to_str().unwrap(), "http://natd/v1/reconcile"],
+        );
+        assert!(out.status.success(), "reconcile");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// natd --cleanup for this lab's instance.
     pub fn cleanup_natd(&self) -> Output {
         Command::new("nsenter")
@@ -448,6 +460,11 @@ impl Lab {
         let ctl = natctl_bin();
         let socket = self.socket.to_str().expect("socket path").to_string();
         tcp_line(&[ctl.to_str().expect("natctl path"), "--socket", &socket, "exec", sandbox, "--"], addr, port)
+    }
+
+    /// A dataplane counter as `natctl stats` shows it (0 when it is not there).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.json(&["stats"])["counters"][name].as_u64().unwrap_or(0)
     }
 
     /// IPv4 address of `ifname` inside a sandbox.
@@ -569,6 +586,46 @@ impl Drop for Background {
         let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A UDP echo server on `0.0.0.0:port` in the namespace at `ns_path`, run by a thread of
+/// the test (a forking socat answers a few hundred flows a second on a loaded machine;
+/// this answers as fast as they come). It stops when the handle is dropped.
+pub struct UdpEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    pub fn start(ns_path: &str, port: u16) -> Self {
+        let file = std::fs::File::open(ns_path).unwrap_or_else(|e| panic!("open {ns_path}: {e}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind the echo server");
+            socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 2048];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], peer);
+                }
+            }
+        });
+        ready_rx.recv().expect("the echo server started");
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

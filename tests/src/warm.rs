@@ -138,7 +138,7 @@ pub fn bench_setup(ct_capacity: u32) -> Result<Bpf> {
         nat_common::net::ICC | nat_common::net::MASQ,
     );
     bpf.route_via_uplink(true);
-    bpf.as_uplink();
+    bpf.as_edge();
     set_mappings(&mut bpf, 1);
     Ok(bpf)
 }
@@ -159,6 +159,7 @@ pub fn set_mappings(bpf: &mut Bpf, mappings: u32) {
             target: SANDBOX.into(),
             target_port: 80,
             mapping_id: 2 + i as u32,
+            trusted_only: false,
         })
         .collect();
     rules.push(PortRule {
@@ -168,6 +169,7 @@ pub fn set_mappings(bpf: &mut Bpf, mappings: u32) {
         target: SANDBOX.into(),
         target_port: 80,
         mapping_id: 1,
+        trusted_only: false,
     });
     bpf.desired.ports = rules;
     bpf.sync();
@@ -184,14 +186,14 @@ fn syn_ack(n: u32) -> Flags {
 /// A published-port flow and a masqueraded flow, both established on the fast path.
 /// Returns the masqueraded flow's NAT port.
 fn establish(bpf: &mut Bpf) -> Result<u16> {
-    let (ingress, sandbox) = (program::UPLINK_INGRESS, program::SANDBOX_INGRESS);
-    bpf.as_uplink();
+    let (ingress, sandbox) = (program::EDGE_INGRESS, program::SANDBOX_INGRESS);
+    bpf.as_edge();
     bpf.run(ingress, &segment(CLIENT, 40000, HOST, 8080, 1000, SYN));
     bpf.as_sandbox_veth(2, SANDBOX);
     bpf.run(sandbox, &segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack(1001)));
     let (_, out) = bpf.run(sandbox, &segment(SANDBOX, 5000, REMOTE, 443, 1000, SYN));
     let nat_port = crate::frames::inspect(&out).sport;
-    bpf.as_uplink();
+    bpf.as_edge();
     bpf.run(ingress, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
     bpf.run(
         ingress,
@@ -216,7 +218,7 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
     // not needed (it is an LRU), but the established table must hold the measured flows.
     let mut bpf = bench_setup(1 << 18)?;
     let nat_port = establish(&mut bpf)?;
-    let (ingress, sandbox) = (program::UPLINK_INGRESS, program::SANDBOX_INGRESS);
+    let (ingress, sandbox) = (program::EDGE_INGRESS, program::SANDBOX_INGRESS);
     let miss = segment(CLIENT, 40000, HOST, 65500, 1000, SYN);
     let dnat_new = segment([198, 18, 0, 1], 1024, HOST, 8080, 1000, SYN);
     let dnat = segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001));
@@ -238,7 +240,7 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
         Option<u32>,
     );
     let cases: [Case; 9] = [
-        ("miss", true, ingress, &miss, None, TC_ACT_OK, None),
+        ("miss", true, ingress, &miss, None, PASS, None),
         (
             "dnat_new",
             true,
@@ -264,7 +266,7 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
             &dnat_reply,
             None,
             TC_ACT_REDIRECT,
-            Some(counter::FAST_TO_UPLINK),
+            Some(counter::FAST_TO_EDGE),
         ),
         (
             "snat_new",
@@ -337,12 +339,12 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
                     round += 1;
                 }
                 if uplink {
-                    bpf.as_uplink();
+                    bpf.as_edge();
                 } else {
                     bpf.as_sandbox_veth(2, SANDBOX);
                 }
                 let empty =
-                    bpf.warm_checked("empty", (program::EMPTY, frame, (0, 0)), repeat, TC_ACT_OK, None)?;
+                    bpf.warm_checked("empty", (program::EMPTY, frame, (0, 0)), repeat, PASS, None)?;
                 let ns = bpf.warm_checked(path, (prog, frame, vary), repeat, verdict, id)?;
                 out[m * cases.len() + i].1.ns.push((ns - empty).max(0.0));
             }

@@ -518,3 +518,28 @@ fn del_after_the_namespace_is_gone_cleans_up() {
         "the port is free for the next container",
     );
 }
+
+/// A pod must not shadow a host service: a hostPort a process of the host listens on
+/// (sshd, the kubelet) is refused, with the reason, unless the network's configuration
+/// says `"hostPortOverListener": true`.
+#[test]
+fn a_host_port_a_host_process_listens_on_is_refused_unless_allowed() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    let plugin = plugin_bin();
+    let _sshd = lab.spawn_in(&lab.host_ns, &["socat", "TCP-LISTEN:2222,reuseaddr,fork", "SYSTEM:echo host"]);
+    assert!(wait_listening(&lab.host_path(), "tcp", 2222));
+    let (_, netns) = container_ns(&mut lab, "ctr");
+    let vars = attachment("c1", &netns, "eth0");
+    let refused = call(&lab, &plugin, "ADD", &vars, &natd_conf(&lab, "1.0.0", mappings(2222)));
+    assert!(!refused.ok, "refused: {}", refused.json);
+    let text = refused.json.to_string();
+    assert!(text.contains("2222") && text.contains("already in use"), "{text}");
+    assert!(sandbox_names(&lab).is_empty(), "nothing left behind");
+    // Control: a free port is published.
+    ok(call(&lab, &plugin, "ADD", &vars, &natd_conf(&lab, "1.0.0", mappings(2223))), "ADD on a free port");
+    ok(call(&lab, &plugin, "DEL", &vars, &natd_conf(&lab, "1.0.0", mappings(2223))), "DEL");
+    // Allowed by the operator.
+    let mut conf = natd_conf(&lab, "1.0.0", mappings(2222));
+    conf["hostPortOverListener"] = json!(true);
+    ok(call(&lab, &plugin, "ADD", &vars, &conf), "ADD over a listener, allowed");
+}

@@ -33,14 +33,14 @@ fn tables(bpf: &Bpf) -> (usize, usize) {
 /// A client's handshake with the published port 8080 (sandbox port 80), the sandbox's
 /// SYN-ACK carrying sequence number 5000.
 fn handshake(bpf: &mut Bpf, client: [u8; 4], port: u16) {
-    bpf.as_uplink();
+    bpf.as_edge();
     bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1000, SYN));
     bpf.as_sandbox_veth(2, SANDBOX);
     bpf.run(
         SANDBOX_PROG,
         &segment(SANDBOX, 80, client, port, 5000, syn_ack(1001)),
     );
-    bpf.as_uplink();
+    bpf.as_edge();
     bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1001, ack(5001)));
 }
 
@@ -53,7 +53,7 @@ fn tcp_tracking_records_only_plausible_segments() {
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1000, syn_ack(77)));
     assert_eq!(
         (ret, inspect(&out)),
-        (TC_ACT_OK, seen(CLIENT, 40000, SANDBOX, 80))
+        (PASS, seen(CLIENT, 40000, SANDBOX, 80))
     );
     assert_eq!(bpf.counter(counter::TCP_INVALID), 1);
 
@@ -62,7 +62,7 @@ fn tcp_tracking_records_only_plausible_segments() {
         SANDBOX_PROG,
         &segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack(1001)),
     );
-    bpf.as_uplink();
+    bpf.as_edge();
     // An ACK that does not acknowledge the SYN-ACK does not complete the handshake.
     bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(4242)));
     assert_eq!(bpf.counter(counter::TCP_INVALID), 2);
@@ -92,7 +92,7 @@ fn a_syn_flood_locks_out_neither_established_nor_new_clients() {
     bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
     handshake(&mut bpf, CLIENT, 40000);
     assert_eq!(tables(&bpf), (2, 0));
-    bpf.as_uplink();
+    bpf.as_edge();
     let flood = 4000u32;
     for i in 0..flood {
         let src = [198, 18, (i >> 8) as u8, i as u8];
@@ -101,7 +101,7 @@ fn a_syn_flood_locks_out_neither_established_nor_new_clients() {
             &segment(src, 1024 + (i % 60000) as u16, HOST, 8080, 1, SYN),
         );
         assert_eq!(
-            ret, TC_ACT_OK,
+            ret, PASS,
             "flood SYN {i} accepted (the LRU evicts older embryos)"
         );
         assert_eq!(inspect(&out).dst, std::net::Ipv4Addr::from(SANDBOX));
@@ -113,7 +113,7 @@ fn a_syn_flood_locks_out_neither_established_nor_new_clients() {
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
     assert_eq!(
         (ret, inspect(&out)),
-        (TC_ACT_OK, seen(CLIENT, 40000, SANDBOX, 80))
+        (PASS, seen(CLIENT, 40000, SANDBOX, 80))
     );
     // A new client completes its handshake in the middle of the flood.
     handshake(&mut bpf, [203, 0, 113, 8], 41000);

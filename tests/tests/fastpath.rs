@@ -61,9 +61,9 @@ fn established_dnat_flow() -> Bpf {
         (63, SRC_MAC, UPLINK_MAC),
         "back to the MAC the client's SYN came from, from the uplink's"
     );
-    assert_eq!(bpf.counter(counter::FAST_TO_UPLINK), 1);
+    assert_eq!(bpf.counter(counter::FAST_TO_EDGE), 1);
 
-    bpf.as_uplink();
+    bpf.as_edge();
     let (ret, _) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(bpf.counter(counter::CT_PROMOTED), 1);
@@ -86,7 +86,7 @@ fn packets_the_kernel_must_answer_take_its_path_translated() {
     // TTL 1: the kernel sends time-exceeded (traceroute through a published port).
     let frame = segment_ttl(CLIENT, 40000, HOST, 8080, 1001, ack(5001), 1);
     let (ret, out) = bpf.run(INGRESS, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(
         link(&out),
@@ -104,7 +104,7 @@ fn packets_the_kernel_must_answer_take_its_path_translated() {
         .write(&mut big, &[0x5a; 1600])
         .unwrap();
     let (ret, out) = bpf.run(INGRESS, &big);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(bpf.counter(counter::SLOW_MTU), 1);
 
@@ -123,7 +123,7 @@ fn packets_the_kernel_must_answer_take_its_path_translated() {
     );
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     let (ret, _, _) = bpf.run_skb(INGRESS, &gso, 0, 1461);
-    assert_eq!(ret, TC_ACT_OK, "segments of 1501 bytes do not");
+    assert_eq!(ret, PASS, "segments of 1501 bytes do not");
     assert_eq!(bpf.counter(counter::SLOW_MTU), 2);
 
     // IP options: not a header the direct rewrite handles.
@@ -137,7 +137,7 @@ fn packets_the_kernel_must_answer_take_its_path_translated() {
         .write(&mut opts, b"opts")
         .unwrap();
     let (ret, out) = bpf.run(INGRESS, &opts);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(bpf.counter(counter::SLOW_HEADER), 1);
     assert_eq!(
@@ -153,7 +153,7 @@ fn with_the_fast_path_off_flows_take_the_kernel_path() {
     bpf.fast_path(false);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1000, SYN));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(link(&out), (64, DST_MAC, SRC_MAC));
     assert!(
@@ -175,7 +175,7 @@ fn the_uplink_egress_passes_fast_path_packets_and_clears_their_mark() {
     // ...unless a sandbox program translated and redirected it (its mark says so).
     let translated = segment(HOST, 61000, REMOTE, 80, 7, ack(9));
     let (ret, out, mark) = bpf.run_marked(EGRESS, &translated, FASTPATH_MARK);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(out, translated, "untouched");
     assert_eq!(mark, 0, "the mark does not leave the host");
 }
@@ -206,12 +206,12 @@ fn a_new_outbound_flow_bypasses_the_host_by_its_route() {
         (63, GATEWAY_MAC, UPLINK_ROUTED_MAC),
         "to the gateway's MAC from the uplink's"
     );
-    assert_eq!(bpf.counter(counter::FAST_TO_UPLINK), 1);
+    assert_eq!(bpf.counter(counter::FAST_TO_EDGE), 1);
     assert_eq!(bpf.counter(counter::SNAT_NEW), 1);
 
     // The reply goes straight into the sandbox.
     let nat_port = out_seen.sport;
-    bpf.as_uplink();
+    bpf.as_edge();
     let (ret, out) = bpf.run(
         INGRESS,
         &segment(REMOTE, 443, HOST, nat_port, 9000, syn_ack(1001)),
@@ -240,7 +240,7 @@ fn an_unresolved_next_hop_is_left_to_the_kernels_neighbour_lookup() {
         (63, DST_MAC, SRC_MAC),
         "MACs are bpf_redirect_neigh's to fill in"
     );
-    assert_eq!(bpf.counter(counter::FAST_TO_UPLINK_NEIGH), 1);
+    assert_eq!(bpf.counter(counter::FAST_TO_EDGE_NEIGH), 1);
 }
 
 #[test]
@@ -248,14 +248,23 @@ fn flows_not_routed_to_an_uplink_are_left_to_the_kernel() {
     let mut bpf = load();
     bpf.route_via_uplink(true);
     let frame = segment(SANDBOX, 5000, [10, 99, 0, 7], 443, 1000, SYN);
+    // Routed out of an interface natd has no program on (one that appeared an instant
+    // ago): it would leave with the sandbox's address, so it does not leave at all.
+    let (ret, _, _) = bpf.run_marked(SANDBOX_PROG, &frame, 0);
+    assert_eq!(ret, TC_ACT_SHOT);
+    assert_eq!(bpf.counter(counter::DROP_UNKNOWN_EDGE), 1);
+    // Once it is an edge without a link layer (no fast path there), the kernel routes the
+    // flow and the edge's egress program masquerades it.
+    let other = nix::net::if_::if_nametoindex("other0").expect("other0");
+    bpf.as_edge_l3(other, "other0");
     let (ret, out, mark) = bpf.run_marked(SANDBOX_PROG, &frame, 0);
-    assert_eq!((ret, mark), (TC_ACT_OK, 0));
-    assert_eq!(out, frame, "untouched: the uplink's egress decides");
-    assert_eq!(bpf.counter(counter::FIB_NOT_UPLINK), 1);
+    assert_eq!((ret, mark), (PASS, 0));
+    assert_eq!(out, frame, "untouched: the edge's egress decides");
+    assert_eq!(bpf.counter(counter::FIB_NOT_EDGE), 1);
     assert!(bpf.ct().is_empty());
     // TTL 1 never starts a fast flow either: the kernel answers it.
     let frame = segment_ttl(SANDBOX, 5001, REMOTE, 443, 1000, SYN, 1);
-    assert_eq!(bpf.run_marked(SANDBOX_PROG, &frame, 0).0, TC_ACT_OK);
+    assert_eq!(bpf.run_marked(SANDBOX_PROG, &frame, 0).0, PASS);
     assert!(bpf.ct().is_empty());
 }
 
@@ -265,7 +274,7 @@ fn switching_the_fast_path_off_moves_flows_that_bypassed_the_host_to_the_kernel_
     // natd switches it off when a firewall appears in its namespace.
     bpf.fast_path(false);
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
-    assert_eq!(ret, TC_ACT_OK, "the firewall sees the packet");
+    assert_eq!(ret, PASS, "the firewall sees the packet");
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(link(&out), (64, DST_MAC, SRC_MAC));
     bpf.fast_path(true);

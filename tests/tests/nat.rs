@@ -470,7 +470,7 @@ fn restart_replaces_an_outdated_program_in_place() {
         .map(|e| e.path())
         .find(|p| {
             p.to_string_lossy()
-                .ends_with(&format!("up0-ingress-{}", program::UPLINK_INGRESS))
+                .ends_with(&format!("up0-ingress-{}", program::EDGE_INGRESS))
         })
         .expect("pinned uplink ingress link");
     let scratch = std::path::PathBuf::from(format!("{}-scratch", lab.bpffs.display()));

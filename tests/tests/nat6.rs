@@ -22,10 +22,6 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("an address")
 }
 
-fn counter(lab: &Lab, name: &str) -> u64 {
-    lab.json(&["stats"])["counters"][name].as_u64().unwrap_or(0)
-}
-
 fn assert_no_kernel_nat(lab: &Lab) {
     let rules = lab.host_ok(&["nft", "list", "ruleset"]);
     assert!(rules.trim().is_empty(), "no netfilter rule in the host namespace:\n{rules}");
@@ -61,7 +57,7 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
     let line = ext_tcp(&lab, HOST_UPLINK_IP, 8080).expect("an answer over IPv4");
     assert_eq!(peer(&line), ip(EXT_IP));
     if ebpf {
-        assert!(counter(&lab, "dnat_new") >= 2, "both flows were translated by natd's programs");
+        assert!(lab.counter("dnat_new") >= 2, "both flows were translated by natd's programs");
     } else {
         let ruleset = lab.host_ok(&["nft", "list", "table", "ip6", &lab.prefix]);
         assert!(ruleset.contains("ports_any"), "natd's ip6 table:\n{ruleset}");
@@ -97,9 +93,9 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
         .expect("web has an IPv6 address")
         .to_string();
     lab.ext(&["ip", "-6", "route", "replace", &format!("{sandbox6}/128"), "via", HOST_UPLINK_IP6]);
-    let before = counter(&lab, "drop_direct_access");
+    let before = lab.counter("drop_direct_access");
     assert!(ext_tcp(&lab, &format!("[{sandbox6}]"), 80).is_none(), "direct access to {sandbox6} must fail");
-    assert!(counter(&lab, "drop_direct_access") > before, "dropped by natd's policy");
+    assert!(lab.counter("drop_direct_access") > before, "dropped by natd's policy");
 
     // Masquerade: a sandbox's connection arrives from the uplink's IPv6 address.
     let _server = lab.spawn_in(
@@ -115,7 +111,7 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
     let ping = lab.exec("client", &["ping", "-6", "-c1", "-W2", EXT_IP6]);
     assert!(ping.status.success(), "ping -6 through the NAT: {}", String::from_utf8_lossy(&ping.stdout));
     if ebpf {
-        assert!(counter(&lab, "snat_new") >= 1);
+        assert!(lab.counter("snat_new") >= 1);
         // ICMPv6 echo is tracked by natd itself.
         let flows = lab.ok(&["ct", "ls"]);
         assert!(flows.contains("icmpv6"), "{flows}");
@@ -170,12 +166,12 @@ fn isolation_hairpin_and_path_mtu_over_ipv6() {
 
     // Same network: reachable; another network: dropped by natd; icc=false: dropped.
     assert!(ping("a2", &v6("web")), "same network");
-    let before = counter(&lab, "drop_cross_network");
+    let before = lab.counter("drop_cross_network");
     assert!(!ping("a2", &v6("b1")), "n6a must not reach n6b");
-    assert!(counter(&lab, "drop_cross_network") > before);
-    let before = counter(&lab, "drop_icc");
+    assert!(lab.counter("drop_cross_network") > before);
+    let before = lab.counter("drop_icc");
     assert!(!ping("b1", &v6("b2")), "icc=false within n6b");
-    assert!(counter(&lab, "drop_icc") > before);
+    assert!(lab.counter("drop_icc") > before);
 
     // --internal: no way out over IPv6 either.
     lab.ok(&["network", "create", "--ipv6", "--internal", "i6"]);
@@ -184,9 +180,9 @@ fn isolation_hairpin_and_path_mtu_over_ipv6() {
     // Even with a route added inside (root in its namespace can), natd drops it.
     let gateway = lab.json(&["network", "inspect", "i6"])["gateway_v6"].as_str().unwrap().to_string();
     lab.exec_ok("inside", &["ip", "-6", "route", "add", "default", "via", &gateway]);
-    let before = counter(&lab, "drop_internal");
+    let before = lab.counter("drop_internal");
     assert!(!ping("inside", EXT_IP6), "an internal network reaches nothing outside");
-    assert!(counter(&lab, "drop_internal") > before, "dropped by natd's policy");
+    assert!(lab.counter("drop_internal") > before, "dropped by natd's policy");
 
     // Hairpin: a sandbox reaches a published port through the host's IPv6 address.
     assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
@@ -200,7 +196,7 @@ fn isolation_hairpin_and_path_mtu_over_ipv6() {
     let out = lab.exec("a2", &["ping", "-6", "-M", "do", "-s", "1400", "-c", "2", "-i", "0.3", "-W", "2", "2001:db8:199::2"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("mtu=1280") || text.contains("mtu = 1280"), "the sandbox learnt the path MTU:\n{text}");
-    assert!(counter(&lab, "icmp_error_translated") >= 1, "translated by natd");
+    assert!(lab.counter("icmp_error_translated") >= 1, "translated by natd");
     let small = lab.exec("a2", &["ping", "-6", "-M", "do", "-s", "1200", "-c1", "-W2", "2001:db8:199::2"]);
     assert!(small.status.success(), "packets within the path MTU pass");
     assert_no_kernel_nat(&lab);

@@ -30,7 +30,7 @@ fn dnat_forward_reverse_and_established() {
     let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1000, SYN));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(
         inspect(&out),
         seen(CLIENT, 40000, SANDBOX, 80),
@@ -51,7 +51,7 @@ fn dnat_forward_reverse_and_established() {
         ..Flags::default()
     };
     let (ret, out) = bpf.run(SANDBOX_PROG, &segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(
         inspect(&out),
         seen(HOST, 8080, CLIENT, 40000),
@@ -59,7 +59,7 @@ fn dnat_forward_reverse_and_established() {
     );
     assert_eq!(bpf.counter(counter::DNAT_REPLY), 1);
     // The client's ACK of the SYN-ACK completes the handshake.
-    bpf.as_uplink();
+    bpf.as_edge();
     let (_, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(bpf.counter(counter::DNAT_ESTABLISHED), 1);
@@ -78,11 +78,17 @@ fn dnat_forward_reverse_and_established() {
 fn dnat_honours_bound_address_and_protocol() {
     let mut bpf = load(1024);
     bpf.publish(Some([198, 51, 100, 77]), 5353, 17, SANDBOX, 53, 12);
+    // While 198.51.100.77 is not the host's, the mapping translates nothing: traffic
+    // passing through to that address is not the host's to take.
+    let transit = udp(CLIENT, 5000, [198, 51, 100, 77], 5353);
+    let (ret, out) = bpf.run(INGRESS, &transit);
+    assert_eq!((ret, out.as_slice()), (PASS, transit.as_slice()));
+    bpf.local([198, 51, 100, 77]);
     // Not for this address (even though it is the host's): untouched.
     let frame = udp(CLIENT, 5000, HOST, 5353);
     let (ret, out) = bpf.run(INGRESS, &frame);
-    assert_eq!((ret, out.as_slice()), (TC_ACT_OK, frame.as_slice()));
-    // The bound address: translated, UDP checksum recomputed.
+    assert_eq!((ret, out.as_slice()), (PASS, frame.as_slice()));
+    // The bound address, now the host's: translated, UDP checksum recomputed.
     let (_, out) = bpf.run(INGRESS, &udp(CLIENT, 5000, [198, 51, 100, 77], 5353));
     assert_eq!(inspect(&out), seen(CLIENT, 5000, SANDBOX, 53));
     // TCP on the same port is another mapping: untouched.
@@ -94,7 +100,7 @@ fn dnat_honours_bound_address_and_protocol() {
 fn snat_new_and_established_flows_and_replies() {
     let mut bpf = load(1024);
     let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5555, REMOTE, 443, true));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let first = inspect(&out);
     assert_eq!(
         (first.src, first.dst, first.dport),
@@ -155,7 +161,7 @@ fn snat_skips_published_ports_and_runs_out_cleanly() {
     assert_eq!(bpf.counter(counter::DROP_NO_PORT), 1);
     // A different remote port has the whole (unpublished) range again.
     let (ret, _) = bpf.run(EGRESS, &tcp(OTHER_SANDBOX, 1000, REMOTE, 81, true));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
 }
 
 #[test]
@@ -182,7 +188,7 @@ fn udp_zero_checksum_stays_zero() {
 fn icmp_echo_id_is_translated_both_ways() {
     let mut bpf = load(1024);
     let (ret, out) = bpf.run(EGRESS, &icmp_echo(SANDBOX, REMOTE, 0x1234, true));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let out_seen = inspect(&out);
     assert_eq!((out_seen.src, out_seen.dst), (HOST.into(), REMOTE.into()));
     let nat_id = out_seen.sport;
@@ -229,7 +235,7 @@ fn truncated_and_malformed_frames_never_leave_untranslated() {
     // as the stack never hands such an skb to TC; every longer cut reaches the program.
     for len in 34..full.len() {
         let (ret, out) = bpf.run(INGRESS, &full[..len]);
-        assert_eq!(ret, TC_ACT_OK, "len {len}");
+        assert_eq!(ret, PASS, "len {len}");
         assert_eq!(
             out,
             &full[..len],
@@ -260,7 +266,7 @@ fn truncated_and_malformed_frames_never_leave_untranslated() {
     short_total[16..18].copy_from_slice(&10u16.to_be_bytes());
     for frame in [bad_ihl, bad_version, short_total] {
         let (ret, out) = bpf.run(INGRESS, &frame);
-        assert_eq!((ret, out), (TC_ACT_OK, frame.clone()));
+        assert_eq!((ret, out), (PASS, frame.clone()));
     }
     assert!(bpf.counter(counter::MALFORMED) > 0);
     assert_eq!(bpf.counter(counter::DNAT_NEW), 0, "nothing was translated");
@@ -282,7 +288,7 @@ fn fragments_never_leak_a_sandbox_address() {
     let mut first = tcp(SANDBOX, 5555, REMOTE, 443, true);
     first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
     let (ret, out) = bpf.run(EGRESS, &fix_ip_checksum(first));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(
         Ipv4Addr::from([out[26], out[27], out[28], out[29]]),
         Ipv4Addr::from(HOST),
@@ -300,7 +306,7 @@ fn removed_mapping_invalidates_its_flows() {
     let (ret, out) = bpf.run(INGRESS, &frame);
     assert_eq!(
         (ret, out),
-        (TC_ACT_OK, frame.clone()),
+        (PASS, frame.clone()),
         "the established UDP flow is gone with its mapping"
     );
     assert_eq!(bpf.counter(counter::STALE_MAPPING), 1);
@@ -316,7 +322,7 @@ fn removed_mapping_invalidates_its_flows() {
 /// A handshake through the uplink: SYN, SYN-ACK from the sandbox, ACK. Returns the
 /// verdict of the ACK.
 fn handshake(bpf: &mut Bpf, client: [u8; 4], port: u16) -> u32 {
-    bpf.as_uplink();
+    bpf.as_edge();
     bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1000, SYN));
     bpf.as_sandbox_veth(2, SANDBOX);
     let syn_ack = Flags {
@@ -325,7 +331,7 @@ fn handshake(bpf: &mut Bpf, client: [u8; 4], port: u16) -> u32 {
         ..Flags::default()
     };
     bpf.run(SANDBOX_PROG, &segment(SANDBOX, 80, client, port, 7000, syn_ack));
-    bpf.as_uplink();
+    bpf.as_edge();
     bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1001, ack(7001)))
         .0
 }
@@ -336,18 +342,18 @@ fn full_established_table_keeps_its_flows_and_new_ones_stay_embryonic() {
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     // 32 completed flows fill the 64 entries of the established table.
     for port in 0..32u16 {
-        assert_eq!(handshake(&mut bpf, CLIENT, 20000 + port), TC_ACT_OK);
+        assert_eq!(handshake(&mut bpf, CLIENT, 20000 + port), PASS);
     }
     let established = |bpf: &Bpf| bpf.ct().iter().filter(|(_, _, e)| *e).count();
     assert_eq!(established(&bpf), 64);
     // One more: its handshake completes, it cannot move, it keeps working where it is.
-    assert_eq!(handshake(&mut bpf, CLIENT, 30000), TC_ACT_OK);
+    assert_eq!(handshake(&mut bpf, CLIENT, 30000), PASS);
     assert!(bpf.counter(counter::CT_PROMOTE_FULL) >= 1);
     assert_eq!(established(&bpf), 64, "no established flow was evicted");
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 30000, HOST, 8080, 1001, ack(7001)));
-    assert_eq!((ret, inspect(&out).dst), (TC_ACT_OK, Ipv4Addr::from(SANDBOX)));
+    assert_eq!((ret, inspect(&out).dst), (PASS, Ipv4Addr::from(SANDBOX)));
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 20005, HOST, 8080, 1001, ack(7001)));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(
         inspect(&out).dst,
         Ipv4Addr::from(SANDBOX),
@@ -367,7 +373,7 @@ fn icmp_fragmentation_needed_for_a_published_port_flow() {
     );
     let frame = icmp_error(HOST, CLIENT, kind, &inner_tcp(CLIENT, 40000, SANDBOX, 80));
     let (ret, out) = bpf.run(EGRESS, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let (outer, quoted) = inspect_error(&out);
     assert_eq!((outer.src, outer.dst), (HOST.into(), CLIENT.into()));
     assert_eq!(
@@ -388,7 +394,7 @@ fn icmp_port_unreachable_from_a_sandbox() {
         etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
     let frame = icmp_error(SANDBOX, CLIENT, kind, &inner_udp(CLIENT, 5000, SANDBOX, 53));
     let (ret, out) = bpf.run(SANDBOX_PROG, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let (outer, quoted) = inspect_error(&out);
     assert_eq!(
         (outer.src, outer.dst),
@@ -408,7 +414,7 @@ fn icmp_time_exceeded_for_a_masqueraded_flow() {
         etherparse::Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
     let frame = icmp_error(router, HOST, kind, &inner_udp(HOST, nat_port, REMOTE, 33435));
     let (ret, out) = bpf.run(INGRESS, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let (outer, quoted) = inspect_error(&out);
     assert_eq!(
         (outer.src, outer.dst),
@@ -443,7 +449,7 @@ fn hairpin_to_own_and_other_sandboxes() {
     bpf.as_sandbox_veth(2, SANDBOX);
     // The sandbox reaches its own published port: source becomes the gateway.
     let (ret, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 40000, HOST, 8080, true));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect(&out), seen(GATEWAY, 40000, SANDBOX, 80));
     let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 80, GATEWAY, 40000, false));
     assert_eq!(
@@ -488,7 +494,7 @@ fn isolation_drops_by_reason() {
     assert_eq!(bpf.counter(counter::DROP_CROSS_NETWORK), 1);
     assert_eq!(
         bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 1, REMOTE, 80, true)).0,
-        TC_ACT_OK
+        PASS
     );
     // A sandbox claiming a host address as its source.
     assert_eq!(
@@ -505,7 +511,7 @@ fn isolation_drops_by_reason() {
     assert_eq!(bpf.counter(counter::DROP_ICC), 1);
     assert_eq!(
         bpf.run(SANDBOX_PROG, &udp([10, 4, 0, 2], 1, [10, 4, 0, 1], 53)).0,
-        TC_ACT_OK
+        PASS
     );
     // internal (network 5): nothing leaves the subnet.
     bpf.as_sandbox_veth(5, [10, 5, 0, 2]);
@@ -515,7 +521,7 @@ fn isolation_drops_by_reason() {
     );
     assert_eq!(
         bpf.run(SANDBOX_PROG, &udp([10, 5, 0, 2], 1, [10, 5, 0, 3], 53)).0,
-        TC_ACT_OK
+        PASS
     );
     assert_eq!(bpf.counter(counter::DROP_INTERNAL), 1);
 }
@@ -527,7 +533,7 @@ fn closed_tcp_flows_give_their_nat_port_back() {
     let mut nat_ports = Vec::new();
     for sport in 1..=10u16 {
         let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, sport, REMOTE, 80, true));
-        assert_eq!(ret, TC_ACT_OK);
+        assert_eq!(ret, PASS);
         nat_ports.push(inspect(&out).sport);
     }
     let next = |bpf: &mut Bpf, sport| bpf.run(EGRESS, &tcp(SANDBOX, sport, REMOTE, 80, true));
@@ -545,12 +551,14 @@ fn closed_tcp_flows_give_their_nat_port_back() {
     // The sandbox closes its direction too: now the port is free for a new flow.
     bpf.run(EGRESS, &segment(SANDBOX, 4, REMOTE, 80, 9, fin(6)));
     let (ret, out) = next(&mut bpf, 12);
-    assert_eq!(ret, TC_ACT_OK, "a new flow takes over the closed flow's port");
+    assert_eq!(ret, PASS, "a new flow takes over the closed flow's port");
     assert_eq!(inspect(&out).sport, nat_ports[3]);
     assert_eq!(bpf.counter(counter::CT_TAKEOVER), 1);
-    // A reset ends a flow at once.
+    // A reset ends a flow at once: one that acknowledges the SYN (sequence 1000), as a
+    // reset in answer to it does (RFC 793 3.4).
     let rst = Flags {
         rst: true,
+        ack: Some(1001),
         ..Flags::default()
     };
     bpf.run(INGRESS, &segment(REMOTE, 80, HOST, nat_ports[6], 5, rst));

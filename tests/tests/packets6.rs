@@ -12,17 +12,18 @@ use natlab::{
     bpf::{BRIDGE_MAC, Bpf, HOST, HOST6, SANDBOX, SANDBOX_MAC, SANDBOX_VETH},
     frames::{self, Flags},
     frames6::{
-        Ext, SYN, ack, dest_unreachable, echo6, inner_echo6, inner_tcp6, inner_udp6, inspect_error6,
-        inspect6, ip6, nd6, packet_too_big, seen6, segment6, solicited_node, tcp6,
-        time_exceeded, udp6, v6, with_ext,
+        ALL_NODES, Ext, GATEWAY6, LINK_LOCAL_A, LINK_LOCAL_B, NET6, OTHER_SANDBOX6, SANDBOX6, SYN, ack,
+        dest_unreachable, echo6, inner_echo6, inner_tcp6, inner_udp6, inspect_error6, inspect6, ip6, nd6,
+        packet_too_big, seen6, segment6, solicited_node, tcp6, time_exceeded, udp6, v6, with_ext,
     },
 };
 
-const INGRESS6: &str = program::UPLINK_INGRESS6;
-const EGRESS6: &str = program::UPLINK_EGRESS6;
+const INGRESS6: &str = program::EDGE_INGRESS6;
+const EGRESS6: &str = program::EDGE_EGRESS6;
 const SANDBOX_PROG6: &str = program::SANDBOX_INGRESS6;
-/// TC_ACT_UNSPEC as the test run reports it: the next program of the TCX hook decides.
-const TCX_NEXT: u32 = -1i32 as u32;
+/// TC_ACT_UNSPEC as the test run reports it: the next program of the TCX hook decides
+/// (the IPv4 program handing IPv6 on; natd's `PASS` is the same verdict).
+const TCX_NEXT: u32 = PASS;
 
 const CLIENT6: [u8; 16] = v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 7]);
 const REMOTE6: [u8; 16] = v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 9]);
@@ -30,14 +31,7 @@ const REMOTE6: [u8; 16] = v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 9]);
 const ROUTER6: [u8; 16] = v6([0x2001, 0xdb8, 0x198, 0, 0, 0, 0, 2]);
 /// Another address of the host, for ports bound to one address.
 const BOUND6: [u8; 16] = v6([0x2001, 0xdb8, 0x198, 0, 0, 0, 0, 0x77]);
-/// Network 2's IPv6 side: fd00:20::/64, gateway ::1, the test sandbox ::2.
-const NET6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 0]);
-const GATEWAY6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 1]);
-const SANDBOX6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 2]);
-const OTHER_SANDBOX6: [u8; 16] = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 3]);
 const LOOPBACK6: [u8; 16] = v6([0, 0, 0, 0, 0, 0, 0, 1]);
-const LINK_LOCAL_A: [u8; 16] = v6([0xfe80, 0, 0, 0, 0, 0, 0, 1]);
-const LINK_LOCAL_B: [u8; 16] = v6([0xfe80, 0, 0, 0, 0, 0, 0, 2]);
 /// Every IPv6 packet-test frame's MACs (`frames::SRC_MAC`, `DST_MAC`).
 const ETH_HLEN: usize = 14;
 const L4: usize = 54;
@@ -108,7 +102,7 @@ fn dnat6_forward_reverse_and_established() {
     bpf.publish6(None, 8080, 6, SANDBOX6, 80, 11);
     let syn = segment6(CLIENT6, 40000, HOST6, 8080, 1000, SYN);
     let (ret, out) = bpf.run(INGRESS6, &syn);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(
         inspect6(&out),
         seen6(CLIENT6, 40000, SANDBOX6, 80),
@@ -127,7 +121,7 @@ fn dnat6_forward_reverse_and_established() {
     as_sandbox(&mut bpf);
     let frame = segment6(SANDBOX6, 80, CLIENT6, 40000, 5000, syn_ack(1001));
     let (ret, out) = bpf.run(SANDBOX_PROG6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(
         inspect6(&out),
         seen6(HOST6, 8080, CLIENT6, 40000),
@@ -136,10 +130,10 @@ fn dnat6_forward_reverse_and_established() {
     only_tuple_rewritten(&frame, &out);
     assert_eq!(bpf.counter(counter::DNAT_REPLY), 1);
     // The client's ACK of the SYN-ACK completes the handshake.
-    bpf.as_uplink();
+    bpf.as_edge();
     let frame = segment6(CLIENT6, 40000, HOST6, 8080, 1001, ack(5001));
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(CLIENT6, 40000, SANDBOX6, 80));
     only_tuple_rewritten(&frame, &out);
     assert_eq!(bpf.counter(counter::DNAT_ESTABLISHED), 1);
@@ -152,7 +146,7 @@ fn dnat6_forward_reverse_and_established() {
     // A reply that reaches the uplink's egress untranslated is translated there too.
     let frame = segment6(SANDBOX6, 80, CLIENT6, 40000, 5001, ack(1030));
     let (ret, out) = bpf.run(EGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(HOST6, 8080, CLIENT6, 40000));
     only_tuple_rewritten(&frame, &out);
     assert_eq!(bpf.counter(counter::IPV4), 0, "no packet was counted as IPv4");
@@ -165,13 +159,13 @@ fn dnat6_udp_reply_and_bound_address() {
     bpf.publish6(None, 5353, 17, SANDBOX6, 53, 12);
     let frame = udp6(CLIENT6, 5000, HOST6, 5353);
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(CLIENT6, 5000, SANDBOX6, 53));
     only_tuple_rewritten(&frame, &out);
     as_sandbox(&mut bpf);
     let frame = udp6(SANDBOX6, 53, CLIENT6, 5000);
     let (ret, out) = bpf.run(SANDBOX_PROG6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(HOST6, 5353, CLIENT6, 5000));
     only_tuple_rewritten(&frame, &out);
     assert_eq!(
@@ -179,14 +173,14 @@ fn dnat6_udp_reply_and_bound_address() {
         (1, 1)
     );
     // TCP on the same port is another mapping: untouched.
-    bpf.as_uplink();
+    bpf.as_edge();
     let frame = tcp6(CLIENT6, 5000, HOST6, 5353, true);
-    assert_eq!(bpf.run(INGRESS6, &frame), (TC_ACT_OK, frame.clone()));
+    assert_eq!(bpf.run(INGRESS6, &frame), (PASS, frame.clone()));
     // A port bound to one address: not for the host's other addresses.
     bpf.local6(BOUND6);
     bpf.publish6(Some(BOUND6), 7000, 17, SANDBOX6, 70, 13);
     let frame = udp6(CLIENT6, 5001, HOST6, 7000);
-    assert_eq!(bpf.run(INGRESS6, &frame), (TC_ACT_OK, frame.clone()));
+    assert_eq!(bpf.run(INGRESS6, &frame), (PASS, frame.clone()));
     let frame = udp6(CLIENT6, 5001, BOUND6, 7000);
     let (_, out) = bpf.run(INGRESS6, &frame);
     assert_eq!(inspect6(&out), seen6(CLIENT6, 5001, SANDBOX6, 70));
@@ -198,7 +192,7 @@ fn snat6_tcp_and_udp_flows_and_their_replies() {
     let mut bpf = load(1024);
     let frame = tcp6(SANDBOX6, 5555, REMOTE6, 443, true);
     let (ret, out) = bpf.run(EGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let first = inspect6(&out);
     assert_eq!(
         (first.src, first.dst, first.dport),
@@ -216,7 +210,7 @@ fn snat6_tcp_and_udp_flows_and_their_replies() {
     // The remote's SYN-ACK comes back to the sandbox.
     let frame = segment6(REMOTE6, 443, HOST6, nat_port, 9000, syn_ack(1001));
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(REMOTE6, 443, SANDBOX6, 5555));
     only_tuple_rewritten(&frame, &out);
     assert_eq!(bpf.counter(counter::SNAT_REPLY), 1);
@@ -230,7 +224,7 @@ fn snat6_tcp_and_udp_flows_and_their_replies() {
     // UDP.
     let frame = udp6(SANDBOX6, 5353, REMOTE6, 53);
     let (ret, out) = bpf.run(EGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let udp_out = inspect6(&out);
     assert_eq!(
         (udp_out.src, udp_out.dst, udp_out.dport),
@@ -240,7 +234,7 @@ fn snat6_tcp_and_udp_flows_and_their_replies() {
     only_tuple_rewritten(&frame, &out);
     let frame = udp6(REMOTE6, 53, HOST6, udp_out.sport);
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(REMOTE6, 53, SANDBOX6, 5353));
     only_tuple_rewritten(&frame, &out);
     assert_eq!(bpf.ct6().len(), 4, "two flows, two entries each");
@@ -249,7 +243,7 @@ fn snat6_tcp_and_udp_flows_and_their_replies() {
         .find(|p| *p != nat_port && *p != udp_out.sport)
         .expect("ten ports, two taken");
     let frame = udp6(REMOTE6, 53, HOST6, unused);
-    assert_eq!(bpf.run(INGRESS6, &frame), (TC_ACT_OK, frame.clone()));
+    assert_eq!(bpf.run(INGRESS6, &frame), (PASS, frame.clone()));
 }
 
 #[test]
@@ -257,14 +251,14 @@ fn icmp6_echo_id_translated_both_ways() {
     let mut bpf = load(1024);
     let frame = echo6(SANDBOX6, REMOTE6, 0x4242, true);
     let (ret, out) = bpf.run(EGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let request = inspect6(&out);
     assert_eq!((request.src, request.dst), (HOST6.into(), REMOTE6.into()));
     only_tuple_rewritten(&frame, &out);
     let nat_id = request.sport;
     let frame = echo6(REMOTE6, HOST6, nat_id, false);
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(
         inspect6(&out),
         seen6(REMOTE6, 0x4242, SANDBOX6, 0x4242),
@@ -273,7 +267,7 @@ fn icmp6_echo_id_translated_both_ways() {
     only_tuple_rewritten(&frame, &out);
     // A ping of the host itself is the host's: untouched.
     let frame = echo6(REMOTE6, HOST6, 0x0101, true);
-    assert_eq!(bpf.run(INGRESS6, &frame), (TC_ACT_OK, frame.clone()));
+    assert_eq!(bpf.run(INGRESS6, &frame), (PASS, frame.clone()));
 }
 
 #[test]
@@ -283,7 +277,7 @@ fn icmp6_packet_too_big_for_a_masqueraded_flow() {
     let nat_port = inspect6(&out).sport;
     let frame = packet_too_big(ROUTER6, HOST6, 1280, &inner_udp6(HOST6, nat_port, REMOTE6, 33435));
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(out.len(), frame.len());
     let error = inspect_error6(&out);
     assert_eq!(
@@ -302,7 +296,7 @@ fn icmp6_packet_too_big_for_a_masqueraded_flow() {
     let nat_port = inspect6(&out).sport;
     let quoted = inner_tcp6(HOST6, nat_port, REMOTE6, 443);
     let (ret, out) = bpf.run(INGRESS6, &packet_too_big(ROUTER6, HOST6, 1400, &quoted));
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let error = inspect_error6(&out);
     assert_eq!(error.outer.dst, std::net::Ipv6Addr::from(SANDBOX6));
     assert_eq!(error.quoted, seen6(SANDBOX6, 5555, REMOTE6, 443));
@@ -312,7 +306,7 @@ fn icmp6_packet_too_big_for_a_masqueraded_flow() {
         INGRESS6,
         &packet_too_big(ROUTER6, HOST6, 1400, &quoted[..40 + 24]),
     );
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let error = inspect_error6(&out);
     assert_eq!(error.quoted, seen6(SANDBOX6, 5555, REMOTE6, 443));
     assert!(!error.quoted_whole);
@@ -326,7 +320,7 @@ fn icmp6_time_exceeded_for_a_masqueraded_ping_and_unknown_flows_untouched() {
     let nat_id = inspect6(&out).sport;
     let frame = time_exceeded(ROUTER6, HOST6, &inner_echo6(HOST6, REMOTE6, nat_id));
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let error = inspect_error6(&out);
     assert_eq!(
         (error.outer.src, error.outer.dst),
@@ -343,7 +337,7 @@ fn icmp6_time_exceeded_for_a_masqueraded_ping_and_unknown_flows_untouched() {
     );
     // An error about a flow natd does not know passes untouched.
     let stranger = time_exceeded(ROUTER6, HOST6, &inner_udp6(HOST6, 999, REMOTE6, 53));
-    assert_eq!(bpf.run(INGRESS6, &stranger), (TC_ACT_OK, stranger.clone()));
+    assert_eq!(bpf.run(INGRESS6, &stranger), (PASS, stranger.clone()));
     assert_eq!(bpf.counter(counter::ICMP_ERROR_TRANSLATED), 1);
 }
 
@@ -355,7 +349,7 @@ fn icmp6_destination_unreachable_from_a_sandbox_about_a_published_port_flow() {
     as_sandbox(&mut bpf);
     let frame = dest_unreachable(SANDBOX6, CLIENT6, 4, &inner_udp6(CLIENT6, 5000, SANDBOX6, 53));
     let (ret, out) = bpf.run(SANDBOX_PROG6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(out.len(), frame.len());
     let error = inspect_error6(&out);
     assert_eq!(
@@ -382,12 +376,12 @@ fn icmp6_destination_unreachable_from_a_sandbox_about_a_published_port_flow() {
 fn link_traffic_passes_untouched_within_the_policy() {
     let mut bpf = load(1024);
     bpf.publish6(None, 8080, 6, SANDBOX6, 80, 5);
-    let all_nodes = v6([0xff02, 0, 0, 0, 0, 0, 0, 1]);
+    let all_nodes = ALL_NODES;
     let all_routers = v6([0xff02, 0, 0, 0, 0, 0, 0, 2]);
     let mdns = v6([0xff02, 0, 0, 0, 0, 0, 0, 0xfb]);
     let gateway_ll = v6([0xfe80, 0, 0, 0, 0, 0, 0, 1]);
     let pass = |bpf: &mut Bpf, program: &str, what: &str, frame: Vec<u8>| {
-        assert_eq!(bpf.run(program, &frame), (TC_ACT_OK, frame.clone()), "{what} passes untouched");
+        assert_eq!(bpf.run(program, &frame), (PASS, frame.clone()), "{what} passes untouched");
     };
     let drop = |bpf: &mut Bpf, program: &str, what: &str, frame: Vec<u8>, reason: u32| {
         let before = bpf.counter(reason);
@@ -456,7 +450,7 @@ fn ipv6_from_a_network_without_ipv6_is_dropped() {
     assert_eq!(bpf.counter(counter::DROP_NO_IPV6), before + 3);
     // Its own link still works (neighbour discovery between link-local addresses).
     let ns = nd6(LINK_LOCAL_B, solicited_node(LINK_LOCAL_A), 135, &LINK_LOCAL_A);
-    assert_eq!(bpf.run(SANDBOX_PROG6, &ns), (TC_ACT_OK, ns.clone()));
+    assert_eq!(bpf.run(SANDBOX_PROG6, &ns), (PASS, ns.clone()));
     assert!(bpf.ct6().is_empty());
 }
 
@@ -471,7 +465,7 @@ fn extension_headers_are_walked_and_later_fragments_never_translated() {
     );
     assert_eq!(ip6(&frame).l4, L4 + 16);
     let (ret, out) = bpf.run(INGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(CLIENT6, 40000, SANDBOX6, 80));
     only_tuple_rewritten(&frame, &out);
     assert_eq!(bpf.counter(counter::DNAT_NEW), 1);
@@ -482,10 +476,10 @@ fn extension_headers_are_walked_and_later_fragments_never_translated() {
         &[Ext::DestOpts],
     );
     let (ret, out) = bpf.run(SANDBOX_PROG6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(HOST6, 8080, CLIENT6, 40000));
     only_tuple_rewritten(&frame, &out);
-    bpf.as_uplink();
+    bpf.as_edge();
 
     // A later fragment (offset 185 x 8 bytes) to the published port: no ports to match,
     // untouched (the kernel reassembles; natd never guesses).
@@ -496,7 +490,7 @@ fn extension_headers_are_walked_and_later_fragments_never_translated() {
             more: false,
         }],
     );
-    assert_eq!(bpf.run(INGRESS6, &later), (TC_ACT_OK, later.clone()));
+    assert_eq!(bpf.run(INGRESS6, &later), (PASS, later.clone()));
     // From a masqueraded sandbox a later fragment cannot be translated: it must not leave.
     let later = with_ext(
         &tcp6(SANDBOX6, 5555, REMOTE6, 443, false),
@@ -531,7 +525,7 @@ fn extension_headers_are_walked_and_later_fragments_never_translated() {
         }],
     );
     let (ret, out) = bpf.run(EGRESS6, &first);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let seen = inspect6(&out);
     assert_eq!(
         (seen.src, seen.dst, seen.dport),
@@ -544,7 +538,7 @@ fn extension_headers_are_walked_and_later_fragments_never_translated() {
         &[Ext::HopByHop, Ext::DestOpts],
     );
     let (ret, out) = bpf.run(EGRESS6, &frame);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     let seen = inspect6(&out);
     assert_eq!(
         (seen.src, seen.dst, seen.dport),
@@ -571,7 +565,7 @@ fn truncated_and_malformed_frames_never_leave_untranslated() {
     assert_eq!(shortest_accepted(&mut bpf, INGRESS6, &full), L4);
     for len in L4..full.len() {
         let (ret, out) = bpf.run(INGRESS6, &full[..len]);
-        assert_eq!(ret, TC_ACT_OK, "len {len}");
+        assert_eq!(ret, PASS, "len {len}");
         assert_eq!(
             out,
             &full[..len],
@@ -618,7 +612,7 @@ fn truncated_and_malformed_frames_never_leave_untranslated() {
     for (inbound, outbound, what) in liars {
         assert_eq!(
             bpf.run(INGRESS6, &inbound),
-            (TC_ACT_OK, inbound.clone()),
+            (PASS, inbound.clone()),
             "ingress: {what}"
         );
         assert_eq!(bpf.run(EGRESS6, &outbound).0, TC_ACT_SHOT, "egress: {what}");
@@ -654,7 +648,7 @@ fn version_contradicting_the_ethertype_never_leaves_from_a_sandbox() {
         (v6_verdict, v4_verdict),
         (TC_ACT_SHOT, TC_ACT_SHOT),
         "(EtherType IPv6 + version 4 from fd00:20::2, EtherType IPv4 + version 6 from \
-         172.20.0.2): TC_ACT_OK means it left the uplink untranslated"
+         172.20.0.2): PASS means it left the uplink untranslated"
     );
     assert_eq!(bpf.counter(counter::DROP_UNTRANSLATED), 2);
 }
@@ -685,7 +679,7 @@ fn isolation6_drops_by_reason() {
     assert_eq!(bpf.run(INGRESS6, &direct).0, TC_ACT_SHOT);
     assert_eq!(bpf.counter(counter::DROP_DIRECT_ACCESS), 2);
     // The host's own address: fine.
-    assert_eq!(bpf.run(INGRESS6, &tcp6(CLIENT6, 1, HOST6, 22, true)).0, TC_ACT_OK);
+    assert_eq!(bpf.run(INGRESS6, &tcp6(CLIENT6, 1, HOST6, 22, true)).0, PASS);
     // Network 2 -> network 3: isolated; -> the outside: fine.
     as_sandbox(&mut bpf);
     let cross = tcp6(SANDBOX6, 1, v6([0xfd00, 0x30, 0, 0, 0, 0, 0, 5]), 80, true);
@@ -693,7 +687,7 @@ fn isolation6_drops_by_reason() {
     assert_eq!(bpf.counter(counter::DROP_CROSS_NETWORK), 1);
     assert_eq!(
         bpf.run(SANDBOX_PROG6, &tcp6(SANDBOX6, 1, REMOTE6, 80, true)).0,
-        TC_ACT_OK
+        PASS
     );
     // The sandbox's own ::1 never reaches the host's.
     assert_eq!(
@@ -715,7 +709,7 @@ fn isolation6_drops_by_reason() {
     // Same network, icc: fine.
     assert_eq!(
         bpf.run(SANDBOX_PROG6, &udp6(SANDBOX6, 1, OTHER_SANDBOX6, 53)).0,
-        TC_ACT_OK
+        PASS
     );
 }
 
@@ -798,12 +792,12 @@ fn fast_path6_published_port_flow_is_redirected_into_the_sandbox() {
     assert_eq!(mark, FASTPATH_MARK);
     assert_eq!(inspect6(&out), seen6(HOST6, 8080, CLIENT6, 40000));
     assert_eq!(out[ETH_HLEN + 7], 63);
-    assert_eq!(bpf.counter(counter::FAST_TO_UPLINK), 1);
-    bpf.as_uplink();
+    assert_eq!(bpf.counter(counter::FAST_TO_EDGE), 1);
+    bpf.as_edge();
     let (ret, passed, mark) = bpf.run_marked(EGRESS6, &out, FASTPATH_MARK);
     assert_eq!(
         (ret, mark),
-        (TC_ACT_OK, 0),
+        (PASS, 0),
         "already translated: the mark is cleared"
     );
     assert_eq!(passed, out);
@@ -812,7 +806,7 @@ fn fast_path6_published_port_flow_is_redirected_into_the_sandbox() {
     let mut last_hop = segment6(CLIENT6, 40000, HOST6, 8080, 1001, ack(5001));
     last_hop[ETH_HLEN + 7] = 1;
     let (ret, out) = bpf.run(INGRESS6, &last_hop);
-    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(ret, PASS);
     assert_eq!(inspect6(&out), seen6(CLIENT6, 40000, SANDBOX6, 80));
     assert_eq!(out[ETH_HLEN + 7], 1, "the kernel decrements it");
     assert_eq!(bpf.counter(counter::SLOW_TTL), 1);

@@ -9,7 +9,11 @@ use std::{
 
 use etherparse::PacketBuilder;
 use nat_common::names::{map, program};
-use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, in_netns, sh, wait_listening, wait_until};
+use natlab::{
+    EXT_IP, HOST_UPLINK_IP, Lab, in_netns,
+    raw::{ifindex_in, mac_of, mac_of_path, send_raw},
+    sh, wait_listening, wait_until,
+};
 
 fn from_sandbox(lab: &Lab, sandbox: &str, addr: &str, port: u16) -> Option<String> {
     lab.tcp_line_from(sandbox, addr, port)
@@ -21,10 +25,6 @@ fn from_host(lab: &Lab, addr: &str, port: u16) -> Option<String> {
 
 fn from_ext(lab: &Lab, addr: &str, port: u16) -> Option<String> {
     natlab::tcp_line(&["ip", "netns", "exec", &lab.ext_ns], addr, port)
-}
-
-fn counter(lab: &Lab, name: &str) -> u64 {
-    lab.json(&["stats"])["counters"][name].as_u64().unwrap_or(0)
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn published_ports_from_the_host_and_from_sandboxes(dataplane: &str) {
         "host -> 127.0.0.1 (published on 127.0.0.1)"
     );
     if ebpf {
-        assert!(counter(&lab, "sock_rewrites") >= 3);
+        assert!(lab.counter("sock_rewrites") >= 3);
     }
     // The application sees the address it used, not the sandbox behind it: TCP's peer name
     // (getpeername hook) and the source of UDP replies (recvmsg hook).
@@ -110,7 +110,7 @@ fn published_ports_from_the_host_and_from_sandboxes(dataplane: &str) {
     assert_eq!(from_ext(&lab, "127.0.0.1", 8080), None);
     // Direct to the sandbox address from another network: isolated.
     assert_eq!(from_sandbox(&lab, "other", &web_ip, 80), None);
-    assert!(counter(&lab, "drop_cross_network") > 0);
+    assert!(lab.counter("drop_cross_network") > 0);
 }
 
 /// The attack CVE-2020-8558 describes, from a sandbox: a frame to the gateway's MAC aimed
@@ -129,7 +129,7 @@ fn sandbox_cannot_reach_the_hosts_loopback(lab: &Lab) {
     let ns = lab.netns_of("attacker");
     let sandbox_mac = mac_of_path(&ns, "eth0");
     let gateway_mac = mac_of(&lab.host_ns, &lab.bridge);
-    let before = counter(lab, "drop_loopback_spoof");
+    let before = lab.counter("drop_loopback_spoof");
     let ifindex = ifindex_in(&ns, "eth0");
     for port in [7070u16, 8081] {
         let mut frame = Vec::new();
@@ -149,7 +149,7 @@ fn sandbox_cannot_reach_the_hosts_loopback(lab: &Lab) {
         in_netns(&ns, || send_raw(ifindex, &frame));
     }
     assert!(
-        wait_until(Duration::from_secs(2), || counter(lab, "drop_loopback_spoof")
+        wait_until(Duration::from_secs(2), || lab.counter("drop_loopback_spoof")
             >= before + 2),
         "dropped before routing"
     );
@@ -174,7 +174,7 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours(dataplane:
     let web_ip = lab.sandbox_ip("web");
     let host_mac = mac_of(&lab.host_ns, "up0");
     let ext_mac = mac_of(&lab.ext_ns, "lan0");
-    let before = counter(&lab, "drop_loopback_spoof");
+    let before = lab.counter("drop_loopback_spoof");
     // A SYN to 127.0.0.1:8081 in a frame addressed to the host's uplink MAC.
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(ext_mac, host_mac)
@@ -188,11 +188,11 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours(dataplane:
         in_netns(&lab.ext_path(), || send_raw(ifindex, &frame));
     }
     assert!(
-        wait_until(Duration::from_secs(2), || counter(&lab, "drop_loopback_spoof")
+        wait_until(Duration::from_secs(2), || lab.counter("drop_loopback_spoof")
             >= before + 3),
         "dropped at the uplink"
     );
-    assert_eq!(counter(&lab, "dnat_new"), 0, "never translated");
+    assert_eq!(lab.counter("dnat_new"), 0, "never translated");
     // Nor from a sandbox through its gateway.
     sandbox_cannot_reach_the_hosts_loopback(&lab);
 
@@ -207,62 +207,9 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours(dataplane:
         !lab.ext(&["ping", "-c1", "-W1", &web_ip]).status.success(),
         "not even ping"
     );
-    assert!(counter(&lab, "drop_direct_access") >= 2);
+    assert!(lab.counter("drop_direct_access") >= 2);
     // The host's own bridge address stays reachable, as with Docker.
     assert!(lab.ext(&["ping", "-c1", "-W2", "172.18.0.1"]).status.success());
-}
-
-fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
-    mac_of_path(&format!("/run/netns/{ns}"), dev)
-}
-
-fn mac_of_path(ns_path: &str, dev: &str) -> [u8; 6] {
-    let out = sh(
-        "nsenter",
-        &[&format!("--net={ns_path}"), "ip", "-o", "link", "show", dev],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("mac");
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
-fn ifindex_in(ns_path: &str, dev: &str) -> i32 {
-    let dev = dev.to_string();
-    in_netns(ns_path, move || {
-        nix::net::if_::if_nametoindex(dev.as_str()).expect("ifindex") as i32
-    })
-}
-
-/// Sends one raw Ethernet frame out of `ifindex` (AF_PACKET) in the calling thread's namespace.
-fn send_raw(ifindex: i32, frame: &[u8]) {
-    // SAFETY: plain socket syscalls with valid buffers; the fd is closed at the end.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0, "AF_PACKET socket");
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let sent = libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        libc::close(fd);
-        assert_eq!(sent as usize, frame.len());
-    }
 }
 
 #[test]
@@ -408,7 +355,7 @@ fn icmp_errors_come_back_through_the_nat() {
         "a 200 kB upload through a smaller MTU completes"
     );
     assert!(
-        counter(&lab, "icmp_error_translated") >= 3,
+        lab.counter("icmp_error_translated") >= 3,
         "time exceeded, port unreachable and fragmentation needed were translated"
     );
 }
@@ -459,8 +406,8 @@ fn stats_conntrack_and_info_show_what_happens() {
     let info = lab.json(&["info"]);
     let links = info["dataplane_detail"]["links"].to_string();
     assert!(
-        links.contains(&format!("up0-ingress-{}", program::UPLINK_INGRESS))
-            && links.contains(&format!("up0-egress-{}", program::UPLINK_EGRESS)),
+        links.contains(&format!("up0-ingress-{}", program::EDGE_INGRESS))
+            && links.contains(&format!("up0-egress-{}", program::EDGE_EGRESS)),
         "{links}"
     );
     assert!(

@@ -445,7 +445,15 @@ fn hostile_api_input_gets_a_clear_4xx_and_changes_nothing() {
                 for name in new_names(&networks, &before.1) {
                     let _ = lab.natctl(&["network", "rm", &name]);
                 }
-                let _ = lab.natctl(&["unpublish", "keep", "9090"]);
+                // Whatever ports a valid-by-chance publish added to `keep`.
+                let ports_before = before.0[0]["ports"].as_array().cloned().unwrap_or_default();
+                for m in lab.json(&["inspect", "keep"])["ports"].as_array().cloned().unwrap_or_default() {
+                    if !ports_before.contains(&m) {
+                        let host = m["host_ip"].as_str().map(|ip| format!("{ip}:")).unwrap_or_default();
+                        let spec = format!("{host}{}/{}", m["host_port"], m["proto"].as_str().unwrap_or("tcp"));
+                        let _ = lab.natctl(&["unpublish", "keep", &spec]);
+                    }
+                }
                 let _ = lab.natctl(&["network", "disconnect", "bridge", "keep"]);
                 if lab.json(&["inspect", "keep"])["endpoints"]
                     .as_array()

@@ -100,7 +100,7 @@ fn mutated_frames_never_leak_a_sandbox_address_or_a_wrong_checksum() {
         ("sandbox veth", &sandbox_seeds[..]),
     ] {
         if role == "uplink" {
-            bpf.as_uplink();
+            bpf.as_edge();
         } else {
             bpf.as_sandbox_veth(2, SANDBOX);
         }
@@ -110,16 +110,16 @@ fn mutated_frames_never_leak_a_sandbox_address_or_a_wrong_checksum() {
             // What the host's forwarding could hand the program: a valid IPv4 header.
             let well_formed = repair(&mut frame);
             let (ret, out) = bpf.run(prog, &frame);
-            if ret != TC_ACT_OK && ret != TC_ACT_SHOT {
+            if ret != PASS && ret != TC_ACT_SHOT {
                 violations.push(format!("{prog}: verdict {ret} for {frame:02x?}"));
             }
             let header_valid = Ipv4Header::from_slice(&frame[14..]).is_ok();
-            if *prog == EGRESS && ret == TC_ACT_OK && header_valid && from_sandbox_network(&out) {
+            if *prog == EGRESS && ret == PASS && header_valid && from_sandbox_network(&out) {
                 violations.push(format!(
                     "sandbox address left the uplink untranslated: {out:02x?}"
                 ));
             }
-            if ret == TC_ACT_OK && well_formed && out != frame {
+            if ret == PASS && well_formed && out != frame {
                 checked_checksums += 1;
                 if let Err(what) = checksums_ok(&out) {
                     violations.push(format!(
@@ -156,11 +156,11 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     let mut bpf = load(64);
     bpf.snat_ports(61000, 61003);
     // Four masqueraded flows take the four NAT ports; the fifth is refused by name.
-    bpf.as_uplink();
+    bpf.as_edge();
     let mut nat_ports = Vec::new();
     for sport in 0..4u16 {
         let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5000 + sport, REMOTE, 443, true));
-        assert_eq!(ret, TC_ACT_OK);
+        assert_eq!(ret, PASS);
         nat_ports.push(u16::from_be_bytes([out[34], out[35]]));
     }
     let first_flow_port = nat_ports[0];
@@ -180,7 +180,7 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     let (ret, out) = bpf.run(EGRESS, &tcp(SANDBOX, 5000, REMOTE, 443, false));
     assert_eq!(
         (ret, u16::from_be_bytes([out[34], out[35]])),
-        (TC_ACT_OK, first_flow_port),
+        (PASS, first_flow_port),
         "an existing flow keeps its NAT port"
     );
     // Their entries expire (aged here by hand, as the sweep ages them): ports come back.
@@ -189,7 +189,7 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     let swept = expire(&mut bpf.ebpf, &Timeouts::default()).expect("expire");
     assert_eq!(swept.expired, 8, "both entries of the four idle flows");
     let (ret, _) = bpf.run(EGRESS, &tcp(SANDBOX, 7000, REMOTE, 443, true));
-    assert_eq!(ret, TC_ACT_OK, "service is back");
+    assert_eq!(ret, PASS, "service is back");
     report(
         "4 tables full",
         refused + 6,
@@ -340,7 +340,7 @@ fn an_icmp_error_shorter_than_its_frame_is_translated_within_its_length() {
         frame[36..38].copy_from_slice(&csum.to_be_bytes());
         let frame = natlab::frames::fix_ip_checksum(frame);
         let (ret, out) = bpf.run(EGRESS, &frame);
-        assert_eq!(ret, TC_ACT_OK);
+        assert_eq!(ret, PASS);
         checksums_ok(&out[..end]).unwrap_or_else(|e| panic!("{quoted_l4} quoted bytes: {e}"));
         assert_eq!(
             out[end..],

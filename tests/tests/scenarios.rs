@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns, wait_listening, wait_until, whoami6};
+use natlab::{
+    EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab,
+    edges::{NIC2_HOST_IP, NIC2_HOST_IP6, NIC2_PEER_IP, NIC2_PEER_IP6, SecondNic},
+    in_netns, wait_listening, wait_until, whoami6,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -21,11 +25,14 @@ enum Mode {
 struct World {
     lab: Lab,
     mode: Mode,
+    /// Every host in the suite has a second NIC (`eth1`, a neighbour on 203.0.113.0/24).
+    nic: SecondNic,
 }
 
 impl World {
     fn new(mode: Mode) -> Self {
         let mut lab = Lab::new().expect("topology");
+        let nic = SecondNic::add(&mut lab);
         let dataplane = match mode {
             Mode::Ebpf => "ebpf",
             Mode::Nftables => "nftables",
@@ -55,7 +62,7 @@ impl World {
                 );
             }
         }
-        let world = Self { lab, mode };
+        let world = Self { lab, mode, nic };
         world.network_rules("bridge");
         world
     }
@@ -181,6 +188,10 @@ fn xt(lab: &Lab, tool: &str, args: &[&str]) {
 }
 
 impl World {
+    /// From the neighbour on the second NIC.
+    fn via_nic2(&self, addr: &str, port: u16) -> Option<String> {
+        natlab::tcp_line(&["ip", "netns", "exec", &self.nic.peer_ns], addr, port)
+    }
     fn via_ext(&self, addr: &str, port: u16) -> Option<String> {
         natlab::tcp_line(&["ip", "netns", "exec", &self.lab.ext_ns], addr, port)
     }
@@ -312,6 +323,75 @@ fn no_direct_access_from_outside(mode: Mode) {
             w.via_ext(&ip, 80).is_none()
         },
     );
+}
+
+fn published_port_on_a_second_nic(mode: Mode) {
+    check(mode, "second NIC: published port, client address", &ALL, |w| {
+        w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
+        w.wait_server("web", "tcp", 80);
+        w.via_nic2(NIC2_HOST_IP, 8080).as_deref() == Some(NIC2_PEER_IP)
+    });
+}
+
+fn ipv6_published_port_and_masquerade_on_a_second_nic(mode: Mode) {
+    check(mode, "IPv6 second NIC: port and masquerade", &ALL, |w| {
+        w.network(&["--ipv6", "v6net"]);
+        w.run("web", &["--network", "v6net", "-p", "8080:80"], &whoami6(80));
+        w.wait_server("web", "tcp", 80);
+        let _server = w.lab.spawn_in(
+            &w.nic.peer_ns,
+            &["socat", "TCP6-LISTEN:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"],
+        );
+        assert!(wait_listening(&format!("/run/netns/{}", w.nic.peer_ns), "tcp", 9000));
+        peer(w.via_nic2(&format!("[{NIC2_HOST_IP6}]"), 8080)) == NIC2_PEER_IP6.parse().ok()
+            && peer(w.via_sandbox("web", &format!("[{NIC2_PEER_IP6}]"), 9000)) == NIC2_HOST_IP6.parse().ok()
+    });
+}
+
+/// Docker 27's rules (the seed's) forward a neighbour's packets to a container address;
+/// Docker 28 added a raw-table drop for every interface but the bridge.
+fn no_direct_access_via_a_second_nic(mode: Mode) {
+    check(mode, "second NIC: sandbox address not reachable", &NATD_ONLY, |w| {
+        w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
+        w.wait_server("web", "tcp", 80);
+        let ip = w.lab.sandbox_ip("web");
+        w.lab.in_ns(&w.nic.peer_ns, &["ip", "route", "add", "172.18.0.0/16", "via", NIC2_HOST_IP]);
+        w.via_nic2(&ip, 80).is_none()
+    });
+}
+
+fn masquerade_out_of_a_second_nic(mode: Mode) {
+    check(mode, "second NIC: masquerade to its address", &ALL, |w| {
+        let _server = w.lab.spawn_in(&w.nic.peer_ns, &["sh", "-c", &natlab::whoami(9000)]);
+        assert!(wait_listening(&format!("/run/netns/{}", w.nic.peer_ns), "tcp", 9000));
+        w.run("out", &[], "");
+        w.via_sandbox("out", NIC2_PEER_IP, 9000).as_deref() == Some(NIC2_HOST_IP)
+    });
+}
+
+/// Docker 28.2's `trusted_host_interfaces`: the listed interfaces reach published
+/// container ports on the container's address, nothing else does (the reference rules
+/// are Docker 27's, without the option: everything is reachable there).
+fn trusted_interface_reaches_published_container_ports(mode: Mode) {
+    check(mode, "second NIC trusted: container port only", &NATD_ONLY, |w| {
+        w.network(&[
+            "--subnet",
+            "10.64.0.0/24",
+            "-o",
+            "com.docker.network.bridge.trusted_host_interfaces=eth1",
+            "trusting",
+        ]);
+        let script = format!("{} & {} & wait", natlab::whoami(80), natlab::whoami(81));
+        w.run("web", &["--network", "trusting", "-p", "8080:80"], &script);
+        w.wait_server("web", "tcp", 80);
+        w.wait_server("web", "tcp", 81);
+        let ip = w.lab.sandbox_ip("web");
+        w.lab.in_ns(&w.nic.peer_ns, &["ip", "route", "add", "10.64.0.0/24", "via", NIC2_HOST_IP]);
+        w.lab.ext(&["ip", "route", "add", "10.64.0.0/24", "via", HOST_UPLINK_IP]);
+        w.via_nic2(&ip, 80).as_deref() == Some(NIC2_PEER_IP)
+            && w.via_nic2(&ip, 81).is_none()
+            && w.via_ext(&ip, 80).is_none()
+    });
 }
 
 fn hairpin_from_own_sandbox(mode: Mode) {
@@ -520,6 +600,11 @@ suite!(
     ipv6_masquerade_to_uplink_address,
     ipv6_no_direct_access_from_outside,
     ipv6_networks_are_isolated,
+    published_port_on_a_second_nic,
+    no_direct_access_via_a_second_nic,
+    masquerade_out_of_a_second_nic,
+    trusted_interface_reaches_published_container_ports,
+    ipv6_published_port_and_masquerade_on_a_second_nic,
 );
 
 /// Restarting natd with the other dataplane takes over the sandboxes and leaves nothing of

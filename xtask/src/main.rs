@@ -140,6 +140,7 @@ fn soak(minutes: u64) -> Result<()> {
             "reliability_api",
             "reliability_state",
             "reliability_datapath",
+            "reliability_edges",
         ] {
             cmd.args(["--test", suite]);
         }

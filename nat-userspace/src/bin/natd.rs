@@ -104,28 +104,48 @@ async fn serve(config: DaemonConfig) -> ExitCode {
             }
         }
     });
-    // A firewall reload (`nft flush ruleset`) must not leave published ports unguarded for
-    // long: check four times a second. A firewall that appears must see forwarded traffic
-    // soon: the fast path follows it within a second.
-    let healer = Arc::clone(&daemon);
+    // Interfaces that appear later (a VPN coming up, a hot-plugged NIC) are edges like the
+    // others: attached as they appear, not at the next housekeeping tick.
+    match natd::sys::netlink::watch_links() {
+        Ok(mut events) => {
+            let follower = Arc::clone(&daemon);
+            tokio::spawn(async move {
+                while let Some(first) = events.recv().await {
+                    // A link comes with a burst of messages (flags, addresses): one sync.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let mut batch = vec![first];
+                    while let Ok(event) = events.try_recv() {
+                        batch.push(event);
+                    }
+                    if let Err(e) = follower.lock().await.follow_links(&batch).await {
+                        tracing::warn!("following interface changes: {e}");
+                    }
+                }
+                tracing::warn!(
+                    "stopped following interface changes: new interfaces are protected at the next housekeeping tick"
+                );
+            });
+        }
+        Err(e) => tracing::warn!(
+            "cannot follow interface changes ({e}): new interfaces are protected at the next housekeeping tick"
+        ),
+    }
+    // A firewall that appears must see forwarded traffic soon: the fast path follows it
+    // within a second. (A firewall reload that removes natd's nftables tables is repaired
+    // by the dataplane's own healer thread, which never waits for this lock.)
+    let checker = Arc::clone(&daemon);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             interval.tick().await;
-            let due = {
-                let mut daemon = healer.lock().await;
-                if let Err(e) = daemon.heal() {
-                    tracing::warn!("re-applying the dataplane: {e}");
-                }
-                daemon.firewall_check_due()
-            };
+            let due = checker.lock().await.firewall_check_due();
             if let Some(prefix) = due {
                 // Listing the ruleset takes milliseconds: not under the lock requests wait for.
                 let found =
                     tokio::task::spawn_blocking(move || natd::sys::netfilter::forwarding_rules(&prefix))
                         .await
                         .unwrap_or(None);
-                if let Err(e) = healer.lock().await.follow_firewall(found).await {
+                if let Err(e) = checker.lock().await.follow_firewall(found).await {
                     tracing::warn!("switching the fast path: {e}");
                 }
             }

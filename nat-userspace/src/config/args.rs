@@ -62,7 +62,10 @@ pub struct DaemonArgs {
     /// Masquerade traffic leaving the default network.
     #[arg(long = "ip-masq", action = clap::ArgAction::Set)]
     pub ip_masq: Option<bool>,
-    /// Uplink interface (repeatable); default: the interface of the default route.
+    /// Uplink interface (repeatable); default: the interfaces of the default routes. Every
+    /// interface that is not natd's own is an edge (published ports answer there,
+    /// sandbox traffic is masqueraded there); the uplinks lend their address to an edge
+    /// that has none of a family.
     #[arg(long)]
     pub uplink: Vec<String>,
     /// Which dataplane does the NAT.
@@ -86,6 +89,17 @@ pub struct DaemonArgs {
     /// of --conntrack-max.
     #[arg(long = "conntrack-embryonic-max")]
     pub conntrack_embryonic_max: Option<u32>,
+    /// Percentage of each connection table one source address may hold: its pending flows
+    /// (TCP until the handshake completes, UDP/ICMP until answered) in the embryonic
+    /// table, its UDP/ICMP flows in the established one. One client cannot churn or fill
+    /// the tables with a flood. 0 turns the quotas off. Default 10.
+    #[arg(long = "conntrack-source-share")]
+    pub conntrack_source_share: Option<u32>,
+    /// Let every edge reach published container ports on sandbox addresses directly
+    /// (Docker 28.2's allow-direct-routing; default false: only through published host
+    /// ports, or from edges a network trusts).
+    #[arg(long = "allow-direct-routing", action = clap::ArgAction::Set)]
+    pub allow_direct_routing: Option<bool>,
     /// Let flows bypass the host's routing and the bridge (redirected by natd's programs);
     /// natd turns it off by itself while netfilter rules exist in its namespace.
     #[arg(long = "fast-path", action = clap::ArgAction::Set)]
@@ -146,6 +160,8 @@ pub struct FileConfig {
     pub masquerade_port_range: Option<String>,
     pub conntrack_max: Option<u32>,
     pub conntrack_embryonic_max: Option<u32>,
+    pub conntrack_source_share: Option<u32>,
+    pub allow_direct_routing: Option<bool>,
     pub fast_path: Option<bool>,
     #[serde(default)]
     pub conntrack_timeout: Vec<String>,

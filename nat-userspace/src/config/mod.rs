@@ -94,6 +94,10 @@ pub struct DaemonConfig {
     pub conntrack_max: u32,
     /// Capacity of the embryonic-flow table.
     pub conntrack_embryonic_max: u32,
+    /// Percentage of each connection table one source address may hold (0: no quota).
+    pub conntrack_source_share: u32,
+    /// Docker 28.2's allow-direct-routing.
+    pub allow_direct_routing: bool,
     pub fast_path: bool,
     /// (kind, seconds) overrides of the connection-tracking timeouts.
     pub conntrack_timeouts: Vec<(CtTimeout, u64)>,
@@ -124,6 +128,21 @@ pub const DEFAULT_BRIDGE: &str = "natd0";
 pub const DEFAULT_BIP: &str = "172.18.0.1/16";
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_PREFIX: &str = "natd";
+
+impl DaemonConfig {
+    /// Flows one source address may hold: (embryonic, promoted UDP/ICMP). A table of N
+    /// entries holds N/2 flows; 0 means no quota.
+    pub fn source_quotas(&self) -> (u32, u32) {
+        let share = |entries: u32| {
+            if self.conntrack_source_share == 0 {
+                0
+            } else {
+                ((u64::from(entries) / 2 * u64::from(self.conntrack_source_share) / 100) as u32).max(16)
+            }
+        };
+        (share(self.conntrack_embryonic_max), share(self.conntrack_max))
+    }
+}
 
 impl DaemonConfig {
     pub fn load(args: &DaemonArgs) -> Result<Self, ConfigError> {
@@ -168,6 +187,16 @@ impl DaemonConfig {
             return Err(invalid(
                 "conntrack-embryonic-max",
                 format!("{conntrack_embryonic_max} is out of range (64-16777216)"),
+            ));
+        }
+        let conntrack_source_share = args
+            .conntrack_source_share
+            .or(file.conntrack_source_share)
+            .unwrap_or(10);
+        if conntrack_source_share > 100 {
+            return Err(invalid(
+                "conntrack-source-share",
+                format!("{conntrack_source_share} is not a percentage (0-100)"),
             ));
         }
         let cluster = checks::cluster(
@@ -225,6 +254,11 @@ impl DaemonConfig {
             )?,
             conntrack_max,
             conntrack_embryonic_max,
+            conntrack_source_share,
+            allow_direct_routing: args
+                .allow_direct_routing
+                .or(file.allow_direct_routing)
+                .unwrap_or(false),
             fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
             conntrack_timeouts: list(&args.conntrack_timeout, file.conntrack_timeout)
                 .iter()
@@ -341,7 +375,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("daemon.json");
         std::fs::write(&path, r#"{"ipv6": true}"#).unwrap();
-        assert!(DaemonConfig::load(&args(&["--config", path.to_str().unwrap()])).unwrap().ipv6);
+        assert!(
+            DaemonConfig::load(&args(&["--config", path.to_str().unwrap()]))
+                .unwrap()
+                .ipv6
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -369,19 +407,45 @@ mod tests {
         .unwrap();
         let cluster = cfg.cluster.unwrap();
         assert_eq!(cluster.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
-        assert_eq!((cluster.advertise.as_str(), cluster.ttl), ("eth1", DEFAULT_CLUSTER_TTL));
+        assert_eq!(
+            (cluster.advertise.as_str(), cluster.ttl),
+            ("eth1", DEFAULT_CLUSTER_TTL)
+        );
         assert!(DaemonConfig::load(&args(&[])).unwrap().cluster.is_none());
         for (flags, needle) in [
-            (vec!["--cluster-store", "consul://h:8500", "--cluster-advertise", "eth0"], "unsupported store"),
-            (vec!["--cluster-store", "etcd://h", "--cluster-advertise", "eth0"], "is not HOST:PORT"),
+            (
+                vec![
+                    "--cluster-store",
+                    "consul://h:8500",
+                    "--cluster-advertise",
+                    "eth0",
+                ],
+                "unsupported store",
+            ),
+            (
+                vec!["--cluster-store", "etcd://h", "--cluster-advertise", "eth0"],
+                "is not HOST:PORT",
+            ),
             (vec!["--cluster-store", "etcd://h:2379"], "cluster-advertise"),
             (vec!["--cluster-advertise", "eth0"], "needs --cluster-store"),
             (
-                vec!["--cluster-store", "etcd://h:2379", "--cluster-advertise", "[2001:db8::1]:2376"],
+                vec![
+                    "--cluster-store",
+                    "etcd://h:2379",
+                    "--cluster-advertise",
+                    "[2001:db8::1]:2376",
+                ],
                 "IPv6 underlays are not supported",
             ),
             (
-                vec!["--cluster-store", "etcd://h:2379", "--cluster-advertise", "eth0", "--cluster-ttl", "1"],
+                vec![
+                    "--cluster-store",
+                    "etcd://h:2379",
+                    "--cluster-advertise",
+                    "eth0",
+                    "--cluster-ttl",
+                    "1",
+                ],
                 "cluster-ttl",
             ),
         ] {

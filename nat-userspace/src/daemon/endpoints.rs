@@ -215,7 +215,7 @@ impl Daemon {
         netns_path: &Path,
         network: &Network,
         endpoint: &Endpoint,
-        default_route: bool,
+        default_route: DefaultRoute,
         mtu: u32,
         rollback: &mut Rollback,
     ) -> Result<String> {
@@ -257,16 +257,34 @@ impl Daemon {
         if let Some(lo) = inner.link("lo").await? {
             inner.set_up(lo.index).await?;
         }
-        if default_route && !network.internal {
+        if default_route != DefaultRoute::No && !network.internal {
             let gw = endpoint
                 .gateway
                 .or(network.aux_gateway)
                 .unwrap_or(network.gateway);
-            inner.add_default_route_v4(gw, peer_link.index).await?;
+            let replace = default_route == DefaultRoute::Replace;
+            let taken = |e: crate::sys::netlink::NetlinkError| {
+                if e.errno() == Some(libc::EEXIST) {
+                    conflict(format!(
+                        "network namespace {} already has a default route: natd adds its own only when \
+                         asked to replace it (--replace-default-route)",
+                        netns_path.display()
+                    ))
+                } else {
+                    e.into()
+                }
+            };
+            inner
+                .add_default_route_v4(gw, peer_link.index, replace)
+                .await
+                .map_err(taken)?;
             if let Some(gw6) = network.aux_gateway_v6.or(network.gateway_v6)
                 && endpoint.ipv6.is_some()
             {
-                inner.add_default_route_v6(gw6, peer_link.index).await?;
+                inner
+                    .add_default_route_v6(gw6, peer_link.index, replace)
+                    .await
+                    .map_err(taken)?;
             }
         }
         let mac = inner.require_link(&endpoint.ifname).await?.mac;
@@ -323,7 +341,14 @@ impl Daemon {
         let mut rollback = Rollback::new("network connect");
         let result = async {
             endpoint.mac = self
-                .wire_endpoint(Path::new(&path), &network, &endpoint, first, mtu, &mut rollback)
+                .wire_endpoint(
+                    Path::new(&path),
+                    &network,
+                    &endpoint,
+                    DefaultRoute::of(first, sandbox.netns_owned),
+                    mtu,
+                    &mut rollback,
+                )
                 .await?;
             let mut updated = sandbox.clone();
             updated.endpoints.push(endpoint.clone());
@@ -365,5 +390,27 @@ impl Daemon {
         self.commit_and_sync(vec![Change::PutSandbox(updated.clone())])
             .await?;
         Ok(self.view(&updated))
+    }
+}
+
+/// Whether an endpoint gives its sandbox the default route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DefaultRoute {
+    /// Another attachment of the namespace has it (a second interface, a CNI `eth1`).
+    No,
+    /// Only if the namespace has none: an adopted namespace with a route of its own is
+    /// refused (its owner's routing is not natd's to change).
+    Exclusive,
+    /// The request said so, or the namespace is natd's own.
+    Replace,
+}
+
+impl DefaultRoute {
+    pub(super) fn of(wanted: bool, replace: bool) -> Self {
+        match (wanted, replace) {
+            (false, _) => DefaultRoute::No,
+            (true, false) => DefaultRoute::Exclusive,
+            (true, true) => DefaultRoute::Replace,
+        }
     }
 }

@@ -7,10 +7,12 @@
 //! `drivers` (network create/rm, one driver abstraction), `sandboxes` (run/rm),
 //! `endpoints` (addresses, veth wiring, connect/disconnect), `overlay` (overlay networks
 //! in line with the cluster store), `ports` (host port
-//! allocation), `reconcile` (kernel back to the records), `sync` (records to the
+//! allocation), `reconcile` (kernel back to the records), `edges` (which interfaces
+//! are edges, following the kernel's link changes), `sync` (records to the
 //! dataplane), `views` (what the API shows), `cleanup` (`natd --cleanup`).
 mod cleanup;
 pub mod drivers;
+mod edges;
 mod endpoints;
 pub mod error;
 pub mod names;
@@ -69,6 +71,8 @@ pub struct Daemon {
     hairpin_set: HashSet<(u32, bool)>,
     /// Bridges whose route_localnet natd set, and to what (nftables dataplane or not).
     localnet_set: HashSet<(String, bool)>,
+    /// Edges whose accept_ra natd checked once IPv6 forwarding was on.
+    ra_checked: HashSet<String>,
     fast_path: sync::FastPath,
     /// The host's links and addresses as the last full sync saw them.
     kernel_view: Option<sync::KernelView>,

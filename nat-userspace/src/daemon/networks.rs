@@ -75,7 +75,6 @@ impl Daemon {
         if let Err(e) = crate::sys::sysctl::write("net.ipv6.conf.all.forwarding", "1") {
             warn!(error = %e, "cannot enable IPv6 forwarding");
         }
-        warn_router_advertised_uplinks(&self.uplinks);
     }
 
     pub async fn network_rm(&mut self, name: &str) -> Result<()> {
@@ -110,17 +109,3 @@ impl Daemon {
     }
 }
 
-/// With forwarding on, the kernel ignores router advertisements on an interface whose
-/// accept_ra is 1: an uplink configured by SLAAC would lose its default route when the
-/// advertised lifetime runs out. natd does not change the uplink's settings; it says so.
-pub(super) fn warn_router_advertised_uplinks(uplinks: &[String]) {
-    for uplink in uplinks {
-        if crate::sys::sysctl::read_iface_v6(uplink, "accept_ra").is_ok_and(|v| v == "1") {
-            warn!(
-                uplink = %uplink,
-                "IPv6 forwarding is on: the kernel now ignores router advertisements on this uplink \
-                 (accept_ra=1); set net.ipv6.conf.{uplink}.accept_ra=2 if it is configured by SLAAC"
-            );
-        }
-    }
-}

@@ -16,7 +16,7 @@ use crate::{
     api::SandboxView,
     dataplane::PortRule,
     model::{NetworkMode, PortMapping, display_host_ip},
-    portspec::{PortRange, Proto, parse_range},
+    portspec::{PortRange, Proto, PublishSpec, parse_range},
     state::Change,
 };
 
@@ -68,6 +68,34 @@ fn same_address(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
 }
 
 impl Daemon {
+    /// A port is published on an address that is the host's, or on every address: one that
+    /// is not (a typo, another host's, an address that left) is refused as Docker refuses
+    /// to bind it. Loopback is always the host's.
+    pub(super) async fn check_host_addresses(&self, specs: &[PublishSpec]) -> Result<()> {
+        let bound: Vec<(&PublishSpec, IpAddr)> = specs
+            .iter()
+            .filter_map(|s| Some((s, s.host_ip?)))
+            .filter(|(_, ip)| !ip.is_unspecified() && !ip.is_loopback())
+            .collect();
+        if bound.is_empty() {
+            return Ok(());
+        }
+        let local: Vec<IpAddr> = self
+            .nl
+            .all_addresses()
+            .await?
+            .into_iter()
+            .map(|(_, a)| a.ip())
+            .collect();
+        match bound.into_iter().find(|(_, ip)| !local.contains(ip)) {
+            Some((spec, ip)) => Err(invalid(format!(
+                "failed to bind host port for {spec}: cannot assign requested address \
+                 ({ip} is not an address of this host)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Publishes more ports of a running bridge-mode sandbox.
     pub async fn port_add(&mut self, name: &str, publish: &[String]) -> Result<SandboxView> {
         let mut sandbox = self.sandbox(name)?.clone();
@@ -89,6 +117,7 @@ impl Daemon {
         }
         let specs = parse_publish(publish)?;
         check_publish_families(&specs, &network, self.dataplane.kind())?;
+        self.check_host_addresses(&specs).await?;
         let request = PortRequest {
             publish: &specs,
             publish_all: false,
@@ -132,16 +161,27 @@ impl Daemon {
             .retain(|m| !withdrawals.iter().any(|w| w.matches(m)));
         let removed = count - sandbox.ports.len();
         // A `-p` spec whose host ports are all withdrawn (on every address it was published
-        // on: 0.0.0.0 and [::] for one without address) is withdrawn with them.
-        let remaining = sandbox.ports.clone();
-        sandbox.publish.retain(|spec| match spec.host_ports {
-            Some(range) => remaining.iter().any(|m| {
+        // on: 0.0.0.0 and [::] for one without address) is withdrawn with them. Each
+        // remaining mapping counts for the first spec it fits, so a wide range (`1-65535:80`)
+        // does not live on through another spec's port.
+        let fits = |spec: &PublishSpec, m: &PortMapping| {
+            spec.host_ports.is_some_and(|range| {
                 m.proto == spec.proto
                     && (range.first..=range.last).contains(&m.host_port)
+                    && (spec.container_ports.first..=spec.container_ports.last).contains(&m.container_port)
                     && (spec.host_ip.is_none() || same_address(m.host_ip, spec.host_ip))
-            }),
-            None => true,
-        });
+            })
+        };
+        let mut kept = vec![false; sandbox.publish.len()];
+        for m in &sandbox.ports {
+            if let Some(i) = sandbox.publish.iter().position(|spec| fits(spec, m)) {
+                kept[i] = true;
+            }
+        }
+        let mut kept = kept.into_iter();
+        sandbox
+            .publish
+            .retain(|spec| kept.next().unwrap_or(true) || spec.host_ports.is_none());
         self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
         let (new, gone) = rule_changes(&rules_before, &self.port_rules_of(&sandbox));
         self.sync_ports(&new, &gone).await?;

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{Daemon, error::Result, names, rollback::Rollback};
+use super::{Daemon, endpoints::DefaultRoute, error::Result, names, rollback::Rollback};
 use crate::{
     model::{NetworkMode, Sandbox},
     sys::{netns, process},
@@ -48,7 +48,21 @@ impl Daemon {
         if matches!(sandbox.mode, NetworkMode::Container(_)) {
             return report;
         }
-        if !path.exists() || !netns::is_netns(&path) {
+        // A path that names another namespace than the one the sandbox got (deleted, and
+        // made again under the same name by someone else) is not the sandbox's: never
+        // re-wired, handled like a namespace that is gone.
+        let recycled = sandbox
+            .netns_identity
+            .is_some_and(|id| path.exists() && netns::identity(&path) != Some(id));
+        if recycled && !sandbox.netns_owned {
+            report.push(format!(
+                "sandbox {}: {} now names another network namespace than the one it adopted; \
+                 not re-wired",
+                sandbox.name,
+                path.display()
+            ));
+        }
+        if !path.exists() || !netns::is_netns(&path) || (recycled && !sandbox.netns_owned) {
             if sandbox.cni.is_some() {
                 // The runtime deleted the container while natd could not hear its DEL. A
                 // refusal (another sandbox shares the namespace) is reported, never fatal.
@@ -70,11 +84,13 @@ impl Daemon {
                 return report;
             }
             if !sandbox.netns_owned {
-                report.push(format!(
-                    "sandbox {}: adopted namespace {} is gone; remove the sandbox",
-                    sandbox.name,
-                    path.display()
-                ));
+                if !recycled {
+                    report.push(format!(
+                        "sandbox {}: adopted namespace {} is gone; remove the sandbox",
+                        sandbox.name,
+                        path.display()
+                    ));
+                }
                 return report;
             }
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -115,7 +131,14 @@ impl Daemon {
                     // A half-made endpoint is removed again; the next reconcile retries.
                     let mut rollback = Rollback::new("reconcile");
                     let wired = self
-                        .wire_endpoint(&path, &network, endpoint, i == 0 && routed, mtu, &mut rollback)
+                        .wire_endpoint(
+                            &path,
+                            &network,
+                            endpoint,
+                            DefaultRoute::of(i == 0 && routed, sandbox.netns_owned),
+                            mtu,
+                            &mut rollback,
+                        )
                         .await;
                     match rollback.settle(&self.nl, wired).await {
                         Ok(_) => report.push(format!(

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::{
     DEFAULT_NETWORK, Daemon, drivers,
+    endpoints::DefaultRoute,
     error::{Result, conflict, internal, invalid},
     names, now,
     ports::{self, PortRequest},
@@ -44,6 +45,8 @@ struct RunPlan {
     /// The network and the endpoint on it, for bridge mode.
     attachment: Option<(Network, Endpoint)>,
     netns: NetnsPlan,
+    /// `--replace-default-route` for an adopted namespace.
+    replace_default_route: bool,
     dns: Vec<IpAddr>,
     mtu: Option<u32>,
     publish: Vec<PublishSpec>,
@@ -194,13 +197,28 @@ impl Daemon {
     }
 
     /// A namespace is one sandbox's, except that the CNI attachments of one container
-    /// (eth0, eth1, ...) share it. Returns whether another attachment is already there.
+    /// (eth0, eth1, ...) share it; and never the host's: natd's own namespace (which
+    /// holds its bridges and uplinks) and the initial one are refused, whatever path names
+    /// them. Returns whether another attachment is already there.
     fn check_adopted_netns(&self, path: &str, cni: Option<&CniAttachment>) -> Result<bool> {
         let path = Path::new(path);
         if !netns::is_netns(path) {
             return Err(invalid(format!("{} is not a network namespace", path.display())));
         }
         let id = netns::identity(path);
+        let what = if id.is_some() && id == netns::identity(Path::new("/proc/self/ns/net")) {
+            Some("natd's own network namespace (the host's, with its bridges and uplinks)")
+        } else if netns::is_initial(path) {
+            Some("the initial network namespace (the host's)")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(invalid(format!(
+                "{} is {what}: a sandbox never gets the host's namespace (--network host shares it)",
+                path.display()
+            )));
+        }
         let users: Vec<&Sandbox> = self
             .state
             .sandboxes
@@ -262,15 +280,18 @@ impl Daemon {
         if let Some(network) = &network {
             check_publish_families(&publish, network, self.dataplane.kind())?;
         }
+        self.check_host_addresses(&publish).await?;
         let request = PortRequest {
             publish: &publish,
             publish_all: req.publish_all,
             expose: &all_exposed,
             ipv6: network.as_ref().is_some_and(|n| n.has_ipv6()),
         };
-        // A runtime behind CNI binds its host ports itself (podman's port reservation), as
-        // the reference portmap plugin assumes: its own sockets must not refuse them.
-        let host = if req.cni.is_some() {
+        // A hostPort a host process listens on is refused for CNI attachments too (a pod
+        // must not shadow sshd or the kubelet): runtimes that reserve their ports (podman)
+        // bind them after the network is set up, so what listens now is the host's.
+        // `hostPortOverListener` lets the operator allow it.
+        let host = if req.cni.is_some() && req.host_port_over_listener {
             Default::default()
         } else {
             ports::host_sockets(&request)
@@ -289,7 +310,14 @@ impl Daemon {
                 let (eid, change) = self.alloc_id();
                 changes.push(change);
                 let endpoint = self
-                    .plan_endpoint(&network, req.ip.as_deref(), req.ip6.as_deref(), ifname, eid, &req.name)
+                    .plan_endpoint(
+                        &network,
+                        req.ip.as_deref(),
+                        req.ip6.as_deref(),
+                        ifname,
+                        eid,
+                        &req.name,
+                    )
                     .await?;
                 Some((network, endpoint))
             }
@@ -306,6 +334,7 @@ impl Daemon {
             mode,
             attachment,
             netns,
+            replace_default_route: req.replace_default_route,
             dns,
             mtu: req.mtu,
             publish,
@@ -361,7 +390,10 @@ impl Daemon {
             }
         };
         let mut endpoints = Vec::new();
-        let default_route = plan.cni.as_ref().is_none_or(|c| c.default_route);
+        let default_route = DefaultRoute::of(
+            plan.cni.as_ref().is_none_or(|c| c.default_route),
+            netns_owned || plan.replace_default_route,
+        );
         if let Some(path) = &netns_path {
             let inner = Netlink::connect_in(path)?;
             if let Some(lo) = inner.link("lo").await? {
@@ -392,6 +424,10 @@ impl Daemon {
             mode: plan.mode.clone(),
             netns: netns_path.as_ref().map(|p| p.display().to_string()),
             netns_owned,
+            netns_identity: netns_path
+                .as_deref()
+                .filter(|_| !matches!(plan.netns, NetnsPlan::Shared))
+                .and_then(netns::identity),
             etc_name: etc_name.filter(|_| netns_owned),
             endpoints,
             dns: plan.dns.clone(),

@@ -29,9 +29,6 @@ impl Daemon {
             }
         }
         let uplinks = resolve_uplinks(&nl, &config.uplinks, &state.networks).await?;
-        if config.ipv6 || state.networks.values().any(|n| n.has_ipv6()) {
-            super::networks::warn_router_advertised_uplinks(&uplinks);
-        }
         let local_ports = sysctl::local_port_range().unwrap_or((32768, 60999));
         let port_range = config.port_range.unwrap_or(local_ports);
         let snat_ports = config
@@ -57,6 +54,7 @@ impl Daemon {
             last_reconcile: Vec::new(),
             hairpin_set: HashSet::new(),
             localnet_set: HashSet::new(),
+            ra_checked: HashSet::new(),
             kernel_view: None,
             last_desired: None,
             cluster,
@@ -118,6 +116,7 @@ impl Daemon {
             created: existing.as_ref().map(|n| n.created).unwrap_or_else(now),
             parent: None,
             overlay: None,
+            trusted_host_interfaces: Vec::new(),
         };
         if existing.as_ref() == Some(&network) {
             return Ok(());

@@ -28,8 +28,8 @@ use crate::{
 
 /// The host's links and addresses: two netlink dumps, whatever the number of sandboxes.
 pub(super) struct KernelView {
-    addresses: Vec<(u32, IpNetwork)>,
-    links: HashMap<String, Link>,
+    pub(super) addresses: Vec<(u32, IpNetwork)>,
+    pub(super) links: HashMap<String, Link>,
 }
 
 impl Daemon {
@@ -47,25 +47,16 @@ impl Daemon {
     }
 
     fn desired_dataplane(&self, view: &KernelView) -> Desired {
+        let (quota_embryonic, quota_promoted) = self.config.source_quotas();
         let mut desired = Desired {
             snat_ports: self.snat_ports,
             fast_path: self.fast_path.is_on(),
+            direct_routing: self.config.allow_direct_routing,
+            quota_embryonic,
+            quota_promoted,
             ..Default::default()
         };
         let (addresses, links) = (&view.addresses, &view.links);
-        let first_v4 = |index: u32| {
-            addresses.iter().find_map(|(i, net)| match net {
-                IpNetwork::V4(v4) if *i == index => Some(v4.ip()),
-                _ => None,
-            })
-        };
-        // Masquerade leaves with a routable address, never a link-local one.
-        let first_v6 = |index: u32| {
-            addresses.iter().find_map(|(i, net)| match net {
-                IpNetwork::V6(v6) if *i == index && is_global_v6(v6.ip()) => Some(v6.ip()),
-                _ => None,
-            })
-        };
         // Link-local addresses (one per veth) are never looked up: the programs leave link
         // traffic alone before any lookup, and they would fill the table.
         desired.local_addrs = addresses
@@ -76,17 +67,7 @@ impl Daemon {
                 IpAddr::V4(_) => true,
             })
             .collect();
-        for uplink in &self.uplinks {
-            if let Some(link) = effective_uplink(links, uplink) {
-                desired.ifaces.push(iface(
-                    link,
-                    IfaceRole::Uplink {
-                        addr: first_v4(link.index),
-                        addr6: first_v6(link.index),
-                    },
-                ));
-            }
-        }
+        desired.ifaces = self.edges(view);
         for network in self.state.networks.values() {
             if drivers::of(network.driver).translated() {
                 desired.networks.push(NetworkRule {
@@ -99,12 +80,16 @@ impl Daemon {
                     internal: network.internal,
                     masquerade: network.masquerades() && network.gateway_mode_v4 == GatewayMode::Nat,
                     routed: network.gateway_mode_v4 == GatewayMode::Routed && !network.internal,
-                    v6: network.subnet_v6.zip(network.gateway_v6).map(|(subnet, gateway)| NetworkRule6 {
-                        subnet,
-                        gateway,
-                        masquerade: network.masquerades() && network.gateway_mode_v6 == GatewayMode::Nat,
-                        routed: network.gateway_mode_v6 == GatewayMode::Routed && !network.internal,
-                    }),
+                    v6: network
+                        .subnet_v6
+                        .zip(network.gateway_v6)
+                        .map(|(subnet, gateway)| NetworkRule6 {
+                            subnet,
+                            gateway,
+                            masquerade: network.masquerades() && network.gateway_mode_v6 == GatewayMode::Nat,
+                            routed: network.gateway_mode_v6 == GatewayMode::Routed && !network.internal,
+                        }),
+                    trusted: network.trusted_host_interfaces.clone(),
                 });
             }
         }
@@ -154,6 +139,7 @@ impl Daemon {
     pub(super) async fn sync_dataplane(&mut self) -> Result<SyncReport> {
         let view = self.kernel_view().await?;
         let desired = self.desired_dataplane(&view);
+        self.warn_router_advertised_edges(&desired.ifaces);
         self.kernel_view = Some(view);
         self.apply_desired(desired).await
     }
@@ -227,19 +213,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Called several times a second: puts back kernel state removed behind natd's back.
-    pub fn heal(&mut self) -> Result<bool> {
-        let healed = self.dataplane.heal()?;
-        if healed {
-            warn!(
-                "the dataplane's kernel state was removed from outside (e.g. a firewall reload); re-applied"
-            );
-            self.last_reconcile
-                .push("re-applied the dataplane after it was removed from outside".into());
-        }
-        Ok(healed)
-    }
-
     /// Whether the firewall check is due (about once a second): the name prefix to check
     /// with. The check itself (`netfilter::forwarding_rules`, a few milliseconds) runs
     /// without the daemon's lock; `follow_firewall` applies its result.
@@ -285,6 +258,11 @@ pub(super) fn effective_uplink<'a>(links: &'a HashMap<String, Link>, name: &str)
 }
 
 impl KernelView {
+    /// Whether `ip` is one of the host's addresses as of the last sync.
+    pub(super) fn has_address(&self, ip: IpAddr) -> bool {
+        self.addresses.iter().any(|(_, a)| a.ip() == ip)
+    }
+
     /// `name`, or `name via BRIDGE` when a bridge plays its role.
     pub(super) fn describe_uplink(&self, name: &str) -> String {
         match effective_uplink(&self.links, name) {
@@ -319,13 +297,14 @@ fn parse_mac(text: &str) -> [u8; 6] {
     mac6(&bytes)
 }
 
-fn iface(link: &Link, role: IfaceRole) -> Iface {
+pub(super) fn iface(link: &Link, role: IfaceRole) -> Iface {
     Iface {
         index: link.index,
         name: link.name.clone(),
         role,
         mac: mac6(&link.mac),
         mtu: link.mtu,
+        bridge: link.kind == LinkKind::Bridge,
     }
 }
 
@@ -401,7 +380,7 @@ impl Daemon {
             .endpoints
             .first()
             .and_then(|e| self.state.networks.get(&e.network));
-        port_rules(sandbox, network)
+        port_rules(sandbox, network, self.config.allow_direct_routing)
     }
 }
 
@@ -409,8 +388,10 @@ impl Daemon {
 /// aimed at the sandbox's address of that family on its first network (`network`). On a
 /// family whose gateway mode is routed nothing is translated: the mapping opens the
 /// container port on the sandbox's own address (a rule that translates it to itself), as
-/// Docker's routed mode opens it in its firewall.
-fn port_rules(sandbox: &Sandbox, network: Option<&Network>) -> Vec<PortRule> {
+/// Docker's routed mode opens it in its firewall. In nat mode the container port is also
+/// opened on the sandbox's address when edges may reach it directly (Docker 28.2): for
+/// every edge with `allow-direct-routing`, else for the edges the network trusts.
+fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool) -> Vec<PortRule> {
     let Some(endpoint) = sandbox.endpoints.first() else {
         return Vec::new();
     };
@@ -420,32 +401,56 @@ fn port_rules(sandbox: &Sandbox, network: Option<&Network>) -> Vec<PortRule> {
             mode == GatewayMode::Routed && !n.internal
         })
     };
-    sandbox
-        .ports
-        .iter()
-        .filter_map(|m| {
-            let (host_ip, target) = match m.host_ip {
-                None => (None, IpAddr::V4(endpoint.ipv4)),
-                Some(IpAddr::V4(v4)) => (Some(IpAddr::V4(v4)), IpAddr::V4(endpoint.ipv4)),
-                // Refused when the sandbox has no IPv6 address; skipped here for records
-                // written before that check.
-                Some(IpAddr::V6(v6)) => (Some(IpAddr::V6(v6)), IpAddr::V6(endpoint.ipv6?)),
-            };
-            let (host_ip, host_port) = if routed(target.is_ipv6()) {
-                (Some(target), m.container_port)
-            } else {
-                (host_ip.filter(|ip| !ip.is_unspecified()), m.host_port)
-            };
-            Some(PortRule::new(
-                host_ip,
-                host_port,
+    let direct = network.and_then(|n| {
+        if n.internal || !drivers::of(n.driver).translated() {
+            None
+        } else if direct_routing {
+            Some(false)
+        } else if !n.trusted_host_interfaces.is_empty() {
+            Some(true)
+        } else {
+            None
+        }
+    });
+    let mut rules: Vec<PortRule> = Vec::new();
+    for m in &sandbox.ports {
+        let (host_ip, target) = match m.host_ip {
+            None => (None, IpAddr::V4(endpoint.ipv4)),
+            Some(IpAddr::V4(v4)) => (Some(IpAddr::V4(v4)), IpAddr::V4(endpoint.ipv4)),
+            // Refused when the sandbox has no IPv6 address; skipped here for records
+            // written before that check.
+            Some(IpAddr::V6(v6)) => match endpoint.ipv6 {
+                Some(ip6) => (Some(IpAddr::V6(v6)), IpAddr::V6(ip6)),
+                None => continue,
+            },
+        };
+        let rule = if routed(target.is_ipv6()) {
+            PortRule::open_port(m.proto, target, m.container_port, sandbox.id, false)
+        } else {
+            if let Some(trusted_only) = direct {
+                rules.push(PortRule::open_port(
+                    m.proto,
+                    target,
+                    m.container_port,
+                    sandbox.id,
+                    trusted_only,
+                ));
+            }
+            PortRule::new(
+                host_ip.filter(|ip| !ip.is_unspecified()),
+                m.host_port,
                 m.proto,
                 target,
                 m.container_port,
                 sandbox.id,
-            ))
-        })
-        .collect()
+            )
+        };
+        rules.push(rule);
+    }
+    // One open port per container port, however many host ports lead to it.
+    let mut seen = HashSet::new();
+    rules.retain(|r| seen.insert((r.host_ip, r.host_port, r.proto, r.target, r.target_port)));
+    rules
 }
 
 /// Host ports to keep out of the host's own ephemeral range: published ones, not a routed
@@ -454,13 +459,13 @@ fn reserved_ports(desired: &Desired) -> Vec<u16> {
     desired
         .ports
         .iter()
-        .filter(|r| r.host_ip != Some(r.target))
+        .filter(|r| !r.is_open_port())
         .map(|r| r.host_port)
         .collect()
 }
 
 /// A global unicast address (not link-local, loopback, multicast or unspecified).
-fn is_global_v6(ip: std::net::Ipv6Addr) -> bool {
+pub(super) fn is_global_v6(ip: std::net::Ipv6Addr) -> bool {
     let first = ip.segments()[0];
     !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || first & 0xffc0 == 0xfe80)
 }

@@ -15,11 +15,24 @@ impl Daemon {
             (false, _) => "exited",
         };
         let (enter_netns, enter_etc) = self.enter_target(sandbox);
+        let inactive_ports = match &self.kernel_view {
+            Some(view) => sandbox
+                .ports
+                .iter()
+                .filter(|m| {
+                    m.host_ip
+                        .is_some_and(|ip| !ip.is_unspecified() && !ip.is_loopback() && !view.has_address(ip))
+                })
+                .map(|m| m.host_display())
+                .collect(),
+            None => Vec::new(),
+        };
         SandboxView {
             sandbox: sandbox.clone(),
             status: status.into(),
             enter_netns,
             enter_etc,
+            inactive_ports,
         }
     }
 
@@ -48,9 +61,7 @@ impl Daemon {
             .chain(self.remote_sandboxes(network))
             .collect();
         let options = match network.driver {
-            crate::model::Driver::Bridge => {
-                super::drivers::addressing::gateway_mode_options(network.gateway_mode_v4, network.gateway_mode_v6)
-            }
+            crate::model::Driver::Bridge => super::drivers::addressing::bridge_options(network),
             _ => Default::default(),
         };
         NetworkView {

@@ -26,11 +26,15 @@ pub enum DataplaneError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfaceRole {
-    /// Masqueraded traffic leaves with `addr` / `addr6` (None: the uplink has no address
-    /// of that family; IPv6: no global one).
-    Uplink {
+    /// An edge: an interface of natd's namespace that is not natd's own (a NIC, a VLAN, a
+    /// bridge natd does not run, a VPN device). Everything arriving there is from outside,
+    /// everything leaving there is masqueraded with `addr` / `addr6` (None: no address of
+    /// that family to leave with; IPv6: no global one). `link_layer`: false for devices
+    /// whose frames start at the IP header (TUN).
+    Edge {
         addr: Option<Ipv4Addr>,
         addr6: Option<Ipv6Addr>,
+        link_layer: bool,
     },
     /// The host end of a sandbox's veth; the sandbox's addresses are the only sources it
     /// may send from.
@@ -49,6 +53,9 @@ pub struct Iface {
     pub role: IfaceRole,
     pub mac: [u8; 6],
     pub mtu: u32,
+    /// A bridge (an edge's role moves to one with the NIC's MAC when a hostbridge network
+    /// takes the NIC, and back).
+    pub bridge: bool,
 }
 
 /// A sandbox's endpoint on one address (IPv4 or IPv6): where the fast path delivers
@@ -77,6 +84,9 @@ pub struct PortRule {
     pub target_port: u16,
     /// Changes whenever any field above changes, so flows of an old mapping are recognised.
     pub mapping_id: u32,
+    /// An open container port (the sandbox's address and port translated to themselves)
+    /// that only edges its network trusts may use.
+    pub trusted_only: bool,
 }
 
 impl PortRule {
@@ -113,7 +123,23 @@ impl PortRule {
             target,
             target_port,
             mapping_id: hash.max(1),
+            trusted_only: false,
         }
+    }
+
+    /// The container port opened on the sandbox's own address (routed mode, trusted
+    /// edges, `allow-direct-routing`): translated to itself.
+    pub fn open_port(proto: Proto, target: IpAddr, port: u16, salt: u32, trusted_only: bool) -> Self {
+        Self {
+            trusted_only,
+            ..Self::new(Some(target), port, proto, target, port, salt)
+        }
+    }
+
+    /// Whether the rule opens a container port on the sandbox's address rather than
+    /// publishing a host port.
+    pub fn is_open_port(&self) -> bool {
+        self.host_ip == Some(self.target) && self.host_port == self.target_port
     }
 }
 
@@ -141,6 +167,9 @@ pub struct NetworkRule {
     pub routed: bool,
     /// The network's IPv6 side, if it has one.
     pub v6: Option<NetworkRule6>,
+    /// Edges (by name) that may reach published container ports on its sandboxes'
+    /// addresses (`com.docker.network.bridge.trusted_host_interfaces`).
+    pub trusted: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +196,31 @@ pub struct Desired {
     pub snat_ports: (u16, u16),
     /// Whether new flows may bypass the host (`--fast-path`, and no netfilter rules).
     pub fast_path: bool,
+    /// The daemon's `allow-direct-routing`: every edge reaches published container ports
+    /// on sandbox addresses.
+    pub direct_routing: bool,
+    /// Per-source quotas of embryonic and promoted flows (0: none).
+    pub quota_embryonic: u32,
+    pub quota_promoted: u32,
+}
+
+impl Desired {
+    /// (edge ifindex, network id) of every edge a network trusts that exists now.
+    pub fn trusted_edges(&self) -> Vec<(u32, u32)> {
+        let mut pairs = Vec::new();
+        for network in &self.networks {
+            for name in &network.trusted {
+                if let Some(edge) = self
+                    .ifaces
+                    .iter()
+                    .find(|i| &i.name == name && matches!(i.role, IfaceRole::Edge { .. }))
+                {
+                    pairs.push((edge.index, network.id));
+                }
+            }
+        }
+        pairs
+    }
 }
 
 /// One tracked flow, as `natctl ct ls` shows it.
@@ -276,11 +330,6 @@ pub trait Dataplane: Send + Sync {
     }
     /// Expires idle flows; called periodically.
     fn gc(&mut self) -> Result<GcReport, DataplaneError>;
-    /// Re-applies the kernel state if something outside natd removed it (e.g. `nft flush
-    /// ruleset`); called several times a second. Returns whether it had to.
-    fn heal(&mut self) -> Result<bool, DataplaneError> {
-        Ok(false)
-    }
     /// Attachments and map sizes for `natctl info`.
     fn info(&self) -> serde_json::Value;
     fn stats(&self) -> Stats;

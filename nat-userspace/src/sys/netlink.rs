@@ -13,7 +13,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags},
-        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType},
         route::{RouteAddress, RouteAttribute, RouteType},
     },
 };
@@ -46,7 +46,10 @@ impl NetlinkError {
     }
 }
 
-pub(crate) fn request_err(op: &'static str, target: impl ToString) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+pub(crate) fn request_err(
+    op: &'static str,
+    target: impl ToString,
+) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     move |e| {
         let errno = match &e {
             rtnetlink::Error::NetlinkError(m) => -m.raw_code(),
@@ -81,6 +84,19 @@ pub struct Link {
     pub mtu: u32,
     pub up: bool,
     pub mac: Vec<u8>,
+    pub loopback: bool,
+    pub layer: LinkLayer,
+}
+
+/// What a link's frames start with, as TC programs see them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header (ARPHRD_ETHER: NICs, veths, bridges, VLANs, bonds).
+    Ethernet,
+    /// The IP header: TUN devices (WireGuard, Tailscale, OpenVPN), PPP, IP tunnels.
+    Ip,
+    /// Anything else (InfiniBand, CAN, ...): natd does not parse it.
+    Other,
 }
 
 #[derive(Clone, Debug)]
@@ -341,32 +357,81 @@ impl Netlink {
         Ok(())
     }
 
-    pub async fn add_default_route_v4(&self, gateway: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
+    /// The default route via `gateway` on `oif`. Without `replace` it is added only if
+    /// the namespace has no default route of the family in its main table, at any metric
+    /// (NLM_F_EXCL alone would only refuse one of the same metric): one that is there is an
+    /// error (`errno` EEXIST), never silently outranked. With `replace` the namespace's
+    /// default routes of the family are removed first.
+    pub async fn add_default_route_v4(&self, gateway: Ipv4Addr, oif: u32, replace: bool) -> Result<(), NetlinkError> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(oif)
             .build();
-        self.add_route(route, gateway.into()).await
+        let existing = self.default_routes(RouteMessageBuilder::<Ipv4Addr>::new().build()).await?;
+        self.add_default_route(route, gateway.into(), existing, replace).await
     }
 
-    pub async fn add_default_route_v6(&self, gateway: Ipv6Addr, oif: u32) -> Result<(), NetlinkError> {
+    pub async fn add_default_route_v6(&self, gateway: Ipv6Addr, oif: u32, replace: bool) -> Result<(), NetlinkError> {
         let route = RouteMessageBuilder::<Ipv6Addr>::new()
             .gateway(gateway)
             .output_interface(oif)
             .build();
-        self.add_route(route, gateway.into()).await
+        let existing = self.default_routes(RouteMessageBuilder::<Ipv6Addr>::new().build()).await?;
+        self.add_default_route(route, gateway.into(), existing, replace).await
     }
 
-    async fn add_route(
+    /// The main table's default routes of the family `query` asks for.
+    async fn default_routes(
+        &self,
+        query: rtnetlink::packet_route::route::RouteMessage,
+    ) -> Result<Vec<rtnetlink::packet_route::route::RouteMessage>, NetlinkError> {
+        let mut stream = self.handle.route().get(query).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(request_err("dump routes", "default"))? {
+            let table = msg
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(msg.header.table));
+            if msg.header.destination_prefix_length == 0 && table == RT_TABLE_MAIN && msg.header.kind == RouteType::Unicast {
+                out.push(msg);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_default_route(
         &self,
         route: rtnetlink::packet_route::route::RouteMessage,
         gateway: IpAddr,
+        existing: Vec<rtnetlink::packet_route::route::RouteMessage>,
+        replace: bool,
     ) -> Result<(), NetlinkError> {
-        match self.handle.route().add(route).replace().execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Ok(()),
-            Err(e) => Err(request_err("add default route via", gateway)(e)),
+        if !existing.is_empty() && !replace {
+            return Err(NetlinkError::Request {
+                op: "add default route via",
+                target: gateway.to_string(),
+                message: "the namespace has a default route already".into(),
+                errno: libc::EEXIST,
+            });
         }
+        for old in existing {
+            self.handle
+                .route()
+                .del(old)
+                .execute()
+                .await
+                .map_err(request_err("replace default route via", gateway))?;
+        }
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(request_err("add default route via", gateway))
     }
 
     /// Adds (or replaces) an IPv4 route through `oif`.
@@ -491,6 +556,19 @@ fn parse_link(msg: rtnetlink::packet_route::link::LinkMessage) -> Link {
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
         mac: Vec::new(),
+        loopback: msg.header.flags.contains(LinkFlags::Loopback),
+        layer: match msg.header.link_layer_type {
+            LinkLayerType::Ether => LinkLayer::Ethernet,
+            LinkLayerType::None
+            | LinkLayerType::Ppp
+            | LinkLayerType::Rawip
+            | LinkLayerType::Tunnel
+            | LinkLayerType::Tunnel6
+            | LinkLayerType::Sit
+            | LinkLayerType::Ipgre
+            | LinkLayerType::Ip6gre => LinkLayer::Ip,
+            _ => LinkLayer::Other,
+        },
     };
     for attr in msg.attributes {
         match attr {
@@ -513,4 +591,70 @@ fn parse_link(msg: rtnetlink::packet_route::link::LinkMessage) -> Link {
         }
     }
     link
+}
+
+/// A change the kernel announced in natd's namespace: a link appeared, changed or went
+/// (with its name), an address was added to or removed from a link, or announcements were
+/// lost (the socket overran: anything may have changed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    Link { index: u32, name: String, gone: bool },
+    Address { index: u32 },
+    Lost,
+}
+
+/// Subscribes to link and address changes of the calling thread's namespace
+/// (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR). Needs a tokio runtime; the
+/// events arrive on the returned channel until it is dropped.
+pub fn watch_links() -> Result<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>, NetlinkError> {
+    use netlink_packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    const RTMGRP_LINK: u32 = 0x1;
+    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+    const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+    let (mut connection, _handle, mut messages) =
+        rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+    let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+    use netlink_sys::AsyncSocket as _;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&netlink_sys::SocketAddr::new(0, groups))
+        .map_err(NetlinkError::Socket)?;
+    tokio::spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures::StreamExt as _;
+        while let Some((message, _)) = messages.next().await {
+            let event = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                    let link = parse_link(link);
+                    LinkEvent::Link {
+                        index: link.index,
+                        name: link.name,
+                        gone: false,
+                    }
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                    let link = parse_link(link);
+                    LinkEvent::Link {
+                        index: link.index,
+                        name: link.name,
+                        gone: true,
+                    }
+                }
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewAddress(address) | RouteNetlinkMessage::DelAddress(address),
+                ) => LinkEvent::Address {
+                    index: address.header.index,
+                },
+                NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_) => LinkEvent::Lost,
+                _ => continue,
+            };
+            if tx.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }

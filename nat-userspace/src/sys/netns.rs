@@ -165,6 +165,17 @@ pub fn run_in<T: Send + 'static>(
     })?
 }
 
+/// Whether the namespace at `path` is the initial network namespace (the machine's own):
+/// its nsfs inode number is fixed (PROC_NET_INIT_INO), wherever natd runs and whether or
+/// not /proc/1 may be read.
+pub fn is_initial(path: &Path) -> bool {
+    const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
+    match (identity(path), identity(Path::new("/proc/self/ns/net"))) {
+        (Some((dev, ino)), Some((nsfs, _))) => dev == nsfs && ino == PROC_NET_INIT_INO,
+        _ => false,
+    }
+}
+
 /// (device, inode) that identifies a namespace.
 pub fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))

@@ -88,3 +88,44 @@ impl Drop for Nft {
         unsafe { nft_ctx_free(self.ctx.as_ptr()) }
     }
 }
+
+/// nf_tables changes in the calling thread's namespace, as the kernel announces them
+/// (the NFNLGRP_NFTABLES group: every table, chain, rule, set and element change, natd's
+/// own included). What `nft monitor` listens to.
+pub struct RulesetWatch {
+    socket: netlink_sys::Socket,
+}
+
+impl RulesetWatch {
+    const NFNLGRP_NFTABLES: u32 = 7;
+
+    pub fn open() -> std::io::Result<Self> {
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+        socket.bind(&netlink_sys::SocketAddr::new(
+            0,
+            1 << (Self::NFNLGRP_NFTABLES - 1),
+        ))?;
+        socket.set_non_blocking(true)?;
+        Ok(Self { socket })
+    }
+
+    /// Returns when the ruleset changed (true) or `timeout` passed (false); what was
+    /// queued is read, so one burst of changes wakes the caller once.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut poll = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
+        if ready <= 0 {
+            return false;
+        }
+        let mut buf = vec![0u8; 65536];
+        // An overrun (ENOBUFS) also means changes happened.
+        while self.socket.recv(&mut &mut buf[..], 0).is_ok() {}
+        true
+    }
+}

@@ -168,9 +168,14 @@ struct RunArgs {
     publish_all: bool,
     #[arg(long)]
     expose: Vec<String>,
-    /// Use this existing network namespace instead of creating one.
+    /// Use this existing network namespace instead of creating one (never natd's own or
+    /// the initial one).
     #[arg(long)]
     netns: Option<String>,
+    /// With --netns: give the namespace natd's default route even if it has one already
+    /// (without it such a namespace is refused).
+    #[arg(long = "replace-default-route", requires = "netns")]
+    replace_default_route: bool,
     #[arg(last = true)]
     command: Vec<String>,
 }

@@ -29,6 +29,7 @@ pub async fn run(client: &Client, args: &RunArgs, json: bool) -> Result<(), CliE
         publish_all: args.publish_all,
         expose: args.expose.clone(),
         netns: args.netns.clone(),
+        replace_default_route: args.replace_default_route,
         command: args.command.clone(),
         ..Default::default()
     };
@@ -126,7 +127,13 @@ pub async fn port(client: &Client, name: &str, port: Option<&str>, json: bool) -
         )));
     } else {
         for m in mappings {
-            println!("{}/{} -> {}", m.container_port, m.proto, m.host_display());
+            let host = m.host_display();
+            let note = if view.inactive_ports.contains(&host) {
+                "  (inactive: the address is not on this host now)"
+            } else {
+                ""
+            };
+            println!("{}/{} -> {host}{note}", m.container_port, m.proto);
         }
     }
     Ok(())

@@ -45,6 +45,7 @@ pub async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         netns: env.netns.clone(),
         ifname: env.ifname.clone(),
         publish,
+        host_port_over_listener: conf.host_port_over_listener,
         cni: Some(CniAttachment {
             container_id: env.container_id().to_string(),
             ifname: env.ifname().to_string(),

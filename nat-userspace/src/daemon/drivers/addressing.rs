@@ -17,6 +17,7 @@ use crate::{
 /// Docker's option names of the gateway modes.
 pub const GATEWAY_MODE_V4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
 pub const GATEWAY_MODE_V6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+pub const TRUSTED_HOST_INTERFACES: &str = "com.docker.network.bridge.trusted_host_interfaces";
 
 /// `--subnet` and `--gateway` of a request, by address family.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -133,12 +134,42 @@ pub fn gateway_modes(opts: &BTreeMap<&str, &str>) -> Result<(GatewayMode, Gatewa
     Ok((mode(GATEWAY_MODE_V4)?, mode(GATEWAY_MODE_V6)?))
 }
 
-/// What `network inspect` shows of the gateway modes, in Docker's option names.
-pub fn gateway_mode_options(v4: GatewayMode, v6: GatewayMode) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (GATEWAY_MODE_V4.to_string(), v4.name().to_string()),
-        (GATEWAY_MODE_V6.to_string(), v6.name().to_string()),
-    ])
+/// `-o com.docker.network.bridge.trusted_host_interfaces=IF[:IF...]`: interface names
+/// separated by colons, as Docker 28.2 takes them (empty parts are skipped).
+pub fn trusted_host_interfaces(opts: &BTreeMap<&str, &str>) -> Result<Vec<String>> {
+    let Some(text) = opts.get(TRUSTED_HOST_INTERFACES) else {
+        return Ok(Vec::new());
+    };
+    let mut names = Vec::new();
+    for name in text.split(':').filter(|n| !n.is_empty()) {
+        crate::config::validate_ifname(name)
+            .map_err(|m| invalid(format!("invalid value for {TRUSTED_HOST_INTERFACES}: {m}")))?;
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// What `network inspect` shows of a bridge network's options, in Docker's names.
+pub fn bridge_options(network: &crate::model::Network) -> BTreeMap<String, String> {
+    let mut options = BTreeMap::from([
+        (
+            GATEWAY_MODE_V4.to_string(),
+            network.gateway_mode_v4.name().to_string(),
+        ),
+        (
+            GATEWAY_MODE_V6.to_string(),
+            network.gateway_mode_v6.name().to_string(),
+        ),
+    ]);
+    if !network.trusted_host_interfaces.is_empty() {
+        options.insert(
+            TRUSTED_HOST_INTERFACES.to_string(),
+            network.trusted_host_interfaces.join(":"),
+        );
+    }
+    options
 }
 
 #[cfg(test)]

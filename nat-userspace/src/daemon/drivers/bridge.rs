@@ -108,7 +108,11 @@ impl BridgeDriver {
 
     /// Creates or adopts the bridge and gives it the gateway address, MTU and up state.
     /// Returns whether the bridge had to be created.
-    pub(super) async fn bring_up(nl: &Netlink, network: &Network, mut rollback: Option<&mut Rollback>) -> Result<bool> {
+    pub(super) async fn bring_up(
+        nl: &Netlink,
+        network: &Network,
+        mut rollback: Option<&mut Rollback>,
+    ) -> Result<bool> {
         let (link, created) = match nl.link(&network.bridge).await? {
             Some(link) => (link, false),
             None => {
@@ -180,8 +184,17 @@ impl NetworkDriver for BridgeDriver {
     }
 
     async fn plan(&self, ctx: &PlanContext<'_>, req: &NetworkCreate, id: u32) -> Result<Network> {
-        let opts = options(req, &["bridge-name", addressing::GATEWAY_MODE_V4, addressing::GATEWAY_MODE_V6])?;
+        let opts = options(
+            req,
+            &[
+                "bridge-name",
+                addressing::GATEWAY_MODE_V4,
+                addressing::GATEWAY_MODE_V6,
+                addressing::TRUSTED_HOST_INTERFACES,
+            ],
+        )?;
         let (gateway_mode_v4, gateway_mode_v6) = addressing::gateway_modes(&opts)?;
+        let trusted_host_interfaces = addressing::trusted_host_interfaces(&opts)?;
         let requested = addressing::split(req, "bridge")?;
         let mtu = req.mtu.unwrap_or(ctx.config.mtu);
         config::validate_mtu(mtu).map_err(invalid)?;
@@ -229,6 +242,7 @@ impl NetworkDriver for BridgeDriver {
             created: now(),
             parent: None,
             overlay: None,
+            trusted_host_interfaces,
         })
     }
 
@@ -261,11 +275,20 @@ impl NetworkDriver for BridgeDriver {
         errors
     }
 
-    async fn foreign_addresses(&self, _ctx: &EndpointContext<'_>, _network: &Network) -> Result<Vec<Ipv4Addr>> {
+    async fn foreign_addresses(
+        &self,
+        _ctx: &EndpointContext<'_>,
+        _network: &Network,
+    ) -> Result<Vec<Ipv4Addr>> {
         Ok(Vec::new())
     }
 
-    async fn check_address(&self, _ctx: &EndpointContext<'_>, _network: &Network, _ip: Ipv4Addr) -> Result<AddressCheck> {
+    async fn check_address(
+        &self,
+        _ctx: &EndpointContext<'_>,
+        _network: &Network,
+        _ip: Ipv4Addr,
+    ) -> Result<AddressCheck> {
         // natd owns the subnet: its records are the whole truth.
         Ok(AddressCheck::Free)
     }

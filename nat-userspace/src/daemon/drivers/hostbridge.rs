@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use async_trait::async_trait;
 use ipnetwork::{IpNetwork, Ipv4Network};
 
-use super::{EndpointContext, AddressCheck, NetworkDriver, PlanContext, ip_range, options};
+use super::{AddressCheck, EndpointContext, NetworkDriver, PlanContext, ip_range, options};
 use crate::{
     api::NetworkCreate,
     config,
@@ -108,6 +108,7 @@ impl NetworkDriver for HostBridgeDriver {
             gateway_mode_v6: Default::default(),
             created: now(),
             overlay: None,
+            trusted_host_interfaces: Vec::new(),
             // Filled in by setup: what the NIC had before.
             parent: parent.map(|parent| ParentState {
                 parent,
@@ -168,7 +169,11 @@ impl NetworkDriver for HostBridgeDriver {
         errors
     }
 
-    async fn foreign_addresses(&self, ctx: &EndpointContext<'_>, _network: &Network) -> Result<Vec<Ipv4Addr>> {
+    async fn foreign_addresses(
+        &self,
+        ctx: &EndpointContext<'_>,
+        _network: &Network,
+    ) -> Result<Vec<Ipv4Addr>> {
         // The host's own addresses on the LAN are taken too.
         Ok(ctx
             .nl
@@ -182,7 +187,12 @@ impl NetworkDriver for HostBridgeDriver {
             .collect())
     }
 
-    async fn check_address(&self, ctx: &EndpointContext<'_>, network: &Network, ip: Ipv4Addr) -> Result<AddressCheck> {
+    async fn check_address(
+        &self,
+        ctx: &EndpointContext<'_>,
+        network: &Network,
+        ip: Ipv4Addr,
+    ) -> Result<AddressCheck> {
         let bridge = ctx.nl.require_link(&network.bridge).await?;
         let in_use = tokio::task::spawn_blocking(move || {
             arp::address_in_use(bridge.index, &bridge.mac, ip, PROBE_WAIT)

@@ -92,6 +92,7 @@ pub fn local_network(record: &OverlayRecord, id: u32, prefix: &str, mtu: u32, lo
             vni: record.vni,
             local,
         }),
+        trusted_host_interfaces: Vec::new(),
     }
 }
 
@@ -174,8 +175,13 @@ impl NetworkDriver for OverlayDriver {
         }
         let cluster_subnets: Vec<Ipv4Network> = view.networks.values().map(|n| n.subnet).collect();
         let requested = super::addressing::split(req, "overlay")?;
-        let subnet =
-            BridgeDriver::subnet(ctx, requested.subnet_v4, &cluster_subnets, ipam::pick_free_overlay_subnet).await?;
+        let subnet = BridgeDriver::subnet(
+            ctx,
+            requested.subnet_v4,
+            &cluster_subnets,
+            ipam::pick_free_overlay_subnet,
+        )
+        .await?;
         let gateway = BridgeDriver::gateway(subnet, requested.gateway_v4)?;
         let used_vnis: Vec<u32> = view.networks.values().map(|n| n.vni).collect();
         let vni = match opts
@@ -270,7 +276,11 @@ impl NetworkDriver for OverlayDriver {
             )));
         }
         // Only if nobody claimed an address since the check above.
-        if !cluster.remove_network(record, Some(revision)).await.map_err(store_error)? {
+        if !cluster
+            .remove_network(record, Some(revision))
+            .await
+            .map_err(store_error)?
+        {
             return Err(conflict(format!(
                 "network {} changed in the cluster store meanwhile; try again",
                 network.name

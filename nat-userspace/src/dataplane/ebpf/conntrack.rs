@@ -9,7 +9,7 @@ use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, MapData},
 };
-use nat_common::{Addr6, CtEntry, CtKey, clock, ct, names::map};
+use nat_common::{Addr6, CtEntry, CtKey, SourceQuota, clock, ct, names::map};
 
 use super::{
     err,
@@ -18,23 +18,36 @@ use super::{
 use crate::dataplane::{CtTimeout, DataplaneError, Flow, GcReport};
 
 /// An address family's connection tables.
-pub trait Family: Copy + Eq + Hash + 'static {
+pub trait Family: Copy + Eq + Hash + Pod + 'static {
     /// Established and embryonic table.
     const TABLES: [&'static str; 2];
+    /// Flows per source (the per-source quotas).
+    const QUOTA: &'static str;
     fn ip(self) -> IpAddr;
+    /// What a quota counts flows of, as the programs key it (`nat-ebpf` `quota_key`): the
+    /// IPv4 address, the IPv6 /64.
+    fn quota_key(self) -> Self;
 }
 
 impl Family for u32 {
     const TABLES: [&'static str; 2] = [map::CT4, map::CT4_NEW];
+    const QUOTA: &'static str = map::QUOTA4;
     fn ip(self) -> IpAddr {
         IpAddr::V4(from_raw(self))
+    }
+    fn quota_key(self) -> Self {
+        self
     }
 }
 
 impl Family for Addr6 {
     const TABLES: [&'static str; 2] = [map::CT6, map::CT6_NEW];
+    const QUOTA: &'static str = map::QUOTA6;
     fn ip(self) -> IpAddr {
         IpAddr::V6(from_raw6(self))
+    }
+    fn quota_key(self) -> Self {
+        [self[0], self[1], 0, 0]
     }
 }
 
@@ -211,7 +224,10 @@ fn live<A>(generations: Option<&Array<&MapData, u32>>, entry: &CtEntry<A>) -> bo
 /// entry that translates into it remains.
 pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError> {
     // One family's failure does not keep the other's flows from expiring.
-    let (v4, v6) = (expire_family::<u32>(ebpf, timeouts), expire_family::<Addr6>(ebpf, timeouts));
+    let (v4, v6) = (
+        expire_family::<u32>(ebpf, timeouts),
+        expire_family::<Addr6>(ebpf, timeouts),
+    );
     let (v4, v6) = (v4?, v6?);
     Ok(GcReport {
         scanned: v4.scanned + v6.scanned,
@@ -230,7 +246,9 @@ where
     let gens = generations(ebpf);
     // (key, last_seen) of each entry to remove, the original direction before its peer.
     let mut doomed: Vec<Vec<(CtKey<A>, u32)>> = Vec::new();
-    for (key, entry, _) in &all {
+    // What each source holds among the flows that stay (see `recount_sources`).
+    let mut sources: StdHashMap<A, SourceQuota> = StdHashMap::new();
+    for (key, entry, established) in &all {
         let peer_key = key.peer(entry);
         let peer = by_key.get(&peer_key).copied();
         let reply = entry.kind == ct::DNAT_REPLY || entry.kind == ct::SNAT_REPLY;
@@ -248,8 +266,18 @@ where
             let mut flow = vec![(*key, entry.last_seen)];
             flow.extend(peer.map(|p| (peer_key, p.last_seen)));
             doomed.push(flow);
+        } else if !reply {
+            let held = sources.entry(key.src.quota_key()).or_default();
+            let tcp = key.proto == nat_common::PROTO_TCP;
+            let answered = peer.is_some_and(|p| p.flags & ct::REPLIED != 0);
+            if !*established && (tcp || !answered) {
+                held.embryonic += 1;
+            } else if *established && !tcp {
+                held.promoted += 1;
+            }
         }
     }
+    recount_sources::<A>(ebpf, &sources)?;
     let mut expired = 0;
     let mut later = Vec::new();
     {
@@ -272,6 +300,33 @@ where
         scanned: all.len(),
         expired,
     })
+}
+
+/// Sets every source's quota count to what it holds now: the programs only count up (a
+/// flow's end is not theirs to see), so each expiry pass brings the counts back to the
+/// live flows, and forgets sources that hold none.
+fn recount_sources<A: Family>(
+    ebpf: &mut Ebpf,
+    live: &StdHashMap<A, SourceQuota>,
+) -> Result<(), DataplaneError> {
+    let mut quota: HashMap<&mut MapData, A, SourceQuota> = HashMap::try_from(
+        ebpf.map_mut(A::QUOTA)
+            .ok_or_else(|| err("map missing", A::QUOTA))?,
+    )
+    .map_err(|e| err(A::QUOTA, e))?;
+    let counted: Vec<(A, SourceQuota)> = quota.iter().filter_map(Result::ok).collect();
+    for (src, count) in counted {
+        match live.get(&src) {
+            None => {
+                let _ = quota.remove(&src);
+            }
+            Some(now) if *now != count => {
+                let _ = quota.insert(src, *now, 0);
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 #[derive(PartialEq, Eq)]

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nat_common::{
-    Addr6, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, net, role,
+    Addr6, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, net,
+    port, role,
 };
 
 use crate::dataplane::{EndpointRule, Iface, IfaceRole, NetworkRule, PortRule};
@@ -32,7 +33,16 @@ pub fn from_raw6(raw: Addr6) -> Ipv6Addr {
 
 pub fn iface_config(iface: &Iface) -> IfaceConfig {
     let (role, network_id, addr4, addr6) = match iface.role {
-        IfaceRole::Uplink { addr, addr6 } => (role::UPLINK, 0, addr.map(raw).unwrap_or(0), addr6),
+        IfaceRole::Edge {
+            addr,
+            addr6,
+            link_layer,
+        } => (
+            if link_layer { role::EDGE } else { role::EDGE_L3 },
+            0,
+            addr.map(raw).unwrap_or(0),
+            addr6,
+        ),
         IfaceRole::SandboxVeth {
             network_id,
             addr,
@@ -74,7 +84,12 @@ impl PortEntry {
 }
 
 pub fn port_entry(rule: &PortRule, slot: u32, generation: u32) -> PortEntry {
-    let (port, target_port, proto) = (rule.host_port.to_be(), rule.target_port.to_be(), rule.proto.number());
+    let (port, target_port, proto) = (
+        rule.host_port.to_be(),
+        rule.target_port.to_be(),
+        rule.proto.number(),
+    );
+    let flags = if rule.trusted_only { port::TRUSTED_ONLY } else { 0 };
     match rule.target {
         IpAddr::V4(target) => PortEntry::V4(
             Port4Key {
@@ -89,7 +104,7 @@ pub fn port_entry(rule: &PortRule, slot: u32, generation: u32) -> PortEntry {
             Port4Target {
                 addr: raw(target),
                 port: target_port,
-                _pad: 0,
+                flags,
                 slot,
                 generation,
                 mapping_id: rule.mapping_id,
@@ -108,7 +123,7 @@ pub fn port_entry(rule: &PortRule, slot: u32, generation: u32) -> PortEntry {
             Port6Target {
                 addr: raw6(target),
                 port: target_port,
-                _pad: 0,
+                flags,
                 slot,
                 generation,
                 mapping_id: rule.mapping_id,

@@ -209,13 +209,21 @@ impl Links<'_> {
         let mut wanted = BTreeSet::new();
         let mut plan = Vec::new();
         for iface in &desired.ifaces {
+            // Each IPv4 program hands IPv6 on to the IPv6 one attached after it.
             let attachments: &[(TcAttachType, &str)] = match iface.role {
-                // Each IPv4 program hands IPv6 on to the IPv6 one attached after it.
-                IfaceRole::Uplink { .. } => &[
-                    (TcAttachType::Ingress, program::UPLINK_INGRESS),
-                    (TcAttachType::Ingress, program::UPLINK_INGRESS6),
-                    (TcAttachType::Egress, program::UPLINK_EGRESS),
-                    (TcAttachType::Egress, program::UPLINK_EGRESS6),
+                IfaceRole::Edge { link_layer: true, .. } => &[
+                    (TcAttachType::Ingress, program::EDGE_INGRESS),
+                    (TcAttachType::Ingress, program::EDGE_INGRESS6),
+                    (TcAttachType::Egress, program::EDGE_EGRESS),
+                    (TcAttachType::Egress, program::EDGE_EGRESS6),
+                ],
+                IfaceRole::Edge {
+                    link_layer: false, ..
+                } => &[
+                    (TcAttachType::Ingress, program::EDGE3_INGRESS),
+                    (TcAttachType::Ingress, program::EDGE3_INGRESS6),
+                    (TcAttachType::Egress, program::EDGE3_EGRESS),
+                    (TcAttachType::Egress, program::EDGE3_EGRESS6),
                 ],
                 IfaceRole::SandboxVeth { .. } => &[
                     (TcAttachType::Ingress, program::SANDBOX_INGRESS),
@@ -230,7 +238,8 @@ impl Links<'_> {
                 };
                 let name = format!("{}-{}-{dir}-{program}", iface.index, iface.name);
                 wanted.insert(name.clone());
-                plan.push((name, iface.name.clone(), direction, program));
+                let edge = matches!(iface.role, IfaceRole::Edge { .. });
+                plan.push((name, iface.name.clone(), direction, program, edge));
             }
         }
         let cgroup_plan: Vec<(String, &str)> = match self.cgroup_root {
@@ -241,6 +250,7 @@ impl Links<'_> {
             None => Vec::new(),
         };
         wanted.extend(cgroup_plan.iter().map(|(name, _)| name.clone()));
+        rename_legacy_pins(&self.dir, &wanted, report);
         let existing = Self::pinned(&self.dir);
         for (name, program) in cgroup_plan {
             if existing.contains(&name) {
@@ -258,11 +268,21 @@ impl Links<'_> {
             unpin(&self.dir.join(stale)).map_err(|e| err("detach", e))?;
             report.detached.push(stale.clone());
         }
-        for (name, ifname, direction, program) in plan {
+        for (name, ifname, direction, program, edge) in plan {
             let pin = self.dir.join(&name);
             if !existing.contains(&name) {
-                self.attach_tc(program, &ifname, direction, &pin)?;
-                report.attached.push(name);
+                match self.attach_tc(program, &ifname, direction, &pin) {
+                    Ok(()) => report.attached.push(name),
+                    // Other software's interfaces come and go (a veth a runtime is about to
+                    // put into its bridge, a device deleted since the dump): one that cannot
+                    // be attached now is reported and tried again at the next sync, and
+                    // never keeps natd from serving the others. natd's own must attach.
+                    Err(e) if edge => {
+                        tracing::warn!(iface = %ifname, error = %e, "cannot attach to an edge now");
+                        report.detached.push(format!("{name} (not attached: {e})"));
+                    }
+                    Err(e) => return Err(e),
+                }
             } else if self.replace_if_outdated(program, &pin)? {
                 report
                     .attached
@@ -272,6 +292,49 @@ impl Links<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A pinned link whose name is not wanted but names the same attachment as a wanted one
+/// is renamed to it, so the link stays attached (an interface is never without its
+/// program, and never runs two copies of it): one pinned under a program name an earlier
+/// natd used (`program::RENAMED`, then upgraded in place like any other), or one of an
+/// interface that was renamed (same ifindex, direction and program).
+fn rename_legacy_pins(dir: &Path, wanted: &BTreeSet<String>, report: &mut SyncReport) {
+    // `<ifindex>-<ifname>-<direction>-<program>`; interface names have no '-' of their
+    // own only by convention, so the ifname is what lies between the first dash and the
+    // direction.
+    let parts = |pin: &str| -> Option<(String, String)> {
+        let (index, rest) = pin.split_once('-')?;
+        let at = rest.rfind("-ingress-").or_else(|| rest.rfind("-egress-"))?;
+        Some((index.to_string(), rest[at..].to_string()))
+    };
+    for pinned in Links::pinned(dir) {
+        if wanted.contains(&pinned) {
+            continue;
+        }
+        let mut renamed = None;
+        for (old, new) in program::RENAMED {
+            if let Some(stem) = pinned.strip_suffix(old) {
+                renamed = Some(format!("{stem}{new}"));
+            }
+        }
+        let candidate = renamed.unwrap_or_else(|| pinned.clone());
+        let target = if wanted.contains(&candidate) {
+            Some(candidate)
+        } else {
+            parts(&candidate).and_then(|(index, tail)| {
+                wanted
+                    .iter()
+                    .find(|w| w.starts_with(&format!("{index}-")) && w.ends_with(&tail) && !dir.join(w).exists())
+                    .cloned()
+            })
+        };
+        if let Some(target) = target
+            && std::fs::rename(dir.join(&pinned), dir.join(&target)).is_ok()
+        {
+            report.adopted.push(format!("{target} (was {pinned})"));
+        }
     }
 }
 

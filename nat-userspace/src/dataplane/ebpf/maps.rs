@@ -14,8 +14,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 use nat_common::{
-    Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, NetInfo6, Port4Key,
-    Port4Target, Port6Key, Port6Target, config, names::map,
+    Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, NetInfo6,
+    Port4Key, Port4Target, Port6Key, Port6Target, TrustKey, config, names::map,
 };
 
 pub use super::kernel_form::{from_raw, from_raw6, raw, raw6};
@@ -76,6 +76,7 @@ struct Mirror {
     endpoints6: Option<BTreeMap<Addr6, EndpointInfo>>,
     ports: Option<BTreeMap<Port4Key, Port4Target>>,
     ports6: Option<BTreeMap<Port6Key, Port6Target>>,
+    trusted: Option<BTreeMap<TrustKey, u32>>,
     config: Option<NatConfig>,
     /// Generation of each slot natd read or wrote.
     generations: StdHashMap<u32, u32>,
@@ -191,6 +192,17 @@ impl MapWriter {
             map::LOCAL6,
         )?;
         write_networks(ebpf, &desired.networks, m)?;
+        let trusted: BTreeMap<TrustKey, u32> = desired
+            .trusted_edges()
+            .into_iter()
+            .map(|(ifindex, network_id)| (TrustKey { ifindex, network_id }, 1))
+            .collect();
+        sync_hash(
+            &mut hash_map(ebpf, map::TRUSTED)?,
+            trusted,
+            &mut m.trusted,
+            map::TRUSTED,
+        )?;
         self.write_endpoints(ebpf, &desired.endpoints)?;
         write_config(ebpf, desired, &mut self.mirror.config)?;
         self.write_ports(ebpf, &desired.ports)
@@ -207,7 +219,10 @@ impl MapWriter {
         let mut want = BTreeMap::new();
         let mut want6 = BTreeMap::new();
         for e in endpoints {
-            let slot = self.endpoints.slot(&(e.addr, e.host_ifindex)).expect("synced above");
+            let slot = self
+                .endpoints
+                .slot(&(e.addr, e.host_ifindex))
+                .expect("synced above");
             let info = endpoint_info(e, slot, generations.get(slot)?);
             match e.addr {
                 IpAddr::V4(v4) => want.insert(raw(v4), info),
@@ -276,7 +291,8 @@ impl MapWriter {
         added: &[PortRule],
         removed: &[PortRule],
     ) -> Result<bool, DataplaneError> {
-        let (Some(mut mirror), Some(mut mirror6)) = (self.mirror.ports.take(), self.mirror.ports6.take()) else {
+        let (Some(mut mirror), Some(mut mirror6)) = (self.mirror.ports.take(), self.mirror.ports6.take())
+        else {
             return Ok(false);
         };
         let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
@@ -453,7 +469,12 @@ fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule], m: &mut Mirror) -> 
     sync_trie(ebpf, map::NETS4, want, &mut m.nets4)?;
     let want6: BTreeMap<(u32, [u8; 16]), NetInfo6> = networks
         .iter()
-        .filter_map(|n| Some(((u32::from(n.v6?.subnet.prefix()), n.v6?.subnet.network().octets()), net_info6(n)?)))
+        .filter_map(|n| {
+            Some((
+                (u32::from(n.v6?.subnet.prefix()), n.v6?.subnet.network().octets()),
+                net_info6(n)?,
+            ))
+        })
         .collect();
     sync_trie(ebpf, map::NETS6, want6, &mut m.nets6)
 }
@@ -474,7 +495,8 @@ where
     }
     *mirror = None;
     let mut trie: LpmTrie<&mut MapData, K, V> =
-        LpmTrie::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?).map_err(|e| err(name, e))?;
+        LpmTrie::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?)
+            .map_err(|e| err(name, e))?;
     let have: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
     for key in have {
         if !want.contains_key(&(key.prefix_len(), key.data())) {
@@ -497,7 +519,14 @@ fn write_config(
     let value = NatConfig {
         snat_port_min: desired.snat_ports.0,
         snat_port_max: desired.snat_ports.1,
-        flags: if desired.fast_path { config::FAST_PATH } else { 0 },
+        flags: (if desired.fast_path { config::FAST_PATH } else { 0 })
+            | (if desired.direct_routing {
+                config::DIRECT_ROUTING
+            } else {
+                0
+            }),
+        embryonic_per_source: desired.quota_embryonic,
+        promoted_per_source: desired.quota_promoted,
     };
     if mirror.as_ref() == Some(&value) {
         return Ok(());

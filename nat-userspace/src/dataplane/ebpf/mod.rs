@@ -2,8 +2,8 @@
 //! tracking and the isolation. `loader` loads and attaches (pinned, adopted on restart),
 //! `maps` writes the configuration maps, `conntrack` expires and lists flows.
 pub mod conntrack;
-pub mod loader;
 pub mod kernel_form;
+pub mod loader;
 pub mod maps;
 mod pins;
 pub mod slots;
@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 use aya::{Ebpf, maps::PerCpuArray};
 use nat_common::{
-    Addr6, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, EndpointInfo, IfaceConfig, NetInfo4, Port4Key, Port4Target, Port6Key, Port6Target, counter, names::map,
+    Addr6, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, EndpointInfo, IfaceConfig, NetInfo4, Port4Key, Port4Target,
+    Port6Key, Port6Target, counter, names::map,
 };
 
 use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, IfaceRole, PortRule, Stats, SyncReport};
@@ -44,15 +45,16 @@ pub struct EbpfDataplane {
     /// What start-up did to pinned maps, reported by the first sync.
     pin_report: Vec<String>,
     fast_path: bool,
-    /// The interfaces (index, name, is an uplink) whose attachments the last sync checked:
-    /// a sync for the same set (a port change) skips the check; every tick makes it again.
-    links_checked: Option<Vec<(u32, String, bool)>>,
+    /// The interfaces (index, name, role) whose attachments the last sync checked: a sync
+    /// for the same set (a port change) skips the check; every tick makes it again.
+    links_checked: Option<Vec<(u32, String, IfaceRole)>>,
     /// Tags of programs seen attached to natd's pinned links, by program id (a link keeps
     /// its program alive, so an id stays bound to its tag while it is seen there).
     program_tags: std::collections::HashMap<u32, u64>,
-    /// The uplinks (ifindex, MAC) of the last sync, to notice one whose role moved to
-    /// another interface with the same MAC (a hostbridge network over it, or its removal).
-    uplinks: Vec<(u32, [u8; 6])>,
+    /// The edges (ifindex, MAC, is a bridge) of the last sync, to notice one whose role
+    /// moved to another interface with the same MAC (a hostbridge network over it, or its
+    /// removal).
+    edges: Vec<(u32, [u8; 6], bool)>,
 }
 
 impl EbpfDataplane {
@@ -96,31 +98,33 @@ impl EbpfDataplane {
             fast_path: false,
             links_checked: None,
             program_tags: Default::default(),
-            uplinks: Vec::new(),
+            edges: Vec::new(),
         })
     }
 
-    /// Flows that left by an uplink whose role another interface took over (same MAC)
-    /// leave by that interface from now on.
-    fn follow_uplinks(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<(), DataplaneError> {
-        let now: Vec<(u32, [u8; 6])> = desired
+    /// Flows that left by an edge whose role a bridge with the same MAC took over (a
+    /// hostbridge network over the NIC), or that left by such a bridge now gone (the
+    /// network removed, the NIC back), leave by the new interface from now on. Other
+    /// interfaces that share a MAC (VLANs and their parent) never take each other's flows.
+    fn follow_edges(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<(), DataplaneError> {
+        let now: Vec<(u32, [u8; 6], bool)> = desired
             .ifaces
             .iter()
-            .filter(|i| matches!(i.role, IfaceRole::Uplink { .. }))
-            .map(|i| (i.index, i.mac))
+            .filter(|i| matches!(i.role, IfaceRole::Edge { .. }) && i.mac != [0; 6])
+            .map(|i| (i.index, i.mac, i.bridge))
             .collect();
-        for &(index, mac) in &now {
-            let moved_from = self.uplinks.iter().find(|(old, old_mac)| {
-                *old_mac == mac && *old != index && !now.iter().any(|(i, _)| i == old)
+        for &(index, mac, bridge) in &now {
+            let moved_from = self.edges.iter().find(|(old, old_mac, old_bridge)| {
+                *old_mac == mac && *old != index && (bridge || *old_bridge) && !now.iter().any(|(i, ..)| i == old)
             });
-            if let Some(&(old, _)) = moved_from {
+            if let Some(&(old, ..)) = moved_from {
                 let moved = conntrack::retarget(&mut self.ebpf, old, index)?;
                 report
                     .attached
-                    .push(format!("{moved} flow entries moved from uplink {old} to {index}"));
+                    .push(format!("{moved} flow entries moved from edge {old} to {index}"));
             }
         }
-        self.uplinks = now;
+        self.edges = now;
         Ok(())
     }
 
@@ -172,23 +176,17 @@ impl Dataplane for EbpfDataplane {
         // Maps first, then attachments: a program never runs on a half-filled map.
         self.writer.write(&mut self.ebpf, desired)?;
         self.fast_path = desired.fast_path;
-        self.follow_uplinks(desired, &mut report)?;
+        self.follow_edges(desired, &mut report)?;
         let converted = self.convert_legacy()?;
         if converted > 0 {
             report.attached.push(format!(
                 "{converted} flows of natd 0.1's connection table carried over"
             ));
         }
-        let ifaces: Vec<(u32, String, bool)> = desired
+        let ifaces: Vec<(u32, String, IfaceRole)> = desired
             .ifaces
             .iter()
-            .map(|i| {
-                (
-                    i.index,
-                    i.name.clone(),
-                    matches!(i.role, IfaceRole::Uplink { .. }),
-                )
-            })
+            .map(|i| (i.index, i.name.clone(), i.role))
             .collect();
         if self.links_checked.as_ref() == Some(&ifaces) {
             return Ok(report);

@@ -117,7 +117,11 @@ fn read_pinned<K: aya::Pod, V: aya::Pod>(path: &Path, into: &mut Vec<(K, V)>) ->
 }
 
 /// Writes carried flows into a table of the new object (as many as fit).
-pub fn restore<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str, flows: &[(K, V)]) -> Result<usize, DataplaneError> {
+pub fn restore<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    flows: &[(K, V)],
+) -> Result<usize, DataplaneError> {
     let mut table: HashMap<&mut MapData, K, V> =
         HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?)
             .map_err(|e| err(name, e))?;
@@ -196,10 +200,10 @@ pub fn convert(
         _pad: [0; 3],
     };
     let hooks = match old.kind {
-        ct::DNAT_FORWARD => ct::HOOK_UPLINK_INGRESS | ct::HOOK_SANDBOX,
-        ct::DNAT_REPLY => ct::HOOK_UPLINK_EGRESS | ct::HOOK_SANDBOX,
-        ct::SNAT_FORWARD => ct::HOOK_UPLINK_EGRESS,
-        ct::SNAT_REPLY => ct::HOOK_UPLINK_INGRESS,
+        ct::DNAT_FORWARD => ct::HOOK_EDGE_INGRESS | ct::HOOK_SANDBOX,
+        ct::DNAT_REPLY => ct::HOOK_EDGE_EGRESS | ct::HOOK_SANDBOX,
+        ct::SNAT_FORWARD => ct::HOOK_EDGE_EGRESS,
+        ct::SNAT_REPLY => ct::HOOK_EDGE_INGRESS,
         _ => return None,
     };
     let (gen_slot, generation) = match old.kind {
@@ -226,7 +230,7 @@ pub fn convert(
         port_csum: csum::diff1(ports(k.sport, k.dport), ports(old.sport, old.dport)),
         kind: old.kind,
         hooks,
-        flags: (if hooks & ct::HOOK_UPLINK_INGRESS != 0 {
+        flags: (if hooks & ct::HOOK_EDGE_INGRESS != 0 {
             ct::FROM_OUTSIDE
         } else {
             0

@@ -14,8 +14,14 @@
 //! Differences from the eBPF dataplane (see docs/architecture.md): flows are the kernel's
 //! (`conntrack -L`, not `natctl ct ls`), and bridged traffic goes through netfilter
 //! (bridge-nf-call-iptables) for icc=false and same-bridge hairpin.
-use std::{collections::BTreeMap, fmt::Write as _, process::Command};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    process::Command,
+    sync::{Arc, Mutex},
+};
 
+mod heal;
 mod ruleset;
 
 use ruleset::{element_commands, port_element};
@@ -31,12 +37,23 @@ fn err(e: impl std::fmt::Display) -> DataplaneError {
 }
 
 pub struct NftablesDataplane {
+    /// What natd applied, shared with the healer thread: a firewall reload is repaired
+    /// without waiting for the daemon's lock (a slow request must not leave the host
+    /// unguarded).
+    applied: Arc<Mutex<Applied>>,
+    table: String,
+}
+
+/// natd's tables as last applied, and a libnftables context to apply them with.
+struct Applied {
     nft: Nft,
     table: String,
-    /// What was last applied: the table's fixed part and the elements of the port maps.
-    applied_static: Option<String>,
-    applied_ports: BTreeMap<String, PortRule>,
+    /// The table's fixed part and the elements of the port maps.
+    fixed: Option<String>,
+    ports: BTreeMap<String, PortRule>,
     last: Option<Desired>,
+    /// Times the tables were found removed from outside and put back.
+    heals: u64,
 }
 
 impl NftablesDataplane {
@@ -49,25 +66,23 @@ impl NftablesDataplane {
         if let Err(e) = sysctl::write("net.bridge.bridge-nf-call-iptables", "1") {
             tracing::warn!(error = %e, "cannot make bridged traffic traverse netfilter (icc=false needs it)");
         }
-        Ok(Self {
+        let applied = Arc::new(Mutex::new(Applied {
             nft,
             table: config.name_prefix.clone(),
-            applied_static: None,
-            applied_ports: BTreeMap::new(),
+            fixed: None,
+            ports: BTreeMap::new(),
             last: None,
+            heals: 0,
+        }));
+        heal::spawn(Arc::clone(&applied));
+        Ok(Self {
+            applied,
+            table: config.name_prefix.clone(),
         })
     }
 
-    /// Whether natd's `ip` and `ip6` tables exist: one `list tables` (names only), not a
-    /// listing of every table with all its map elements (the heal check runs it several
-    /// times a second).
-    fn tables_present(&mut self) -> (bool, bool) {
-        let listed = self.nft.run("list tables").unwrap_or_default();
-        let has = |family: &str| {
-            let wanted = format!("table {family} {}", self.table);
-            listed.lines().any(|l| l.trim() == wanted)
-        };
-        (has("ip"), has("ip6"))
+    fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Deletes kernel conntrack entries of a removed mapping so its flows (UDP too) end.
@@ -93,9 +108,17 @@ impl NftablesDataplane {
     }
 }
 
-impl Dataplane for NftablesDataplane {
-    fn kind(&self) -> DataplaneKind {
-        DataplaneKind::Nftables
+impl Applied {
+    /// Whether natd's `ip` and `ip6` tables exist: one `list tables` (names only), not a
+    /// listing of every table with all its map elements (the healer runs it on every
+    /// ruleset change and four times a second).
+    fn tables_present(&mut self) -> (bool, bool) {
+        let listed = self.nft.run("list tables").unwrap_or_default();
+        let has = |family: &str| {
+            let wanted = format!("table {family} {}", self.table);
+            listed.lines().any(|l| l.trim() == wanted)
+        };
+        (has("ip"), has("ip6"))
     }
 
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
@@ -114,7 +137,7 @@ impl Dataplane for NftablesDataplane {
             })
             .collect();
         let (exists, exists6) = self.tables_present();
-        if !exists || exists6 != table6.is_some() || self.applied_static.as_deref() != Some(fixed.as_str()) {
+        if !exists || exists6 != table6.is_some() || self.fixed.as_deref() != Some(fixed.as_str()) {
             // The whole table in one transaction: never a moment with NAT rules but without
             // the filter rules that guard them.
             let mut batch = String::new();
@@ -127,7 +150,7 @@ impl Dataplane for NftablesDataplane {
             batch.push_str(&fixed);
             let all: Vec<&PortRule> = wanted.values().collect();
             if !all.is_empty() {
-                batch.push_str(&element_commands("add", &self.table, &all));
+                batch.push_str(&element_commands("add", &self.table, &all, desired));
             }
             self.nft.run(&batch).map_err(err)?;
             report.attached.push(format!(
@@ -136,33 +159,51 @@ impl Dataplane for NftablesDataplane {
                 wanted.len()
             ));
         } else {
-            let batch = ruleset::element_changes(&self.table, &self.applied_ports, &wanted);
+            let batch = ruleset::element_changes(&self.table, &self.ports, &wanted, desired);
             if !batch.is_empty() {
                 self.nft.run(&batch).map_err(err)?;
             }
         }
-        for (element, rule) in &self.applied_ports {
+        for (element, rule) in &self.ports {
             if !wanted.contains_key(element) {
-                Self::forget_flows(rule);
+                NftablesDataplane::forget_flows(rule);
                 report.flows_invalidated += 1;
             }
         }
-        self.applied_static = Some(fixed);
-        self.applied_ports = wanted;
+        self.fixed = Some(fixed);
+        self.ports = wanted;
         self.last = Some(desired.clone());
         Ok(report)
     }
 
+    /// Puts natd's tables back if something outside natd removed them (`nft flush
+    /// ruleset`, a firewall reload).
     fn heal(&mut self) -> Result<bool, DataplaneError> {
-        let want6 = self.applied_static.as_deref().is_some_and(|t| t.contains("table ip6 "));
-        let (exists, exists6) = self.tables_present();
-        if self.last.is_none() || (exists && (!want6 || exists6)) {
+        if self.last.is_none() {
             return Ok(false);
         }
-        let desired = self.last.clone().unwrap_or_default();
-        self.applied_static = None;
+        let want6 = self.fixed.as_deref().is_some_and(|t| t.contains("table ip6 "));
+        let (exists, exists6) = self.tables_present();
+        if exists && (!want6 || exists6) {
+            return Ok(false);
+        }
+        let Some(desired) = self.last.clone() else {
+            return Ok(false);
+        };
+        self.fixed = None;
         self.sync(&desired)?;
+        self.heals += 1;
         Ok(true)
+    }
+}
+
+impl Dataplane for NftablesDataplane {
+    fn kind(&self) -> DataplaneKind {
+        DataplaneKind::Nftables
+    }
+
+    fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
+        self.applied().sync(desired)
     }
 
     fn gc(&mut self) -> Result<GcReport, DataplaneError> {
@@ -170,27 +211,41 @@ impl Dataplane for NftablesDataplane {
     }
 
     fn info(&self) -> serde_json::Value {
+        let applied = self.applied();
         serde_json::json!({
             "table": format!("ip {}", self.table),
-            "table6": self.applied_static.as_deref().is_some_and(|t| t.contains("table ip6 ")).then(|| format!("ip6 {}", self.table)),
-            "published_ports": self.applied_ports.len(),
+            "table6": applied.fixed.as_deref().is_some_and(|t| t.contains("table ip6 ")).then(|| format!("ip6 {}", self.table)),
+            "published_ports": applied.ports.len(),
             "conntrack": "kernel (conntrack -L)",
+            "reapplied_after_removal": applied.heals,
         })
     }
 
     fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         // Flows of this dataplane are the kernel's conntrack entries (per namespace).
-        let count = sysctl::read("net.netfilter.nf_conntrack_count").ok().and_then(|t| t.parse::<usize>().ok());
-        let max = sysctl::read("net.netfilter.nf_conntrack_max").ok().and_then(|t| t.parse::<u32>().ok());
+        let count = sysctl::read("net.netfilter.nf_conntrack_count")
+            .ok()
+            .and_then(|t| t.parse::<usize>().ok());
+        let max = sysctl::read("net.netfilter.nf_conntrack_max")
+            .ok()
+            .and_then(|t| t.parse::<u32>().ok());
         if let (Some(count), Some(max)) = (count, max) {
-            stats.maps.insert(super::KERNEL_CONNTRACK.to_string(), (count, max));
+            stats
+                .maps
+                .insert(super::KERNEL_CONNTRACK.to_string(), (count, max));
         }
         let Ok(mut nft) = Nft::new(true) else { return stats };
         let by_element: BTreeMap<(&str, String, u64), u32> = self
-            .applied_ports
+            .applied()
+            .ports
             .values()
-            .map(|r| ((ruleset::family_of(r), r.proto.to_string(), u64::from(r.host_port)), r.mapping_id))
+            .map(|r| {
+                (
+                    (ruleset::family_of(r), r.proto.to_string(), u64::from(r.host_port)),
+                    r.mapping_id,
+                )
+            })
             .collect();
         for family in ["ip", "ip6"] {
             let Ok(text) = nft.run(&format!("list table {family} {}", self.table)) else {
@@ -247,7 +302,11 @@ fn add_table_stats(
         }
         if let Some(map) = item.get("map") {
             let name = map["name"].as_str().unwrap_or_default();
-            let name = if family == "ip" { name.to_string() } else { format!("{family} {name}") };
+            let name = if family == "ip" {
+                name.to_string()
+            } else {
+                format!("{family} {name}")
+            };
             let elements = map["elem"].as_array().cloned().unwrap_or_default();
             stats.maps.insert(name, (elements.len(), 0));
             for element in elements {

@@ -1,12 +1,12 @@
 //! natd's nftables table as text for libnftables: the fixed part (sets, chains, counters)
-//! from the networks and uplinks, and the elements of the port maps from the published
+//! from the networks and edges, and the elements of the port maps from the published
 //! ports. Kept apart from the dataplane logic so a reader sees the whole ruleset here.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
 };
 
-use crate::dataplane::{Desired, IfaceRole, PortRule};
+use crate::dataplane::{Desired, PortRule};
 
 pub const DROP_COUNTERS: [&str; 6] = [
     "drop_direct_access",
@@ -32,12 +32,42 @@ pub fn port_element(rule: &PortRule) -> (&'static str, String) {
     }
 }
 
-/// A routed network's open port (a rule that translates the sandbox's address to
-/// itself): its element of the `open` set, which lets it past the direct-access drop (an
-/// identity DNAT leaves no `dnat` status in conntrack).
+/// An open container port (routed mode, `allow-direct-routing`: a rule that translates
+/// the sandbox's address to itself): its element of the `open` set, which lets it past the
+/// direct-access drop from any edge. Open only to trusted edges: none here (see
+/// `trusted_elements`).
 pub fn open_element(rule: &PortRule) -> Option<String> {
-    (rule.host_ip == Some(rule.target) && rule.host_port == rule.target_port)
+    (rule.is_open_port() && !rule.trusted_only)
         .then(|| format!("{} . {} . {}", rule.target, rule.proto, rule.target_port))
+}
+
+/// An open container port for the edges its network trusts: one element of the
+/// `trusted_open` set per edge name.
+pub fn trusted_elements(rule: &PortRule, trusted: &[String]) -> Vec<String> {
+    if !(rule.is_open_port() && rule.trusted_only) {
+        return Vec::new();
+    }
+    trusted
+        .iter()
+        .map(|name| {
+            format!(
+                "\"{name}\" . {} . {} . {}",
+                rule.target, rule.proto, rule.target_port
+            )
+        })
+        .collect()
+}
+
+/// The edges trusted by the network whose subnet holds the rule's target.
+pub fn trusted_of<'a>(desired: &'a Desired, rule: &PortRule) -> &'a [String] {
+    desired
+        .networks
+        .iter()
+        .find(|n| match rule.target {
+            std::net::IpAddr::V4(ip) => n.subnet.contains(ip),
+            std::net::IpAddr::V6(ip) => n.v6.is_some_and(|v6| v6.subnet.contains(ip)),
+        })
+        .map_or(&[], |n| n.trusted.as_slice())
 }
 
 pub fn hairpin_element(rule: &PortRule) -> String {
@@ -55,9 +85,13 @@ pub fn family_of(rule: &PortRule) -> &'static str {
 }
 
 /// `add`/`delete element` commands, one per table and map with all its elements.
-pub fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String {
+pub fn element_commands(verb: &str, table: &str, rules: &[&PortRule], desired: &Desired) -> String {
     let mut by_map: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for rule in rules {
+        by_map
+            .entry((family_of(rule), "trusted_open"))
+            .or_default()
+            .extend(trusted_elements(rule, trusted_of(desired, rule)));
         let family = family_of(rule);
         let (map, element) = port_element(rule);
         by_map.entry((family, map)).or_default().push(element);
@@ -71,7 +105,7 @@ pub fn element_commands(verb: &str, table: &str, rules: &[&PortRule]) -> String 
         }
     }
     let mut out = String::new();
-    for ((family, map), elements) in by_map {
+    for ((family, map), elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
         // A delete must not name an element twice; adds are idempotent anyway.
         let _ = writeln!(
             out,
@@ -128,12 +162,6 @@ const IPV6: Family = Family {
 };
 
 fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
-    let mut uplinks = BTreeSet::new();
-    for iface in &desired.ifaces {
-        if let IfaceRole::Uplink { .. } = iface.role {
-            uplinks.insert(format!("\"{}\"", iface.name));
-        }
-    }
     let bridges: BTreeSet<String> = desired
         .networks
         .iter()
@@ -151,7 +179,11 @@ fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
         })
         .collect();
     let nets: Vec<String> = subnets.iter().map(|(s, _)| s.clone()).collect();
-    let masq: Vec<String> = subnets.iter().filter(|(_, m)| *m).map(|(s, _)| s.clone()).collect();
+    let masq: Vec<String> = subnets
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(s, _)| s.clone())
+        .collect();
     let elements = |items: &[String]| {
         if items.is_empty() {
             String::new()
@@ -159,7 +191,6 @@ fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
             format!("elements = {{ {} }}", items.join(", "))
         }
     };
-    let uplinks: Vec<String> = uplinks.into_iter().collect();
     let bridges_list: Vec<String> = bridges.iter().cloned().collect();
     let mut forward = String::new();
     // IPv6 routed from a network that has none (its sandboxes could still send some).
@@ -203,18 +234,21 @@ fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
         .collect();
     let (l3, addr, lo) = (f.l3, f.addr, f.loopback);
     let (output_loopback, postrouting_loopback) = if f.loopback_nat {
-        (String::new(), format!("{l3} saddr {lo} oifname @bridges masquerade\n"))
+        (
+            String::new(),
+            format!("{l3} saddr {lo} oifname @bridges masquerade\n"),
+        )
     } else {
         (format!("{l3} daddr {lo} return\n"), String::new())
     };
     format!(
         "table {family} {t} {{
-{counters}  set uplinks {{ type ifname; {up} }}
-  set bridges {{ type ifname; {br} }}
+{counters}  set bridges {{ type ifname; {br} }}
   set nets {{ type {addr}; flags interval; {nets} }}
   set masq_nets {{ type {addr}; flags interval; {masq} }}
   set hairpin {{ type {addr} . {addr} . inet_proto . inet_service; }}
   set open {{ type {addr} . inet_proto . inet_service; }}
+  set trusted_open {{ type ifname . {addr} . inet_proto . inet_service; }}
   map ports_any {{ type inet_proto . inet_service : {addr} . inet_service; counter; }}
   map ports_ip {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; counter; }}
   chain guard {{
@@ -225,30 +259,30 @@ iifname != \"lo\" {l3} daddr {lo} counter name \"drop_loopback_spoof\" drop
 type filter hook forward priority filter; policy accept;
 ct status dnat accept
 ct state established,related accept
-iifname @uplinks {l3} daddr . meta l4proto . th dport @open accept
-iifname @uplinks {l3} daddr @nets counter name \"drop_direct_access\" drop
+iifname != @bridges {l3} daddr . meta l4proto . th dport @open accept
+iifname . {l3} daddr . meta l4proto . th dport @trusted_open accept
+iifname != @bridges {l3} daddr @nets counter name \"drop_direct_access\" drop
 {forward}  }}
   chain prerouting {{
 type nat hook prerouting priority dstnat; policy accept;
 {l3} daddr {lo} return
-dnat {l3} to {l3} daddr . meta l4proto . th dport map @ports_ip
+fib daddr type local dnat {l3} to {l3} daddr . meta l4proto . th dport map @ports_ip
 fib daddr type local dnat {l3} to meta l4proto . th dport map @ports_any
   }}
   chain output {{
 type nat hook output priority -100; policy accept;
-{output_loopback}dnat {l3} to {l3} daddr . meta l4proto . th dport map @ports_ip
+{output_loopback}fib daddr type local dnat {l3} to {l3} daddr . meta l4proto . th dport map @ports_ip
 fib daddr type local dnat {l3} to meta l4proto . th dport map @ports_any
   }}
   chain postrouting {{
 type nat hook postrouting priority srcnat; policy accept;
 {l3} saddr . {l3} daddr . meta l4proto . th dport @hairpin masquerade
-{l3} saddr @masq_nets oifname @uplinks masquerade
+{l3} saddr @masq_nets oifname != @bridges masquerade
 {postrouting_loopback}  }}
 }}
 ",
         family = f.table,
         t = name,
-        up = elements(&uplinks),
         br = elements(&bridges_list),
         nets = elements(&nets),
         masq = elements(&masq),
@@ -261,6 +295,7 @@ pub fn element_changes(
     table: &str,
     applied: &BTreeMap<String, PortRule>,
     wanted: &BTreeMap<String, PortRule>,
+    desired: &Desired,
 ) -> String {
     let mut batch = String::new();
     let gone: Vec<&PortRule> = applied
@@ -290,6 +325,10 @@ pub fn element_changes(
             if let Some(open) = open_element(rule) {
                 by_map.entry((family, "open")).or_default().push(open);
             }
+            by_map
+                .entry((family, "trusted_open"))
+                .or_default()
+                .extend(trusted_elements(rule, trusted_of(desired, rule)));
         }
         for ((family, map), elements) in by_map.into_iter().filter(|(_, e)| !e.is_empty()) {
             let _ = writeln!(
@@ -301,7 +340,7 @@ pub fn element_changes(
         }
     }
     if !new.is_empty() {
-        batch.push_str(&element_commands("add", table, &new));
+        batch.push_str(&element_commands("add", table, &new, desired));
     }
     batch
 }
