@@ -77,6 +77,19 @@ pub mod ct {
 /// An IPv6 address as loaded from a packet: four `u32` words in network byte order.
 pub type Addr6 = [u32; 4];
 
+/// What a per-source quota counts the originator of a flow of entry kind `kind` under
+/// (IPv6; IPv4 counts the address): a client from outside (a DNAT flow) by its /64, one
+/// host having a whole /64 to send from; a sandbox (masqueraded or routed flows) by its
+/// address, the sandboxes of a network sharing one /64. A sandbox reaching a published
+/// port (hairpin DNAT) counts under its /64 too.
+pub fn quota_key6(addr: Addr6, kind: u8) -> Addr6 {
+    if kind == ct::DNAT_FORWARD || kind == ct::DNAT_REPLY {
+        [addr[0], addr[1], 0, 0]
+    } else {
+        addr
+    }
+}
+
 /// A connection tuple as seen at the point of lookup: `A` is `u32` (IPv4, 16 bytes) or
 /// `Addr6` (IPv6, 40 bytes), so IPv4 tables keep their compact keys.
 #[repr(C)]
@@ -236,8 +249,16 @@ pub struct IfaceConfig {
     pub mtu: u32,
     /// Edges: their MAC (the source of redirected frames); sandbox veths: the host end's.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `iface::MACVLAN_UPPERS`.
+    pub flags: u8,
+    pub _pad: u8,
     pub addr6: [u8; 16],
+}
+
+pub mod iface {
+    /// An edge carrying macvlan devices of natd's namespace: a frame for another MAC is a
+    /// macvlan's, judged by that device's programs.
+    pub const MACVLAN_UPPERS: u8 = 1;
 }
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 40);
 

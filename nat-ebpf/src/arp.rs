@@ -9,7 +9,7 @@ use nat_common::{TC_PASS, counter};
 
 use crate::{
     lookup,
-    parse::{ETH_HLEN, ETH_P_ARP, ethertype},
+    parse::{self, ETH_HLEN, ETH_P_ARP, ethertype},
     policy,
 };
 
@@ -31,12 +31,12 @@ pub fn at_sandbox(ctx: &TcContext, l3: usize) -> i32 {
         return TC_PASS;
     };
     let arp = ETH_HLEN;
-    let (Ok(ptype), Ok(plen), Ok(sha), Ok(spa), Ok(src_mac)) = (
+    let (Ok(ptype), Ok(plen), Ok(sha), Ok(spa), Some((src_mac, _))) = (
         ctx.load::<u16>(arp + PTYPE_AT),
         ctx.load::<u8>(arp + PLEN_AT),
         ctx.load::<[u8; 6]>(arp + SHA_AT),
         ctx.load::<u32>(arp + SPA_AT),
-        ctx.load::<[u8; 6]>(6),
+        parse::macs(ctx),
     ) else {
         return policy::drop(counter::DROP_LINK_SPOOF);
     };

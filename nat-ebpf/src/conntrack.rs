@@ -404,7 +404,7 @@ pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Ver
                 if (*entry).flags & ct::REPLIED == 0 {
                     (*entry).flags |= ct::REPLIED;
                     // The originator is where this reply goes.
-                    quota::release_embryonic(&(*entry).dst);
+                    quota::release_embryonic(&(*entry).dst, kind);
                 }
             }
             return Verdict::Forward;
@@ -481,11 +481,20 @@ fn record_end<A>(entry: *mut CtEntry<A>, end: u32) {
     // SAFETY: a pointer into a map value, written by this direction only.
     unsafe {
         let last = u32::from_be((*entry).seq);
-        if end != last && (last == 0 || end.wrapping_sub(last) as i32 > 0) {
+        let ahead = end.wrapping_sub(last);
+        if last == 0 || (ahead != 0 && ahead <= SEQ_ADVANCE_MAX) {
             (*entry).seq = end.to_be();
         }
     }
 }
+
+/// How far one segment may move a direction's recorded end. natd is on the path: a
+/// sender's segments pass here in order, each at most the receiver's window beyond what
+/// was acknowledged, so the end moves by a segment's length at a time (64 KiB with GSO,
+/// 512 KiB with BIG TCP), or by what was lost before natd saw it. A segment further
+/// ahead is forged: recorded, it would let its author's RST at that end reset the flow
+/// (a blind reset in two packets instead of RFC 5961's one in 2^32).
+const SEQ_ADVANCE_MAX: u32 = 8 << 20;
 
 /// Whether an RST carries the sequence number its sender's peer expects next (RFC 5961
 /// 3.2: only such an RST resets a receiver; anything else, in the window or not, is
@@ -551,12 +560,13 @@ pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>, end: u32) {
     let Some(s) = scratch::<A>() else {
         return;
     };
-    if key.proto != PROTO_TCP && !quota::promotion_admitted(&key.src) {
+    // SAFETY: a pointer into a map value, copied (the flow is being moved between maps).
+    s.forward = unsafe { *hit.entry };
+    let kind = s.forward.kind;
+    if key.proto != PROTO_TCP && !quota::promotion_room(&key.src, kind) {
         bump(counter::PROMOTE_SOURCE_QUOTA);
         return;
     }
-    // SAFETY: a pointer into a map value, copied (the flow is being moved between maps).
-    s.forward = unsafe { *hit.entry };
     s.forward.tcp |= ct::TCP_ESTABLISHED;
     let peer_key = key.peer(&s.forward);
     let Some(peer) = A::ct_new().get_ptr(&peer_key) else {
@@ -593,7 +603,9 @@ pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>, end: u32) {
     let _ = A::ct_new().remove(second.0);
     let _ = A::ct_new().remove(first.0);
     if key.proto == PROTO_TCP {
-        quota::release_embryonic(&key.src);
+        quota::release_embryonic(&key.src, kind);
+    } else {
+        quota::count_promoted(&key.src, kind);
     }
     bump(counter::CT_PROMOTED);
 }

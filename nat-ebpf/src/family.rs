@@ -88,9 +88,9 @@ pub trait Family: Copy + PartialEq + Default + 'static {
     fn is_zero(self) -> bool {
         self == Self::default()
     }
-    /// What a per-source quota counts flows of: the address (IPv4), its /64 (IPv6: one
-    /// host has a whole /64 to send from).
-    fn quota_key(self) -> Self;
+    /// What a per-source quota counts the originator of a flow of entry kind `kind` under:
+    /// the address (IPv4), `nat_common::quota_key6` (IPv6).
+    fn quota_key(self, kind: u8) -> Self;
     /// Edges: the address masquerade uses; sandbox veths: the sandbox's own address.
     fn of_iface(cfg: &IfaceConfig) -> Self;
     /// The checksum difference of replacing one address (by reference: IPv6 addresses
@@ -171,7 +171,7 @@ impl Family for u32 {
         self == u32::MAX || self.to_ne_bytes()[0] & 0xf0 == 0xe0
     }
     #[inline(always)]
-    fn quota_key(self) -> u32 {
+    fn quota_key(self, _kind: u8) -> u32 {
         self
     }
     #[inline(always)]
@@ -274,8 +274,8 @@ impl Family for Addr6 {
         false
     }
     #[inline(always)]
-    fn quota_key(self) -> Addr6 {
-        [self[0], self[1], 0, 0]
+    fn quota_key(self, kind: u8) -> Addr6 {
+        nat_common::quota_key6(self, kind)
     }
     #[inline(always)]
     fn of_iface(cfg: &IfaceConfig) -> Addr6 {

@@ -106,12 +106,7 @@ fn exceeds_mtu<A: Family>(ctx: &TcContext, packet: &Packet<A>, mtu: u16) -> bool
         return packet.tot_len > u32::from(mtu);
     }
     let l4_header = if packet.proto == PROTO_TCP {
-        // Data offset, in 32-bit words; a direct packet has its TCP header linear.
-        match ptr_at::<u8>(ctx, IP + A::IP_HLEN + 12) {
-            // SAFETY: bounds-checked.
-            Some(doff) => u32::from(unsafe { *doff } >> 4) * 4,
-            None => return true,
-        }
+        u32::from(packet.tcp_hlen)
     } else {
         8
     };

@@ -3,7 +3,9 @@
 //! so the flow can bypass the host's forwarding and still go where routing says.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+    },
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::TcContext,
 };
@@ -13,6 +15,9 @@ use crate::{family::Family, parse::Packet};
 #[derive(Default)]
 pub struct Route {
     pub ifindex: u32,
+    /// Whether the packet fits the route's MTU (one that does not is the kernel's to
+    /// fragment or refuse, never the fast path's).
+    pub fits: bool,
     /// Whether the next hop's link-layer address is known (`smac`/`dmac` are set).
     pub resolved: bool,
     pub smac: [u8; 6],
@@ -41,12 +46,13 @@ pub fn route<A: Family>(ctx: &TcContext, in_ifindex: u32, packet: &Packet<A>, ou
         )
     };
     out.ifindex = params.ifindex;
+    out.fits = rc != i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED);
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         out.resolved = true;
         out.smac = params.smac;
         out.dmac = params.dmac;
         true
     } else {
-        rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH)
+        rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) || !out.fits
     }
 }

@@ -43,7 +43,7 @@ mod programs {
         macros::{cgroup_sock_addr, classifier},
         programs::{SockAddrContext, TcContext},
     };
-    use nat_common::{Addr6, FASTPATH_MARK, TC_PASS, counter, ct, net, port};
+    use nat_common::{Addr6, FASTPATH_MARK, TC_PASS, counter, ct, iface, net, port};
 
     /// TCX: hand the packet to the next program of the hook (the IPv4 programs to the
     /// IPv6 ones). The same verdict as `TC_PASS`, named for what it does here.
@@ -64,12 +64,51 @@ mod programs {
     /// and the drop of anything aimed directly at a sandbox address or at 127.0.0.0/8.
     #[classifier]
     pub fn natd_edge_in(ctx: TcContext) -> i32 {
+        if for_upper_device(&ctx) {
+            return TC_PASS;
+        }
         with_ipv4(&ctx, ETH_HLEN, try_edge_ingress::<u32>, pass, pass)
     }
 
     #[classifier]
     pub fn natd_edge_in6(ctx: TcContext) -> i32 {
+        if for_upper_device(&ctx) {
+            return TC_PASS;
+        }
         with_ipv6(&ctx, ETH_HLEN, try_edge_ingress::<Addr6>, edge_link_in, pass)
+    }
+
+    /// A frame for a device stacked on this one is judged by that device's program, as
+    /// arriving there: a VLAN's (the kernel has moved its tag into the skb, so the frame
+    /// looks untagged here, but is delivered to the VLAN device next) or, on an edge that
+    /// carries macvlans, one for another MAC. Judged here it would be taken for this
+    /// device's (a reply redirected out of it untagged, a trusted interface's rule applied
+    /// to another) and judged again there (translated twice). Nothing escapes judgement: a
+    /// tag with no device behind it makes the kernel deliver the frame as another host's
+    /// (dropped by IP), and a priority tag (VLAN 0), which the kernel delivers on this
+    /// device, is judged here; so is every frame on an edge without macvlans.
+    #[inline(always)]
+    fn for_upper_device(ctx: &TcContext) -> bool {
+        // SAFETY: these fields are always readable in a TC context.
+        let (vlan_present, vlan_tci, pkt_type) =
+            unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci, (*ctx.skb.skb).pkt_type) };
+        if vlan_present != 0 && vlan_tci & VLAN_VID_MASK != 0 {
+            return true;
+        }
+        pkt_type == PACKET_OTHERHOST
+            && lookup::iface(lookup::ifindex(ctx)).is_some_and(|own| own.flags & iface::MACVLAN_UPPERS != 0)
+    }
+
+    /// `linux/if_vlan.h`, `linux/if_packet.h`.
+    const VLAN_VID_MASK: u32 = 0x0fff;
+    const PACKET_OTHERHOST: u32 = 3;
+
+    /// A sandbox has no VLANs on its bridge: a tagged frame (the tag in the skb, as the
+    /// veth hands it over) would reach whatever listens on that VLAN past every IP rule.
+    #[inline(always)]
+    fn tagged(ctx: &TcContext) -> bool {
+        // SAFETY: as above.
+        unsafe { (*ctx.skb.skb).vlan_present != 0 }
     }
 
     /// Edge egress: masquerade of flows the kernel routed here, errors about translated
@@ -129,11 +168,17 @@ mod programs {
     /// (hairpin), new outbound flows, isolation and anti-spoofing, ARP included.
     #[classifier]
     pub fn natd_sandbox_ingress(ctx: TcContext) -> i32 {
+        if tagged(&ctx) {
+            return policy::drop(counter::DROP_ETHERTYPE);
+        }
         with_ipv4(&ctx, ETH_HLEN, try_sandbox_ingress::<u32>, arp::at_sandbox, pass)
     }
 
     #[classifier]
     pub fn natd_sandbox_ingress6(ctx: TcContext) -> i32 {
+        if tagged(&ctx) {
+            return policy::drop(counter::DROP_ETHERTYPE);
+        }
         with_ipv6(&ctx, ETH_HLEN, try_sandbox_ingress::<Addr6>, sandbox_link, pass)
     }
 
@@ -271,6 +316,13 @@ mod programs {
         link: fn(&TcContext, &Packet<Addr6>) -> Option<i32>,
         malformed: fn(&TcContext, usize) -> i32,
     ) -> i32 {
+        // Every IPv4 packet comes here too (TCX_NEXT): leave it before the slot lookup.
+        // Ethernet only: a test run sets the protocol from an Ethernet header, even for
+        // a frame without one.
+        // SAFETY: the protocol field is always readable in a TC context.
+        if l3 == ETH_HLEN && unsafe { (*ctx.skb.skb).protocol } != u32::from(parse::ETH_P_IPV6.to_be()) {
+            return TCX_NEXT;
+        }
         let Some(packet) = Addr6::packet_slot(0) else {
             return TCX_NEXT;
         };

@@ -119,10 +119,20 @@ fn refuse(e: InsertError) -> i32 {
     TC_ACT_SHOT
 }
 
-/// A new flow of `src`, within its source's quota of pending flows.
+/// A new flow, within its originator's quota of pending flows.
 #[inline(always)]
-fn admit<A: Family>(src: &A) -> Result<(), InsertError> {
-    if quota::admit(src) { Ok(()) } else { Err(InsertError::Quota) }
+fn admit<A: Family>(flow: &NewFlow<A>) -> Result<(), InsertError> {
+    if quota::admit(&flow.original.src, flow.forward.kind) {
+        Ok(())
+    } else {
+        Err(InsertError::Quota)
+    }
+}
+
+/// The new flow was refused after all: its place in the quota goes.
+#[inline(always)]
+fn unadmit<A: Family>(flow: &NewFlow<A>) {
+    quota::release_embryonic(&flow.original.src, flow.forward.kind);
 }
 
 /// Whether a packet may start a new flow: TCP only with a SYN (not a SYN-ACK), UDP
@@ -213,11 +223,11 @@ fn start_dnat<A: Family>(
     s: &mut Scratch<A>,
     counter_id: u32,
 ) -> i32 {
-    if let Err(e) = admit(&s.flow.original.src) {
+    if let Err(e) = admit(&s.flow) {
         return refuse(e);
     }
     if let Err(e) = conntrack::create(s) {
-        quota::release_embryonic(&s.flow.original.src);
+        unadmit(&s.flow);
         return refuse(e);
     }
     counters::mapping(s.flow.gen_slot, ctx.len());
@@ -304,15 +314,15 @@ pub fn start_masquerade<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
-    if let Err(e) = admit(&s.flow.original.src) {
+    if let Err(e) = admit(&s.flow) {
         return refuse(e);
     }
     if let Err(verdict) = claim_port(s) {
-        quota::release_embryonic(&s.flow.original.src);
+        unadmit(&s.flow);
         return verdict;
     }
     if let Err(e) = conntrack::finish(s) {
-        quota::release_embryonic(&s.flow.original.src);
+        unadmit(&s.flow);
         return refuse(e);
     }
     bump(counter::SNAT_NEW);
@@ -386,6 +396,11 @@ pub fn prepare_masquerade_at_sandbox<A: Family>(
         bump(counter::FIB_FAILED);
         return NOT_HANDLED;
     }
+    if route.ifindex == net.bridge_ifindex {
+        // Routed back into the network (a route via one of its sandboxes): not out of
+        // the host, nothing to translate, as Docker masquerades `! -o <bridge>` only.
+        return NOT_HANDLED;
+    }
     let edge = match lookup::iface(route.ifindex) {
         None => {
             bump(counter::DROP_UNKNOWN_EDGE);
@@ -397,7 +412,7 @@ pub fn prepare_masquerade_at_sandbox<A: Family>(
             return NOT_HANDLED;
         }
     };
-    if !fast_path_on() || !packet.direct || packet.ttl <= 1 {
+    if !fast_path_on() || !route.fits || !packet.direct || packet.ttl <= 1 {
         return NOT_HANDLED;
     }
     if packet.proto != PROTO_TCP && packet.proto != PROTO_UDP {
@@ -448,11 +463,11 @@ pub fn track_routed<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, veth: u3
     let flow = &mut s.flow;
     flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, veth);
     flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_EDGE_INGRESS, 0);
-    if let Err(e) = admit(&s.flow.original.src) {
+    if let Err(e) = admit(&s.flow) {
         return refuse(e);
     }
     if let Err(e) = conntrack::create(s) {
-        quota::release_embryonic(&s.flow.original.src);
+        unadmit(&s.flow);
         return refuse(e);
     }
     bump(counter::ROUTED_NEW);

@@ -1,6 +1,6 @@
 //! Per-source quotas of the connection tables (`NatConfig`): how many pending flows (TCP
 //! until its handshake completes, UDP and ICMP until answered) and promoted UDP/ICMP flows
-//! one source may hold (an IPv4 address, an IPv6 /64), counted in `NATD_QUOTA4/6`. The programs count up and
+//! one source may hold (`Family::quota_key`), counted in `NATD_QUOTA4/6`. The programs count up and
 //! down; natd's expiry pass sets the counts to the live flows (what expired or was evicted
 //! from the LRU counts no more).
 use nat_common::SourceQuota;
@@ -16,15 +16,15 @@ enum Count {
     Promoted,
 }
 
-/// Counts one more flow of `src`, unless the source has `limit` of that kind already
+/// Counts one more flow of `src` (originator of a flow of entry kind `kind`), unless the source has `limit` of that kind already
 /// (false: refused; 0: no limit). Racing CPUs may lose an increment, which only delays a
 /// refusal by a flow.
 #[inline(always)]
-fn take<A: Family>(src: &A, count: Count, limit: u32) -> bool {
+fn take<A: Family>(src: &A, kind: u8, count: Count, limit: u32) -> bool {
     if limit == 0 {
         return true;
     }
-    let key = src.quota_key();
+    let key = src.quota_key(kind);
     match A::quota().get_ptr_mut(&key) {
         // SAFETY: a pointer into a map value, updated in place.
         Some(q) => unsafe {
@@ -52,23 +52,40 @@ fn take<A: Family>(src: &A, count: Count, limit: u32) -> bool {
 /// Counts a new flow against its source's quota of pending flows; false (refused) when
 /// the source has its quota, so a flood from one client cannot churn the embryonic table.
 #[inline(never)]
-pub fn admit<A: Family>(src: &A) -> bool {
-    take(src, Count::Pending, lookup::config().embryonic_per_source)
+pub fn admit<A: Family>(src: &A, kind: u8) -> bool {
+    take(src, kind, Count::Pending, lookup::config().embryonic_per_source)
 }
 
 /// Whether a UDP or ICMP flow of `src` may move to the established table (its quota of
-/// promoted flows); counts it when it may.
+/// promoted flows). Counted only once it moved (`count_promoted`): a refused move must
+/// not hold a place.
 #[inline(always)]
-pub fn promotion_admitted<A: Family>(src: &A) -> bool {
-    take(src, Count::Promoted, lookup::config().promoted_per_source)
+pub fn promotion_room<A: Family>(src: &A, kind: u8) -> bool {
+    let limit = lookup::config().promoted_per_source;
+    // SAFETY: a pointer into a map value, one field read.
+    limit == 0
+        || A::quota()
+            .get_ptr(&src.quota_key(kind))
+            .is_none_or(|q| unsafe { (*q).promoted } < limit)
+}
+
+/// Counts a promoted flow (after `promotion_room` said yes and the flow moved).
+#[inline(always)]
+pub fn count_promoted<A: Family>(src: &A, kind: u8) {
+    if lookup::config().promoted_per_source != 0 {
+        take(src, kind, Count::Promoted, u32::MAX);
+    }
 }
 
 /// The originator's count of pending flows goes down by one: its TCP handshake
 /// completed, or its UDP/ICMP flow was answered (the quota bounds what a source has
 /// pending, not what it has answered), or the flow was refused after all.
 #[inline(never)]
-pub fn release_embryonic<A: Family>(src: &A) {
-    if let Some(q) = A::quota().get_ptr_mut(&src.quota_key()) {
+pub fn release_embryonic<A: Family>(src: &A, kind: u8) {
+    if lookup::config().embryonic_per_source == 0 {
+        return;
+    }
+    if let Some(q) = A::quota().get_ptr_mut(&src.quota_key(kind)) {
         // SAFETY: as in `take`.
         unsafe {
             if (*q).embryonic > 0 {

@@ -236,10 +236,11 @@ pub struct Sandbox {
     pub netns: Option<String>,
     /// natd created the namespace and deletes it with the sandbox.
     pub netns_owned: bool,
-    /// (device, inode) of the namespace when the sandbox got it: a path that later names
-    /// another namespace (deleted and made again under the same name) is never re-wired.
+    /// The cookie of the namespace when the sandbox got it (SO_NETNS_COOKIE: never reused,
+    /// unlike nsfs inode numbers): a path that later names another namespace (deleted and
+    /// made again under the same name) is never re-wired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns_identity: Option<(u64, u64)>,
+    pub netns_cookie: Option<u64>,
     /// Name under /etc/netns whose files are bind-mounted over /etc inside the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etc_name: Option<String>,

@@ -180,6 +180,19 @@ impl Bpf {
             addr: Some(HOST.into()),
             addr6: Some(HOST6.into()),
             link_layer: true,
+            macvlan_uppers: false,
+        });
+    }
+
+    /// The test device is an edge carrying macvlan devices. (A test run delivers frames
+    /// as the loopback device's, whose MAC is all zeroes: every test frame is for another
+    /// MAC, as a macvlan's frames are on its lower device.)
+    pub fn as_edge_with_macvlans(&mut self) {
+        self.set_test_iface(IfaceRole::Edge {
+            addr: Some(HOST.into()),
+            addr6: Some(HOST6.into()),
+            link_layer: true,
+            macvlan_uppers: true,
         });
     }
 
@@ -302,6 +315,7 @@ impl Bpf {
                 addr: Some(HOST.into()),
                 addr6: Some(HOST6.into()),
                 link_layer: false,
+                macvlan_uppers: false,
             },
             mac: [0; 6],
             mtu: 1500,
@@ -525,6 +539,7 @@ impl Bpf {
                 addr: Some(HOST.into()),
                 addr6: None,
                 link_layer: true,
+                macvlan_uppers: false,
             },
             mac: UPLINK_ROUTED_MAC,
             mtu: 1500,
@@ -554,9 +569,11 @@ impl Bpf {
     /// routes, neighbours, per-namespace sysctls for the fast path's route lookups). It
     /// refuses to run in the machine's own namespace.
     pub fn in_own_netns(&self, script: &str) {
-        // The initial namespace's inode number is fixed (PROC_NET_INIT_INO); /proc/1 may not
-        // be readable.
-        let guard = "[ \"$(stat -L -c %i /proc/self/ns/net)\" != 4026531833 ] || \
+        // The initial namespace's inode number is fixed since Linux 6.18 (PROC_NET_INIT_INO);
+        // before, it is PID 1's (when /proc/1 can be read).
+        let guard = "own=$(stat -L -c %i /proc/self/ns/net); \
+            init=$(stat -L -c %i /proc/1/ns/net 2>/dev/null || echo none); \
+            [ \"$own\" != 4026531833 ] && [ \"$own\" != \"$init\" ] || \
             { echo 'refusing: this is the machine network namespace' >&2; exit 3; }";
         let out = std::process::Command::new("sh")
             .args(["-ec", &format!("{guard}\n{script}")])

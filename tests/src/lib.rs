@@ -383,6 +383,16 @@ impl Lab {
         self.in_ns(&self.ext_ns, args)
     }
 
+    /// A command in `ns` that must succeed (set-up: a route that failed to go in would
+    /// make a "nothing arrives" check pass for the wrong reason).
+    pub fn in_ns_ok(&self, ns: &str, args: &[&str]) -> String {
+        stdout_or_panic(&format!("in {ns} {args:?}"), self.in_ns(ns, args), "")
+    }
+
+    pub fn ext_ok(&self, args: &[&str]) -> String {
+        self.in_ns_ok(&self.ext_ns, args)
+    }
+
     /// `natd ... --cleanup` for this lab's instance, as arguments.
     fn cleanup_command(&self) -> Vec<String> {
         let mut args = vec![natd_bin().display().to_string()];

@@ -63,6 +63,12 @@ fn an_adopted_namespace_keeps_its_default_route_unless_asked() {
     let links = String::from_utf8_lossy(&sh("ip", &["-n", &ns, "-o", "link"]).stdout).to_string();
     assert!(!links.contains("eth0"), "the refused request left no interface: {links}");
 
+    // Asked to replace it, by a request that fails after the route was replaced (its
+    // command cannot start): the rollback puts the owner's route back as it was.
+    let err = lab.fails(&["run", "--name", "a1", "--netns", &path, "--replace-default-route", "--", "/nonexistent/natd-test"]);
+    assert!(lab.fails(&["inspect", "a1"]).contains("No such container"), "{err}");
+    assert_eq!(routes(), before, "the owner's route restored: {err}\n{}", lab.natd_log());
+
     // Asked to, natd replaces it.
     lab.ok(&["run", "--name", "a1", "--netns", &path, "--replace-default-route", "--", "sleep", "60"]);
     let gateway = lab.json(&["network", "inspect", "bridge"])["gateway"].as_str().unwrap().to_string();
@@ -79,7 +85,9 @@ fn a_recycled_namespace_path_is_not_rewired() {
     let mut lab = Lab::started(&["--dataplane", "ebpf"]);
     let ns = lab.add_netns("recycle").expect("namespace");
     let path = format!("/run/netns/{ns}");
-    lab.ok(&["run", "--name", "r1", "--netns", &path, "--", "sleep", "600"]);
+    // No process in it: once deleted the namespace is freed, and its nsfs inode number is
+    // free for the next one (the identity natd records must survive that: a cookie).
+    lab.ok(&["run", "--name", "r1", "--netns", &path]);
     let links = || String::from_utf8_lossy(&sh("ip", &["-n", &ns, "-o", "link"]).stdout).to_string();
     assert!(links().contains("eth0"), "wired: {}", links());
     // The namespace goes, and someone makes another under the same name.

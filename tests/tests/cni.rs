@@ -494,6 +494,42 @@ fn a_container_joins_a_second_network_as_eth1() {
     assert!(sandbox_names(&lab).is_empty());
 }
 
+/// A container that another plugin attached first (its network routes the container, as
+/// a runtime with two networks does when natd's is not the first): natd's ADD succeeds as
+/// an additional interface, leaves the other plugin's default route as it was and reports
+/// no route in its result; with no route in the namespace (the control) it adds its own.
+#[test]
+fn an_attachment_after_another_plugins_default_route_is_additional() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    let plugin = plugin_bin();
+    let conf = natd_conf(&lab, "1.0.0", json!([]));
+    let (ns, netns) = container_ns(&mut lab, "other");
+    for cmd in [
+        &["link", "add", "net1", "type", "veth", "peer", "name", "net1p"][..],
+        &["addr", "add", "10.253.0.2/24", "dev", "net1"],
+        &["link", "set", "net1", "up"],
+        &["route", "add", "default", "via", "10.253.0.1"],
+    ] {
+        let mut args = vec!["-n", ns.as_str()];
+        args.extend_from_slice(cmd);
+        natlab::must("ip", &args);
+    }
+    let routes = |ns: &str| String::from_utf8_lossy(&sh("ip", &["-n", ns, "route", "show", "default"]).stdout).to_string();
+    let before = routes(&ns);
+    let result = ok(call(&lab, &plugin, "ADD", &attachment("c1", &netns, "eth0"), &conf), "ADD after another plugin");
+    assert_eq!(result["routes"], json!([]), "no route of natd's: {result}");
+    assert!(result["ips"][0]["address"].as_str().unwrap().starts_with("172.18.0."), "{result}");
+    assert_eq!(routes(&ns), before, "the other plugin's default route is untouched");
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = result.clone();
+    ok(call(&lab, &plugin, "CHECK", &attachment("c1", &netns, "eth0"), &check_conf), "CHECK agrees");
+
+    let (plain_ns, plain) = container_ns(&mut lab, "plain");
+    let result = ok(call(&lab, &plugin, "ADD", &attachment("c2", &plain, "eth0"), &conf), "ADD, first plugin");
+    assert_ne!(result["routes"], json!([]), "{result}");
+    assert!(routes(&plain_ns).contains("via 172.18.0.1 dev eth0"), "{}", routes(&plain_ns));
+}
+
 /// Runtimes may remove a container's namespace before they call DEL (natd running): DEL
 /// still succeeds and natd forgets the attachment, its veth and its port.
 #[test]

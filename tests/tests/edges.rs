@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
     edges::{NIC2_HOST_IP, NIC2_PEER_IP, SecondNic, VPN_HOST_IP, VPN_PEER_IP, Vpn},
-    tcp_line, udp_exchange, udp_reply, wait_listening, wait_until, whoami,
+    must, tcp_line, udp_exchange, udp_reply, wait_listening, wait_until, whoami,
 };
 
 /// A sandbox `web` on the default network: TCP 80 and UDP 53 published (8080, 5353), TCP
@@ -84,9 +84,9 @@ fn every_interface_is_an_edge(dataplane: &str) {
 
     // The neighbours route the sandbox subnet via the host (they could; Docker 28 stopped
     // answering them on every interface).
-    lab.ext(&["ip", "route", "add", &subnet, "via", HOST_UPLINK_IP]);
-    lab.in_ns(&nic.peer_ns, &["ip", "route", "add", &subnet, "via", NIC2_HOST_IP]);
-    lab.in_ns(&vpn.peer_ns, &["ip", "route", "add", &subnet, "dev", "vpn0"]);
+    lab.ext_ok(&["ip", "route", "add", &subnet, "via", HOST_UPLINK_IP]);
+    lab.in_ns_ok(&nic.peer_ns, &["ip", "route", "add", &subnet, "via", NIC2_HOST_IP]);
+    lab.in_ns_ok(&vpn.peer_ns, &["ip", "route", "add", &subnet, "dev", "vpn0"]);
     let edges = [
         (lab.ext_ns.clone(), HOST_UPLINK_IP, EXT_IP),
         (nic.peer_ns.clone(), NIC2_HOST_IP, NIC2_PEER_IP),
@@ -115,9 +115,14 @@ fn every_interface_is_an_edge(dataplane: &str) {
         before,
         lab.counter("drop_direct_access")
     );
+    let before = lab.counter("drop_direct_access");
     for (ns, _, _) in &edges[1..] {
         assert_eq!(tcp_from(ns, &web_ip, 80), None, "TCP to the container port, directly");
         assert_eq!(tcp_from(ns, &web_ip, 81), None, "TCP to an unpublished port");
+    }
+    if dataplane == "ebpf" {
+        // Each probe's SYN (and any retransmission) is dropped as direct access.
+        assert!(lab.counter("drop_direct_access") >= before + 4, "the TCP probes dropped as direct access");
     }
 
     // Out of every edge with that edge's address, never the sandbox's.
@@ -221,8 +226,8 @@ fn allow_direct_routing_opens_published_container_ports_on_every_edge(dataplane:
     lab.start_natd(&["--dataplane", dataplane, "--allow-direct-routing", "true"]).expect("natd");
     let web_ip = web(&lab);
     let subnet = lab.json(&["network", "inspect", "bridge"])["subnet"].as_str().unwrap().to_string();
-    lab.ext(&["ip", "route", "add", &subnet, "via", HOST_UPLINK_IP]);
-    lab.in_ns(&nic.peer_ns, &["ip", "route", "add", &subnet, "via", NIC2_HOST_IP]);
+    lab.ext_ok(&["ip", "route", "add", &subnet, "via", HOST_UPLINK_IP]);
+    lab.in_ns_ok(&nic.peer_ns, &["ip", "route", "add", &subnet, "via", NIC2_HOST_IP]);
     let before = lab.counter("drop_direct_access");
     for (ns, client_ip) in [(lab.ext_ns.as_str(), EXT_IP), (nic.peer_ns.as_str(), NIC2_PEER_IP)] {
         assert_eq!(tcp_from(ns, &web_ip, 80).as_deref(), Some(client_ip), "the published container port");
@@ -233,5 +238,94 @@ fn allow_direct_routing_opens_published_container_ports_on_every_edge(dataplane:
     if dataplane == "ebpf" {
         assert_eq!(lab.counter("drop_direct_access"), before, "no edge is filtered");
         assert!(lab.counter("drop_direct_unpublished") >= 4, "unpublished ports dropped, counted apart");
+    }
+}
+
+/// Devices stacked on a NIC, made after natd started: a macvlan (`mv0`, a second MAC and
+/// address on eth1's LAN, as hosts give themselves to reach their macvlan containers)
+/// and, where the kernel has 802.1Q, a VLAN (`eth1.7`, a tagged LAN on a trunk port). Each
+/// is an edge of its own: published ports answer through it with the client's address,
+/// traffic out of it is masqueraded with its address, nothing else of the sandbox is
+/// reachable through it. The kernel runs eth1's programs first, on a frame that is the
+/// upper device's (for the macvlan's MAC; a VLAN's tag already moved beside the frame):
+/// they must leave it to the upper device's programs, or it would be translated twice
+/// (and dropped as direct access the second time) or answered out of eth1 untagged.
+#[test]
+fn devices_stacked_on_a_nic_are_edges_of_their_own() {
+    devices_stacked_on_a_nic("true");
+}
+
+/// Without the fast path every packet takes the host's path, through the upper device's
+/// programs after the NIC's.
+#[test]
+fn devices_stacked_on_a_nic_are_edges_of_their_own_without_the_fast_path() {
+    devices_stacked_on_a_nic("false");
+}
+
+fn devices_stacked_on_a_nic(fast_path: &str) {
+    let mut lab = Lab::new().expect("topology");
+    let nic = SecondNic::add(&mut lab);
+    lab.start_natd(&["--dataplane", "ebpf", "--fast-path", fast_path]).expect("natd");
+    let web_ip = web(&lab);
+    let subnet = lab.json(&["network", "inspect", "bridge"])["subnet"].as_str().unwrap().to_string();
+    let peer = nic.peer_ns.as_str();
+    let host = lab.host_ns.clone();
+    let mut stacked = vec![("mv0", "198.18.7.1", "198.18.7.2")];
+    must("ip", &["-n", &host, "link", "add", "link", "eth1", "name", "mv0", "type", "macvlan", "mode", "bridge"]);
+    must("ip", &["-n", &host, "addr", "add", "198.18.7.1/24", "dev", "mv0"]);
+    must("ip", &["-n", &host, "link", "set", "mv0", "up"]);
+    must("ip", &["-n", peer, "addr", "add", "198.18.7.2/24", "dev", "lan0"]);
+    // The neighbour sends to the macvlan's MAC (eth1 would answer ARP for any host
+    // address, and take the frames as its own).
+    let mac = natlab::raw::mac_of(&host, "mv0").map(|b| format!("{b:02x}")).join(":");
+    must("ip", &["-n", peer, "neigh", "replace", "198.18.7.1", "lladdr", &mac, "dev", "lan0", "nud", "permanent"]);
+    let vlan = natlab::sh("ip", &["-n", &host, "link", "add", "link", "eth1", "name", "eth1.7", "type", "vlan", "id", "7"]);
+    if vlan.status.success() {
+        must("ip", &["-n", &host, "addr", "add", "198.18.8.1/24", "dev", "eth1.7"]);
+        must("ip", &["-n", &host, "link", "set", "eth1.7", "up"]);
+        must("ip", &["-n", peer, "link", "add", "link", "lan0", "name", "lan0.7", "type", "vlan", "id", "7"]);
+        must("ip", &["-n", peer, "addr", "add", "198.18.8.2/24", "dev", "lan0.7"]);
+        must("ip", &["-n", peer, "link", "set", "lan0.7", "up"]);
+        stacked.push(("eth1.7", "198.18.8.1", "198.18.8.2"));
+    } else {
+        eprintln!(
+            "NOT TESTED HERE: this kernel cannot make VLAN devices (CONFIG_VLAN_8021Q): the VLAN half of this \
+             test did not run ({})",
+            String::from_utf8_lossy(&vlan.stderr).trim()
+        );
+    }
+    let _server = lab.spawn_in(peer, &["sh", "-c", &whoami(9000)]);
+    assert!(wait_listening(&format!("/run/netns/{peer}"), "tcp", 9000));
+    for (device, host_ip, peer_ip) in stacked {
+        assert!(
+            wait_until(Duration::from_secs(5), || attached(&lab, device, "natd_edge_in")),
+            "natd attaches to {device}:\n{}",
+            lab.natd_log()
+        );
+        assert!(
+            wait_until(Duration::from_secs(3), || tcp_from(peer, host_ip, 8080).is_some()),
+            "8080 through {device}:\n{}",
+            lab.natd_log()
+        );
+        assert_eq!(tcp_from(peer, host_ip, 8080).as_deref(), Some(peer_ip), "TCP via {device}: the client's address");
+        assert_eq!(udp_from(peer, host_ip, 5353).as_deref(), Some(peer_ip), "UDP via {device}: the client's address");
+
+        // The same probes at the sandbox's own address: dropped, each counted once.
+        must("ip", &["-n", peer, "route", "replace", &subnet, "via", host_ip]);
+        let before = lab.counter("drop_direct_access");
+        assert_eq!(udp_from(peer, &web_ip, 53), None, "published container port, directly via {device}");
+        assert_eq!(udp_from(peer, &web_ip, 54), None, "unpublished port via {device}");
+        assert!(
+            wait_until(Duration::from_secs(2), || lab.counter("drop_direct_access") == before + 2),
+            "both dropped as direct access via {device}: {} -> {}",
+            before,
+            lab.counter("drop_direct_access")
+        );
+
+        assert_eq!(
+            lab.tcp_line_from("web", peer_ip, 9000).as_deref(),
+            Some(host_ip),
+            "masqueraded with {device}'s address"
+        );
     }
 }

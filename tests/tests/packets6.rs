@@ -246,6 +246,35 @@ fn snat6_tcp_and_udp_flows_and_their_replies() {
     assert_eq!(bpf.run(INGRESS6, &frame), (PASS, frame.clone()));
 }
 
+/// IPv6 per-source quotas: a client from outside counts by its /64 (one host has a whole
+/// /64 to send from), a sandbox by its address (the sandboxes of a network share its /64:
+/// counted by /64, one sandbox would use up the others' share).
+#[test]
+fn ipv6_quotas_count_clients_by_their_64_and_sandboxes_by_their_address() {
+    let mut bpf = load(1024);
+    bpf.desired.quota_embryonic = 2;
+    bpf.publish6(None, 8080, 6, SANDBOX6, 80, 4);
+    bpf.sync();
+    let neighbour6 = v6([0xfd00, 0x20, 0, 0, 0, 0, 0, 3]);
+    for sandbox in [SANDBOX6, neighbour6] {
+        for sport in [5001, 5002] {
+            assert_eq!(bpf.run(EGRESS6, &tcp6(sandbox, sport, REMOTE6, 443, true)).0, PASS, "pending {sport}");
+        }
+    }
+    assert_eq!(bpf.run(EGRESS6, &tcp6(SANDBOX6, 5003, REMOTE6, 443, true)).0, TC_ACT_SHOT, "a third of one sandbox");
+    assert_eq!(bpf.counter(counter::DROP_SOURCE_QUOTA), 1);
+    let same_64 = v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 8]);
+    for (client, sport) in [(CLIENT6, 40001), (same_64, 40002)] {
+        assert_eq!(bpf.run(INGRESS6, &tcp6(client, sport, HOST6, 8080, true)).0, PASS, "client {sport}");
+    }
+    assert_eq!(
+        bpf.run(INGRESS6, &tcp6(same_64, 40003, HOST6, 8080, true)).0,
+        TC_ACT_SHOT,
+        "a third from the clients' /64"
+    );
+    assert_eq!(bpf.counter(counter::DROP_SOURCE_QUOTA), 2);
+}
+
 #[test]
 fn icmp6_echo_id_translated_both_ways() {
     let mut bpf = load(1024);

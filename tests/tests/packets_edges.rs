@@ -186,6 +186,28 @@ fn an_rst_after_unacknowledged_data_ends_the_flow() {
     assert!(reset_recorded(&bpf), "its SND.NXT: the end of its last segment");
 }
 
+/// A sender's recorded end moves only by what a sender on the path can have sent past
+/// what natd saw (`SEQ_ADVANCE_MAX`, 8 MiB): a forged segment far ahead and an RST at its
+/// end would otherwise be a blind reset in two packets. Both are passed on (the endpoint
+/// judges them), the flow stays; the same two packets within reach end it (the control).
+#[test]
+fn a_segment_far_ahead_does_not_make_an_rst_count() {
+    let mut bpf = load();
+    handshake(&mut bpf);
+    let len = PAYLOAD.len() as u32;
+    let next = 1001 + len;
+    let far = next.wrapping_add(64 << 20);
+    let before = bpf.counter(counter::TCP_RST_IGNORED);
+    let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, far, ack(5001)));
+    assert_eq!((ret, inspect(&out)), (PASS, seen(CLIENT, 40000, SANDBOX, 80)), "the far segment passed on");
+    bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, far + len, rst(None)));
+    assert!(!reset_recorded(&bpf), "an RST at the forged segment's end");
+    assert_eq!(bpf.counter(counter::TCP_RST_IGNORED), before + 1);
+    bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, next, ack(5001)));
+    bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, next + len, rst(None)));
+    assert!(reset_recorded(&bpf), "data within reach moves the end, and its RST counts");
+}
+
 /// During the handshake (RFC 793 3.4): an RST from the responder counts only if it
 /// acknowledges the SYN.
 #[test]
@@ -198,6 +220,26 @@ fn an_rst_during_the_handshake_must_acknowledge_the_syn() {
     assert!(!reset_recorded(&bpf), "an RST that does not acknowledge the SYN");
     bpf.run(INGRESS, &segment([203, 0, 113, 9], 443, HOST, nat_port, 0, rst(Some(1001))));
     assert!(reset_recorded(&bpf), "the connection refused");
+}
+
+/// On a device that carries macvlans, a frame for another MAC belongs to one of them (the
+/// kernel runs this device's programs first, then hands the frame to the macvlan): its
+/// programs judge it, as arriving there. Judged here too, a published port's packet would
+/// be translated twice, and dropped the second time as direct access to the sandbox. The
+/// control: the same frame on an edge without macvlans is translated.
+#[test]
+fn a_frame_for_a_macvlan_is_left_to_the_macvlans_programs() {
+    let mut bpf = load();
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
+    let syn = segment(CLIENT, 40000, HOST, 8080, 1000, SYN);
+    bpf.as_edge_with_macvlans();
+    assert_eq!(bpf.run(INGRESS, &syn), (PASS, syn.clone()), "untouched, to the macvlan");
+    assert_eq!(bpf.counter(counter::DNAT_NEW), 0);
+    assert!(bpf.ct().is_empty());
+    bpf.as_edge();
+    let (ret, out) = bpf.run(INGRESS, &syn);
+    assert_eq!((ret, inspect(&out)), (PASS, seen(CLIENT, 40000, SANDBOX, 80)), "translated here");
+    assert_eq!(bpf.counter(counter::DNAT_NEW), 1);
 }
 
 /// Docker 28's raw-table rule drops traffic to a container address that arrives on any

@@ -197,7 +197,7 @@ fn loopback_ports_and_sandbox_addresses_are_not_exposed_to_neighbours(dataplane:
     sandbox_cannot_reach_the_hosts_loopback(&lab);
 
     // Route the default network via the host and try the sandbox address directly.
-    lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
+    lab.ext_ok(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
     assert_eq!(
         from_ext(&lab, &web_ip, 80),
         None,
@@ -284,12 +284,12 @@ fn icmp_errors_come_back_through_the_nat() {
             &far,
         ],
     );
-    lab.ext(&["ip", "addr", "add", "203.0.113.1/24", "dev", "tofar"]);
-    lab.ext(&["ip", "link", "set", "tofar", "up"]);
+    lab.ext_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "tofar"]);
+    lab.ext_ok(&["ip", "link", "set", "tofar", "up"]);
     lab.ext(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    lab.in_ns(&far, &["ip", "addr", "add", "203.0.113.2/24", "dev", "fromext"]);
-    lab.in_ns(&far, &["ip", "link", "set", "fromext", "up"]);
-    lab.in_ns(&far, &["ip", "route", "add", "default", "via", "203.0.113.1"]);
+    lab.in_ns_ok(&far, &["ip", "addr", "add", "203.0.113.2/24", "dev", "fromext"]);
+    lab.in_ns_ok(&far, &["ip", "link", "set", "fromext", "up"]);
+    lab.in_ns_ok(&far, &["ip", "route", "add", "default", "via", "203.0.113.1"]);
     lab.ok(&["run", "--name", "tracer"]);
     assert!(
         lab.exec("tracer", &["ping", "-c1", "-W2", "203.0.113.2"])

@@ -229,8 +229,8 @@ fn hostile_traffic_is_dropped_by_name_and_clients_are_still_served() {
     let seconds = if natlab::soak::soak() { "10" } else { "0.5" };
 
     // From the LAN: at the sandbox address, and at 127.0.0.1 through the uplink.
-    lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
-    lab.ext(&["ip", "route", "add", "127.1.0.0/16", "via", HOST_UPLINK_IP]);
+    lab.ext_ok(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
+    lab.ext_ok(&["ip", "route", "add", "127.1.0.0/16", "via", HOST_UPLINK_IP]);
     let direct = lab.ext(&["ping", "-c", "5", "-i", "0.05", "-W", "1", &web_ip]);
     assert!(
         !direct.status.success(),

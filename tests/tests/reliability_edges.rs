@@ -127,7 +127,7 @@ fn a_firewall_flush_is_repaired_while_a_request_holds_the_daemon() {
     assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
     lab.ok(&["run", "--name", "attacker"]);
     let web_ip = lab.sandbox_ip("web");
-    lab.ext(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
+    lab.ext_ok(&["ip", "route", "add", "172.18.0.0/16", "via", HOST_UPLINK_IP]);
     let _service = lab.spawn_in(&lab.host_ns, &["socat", "TCP-LISTEN:7070,bind=127.0.0.1,fork,reuseaddr", "SYSTEM:echo secret"]);
     assert!(wait_listening(&lab.host_path(), "tcp", 7070));
     let from_ext = |addr: &str, port| tcp_line(&["ip", "netns", "exec", &lab.ext_ns], addr, port);

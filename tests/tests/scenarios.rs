@@ -355,7 +355,7 @@ fn no_direct_access_via_a_second_nic(mode: Mode) {
         w.run("web", &["-p", "8080:80"], &natlab::whoami(80));
         w.wait_server("web", "tcp", 80);
         let ip = w.lab.sandbox_ip("web");
-        w.lab.in_ns(&w.nic.peer_ns, &["ip", "route", "add", "172.18.0.0/16", "via", NIC2_HOST_IP]);
+        w.lab.in_ns_ok(&w.nic.peer_ns, &["ip", "route", "add", "172.18.0.0/16", "via", NIC2_HOST_IP]);
         w.via_nic2(&ip, 80).is_none()
     });
 }
@@ -386,8 +386,8 @@ fn trusted_interface_reaches_published_container_ports(mode: Mode) {
         w.wait_server("web", "tcp", 80);
         w.wait_server("web", "tcp", 81);
         let ip = w.lab.sandbox_ip("web");
-        w.lab.in_ns(&w.nic.peer_ns, &["ip", "route", "add", "10.64.0.0/24", "via", NIC2_HOST_IP]);
-        w.lab.ext(&["ip", "route", "add", "10.64.0.0/24", "via", HOST_UPLINK_IP]);
+        w.lab.in_ns_ok(&w.nic.peer_ns, &["ip", "route", "add", "10.64.0.0/24", "via", NIC2_HOST_IP]);
+        w.lab.ext_ok(&["ip", "route", "add", "10.64.0.0/24", "via", HOST_UPLINK_IP]);
         w.via_nic2(&ip, 80).as_deref() == Some(NIC2_PEER_IP)
             && w.via_nic2(&ip, 81).is_none()
             && w.via_ext(&ip, 80).is_none()

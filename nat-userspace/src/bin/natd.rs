@@ -110,14 +110,23 @@ async fn serve(config: DaemonConfig) -> ExitCode {
         Ok(mut events) => {
             let follower = Arc::clone(&daemon);
             tokio::spawn(async move {
-                while let Some(first) = events.recv().await {
-                    // A link comes with a burst of messages (flags, addresses): one sync.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    let mut batch = vec![first];
-                    while let Ok(event) = events.try_recv() {
-                        batch.push(event);
+                // What changed between the start's sync and this subscription: one full
+                // look, as after an overrun.
+                let mut pending = vec![natd::sys::netlink::LinkEvent::Lost];
+                loop {
+                    if pending.is_empty() {
+                        let Some(first) = events.recv().await else { break };
+                        // A link comes with a burst of messages (flags, addresses): one sync.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        pending.push(first);
                     }
-                    if let Err(e) = follower.lock().await.follow_links(&batch).await {
+                    let mut daemon = follower.lock().await;
+                    // And what arrived while the lock was busy: followed by this sync.
+                    while let Ok(event) = events.try_recv() {
+                        pending.push(event);
+                    }
+                    let batch = std::mem::take(&mut pending);
+                    if let Err(e) = daemon.follow_links(&batch).await {
                         tracing::warn!("following interface changes: {e}");
                     }
                 }

@@ -62,6 +62,10 @@ impl Daemon {
                         addr: first_v4(link.index).or(uplink_v4),
                         addr6: first_v6(link.index).or(uplink_v6),
                         link_layer: link.layer == LinkLayer::Ethernet,
+                        macvlan_uppers: view.links.values().any(|upper| {
+                            upper.parent == Some(link.index)
+                                && matches!(&upper.kind, LinkKind::Other(k) if k == "macvlan" || k == "macvtap")
+                        }),
                     },
                 )
             })

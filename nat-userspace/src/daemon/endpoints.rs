@@ -208,8 +208,7 @@ impl Daemon {
     }
 
     /// Creates the veth pair of one endpoint, plugs the host end into the bridge and sets
-    /// up the sandbox end (name, MTU, addresses, default route). Returns the sandbox end's
-    /// MAC address.
+    /// up the sandbox end (name, MTU, addresses, default route).
     pub(super) async fn wire_endpoint(
         &self,
         netns_path: &Path,
@@ -218,17 +217,48 @@ impl Daemon {
         default_route: DefaultRoute,
         mtu: u32,
         rollback: &mut Rollback,
-    ) -> Result<String> {
-        if Netlink::connect_in(netns_path)?
-            .link(&endpoint.ifname)
-            .await?
-            .is_some()
-        {
+    ) -> Result<Wired> {
+        let inner = Netlink::connect_in(netns_path)?;
+        if inner.link(&endpoint.ifname).await?.is_some() {
             return Err(conflict(format!(
                 "interface {} already exists in network namespace {}",
                 endpoint.ifname,
                 netns_path.display()
             )));
+        }
+        // The namespace's own default routes are judged before anything is made: a refusal
+        // leaves no trace, and routes natd replaces are put back by the rollback (recorded
+        // before the veth, so undone after it and its route are gone).
+        let gateway_v6 = network
+            .aux_gateway_v6
+            .or(network.gateway_v6)
+            .filter(|_| endpoint.ipv6.is_some());
+        let mut routed = default_route != DefaultRoute::No && !network.internal;
+        if routed {
+            let mut theirs = inner.default_routes(false).await?;
+            if gateway_v6.is_some() {
+                theirs.extend(inner.default_routes(true).await?);
+            }
+            match default_route {
+                _ if theirs.is_empty() => {}
+                DefaultRoute::IfNone => routed = false,
+                DefaultRoute::Exclusive => {
+                    return Err(conflict(format!(
+                        "network namespace {} already has a default route: natd adds its own only when \
+                         asked to replace it (--replace-default-route)",
+                        netns_path.display()
+                    )));
+                }
+                _ => {
+                    for route in &theirs {
+                        inner.delete_route(route.clone()).await?;
+                    }
+                    rollback.record(Undo::RestoreRoutes {
+                        netns: netns_path.to_owned(),
+                        routes: theirs,
+                    })?;
+                }
+            }
         }
         let peer = names::peer_veth(&self.config.name_prefix, &endpoint.host_ifname);
         let bridge = self.nl.require_link(&network.bridge).await?;
@@ -246,7 +276,6 @@ impl Daemon {
         }
         let fd = netns::open(netns_path)?;
         self.nl.move_to_netns(peer_link.index, fd.as_fd()).await?;
-        let inner = Netlink::connect_in(netns_path)?;
         let peer_link = inner.require_link(&peer).await?;
         inner.rename(peer_link.index, &endpoint.ifname).await?;
         inner.set_mtu(peer_link.index, mtu).await?;
@@ -257,38 +286,21 @@ impl Daemon {
         if let Some(lo) = inner.link("lo").await? {
             inner.set_up(lo.index).await?;
         }
-        if default_route != DefaultRoute::No && !network.internal {
+        if routed {
             let gw = endpoint
                 .gateway
                 .or(network.aux_gateway)
                 .unwrap_or(network.gateway);
-            let replace = default_route == DefaultRoute::Replace;
-            let taken = |e: crate::sys::netlink::NetlinkError| {
-                if e.errno() == Some(libc::EEXIST) {
-                    conflict(format!(
-                        "network namespace {} already has a default route: natd adds its own only when \
-                         asked to replace it (--replace-default-route)",
-                        netns_path.display()
-                    ))
-                } else {
-                    e.into()
-                }
-            };
-            inner
-                .add_default_route_v4(gw, peer_link.index, replace)
-                .await
-                .map_err(taken)?;
-            if let Some(gw6) = network.aux_gateway_v6.or(network.gateway_v6)
-                && endpoint.ipv6.is_some()
-            {
-                inner
-                    .add_default_route_v6(gw6, peer_link.index, replace)
-                    .await
-                    .map_err(taken)?;
+            inner.add_default_route_v4(gw, peer_link.index).await?;
+            if let Some(gw6) = gateway_v6 {
+                inner.add_default_route_v6(gw6, peer_link.index).await?;
             }
         }
         let mac = inner.require_link(&endpoint.ifname).await?.mac;
-        Ok(netlink::format_mac(&mac))
+        Ok(Wired {
+            mac: netlink::format_mac(&mac),
+            default_route: routed,
+        })
     }
 
     /// Removes an endpoint's veth pair (deleting the host end takes the sandbox end along).
@@ -349,7 +361,8 @@ impl Daemon {
                     mtu,
                     &mut rollback,
                 )
-                .await?;
+                .await?
+                .mac;
             let mut updated = sandbox.clone();
             updated.endpoints.push(endpoint.clone());
             if updated.mode == NetworkMode::None {
@@ -393,11 +406,22 @@ impl Daemon {
     }
 }
 
+/// What wiring an endpoint made: the sandbox end's MAC address, and whether it gave the
+/// sandbox its default route.
+pub(super) struct Wired {
+    pub mac: String,
+    pub default_route: bool,
+}
+
 /// Whether an endpoint gives its sandbox the default route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DefaultRoute {
     /// Another attachment of the namespace has it (a second interface, a CNI `eth1`).
     No,
+    /// Only if the namespace has none, and no error if it has: a CNI attachment after
+    /// another plugin's (the runtime's other network routes the container; natd's is then
+    /// an additional interface, as the bridge plugin's is without `isDefaultGateway`).
+    IfNone,
     /// Only if the namespace has none: an adopted namespace with a route of its own is
     /// refused (its owner's routing is not natd's to change).
     Exclusive,

@@ -52,8 +52,8 @@ impl Daemon {
         // made again under the same name by someone else) is not the sandbox's: never
         // re-wired, handled like a namespace that is gone.
         let recycled = sandbox
-            .netns_identity
-            .is_some_and(|id| path.exists() && netns::identity(&path) != Some(id));
+            .netns_cookie
+            .is_some_and(|cookie| path.exists() && netns::cookie_of(&path).is_some_and(|now| now != cookie));
         if recycled && !sandbox.netns_owned {
             report.push(format!(
                 "sandbox {}: {} now names another network namespace than the one it adopted; \

@@ -31,6 +31,12 @@ pub enum Undo {
     RestoreParent { bridge: String, state: ParentState },
     /// A process natd started.
     StopProcess { pid: i32, started: Option<u64> },
+    /// Default routes of a namespace natd adopted, removed to put its own in their place
+    /// (`--replace-default-route`).
+    RestoreRoutes {
+        netns: PathBuf,
+        routes: Vec<rtnetlink::packet_route::route::RouteMessage>,
+    },
 }
 
 pub struct Rollback {
@@ -106,6 +112,20 @@ async fn undo(nl: &Netlink, step: Undo) -> Result<(), String> {
                 Ok(())
             } else {
                 Err(errors.join("; "))
+            }
+        }
+        Undo::RestoreRoutes { netns, routes } => {
+            let inner = Netlink::connect_in(&netns).map_err(|e| e.to_string())?;
+            let mut errors = Vec::new();
+            for route in routes {
+                if let Err(e) = inner.restore_route(route).await {
+                    errors.push(e.to_string());
+                }
+            }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{}: {}", netns.display(), errors.join("; ")))
             }
         }
         Undo::StopProcess { pid, started } => tokio::task::spawn_blocking(move || {

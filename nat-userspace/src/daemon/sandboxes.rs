@@ -390,10 +390,14 @@ impl Daemon {
             }
         };
         let mut endpoints = Vec::new();
-        let default_route = DefaultRoute::of(
+        let default_route = match DefaultRoute::of(
             plan.cni.as_ref().is_none_or(|c| c.default_route),
             netns_owned || plan.replace_default_route,
-        );
+        ) {
+            DefaultRoute::Exclusive if plan.cni.is_some() => DefaultRoute::IfNone,
+            other => other,
+        };
+        let mut cni = plan.cni.clone();
         if let Some(path) = &netns_path {
             let inner = Netlink::connect_in(path)?;
             if let Some(lo) = inner.link("lo").await? {
@@ -402,9 +406,14 @@ impl Daemon {
             if let Some((network, endpoint)) = &plan.attachment {
                 let mut endpoint = endpoint.clone();
                 let mtu = plan.mtu.unwrap_or(network.mtu);
-                endpoint.mac = self
+                let wired = self
                     .wire_endpoint(path, network, &endpoint, default_route, mtu, rollback)
                     .await?;
+                endpoint.mac = wired.mac;
+                if let Some(cni) = &mut cni {
+                    // Reconcile and CHECK expect the route only where natd added it.
+                    cni.default_route = wired.default_route;
+                }
                 endpoints.push(endpoint);
             }
         }
@@ -424,10 +433,10 @@ impl Daemon {
             mode: plan.mode.clone(),
             netns: netns_path.as_ref().map(|p| p.display().to_string()),
             netns_owned,
-            netns_identity: netns_path
+            netns_cookie: netns_path
                 .as_deref()
                 .filter(|_| !matches!(plan.netns, NetnsPlan::Shared))
-                .and_then(netns::identity),
+                .and_then(netns::cookie_of),
             etc_name: etc_name.filter(|_| netns_owned),
             endpoints,
             dns: plan.dns.clone(),
@@ -441,7 +450,7 @@ impl Daemon {
             pid_start: None,
             log: None,
             created: now(),
-            cni: plan.cni.clone(),
+            cni,
         };
         if !plan.command.is_empty() {
             self.start_command(&mut sandbox, rollback)?;

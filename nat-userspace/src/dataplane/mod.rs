@@ -35,6 +35,8 @@ pub enum IfaceRole {
         addr: Option<Ipv4Addr>,
         addr6: Option<Ipv6Addr>,
         link_layer: bool,
+        /// Macvlan devices of natd's namespace are stacked on it.
+        macvlan_uppers: bool,
     },
     /// The host end of a sandbox's veth; the sandbox's addresses are the only sources it
     /// may send from.

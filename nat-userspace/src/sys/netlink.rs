@@ -14,7 +14,7 @@ use rtnetlink::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags},
         link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType},
-        route::{RouteAddress, RouteAttribute, RouteType},
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
     },
 };
 
@@ -81,6 +81,8 @@ pub struct Link {
     pub name: String,
     pub kind: LinkKind,
     pub master: Option<u32>,
+    /// The device this one is stacked on (IFLA_LINK: a VLAN's or macvlan's lower device).
+    pub parent: Option<u32>,
     pub mtu: u32,
     pub up: bool,
     pub mac: Vec<u8>,
@@ -357,34 +359,14 @@ impl Netlink {
         Ok(())
     }
 
-    /// The default route via `gateway` on `oif`. Without `replace` it is added only if
-    /// the namespace has no default route of the family in its main table, at any metric
-    /// (NLM_F_EXCL alone would only refuse one of the same metric): one that is there is an
-    /// error (`errno` EEXIST), never silently outranked. With `replace` the namespace's
-    /// default routes of the family are removed first.
-    pub async fn add_default_route_v4(&self, gateway: Ipv4Addr, oif: u32, replace: bool) -> Result<(), NetlinkError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(oif)
-            .build();
-        let existing = self.default_routes(RouteMessageBuilder::<Ipv4Addr>::new().build()).await?;
-        self.add_default_route(route, gateway.into(), existing, replace).await
-    }
-
-    pub async fn add_default_route_v6(&self, gateway: Ipv6Addr, oif: u32, replace: bool) -> Result<(), NetlinkError> {
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(gateway)
-            .output_interface(oif)
-            .build();
-        let existing = self.default_routes(RouteMessageBuilder::<Ipv6Addr>::new().build()).await?;
-        self.add_default_route(route, gateway.into(), existing, replace).await
-    }
-
-    /// The main table's default routes of the family `query` asks for.
-    async fn default_routes(
-        &self,
-        query: rtnetlink::packet_route::route::RouteMessage,
-    ) -> Result<Vec<rtnetlink::packet_route::route::RouteMessage>, NetlinkError> {
+    /// The namespace's default routes of the family (`v6`) in its main table, at any
+    /// metric, as the kernel describes them (so they can be put back as they were).
+    pub async fn default_routes(&self, v6: bool) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let query = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
         let mut stream = self.handle.route().get(query).execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await.map_err(request_err("dump routes", "default"))? {
@@ -403,29 +385,63 @@ impl Netlink {
         Ok(out)
     }
 
-    async fn add_default_route(
-        &self,
-        route: rtnetlink::packet_route::route::RouteMessage,
-        gateway: IpAddr,
-        existing: Vec<rtnetlink::packet_route::route::RouteMessage>,
-        replace: bool,
-    ) -> Result<(), NetlinkError> {
-        if !existing.is_empty() && !replace {
-            return Err(NetlinkError::Request {
-                op: "add default route via",
-                target: gateway.to_string(),
-                message: "the namespace has a default route already".into(),
-                errno: libc::EEXIST,
-            });
-        }
-        for old in existing {
-            self.handle
-                .route()
-                .del(old)
-                .execute()
-                .await
-                .map_err(request_err("replace default route via", gateway))?;
-        }
+    pub async fn delete_route(&self, route: RouteMessage) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .map_err(request_err("delete route", "default"))
+    }
+
+    /// Puts back a route `default_routes` described (replacing one of the same metric).
+    pub async fn restore_route(&self, mut route: RouteMessage) -> Result<(), NetlinkError> {
+        // What a dump reports of the route's state (a next hop's link down, dead) and
+        // read-only attributes (cache info) are refused on add.
+        route.header.flags.remove(RouteFlags::Dead | RouteFlags::Linkdown);
+        route.attributes.retain(|a| {
+            matches!(
+                a,
+                RouteAttribute::Gateway(_)
+                    | RouteAttribute::Oif(_)
+                    | RouteAttribute::Priority(_)
+                    | RouteAttribute::Table(_)
+                    | RouteAttribute::PrefSource(_)
+                    | RouteAttribute::MultiPath(_)
+                    | RouteAttribute::Via(_)
+                    | RouteAttribute::Metrics(_)
+                    | RouteAttribute::Preference(_)
+            )
+        });
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(request_err("restore route", "default"))
+    }
+
+    /// The default route via `gateway` on `oif` (the caller has checked the namespace's
+    /// own, `default_routes`).
+    pub async fn add_default_route_v4(&self, gateway: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(oif)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(request_err("add default route via", gateway))
+    }
+
+    pub async fn add_default_route_v6(&self, gateway: Ipv6Addr, oif: u32) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway)
+            .output_interface(oif)
+            .build();
         self.handle
             .route()
             .add(route)
@@ -527,7 +543,7 @@ impl Netlink {
     }
 }
 
-fn route_message(route: &Route, oif: u32) -> rtnetlink::packet_route::route::RouteMessage {
+fn route_message(route: &Route, oif: u32) -> RouteMessage {
     let IpNetwork::V4(dest) = route.destination else {
         unreachable!("IPv4 routes only")
     };
@@ -553,6 +569,7 @@ fn parse_link(msg: rtnetlink::packet_route::link::LinkMessage) -> Link {
         name: String::new(),
         kind: LinkKind::Other(String::new()),
         master: None,
+        parent: None,
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
         mac: Vec::new(),
@@ -575,6 +592,7 @@ fn parse_link(msg: rtnetlink::packet_route::link::LinkMessage) -> Link {
             LinkAttribute::IfName(name) => link.name = name,
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
             LinkAttribute::Controller(master) => link.master = Some(master),
+            LinkAttribute::Link(parent) => link.parent = Some(parent),
             LinkAttribute::Address(mac) => link.mac = mac,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {

@@ -166,14 +166,22 @@ pub fn run_in<T: Send + 'static>(
 }
 
 /// Whether the namespace at `path` is the initial network namespace (the machine's own):
-/// its nsfs inode number is fixed (PROC_NET_INIT_INO), wherever natd runs and whether or
-/// not /proc/1 may be read.
+/// since Linux 6.18 its nsfs inode number is fixed (PROC_NET_INIT_INO), wherever natd
+/// runs and whether or not /proc/1 may be read; before, it is the one of PID 1 (when
+/// natd shares the machine's PID namespace, the usual case for a host agent).
 pub fn is_initial(path: &Path) -> bool {
     const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
-    match (identity(path), identity(Path::new("/proc/self/ns/net"))) {
-        (Some((dev, ino)), Some((nsfs, _))) => dev == nsfs && ino == PROC_NET_INIT_INO,
-        _ => false,
-    }
+    let Some(id) = identity(path) else {
+        return false;
+    };
+    let fixed = identity(Path::new("/proc/self/ns/net")).is_some_and(|(nsfs, _)| id == (nsfs, PROC_NET_INIT_INO));
+    fixed || identity(Path::new("/proc/1/ns/net")) == Some(id)
+}
+
+/// The cookie of the namespace at `path` (see `current_cookie`); `None` if it cannot
+/// be entered.
+pub fn cookie_of(path: &Path) -> Option<u64> {
+    run_in(path, current_cookie).ok()?.ok()
 }
 
 /// (device, inode) that identifies a namespace.

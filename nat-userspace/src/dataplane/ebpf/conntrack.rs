@@ -24,9 +24,9 @@ pub trait Family: Copy + Eq + Hash + Pod + 'static {
     /// Flows per source (the per-source quotas).
     const QUOTA: &'static str;
     fn ip(self) -> IpAddr;
-    /// What a quota counts flows of, as the programs key it (`nat-ebpf` `quota_key`): the
-    /// IPv4 address, the IPv6 /64.
-    fn quota_key(self) -> Self;
+    /// What a quota counts the originator of a flow of entry kind `kind` under, as the
+    /// programs key it (`nat-ebpf` `quota_key`): the IPv4 address, `quota_key6` (IPv6).
+    fn quota_key(self, kind: u8) -> Self;
 }
 
 impl Family for u32 {
@@ -35,7 +35,7 @@ impl Family for u32 {
     fn ip(self) -> IpAddr {
         IpAddr::V4(from_raw(self))
     }
-    fn quota_key(self) -> Self {
+    fn quota_key(self, _kind: u8) -> Self {
         self
     }
 }
@@ -46,8 +46,8 @@ impl Family for Addr6 {
     fn ip(self) -> IpAddr {
         IpAddr::V6(from_raw6(self))
     }
-    fn quota_key(self) -> Self {
-        [self[0], self[1], 0, 0]
+    fn quota_key(self, kind: u8) -> Self {
+        nat_common::quota_key6(self, kind)
     }
 }
 
@@ -267,7 +267,7 @@ where
             flow.extend(peer.map(|p| (peer_key, p.last_seen)));
             doomed.push(flow);
         } else if !reply {
-            let held = sources.entry(key.src.quota_key()).or_default();
+            let held = sources.entry(key.src.quota_key(entry.kind)).or_default();
             let tcp = key.proto == nat_common::PROTO_TCP;
             let answered = peer.is_some_and(|p| p.flags & ct::REPLIED != 0);
             if !*established && (tcp || !answered) {

@@ -32,22 +32,24 @@ pub fn from_raw6(raw: Addr6) -> Ipv6Addr {
 }
 
 pub fn iface_config(iface: &Iface) -> IfaceConfig {
-    let (role, network_id, addr4, addr6) = match iface.role {
+    let (role, network_id, addr4, addr6, flags) = match iface.role {
         IfaceRole::Edge {
             addr,
             addr6,
             link_layer,
+            macvlan_uppers,
         } => (
             if link_layer { role::EDGE } else { role::EDGE_L3 },
             0,
             addr.map(raw).unwrap_or(0),
             addr6,
+            if macvlan_uppers { nat_common::iface::MACVLAN_UPPERS } else { 0 },
         ),
         IfaceRole::SandboxVeth {
             network_id,
             addr,
             addr6,
-        } => (role::SANDBOX_VETH, network_id, raw(addr), addr6),
+        } => (role::SANDBOX_VETH, network_id, raw(addr), addr6, 0),
     };
     IfaceConfig {
         role,
@@ -55,6 +57,7 @@ pub fn iface_config(iface: &Iface) -> IfaceConfig {
         addr4,
         mtu: iface.mtu,
         mac: iface.mac,
+        flags,
         addr6: addr6.map(|a| a.octets()).unwrap_or_default(),
         ..Default::default()
     }

@@ -204,8 +204,10 @@ impl Links<'_> {
     }
 
     /// Attaches what `desired` needs and is not attached, adopts (or upgrades) what is,
-    /// and detaches pinned links nothing needs any more.
-    pub fn sync(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<(), DataplaneError> {
+    /// and detaches pinned links nothing needs any more. False: an edge could not be
+    /// attached now (to be tried again).
+    pub fn sync(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<bool, DataplaneError> {
+        let mut complete = true;
         let mut wanted = BTreeSet::new();
         let mut plan = Vec::new();
         for iface in &desired.ifaces {
@@ -280,6 +282,7 @@ impl Links<'_> {
                     Err(e) if edge => {
                         tracing::warn!(iface = %ifname, error = %e, "cannot attach to an edge now");
                         report.detached.push(format!("{name} (not attached: {e})"));
+                        complete = false;
                     }
                     Err(e) => return Err(e),
                 }
@@ -291,7 +294,7 @@ impl Links<'_> {
                 report.adopted.push(name);
             }
         }
-        Ok(())
+        Ok(complete)
     }
 }
 

@@ -198,8 +198,10 @@ impl Dataplane for EbpfDataplane {
             cgroup_root: self.cgroup_root.as_deref(),
             program_tags: &mut self.program_tags,
         };
-        links.sync(desired, &mut report)?;
-        self.links_checked = Some(ifaces);
+        // Until every link is attached, every sync tries again.
+        if links.sync(desired, &mut report)? {
+            self.links_checked = Some(ifaces);
+        }
         Ok(report)
     }
 
