@@ -74,6 +74,14 @@ pub mod ct {
     pub const TCP_RST: u8 = 16;
 }
 
+/// The layout of natd's pinned maps (`names::map::LAYOUT` records it on the host). Every
+/// change to the entry layout of a pinned map (a field added, moved, resized or given
+/// another meaning) bumps it, in the same change, with the converter from the previous
+/// version in `nat-userspace`'s `dataplane::ebpf::pins`; a start refuses pins of a newer
+/// version and converts older ones. A field carved out of padding, whose zero value means
+/// what the padding meant, is not a change (e.g. `IfaceConfig::flags`).
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// An IPv6 address as loaded from a packet: four `u32` words in network byte order.
 pub type Addr6 = [u32; 4];
 

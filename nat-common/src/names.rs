@@ -36,6 +36,8 @@ pub mod map {
     /// (edge, network) pairs whose edge the network trusts (`nat_common::TrustKey`).
     pub const TRUSTED: &str = "NATD_TRUSTED";
     pub const SOCK_ORIG: &str = "NATD_SOCK_ORIG";
+    /// The layout version of the pinned maps (`LAYOUT_VERSION`), one `u32`.
+    pub const LAYOUT: &str = "NATD_LAYOUT";
     /// Per-CPU working memory of the programs that start flows, never pinned.
     pub const SCRATCH: &str = "NATD_SCRATCH";
     pub const SCRATCH6: &str = "NATD_SCRATCH6";
@@ -73,6 +75,7 @@ pub mod map {
         QUOTA6,
         TRUSTED,
         SOCK_ORIG,
+        LAYOUT,
         SCRATCH,
         SCRATCH6,
         PACKETS4,

@@ -17,6 +17,11 @@ use nat_common::{
 #[map]
 pub static NATD_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
+/// The layout version of these maps (`nat_common::LAYOUT_VERSION`), written by natd; the
+/// programs never read it.
+#[map]
+pub static NATD_LAYOUT: Array<u32> = Array::pinned(1, 0);
+
 #[map]
 pub static NATD_IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(MAX_IFACES, 0);
 

@@ -5,6 +5,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CniAttachment, Network, Sandbox};
 
+/// The version of the API this natd speaks and this natctl expects, in the response
+/// header `API_VERSION_HEADER` of every answer (Docker's `Api-Version`) and in `info`.
+/// Within `/v1` requests and responses change only additively: new fields are optional,
+/// and every earlier shape of a request is still accepted (`subnet` as one string, 1.0),
+/// so an older natctl keeps working against a newer natd. History:
+/// - 1.0: natd before it reported a version.
+/// - 1.1: the version header and `info.api_version`; `subnet` and `gateway` may be lists.
+pub const API_VERSION: &str = "1.1";
+pub const API_VERSION_HEADER: &str = "natd-api-version";
+
 /// Every path of the API. Parameterised paths come as a route pattern (axum's `{name}`
 /// syntax) for the server and a function for the client.
 pub mod paths {
@@ -174,6 +184,9 @@ pub struct SandboxView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InfoResponse {
     pub version: String,
+    /// `API_VERSION` (absent from natd before 1.1).
+    #[serde(default)]
+    pub api_version: String,
     pub kernel: String,
     pub dataplane: String,
     pub dataplane_detail: serde_json::Value,

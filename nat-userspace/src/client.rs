@@ -19,6 +19,38 @@ pub enum ClientError {
     /// natd refused the request; the message is natd's.
     #[error("{message}")]
     Api { status: u16, message: String },
+    /// natd speaks another version of the API, and the request or its answer is one it
+    /// (or this natctl) cannot read.
+    #[error(
+        "natd speaks API {daemon}, this natctl speaks {ours}: {what} ({detail}). Use the natctl that came with \
+         that natd, or upgrade natd"
+    )]
+    Version {
+        daemon: String,
+        ours: &'static str,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+/// The API version a response says its natd speaks (natd before 1.1 says nothing).
+fn daemon_version(headers: &hyper::HeaderMap) -> String {
+    headers
+        .get(crate::api::API_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| "1.0 (it reports no version)".to_string(), str::to_string)
+}
+
+/// Whether `daemon` (as `daemon_version` says it) is another version than this natctl's.
+fn other_version(daemon: &str) -> bool {
+    daemon != crate::api::API_VERSION
+}
+
+/// natd could not read the request body: a shape of a newer API, when natd is another
+/// version (axum's JSON rejections: 400 syntax, 422 data, 415 content type).
+fn unreadable_request(status: StatusCode, message: &str) -> bool {
+    (status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST)
+        && (message.starts_with("Failed to deserialize") || message.starts_with("Failed to parse"))
 }
 
 fn http(e: impl std::fmt::Display) -> ClientError {
@@ -41,7 +73,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
+    ) -> Result<(StatusCode, String, Bytes), ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {
@@ -61,22 +93,48 @@ impl Client {
             .map_err(http)?;
         let response = sender.send_request(request).await.map_err(http)?;
         let status = response.status();
+        let daemon = daemon_version(response.headers());
         let bytes = response.into_body().collect().await.map_err(http)?.to_bytes();
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).to_string());
+            if other_version(&daemon) && unreadable_request(status, &message) {
+                return Err(ClientError::Version {
+                    daemon,
+                    ours: crate::api::API_VERSION,
+                    what: "the request uses something that natd does not know",
+                    detail: message,
+                });
+            }
             return Err(ClientError::Api {
                 status: status.as_u16(),
                 message,
             });
         }
-        Ok((status, bytes))
+        Ok((status, daemon, bytes))
+    }
+
+    /// The answer as `T`; one this natctl cannot read from a natd of another version is
+    /// said to be that.
+    fn parse<T: DeserializeOwned>(daemon: String, bytes: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            if other_version(&daemon) {
+                ClientError::Version {
+                    daemon,
+                    ours: crate::api::API_VERSION,
+                    what: "its answer has a shape this natctl does not read",
+                    detail: e.to_string(),
+                }
+            } else {
+                http(e)
+            }
+        })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let (_, bytes) = self.request(Method::GET, path, None).await?;
-        serde_json::from_slice(&bytes).map_err(http)
+        let (_, daemon, bytes) = self.request(Method::GET, path, None).await?;
+        Self::parse(daemon, &bytes)
     }
 
     pub async fn get_value(&self, path: &str) -> Result<serde_json::Value, ClientError> {
@@ -89,8 +147,8 @@ impl Client {
         body: &B,
     ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(http)?;
-        let (_, bytes) = self.request(Method::POST, path, Some(body)).await?;
-        serde_json::from_slice(&bytes).map_err(http)
+        let (_, daemon, bytes) = self.request(Method::POST, path, Some(body)).await?;
+        Self::parse(daemon, &bytes)
     }
 
     /// DELETE with a JSON body (what to remove), answered with a JSON view.
@@ -100,15 +158,95 @@ impl Client {
         body: &B,
     ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(http)?;
-        let (_, bytes) = self.request(Method::DELETE, path, Some(body)).await?;
-        serde_json::from_slice(&bytes).map_err(http)
+        let (_, daemon, bytes) = self.request(Method::DELETE, path, Some(body)).await?;
+        Self::parse(daemon, &bytes)
     }
 
     pub async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        let (status, bytes) = self.request(Method::DELETE, path, None).await?;
+        let (status, daemon, bytes) = self.request(Method::DELETE, path, None).await?;
         if status == StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(http)
+        Self::parse(daemon, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Client, ClientError};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Serves one connection on a fresh socket with `response` (a raw HTTP/1.1 answer) and
+    /// returns what `request` made of it.
+    async fn answered_by<T>(
+        response: String,
+        request: impl AsyncFnOnce(Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let dir = std::env::temp_dir().join(format!("natd-client-{}-{}", std::process::id(), fastrand_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("natd.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = stream.read(&mut buf).await.unwrap();
+            stream.write_all(response.as_bytes()).await.unwrap();
+        });
+        let result = request(Client::new(&socket)).await;
+        server.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    fn fastrand_id() -> u128 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    }
+
+    fn http(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// natd before API versions, as it answered a natctl that gave `--subnet` twice (its
+    /// words, recorded from that natd): the client says which versions meet, not serde's
+    /// message alone.
+    #[tokio::test]
+    async fn an_older_natd_is_named_as_such() {
+        let old = http(
+            "422 Unprocessable Entity",
+            "",
+            r#"{"message":"Failed to deserialize the JSON body into the target type: subnet: invalid type: sequence, expected a string at line 1 column 30"}"#,
+        );
+        let body = serde_json::json!({"name": "n", "subnet": ["10.1.0.0/24", "2001:db8::/64"]});
+        let err = answered_by(old, async |c| c.post::<_, serde_json::Value>("/v1/networks", &body).await)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ClientError::Version { .. }), "{text}");
+        assert!(text.starts_with("natd speaks API 1.0 (it reports no version), this natctl speaks 1.1"), "{text}");
+        assert!(text.contains("subnet: invalid type"), "natd's own words kept: {text}");
+
+        // The same refusal from a natd of this version is a plain refusal.
+        let same = http(
+            "422 Unprocessable Entity",
+            "natd-api-version: 1.1\r\n",
+            r#"{"message":"Failed to deserialize the JSON body into the target type: name: missing field"}"#,
+        );
+        let err = answered_by(same, async |c| c.post::<_, serde_json::Value>("/v1/networks", &body).await)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Api { status: 422, .. }), "{err}");
+    }
+
+    /// An answer this natctl cannot read, from a natd of another version, is said to be that.
+    #[tokio::test]
+    async fn an_unreadable_answer_from_another_version_is_named_as_such() {
+        let newer = http("200 OK", "natd-api-version: 2.0\r\n", r#"{"version":7}"#);
+        let err = answered_by(newer, async |c| c.get::<crate::api::InfoResponse>("/v1/info").await)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().starts_with("natd speaks API 2.0, this natctl speaks 1.1: its answer"), "{err}");
     }
 }

@@ -82,7 +82,18 @@ pub fn router(daemon: Shared, metrics: Arc<crate::metrics::ApiMetrics>) -> Route
             metrics,
             crate::metrics::track,
         ))
+        .layer(axum::middleware::map_response(with_api_version))
         .with_state(daemon)
+}
+
+/// Every answer, refusals and unknown paths included, says which API version natd speaks:
+/// a client meeting another version can say so instead of failing on a shape.
+async fn with_api_version(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        crate::api::API_VERSION_HEADER,
+        axum::http::HeaderValue::from_static(crate::api::API_VERSION),
+    );
+    response
 }
 
 /// Test builds only: configure a fail point at run time (see `daemon::rollback`).

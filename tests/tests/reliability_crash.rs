@@ -156,23 +156,84 @@ fn inconsistencies(lab: &Lab, dataplane: &str) -> (Vec<String>, usize) {
     if !etc.is_subset(&expected_etc) {
         found.push(format!("/etc/netns {etc:?}, records {expected_etc:?}"));
     }
-    // Pinned program links belong to interfaces that exist.
+    // Pinned program links (`<ifindex>-<ifname>-<direction>-<program>`) belong to
+    // interfaces that exist, under that name and that index (a name reused by a new
+    // interface has another index).
+    let indexes: std::collections::BTreeMap<String, String> = lab
+        .host_ok(&["ip", "-o", "link"])
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let index = words.next()?.trim_end_matches(':').to_string();
+            let name = words.next()?.trim_end_matches(':').split('@').next()?.to_string();
+            Some((name, index))
+        })
+        .collect();
+    let mut pinned_tc = 0;
     for pin in std::fs::read_dir(lab.bpffs.join("links"))
         .into_iter()
         .flatten()
         .flatten()
     {
         let file = pin.file_name().to_string_lossy().to_string();
-        let iface = file.split('-').next().unwrap_or_default().to_string();
-        if iface.starts_with(&lab.prefix) && !links.contains(&iface) {
-            found.push(format!("pinned link {file} of a missing interface"));
+        if file.starts_with("cgroup-") {
+            continue;
+        }
+        pinned_tc += 1;
+        let parsed = file.split_once('-').and_then(|(index, rest)| {
+            let at = rest.rfind("-ingress-").or_else(|| rest.rfind("-egress-"))?;
+            Some((index.to_string(), rest[..at].to_string()))
+        });
+        match parsed {
+            Some((index, iface)) if indexes.get(&iface) == Some(&index) => {}
+            Some((_, iface)) => found.push(format!("pinned link {file} of a missing interface ({iface})")),
+            None => found.push(format!("pinned link {file} with a name natd does not make")),
         }
     }
+    if dataplane == "ebpf" && pinned_tc == 0 {
+        found.push("no pinned link at all (the uplink always has its programs)".into());
+    }
     let in_kernel = if dataplane == "ebpf" {
-        let stats = lab.json(&["stats"]);
-        stats["maps"][nat_common::names::map::PORTS4][0]
-            .as_u64()
-            .unwrap_or(0) as usize
+        // The entries themselves: (host address, host port, protocol) of every recorded
+        // mapping, and nothing else, in the pinned table the programs read.
+        let recorded: BTreeSet<(String, u16, String)> = sandboxes
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["ports"].as_array().unwrap().clone())
+            .map(|p| {
+                (
+                    p["host_ip"].as_str().unwrap_or("0.0.0.0").to_string(),
+                    p["host_port"].as_u64().unwrap() as u16,
+                    p["proto"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let data = aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(nat_common::names::map::PORTS4))
+            .expect("pinned port table");
+        let table = aya::maps::HashMap::<_, nat_common::Port4Key, nat_common::Port4Target>::try_from(
+            aya::maps::Map::from_map_data(data).unwrap(),
+        )
+        .unwrap();
+        let pinned: BTreeSet<(String, u16, String)> = table
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| {
+                (
+                    std::net::Ipv4Addr::from(k.addr.to_ne_bytes()).to_string(),
+                    u16::from_be(k.port),
+                    if k.proto == 6 { "tcp" } else { "udp" }.to_string(),
+                )
+            })
+            .collect();
+        if pinned != recorded {
+            found.push(format!(
+                "port table entries {:?} not recorded, recorded mappings {:?} not in the table",
+                pinned.difference(&recorded).collect::<Vec<_>>(),
+                recorded.difference(&pinned).collect::<Vec<_>>()
+            ));
+        }
+        pinned.len()
     } else {
         // natd's nftables table is named after its prefix; one element per mapping.
         let table: Value =

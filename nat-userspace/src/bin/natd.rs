@@ -25,6 +25,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.check_upgrade {
+        let sizes = natd::dataplane::ebpf::loader::TableSizes {
+            established: config.conntrack_max,
+            embryonic: config.conntrack_embryonic_max,
+        };
+        return match natd::dataplane::ebpf::loader::check_upgrade(&config.bpffs, sizes) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                println!("a start would go ahead");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("a start would refuse: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     init_tracing(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

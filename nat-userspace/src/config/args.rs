@@ -130,6 +130,11 @@ pub struct DaemonArgs {
     /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// Say what a start of this natd, with these settings, would do to the pinned maps
+    /// (adopt, replace carrying flows, refuse a newer layout) and exit, changing nothing.
+    /// Exit status 0: a start would go ahead; 78: it would refuse.
+    #[arg(long = "check-upgrade")]
+    pub check_upgrade: bool,
 }
 
 /// The config file: same keys as the flags.

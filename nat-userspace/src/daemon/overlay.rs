@@ -84,9 +84,18 @@ pub(super) fn host_id(state_dir: &Path) -> anyhow::Result<String> {
         .trim()
         .replace('-', "");
     std::fs::create_dir_all(state_dir)?;
+    // On disk before anyone sees it: a power loss must not mint another identity after
+    // the store knows this one (the host's claims would be orphaned). The new name is on
+    // disk only once the directory is.
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &id)?;
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(id.as_bytes())?;
+        file.sync_all()?;
+    }
     std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()?;
     Ok(id)
 }
 
@@ -405,4 +414,22 @@ impl Daemon {
 /// Whether this host's network is the cluster's network `record` (same subnet and VNI).
 fn same_network(local: &Network, record: &OverlayRecord) -> bool {
     local.subnet == record.subnet && local.overlay.as_ref().map(|o| o.vni) == Some(record.vni)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_id;
+
+    /// The identity is written to a temporary file, synced, then renamed: what a crash
+    /// leaves half-written is that file, never the identity.
+    #[test]
+    fn a_torn_write_never_changes_the_host_id() {
+        let dir = std::env::temp_dir().join(format!("natd-host-id-{}", std::process::id()));
+        let id = host_id(&dir).unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        std::fs::write(dir.join("host-id.tmp"), &id[..7]).unwrap();
+        assert_eq!(host_id(&dir).unwrap(), id, "a torn temporary file is not read");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -132,6 +132,7 @@ impl Daemon {
             .count();
         InfoResponse {
             version: env!("CARGO_PKG_VERSION").into(),
+            api_version: crate::api::API_VERSION.into(),
             kernel: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().to_string())
                 .unwrap_or_default(),

@@ -4,6 +4,7 @@
 //! upgraded in place when natd carries a different program.
 use std::{
     collections::BTreeSet,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -18,7 +19,10 @@ use aya::{
 use nat_common::names::{map, program};
 
 use super::{err, pins};
-use crate::dataplane::{DataplaneError, Desired, IfaceRole, SyncReport};
+use crate::{
+    dataplane::{DataplaneError, Desired, IfaceRole, SyncReport},
+    sys::bpf_link,
+};
 
 /// Mounts bpffs at /sys/fs/bpf when it is missing (it is not mounted at boot everywhere).
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
@@ -57,6 +61,70 @@ pub struct TableSizes {
     pub embryonic: u32,
 }
 
+/// The shapes the maps of this natd's object get with `sizes`.
+fn expected_shapes(sizes: TableSizes) -> Result<std::collections::BTreeMap<String, pins::Shape>, DataplaneError> {
+    pins::expected(&[
+        (map::CT4, sizes.established),
+        (map::CT4_NEW, sizes.embryonic),
+        (map::CT6, sizes.established),
+        (map::CT6_NEW, sizes.embryonic),
+    ])
+}
+
+/// What a start of this natd with `sizes` would do to the maps pinned under `pin_dir`,
+/// changing nothing (`natd --check-upgrade`): a line per pinned map, and whether the start
+/// would go ahead.
+pub fn check_upgrade(pin_dir: &Path, sizes: TableSizes) -> Result<Vec<String>, DataplaneError> {
+    let maps = pin_dir.join("maps");
+    let mut lines = vec![match pins::pinned_layout(&maps) {
+        Some(v) => format!("pinned layout version {v}; this natd's is {}", nat_common::LAYOUT_VERSION),
+        None if maps.exists() => format!(
+            "no layout version pinned (a natd from before versions: read as version 1); this natd's is {}",
+            nat_common::LAYOUT_VERSION
+        ),
+        None => "nothing pinned: a first start".to_string(),
+    }];
+    pins::check_layout(&maps)?;
+    check_fit(&maps, sizes)?;
+    for (name, fate) in pins::assess(&maps, &expected_shapes(sizes)?) {
+        lines.push(match fate {
+            pins::Fate::Keep => format!("{name}: adopted as it is"),
+            pins::Fate::Carry { why } => format!(
+                "{name}: replaced ({why}), {} flows carried over",
+                pins::flows_in(&maps, &name)
+            ),
+            pins::Fate::Replace { why } => format!("{name}: replaced ({why}), rebuilt by natd"),
+            pins::Fate::Remove => format!("{name}: removed (no natd map of that name any more)"),
+        });
+    }
+    lines.push(
+        "programs: every pinned link whose program or maps differ from this natd's is switched in place".into(),
+    );
+    Ok(lines)
+}
+
+/// A smaller established table than the flows it holds would drop established flows: the
+/// start is refused, nothing changed. (Pending flows are an LRU's: what does not fit is
+/// reported, as the LRU would evict it anyway.)
+fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
+    let expected = expected_shapes(sizes)?;
+    for (name, fate) in pins::assess(maps, &expected) {
+        if !matches!(fate, pins::Fate::Carry { .. }) || (name != map::CT4 && name != map::CT6) {
+            continue;
+        }
+        let held = pins::flows_in(maps, &name);
+        if held > sizes.established as usize {
+            return Err(DataplaneError::Ebpf(format!(
+                "{name} holds {held} flow entries, more than --conntrack-max {} leaves room for: \
+                 established flows would be dropped. Nothing was changed: start with --conntrack-max \
+                 {held} or more (or once the flows have ended)",
+                sizes.established
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Loads the object with its maps pinned under `pin_dir/maps` and every program
 /// verified. Pinned maps that do not fit this object are replaced first (`pins`); the
 /// flows they held come back in the `CarryOver`, with a line per change.
@@ -64,13 +132,9 @@ pub fn load(
     pin_dir: &Path,
     sizes: TableSizes,
 ) -> Result<(Ebpf, pins::CarryOver, Vec<String>), DataplaneError> {
-    let overrides = [
-        (map::CT4, sizes.established),
-        (map::CT4_NEW, sizes.embryonic),
-        (map::CT6, sizes.established),
-        (map::CT6_NEW, sizes.embryonic),
-    ];
-    let (carry, report) = pins::prepare(&pin_dir.join("maps"), &pins::expected(&overrides)?);
+    pins::check_layout(&pin_dir.join("maps"))?;
+    check_fit(&pin_dir.join("maps"), sizes)?;
+    let (carry, report) = pins::prepare(&pin_dir.join("maps"), &expected_shapes(sizes)?);
     // The memlock rlimit may not be raisable here; kernels >= 5.11 charge BPF memory to
     // the cgroup instead, so a failure is not fatal.
     let _ = nix::sys::resource::setrlimit(
@@ -112,6 +176,7 @@ pub fn load(
     }
     load_all!(SchedClassifier, program::TC.iter().copied());
     load_all!(CgroupSockAddr, program::SOCKET.iter().copied());
+    pins::record_layout(&mut ebpf)?;
     Ok((ebpf, carry, report))
 }
 
@@ -120,9 +185,68 @@ pub struct Links<'a> {
     pub ebpf: &'a mut Ebpf,
     pub dir: PathBuf,
     pub cgroup_root: Option<&'a Path>,
-    /// Program id -> tag, filled by one walk of the kernel's program list when an id is
-    /// not known yet (the walk costs a few syscalls per program loaded on the machine).
-    pub program_tags: &'a mut std::collections::HashMap<u32, u64>,
+    /// What running programs are, by id (filled when an id is first seen on a link).
+    pub programs: &'a mut ProgramCache,
+}
+
+/// What makes a program the one natd wants on a link: its instructions (the kernel's tag)
+/// and the pinned maps it uses (their ids, sorted). The tag alone ignores the maps: after a
+/// map is replaced (a new `--conntrack-max`, a new layout) a program with the same tag may
+/// still use the old map, which nobody collects or lists any more. Maps never pinned (the
+/// programs' per-CPU working memory) are new with every load and do not count.
+pub type Identity = (u64, Vec<u32>);
+
+/// Identities of programs seen on natd's links, by id (a link keeps its program alive, so
+/// an id stays bound to its identity while it is seen there), and of natd's own.
+#[derive(Default)]
+pub struct ProgramCache {
+    running: std::collections::HashMap<u32, Identity>,
+    ours: std::collections::HashMap<String, Identity>,
+    /// Ids of the maps pinned under natd's `maps` directory (the loaded object's).
+    pinned: Option<std::collections::HashSet<u32>>,
+}
+
+impl ProgramCache {
+    fn identity(&mut self, maps_dir: &Path, info: &aya::programs::ProgramInfo) -> Result<Identity, DataplaneError> {
+        let pinned = self.pinned.get_or_insert_with(|| {
+            Links::pinned(maps_dir)
+                .iter()
+                .filter_map(|name| aya::maps::MapInfo::from_pin(maps_dir.join(name)).ok())
+                .map(|m| m.id())
+                .collect()
+        });
+        let mut maps: Vec<u32> = info
+            .map_ids()
+            .map_err(|e| err("program map ids", e))?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| pinned.contains(id))
+            .collect();
+        maps.sort_unstable();
+        Ok((info.tag(), maps))
+    }
+
+    fn running(&mut self, maps_dir: &Path, id: u32) -> Result<Option<Identity>, DataplaneError> {
+        if !self.running.contains_key(&id) {
+            // One walk of the kernel's program list (a few syscalls per program loaded on
+            // the machine); aya opens programs by id only while walking.
+            if let Some(info) = aya::programs::loaded_programs().filter_map(Result::ok).find(|p| p.id() == id) {
+                let known = self.identity(maps_dir, &info)?;
+                self.running.insert(id, known);
+            }
+        }
+        Ok(self.running.get(&id).cloned())
+    }
+
+    fn ours(&mut self, maps_dir: &Path, ebpf: &Ebpf, name: &str) -> Result<Identity, DataplaneError> {
+        if let Some(known) = self.ours.get(name) {
+            return Ok(known.clone());
+        }
+        let program = ebpf.program(name).ok_or_else(|| err("program missing", name))?;
+        let wanted = self.identity(maps_dir, &program.info().map_err(|e| err("program info", e))?)?;
+        self.ours.insert(name.to_string(), wanted.clone());
+        Ok(wanted)
+    }
 }
 
 impl Links<'_> {
@@ -159,31 +283,20 @@ impl Links<'_> {
     }
 
     /// A pinned link from an earlier natd keeps its program; when this natd carries a
-    /// different program (an upgrade), the link is updated in place (BPF_LINK_UPDATE), so
-    /// there is no moment without a program on the interface.
+    /// different program (an upgrade) or the same one on other maps (a map replaced), the
+    /// link is updated in place (BPF_LINK_UPDATE), TC and cgroup links alike, so there is
+    /// no moment without a program on the hook.
     fn replace_if_outdated(&mut self, program: &str, pin: &Path) -> Result<bool, DataplaneError> {
-        let fd_link: FdLink = PinnedLink::from_pin(pin)
-            .map_err(|e| err("open pinned link", e))?
-            .into();
-        let current = fd_link.info().map_err(|e| err("link info", e))?.program_id();
-        if !self.program_tags.contains_key(&current) {
-            self.program_tags.extend(
-                aya::programs::loaded_programs()
-                    .filter_map(Result::ok)
-                    .map(|p| (p.id(), p.tag())),
-            );
-        }
-        let current_tag = self.program_tags.get(&current).copied();
-        let prog = self.classifier(program)?;
-        let wanted_tag = prog.info().map_err(|e| err("program info", e))?.tag();
-        if current_tag == Some(wanted_tag) {
+        let link = bpf_link::open(pin).map_err(|e| err(&format!("open pinned link {}", pin.display()), e))?;
+        let current = bpf_link::program_id(link.as_fd()).map_err(|e| err("link info", e))?;
+        let maps_dir = self.dir.with_file_name("maps");
+        let wanted = self.programs.ours(&maps_dir, self.ebpf, program)?;
+        if self.programs.running(&maps_dir, current)? == Some(wanted) {
             return Ok(false);
         }
-        let link =
-            aya::programs::tc::SchedClassifierLink::try_from(fd_link).map_err(|e| err("link type", e))?;
-        let id = prog.attach_to_link(link).map_err(|e| err("update link", e))?;
-        // The pin keeps the (updated) link; our handle only needs closing.
-        drop(prog.take_link(id).map_err(|e| err("take link", e))?);
+        let prog = self.ebpf.program(program).ok_or_else(|| err("program missing", program))?;
+        let fd = prog.fd().map_err(|e| err("program fd", e))?;
+        bpf_link::update(link.as_fd(), fd.as_fd()).map_err(|e| err(&format!("update link {}", pin.display()), e))?;
         Ok(true)
     }
 
@@ -256,7 +369,11 @@ impl Links<'_> {
         let existing = Self::pinned(&self.dir);
         for (name, program) in cgroup_plan {
             if existing.contains(&name) {
-                report.adopted.push(name);
+                if self.replace_if_outdated(program, &self.dir.join(&name))? {
+                    report.attached.push(format!("{name} (program replaced atomically)"));
+                } else {
+                    report.adopted.push(name);
+                }
                 continue;
             }
             let root = self

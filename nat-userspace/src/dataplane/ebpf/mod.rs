@@ -44,13 +44,15 @@ pub struct EbpfDataplane {
     legacy: Vec<(pins::LegacyKey, pins::LegacyEntry)>,
     /// What start-up did to pinned maps, reported by the first sync.
     pin_report: Vec<String>,
+    /// Replaced connection tables the old programs may still write to until the first
+    /// sync switches the links (`pins::copy_delta`).
+    retiring: Vec<(String, aya::maps::MapData)>,
     fast_path: bool,
     /// The interfaces (index, name, role) whose attachments the last sync checked: a sync
     /// for the same set (a port change) skips the check; every tick makes it again.
     links_checked: Option<Vec<(u32, String, IfaceRole)>>,
-    /// Tags of programs seen attached to natd's pinned links, by program id (a link keeps
-    /// its program alive, so an id stays bound to its tag while it is seen there).
-    program_tags: std::collections::HashMap<u32, u64>,
+    /// What the programs on natd's links and natd's own are (`loader::ProgramCache`).
+    programs: loader::ProgramCache,
     /// The edges (ifindex, MAC, is a bridge) of the last sync, to notice one whose role
     /// moved to another interface with the same MAC (a hostbridge network over it, or its
     /// removal).
@@ -94,10 +96,11 @@ impl EbpfDataplane {
             cgroup_root: loader::cgroup2_root(),
             writer,
             legacy: carry.legacy,
+            retiring: carry.retiring,
             pin_report,
             fast_path: false,
             links_checked: None,
-            program_tags: Default::default(),
+            programs: Default::default(),
             edges: Vec::new(),
         })
     }
@@ -196,11 +199,19 @@ impl Dataplane for EbpfDataplane {
             ebpf: &mut self.ebpf,
             dir: self.pin_dir.join("links"),
             cgroup_root: self.cgroup_root.as_deref(),
-            program_tags: &mut self.program_tags,
+            programs: &mut self.programs,
         };
         // Until every link is attached, every sync tries again.
         if links.sync(desired, &mut report)? {
             self.links_checked = Some(ifaces);
+        }
+        if !self.retiring.is_empty() {
+            // Every link runs the new programs on the new maps now: what the old ones
+            // started since the snapshot comes over, then the old tables go.
+            let copied = pins::copy_delta(&mut self.ebpf, std::mem::take(&mut self.retiring))?;
+            report
+                .attached
+                .push(format!("{copied} flows started during the switch carried over"));
         }
         Ok(report)
     }

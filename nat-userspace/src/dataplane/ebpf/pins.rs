@@ -11,13 +11,13 @@ use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, MapInfo},
 };
-use nat_common::{Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, csum, ct, names::map};
+use nat_common::{Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, LAYOUT_VERSION, csum, ct, names::map};
 
 use super::err;
 use crate::dataplane::DataplaneError;
 
 /// What a map must look like: (type, key size, value size, max entries, flags).
-type Shape = (u32, u32, u32, u32, u32);
+pub type Shape = (u32, u32, u32, u32, u32);
 
 /// The maps of the object natd carries, with the sizes it loads them with.
 pub fn expected(overrides: &[(&str, u32)]) -> Result<BTreeMap<String, Shape>, DataplaneError> {
@@ -48,6 +48,98 @@ pub struct CarryOver {
     pub embryonic6: Vec<(Ct6Key, Ct6Entry)>,
     /// natd 0.1's table, converted when the slots of mappings are known (first sync).
     pub legacy: Vec<(LegacyKey, LegacyEntry)>,
+    /// The replaced connection tables themselves, unpinned but kept open: the programs
+    /// still attached use them until the links are switched, and the flows they start
+    /// meanwhile are copied after the switch (`copy_delta`).
+    pub retiring: Vec<(String, MapData)>,
+}
+
+/// What a start does to one pinned map.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// It fits this natd: adopted as it is.
+    Keep,
+    /// Replaced by one of the new definition, its flows carried over.
+    Carry { why: String },
+    /// Replaced, its contents rebuilt by natd (configuration) or lost (counters).
+    Replace { why: String },
+    /// No natd map of that name any more.
+    Remove,
+}
+
+/// Every pinned map under `maps_dir` and what a start of this natd would do to it,
+/// without changing anything (`natd --check-upgrade` prints it).
+pub fn assess(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> Vec<(String, Fate)> {
+    let Ok(entries) = std::fs::read_dir(maps_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Fate)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let info = MapInfo::from_pin(entry.path()).ok()?;
+            Some((name.clone(), fate(&name, &info, expected.get(&name))))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn shape_of(info: &MapInfo) -> Option<Shape> {
+    info.map_type().ok().map(|t| {
+        (
+            t as u32,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        )
+    })
+}
+
+fn fate(name: &str, info: &MapInfo, expected: Option<&Shape>) -> Fate {
+    let shape = shape_of(info);
+    let Some(e) = expected else {
+        if name == LEGACY_CT && info.key_size() == 40 && info.value_size() == 80 {
+            return Fate::Carry {
+                why: "natd 0.1's connection table, converted".into(),
+            };
+        }
+        return Fate::Remove;
+    };
+    let Some(s) = shape else {
+        return Fate::Replace { why: "its type is unknown to this natd".into() };
+    };
+    if s == *e {
+        return Fate::Keep;
+    }
+    let why = if (s.0, s.1, s.2, s.4) == (e.0, e.1, e.2, e.4) {
+        format!("{} entries -> {}", s.3, e.3)
+    } else {
+        format!("definition changed: type {} key {} value {} flags {:#x} -> type {} key {} value {} flags {:#x}", s.0, s.1, s.2, s.4, e.0, e.1, e.2, e.4)
+    };
+    if CONNECTION_TABLES.contains(&name) && s.1 == e.1 && s.2 == e.2 {
+        Fate::Carry { why }
+    } else {
+        Fate::Replace { why }
+    }
+}
+
+/// The tables whose entries are flows: carried over when replaced.
+const CONNECTION_TABLES: [&str; 4] = [map::CT4, map::CT4_NEW, map::CT6, map::CT6_NEW];
+
+/// How many entries the pinned table `name` holds (what a replacement would carry over).
+pub fn flows_in(maps_dir: &Path, name: &str) -> usize {
+    fn count<K: aya::Pod, V: aya::Pod>(path: &Path) -> usize {
+        read_pinned(path, &mut Vec::<(K, V)>::new())
+    }
+    let path = maps_dir.join(name);
+    match name {
+        map::CT4 | map::CT4_NEW => count::<Ct4Key, Ct4Entry>(&path),
+        map::CT6 | map::CT6_NEW => count::<Ct6Key, Ct6Entry>(&path),
+        LEGACY_CT => count::<LegacyKey, LegacyEntry>(&path),
+        _ => 0,
+    }
 }
 
 /// Prepares `maps_dir` for loading: keeps what fits, replaces what does not (carrying
@@ -55,46 +147,29 @@ pub struct CarryOver {
 pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOver, Vec<String>) {
     let mut carry = CarryOver::default();
     let mut report = Vec::new();
-    let Ok(entries) = std::fs::read_dir(maps_dir) else {
-        return (carry, report);
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Ok(info) = MapInfo::from_pin(&path) else {
-            continue;
-        };
-        let shape: Option<Shape> = info.map_type().ok().map(|t| {
-            (
-                t as u32,
-                info.key_size(),
-                info.value_size(),
-                info.max_entries(),
-                info.map_flags(),
-            )
-        });
-        if expected.get(&name).is_some() && expected.get(&name) == shape.as_ref() {
-            continue;
-        }
-        let same_entries = |e: &Shape| shape.is_some_and(|s| s.1 == e.1 && s.2 == e.2);
-        let carried = match (name.as_str(), expected.get(&name)) {
-            (map::CT4, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.established),
-            (map::CT4_NEW, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.embryonic),
-            (map::CT6, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.established6),
-            (map::CT6_NEW, Some(e)) if same_entries(e) => read_pinned(&path, &mut carry.embryonic6),
-            (LEGACY_CT, None) if info.key_size() == 40 && info.value_size() == 80 => {
-                read_pinned(&path, &mut carry.legacy)
-            }
+    for (name, fate) in assess(maps_dir, expected) {
+        let path = maps_dir.join(&name);
+        let carried = match (&fate, name.as_str()) {
+            (Fate::Keep, _) => continue,
+            (Fate::Carry { .. }, map::CT4) => read_pinned(&path, &mut carry.established),
+            (Fate::Carry { .. }, map::CT4_NEW) => read_pinned(&path, &mut carry.embryonic),
+            (Fate::Carry { .. }, map::CT6) => read_pinned(&path, &mut carry.established6),
+            (Fate::Carry { .. }, map::CT6_NEW) => read_pinned(&path, &mut carry.embryonic6),
+            (Fate::Carry { .. }, LEGACY_CT) => read_pinned(&path, &mut carry.legacy),
             _ => 0,
         };
+        if CONNECTION_TABLES.contains(&name.as_str())
+            && matches!(fate, Fate::Carry { .. })
+            && let Ok(old) = MapData::from_pin(&path)
+        {
+            carry.retiring.push((name.clone(), old));
+        }
         match std::fs::remove_file(&path) {
-            Ok(()) if carried > 0 => report.push(format!(
-                "replaced pinned map {name} ({carried} flows carried over)"
-            )),
-            Ok(()) if expected.contains_key(&name) => {
-                report.push(format!("replaced pinned map {name} (its definition changed)"))
-            }
-            Ok(()) => report.push(format!("removed pinned map {name} (no longer used)")),
+            Ok(()) => report.push(match fate {
+                Fate::Carry { why, .. } => format!("replaced pinned map {name} ({why}; {carried} flows carried over)"),
+                Fate::Replace { why } => format!("replaced pinned map {name} ({why})"),
+                _ => format!("removed pinned map {name} (no longer used)"),
+            }),
             Err(e) => report.push(format!("cannot remove pinned map {name}: {e}")),
         }
     }
@@ -130,6 +205,78 @@ pub fn restore<K: aya::Pod, V: aya::Pod>(
         .filter(|(k, e)| table.insert(k, e, 0).is_ok())
         .count())
 }
+
+/// Copies into the new tables what the programs wrote into the replaced ones between the
+/// snapshot and the switch of the links (flows started in that window): entries the new
+/// table lacks, never overwriting one. Returns how many were copied.
+pub fn copy_delta(ebpf: &mut Ebpf, retiring: Vec<(String, MapData)>) -> Result<usize, DataplaneError> {
+    fn copy<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str, old: MapData) -> Result<usize, DataplaneError> {
+        let mut flows = Vec::new();
+        if let Ok(map) = Map::from_map_data(old)
+            && let Ok(table) = HashMap::<_, K, V>::try_from(map)
+        {
+            flows.extend(table.iter().filter_map(Result::ok));
+        }
+        let mut table: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?)
+                .map_err(|e| err(name, e))?;
+        // BPF_NOEXIST: what the new table has (carried, or newer) stays.
+        Ok(flows.iter().filter(|(k, v)| table.insert(k, v, 1).is_ok()).count())
+    }
+    let mut copied = 0;
+    for (name, old) in retiring {
+        copied += match name.as_str() {
+            map::CT4 | map::CT4_NEW => copy::<Ct4Key, Ct4Entry>(ebpf, &name, old)?,
+            map::CT6 | map::CT6_NEW => copy::<Ct6Key, Ct6Entry>(ebpf, &name, old)?,
+            _ => 0,
+        };
+    }
+    Ok(copied)
+}
+
+/// The version of the pinned maps' layout under `maps_dir` (`NATD_LAYOUT`), if recorded.
+pub fn pinned_layout(maps_dir: &Path) -> Option<u32> {
+    let data = MapData::from_pin(maps_dir.join(map::LAYOUT)).ok()?;
+    let array = aya::maps::Array::<_, u32>::try_from(Map::from_map_data(data).ok()?).ok()?;
+    array.get(&0, 0).ok()
+}
+
+/// Whether this natd can take over the pinned maps under `maps_dir`: their layout is its
+/// own, or one it converts. A newer layout (a downgrade) is refused before anything is
+/// changed. Pins of a natd that predates layout versions are version 1, the layout they
+/// have (`LAYOUT_VERSION` 1 is the layout of that time).
+pub fn check_layout(maps_dir: &Path) -> Result<u32, DataplaneError> {
+    let pinned = pinned_layout(maps_dir).unwrap_or(1);
+    if pinned > LAYOUT_VERSION {
+        return Err(DataplaneError::Ebpf(format!(
+            "the maps pinned under {} have layout version {pinned}, newer than this natd's \
+             ({LAYOUT_VERSION}): it cannot read them (a downgrade). Nothing was changed: run the newer \
+             natd, or remove natd's state with `natd --cleanup` (every tracked flow is lost)",
+            maps_dir.display()
+        )));
+    }
+    if pinned < OLDEST_CONVERTED {
+        return Err(DataplaneError::Ebpf(format!(
+            "the maps pinned under {} have layout version {pinned}; this natd converts versions \
+             {OLDEST_CONVERTED} to {LAYOUT_VERSION} only. Nothing was changed: upgrade through an \
+             intermediate natd, or remove natd's state with `natd --cleanup`",
+            maps_dir.display()
+        )));
+    }
+    Ok(pinned)
+}
+
+/// Records this natd's layout version in the loaded object's `NATD_LAYOUT`.
+pub fn record_layout(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let mut array: aya::maps::Array<&mut MapData, u32> = aya::maps::Array::try_from(
+        ebpf.map_mut(map::LAYOUT).ok_or_else(|| err("map missing", map::LAYOUT))?,
+    )
+    .map_err(|e| err(map::LAYOUT, e))?;
+    array.set(0, LAYOUT_VERSION, 0).map_err(|e| err(map::LAYOUT, e))
+}
+
+/// The oldest layout version this natd converts (every version since has a converter here).
+const OLDEST_CONVERTED: u32 = 1;
 
 /// natd 0.1's connection table.
 const LEGACY_CT: &str = "NATD_CT";

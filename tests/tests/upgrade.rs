@@ -1,0 +1,296 @@
+//! Restarts that change what is pinned, with connections held through them: a larger
+//! connection table, a program running on maps that are not natd's (what an older natd
+//! leaves on a link whose maps were replaced), a layout newer than this natd (a
+//! downgrade). natd must keep every flow, move every link (TC and cgroup) to its own
+//! programs on the pinned maps, and refuse what it cannot read with nothing changed.
+use std::{
+    collections::BTreeMap,
+    net::TcpStream,
+    os::fd::AsFd as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::maps::MapInfo;
+use nat_common::names::{map, program};
+use natlab::{EXT_IP, HOST_UPLINK_IP, Lab, echo_line, in_netns, wait_listening};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The ids of the maps pinned under the lab's `maps` directory, by name.
+fn pinned_maps(lab: &Lab) -> BTreeMap<String, u32> {
+    std::fs::read_dir(lab.bpffs.join("maps"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let info = MapInfo::from_pin(e.path()).ok()?;
+            Some((e.file_name().to_string_lossy().to_string(), info.id()))
+        })
+        .collect()
+}
+
+/// Every pinned link: (pin name, the ids of the maps its program uses).
+fn links(lab: &Lab) -> Vec<(String, Vec<u32>)> {
+    let programs: BTreeMap<u32, Vec<u32>> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.map_ids().ok().flatten().unwrap_or_default()))
+        .collect();
+    std::fs::read_dir(lab.bpffs.join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let link = natd::sys::bpf_link::open(&e.path()).expect("open pinned link");
+            let id = natd::sys::bpf_link::program_id(link.as_fd()).expect("link info");
+            (e.file_name().to_string_lossy().to_string(), programs.get(&id).cloned().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// A connection through an echo server, opened from `ns`.
+fn connect(ns: &str, addr: &str, port: u16) -> TcpStream {
+    let stream = in_netns(ns, || TcpStream::connect_timeout(&format!("{addr}:{port}").parse().unwrap(), TIMEOUT))
+        .expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// `natd --check-upgrade` with the lab's settings and `extra`: (exit code, output).
+fn check_upgrade(lab: &Lab, extra: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(natlab::natd_bin())
+        .args(lab.base_args())
+        .args(["--dataplane", "ebpf", "--check-upgrade"])
+        .args(extra)
+        .output()
+        .expect("natd --check-upgrade");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A published port's server (an echo on 81, published 8081), a client sandbox and an
+/// echo server outside (9000); a connection each way, held.
+fn held_connections(lab: &Lab) -> (natlab::Background, Vec<(&'static str, TcpStream)>) {
+    lab.run_script("srv", &["-p", "8081:81"], "socat TCP-LISTEN:81,fork,reuseaddr EXEC:cat");
+    lab.ok(&["run", "--name", "cli"]);
+    let outside = lab.spawn_in(&lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]);
+    assert!(wait_listening(&lab.netns_of("srv"), "tcp", 81));
+    assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
+    let mut held = vec![
+        ("inbound (published port)", connect(&lab.ext_path(), HOST_UPLINK_IP, 8081)),
+        ("outbound (masqueraded)", connect(&lab.netns_of("cli"), EXT_IP, 9000)),
+    ];
+    for (what, stream) in &mut held {
+        assert!(echo_line(stream, "before"), "{what}: works before the restart");
+    }
+    (outside, held)
+}
+
+/// Docker-style `--conntrack-max` (nf_conntrack_max) changed across a restart: the new
+/// size takes effect, every tracked flow is carried into the new table (also flows the
+/// old programs start between the snapshot and the switch), and every link's program now
+/// uses the pinned tables, so the flows natd lists and expires are the ones the packets
+/// use. Control: the same check before the restart sees the old table on every link.
+#[test]
+fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf", "--conntrack-max", "4096"]);
+    let (_outside, mut held) = held_connections(&lab);
+    let before = pinned_maps(&lab);
+    // The IPv4 programs use NATD_CT4, the IPv6 ones NATD_CT6 (replaced alike).
+    let uses = |links: &[(String, Vec<u32>)], maps: &BTreeMap<String, u32>| {
+        let tables = [maps[map::CT4], maps[map::CT6]];
+        links.iter().filter(|(_, used)| used.iter().any(|id| tables.contains(id))).count()
+    };
+    let tc_links = links(&lab).iter().filter(|(name, _)| !name.starts_with("cgroup-")).count();
+    assert!(tc_links >= 8, "edge and sandbox links: {tc_links}");
+    assert_eq!(uses(&links(&lab), &before), tc_links, "control: every TC link on the pinned tables");
+
+    // What a start would do, said first, changing nothing.
+    let (code, plan) = check_upgrade(&lab, &["--conntrack-max", "8192"]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("NATD_CT4: replaced (4096 entries -> 8192)") && plan.contains("a start would go ahead"), "{plan}");
+    assert!(plan.contains("NATD_PORTS4: adopted as it is"), "{plan}");
+    assert_eq!(pinned_maps(&lab), before, "--check-upgrade changed nothing");
+
+    // New connections all through the restart, each held: flows the old programs start
+    // after the snapshot of their table, up to the switch, must come over too.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opener = {
+        let (stop, ext, cli) = (stop.clone(), lab.ext_path(), lab.netns_of("cli"));
+        std::thread::spawn(move || {
+            let mut opened = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                opened.push(("inbound, opened during the restart", connect(&ext, HOST_UPLINK_IP, 8081)));
+                opened.push(("outbound, opened during the restart", connect(&cli, EXT_IP, 9000)));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            opened
+        })
+    };
+    let started = Instant::now();
+    lab.start_natd(&["--dataplane", "ebpf", "--conntrack-max", "8192"]).expect("restart");
+    let restart = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = opener.join().expect("opener");
+    let opened_during = during.len();
+    held.extend(during);
+    let after = pinned_maps(&lab);
+    assert_eq!(MapInfo::from_pin(lab.bpffs.join("maps").join(map::CT4)).unwrap().max_entries(), 8192);
+    assert_ne!(after[map::CT4], before[map::CT4], "a new table");
+    assert_eq!(after[map::PORTS4], before[map::PORTS4], "the others kept");
+    let now = links(&lab);
+    assert_eq!(uses(&now, &after), tc_links, "every TC link uses the new pinned tables: {now:?}");
+    assert_eq!(uses(&now, &before), 0, "none the old ones");
+
+    let mut broken = Vec::new();
+    for (what, stream) in &mut held {
+        if !echo_line(stream, "after") {
+            broken.push(*what);
+        }
+    }
+    let listed = lab.json(&["ct", "ls"]).as_array().map(Vec::len).unwrap_or(0);
+    println!(
+        "UPGRADE conntrack-max 4096->8192: restart {} ms, connections held {} ({opened_during} opened during the \
+         restart), broken {}, flows listed after {listed}",
+        restart.as_millis(),
+        held.len(),
+        broken.len()
+    );
+    assert!(broken.is_empty(), "broken by the restart: {broken:?}\n{}", lab.natd_log());
+    // Both held flows, and a new one made after the restart, are the ones natd lists.
+    let mut fresh = connect(&lab.ext_path(), HOST_UPLINK_IP, 8081);
+    assert!(echo_line(&mut fresh, "new"));
+    let flows = lab.json(&["ct", "ls"]);
+    let to_8081 = flows.as_array().unwrap().iter().filter(|f| f.to_string().contains("8081")).count();
+    assert!(to_8081 >= 2, "the held and the new published-port flows are listed: {flows}");
+
+    // A table smaller than the flows it holds would drop established flows: refused, by
+    // --check-upgrade and by the start, with nothing changed; the flows go on.
+    let entries = lab.json(&["ct", "ls"]).as_array().map(Vec::len).unwrap_or(0);
+    assert!(entries > 64, "{entries} entries");
+    let pinned = pinned_maps(&lab);
+    let (code, plan) = check_upgrade(&lab, &["--conntrack-max", "64"]);
+    assert!(code == 78 && plan.contains("more than --conntrack-max 64"), "{code}: {plan}");
+    let err = lab.start_natd(&["--dataplane", "ebpf", "--conntrack-max", "64"]).expect_err("refused");
+    assert!(err.to_string().contains("Nothing was changed"), "{err}");
+    assert_eq!(pinned_maps(&lab), pinned, "nothing pinned changed");
+    lab.start_natd(&["--dataplane", "ebpf", "--conntrack-max", "8192"]).expect("back");
+    for (what, stream) in &mut held {
+        assert!(echo_line(stream, "still"), "{what}: still works");
+    }
+}
+
+/// An older natd's program left on a cgroup link, running on maps that are not natd's
+/// (here: a copy of the object loaded with maps of its own): before this natd switched
+/// cgroup links too, the host's connections to 127.0.0.1:<published port> went through
+/// that frozen copy forever. After a restart the link runs natd's program on the pinned
+/// maps, and the host reaches the published port on loopback again.
+#[test]
+fn a_cgroup_link_on_foreign_maps_is_switched_to_the_pinned_ones() {
+    use aya::programs::CgroupSockAddr;
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    let host_net = format!("--net={}", lab.host_path());
+    let host_loopback = || natlab::tcp_line(&["nsenter", &host_net], "127.0.0.1", 8080);
+    assert!(host_loopback().is_some(), "control: the host reaches its published port on loopback");
+    let pin = lab.bpffs.join("links").join(format!("cgroup-{}", program::CONNECT4));
+    assert!(pin.exists(), "natd's connect4 hook is pinned");
+    lab.stop_natd(nix::sys::signal::Signal::SIGTERM);
+
+    let scratch = std::path::PathBuf::from(format!("{}-scratch", lab.bpffs.display()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    {
+        let mut other = aya::EbpfLoader::new().default_map_pin_directory(&scratch).load(natd::EBPF_OBJECT).unwrap();
+        let prog: &mut CgroupSockAddr = other.program_mut(program::CONNECT4).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        natd::sys::bpf_link::update_pinned(&pin, prog.fd().unwrap()).expect("put the stand-in on the link");
+    }
+    for entry in std::fs::read_dir(&scratch).unwrap().flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let _ = std::fs::remove_dir(&scratch);
+    let pinned: Vec<u32> = pinned_maps(&lab).into_values().collect();
+    let on_pinned = |lab: &Lab| {
+        links(lab)
+            .into_iter()
+            .find(|(name, _)| name == &format!("cgroup-{}", program::CONNECT4))
+            .is_some_and(|(_, maps)| !maps.is_empty() && maps.iter().all(|m| pinned.contains(m)))
+    };
+    assert!(!on_pinned(&lab), "the stand-in runs on maps of its own");
+    assert!(host_loopback().is_none(), "and does not know the published port");
+
+    lab.restart_natd().unwrap();
+    assert!(on_pinned(&lab), "natd's program on the pinned maps: {:?}", links(&lab));
+    let report = lab.json(&["info"])["last_reconcile"].to_string();
+    assert!(report.contains("program replaced atomically"), "{report}");
+    assert!(host_loopback().is_some(), "the host reaches its published port on loopback again");
+}
+
+/// A layout newer than this natd's (a downgrade) is refused with the reason, by the start
+/// and by `--check-upgrade`, and nothing pinned changes; with the layout back, natd starts.
+#[test]
+fn a_newer_layout_is_refused_with_nothing_changed() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    lab.stop_natd(nix::sys::signal::Signal::SIGTERM);
+    let set_layout = |lab: &Lab, version: u32| {
+        let data = aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::LAYOUT)).expect("pinned layout");
+        let mut array = aya::maps::Array::<_, u32>::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+        assert_eq!(array.get(&0, 0).unwrap(), nat_common::LAYOUT_VERSION, "natd recorded its layout");
+        array.set(0, version, 0).unwrap();
+    };
+    let newer = nat_common::LAYOUT_VERSION + 1;
+    set_layout(&lab, newer);
+    let pins = |lab: &Lab| (pinned_maps(lab), links(lab));
+    let before = pins(&lab);
+
+    let (code, plan) = check_upgrade(&lab, &[]);
+    assert_eq!(code, 78, "{plan}");
+    assert!(plan.contains("a start would refuse") && plan.contains(&format!("layout version {newer}")), "{plan}");
+    let err = lab.restart_natd().expect_err("a start over a newer layout fails");
+    assert!(err.to_string().contains("newer than this natd's") && err.to_string().contains("Nothing was changed"), "{err}");
+    assert_eq!(pins(&lab), before, "nothing pinned changed");
+    assert!(Path::new(&lab.bpffs.join("maps").join(map::CT4)).exists());
+
+    // The newer natd's pins back as they were: this one's layout again.
+    let data = aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::LAYOUT)).unwrap();
+    let mut array = aya::maps::Array::<_, u32>::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    array.set(0, nat_common::LAYOUT_VERSION, 0).unwrap();
+    lab.restart_natd().expect("starts over its own layout");
+    assert_eq!(
+        natlab::tcp_line(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080).as_deref(),
+        Some(EXT_IP)
+    );
+}
+
+/// During an upgrade the old natctl meets the new natd (and the reverse): natd says which
+/// API version it speaks on every answer, and takes the request shapes of earlier versions
+/// (API 1.0's `subnet` was one string). The reverse direction, natctl naming an older natd
+/// instead of printing serde's message, is tested in `natd::client` against that natd's
+/// recorded answer.
+#[test]
+fn natd_says_its_api_version_and_takes_earlier_request_shapes() {
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    assert_eq!(lab.json(&["info"])["api_version"], natd::api::API_VERSION);
+    let curl = |args: &[&str]| {
+        let mut full = vec!["-si", "--unix-socket", lab.socket.to_str().unwrap()];
+        full.extend_from_slice(args);
+        String::from_utf8_lossy(&natlab::sh("curl", &full).stdout).to_string()
+    };
+    let header = format!("{}: {}", natd::api::API_VERSION_HEADER, natd::api::API_VERSION);
+    let answer = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"name":"old","subnet":"10.99.0.0/24","gateway":null}"#,
+        "http://natd/v1/networks",
+    ]);
+    assert!(answer.starts_with("HTTP/1.1 20"), "a 1.0 request is taken: {answer}");
+    assert!(answer.to_lowercase().contains(&header), "{answer}");
+    assert_eq!(lab.json(&["network", "inspect", "old"])["subnet"], "10.99.0.0/24");
+    // Refusals and unknown paths say it too.
+    let unknown = curl(&["http://natd/v1/nothing-here"]);
+    assert!(unknown.starts_with("HTTP/1.1 404") && unknown.to_lowercase().contains(&header), "{unknown}");
+}
