@@ -1,6 +1,6 @@
 //! Frames a neighbour sends by hand (AF_PACKET): what no well-behaved stack would send
 //! (127.0.0.1 on the wire, forged ARP), aimed at one of the lab's links.
-use crate::{in_netns, sh};
+use crate::{Lab, in_netns, sh};
 
 /// The MAC of `dev` in namespace `ns` (a name under /run/netns).
 pub fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
@@ -46,4 +46,27 @@ pub fn send_raw(ifindex: i32, frame: &[u8]) {
         libc::close(fd);
         assert_eq!(sent as usize, frame.len());
     }
+}
+
+/// A TCP SYN from `src`:40000 to `dst`:`dport`, in an Ethernet frame from `src_mac` to
+/// `dst_mac`.
+pub fn tcp_syn(src_mac: [u8; 6], dst_mac: [u8; 6], src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(40000, dport, 1, 64240)
+        .syn()
+        .write(&mut frame, &[])
+        .unwrap();
+    frame
+}
+
+/// Segments the host namespace's TCP received (tcpInSegs in /proc/net/snmp, RFC 4022, which
+/// shows the reading task's namespace): whether a crafted segment reached the host's TCP.
+pub fn host_tcp_in_segs(lab: &Lab) -> u64 {
+    let snmp = lab.host_ok(&["cat", "/proc/net/snmp"]);
+    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
+    let at = names.split_whitespace().position(|name| name == "InSegs").expect("InSegs");
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("InSegs value")
 }

@@ -39,3 +39,46 @@ pub fn report(row: &str, iterations: usize, failures: usize, checked: &str) {
         let _ = writeln!(f, "{line}");
     }
 }
+
+/// A row's figures counted as the run goes and reported when the row ends, also when it
+/// ends by a failed assertion (the report then counts that failure): a figure is what the
+/// run did, never a constant written after every check passed.
+pub struct Row {
+    name: &'static str,
+    checked: String,
+    iterations: usize,
+    failures: usize,
+}
+
+impl Row {
+    pub fn new(name: &'static str, checked: impl Into<String>) -> Self {
+        Self {
+            name,
+            checked: checked.into(),
+            iterations: 0,
+            failures: 0,
+        }
+    }
+
+    /// One more iteration done (a case, a probe, a refused flow).
+    pub fn done(&mut self) {
+        self.iterations += 1;
+    }
+
+    /// What was checked, as the run learnt it (figures measured on the way).
+    pub fn checked(&mut self, text: impl Into<String>) {
+        self.checked = text.into();
+    }
+
+    /// A failure the row counts and goes on after (the row asserts at its end).
+    pub fn failed(&mut self) {
+        self.failures += 1;
+    }
+}
+
+impl Drop for Row {
+    fn drop(&mut self) {
+        let failures = self.failures + usize::from(std::thread::panicking());
+        report(self.name, self.iterations, failures, &self.checked);
+    }
+}

@@ -7,12 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etherparse::PacketBuilder;
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
     edges::{NIC2_HOST_IP, NIC2_PEER_IP, SecondNic},
     in_netns,
-    raw::{ifindex_in, mac_of, mac_of_path, send_raw},
+    raw::{host_tcp_in_segs, ifindex_in, mac_of, mac_of_path, send_raw, tcp_syn},
     UdpEcho, sh,
     soak::{report, size},
     tcp_line, wait_listening, wait_until, whoami,
@@ -181,16 +180,7 @@ fn flush_while_held(lab: &Lab, web_ip: &str, round: usize) -> Duration {
     // CVE-2020-8558's frames: a SYN to the host's 127.0.0.1:7070 from a LAN neighbour (to the
     // uplink's MAC) and from a sandbox (through its gateway). Had either got through, the
     // host's TCP would have counted it (tcpInSegs, RFC 4022) and held a half-open connection.
-    let syn_to = |src_mac, dst_mac, src: &str, dst: std::net::Ipv4Addr| {
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2(src_mac, dst_mac)
-            .ipv4(src.parse::<std::net::Ipv4Addr>().unwrap().octets(), dst.octets(), 64)
-            .tcp(40000, 7070, 1, 64240)
-            .syn()
-            .write(&mut frame, &[])
-            .unwrap();
-        frame
-    };
+    let syn_to = |src_mac, dst_mac, src: &str, dst| tcp_syn(src_mac, dst_mac, src.parse().unwrap(), dst, 7070);
     let loopback = std::net::Ipv4Addr::LOCALHOST;
     let (ext_mac, uplink_mac) = (mac_of(&lab.ext_ns, "lan0"), mac_of(&lab.host_ns, "up0"));
     let lan0 = ifindex_in(&lab.ext_path(), "lan0");
@@ -224,14 +214,4 @@ fn flush_while_held(lab: &Lab, web_ip: &str, round: usize) -> Duration {
     let out = slow.join().expect("slow request");
     assert!(out.status.success(), "the slow request completes");
     back
-}
-
-/// Segments the host namespace's TCP received (tcpInSegs in /proc/net/snmp, which shows the
-/// reading task's namespace).
-fn host_tcp_in_segs(lab: &Lab) -> u64 {
-    let snmp = lab.host_ok(&["cat", "/proc/net/snmp"]);
-    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
-    let at = names.split_whitespace().position(|name| name == "InSegs").expect("InSegs");
-    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("InSegs value")
 }

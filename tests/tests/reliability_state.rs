@@ -4,7 +4,7 @@
 //! recovers as soon as the disk does.
 use std::{path::Path, process::Command, time::Duration};
 
-use natlab::{Lab, sh, soak::report, wait_until};
+use natlab::{Lab, sh, soak::Row, wait_until};
 use nix::sys::signal::Signal;
 
 /// What a refused request must not leave behind: interfaces and namespaces natd names.
@@ -65,6 +65,10 @@ fn refuses_to_start(lab: &Lab, what: &str) -> String {
 
 #[test]
 fn a_corrupt_or_truncated_database_stops_natd_with_the_recovery() {
+    let mut row = Row::new(
+        "8 state file",
+        "corrupt header, truncated and empty database: exit 78 naming the file and the recovery; the good file restores everything",
+    );
     let mut lab = Lab::started(&["--dataplane", "ebpf"]);
     lab.ok(&["run", "--name", "web", "-p", "8080:80"]);
     lab.stop_natd(Signal::SIGTERM);
@@ -78,25 +82,23 @@ fn a_corrupt_or_truncated_database_stops_natd_with_the_recovery() {
     }
     std::fs::write(&db, &corrupt).unwrap();
     refuses_to_start(&lab, "corrupt header");
+    row.done();
     // Cut in half.
     std::fs::write(&db, &good[..good.len() / 2]).unwrap();
     refuses_to_start(&lab, "truncated");
+    row.done();
     // Empty (a file system that lost its contents): not a fresh start that would remove
     // every interface natd made as stale.
     std::fs::write(&db, b"").unwrap();
     refuses_to_start(&lab, "empty");
+    row.done();
 
     // The good file back: everything is there again, nothing half-loaded.
     std::fs::write(&db, &good).unwrap();
     lab.restart_natd().unwrap();
     let web = lab.json(&["inspect", "web"]);
     assert_eq!(web["ports"][0]["host_port"], 8080, "{web}");
-    report(
-        "8 state file",
-        4,
-        0,
-        "corrupt header, truncated and empty database: exit 78 naming the file and the recovery; the good file restores everything",
-    );
+    row.done();
 }
 
 /// A tmpfs mounted over the lab's state directory, unmounted on drop (also on failure).
@@ -161,6 +163,10 @@ fn refused_cleanly(lab: &Lab, name: &str, why: &str) {
 
 #[test]
 fn a_full_or_read_only_disk_refuses_changes_cleanly_and_recovers() {
+    let mut row = Row::new(
+        "8 state disk",
+        "read-only state file system at start: exit 78 naming the database, nothing made; full file system: runs refused naming the database, no interface/namespace/record left; writes resume without restart",
+    );
     let mut lab = Lab::new().unwrap();
     let state_dir = lab.state_dir.clone();
     let disk = SmallDisk::mount(&state_dir, "16m");
@@ -177,6 +183,7 @@ fn a_full_or_read_only_disk_refuses_changes_cleanly_and_recovers() {
         (vec![], vec![]),
         "natd made nothing before giving up"
     );
+    row.done();
     disk.remount("rw");
     lab.start_natd(&["--dataplane", "ebpf"]).unwrap();
     lab.ok(&["run", "--name", "before"]);
@@ -193,6 +200,7 @@ fn a_full_or_read_only_disk_refuses_changes_cleanly_and_recovers() {
         ],
     );
     refused_cleanly(&lab, "full", "disk full");
+    row.done();
     std::fs::remove_file(&filler).unwrap();
     assert!(
         wait_until(Duration::from_secs(2), || lab
@@ -202,18 +210,14 @@ fn a_full_or_read_only_disk_refuses_changes_cleanly_and_recovers() {
         "natd writes again once space is back, without a restart:\n{}",
         lab.natd_log()
     );
+    row.done();
     // Everything that succeeded is still there after a restart.
     lab.restart_natd().unwrap();
     for name in ["before", "after-full"] {
         assert!(lab.natctl(&["inspect", name]).status.success(), "{name} survived");
     }
+    row.done();
     lab.stop_natd(Signal::SIGTERM);
     let _ = lab.cleanup_natd();
     drop(disk);
-    report(
-        "8 state disk",
-        4,
-        0,
-        "read-only state file system at start: exit 78 naming the database, nothing made; full file system: runs refused naming the database, no interface/namespace/record left; writes resume without restart",
-    );
 }
