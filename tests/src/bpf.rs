@@ -174,6 +174,23 @@ impl Bpf {
         self.sync();
     }
 
+    /// A handshake through the edge from `client`:`port` to the published port 8080 (the
+    /// sandbox's 80): SYN, the sandbox's SYN-ACK, the ACK. Returns the ACK's verdict.
+    pub fn handshake(&mut self, client: [u8; 4], port: u16) -> u32 {
+        use crate::frames::{Flags, SYN, ack, segment};
+        self.as_edge();
+        self.run(prelude::INGRESS, &segment(client, port, HOST, 8080, 1000, SYN));
+        self.as_sandbox_veth(2, SANDBOX);
+        let syn_ack = Flags {
+            syn: true,
+            ack: Some(1001),
+            ..Flags::default()
+        };
+        self.run(prelude::SANDBOX_PROG, &segment(SANDBOX, 80, client, port, 7000, syn_ack));
+        self.as_edge();
+        self.run(prelude::INGRESS, &segment(client, port, HOST, 8080, 1001, ack(7001))).0
+    }
+
     /// The test device is an edge whose address is `HOST`.
     pub fn as_edge(&mut self) {
         self.set_test_iface(IfaceRole::Edge {

@@ -5,7 +5,10 @@
 //! bridge networks; masquerade and published ports per host; a host that joins late sees
 //! everything; the store restarting loses nothing; a dead host's sandboxes leave the
 //! others' forwarding tables within the TTL.
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
@@ -15,6 +18,8 @@ use natlab::{
 };
 
 const TTL: u64 = 3;
+/// `--cluster-claim-grace`: how long a vanished host keeps its address claims.
+const GRACE: u64 = 6;
 /// How long a change in the store may take to reach the other hosts' kernels.
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -114,6 +119,7 @@ fn overlay_across_hosts(dataplane: &str) {
     let mut etcd = Etcd::start(&lan, hosts[0].dir.clone());
     let mut args = member_args(TTL);
     args.extend(["--dataplane".to_string(), dataplane.to_string()]);
+    args.extend(["--cluster-claim-grace".to_string(), GRACE.to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for host in &mut hosts[..2] {
         host.start_natd(&args).expect("start natd");
@@ -431,6 +437,26 @@ fn overlay_across_hosts(dataplane: &str) {
     for host in [a, c] {
         assert!(!host.natd_log().contains("registered again in the cluster store"), "a live host lost its lease:\n{}", host.natd_log());
     }
+
+    // B never comes back. Its claims outlive its lease (claims are not leased: a partition
+    // must not hand a running sandbox's address to another host), and go back to the
+    // cluster once it has been unregistered longer than the claim grace: released by a live
+    // host, said in its log. A's and C's claims stay (checked below).
+    let b1_claimed = || etcd.keys("/natd/ips/ov1/").iter().any(|k| k.ends_with(&format!("/{b1}")));
+    assert!(b1_claimed(), "B's claim outlives its lease");
+    let vanished = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(GRACE + TTL + 6), || !b1_claimed()),
+        "B's claim is released after the grace: {:?}",
+        etcd.keys("/natd/")
+    );
+    println!(
+        "CLAIMS of a vanished host released {} ms after its sandboxes left the others' tables (grace {GRACE} s)",
+        vanished.elapsed().as_millis()
+    );
+    let said = |lab: &Lab| lab.natd_log().contains("address claims of host");
+    assert!(said(a) || said(c), "a live host says so:\n{}\n{}", a.natd_log(), c.natd_log());
+    assert!(etcd.keys("/natd/gone/").is_empty(), "{:?}", etcd.keys("/natd/gone/"));
 
     // With its only remote user dead, ov2 can go, everywhere.
     a.ok(&["network", "rm", "ov2"]);

@@ -319,35 +319,18 @@ fn removed_mapping_invalidates_its_flows() {
     );
 }
 
-/// A handshake through the uplink: SYN, SYN-ACK from the sandbox, ACK. Returns the
-/// verdict of the ACK.
-fn handshake(bpf: &mut Bpf, client: [u8; 4], port: u16) -> u32 {
-    bpf.as_edge();
-    bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1000, SYN));
-    bpf.as_sandbox_veth(2, SANDBOX);
-    let syn_ack = Flags {
-        syn: true,
-        ack: Some(1001),
-        ..Flags::default()
-    };
-    bpf.run(SANDBOX_PROG, &segment(SANDBOX, 80, client, port, 7000, syn_ack));
-    bpf.as_edge();
-    bpf.run(INGRESS, &segment(client, port, HOST, 8080, 1001, ack(7001)))
-        .0
-}
-
 #[test]
 fn full_established_table_keeps_its_flows_and_new_ones_stay_embryonic() {
     let mut bpf = load(64);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     // 32 completed flows fill the 64 entries of the established table.
     for port in 0..32u16 {
-        assert_eq!(handshake(&mut bpf, CLIENT, 20000 + port), PASS);
+        assert_eq!(bpf.handshake(CLIENT, 20000 + port), PASS);
     }
     let established = |bpf: &Bpf| bpf.ct().iter().filter(|(_, _, e)| *e).count();
     assert_eq!(established(&bpf), 64);
     // One more: its handshake completes, it cannot move, it keeps working where it is.
-    assert_eq!(handshake(&mut bpf, CLIENT, 30000), PASS);
+    assert_eq!(bpf.handshake(CLIENT, 30000), PASS);
     assert!(bpf.counter(counter::CT_PROMOTE_FULL) >= 1);
     assert_eq!(established(&bpf), 64, "no established flow was evicted");
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 30000, HOST, 8080, 1001, ack(7001)));

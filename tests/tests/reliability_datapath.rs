@@ -5,17 +5,18 @@
 use std::time::Duration;
 
 use etherparse::Ipv4Header;
-use nat_common::counter;
+use nat_common::{counter, names::program};
 use natd::dataplane::ebpf::conntrack::{Timeouts, expire};
 use natlab::bpf::prelude::*;
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
-    bpf::{Bpf, CLIENT, HOST, SANDBOX},
+    bpf::{Bpf, CLIENT, HOST, HOST6, SANDBOX},
     frames::{
-        Flags, SYN, checksums_ok, icmp_echo, icmp_error, inner_tcp, inner_udp, repair, segment, tcp, udp,
+        Flags, SYN, ack, checksums_ok, icmp_echo, icmp_error, inner_tcp, inner_udp, repair, segment, tcp, udp,
     },
     raw::{host_tcp_in_segs, ifindex_in, mac_of, send_raw, tcp_syn},
-    soak::{Row, report, rng, size},
+    frames6::{SANDBOX6, checksums_ok6, echo6, tcp6, udp6},
+    soak::{Row, rng, size},
 };
 
 fn load(ct_capacity: u32) -> Bpf {
@@ -55,11 +56,84 @@ fn from_sandbox_network(frame: &[u8]) -> bool {
     frame.len() >= 30 && frame[12..14] == [0x08, 0x00] && frame[26..29] == [172, 20, 0]
 }
 
+/// One IPv6 mutation: cut, flip header bytes, rewrite the payload length, next header
+/// (extension headers, fragments, unknown protocols) or hop limit, add a tail.
+fn mutate6(rng: &mut fastrand::Rng, seed: &[u8]) -> Vec<u8> {
+    let mut frame = seed.to_vec();
+    for _ in 0..rng.usize(1..4) {
+        match rng.u8(0..7) {
+            0 => frame.truncate(rng.usize(54..frame.len().max(55))),
+            1 => {
+                let at = rng.usize(14..frame.len().min(100));
+                frame[at] = rng.u8(..);
+            }
+            2 => frame[18..20].copy_from_slice(&rng.u16(..).to_be_bytes()),
+            3 => frame[20] = [0, 6, 17, 43, 44, 58, 59, 60, rng.u8(..)][rng.usize(0..9)],
+            4 => frame[21] = [0, 1, 2, rng.u8(..)][rng.usize(0..4)],
+            5 => {
+                if frame.len() > 66 {
+                    frame[66] = rng.u8(..) & 0xf0;
+                }
+            }
+            _ => frame.extend((0..rng.usize(0..64)).map(|_| rng.u8(..))),
+        }
+    }
+    frame
+}
+
+/// What the host's stack could hand a program: the payload length matching the frame,
+/// and for TCP, UDP and ICMPv6 right after the fixed header a correct checksum (so a
+/// rewritten frame's checksums can be judged). False when the frame is not that.
+fn repair6(frame: &mut [u8]) -> bool {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] || frame[14] >> 4 != 6 {
+        return false;
+    }
+    let payload = frame.len() - 54;
+    frame[18..20].copy_from_slice(&(payload as u16).to_be_bytes());
+    let at = match frame[20] {
+        6 if payload >= 20 => 54 + 16,
+        17 if payload >= 8 => 54 + 6,
+        58 if payload >= 4 => 54 + 2,
+        _ => return false,
+    };
+    frame[at..at + 2].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&frame[22..54]);
+    add(&(payload as u32).to_be_bytes());
+    add(&[0, 0, 0, frame[20]]);
+    add(&frame[54..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut check = !(sum as u16);
+    if frame[20] == 17 && check == 0 {
+        check = 0xffff;
+    }
+    frame[at..at + 2].copy_from_slice(&check.to_be_bytes());
+    true
+}
+
+/// Whether an IPv6 frame's source is in the tests' dual-stack sandbox network (fd00:20::/64).
+fn from_sandbox_network6(frame: &[u8]) -> bool {
+    frame.len() >= 54 && frame[12..14] == [0x86, 0xdd] && frame[22..30] == natlab::frames6::NET6[..8]
+}
+
+/// Row 6: every TC program, both families, with the fast path off and on.
 #[test]
 fn mutated_frames_never_leak_a_sandbox_address_or_a_wrong_checksum() {
     let mut bpf = load(4096);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
     bpf.publish(None, 5353, 17, SANDBOX, 53, 6);
+    bpf.local6(HOST6);
+    bpf.network6(2, natlab::frames6::NET6, 64, natlab::frames6::GATEWAY6, true);
+    bpf.endpoint6(SANDBOX6, natlab::bpf::SANDBOX_VETH, 2);
+    bpf.publish6(None, 8080, 6, SANDBOX6, 80, 7);
+    bpf.publish6(None, 5353, 17, SANDBOX6, 53, 8);
     let unreachable = etherparse::Icmpv4Type::DestinationUnreachable(
         etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
     );
@@ -68,7 +142,9 @@ fn mutated_frames_never_leak_a_sandbox_address_or_a_wrong_checksum() {
         ack: Some(1001),
         ..Flags::default()
     };
-    let uplink_seeds = [
+    const CLIENT6: [u8; 16] = natlab::frames6::v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 7]);
+    const REMOTE6: [u8; 16] = natlab::frames6::v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 9]);
+    let edge_seeds = [
         (INGRESS, segment(CLIENT, 40000, HOST, 8080, 1000, SYN)),
         (INGRESS, udp(CLIENT, 40001, HOST, 5353)),
         (INGRESS, icmp_echo(CLIENT, HOST, 7, true)),
@@ -88,68 +164,96 @@ fn mutated_frames_never_leak_a_sandbox_address_or_a_wrong_checksum() {
             EGRESS,
             icmp_error(HOST, CLIENT, unreachable, &inner_tcp(CLIENT, 40000, SANDBOX, 80)),
         ),
+        (program::EDGE_INGRESS6, tcp6(CLIENT6, 40000, HOST6, 8080, true)),
+        (program::EDGE_INGRESS6, udp6(CLIENT6, 40001, HOST6, 5353)),
+        (program::EDGE_INGRESS6, echo6(CLIENT6, HOST6, 7, true)),
+        (program::EDGE_EGRESS6, tcp6(SANDBOX6, 5555, REMOTE6, 443, true)),
+        (program::EDGE_EGRESS6, udp6(SANDBOX6, 5556, REMOTE6, 53)),
+        (program::EDGE_EGRESS6, echo6(SANDBOX6, REMOTE6, 9, true)),
     ];
     let sandbox_seeds = [
         (SANDBOX_PROG, segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack)),
         (SANDBOX_PROG, tcp(SANDBOX, 5557, REMOTE, 80, true)),
         (SANDBOX_PROG, udp(SANDBOX, 53, CLIENT, 40001)),
+        (program::SANDBOX_INGRESS6, tcp6(SANDBOX6, 5557, REMOTE6, 80, true)),
+        (program::SANDBOX_INGRESS6, udp6(SANDBOX6, 53, CLIENT6, 40001)),
     ];
     let mut rng = rng("malformed frames");
     let cases = size(4000, 200_000);
+    let mut row = Row::new("6 malformed packets", "");
     let mut violations = Vec::new();
     let mut checked_checksums = 0;
-    for (role, seeds) in [
-        ("uplink", &uplink_seeds[..]),
-        ("sandbox veth", &sandbox_seeds[..]),
-    ] {
-        if role == "uplink" {
-            bpf.as_edge();
-        } else {
-            bpf.as_sandbox_veth(2, SANDBOX);
+    let mut redirected = 0;
+    for fast_path in [false, true] {
+        if fast_path {
+            // The fast path's own decisions: redirects, with routes and neighbours to find.
+            bpf.fast_path(true);
+            bpf.route_via_uplink(true);
         }
-        for _ in 0..cases / 2 {
-            let (prog, seed) = &seeds[rng.usize(0..seeds.len())];
-            let mut frame = mutate(&mut rng, seed);
-            // What the host's forwarding could hand the program: a valid IPv4 header.
-            let well_formed = repair(&mut frame);
-            let (ret, out) = bpf.run(prog, &frame);
-            if ret != PASS && ret != TC_ACT_SHOT {
-                violations.push(format!("{prog}: verdict {ret} for {frame:02x?}"));
+        for (role, seeds) in [("edge", &edge_seeds[..]), ("sandbox veth", &sandbox_seeds[..])] {
+            if role == "edge" {
+                bpf.as_edge();
+            } else {
+                bpf.as_sandbox_veth6(2, SANDBOX, SANDBOX6);
             }
-            let header_valid = Ipv4Header::from_slice(&frame[14..]).is_ok();
-            if *prog == EGRESS && ret == PASS && header_valid && from_sandbox_network(&out) {
-                violations.push(format!(
-                    "sandbox address left the uplink untranslated: {out:02x?}"
-                ));
-            }
-            if ret == PASS && well_formed && out != frame {
-                checked_checksums += 1;
-                if let Err(what) = checksums_ok(&out) {
-                    violations.push(format!(
-                        "{prog} rewrote a frame and left the {what} wrong: in {frame:02x?} out {out:02x?}"
-                    ));
+            for _ in 0..cases / 4 {
+                row.done();
+                let (prog, seed) = &seeds[rng.usize(0..seeds.len())];
+                let ipv6 = seed[12..14] == [0x86, 0xdd];
+                let (frame, well_formed) = if ipv6 {
+                    let mut frame = mutate6(&mut rng, seed);
+                    let well_formed = repair6(&mut frame);
+                    (frame, well_formed)
+                } else {
+                    let mut frame = mutate(&mut rng, seed);
+                    // What the host's forwarding could hand the program: a valid IPv4 header.
+                    let well_formed = repair(&mut frame);
+                    (frame, well_formed)
+                };
+                let (ret, out) = bpf.run(prog, &frame);
+                if ret == TC_ACT_REDIRECT {
+                    redirected += 1;
                 }
-            }
-            if violations.len() > 5 {
-                break;
+                if ret != PASS && ret != TC_ACT_SHOT && !(fast_path && ret == TC_ACT_REDIRECT) {
+                    violations.push(format!("{prog}: verdict {ret} for {frame:02x?}"));
+                }
+                let leaves_edge = *prog == EGRESS || *prog == program::EDGE_EGRESS6;
+                let leaked = if ipv6 {
+                    from_sandbox_network6(&out)
+                } else {
+                    Ipv4Header::from_slice(&frame[14..]).is_ok() && from_sandbox_network(&out)
+                };
+                if leaves_edge && ret != TC_ACT_SHOT && leaked {
+                    violations.push(format!("{prog}: a sandbox address left the edge untranslated: {out:02x?}"));
+                }
+                if ret != TC_ACT_SHOT && well_formed && out != frame {
+                    checked_checksums += 1;
+                    let checked = if ipv6 { checksums_ok6(&out) } else { checksums_ok(&out) };
+                    if let Err(what) = checked {
+                        violations.push(format!(
+                            "{prog} rewrote a frame and left the {what} wrong: in {frame:02x?} out {out:02x?}"
+                        ));
+                    }
+                }
+                if violations.len() > 5 {
+                    row.failed();
+                    break;
+                }
             }
         }
     }
-    report(
-        "6 malformed packets",
-        cases,
-        violations.len(),
-        &format!(
-            "{} seeds mutated (cuts, header bytes, IHL, lengths, fragments, protocols, TCP offset, tails) through 3 programs; \
-             {checked_checksums} rewritten frames had every checksum recomputed",
-            uplink_seeds.len() + sandbox_seeds.len()
-        ),
-    );
+    row.checked(format!(
+        "{} seeds (IPv4 and IPv6) mutated (cuts, header bytes, IHL, lengths, fragments, next headers, protocols, TCP \
+         offset, tails) through the edge ingress and egress and sandbox programs of both families, fast path off and on \
+         ({redirected} redirected); {checked_checksums} rewritten frames had every checksum recomputed",
+        edge_seeds.len() + sandbox_seeds.len()
+    ));
     assert!(violations.is_empty(), "{violations:#?}");
     assert!(
         checked_checksums > cases / 20,
         "mutations still reach the translation paths ({checked_checksums})"
     );
+    assert!(redirected >= cases / 400, "mutations still reach the fast path ({redirected})");
 }
 
 /// Row 4: a full connection table and an exhausted masquerade port pool. Established flows
@@ -159,7 +263,7 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     let mut row = Row::new(
         "4 tables full",
         "masquerade pool of 4 ports: 4 flows translated, every further new flow dropped as drop_no_port and counted \
-         exactly, existing flows unharmed, service back after expiry (the conntrack-full case: packets.rs)",
+         exactly, existing flows unharmed, service back after expiry (the full connection table: `4 conntrack full`)",
     );
     let mut bpf = load(64);
     bpf.snat_ports(61000, 61003);
@@ -202,6 +306,43 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     let (ret, _) = bpf.run(EGRESS, &tcp(SANDBOX, 7000, REMOTE, 443, true));
     assert_eq!(ret, PASS, "service is back");
     row.done();
+}
+
+/// Row 4, the connection table: full of established flows, it keeps every one of them;
+/// a flow that completes its handshake then cannot move there, stays embryonic and keeps
+/// working (counted `ct_promote_full`), nothing established is evicted. Sized like the
+/// other rows: 64 entries in CI, 4 096 in the soak run.
+#[test]
+fn a_full_connection_table_keeps_its_flows_and_new_ones_work() {
+    let mut row = Row::new("4 conntrack full", "");
+    let capacity = size(64, 4096);
+    let mut bpf = load(capacity as u32);
+    bpf.publish(None, 8080, 6, SANDBOX, 80, 5);
+    for n in 0..capacity / 2 {
+        assert_eq!(bpf.handshake(CLIENT, 20000 + n as u16), PASS);
+        row.done();
+    }
+    let established = |bpf: &Bpf| bpf.ct().iter().filter(|(_, _, e)| *e).count();
+    assert_eq!(established(&bpf), capacity, "two entries per flow fill the table");
+    let extra = size(10, 1000);
+    for n in 0..extra {
+        let port = 60000 - n as u16;
+        assert_eq!(bpf.handshake(CLIENT, port), PASS, "flow {port} completes its handshake");
+        let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, port, HOST, 8080, 1001, ack(7001)));
+        assert_eq!((ret, out[30..34].to_vec()), (PASS, SANDBOX.to_vec()), "and keeps working, embryonic");
+        row.done();
+    }
+    assert_eq!(established(&bpf), capacity, "no established flow was evicted");
+    assert!(bpf.counter(counter::CT_PROMOTE_FULL) >= extra as u64);
+    let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 20005, HOST, 8080, 1001, ack(7001)));
+    assert_eq!((ret, out[30..34].to_vec()), (PASS, SANDBOX.to_vec()), "an established flow keeps working");
+    row.done();
+    row.checked(format!(
+        "{} established flows fill a {capacity}-entry table; {extra} more complete their handshake, stay embryonic \
+         and keep working (ct_promote_full {}); none established evicted",
+        capacity / 2,
+        bpf.counter(counter::CT_PROMOTE_FULL)
+    ));
 }
 
 /// Row 5, end to end: spoofed and misdirected traffic from the LAN and from a sandbox.

@@ -69,6 +69,16 @@ async fn keep_lease(cluster: Arc<Cluster>) {
             }
             Err(e) => health.failed(e),
         }
+        // Hosts that died for good: their addresses go back to the cluster after the grace.
+        match tokio::time::timeout(period, cluster.collect_vanished()).await {
+            Ok(Ok(done)) => {
+                for line in done {
+                    info!("{line}");
+                }
+            }
+            Ok(Err(e)) => warn!("releasing the claims of vanished hosts: {e}"),
+            Err(_) => warn!("releasing the claims of vanished hosts: no answer within {period:?}"),
+        }
         tokio::time::sleep(period).await;
     }
 }

@@ -8,7 +8,12 @@
 //!   transaction that also claims its subnet and VNI (two hosts cannot create either twice);
 //! - `ips/<network>/<address>`: an address claim (host, sandbox, MAC). Claims are not
 //!   leased: a partition longer than the TTL must not hand a running sandbox's address to
-//!   another host; the owner's liveness comes from its host key instead.
+//!   another host; the owner's liveness comes from its host key instead;
+//! - `gone/<host id>`: since when a host that holds claims has had no registration,
+//!   written by the first live host to notice; once that is longer ago than the claim
+//!   grace, a live host releases the host's claims (one transaction per 64 keys, each on
+//!   condition that the host is still unregistered and the record unchanged). A host that
+//!   registers again removes its record.
 pub mod agent;
 pub mod etcd;
 pub mod store;
@@ -43,6 +48,22 @@ fn claims_prefix(network: &str) -> String {
 }
 fn claim_key(network: &str, ip: Ipv4Addr) -> String {
     format!("{}{ip}", claims_prefix(network))
+}
+fn gone_key(id: &str) -> String {
+    format!("{ROOT}gone/{id}")
+}
+
+/// Since when a host holding claims has been unregistered (`gone/<host id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoneRecord {
+    /// Seconds since the Unix epoch, by the clock of the host that noticed.
+    pub since: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +229,8 @@ pub struct Cluster {
     pub advertise: Ipv4Addr,
     /// Seconds a dead host's entries may outlive it.
     pub ttl: u64,
+    /// Seconds a host must have been unregistered before its claims are released.
+    pub claim_grace: u64,
     pub store: Arc<dyn ClusterStore>,
     view: Mutex<ClusterView>,
     lease: Mutex<Option<i64>>,
@@ -223,6 +246,7 @@ impl Cluster {
         host_name: String,
         advertise: Ipv4Addr,
         ttl: u64,
+        claim_grace: u64,
         store: Arc<dyn ClusterStore>,
     ) -> Self {
         Self {
@@ -230,6 +254,7 @@ impl Cluster {
             host_name,
             advertise,
             ttl,
+            claim_grace,
             store,
             view: Mutex::default(),
             lease: Mutex::default(),
@@ -296,7 +321,11 @@ impl Cluster {
             value: self.host_record(),
             lease: Some(lease),
         };
-        if let Err(e) = self.store.txn(&[], &[put]).await {
+        // Back: no longer a host whose claims wait to be released.
+        let back = Op::Delete {
+            key: gone_key(&self.host_id),
+        };
+        if let Err(e) = self.store.txn(&[], &[put, back]).await {
             let _ = self.store.revoke(lease).await;
             return Err(e);
         }
@@ -498,5 +527,71 @@ impl Cluster {
         let key = claim_key(network, ip);
         let when = [Cond::ValueIs(key.clone(), serde_json::to_vec(claim).expect("claim serializes"))];
         Ok(self.store.txn(&when, &[Op::Delete { key }]).await?.is_some())
+    }
+
+    /// Releases the claims of hosts whose registration has been gone longer than the
+    /// claim grace (a host that died and never came back), and notes since when it is gone
+    /// for hosts that just vanished. Any live host may run it; the store's conditions make
+    /// concurrent runs harmless. Returns what it did, for the log.
+    pub async fn collect_vanished(&self) -> Result<Vec<String>, StoreError> {
+        let view = self.view();
+        if !view.loaded {
+            return Ok(Vec::new());
+        }
+        let owners: std::collections::BTreeSet<&String> = view
+            .claims
+            .values()
+            .flat_map(|claims| claims.values().map(|c| &c.host))
+            .filter(|host| **host != self.host_id && !view.hosts.contains_key(*host))
+            .collect();
+        let (_, kvs) = self.store.range(&format!("{ROOT}gone/")).await?;
+        let gone: BTreeMap<String, (GoneRecord, Vec<u8>)> = kvs
+            .iter()
+            .filter_map(|kv| {
+                let id = kv.key.strip_prefix(&format!("{ROOT}gone/"))?.to_string();
+                Some((id, (decode(kv)?, kv.value.clone())))
+            })
+            .collect();
+        let now = unix_now();
+        let mut done = Vec::new();
+        for host in owners.iter().filter(|h| !gone.contains_key(**h)) {
+            let record = serde_json::to_vec(&GoneRecord { since: now }).expect("record serializes");
+            let when = [Cond::Absent(gone_key(host)), Cond::Absent(host_key(host))];
+            let put = Op::Put { key: gone_key(host), value: record, lease: None };
+            if self.store.txn(&when, &[put]).await?.is_some() {
+                done.push(format!("host {host} holds address claims and is no longer registered: its claims are released after {} s", self.claim_grace));
+            }
+        }
+        for (host, (record, raw)) in &gone {
+            if view.hosts.contains_key(host) || now.saturating_sub(record.since) < self.claim_grace {
+                continue;
+            }
+            let (_, claims) = self.store.range(&format!("{ROOT}ips/")).await?;
+            let keys: Vec<String> = claims
+                .iter()
+                .filter(|kv| decode::<Claim>(kv).is_some_and(|c| c.host == *host))
+                .map(|kv| kv.key.clone())
+                .collect();
+            let when = [Cond::Absent(host_key(host)), Cond::ValueIs(gone_key(host), raw.clone())];
+            // etcd bounds the operations of one transaction (--max-txn-ops, 128 by default).
+            let mut batches: Vec<Vec<Op>> = keys.chunks(64).map(|c| c.iter().map(|key| Op::Delete { key: key.clone() }).collect()).collect();
+            match batches.last_mut() {
+                Some(last) => last.push(Op::Delete { key: gone_key(host) }),
+                None => batches.push(vec![Op::Delete { key: gone_key(host) }]),
+            }
+            let mut released = true;
+            for batch in &batches {
+                released &= self.store.txn(&when, batch).await?.is_some();
+            }
+            if released {
+                done.push(format!(
+                    "released {} address claims of host {host}, unregistered for {} s (claim grace {} s)",
+                    keys.len(),
+                    now.saturating_sub(record.since),
+                    self.claim_grace
+                ));
+            }
+        }
+        Ok(done)
     }
 }

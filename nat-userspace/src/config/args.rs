@@ -127,6 +127,11 @@ pub struct DaemonArgs {
     /// the others' forwarding tables within this time).
     #[arg(long = "cluster-ttl")]
     pub cluster_ttl: Option<u64>,
+    /// Seconds a host's registration must have been gone before any live host releases
+    /// its address claims (default 86400: a day, so a host down for maintenance keeps its
+    /// sandboxes' addresses).
+    #[arg(long = "cluster-claim-grace")]
+    pub cluster_claim_grace: Option<u64>,
     /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -176,6 +181,7 @@ pub struct FileConfig {
     pub cluster_store: Option<String>,
     pub cluster_advertise: Option<String>,
     pub cluster_ttl: Option<u64>,
+    pub cluster_claim_grace: Option<u64>,
 }
 
 /// daemon.json examples write `"mtu": "1500"`; Docker itself wants a number. Take both.

@@ -180,10 +180,14 @@ pub fn cluster(
     store: Option<String>,
     advertise: Option<String>,
     ttl: Option<u64>,
+    claim_grace: Option<u64>,
 ) -> Result<Option<super::ClusterConfig>, ConfigError> {
     let Some(store) = store else {
         if advertise.is_some() {
             return Err(invalid("cluster-advertise", "needs --cluster-store"));
+        }
+        if claim_grace.is_some() {
+            return Err(invalid("cluster-claim-grace", "needs --cluster-store"));
         }
         return Ok(None);
     };
@@ -228,5 +232,14 @@ pub fn cluster(
     if !(3..=3600).contains(&ttl) {
         return Err(invalid("cluster-ttl", format!("{ttl} is out of range (3-3600 seconds)")));
     }
-    Ok(Some(super::ClusterConfig { endpoints, advertise, ttl }))
+    let claim_grace = claim_grace.unwrap_or(super::DEFAULT_CLAIM_GRACE);
+    if claim_grace == 0 {
+        return Err(invalid("cluster-claim-grace", "must be at least 1 second"));
+    }
+    Ok(Some(super::ClusterConfig {
+        endpoints,
+        advertise,
+        ttl,
+        claim_grace,
+    }))
 }

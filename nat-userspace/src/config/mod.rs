@@ -117,9 +117,12 @@ pub struct ClusterConfig {
     /// An interface name or an address.
     pub advertise: String,
     pub ttl: u64,
+    /// Seconds after which a vanished host's address claims are released.
+    pub claim_grace: u64,
 }
 
 pub const DEFAULT_CLUSTER_TTL: u64 = 20;
+pub const DEFAULT_CLAIM_GRACE: u64 = 86_400;
 
 pub const DEFAULT_SOCKET: &str = "/run/natd/natd.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/natd";
@@ -203,6 +206,7 @@ impl DaemonConfig {
             pick(&args.cluster_store, file.cluster_store),
             pick(&args.cluster_advertise, file.cluster_advertise),
             args.cluster_ttl.or(file.cluster_ttl),
+            args.cluster_claim_grace.or(file.cluster_claim_grace),
         )?;
         let gc_interval = args.gc_interval.or(file.gc_interval).unwrap_or(5);
         if gc_interval == 0 {

@@ -35,7 +35,7 @@ pub(super) async fn join(config: &DaemonConfig, nl: &Netlink) -> anyhow::Result<
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
     let store = Arc::new(Etcd::new(settings.endpoints.clone()));
-    let cluster = Arc::new(Cluster::new(host_id, host_name, advertise, settings.ttl, store));
+    let cluster = Arc::new(Cluster::new(host_id, host_name, advertise, settings.ttl, settings.claim_grace, store));
     match cluster.register().await {
         Ok(()) => {
             info!(host = %cluster.host_id, %advertise, store = %cluster.store.describe(), "joined the cluster")
@@ -113,6 +113,7 @@ pub(super) async fn leave(config: &DaemonConfig, networks: impl Iterator<Item = 
         String::new(),
         Ipv4Addr::UNSPECIFIED,
         settings.ttl,
+        settings.claim_grace,
         Arc::new(Etcd::new(settings.endpoints.clone())),
     );
     let mut errors = Vec::new();
