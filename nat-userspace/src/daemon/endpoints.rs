@@ -291,9 +291,9 @@ impl Daemon {
                 .gateway
                 .or(network.aux_gateway)
                 .unwrap_or(network.gateway);
-            inner.add_default_route_v4(gw, peer_link.index).await?;
+            inner.add_default_route(gw.into(), peer_link.index).await?;
             if let Some(gw6) = gateway_v6 {
-                inner.add_default_route_v6(gw6, peer_link.index).await?;
+                inner.add_default_route(gw6.into(), peer_link.index).await?;
             }
         }
         let mac = inner.require_link(&endpoint.ifname).await?.mac;

@@ -424,24 +424,11 @@ impl Netlink {
 
     /// The default route via `gateway` on `oif` (the caller has checked the namespace's
     /// own, `default_routes`).
-    pub async fn add_default_route_v4(&self, gateway: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(oif)
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(request_err("add default route via", gateway))
-    }
-
-    pub async fn add_default_route_v6(&self, gateway: Ipv6Addr, oif: u32) -> Result<(), NetlinkError> {
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(gateway)
-            .output_interface(oif)
-            .build();
+    pub async fn add_default_route(&self, gateway: IpAddr, oif: u32) -> Result<(), NetlinkError> {
+        let route = match gateway {
+            IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(oif).build(),
+            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).output_interface(oif).build(),
+        };
         self.handle
             .route()
             .add(route)
