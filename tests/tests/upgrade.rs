@@ -5,7 +5,7 @@
 //! programs on the pinned maps, and refuse what it cannot read with nothing changed.
 use std::{
     collections::BTreeMap,
-    net::TcpStream,
+    net::{TcpStream, UdpSocket},
     os::fd::AsFd as _,
     path::Path,
     time::{Duration, Instant},
@@ -66,14 +66,54 @@ fn check_upgrade(lab: &Lab, extra: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// A published port's server (an echo on 81, published 8081), a client sandbox and an
-/// echo server outside (9000); a connection each way, held.
-fn held_connections(lab: &Lab) -> (natlab::Background, Vec<(&'static str, TcpStream)>) {
-    lab.run_script("srv", &["-p", "8081:81"], "socat TCP-LISTEN:81,fork,reuseaddr EXEC:cat");
+/// A UDP socket in `ns` talking to `addr:port` only.
+fn udp_to(ns: &str, addr: &str, port: u16) -> UdpSocket {
+    let socket = in_netns(ns, || UdpSocket::bind("0.0.0.0:0")).expect("bind");
+    socket.connect(format!("{addr}:{port}")).expect("connect");
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    socket
+}
+
+/// One datagram through an echo: whether it came back.
+fn udp_echo(socket: &UdpSocket, text: &str) -> bool {
+    let mut buf = [0u8; 64];
+    socket.send(text.as_bytes()).is_ok() && socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == text.as_bytes())
+}
+
+/// The translated tuples of natd's UDP flows (what a carried flow must keep: its NAT port).
+fn udp_flows(lab: &Lab) -> std::collections::BTreeSet<String> {
+    lab.json(&["ct", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["proto"] == "udp")
+        .map(|f| format!("{} -> {}", f["original"], f["translated"]))
+        .collect()
+}
+
+/// A published port's server (an echo on 81, published 8081, and a UDP echo on 53,
+/// published 5353), a client sandbox and echo servers outside (TCP 9000, UDP 9001); a
+/// connection each way, held, and a UDP flow each way.
+fn held_connections(lab: &Lab) -> (Vec<natlab::Background>, Vec<(&'static str, TcpStream)>, Vec<(&'static str, UdpSocket)>) {
+    lab.run_script(
+        "srv",
+        &["-p", "8081:81", "-p", "5353:53/udp"],
+        "socat TCP-LISTEN:81,fork,reuseaddr EXEC:cat & socat UDP-LISTEN:53,fork,reuseaddr PIPE & wait",
+    );
     lab.ok(&["run", "--name", "cli"]);
-    let outside = lab.spawn_in(&lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]);
-    assert!(wait_listening(&lab.netns_of("srv"), "tcp", 81));
-    assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
+    let outside = vec![
+        lab.spawn_in(&lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]),
+        lab.spawn_in(&lab.ext_ns, &["socat", "UDP-LISTEN:9001,fork,reuseaddr", "PIPE"]),
+    ];
+    assert!(wait_listening(&lab.netns_of("srv"), "tcp", 81) && wait_listening(&lab.netns_of("srv"), "udp", 53));
+    assert!(wait_listening(&lab.ext_path(), "tcp", 9000) && wait_listening(&lab.ext_path(), "udp", 9001));
+    let datagrams = vec![
+        ("UDP inbound (published port)", udp_to(&lab.ext_path(), HOST_UPLINK_IP, 5353)),
+        ("UDP outbound (masqueraded)", udp_to(&lab.netns_of("cli"), EXT_IP, 9001)),
+    ];
+    for (what, socket) in &datagrams {
+        assert!(udp_echo(socket, "before"), "{what}: works before the restart");
+    }
     let mut held = vec![
         ("inbound (published port)", connect(&lab.ext_path(), HOST_UPLINK_IP, 8081)),
         ("outbound (masqueraded)", connect(&lab.netns_of("cli"), EXT_IP, 9000)),
@@ -81,7 +121,7 @@ fn held_connections(lab: &Lab) -> (natlab::Background, Vec<(&'static str, TcpStr
     for (what, stream) in &mut held {
         assert!(echo_line(stream, "before"), "{what}: works before the restart");
     }
-    (outside, held)
+    (outside, held, datagrams)
 }
 
 /// Docker-style `--conntrack-max` (nf_conntrack_max) changed across a restart: the new
@@ -92,7 +132,9 @@ fn held_connections(lab: &Lab) -> (natlab::Background, Vec<(&'static str, TcpStr
 #[test]
 fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
     let mut lab = Lab::started(&["--dataplane", "ebpf", "--conntrack-max", "4096"]);
-    let (_outside, mut held) = held_connections(&lab);
+    let (_outside, mut held, datagrams) = held_connections(&lab);
+    let udp_before = udp_flows(&lab);
+    assert!(udp_before.len() >= 2, "both UDP flows tracked: {udp_before:?}");
     let before = pinned_maps(&lab);
     // The IPv4 programs use NATD_CT4, the IPv6 ones NATD_CT6 (replaced alike).
     let uses = |links: &[(String, Vec<u32>)], maps: &BTreeMap<String, u32>| {
@@ -146,12 +188,23 @@ fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
             broken.push(*what);
         }
     }
+    for (what, socket) in &datagrams {
+        if !udp_echo(socket, "after") {
+            broken.push(*what);
+        }
+    }
+    let udp_after = udp_flows(&lab);
+    assert!(
+        udp_before.is_subset(&udp_after),
+        "the UDP flows are carried with their translation (NAT port) unchanged: {udp_before:?} -> {udp_after:?}"
+    );
     let listed = lab.json(&["ct", "ls"]).as_array().map(Vec::len).unwrap_or(0);
     println!(
-        "UPGRADE conntrack-max 4096->8192: restart {} ms, connections held {} ({opened_during} opened during the \
-         restart), broken {}, flows listed after {listed}",
+        "UPGRADE conntrack-max 4096->8192: restart {} ms, TCP connections held {} ({opened_during} opened during the \
+         restart) and UDP flows {}, broken {}, flows listed after {listed}",
         restart.as_millis(),
         held.len(),
+        datagrams.len(),
         broken.len()
     );
     assert!(broken.is_empty(), "broken by the restart: {broken:?}\n{}", lab.natd_log());
