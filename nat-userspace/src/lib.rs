@@ -18,6 +18,19 @@ pub mod sys;
 /// The kernel programs, built by build.rs from the nat-ebpf crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat-ebpf"));
 
+/// The object natd loads: its own, or in test builds (`failpoints`) the one
+/// `NATD_EBPF_OBJECT` names, so a test can play an earlier natd's datapath (the fixture of
+/// the previous layout) with this natd's agent.
+pub fn ebpf_object() -> std::borrow::Cow<'static, [u8]> {
+    #[cfg(feature = "failpoints")]
+    if let Some(path) = std::env::var_os("NATD_EBPF_OBJECT") {
+        return std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("NATD_EBPF_OBJECT {}: {e}", std::path::Path::new(&path).display()))
+            .into();
+    }
+    EBPF_OBJECT.into()
+}
+
 /// FNV-1a over `bytes`: a hash that stays the same across builds and restarts (std's does
 /// not promise that), for names and MACs derived from other names.
 pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {

@@ -150,6 +150,8 @@ pub struct Lab {
     pub bpffs: PathBuf,
     pub natd: Option<Natd>,
     pub natd_args: Vec<String>,
+    /// Environment of natd's next starts (e.g. `NATD_EBPF_OBJECT` in test builds).
+    pub natd_env: Vec<(String, String)>,
     extra_netns: Vec<String>,
 }
 
@@ -177,6 +179,7 @@ impl Lab {
             id,
             natd: None,
             natd_args: Vec::new(),
+            natd_env: Vec::new(),
             extra_netns: Vec::new(),
         };
         live::register(live::LiveLab {
@@ -283,6 +286,7 @@ impl Lab {
             .arg(natd_bin())
             .args(self.base_args())
             .args(&self.natd_args)
+            .envs(self.natd_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

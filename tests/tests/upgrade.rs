@@ -31,19 +31,41 @@ fn pinned_maps(lab: &Lab) -> BTreeMap<String, u32> {
 
 /// Every pinned link: (pin name, the ids of the maps its program uses).
 fn links(lab: &Lab) -> Vec<(String, Vec<u32>)> {
-    let programs: BTreeMap<u32, Vec<u32>> = aya::programs::loaded_programs()
+    programs_on_links(lab).into_iter().map(|l| (l.name, l.maps)).collect()
+}
+
+/// A pinned link and the program it runs.
+struct OnLink {
+    name: String,
+    id: u32,
+    /// The kernel's tag of the program's instructions.
+    tag: u64,
+    maps: Vec<u32>,
+}
+
+/// Every pinned link, by name.
+fn programs_on_links(lab: &Lab) -> Vec<OnLink> {
+    let programs: BTreeMap<u32, (u64, Vec<u32>)> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .map(|p| (p.id(), p.map_ids().ok().flatten().unwrap_or_default()))
+        .map(|p| (p.id(), (p.tag(), p.map_ids().ok().flatten().unwrap_or_default())))
         .collect();
-    std::fs::read_dir(lab.bpffs.join("links"))
+    let mut out: Vec<OnLink> = std::fs::read_dir(lab.bpffs.join("links"))
         .unwrap()
         .flatten()
         .map(|e| {
             let link = natd::sys::bpf_link::open(&e.path()).expect("open pinned link");
             let id = natd::sys::bpf_link::program_id(link.as_fd()).expect("link info");
-            (e.file_name().to_string_lossy().to_string(), programs.get(&id).cloned().unwrap_or_default())
+            let (tag, maps) = programs.get(&id).cloned().unwrap_or_default();
+            OnLink {
+                name: e.file_name().to_string_lossy().to_string(),
+                id,
+                tag,
+                maps,
+            }
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// A connection through an echo server, opened from `ns`.
@@ -346,4 +368,110 @@ fn natd_says_its_api_version_and_takes_earlier_request_shapes() {
     // Refusals and unknown paths say it too.
     let unknown = curl(&["http://natd/v1/nothing-here"]);
     assert!(unknown.starts_with("HTTP/1.1 404") && unknown.to_lowercase().contains(&header), "{unknown}");
+}
+
+/// A real upgrade, from the previous natd's datapath: its eBPF object (the last layout
+/// before versions, `tests/fixtures`), run by this agent (a test build loads it through
+/// `NATD_EBPF_OBJECT`), with TCP connections and UDP flows held both ways and new
+/// connections opened all through the upgrade; then this natd over its pins. Every
+/// connection goes on, the UDP flows keep their NAT ports, every TC and cgroup link runs
+/// this natd's programs (new ids) on the pinned maps (the same maps: the layout did not
+/// change), and the layout version is recorded.
+#[test]
+fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nat-ebpf-2ebc2d1.o");
+    let mut lab = Lab::new().expect("topology");
+    lab.natd_env = vec![("NATD_EBPF_OBJECT".into(), fixture.into())];
+    lab.start_natd(&["--dataplane", "ebpf"]).expect("the previous datapath starts");
+    assert!(
+        !lab.bpffs.join("maps").join(map::LAYOUT).exists(),
+        "natd runs the previous layout (only a test build, `--features failpoints` as `cargo xtask test` \
+         builds it, honours NATD_EBPF_OBJECT)"
+    );
+    let (_outside, mut held, datagrams) = held_connections(&lab);
+    let udp_before = udp_flows(&lab);
+    let maps_before = pinned_maps(&lab);
+    let links_before = programs_on_links(&lab);
+    assert!(links_before.iter().any(|l| l.name.starts_with("cgroup-")), "cgroup links too");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opener = {
+        let (stop, ext, cli) = (stop.clone(), lab.ext_path(), lab.netns_of("cli"));
+        std::thread::spawn(move || {
+            let mut opened = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                opened.push(("inbound, opened during the upgrade", connect(&ext, HOST_UPLINK_IP, 8081)));
+                opened.push(("outbound, opened during the upgrade", connect(&cli, EXT_IP, 9000)));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            opened
+        })
+    };
+    lab.natd_env.clear();
+    let started = Instant::now();
+    lab.restart_natd().expect("this natd starts over the previous one's pins");
+    let switch = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    held.extend(opener.join().expect("opener"));
+
+    let layout = aya::maps::Array::<_, u32>::try_from(
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::LAYOUT)).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+    .get(&0, 0)
+    .unwrap();
+    assert_eq!(layout, nat_common::LAYOUT_VERSION, "the layout version recorded");
+    let maps_after = pinned_maps(&lab);
+    for (name, id) in &maps_before {
+        assert_eq!(maps_after.get(name), Some(id), "{name} adopted as it was (same layout)");
+    }
+    let pinned: Vec<u32> = maps_after.values().copied().collect();
+    let links_after = programs_on_links(&lab);
+    assert_eq!(
+        links_after.iter().map(|l| &l.name).collect::<Vec<_>>(),
+        links_before.iter().map(|l| &l.name).collect::<Vec<_>>(),
+        "the same links"
+    );
+    // A program whose instructions changed since 2ebc2d1 (every TC one) is switched; one
+    // that did not (the socket hooks) is adopted, on the same pinned maps either way.
+    let mut switched = 0;
+    for (old, new) in links_before.iter().zip(&links_after) {
+        if old.id != new.id {
+            switched += 1;
+        } else {
+            assert_eq!(old.tag, new.tag, "{}: kept only if it is this natd's program", old.name);
+        }
+        let foreign: Vec<&u32> = new.maps.iter().filter(|m| !pinned.contains(m)).collect();
+        // Per-CPU working memory is never pinned: at most those.
+        assert!(foreign.len() <= 4, "{}: its program uses the pinned maps ({:?})", new.name, new.maps);
+    }
+    let tc_links = links_after.iter().filter(|l| !l.name.starts_with("cgroup-")).count();
+    assert!(switched >= tc_links, "every TC link switched: {switched} of {}", links_after.len());
+    let mut broken = Vec::new();
+    for (what, stream) in &mut held {
+        if !echo_line(stream, "after") {
+            broken.push(*what);
+        }
+    }
+    for (what, socket) in &datagrams {
+        if !udp_echo(socket, "after") {
+            broken.push(*what);
+        }
+    }
+    let udp_after = udp_flows(&lab);
+    println!(
+        "UPGRADE from 2ebc2d1's datapath: switch {} ms, TCP connections held {} ({} opened during the upgrade) and UDP \
+         flows {}, broken {}, links switched {switched} of {}",
+        switch.as_millis(),
+        held.len(),
+        held.len() - 2,
+        datagrams.len(),
+        broken.len(),
+        links_after.len()
+    );
+    assert!(broken.is_empty(), "broken by the upgrade: {broken:?}\n{}", lab.natd_log());
+    assert!(udp_before.is_subset(&udp_after), "UDP flows keep their NAT ports: {udp_before:?} -> {udp_after:?}");
+    let flows = lab.json(&["ct", "ls"]);
+    assert!(flows.as_array().unwrap().len() >= held.len(), "the flows are listed: {flows}");
 }

@@ -148,7 +148,7 @@ pub fn load(
         .map_max_entries(map::CT4_NEW, sizes.embryonic)
         .map_max_entries(map::CT6, sizes.established)
         .map_max_entries(map::CT6_NEW, sizes.embryonic)
-        .load(crate::EBPF_OBJECT)
+        .load(&crate::ebpf_object())
         .map_err(|e| {
             err(
                 &format!(
