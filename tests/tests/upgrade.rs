@@ -113,6 +113,45 @@ fn udp_flows(lab: &Lab) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// New connections (a pair, in and out) every 100 ms from a thread, each held, until
+/// `stop`: flows started while natd restarts.
+struct Opener {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(&'static str, TcpStream)>>,
+}
+
+impl Opener {
+    fn start(lab: &Lab) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, ext, cli) = (stop.clone(), lab.ext_path(), lab.netns_of("cli"));
+        let thread = std::thread::spawn(move || {
+            let mut opened = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                opened.push(("inbound, opened during the restart", connect(&ext, HOST_UPLINK_IP, 8081)));
+                opened.push(("outbound, opened during the restart", connect(&cli, EXT_IP, 9000)));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            opened
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(&'static str, TcpStream)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("opener")
+    }
+}
+
+/// The held connections and UDP flows that no longer echo.
+fn broken(held: &mut [(&'static str, TcpStream)], datagrams: &[(&'static str, UdpSocket)]) -> Vec<&'static str> {
+    let mut broken: Vec<&'static str> = held
+        .iter_mut()
+        .filter_map(|(what, stream)| (!echo_line(stream, "after")).then_some(*what))
+        .collect();
+    broken.extend(datagrams.iter().filter(|(_, s)| !udp_echo(s, "after")).map(|(w, _)| *w));
+    broken
+}
+
 /// A published port's server (an echo on 81, published 8081, and a UDP echo on 53,
 /// published 5353), a client sandbox and echo servers outside (TCP 9000, UDP 9001); a
 /// connection each way, held, and a UDP flow each way.
@@ -176,24 +215,11 @@ fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
 
     // New connections all through the restart, each held: flows the old programs start
     // after the snapshot of their table, up to the switch, must come over too.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let opener = {
-        let (stop, ext, cli) = (stop.clone(), lab.ext_path(), lab.netns_of("cli"));
-        std::thread::spawn(move || {
-            let mut opened = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                opened.push(("inbound, opened during the restart", connect(&ext, HOST_UPLINK_IP, 8081)));
-                opened.push(("outbound, opened during the restart", connect(&cli, EXT_IP, 9000)));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            opened
-        })
-    };
+    let opener = Opener::start(&lab);
     let started = Instant::now();
     lab.start_natd(&["--dataplane", "ebpf", "--conntrack-max", "8192"]).expect("restart");
     let restart = started.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let during = opener.join().expect("opener");
+    let during = opener.stop();
     let opened_during = during.len();
     held.extend(during);
     let after = pinned_maps(&lab);
@@ -204,17 +230,7 @@ fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
     assert_eq!(uses(&now, &after), tc_links, "every TC link uses the new pinned tables: {now:?}");
     assert_eq!(uses(&now, &before), 0, "none the old ones");
 
-    let mut broken = Vec::new();
-    for (what, stream) in &mut held {
-        if !echo_line(stream, "after") {
-            broken.push(*what);
-        }
-    }
-    for (what, socket) in &datagrams {
-        if !udp_echo(socket, "after") {
-            broken.push(*what);
-        }
-    }
+    let broken = broken(&mut held, &datagrams);
     let udp_after = udp_flows(&lab);
     assert!(
         udp_before.is_subset(&udp_after),
@@ -394,25 +410,12 @@ fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
     let links_before = programs_on_links(&lab);
     assert!(links_before.iter().any(|l| l.name.starts_with("cgroup-")), "cgroup links too");
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let opener = {
-        let (stop, ext, cli) = (stop.clone(), lab.ext_path(), lab.netns_of("cli"));
-        std::thread::spawn(move || {
-            let mut opened = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                opened.push(("inbound, opened during the upgrade", connect(&ext, HOST_UPLINK_IP, 8081)));
-                opened.push(("outbound, opened during the upgrade", connect(&cli, EXT_IP, 9000)));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            opened
-        })
-    };
+    let opener = Opener::start(&lab);
     lab.natd_env.clear();
     let started = Instant::now();
     lab.restart_natd().expect("this natd starts over the previous one's pins");
     let switch = started.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    held.extend(opener.join().expect("opener"));
+    held.extend(opener.stop());
 
     let layout = aya::maps::Array::<_, u32>::try_from(
         aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::LAYOUT)).unwrap())
@@ -448,17 +451,7 @@ fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
     }
     let tc_links = links_after.iter().filter(|l| !l.name.starts_with("cgroup-")).count();
     assert!(switched >= tc_links, "every TC link switched: {switched} of {}", links_after.len());
-    let mut broken = Vec::new();
-    for (what, stream) in &mut held {
-        if !echo_line(stream, "after") {
-            broken.push(*what);
-        }
-    }
-    for (what, socket) in &datagrams {
-        if !udp_echo(socket, "after") {
-            broken.push(*what);
-        }
-    }
+    let broken = broken(&mut held, &datagrams);
     let udp_after = udp_flows(&lab);
     println!(
         "UPGRADE from 2ebc2d1's datapath: switch {} ms, TCP connections held {} ({} opened during the upgrade) and UDP \
