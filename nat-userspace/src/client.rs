@@ -41,9 +41,22 @@ fn daemon_version(headers: &hyper::HeaderMap) -> String {
         .map_or_else(|| "1.0 (it reports no version)".to_string(), str::to_string)
 }
 
+/// A version as (major, minor), from its leading `X.Y`.
+fn api_number(version: &str) -> Option<(u32, u32)> {
+    let head = version.split_whitespace().next()?;
+    let (major, minor) = head.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// Whether `daemon` (as `daemon_version` says it) is another version than this natctl's.
 fn other_version(daemon: &str) -> bool {
-    daemon != crate::api::API_VERSION
+    api_number(daemon) != api_number(crate::api::API_VERSION)
+}
+
+/// Whether `daemon` is older than this natctl (so a request it cannot read may use
+/// something it does not know: a newer natd takes every earlier shape).
+fn older_version(daemon: &str) -> bool {
+    api_number(daemon).is_none_or(|d| Some(d) < api_number(crate::api::API_VERSION))
 }
 
 /// natd could not read the request body: a shape of a newer API, when natd is another
@@ -99,7 +112,7 @@ impl Client {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).to_string());
-            if other_version(&daemon) && unreadable_request(status, &message) {
+            if older_version(&daemon) && unreadable_request(status, &message) {
                 return Err(ClientError::Version {
                     daemon,
                     ours: crate::api::API_VERSION,
@@ -235,6 +248,21 @@ mod tests {
             r#"{"message":"Failed to deserialize the JSON body into the target type: name: missing field"}"#,
         );
         let err = answered_by(same, async |c| c.post::<_, serde_json::Value>("/v1/networks", &body).await)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Api { status: 422, .. }), "{err}");
+    }
+
+    /// A newer natd takes every earlier request shape: its refusal is a plain one.
+    #[tokio::test]
+    async fn a_newer_natds_refusal_is_its_own() {
+        let newer = http(
+            "422 Unprocessable Entity",
+            "natd-api-version: 1.7\r\n",
+            r#"{"message":"Failed to deserialize the JSON body into the target type: name: missing field"}"#,
+        );
+        let body = serde_json::json!({"subnet": "10.1.0.0/24"});
+        let err = answered_by(newer, async |c| c.post::<_, serde_json::Value>("/v1/networks", &body).await)
             .await
             .unwrap_err();
         assert!(matches!(err, ClientError::Api { status: 422, .. }), "{err}");

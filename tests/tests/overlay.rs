@@ -446,7 +446,7 @@ fn overlay_across_hosts(dataplane: &str) {
     assert!(b1_claimed(), "B's claim outlives its lease");
     let vanished = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(GRACE + TTL + 6), || !b1_claimed()),
+        wait_until(Duration::from_secs(GRACE + 3 * TTL + 6), || !b1_claimed()),
         "B's claim is released after the grace: {:?}",
         etcd.keys("/natd/")
     );

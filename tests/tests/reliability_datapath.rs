@@ -184,7 +184,7 @@ fn mutated_frames_never_leak_a_sandbox_address_or_a_wrong_checksum() {
     let mut violations = Vec::new();
     let mut checked_checksums = 0;
     let mut redirected = 0;
-    for fast_path in [false, true] {
+    'fuzz: for fast_path in [false, true] {
         if fast_path {
             // The fast path's own decisions: redirects, with routes and neighbours to find.
             bpf.fast_path(true);
@@ -236,11 +236,13 @@ fn mutated_frames_never_leak_a_sandbox_address_or_a_wrong_checksum() {
                     }
                 }
                 if violations.len() > 5 {
-                    row.failed();
-                    break;
+                    break 'fuzz;
                 }
             }
         }
+    }
+    for _ in &violations {
+        row.failed();
     }
     row.checked(format!(
         "{} seeds (IPv4 and IPv6) mutated (cuts, header bytes, IHL, lengths, fragments, next headers, protocols, TCP \
@@ -389,6 +391,9 @@ fn hostile_traffic_is_dropped_by_name_and_clients_are_still_served() {
     let (ext_mac, uplink_mac) = (mac_of(&lab.ext_ns, "lan0"), mac_of(&lab.host_ns, "up0"));
     let lan0 = ifindex_in(&lab.ext_path(), "lan0");
     let ext_ip: std::net::Ipv4Addr = EXT_IP.parse().unwrap();
+    // With route_localnet on the uplink (what CVE-2020-8558 needed) the host's own stack
+    // would take such a SYN: only natd's drop keeps it from the host's TCP.
+    lab.host_ok(&["sysctl", "-qw", "net.ipv4.conf.up0.route_localnet=1"]);
     let (segs, spoofs) = (host_tcp_in_segs(&lab), drops()[1]);
     let to_loopback = tcp_syn(ext_mac, uplink_mac, ext_ip, std::net::Ipv4Addr::LOCALHOST, 8080);
     natlab::in_netns(&lab.ext_path(), || send_raw(lan0, &to_loopback));
@@ -401,7 +406,7 @@ fn hostile_traffic_is_dropped_by_name_and_clients_are_still_served() {
     let control = tcp_syn(ext_mac, uplink_mac, ext_ip, HOST_UPLINK_IP.parse().unwrap(), 7);
     natlab::in_netns(&lab.ext_path(), || send_raw(lan0, &control));
     assert!(
-        natlab::wait_until(Duration::from_secs(2), || host_tcp_in_segs(&lab) == segs + 1),
+        natlab::wait_until(Duration::from_secs(2), || host_tcp_in_segs(&lab) > segs),
         "control: the same SYN to the host's address reaches its TCP"
     );
     // A spoofed-SYN flood at the published port from the LAN, while a client connects.

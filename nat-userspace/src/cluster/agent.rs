@@ -40,6 +40,8 @@ impl Health {
 pub fn spawn(cluster: Arc<Cluster>, daemon: Arc<Mutex<Daemon>>) {
     let lease_cluster = Arc::clone(&cluster);
     tokio::spawn(async move { keep_lease(lease_cluster).await });
+    let collector = Arc::clone(&cluster);
+    tokio::spawn(async move { collect_vanished(collector).await });
     tokio::spawn(async move { follow(cluster, daemon).await });
 }
 
@@ -69,7 +71,16 @@ async fn keep_lease(cluster: Arc<Cluster>) {
             }
             Err(e) => health.failed(e),
         }
-        // Hosts that died for good: their addresses go back to the cluster after the grace.
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Hosts that died for good: their addresses go back to the cluster after the grace. Its
+/// own task, so a slow store never delays the lease renewal.
+async fn collect_vanished(cluster: Arc<Cluster>) {
+    let period = Duration::from_secs(cluster.ttl).max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
         match tokio::time::timeout(period, cluster.collect_vanished()).await {
             Ok(Ok(done)) => {
                 for line in done {
@@ -79,7 +90,6 @@ async fn keep_lease(cluster: Arc<Cluster>) {
             Ok(Err(e)) => warn!("releasing the claims of vanished hosts: {e}"),
             Err(_) => warn!("releasing the claims of vanished hosts: no answer within {period:?}"),
         }
-        tokio::time::sleep(period).await;
     }
 }
 

@@ -9,11 +9,12 @@
 //! - `ips/<network>/<address>`: an address claim (host, sandbox, MAC). Claims are not
 //!   leased: a partition longer than the TTL must not hand a running sandbox's address to
 //!   another host; the owner's liveness comes from its host key instead;
-//! - `gone/<host id>`: since when a host that holds claims has had no registration,
-//!   written by the first live host to notice; once that is longer ago than the claim
-//!   grace, a live host releases the host's claims (one transaction per 64 keys, each on
-//!   condition that the host is still unregistered and the record unchanged). A host that
-//!   registers again removes its record.
+//! - `gone/<host id>`: a host that holds claims has no registration, written by the first
+//!   live host to notice; once a live host has seen the same record for the claim grace
+//!   (on its own monotonic clock), it releases the host's claims (transactions of 64 keys,
+//!   each deleted only if unchanged, on condition that the host is still unregistered and
+//!   the record unchanged). A host that registers again removes its record (and a live
+//!   host removes the record of a registered host).
 pub mod agent;
 pub mod etcd;
 pub mod store;
@@ -53,7 +54,8 @@ fn gone_key(id: &str) -> String {
     format!("{ROOT}gone/{id}")
 }
 
-/// Since when a host holding claims has been unregistered (`gone/<host id>`).
+/// A host holding claims is unregistered (`gone/<host id>`). The time is for people
+/// reading the store; collectors measure the grace on their own clocks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GoneRecord {
     /// Seconds since the Unix epoch, by the clock of the host that noticed.
@@ -234,6 +236,8 @@ pub struct Cluster {
     pub store: Arc<dyn ClusterStore>,
     view: Mutex<ClusterView>,
     lease: Mutex<Option<i64>>,
+    /// `gone/<host>` records as first seen by this host: (value, when).
+    gone_seen: Mutex<BTreeMap<String, (Vec<u8>, std::time::Instant)>>,
     /// The last list of the whole tree succeeded: background work that would otherwise wait
     /// for a store that is down (inside requests, under the daemon's lock) is skipped, and
     /// the agent catches up when the store answers again.
@@ -258,6 +262,7 @@ impl Cluster {
             store,
             view: Mutex::default(),
             lease: Mutex::default(),
+            gone_seen: Mutex::default(),
             reachable: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -530,9 +535,11 @@ impl Cluster {
     }
 
     /// Releases the claims of hosts whose registration has been gone longer than the
-    /// claim grace (a host that died and never came back), and notes since when it is gone
+    /// claim grace (a host that died and never came back), and notes that a host is gone
     /// for hosts that just vanished. Any live host may run it; the store's conditions make
-    /// concurrent runs harmless. Returns what it did, for the log.
+    /// concurrent runs harmless. The grace is measured on this host's monotonic clock from
+    /// when it first saw the record (never by comparing clocks of two hosts), so a host
+    /// that restarts waits a whole grace again. Returns what it did, for the log.
     pub async fn collect_vanished(&self) -> Result<Vec<String>, StoreError> {
         let view = self.view();
         if !view.loaded {
@@ -544,50 +551,64 @@ impl Cluster {
             .flat_map(|claims| claims.values().map(|c| &c.host))
             .filter(|host| **host != self.host_id && !view.hosts.contains_key(*host))
             .collect();
-        let (_, kvs) = self.store.range(&format!("{ROOT}gone/")).await?;
-        let gone: BTreeMap<String, (GoneRecord, Vec<u8>)> = kvs
+        let prefix = format!("{ROOT}gone/");
+        let (_, kvs) = self.store.range(&prefix).await?;
+        let gone: BTreeMap<String, Vec<u8>> = kvs
             .iter()
-            .filter_map(|kv| {
-                let id = kv.key.strip_prefix(&format!("{ROOT}gone/"))?.to_string();
-                Some((id, (decode(kv)?, kv.value.clone())))
-            })
+            .filter_map(|kv| Some((kv.key.strip_prefix(&prefix)?.to_string(), kv.value.clone())))
             .collect();
-        let now = unix_now();
         let mut done = Vec::new();
         for host in owners.iter().filter(|h| !gone.contains_key(**h)) {
-            let record = serde_json::to_vec(&GoneRecord { since: now }).expect("record serializes");
+            let record = serde_json::to_vec(&GoneRecord { since: unix_now() }).expect("record serializes");
             let when = [Cond::Absent(gone_key(host)), Cond::Absent(host_key(host))];
             let put = Op::Put { key: gone_key(host), value: record, lease: None };
             if self.store.txn(&when, &[put]).await?.is_some() {
-                done.push(format!("host {host} holds address claims and is no longer registered: its claims are released after {} s", self.claim_grace));
+                done.push(format!(
+                    "host {host} holds address claims and is no longer registered: its claims are released after {} s",
+                    self.claim_grace
+                ));
             }
         }
-        for (host, (record, raw)) in &gone {
-            if view.hosts.contains_key(host) || now.saturating_sub(record.since) < self.claim_grace {
-                continue;
+        let now = std::time::Instant::now();
+        let due: Vec<(String, Vec<u8>)> = {
+            let mut seen = self.gone_seen.lock().expect("gone lock");
+            seen.retain(|host, (raw, _)| gone.get(host) == Some(raw));
+            for (host, raw) in &gone {
+                seen.entry(host.clone()).or_insert_with(|| (raw.clone(), now));
             }
+            seen.iter()
+                .filter(|(_, (_, first))| now.duration_since(*first).as_secs() >= self.claim_grace)
+                .map(|(host, (raw, _))| (host.clone(), raw.clone()))
+                .collect()
+        };
+        for (host, raw) in gone.iter().filter(|(host, _)| view.hosts.contains_key(*host)) {
+            // Registered again (by a natd that does not remove its record): not gone.
+            let when = [Cond::ValueIs(gone_key(host), raw.clone())];
+            self.store.txn(&when, &[Op::Delete { key: gone_key(host) }]).await?;
+        }
+        for (host, raw) in due.iter().filter(|(host, _)| !view.hosts.contains_key(host)) {
             let (_, claims) = self.store.range(&format!("{ROOT}ips/")).await?;
-            let keys: Vec<String> = claims
+            let theirs: Vec<&Kv> = claims
                 .iter()
                 .filter(|kv| decode::<Claim>(kv).is_some_and(|c| c.host == *host))
-                .map(|kv| kv.key.clone())
                 .collect();
+            // etcd bounds the compares and the operations of one transaction (128 each by
+            // default); each claim is deleted only if it is still that host's (another
+            // host's collector may have freed it already, and it may be claimed anew).
+            let mut released = 0;
+            for batch in theirs.chunks(64) {
+                let mut when = vec![Cond::Absent(host_key(host)), Cond::ValueIs(gone_key(host), raw.clone())];
+                when.extend(batch.iter().map(|kv| Cond::ValueIs(kv.key.clone(), kv.value.clone())));
+                let ops: Vec<Op> = batch.iter().map(|kv| Op::Delete { key: kv.key.clone() }).collect();
+                if self.store.txn(&when, &ops).await?.is_some() {
+                    released += batch.len();
+                }
+            }
             let when = [Cond::Absent(host_key(host)), Cond::ValueIs(gone_key(host), raw.clone())];
-            // etcd bounds the operations of one transaction (--max-txn-ops, 128 by default).
-            let mut batches: Vec<Vec<Op>> = keys.chunks(64).map(|c| c.iter().map(|key| Op::Delete { key: key.clone() }).collect()).collect();
-            match batches.last_mut() {
-                Some(last) => last.push(Op::Delete { key: gone_key(host) }),
-                None => batches.push(vec![Op::Delete { key: gone_key(host) }]),
-            }
-            let mut released = true;
-            for batch in &batches {
-                released &= self.store.txn(&when, batch).await?.is_some();
-            }
-            if released {
+            if self.store.txn(&when, &[Op::Delete { key: gone_key(host) }]).await?.is_some() {
+                self.gone_seen.lock().expect("gone lock").remove(host);
                 done.push(format!(
-                    "released {} address claims of host {host}, unregistered for {} s (claim grace {} s)",
-                    keys.len(),
-                    now.saturating_sub(record.since),
+                    "released {released} address claims of host {host}, unregistered for at least {} s (claim grace)",
                     self.claim_grace
                 ));
             }

@@ -233,8 +233,11 @@ pub fn cluster(
         return Err(invalid("cluster-ttl", format!("{ttl} is out of range (3-3600 seconds)")));
     }
     let claim_grace = claim_grace.unwrap_or(super::DEFAULT_CLAIM_GRACE);
-    if claim_grace == 0 {
-        return Err(invalid("cluster-claim-grace", "must be at least 1 second"));
+    if claim_grace < 2 * ttl {
+        return Err(invalid(
+            "cluster-claim-grace",
+            format!("{claim_grace} s is shorter than two leases ({} s): a restarting host would lose its addresses", 2 * ttl),
+        ));
     }
     Ok(Some(super::ClusterConfig {
         endpoints,

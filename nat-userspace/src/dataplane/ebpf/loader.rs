@@ -76,7 +76,7 @@ fn expected_shapes(sizes: TableSizes) -> Result<std::collections::BTreeMap<Strin
 /// would go ahead.
 pub fn check_upgrade(pin_dir: &Path, sizes: TableSizes) -> Result<Vec<String>, DataplaneError> {
     let maps = pin_dir.join("maps");
-    let mut lines = vec![match pins::pinned_layout(&maps) {
+    let mut lines = vec![match pins::pinned_layout(&maps)? {
         Some(v) => format!("pinned layout version {v}; this natd's is {}", nat_common::LAYOUT_VERSION),
         None if maps.exists() => format!(
             "no layout version pinned (a natd from before versions: read as version 1); this natd's is {}",

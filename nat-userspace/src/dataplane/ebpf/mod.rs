@@ -208,10 +208,13 @@ impl Dataplane for EbpfDataplane {
         if !self.retiring.is_empty() {
             // Every link runs the new programs on the new maps now: what the old ones
             // started since the snapshot comes over, then the old tables go.
-            let copied = pins::copy_delta(&mut self.ebpf, std::mem::take(&mut self.retiring))?;
+            let (copied, refused) = pins::copy_delta(&mut self.ebpf, std::mem::take(&mut self.retiring))?;
             report
                 .attached
-                .push(format!("{copied} flows started during the switch carried over"));
+                .push(format!("{copied} flow entries written or updated during the switch carried over"));
+            if refused > 0 {
+                tracing::warn!(refused, "flow entries of the switch window did not fit the new tables");
+            }
         }
         Ok(report)
     }

@@ -207,10 +207,17 @@ pub fn restore<K: aya::Pod, V: aya::Pod>(
 }
 
 /// Copies into the new tables what the programs wrote into the replaced ones between the
-/// snapshot and the switch of the links (flows started in that window): entries the new
-/// table lacks, never overwriting one. Returns how many were copied.
-pub fn copy_delta(ebpf: &mut Ebpf, retiring: Vec<(String, MapData)>) -> Result<usize, DataplaneError> {
-    fn copy<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str, old: MapData) -> Result<usize, DataplaneError> {
+/// snapshot and the switch of the links: flows started in that window, and newer state
+/// (last seen, TCP events) of flows carried before. An entry the new table has is replaced
+/// only by one seen later. Returns (copied, refused: the table full, or the new programs
+/// gave the tuple to another flow meanwhile).
+pub fn copy_delta(ebpf: &mut Ebpf, retiring: Vec<(String, MapData)>) -> Result<(usize, usize), DataplaneError> {
+    fn copy<K: aya::Pod, V: aya::Pod>(
+        ebpf: &mut Ebpf,
+        name: &str,
+        old: MapData,
+        last_seen: fn(&V) -> u32,
+    ) -> Result<(usize, usize), DataplaneError> {
         let mut flows = Vec::new();
         if let Ok(map) = Map::from_map_data(old)
             && let Ok(table) = HashMap::<_, K, V>::try_from(map)
@@ -220,25 +227,56 @@ pub fn copy_delta(ebpf: &mut Ebpf, retiring: Vec<(String, MapData)>) -> Result<u
         let mut table: HashMap<&mut MapData, K, V> =
             HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?)
                 .map_err(|e| err(name, e))?;
-        // BPF_NOEXIST: what the new table has (carried, or newer) stays.
-        Ok(flows.iter().filter(|(k, v)| table.insert(k, v, 1).is_ok()).count())
+        let (mut copied, mut refused) = (0, 0);
+        for (key, old) in &flows {
+            let newer = match table.get(key, 0) {
+                Err(_) => true,
+                // Ticks wrap: "later" is a positive difference.
+                Ok(now) => (last_seen(old).wrapping_sub(last_seen(&now)) as i32) > 0,
+            };
+            if newer {
+                match table.insert(key, old, 0) {
+                    Ok(()) => copied += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        Ok((copied, refused))
     }
-    let mut copied = 0;
+    let (mut copied, mut refused) = (0, 0);
     for (name, old) in retiring {
-        copied += match name.as_str() {
-            map::CT4 | map::CT4_NEW => copy::<Ct4Key, Ct4Entry>(ebpf, &name, old)?,
-            map::CT6 | map::CT6_NEW => copy::<Ct6Key, Ct6Entry>(ebpf, &name, old)?,
-            _ => 0,
+        let (c, r) = match name.as_str() {
+            map::CT4 | map::CT4_NEW => copy::<Ct4Key, Ct4Entry>(ebpf, &name, old, |e| e.last_seen)?,
+            map::CT6 | map::CT6_NEW => copy::<Ct6Key, Ct6Entry>(ebpf, &name, old, |e| e.last_seen)?,
+            _ => (0, 0),
         };
+        copied += c;
+        refused += r;
     }
-    Ok(copied)
+    Ok((copied, refused))
 }
 
 /// The version of the pinned maps' layout under `maps_dir` (`NATD_LAYOUT`), if recorded.
-pub fn pinned_layout(maps_dir: &Path) -> Option<u32> {
-    let data = MapData::from_pin(maps_dir.join(map::LAYOUT)).ok()?;
-    let array = aya::maps::Array::<_, u32>::try_from(Map::from_map_data(data).ok()?).ok()?;
-    array.get(&0, 0).ok()
+/// 0 is what a start that failed before recording (a program the verifier refused, natd
+/// killed while verifying) leaves: the layout of the pins beside it, which that start did
+/// not change, is its predecessor's, read as for pins from before versions.
+pub fn pinned_layout(maps_dir: &Path) -> Result<Option<u32>, DataplaneError> {
+    let path = maps_dir.join(map::LAYOUT);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let unreadable = |e: String| {
+        DataplaneError::Ebpf(format!(
+            "the layout record {} cannot be read ({e}): nothing was changed; a natd that cannot read \
+             it cannot know the pinned maps' layout (a newer natd's?)",
+            path.display()
+        ))
+    };
+    let data = MapData::from_pin(&path).map_err(|e| unreadable(e.to_string()))?;
+    let array = aya::maps::Array::<_, u32>::try_from(Map::from_map_data(data).map_err(|e| unreadable(e.to_string()))?)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let version = array.get(&0, 0).map_err(|e| unreadable(e.to_string()))?;
+    Ok((version != 0).then_some(version))
 }
 
 /// Whether this natd can take over the pinned maps under `maps_dir`: their layout is its
@@ -246,7 +284,7 @@ pub fn pinned_layout(maps_dir: &Path) -> Option<u32> {
 /// changed. Pins of a natd that predates layout versions are version 1, the layout they
 /// have (`LAYOUT_VERSION` 1 is the layout of that time).
 pub fn check_layout(maps_dir: &Path) -> Result<u32, DataplaneError> {
-    let pinned = pinned_layout(maps_dir).unwrap_or(1);
+    let pinned = pinned_layout(maps_dir)?.unwrap_or(1);
     if pinned > LAYOUT_VERSION {
         return Err(DataplaneError::Ebpf(format!(
             "the maps pinned under {} have layout version {pinned}, newer than this natd's \
