@@ -494,3 +494,27 @@ fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
     let flows = lab.json(&["ct", "ls"]);
     assert!(flows.as_array().unwrap().len() >= held.len(), "the flows are listed: {flows}");
 }
+
+/// A start whose programs the kernel refuses (a verifier rejection, injected in a test build
+/// by the fail point `verify-programs`), asked to change a table size: the programs are
+/// verified on maps of their own before any pin is replaced, so the running datapath keeps
+/// its tables and every flow, and the next start does the change.
+#[test]
+fn a_start_refused_by_the_verifier_changes_nothing() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf", "--conntrack-max", "4096"]);
+    let (_outside, mut held, datagrams) = held_connections(&lab);
+    let before = pinned_maps(&lab);
+    lab.natd_env = vec![("FAILPOINTS".into(), "verify-programs=return".into())];
+    let err = lab
+        .start_natd(&["--dataplane", "ebpf", "--conntrack-max", "8192"])
+        .expect_err("the start fails (only a test build, `cargo xtask test`, has fail points)");
+    assert!(err.to_string().contains("Nothing was changed"), "{err}");
+    assert_eq!(pinned_maps(&lab), before, "every pin as it was");
+    assert_eq!(MapInfo::from_pin(lab.bpffs.join("maps").join(map::CT4)).unwrap().max_entries(), 4096);
+    assert!(!lab.bpffs.join("staging").exists(), "no staging maps left");
+    assert!(broken(&mut held, &datagrams).is_empty(), "the running datapath serves on");
+    lab.natd_env.clear();
+    lab.start_natd(&["--dataplane", "ebpf", "--conntrack-max", "8192"]).expect("the next start");
+    assert_eq!(MapInfo::from_pin(lab.bpffs.join("maps").join(map::CT4)).unwrap().max_entries(), 8192);
+    assert!(broken(&mut held, &datagrams).is_empty(), "every flow carried");
+}

@@ -127,14 +127,17 @@ fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
 
 /// Loads the object with its maps pinned under `pin_dir/maps` and every program
 /// verified. Pinned maps that do not fit this object are replaced first (`pins`); the
-/// flows they held come back in the `CarryOver`, with a line per change.
+/// flows they held come back in the `CarryOver`, with a line per change. When pins are to
+/// be replaced, the programs are verified first on maps of their own (a staging
+/// directory, removed after): a program this kernel refuses, or a start killed while
+/// verifying, then leaves the running datapath and its pins as they were.
 pub fn load(
     pin_dir: &Path,
     sizes: TableSizes,
 ) -> Result<(Ebpf, pins::CarryOver, Vec<String>), DataplaneError> {
-    pins::check_layout(&pin_dir.join("maps"))?;
-    check_fit(&pin_dir.join("maps"), sizes)?;
-    let (carry, report) = pins::prepare(&pin_dir.join("maps"), &expected_shapes(sizes)?);
+    let maps = pin_dir.join("maps");
+    pins::check_layout(&maps)?;
+    check_fit(&maps, sizes)?;
     // The memlock rlimit may not be raisable here; kernels >= 5.11 charge BPF memory to
     // the cgroup instead, so a failure is not fatal.
     let _ = nix::sys::resource::setrlimit(
@@ -142,8 +145,31 @@ pub fn load(
         nix::sys::resource::RLIM_INFINITY,
         nix::sys::resource::RLIM_INFINITY,
     );
+    let expected = expected_shapes(sizes)?;
+    if pins::assess(&maps, &expected).iter().any(|(_, fate)| *fate != pins::Fate::Keep) {
+        let staging = pin_dir.join("staging");
+        let _ = cleanup_maps_dir(&staging);
+        let verified = load_verified(&staging, sizes);
+        let leftovers = cleanup_maps_dir(&staging);
+        verified.map_err(|e| {
+            DataplaneError::Ebpf(format!("{e}. Nothing was changed: the running datapath and its pins are as they were"))
+        })?;
+        if !leftovers.is_empty() {
+            tracing::warn!(?leftovers, "staging maps not removed");
+        }
+    }
+    let (carry, report) = pins::prepare(&maps, &expected);
+    let mut ebpf = load_verified(&maps, sizes)?;
+    pins::record_layout(&mut ebpf)?;
+    Ok((ebpf, carry, report))
+}
+
+/// The object with its maps pinned under `maps` (reused where they are) and every program
+/// loaded, so verified.
+fn load_verified(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError> {
+    std::fs::create_dir_all(maps).map_err(|e| err(&format!("create {}", maps.display()), e))?;
     let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir.join("maps"))
+        .default_map_pin_directory(maps)
         .map_max_entries(map::CT4, sizes.established)
         .map_max_entries(map::CT4_NEW, sizes.embryonic)
         .map_max_entries(map::CT6, sizes.established)
@@ -154,11 +180,15 @@ pub fn load(
                 &format!(
                     "load object (if maps pinned under {} were made with other sizes or by another version, \
                      run `natd --cleanup` first)",
-                    pin_dir.display()
+                    maps.display()
                 ),
                 e,
             )
         })?;
+    // Test builds: a verifier refusal on demand (fail point `verify-programs`).
+    fail::fail_point!("verify-programs", |_| Err(DataplaneError::Ebpf(
+        "verifier rejected natd_edge_in (injected by fail point verify-programs)".into()
+    )));
     // The same steps for both program types; their `load` is inherent, not a trait.
     macro_rules! load_all {
         ($ty:ty, $names:expr) => {
@@ -176,8 +206,23 @@ pub fn load(
     }
     load_all!(SchedClassifier, program::TC.iter().copied());
     load_all!(CgroupSockAddr, program::SOCKET.iter().copied());
-    pins::record_layout(&mut ebpf)?;
-    Ok((ebpf, carry, report))
+    Ok(ebpf)
+}
+
+/// Removes the maps pinned under `dir` and the directory (a staging directory).
+fn cleanup_maps_dir(dir: &Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            errors.push(format!("remove {}: {e}", entry.path().display()));
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        errors.push(format!("remove {}: {e}", dir.display()));
+    }
+    errors
 }
 
 /// The pinned program links of one natd and the object whose programs they run.
@@ -488,7 +533,7 @@ fn unpin(path: &Path) -> Result<(), String> {
 /// directory itself. Works without loading the object, so `natd --cleanup` always can.
 pub fn cleanup_pin_dir(pin_dir: &Path) -> Vec<String> {
     let mut errors = Vec::new();
-    for (sub, is_link) in [("links", true), ("maps", false)] {
+    for (sub, is_link) in [("links", true), ("maps", false), ("staging", false)] {
         let dir = pin_dir.join(sub);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -505,7 +550,7 @@ pub fn cleanup_pin_dir(pin_dir: &Path) -> Vec<String> {
             }
         }
     }
-    for dir in [pin_dir.join("maps"), pin_dir.join("links"), pin_dir.to_owned()] {
+    for dir in [pin_dir.join("maps"), pin_dir.join("links"), pin_dir.join("staging"), pin_dir.to_owned()] {
         if let Err(e) = std::fs::remove_dir(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
