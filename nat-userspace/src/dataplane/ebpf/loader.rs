@@ -209,7 +209,7 @@ fn load_verified(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError>
     Ok(ebpf)
 }
 
-/// Removes the maps pinned under `dir` and the directory (a staging directory).
+/// Removes what is pinned under `dir` (maps, or links already unpinned) and the directory.
 fn cleanup_maps_dir(dir: &Path) -> Vec<String> {
     let mut errors = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -532,30 +532,20 @@ fn unpin(path: &Path) -> Result<(), String> {
 /// Detaches every pinned link and removes every pinned map under `pin_dir`, then the
 /// directory itself. Works without loading the object, so `natd --cleanup` always can.
 pub fn cleanup_pin_dir(pin_dir: &Path) -> Vec<String> {
-    let mut errors = Vec::new();
-    for (sub, is_link) in [("links", true), ("maps", false), ("staging", false)] {
-        let dir = pin_dir.join(sub);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let result = if is_link {
-                unpin(&entry.path())
-            } else {
-                std::fs::remove_file(entry.path())
-                    .map_err(|e| format!("remove {}: {e}", entry.path().display()))
-            };
-            if let Err(e) = result {
-                errors.push(e);
-            }
-        }
-    }
-    for dir in [pin_dir.join("maps"), pin_dir.join("links"), pin_dir.join("staging"), pin_dir.to_owned()] {
-        if let Err(e) = std::fs::remove_dir(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            errors.push(format!("remove {}: {e}", dir.display()));
-        }
+    let links = pin_dir.join("links");
+    let mut errors: Vec<String> = std::fs::read_dir(&links)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| unpin(&entry.path()).err())
+        .collect();
+    errors.extend(cleanup_maps_dir(&links));
+    errors.extend(cleanup_maps_dir(&pin_dir.join("maps")));
+    errors.extend(cleanup_maps_dir(&pin_dir.join("staging")));
+    if let Err(e) = std::fs::remove_dir(pin_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        errors.push(format!("remove {}: {e}", pin_dir.display()));
     }
     errors
 }
