@@ -68,6 +68,12 @@ counters! {
     PROMOTE_SOURCE_QUOTA = 54 => "promote_source_quota",
     DROP_ETHERTYPE = 55 => "drop_ethertype",
     DROP_UNKNOWN_EDGE = 56 => "drop_unknown_edge",
+    SNAT_MAPPING_NEW = 57 => "snat_mapping_new",
+    SNAT_MAPPING_REUSED = 58 => "snat_mapping_reused",
+    SNAT_PORT_PRESERVED = 59 => "snat_port_preserved",
+    SNAT_MAPPING_UNRECORDED = 60 => "snat_mapping_unrecorded",
+    INBOUND_FILTER_ADMITTED = 61 => "inbound_filter_admitted",
+    HAIRPIN_MAPPING_NEW = 62 => "hairpin_mapping_new",
 }
 
 /// Slots of the counter array (room to grow without resizing the pinned map).

@@ -226,6 +226,71 @@ pub type Port6Target = PortTarget<Addr6>;
 const _: () = assert!(core::mem::size_of::<Port4Target>() == 20);
 const _: () = assert!(core::mem::size_of::<Port6Target>() == 32);
 
+/// An endpoint-independent masquerade mapping (RFC 4787 REQ-1, RFC 5382 REQ-1), keyed by
+/// the sandbox's address and port and the external address (`NATD_SNAT4`, `NATD_SNAT6`):
+/// every flow from that address and port out through that external address leaves with
+/// the same external port. `port`: the sandbox's port (ICMP: the echo identifier).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnatKey<A> {
+    pub internal: A,
+    pub external: A,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+pub type Snat4Key = SnatKey<u32>;
+pub type Snat6Key = SnatKey<Addr6>;
+const _: () = assert!(core::mem::size_of::<Snat4Key>() == 12);
+const _: () = assert!(core::mem::size_of::<Snat6Key>() == 36);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatMapping {
+    /// The external port (network byte order).
+    pub port: u16,
+    pub _pad: u16,
+    /// `clock::ticks` of the last flow the mapping started, or of the last outbound
+    /// packet of a flow natd expired (the agent keeps it there): the mapping lives while
+    /// it has flows, and `mapping` seconds after (RFC 4787 REQ-5, REQ-6).
+    pub last_seen: u32,
+}
+const _: () = assert!(core::mem::size_of::<SnatMapping>() == 8);
+
+/// Who holds an external port (`NATD_SNAT4_PORTS`, `NATD_SNAT6_PORTS`, keyed by external
+/// address, port and protocol as a `PortKey`): one sandbox address and port, so no two
+/// sandboxes share an external port (REQ-3: no port overloading), and inbound packets to
+/// it find their mapping (filtering, hairpinning).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatOwner<A> {
+    pub internal: A,
+    pub port: u16,
+    /// `net::FILTER_*` of the owner's network when the mapping was made.
+    pub filter: u8,
+    pub _pad: u8,
+}
+pub type Snat4Owner = SnatOwner<u32>;
+pub type Snat6Owner = SnatOwner<Addr6>;
+const _: () = assert!(core::mem::size_of::<Snat4Owner>() == 8);
+const _: () = assert!(core::mem::size_of::<Snat6Owner>() == 20);
+
+/// A remote address a mapping has sent to (`NATD_SNAT4_PEERS`, `NATD_SNAT6_PEERS`):
+/// address-dependent filtering admits packets from any port of it (RFC 4787 section 5).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnatPeerKey<A> {
+    pub external: A,
+    pub peer: A,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+pub type Snat4PeerKey = SnatPeerKey<u32>;
+pub type Snat6PeerKey = SnatPeerKey<Addr6>;
+const _: () = assert!(core::mem::size_of::<Snat4PeerKey>() == 12);
+const _: () = assert!(core::mem::size_of::<Snat6PeerKey>() == 36);
+
 /// A sandbox's endpoint, keyed by its address (`NATD_ENDPOINTS4` and `NATD_ENDPOINTS6`):
 /// where packets to it are redirected.
 #[repr(C)]
@@ -308,6 +373,15 @@ pub mod net {
     /// Routed gateway mode: the sandboxes' addresses are reachable from outside (only on
     /// published container ports), nothing is masqueraded.
     pub const ROUTED: u32 = 8;
+    /// Inbound filtering of masquerade mappings (RFC 4787 section 5; REQ-8): none of
+    /// these two is address-and-port-dependent (only replies to what a sandbox sent get
+    /// in, as Linux and Docker do); `FILTER_ADDRESS`: anything from an address the mapping
+    /// has sent to; `FILTER_ENDPOINT`: anything ("full cone"). Both only to the mapping's
+    /// own port on the external address, never past a published port or a drop rule.
+    pub const FILTER_ADDRESS: u32 = 16;
+    pub const FILTER_ENDPOINT: u32 = 32;
+    /// New mappings take a random port (RFC 6056) instead of keeping the sandbox's.
+    pub const PORTS_RANDOM: u32 = 64;
 }
 
 /// Per-mapping traffic, per CPU, by generation slot.
@@ -444,6 +518,11 @@ pub const MAX_TRUSTED: u32 = 1024;
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
 /// How many NAT ports a new masqueraded flow tries before it is dropped.
 pub const SNAT_PORT_TRIES: u32 = 32;
+/// Masquerade mappings per family (one per sandbox address, port, protocol and external
+/// address in use), and the remote addresses they have sent to (address-dependent
+/// filtering; an LRU).
+pub const MAX_SNAT_MAPPINGS: u32 = 131_072;
+pub const MAX_SNAT_PEERS: u32 = 131_072;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -457,6 +536,13 @@ mod pod {
     unsafe impl aya::Pod for super::Port4Target {}
     unsafe impl aya::Pod for super::Port6Key {}
     unsafe impl aya::Pod for super::Port6Target {}
+    unsafe impl aya::Pod for super::Snat4Key {}
+    unsafe impl aya::Pod for super::Snat6Key {}
+    unsafe impl aya::Pod for super::SnatMapping {}
+    unsafe impl aya::Pod for super::Snat4Owner {}
+    unsafe impl aya::Pod for super::Snat6Owner {}
+    unsafe impl aya::Pod for super::Snat4PeerKey {}
+    unsafe impl aya::Pod for super::Snat6PeerKey {}
     unsafe impl aya::Pod for super::NetInfo6 {}
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::IfaceConfig {}

@@ -38,6 +38,15 @@ pub mod map {
     pub const SOCK_ORIG: &str = "NATD_SOCK_ORIG";
     /// The layout version of the pinned maps (`LAYOUT_VERSION`), one `u32`.
     pub const LAYOUT: &str = "NATD_LAYOUT";
+    /// Masquerade mappings (`nat_common::SnatKey` -> `SnatMapping`), who holds each
+    /// external port (`PortKey` -> `SnatOwner`), and the remote addresses each mapping has
+    /// sent to (`SnatPeerKey`, an LRU).
+    pub const SNAT4: &str = "NATD_SNAT4";
+    pub const SNAT4_PORTS: &str = "NATD_SNAT4_PORTS";
+    pub const SNAT4_PEERS: &str = "NATD_SNAT4_PEERS";
+    pub const SNAT6: &str = "NATD_SNAT6";
+    pub const SNAT6_PORTS: &str = "NATD_SNAT6_PORTS";
+    pub const SNAT6_PEERS: &str = "NATD_SNAT6_PEERS";
     /// Per-CPU working memory of the programs that start flows, never pinned.
     pub const SCRATCH: &str = "NATD_SCRATCH";
     pub const SCRATCH6: &str = "NATD_SCRATCH6";
@@ -76,6 +85,12 @@ pub mod map {
         TRUSTED,
         SOCK_ORIG,
         LAYOUT,
+        SNAT4,
+        SNAT4_PORTS,
+        SNAT4_PEERS,
+        SNAT6,
+        SNAT6_PORTS,
+        SNAT6_PEERS,
         SCRATCH,
         SCRATCH6,
         PACKETS4,

@@ -6,7 +6,7 @@
 //! tuple atomically, BPF_NOEXIST) and never half-installed. Lookups try the established
 //! table first: an established packet costs one lookup. Expiry is the agent's job.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use nat_common::{CtEntry, CtKey, PROTO_TCP, clock, counter, csum, ct};
+use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, PortTarget, SnatKey, SnatOwner, SnatPeerKey, clock, counter, csum, ct};
 
 use crate::{
     counters::bump,
@@ -179,6 +179,26 @@ pub struct Scratch<A> {
     /// IPv6: the copy of the entry an established packet is forwarded by (88 bytes the
     /// stack of that path cannot spare).
     pub current: CtEntry<A>,
+    /// The masquerade mapping being looked up or made (`mapping`), and the tuple of a
+    /// host socket lookup (its first fields are the kernel's `bpf_sock_tuple`).
+    pub snat_key: SnatKey<A>,
+    pub port_key: PortKey<A>,
+    pub owner: SnatOwner<A>,
+    pub peer_key: SnatPeerKey<A>,
+    pub sock: Tuple<A>,
+    /// Where a new flow from outside goes (a published port's target, or a mapping's).
+    pub target: PortTarget<A>,
+    /// The counter a prepared masqueraded flow bumps when it starts.
+    pub new_counter: u32,
+    /// The ports a new mapping tries (`mapping`): `min + (start + step * i) % span`. In
+    /// map memory, not registers: the verifier then walks the port loops once, not once
+    /// per way of filling them.
+    pub port_min: u32,
+    pub port_span: u32,
+    pub port_start: u32,
+    pub port_step: u32,
+    /// Whether the port found becomes the source's mapping (else the flow's alone).
+    pub record: u32,
 }
 
 /// This CPU's scratch area of the family (None only if the map is missing, which loading

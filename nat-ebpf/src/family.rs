@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use nat_common::{
     Addr6, CtEntry, CtKey, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, PROTO_ICMP, PROTO_ICMPV6, PortKey,
-    PortTarget, SourceQuota, csum,
+    PortTarget, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, SourceQuota, csum,
 };
 
 use crate::{
@@ -18,7 +18,8 @@ use crate::{
     maps::{
         NATD_CT4, NATD_CT4_NEW, NATD_CT6, NATD_CT6_NEW, NATD_ENDPOINTS4, NATD_ENDPOINTS6, NATD_LOCAL4,
         NATD_LOCAL6, NATD_NETS4, NATD_NETS6, NATD_PACKETS4, NATD_PACKETS6, NATD_PORTS4, NATD_PORTS6,
-        NATD_QUOTA4, NATD_QUOTA6, NATD_SCRATCH, NATD_SCRATCH6,
+        NATD_QUOTA4, NATD_QUOTA6, NATD_SCRATCH, NATD_SCRATCH6, NATD_SNAT4, NATD_SNAT4_PEERS, NATD_SNAT4_PORTS,
+        NATD_SNAT6, NATD_SNAT6_PEERS, NATD_SNAT6_PORTS,
     },
     parse::{self, Malformed, Packet, Position},
 };
@@ -77,6 +78,9 @@ pub trait Family: Copy + PartialEq + Default + 'static {
     fn endpoints() -> &'static HashMap<Self, EndpointInfo>;
     fn local() -> &'static HashMap<Self, u32>;
     fn quota() -> &'static LruHashMap<Self, SourceQuota>;
+    fn snat() -> &'static HashMap<SnatKey<Self>, SnatMapping>;
+    fn snat_ports() -> &'static HashMap<PortKey<Self>, SnatOwner<Self>>;
+    fn snat_peers() -> &'static LruHashMap<SnatPeerKey<Self>, u32>;
     /// natd's network whose subnet holds `addr`.
     fn network_of(addr: Self) -> Option<Net<Self>>;
     /// The network a sandbox veth belongs to, as this family sees it.
@@ -151,6 +155,18 @@ impl Family for u32 {
     #[inline(always)]
     fn quota() -> &'static LruHashMap<u32, SourceQuota> {
         &NATD_QUOTA4
+    }
+
+    fn snat() -> &'static HashMap<SnatKey<u32>, SnatMapping> {
+        &NATD_SNAT4
+    }
+
+    fn snat_ports() -> &'static HashMap<PortKey<u32>, SnatOwner<u32>> {
+        &NATD_SNAT4_PORTS
+    }
+
+    fn snat_peers() -> &'static LruHashMap<SnatPeerKey<u32>, u32> {
+        &NATD_SNAT4_PEERS
     }
     #[inline(always)]
     fn network_of(addr: u32) -> Option<Net<u32>> {
@@ -249,6 +265,18 @@ impl Family for Addr6 {
     #[inline(always)]
     fn quota() -> &'static LruHashMap<Addr6, SourceQuota> {
         &NATD_QUOTA6
+    }
+
+    fn snat() -> &'static HashMap<SnatKey<Addr6>, SnatMapping> {
+        &NATD_SNAT6
+    }
+
+    fn snat_ports() -> &'static HashMap<PortKey<Addr6>, SnatOwner<Addr6>> {
+        &NATD_SNAT6_PORTS
+    }
+
+    fn snat_peers() -> &'static LruHashMap<SnatPeerKey<Addr6>, u32> {
+        &NATD_SNAT6_PEERS
     }
     /// A frame of its own: the 16-byte LPM key and its conversion would otherwise sit in
     /// every caller's frame.

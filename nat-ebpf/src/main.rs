@@ -23,6 +23,8 @@ mod icmp;
 #[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]
+mod mapping;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
@@ -385,11 +387,18 @@ mod programs {
                 return verdict;
             }
         }
-        if tracked(packet)
-            && let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto)
-            && (target.flags & port::TRUSTED_ONLY == 0 || policy::trusted_from(edge, packet.dst))
-        {
-            let verdict = nat::dnat_from_outside(ctx, packet, target, edge);
+        if tracked(packet) {
+            // A published port is the published port's: a mapping's filtering is asked
+            // only about ports nothing is published on.
+            let verdict = match lookup::published(packet.dst, packet.dport, packet.proto) {
+                Some(target)
+                    if target.flags & port::TRUSTED_ONLY == 0 || policy::trusted_from(edge, packet.dst) =>
+                {
+                    nat::dnat_from_outside(ctx, packet, target, edge)
+                }
+                Some(_) => NOT_HANDLED,
+                None => nat::admit_inbound(ctx, packet, edge),
+            };
             if verdict != NOT_HANDLED {
                 return verdict;
             }
@@ -440,7 +449,7 @@ mod programs {
                 if verdict != NOT_HANDLED {
                     return verdict;
                 }
-                return nat::start_masquerade(ctx, packet);
+                return nat::start_masquerade(ctx, packet, net.flags);
             }
         }
         if masq {
@@ -506,28 +515,42 @@ mod programs {
                 return verdict;
             }
         }
-        if tracked(packet) && lookup::is_local(packet.dst) {
-            if let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto) {
-                let verdict = nat::dnat_from_sandbox(ctx, packet, target, net.gateway, ifindex);
-                if verdict != NOT_HANDLED {
-                    return verdict;
+        // Both ways of starting a masqueraded flow end in one call (the verifier walks a
+        // call once per call site).
+        let prepared = 'prepare: {
+            if tracked(packet) && lookup::is_local(packet.dst) {
+                if let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto) {
+                    let verdict = nat::dnat_from_sandbox(ctx, packet, target, net.gateway, ifindex);
+                    if verdict != NOT_HANDLED {
+                        return verdict;
+                    }
+                } else if net.flags & net::MASQ != 0 {
+                    match nat::prepare_hairpin_to_mapping(packet, ifindex) {
+                        nat::PREPARED => break 'prepare true,
+                        NOT_HANDLED => {}
+                        verdict => return verdict,
+                    }
+                }
+                return TC_PASS;
+            }
+            if let Some(reason) = policy::from_sandbox(&net, packet.dst) {
+                return policy::drop(reason);
+            }
+            if net.flags & net::MASQ != 0
+                && tracked(packet)
+                && nat::starts_flow(packet)
+                && policy::network_of(packet.dst).is_none()
+            {
+                match nat::prepare_masquerade_at_sandbox(ctx, packet, &net, own, ifindex) {
+                    nat::PREPARED => break 'prepare true,
+                    NOT_HANDLED => {}
+                    verdict => return verdict,
                 }
             }
-            return TC_PASS;
-        }
-        if let Some(reason) = policy::from_sandbox(&net, packet.dst) {
-            return policy::drop(reason);
-        }
-        if net.flags & net::MASQ != 0
-            && tracked(packet)
-            && nat::starts_flow(packet)
-            && policy::network_of(packet.dst).is_none()
-        {
-            match nat::prepare_masquerade_at_sandbox(ctx, packet, &net, own, ifindex) {
-                nat::PREPARED => return nat::start_masquerade(ctx, packet),
-                NOT_HANDLED => {}
-                verdict => return verdict,
-            }
+            false
+        };
+        if prepared {
+            return nat::start_masquerade(ctx, packet, net.flags);
         }
         if net.flags & net::ROUTED != 0
             && tracked(packet)

@@ -9,8 +9,9 @@ use aya_ebpf::{
 use nat_common::{
     Addr6, BenchFrame, BenchRoute, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, DEFAULT_CT_ENTRIES, EndpointInfo,
     GENERATION_SLOTS, IfaceConfig, MAX_ENDPOINTS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_NETWORKS,
-    MAX_PORT_MAPPINGS, MAX_QUOTA_SOURCES, MAX_SOCK_REWRITES, MAX_TRUSTED, MappingStats, NatConfig, NetInfo4,
-    NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, SockKey, SockOrig, SourceQuota, TrustKey,
+    MAX_PORT_MAPPINGS, MAX_QUOTA_SOURCES, MAX_SNAT_MAPPINGS, MAX_SNAT_PEERS, MAX_SOCK_REWRITES, MAX_TRUSTED, MappingStats, NatConfig, NetInfo4,
+    NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, Snat4Key, Snat4Owner, Snat4PeerKey, Snat6Key,
+    Snat6Owner, Snat6PeerKey, SnatMapping, SockKey, SockOrig, SourceQuota, TrustKey,
     counter,
 };
 
@@ -40,6 +41,29 @@ pub static NATD_CT4_NEW: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(DEFAU
 /// Published ports: host address (or 0.0.0.0) and port -> sandbox address and port.
 #[map]
 pub static NATD_PORTS4: HashMap<Port4Key, Port4Target> = HashMap::pinned(MAX_PORT_MAPPINGS, 0);
+
+/// Masquerade mappings (endpoint-independent: one external port per sandbox address, port
+/// and external address, whatever the destination), and who holds each external port.
+/// Not LRUs: a mapping evicted under a live flow would change the sandbox's external port
+/// behind its back; when full, new flows get a port of their own (counted).
+#[map]
+pub static NATD_SNAT4: HashMap<Snat4Key, SnatMapping> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+
+#[map]
+pub static NATD_SNAT4_PORTS: HashMap<Port4Key, Snat4Owner> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+
+/// Remote addresses each mapping sent to, for address-dependent filtering.
+#[map]
+pub static NATD_SNAT4_PEERS: LruHashMap<Snat4PeerKey, u32> = LruHashMap::pinned(MAX_SNAT_PEERS, 0);
+
+#[map]
+pub static NATD_SNAT6: HashMap<Snat6Key, SnatMapping> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+
+#[map]
+pub static NATD_SNAT6_PORTS: HashMap<Port6Key, Snat6Owner> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+
+#[map]
+pub static NATD_SNAT6_PEERS: LruHashMap<Snat6PeerKey, u32> = LruHashMap::pinned(MAX_SNAT_PEERS, 0);
 
 /// Sandbox endpoints by address: where the fast path delivers their packets.
 #[map]

@@ -2,15 +2,8 @@
 //! published ports (DNAT) from outside and from sandboxes (hairpin), and masquerade (SNAT)
 //! of new outbound flows: at the sandbox with a route lookup when the flow can bypass the
 //! host, else at the edge's egress after the kernel routed it.
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::bpf_get_prandom_u32,
-    programs::TcContext,
-};
-use nat_common::{
-    CtEntry, DEFAULT_SNAT_PORTS, EndpointInfo, IfaceConfig, PROTO_TCP, PROTO_UDP, PortTarget,
-    SNAT_PORT_TRIES, TC_PASS, config, counter, ct, role,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+use nat_common::{CtEntry, EndpointInfo, IfaceConfig, PROTO_TCP, PROTO_UDP, PortTarget, TC_PASS, config, counter, ct, role};
 
 use crate::{
     conntrack::{self, InsertError, Leg, NO_SLOT, NewFlow, Scratch, Tuple, TupleOps, Verdict},
@@ -19,6 +12,7 @@ use crate::{
     family::{Family, Net},
     fast::{self, Toward},
     fib, lookup,
+    mapping::{self, ClaimError},
     parse::{self, Packet, TCP_ACK, TCP_SYN},
     quota,
 };
@@ -163,7 +157,14 @@ pub fn dnat_from_outside<A: Family>(
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
-    dnat_flow(&mut s.flow, packet, target);
+    s.target = *target;
+    from_outside(ctx, packet, s, edge)
+}
+
+/// A new flow from outside to `s.target`.
+#[inline(always)]
+fn from_outside<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, s: &mut Scratch<A>, edge: u32) -> i32 {
+    dnat_flow(&mut s.flow, packet, &s.target);
     outside_legs(ctx, packet, edge, &mut s.flow);
     start_dnat(ctx, packet, s, counter::DNAT_NEW)
 }
@@ -277,56 +278,105 @@ pub fn fast_path_on() -> bool {
     lookup::config().flags & config::FAST_PATH != 0
 }
 
-/// Claims a NAT port for the flow (whose translated source is the edge's address): from
-/// the configured range, starting at a random offset (RFC 6056), skipping published ports.
+/// Gives the flow its external port (`mapping::claim`), adds the forward entry, and
+/// forwards the first packet of the flow prepared in the scratch area. `net_flags`: the
+/// source network's (`net::PORTS_RANDOM`, `net::FILTER_*`).
+/// The flow counts as what its preparation set (`snat_new`, `hairpin_mapping_new`).
 #[inline(never)]
-fn claim_port<A: Family>(s: &mut Scratch<A>) -> Result<(), i32> {
-    let cfg = lookup::config();
-    let (min, max) = if cfg.snat_port_min != 0 && cfg.snat_port_min <= cfg.snat_port_max {
-        (cfg.snat_port_min, cfg.snat_port_max)
-    } else {
-        DEFAULT_SNAT_PORTS
-    };
-    let span = u32::from(max - min) + 1;
-    // SAFETY: no preconditions.
-    let start = unsafe { bpf_get_prandom_u32() } % span;
-    let proto = s.flow.original.proto;
-    for i in 0..SNAT_PORT_TRIES {
-        let port = ((u32::from(min) + (start + i) % span) as u16).to_be();
-        if proto != A::ICMP && lookup::is_published_port(s.flow.translated.src, port, proto) {
-            continue;
-        }
-        s.flow.translated.sport = port;
-        match conntrack::claim_reply(s) {
-            Ok(()) => return Ok(()),
-            Err(InsertError::Clash) => continue,
-            Err(e) => return Err(refuse(e)),
-        }
-    }
-    bump(counter::DROP_NO_PORT);
-    Err(TC_ACT_SHOT)
-}
-
-/// Claims the port, adds the forward entry, and forwards the first packet of the flow
-/// prepared in the scratch area.
-#[inline(never)]
-pub fn start_masquerade<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
+pub fn start_masquerade<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, net_flags: u32) -> i32 {
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
-    if let Err(e) = admit(&s.flow) {
-        return refuse(e);
-    }
-    if let Err(verdict) = claim_port(s) {
-        unadmit(&s.flow);
+    if let Err(verdict) = start(ctx, s, net_flags) {
         return verdict;
+    }
+    bump(s.new_counter);
+    fast::forward_cold(ctx, packet, &s.forward, Toward::Edge)
+}
+
+/// Admits, maps and inserts the flow prepared in `s`; on failure nothing of it stays.
+#[inline(always)]
+fn start<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, net_flags: u32) -> Result<(), i32> {
+    admit(&s.flow).map_err(refuse)?;
+    if let Err(e) = mapping::claim(ctx, s, net_flags) {
+        unadmit(&s.flow);
+        return Err(match e {
+            ClaimError::Insert(e) => refuse(e),
+            ClaimError::NoPort => {
+                // Counted, never silent: `drop_no_port` (natctl stats, metrics).
+                bump(counter::DROP_NO_PORT);
+                TC_ACT_SHOT
+            }
+        });
     }
     if let Err(e) = conntrack::finish(s) {
         unadmit(&s.flow);
-        return refuse(e);
+        return Err(refuse(e));
     }
-    bump(counter::SNAT_NEW);
-    fast::forward_cold(ctx, packet, &s.forward, Toward::Edge)
+    Ok(())
+}
+
+/// A new inbound flow from outside to a masquerade mapping's port that the mapping's
+/// filtering admits (`net::FILTER_*`; without one only replies get in, as tracked flows):
+/// translated to the sandbox like a published port's flow. Published ports were tried
+/// first and win; a mapping only ever holds a port of a host address, so nothing reaches
+/// a sandbox address this way.
+#[inline(never)]
+pub fn admit_inbound<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, edge: u32) -> i32 {
+    if !starts_flow(packet) {
+        return NOT_HANDLED;
+    }
+    let Some(s) = conntrack::scratch::<A>() else {
+        return TC_ACT_SHOT;
+    };
+    if !mapping::admitting(s, packet, &packet.src) {
+        return NOT_HANDLED;
+    }
+    let Some(endpoint) = lookup::endpoint(s.owner.internal) else {
+        return NOT_HANDLED;
+    };
+    s.target = PortTarget {
+        addr: s.owner.internal,
+        port: s.owner.port,
+        flags: 0,
+        slot: endpoint.slot,
+        generation: endpoint.generation,
+        mapping_id: 0,
+    };
+    bump(counter::INBOUND_FILTER_ADMITTED);
+    from_outside(ctx, packet, s, edge)
+}
+
+/// A new flow from a sandbox of a masqueraded network to the external address and port
+/// of another sandbox's mapping (hairpinning, RFC 4787 REQ-9, RFC 5382 REQ-8): admitted
+/// per the owner's filtering as if from outside, and translated both ways, so the owner
+/// sees the sender's external address and port (REQ-9a) and its replies come back the
+/// same way. `veth`: the sender's host-side veth. `PREPARED` when the flow is prepared
+/// for `start_masquerade` (a separate call from the program, so the frames are never
+/// stacked), else the verdict or `NOT_HANDLED`.
+#[inline(never)]
+pub fn prepare_hairpin_to_mapping<A: Family>(packet: &Packet<A>, veth: u32) -> i32 {
+    if !starts_flow(packet) {
+        return NOT_HANDLED;
+    }
+    let Some(s) = conntrack::scratch::<A>() else {
+        return TC_ACT_SHOT;
+    };
+    // The sender's external address is the one it sent to.
+    if !mapping::admitting(s, packet, &packet.dst) {
+        return NOT_HANDLED;
+    }
+    let Some(target) = lookup::endpoint(s.owner.internal) else {
+        return NOT_HANDLED;
+    };
+    let target_veth = target.host_ifindex;
+    snat_flow(&mut s.flow, packet, packet.dst, lookup::endpoint(packet.src));
+    s.flow.translated.dst = s.owner.internal;
+    s.flow.translated.dport = s.owner.port;
+    s.flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, veth);
+    s.flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_SANDBOX, target_veth);
+    s.new_counter = counter::HAIRPIN_MAPPING_NEW;
+    PREPARED
 }
 
 /// The tuples of a masqueraded flow from `packet`'s source to `edge_addr`, and the
@@ -369,6 +419,7 @@ pub fn prepare_masquerade_at_egress<A: Family>(ctx: &TcContext, packet: &Packet<
     let sandbox_veth = endpoint.map(|e| e.host_ifindex).unwrap_or(0);
     s.flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_EDGE_EGRESS, sandbox_veth);
     s.flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_EDGE_INGRESS, 0);
+    s.new_counter = counter::SNAT_NEW;
     NOT_HANDLED
 }
 
@@ -448,6 +499,7 @@ pub fn prepare_masquerade_at_sandbox<A: Family>(
     reply.smac = gateway_mac;
     reply.dmac = sandbox_mac;
     reply.mtu = own.mtu as u16;
+    s.new_counter = counter::SNAT_NEW;
     PREPARED
 }
 

@@ -12,7 +12,8 @@ use crate::model::{CniAttachment, Network, Sandbox};
 /// so an older natctl keeps working against a newer natd. History:
 /// - 1.0: natd before it reported a version.
 /// - 1.1: the version header and `info.api_version`; `subnet` and `gateway` may be lists.
-pub const API_VERSION: &str = "1.1";
+/// - 1.2: conntrack flows carry `expires_s` and their masquerade `mapping`.
+pub const API_VERSION: &str = "1.2";
 pub const API_VERSION_HEADER: &str = "natd-api-version";
 
 /// Every path of the API. Parameterised paths come as a route pattern (axum's `{name}`

@@ -238,13 +238,19 @@ mod tests {
             .unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, ClientError::Version { .. }), "{text}");
-        assert!(text.starts_with("natd speaks API 1.0 (it reports no version), this natctl speaks 1.1"), "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "natd speaks API 1.0 (it reports no version), this natctl speaks {}",
+                crate::api::API_VERSION
+            )),
+            "{text}"
+        );
         assert!(text.contains("subnet: invalid type"), "natd's own words kept: {text}");
 
         // The same refusal from a natd of this version is a plain refusal.
         let same = http(
             "422 Unprocessable Entity",
-            "natd-api-version: 1.1\r\n",
+            &format!("natd-api-version: {}\r\n", crate::api::API_VERSION),
             r#"{"message":"Failed to deserialize the JSON body into the target type: name: missing field"}"#,
         );
         let err = answered_by(same, async |c| c.post::<_, serde_json::Value>("/v1/networks", &body).await)
@@ -275,6 +281,7 @@ mod tests {
         let err = answered_by(newer, async |c| c.get::<crate::api::InfoResponse>("/v1/info").await)
             .await
             .unwrap_err();
-        assert!(err.to_string().starts_with("natd speaks API 2.0, this natctl speaks 1.1: its answer"), "{err}");
+        let expected = format!("natd speaks API 2.0, this natctl speaks {}: its answer", crate::api::API_VERSION);
+        assert!(err.to_string().starts_with(&expected), "{err}");
     }
 }

@@ -77,6 +77,98 @@ pub struct Network {
     /// edges that may reach published container ports on the sandboxes' own addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_host_interfaces: Vec<String>,
+    /// `-o natd.nat.filtering`, `-o natd.nat.masquerade-ports`: how its masquerade maps
+    /// and filters (RFC 4787).
+    #[serde(default, skip_serializing_if = "NatBehaviour::is_default")]
+    pub nat: NatBehaviour,
+}
+
+/// A network's masquerade behaviour beyond Linux's defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatBehaviour {
+    #[serde(default)]
+    pub filtering: NatFiltering,
+    /// None: the daemon's `--masquerade-ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortAssignment>,
+}
+
+impl NatBehaviour {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Which inbound packets reach a sandbox through its masquerade mapping (RFC 4787
+/// section 5). Every mapping is endpoint-independent; only filtering is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatFiltering {
+    /// Replies only, from the address and port sent to (Linux's and Docker's).
+    #[default]
+    AddressAndPortDependent,
+    /// From any port of an address the mapping has sent to.
+    AddressDependent,
+    /// From anywhere ("full cone"), to the mapping's port only.
+    EndpointIndependent,
+}
+
+impl NatFiltering {
+    pub const ALL: [NatFiltering; 3] = [
+        NatFiltering::AddressAndPortDependent,
+        NatFiltering::AddressDependent,
+        NatFiltering::EndpointIndependent,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NatFiltering::AddressAndPortDependent => "address-and-port-dependent",
+            NatFiltering::AddressDependent => "address-dependent",
+            NatFiltering::EndpointIndependent => "endpoint-independent",
+        }
+    }
+}
+
+impl std::str::FromStr for NatFiltering {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown NAT filtering {s:?} (known: {})", known.join(", "))
+        })
+    }
+}
+
+/// How a new masquerade mapping picks its external port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PortAssignment {
+    /// The sandbox's own port when free (Linux's MASQUERADE), else one of its class and
+    /// parity.
+    #[default]
+    Preserve,
+    /// A random port of the masquerade range (RFC 6056).
+    Random,
+}
+
+impl PortAssignment {
+    pub fn name(self) -> &'static str {
+        match self {
+            PortAssignment::Preserve => "preserve",
+            PortAssignment::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for PortAssignment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "preserve" => Ok(PortAssignment::Preserve),
+            "random" => Ok(PortAssignment::Random),
+            other => Err(format!("unknown masquerade port assignment {other:?} (known: preserve, random)")),
+        }
+    }
 }
 
 /// Docker 27's gateway mode of a bridge network, per address family: `nat` masquerades

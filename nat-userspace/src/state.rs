@@ -282,6 +282,7 @@ mod tests {
             parent: None,
             overlay: None,
             trusted_host_interfaces: Vec::new(),
+            nat: Default::default(),
         }
     }
 

@@ -26,6 +26,7 @@ use natd::{
     dataplane::{
         Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, ebpf::maps::MapWriter,
     },
+    model::NatFiltering,
     portspec::Proto,
 };
 
@@ -269,6 +270,14 @@ impl Bpf {
             routed: flags & net::ROUTED != 0,
             v6: None,
             trusted: Vec::new(),
+            nat_filtering: if flags & net::FILTER_ENDPOINT != 0 {
+                NatFiltering::EndpointIndependent
+            } else if flags & net::FILTER_ADDRESS != 0 {
+                NatFiltering::AddressDependent
+            } else {
+                NatFiltering::AddressAndPortDependent
+            },
+            random_ports: flags & net::PORTS_RANDOM != 0,
         });
         self.sync();
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use etherparse::Ipv4Header;
-use nat_common::{counter, names::program};
+use nat_common::{counter, names::program, net};
 use natd::dataplane::ebpf::conntrack::{Timeouts, expire};
 use natlab::bpf::prelude::*;
 use natlab::{
@@ -269,6 +269,9 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     );
     let mut bpf = load(64);
     bpf.snat_ports(61000, 61003);
+    // Random ports: every new mapping takes one of the pool's (preserved ports would
+    // not use it up).
+    bpf.network(2, [172, 20, 0, 0], 24, [172, 20, 0, 1], net::ICC | net::MASQ | net::PORTS_RANDOM);
     // Four masqueraded flows take the four NAT ports; the fifth is refused by name.
     bpf.as_edge();
     let mut nat_ports = Vec::new();

@@ -81,6 +81,15 @@ pub struct DaemonArgs {
     /// ip_local_port_range, so they never collide with the host's own connections).
     #[arg(long = "masquerade-port-range")]
     pub masquerade_port_range: Option<String>,
+    /// How a new masquerade mapping picks its external port: the sandbox's own when free
+    /// (preserve, as Linux's MASQUERADE; default) or a random one of the range (random,
+    /// RFC 6056). A network's `-o natd.nat.masquerade-ports` overrides it.
+    #[arg(long = "masquerade-ports", value_enum)]
+    pub masquerade_ports: Option<crate::model::PortAssignment>,
+    /// Let inbound packets keep a masquerade mapping alive too (RFC 4787 REQ-6a; default
+    /// false: only what sandboxes send does, so nobody outside holds a port open).
+    #[arg(long = "masquerade-refresh-inbound", action = clap::ArgAction::Set)]
+    pub masquerade_refresh_inbound: Option<bool>,
     /// Capacity of the connection table (two entries per flow).
     #[arg(long = "conntrack-max")]
     pub conntrack_max: Option<u32>,
@@ -105,7 +114,8 @@ pub struct DaemonArgs {
     #[arg(long = "fast-path", action = clap::ArgAction::Set)]
     pub fast_path: Option<bool>,
     /// Idle timeout of tracked flows, KIND=SECONDS (repeatable); kinds: tcp-syn,
-    /// tcp-established, tcp-closing, tcp-closed, udp, udp-replied, icmp.
+    /// tcp-established, tcp-closing, tcp-closed, udp, udp-replied, icmp, and mapping (how
+    /// long a UDP/ICMP masquerade mapping outlives its last flow).
     #[arg(long = "conntrack-timeout")]
     pub conntrack_timeout: Vec<String>,
     /// Seconds between connection-table sweeps (and address refreshes).
@@ -168,6 +178,8 @@ pub struct FileConfig {
     pub name_prefix: Option<String>,
     pub port_range: Option<String>,
     pub masquerade_port_range: Option<String>,
+    pub masquerade_ports: Option<crate::model::PortAssignment>,
+    pub masquerade_refresh_inbound: Option<bool>,
     pub conntrack_max: Option<u32>,
     pub conntrack_embryonic_max: Option<u32>,
     pub conntrack_source_share: Option<u32>,

@@ -91,6 +91,10 @@ pub struct DaemonConfig {
     pub name_prefix: String,
     pub port_range: Option<(u16, u16)>,
     pub masquerade_port_range: Option<(u16, u16)>,
+    /// `--masquerade-ports`: networks without their own choice use it.
+    pub masquerade_ports: crate::model::PortAssignment,
+    /// `--masquerade-refresh-inbound`.
+    pub masquerade_refresh_inbound: bool,
     pub conntrack_max: u32,
     /// Capacity of the embryonic-flow table.
     pub conntrack_embryonic_max: u32,
@@ -256,6 +260,11 @@ impl DaemonConfig {
                 pick(&args.masquerade_port_range, file.masquerade_port_range),
                 port_range("masquerade-port-range"),
             )?,
+            masquerade_ports: args.masquerade_ports.or(file.masquerade_ports).unwrap_or_default(),
+            masquerade_refresh_inbound: args
+                .masquerade_refresh_inbound
+                .or(file.masquerade_refresh_inbound)
+                .unwrap_or(false),
             conntrack_max,
             conntrack_embryonic_max,
             conntrack_source_share,

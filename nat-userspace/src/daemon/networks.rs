@@ -38,6 +38,7 @@ impl Daemon {
                 networks: &self.state.networks,
                 cluster: self.cluster.as_deref(),
                 ula_pool: self.ula_pool,
+                dataplane: self.dataplane.kind(),
             };
             let planned = driver.plan(&ctx, &req, id).await?;
             driver.announce(&ctx, &planned).await?;

@@ -117,6 +117,7 @@ impl Daemon {
             parent: None,
             overlay: None,
             trusted_host_interfaces: Vec::new(),
+            nat: Default::default(),
         };
         if existing.as_ref() == Some(&network) {
             return Ok(());

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     config::DataplaneKind,
     dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, SyncReport},
-    model::{GatewayMode, Network, Sandbox},
+    model::{GatewayMode, Network, PortAssignment, Sandbox},
     sys::{
         netfilter,
         netlink::{Link, LinkKind},
@@ -90,6 +90,8 @@ impl Daemon {
                             routed: network.gateway_mode_v6 == GatewayMode::Routed && !network.internal,
                         }),
                     trusted: network.trusted_host_interfaces.clone(),
+                    nat_filtering: network.nat.filtering,
+                    random_ports: network.nat.ports.unwrap_or(self.config.masquerade_ports) == PortAssignment::Random,
                 });
             }
         }

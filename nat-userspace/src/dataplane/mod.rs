@@ -172,6 +172,10 @@ pub struct NetworkRule {
     /// Edges (by name) that may reach published container ports on its sandboxes'
     /// addresses (`com.docker.network.bridge.trusted_host_interfaces`).
     pub trusted: Vec<String>,
+    /// Which inbound packets its masquerade mappings admit (both families).
+    pub nat_filtering: crate::model::NatFiltering,
+    /// New mappings take random ports instead of the sandboxes' own.
+    pub random_ports: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +245,21 @@ pub struct Flow {
     /// Whether the flow completed its handshake (else it is still embryonic).
     pub established: bool,
     pub idle_s: u64,
+    /// Seconds until the flow expires if nothing more passes (API 1.2).
+    #[serde(default)]
+    pub expires_s: u64,
+    /// A masqueraded flow's mapping (RFC 4787): its external address and port, which
+    /// every flow of the same sandbox address and port shares, and how long it outlives
+    /// its last flow (API 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<FlowMapping>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FlowMapping {
+    pub external: std::net::SocketAddr,
+    /// Seconds the mapping lives once its last flow is gone.
+    pub outlives_flows_s: u64,
 }
 
 /// The kernel's own connection table in `Stats::maps` (nftables dataplane).
@@ -276,10 +295,12 @@ pub enum CtTimeout {
     Udp,
     UdpReplied,
     Icmp,
+    /// A UDP/ICMP masquerade mapping after its last flow.
+    Mapping,
 }
 
 impl CtTimeout {
-    pub const ALL: [CtTimeout; 7] = [
+    pub const ALL: [CtTimeout; 8] = [
         CtTimeout::TcpSyn,
         CtTimeout::TcpEstablished,
         CtTimeout::TcpClosing,
@@ -287,6 +308,7 @@ impl CtTimeout {
         CtTimeout::Udp,
         CtTimeout::UdpReplied,
         CtTimeout::Icmp,
+        CtTimeout::Mapping,
     ];
 
     /// The KIND of `--conntrack-timeout KIND=SECONDS`.
@@ -299,6 +321,7 @@ impl CtTimeout {
             CtTimeout::Udp => "udp",
             CtTimeout::UdpReplied => "udp-replied",
             CtTimeout::Icmp => "icmp",
+            CtTimeout::Mapping => "mapping",
         }
     }
 
@@ -312,6 +335,8 @@ impl CtTimeout {
 pub struct GcReport {
     pub scanned: usize,
     pub expired: usize,
+    /// Masquerade mappings whose time was up.
+    pub mappings_expired: usize,
 }
 
 pub trait Dataplane: Send + Sync {

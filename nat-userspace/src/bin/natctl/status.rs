@@ -82,7 +82,7 @@ pub async fn conntrack(client: &Client, json: bool) -> Result<(), CliError> {
     let tuple =
         |t: &(std::net::IpAddr, u16, std::net::IpAddr, u16)| format!("{}:{} -> {}:{}", t.0, t.1, t.2, t.3);
     print_table(
-        &["PROTO", "KIND", "STATE", "ORIGINAL", "TRANSLATED", "PATH", "IDLE"],
+        &["PROTO", "KIND", "STATE", "ORIGINAL", "TRANSLATED", "PATH", "IDLE", "EXPIRES", "MAPPING"],
         flows
             .iter()
             .map(|f| {
@@ -94,6 +94,11 @@ pub async fn conntrack(client: &Client, json: bool) -> Result<(), CliError> {
                     tuple(&f.translated),
                     if f.fast { "fast" } else { "host" }.to_string(),
                     format!("{}s", f.idle_s),
+                    format!("{}s", f.expires_s),
+                    f.mapping
+                        .as_ref()
+                        .map(|m| format!("{} (+{}s after its last flow)", m.external, m.outlives_flows_s))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect(),

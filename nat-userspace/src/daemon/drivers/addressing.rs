@@ -169,6 +169,7 @@ pub fn bridge_options(network: &crate::model::Network) -> BTreeMap<String, Strin
             network.trusted_host_interfaces.join(":"),
         );
     }
+    super::nat::options(network, &mut options);
     options
 }
 

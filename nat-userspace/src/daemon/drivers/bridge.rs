@@ -191,8 +191,11 @@ impl NetworkDriver for BridgeDriver {
                 addressing::GATEWAY_MODE_V4,
                 addressing::GATEWAY_MODE_V6,
                 addressing::TRUSTED_HOST_INTERFACES,
+                super::nat::FILTERING,
+                super::nat::MASQUERADE_PORTS,
             ],
         )?;
+        let nat = super::nat::behaviour(&opts, req.internal, ctx.dataplane)?;
         let (gateway_mode_v4, gateway_mode_v6) = addressing::gateway_modes(&opts)?;
         let trusted_host_interfaces = addressing::trusted_host_interfaces(&opts)?;
         let requested = addressing::split(req, "bridge")?;
@@ -243,6 +246,7 @@ impl NetworkDriver for BridgeDriver {
             parent: None,
             overlay: None,
             trusted_host_interfaces,
+            nat,
         })
     }
 

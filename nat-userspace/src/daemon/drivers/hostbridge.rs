@@ -109,6 +109,7 @@ impl NetworkDriver for HostBridgeDriver {
             created: now(),
             overlay: None,
             trusted_host_interfaces: Vec::new(),
+            nat: Default::default(),
             // Filled in by setup: what the NIC had before.
             parent: parent.map(|parent| ParentState {
                 parent,

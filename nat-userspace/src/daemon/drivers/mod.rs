@@ -4,6 +4,7 @@
 pub mod addressing;
 pub mod bridge;
 pub mod hostbridge;
+pub mod nat;
 pub mod overlay;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -33,6 +34,8 @@ pub struct PlanContext<'a> {
     /// The host's unique-local /48 that `--ipv6` networks without an IPv6 subnet get a
     /// /64 of.
     pub ula_pool: ipnetwork::Ipv6Network,
+    /// The dataplane natd runs (never `Auto`).
+    pub dataplane: crate::config::DataplaneKind,
 }
 
 /// What a driver sees when it checks a new endpoint's address.

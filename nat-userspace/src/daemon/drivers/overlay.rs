@@ -93,6 +93,7 @@ pub fn local_network(record: &OverlayRecord, id: u32, prefix: &str, mtu: u32, lo
             local,
         }),
         trusted_host_interfaces: Vec::new(),
+        nat: Default::default(),
     }
 }
 

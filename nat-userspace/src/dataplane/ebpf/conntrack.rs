@@ -13,9 +13,10 @@ use nat_common::{Addr6, CtEntry, CtKey, SourceQuota, clock, ct, names::map};
 
 use super::{
     err,
+    mappings,
     maps::{from_raw, from_raw6},
 };
-use crate::dataplane::{CtTimeout, DataplaneError, Flow, GcReport};
+use crate::dataplane::{CtTimeout, DataplaneError, Flow, FlowMapping, GcReport};
 
 /// An address family's connection tables.
 pub trait Family: Copy + Eq + Hash + Pod + 'static {
@@ -23,6 +24,8 @@ pub trait Family: Copy + Eq + Hash + Pod + 'static {
     const TABLES: [&'static str; 2];
     /// Flows per source (the per-source quotas).
     const QUOTA: &'static str;
+    /// Masquerade mappings, the ports they hold, the addresses they admit.
+    const SNAT: [&'static str; 3];
     fn ip(self) -> IpAddr;
     /// What a quota counts the originator of a flow of entry kind `kind` under, as the
     /// programs key it (`nat-ebpf` `quota_key`): the IPv4 address, `quota_key6` (IPv6).
@@ -32,6 +35,7 @@ pub trait Family: Copy + Eq + Hash + Pod + 'static {
 impl Family for u32 {
     const TABLES: [&'static str; 2] = [map::CT4, map::CT4_NEW];
     const QUOTA: &'static str = map::QUOTA4;
+    const SNAT: [&'static str; 3] = [map::SNAT4, map::SNAT4_PORTS, map::SNAT4_PEERS];
     fn ip(self) -> IpAddr {
         IpAddr::V4(from_raw(self))
     }
@@ -43,6 +47,7 @@ impl Family for u32 {
 impl Family for Addr6 {
     const TABLES: [&'static str; 2] = [map::CT6, map::CT6_NEW];
     const QUOTA: &'static str = map::QUOTA6;
+    const SNAT: [&'static str; 3] = [map::SNAT6, map::SNAT6_PORTS, map::SNAT6_PEERS];
     fn ip(self) -> IpAddr {
         IpAddr::V6(from_raw6(self))
     }
@@ -61,19 +66,27 @@ pub struct Timeouts {
     pub udp: Duration,
     pub udp_replied: Duration,
     pub icmp: Duration,
+    /// How long a UDP or ICMP masquerade mapping outlives its last flow, from its last
+    /// outbound packet (RFC 4787 REQ-5: at least 2 minutes, 5 recommended).
+    pub mapping: Duration,
+    /// Inbound packets refresh mappings too (RFC 4787 REQ-6a, off by default).
+    pub mapping_refresh_inbound: bool,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            tcp_syn: Duration::from_secs(120),
-            // RFC 5382 asks for at least 2 h 4 min for established TCP.
+            // RFC 5382 REQ-5: at least 4 minutes for a connection being opened or closed
+            // ("transitory"), 2 h 4 min for an established one.
+            tcp_syn: Duration::from_secs(240),
             tcp_established: Duration::from_secs(7440),
-            tcp_closing: Duration::from_secs(120),
+            tcp_closing: Duration::from_secs(240),
             tcp_closed: Duration::from_secs(10),
             udp: Duration::from_secs(30),
             udp_replied: Duration::from_secs(180),
             icmp: Duration::from_secs(30),
+            mapping: Duration::from_secs(300),
+            mapping_refresh_inbound: false,
         }
     }
 }
@@ -92,6 +105,7 @@ impl Timeouts {
                 CtTimeout::Udp => t.udp = d,
                 CtTimeout::UdpReplied => t.udp_replied = d,
                 CtTimeout::Icmp => t.icmp = d,
+                CtTimeout::Mapping => t.mapping = d,
             }
         }
         t
@@ -232,6 +246,7 @@ pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, Dataplan
     Ok(GcReport {
         scanned: v4.scanned + v6.scanned,
         expired: v4.expired + v6.expired,
+        mappings_expired: v4.mappings_expired + v6.mappings_expired,
     })
 }
 
@@ -239,6 +254,10 @@ fn expire_family<A: Family>(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcRe
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
+    nat_common::SnatKey<A>: Pod,
+    nat_common::PortKey<A>: Pod,
+    nat_common::SnatOwner<A>: Pod,
+    nat_common::SnatPeerKey<A>: Pod,
 {
     let now = now_ticks();
     let all = entries::<A>(ebpf);
@@ -248,6 +267,7 @@ where
     let mut doomed: Vec<Vec<(CtKey<A>, u32)>> = Vec::new();
     // What each source holds among the flows that stay (see `recount_sources`).
     let mut sources: StdHashMap<A, SourceQuota> = StdHashMap::new();
+    let mut usage = mappings::Usage::<A>::new();
     for (key, entry, established) in &all {
         let peer_key = key.peer(entry);
         let peer = by_key.get(&peer_key).copied();
@@ -262,7 +282,9 @@ where
             None => timeouts.tcp_closed,
             Some(p) => timeouts.for_flow(key.proto, flow_state(key.proto, entry, Some(p))),
         };
-        if idle(now, entry, peer) > limit || !live(gens.as_ref(), entry) {
+        let ending = idle(now, entry, peer) > limit || !live(gens.as_ref(), entry);
+        usage.flow(key, entry, peer, ending, timeouts.mapping_refresh_inbound);
+        if ending {
             let mut flow = vec![(*key, entry.last_seen)];
             flow.extend(peer.map(|p| (peer_key, p.last_seen)));
             doomed.push(flow);
@@ -296,9 +318,12 @@ where
             expired += remove(&mut embryonic, flow);
         }
     }
+    drop(embryonic);
+    let mappings_expired = mappings::expire::<A>(ebpf, &usage, timeouts, now)?;
     Ok(GcReport {
         scanned: all.len(),
         expired,
+        mappings_expired,
     })
 }
 
@@ -396,16 +421,17 @@ where
 }
 
 /// Every tracked flow entry as `natctl ct ls` shows it.
-pub fn flows(ebpf: &Ebpf, mapping_of_slot: impl Fn(u32) -> Option<u32>) -> Vec<Flow> {
-    let mut out = flows_of::<u32>(ebpf, &mapping_of_slot);
-    out.extend(flows_of::<Addr6>(ebpf, &mapping_of_slot));
+pub fn flows(ebpf: &Ebpf, timeouts: &Timeouts, mapping_of_slot: impl Fn(u32) -> Option<u32>) -> Vec<Flow> {
+    let mut out = flows_of::<u32>(ebpf, timeouts, &mapping_of_slot);
+    out.extend(flows_of::<Addr6>(ebpf, timeouts, &mapping_of_slot));
     out
 }
 
-fn flows_of<A: Family>(ebpf: &Ebpf, mapping_of_slot: &impl Fn(u32) -> Option<u32>) -> Vec<Flow>
+fn flows_of<A: Family>(ebpf: &Ebpf, timeouts: &Timeouts, mapping_of_slot: &impl Fn(u32) -> Option<u32>) -> Vec<Flow>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
+    nat_common::SnatKey<A>: Pod,
 {
     let now = now_ticks();
     let all = entries::<A>(ebpf);
@@ -451,6 +477,26 @@ where
                 fast: e.flags & ct::FAST != 0,
                 established: *established,
                 idle_s: idle(now, e, None).as_secs(),
+                expires_s: {
+                    let state = flow_state(k.proto, e, peer);
+                    let limit = if peer.is_some() {
+                        timeouts.for_flow(k.proto, state)
+                    } else {
+                        timeouts.tcp_closed
+                    };
+                    limit.saturating_sub(idle(now, e, peer)).as_secs()
+                },
+                mapping: (e.kind == ct::SNAT_FORWARD && e.src != k.src)
+                    .then(|| mappings::lookup::<A>(ebpf, &mappings::key_of(k, e)))
+                    .flatten()
+                    .map(|m| FlowMapping {
+                        external: std::net::SocketAddr::new(addr(e.src), u16::from_be(m.port)),
+                        outlives_flows_s: if k.proto == nat_common::PROTO_TCP {
+                            timeouts.tcp_closed.as_secs()
+                        } else {
+                            timeouts.mapping.as_secs()
+                        },
+                    }),
             }
         })
         .collect()

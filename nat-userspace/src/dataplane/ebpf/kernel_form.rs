@@ -8,7 +8,10 @@ use nat_common::{
     port, role,
 };
 
-use crate::dataplane::{EndpointRule, Iface, IfaceRole, NetworkRule, PortRule};
+use crate::{
+    dataplane::{EndpointRule, Iface, IfaceRole, NetworkRule, PortRule},
+    model::NatFiltering,
+};
 
 pub fn raw(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -165,7 +168,15 @@ pub fn net_info6(n: &NetworkRule) -> Option<NetInfo6> {
 }
 
 fn policy_flags(n: &NetworkRule) -> u32 {
-    (if n.icc { net::ICC } else { 0 }) | (if n.internal { net::INTERNAL } else { 0 })
+    let filtering = match n.nat_filtering {
+        NatFiltering::AddressAndPortDependent => 0,
+        NatFiltering::AddressDependent => net::FILTER_ADDRESS,
+        NatFiltering::EndpointIndependent => net::FILTER_ENDPOINT,
+    };
+    (if n.icc { net::ICC } else { 0 })
+        | (if n.internal { net::INTERNAL } else { 0 })
+        | filtering
+        | (if n.random_ports { net::PORTS_RANDOM } else { 0 })
 }
 
 pub fn endpoint_info(e: &EndpointRule, slot: u32, generation: u32) -> EndpointInfo {

@@ -4,6 +4,7 @@
 pub mod conntrack;
 pub mod kernel_form;
 pub mod loader;
+pub mod mappings;
 pub mod maps;
 mod pins;
 pub mod slots;
@@ -91,7 +92,10 @@ impl EbpfDataplane {
         Ok(Self {
             ebpf,
             pin_dir,
-            timeouts: conntrack::Timeouts::with(&config.conntrack_timeouts),
+            timeouts: conntrack::Timeouts {
+                mapping_refresh_inbound: config.masquerade_refresh_inbound,
+                ..conntrack::Timeouts::with(&config.conntrack_timeouts)
+            },
             sizes,
             cgroup_root: loader::cgroup2_root(),
             writer,
@@ -337,7 +341,7 @@ impl Dataplane for EbpfDataplane {
 
     fn flows(&self) -> Vec<Flow> {
         let owners = self.writer.mapping_owners();
-        conntrack::flows(&self.ebpf, |slot| owners.get(&slot).copied())
+        conntrack::flows(&self.ebpf, &self.timeouts, |slot| owners.get(&slot).copied())
     }
 }
 

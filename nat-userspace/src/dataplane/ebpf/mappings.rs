@@ -1,0 +1,174 @@
+//! natd's side of the masquerade mappings (`NATD_SNAT*`, kernel side `nat-ebpf`'s
+//! `mapping`): the programs make them and never remove them; the expiry pass does, after
+//! the connection tables'. A mapping lives while any of its flows does, then for
+//! `mapping` seconds after its last outbound packet (RFC 4787 REQ-5, REQ-6; inbound ones
+//! count too with `--masquerade-refresh-inbound`); a TCP mapping only `tcp-closed`
+//! seconds after its last connection (RFC 5382 ties it to the connection). With it go
+//! the port it held and the addresses it admitted.
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap, MapData},
+};
+use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, clock, ct};
+
+use super::{conntrack::Family, err};
+use crate::dataplane::DataplaneError;
+
+use super::conntrack::Timeouts;
+
+/// The mapping a masqueraded flow's forward entry uses.
+fn mapping_of<A: Copy>(key: &CtKey<A>, entry: &CtEntry<A>) -> SnatKey<A> {
+    SnatKey {
+        internal: key.src,
+        external: entry.src,
+        port: key.sport,
+        proto: key.proto,
+        _pad: 0,
+    }
+}
+
+/// What the connection tables say about mappings: which have flows left, and the last
+/// refreshing packet of the flows that ended (kept in the mapping, so a restart loses
+/// nothing).
+pub struct Usage<A> {
+    pub alive: HashSet<SnatKey<A>>,
+    /// External (address, port, protocol) of live flows: a port a flow uses is never
+    /// taken from under it.
+    pub ports_in_use: HashSet<(A, u16, u8)>,
+    pub ended: StdHashMap<SnatKey<A>, u32>,
+}
+
+impl<A: Family> Usage<A>
+where
+    SnatKey<A>: Eq + std::hash::Hash,
+{
+    pub fn new() -> Self {
+        Self {
+            alive: HashSet::new(),
+            ports_in_use: HashSet::new(),
+            ended: StdHashMap::new(),
+        }
+    }
+
+    /// A flow of the tables: `entry` is its forward direction, `reply` the other;
+    /// `ending`: the expiry pass removes it.
+    pub fn flow(&mut self, key: &CtKey<A>, entry: &CtEntry<A>, reply: Option<&CtEntry<A>>, ending: bool, inbound_refresh: bool) {
+        if entry.kind != ct::SNAT_FORWARD || entry.src == key.src {
+            // Not masqueraded (routed flows keep their source).
+            return;
+        }
+        let mapping = mapping_of(key, entry);
+        if ending {
+            let mut last = entry.last_seen;
+            if inbound_refresh {
+                last = last.max(reply.map_or(0, |r| r.last_seen));
+            }
+            let seen = self.ended.entry(mapping).or_default();
+            *seen = (*seen).max(last);
+        } else {
+            self.alive.insert(mapping);
+            self.ports_in_use.insert((entry.src, entry.sport, key.proto));
+        }
+    }
+}
+
+fn table<'a, K: Pod, V: Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<HashMap<&'a mut MapData, K, V>, DataplaneError> {
+    HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?).map_err(|e| err(name, e))
+}
+
+/// Removes the mappings whose time is up, their ports and admitted addresses, and ports
+/// and addresses no mapping accounts for. Returns how many mappings went.
+pub fn expire<A: Family>(ebpf: &mut Ebpf, usage: &Usage<A>, timeouts: &Timeouts, now: u32) -> Result<usize, DataplaneError>
+where
+    SnatKey<A>: Pod + Eq + std::hash::Hash,
+    PortKey<A>: Pod + Eq + std::hash::Hash,
+    SnatOwner<A>: Pod,
+    SnatPeerKey<A>: Pod,
+{
+    let [mappings_name, ports_name, peers_name] = A::SNAT;
+    let mut expired = 0;
+    let mut kept: StdHashMap<SnatKey<A>, u16> = StdHashMap::new();
+    {
+        let mut mappings = table::<SnatKey<A>, SnatMapping>(ebpf, mappings_name)?;
+        let all: Vec<(SnatKey<A>, SnatMapping)> = mappings.iter().filter_map(Result::ok).collect();
+        for (key, mut mapping) in all {
+            if usage.alive.contains(&key) {
+                kept.insert(key, mapping.port);
+                continue;
+            }
+            let last = mapping.last_seen.max(usage.ended.get(&key).copied().unwrap_or(0));
+            let limit = if key.proto == PROTO_TCP {
+                timeouts.tcp_closed
+            } else {
+                timeouts.mapping
+            };
+            let idle = Duration::from_nanos(clock::ns(now.saturating_sub(last)));
+            if idle > limit {
+                if mappings.remove(&key).is_ok() {
+                    expired += 1;
+                }
+            } else {
+                if last != mapping.last_seen {
+                    mapping.last_seen = last;
+                    // BPF_EXIST: one the programs removed meanwhile stays gone.
+                    let _ = mappings.insert(key, mapping, 2);
+                }
+                kept.insert(key, mapping.port);
+            }
+        }
+    }
+    let mut held: HashSet<PortKey<A>> = HashSet::new();
+    {
+        let mut ports = table::<PortKey<A>, SnatOwner<A>>(ebpf, ports_name)?;
+        let all: Vec<(PortKey<A>, SnatOwner<A>)> = ports.iter().filter_map(Result::ok).collect();
+        for (port, owner) in all {
+            let mapping = SnatKey {
+                internal: owner.internal,
+                external: port.addr,
+                port: owner.port,
+                proto: port.proto,
+                _pad: 0,
+            };
+            let accounted = kept.get(&mapping) == Some(&port.port)
+                || usage.ports_in_use.contains(&(port.addr, port.port, port.proto));
+            if accounted {
+                held.insert(port);
+            } else {
+                let _ = ports.remove(&port);
+            }
+        }
+    }
+    let mut peers = table::<SnatPeerKey<A>, u32>(ebpf, peers_name)?;
+    let all: Vec<SnatPeerKey<A>> = peers.keys().filter_map(Result::ok).collect();
+    for peer in all {
+        let port = PortKey {
+            addr: peer.external,
+            port: peer.port,
+            proto: peer.proto,
+            _pad: 0,
+        };
+        if !held.contains(&port) {
+            let _ = peers.remove(&peer);
+        }
+    }
+    Ok(expired)
+}
+
+/// A mapping as `natctl ct ls` shows it beside its flows: the external port and how
+/// long it lives once its flows are gone.
+pub fn lookup<A: Family>(ebpf: &Ebpf, key: &SnatKey<A>) -> Option<SnatMapping>
+where
+    SnatKey<A>: Pod,
+{
+    let map = HashMap::<_, SnatKey<A>, SnatMapping>::try_from(ebpf.map(A::SNAT[0])?).ok()?;
+    map.get(key, 0).ok()
+}
+
+pub fn key_of<A: Copy>(key: &CtKey<A>, entry: &CtEntry<A>) -> SnatKey<A> {
+    mapping_of(key, entry)
+}

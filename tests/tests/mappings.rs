@@ -1,0 +1,219 @@
+//! Masquerade mappings as the programs write them, checked through BPF_PROG_TEST_RUN
+//! against the terms of RFC 4787 (UDP), RFC 5382 (TCP) and RFC 5508 (ICMP): mapping
+//! behaviour (REQ-1), port assignment (REQ-3, REQ-3a, REQ-4), filtering (section 5,
+//! REQ-8) and hairpinning (REQ-9, REQ-9a). Frames built with etherparse, every output
+//! parsed again with its checksums recomputed (`natlab::frames`). Each test runs in a
+//! fresh network namespace with its own pin directory; natd's masquerade range there is
+//! 61000-61009.
+use natlab::bpf::prelude::*;
+
+use nat_common::{PROTO_UDP, counter, names::program::{EDGE_EGRESS6, EDGE_INGRESS6}, net};
+use natlab::{
+    bpf::{Bpf, CLIENT, HOST, HOST6, SANDBOX, SANDBOX_VETH},
+    frames::{icmp_echo, inspect, seen, tcp, udp},
+    frames6::{GATEWAY6, NET6, SANDBOX6, inspect6, seen6, udp6, v6},
+};
+
+const OTHER_SANDBOX: [u8; 4] = [172, 20, 0, 3];
+const GATEWAY: [u8; 4] = [172, 20, 0, 1];
+/// A second server, on another address (RFC 5780's "alternate address").
+const REMOTE_2: [u8; 4] = [203, 0, 113, 10];
+const REMOTE6: [u8; 16] = v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 9]);
+const CLIENT6: [u8; 16] = v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 7]);
+
+/// natd's object, network 2 (172.20.0.0/24) masqueraded with `flags` on top of
+/// `ICC | MASQ`.
+fn load(flags: u32) -> Bpf {
+    natlab::require_root();
+    let mut bpf = Bpf::load(1024).expect("natd's eBPF object loads in a private namespace");
+    bpf.network(2, [172, 20, 0, 0], 24, GATEWAY, net::ICC | net::MASQ | flags);
+    bpf
+}
+
+/// RFC 4787 REQ-1 (and RFC 5382 REQ-1): the same internal address and port leave with
+/// the same external address and port whatever the destination, for UDP, TCP and ICMP
+/// echo; REQ-3 / Linux: the port is the sandbox's own when it is free.
+#[test]
+fn mappings_are_endpoint_independent_and_keep_the_sandboxs_port() {
+    let mut bpf = load(0);
+    let to_first = inspect(&bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478)).1);
+    let to_alternate_port = inspect(&bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3479)).1);
+    let to_alternate_address = inspect(&bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE_2, 3478)).1);
+    for (out, dst, dport) in [
+        (to_first, REMOTE, 3478),
+        (to_alternate_port, REMOTE, 3479),
+        (to_alternate_address, REMOTE_2, 3478),
+    ] {
+        assert_eq!(out, seen(HOST, 5000, dst, dport), "one mapping, port preserved");
+    }
+    assert_eq!(bpf.counter(counter::SNAT_MAPPING_NEW), 1);
+    assert_eq!(bpf.counter(counter::SNAT_MAPPING_REUSED), 2);
+    assert_eq!(bpf.counter(counter::SNAT_PORT_PRESERVED), 1);
+    // TCP: a mapping of its own protocol, the same behaviour.
+    let a = inspect(&bpf.run(EGRESS, &tcp(SANDBOX, 40000, REMOTE, 443, true)).1);
+    let b = inspect(&bpf.run(EGRESS, &tcp(SANDBOX, 40000, REMOTE_2, 80, true)).1);
+    assert_eq!((a.sport, b.sport), (40000, 40000));
+    // ICMP echo (RFC 5508 section 3.1): the identifier is the port.
+    let a = inspect(&bpf.run(EGRESS, &icmp_echo(SANDBOX, REMOTE, 0x4242, true)).1);
+    let b = inspect(&bpf.run(EGRESS, &icmp_echo(SANDBOX, REMOTE_2, 0x4242, true)).1);
+    assert_eq!((a.sport, b.sport), (0x4242, 0x4242));
+}
+
+/// REQ-3a and REQ-4: a port that is taken gives way to one of the same class (below or
+/// above 1024) and the same parity. Under the default filtering a port serves each
+/// destination once, as Linux's MASQUERADE shares it.
+#[test]
+fn a_taken_port_gives_way_to_one_of_its_class_and_parity() {
+    let mut bpf = load(0);
+    bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
+    // Another sandbox, same port, same destination: another port, from natd's range,
+    // even like 5000.
+    let other = inspect(&bpf.run(EGRESS, &udp(OTHER_SANDBOX, 5000, REMOTE, 3478)).1);
+    assert!((61000..=61009).contains(&other.sport), "{other:?}");
+    assert_eq!(other.sport % 2, 0, "parity kept: {other:?}");
+    // To another destination 5000 is free: shared, as Linux does.
+    let shared = inspect(&bpf.run(EGRESS, &udp([172, 20, 0, 4], 5000, REMOTE_2, 3478)).1);
+    assert_eq!(shared.sport, 5000);
+    // A privileged port stays privileged, and odd.
+    bpf.run(EGRESS, &udp(SANDBOX, 123, REMOTE, 123));
+    let ntp = inspect(&bpf.run(EGRESS, &udp(OTHER_SANDBOX, 123, REMOTE, 123)).1);
+    assert!(ntp.sport < 1024 && ntp.sport != 123 && ntp.sport % 2 == 1, "{ntp:?}");
+}
+
+/// `--masquerade-ports random` (RFC 6056): the port is random, the mapping still
+/// endpoint-independent.
+#[test]
+fn random_ports_are_still_endpoint_independent() {
+    let mut bpf = load(net::PORTS_RANDOM);
+    let a = inspect(&bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478)).1);
+    let b = inspect(&bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE_2, 3479)).1);
+    assert!((61000..=61009).contains(&a.sport), "{a:?}");
+    assert_eq!(a.sport, b.sport);
+    assert_eq!(bpf.counter(counter::SNAT_PORT_PRESERVED), 0);
+}
+
+/// Endpoint-independent filtering holds each external port for one sandbox (inbound
+/// packets to it must lead somewhere): when natd's range is used up, the next mapping is
+/// refused and counted, never sent out untranslated.
+#[test]
+fn an_exhausted_pool_is_counted() {
+    let mut bpf = load(net::PORTS_RANDOM | net::FILTER_ENDPOINT);
+    for port in 0..10u16 {
+        let (ret, out) = bpf.run(EGRESS, &udp(SANDBOX, 7000 + port, REMOTE, 3478 + port));
+        assert_eq!(ret, PASS);
+        assert!((61000..=61009).contains(&inspect(&out).sport));
+    }
+    let (ret, _) = bpf.run(EGRESS, &udp(SANDBOX, 7999, REMOTE_2, 1));
+    assert_eq!(ret, TC_ACT_SHOT, "no port left for a new mapping");
+    assert_eq!(bpf.counter(counter::DROP_NO_PORT), 1);
+    // An existing mapping still reaches new destinations.
+    let (ret, out) = bpf.run(EGRESS, &udp(SANDBOX, 7000, REMOTE_2, 2));
+    assert_eq!(ret, PASS);
+    assert!((61000..=61009).contains(&inspect(&out).sport));
+}
+
+/// RFC 4787 section 5: with the default (address- and port-dependent) filtering only the
+/// address and port a mapping sent to get in; endpoint-independent filtering admits
+/// anyone to the mapping's port, and nothing more: not other ports, not the sandbox's
+/// own address, and a port published later is the published port's.
+#[test]
+fn filtering_admits_what_its_kind_says_and_nothing_past_it() {
+    // Default: only the reply.
+    let mut bpf = load(0);
+    bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
+    let (_, out) = bpf.run(INGRESS, &udp(REMOTE, 3478, HOST, 5000));
+    assert_eq!(inspect(&out), seen(REMOTE, 3478, SANDBOX, 5000), "the reply is let in");
+    let probe = udp(REMOTE, 3479, HOST, 5000);
+    assert_eq!(bpf.run(INGRESS, &probe).1, probe, "another port of the address is not");
+    assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 0);
+
+    // Endpoint-independent.
+    let mut bpf = load(net::FILTER_ENDPOINT);
+    bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
+    let (_, out) = bpf.run(INGRESS, &udp(CLIENT, 9999, HOST, 5000));
+    assert_eq!(inspect(&out), seen(CLIENT, 9999, SANDBOX, 5000), "anyone reaches the mapping");
+    // The sandbox's answer leaves from the mapping.
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let (_, out) = bpf.run(SANDBOX_PROG, &udp(SANDBOX, 5000, CLIENT, 9999));
+    assert_eq!(inspect(&out), seen(HOST, 5000, CLIENT, 9999));
+    bpf.as_edge();
+    assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 1);
+    // Not another port of the host (left to the host: untouched).
+    let probe = udp(CLIENT, 9999, HOST, 5001);
+    assert_eq!(bpf.run(INGRESS, &probe).1, probe);
+    // Not the sandbox's own address (the direct-access drop stands).
+    assert_eq!(bpf.run(INGRESS, &udp(CLIENT, 9999, SANDBOX, 5000)).0, TC_ACT_SHOT);
+    // TCP: a mapping of UDP admits no TCP.
+    let probe = tcp(CLIENT, 9999, HOST, 5000, true);
+    assert_eq!(bpf.run(INGRESS, &probe).1, probe);
+    // A port published after the mapping was made is the published port's.
+    bpf.publish(None, 5000, PROTO_UDP, OTHER_SANDBOX, 53, 7);
+    let (_, out) = bpf.run(INGRESS, &udp([203, 0, 113, 50], 1, HOST, 5000));
+    assert_eq!(inspect(&out), seen([203, 0, 113, 50], 1, OTHER_SANDBOX, 53));
+}
+
+/// Address-dependent filtering: any port of an address the mapping sent to, no other
+/// address.
+#[test]
+fn address_dependent_filtering_admits_the_addresses_sent_to() {
+    let mut bpf = load(net::FILTER_ADDRESS);
+    bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
+    let (_, out) = bpf.run(INGRESS, &udp(REMOTE, 3479, HOST, 5000));
+    assert_eq!(inspect(&out), seen(REMOTE, 3479, SANDBOX, 5000), "another port of the address");
+    let probe = udp(REMOTE_2, 3478, HOST, 5000);
+    assert_eq!(bpf.run(INGRESS, &probe).1, probe, "another address is not admitted");
+    assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 1);
+}
+
+/// RFC 4787 REQ-9 and REQ-9a (RFC 5382 REQ-8): a sandbox reaches another sandbox's
+/// mapping through the host's external address, and the owner sees the sender's
+/// external address and port; the owner's answer goes back the same way. Under the
+/// default filtering an unsolicited hairpinned packet is filtered like any other.
+#[test]
+fn hairpinning_shows_the_senders_external_address() {
+    let mut bpf = load(net::FILTER_ENDPOINT);
+    bpf.endpoint(OTHER_SANDBOX, SANDBOX_VETH, 2);
+    // The owner's mapping: 172.20.0.2:5000 is HOST:5000.
+    bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
+    // The peer's mapping: 172.20.0.3:6000 is HOST:6000.
+    bpf.run(EGRESS, &udp(OTHER_SANDBOX, 6000, REMOTE, 3478));
+    bpf.as_sandbox_veth(2, OTHER_SANDBOX);
+    let (ret, out) = bpf.run(SANDBOX_PROG, &udp(OTHER_SANDBOX, 6000, HOST, 5000));
+    assert_eq!(ret, PASS);
+    assert_eq!(inspect(&out), seen(HOST, 6000, SANDBOX, 5000), "REQ-9a: external source address and port");
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let (_, out) = bpf.run(SANDBOX_PROG, &udp(SANDBOX, 5000, HOST, 6000));
+    assert_eq!(inspect(&out), seen(HOST, 5000, OTHER_SANDBOX, 6000));
+    assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 1);
+
+    // Default filtering: the same probe is not let through to the owner (left to the
+    // host, which has no socket there), the control above being let through.
+    let mut bpf = load(0);
+    bpf.endpoint(OTHER_SANDBOX, SANDBOX_VETH, 2);
+    bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
+    bpf.as_sandbox_veth(2, OTHER_SANDBOX);
+    let probe = udp(OTHER_SANDBOX, 6000, HOST, 5000);
+    assert_eq!(bpf.run(SANDBOX_PROG, &probe).1, probe, "filtered");
+    assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 0);
+}
+
+/// NAT66 behaves the same: endpoint-independent mapping with the port kept, and
+/// endpoint-independent filtering when the network asks for it.
+#[test]
+fn nat66_mappings_and_filtering() {
+    natlab::require_root();
+    let mut bpf = Bpf::load(1024).expect("natd's eBPF object loads in a private namespace");
+    bpf.network(2, [172, 20, 0, 0], 24, GATEWAY, net::ICC | net::MASQ | net::FILTER_ENDPOINT);
+    bpf.local6(HOST6);
+    bpf.network6(2, NET6, 64, GATEWAY6, true);
+    bpf.endpoint6(SANDBOX6, SANDBOX_VETH, 2);
+    let a = inspect6(&bpf.run(EDGE_EGRESS6, &udp6(SANDBOX6, 5000, REMOTE6, 3478)).1);
+    let b = inspect6(&bpf.run(EDGE_EGRESS6, &udp6(SANDBOX6, 5000, CLIENT6, 3479)).1);
+    assert_eq!(a, seen6(HOST6, 5000, REMOTE6, 3478));
+    assert_eq!(b, seen6(HOST6, 5000, CLIENT6, 3479), "one mapping for both destinations");
+    let stranger = v6([0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x50]);
+    let (_, out) = bpf.run(EDGE_INGRESS6, &udp6(stranger, 1, HOST6, 5000));
+    assert_eq!(inspect6(&out), seen6(stranger, 1, SANDBOX6, 5000), "endpoint-independent filtering");
+    let probe = udp6(stranger, 1, HOST6, 5001);
+    assert_eq!(bpf.run(EDGE_INGRESS6, &probe).1, probe, "no mapping there");
+}
