@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::{
     config::DataplaneKind,
     daemon::error::{Result, invalid},
-    model::{NatBehaviour, NatFiltering, Network},
+    model::{NatBehaviour, NatFiltering, Network, PortAssignment},
 };
 
 pub const FILTERING: &str = "natd.nat.filtering";
@@ -36,6 +36,12 @@ pub fn behaviour(opts: &BTreeMap<&str, &str>, internal: bool, dataplane: Datapla
             filtering.name()
         )));
     }
+    if dataplane == DataplaneKind::Nftables && ports == Some(PortAssignment::Random) {
+        return Err(invalid(format!(
+            "{MASQUERADE_PORTS}=random needs the eBPF dataplane: nftables' random masquerade picks a \
+             port per flow, so the mapping would depend on the destination"
+        )));
+    }
     Ok(nat)
 }
 
@@ -52,7 +58,6 @@ pub fn options(network: &Network, out: &mut BTreeMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PortAssignment;
 
     #[test]
     fn options_parse_and_refuse_with_the_reason() {
@@ -71,8 +76,11 @@ mod tests {
         assert!(e.contains("--internal"), "{e}");
         let e = behaviour(&opts, false, DataplaneKind::Nftables).unwrap_err().to_string();
         assert!(e.contains("needs the eBPF dataplane"), "{e}");
-        // Ports alone are fine on nftables (masquerade's random flag).
+        // Random ports would be per flow on nftables; preserving is what it does anyway.
         let ports = BTreeMap::from([(MASQUERADE_PORTS, "random")]);
+        let e = behaviour(&ports, false, DataplaneKind::Nftables).unwrap_err().to_string();
+        assert!(e.contains("depend on the destination"), "{e}");
+        let ports = BTreeMap::from([(MASQUERADE_PORTS, "preserve")]);
         assert!(behaviour(&ports, false, DataplaneKind::Nftables).is_ok());
     }
 }

@@ -1,0 +1,267 @@
+//! NAT behaviour discovery in the style of RFC 5780 (sections 4.3-4.5), run from a sandbox
+//! against a server in the external namespace with two addresses and two ports each (the
+//! suite's own client and server, UDP; nothing leaves the lab), for each dataplane, address
+//! family and network option, and checked against the expected table exactly:
+//! - mapping (RFC 4787 section 4.1): the external address and port seen by (A1,P1),
+//!   (A2,P1) and (A2,P2) from one socket; equal everywhere is endpoint-independent (REQ-1);
+//! - filtering (section 5): a fresh socket asks (A1,P1) to answer from (A2,P2), then from
+//!   (A1,P2); an answer from the other address is endpoint-independent filtering, from the
+//!   other port only address-dependent, from neither address-and-port-dependent (REQ-8);
+//! - port preservation (section 4.2.1): the external port is the socket's own;
+//! - hairpinning (REQ-9, REQ-9a): a second socket of another sandbox sends to the first
+//!   one's external address and port; whether it arrives, and from which address and
+//!   port (REQ-9a: the sender's external ones).
+//! Every "nothing came" is set beside an answer the same socket did get.
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns};
+
+const EXT_IP_2: &str = "198.51.100.3";
+const EXT_IP6_2: &str = "2001:db8:198::3";
+const PORTS: [u16; 2] = [3478, 3479];
+/// How long a probe waits for an answer that may not come.
+const WAIT: Duration = Duration::from_millis(400);
+
+/// The server: four sockets, (address, port) for both addresses and ports. A request
+/// "probe N" is answered from socket N with the source address and port it came from.
+struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(lab: &Lab, addrs: [&str; 2]) -> (Self, [SocketAddr; 4]) {
+        let endpoints: [SocketAddr; 4] = [
+            SocketAddr::new(addrs[0].parse().unwrap(), PORTS[0]),
+            SocketAddr::new(addrs[0].parse().unwrap(), PORTS[1]),
+            SocketAddr::new(addrs[1].parse().unwrap(), PORTS[0]),
+            SocketAddr::new(addrs[1].parse().unwrap(), PORTS[1]),
+        ];
+        let sockets: Vec<UdpSocket> = in_netns(&lab.ext_path(), || {
+            endpoints.iter().map(|e| UdpSocket::bind(e).expect("server socket")).collect()
+        });
+        let sockets = Arc::new(sockets);
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..4)
+            .map(|i| {
+                let (sockets, stop) = (sockets.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let socket = &sockets[i];
+                    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                    let mut buf = [0u8; 256];
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+                        let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                        let Some(n) = text.strip_prefix("probe ").and_then(|n| n.trim().parse::<usize>().ok())
+                        else {
+                            continue;
+                        };
+                        let _ = sockets[n.min(3)].send_to(from.to_string().as_bytes(), from);
+                    }
+                })
+            })
+            .collect();
+        (Self { stop, threads }, endpoints)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends "probe `answer_from`" to `to` and returns the address the server saw, if an
+/// answer comes (from anywhere: the filtering test asks for answers from elsewhere).
+fn probe(socket: &UdpSocket, to: SocketAddr, answer_from: usize) -> Option<SocketAddr> {
+    socket.send_to(format!("probe {answer_from}").as_bytes(), to).ok()?;
+    let mut buf = [0u8; 256];
+    let (len, _) = socket.recv_from(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..len]).parse().ok()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Behaviour {
+    mapping: &'static str,
+    filtering: &'static str,
+    port_preserved: bool,
+    /// Whether a hairpinned datagram arrived, and whether it came from the sender's
+    /// external address and port.
+    hairpin: Option<bool>,
+}
+
+fn bind_in(ns: &str, v6: bool, port: u16) -> UdpSocket {
+    in_netns(ns, || {
+        let socket = if v6 {
+            UdpSocket::bind(("::", port))
+        } else {
+            UdpSocket::bind(("0.0.0.0", port))
+        }
+        .expect("client socket");
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        socket
+    })
+}
+
+/// Discovers the behaviour natd gives sandbox `client` (sending from port `base`), with
+/// sandbox `peer` of the same network as the hairpinning sender.
+fn discover(lab: &Lab, server: &[SocketAddr; 4], client: &str, peer: &str, v6: bool, base: u16) -> Behaviour {
+    let ns = lab.netns_of(client);
+    // Mapping (RFC 5780 4.3).
+    let a = bind_in(&ns, v6, base);
+    let m1 = probe(&a, server[0], 0).expect("(A1,P1) answers: the control of every test below");
+    let m2 = probe(&a, server[2], 2).expect("(A2,P1) answers");
+    let m3 = probe(&a, server[3], 3).expect("(A2,P2) answers");
+    let mapping = if m1 == m2 && m2 == m3 {
+        "endpoint-independent"
+    } else if m2 == m3 {
+        "address-dependent"
+    } else {
+        "address-and-port-dependent"
+    };
+    // Filtering (RFC 5780 4.4), from a socket that has sent to (A1,P1) only.
+    let f = bind_in(&ns, v6, base + 2);
+    let filtering = if probe(&f, server[0], 3).is_some() {
+        "endpoint-independent"
+    } else if probe(&f, server[0], 1).is_some() {
+        "address-dependent"
+    } else {
+        assert!(probe(&f, server[0], 0).is_some(), "the control: (A1,P1) answers this socket itself");
+        "address-and-port-dependent"
+    };
+    // Hairpinning (RFC 5780 4.5): the peer's datagram to `a`'s external address and port.
+    let h = bind_in(&lab.netns_of(peer), v6, base + 4);
+    let peer_mapping = probe(&h, server[0], 0).expect("the peer's own control");
+    h.send_to(b"hairpin", m1).expect("send");
+    let mut buf = [0u8; 64];
+    let hairpin = a.recv_from(&mut buf).ok().map(|(_, from)| from == peer_mapping);
+    // The socket that heard nothing still hears its server (so silence meant filtering).
+    assert_eq!(probe(&a, server[0], 0), Some(m1), "the client's mapping still answers");
+    Behaviour {
+        mapping,
+        filtering,
+        port_preserved: m1.port() == base,
+        hairpin,
+    }
+}
+
+fn expected(mapping: &'static str, filtering: &'static str, port_preserved: bool, hairpin: Option<bool>) -> Behaviour {
+    Behaviour {
+        mapping,
+        filtering,
+        port_preserved,
+        hairpin,
+    }
+}
+
+/// The external namespace gets its second address, for both families.
+fn second_server_address(lab: &Lab) {
+    lab.ext_ok(&["ip", "addr", "add", &format!("{EXT_IP_2}/24"), "dev", "lan0"]);
+    lab.ext_ok(&["ip", "addr", "add", &format!("{EXT_IP6_2}/64"), "dev", "lan0", "nodad"]);
+}
+
+fn network(lab: &Lab, name: &str, options: &[&str]) {
+    let mut args = vec!["network", "create", "--ipv6"];
+    for o in options {
+        args.extend_from_slice(&["-o", o]);
+    }
+    args.push(name);
+    lab.ok(&args);
+    lab.ok(&["run", "--name", &format!("{name}-c"), "--network", name]);
+    lab.ok(&["run", "--name", &format!("{name}-p"), "--network", name]);
+}
+
+#[test]
+fn ebpf_dataplane_behaviour_table() {
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    second_server_address(&lab);
+    let rows: [(&str, &[&str], Behaviour); 4] = [
+        (
+            "dflt",
+            &[],
+            // Linux's and Docker's behaviour, now with the mapping kept per source.
+            expected("endpoint-independent", "address-and-port-dependent", true, None),
+        ),
+        (
+            "eif",
+            &["natd.nat.filtering=endpoint-independent"],
+            expected("endpoint-independent", "endpoint-independent", true, Some(true)),
+        ),
+        (
+            "adf",
+            &["natd.nat.filtering=address-dependent"],
+            // The peer's external address is one the client never sent to.
+            expected("endpoint-independent", "address-dependent", true, None),
+        ),
+        (
+            "rnd",
+            &["natd.nat.masquerade-ports=random"],
+            expected("endpoint-independent", "address-and-port-dependent", false, None),
+        ),
+    ];
+    for (name, options, _) in &rows {
+        network(&lab, name, options);
+    }
+    for (v6, addrs) in [(false, [EXT_IP, EXT_IP_2]), (true, [EXT_IP6, EXT_IP6_2])] {
+        let (server, endpoints) = Server::start(&lab, addrs);
+        for (i, (name, _, want)) in rows.iter().enumerate() {
+            let base = 40000 + 10 * i as u16 + if v6 { 100 } else { 0 };
+            let got = discover(&lab, &endpoints, &format!("{name}-c"), &format!("{name}-p"), v6, base);
+            println!("ebpf {name} IPv{}: {got:?}", if v6 { 6 } else { 4 });
+            assert_eq!(&got, want, "eBPF dataplane, network {name}, IPv{}", if v6 { 6 } else { 4 });
+        }
+        drop(server);
+    }
+    // The external address every mapping used is the uplink's.
+    let flows = lab.json(&["ct", "ls"]);
+    let external: Vec<String> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["mapping"]["external"].as_str().map(str::to_string))
+        .collect();
+    assert!(!external.is_empty(), "ct ls shows the mappings: {flows:#}");
+    for e in &external {
+        let ip: IpAddr = e.parse::<SocketAddr>().unwrap().ip();
+        assert!(
+            ip == HOST_UPLINK_IP.parse::<IpAddr>().unwrap() || ip == HOST_UPLINK_IP6.parse::<IpAddr>().unwrap(),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn nftables_dataplane_behaviour_table() {
+    let lab = Lab::started(&["--dataplane", "nftables"]);
+    second_server_address(&lab);
+    network(&lab, "dflt", &[]);
+    // What nftables cannot express is refused, with the reason.
+    let err = lab.fails(&["network", "create", "-o", "natd.nat.filtering=endpoint-independent", "eif"]);
+    assert!(err.contains("needs the eBPF dataplane"), "{err}");
+    let err = lab.fails(&["network", "create", "-o", "natd.nat.masquerade-ports=random", "rnd"]);
+    assert!(err.contains("depend on the destination"), "{err}");
+    for (v6, addrs) in [(false, [EXT_IP, EXT_IP_2]), (true, [EXT_IP6, EXT_IP6_2])] {
+        let (server, endpoints) = Server::start(&lab, addrs);
+        let got = discover(&lab, &endpoints, "dflt-c", "dflt-p", v6, 42000 + if v6 { 100 } else { 0 });
+        println!("nftables dflt IPv{}: {got:?}", if v6 { 6 } else { 4 });
+        // Linux's MASQUERADE: the sandbox's port kept while it is free, so one mapping for
+        // every destination; replies only; no hairpinning of a masquerade mapping.
+        assert_eq!(
+            got,
+            expected("endpoint-independent", "address-and-port-dependent", true, None),
+            "nftables dataplane, IPv{}",
+            if v6 { 6 } else { 4 }
+        );
+        drop(server);
+    }
+}
