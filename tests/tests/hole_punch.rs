@@ -1,0 +1,171 @@
+//! Peer-to-peer UDP between sandboxes on two natd hosts, each behind its own natd, set up
+//! the way WebRTC/ICE and Tailscale-style clients do it: each peer registers with a
+//! rendezvous server on the LAN (the lab's external namespace), learns the other's
+//! external address and port from it (what a STUN server reflects), and both send to
+//! each other ("hole punching", RFC 5128 section 3.3). It works when mappings are
+//! endpoint-independent (RFC 4787 REQ-1): the address the server saw is the one the peer
+//! reaches. With endpoint-independent filtering one side's datagrams get through before
+//! the other has sent anything; with the default filtering only once both have.
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use natlab::{EXT_IP, Lab, in_netns, lan::shared_lan};
+
+const RENDEZVOUS_PORT: u16 = 3478;
+
+/// The rendezvous server: "register NAME" records the sender's address (and answers it,
+/// as STUN does), "lookup NAME" answers with the address NAME registered from.
+struct Rendezvous {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Rendezvous {
+    fn start(lan_ns_path: &str) -> Self {
+        let socket = in_netns(lan_ns_path, || UdpSocket::bind((EXT_IP, RENDEZVOUS_PORT)).expect("rendezvous"));
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<HashMap<String, SocketAddr>>> = Arc::default();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+                    let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                    let answer = if let Some(name) = text.strip_prefix("register ") {
+                        seen.lock().unwrap().insert(name.to_string(), from);
+                        Some(from)
+                    } else if let Some(name) = text.strip_prefix("lookup ") {
+                        seen.lock().unwrap().get(name).copied()
+                    } else {
+                        None
+                    };
+                    if let Some(addr) = answer {
+                        let _ = socket.send_to(addr.to_string().as_bytes(), from);
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ask(socket: &UdpSocket, text: &str) -> SocketAddr {
+    let server = SocketAddr::new(EXT_IP.parse().unwrap(), RENDEZVOUS_PORT);
+    for _ in 0..5 {
+        socket.send_to(text.as_bytes(), server).expect("send");
+        let mut buf = [0u8; 128];
+        if let Ok((len, _)) = socket.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..len]).parse().expect("an address");
+        }
+    }
+    panic!("the rendezvous server answers {text:?}");
+}
+
+/// Whether `socket` receives a datagram from `from` within the socket's timeout.
+fn hears(socket: &UdpSocket, from: SocketAddr) -> bool {
+    let mut buf = [0u8; 128];
+    while let Ok((_, sender)) = socket.recv_from(&mut buf) {
+        if sender == from {
+            return true;
+        }
+    }
+    false
+}
+
+struct Peer {
+    socket: UdpSocket,
+    external: SocketAddr,
+}
+
+fn peer(lab: &Lab, name: &str, options: &[&str], port: u16) -> Peer {
+    let mut args = vec!["network", "create"];
+    for o in options {
+        args.extend_from_slice(&["-o", o]);
+    }
+    args.push("p2p");
+    lab.ok(&args);
+    lab.ok(&["run", "--name", name, "--network", "p2p"]);
+    let socket = in_netns(&lab.netns_of(name), || UdpSocket::bind(("0.0.0.0", port)).expect("peer socket"));
+    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let external = ask(&socket, &format!("register {name}"));
+    Peer { socket, external }
+}
+
+/// Two hosts on one LAN, natd (eBPF) on each, a sandbox on each whose network has the
+/// given options; the peers registered with the rendezvous server.
+fn two_peers(options_a: &[&str], options_b: &[&str]) -> (Vec<Lab>, Rendezvous, Peer, Peer) {
+    let mut hosts = shared_lan(2);
+    for lab in &mut hosts {
+        lab.start_natd(&["--dataplane", "ebpf"]).expect("start natd");
+    }
+    let rendezvous = Rendezvous::start(&hosts[0].ext_path());
+    let a = peer(&hosts[0], "alice", options_a, 50000);
+    let b = peer(&hosts[1], "bob", options_b, 50001);
+    // What each learns of the other is what the server saw.
+    assert_eq!(ask(&a.socket, "lookup bob"), b.external);
+    assert_eq!(ask(&b.socket, "lookup alice"), a.external);
+    (hosts, rendezvous, a, b)
+}
+
+/// Endpoint-independent mapping and filtering on both sides: the first datagram of
+/// either peer gets through, no punching needed.
+#[test]
+fn full_cone_peers_reach_each_other_at_once() {
+    let eif = ["natd.nat.filtering=endpoint-independent"];
+    let (hosts, _rendezvous, a, b) = two_peers(&eif, &eif);
+    assert_eq!(a.external.port(), 50000, "the sandbox's port, preserved");
+    a.socket.send_to(b"hello bob", b.external).unwrap();
+    assert!(hears(&b.socket, a.external), "bob hears alice's first datagram, from her external address");
+    b.socket.send_to(b"hello alice", a.external).unwrap();
+    assert!(hears(&a.socket, b.external));
+    assert!(hosts[1].counter("inbound_filter_admitted") >= 1);
+}
+
+/// The default filtering (address and port, as Linux and Docker): alice's first datagram
+/// is filtered by bob's natd, bob's (his punch) gets through to alice because she sent to
+/// him, and from then on both directions work.
+#[test]
+fn default_filtering_peers_connect_when_both_punch() {
+    let (_hosts, _rendezvous, a, b) = two_peers(&[], &[]);
+    a.socket.send_to(b"punch", b.external).unwrap();
+    assert!(!hears(&b.socket, a.external), "filtered: bob has not sent to alice yet");
+    b.socket.send_to(b"punch", a.external).unwrap();
+    assert!(hears(&a.socket, b.external), "bob's punch reaches alice: she sent to him first");
+    a.socket.send_to(b"hello bob", b.external).unwrap();
+    assert!(hears(&b.socket, a.external), "and now alice reaches bob");
+}
+
+/// Random external ports (RFC 6056) are still endpoint-independent: what the server saw
+/// is what the peer reaches, so punching works as with preserved ports.
+#[test]
+fn random_port_peers_connect_when_both_punch() {
+    let random = ["natd.nat.masquerade-ports=random"];
+    let (_hosts, _rendezvous, a, b) = two_peers(&random, &random);
+    assert_ne!(a.external.port(), 50000, "a random port");
+    a.socket.send_to(b"punch", b.external).unwrap();
+    b.socket.send_to(b"punch", a.external).unwrap();
+    assert!(hears(&a.socket, b.external));
+    a.socket.send_to(b"hello bob", b.external).unwrap();
+    assert!(hears(&b.socket, a.external));
+}
