@@ -265,3 +265,43 @@ fn nftables_dataplane_behaviour_table() {
         drop(server);
     }
 }
+
+/// RFC 4787 REQ-5: a mapping outlives its flows (`mapping` seconds after its last
+/// outbound packet) and then goes, with what its filtering admitted: an inbound datagram
+/// reaches the sandbox through it after its flow expired, and no more once it is gone.
+#[test]
+fn a_mapping_outlives_its_flows_then_expires() {
+    let lab = Lab::started(&[
+        "--dataplane",
+        "ebpf",
+        "--gc-interval",
+        "1",
+        "--conntrack-timeout",
+        "udp=1",
+        "--conntrack-timeout",
+        "udp-replied=1",
+        "--conntrack-timeout",
+        "mapping=8",
+    ]);
+    network(&lab, "eif", &["natd.nat.filtering=endpoint-independent"]);
+    second_server_address(&lab);
+    let (_server, endpoints) = Server::start(&lab, [EXT_IP, EXT_IP_2]);
+    let socket = bind_in(&lab.netns_of("eif-c"), false, 45000);
+    let external = probe(&socket, endpoints[0], 0).expect("the server answers");
+    let mappings = || lab.json(&["stats"])["maps"]["NATD_SNAT4"][0].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(mappings(), 1);
+    let flows = || lab.json(&["ct", "ls"]).as_array().map_or(0, |f| f.len());
+    assert!(natlab::wait_until(Duration::from_secs(10), || flows() == 0), "the flow expires");
+    assert_eq!(mappings(), 1, "the mapping outlives it");
+    let stranger = in_netns(&lab.ext_path(), || UdpSocket::bind((EXT_IP, 0)).unwrap());
+    stranger.send_to(b"knock", external).unwrap();
+    let mut buf = [0u8; 16];
+    let heard = socket.recv_from(&mut buf).ok().map(|(len, _)| buf[..len].to_vec());
+    assert_eq!(heard.as_deref(), Some(&b"knock"[..]), "admitted through the mapping");
+    // The knock started a flow of its own (inbound ones do not refresh the mapping).
+    assert!(natlab::wait_until(Duration::from_secs(20), || mappings() == 0), "the mapping expires");
+    assert!(natlab::wait_until(Duration::from_secs(10), || flows() == 0));
+    stranger.send_to(b"again", external).unwrap();
+    assert!(socket.recv_from(&mut buf).is_err(), "nothing admitted without a mapping");
+    assert_eq!(probe(&socket, endpoints[0], 0), Some(external), "the control: the socket still works");
+}

@@ -333,6 +333,26 @@ impl Dataplane for EbpfDataplane {
                 maps::entries::<u32, IfaceConfig>(ebpf, map::IFACE_CONFIG),
                 nat_common::MAX_IFACES,
             ),
+            (
+                map::SNAT4,
+                maps::entries::<nat_common::Snat4Key, nat_common::SnatMapping>(ebpf, map::SNAT4),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT6,
+                maps::entries::<nat_common::Snat6Key, nat_common::SnatMapping>(ebpf, map::SNAT6),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT4_PORTS,
+                maps::entries::<Port4Key, nat_common::Snat4Owner>(ebpf, map::SNAT4_PORTS),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT6_PORTS,
+                maps::entries::<Port6Key, nat_common::Snat6Owner>(ebpf, map::SNAT6_PORTS),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
         ] {
             stats.maps.insert(name.to_string(), (entries, capacity));
         }
