@@ -162,7 +162,9 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
         &[
             "socat",
             "TCP-LISTEN:9000,fork,reuseaddr,backlog=256",
-            "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT",
+            // Held open a while, so the flows are alive together: a finished flow's tuple
+            // may be taken over by the next (the port is preserved when free).
+            "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT; sleep 2",
         ],
     );
     assert!(wait_listening(&lab.ext_path(), "tcp", 9000));
@@ -202,6 +204,7 @@ fn masquerade_with_many_sandboxes_and_one_source_port() {
         assert_eq!(addr, HOST_UPLINK_IP, "masqueraded to the uplink address");
         ports.push(port.to_string());
     }
+    assert!(ports.iter().any(|p| p == "5555"), "one flow kept its port: {seen:?}");
     ports.sort();
     ports.dedup();
     assert_eq!(

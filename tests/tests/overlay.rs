@@ -454,8 +454,15 @@ fn overlay_across_hosts(dataplane: &str) {
         "CLAIMS of a vanished host released {} ms after its sandboxes left the others' tables (grace {GRACE} s)",
         vanished.elapsed().as_millis()
     );
+    // Said once the release is complete (the claims go first, then the host's `gone`
+    // record, then the log line): a moment after the claims are seen gone.
     let said = |lab: &Lab| lab.natd_log().contains("address claims of host");
-    assert!(said(a) || said(c), "a live host says so:\n{}\n{}", a.natd_log(), c.natd_log());
+    assert!(
+        wait_until(Duration::from_secs(TTL + 5), || said(a) || said(c)),
+        "a live host says so:\n{}\n{}",
+        a.natd_log(),
+        c.natd_log()
+    );
     assert!(etcd.keys("/natd/gone/").is_empty(), "{:?}", etcd.keys("/natd/gone/"));
 
     // With its only remote user dead, ov2 can go, everywhere.

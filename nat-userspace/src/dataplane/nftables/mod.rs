@@ -66,6 +66,14 @@ impl NftablesDataplane {
         if let Err(e) = sysctl::write("net.bridge.bridge-nf-call-iptables", "1") {
             tracing::warn!(error = %e, "cannot make bridged traffic traverse netfilter (icc=false needs it)");
         }
+        if config.masquerade_ports == crate::model::PortAssignment::Random {
+            // nftables' own `random` picks a port per flow: the mapping would depend on the
+            // destination (a symmetric NAT). Networks asking for it are refused at create.
+            tracing::warn!(
+                "--masquerade-ports random applies to the eBPF dataplane only: nftables keeps sandbox ports \
+                 (endpoint-independent while free)"
+            );
+        }
         let applied = Arc::new(Mutex::new(Applied {
             nft,
             table: config.name_prefix.clone(),
