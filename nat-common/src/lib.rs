@@ -469,7 +469,9 @@ pub struct BenchFrame {
     /// Non-zero: a new flow per run. The run's number `n` (counted from this value) sets
     /// the source port to `1024 + n % 60000`, and per `vary_how` adds `n % 251` to the
     /// destination port (`bench::VARY_DPORT`) or `n / 60000` to the source address
-    /// (`bench::VARY_SADDR`, for flows to one published port).
+    /// (`bench::VARY_SADDR`, for flows to one published port); or keeps the source and
+    /// adds `n % 60000` to the destination port and `n / 60000` to the destination address
+    /// (`bench::VARY_DST`).
     pub vary: u32,
     pub vary_how: u32,
     pub _pad: u32,
@@ -482,6 +484,9 @@ pub mod bench {
     pub const VARY_DPORT: u32 = 0;
     /// New flows differ in source port and source address.
     pub const VARY_SADDR: u32 = 1;
+    /// New flows from one source address and port (one masquerade mapping, reused),
+    /// differing in destination port and address.
+    pub const VARY_DST: u32 = 2;
 }
 
 /// The benchmark's redirect-only baseline: where packets out of a sandbox are sent.

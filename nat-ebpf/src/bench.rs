@@ -36,7 +36,14 @@ pub fn natd_bench_wrapper(ctx: TcContext) -> i32 {
         let saved = &(*frame).bytes;
         bytes.copy_from_slice(&saved[..HEADERS]);
         let n = (*frame).vary;
-        if n != 0 {
+        if n != 0 && (*frame).vary_how == bench::VARY_DST {
+            // One source, so one masquerade mapping: every run a new flow reusing it.
+            let dport = u16::from_be_bytes([bytes[L4 + 2], bytes[L4 + 3]]).wrapping_add((n % 60000) as u16);
+            bytes[L4 + 2..L4 + 4].copy_from_slice(&dport.to_be_bytes());
+            let last = u16::from_be_bytes([bytes[IP + 18], bytes[IP + 19]]).wrapping_add((n / 60000) as u16);
+            bytes[IP + 18..IP + 20].copy_from_slice(&last.to_be_bytes());
+            (*frame).vary = n + 1;
+        } else if n != 0 {
             // Checksums are left as they are: no program under test verifies them.
             let sport = (1024 + n % 60000) as u16;
             bytes[L4..L4 + 2].copy_from_slice(&sport.to_be_bytes());

@@ -36,11 +36,6 @@ pub enum ClaimError {
 }
 
 /// Gives the flow in `s` (its translated source address set: the external address) its
-/// external port: the mapping's if its source has one, else a new mapping's, and claims
-/// the flow's reply tuple (`conntrack::claim_reply`). `net_flags`: the source network's.
-/// A reply tuple taken by a flow of no mapping (one from before mappings, or a port given
-/// out while the mapping table was full) is a clash, counted, as it was before mappings.
-/// Gives the flow in `s` (its translated source address set: the external address) its
 /// external port and claims its reply tuple (`conntrack::claim_reply`): its source's
 /// mapping's port, else a new mapping's. `net_flags`: the source network's.
 ///
@@ -49,7 +44,8 @@ pub enum ClaimError {
 /// Under the default filtering (address and port) nothing but replies come in, so, as
 /// with Linux's MASQUERADE, mappings share a port as long as their flows' tuples differ
 /// (a port serves a destination once, not the whole host once); a flow whose mapping's
-/// port is taken for its destination gets a port of its own (counted).
+/// port is taken for its destination gets a port of its own (counted). A held port whose
+/// tuple a flow of no mapping took (one from before mappings) is a clash, counted.
 // Inlined into the one caller: a frame of its own would put the IPv6 sandbox program's
 // deepest call chain (through `claim_reply`) over the verifier's 512 bytes.
 #[inline(always)]

@@ -224,6 +224,9 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
     let dnat = segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001));
     let dnat_reply = segment(SANDBOX, 80, CLIENT, 40000, 5001, ack(1001));
     let snat_new = segment(SANDBOX, 1024, REMOTE, 10000, 1000, SYN);
+    // New flows of one source: the masquerade mapping is found and reused (its lookup is
+    // what this costs beyond a flow's own inserts); `snat_new` makes a mapping per run.
+    let snat_new_mapped = segment(SANDBOX, 1025, REMOTE, 20000, 1000, SYN);
     let snat = segment(SANDBOX, 5000, REMOTE, 443, 1001, ack(9001));
     let snat_reply = segment(REMOTE, 443, HOST, nat_port, 9001, ack(1001));
     let isolation = segment(SANDBOX, 5000, OTHER_NETWORK, 80, 1000, SYN);
@@ -239,7 +242,7 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
         u32,
         Option<u32>,
     );
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         ("miss", true, ingress, &miss, None, PASS, None),
         (
             "dnat_new",
@@ -276,6 +279,15 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
             Some(bench::VARY_DPORT),
             TC_ACT_REDIRECT,
             Some(counter::SNAT_NEW),
+        ),
+        (
+            "snat_new_mapped",
+            false,
+            sandbox,
+            &snat_new_mapped,
+            Some(bench::VARY_DST),
+            TC_ACT_REDIRECT,
+            Some(counter::SNAT_MAPPING_REUSED),
         ),
         (
             "snat_established",
@@ -328,6 +340,10 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
             })
         })
         .collect();
+    // The mapping `snat_new_mapped` reuses, made once beforehand.
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let (made, _) = bpf.run(sandbox, &snat_new_mapped);
+    ensure!(made == TC_ACT_REDIRECT, "the mapping of snat_new_mapped is made (verdict {made})");
     let mut round = 0u32;
     for _ in 0..reps {
         for (m, &n) in mappings.iter().enumerate() {
