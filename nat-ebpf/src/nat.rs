@@ -343,8 +343,12 @@ pub fn admit_inbound<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, edge: u
         generation: endpoint.generation,
         mapping_id: 0,
     };
-    bump(counter::INBOUND_FILTER_ADMITTED);
-    from_outside(ctx, packet, s, edge)
+    let verdict = from_outside(ctx, packet, s, edge);
+    if verdict != TC_ACT_SHOT {
+        // Counted once the flow exists (a full table or a quota refuses it, counted so).
+        bump(counter::INBOUND_FILTER_ADMITTED);
+    }
+    verdict
 }
 
 /// A new flow from a sandbox of a masqueraded network to the external address and port

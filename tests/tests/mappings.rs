@@ -124,7 +124,7 @@ fn filtering_admits_what_its_kind_says_and_nothing_past_it() {
     let (_, out) = bpf.run(INGRESS, &udp(REMOTE, 3478, HOST, 5000));
     assert_eq!(inspect(&out), seen(REMOTE, 3478, SANDBOX, 5000), "the reply is let in");
     let probe = udp(REMOTE, 3479, HOST, 5000);
-    assert_eq!(bpf.run(INGRESS, &probe).1, probe, "another port of the address is not");
+    assert_eq!(bpf.run(INGRESS, &probe), (PASS, probe.clone()), "another port of the address is not (left to the host)");
     assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 0);
 
     // Endpoint-independent.
@@ -140,12 +140,12 @@ fn filtering_admits_what_its_kind_says_and_nothing_past_it() {
     assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 1);
     // Not another port of the host (left to the host: untouched).
     let probe = udp(CLIENT, 9999, HOST, 5001);
-    assert_eq!(bpf.run(INGRESS, &probe).1, probe);
+    assert_eq!(bpf.run(INGRESS, &probe), (PASS, probe.clone()));
     // Not the sandbox's own address (the direct-access drop stands).
     assert_eq!(bpf.run(INGRESS, &udp(CLIENT, 9999, SANDBOX, 5000)).0, TC_ACT_SHOT);
     // TCP: a mapping of UDP admits no TCP.
     let probe = tcp(CLIENT, 9999, HOST, 5000, true);
-    assert_eq!(bpf.run(INGRESS, &probe).1, probe);
+    assert_eq!(bpf.run(INGRESS, &probe), (PASS, probe.clone()));
     // A port published after the mapping was made is the published port's.
     bpf.publish(None, 5000, PROTO_UDP, OTHER_SANDBOX, 53, 7);
     let (_, out) = bpf.run(INGRESS, &udp([203, 0, 113, 50], 1, HOST, 5000));
@@ -161,7 +161,7 @@ fn address_dependent_filtering_admits_the_addresses_sent_to() {
     let (_, out) = bpf.run(INGRESS, &udp(REMOTE, 3479, HOST, 5000));
     assert_eq!(inspect(&out), seen(REMOTE, 3479, SANDBOX, 5000), "another port of the address");
     let probe = udp(REMOTE_2, 3478, HOST, 5000);
-    assert_eq!(bpf.run(INGRESS, &probe).1, probe, "another address is not admitted");
+    assert_eq!(bpf.run(INGRESS, &probe), (PASS, probe.clone()), "another address is not admitted");
     assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 1);
 }
 
@@ -193,7 +193,7 @@ fn hairpinning_shows_the_senders_external_address() {
     bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
     bpf.as_sandbox_veth(2, OTHER_SANDBOX);
     let probe = udp(OTHER_SANDBOX, 6000, HOST, 5000);
-    assert_eq!(bpf.run(SANDBOX_PROG, &probe).1, probe, "filtered");
+    assert_eq!(bpf.run(SANDBOX_PROG, &probe), (PASS, probe.clone()), "filtered: left to the host untranslated");
     assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 0);
 }
 
@@ -215,5 +215,23 @@ fn nat66_mappings_and_filtering() {
     let (_, out) = bpf.run(EDGE_INGRESS6, &udp6(stranger, 1, HOST6, 5000));
     assert_eq!(inspect6(&out), seen6(stranger, 1, SANDBOX6, 5000), "endpoint-independent filtering");
     let probe = udp6(stranger, 1, HOST6, 5001);
-    assert_eq!(bpf.run(EDGE_INGRESS6, &probe).1, probe, "no mapping there");
+    assert_eq!(bpf.run(EDGE_INGRESS6, &probe), (PASS, probe.clone()), "no mapping there");
+}
+
+/// RFC 5382 (TCP): an endpoint-independent filter admits a SYN to the mapping's port
+/// (what TCP hole punching and simultaneous open need), the answer leaves from the
+/// mapping, and its admission is counted once; a SYN-less segment starts nothing.
+#[test]
+fn endpoint_independent_filtering_admits_tcp_syns() {
+    let mut bpf = load(net::FILTER_ENDPOINT);
+    bpf.run(EGRESS, &tcp(SANDBOX, 40000, REMOTE, 443, true));
+    let stray = tcp(CLIENT, 7000, HOST, 40000, false);
+    assert_eq!(bpf.run(INGRESS, &stray), (PASS, stray.clone()), "no SYN: no new flow");
+    let (ret, out) = bpf.run(INGRESS, &tcp(CLIENT, 7000, HOST, 40000, true));
+    assert_eq!(ret, PASS);
+    assert_eq!(inspect(&out), seen(CLIENT, 7000, SANDBOX, 40000));
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 40000, CLIENT, 7000, false));
+    assert_eq!(inspect(&out), seen(HOST, 40000, CLIENT, 7000));
+    assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 1);
 }

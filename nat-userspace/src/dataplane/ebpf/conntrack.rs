@@ -436,6 +436,7 @@ where
     let now = now_ticks();
     let all = entries::<A>(ebpf);
     let by_key: StdHashMap<CtKey<A>, &CtEntry<A>> = all.iter().map(|(k, e, _)| (*k, e)).collect();
+    let snat = mappings::all::<A>(ebpf);
     let proto_name = |p: u8| match p {
         6 => "tcp",
         17 => "udp",
@@ -487,7 +488,7 @@ where
                     limit.saturating_sub(idle(now, e, peer)).as_secs()
                 },
                 mapping: (e.kind == ct::SNAT_FORWARD && e.src != k.src)
-                    .then(|| mappings::lookup::<A>(ebpf, &mappings::key_of(k, e)))
+                    .then(|| snat.get(&mappings::mapping_of(k, e)))
                     .flatten()
                     .map(|m| FlowMapping {
                         external: std::net::SocketAddr::new(addr(e.src), u16::from_be(m.port)),

@@ -22,7 +22,7 @@ use crate::dataplane::DataplaneError;
 use super::conntrack::Timeouts;
 
 /// The mapping a masqueraded flow's forward entry uses.
-fn mapping_of<A: Copy>(key: &CtKey<A>, entry: &CtEntry<A>) -> SnatKey<A> {
+pub fn mapping_of<A: Copy>(key: &CtKey<A>, entry: &CtEntry<A>) -> SnatKey<A> {
     SnatKey {
         internal: key.src,
         external: entry.src,
@@ -163,16 +163,14 @@ where
     Ok(expired)
 }
 
-/// A mapping as `natctl ct ls` shows it beside its flows: the external port and how
-/// long it lives once its flows are gone.
-pub fn lookup<A: Family>(ebpf: &Ebpf, key: &SnatKey<A>) -> Option<SnatMapping>
+/// Every mapping of a family, read in one walk (`natctl ct ls` shows each flow's beside
+/// it: one walk, not a lookup per flow).
+pub fn all<A: Family>(ebpf: &Ebpf) -> StdHashMap<SnatKey<A>, SnatMapping>
 where
-    SnatKey<A>: Pod,
+    SnatKey<A>: Pod + Eq + std::hash::Hash,
 {
-    let map = HashMap::<_, SnatKey<A>, SnatMapping>::try_from(ebpf.map(A::SNAT[0])?).ok()?;
-    map.get(key, 0).ok()
-}
-
-pub fn key_of<A: Copy>(key: &CtKey<A>, entry: &CtEntry<A>) -> SnatKey<A> {
-    mapping_of(key, entry)
+    ebpf.map(A::SNAT[0])
+        .and_then(|m| HashMap::<_, SnatKey<A>, SnatMapping>::try_from(m).ok())
+        .map(|m| m.iter().filter_map(Result::ok).collect())
+        .unwrap_or_default()
 }
