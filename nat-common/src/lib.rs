@@ -382,6 +382,9 @@ pub mod net {
     pub const FILTER_ENDPOINT: u32 = 32;
     /// New mappings take a random port (RFC 6056) instead of keeping the sandbox's.
     pub const PORTS_RANDOM: u32 = 64;
+    /// A sandbox reaching a published port through a host address is seen by the
+    /// target with its external address and mapping (RFC 4787 REQ-9a), not its own.
+    pub const HAIRPIN_EXTERNAL: u32 = 128;
 }
 
 /// Per-mapping traffic, per CPU, by generation slot.

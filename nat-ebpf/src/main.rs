@@ -520,9 +520,17 @@ mod programs {
         let prepared = 'prepare: {
             if tracked(packet) && lookup::is_local(packet.dst) {
                 if let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto) {
-                    let verdict = nat::dnat_from_sandbox(ctx, packet, target, net.gateway, ifindex);
-                    if verdict != NOT_HANDLED {
-                        return verdict;
+                    if net.flags & (net::MASQ | net::HAIRPIN_EXTERNAL) == net::MASQ | net::HAIRPIN_EXTERNAL {
+                        match nat::prepare_hairpin_to_published(packet, target, ifindex) {
+                            nat::PREPARED => break 'prepare true,
+                            NOT_HANDLED => {}
+                            verdict => return verdict,
+                        }
+                    } else {
+                        let verdict = nat::dnat_from_sandbox(ctx, packet, target, net.gateway, ifindex);
+                        if verdict != NOT_HANDLED {
+                            return verdict;
+                        }
                     }
                 } else if net.flags & net::MASQ != 0 {
                     match nat::prepare_hairpin_to_mapping(packet, ifindex) {

@@ -383,6 +383,32 @@ pub fn prepare_hairpin_to_mapping<A: Family>(packet: &Packet<A>, veth: u32) -> i
     PREPARED
 }
 
+/// A new flow from a sandbox of a network with `net::HAIRPIN_EXTERNAL` to a published
+/// port on a host address: translated both ways like a hairpin to a mapping, so the
+/// target sees the sender's external address and mapping (RFC 4787 REQ-9a) rather than
+/// its own address. The flow depends on the published mapping's generation (an unpublish
+/// ends it). `PREPARED` when the flow is prepared for `start_masquerade`, else
+/// `NOT_HANDLED` or the verdict.
+#[inline(never)]
+pub fn prepare_hairpin_to_published<A: Family>(packet: &Packet<A>, target: &PortTarget<A>, veth: u32) -> i32 {
+    if !starts_flow(packet) {
+        return NOT_HANDLED;
+    }
+    let Some(s) = conntrack::scratch::<A>() else {
+        return TC_ACT_SHOT;
+    };
+    let target_veth = lookup::endpoint(target.addr).map(|e| e.host_ifindex).unwrap_or(0);
+    snat_flow(&mut s.flow, packet, packet.dst, None);
+    s.flow.translated.dst = target.addr;
+    s.flow.translated.dport = target.port;
+    s.flow.gen_slot = target.slot;
+    s.flow.generation = target.generation;
+    s.flow.forward = Leg::slow(ct::SNAT_FORWARD, ct::HOOK_SANDBOX, veth);
+    s.flow.reply = Leg::slow(ct::SNAT_REPLY, ct::HOOK_SANDBOX, target_veth);
+    s.new_counter = counter::HAIRPIN_NEW;
+    PREPARED
+}
+
 /// The tuples of a masqueraded flow from `packet`'s source to `edge_addr`, and the
 /// generation of the sandbox endpoint it depends on.
 // A call of its own: inlined, the packet's addresses it copies were loaded before the

@@ -91,6 +91,8 @@ pub struct NatBehaviour {
     /// None: the daemon's `--masquerade-ports`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortAssignment>,
+    #[serde(default, skip_serializing_if = "HairpinSource::is_default")]
+    pub hairpin_source: HairpinSource,
 }
 
 impl NatBehaviour {
@@ -136,6 +138,42 @@ impl std::str::FromStr for NatFiltering {
             let known: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
             format!("unknown NAT filtering {s:?} (known: {})", known.join(", "))
         })
+    }
+}
+
+/// The source a sandbox of the network has when it reaches a published port through a
+/// host address (hairpinning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HairpinSource {
+    /// Its own address (Docker's; to its own published port, the network's gateway).
+    #[default]
+    Internal,
+    /// Its external address and masquerade mapping, what any peer sees (RFC 4787 REQ-9a).
+    External,
+}
+
+impl HairpinSource {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HairpinSource::Internal => "internal",
+            HairpinSource::External => "external",
+        }
+    }
+}
+
+impl std::str::FromStr for HairpinSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "internal" => Ok(HairpinSource::Internal),
+            "external" => Ok(HairpinSource::External),
+            other => Err(format!("unknown hairpin source {other:?} (known: internal, external)")),
+        }
     }
 }
 

@@ -278,6 +278,7 @@ impl Bpf {
                 NatFiltering::AddressAndPortDependent
             },
             random_ports: flags & net::PORTS_RANDOM != 0,
+            hairpin_external: flags & net::HAIRPIN_EXTERNAL != 0,
         });
         self.sync();
     }

@@ -197,6 +197,40 @@ fn hairpinning_shows_the_senders_external_address() {
     assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 0);
 }
 
+/// REQ-9a for published ports, chosen per network (`natd.nat.hairpin-source=external`,
+/// `net::HAIRPIN_EXTERNAL`): the target sees the sender's external address and the port
+/// of its mapping (random here, so it is the mapping and not a kept port), its answer
+/// goes back from the published port; an unpublish ends the flow. Without the flag
+/// (Docker's behaviour, the control) the target sees the sender's own address.
+#[test]
+fn hairpinning_to_a_published_port_can_show_the_external_source() {
+    let mut bpf = load(net::HAIRPIN_EXTERNAL | net::PORTS_RANDOM);
+    bpf.endpoint(OTHER_SANDBOX, SANDBOX_VETH, 2);
+    bpf.publish(None, 8080, PROTO_UDP, SANDBOX, 80, 11);
+    let mapping = inspect(&bpf.run(EGRESS, &udp(OTHER_SANDBOX, 6000, REMOTE, 3478)).1).sport;
+    assert_ne!(mapping, 6000, "a random port");
+    bpf.as_sandbox_veth(2, OTHER_SANDBOX);
+    let (ret, out) = bpf.run(SANDBOX_PROG, &udp(OTHER_SANDBOX, 6000, HOST, 8080));
+    assert_eq!(ret, PASS);
+    assert_eq!(inspect(&out), seen(HOST, mapping, SANDBOX, 80), "REQ-9a: the sender's mapping");
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let (_, out) = bpf.run(SANDBOX_PROG, &udp(SANDBOX, 80, HOST, mapping));
+    assert_eq!(inspect(&out), seen(HOST, 8080, OTHER_SANDBOX, 6000), "the answer, from the published port");
+    assert_eq!(bpf.counter(counter::HAIRPIN_NEW), 1);
+    assert_eq!(bpf.counter(counter::SNAT_MAPPING_REUSED), 1, "the mapping the remote server saw");
+    bpf.unpublish(None, 8080, PROTO_UDP);
+    let answer = udp(SANDBOX, 80, HOST, mapping);
+    let (_, out) = bpf.run(SANDBOX_PROG, &answer);
+    assert_ne!(inspect(&out), seen(HOST, 8080, OTHER_SANDBOX, 6000), "no longer translated after the unpublish");
+
+    let mut bpf = load(0);
+    bpf.endpoint(OTHER_SANDBOX, SANDBOX_VETH, 2);
+    bpf.publish(None, 8080, PROTO_UDP, SANDBOX, 80, 11);
+    bpf.as_sandbox_veth(2, OTHER_SANDBOX);
+    let (_, out) = bpf.run(SANDBOX_PROG, &udp(OTHER_SANDBOX, 6000, HOST, 8080));
+    assert_eq!(inspect(&out), seen(OTHER_SANDBOX, 6000, SANDBOX, 80), "Docker's: the sender's own address");
+}
+
 /// NAT66 behaves the same: endpoint-independent mapping with the port kept, and
 /// endpoint-independent filtering when the network asks for it.
 #[test]

@@ -305,3 +305,82 @@ fn a_mapping_outlives_its_flows_then_expires() {
     assert!(socket.recv_from(&mut buf).is_err(), "nothing admitted without a mapping");
     assert_eq!(probe(&socket, endpoints[0], 0), Some(external), "the control: the socket still works");
 }
+
+/// A UDP echo in sandbox `name` (dual-stack, port `port`): answers every datagram with
+/// the source address and port it saw.
+fn echo_in(lab: &Lab, name: &str, port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let socket = in_netns(&lab.netns_of(name), || UdpSocket::bind(("::", port)).expect("echo socket"));
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !done.load(Ordering::Relaxed) {
+            let Ok((_, from)) = socket.recv_from(&mut buf) else { continue };
+            let seen = SocketAddr::new(from.ip().to_canonical(), from.port());
+            let _ = socket.send_to(seen.to_string().as_bytes(), from);
+        }
+    });
+    (stop, thread)
+}
+
+/// RFC 4787 REQ-9a (RFC 5382 REQ-8): with `-o natd.nat.hairpin-source=external`, a
+/// sandbox reaching another network's published port through the host's address is seen
+/// by it with its external address and port, the same mapping an outside server reports;
+/// without it (Docker's behaviour, the control) with its own address. Both dataplanes,
+/// both families; the answer comes back from the address and port the client sent to.
+#[test]
+fn hairpin_to_a_published_port_shows_the_external_source_when_chosen() {
+    for dataplane in ["ebpf", "nftables"] {
+        let lab = Lab::started(&["--dataplane", dataplane]);
+        second_server_address(&lab);
+        lab.ok(&["network", "create", "--ipv6", "svc"]);
+        lab.ok(&["run", "--name", "echo", "--network", "svc", "-p", "5000:5000/udp"]);
+        let (stop, echo) = echo_in(&lab, "echo", 5000);
+        network(&lab, "hx", &["natd.nat.hairpin-source=external"]);
+        network(&lab, "dflt", &[]);
+        let mut rows = vec![("hx-c", 46000, true), ("dflt-c", 46010, false)];
+        if dataplane == "ebpf" {
+            // Random ports: the source seen is the mapping, not a kept port.
+            network(&lab, "hxr", &["natd.nat.hairpin-source=external", "natd.nat.masquerade-ports=random"]);
+            rows.push(("hxr-c", 46020, true));
+        }
+        let inspect = lab.json(&["network", "inspect", "hx"]);
+        assert_eq!(inspect["options"]["natd.nat.hairpin-source"], "external", "{inspect:#}");
+        for (v6, addrs, uplink) in [
+            (false, [EXT_IP, EXT_IP_2], HOST_UPLINK_IP),
+            (true, [EXT_IP6, EXT_IP6_2], HOST_UPLINK_IP6),
+        ] {
+            let (server, endpoints) = Server::start(&lab, addrs);
+            let published = SocketAddr::new(uplink.parse().unwrap(), 5000);
+            for &(name, port, external_source) in &rows {
+                let ns = lab.netns_of(name);
+                let socket = bind_in(&ns, v6, port + u16::from(v6));
+                let mapping = probe(&socket, endpoints[0], 0).expect("the outside server answers (control)");
+                if name == "hxr-c" {
+                    assert_ne!(mapping.port(), port + u16::from(v6), "a random port");
+                }
+                let own = in_netns(&ns, || {
+                    let s = UdpSocket::bind((if v6 { "::" } else { "0.0.0.0" }, 0)).unwrap();
+                    s.connect(published).unwrap();
+                    s.local_addr().unwrap().ip()
+                });
+                socket.send_to(b"hairpin", published).expect("send");
+                let mut buf = [0u8; 64];
+                let (len, from) = socket.recv_from(&mut buf).expect("the published port answers");
+                assert_eq!(from, published, "{dataplane} {name}: the answer comes from what was sent to");
+                let seen: SocketAddr = String::from_utf8_lossy(&buf[..len]).parse().unwrap();
+                let want = if external_source {
+                    mapping
+                } else {
+                    SocketAddr::new(own, port + u16::from(v6))
+                };
+                println!("{dataplane} {name} IPv{}: seen {seen}, mapping {mapping}", if v6 { 6 } else { 4 });
+                assert_eq!(seen, want, "{dataplane} {name} IPv{}: the source the target sees", if v6 { 6 } else { 4 });
+            }
+            drop(server);
+        }
+        stop.store(true, Ordering::Relaxed);
+        echo.join().unwrap();
+    }
+}

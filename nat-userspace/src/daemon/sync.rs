@@ -18,7 +18,7 @@ use super::{
 use crate::{
     config::DataplaneKind,
     dataplane::{Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, SyncReport},
-    model::{GatewayMode, Network, PortAssignment, Sandbox},
+    model::{GatewayMode, HairpinSource, Network, PortAssignment, Sandbox},
     sys::{
         netfilter,
         netlink::{Link, LinkKind},
@@ -92,6 +92,7 @@ impl Daemon {
                     trusted: network.trusted_host_interfaces.clone(),
                     nat_filtering: network.nat.filtering,
                     random_ports: network.nat.ports.unwrap_or(self.config.masquerade_ports) == PortAssignment::Random,
+                    hairpin_external: network.nat.hairpin_source == HairpinSource::External,
                 });
             }
         }

@@ -176,6 +176,9 @@ pub struct NetworkRule {
     pub nat_filtering: crate::model::NatFiltering,
     /// New mappings take random ports instead of the sandboxes' own.
     pub random_ports: bool,
+    /// Its sandboxes reach published ports through host addresses with their external
+    /// address and mapping as the source (`natd.nat.hairpin-source=external`).
+    pub hairpin_external: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

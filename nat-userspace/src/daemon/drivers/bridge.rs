@@ -193,6 +193,7 @@ impl NetworkDriver for BridgeDriver {
                 addressing::TRUSTED_HOST_INTERFACES,
                 super::nat::FILTERING,
                 super::nat::MASQUERADE_PORTS,
+                super::nat::HAIRPIN_SOURCE,
             ],
         )?;
         let nat = super::nat::behaviour(&opts, req.internal, ctx.dataplane)?;

@@ -471,10 +471,8 @@ where
                     addr(e.dst),
                     u16::from_be(e.dport),
                 ),
-                mapping_id: match e.kind {
-                    ct::DNAT_FORWARD | ct::DNAT_REPLY => mapping_of_slot(e.gen_slot).unwrap_or(0),
-                    _ => 0,
-                },
+                // Published ports' flows, also hairpins with the external source (masqueraded).
+                mapping_id: mapping_of_slot(e.gen_slot).unwrap_or(0),
                 fast: e.flags & ct::FAST != 0,
                 established: *established,
                 idle_s: idle(now, e, None).as_secs(),

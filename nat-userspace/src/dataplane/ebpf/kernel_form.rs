@@ -177,6 +177,7 @@ fn policy_flags(n: &NetworkRule) -> u32 {
         | (if n.internal { net::INTERNAL } else { 0 })
         | filtering
         | (if n.random_ports { net::PORTS_RANDOM } else { 0 })
+        | (if n.hairpin_external { net::HAIRPIN_EXTERNAL } else { 0 })
 }
 
 pub fn endpoint_info(e: &EndpointRule, slot: u32, generation: u32) -> EndpointInfo {

@@ -168,21 +168,26 @@ fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
         .map(|n| format!("\"{}\"", n.bridge))
         .collect();
     let v6 = f.table == "ip6";
-    // (subnet, masqueraded) of each network in this family.
-    let subnets: Vec<(String, bool)> = desired
+    // (subnet, masqueraded, hairpin source external) of each network in this family.
+    let subnets: Vec<(String, bool, bool)> = desired
         .networks
         .iter()
         .filter_map(|n| match (v6, n.v6) {
-            (false, _) => Some((n.subnet.to_string(), n.masquerade)),
-            (true, Some(n6)) => Some((n6.subnet.to_string(), n6.masquerade)),
+            (false, _) => Some((n.subnet.to_string(), n.masquerade, n.hairpin_external)),
+            (true, Some(n6)) => Some((n6.subnet.to_string(), n6.masquerade, n.hairpin_external)),
             (true, None) => None,
         })
         .collect();
-    let nets: Vec<String> = subnets.iter().map(|(s, _)| s.clone()).collect();
+    let nets: Vec<String> = subnets.iter().map(|(s, _, _)| s.clone()).collect();
     let masq: Vec<String> = subnets
         .iter()
-        .filter(|(_, m)| *m)
-        .map(|(s, _)| s.clone())
+        .filter(|(_, m, _)| *m)
+        .map(|(s, _, _)| s.clone())
+        .collect();
+    let hairpin_external: Vec<String> = subnets
+        .iter()
+        .filter(|(_, m, h)| *m && *h)
+        .map(|(s, _, _)| s.clone())
         .collect();
     let elements = |items: &[String]| {
         if items.is_empty() {
@@ -246,6 +251,7 @@ fn family_table(name: &str, desired: &Desired, f: &Family) -> String {
 {counters}  set bridges {{ type ifname; {br} }}
   set nets {{ type {addr}; flags interval; {nets} }}
   set masq_nets {{ type {addr}; flags interval; {masq} }}
+  set hairpin_external_nets {{ type {addr}; flags interval; {hairpin_external} }}
   set hairpin {{ type {addr} . {addr} . inet_proto . inet_service; }}
   set open {{ type {addr} . inet_proto . inet_service; }}
   set trusted_open {{ type ifname . {addr} . inet_proto . inet_service; }}
@@ -276,6 +282,7 @@ fib daddr type local dnat {l3} to meta l4proto . th dport map @ports_any
   }}
   chain postrouting {{
 type nat hook postrouting priority srcnat; policy accept;
+{l3} saddr @hairpin_external_nets ct status dnat oifname @bridges snat {l3} to ct original {l3} daddr
 {l3} saddr . {l3} daddr . meta l4proto . th dport @hairpin masquerade
 {l3} saddr @masq_nets oifname != @bridges masquerade
 {postrouting_loopback}  }}
@@ -286,6 +293,7 @@ type nat hook postrouting priority srcnat; policy accept;
         br = elements(&bridges_list),
         nets = elements(&nets),
         masq = elements(&masq),
+        hairpin_external = elements(&hairpin_external),
     )
 }
 
