@@ -291,6 +291,40 @@ pub type Snat6PeerKey = SnatPeerKey<Addr6>;
 const _: () = assert!(core::mem::size_of::<Snat4PeerKey>() == 12);
 const _: () = assert!(core::mem::size_of::<Snat6PeerKey>() == 36);
 
+/// A hairpinned packet its target's filtering refused (`NATD_PUNCH4`, `NATD_PUNCH6`, an
+/// LRU): the sender's mapping `(external, from)` sent to `(external, to)`. What a punch
+/// through an outside NAT leaves behind: the mapping behind `to` may answer it
+/// (filtering as RFC 4787 section 5 defines it, applied to hairpinning), also where ports
+/// are shared per destination and no `SnatOwner` names that mapping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PunchKey<A> {
+    pub external: A,
+    pub from: u16,
+    pub to: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+pub type Punch4Key = PunchKey<u32>;
+pub type Punch6Key = PunchKey<Addr6>;
+const _: () = assert!(core::mem::size_of::<Punch4Key>() == 12);
+const _: () = assert!(core::mem::size_of::<Punch6Key>() == 24);
+
+/// Who sent a punch (the sandbox address and port behind `PunchKey::from`), and when
+/// (`clock` ticks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Punch<A> {
+    pub internal: A,
+    pub port: u16,
+    pub _pad: u16,
+    pub last_seen: u32,
+}
+pub type Punch4 = Punch<u32>;
+pub type Punch6 = Punch<Addr6>;
+const _: () = assert!(core::mem::size_of::<Punch4>() == 12);
+const _: () = assert!(core::mem::size_of::<Punch6>() == 24);
+
 /// A sandbox's endpoint, keyed by its address (`NATD_ENDPOINTS4` and `NATD_ENDPOINTS6`):
 /// where packets to it are redirected.
 #[repr(C)]
@@ -531,6 +565,10 @@ pub const SNAT_PORT_TRIES: u32 = 32;
 /// filtering; an LRU).
 pub const MAX_SNAT_MAPPINGS: u32 = 131_072;
 pub const MAX_SNAT_PEERS: u32 = 131_072;
+/// Refused hairpins remembered per family (an LRU), and for how long one may be answered
+/// (`clock` ticks, about 32 s: an unanswered UDP flow's life).
+pub const MAX_PUNCHES: u32 = 16_384;
+pub const PUNCH_TICKS: u32 = 30;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -551,6 +589,10 @@ mod pod {
     unsafe impl aya::Pod for super::Snat6Owner {}
     unsafe impl aya::Pod for super::Snat4PeerKey {}
     unsafe impl aya::Pod for super::Snat6PeerKey {}
+    unsafe impl aya::Pod for super::Punch4Key {}
+    unsafe impl aya::Pod for super::Punch6Key {}
+    unsafe impl aya::Pod for super::Punch4 {}
+    unsafe impl aya::Pod for super::Punch6 {}
     unsafe impl aya::Pod for super::NetInfo6 {}
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::IfaceConfig {}

@@ -47,6 +47,9 @@ pub mod map {
     pub const SNAT6: &str = "NATD_SNAT6";
     pub const SNAT6_PORTS: &str = "NATD_SNAT6_PORTS";
     pub const SNAT6_PEERS: &str = "NATD_SNAT6_PEERS";
+    /// Hairpinned packets their target's filtering refused (`PunchKey` -> `Punch`, an LRU).
+    pub const PUNCH4: &str = "NATD_PUNCH4";
+    pub const PUNCH6: &str = "NATD_PUNCH6";
     /// Per-CPU working memory of the programs that start flows, never pinned.
     pub const SCRATCH: &str = "NATD_SCRATCH";
     pub const SCRATCH6: &str = "NATD_SCRATCH6";
@@ -91,6 +94,8 @@ pub mod map {
         SNAT6,
         SNAT6_PORTS,
         SNAT6_PEERS,
+        PUNCH4,
+        PUNCH6,
         SCRATCH,
         SCRATCH6,
         PACKETS4,

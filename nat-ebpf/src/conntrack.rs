@@ -6,7 +6,9 @@
 //! tuple atomically, BPF_NOEXIST) and never half-installed. Lookups try the established
 //! table first: an established packet costs one lookup. Expiry is the agent's job.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, PortTarget, SnatKey, SnatOwner, SnatPeerKey, clock, counter, csum, ct};
+use nat_common::{
+    CtEntry, CtKey, PROTO_TCP, PortKey, PortTarget, Punch, PunchKey, SnatKey, SnatOwner, SnatPeerKey, clock, counter, csum, ct,
+};
 
 use crate::{
     counters::bump,
@@ -185,6 +187,9 @@ pub struct Scratch<A> {
     pub port_key: PortKey<A>,
     pub owner: SnatOwner<A>,
     pub peer_key: SnatPeerKey<A>,
+    /// A refused hairpin's record (`mapping::punched`).
+    pub punch_key: PunchKey<A>,
+    pub punch: Punch<A>,
     pub sock: Tuple<A>,
     /// Where a new flow from outside goes (a published port's target, or a mapping's).
     pub target: PortTarget<A>,

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use nat_common::{
     Addr6, CtEntry, CtKey, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, PROTO_ICMP, PROTO_ICMPV6, PortKey,
-    PortTarget, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, SourceQuota, csum,
+    PortTarget, Punch, PunchKey, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, SourceQuota, csum,
 };
 
 use crate::{
@@ -17,7 +17,8 @@ use crate::{
     lookup,
     maps::{
         NATD_CT4, NATD_CT4_NEW, NATD_CT6, NATD_CT6_NEW, NATD_ENDPOINTS4, NATD_ENDPOINTS6, NATD_LOCAL4,
-        NATD_LOCAL6, NATD_NETS4, NATD_NETS6, NATD_PACKETS4, NATD_PACKETS6, NATD_PORTS4, NATD_PORTS6,
+        NATD_LOCAL6, NATD_NETS4, NATD_NETS6, NATD_PACKETS4, NATD_PACKETS6, NATD_PORTS4, NATD_PORTS6, NATD_PUNCH4,
+        NATD_PUNCH6,
         NATD_QUOTA4, NATD_QUOTA6, NATD_SCRATCH, NATD_SCRATCH6, NATD_SNAT4, NATD_SNAT4_PEERS, NATD_SNAT4_PORTS,
         NATD_SNAT6, NATD_SNAT6_PEERS, NATD_SNAT6_PORTS,
     },
@@ -81,6 +82,7 @@ pub trait Family: Copy + PartialEq + Default + 'static {
     fn snat() -> &'static HashMap<SnatKey<Self>, SnatMapping>;
     fn snat_ports() -> &'static HashMap<PortKey<Self>, SnatOwner<Self>>;
     fn snat_peers() -> &'static LruHashMap<SnatPeerKey<Self>, u32>;
+    fn punches() -> &'static LruHashMap<PunchKey<Self>, Punch<Self>>;
     /// natd's network whose subnet holds `addr`.
     fn network_of(addr: Self) -> Option<Net<Self>>;
     /// The network a sandbox veth belongs to, as this family sees it.
@@ -167,6 +169,10 @@ impl Family for u32 {
 
     fn snat_peers() -> &'static LruHashMap<SnatPeerKey<u32>, u32> {
         &NATD_SNAT4_PEERS
+    }
+
+    fn punches() -> &'static LruHashMap<PunchKey<u32>, Punch<u32>> {
+        &NATD_PUNCH4
     }
     #[inline(always)]
     fn network_of(addr: u32) -> Option<Net<u32>> {
@@ -277,6 +283,10 @@ impl Family for Addr6 {
 
     fn snat_peers() -> &'static LruHashMap<SnatPeerKey<Addr6>, u32> {
         &NATD_SNAT6_PEERS
+    }
+
+    fn punches() -> &'static LruHashMap<PunchKey<Addr6>, Punch<Addr6>> {
+        &NATD_PUNCH6
     }
     /// A frame of its own: the 16-byte LPM key and its conversion would otherwise sit in
     /// every caller's frame.

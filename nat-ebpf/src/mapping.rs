@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nat_common::{
-    DEFAULT_SNAT_PORTS, PROTO_TCP, PROTO_UDP, SNAT_PORT_TRIES, SnatKey, SnatMapping, SnatOwner,
-    SnatPeerKey, counter, net,
+    DEFAULT_SNAT_PORTS, PROTO_TCP, PROTO_UDP, PUNCH_TICKS, Punch, PunchKey, SNAT_PORT_TRIES, SnatKey,
+    SnatMapping, SnatOwner, SnatPeerKey, counter, net,
 };
 
 use crate::{
@@ -335,4 +335,79 @@ pub fn admitting<A: Family>(s: &mut Scratch<A>, packet: &Packet<A>, peer: &A) ->
         _pad: 0,
     };
     A::snat_peers().get_ptr(&s.peer_key).is_some()
+}
+
+/// A hairpinned packet (to `packet.dst`, `packet.dport`) that `admitting` refused or found
+/// no holder for: whether the mapping behind that port sent a refused hairpinned packet
+/// to the sender's own mapping on that address within `PUNCH_TICKS` (its owner is then
+/// left in `s.owner`, as `admitting` leaves it). Else the sender's punch is recorded for
+/// the other side's answer, when the sender has a mapping on that address (no one else
+/// can know its port). This is what two punches through an outside NAT do, and it works
+/// where ports are shared per destination and no `SnatOwner` names the mapping.
+#[inline(always)]
+pub fn punched<A: Family>(s: &mut Scratch<A>, packet: &Packet<A>) -> bool {
+    if packet.proto != PROTO_TCP && packet.proto != PROTO_UDP {
+        return false;
+    }
+    s.snat_key = SnatKey {
+        internal: packet.src,
+        external: packet.dst,
+        port: packet.sport,
+        proto: packet.proto,
+        _pad: 0,
+    };
+    let Some(mapping) = A::snat().get_ptr(&s.snat_key) else {
+        return false;
+    };
+    // SAFETY: valid map value pointer, read at once.
+    let own = unsafe { (*mapping).port };
+    let now = conntrack::now();
+    s.punch_key = PunchKey {
+        external: packet.dst,
+        from: packet.dport,
+        to: own,
+        proto: packet.proto,
+        _pad: [0; 3],
+    };
+    if let Some(punch) = A::punches().get_ptr(&s.punch_key) {
+        // SAFETY: valid map value pointer, copied at once.
+        s.punch = unsafe { *punch };
+        if now.wrapping_sub(s.punch.last_seen) <= PUNCH_TICKS && still_mapped(s, packet) {
+            s.owner = SnatOwner {
+                internal: s.punch.internal,
+                port: s.punch.port,
+                filter: 0,
+                _pad: 0,
+            };
+            let _ = A::punches().remove(&s.punch_key);
+            return true;
+        }
+    }
+    s.punch_key.from = own;
+    s.punch_key.to = packet.dport;
+    s.punch = Punch {
+        internal: packet.src,
+        port: packet.sport,
+        _pad: 0,
+        last_seen: now,
+    };
+    let _ = A::punches().insert(&s.punch_key, &s.punch, 0);
+    bump(counter::HAIRPIN_PUNCH);
+    false
+}
+
+/// Whether the sender of the punch in `s.punch` still has the mapping it punched from
+/// (`packet.dport` on `packet.dst`): one that expired since may have left its port to
+/// another sandbox.
+#[inline(always)]
+fn still_mapped<A: Family>(s: &mut Scratch<A>, packet: &Packet<A>) -> bool {
+    s.snat_key = SnatKey {
+        internal: s.punch.internal,
+        external: packet.dst,
+        port: s.punch.port,
+        proto: packet.proto,
+        _pad: 0,
+    };
+    // SAFETY: valid map value pointer, field read.
+    A::snat().get_ptr(&s.snat_key).is_some_and(|m| unsafe { (*m).port } == packet.dport)
 }

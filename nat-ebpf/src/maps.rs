@@ -9,8 +9,8 @@ use aya_ebpf::{
 use nat_common::{
     Addr6, BenchFrame, BenchRoute, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, DEFAULT_CT_ENTRIES, EndpointInfo,
     GENERATION_SLOTS, IfaceConfig, MAX_ENDPOINTS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_NETWORKS,
-    MAX_PORT_MAPPINGS, MAX_QUOTA_SOURCES, MAX_SNAT_MAPPINGS, MAX_SNAT_PEERS, MAX_SOCK_REWRITES, MAX_TRUSTED, MappingStats, NatConfig, NetInfo4,
-    NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, Snat4Key, Snat4Owner, Snat4PeerKey, Snat6Key,
+    MAX_PORT_MAPPINGS, MAX_PUNCHES, MAX_QUOTA_SOURCES, MAX_SNAT_MAPPINGS, MAX_SNAT_PEERS, MAX_SOCK_REWRITES, MAX_TRUSTED, MappingStats, NatConfig, NetInfo4,
+    NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, Punch4, Punch4Key, Punch6, Punch6Key, Snat4Key, Snat4Owner, Snat4PeerKey, Snat6Key,
     Snat6Owner, Snat6PeerKey, SnatMapping, SockKey, SockOrig, SourceQuota, TrustKey,
     counter,
 };
@@ -64,6 +64,13 @@ pub static NATD_SNAT6_PORTS: HashMap<Port6Key, Snat6Owner> = HashMap::pinned(MAX
 
 #[map]
 pub static NATD_SNAT6_PEERS: LruHashMap<Snat6PeerKey, u32> = LruHashMap::pinned(MAX_SNAT_PEERS, 0);
+
+/// Hairpinned packets their target's filtering refused, which its answer may pass.
+#[map]
+pub static NATD_PUNCH4: LruHashMap<Punch4Key, Punch4> = LruHashMap::pinned(MAX_PUNCHES, 0);
+
+#[map]
+pub static NATD_PUNCH6: LruHashMap<Punch6Key, Punch6> = LruHashMap::pinned(MAX_PUNCHES, 0);
 
 /// Sandbox endpoints by address: where the fast path delivers their packets.
 #[map]

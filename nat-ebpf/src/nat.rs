@@ -366,8 +366,9 @@ pub fn prepare_hairpin_to_mapping<A: Family>(packet: &Packet<A>, veth: u32) -> i
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
-    // The sender's external address is the one it sent to.
-    if !mapping::admitting(s, packet, &packet.dst) {
+    // The sender's external address is the one it sent to. Refused, the packet is the
+    // sender's punch, which the other side's answer then passes.
+    if !mapping::admitting(s, packet, &packet.dst) && !mapping::punched(s, packet) {
         return NOT_HANDLED;
     }
     let Some(target) = lookup::endpoint(s.owner.internal) else {

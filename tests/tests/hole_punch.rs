@@ -169,3 +169,40 @@ fn random_port_peers_connect_when_both_punch() {
     a.socket.send_to(b"hello bob", b.external).unwrap();
     assert!(hears(&b.socket, a.external));
 }
+
+/// Two sandboxes of one host, in two isolated networks under the default filtering,
+/// meet through each other's mappings as two peers behind one outside NAT that hairpins
+/// (RFC 4787 REQ-9, section 5): alice's first datagram to bob's external address is
+/// refused (bob has sent nothing to her) but is her punch; bob's datagram to her external
+/// address is its answer and reaches her from his external address (REQ-9a); then alice's
+/// reach bob. Bob's port is random, so what passes is his mapping, not a kept port.
+#[test]
+fn sandboxes_of_one_host_meet_through_their_mappings_when_both_punch() {
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    let _rendezvous = Rendezvous::start(&lab.ext_path());
+    let register = |name: &str, network: &str, options: &[&str], port: u16| {
+        let mut args = vec!["network", "create"];
+        for o in options {
+            args.extend_from_slice(&["-o", o]);
+        }
+        args.push(network);
+        lab.ok(&args);
+        lab.ok(&["run", "--name", name, "--network", network]);
+        let socket = in_netns(&lab.netns_of(name), || UdpSocket::bind(("0.0.0.0", port)).expect("peer socket"));
+        socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let external = ask(&socket, &format!("register {name}"));
+        Peer { socket, external }
+    };
+    let a = register("alice", "left", &[], 50000);
+    let b = register("bob", "right", &["natd.nat.masquerade-ports=random"], 50001);
+    assert_eq!(a.external.ip(), b.external.ip(), "one host, one external address");
+    assert_ne!(b.external.port(), 50001, "a random port");
+    a.socket.send_to(b"punch", b.external).unwrap();
+    assert!(!hears(&b.socket, a.external), "refused: bob has not sent to alice yet");
+    assert_eq!(lab.counter("hairpin_punch"), 1, "but recorded as her punch");
+    b.socket.send_to(b"answer", a.external).unwrap();
+    assert!(hears(&a.socket, b.external), "bob's answer reaches alice, from his external address");
+    a.socket.send_to(b"hello bob", b.external).unwrap();
+    assert!(hears(&b.socket, a.external), "the control: the probe that was refused now passes");
+    assert_eq!(lab.counter("hairpin_mapping_new"), 1);
+}

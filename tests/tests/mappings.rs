@@ -197,6 +197,38 @@ fn hairpinning_shows_the_senders_external_address() {
     assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 0);
 }
 
+/// Two sandboxes of one host meeting through each other's mappings under the default
+/// filtering (address and port dependent, ports shared per destination), as ICE does
+/// through an outside NAT: the first hairpinned packet is refused (left to the host,
+/// untranslated) but recorded as its sender's punch; the other side's packet to the
+/// punching mapping is its answer and passes, translated both ways (REQ-9a), and the flow
+/// carries both directions from then on. A packet from a mapping the punch was not sent
+/// to (another port of the same sandbox) is still refused.
+#[test]
+fn hairpin_punches_let_default_filtered_mappings_meet() {
+    let mut bpf = load(0);
+    bpf.endpoint(OTHER_SANDBOX, SANDBOX_VETH, 2);
+    // Their mappings, learnt from a server outside: HOST:5000, HOST:6000 and HOST:6002.
+    bpf.run(EGRESS, &udp(SANDBOX, 5000, REMOTE, 3478));
+    bpf.run(EGRESS, &udp(OTHER_SANDBOX, 6000, REMOTE, 3478));
+    bpf.run(EGRESS, &udp(OTHER_SANDBOX, 6002, REMOTE, 3478));
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let punch = udp(SANDBOX, 5000, HOST, 6000);
+    assert_eq!(bpf.run(SANDBOX_PROG, &punch), (PASS, punch.clone()), "refused: left to the host");
+    assert_eq!(bpf.counter(counter::HAIRPIN_PUNCH), 1);
+    bpf.as_sandbox_veth(2, OTHER_SANDBOX);
+    let elsewhere = udp(OTHER_SANDBOX, 6002, HOST, 5000);
+    assert_eq!(bpf.run(SANDBOX_PROG, &elsewhere), (PASS, elsewhere.clone()), "not the mapping punched to");
+    assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 0);
+    let (ret, out) = bpf.run(SANDBOX_PROG, &udp(OTHER_SANDBOX, 6000, HOST, 5000));
+    assert_eq!(ret, PASS);
+    assert_eq!(inspect(&out), seen(HOST, 6000, SANDBOX, 5000), "the answer to the punch passes");
+    assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 1);
+    bpf.as_sandbox_veth(2, SANDBOX);
+    let (_, out) = bpf.run(SANDBOX_PROG, &punch);
+    assert_eq!(inspect(&out), seen(HOST, 5000, OTHER_SANDBOX, 6000), "and the punching side's packets too");
+}
+
 /// REQ-9a for published ports, chosen per network (`natd.nat.hairpin-source=external`,
 /// `net::HAIRPIN_EXTERNAL`): the target sees the sender's external address and the port
 /// of its mapping (random here, so it is the mapping and not a kept port), its answer
