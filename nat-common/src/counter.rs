@@ -74,7 +74,7 @@ counters! {
     SNAT_MAPPING_UNRECORDED = 60 => "snat_mapping_unrecorded",
     INBOUND_FILTER_ADMITTED = 61 => "inbound_filter_admitted",
     HAIRPIN_MAPPING_NEW = 62 => "hairpin_mapping_new",
-    HAIRPIN_PUNCH = 63 => "hairpin_punch",
+    DROP_UNSOLICITED_SYN = 63 => "drop_unsolicited_syn",
 }
 
 /// Slots of the counter array (room to grow without resizing the pinned map).

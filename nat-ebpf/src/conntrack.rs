@@ -451,19 +451,32 @@ pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Ver
         }
         seen = ct::TCP_RST;
     } else if flags & TCP_SYN != 0 && flags & TCP_ACK != 0 {
-        plausible = reply_direction && tcp_seen & ct::TCP_ESTABLISHED == 0;
-        if plausible {
-            // SAFETY: as above.
-            unsafe { (*entry).seq = packet.seq };
+        // From the originator it answers the responder's own SYN (simultaneous open):
+        // judged below as the handshake's last ACK is.
+        if reply_direction {
+            plausible = tcp_seen & ct::TCP_ESTABLISHED == 0;
+            if plausible {
+                // SAFETY: as above.
+                unsafe { (*entry).seq = packet.seq };
+            }
+            seen = ct::TCP_SYNACK;
         }
-        seen = ct::TCP_SYNACK;
     } else if flags & TCP_SYN != 0 {
         if reply_direction {
-            plausible = false;
+            // Simultaneous open (RFC 793 section 3.4, RFC 5382 REQ-2: a NAT must support
+            // it): the responder's own SYN before any SYN-ACK of its own, kept as one (its
+            // sequence number is what the originator's SYN-ACK acknowledges).
+            plausible = tcp_seen & (ct::TCP_SYNACK | ct::TCP_ESTABLISHED) == 0;
+            if plausible {
+                // SAFETY: as above.
+                unsafe { (*entry).seq = packet.seq };
+            }
+            seen = ct::TCP_SYNACK;
         } else if tcp_seen & (ct::TCP_FIN | ct::TCP_RST) != 0 {
             return Verdict::Restart;
+        } else {
+            seen = ct::TCP_SYN;
         }
-        seen = ct::TCP_SYN;
     } else if flags & TCP_FIN != 0 {
         plausible = flags & TCP_ACK != 0;
         seen = ct::TCP_FIN;
@@ -476,10 +489,11 @@ pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Ver
         // SAFETY: as above.
         unsafe { (*entry).tcp = tcp_seen | seen };
     }
-    if reply_direction || flags & (TCP_SYN | TCP_RST) != 0 || flags & TCP_ACK == 0 {
+    if reply_direction || flags & TCP_RST != 0 || flags & TCP_ACK == 0 {
         return Verdict::Forward;
     }
-    // The originator's ACK: it completes the handshake if it acknowledges the SYN-ACK.
+    // The originator's ACK (or SYN-ACK): it completes the handshake if it acknowledges
+    // the responder's SYN.
     let ack = u32::from_be(packet.ack);
     embryonic_confirmed(key, hit, |peer| {
         peer.tcp & ct::TCP_SYNACK != 0 && ack == u32::from_be(peer.seq).wrapping_add(1)

@@ -83,7 +83,9 @@ pub fn claim<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, net_flags: u32) -> 
         }
     }
     if !exclusive {
-        return shared_port(ctx, s, net_flags);
+        shared_port(ctx, s, net_flags)?;
+        mark_shared_port(s);
+        return Ok(());
     }
     exclusive_port(ctx, s, net_flags)?;
     if let Err(e) = conntrack::claim_reply(s) {
@@ -93,6 +95,32 @@ pub fn claim<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, net_flags: u32) -> 
     commit(s);
     permit_peer(s, net_flags);
     Ok(())
+}
+
+/// Records that a new mapping of the default filtering uses its port, unless a mapping
+/// holds it already: inbound packets to it are then known to be a mapping's (an
+/// unsolicited SYN is dropped silently, RFC 5382 REQ-4, `admit_inbound`), and mappings
+/// that hold their port alone never take it (REQ-3). The holder named is the first such
+/// mapping; its filtering (none) admits nothing.
+#[inline(always)]
+fn mark_shared_port<A: Family>(s: &mut Scratch<A>) {
+    if s.record == 0 {
+        return;
+    }
+    s.port_key = lookup::port_key(s.snat_key.external, s.flow.translated.sport, s.flow.original.proto);
+    s.owner = SnatOwner {
+        internal: s.snat_key.internal,
+        port: s.snat_key.port,
+        filter: 0,
+        _pad: 0,
+    };
+    let _ = A::snat_ports().insert(&s.port_key, &s.owner, BPF_NOEXIST);
+}
+
+/// Whether a mapping uses the port `admitting` looked up (`s.port_key`).
+#[inline(always)]
+pub fn port_mapped<A: Family>(s: &Scratch<A>) -> bool {
+    A::snat_ports().get_ptr(&s.port_key).is_some()
 }
 
 /// Whether the external port in `s.port_key` is still held by the mapping's source.
@@ -392,7 +420,6 @@ pub fn punched<A: Family>(s: &mut Scratch<A>, packet: &Packet<A>) -> bool {
         last_seen: now,
     };
     let _ = A::punches().insert(&s.punch_key, &s.punch, 0);
-    bump(counter::HAIRPIN_PUNCH);
     false
 }
 

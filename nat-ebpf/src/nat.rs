@@ -14,7 +14,7 @@ use crate::{
     fib, lookup,
     mapping::{self, ClaimError},
     parse::{self, Packet, TCP_ACK, TCP_SYN},
-    quota,
+    policy, quota,
 };
 
 /// Rewrites the packet into `to` with the checksum helpers, for the kernel's normal path.
@@ -330,6 +330,11 @@ pub fn admit_inbound<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, edge: u
         return TC_ACT_SHOT;
     };
     if !mapping::admitting(s, packet, &packet.src) {
+        if packet.proto == PROTO_TCP && mapping::port_mapped(s) {
+            // RFC 5382 REQ-4: an unsolicited SYN to a mapping is not answered (the
+            // host's RST would end a TCP hole punch whose own SYN is about to leave).
+            return policy::drop(counter::DROP_UNSOLICITED_SYN);
+        }
         return NOT_HANDLED;
     }
     let Some(endpoint) = lookup::endpoint(s.owner.internal) else {

@@ -418,6 +418,23 @@ impl Bpf {
         array.get(&id, 0).expect("counter").iter().sum()
     }
 
+    /// The refused hairpins recorded as punches (`NATD_PUNCH4`): (from port, to port) ->
+    /// (sandbox address, port).
+    pub fn punches(&self) -> Vec<((u16, u16), ([u8; 4], u16))> {
+        let table: HashMap<_, nat_common::Punch4Key, nat_common::Punch4> =
+            HashMap::try_from(self.ebpf.map(map::PUNCH4).expect("punches")).expect("punch map");
+        table
+            .iter()
+            .map(|r| r.expect("entry"))
+            .map(|(k, v)| {
+                (
+                    (u16::from_be(k.from), u16::from_be(k.to)),
+                    (v.internal.to_ne_bytes(), u16::from_be(v.port)),
+                )
+            })
+            .collect()
+    }
+
     /// Every counter, by id.
     pub fn counters(&self) -> Vec<u64> {
         (0..nat_common::counter::COUNT)

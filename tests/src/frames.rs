@@ -44,6 +44,15 @@ pub fn ack(n: u32) -> Flags {
     }
 }
 
+/// A SYN-ACK acknowledging `n`.
+pub fn syn_ack(n: u32) -> Flags {
+    Flags {
+        syn: true,
+        ack: Some(n),
+        ..Flags::default()
+    }
+}
+
 /// What `segment` carries unless it is a SYN, FIN or RST.
 pub const PAYLOAD: &[u8] = b"natd test payload";
 

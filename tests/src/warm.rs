@@ -18,7 +18,7 @@ use natd::{dataplane::PortRule, portspec::Proto};
 
 use crate::{
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
-    frames::{Flags, SYN, ack, segment},
+    frames::{SYN, ack, segment, syn_ack},
 };
 
 /// A second host address: the filler mappings are bound to it, so they take no port the
@@ -173,14 +173,6 @@ pub fn set_mappings(bpf: &mut Bpf, mappings: u32) {
     });
     bpf.desired.ports = rules;
     bpf.sync();
-}
-
-fn syn_ack(n: u32) -> Flags {
-    Flags {
-        syn: true,
-        ack: Some(n),
-        ..Flags::default()
-    }
 }
 
 /// A published-port flow and a masqueraded flow, both established on the fast path.

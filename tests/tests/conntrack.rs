@@ -7,20 +7,12 @@ use natd::dataplane::ebpf::conntrack::{Timeouts, expire};
 use natlab::bpf::prelude::*;
 use natlab::{
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
-    frames::{Flags, SYN, ack, inspect, seen, segment, udp},
+    frames::{Flags, SYN, ack, inspect, seen, segment, syn_ack, udp},
 };
 
 fn load(established: u32, embryonic: u32) -> Bpf {
     natlab::require_root();
     Bpf::load_sized(established, embryonic).expect("natd's eBPF object loads in a private namespace")
-}
-
-fn syn_ack(ack: u32) -> Flags {
-    Flags {
-        syn: true,
-        ack: Some(ack),
-        ..Flags::default()
-    }
 }
 
 /// How many entries are (established, embryonic).

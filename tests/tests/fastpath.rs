@@ -9,7 +9,7 @@ use nat_common::{FASTPATH_MARK, counter};
 use natlab::bpf::prelude::*;
 use natlab::{
     bpf::{BRIDGE_MAC, Bpf, CLIENT, GATEWAY_MAC, HOST, SANDBOX, SANDBOX_MAC, UPLINK_MAC, UPLINK_ROUTED_MAC},
-    frames::{DST_MAC, Flags, SRC_MAC, SYN, ack, inspect, link, seen, segment, segment_ttl, udp},
+    frames::{DST_MAC, SRC_MAC, SYN, ack, inspect, link, seen, segment, segment_ttl, syn_ack, udp},
 };
 
 fn load() -> Bpf {
@@ -17,14 +17,6 @@ fn load() -> Bpf {
     let mut bpf = Bpf::load(1024).expect("natd's eBPF object loads in a private namespace");
     bpf.fast_path(true);
     bpf
-}
-
-fn syn_ack(ack: u32) -> Flags {
-    Flags {
-        syn: true,
-        ack: Some(ack),
-        ..Flags::default()
-    }
 }
 
 /// A published port's flow through its handshake, on the fast path: returns the bpf

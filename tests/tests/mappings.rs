@@ -10,7 +10,7 @@ use natlab::bpf::prelude::*;
 use nat_common::{PROTO_UDP, counter, names::program::{EDGE_EGRESS6, EDGE_INGRESS6}, net};
 use natlab::{
     bpf::{Bpf, CLIENT, HOST, HOST6, SANDBOX, SANDBOX_VETH},
-    frames::{icmp_echo, inspect, seen, tcp, udp},
+    frames::{SYN, ack, icmp_echo, inspect, seen, segment, syn_ack, tcp, udp},
     frames6::{GATEWAY6, NET6, SANDBOX6, inspect6, seen6, udp6, v6},
 };
 
@@ -215,7 +215,7 @@ fn hairpin_punches_let_default_filtered_mappings_meet() {
     bpf.as_sandbox_veth(2, SANDBOX);
     let punch = udp(SANDBOX, 5000, HOST, 6000);
     assert_eq!(bpf.run(SANDBOX_PROG, &punch), (PASS, punch.clone()), "refused: left to the host");
-    assert_eq!(bpf.counter(counter::HAIRPIN_PUNCH), 1);
+    assert_eq!(bpf.punches(), [((5000, 6000), (SANDBOX, 5000))], "recorded as her punch");
     bpf.as_sandbox_veth(2, OTHER_SANDBOX);
     let elsewhere = udp(OTHER_SANDBOX, 6002, HOST, 5000);
     assert_eq!(bpf.run(SANDBOX_PROG, &elsewhere), (PASS, elsewhere.clone()), "not the mapping punched to");
@@ -224,6 +224,7 @@ fn hairpin_punches_let_default_filtered_mappings_meet() {
     assert_eq!(ret, PASS);
     assert_eq!(inspect(&out), seen(HOST, 6000, SANDBOX, 5000), "the answer to the punch passes");
     assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 1);
+    assert_eq!(bpf.punches(), [((6002, 5000), (OTHER_SANDBOX, 6002))], "the answered punch is spent");
     bpf.as_sandbox_veth(2, SANDBOX);
     let (_, out) = bpf.run(SANDBOX_PROG, &punch);
     assert_eq!(inspect(&out), seen(HOST, 5000, OTHER_SANDBOX, 6000), "and the punching side's packets too");
@@ -300,4 +301,49 @@ fn endpoint_independent_filtering_admits_tcp_syns() {
     let (_, out) = bpf.run(SANDBOX_PROG, &tcp(SANDBOX, 40000, CLIENT, 7000, false));
     assert_eq!(inspect(&out), seen(HOST, 40000, CLIENT, 7000));
     assert_eq!(bpf.counter(counter::INBOUND_FILTER_ADMITTED), 1);
+}
+
+/// RFC 5382 REQ-2: TCP simultaneous open through a mapping, as a TCP hole punch makes it:
+/// the sandbox's SYN leaves, the peer's own SYN comes back on the mapping (let through,
+/// not invalid), the sandbox answers it with a SYN-ACK that acknowledges it, and that
+/// completes the handshake (the flow is established). A SYN-ACK acknowledging something
+/// else does not (the control).
+#[test]
+fn tcp_simultaneous_open_through_a_mapping() {
+    for (acknowledged, established) in [(9001, true), (4242, false)] {
+        let mut bpf = load(0);
+        bpf.run(EGRESS, &segment(SANDBOX, 40000, REMOTE, 50001, 5000, SYN));
+        let (ret, out) = bpf.run(INGRESS, &segment(REMOTE, 50001, HOST, 40000, 9000, SYN));
+        assert_eq!((ret, inspect(&out)), (PASS, seen(REMOTE, 50001, SANDBOX, 40000)), "the peer's SYN");
+        assert_eq!(bpf.counter(counter::TCP_INVALID), 0, "a SYN answering a SYN is plausible");
+        let (_, out) = bpf.run(EGRESS, &segment(SANDBOX, 40000, REMOTE, 50001, 5000, syn_ack(acknowledged)));
+        assert_eq!(inspect(&out), seen(HOST, 40000, REMOTE, 50001));
+        let flows = bpf.ct();
+        assert_eq!(
+            flows.iter().all(|(_, _, e)| *e),
+            established,
+            "SYN-ACK acknowledging {acknowledged}: {flows:?}"
+        );
+        // The peer's ACK and data pass either way.
+        let (ret, _) = bpf.run(INGRESS, &segment(REMOTE, 50001, HOST, 40000, 9001, ack(5001)));
+        assert_eq!(ret, PASS);
+    }
+}
+
+/// RFC 5382 REQ-4: an unsolicited SYN to a mapping's port (one the default filtering does
+/// not admit) is not answered (dropped, counted), so the host's RST cannot end a TCP hole
+/// punch whose own SYN is about to leave; the same SYN to a port no mapping uses is left
+/// to the host (the control), and the mapping's own peer gets its answer through.
+#[test]
+fn an_unsolicited_syn_to_a_mapping_is_not_answered() {
+    let mut bpf = load(0);
+    bpf.run(EGRESS, &tcp(SANDBOX, 40000, REMOTE, 443, true));
+    let (ret, _) = bpf.run(INGRESS, &tcp(REMOTE_2, 50000, HOST, 40000, true));
+    assert_eq!(ret, TC_ACT_SHOT, "unsolicited SYN to the mapping");
+    assert_eq!(bpf.counter(counter::DROP_UNSOLICITED_SYN), 1);
+    let other = tcp(REMOTE_2, 50000, HOST, 40002, true);
+    assert_eq!(bpf.run(INGRESS, &other), (PASS, other.clone()), "no mapping there: the host's");
+    let (ret, out) = bpf.run(INGRESS, &segment(REMOTE, 443, HOST, 40000, 7000, syn_ack(1001)));
+    assert_eq!((ret, inspect(&out)), (PASS, seen(REMOTE, 443, SANDBOX, 40000)), "the mapping's own peer");
+    assert_eq!(bpf.counter(counter::DROP_UNSOLICITED_SYN), 1);
 }

@@ -10,7 +10,7 @@ use natlab::bpf::prelude::*;
 use nat_common::{FASTPATH_MARK, counter, ct, names::program, net};
 use natlab::{
     bpf::{BRIDGE_MAC, Bpf, HOST, HOST6, SANDBOX, SANDBOX_MAC, SANDBOX_VETH},
-    frames::{self, Flags},
+    frames::{self, syn_ack},
     frames6::{
         ALL_NODES, Ext, GATEWAY6, LINK_LOCAL_A, LINK_LOCAL_B, NET6, OTHER_SANDBOX6, SANDBOX6, SYN, ack,
         dest_unreachable, echo6, inner_echo6, inner_tcp6, inner_udp6, inspect_error6, inspect6, ip6, nd6,
@@ -51,14 +51,6 @@ fn load(ct_capacity: u32) -> Bpf {
 /// The test device as the dual-stack test sandbox's veth.
 fn as_sandbox(bpf: &mut Bpf) {
     bpf.as_sandbox_veth6(2, SANDBOX, SANDBOX6);
-}
-
-fn syn_ack(ack: u32) -> Flags {
-    Flags {
-        syn: true,
-        ack: Some(ack),
-        ..Flags::default()
-    }
 }
 
 /// `out` is `input` with only addresses, ports / echo id and the L4 checksum rewritten:

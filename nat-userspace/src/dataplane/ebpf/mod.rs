@@ -353,6 +353,16 @@ impl Dataplane for EbpfDataplane {
                 maps::entries::<Port6Key, nat_common::Snat6Owner>(ebpf, map::SNAT6_PORTS),
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
+            (
+                map::PUNCH4,
+                maps::entries::<nat_common::Punch4Key, nat_common::Punch4>(ebpf, map::PUNCH4),
+                nat_common::MAX_PUNCHES,
+            ),
+            (
+                map::PUNCH6,
+                maps::entries::<nat_common::Punch6Key, nat_common::Punch6>(ebpf, map::PUNCH6),
+                nat_common::MAX_PUNCHES,
+            ),
         ] {
             stats.maps.insert(name.to_string(), (entries, capacity));
         }
