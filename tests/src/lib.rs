@@ -22,6 +22,7 @@ pub mod lan;
 pub mod live;
 pub mod overlay;
 pub mod raw;
+pub mod reflector;
 pub mod soak;
 pub mod warm;
 

@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,8 +17,11 @@ use std::{
     time::Duration,
 };
 
-use natlab::{EXT_IP, Lab, in_netns, lan::shared_lan};
-use socket2::{Domain, Protocol, Socket, Type};
+use natlab::{
+    EXT_IP, Lab, in_netns,
+    lan::shared_lan,
+    reflector::{TcpReflector, tcp_seen, tcp_socket},
+};
 
 const RENDEZVOUS_PORT: u16 = 3478;
 /// The TCP reflector's port (TCP's counterpart of a STUN binding request).
@@ -213,66 +216,6 @@ fn sandboxes_of_one_host_meet_through_their_mappings_when_both_punch() {
     assert_eq!(punches(), Some(0), "the answered punch is spent");
 }
 
-/// A TCP reflector on the LAN: answers each connection with the address it came from.
-struct Reflector {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Reflector {
-    fn start(lan_ns_path: &str) -> Self {
-        let listener = in_netns(lan_ns_path, || TcpListener::bind((EXT_IP, REFLECTOR_PORT)).expect("reflector"));
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, from)) => {
-                        let _ = stream.write_all(from.to_string().as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Reflector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP socket of sandbox `name`'s namespace bound to `port` (SO_REUSEADDR: the port is
-/// bound again for the punch after the reflector's connection).
-fn tcp_socket(lab: &Lab, name: &str, port: u16) -> Socket {
-    in_netns(&lab.netns_of(name), || {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-        socket.set_reuse_address(true).expect("SO_REUSEADDR");
-        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into()).expect("bind");
-        socket
-    })
-}
-
-/// The external address and port of sandbox `name`'s TCP port `port`, as the reflector saw it.
-fn tcp_external(lab: &Lab, name: &str, port: u16) -> SocketAddr {
-    let socket = tcp_socket(lab, name, port);
-    let reflector = SocketAddr::new(EXT_IP.parse().unwrap(), REFLECTOR_PORT);
-    socket.connect_timeout(&reflector.into(), Duration::from_secs(3)).expect("the reflector answers");
-    let mut stream: TcpStream = socket.into();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    text.parse().expect("an address")
-}
-
 /// TCP hole punching between sandboxes on two natd hosts under the default filtering
 /// (RFC 5382; RFC 5128 section 4.2): each learns its external TCP address from a
 /// reflector, then both connect to the other's. Alice's SYN reaches bob's natd before bob
@@ -283,11 +226,13 @@ fn tcp_external(lab: &Lab, name: &str, port: u16) -> SocketAddr {
 #[test]
 fn tcp_peers_connect_by_simultaneous_open() {
     let (hosts, _rendezvous, _a, _b) = two_peers(&[], &[]);
-    let _reflector = Reflector::start(&hosts[0].ext_path());
-    let alice_external = tcp_external(&hosts[0], "alice", 52000);
-    let bob_external = tcp_external(&hosts[1], "bob", 52001);
+    let reflector = SocketAddr::new(EXT_IP.parse().unwrap(), REFLECTOR_PORT);
+    let _reflector = TcpReflector::start(&hosts[0].ext_path(), reflector);
+    let (alice_ns, bob_ns) = (hosts[0].netns_of("alice"), hosts[1].netns_of("bob"));
+    let alice_external = tcp_seen(&alice_ns, false, 52000, reflector);
+    let bob_external = tcp_seen(&bob_ns, false, 52001, reflector);
     assert_eq!(alice_external.port(), 52000, "the sandbox's port, preserved");
-    let alice_socket = tcp_socket(&hosts[0], "alice", 52000);
+    let alice_socket = tcp_socket(&alice_ns, false, 52000);
     let alice = std::thread::spawn(move || {
         alice_socket.connect_timeout(&bob_external.into(), Duration::from_secs(8)).map(|()| TcpStream::from(alice_socket))
     });
@@ -296,7 +241,7 @@ fn tcp_peers_connect_by_simultaneous_open() {
         natlab::wait_until(Duration::from_secs(3), || hosts[1].counter("drop_unsolicited_syn") >= 1),
         "bob's natd drops alice's unsolicited SYN"
     );
-    let bob_socket = tcp_socket(&hosts[1], "bob", 52001);
+    let bob_socket = tcp_socket(&bob_ns, false, 52001);
     bob_socket
         .connect_timeout(&alice_external.into(), Duration::from_secs(8))
         .expect("bob connects to alice");

@@ -21,7 +21,10 @@ use std::{
     time::Duration,
 };
 
-use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns};
+use natlab::{
+    EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns,
+    reflector::{TcpReflector, tcp_seen},
+};
 
 const EXT_IP_2: &str = "198.51.100.3";
 const EXT_IP6_2: &str = "2001:db8:198::3";
@@ -382,5 +385,34 @@ fn hairpin_to_a_published_port_shows_the_external_source_when_chosen() {
         }
         stop.store(true, Ordering::Relaxed);
         echo.join().unwrap();
+    }
+}
+
+/// RFC 5382 REQ-1 measured end to end: connections from one sandbox port to (A1,P1) and
+/// to (A2,P2) leave with one external address and port, the sandbox's own (kept while
+/// free, as Linux's MASQUERADE), on each dataplane and family. The second connection is
+/// made after the first closed: the mapping outlives it.
+#[test]
+fn tcp_mappings_are_endpoint_independent() {
+    for dataplane in ["ebpf", "nftables"] {
+        let lab = Lab::started(&["--dataplane", dataplane]);
+        second_server_address(&lab);
+        network(&lab, "dflt", &[]);
+        let ns = lab.netns_of("dflt-c");
+        for (v6, addrs, uplink) in [
+            (false, [EXT_IP, EXT_IP_2], HOST_UPLINK_IP),
+            (true, [EXT_IP6, EXT_IP6_2], HOST_UPLINK_IP6),
+        ] {
+            let servers = [
+                SocketAddr::new(addrs[0].parse().unwrap(), PORTS[0]),
+                SocketAddr::new(addrs[1].parse().unwrap(), PORTS[1]),
+            ];
+            let _reflectors: Vec<TcpReflector> = servers.iter().map(|s| TcpReflector::start(&lab.ext_path(), *s)).collect();
+            let port = 47000 + u16::from(v6);
+            let seen: Vec<SocketAddr> = servers.iter().map(|s| tcp_seen(&ns, v6, port, *s)).collect();
+            println!("{dataplane} TCP IPv{}: {seen:?}", if v6 { 6 } else { 4 });
+            assert_eq!(seen[0], seen[1], "{dataplane}: one mapping for both destinations");
+            assert_eq!(seen[0], SocketAddr::new(uplink.parse().unwrap(), port), "{dataplane}: the uplink's address, the port kept");
+        }
     }
 }
