@@ -47,6 +47,10 @@ pub mod map {
     pub const SNAT6: &str = "NATD_SNAT6";
     pub const SNAT6_PORTS: &str = "NATD_SNAT6_PORTS";
     pub const SNAT6_PEERS: &str = "NATD_SNAT6_PEERS";
+    /// Ports mappings of the default filtering use (`PortKey` -> `SnatOwner` naming the
+    /// first of them; an LRU: they share ports, and must never crowd out the holdings).
+    pub const SNAT4_SHARED: &str = "NATD_SNAT4_SHARED";
+    pub const SNAT6_SHARED: &str = "NATD_SNAT6_SHARED";
     /// Hairpinned packets their target's filtering refused (`PunchKey` -> `Punch`, an LRU).
     pub const PUNCH4: &str = "NATD_PUNCH4";
     pub const PUNCH6: &str = "NATD_PUNCH6";
@@ -94,6 +98,8 @@ pub mod map {
         SNAT6,
         SNAT6_PORTS,
         SNAT6_PEERS,
+        SNAT4_SHARED,
+        SNAT6_SHARED,
         PUNCH4,
         PUNCH6,
         SCRATCH,

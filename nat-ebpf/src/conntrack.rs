@@ -455,7 +455,9 @@ pub fn track<A: Family>(key: &CtKey<A>, hit: &Hit<A>, packet: &Packet<A>) -> Ver
         // judged below as the handshake's last ACK is.
         if reply_direction {
             plausible = tcp_seen & ct::TCP_ESTABLISHED == 0;
-            if plausible {
+            // Established (a simultaneous open's second SYN-ACK comes after), the entry
+            // tracks where the direction's segments end instead.
+            if plausible && hit.table == Table::Embryonic {
                 // SAFETY: as above.
                 unsafe { (*entry).seq = packet.seq };
             }

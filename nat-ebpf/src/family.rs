@@ -18,7 +18,7 @@ use crate::{
     maps::{
         NATD_CT4, NATD_CT4_NEW, NATD_CT6, NATD_CT6_NEW, NATD_ENDPOINTS4, NATD_ENDPOINTS6, NATD_LOCAL4,
         NATD_LOCAL6, NATD_NETS4, NATD_NETS6, NATD_PACKETS4, NATD_PACKETS6, NATD_PORTS4, NATD_PORTS6, NATD_PUNCH4,
-        NATD_PUNCH6,
+        NATD_PUNCH6, NATD_SNAT4_SHARED, NATD_SNAT6_SHARED,
         NATD_QUOTA4, NATD_QUOTA6, NATD_SCRATCH, NATD_SCRATCH6, NATD_SNAT4, NATD_SNAT4_PEERS, NATD_SNAT4_PORTS,
         NATD_SNAT6, NATD_SNAT6_PEERS, NATD_SNAT6_PORTS,
     },
@@ -83,6 +83,7 @@ pub trait Family: Copy + PartialEq + Default + 'static {
     fn snat_ports() -> &'static HashMap<PortKey<Self>, SnatOwner<Self>>;
     fn snat_peers() -> &'static LruHashMap<SnatPeerKey<Self>, u32>;
     fn punches() -> &'static LruHashMap<PunchKey<Self>, Punch<Self>>;
+    fn snat_shared() -> &'static LruHashMap<PortKey<Self>, SnatOwner<Self>>;
     /// natd's network whose subnet holds `addr`.
     fn network_of(addr: Self) -> Option<Net<Self>>;
     /// The network a sandbox veth belongs to, as this family sees it.
@@ -173,6 +174,10 @@ impl Family for u32 {
 
     fn punches() -> &'static LruHashMap<PunchKey<u32>, Punch<u32>> {
         &NATD_PUNCH4
+    }
+
+    fn snat_shared() -> &'static LruHashMap<PortKey<u32>, SnatOwner<u32>> {
+        &NATD_SNAT4_SHARED
     }
     #[inline(always)]
     fn network_of(addr: u32) -> Option<Net<u32>> {
@@ -287,6 +292,10 @@ impl Family for Addr6 {
 
     fn punches() -> &'static LruHashMap<PunchKey<Addr6>, Punch<Addr6>> {
         &NATD_PUNCH6
+    }
+
+    fn snat_shared() -> &'static LruHashMap<PortKey<Addr6>, SnatOwner<Addr6>> {
+        &NATD_SNAT6_SHARED
     }
     /// A frame of its own: the 16-byte LPM key and its conversion would otherwise sit in
     /// every caller's frame.

@@ -520,7 +520,11 @@ mod programs {
         let prepared = 'prepare: {
             if tracked(packet) && lookup::is_local(packet.dst) {
                 if let Some(target) = lookup::published(packet.dst, packet.dport, packet.proto) {
-                    if net.flags & (net::MASQ | net::HAIRPIN_EXTERNAL) == net::MASQ | net::HAIRPIN_EXTERNAL {
+                    // Through a gateway's address the source stays Docker's: that address is
+                    // no peer's view of the sender.
+                    if net.flags & (net::MASQ | net::HAIRPIN_EXTERNAL) == net::MASQ | net::HAIRPIN_EXTERNAL
+                        && policy::network_of(packet.dst).is_none()
+                    {
                         match nat::prepare_hairpin_to_published(packet, target, ifindex) {
                             nat::PREPARED => break 'prepare true,
                             NOT_HANDLED => {}
@@ -533,7 +537,7 @@ mod programs {
                         }
                     }
                 } else if net.flags & net::MASQ != 0 {
-                    match nat::prepare_hairpin_to_mapping(packet, ifindex) {
+                    match nat::prepare_hairpin_to_mapping(ctx, packet, ifindex) {
                         nat::PREPARED => break 'prepare true,
                         NOT_HANDLED => {}
                         verdict => return verdict,

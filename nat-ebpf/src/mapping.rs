@@ -97,14 +97,14 @@ pub fn claim<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, net_flags: u32) -> 
     Ok(())
 }
 
-/// Records that a new mapping of the default filtering uses its port, unless a mapping
-/// holds it already: inbound packets to it are then known to be a mapping's (an
-/// unsolicited SYN is dropped silently, RFC 5382 REQ-4, `admit_inbound`), and mappings
-/// that hold their port alone never take it (REQ-3). The holder named is the first such
-/// mapping; its filtering (none) admits nothing.
+/// Records that a new mapping of the default filtering uses its port (`NATD_SNAT*_SHARED`,
+/// the first such mapping named): inbound packets to it are then known to be a mapping's
+/// (an unsolicited SYN is not answered, RFC 5382 REQ-4), a punch answered from it must
+/// come from that mapping, and mappings that hold their port alone never take it
+/// (REQ-3). An LRU of its own, so these marks never crowd out the holdings.
 #[inline(always)]
 fn mark_shared_port<A: Family>(s: &mut Scratch<A>) {
-    if s.record == 0 {
+    if s.record == 0 || s.flow.original.proto == A::ICMP {
         return;
     }
     s.port_key = lookup::port_key(s.snat_key.external, s.flow.translated.sport, s.flow.original.proto);
@@ -114,13 +114,25 @@ fn mark_shared_port<A: Family>(s: &mut Scratch<A>) {
         filter: 0,
         _pad: 0,
     };
-    let _ = A::snat_ports().insert(&s.port_key, &s.owner, BPF_NOEXIST);
+    let _ = A::snat_shared().insert(&s.port_key, &s.owner, BPF_NOEXIST);
 }
 
 /// Whether a mapping uses the port `admitting` looked up (`s.port_key`).
 #[inline(always)]
 pub fn port_mapped<A: Family>(s: &Scratch<A>) -> bool {
-    A::snat_ports().get_ptr(&s.port_key).is_some()
+    A::snat_ports().get_ptr(&s.port_key).is_some() || A::snat_shared().get_ptr(&s.port_key).is_some()
+}
+
+/// Whether the first mapping on the port in `s.port_key` (its holder, or the first of the
+/// default filtering's that share it) is `internal:port`: one sandbox may speak for it.
+#[inline(always)]
+fn first_on_port<A: Family>(s: &Scratch<A>, internal: A, port: u16) -> bool {
+    // SAFETY: valid map value pointers, read at once.
+    let named = |o: *const SnatOwner<A>| unsafe { (*o).internal == internal && (*o).port == port };
+    match A::snat_ports().get_ptr(&s.port_key) {
+        Some(owner) => named(owner),
+        None => A::snat_shared().get_ptr(&s.port_key).is_some_and(named),
+    }
 }
 
 /// Whether the external port in `s.port_key` is still held by the mapping's source.
@@ -264,6 +276,10 @@ fn take_port<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, port: u16) -> bool 
         return false;
     }
     s.port_key = lookup::port_key(s.snat_key.external, port, s.flow.original.proto);
+    // A port mappings of the default filtering share is no one's alone (REQ-3).
+    if A::snat_shared().get_ptr(&s.port_key).is_some() {
+        return false;
+    }
     if A::snat_ports().insert(&s.port_key, &s.owner, BPF_NOEXIST).is_err() {
         return false;
     }
@@ -297,14 +313,32 @@ fn host_socket<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, port: u16) -> boo
     sock.dst = s.flow.translated.src;
     sock.sport = s.flow.original.dport;
     sock.dport = port;
+    socket_on(ctx, s, s.flow.original.proto)
+}
+
+/// Whether a socket of the host would receive `packet` (bound to or listening on its
+/// destination): a SYN for the host's own service is the host's to answer.
+#[inline(never)]
+pub fn host_receives<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, packet: &Packet<A>) -> bool {
+    let sock = &mut s.sock;
+    sock.src = packet.src;
+    sock.dst = packet.dst;
+    sock.sport = packet.sport;
+    sock.dport = packet.dport;
+    socket_on(ctx, s, packet.proto)
+}
+
+/// The socket lookup of the tuple in `s.sock` (TCP or UDP by `proto`).
+#[inline(always)]
+fn socket_on<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, proto: u8) -> bool {
     // The kernel's `bpf_sock_tuple` is the tuple's first fields (addresses, ports).
     let size = (2 * core::mem::size_of::<A>() + 4) as u32;
-    let tuple = sock as *mut _ as *mut bpf_sock_tuple;
+    let tuple = &mut s.sock as *mut _ as *mut bpf_sock_tuple;
     let skb = ctx.skb.skb as *mut _;
     // SAFETY: the context and a per-CPU map value of at least `size` bytes; a socket
     // found is released at once.
     unsafe {
-        let found = if s.flow.original.proto == PROTO_TCP {
+        let found = if proto == PROTO_TCP {
             bpf_sk_lookup_tcp(skb, tuple, size, CURRENT_NETNS, 0)
         } else {
             bpf_sk_lookup_udp(skb, tuple, size, CURRENT_NETNS, 0)
@@ -389,6 +423,13 @@ pub fn punched<A: Family>(s: &mut Scratch<A>, packet: &Packet<A>) -> bool {
     };
     // SAFETY: valid map value pointer, read at once.
     let own = unsafe { (*mapping).port };
+    // Under the default filtering another sandbox's mapping may share the sender's port:
+    // only the first mapping on it speaks for it, punching or answering a punch (else
+    // that one could take the place of the mapping its peer means).
+    s.port_key = lookup::port_key(packet.dst, own, packet.proto);
+    if !first_on_port(s, packet.src, packet.sport) {
+        return false;
+    }
     let now = conntrack::now();
     s.punch_key = PunchKey {
         external: packet.dst,

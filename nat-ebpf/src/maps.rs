@@ -65,6 +65,13 @@ pub static NATD_SNAT6_PORTS: HashMap<Port6Key, Snat6Owner> = HashMap::pinned(MAX
 #[map]
 pub static NATD_SNAT6_PEERS: LruHashMap<Snat6PeerKey, u32> = LruHashMap::pinned(MAX_SNAT_PEERS, 0);
 
+/// Ports mappings of the default filtering use, and the first of them.
+#[map]
+pub static NATD_SNAT4_SHARED: LruHashMap<Port4Key, Snat4Owner> = LruHashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+
+#[map]
+pub static NATD_SNAT6_SHARED: LruHashMap<Port6Key, Snat6Owner> = LruHashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+
 /// Hairpinned packets their target's filtering refused, which its answer may pass.
 #[map]
 pub static NATD_PUNCH4: LruHashMap<Punch4Key, Punch4> = LruHashMap::pinned(MAX_PUNCHES, 0);

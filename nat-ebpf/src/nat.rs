@@ -326,16 +326,17 @@ pub fn admit_inbound<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, edge: u
     if !starts_flow(packet) {
         return NOT_HANDLED;
     }
+    if lookup::is_local(packet.src) {
+        // Only the host sends from its addresses; from outside such a source is forged,
+        // and the host's address is one address-dependent filtering may have admitted
+        // (a sandbox that reached a host address). The kernel drops it as a martian.
+        return NOT_HANDLED;
+    }
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
     if !mapping::admitting(s, packet, &packet.src) {
-        if packet.proto == PROTO_TCP && mapping::port_mapped(s) {
-            // RFC 5382 REQ-4: an unsolicited SYN to a mapping is not answered (the
-            // host's RST would end a TCP hole punch whose own SYN is about to leave).
-            return policy::drop(counter::DROP_UNSOLICITED_SYN);
-        }
-        return NOT_HANDLED;
+        return unsolicited(ctx, s, packet);
     }
     let Some(endpoint) = lookup::endpoint(s.owner.internal) else {
         return NOT_HANDLED;
@@ -356,6 +357,18 @@ pub fn admit_inbound<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, edge: u
     verdict
 }
 
+/// A new inbound flow no filtering admits, to a host address: RFC 5382 REQ-4, an
+/// unsolicited SYN to a port a mapping uses is not answered (dropped, counted) unless a
+/// socket of the host is there (the host's service), so the host's RST cannot end a TCP
+/// hole punch whose own SYN is about to leave. Anything else is the host's.
+#[inline(always)]
+fn unsolicited<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, packet: &Packet<A>) -> i32 {
+    if packet.proto == PROTO_TCP && mapping::port_mapped(s) && !mapping::host_receives(ctx, s, packet) {
+        return policy::drop(counter::DROP_UNSOLICITED_SYN);
+    }
+    NOT_HANDLED
+}
+
 /// A new flow from a sandbox of a masqueraded network to the external address and port
 /// of another sandbox's mapping (hairpinning, RFC 4787 REQ-9, RFC 5382 REQ-8): admitted
 /// per the owner's filtering as if from outside, and translated both ways, so the owner
@@ -364,7 +377,7 @@ pub fn admit_inbound<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, edge: u
 /// for `start_masquerade` (a separate call from the program, so the frames are never
 /// stacked), else the verdict or `NOT_HANDLED`.
 #[inline(never)]
-pub fn prepare_hairpin_to_mapping<A: Family>(packet: &Packet<A>, veth: u32) -> i32 {
+pub fn prepare_hairpin_to_mapping<A: Family>(ctx: &TcContext, packet: &Packet<A>, veth: u32) -> i32 {
     if !starts_flow(packet) {
         return NOT_HANDLED;
     }
@@ -372,9 +385,11 @@ pub fn prepare_hairpin_to_mapping<A: Family>(packet: &Packet<A>, veth: u32) -> i
         return TC_ACT_SHOT;
     };
     // The sender's external address is the one it sent to. Refused, the packet is the
-    // sender's punch, which the other side's answer then passes.
+    // sender's punch, which the other side's answer then passes; a SYN goes unanswered,
+    // as from outside.
     if !mapping::admitting(s, packet, &packet.dst) && !mapping::punched(s, packet) {
-        return NOT_HANDLED;
+        s.port_key = lookup::port_key(packet.dst, packet.dport, packet.proto);
+        return unsolicited(ctx, s, packet);
     }
     let Some(target) = lookup::endpoint(s.owner.internal) else {
         return NOT_HANDLED;

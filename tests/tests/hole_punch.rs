@@ -257,5 +257,51 @@ fn tcp_peers_connect_by_simultaneous_open() {
     alice.read_exact(&mut buf).expect("alice reads");
     assert_eq!(&buf, b"hi alice!");
     assert_eq!(alice.peer_addr().unwrap(), bob_external);
-    assert_eq!(hosts[0].counter("tcp_invalid"), 0, "the simultaneous open is plausible to alice's natd");
+    for host in &hosts {
+        assert_eq!(host.counter("tcp_invalid"), 0, "every segment is plausible to both natds");
+    }
+}
+
+/// The same between two sandboxes of one host over TCP (default filtering both): alice's
+/// hairpinned SYN to bob's external address is refused, recorded as her punch and left
+/// unanswered (REQ-4: no RST from the host ends her connect); bob's SYN to hers is its
+/// answer, a simultaneous open both sandboxes complete, and data goes both ways between
+/// their external addresses.
+#[test]
+fn tcp_sandboxes_of_one_host_meet_by_simultaneous_open() {
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    let reflector = SocketAddr::new(EXT_IP.parse().unwrap(), REFLECTOR_PORT);
+    let _reflector = TcpReflector::start(&lab.ext_path(), reflector);
+    for (name, network) in [("alice", "left"), ("bob", "right")] {
+        lab.ok(&["network", "create", network]);
+        lab.ok(&["run", "--name", name, "--network", network]);
+    }
+    let (alice_ns, bob_ns) = (lab.netns_of("alice"), lab.netns_of("bob"));
+    let alice_external = tcp_seen(&alice_ns, false, 53000, reflector);
+    let bob_external = tcp_seen(&bob_ns, false, 53001, reflector);
+    let alice_socket = tcp_socket(&alice_ns, false, 53000);
+    let alice = std::thread::spawn(move || {
+        alice_socket.connect_timeout(&bob_external.into(), Duration::from_secs(8)).map(|()| TcpStream::from(alice_socket))
+    });
+    assert!(
+        natlab::wait_until(Duration::from_secs(3), || lab.counter("drop_unsolicited_syn") >= 1),
+        "alice's hairpinned SYN goes unanswered"
+    );
+    let bob_socket = tcp_socket(&bob_ns, false, 53001);
+    bob_socket
+        .connect_timeout(&alice_external.into(), Duration::from_secs(8))
+        .expect("bob connects to alice");
+    let mut bob: TcpStream = bob_socket.into();
+    let mut alice = alice.join().unwrap().expect("alice connects to bob");
+    for s in [&bob, &alice] {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    alice.write_all(b"hello bob").unwrap();
+    let mut buf = [0u8; 9];
+    bob.read_exact(&mut buf).expect("bob reads");
+    bob.write_all(b"hi alice!").unwrap();
+    alice.read_exact(&mut buf).expect("alice reads");
+    assert_eq!(&buf, b"hi alice!");
+    assert_eq!(bob.peer_addr().unwrap(), alice_external, "REQ-9a: bob sees alice's external address");
+    assert_eq!(alice.peer_addr().unwrap(), bob_external);
 }

@@ -15,6 +15,7 @@ use natlab::{
 };
 
 const OTHER_SANDBOX: [u8; 4] = [172, 20, 0, 3];
+const THIRD_SANDBOX: [u8; 4] = [172, 20, 0, 4];
 const GATEWAY: [u8; 4] = [172, 20, 0, 1];
 /// A second server, on another address (RFC 5780's "alternate address").
 const REMOTE_2: [u8; 4] = [203, 0, 113, 10];
@@ -203,7 +204,9 @@ fn hairpinning_shows_the_senders_external_address() {
 /// untranslated) but recorded as its sender's punch; the other side's packet to the
 /// punching mapping is its answer and passes, translated both ways (REQ-9a), and the flow
 /// carries both directions from then on. A packet from a mapping the punch was not sent
-/// to (another port of the same sandbox) is still refused.
+/// to (another port of the same sandbox) is still refused, and so is one from a third
+/// sandbox whose mapping shares the punched-to port: only the first mapping on a port
+/// speaks for it, answering or punching.
 #[test]
 fn hairpin_punches_let_default_filtered_mappings_meet() {
     let mut bpf = load(0);
@@ -219,12 +222,28 @@ fn hairpin_punches_let_default_filtered_mappings_meet() {
     bpf.as_sandbox_veth(2, OTHER_SANDBOX);
     let elsewhere = udp(OTHER_SANDBOX, 6002, HOST, 5000);
     assert_eq!(bpf.run(SANDBOX_PROG, &elsewhere), (PASS, elsewhere.clone()), "not the mapping punched to");
+    // A third sandbox whose mapping shares the punched-to port (ports are shared per
+    // destination under this filtering) cannot take the answer's place.
+    bpf.endpoint(THIRD_SANDBOX, SANDBOX_VETH, 2);
+    assert_eq!(inspect(&bpf.run(EGRESS, &udp(THIRD_SANDBOX, 6000, REMOTE_2, 3478)).1).sport, 6000, "shares 6000");
+    bpf.as_sandbox_veth(2, THIRD_SANDBOX);
+    let usurper = udp(THIRD_SANDBOX, 6000, HOST, 5000);
+    assert_eq!(bpf.run(SANDBOX_PROG, &usurper), (PASS, usurper.clone()), "not the first mapping on 6000");
+    bpf.as_sandbox_veth(2, SANDBOX);
+    assert_eq!(bpf.run(SANDBOX_PROG, &punch), (PASS, punch.clone()), "nor does its packet punch for 6000");
     assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 0);
+    bpf.as_sandbox_veth(2, OTHER_SANDBOX);
     let (ret, out) = bpf.run(SANDBOX_PROG, &udp(OTHER_SANDBOX, 6000, HOST, 5000));
     assert_eq!(ret, PASS);
     assert_eq!(inspect(&out), seen(HOST, 6000, SANDBOX, 5000), "the answer to the punch passes");
     assert_eq!(bpf.counter(counter::HAIRPIN_MAPPING_NEW), 1);
-    assert_eq!(bpf.punches(), [((6002, 5000), (OTHER_SANDBOX, 6002))], "the answered punch is spent");
+    let mut left = bpf.punches();
+    left.sort();
+    assert_eq!(
+        left,
+        [((6002, 5000), (OTHER_SANDBOX, 6002))],
+        "the answered punch is spent"
+    );
     bpf.as_sandbox_veth(2, SANDBOX);
     let (_, out) = bpf.run(SANDBOX_PROG, &punch);
     assert_eq!(inspect(&out), seen(HOST, 5000, OTHER_SANDBOX, 6000), "and the punching side's packets too");
@@ -253,8 +272,7 @@ fn hairpinning_to_a_published_port_can_show_the_external_source() {
     assert_eq!(bpf.counter(counter::SNAT_MAPPING_REUSED), 1, "the mapping the remote server saw");
     bpf.unpublish(None, 8080, PROTO_UDP);
     let answer = udp(SANDBOX, 80, HOST, mapping);
-    let (_, out) = bpf.run(SANDBOX_PROG, &answer);
-    assert_ne!(inspect(&out), seen(HOST, 8080, OTHER_SANDBOX, 6000), "no longer translated after the unpublish");
+    assert_eq!(bpf.run(SANDBOX_PROG, &answer), (PASS, answer.clone()), "no longer translated after the unpublish");
 
     let mut bpf = load(0);
     bpf.endpoint(OTHER_SANDBOX, SANDBOX_VETH, 2);
@@ -332,8 +350,9 @@ fn tcp_simultaneous_open_through_a_mapping() {
 
 /// RFC 5382 REQ-4: an unsolicited SYN to a mapping's port (one the default filtering does
 /// not admit) is not answered (dropped, counted), so the host's RST cannot end a TCP hole
-/// punch whose own SYN is about to leave; the same SYN to a port no mapping uses is left
-/// to the host (the control), and the mapping's own peer gets its answer through.
+/// punch whose own SYN is about to leave; the same SYN to a port no mapping uses, or to a
+/// port a host service listens on, is left to the host (the controls), and the mapping's
+/// own peer gets its answer through.
 #[test]
 fn an_unsolicited_syn_to_a_mapping_is_not_answered() {
     let mut bpf = load(0);
@@ -343,7 +362,19 @@ fn an_unsolicited_syn_to_a_mapping_is_not_answered() {
     assert_eq!(bpf.counter(counter::DROP_UNSOLICITED_SYN), 1);
     let other = tcp(REMOTE_2, 50000, HOST, 40002, true);
     assert_eq!(bpf.run(INGRESS, &other), (PASS, other.clone()), "no mapping there: the host's");
+    // A service of the host's that came to listen on the mapping's port after it was made
+    // answers its SYNs itself.
+    let listener = std::net::TcpListener::bind(("0.0.0.0", 40000)).expect("a host listener");
+    let unsolicited = tcp(REMOTE_2, 50001, HOST, 40000, true);
+    assert_eq!(bpf.run(INGRESS, &unsolicited), (PASS, unsolicited.clone()), "the host's service");
+    drop(listener);
+    assert_eq!(bpf.run(INGRESS, &unsolicited).0, TC_ACT_SHOT, "and once it is gone, unanswered again");
+    assert_eq!(bpf.counter(counter::DROP_UNSOLICITED_SYN), 2);
     let (ret, out) = bpf.run(INGRESS, &segment(REMOTE, 443, HOST, 40000, 7000, syn_ack(1001)));
     assert_eq!((ret, inspect(&out)), (PASS, seen(REMOTE, 443, SANDBOX, 40000)), "the mapping's own peer");
-    assert_eq!(bpf.counter(counter::DROP_UNSOLICITED_SYN), 1);
+    assert_eq!(bpf.counter(counter::DROP_UNSOLICITED_SYN), 2);
+    // A forged source that is the host's own address is no outside peer: left to the
+    // kernel (which drops it as a martian), not judged by any filtering.
+    let forged = tcp(HOST, 50000, HOST, 40000, true);
+    assert_eq!(bpf.run(INGRESS, &forged), (PASS, forged.clone()));
 }

@@ -380,6 +380,20 @@ fn hairpin_to_a_published_port_shows_the_external_source_when_chosen() {
                 };
                 println!("{dataplane} {name} IPv{}: seen {seen}, mapping {mapping}", if v6 { 6 } else { 4 });
                 assert_eq!(seen, want, "{dataplane} {name} IPv{}: the source the target sees", if v6 { 6 } else { 4 });
+                // Through the network's gateway address the source stays the sandbox's own:
+                // that address is no peer's view of it. (Another socket: from the same one
+                // Docker's source would give both flows one tuple at the target.)
+                let network = &name[..name.len() - 2];
+                let view = lab.json(&["network", "inspect", network]);
+                let gateway: IpAddr = view[if v6 { "gateway_v6" } else { "gateway" }].as_str().unwrap().parse().unwrap();
+                let via_gateway = SocketAddr::new(gateway, 5000);
+                let other_port = port + 5 + u16::from(v6);
+                let socket = bind_in(&ns, v6, other_port);
+                socket.send_to(b"hairpin", via_gateway).expect("send");
+                let (len, from) = socket.recv_from(&mut buf).expect("the published port answers on the gateway");
+                assert_eq!(from, via_gateway);
+                let seen: SocketAddr = String::from_utf8_lossy(&buf[..len]).parse().unwrap();
+                assert_eq!(seen, SocketAddr::new(own, other_port), "{dataplane} {name}: via the gateway");
             }
             drop(server);
         }

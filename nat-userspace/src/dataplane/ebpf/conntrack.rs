@@ -24,8 +24,9 @@ pub trait Family: Copy + Eq + Hash + Pod + 'static {
     const TABLES: [&'static str; 2];
     /// Flows per source (the per-source quotas).
     const QUOTA: &'static str;
-    /// Masquerade mappings, the ports they hold, the addresses they admit.
-    const SNAT: [&'static str; 3];
+    /// Masquerade mappings, the ports they hold, the addresses they admit, the ports the
+    /// default filtering's share.
+    const SNAT: [&'static str; 4];
     fn ip(self) -> IpAddr;
     /// What a quota counts the originator of a flow of entry kind `kind` under, as the
     /// programs key it (`nat-ebpf` `quota_key`): the IPv4 address, `quota_key6` (IPv6).
@@ -35,7 +36,7 @@ pub trait Family: Copy + Eq + Hash + Pod + 'static {
 impl Family for u32 {
     const TABLES: [&'static str; 2] = [map::CT4, map::CT4_NEW];
     const QUOTA: &'static str = map::QUOTA4;
-    const SNAT: [&'static str; 3] = [map::SNAT4, map::SNAT4_PORTS, map::SNAT4_PEERS];
+    const SNAT: [&'static str; 4] = [map::SNAT4, map::SNAT4_PORTS, map::SNAT4_PEERS, map::SNAT4_SHARED];
     fn ip(self) -> IpAddr {
         IpAddr::V4(from_raw(self))
     }
@@ -47,7 +48,7 @@ impl Family for u32 {
 impl Family for Addr6 {
     const TABLES: [&'static str; 2] = [map::CT6, map::CT6_NEW];
     const QUOTA: &'static str = map::QUOTA6;
-    const SNAT: [&'static str; 3] = [map::SNAT6, map::SNAT6_PORTS, map::SNAT6_PEERS];
+    const SNAT: [&'static str; 4] = [map::SNAT6, map::SNAT6_PORTS, map::SNAT6_PEERS, map::SNAT6_SHARED];
     fn ip(self) -> IpAddr {
         IpAddr::V6(from_raw6(self))
     }

@@ -90,7 +90,7 @@ where
     SnatOwner<A>: Pod,
     SnatPeerKey<A>: Pod,
 {
-    let [mappings_name, ports_name, peers_name] = A::SNAT;
+    let [mappings_name, ports_name, peers_name, shared_name] = A::SNAT;
     if ebpf.map(mappings_name).is_none() {
         // An object from before mappings (the previous datapath a test build can load).
         return Ok(0);
@@ -127,8 +127,12 @@ where
         }
     }
     let mut held: HashSet<PortKey<A>> = HashSet::new();
-    {
-        let mut ports = table::<PortKey<A>, SnatOwner<A>>(ebpf, ports_name)?;
+    // Holdings, then the marks of shared ports (an object from before them has none).
+    for name in [ports_name, shared_name] {
+        if ebpf.map(name).is_none() {
+            continue;
+        }
+        let mut ports = table::<PortKey<A>, SnatOwner<A>>(ebpf, name)?;
         let all: Vec<(PortKey<A>, SnatOwner<A>)> = ports.iter().filter_map(Result::ok).collect();
         for (port, owner) in all {
             let mapping = SnatKey {
@@ -140,10 +144,10 @@ where
             };
             let accounted = kept.get(&mapping) == Some(&port.port)
                 || usage.ports_in_use.contains(&(port.addr, port.port, port.proto));
-            if accounted {
-                held.insert(port);
-            } else {
+            if !accounted {
                 let _ = ports.remove(&port);
+            } else if name == ports_name {
+                held.insert(port);
             }
         }
     }

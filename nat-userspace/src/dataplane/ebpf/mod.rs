@@ -354,6 +354,16 @@ impl Dataplane for EbpfDataplane {
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
+                map::SNAT4_SHARED,
+                maps::entries::<Port4Key, nat_common::Snat4Owner>(ebpf, map::SNAT4_SHARED),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT6_SHARED,
+                maps::entries::<Port6Key, nat_common::Snat6Owner>(ebpf, map::SNAT6_SHARED),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
                 map::PUNCH4,
                 maps::entries::<nat_common::Punch4Key, nat_common::Punch4>(ebpf, map::PUNCH4),
                 nat_common::MAX_PUNCHES,

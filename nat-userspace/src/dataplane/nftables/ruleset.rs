@@ -282,7 +282,7 @@ fib daddr type local dnat {l3} to meta l4proto . th dport map @ports_any
   }}
   chain postrouting {{
 type nat hook postrouting priority srcnat; policy accept;
-{l3} saddr @hairpin_external_nets ct status dnat oifname @bridges snat {l3} to ct original {l3} daddr
+{l3} saddr @hairpin_external_nets ct status dnat ct original {l3} daddr != @nets oifname @bridges snat {l3} to ct original {l3} daddr
 {l3} saddr . {l3} daddr . meta l4proto . th dport @hairpin masquerade
 {l3} saddr @masq_nets oifname != @bridges masquerade
 {postrouting_loopback}  }}
