@@ -287,22 +287,29 @@ fn a_mapping_outlives_its_flows_then_expires() {
         "mapping=8",
     ]);
     network(&lab, "eif", &["natd.nat.filtering=endpoint-independent"]);
+    network(&lab, "dflt", &[]);
     second_server_address(&lab);
     let (_server, endpoints) = Server::start(&lab, [EXT_IP, EXT_IP_2]);
     let socket = bind_in(&lab.netns_of("eif-c"), false, 45000);
     let external = probe(&socket, endpoints[0], 0).expect("the server answers");
-    let mappings = || lab.json(&["stats"])["maps"]["NATD_SNAT4"][0].as_u64().unwrap_or(u64::MAX);
-    assert_eq!(mappings(), 1);
+    // A mapping of the default filtering, whose port is marked as shared.
+    let shared = bind_in(&lab.netns_of("dflt-c"), false, 45002);
+    probe(&shared, endpoints[0], 0).expect("the server answers the default network too");
+    let fill = |map: &str| lab.json(&["stats"])["maps"][map][0].as_u64().unwrap_or(u64::MAX);
+    let mappings = || fill("NATD_SNAT4");
+    assert_eq!(mappings(), 2);
+    assert_eq!((fill("NATD_SNAT4_PORTS"), fill("NATD_SNAT4_SHARED")), (1, 1), "one port held, one shared");
     let flows = || lab.json(&["ct", "ls"]).as_array().map_or(0, |f| f.len());
     assert!(natlab::wait_until(Duration::from_secs(10), || flows() == 0), "the flow expires");
-    assert_eq!(mappings(), 1, "the mapping outlives it");
+    assert_eq!(mappings(), 2, "the mappings outlive them");
     let stranger = in_netns(&lab.ext_path(), || UdpSocket::bind((EXT_IP, 0)).unwrap());
     stranger.send_to(b"knock", external).unwrap();
     let mut buf = [0u8; 16];
     let heard = socket.recv_from(&mut buf).ok().map(|(len, _)| buf[..len].to_vec());
     assert_eq!(heard.as_deref(), Some(&b"knock"[..]), "admitted through the mapping");
     // The knock started a flow of its own (inbound ones do not refresh the mapping).
-    assert!(natlab::wait_until(Duration::from_secs(20), || mappings() == 0), "the mapping expires");
+    assert!(natlab::wait_until(Duration::from_secs(20), || mappings() == 0), "the mappings expire");
+    assert_eq!((fill("NATD_SNAT4_PORTS"), fill("NATD_SNAT4_SHARED")), (0, 0), "with their ports");
     assert!(natlab::wait_until(Duration::from_secs(10), || flows() == 0));
     stranger.send_to(b"again", external).unwrap();
     assert!(socket.recv_from(&mut buf).is_err(), "nothing admitted without a mapping");
