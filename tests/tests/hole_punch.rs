@@ -216,6 +216,37 @@ fn sandboxes_of_one_host_meet_through_their_mappings_when_both_punch() {
     assert_eq!(punches(), Some(0), "the answered punch is spent");
 }
 
+/// A TCP punch between two sandboxes (namespaces and ports given), each knowing the
+/// other's external address: alice connects first; once `refused` says her SYN was
+/// dropped unanswered, bob connects. Both connects must complete (a simultaneous open on
+/// alice's side), then data goes both ways and each sees the other's external address.
+fn tcp_punch(alice: (&str, u16, SocketAddr), bob: (&str, u16, SocketAddr), refused: impl Fn() -> bool) {
+    let ((alice_ns, alice_port, alice_external), (bob_ns, bob_port, bob_external)) = (alice, bob);
+    let alice_socket = tcp_socket(alice_ns, false, alice_port);
+    let alice = std::thread::spawn(move || {
+        alice_socket.connect_timeout(&bob_external.into(), Duration::from_secs(8)).map(|()| TcpStream::from(alice_socket))
+    });
+    assert!(natlab::wait_until(Duration::from_secs(3), refused), "alice's first SYN goes unanswered");
+    let bob_socket = tcp_socket(bob_ns, false, bob_port);
+    bob_socket
+        .connect_timeout(&alice_external.into(), Duration::from_secs(8))
+        .expect("bob connects to alice");
+    let mut bob: TcpStream = bob_socket.into();
+    let mut alice = alice.join().unwrap().expect("alice connects to bob");
+    for s in [&bob, &alice] {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    let mut buf = [0u8; 9];
+    alice.write_all(b"hello bob").unwrap();
+    bob.read_exact(&mut buf).expect("bob reads");
+    assert_eq!(&buf, b"hello bob");
+    bob.write_all(b"hi alice!").unwrap();
+    alice.read_exact(&mut buf).expect("alice reads");
+    assert_eq!(&buf, b"hi alice!");
+    assert_eq!(bob.peer_addr().unwrap(), alice_external, "bob sees alice's external address");
+    assert_eq!(alice.peer_addr().unwrap(), bob_external);
+}
+
 /// TCP hole punching between sandboxes on two natd hosts under the default filtering
 /// (RFC 5382; RFC 5128 section 4.2): each learns its external TCP address from a
 /// reflector, then both connect to the other's. Alice's SYN reaches bob's natd before bob
@@ -232,31 +263,9 @@ fn tcp_peers_connect_by_simultaneous_open() {
     let alice_external = tcp_seen(&alice_ns, false, 52000, reflector);
     let bob_external = tcp_seen(&bob_ns, false, 52001, reflector);
     assert_eq!(alice_external.port(), 52000, "the sandbox's port, preserved");
-    let alice_socket = tcp_socket(&alice_ns, false, 52000);
-    let alice = std::thread::spawn(move || {
-        alice_socket.connect_timeout(&bob_external.into(), Duration::from_secs(8)).map(|()| TcpStream::from(alice_socket))
+    tcp_punch((&alice_ns, 52000, alice_external), (&bob_ns, 52001, bob_external), || {
+        hosts[1].counter("drop_unsolicited_syn") >= 1
     });
-    // Alice's first SYN finds nothing on bob's side yet.
-    assert!(
-        natlab::wait_until(Duration::from_secs(3), || hosts[1].counter("drop_unsolicited_syn") >= 1),
-        "bob's natd drops alice's unsolicited SYN"
-    );
-    let bob_socket = tcp_socket(&bob_ns, false, 52001);
-    bob_socket
-        .connect_timeout(&alice_external.into(), Duration::from_secs(8))
-        .expect("bob connects to alice");
-    let mut bob: TcpStream = bob_socket.into();
-    let mut alice = alice.join().unwrap().expect("alice connects to bob");
-    bob.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    alice.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    alice.write_all(b"hello bob").unwrap();
-    let mut buf = [0u8; 9];
-    bob.read_exact(&mut buf).expect("bob reads");
-    assert_eq!(&buf, b"hello bob");
-    bob.write_all(b"hi alice!").unwrap();
-    alice.read_exact(&mut buf).expect("alice reads");
-    assert_eq!(&buf, b"hi alice!");
-    assert_eq!(alice.peer_addr().unwrap(), bob_external);
     for host in &hosts {
         assert_eq!(host.counter("tcp_invalid"), 0, "every segment is plausible to both natds");
     }
@@ -266,7 +275,7 @@ fn tcp_peers_connect_by_simultaneous_open() {
 /// hairpinned SYN to bob's external address is refused, recorded as her punch and left
 /// unanswered (REQ-4: no RST from the host ends her connect); bob's SYN to hers is its
 /// answer, a simultaneous open both sandboxes complete, and data goes both ways between
-/// their external addresses.
+/// their external addresses (REQ-9a).
 #[test]
 fn tcp_sandboxes_of_one_host_meet_by_simultaneous_open() {
     let lab = Lab::started(&["--dataplane", "ebpf"]);
@@ -279,29 +288,7 @@ fn tcp_sandboxes_of_one_host_meet_by_simultaneous_open() {
     let (alice_ns, bob_ns) = (lab.netns_of("alice"), lab.netns_of("bob"));
     let alice_external = tcp_seen(&alice_ns, false, 53000, reflector);
     let bob_external = tcp_seen(&bob_ns, false, 53001, reflector);
-    let alice_socket = tcp_socket(&alice_ns, false, 53000);
-    let alice = std::thread::spawn(move || {
-        alice_socket.connect_timeout(&bob_external.into(), Duration::from_secs(8)).map(|()| TcpStream::from(alice_socket))
+    tcp_punch((&alice_ns, 53000, alice_external), (&bob_ns, 53001, bob_external), || {
+        lab.counter("drop_unsolicited_syn") >= 1
     });
-    assert!(
-        natlab::wait_until(Duration::from_secs(3), || lab.counter("drop_unsolicited_syn") >= 1),
-        "alice's hairpinned SYN goes unanswered"
-    );
-    let bob_socket = tcp_socket(&bob_ns, false, 53001);
-    bob_socket
-        .connect_timeout(&alice_external.into(), Duration::from_secs(8))
-        .expect("bob connects to alice");
-    let mut bob: TcpStream = bob_socket.into();
-    let mut alice = alice.join().unwrap().expect("alice connects to bob");
-    for s in [&bob, &alice] {
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    }
-    alice.write_all(b"hello bob").unwrap();
-    let mut buf = [0u8; 9];
-    bob.read_exact(&mut buf).expect("bob reads");
-    bob.write_all(b"hi alice!").unwrap();
-    alice.read_exact(&mut buf).expect("alice reads");
-    assert_eq!(&buf, b"hi alice!");
-    assert_eq!(bob.peer_addr().unwrap(), alice_external, "REQ-9a: bob sees alice's external address");
-    assert_eq!(alice.peer_addr().unwrap(), bob_external);
 }
