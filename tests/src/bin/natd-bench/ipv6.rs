@@ -110,8 +110,12 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
         wait_listening(&b.lab.ext_path(), "tcp", 9000);
     }
     let outside = format!("[{EXT_IP6}]:9000");
+    for bed in &beds {
+        let _ = loadgen(&bed.lab.ext_path(), "crr", &bed.target, crate::traffic::WARM_UP_SECS);
+        let _ = loadgen(&bed.sandbox_ns, "crr", &outside, crate::traffic::WARM_UP_SECS);
+    }
     for rep in 0..plan.reps {
-        for bed in &beds {
+        for bed in crate::traffic::rotated(&beds, rep) {
             eprintln!("  rep {} ipv6 {}", rep + 1, bed.mode);
             let ext = bed.lab.ext_path();
             for (scenario, ns, target) in [
@@ -131,15 +135,9 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
                         continue;
                     }
                     let metric = if kind == "crr" { "crr_per_s" } else { "rr_per_s" };
-                    results.samples.push(Sample::new(
-                        scenario,
-                        bed.mode,
-                        1,
-                        metric,
-                        v["per_s"].as_f64().unwrap_or(0.0),
-                    ));
+                    results.samples.push(Sample::new(scenario, bed.mode, 1, metric, v["per_s"].as_f64().unwrap_or(0.0)).rep(rep));
                     if kind == "rr" {
-                        results.samples.push(Sample::new(scenario, bed.mode, 1, "p99_us", v["p99_us"].as_f64().unwrap_or(0.0)));
+                        results.samples.push(Sample::new(scenario, bed.mode, 1, "p99_us", v["p99_us"].as_f64().unwrap_or(0.0)).rep(rep));
                     }
                 }
             }

@@ -14,7 +14,9 @@ mod ipv6;
 mod overlay;
 mod plots;
 mod programs;
+mod quality;
 mod report;
+mod stats;
 mod traffic;
 
 use std::{
@@ -38,6 +40,8 @@ pub struct Sample {
     pub value: f64,
     /// Extra key (iperf3 streams, program path) so distinct series stay apart.
     pub detail: Option<String>,
+    /// The repetition it was measured in (modes are paired by it); None: by order.
+    pub rep: Option<usize>,
 }
 
 impl Sample {
@@ -49,7 +53,13 @@ impl Sample {
             metric,
             value,
             detail: None,
+            rep: None,
         }
+    }
+
+    pub fn rep(mut self, rep: usize) -> Self {
+        self.rep = Some(rep);
+        self
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -72,6 +82,8 @@ pub struct Results {
     pub invalid: Vec<Invalid>,
     /// Facts the report states (e.g. the flood's rate), in order.
     pub notes: Vec<String>,
+    /// CPU time over the run (`quality`).
+    pub machine: quality::Machine,
 }
 
 pub struct Plan {
@@ -113,7 +125,7 @@ impl Plan {
         } else {
             Self {
                 quick,
-                reps: 5,
+                reps: 10,
                 secs: 3.0,
                 scale: vec![1, 100, 1000, 10000, 65000],
                 streams: vec![1, 4],
@@ -166,6 +178,7 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
     let wanted = |part: &str| only.is_none_or(|o| o.iter().any(|p| p == part));
     let started = Instant::now();
     let mut results = Results::default();
+    results.machine.start = quality::cpu_ticks();
     if wanted("traffic") {
         for &n in &plan.scale {
             eprintln!("== published port and masquerade with {n} mappings present");
@@ -195,6 +208,7 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
         }
         control::memory(plan.rss.0, plan.rss.1, &mut results)?;
     }
+    results.machine.end = quality::cpu_ticks();
     report::write(&plan, out, &results, started.elapsed())?;
     eprintln!("report: {}", out.join("report.md").display());
     Ok(())

@@ -201,19 +201,13 @@ fn measure(bed: &OverlayBed, plan: &Plan, rep: usize, results: &mut Results) {
         });
     } else {
         for (metric, key) in [("rr_per_s", "per_s"), ("p50_us", "p50_us"), ("p99_us", "p99_us")] {
-            results.samples.push(Sample::new(
-                "overlay",
-                bed.mode,
-                1,
-                metric,
-                v[key].as_f64().unwrap_or(0.0),
-            ));
+            results.samples.push(Sample::new("overlay", bed.mode, 1, metric, v[key].as_f64().unwrap_or(0.0)).rep(rep));
         }
     }
     match traffic::iperf(&bed.client_ns, &bed.server_ip, 5201, 1, plan.secs) {
         Ok(g) => results
             .samples
-            .push(Sample::new("overlay", bed.mode, 1, "gbit_s", g).detail("1 stream(s)")),
+            .push(Sample::new("overlay", bed.mode, 1, "gbit_s", g).detail("1 stream(s)").rep(rep)),
         Err(why) => results.invalid.push(Invalid {
             what: what("iperf3"),
             why,

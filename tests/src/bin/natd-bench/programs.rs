@@ -17,10 +17,11 @@ pub fn warm(plan: &Plan, results: &mut Results) -> Result<()> {
             "redirect_only" => ("redirect", "dnat_forward"),
             other => ("ebpf", other),
         };
-        for ns in cost.ns {
+        // Repetition i of every path ran in the same round (`natlab::warm::paths`).
+        for (rep, ns) in cost.ns.into_iter().enumerate() {
             results
                 .samples
-                .push(Sample::new("program", mode, mappings, "ns_per_packet_warm", ns).detail(path));
+                .push(Sample::new("program", mode, mappings, "ns_per_packet_warm", ns).detail(path).rep(rep));
         }
     }
     Ok(())

@@ -6,7 +6,13 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 use anyhow::Result;
 use natlab::sh;
 
-use crate::{MODES, Plan, Results, control::percentile, plots::plots};
+use crate::{
+    MODES, Plan, Results, Sample,
+    control::percentile,
+    plots::plots,
+    quality,
+    stats::{self, Interval},
+};
 
 /// (scenario, mappings, metric, detail, mode).
 pub type Key = (String, u32, String, Option<String>, String);
@@ -20,13 +26,11 @@ pub struct Agg {
     pub runs: usize,
 }
 
-/// Why natd misses the targets it misses, from the latest full run on this machine (the
-/// tables above say by how much in this run).
-const ANALYSIS: &str = include_str!("analysis.md");
 
 const METHOD: &str = "- method: every mode has its own topology of network namespaces (external client, host with natd, \
 sandbox server); client, server and their softirq work pinned to CPU 1; offloads on; the client's port range widened \
-and TIME_WAIT reuse on. CRR: new TCP connection, 1-byte request/response, close; RR: 1-byte transactions on a \
+and TIME_WAIT reuse on; each bed runs one discarded warm-up first, and the modes take turns at going first in each \
+repetition (no mode always inherits the same predecessor's state). CRR: new TCP connection, 1-byte request/response, close; RR: 1-byte transactions on a \
 kept-alive connection (p50/p99 latency from it); throughput: iperf3. `baseline` routes to the sandbox without NAT or \
 netfilter rules; `redirect` routes the same way through natd's redirect-only programs (`bpf_redirect_peer` into the \
 sandbox, `bpf_redirect` out of it, no NAT, no tracking); `iptables` applies Docker's rules (nat DOCKER chain from \
@@ -70,7 +74,11 @@ pub fn aggregate(samples: &[crate::Sample]) -> BTreeMap<Key, Agg> {
         .collect()
 }
 
-fn results_json(agg: &BTreeMap<Key, Agg>) -> Result<String> {
+fn results_json(
+    agg: &BTreeMap<Key, Agg>,
+    targets: &[(String, Option<Interval>, f64, bool)],
+    disturbed: &[String],
+) -> Result<String> {
     let rows: Vec<serde_json::Value> = agg
         .iter()
         .map(|((scenario, n, metric, detail, mode), a)| {
@@ -84,7 +92,20 @@ fn results_json(agg: &BTreeMap<Key, Agg>) -> Result<String> {
             o
         })
         .collect();
-    Ok(serde_json::to_string_pretty(&rows)?)
+    let targets: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|(name, iv, goal, higher)| {
+            serde_json::json!({
+                "target": name, "goal": goal, "higher_is_better": higher,
+                "median": iv.map(|i| i.median), "lo": iv.map(|i| i.lo), "hi": iv.map(|i| i.hi),
+                "values": iv.map_or(0, |i| i.n),
+                "verdict": iv.filter(|i| i.has_interval()).map(|i| stats::verdict(&i, *goal, *higher).name()),
+            })
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "series": rows, "targets": targets, "disturbed": disturbed,
+    }))?)
 }
 
 fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
@@ -106,7 +127,7 @@ fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
     let _ = writeln!(md, "- machine: {cpu}, {cpus} CPUs; kernel {kernel}");
     let _ = writeln!(
         md,
-        "- run took {:.0} s; {} repetitions per point, modes interleaved ({}), {:.0} s per measurement; warm program \
+        "- run took {:.0} s; {} repetitions per point, modes interleaved and rotated ({}), {:.0} s per measurement; warm program \
          runs: {} repetitions of {} runs",
         elapsed.as_secs_f64(),
         plan.reps,
@@ -154,18 +175,14 @@ fn table(md: &mut String, agg: &BTreeMap<Key, Agg>) {
     }
 }
 
-/// Target rows: (name, measured, goal, higher is better).
-fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f64, bool)> {
+/// Target rows: (name, the measured median and its interval, goal, higher is better).
+fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Option<Interval>, f64, bool)> {
     let get = |s: &str, n: u32, m: &str, d: Option<&str>, mode: &str| {
-        agg.get(&(s.into(), n, m.into(), d.map(str::to_string), mode.into()))
-            .map(|a| a.median)
+        let values: Vec<f64> = stats::by_rep(samples, (s, n, m, d, mode)).into_values().collect();
+        stats::median_interval(&values)
     };
-    let ratio = |s: &str, n: u32, m: &str, d: Option<&str>, other: &str| match (
-        get(s, n, m, d, "ebpf"),
-        get(s, n, m, d, other),
-    ) {
-        (Some(e), Some(o)) if o > 0.0 => Some(e / o),
-        _ => None,
+    let ratio = |s: &str, n: u32, m: &str, d: Option<&str>, other: &str| {
+        stats::median_interval(&stats::paired_ratios(samples, (s, n, m, d, "ebpf"), (s, n, m, d, other)))
     };
     let mut t = Vec::new();
     for &n in &plan.scale {
@@ -174,6 +191,13 @@ fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f
                 format!("publish {label} ebpf/baseline >= 1.0 (N={n}; stretch 1.10)"),
                 ratio("publish", n, metric, None, "baseline"),
                 1.0,
+                true,
+            ));
+            // What the NAT itself costs: the same programs' redirect without it.
+            t.push((
+                format!("publish {label} ebpf/redirect-only >= 0.97 (N={n})"),
+                ratio("publish", n, metric, None, "redirect"),
+                0.97,
                 true,
             ));
         }
@@ -185,12 +209,7 @@ fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f
             1.0,
             true,
         ));
-        t.push((
-            format!("publish {label} ebpf/redirect-only >= 0.97 (N=1)"),
-            ratio("publish", 1, metric, None, "redirect"),
-            0.97,
-            true,
-        ));
+
     }
     let big = if plan.scale.contains(&10000) {
         10000
@@ -250,7 +269,8 @@ fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f
         false,
     ));
     for &n in &plan.program_sizes[1..] {
-        let flat = dnat(n).zip(dnat(small)).map(|(b, a)| b / a.max(1.0));
+        let series = |n| ("program", n, "ns_per_packet_warm", Some("dnat_forward"), "ebpf");
+        let flat = stats::median_interval(&stats::paired_ratios(samples, series(n), series(small)));
         t.push((
             format!("DNAT forward warm at N={n} within 1.2x of N={small}"),
             flat,
@@ -266,16 +286,14 @@ fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f
             false,
         ));
         let flows = format!("{} flows", plan.control_flows);
-        let with_flows = get("control", n, "add_us_p50", Some(&flows), "ebpf").zip(get(
-            "control",
-            n,
-            "add_us_p50",
-            Some("0 flows"),
-            "ebpf",
-        ));
+        let with_flows = stats::paired_ratios(
+            samples,
+            ("control", n, "add_us_p50", Some(flows.as_str()), "ebpf"),
+            ("control", n, "add_us_p50", Some("0 flows"), "ebpf"),
+        );
         t.push((
             format!("publish with {flows} tracked / with none, p50 <= 1.2x (sync does not walk the table)"),
-            with_flows.map(|(a, b)| a / b.max(1.0)),
+            stats::median_interval(&with_flows),
             1.2,
             false,
         ));
@@ -298,33 +316,36 @@ fn targets(plan: &Plan, agg: &BTreeMap<Key, Agg>) -> Vec<(String, Option<f64>, f
 
 pub fn write(plan: &Plan, out: &Path, results: &Results, elapsed: Duration) -> Result<()> {
     let agg = aggregate(&results.samples);
-    std::fs::write(out.join("results.json"), results_json(&agg)?)?;
+    let targets = targets(plan, &results.samples);
+    let disturbed = quality::disturbances(&results.samples, &results.machine);
+    std::fs::write(out.join("results.json"), results_json(&agg, &targets, &disturbed)?)?;
     let mut md = String::new();
     header(&mut md, plan, elapsed);
+    quality::section(&mut md, &disturbed, &results.machine);
     table(&mut md, &agg);
     let _ = writeln!(
         md,
-        "\n## Targets\n\n| target | measured | verdict |\n|---|---|---|"
+        "\n## Targets\n\nRatios are the median of per-repetition ratios (ebpf and the other mode measured in the \
+         same repetition), with a bootstrap 95 % interval over the repetitions; values the median of the runs with its \
+         interval. A target is met only if the whole interval clears it, missed only if the whole interval misses \
+         it, else inconclusive.\n\n| target | median [95 % interval] (values) | verdict |\n|---|---|---|"
     );
-    for (name, value, goal, higher) in targets(plan, &agg) {
-        let (text, verdict) = match value {
-            Some(v) => {
-                let ok = if higher { v >= goal } else { v <= goal };
-                let by = if higher {
-                    (goal - v) / goal * 100.0
-                } else {
-                    (v - goal) / goal * 100.0
-                };
-                (
-                    format!("{v:.2}"),
-                    if ok {
-                        "met".to_string()
-                    } else {
-                        format!("missed by {by:.0}%")
-                    },
-                )
-            }
+    for (name, iv, goal, higher) in &targets {
+        let (text, verdict) = match iv {
+            Some(iv) if iv.has_interval() => (
+                format!("{:.2} [{:.2}–{:.2}] ({})", iv.median, iv.lo, iv.hi, iv.n),
+                stats::verdict(iv, *goal, *higher).name().to_string(),
+            ),
+            Some(iv) => (
+                format!("{:.2} ({})", iv.median, iv.n),
+                format!("{} (no interval from {} value(s))", stats::verdict(iv, *goal, *higher).name(), iv.n),
+            ),
             None => ("not measured".into(), "–".into()),
+        };
+        let verdict = if disturbed.is_empty() || verdict == "–" {
+            verdict
+        } else {
+            format!("{verdict} (unreliable run)")
         };
         let _ = writeln!(md, "| {name} | {text} | {verdict} |");
     }
@@ -341,8 +362,11 @@ pub fn write(plan: &Plan, out: &Path, results: &Results, elapsed: Duration) -> R
     for i in &results.invalid {
         let _ = writeln!(md, "- {}: {}", i.what, i.why);
     }
-    md.push('\n');
-    md.push_str(ANALYSIS);
+    let _ = writeln!(
+        md,
+        "\nWhy targets were missed in an earlier full run (written from that run, not this one): \
+         `docs/bench/analysis.md`."
+    );
     let _ = writeln!(
         md,
         "\nPlots: `crr_vs_n.png`, `program_ns.png`. Raw aggregates: `results.json`."

@@ -153,33 +153,17 @@ impl Run<'_> {
             self.mappings,
         );
         let s = &mut self.results.samples;
-        s.push(Sample::new(
-            scenario,
-            bed.mode,
-            n,
-            rate,
-            v["per_s"].as_f64().unwrap_or(0.0),
-        ));
+        let rep = self.rep;
+        s.push(Sample::new(scenario, bed.mode, n, rate, v["per_s"].as_f64().unwrap_or(0.0)).rep(rep));
         if kind == "rr" {
-            s.push(Sample::new(
-                scenario,
-                bed.mode,
-                n,
-                "p50_us",
-                v["p50_us"].as_f64().unwrap_or(0.0),
-            ));
-            s.push(Sample::new(
-                scenario,
-                bed.mode,
-                n,
-                "p99_us",
-                v["p99_us"].as_f64().unwrap_or(0.0),
-            ));
+            s.push(Sample::new(scenario, bed.mode, n, "p50_us", v["p50_us"].as_f64().unwrap_or(0.0)).rep(rep));
+            s.push(Sample::new(scenario, bed.mode, n, "p99_us", v["p99_us"].as_f64().unwrap_or(0.0)).rep(rep));
         }
         for (point, ns_per_run, _) in insitu::cost(&before, &after) {
             s.push(
                 Sample::new("program", bed.mode, n, "ns_per_packet_in_situ", ns_per_run)
-                    .detail(in_situ_path(scenario, rate, point)),
+                    .detail(in_situ_path(scenario, rate, point))
+                    .rep(rep),
             );
         }
         Ok(())
@@ -194,7 +178,8 @@ impl Run<'_> {
         match result {
             Ok(g) if dropped == 0 => self.results.samples.push(
                 Sample::new(scenario, bed.mode, self.mappings, "gbit_s", g)
-                    .detail(format!("{streams} stream(s)")),
+                    .detail(format!("{streams} stream(s)"))
+                    .rep(self.rep),
             ),
             Ok(_) => self.results.invalid.push(Invalid {
                 what,
@@ -203,6 +188,15 @@ impl Run<'_> {
             Err(why) => self.results.invalid.push(Invalid { what, why }),
         }
     }
+}
+
+/// Seconds of the discarded warm-up run of each bed.
+pub(crate) const WARM_UP_SECS: f64 = 0.5;
+
+/// `items` starting at `rep`'s turn, wrapping around.
+pub(crate) fn rotated<T>(items: &[T], rep: usize) -> impl Iterator<Item = &T> {
+    let n = items.len().max(1);
+    items.iter().cycle().skip(rep % n).take(items.len())
 }
 
 /// Every mode with `mappings` published ports, `plan.reps` interleaved repetitions.
@@ -227,8 +221,19 @@ pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
         wait_listening(&b.lab.ext_path(), "tcp", 9000);
         wait_listening(&b.lab.ext_path(), "tcp", 5202);
     }
+    // One discarded run per bed first: the first connections of a bed pay for neighbour
+    // and route cache state the others then find warm.
+    for bed in &beds {
+        let published = format!("{}:{}", bed.target.0, bed.target.1);
+        let _ = loadgen(&bed.lab.ext_path(), "crr", &published, WARM_UP_SECS);
+        if mappings == 1 {
+            let _ = loadgen(&bed.sandbox_ns, "crr", &format!("{EXT_IP}:9000"), WARM_UP_SECS);
+        }
+    }
     for rep in 0..plan.reps {
-        for bed in &beds {
+        // The modes take turns at going first (`rotated`): no mode always inherits the
+        // same predecessor's TIME_WAIT and cache state.
+        for bed in rotated(&beds, rep) {
             eprintln!("  rep {} {} N={mappings}", rep + 1, bed.mode);
             let mut run = Run {
                 bed,
