@@ -321,6 +321,11 @@ impl Lab {
         }
     }
 
+    /// The running natd's process id (nsenter execs it: the child is natd).
+    pub fn natd_pid(&self) -> Option<u32> {
+        self.natd.as_ref().map(|n| n.child.id())
+    }
+
     pub fn natctl(&self, args: &[&str]) -> Output {
         Command::new(natctl_bin())
             .arg("--socket")

@@ -68,9 +68,31 @@ pub fn publish_args(ports: &[u16]) -> Vec<String> {
         .collect()
 }
 
+/// natd's CPU: 0, away from the traffic (CPU 1), every thread of it (later threads inherit
+/// it from their creators).
+pub fn pin_natd(lab: &Lab) {
+    if let Some(pid) = lab.natd_pid() {
+        let _ = natlab::sh("taskset", &["-a", "-p", "-c", "0", &pid.to_string()]);
+    }
+}
+
+/// CPU time natd has used so far (user and system, every thread), in seconds.
+pub fn natd_cpu_s(lab: &Lab) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", lab.natd_pid()?)).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3; utime and
+    // stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
 pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
     let mut lab = Lab::new()?;
     lab.start_natd(&["--dataplane", natd_dataplane(mode)])?;
+    pin_natd(&lab);
     let server = "taskset -c 1 natd-loadgen serve 80 & taskset -c 1 iperf3 -s -p 5201 >/dev/null & wait";
     let loadgen_dir = natlab::natctl_bin()
         .parent()

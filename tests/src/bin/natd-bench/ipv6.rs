@@ -31,6 +31,7 @@ fn bed(mode: &'static str) -> Result<Bed6> {
         _ => "none",
     };
     lab.start_natd(&["--dataplane", dataplane])?;
+    crate::beds::pin_natd(&lab);
     lab.ok(&["network", "create", "--ipv6", "--subnet", SUBNET6, "v6"]);
     let loadgen_dir = natlab::natctl_bin().parent().expect("bin dir").display().to_string();
     let script = format!("PATH={loadgen_dir}:$PATH; exec taskset -c 1 natd-loadgen serve6 80");

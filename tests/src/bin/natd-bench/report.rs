@@ -30,7 +30,9 @@ pub struct Agg {
 const METHOD: &str = "- method: every mode has its own topology of network namespaces (external client, host with natd, \
 sandbox server); client, server and their softirq work pinned to CPU 1; offloads on; the client's port range widened \
 and TIME_WAIT reuse on; each bed runs one discarded warm-up first, and the modes take turns at going first in each \
-repetition (no mode always inherits the same predecessor's state). CRR: new TCP connection, 1-byte request/response, close; RR: 1-byte transactions on a \
+repetition (no mode always inherits the same predecessor's state); every bed's natd runs on CPU 0, away from the \
+traffic, and its CPU time during each run is reported (`natd_cpu_pct`, per cent of a CPU); the load generator's \
+server is one epoll loop (no thread per connection). CRR: new TCP connection, 1-byte request/response, close; RR: 1-byte transactions on a \
 kept-alive connection (p50/p99 latency from it); throughput: iperf3. `baseline` routes to the sandbox without NAT or \
 netfilter rules; `redirect` routes the same way through natd's redirect-only programs (`bpf_redirect_peer` into the \
 sandbox, `bpf_redirect` out of it, no NAT, no tracking); `iptables` applies Docker's rules (nat DOCKER chain from \
@@ -76,8 +78,8 @@ pub fn aggregate(samples: &[crate::Sample]) -> BTreeMap<Key, Agg> {
 
 fn results_json(
     agg: &BTreeMap<Key, Agg>,
-    targets: &[(String, Option<Interval>, f64, bool)],
-    disturbed: &[String],
+    targets: &[(String, Measured, f64, bool)],
+    disturbed: &[quality::Disturbance],
 ) -> Result<String> {
     let rows: Vec<serde_json::Value> = agg
         .iter()
@@ -94,7 +96,8 @@ fn results_json(
         .collect();
     let targets: Vec<serde_json::Value> = targets
         .iter()
-        .map(|(name, iv, goal, higher)| {
+        .map(|(name, measured, goal, higher)| {
+            let iv = measured.iv;
             serde_json::json!({
                 "target": name, "goal": goal, "higher_is_better": higher,
                 "median": iv.map(|i| i.median), "lo": iv.map(|i| i.lo), "hi": iv.map(|i| i.hi),
@@ -103,6 +106,7 @@ fn results_json(
             })
         })
         .collect();
+    let disturbed: Vec<&str> = disturbed.iter().map(|d| d.what.as_str()).collect();
     Ok(serde_json::to_string_pretty(&serde_json::json!({
         "series": rows, "targets": targets, "disturbed": disturbed,
     }))?)
@@ -175,14 +179,33 @@ fn table(md: &mut String, agg: &BTreeMap<Key, Agg>) {
     }
 }
 
-/// Target rows: (name, the measured median and its interval, goal, higher is better).
-fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Option<Interval>, f64, bool)> {
+/// What a target measured: the median and its interval, and the row of the table it was
+/// measured on (whose baseline's spread judges it).
+#[derive(Clone)]
+pub struct Measured {
+    pub iv: Option<Interval>,
+    pub row: Option<quality::Row>,
+}
+
+impl From<Option<Interval>> for Measured {
+    fn from(iv: Option<Interval>) -> Self {
+        Self { iv, row: None }
+    }
+}
+
+/// Target rows: (name, what was measured, goal, higher is better).
+fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Measured, f64, bool)> {
+    let row = |s: &str, n: u32, m: &str, d: Option<&str>| Some((s.to_string(), n, m.to_string(), d.map(str::to_string)));
     let get = |s: &str, n: u32, m: &str, d: Option<&str>, mode: &str| {
         let values: Vec<f64> = stats::by_rep(samples, (s, n, m, d, mode)).into_values().collect();
-        stats::median_interval(&values)
+        Measured {
+            iv: stats::median_interval(&values),
+            row: row(s, n, m, d),
+        }
     };
-    let ratio = |s: &str, n: u32, m: &str, d: Option<&str>, other: &str| {
-        stats::median_interval(&stats::paired_ratios(samples, (s, n, m, d, "ebpf"), (s, n, m, d, other)))
+    let ratio = |s: &str, n: u32, m: &str, d: Option<&str>, other: &str| Measured {
+        iv: stats::median_interval(&stats::paired_ratios(samples, (s, n, m, d, "ebpf"), (s, n, m, d, other))),
+        row: row(s, n, m, d),
     };
     let mut t = Vec::new();
     for &n in &plan.scale {
@@ -273,7 +296,7 @@ fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Option<Interval>, f6
         let flat = stats::median_interval(&stats::paired_ratios(samples, series(n), series(small)));
         t.push((
             format!("DNAT forward warm at N={n} within 1.2x of N={small}"),
-            flat,
+            flat.into(),
             1.2,
             false,
         ));
@@ -293,7 +316,7 @@ fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Option<Interval>, f6
         );
         t.push((
             format!("publish with {flows} tracked / with none, p50 <= 1.2x (sync does not walk the table)"),
-            stats::median_interval(&with_flows),
+            stats::median_interval(&with_flows).into(),
             1.2,
             false,
         ));
@@ -330,8 +353,8 @@ pub fn write(plan: &Plan, out: &Path, results: &Results, elapsed: Duration) -> R
          interval. A target is met only if the whole interval clears it, missed only if the whole interval misses \
          it, else inconclusive.\n\n| target | median [95 % interval] (values) | verdict |\n|---|---|---|"
     );
-    for (name, iv, goal, higher) in &targets {
-        let (text, verdict) = match iv {
+    for (name, measured, goal, higher) in &targets {
+        let (text, verdict) = match &measured.iv {
             Some(iv) if iv.has_interval() => (
                 format!("{:.2} [{:.2}–{:.2}] ({})", iv.median, iv.lo, iv.hi, iv.n),
                 stats::verdict(iv, *goal, *higher).name().to_string(),
@@ -342,10 +365,9 @@ pub fn write(plan: &Plan, out: &Path, results: &Results, elapsed: Duration) -> R
             ),
             None => ("not measured".into(), "–".into()),
         };
-        let verdict = if disturbed.is_empty() || verdict == "–" {
-            verdict
-        } else {
-            format!("{verdict} (unreliable run)")
+        let verdict = match quality::judged(&disturbed, measured.row.as_ref()) {
+            Some(why) if verdict != "–" => format!("{verdict} (unreliable: {why})"),
+            _ => verdict,
         };
         let _ = writeln!(md, "| {name} | {text} | {verdict} |");
     }

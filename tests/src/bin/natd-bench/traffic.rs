@@ -123,7 +123,9 @@ impl Run<'_> {
             Vec::new()
         };
         let drops = natd_drops(&bed.lab);
+        let cpu_before = beds::natd_cpu_s(&bed.lab);
         let v = loadgen(ns, kind, target, secs);
+        let cpu_after = beds::natd_cpu_s(&bed.lab);
         let after = if programs {
             insitu::snapshot(bed)?
         } else {
@@ -155,6 +157,10 @@ impl Run<'_> {
         let s = &mut self.results.samples;
         let rep = self.rep;
         s.push(Sample::new(scenario, bed.mode, n, rate, v["per_s"].as_f64().unwrap_or(0.0)).rep(rep));
+        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+            // natd's own work during the run (housekeeping, its API), per cent of a CPU.
+            s.push(Sample::new(scenario, bed.mode, n, "natd_cpu_pct", (b - a) / secs * 100.0).detail(kind).rep(rep));
+        }
         if kind == "rr" {
             s.push(Sample::new(scenario, bed.mode, n, "p50_us", v["p50_us"].as_f64().unwrap_or(0.0)).rep(rep));
             s.push(Sample::new(scenario, bed.mode, n, "p99_us", v["p99_us"].as_f64().unwrap_or(0.0)).rep(rep));
