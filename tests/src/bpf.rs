@@ -597,6 +597,15 @@ impl Bpf {
     }
 
     /// Rewrites every entry of both tables with `f` (to age flows, for example).
+    /// Empties the IPv4 embryonic table (flows that never completed a handshake); returns
+    /// how many entries went. Established flows stay.
+    pub fn clear_embryonic(&mut self) -> usize {
+        let mut table: HashMap<_, Ct4Key, Ct4Entry> =
+            HashMap::try_from(self.ebpf.map_mut(map::CT4_NEW).expect("conntrack")).expect("conntrack map");
+        let keys: Vec<Ct4Key> = table.keys().filter_map(Result::ok).collect();
+        keys.iter().filter(|k| table.remove(k).is_ok()).count()
+    }
+
     pub fn edit_ct(&mut self, f: impl Fn(&Ct4Key, &mut Ct4Entry)) {
         for (name, _) in [(map::CT4, true), (map::CT4_NEW, false)] {
             let mut table: HashMap<_, Ct4Key, Ct4Entry> =

@@ -125,7 +125,12 @@ impl Bpf {
 /// second network, a routed uplink for new outbound flows, the fast path on, NAT ports
 /// 1024-65535. `set_mappings` adds the fillers.
 pub fn bench_setup(ct_capacity: u32) -> Result<Bpf> {
-    let mut bpf = Bpf::load(ct_capacity)?;
+    bench_setup_sized(ct_capacity, ct_capacity)
+}
+
+/// `bench_setup` with the established and embryonic tables sized apart.
+pub fn bench_setup_sized(established: u32, embryonic: u32) -> Result<Bpf> {
+    let mut bpf = Bpf::load_sized(established, embryonic)?;
     bpf.load_bench_programs()?;
     bpf.fast_path(true);
     bpf.snat_ports(1024, 65535);
@@ -206,9 +211,8 @@ fn establish(bpf: &mut Bpf) -> Result<u16> {
 /// numbers of mappings take turns within each repetition, so a slow phase of the machine
 /// spreads over all of them instead of landing on one.
 pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, PathCost)>> {
-    // Each `snat_new` run is a new flow: room for all of them in the embryonic table is
-    // not needed (it is an LRU), but the established table must hold the measured flows.
-    let mut bpf = bench_setup(1 << 18)?;
+    // The established table holds the measured flows. Room in the embryonic table for every new flow of one measurement (two entries each).
+    let mut bpf = bench_setup_sized(1 << 18, (2 * repeat + 1024).next_power_of_two().max(1 << 18))?;
     let nat_port = establish(&mut bpf)?;
     let (ingress, sandbox) = (program::EDGE_INGRESS, program::SANDBOX_INGRESS);
     let miss = segment(CLIENT, 40000, HOST, 65500, 1000, SYN);
@@ -341,10 +345,13 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
         for (m, &n) in mappings.iter().enumerate() {
             set_mappings(&mut bpf, n);
             for (i, &(path, uplink, prog, frame, new_flows, verdict, id)) in cases.iter().enumerate() {
-                // New flows never repeat a tuple of an earlier round.
+                // New flows never repeat a tuple of an earlier round, and each round starts on
+                // an embryonic table with room: full, every insert would evict (an LRU), and
+                // the row would measure eviction instead of a new flow.
                 let vary = new_flows.map_or((0, 0), |how| (1 + round * repeat, how));
                 if new_flows.is_some() {
                     round += 1;
+                    bpf.clear_embryonic();
                 }
                 if uplink {
                     bpf.as_edge();
