@@ -30,38 +30,39 @@ fn attach_points(bed: &Bed) -> [(&'static str, String, TcAttachType); 3] {
     ]
 }
 
-/// (attachment point, total run time in ns, run count) of the first natd program on each
-/// attachment point of the bed (TCX).
-pub fn snapshot(bed: &Bed) -> Result<Vec<(&'static str, u64, u64)>> {
+/// One program attached at a point: its label, kernel id, total run time in ns, run count.
+pub type ProgramRun = (String, u32, u64, u64);
+
+/// Every natd program attached at each attachment point of the bed (TCX), by kernel
+/// program id: the IPv4 program under the point's label and, right after it in TCX order,
+/// the IPv6 one (`<label>6`), which every IPv4 packet the first hands on also runs. Their
+/// 15-character kernel names can coincide (`natd_sandbox_in`); the ids cannot.
+pub fn snapshot(bed: &Bed) -> Result<Vec<ProgramRun>> {
     let points = attach_points(bed);
     natlab::in_netns(&bed.lab.host_path(), move || {
         let mut out = Vec::new();
         for (label, dev, kind) in points {
             let (_, programs) =
                 SchedClassifier::query_tcx(&dev, kind).with_context(|| format!("query {dev}"))?;
-            if let Some(p) = programs
-                .iter()
-                .find(|p| p.name_as_str().is_some_and(|n| n.starts_with("natd_")))
-            {
-                out.push((label, p.run_time().as_nanos() as u64, p.run_count()));
+            let natd = programs.iter().filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("natd_")));
+            for (i, p) in natd.take(2).enumerate() {
+                let label = if i == 0 { label.to_string() } else { format!("{label}6") };
+                out.push((label, p.id(), p.run_time().as_nanos() as u64, p.run_count()));
             }
         }
         Ok(out)
     })
 }
 
-/// Mean ns per run of each attachment point's program between two snapshots; points
-/// whose program did not run are left out.
-pub fn cost(
-    before: &[(&'static str, u64, u64)],
-    after: &[(&'static str, u64, u64)],
-) -> Vec<(&'static str, f64, u64)> {
+/// Mean ns per run of each program between two snapshots (matched by program id);
+/// programs that did not run are left out.
+pub fn cost(before: &[ProgramRun], after: &[ProgramRun]) -> Vec<(String, f64, u64)> {
     after
         .iter()
-        .filter_map(|(label, time, count)| {
-            let (_, t0, c0) = before.iter().find(|(l, _, _)| l == label)?;
+        .filter_map(|(label, id, time, count)| {
+            let (_, _, t0, c0) = before.iter().find(|(_, i, _, _)| i == id)?;
             let runs = count.checked_sub(*c0)?;
-            (runs > 0).then(|| (*label, time.saturating_sub(*t0) as f64 / runs as f64, runs))
+            (runs > 0).then(|| (label.clone(), time.saturating_sub(*t0) as f64 / runs as f64, runs))
         })
         .collect()
 }

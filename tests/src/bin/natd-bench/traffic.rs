@@ -78,6 +78,11 @@ pub(crate) fn natd_drops(lab: &natlab::Lab) -> u64 {
 
 /// The in-situ path name of an attachment point's program in a scenario.
 fn in_situ_path(scenario: &str, metric: &str, point: &str) -> String {
+    // `<point>6`: the IPv6 program after the IPv4 one, handing the IPv4 packets on.
+    let (point, v6) = match point.strip_suffix('6') {
+        Some(p) => (p, true),
+        None => (point, false),
+    };
     let path = match (scenario, point) {
         ("publish", "uplink_ingress") => "dnat_forward",
         ("publish", "sandbox") => "dnat_reply",
@@ -85,10 +90,11 @@ fn in_situ_path(scenario: &str, metric: &str, point: &str) -> String {
         ("masquerade", "sandbox") => "snat_established",
         (_, other) => other,
     };
+    let path = if v6 { format!("{path}, IPv6 program passing it on") } else { path.to_string() };
     if metric == "crr_per_s" {
         format!("{path} (crr mix)")
     } else {
-        path.to_string()
+        path
     }
 }
 
@@ -168,7 +174,7 @@ impl Run<'_> {
         for (point, ns_per_run, _) in insitu::cost(&before, &after) {
             s.push(
                 Sample::new("program", bed.mode, n, "ns_per_packet_in_situ", ns_per_run)
-                    .detail(in_situ_path(scenario, rate, point))
+                    .detail(in_situ_path(scenario, rate, &point))
                     .rep(rep),
             );
         }
