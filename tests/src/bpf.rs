@@ -596,7 +596,6 @@ impl Bpf {
         (uplink, bridge)
     }
 
-    /// Rewrites every entry of both tables with `f` (to age flows, for example).
     /// Empties the IPv4 embryonic table (flows that never completed a handshake); returns
     /// how many entries went. Established flows stay.
     pub fn clear_embryonic(&mut self) -> usize {
@@ -606,6 +605,7 @@ impl Bpf {
         keys.iter().filter(|k| table.remove(k).is_ok()).count()
     }
 
+    /// Rewrites every entry of both tables with `f` (to age flows, for example).
     pub fn edit_ct(&mut self, f: impl Fn(&Ct4Key, &mut Ct4Entry)) {
         for (name, _) in [(map::CT4, true), (map::CT4_NEW, false)] {
             let mut table: HashMap<_, Ct4Key, Ct4Entry> =

@@ -72,21 +72,24 @@ pub fn publish_args(ports: &[u16]) -> Vec<String> {
 /// it from their creators).
 pub fn pin_natd(lab: &Lab) {
     if let Some(pid) = lab.natd_pid() {
-        let _ = natlab::sh("taskset", &["-a", "-p", "-c", "0", &pid.to_string()]);
+        let out = natlab::sh("taskset", &["-a", "-p", "-c", "0", &pid.to_string()]);
+        if !out.status.success() {
+            eprintln!("natd-bench: natd {pid} not pinned: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
     }
 }
 
-/// CPU time natd has used so far (user and system, every thread), in seconds.
+/// CPU time natd's threads have run so far, in seconds (each thread's
+/// `/proc/<pid>/task/<tid>/schedstat`, nanoseconds on the CPU: scheduler ticks of 10 ms
+/// would read a 1 s run as 0 or 1 %). Threads that ended are not counted.
 pub fn natd_cpu_s(lab: &Lab) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", lab.natd_pid()?)).ok()?;
-    // Fields after the command name (which may hold spaces): state is field 3; utime and
-    // stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", lab.natd_pid()?)).ok()?;
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Some(ns as f64 / 1e9)
 }
 
 pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {

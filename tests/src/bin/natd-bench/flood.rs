@@ -53,8 +53,10 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("start the flood")?;
-        let legit = crr(&secs)?;
+        // The flood ends by itself; wait for it before any error of the client's run.
+        let legit = crr(&secs);
         let flood = flood.wait_with_output()?;
+        let legit = legit?;
         let report: serde_json::Value = serde_json::from_slice(&flood.stdout).context("flood report")?;
         sent += report["sent"].as_f64().unwrap_or(0.0);
         ops += legit["ops"].as_u64().unwrap_or(0);

@@ -54,6 +54,7 @@ fn natd_bed(dataplane: &'static str) -> Result<OverlayBed> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for host in &mut hosts {
         host.start_natd(&args)?;
+        crate::beds::pin_natd(&host);
     }
     let (a, b) = (&hosts[0], &hosts[1]);
     a.ok(&["network", "create", "-d", "overlay", "--subnet", SUBNET, "ov"]);

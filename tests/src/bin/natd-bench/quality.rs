@@ -46,7 +46,7 @@ impl Machine {
             .iter()
             .zip(&self.end)
             .map(|(a, b)| {
-                let (busy, idle, steal) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+                let (busy, idle, steal) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1), b.2.saturating_sub(a.2));
                 let total = (busy + idle + steal).max(1) as f64;
                 (busy as f64 / total, steal as f64 / total)
             })

@@ -29,8 +29,9 @@ pub struct Agg {
 
 const METHOD: &str = "- method: every mode has its own topology of network namespaces (external client, host with natd, \
 sandbox server); client, server and their softirq work pinned to CPU 1; offloads on; the client's port range widened \
-and TIME_WAIT reuse on; each bed runs one discarded warm-up first, and the modes take turns at going first in each \
-repetition (no mode always inherits the same predecessor's state); every bed's natd runs on CPU 0, away from the \
+and TIME_WAIT reuse on; in the traffic and IPv6 runs each bed runs one discarded warm-up first, and the modes run in \
+a new (seeded, shuffled) order in each repetition (no mode keeps the same predecessor; the overlay runs keep their \
+fixed order); every bed's natd runs on CPU 0, away from the \
 traffic, and its CPU time during each run is reported (`natd_cpu_pct`, per cent of a CPU); the load generator's \
 server is one epoll loop (no thread per connection). CRR: new TCP connection, 1-byte request/response, close; RR: 1-byte transactions on a \
 kept-alive connection (p50/p99 latency from it); throughput: iperf3. `baseline` routes to the sandbox without NAT or \
@@ -65,8 +66,10 @@ pub fn aggregate(samples: &[crate::Sample]) -> BTreeMap<Key, Agg> {
         .into_iter()
         .map(|(k, mut v)| {
             let runs = v.len();
+            v.sort_by(f64::total_cmp);
             let agg = Agg {
-                median: percentile(&mut v, 0.5),
+                // The same median as the targets' (the mean of the middle two of an even count).
+                median: stats::median(&v),
                 p25: percentile(&mut v, 0.25),
                 p75: percentile(&mut v, 0.75),
                 runs,
@@ -102,7 +105,9 @@ fn results_json(
                 "target": name, "goal": goal, "higher_is_better": higher,
                 "median": iv.map(|i| i.median), "lo": iv.map(|i| i.lo), "hi": iv.map(|i| i.hi),
                 "values": iv.map_or(0, |i| i.n),
-                "verdict": iv.filter(|i| i.has_interval()).map(|i| stats::verdict(&i, *goal, *higher).name()),
+                "verdict": iv.map(|i| stats::verdict(&i, *goal, *higher).name()),
+                "interval": iv.is_some_and(|i| i.has_interval()),
+                "unreliable": quality::judged(disturbed, measured.row.as_ref()),
             })
         })
         .collect();

@@ -88,6 +88,8 @@ fn in_situ_path(scenario: &str, metric: &str, point: &str) -> String {
         ("publish", "sandbox") => "dnat_reply",
         ("masquerade", "uplink_ingress") => "snat_reply",
         ("masquerade", "sandbox") => "snat_established",
+        ("publish", "uplink_egress") => "dnat_reply, uplink egress",
+        ("masquerade", "uplink_egress") => "snat_established, uplink egress",
         (_, other) => other,
     };
     let path = if v6 { format!("{path}, IPv6 program passing it on") } else { path.to_string() };
@@ -205,10 +207,12 @@ impl Run<'_> {
 /// Seconds of the discarded warm-up run of each bed.
 pub(crate) const WARM_UP_SECS: f64 = 0.5;
 
-/// `items` starting at `rep`'s turn, wrapping around.
+/// `items` in repetition `rep`'s order: a shuffle seeded by the repetition (reproducible),
+/// so no mode keeps the same predecessor or place from one repetition to the next.
 pub(crate) fn rotated<T>(items: &[T], rep: usize) -> impl Iterator<Item = &T> {
-    let n = items.len().max(1);
-    items.iter().cycle().skip(rep % n).take(items.len())
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    fastrand::Rng::with_seed(0x6265_6473 ^ rep as u64).shuffle(&mut order);
+    order.into_iter().map(move |i| &items[i])
 }
 
 /// Every mode with `mappings` published ports, `plan.reps` interleaved repetitions.
@@ -243,8 +247,8 @@ pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
         }
     }
     for rep in 0..plan.reps {
-        // The modes take turns at going first (`rotated`): no mode always inherits the
-        // same predecessor's TIME_WAIT and cache state.
+        // The modes run in a new order each repetition (`rotated`): no mode always inherits
+        // the same predecessor's TIME_WAIT and cache state.
         for bed in rotated(&beds, rep) {
             eprintln!("  rep {} {} N={mappings}", rep + 1, bed.mode);
             let mut run = Run {
