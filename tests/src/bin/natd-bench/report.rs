@@ -30,7 +30,7 @@ pub struct Agg {
 const METHOD: &str = "- method: every mode has its own topology of network namespaces (external client, host with natd, \
 sandbox server); client, server and their softirq work pinned to CPU 1; offloads on; the client's port range widened \
 and TIME_WAIT reuse on; in the traffic and IPv6 runs each bed runs one discarded warm-up first, and the modes run in \
-a new (seeded, shuffled) order in each repetition (no mode keeps the same predecessor; the overlay runs keep their \
+a new (seeded, shuffled) order in each repetition (no mode always has the same predecessor; the overlay runs keep their \
 fixed order); every bed's natd runs on CPU 0, away from the \
 traffic, and its CPU time during each run is reported (`natd_cpu_pct`, per cent of a CPU); the load generator's \
 server is one epoll loop (no thread per connection). CRR: new TCP connection, 1-byte request/response, close; RR: 1-byte transactions on a \
