@@ -609,43 +609,61 @@ impl Drop for Background {
     }
 }
 
+/// Test servers run by threads of the test: each thread loops on `serving()` (its socket's
+/// timeout bounds the wait) and all are stopped and joined when the handle is dropped.
+#[derive(Default)]
+pub struct Served {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a server thread asks whether it should go on.
+#[derive(Clone)]
+pub struct Serving(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Serving {
+    pub fn serving(&self) -> bool {
+        !self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Served {
+    /// Runs `serve` in a thread of its own until the handle is dropped.
+    pub fn spawn(&mut self, serve: impl FnOnce(Serving) + Send + 'static) -> &mut Self {
+        let serving = Serving(std::sync::Arc::clone(&self.stop));
+        self.threads.push(std::thread::spawn(move || serve(serving)));
+        self
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A UDP echo server on `0.0.0.0:port` in the namespace at `ns_path`, run by a thread of
 /// the test (a forking socat answers a few hundred flows a second on a loaded machine;
 /// this answers as fast as they come). It stops when the handle is dropped.
-pub struct UdpEcho {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+pub struct UdpEcho(#[allow(dead_code)] Served);
 
 impl UdpEcho {
     pub fn start(ns_path: &str, port: u16) -> Self {
-        let file = std::fs::File::open(ns_path).unwrap_or_else(|e| panic!("open {ns_path}: {e}"));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let flag = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let socket = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind the echo server");
-            socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            let _ = ready_tx.send(());
+        let socket = in_netns(ns_path, || std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind the echo server"));
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut served = Served::default();
+        served.spawn(move |s| {
             let mut buf = [0u8; 2048];
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while s.serving() {
                 if let Ok((n, peer)) = socket.recv_from(&mut buf) {
                     let _ = socket.send_to(&buf[..n], peer);
                 }
             }
         });
-        ready_rx.recv().expect("the echo server started");
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Self(served)
     }
 }
 

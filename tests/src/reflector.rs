@@ -5,32 +5,24 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::in_netns;
+use crate::{Served, in_netns};
 
 /// The reflector: runs until dropped.
-pub struct TcpReflector {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+pub struct TcpReflector(#[allow(dead_code)] Served);
 
 impl TcpReflector {
     /// Listens on `addr` in the namespace at `ns_path`.
     pub fn start(ns_path: &str, addr: SocketAddr) -> Self {
         let listener = in_netns(ns_path, || TcpListener::bind(addr).expect("reflector"));
         listener.set_nonblocking(true).expect("non-blocking listener");
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
+        let mut served = Served::default();
+        served.spawn(move |s| {
+            while s.serving() {
                 match listener.accept() {
                     Ok((mut stream, from)) => {
                         let _ = stream.write_all(from.to_string().as_bytes());
@@ -39,19 +31,7 @@ impl TcpReflector {
                 }
             }
         });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TcpReflector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Self(served)
     }
 }
 

@@ -10,15 +10,11 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
 };
 
 use natlab::{
-    EXT_IP, Lab, in_netns,
+    EXT_IP, Lab, Served, in_netns,
     lan::shared_lan,
     reflector::{TcpReflector, tcp_seen, tcp_socket},
 };
@@ -29,51 +25,33 @@ const REFLECTOR_PORT: u16 = 3479;
 
 /// The rendezvous server: "register NAME" records the sender's address (and answers it,
 /// as STUN does), "lookup NAME" answers with the address NAME registered from.
-struct Rendezvous {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+struct Rendezvous(#[allow(dead_code)] Served);
 
 impl Rendezvous {
     fn start(lan_ns_path: &str) -> Self {
         let socket = in_netns(lan_ns_path, || UdpSocket::bind((EXT_IP, RENDEZVOUS_PORT)).expect("rendezvous"));
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<HashMap<String, SocketAddr>>> = Arc::default();
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 256];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
-                    let text = String::from_utf8_lossy(&buf[..len]).to_string();
-                    let answer = if let Some(name) = text.strip_prefix("register ") {
-                        seen.lock().unwrap().insert(name.to_string(), from);
-                        Some(from)
-                    } else if let Some(name) = text.strip_prefix("lookup ") {
-                        seen.lock().unwrap().get(name).copied()
-                    } else {
-                        None
-                    };
-                    if let Some(addr) = answer {
-                        let _ = socket.send_to(addr.to_string().as_bytes(), from);
-                    }
+        let mut seen: HashMap<String, SocketAddr> = HashMap::new();
+        let mut served = Served::default();
+        served.spawn(move |s| {
+            let mut buf = [0u8; 256];
+            while s.serving() {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+                let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                let answer = if let Some(name) = text.strip_prefix("register ") {
+                    seen.insert(name.to_string(), from);
+                    Some(from)
+                } else if let Some(name) = text.strip_prefix("lookup ") {
+                    seen.get(name).copied()
+                } else {
+                    None
+                };
+                if let Some(addr) = answer {
+                    let _ = socket.send_to(addr.to_string().as_bytes(), from);
                 }
-            })
-        };
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Rendezvous {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            }
+        });
+        Self(served)
     }
 }
 

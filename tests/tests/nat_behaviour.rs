@@ -14,15 +14,12 @@
 //! Every "nothing came" is set beside an answer the same socket did get.
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
 use natlab::{
-    EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, in_netns,
+    EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, Served, in_netns,
     reflector::{TcpReflector, tcp_seen},
 };
 
@@ -34,10 +31,7 @@ const WAIT: Duration = Duration::from_millis(400);
 
 /// The server: four sockets, (address, port) for both addresses and ports. A request
 /// "probe N" is answered from socket N with the source address and port it came from.
-struct Server {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
+struct Server(#[allow(dead_code)] Served);
 
 impl Server {
     fn start(lab: &Lab, addrs: [&str; 2]) -> (Self, [SocketAddr; 4]) {
@@ -51,36 +45,24 @@ impl Server {
             endpoints.iter().map(|e| UdpSocket::bind(e).expect("server socket")).collect()
         });
         let sockets = Arc::new(sockets);
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..4)
-            .map(|i| {
-                let (sockets, stop) = (sockets.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    let socket = &sockets[i];
-                    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-                    let mut buf = [0u8; 256];
-                    while !stop.load(Ordering::Relaxed) {
-                        let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
-                        let text = String::from_utf8_lossy(&buf[..len]).to_string();
-                        let Some(n) = text.strip_prefix("probe ").and_then(|n| n.trim().parse::<usize>().ok())
-                        else {
-                            continue;
-                        };
-                        let _ = sockets[n.min(3)].send_to(from.to_string().as_bytes(), from);
-                    }
-                })
-            })
-            .collect();
-        (Self { stop, threads }, endpoints)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        let mut served = Served::default();
+        for i in 0..4 {
+            let sockets = sockets.clone();
+            served.spawn(move |s| {
+                let socket = &sockets[i];
+                socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                let mut buf = [0u8; 256];
+                while s.serving() {
+                    let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+                    let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                    let Some(n) = text.strip_prefix("probe ").and_then(|n| n.trim().parse::<usize>().ok()) else {
+                        continue;
+                    };
+                    let _ = sockets[n.min(3)].send_to(from.to_string().as_bytes(), from);
+                }
+            });
         }
+        (Self(served), endpoints)
     }
 }
 
@@ -318,20 +300,19 @@ fn a_mapping_outlives_its_flows_then_expires() {
 
 /// A UDP echo in sandbox `name` (dual-stack, port `port`): answers every datagram with
 /// the source address and port it saw.
-fn echo_in(lab: &Lab, name: &str, port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+fn echo_in(lab: &Lab, name: &str, port: u16) -> Served {
     let socket = in_netns(&lab.netns_of(name), || UdpSocket::bind(("::", port)).expect("echo socket"));
     socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = stop.clone();
-    let thread = std::thread::spawn(move || {
+    let mut served = Served::default();
+    served.spawn(move |s| {
         let mut buf = [0u8; 64];
-        while !done.load(Ordering::Relaxed) {
+        while s.serving() {
             let Ok((_, from)) = socket.recv_from(&mut buf) else { continue };
             let seen = SocketAddr::new(from.ip().to_canonical(), from.port());
             let _ = socket.send_to(seen.to_string().as_bytes(), from);
         }
     });
-    (stop, thread)
+    served
 }
 
 /// RFC 4787 REQ-9a (RFC 5382 REQ-8): with `-o natd.nat.hairpin-source=external`, a
@@ -346,7 +327,7 @@ fn hairpin_to_a_published_port_shows_the_external_source_when_chosen() {
         second_server_address(&lab);
         lab.ok(&["network", "create", "--ipv6", "svc"]);
         lab.ok(&["run", "--name", "echo", "--network", "svc", "-p", "5000:5000/udp"]);
-        let (stop, echo) = echo_in(&lab, "echo", 5000);
+        let _echo = echo_in(&lab, "echo", 5000);
         network(&lab, "hx", &["natd.nat.hairpin-source=external"]);
         network(&lab, "dflt", &[]);
         let mut rows = vec![("hx-c", 46000, true), ("dflt-c", 46010, false)];
@@ -404,8 +385,6 @@ fn hairpin_to_a_published_port_shows_the_external_source_when_chosen() {
             }
             drop(server);
         }
-        stop.store(true, Ordering::Relaxed);
-        echo.join().unwrap();
     }
 }
 
