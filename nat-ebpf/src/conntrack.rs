@@ -326,13 +326,15 @@ pub fn finish<A: Family>(s: &mut Scratch<A>) -> Result<(), InsertError> {
     Ok(())
 }
 
-/// Whether a TCP flow is over: reset, or finished in both directions.
+/// Whether a TCP flow is over: reset, or finished in both directions. A reply entry
+/// without its forward one is an orphan only once its clock tick has passed: within it,
+/// it may be a flow another CPU is starting (its reply tuple claimed, its forward entry
+/// not inserted yet), which must not be taken over.
 #[inline(never)]
 fn closed<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> bool {
+    let orphan = if entry.last_seen == now() { 0 } else { ct::TCP_RST };
     // SAFETY: valid map value pointer, field read.
-    let peer_tcp = lookup(&key.peer(entry))
-        .map(|p| unsafe { (*p.entry).tcp })
-        .unwrap_or(ct::TCP_RST);
+    let peer_tcp = lookup(&key.peer(entry)).map(|p| unsafe { (*p.entry).tcp }).unwrap_or(orphan);
     let both = entry.tcp | peer_tcp;
     both & ct::TCP_RST != 0 || (entry.tcp & ct::TCP_FIN != 0 && peer_tcp & ct::TCP_FIN != 0)
 }
