@@ -508,10 +508,14 @@ pub struct BenchFrame {
     /// destination port (`bench::VARY_DPORT`) or `n / 60000` to the source address
     /// (`bench::VARY_SADDR`, for flows to one published port); or keeps the source and
     /// adds `n % 60000` to the destination port and `n / 60000` to the destination address
-    /// (`bench::VARY_DST`).
+    /// (`bench::VARY_DST`); or sets the destination port to `1024 + n % 60000` and adds
+    /// `n / 60000` to the destination address (`bench::VARY_DADDR`: the replies to
+    /// `VARY_SADDR`'s flows).
     pub vary: u32,
     pub vary_how: u32,
-    pub _pad: u32,
+    /// Non-zero (with `vary`): no new flow per run, but flow `vary + random % pick_among`,
+    /// one of flows made before, drawn afresh each run (the table's cache lines cold).
+    pub pick_among: u32,
     pub bytes: [u8; 128],
 }
 const _: () = assert!(core::mem::size_of::<BenchFrame>() == 144);
@@ -524,6 +528,8 @@ pub mod bench {
     /// New flows from one source address and port (one masquerade mapping, reused),
     /// differing in destination port and address.
     pub const VARY_DST: u32 = 2;
+    /// The other direction of `VARY_SADDR`'s flows: destination address and port vary.
+    pub const VARY_DADDR: u32 = 3;
 }
 
 /// The benchmark's redirect-only baseline: where packets out of a sandbox are sent.

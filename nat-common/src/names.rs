@@ -149,6 +149,8 @@ pub mod program {
     /// Benchmark only: the redirect-only baseline (routing by redirect, no NAT).
     pub const BENCH_REDIRECT_INGRESS: &str = "natd_bench_redirect_ingress";
     pub const BENCH_REDIRECT_SANDBOX: &str = "natd_bench_redirect_sandbox";
+    pub const BENCH_REDIRECT_INGRESS6: &str = "natd_bench_redirect_ingress6";
+    pub const BENCH_REDIRECT_SANDBOX6: &str = "natd_bench_redirect_sandbox6";
     /// TC programs natd attaches.
     pub const TC: &[&str] = &[
         EDGE_INGRESS,
@@ -198,6 +200,8 @@ pub mod program {
         BENCH_WRAPPER,
         BENCH_REDIRECT_INGRESS,
         BENCH_REDIRECT_SANDBOX,
+        BENCH_REDIRECT_INGRESS6,
+        BENCH_REDIRECT_SANDBOX6,
         CONNECT4,
         SENDMSG4,
         RECVMSG4,

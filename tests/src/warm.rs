@@ -16,6 +16,9 @@ use nat_common::{
 };
 use natd::{dataplane::PortRule, portspec::Proto};
 
+mod filled;
+pub use filled::{ENTRIES_PER_FLOW, filled, soak_filled};
+
 use crate::{
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
     frames::{SYN, ack, segment, syn_ack},
@@ -26,6 +29,39 @@ use crate::{
 /// search through published ports).
 pub const FILLER_ADDR: [u8; 4] = [198, 51, 100, 77];
 const OTHER_NETWORK: [u8; 4] = [172, 21, 0, 9];
+/// The sandbox `snat_new` runs from: its mappings are told apart from the other rows'
+/// (and removed before each of its measurements).
+const NEW_MAPPINGS_SANDBOX: [u8; 4] = [172, 20, 0, 3];
+/// Runs per `snat_new` measurement: each makes a mapping and takes a NAT port (of 64,512),
+/// starting from none, so the last run still finds 84 % of the ports free, as a host with
+/// room does (and no source port repeats: no run reuses a mapping).
+const SNAT_NEW_RUNS: u32 = 10_000;
+
+/// How the wrapper changes the frame from run to run (`BenchFrame`): `first` 0 keeps it;
+/// otherwise a new flow per run numbered from `first`, made new as `how` says, or with
+/// `pick_among` set, one of the flows `first..first + pick_among` drawn at random per run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Vary {
+    pub first: u32,
+    pub how: u32,
+    pub pick_among: u32,
+}
+
+impl Vary {
+    const SAME: Self = Self {
+        first: 0,
+        how: 0,
+        pick_among: 0,
+    };
+
+    fn new_flows(first: u32, how: u32) -> Self {
+        Self {
+            first,
+            how,
+            pick_among: 0,
+        }
+    }
+}
 
 /// One measured path: its name and ns per packet of each repetition.
 pub struct PathCost {
@@ -47,15 +83,14 @@ impl Bpf {
         Ok(())
     }
 
-    /// `repeat` runs of `program` on `frame` behind the wrapper: (last verdict, mean ns
-    /// per run as the kernel measured it). `vary.0` not 0: a new flow per run, numbered from
-    /// `vary.0` on, made new as `vary.1` says (see `BenchFrame`).
-    pub fn warm(&mut self, program: &str, frame: &[u8], vary: (u32, u32), repeat: u32) -> Result<(u32, f64)> {
+    /// `repeat` runs of `program` on `frame` behind the wrapper, changed from run to run as
+    /// `vary` says: (last verdict, mean ns per run as the kernel measured it).
+    pub fn warm(&mut self, program: &str, frame: &[u8], vary: Vary, repeat: u32) -> Result<(u32, f64)> {
         let mut saved = BenchFrame {
             len: frame.len() as u32,
-            vary: vary.0,
-            vary_how: vary.1,
-            _pad: 0,
+            vary: vary.first,
+            vary_how: vary.how,
+            pick_among: vary.pick_among,
             bytes: [0; 128],
         };
         ensure!(frame.len() <= saved.bytes.len(), "frame too long for the wrapper");
@@ -84,7 +119,7 @@ impl Bpf {
     fn warm_checked(
         &mut self,
         path: &str,
-        run: (&str, &[u8], (u32, u32)),
+        run: (&str, &[u8], Vary),
         repeat: u32,
         verdict: u32,
         id: Option<u32>,
@@ -206,6 +241,77 @@ fn establish(bpf: &mut Bpf) -> Result<u16> {
     Ok(nat_port)
 }
 
+/// The frame of each measured path.
+struct PathFrames {
+    miss: Vec<u8>,
+    dnat_new: Vec<u8>,
+    dnat: Vec<u8>,
+    dnat_reply: Vec<u8>,
+    snat_new: Vec<u8>,
+    snat_new_mapped: Vec<u8>,
+    snat: Vec<u8>,
+    snat_reply: Vec<u8>,
+    isolation: Vec<u8>,
+    redirect: Vec<u8>,
+}
+
+impl PathFrames {
+    /// `nat_port`: the established masqueraded flow's (`establish`).
+    fn new(nat_port: u16) -> Self {
+        Self {
+            miss: segment(CLIENT, 40000, HOST, 65500, 1000, SYN),
+            dnat_new: segment([198, 18, 0, 1], 1024, HOST, 8080, 1000, SYN),
+            dnat: segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)),
+            dnat_reply: segment(SANDBOX, 80, CLIENT, 40000, 5001, ack(1001)),
+            snat_new: segment(NEW_MAPPINGS_SANDBOX, 1024, REMOTE, 10000, 1000, SYN),
+            // New flows of one source: the masquerade mapping is found and reused (its
+            // lookup is what this costs beyond a flow's own inserts); `snat_new` makes a
+            // mapping per run.
+            snat_new_mapped: segment(SANDBOX, 1025, REMOTE, 20000, 1000, SYN),
+            snat: segment(SANDBOX, 5000, REMOTE, 443, 1001, ack(9001)),
+            snat_reply: segment(REMOTE, 443, HOST, nat_port, 9001, ack(1001)),
+            isolation: segment(SANDBOX, 5000, OTHER_NETWORK, 80, 1000, SYN),
+            redirect: segment(CLIENT, 40000, SANDBOX, 80, 1001, ack(5001)),
+        }
+    }
+}
+
+/// Paths `soak` can run: (name, on the uplink, the frame, the counter each run moves).
+const SOAKABLE: [(&str, bool, u32); 4] = [
+    ("dnat_forward", true, counter::FAST_TO_SANDBOX),
+    ("dnat_reply", false, counter::FAST_TO_EDGE),
+    ("snat_established", false, counter::SNAT_ESTABLISHED),
+    ("snat_reply", true, counter::SNAT_REPLY),
+];
+
+/// `runs` runs of one established path in a single test run, on this thread (for a
+/// profiler sampling its CPU, started by `ready` once the programs are loaded and the
+/// flows made): the mean ns per run, checked like the rows' runs.
+pub fn soak(path: &str, runs: u32, ready: impl FnOnce()) -> Result<f64> {
+    let (_, uplink, moved) = *SOAKABLE
+        .iter()
+        .find(|(name, _, _)| *name == path)
+        .with_context(|| format!("no soakable path {path}"))?;
+    let mut bpf = bench_setup(1 << 18)?;
+    let nat_port = establish(&mut bpf)?;
+    let f = PathFrames::new(nat_port);
+    let frame = match path {
+        "dnat_forward" => &f.dnat,
+        "dnat_reply" => &f.dnat_reply,
+        "snat_established" => &f.snat,
+        _ => &f.snat_reply,
+    };
+    let program = if uplink {
+        bpf.as_edge();
+        program::EDGE_INGRESS
+    } else {
+        bpf.as_sandbox_veth(2, SANDBOX);
+        program::SANDBOX_INGRESS
+    };
+    ready();
+    bpf.warm_checked(path, (program, frame, Vary::SAME), runs, TC_ACT_REDIRECT, Some(moved))
+}
+
 /// Every path's warm cost with each number of `mappings`, `reps` repetitions of `repeat`
 /// runs each, the wrapper's own cost (with `natd_empty`) subtracted run by run. The
 /// numbers of mappings take turns within each repetition, so a slow phase of the machine
@@ -215,18 +321,18 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
     let mut bpf = bench_setup_sized(1 << 18, (2 * repeat + 1024).next_power_of_two().max(1 << 18))?;
     let nat_port = establish(&mut bpf)?;
     let (ingress, sandbox) = (program::EDGE_INGRESS, program::SANDBOX_INGRESS);
-    let miss = segment(CLIENT, 40000, HOST, 65500, 1000, SYN);
-    let dnat_new = segment([198, 18, 0, 1], 1024, HOST, 8080, 1000, SYN);
-    let dnat = segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001));
-    let dnat_reply = segment(SANDBOX, 80, CLIENT, 40000, 5001, ack(1001));
-    let snat_new = segment(SANDBOX, 1024, REMOTE, 10000, 1000, SYN);
-    // New flows of one source: the masquerade mapping is found and reused (its lookup is
-    // what this costs beyond a flow's own inserts); `snat_new` makes a mapping per run.
-    let snat_new_mapped = segment(SANDBOX, 1025, REMOTE, 20000, 1000, SYN);
-    let snat = segment(SANDBOX, 5000, REMOTE, 443, 1001, ack(9001));
-    let snat_reply = segment(REMOTE, 443, HOST, nat_port, 9001, ack(1001));
-    let isolation = segment(SANDBOX, 5000, OTHER_NETWORK, 80, 1000, SYN);
-    let redirect = segment(CLIENT, 40000, SANDBOX, 80, 1001, ack(5001));
+    let PathFrames {
+        miss,
+        dnat_new,
+        dnat,
+        dnat_reply,
+        snat_new,
+        snat_new_mapped,
+        snat,
+        snat_reply,
+        isolation,
+        redirect,
+    } = PathFrames::new(nat_port);
     // (path, device role, program, frame, new flow per run (how), verdict, counter moved
     // per run)
     type Case<'a> = (
@@ -348,22 +454,57 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
                 // New flows never repeat a tuple of an earlier round, and each round starts on
                 // an embryonic table with room: full, every insert would evict (an LRU), and
                 // the row would measure eviction instead of a new flow.
-                let vary = new_flows.map_or((0, 0), |how| (1 + round * repeat, how));
+                let vary = new_flows.map_or(Vary::SAME, |how| Vary::new_flows(1 + round * repeat, how));
                 if new_flows.is_some() {
                     round += 1;
                     bpf.clear_embryonic();
                 }
+                let makes_mappings = path == "snat_new";
+                let runs = if makes_mappings { repeat.min(SNAT_NEW_RUNS) } else { repeat };
+                if makes_mappings {
+                    remove_mappings_of(&mut bpf, NEW_MAPPINGS_SANDBOX);
+                }
                 if uplink {
                     bpf.as_edge();
                 } else {
-                    bpf.as_sandbox_veth(2, SANDBOX);
+                    bpf.as_sandbox_veth(2, if makes_mappings { NEW_MAPPINGS_SANDBOX } else { SANDBOX });
                 }
-                let empty =
-                    bpf.warm_checked("empty", (program::EMPTY, frame, (0, 0)), repeat, PASS, None)?;
-                let ns = bpf.warm_checked(path, (prog, frame, vary), repeat, verdict, id)?;
+                // The wrapper's own work (restoring, varying the frame) is in both runs.
+                let empty = bpf.warm_checked("empty", (program::EMPTY, frame, vary), runs, PASS, None)?;
+                let ns = bpf.warm_checked(path, (prog, frame, vary), runs, verdict, id)?;
+                if makes_mappings {
+                    let made = remove_mappings_of(&mut bpf, NEW_MAPPINGS_SANDBOX);
+                    ensure!(made == runs as usize, "snat_new: {made} mappings made by {runs} runs");
+                }
                 out[m * cases.len() + i].1.ns.push((ns - empty).max(0.0));
             }
         }
     }
     Ok(out)
+}
+
+/// Removes the masquerade mappings of sandbox `internal` and the ports they hold; returns
+/// how many mappings went.
+fn remove_mappings_of(bpf: &mut Bpf, internal: [u8; 4]) -> usize {
+    use aya::maps::HashMap;
+    use nat_common::{Port4Key, Snat4Key, Snat4Owner, SnatMapping};
+    let owner = u32::from_ne_bytes(internal);
+    let mut mappings: HashMap<_, Snat4Key, SnatMapping> =
+        HashMap::try_from(bpf.ebpf.map_mut(map::SNAT4).expect("mappings")).expect("mapping map");
+    let keys: Vec<Snat4Key> = mappings.keys().filter_map(Result::ok).filter(|k| k.internal == owner).collect();
+    let removed = keys.iter().filter(|k| mappings.remove(k).is_ok()).count();
+    for name in [map::SNAT4_PORTS, map::SNAT4_SHARED] {
+        let mut ports: HashMap<_, Port4Key, Snat4Owner> =
+            HashMap::try_from(bpf.ebpf.map_mut(name).expect("ports")).expect("port map");
+        let held: Vec<Port4Key> = ports
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, o)| o.internal == owner)
+            .map(|(k, _)| k)
+            .collect();
+        for k in held {
+            let _ = ports.remove(&k);
+        }
+    }
+    removed
 }

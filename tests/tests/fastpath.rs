@@ -284,3 +284,14 @@ fn the_benchmarks_warm_paths_take_the_paths_they_are_named_after() {
     assert_eq!(costs.len(), 20);
     assert!(costs.iter().all(|(_, c)| c.ns.len() == 2));
 }
+
+/// The filled-table rows: the flows are made and established by the programs (the table
+/// holds two entries per flow, checked), and every run on a randomly drawn one of them
+/// takes the fast path (`natlab::warm::filled` checks each run's verdict and counter).
+#[test]
+fn the_benchmarks_filled_table_rows_find_a_random_established_flow() {
+    natlab::require_root();
+    let costs = natlab::warm::filled(&[1, 70_000], 5000, 2).expect("every drawn flow is found established");
+    assert_eq!(costs.len(), 4, "dnat_forward and dnat_reply at two fills");
+    assert!(costs.iter().all(|(_, c)| c.ns.len() == 2));
+}

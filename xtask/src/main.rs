@@ -238,8 +238,10 @@ fn bench(quick: bool, out: Option<String>, only: Option<String>) -> Result<()> {
         "natd-loadgen",
     ]))?;
     let root = workspace_root()?;
+    let nginx = setup::bench_nginx(&root)?;
     let mut cmd = Command::new(root.join("target/release/natd-bench"));
     cmd.current_dir(&root)
+        .env("NATD_BENCH_NGINX", nginx)
         .env("NATD_BIN", root.join("target/release/natd"))
         .env("NATCTL_BIN", root.join("target/release/natctl"));
     if quick {

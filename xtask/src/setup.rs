@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "conntrack",
     "util-linux",
     "fonts-dejavu-core",
+    // The benchmark's profiles of the warm paths.
+    "linux-perf",
     // natd-cni's tests: podman with its CNI backend, and the reference plugins.
     "podman",
     "runc",
@@ -138,4 +140,32 @@ fn nix_is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// Where the benchmark's nginx binary is unpacked (`bench_nginx`).
+pub const BENCH_NGINX: &str = "target/bench-tools/usr/sbin/nginx";
+
+/// The benchmark's HTTP server for wrk: Debian's nginx binary unpacked from its package
+/// into `target/bench-tools`, not installed. Installing the package would start its
+/// service on port 80 of the machine's own network namespace; the benchmark starts its
+/// own instances inside its namespaces with their own configuration.
+pub fn bench_nginx(root: &Path) -> Result<std::path::PathBuf> {
+    let binary = root.join(BENCH_NGINX);
+    if binary.exists() {
+        return Ok(binary);
+    }
+    let tools = root.join("target/bench-tools");
+    std::fs::create_dir_all(&tools)?;
+    eprintln!("setup: unpacking Debian's nginx into {}", tools.display());
+    run_cmd(Command::new("apt-get").args(["download", "nginx"]).current_dir(&tools))?;
+    let package = std::fs::read_dir(&tools)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("nginx_")))
+        .context("apt-get download left no nginx package")?;
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&package).arg(&tools))?;
+    if !binary.exists() {
+        bail!("{} holds no {BENCH_NGINX}", package.display());
+    }
+    Ok(binary)
 }

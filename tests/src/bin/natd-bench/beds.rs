@@ -25,11 +25,26 @@ pub struct Bed {
     pub lab: Lab,
     /// Where clients of the published port connect: address, CRR/RR port, iperf3 port.
     pub target: (String, u16, u16),
+    /// Where wrk's clients connect (nginx in the sandbox).
+    pub wrk_target: String,
+    /// Published ports in all (the measured ones and the fillers).
+    pub mappings: u32,
     pub sandbox_ns: String,
     /// The host end of the sandbox's veth.
     pub sandbox_veth: String,
     /// The redirect-only programs of the `redirect` mode, detached on drop.
-    _redirect: Option<RedirectPrograms>,
+    pub _redirect: Option<RedirectPrograms>,
+}
+
+/// The host ports the sandbox "srv" publishes and what they reach in it: the load
+/// generator's server, iperf3, nginx (`wrk`).
+pub const MEASURED: [(u16, u16); 3] = [(8080, 80), (5201, 5201), (crate::wrk::PUBLISHED, crate::wrk::PORT)];
+
+/// Where the measured rules sit among Docker's `filler` rules in mode `iptables-random`:
+/// drawn once per number of mappings (seeded, so a run can be repeated), stated in the
+/// report's notes.
+pub fn random_rule_position(fillers: usize) -> usize {
+    fastrand::Rng::with_seed(0x6970_7461_626c ^ fillers as u64).usize(0..=fillers)
 }
 
 fn natd_dataplane(mode: &str) -> &'static str {
@@ -43,7 +58,7 @@ fn natd_dataplane(mode: &str) -> &'static str {
 /// Host ports for `count` filler mappings, avoiding the measured ones.
 pub fn filler_ports(count: u32) -> Vec<u16> {
     (1..=65535u16)
-        .filter(|p| ![8080, 5201].contains(p))
+        .filter(|p| !MEASURED.iter().any(|(host, _)| host == p))
         .take(count as usize)
         .collect()
 }
@@ -96,39 +111,43 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
     let mut lab = Lab::new()?;
     lab.start_natd(&["--dataplane", natd_dataplane(mode)])?;
     pin_natd(&lab);
-    let server = "taskset -c 1 natd-loadgen serve 80 & taskset -c 1 iperf3 -s -p 5201 >/dev/null & wait";
+    let nginx: Vec<String> = crate::wrk::nginx_command(&lab.dir, crate::wrk::PORT)?
+        .into_iter()
+        .map(|arg| format!("'{arg}'"))
+        .collect();
+    let server = format!(
+        "taskset -c 1 natd-loadgen serve 80 & taskset -c 1 iperf3 -s -p 5201 >/dev/null & {} & wait",
+        nginx.join(" ")
+    );
     let loadgen_dir = natlab::natctl_bin()
         .parent()
         .expect("bin dir")
         .display()
         .to_string();
     let script = format!("PATH={loadgen_dir}:$PATH; {server}");
-    lab.ok(&[
-        "run",
-        "--name",
-        "srv",
-        "-p",
-        "8080:80",
-        "-p",
-        "5201:5201",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut args: Vec<String> = vec!["run".into(), "--name".into(), "srv".into()];
+    for (host, sandbox) in MEASURED {
+        args.extend(["-p".into(), format!("{host}:{sandbox}")]);
+    }
+    args.extend(["--".into(), "sh".into(), "-c".into(), script]);
+    lab.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let view = lab.json(&["inspect", "srv"]);
     let sandbox_ns = view["netns"].as_str().context("sandbox netns")?.to_string();
     let endpoint = &view["endpoints"][0];
     let sandbox_ip = endpoint["ipv4"].as_str().context("sandbox address")?.to_string();
     let sandbox_veth = endpoint["host_ifname"].as_str().context("host veth")?.to_string();
-    let filler = filler_ports(mappings.saturating_sub(2));
+    let filler = filler_ports(mappings.saturating_sub(MEASURED.len() as u32));
     match mode {
         "nftables" | "ebpf" if !filler.is_empty() => {
             let mut args = vec!["run".to_string(), "--name".into(), "filler".into()];
             args.extend(publish_args(&filler));
             lab.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
-        "iptables" => docker_rules(&lab, &lab.bridge.clone(), &sandbox_ip, &filler)?,
+        "iptables" => docker_rules(&lab, &lab.bridge.clone(), &sandbox_ip, &filler, filler.len())?,
+        "iptables-random" => {
+            let position = random_rule_position(filler.len());
+            docker_rules(&lab, &lab.bridge.clone(), &sandbox_ip, &filler, position)?
+        }
         _ => {}
     }
     for ns in [lab.ext_path(), sandbox_ns.clone()] {
@@ -147,22 +166,30 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
         lab.ext(&["ip", "route", "add", SANDBOX_SUBNET, "via", HOST_UPLINK_IP]);
     }
     let redirect = if mode == "redirect" {
-        Some(attach_redirect(&lab, &sandbox_ip, &sandbox_veth, endpoint)?)
+        let bridge = lab.bridge.clone();
+        Some(attach_redirect(&lab, sandbox_ip.parse()?, &sandbox_veth, endpoint, &bridge)?)
     } else {
         None
     };
-    let target = if routed {
-        (sandbox_ip, 80, 5201)
+    let (target, wrk_target) = if routed {
+        ((sandbox_ip.clone(), 80, 5201), format!("{sandbox_ip}:{}", crate::wrk::PORT))
     } else {
-        (HOST_UPLINK_IP.to_string(), 8080, 5201)
+        (
+            (HOST_UPLINK_IP.to_string(), 8080, 5201),
+            format!("{HOST_UPLINK_IP}:{}", crate::wrk::PUBLISHED),
+        )
     };
-    if !wait_listening(&sandbox_ns, "tcp", 80) || !wait_listening(&sandbox_ns, "tcp", 5201) {
-        bail!("servers did not start in {mode}");
+    for (_, port) in MEASURED {
+        if !wait_listening(&sandbox_ns, "tcp", port) {
+            bail!("the sandbox's server on port {port} did not start in {mode}");
+        }
     }
     Ok(Bed {
         mode,
         lab,
         target,
+        wrk_target,
+        mappings,
         sandbox_ns,
         sandbox_veth,
         _redirect: redirect,
@@ -170,8 +197,9 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
 }
 
 /// Docker's rules for the default bridge (nat DOCKER chain from PREROUTING and OUTPUT,
-/// MASQUERADE, filter DOCKER/isolation chains), with the measured mapping last.
-pub fn docker_rules(lab: &Lab, bridge: &str, sandbox: &str, filler: &[u16]) -> Result<()> {
+/// MASQUERADE, filter DOCKER/isolation chains), with the measured mappings after the
+/// first `position` filler mappings (last: `filler.len()`).
+pub fn docker_rules(lab: &Lab, bridge: &str, sandbox: &str, filler: &[u16], position: usize) -> Result<()> {
     let mut nat = format!(
         "*nat\n:DOCKER - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
          -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n\
@@ -187,17 +215,21 @@ pub fn docker_rules(lab: &Lab, bridge: &str, sandbox: &str, filler: &[u16]) -> R
          -A DOCKER-ISOLATION-STAGE-1 -j RETURN\n-A DOCKER-ISOLATION-STAGE-2 -o {bridge} -j DROP\n\
          -A DOCKER-ISOLATION-STAGE-2 -j RETURN\n"
     );
-    for p in filler {
-        let _ = writeln!(
-            nat,
-            "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {p} -j DNAT --to-destination 172.18.255.254:{p}"
-        );
-        let _ = writeln!(
-            filter,
-            "-A DOCKER -d 172.18.255.254/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {p} -j ACCEPT"
-        );
-    }
-    for (hp, cp) in [(8080, 80), (5201, 5201)] {
+    let (before, after) = filler.split_at(position.min(filler.len()));
+    let filler_rules = |nat: &mut String, filter: &mut String, ports: &[u16]| {
+        for p in ports {
+            let _ = writeln!(
+                nat,
+                "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {p} -j DNAT --to-destination 172.18.255.254:{p}"
+            );
+            let _ = writeln!(
+                filter,
+                "-A DOCKER -d 172.18.255.254/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {p} -j ACCEPT"
+            );
+        }
+    };
+    filler_rules(&mut nat, &mut filter, before);
+    for (hp, cp) in MEASURED {
         let _ = writeln!(
             nat,
             "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {hp} -j DNAT --to-destination {sandbox}:{cp}"
@@ -207,6 +239,7 @@ pub fn docker_rules(lab: &Lab, bridge: &str, sandbox: &str, filler: &[u16]) -> R
             "-A DOCKER -d {sandbox}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {cp} -j ACCEPT"
         );
     }
+    filler_rules(&mut nat, &mut filter, after);
     let path = lab.dir.join("docker.rules");
     std::fs::write(&path, format!("{nat}COMMIT\n{filter}COMMIT\n"))?;
     let out = sh(
@@ -240,17 +273,24 @@ fn mac_of(lab: &Lab, ns: &str, dev: &str) -> Result<[u8; 6]> {
     natd_mac(json[0]["address"].as_str().context("MAC")?)
 }
 
-fn attach_redirect(
+/// The redirect-only programs of `addr`'s family, for the sandbox `addr` behind `veth` on
+/// `bridge`.
+pub fn attach_redirect(
     lab: &Lab,
-    sandbox_ip: &str,
+    addr: std::net::IpAddr,
     veth: &str,
     endpoint: &serde_json::Value,
+    bridge: &str,
 ) -> Result<RedirectPrograms> {
     let sandbox_mac = natd_mac(endpoint["mac"].as_str().context("sandbox MAC")?)?;
-    let bridge_mac = mac_of(lab, &lab.host_ns, &lab.bridge)?;
+    let bridge_mac = mac_of(lab, &lab.host_ns, bridge)?;
     let uplink_mac = mac_of(lab, &lab.host_ns, "up0")?;
     let ext_mac = mac_of(lab, &lab.ext_ns, "lan0")?;
-    let addr: std::net::Ipv4Addr = sandbox_ip.parse()?;
+    let programs = if addr.is_ipv4() {
+        [program::BENCH_REDIRECT_INGRESS, program::BENCH_REDIRECT_SANDBOX]
+    } else {
+        [program::BENCH_REDIRECT_INGRESS6, program::BENCH_REDIRECT_SANDBOX6]
+    };
     let veth = veth.to_string();
     in_netns(&lab.host_path(), move || -> Result<RedirectPrograms> {
         let pin = PinDir::create("natd-bench-redirect")?;
@@ -261,7 +301,7 @@ fn attach_redirect(
             |name: &str| nix::net::if_::if_nametoindex(name).with_context(|| format!("ifindex of {name}"));
         let desired = Desired {
             endpoints: vec![EndpointRule {
-                addr: addr.into(),
+                addr,
                 host_ifindex: index(&veth)?,
                 network_id: 1,
                 mac: sandbox_mac,
@@ -282,10 +322,7 @@ fn attach_redirect(
             },
             0,
         )?;
-        for (name, dev) in [
-            (program::BENCH_REDIRECT_INGRESS, "up0"),
-            (program::BENCH_REDIRECT_SANDBOX, veth.as_str()),
-        ] {
+        for (name, dev) in [(programs[0], "up0"), (programs[1], veth.as_str())] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context("program")?.try_into()?;
             p.load()?;
             p.attach(dev, TcAttachType::Ingress)

@@ -214,7 +214,8 @@ fn nft_and_iptables(mappings: u32, samples: usize, results: &mut Results) -> Res
     );
     let lab = Lab::new()?;
     let t0 = Instant::now();
-    docker_rules(&lab, "br0", "172.18.0.2", &filler_ports(mappings))?;
+    let filler = filler_ports(mappings);
+    docker_rules(&lab, "br0", "172.18.0.2", &filler, filler.len())?;
     s.push(Sample::new(
         "control",
         "iptables",

@@ -8,7 +8,6 @@ use std::os::fd::OwnedFd;
 use anyhow::{Context as _, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
 
-use crate::beds::Bed;
 
 pub struct StatsOn(#[allow(dead_code)] OwnedFd);
 
@@ -22,11 +21,11 @@ impl StatsOn {
 
 /// Where the bed's programs are attached, and the name each attachment point is reported
 /// under.
-fn attach_points(bed: &Bed) -> [(&'static str, String, TcAttachType); 3] {
+fn attach_points(sandbox_veth: &str) -> [(&'static str, String, TcAttachType); 3] {
     [
         ("uplink_ingress", "up0".to_string(), TcAttachType::Ingress),
         ("uplink_egress", "up0".to_string(), TcAttachType::Egress),
-        ("sandbox", bed.sandbox_veth.clone(), TcAttachType::Ingress),
+        ("sandbox", sandbox_veth.to_string(), TcAttachType::Ingress),
     ]
 }
 
@@ -35,11 +34,12 @@ pub type ProgramRun = (String, u32, u64, u64);
 
 /// Every natd program attached at each attachment point of the bed (TCX), by kernel
 /// program id: the IPv4 program under the point's label and, right after it in TCX order,
-/// the IPv6 one (`<label>6`), which every IPv4 packet the first hands on also runs. Their
+/// the IPv6 one (`<label>6`), which every packet the first hands on also runs (a bed with
+/// one program per point, the redirect-only one, has only `<label>`). Their
 /// 15-character kernel names can coincide (`natd_sandbox_in`); the ids cannot.
-pub fn snapshot(bed: &Bed) -> Result<Vec<ProgramRun>> {
-    let points = attach_points(bed);
-    natlab::in_netns(&bed.lab.host_path(), move || {
+pub fn snapshot(lab: &natlab::Lab, sandbox_veth: &str) -> Result<Vec<ProgramRun>> {
+    let points = attach_points(sandbox_veth);
+    natlab::in_netns(&lab.host_path(), move || {
         let mut out = Vec::new();
         for (label, dev, kind) in points {
             let (_, programs) =
@@ -65,4 +65,39 @@ pub fn cost(before: &[ProgramRun], after: &[ProgramRun]) -> Vec<(String, f64, u6
             (runs > 0).then(|| (label.clone(), time.saturating_sub(*t0) as f64 / runs as f64, runs))
         })
         .collect()
+}
+
+/// The row name of a program's in-situ cost: the path `scenario`'s packets take at
+/// `point` (`<point>6`: the second natd program there). natd attaches the IPv4 program,
+/// then the IPv6 one: the program of the other family than the traffic's only hands the
+/// packets on, and its row says so. `redirect` beds attach one program of the traffic's
+/// family.
+pub fn path_name(scenario: &str, metric: &str, point: &str, mode: &str) -> String {
+    let ipv6_traffic = scenario.ends_with('6');
+    let scenario = scenario.trim_end_matches('6');
+    let (point, second) = match point.strip_suffix('6') {
+        Some(p) => (p, true),
+        None => (point, false),
+    };
+    let path = match (scenario, point) {
+        ("publish", "uplink_ingress") => "dnat_forward",
+        ("publish", "sandbox") => "dnat_reply",
+        ("masquerade", "uplink_ingress") => "snat_reply",
+        ("masquerade", "sandbox") => "snat_established",
+        ("publish", "uplink_egress") => "dnat_reply, uplink egress",
+        ("masquerade", "uplink_egress") => "snat_established, uplink egress",
+        (_, other) => other,
+    };
+    let mut name = if ipv6_traffic { format!("{path} (IPv6)") } else { path.to_string() };
+    if mode == "ebpf" && second != ipv6_traffic {
+        name.push_str(if ipv6_traffic {
+            ", IPv4 program passing it on"
+        } else {
+            ", IPv6 program passing it on"
+        });
+    }
+    if metric == "crr_per_s" {
+        name.push_str(" (crr mix)");
+    }
+    name
 }

@@ -1,31 +1,26 @@
 //! The IPv6 rows: CRR and RR through a published port ([host]:8080 -> [sandbox]:80) and
 //! out of the sandbox (masquerade to the uplink's IPv6 address), in the modes `baseline`
-//! (routed, no NAT: the sandbox's subnet routed to the host), `iptables` (the ip6tables
-//! rules Docker 27 writes for an IPv6 network, natd only plumbing), `nftables` and `ebpf`,
-//! interleaved like the IPv4 runs. Scenarios `publish6` and `masquerade6`; same validity
-//! rules (no client error, no natd drop).
+//! (routed, no NAT: the sandbox's subnet routed to the host), `redirect` (routed the same
+//! way through the IPv6 redirect-only programs), `iptables` (the ip6tables rules Docker 27
+//! writes for an IPv6 network, natd only plumbing), `nftables` and `ebpf`, interleaved
+//! like the IPv4 runs, with the programs' in-situ cost in the ebpf and redirect modes.
+//! Scenarios `publish6` and `masquerade6`; same validity rules (no client error, no natd
+//! drop).
 use anyhow::{Context as _, Result, bail};
-use natlab::{EXT_IP6, HOST_UPLINK_IP6, Lab, sh, wait_listening};
+use natlab::{EXT_IP6, HOST_UPLINK_IP6, sh, wait_listening};
 
 use crate::{
-    Invalid, Plan, Results, Sample,
-    traffic::{loadgen, natd_drops},
+    Plan, Results,
+    beds::Bed,
+    traffic::{Run, loadgen},
 };
 
-const MODES6: [&str; 4] = ["baseline", "iptables", "nftables", "ebpf"];
+const MODES6: [&str; 5] = ["baseline", "redirect", "iptables", "nftables", "ebpf"];
 /// The sandbox network's IPv6 subnet, routed via the host in the baseline.
 const SUBNET6: &str = "fd42:6:6:1::/64";
 
-struct Bed6 {
-    mode: &'static str,
-    lab: Lab,
-    sandbox_ns: String,
-    /// Where clients of the published port connect (`[addr]:port`).
-    target: String,
-}
-
-fn bed(mode: &'static str) -> Result<Bed6> {
-    let mut lab = Lab::new()?;
+fn bed(mode: &'static str) -> Result<Bed> {
+    let mut lab = natlab::Lab::new()?;
     let dataplane = match mode {
         "ebpf" | "nftables" => mode,
         _ => "none",
@@ -38,38 +33,49 @@ fn bed(mode: &'static str) -> Result<Bed6> {
     lab.ok(&["run", "--name", "srv", "--network", "v6", "-p", "8080:80", "--", "sh", "-c", &script]);
     let view = lab.json(&["inspect", "srv"]);
     let sandbox_ns = view["netns"].as_str().context("sandbox netns")?.to_string();
-    let sandbox6 = view["endpoints"][0]["ipv6"].as_str().context("sandbox IPv6 address")?.to_string();
+    let endpoint = &view["endpoints"][0];
+    let sandbox6 = endpoint["ipv6"].as_str().context("sandbox IPv6 address")?.to_string();
+    let sandbox_veth = endpoint["host_ifname"].as_str().context("host veth")?.to_string();
     let bridge = lab.json(&["network", "inspect", "v6"])["bridge"].as_str().context("bridge")?.to_string();
     for ns in [lab.ext_path(), sandbox_ns.clone()] {
         for (k, v) in [("net.ipv4.ip_local_port_range", "1024 65000"), ("net.ipv4.tcp_tw_reuse", "1")] {
             sh("nsenter", &[&format!("--net={ns}"), "sysctl", "-qw", &format!("{k}={v}")]);
         }
     }
+    let mut redirect = None;
     let target = match mode {
-        "baseline" => {
+        "baseline" | "redirect" => {
             lab.ext(&["ip", "-6", "route", "add", SUBNET6, "via", HOST_UPLINK_IP6]);
-            format!("[{sandbox6}]:80")
+            if mode == "redirect" {
+                redirect = Some(crate::beds::attach_redirect(&lab, sandbox6.parse()?, &sandbox_veth, endpoint, &bridge)?);
+            }
+            (format!("[{sandbox6}]"), 80, 0)
         }
         "iptables" => {
             ip6tables_rules(&lab, &bridge, &sandbox6)?;
-            format!("[{HOST_UPLINK_IP6}]:8080")
+            (format!("[{HOST_UPLINK_IP6}]"), 8080, 0)
         }
-        _ => format!("[{HOST_UPLINK_IP6}]:8080"),
+        _ => (format!("[{HOST_UPLINK_IP6}]"), 8080, 0),
     };
     if !wait_listening(&sandbox_ns, "tcp", 80) {
         bail!("server did not start in {mode}");
     }
-    Ok(Bed6 {
+    Ok(Bed {
         mode,
         lab,
-        sandbox_ns,
         target,
+        // wrk and iperf3 are run over IPv4 only.
+        wrk_target: String::new(),
+        mappings: 1,
+        sandbox_ns,
+        sandbox_veth,
+        _redirect: redirect,
     })
 }
 
 /// What Docker 27 writes with ip6tables for an IPv6 bridge network and one published
 /// port (notes: libnetwork setup_ip_tables_linux.go, port_mapping_linux.go).
-fn ip6tables_rules(lab: &Lab, bridge: &str, sandbox6: &str) -> Result<()> {
+fn ip6tables_rules(lab: &natlab::Lab, bridge: &str, sandbox6: &str) -> Result<()> {
     let rules = format!(
         "*nat\n:DOCKER - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
          -A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DOCKER\n\
@@ -112,34 +118,24 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     }
     let outside = format!("[{EXT_IP6}]:9000");
     for bed in &beds {
-        let _ = loadgen(&bed.lab.ext_path(), "crr", &bed.target, crate::traffic::WARM_UP_SECS);
+        let published = format!("{}:{}", bed.target.0, bed.target.1);
+        let _ = loadgen(&bed.lab.ext_path(), "crr", &published, crate::traffic::WARM_UP_SECS);
         let _ = loadgen(&bed.sandbox_ns, "crr", &outside, crate::traffic::WARM_UP_SECS);
     }
     for rep in 0..plan.reps {
         for bed in crate::traffic::rotated(&beds, rep) {
             eprintln!("  rep {} ipv6 {}", rep + 1, bed.mode);
             let ext = bed.lab.ext_path();
-            for (scenario, ns, target) in [
-                ("publish6", &ext, &bed.target),
-                ("masquerade6", &bed.sandbox_ns, &outside),
-            ] {
+            let published = format!("{}:{}", bed.target.0, bed.target.1);
+            let mut run = Run {
+                bed,
+                mappings: 1,
+                rep,
+                results,
+            };
+            for (scenario, ns, target) in [("publish6", &ext, &published), ("masquerade6", &bed.sandbox_ns, &outside)] {
                 for kind in ["crr", "rr"] {
-                    let drops = natd_drops(&bed.lab);
-                    let v = loadgen(ns, kind, target, plan.secs);
-                    let dropped = natd_drops(&bed.lab) - drops;
-                    let (errors, ops) = (v["errors"].as_u64().unwrap_or(u64::MAX), v["ops"].as_u64().unwrap_or(0));
-                    if errors > 0 || dropped > 0 || ops == 0 {
-                        results.invalid.push(Invalid {
-                            what: format!("{scenario} {kind} {} rep {}", bed.mode, rep + 1),
-                            why: format!("{errors} client errors, {dropped} packets dropped by natd, {ops} operations"),
-                        });
-                        continue;
-                    }
-                    let metric = if kind == "crr" { "crr_per_s" } else { "rr_per_s" };
-                    results.samples.push(Sample::new(scenario, bed.mode, 1, metric, v["per_s"].as_f64().unwrap_or(0.0)).rep(rep));
-                    if kind == "rr" {
-                        results.samples.push(Sample::new(scenario, bed.mode, 1, "p99_us", v["p99_us"].as_f64().unwrap_or(0.0)).rep(rep));
-                    }
+                    run.loadgen(scenario, ns, kind, target, plan.secs)?;
                 }
             }
         }

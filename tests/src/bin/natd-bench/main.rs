@@ -6,6 +6,7 @@
 //! network namespaces. Program cost is measured warm (BPF_PROG_TEST_RUN, many runs) and in
 //! situ (kernel run-time stats of the attached programs during the traffic runs). Writes
 //! report.md, results.json and PNG plots.
+mod agree;
 mod beds;
 mod control;
 mod flood;
@@ -13,11 +14,13 @@ mod insitu;
 mod ipv6;
 mod overlay;
 mod plots;
+mod profile;
 mod programs;
 mod quality;
 mod report;
 mod stats;
 mod traffic;
+mod wrk;
 
 use std::{
     path::{Path, PathBuf},
@@ -27,8 +30,9 @@ use std::{
 use anyhow::Result;
 use natlab::sh;
 
-/// Every mode of the traffic runs, in the order they are interleaved.
-pub const MODES: [&str; 5] = ["baseline", "redirect", "iptables", "nftables", "ebpf"];
+/// Every mode of the traffic runs (`iptables`: Docker's rules with the measured mapping
+/// last; `iptables-random`: at a random place among the others, from N = 100).
+pub const MODES: [&str; 6] = ["baseline", "redirect", "iptables", "iptables-random", "nftables", "ebpf"];
 
 /// One measured value.
 #[derive(Clone, Debug)]
@@ -84,6 +88,8 @@ pub struct Results {
     pub notes: Vec<String>,
     /// CPU time over the run (`quality`).
     pub machine: quality::Machine,
+    /// Where the warm paths' time goes (`profile`).
+    pub profiles: Vec<profile::Profile>,
 }
 
 pub struct Plan {
@@ -93,6 +99,8 @@ pub struct Plan {
     pub scale: Vec<u32>,
     pub streams: Vec<u32>,
     pub program_sizes: Vec<u32>,
+    /// Established flows in the connection table for the filled-table program rows.
+    pub ct_flows: Vec<u32>,
     /// BPF_PROG_TEST_RUN repetitions per warm measurement.
     pub warm_repeat: u32,
     pub control_sizes: Vec<u32>,
@@ -114,6 +122,7 @@ impl Plan {
                 scale: vec![1, 1000],
                 streams: vec![1],
                 program_sizes: vec![10, 65000],
+                ct_flows: vec![1, 100_000],
                 warm_repeat: 100_000,
                 control_sizes: vec![1000],
                 control_samples: 30,
@@ -130,6 +139,7 @@ impl Plan {
                 scale: vec![1, 100, 1000, 10000, 65000],
                 streams: vec![1, 4],
                 program_sizes: vec![10, 1000, 65000],
+                ct_flows: vec![1, 50_000, 100_000, 125_000],
                 warm_repeat: 200_000,
                 control_sizes: vec![10000],
                 control_samples: 100,
@@ -158,7 +168,7 @@ fn main() {
                 String::from_utf8_lossy(&stamp.stdout).trim()
             ))
         });
-    // `--only traffic,ipv6,overlay,programs,flood,control`: a subset of the parts (the report then
+    // `--only traffic,ipv6,overlay,programs,profile,flood,control`: a subset of the parts (the report then
     // states only what ran).
     let only: Option<Vec<String>> = args
         .iter()
@@ -180,10 +190,8 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
     let mut results = Results::default();
     results.machine.start = quality::cpu_ticks();
     if wanted("traffic") {
-        for &n in &plan.scale {
-            eprintln!("== published port and masquerade with {n} mappings present");
-            traffic::run(&plan, n, &mut results)?;
-        }
+        eprintln!("== published port and masquerade with {:?} mappings present", plan.scale);
+        traffic::run(&plan, &mut results)?;
     }
     if wanted("ipv6") {
         eprintln!("== IPv6: published port and masquerade (NAT66)");
@@ -196,6 +204,10 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
     if wanted("programs") {
         eprintln!("== program cost, warm (BPF_PROG_TEST_RUN x {})", plan.warm_repeat);
         programs::warm(&plan, &mut results)?;
+    }
+    if wanted("profile") {
+        eprintln!("== where the warm paths' time goes (perf)");
+        profile::run(&plan, out, &mut results)?;
     }
     if wanted("flood") {
         eprintln!("== spoofed SYN flood against a published port");

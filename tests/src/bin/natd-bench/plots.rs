@@ -15,7 +15,7 @@ pub fn plots(out: &Path, agg: &BTreeMap<Key, Agg>, plan: &Plan) -> Result<()> {
         .context("fonts-dejavu-core is needed for plots")?;
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, font);
-    let colors = [RED, MAGENTA, BLUE, GREEN, BLACK];
+    let colors = [RED, MAGENTA, BLUE, CYAN, GREEN, BLACK];
     // CRR vs N.
     {
         let path = out.join("crr_vs_n.png");

@@ -1,6 +1,9 @@
 //! Warm program cost rows (`natlab::warm`): ns per packet of each path, the wrapper's own
 //! cost subtracted. The redirect-only program is reported as mode `redirect` on the
-//! `dnat_forward` row: the difference is what the NAT itself costs.
+//! `dnat_forward` row: the difference is what the NAT itself costs. The established
+//! published-port paths are also run on a random one of many established flows
+//! (`natlab::warm::filled`), where the table's size, not the number of mappings, is what
+//! they read.
 use anyhow::Result;
 
 use crate::{Plan, Results, Sample};
@@ -24,5 +27,24 @@ pub fn warm(plan: &Plan, results: &mut Results) -> Result<()> {
                 .push(Sample::new("program", mode, mappings, "ns_per_packet_warm", ns).detail(path).rep(rep));
         }
     }
+    let (flows, repeat_filled) = (plan.ct_flows.clone(), plan.warm_repeat / 10);
+    let filled = std::thread::spawn(move || natlab::warm::filled(&flows, repeat_filled, reps))
+        .join()
+        .map_err(|_| anyhow::anyhow!("filled-table measurement thread panicked"))??;
+    for (flows, cost) in filled {
+        for (rep, ns) in cost.ns.into_iter().enumerate() {
+            results.samples.push(
+                Sample::new("program", "ebpf", 1, "ns_per_packet_warm", ns)
+                    .detail(filled_row(cost.path, flows))
+                    .rep(rep),
+            );
+        }
+    }
     Ok(())
+}
+
+/// The row of `path` run on a random one of `flows` established flows.
+pub fn filled_row(path: &str, flows: u32) -> String {
+    let entries = flows * natlab::warm::ENTRIES_PER_FLOW;
+    format!("{path}, random of {flows} flows ({entries} table entries)")
 }

@@ -94,9 +94,13 @@ pub fn by_rep(samples: &[Sample], (scenario, n, metric, detail, mode): Series) -
 
 /// `a / b` for every repetition both series have a (non-zero) value in.
 pub fn paired_ratios(samples: &[Sample], a: Series, b: Series) -> Vec<f64> {
-    let (a, b) = (by_rep(samples, a), by_rep(samples, b));
+    ratios_by_rep(&by_rep(samples, a), &by_rep(samples, b)).into_values().collect()
+}
+
+/// `a / b` by repetition, where both have a (non-zero) value.
+pub fn ratios_by_rep(a: &BTreeMap<usize, f64>, b: &BTreeMap<usize, f64>) -> BTreeMap<usize, f64> {
     a.iter()
-        .filter_map(|(rep, x)| b.get(rep).filter(|y| **y > 0.0).map(|y| x / y))
+        .filter_map(|(rep, x)| b.get(rep).filter(|y| **y > 0.0).map(|y| (*rep, x / y)))
         .collect()
 }
 

@@ -1,4 +1,5 @@
-//! The traffic runs: CRR and RR with the load generator, throughput with iperf3, through
+//! The traffic runs: CRR and RR with the load generator and with wrk (`crate::wrk`),
+//! throughput with iperf3, through
 //! a published port (client outside, server in the sandbox) and out of the sandbox
 //! (masquerade; routed without NAT in the baseline modes). A run counts only if the load
 //! generator saw no error and natd counted no drop; otherwise it is recorded as invalid.
@@ -76,41 +77,17 @@ pub(crate) fn natd_drops(lab: &natlab::Lab) -> u64 {
         .unwrap_or(0)
 }
 
-/// The in-situ path name of an attachment point's program in a scenario.
-fn in_situ_path(scenario: &str, metric: &str, point: &str) -> String {
-    // `<point>6`: the IPv6 program after the IPv4 one, handing the IPv4 packets on.
-    let (point, v6) = match point.strip_suffix('6') {
-        Some(p) => (p, true),
-        None => (point, false),
-    };
-    let path = match (scenario, point) {
-        ("publish", "uplink_ingress") => "dnat_forward",
-        ("publish", "sandbox") => "dnat_reply",
-        ("masquerade", "uplink_ingress") => "snat_reply",
-        ("masquerade", "sandbox") => "snat_established",
-        ("publish", "uplink_egress") => "dnat_reply, uplink egress",
-        ("masquerade", "uplink_egress") => "snat_established, uplink egress",
-        (_, other) => other,
-    };
-    let path = if v6 { format!("{path}, IPv6 program passing it on") } else { path.to_string() };
-    if metric == "crr_per_s" {
-        format!("{path} (crr mix)")
-    } else {
-        path
-    }
-}
-
-struct Run<'a> {
-    bed: &'a Bed,
-    mappings: u32,
-    rep: usize,
-    results: &'a mut Results,
+pub(crate) struct Run<'a> {
+    pub bed: &'a Bed,
+    pub mappings: u32,
+    pub rep: usize,
+    pub results: &'a mut Results,
 }
 
 impl Run<'_> {
     /// One CRR or RR run, checked, with the programs' in-situ cost for the modes that
     /// attach programs.
-    fn loadgen(
+    pub fn loadgen(
         &mut self,
         scenario: &'static str,
         ns: &str,
@@ -126,7 +103,7 @@ impl Run<'_> {
             None
         };
         let before = if programs {
-            insitu::snapshot(bed)?
+            insitu::snapshot(&bed.lab, &bed.sandbox_veth)?
         } else {
             Vec::new()
         };
@@ -135,7 +112,7 @@ impl Run<'_> {
         let v = loadgen(ns, kind, target, secs);
         let cpu_after = beds::natd_cpu_s(&bed.lab);
         let after = if programs {
-            insitu::snapshot(bed)?
+            insitu::snapshot(&bed.lab, &bed.sandbox_veth)?
         } else {
             Vec::new()
         };
@@ -176,11 +153,41 @@ impl Run<'_> {
         for (point, ns_per_run, _) in insitu::cost(&before, &after) {
             s.push(
                 Sample::new("program", bed.mode, n, "ns_per_packet_in_situ", ns_per_run)
-                    .detail(in_situ_path(scenario, rate, &point))
+                    .detail(insitu::path_name(scenario, rate, &point, bed.mode))
                     .rep(rep),
             );
         }
         Ok(())
+    }
+
+    /// One wrk run (`crate::wrk`), checked as the load generator's are; its samples carry
+    /// the detail `wrk`.
+    fn wrk(&mut self, scenario: &'static str, ns: &str, kind: &str, target: &str, secs: f64) {
+        let bed = self.bed;
+        let drops = natd_drops(&bed.lab);
+        let result = crate::wrk::run(ns, kind, target, secs);
+        let dropped = natd_drops(&bed.lab) - drops;
+        let what = format!("{scenario} wrk {kind} {} N={} rep {}", bed.mode, self.mappings, self.rep + 1);
+        let report = match result {
+            Ok(r) if r.errors == 0 && dropped == 0 && r.per_s > 0.0 => r,
+            Ok(r) => {
+                let why = format!("{} wrk errors, {dropped} packets dropped by natd, {:.0}/s", r.errors, r.per_s);
+                self.results.invalid.push(Invalid { what, why });
+                return;
+            }
+            Err(why) => {
+                self.results.invalid.push(Invalid { what, why });
+                return;
+            }
+        };
+        let (n, rep, detail) = (self.mappings, self.rep, crate::wrk::DETAIL);
+        let rate = if kind == "crr" { "crr_per_s" } else { "rr_per_s" };
+        let s = &mut self.results.samples;
+        s.push(Sample::new(scenario, bed.mode, n, rate, report.per_s).detail(detail).rep(rep));
+        if kind == "rr" {
+            s.push(Sample::new(scenario, bed.mode, n, "p50_us", report.p50_us).detail(detail).rep(rep));
+            s.push(Sample::new(scenario, bed.mode, n, "p99_us", report.p99_us).detail(detail).rep(rep));
+        }
     }
 
     fn iperf(&mut self, scenario: &'static str, ns: &str, host: &str, port: u16, streams: u32, secs: f64) {
@@ -215,17 +222,35 @@ pub(crate) fn rotated<T>(items: &[T], rep: usize) -> impl Iterator<Item = &T> {
     order.into_iter().map(move |i| &items[i])
 }
 
-/// Every mode with `mappings` published ports, `plan.reps` interleaved repetitions.
-pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
+/// Every mode at every N of `plan.scale`: all the beds built first and alive for the
+/// whole run, then `plan.reps` repetitions, each visiting every bed once in its own order
+/// (N and modes mixed), so drift of the machine over the run spreads over every N instead
+/// of being read as an effect of N.
+pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     let mut beds = Vec::new();
-    for mode in crate::MODES {
-        beds.push(
-            beds::bed(mode, mappings).with_context(|| format!("{mode} topology with {mappings} mappings"))?,
-        );
+    for &mappings in &plan.scale {
+        for mode in crate::MODES {
+            // With no other rule in the chain, a random place is the last place.
+            if mode == "iptables-random" && mappings <= beds::MEASURED.len() as u32 {
+                continue;
+            }
+            eprintln!("  building {mode} with {mappings} mappings");
+            let bed = beds::bed(mode, mappings)
+                .with_context(|| format!("{mode} topology with {mappings} mappings"))?;
+            if mode == "iptables-random" {
+                let fillers = beds::filler_ports(mappings - beds::MEASURED.len() as u32).len();
+                results.notes.push(format!(
+                    "iptables-random N={mappings}: the measured mappings' rules after {} of the {fillers} other \
+                     mappings' rules (`iptables` has them last)",
+                    beds::random_rule_position(fillers)
+                ));
+            }
+            beds.push(bed);
+        }
     }
-    // The masquerade servers live in each bed's external namespace.
+    // The masquerade servers live in each bed's external namespace (measured at N=1).
     let mut servers = Vec::new();
-    for b in &beds {
+    for b in beds.iter().filter(|b| b.mappings == 1) {
         servers.push(b.lab.spawn_in(
             &b.lab.ext_ns,
             &["taskset", "-c", "1", &natlab::loadgen_bin(), "serve", "9000"],
@@ -234,22 +259,26 @@ pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
             &b.lab.ext_ns,
             &["taskset", "-c", "1", "iperf3", "-s", "-p", "5202"],
         ));
-        wait_listening(&b.lab.ext_path(), "tcp", 9000);
-        wait_listening(&b.lab.ext_path(), "tcp", 5202);
+        let nginx = crate::wrk::nginx_command(&b.lab.dir.join("ext"), crate::wrk::EXT_PORT)?;
+        servers.push(b.lab.spawn_in(&b.lab.ext_ns, &nginx.iter().map(String::as_str).collect::<Vec<_>>()));
+        for port in [9000, 5202, crate::wrk::EXT_PORT] {
+            wait_listening(&b.lab.ext_path(), "tcp", port);
+        }
     }
     // One discarded run per bed first: the first connections of a bed pay for neighbour
     // and route cache state the others then find warm.
     for bed in &beds {
         let published = format!("{}:{}", bed.target.0, bed.target.1);
         let _ = loadgen(&bed.lab.ext_path(), "crr", &published, WARM_UP_SECS);
-        if mappings == 1 {
+        if bed.mappings == 1 {
             let _ = loadgen(&bed.sandbox_ns, "crr", &format!("{EXT_IP}:9000"), WARM_UP_SECS);
         }
     }
     for rep in 0..plan.reps {
-        // The modes run in a new order each repetition (`rotated`): no mode always inherits
-        // the same predecessor's TIME_WAIT and cache state.
+        // A new order each repetition (`rotated`): no bed always inherits the same
+        // predecessor's TIME_WAIT and cache state, nor the same phase of the machine.
         for bed in rotated(&beds, rep) {
+            let mappings = bed.mappings;
             eprintln!("  rep {} {} N={mappings}", rep + 1, bed.mode);
             let mut run = Run {
                 bed,
@@ -259,13 +288,20 @@ pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
             };
             let ext = bed.lab.ext_path();
             let published = format!("{}:{}", bed.target.0, bed.target.1);
-            let mut targets = vec![("publish", ext.clone(), published)];
+            let mut targets = vec![("publish", ext.clone(), published, bed.wrk_target.clone())];
             if mappings == 1 {
-                targets.push(("masquerade", bed.sandbox_ns.clone(), format!("{EXT_IP}:9000")));
+                targets.push((
+                    "masquerade",
+                    bed.sandbox_ns.clone(),
+                    format!("{EXT_IP}:9000"),
+                    format!("{EXT_IP}:{}", crate::wrk::EXT_PORT),
+                ));
             }
-            for (scenario, ns, target) in &targets {
+            for (scenario, ns, target, wrk_target) in &targets {
                 run.loadgen(scenario, ns, "crr", target, plan.secs)?;
                 run.loadgen(scenario, ns, "rr", target, plan.secs)?;
+                run.wrk(scenario, ns, "crr", wrk_target, plan.secs);
+                run.wrk(scenario, ns, "rr", wrk_target, plan.secs);
             }
             if mappings == 1 {
                 for &streams in &plan.streams {
