@@ -276,21 +276,22 @@ impl PathFrames {
     }
 }
 
-/// Paths `soak` can run: (name, on the uplink, the frame, the counter each run moves).
-const SOAKABLE: [(&str, bool, u32); 4] = [
-    ("dnat_forward", true, counter::FAST_TO_SANDBOX),
-    ("dnat_reply", false, counter::FAST_TO_EDGE),
-    ("snat_established", false, counter::SNAT_ESTABLISHED),
-    ("snat_reply", true, counter::SNAT_REPLY),
+/// Paths `soak` can run: (name, on the uplink, verdict, the counter each run moves).
+const SOAKABLE: [(&str, bool, u32, Option<u32>); 5] = [
+    ("dnat_forward", true, TC_ACT_REDIRECT, Some(counter::FAST_TO_SANDBOX)),
+    ("dnat_reply", false, TC_ACT_REDIRECT, Some(counter::FAST_TO_EDGE)),
+    ("snat_established", false, TC_ACT_REDIRECT, Some(counter::SNAT_ESTABLISHED)),
+    ("snat_reply", true, TC_ACT_REDIRECT, Some(counter::SNAT_REPLY)),
+    ("miss", true, PASS, None),
 ];
 
 /// `runs` runs of one established path in a single test run, on this thread (for a
 /// profiler sampling its CPU, started by `ready` once the programs are loaded and the
 /// flows made): the mean ns per run, checked like the rows' runs.
 pub fn soak(path: &str, runs: u32, ready: impl FnOnce()) -> Result<f64> {
-    let (_, uplink, moved) = *SOAKABLE
+    let (_, uplink, verdict, moved) = *SOAKABLE
         .iter()
-        .find(|(name, _, _)| *name == path)
+        .find(|(name, ..)| *name == path)
         .with_context(|| format!("no soakable path {path}"))?;
     let mut bpf = bench_setup(1 << 18)?;
     let nat_port = establish(&mut bpf)?;
@@ -299,7 +300,8 @@ pub fn soak(path: &str, runs: u32, ready: impl FnOnce()) -> Result<f64> {
         "dnat_forward" => &f.dnat,
         "dnat_reply" => &f.dnat_reply,
         "snat_established" => &f.snat,
-        _ => &f.snat_reply,
+        "snat_reply" => &f.snat_reply,
+        _ => &f.miss,
     };
     let program = if uplink {
         bpf.as_edge();
@@ -309,7 +311,7 @@ pub fn soak(path: &str, runs: u32, ready: impl FnOnce()) -> Result<f64> {
         program::SANDBOX_INGRESS
     };
     ready();
-    bpf.warm_checked(path, (program, frame, Vary::SAME), runs, TC_ACT_REDIRECT, Some(moved))
+    bpf.warm_checked(path, (program, frame, Vary::SAME), runs, verdict, moved)
 }
 
 /// Every path's warm cost with each number of `mappings`, `reps` repetitions of `repeat`

@@ -30,6 +30,7 @@ fn paths(runs: u32) -> Vec<(&'static str, Soak)> {
         ),
         ("snat_established, hot flow", soak("snat_established")),
         ("dnat_reply, hot flow", soak("dnat_reply")),
+        ("miss (host-bound, nothing published there)", soak("miss")),
     ]
 }
 

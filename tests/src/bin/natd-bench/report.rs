@@ -142,6 +142,7 @@ fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
         if plan.quick { " (quick)" } else { "" }
     );
     let _ = writeln!(md, "- machine: {cpu}, {cpus} CPUs; kernel {kernel}");
+    let _ = writeln!(md, "- measured: {}", measured_commit());
     let _ = writeln!(
         md,
         "- run took {:.0} s; {} repetitions per point, modes interleaved and rotated ({}), {:.0} s per measurement; warm program \
@@ -154,6 +155,22 @@ fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
         plan.warm_repeat
     );
     md.push_str(METHOD);
+}
+
+/// The commit the run measured, and whether the tree had changes on top of it (then the
+/// figures describe no commit).
+fn measured_commit() -> String {
+    let git = |args: &[&str]| String::from_utf8_lossy(&sh("git", args).stdout).trim().to_string();
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    if commit.is_empty() {
+        return "unknown (not run from a git checkout)".into();
+    }
+    let changes = git(&["status", "--porcelain", "--untracked-files=no"]);
+    if changes.is_empty() {
+        format!("commit {commit}")
+    } else {
+        format!("commit {commit} with uncommitted changes ({} files)", changes.lines().count())
+    }
 }
 
 fn table(md: &mut String, agg: &BTreeMap<Key, Agg>) {
