@@ -294,6 +294,13 @@ mod programs {
         other: fn(&TcContext, usize) -> i32,
         malformed: fn(&TcContext, usize) -> i32,
     ) -> i32 {
+        // Every IPv6 packet comes here first (the IPv6 program is second in TCX order):
+        // hand it on before the parser's attempt at IPv4 and its ethertype load (a
+        // helper call), as `with_ipv6` does for IPv4. Ethernet only, as there.
+        // SAFETY: the protocol field is always readable in a TC context.
+        if l3 == ETH_HLEN && unsafe { (*ctx.skb.skb).protocol } == u32::from(parse::ETH_P_IPV6.to_be()) {
+            return TCX_NEXT;
+        }
         match parse::parse(ctx, l3) {
             Ok(Parsed::Ipv4(mut packet)) => {
                 counters::packet(ctx.len(), 4, packet.proto);
