@@ -18,6 +18,9 @@ use crate::{
 
 /// Ethernet, IPv4 and a TCP header: what a run rewrites and the wrapper restores.
 const HEADERS: usize = 54;
+/// What an IPv6 frame has beyond `HEADERS` up to the end of its TCP header (Ethernet,
+/// IPv6 and TCP: 74 bytes).
+const TAIL6: usize = 20;
 
 /// Restores the frame's headers (a test run does not reset the packet between
 /// repetitions), optionally makes it a new flow, then tail-calls the program under test
@@ -36,6 +39,20 @@ pub fn natd_bench_wrapper(ctx: TcContext) -> i32 {
         let mut bytes = [0u8; HEADERS];
         let saved = &(*frame).bytes;
         bytes.copy_from_slice(&saved[..HEADERS]);
+        let ipv6 = saved[12..14] == [0x86, 0xdd];
+        if ipv6 {
+            let Some(tail) = ptr_at::<[u8; TAIL6]>(&ctx, HEADERS) else {
+                return TC_ACT_SHOT;
+            };
+            let mut rest = [0u8; TAIL6];
+            rest.copy_from_slice(&saved[HEADERS..HEADERS + TAIL6]);
+            tail.write_unaligned(rest);
+        }
+        // New flows are made at IPv4's offsets only: an IPv6 frame asked to vary is
+        // refused, never measured as one flow.
+        if ipv6 && (*frame).vary != 0 {
+            return TC_ACT_SHOT;
+        }
         let first = (*frame).vary;
         let among = (*frame).pick_among;
         let n = if first != 0 && among != 0 {

@@ -296,9 +296,10 @@ mod programs {
     ) -> i32 {
         // Every IPv6 packet comes here first (the IPv6 program is second in TCX order):
         // hand it on before the parser's attempt at IPv4 and its ethertype load (a
-        // helper call), as `with_ipv6` does for IPv4. Ethernet only, as there.
-        // SAFETY: the protocol field is always readable in a TC context.
-        if l3 == ETH_HLEN && unsafe { (*ctx.skb.skb).protocol } == u32::from(parse::ETH_P_IPV6.to_be()) {
+        // helper call). The frame's own ethertype decides, read directly, as the parser
+        // would: not the skb's protocol, which a sender of raw frames on the host sets as
+        // it likes (an IPv4 frame said to be IPv6 would then be judged by no program).
+        if l3 == ETH_HLEN && parse::ethertype_direct(ctx) == Some(parse::ETH_P_IPV6) {
             return TCX_NEXT;
         }
         match parse::parse(ctx, l3) {

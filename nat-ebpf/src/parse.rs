@@ -170,6 +170,15 @@ pub fn ethertype(ctx: &TcContext, l3: usize) -> Result<u16, Malformed> {
     })
 }
 
+/// An Ethernet frame's ethertype read directly from the packet (None: too short to read
+/// without a helper).
+#[inline(always)]
+pub fn ethertype_direct(ctx: &TcContext) -> Option<u16> {
+    let eth_proto: *const u16 = ptr_at(ctx, 12)?;
+    // SAFETY: bounds-checked against data_end.
+    Some(u16::from_be(unsafe { eth_proto.read_unaligned() }))
+}
+
 /// A frame whose IP header starts at `l3` (`ETH_HLEN`, or 0 on an edge without a link
 /// layer).
 #[inline(always)]

@@ -17,7 +17,9 @@ use nat_common::{
 use natd::{dataplane::PortRule, portspec::Proto};
 
 mod filled;
+mod ipv6;
 pub use filled::{ENTRIES_PER_FLOW, filled, soak_filled};
+pub use ipv6::{IPV4_BESIDE, paths6, soak6};
 
 use crate::{
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
@@ -76,6 +78,8 @@ impl Bpf {
             program::BENCH_WRAPPER,
             program::BENCH_REDIRECT_INGRESS,
             program::BENCH_REDIRECT_SANDBOX,
+            program::BENCH_REDIRECT_INGRESS6,
+            program::BENCH_REDIRECT_SANDBOX6,
         ] {
             let p: &mut SchedClassifier = self.ebpf.program_mut(name).context("program")?.try_into()?;
             p.load().with_context(|| format!("verifier rejected {name}"))?;
@@ -152,6 +156,16 @@ impl Bpf {
             );
         }
         Ok(ns)
+    }
+}
+
+impl Bpf {
+    /// ns per run of `path` beyond the wrapper's own: the wrapper with `natd_empty` on the
+    /// same frame and variation (restoring, varying, drawing), run just before, subtracted.
+    fn net_cost(&mut self, path: &str, run: (&str, &[u8], Vary), repeat: u32, verdict: u32, id: Option<u32>) -> Result<f64> {
+        let empty = self.warm_checked("empty", (program::EMPTY, run.1, run.2), repeat, PASS, None)?;
+        let ns = self.warm_checked(path, run, repeat, verdict, id)?;
+        Ok((ns - empty).max(0.0))
     }
 }
 
@@ -471,14 +485,12 @@ pub fn paths(mappings: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, Pat
                 } else {
                     bpf.as_sandbox_veth(2, if makes_mappings { NEW_MAPPINGS_SANDBOX } else { SANDBOX });
                 }
-                // The wrapper's own work (restoring, varying the frame) is in both runs.
-                let empty = bpf.warm_checked("empty", (program::EMPTY, frame, vary), runs, PASS, None)?;
-                let ns = bpf.warm_checked(path, (prog, frame, vary), runs, verdict, id)?;
+                let ns = bpf.net_cost(path, (prog, frame, vary), runs, verdict, id)?;
                 if makes_mappings {
                     let made = remove_mappings_of(&mut bpf, NEW_MAPPINGS_SANDBOX);
                     ensure!(made == runs as usize, "snat_new: {made} mappings made by {runs} runs");
                 }
-                out[m * cases.len() + i].1.ns.push((ns - empty).max(0.0));
+                out[m * cases.len() + i].1.ns.push(ns);
             }
         }
     }

@@ -295,3 +295,13 @@ fn the_benchmarks_filled_table_rows_find_a_random_established_flow() {
     assert_eq!(costs.len(), 4, "dnat_forward and dnat_reply at two fills");
     assert!(costs.iter().all(|(_, c)| c.ns.len() == 2));
 }
+
+/// The IPv6 rows and the hand-on rows take the paths they are named after (each run's
+/// verdict and counter checked by `natlab::warm::paths6`).
+#[test]
+fn the_benchmarks_ipv6_rows_take_the_paths_they_are_named_after() {
+    natlab::require_root();
+    let costs = natlab::warm::paths6(2000, 2).expect("every IPv6 warm path behaves as named");
+    assert_eq!(costs.len(), 7);
+    assert!(costs.iter().all(|(_, _, c)| c.ns.len() == 2));
+}

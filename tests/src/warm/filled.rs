@@ -5,7 +5,7 @@
 //! its cache lines as cold as traffic across that many flows leaves them.
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::HashMap;
-use nat_common::{Ct4Entry, Ct4Key, bench, counter, names::{map, program}};
+use nat_common::{Ct4Entry, Ct4Key, bench, counter, names::map};
 
 use super::{PathCost, Vary, bench_setup_sized};
 use crate::{
@@ -113,9 +113,8 @@ pub fn filled(flows: &[u32], repeat: u32, reps: usize) -> Result<Vec<(u32, PathC
                     how,
                     pick_among: flows[f],
                 };
-                let empty = bpf.warm_checked("empty", (program::EMPTY, frame, vary), repeat, PASS, None)?;
-                let ns = bpf.warm_checked(path, (prog, frame, vary), repeat, TC_ACT_REDIRECT, Some(moved))?;
-                out[f * paths.len() + i].1.ns.push((ns - empty).max(0.0));
+                let ns = bpf.net_cost(path, (prog, frame, vary), repeat, TC_ACT_REDIRECT, Some(moved))?;
+                out[f * paths.len() + i].1.ns.push(ns);
             }
         }
     }

@@ -29,6 +29,9 @@ pub struct Bed {
     pub wrk_target: String,
     /// Published ports in all (the measured ones and the fillers).
     pub mappings: u32,
+    /// Mode `iptables-random`: after how many of how many filler rules the measured
+    /// mappings' rules are.
+    pub rule_position: Option<(usize, usize)>,
     pub sandbox_ns: String,
     /// The host end of the sandbox's veth.
     pub sandbox_veth: String,
@@ -40,10 +43,15 @@ pub struct Bed {
 /// generator's server, iperf3, nginx (`wrk`).
 pub const MEASURED: [(u16, u16); 3] = [(8080, 80), (5201, 5201), (crate::wrk::PUBLISHED, crate::wrk::PORT)];
 
+/// `arg` as one word of a `sh -c` script.
+fn shell_quoted(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', "'\\''"))
+}
+
 /// Where the measured rules sit among Docker's `filler` rules in mode `iptables-random`:
 /// drawn once per number of mappings (seeded, so a run can be repeated), stated in the
 /// report's notes.
-pub fn random_rule_position(fillers: usize) -> usize {
+fn random_rule_position(fillers: usize) -> usize {
     fastrand::Rng::with_seed(0x6970_7461_626c ^ fillers as u64).usize(0..=fillers)
 }
 
@@ -112,8 +120,8 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
     lab.start_natd(&["--dataplane", natd_dataplane(mode)])?;
     pin_natd(&lab);
     let nginx: Vec<String> = crate::wrk::nginx_command(&lab.dir, crate::wrk::PORT)?
-        .into_iter()
-        .map(|arg| format!("'{arg}'"))
+        .iter()
+        .map(|arg| shell_quoted(arg))
         .collect();
     let server = format!(
         "taskset -c 1 natd-loadgen serve 80 & taskset -c 1 iperf3 -s -p 5201 >/dev/null & {} & wait",
@@ -137,6 +145,7 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
     let sandbox_ip = endpoint["ipv4"].as_str().context("sandbox address")?.to_string();
     let sandbox_veth = endpoint["host_ifname"].as_str().context("host veth")?.to_string();
     let filler = filler_ports(mappings.saturating_sub(MEASURED.len() as u32));
+    let mut rule_position = None;
     match mode {
         "nftables" | "ebpf" if !filler.is_empty() => {
             let mut args = vec!["run".to_string(), "--name".into(), "filler".into()];
@@ -146,6 +155,7 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
         "iptables" => docker_rules(&lab, &lab.bridge.clone(), &sandbox_ip, &filler, filler.len())?,
         "iptables-random" => {
             let position = random_rule_position(filler.len());
+            rule_position = Some((position, filler.len()));
             docker_rules(&lab, &lab.bridge.clone(), &sandbox_ip, &filler, position)?
         }
         _ => {}
@@ -190,6 +200,7 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
         target,
         wrk_target,
         mappings,
+        rule_position,
         sandbox_ns,
         sandbox_veth,
         _redirect: redirect,

@@ -67,6 +67,7 @@ fn bed(mode: &'static str) -> Result<Bed> {
         // wrk and iperf3 are run over IPv4 only.
         wrk_target: String::new(),
         mappings: 1,
+        rule_position: None,
         sandbox_ns,
         sandbox_veth,
         _redirect: redirect,

@@ -19,6 +19,7 @@ mod programs;
 mod quality;
 mod report;
 mod stats;
+mod targets;
 mod traffic;
 mod wrk;
 
@@ -90,6 +91,8 @@ pub struct Results {
     pub machine: quality::Machine,
     /// Where the warm paths' time goes (`profile`).
     pub profiles: Vec<profile::Profile>,
+    /// The commit measured (`report::measured_commit`, read at the start).
+    pub measured: String,
 }
 
 pub struct Plan {
@@ -189,6 +192,7 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
     let started = Instant::now();
     let mut results = Results::default();
     results.machine.start = quality::cpu_ticks();
+    results.measured = report::measured_commit();
     if wanted("traffic") {
         eprintln!("== published port and masquerade with {:?} mappings present", plan.scale);
         traffic::run(&plan, &mut results)?;

@@ -29,13 +29,14 @@ fn paths(runs: u32) -> Vec<(&'static str, Soak)> {
             Box::new(move |ready| natlab::warm::soak_filled(100_000, runs, ready)),
         ),
         ("snat_established, hot flow", soak("snat_established")),
+        ("dnat_forward (IPv6), hot flow", Box::new(move |ready| natlab::warm::soak6(runs, ready))),
         ("dnat_reply, hot flow", soak("dnat_reply")),
         ("miss (host-bound, nothing published there)", soak("miss")),
     ]
 }
 
 /// `perf record` sampling CPU `CPU` into `data`.
-fn record(data: &Path) -> Result<std::process::Child> {
+fn record(data: &Path) -> Result<Recording> {
     let mut record = Command::new("perf");
     record
         .args(["record", "-e", "cpu-clock", "-F", "4999", "-C", &CPU.to_string(), "-q", "-o"])
@@ -45,24 +46,51 @@ fn record(data: &Path) -> Result<std::process::Child> {
     // The benchmark blocks the termination signals in its threads (`natlab::live`
     // takes them on one thread), and a child inherits the mask: unblocked, perf ends
     // its recording on SIGINT.
-    // SAFETY: only an async-signal-safe call between fork and exec.
+    // It is started from the measured thread, pinned to `CPU`: perf itself runs on CPU 0,
+    // or its own work would be sampled and slow the soak down.
+    // SAFETY: only async-signal-safe calls (sigprocmask, sched_setaffinity) between fork
+    // and exec.
     unsafe {
         record.pre_exec(|| {
             nix::sys::signal::SigSet::all()
                 .thread_unblock()
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            let mut elsewhere = nix::sched::CpuSet::new();
+            elsewhere.set(0).map_err(std::io::Error::from)?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &elsewhere).map_err(std::io::Error::from)
         });
     }
     let perf = record.spawn().context("perf record (package linux-perf)")?;
     // perf needs a moment before it samples.
     std::thread::sleep(Duration::from_millis(300));
-    Ok(perf)
+    Ok(Recording(Some(perf)))
+}
+
+/// A running `perf record`: stopped with SIGINT (perf then writes its data) and waited
+/// for, also when the measurement fails or panics.
+struct Recording(Option<std::process::Child>);
+
+impl Recording {
+    fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut perf = self.0.take().context("perf already stopped")?;
+        // The one process this part started.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(perf.id() as i32), nix::sys::signal::Signal::SIGINT);
+        Ok(perf.wait()?)
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            let _ = self.stop();
+        }
+    }
 }
 
 pub fn run(plan: &Plan, out: &Path, results: &mut Results) -> Result<()> {
     let runs = if plan.quick { 5_000_000 } else { 20_000_000 };
     for (label, soak) in paths(runs) {
-        let data = out.join(format!("perf-{}.data", label.replace([',', ' '], "_")));
+        let data = out.join(format!("perf-{}.data", label.replace([',', ' ', '(', ')'], "_")));
         let perf = std::sync::Arc::new(std::sync::Mutex::new(None));
         let (slot, path) = (perf.clone(), data.clone());
         let measured = std::thread::spawn(move || -> Result<f64> {
@@ -73,17 +101,15 @@ pub fn run(plan: &Plan, out: &Path, results: &mut Results) -> Result<()> {
             // verifier's work is not the path's.
             soak(Box::new(move || *slot.lock().expect("perf slot") = Some(record(&path))))
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("profiled run panicked"))?;
-        let perf = perf.lock().expect("perf slot").take();
-        let mut perf = match perf {
-            Some(p) => p?,
-            None => bail!("{label}: the soak never started ({:?})", measured.err()),
+        .join();
+        // The recording ends (and perf is waited for) whatever became of the soak.
+        let recording = perf.lock().map(|mut slot| slot.take()).unwrap_or(None);
+        let status = match recording {
+            Some(Ok(mut r)) => r.stop()?,
+            Some(Err(e)) => return Err(e),
+            None => bail!("{label}: the soak never started"),
         };
-        // perf writes its data on SIGINT: the one process this part started.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(perf.id() as i32), nix::sys::signal::Signal::SIGINT)?;
-        let status = perf.wait()?;
-        let ns = measured?;
+        let ns = measured.map_err(|_| anyhow::anyhow!("profiled run panicked"))??;
         if !data.exists() {
             bail!("perf record wrote nothing ({status})");
         }

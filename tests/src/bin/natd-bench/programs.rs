@@ -11,10 +11,7 @@ use crate::{Plan, Results, Sample};
 pub fn warm(plan: &Plan, results: &mut Results) -> Result<()> {
     let (repeat, reps) = (plan.warm_repeat, plan.reps.max(5));
     let sizes = plan.program_sizes.clone();
-    // The measurement unshares its thread's network namespace: a thread of its own.
-    let costs = std::thread::spawn(move || natlab::warm::paths(&sizes, repeat, reps))
-        .join()
-        .map_err(|_| anyhow::anyhow!("warm measurement thread panicked"))??;
+    let costs = own_thread("warm", move || natlab::warm::paths(&sizes, repeat, reps))?;
     for (mappings, cost) in costs {
         let (mode, path) = match cost.path {
             "redirect_only" => ("redirect", "dnat_forward"),
@@ -28,9 +25,7 @@ pub fn warm(plan: &Plan, results: &mut Results) -> Result<()> {
         }
     }
     let (flows, repeat_filled) = (plan.ct_flows.clone(), plan.warm_repeat / 10);
-    let filled = std::thread::spawn(move || natlab::warm::filled(&flows, repeat_filled, reps))
-        .join()
-        .map_err(|_| anyhow::anyhow!("filled-table measurement thread panicked"))??;
+    let filled = own_thread("filled-table", move || natlab::warm::filled(&flows, repeat_filled, reps))?;
     for (flows, cost) in filled {
         for (rep, ns) in cost.ns.into_iter().enumerate() {
             results.samples.push(
@@ -40,7 +35,23 @@ pub fn warm(plan: &Plan, results: &mut Results) -> Result<()> {
             );
         }
     }
+    let repeat6 = plan.warm_repeat;
+    let ipv6 = own_thread("IPv6", move || natlab::warm::paths6(repeat6, reps))?;
+    for (row, mode, cost) in ipv6 {
+        for (rep, ns) in cost.ns.into_iter().enumerate() {
+            results
+                .samples
+                .push(Sample::new("program", mode, 1, "ns_per_packet_warm", ns).detail(row).rep(rep));
+        }
+    }
     Ok(())
+}
+
+/// `measure` on a thread of its own: a measurement unshares its thread's network namespace.
+fn own_thread<T: Send + 'static>(what: &str, measure: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    std::thread::spawn(measure)
+        .join()
+        .map_err(|_| anyhow::anyhow!("{what} measurement thread panicked"))?
 }
 
 /// The row of `path` run on a random one of `flows` established flows.

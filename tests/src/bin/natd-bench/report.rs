@@ -7,11 +7,11 @@ use anyhow::Result;
 use natlab::sh;
 
 use crate::{
-    MODES, Plan, Results, Sample,
+    MODES, Plan, Results,
     control::percentile,
     plots::plots,
     quality,
-    stats::{self, Interval},
+    stats,
 };
 
 /// (scenario, mappings, metric, detail, mode).
@@ -40,7 +40,9 @@ Debian's wrk (one connection; `Connection: close` for CRR) against Debian's ngin
 netfilter rules; `redirect` routes the same way through natd's redirect-only programs (`bpf_redirect_peer` into the \
 sandbox, `bpf_redirect` out of it, no NAT, no tracking); `iptables` applies Docker's rules (nat DOCKER chain from \
 PREROUTING/OUTPUT, MASQUERADE, filter DOCKER and isolation chains) with the measured mappings last in the chain, \
-`iptables-random` the same rules with them at a random place (from N = 100; the place is in *Notes*). A run \
+`iptables-random` the same rules with them at a random place (from N = 100; the place is in *Notes*). N is the \
+number of published ports on the host, the measured sandbox's own three (load generator, iperf3, nginx) among them: \
+at N = 1 there are just those three. A run \
 counts only if the load generator saw no error and natd counted no drop (see *Invalid runs*).\n\
 - program cost, warm: BPF_PROG_TEST_RUN with `repeat` runs through a wrapper that restores the frame and tail-calls \
 the program, minus the wrapper tail-calling an empty program; every run's verdict and the counter its path moves are \
@@ -87,7 +89,7 @@ pub fn aggregate(samples: &[crate::Sample]) -> BTreeMap<Key, Agg> {
 
 fn results_json(
     agg: &BTreeMap<Key, Agg>,
-    targets: &[(String, Measured, f64, bool)],
+    targets: &[(String, crate::targets::Measured, f64, bool)],
     disturbed: &[quality::Disturbance],
     comparisons: &[crate::agree::Comparison],
 ) -> Result<String> {
@@ -125,7 +127,7 @@ fn results_json(
     }))?)
 }
 
-fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
+fn header(md: &mut String, plan: &Plan, elapsed: Duration, measured: &str) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -142,7 +144,7 @@ fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
         if plan.quick { " (quick)" } else { "" }
     );
     let _ = writeln!(md, "- machine: {cpu}, {cpus} CPUs; kernel {kernel}");
-    let _ = writeln!(md, "- measured: {}", measured_commit());
+    let _ = writeln!(md, "- measured: {measured}");
     let _ = writeln!(
         md,
         "- run took {:.0} s; {} repetitions per point, modes interleaved and rotated ({}), {:.0} s per measurement; warm program \
@@ -158,14 +160,16 @@ fn header(md: &mut String, plan: &Plan, elapsed: Duration) {
 }
 
 /// The commit the run measured, and whether the tree had changes on top of it (then the
-/// figures describe no commit).
-fn measured_commit() -> String {
+/// figures describe no commit). Read when the run starts.
+pub fn measured_commit() -> String {
     let git = |args: &[&str]| String::from_utf8_lossy(&sh("git", args).stdout).trim().to_string();
     let commit = git(&["rev-parse", "--short", "HEAD"]);
     if commit.is_empty() {
         return "unknown (not run from a git checkout)".into();
     }
-    let changes = git(&["status", "--porcelain", "--untracked-files=no"]);
+    // New files count too (a module not yet added is part of what was built); ignored
+    // ones (the build, benchmark output under target/) do not.
+    let changes = git(&["status", "--porcelain"]);
     if changes.is_empty() {
         format!("commit {commit}")
     } else {
@@ -209,211 +213,9 @@ fn table(md: &mut String, agg: &BTreeMap<Key, Agg>) {
     }
 }
 
-/// What a target measured: the median and its interval, and the row of the table it was
-/// measured on (whose baseline's spread judges it).
-#[derive(Clone)]
-pub struct Measured {
-    pub iv: Option<Interval>,
-    pub row: Option<quality::Row>,
-}
-
-impl From<Option<Interval>> for Measured {
-    fn from(iv: Option<Interval>) -> Self {
-        Self { iv, row: None }
-    }
-}
-
-/// Target rows: (name, what was measured, goal, higher is better).
-fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Measured, f64, bool)> {
-    let row = |s: &str, n: u32, m: &str, d: Option<&str>| Some((s.to_string(), n, m.to_string(), d.map(str::to_string)));
-    let get = |s: &str, n: u32, m: &str, d: Option<&str>, mode: &str| {
-        let values: Vec<f64> = stats::by_rep(samples, (s, n, m, d, mode)).into_values().collect();
-        Measured {
-            iv: stats::median_interval(&values),
-            row: row(s, n, m, d),
-        }
-    };
-    let ratio = |s: &str, n: u32, m: &str, d: Option<&str>, other: &str| Measured {
-        iv: stats::median_interval(&stats::paired_ratios(samples, (s, n, m, d, "ebpf"), (s, n, m, d, other))),
-        row: row(s, n, m, d),
-    };
-    let mut t = Vec::new();
-    for &n in &plan.scale {
-        for (metric, label) in [("crr_per_s", "CRR"), ("rr_per_s", "RR")] {
-            t.push((
-                format!("publish {label} ebpf/baseline >= 1.0 (N={n}; stretch 1.10)"),
-                ratio("publish", n, metric, None, "baseline"),
-                1.0,
-                true,
-            ));
-            // What the NAT itself costs: the same programs' redirect without it.
-            t.push((
-                format!("publish {label} ebpf/redirect-only >= 0.97 (N={n})"),
-                ratio("publish", n, metric, None, "redirect"),
-                0.97,
-                true,
-            ));
-        }
-    }
-    for (metric, label) in [("crr_per_s", "CRR"), ("rr_per_s", "RR")] {
-        t.push((
-            format!("masquerade {label} ebpf/baseline >= 1.0"),
-            ratio("masquerade", 1, metric, None, "baseline"),
-            1.0,
-            true,
-        ));
-
-    }
-    let big = if plan.scale.contains(&10000) {
-        10000
-    } else {
-        *plan.scale.last().expect("scale")
-    };
-    t.push((
-        "publish CRR ebpf/iptables >= 1.25 (N=1)".into(),
-        ratio("publish", 1, "crr_per_s", None, "iptables"),
-        1.25,
-        true,
-    ));
-    t.push((
-        "publish CRR ebpf/nftables >= 1.1 (N=1)".into(),
-        ratio("publish", 1, "crr_per_s", None, "nftables"),
-        1.1,
-        true,
-    ));
-    t.push((
-        format!("publish CRR ebpf/iptables >= 10 (N={big})"),
-        ratio("publish", big, "crr_per_s", None, "iptables"),
-        10.0,
-        true,
-    ));
-    for scenario in ["publish", "masquerade"] {
-        t.push((
-            format!("{scenario} throughput ebpf/baseline >= 1.0 (1 stream)"),
-            ratio(scenario, 1, "gbit_s", Some("1 stream(s)"), "baseline"),
-            1.0,
-            true,
-        ));
-    }
-    for (metric, label) in [("crr_per_s", "CRR"), ("rr_per_s", "RR")] {
-        for scenario in ["publish6", "masquerade6"] {
-            t.push((
-                format!("IPv6 {scenario} {label} ebpf/baseline >= 1.0"),
-                ratio(scenario, 1, metric, None, "baseline"),
-                1.0,
-                true,
-            ));
-        }
-    }
-    for (metric, label) in [("crr_per_s", "CRR"), ("rr_per_s", "RR")] {
-        t.push((
-            format!("IPv6 publish6 {label} ebpf/redirect-only >= 0.97"),
-            ratio("publish6", 1, metric, None, "redirect"),
-            0.97,
-            true,
-        ));
-        // IPv6 against IPv4, each as a share of its own routed baseline in the same
-        // repetition: the two families run in different phases of the run.
-        let share = |scenario: &str| {
-            let mode = |m| stats::by_rep(samples, (scenario, 1, metric, None, m));
-            stats::ratios_by_rep(&mode("ebpf"), &mode("baseline"))
-        };
-        let within: Vec<f64> = stats::ratios_by_rep(&share("publish6"), &share("publish")).into_values().collect();
-        t.push((
-            format!("IPv6 publish {label} within 10 % of IPv4 (ebpf/baseline of IPv6 over that of IPv4) >= 0.90"),
-            stats::median_interval(&within).into(),
-            0.90,
-            true,
-        ));
-    }
-    t.push((
-        "IPv6 publish6 CRR ebpf/ip6tables >= 1.25".into(),
-        ratio("publish6", 1, "crr_per_s", None, "iptables"),
-        1.25,
-        true,
-    ));
-    for (metric, detail, label) in [("rr_per_s", None, "RR"), ("gbit_s", Some("1 stream(s)"), "throughput")] {
-        t.push((
-            format!("overlay {label} natd/hand-built VXLAN >= 0.90"),
-            ratio("overlay", 1, metric, detail, "baseline"),
-            0.90,
-            true,
-        ));
-    }
-    let small = plan.program_sizes[0];
-    let dnat = |n| get("program", n, "ns_per_packet_warm", Some("dnat_forward"), "ebpf");
-    t.push((
-        format!("DNAT forward warm, hot flow <= 60 ns (N={small}; the stretch goal)"),
-        dnat(small),
-        60.0,
-        false,
-    ));
-    for &flows in plan.ct_flows.iter().filter(|&&f| f == 100_000) {
-        let row = crate::programs::filled_row("dnat_forward", flows);
-        t.push((
-            format!("DNAT forward warm <= 100 ns, random one of {flows} established flows"),
-            get("program", 1, "ns_per_packet_warm", Some(&row), "ebpf"),
-            100.0,
-            false,
-        ));
-    }
-    for (path, goal, what) in [("miss", 40.0, "host-bound miss"), ("dnat_new", 600.0, "dnat_new (table with room)")] {
-        t.push((
-            format!("{what} warm <= {goal} ns (N={small})"),
-            get("program", small, "ns_per_packet_warm", Some(path), "ebpf"),
-            goal,
-            false,
-        ));
-    }
-    for &n in &plan.program_sizes[1..] {
-        let series = |n| ("program", n, "ns_per_packet_warm", Some("dnat_forward"), "ebpf");
-        let flat = stats::median_interval(&stats::paired_ratios(samples, series(n), series(small)));
-        t.push((
-            format!("DNAT forward warm at N={n} within 1.2x of N={small}"),
-            flat.into(),
-            1.2,
-            false,
-        ));
-    }
-    for &n in &plan.control_sizes {
-        t.push((
-            format!("publish one port via the API, p99 until answered <= 1000 us (N={n})"),
-            get("control", n, "add_us_p99", Some("0 flows"), "ebpf"),
-            1000.0,
-            false,
-        ));
-        let flows = format!("{} flows", plan.control_flows);
-        let with_flows = stats::paired_ratios(
-            samples,
-            ("control", n, "add_us_p50", Some(flows.as_str()), "ebpf"),
-            ("control", n, "add_us_p50", Some("0 flows"), "ebpf"),
-        );
-        t.push((
-            format!("publish with {flows} tracked / with none, p50 <= 1.2x (sync does not walk the table)"),
-            stats::median_interval(&with_flows).into(),
-            1.2,
-            false,
-        ));
-    }
-    t.push((
-        "legitimate connections succeeding during the SYN flood >= 99 %".into(),
-        get("flood", 1, "legit_success_pct", None, "ebpf"),
-        99.0,
-        true,
-    ));
-    let (m, sb) = plan.rss;
-    t.push((
-        format!("natd RSS <= 64 MiB ({m} mappings, {sb} sandboxes)"),
-        get("control", m, "rss_mib", Some(&format!("{sb} sandboxes")), "ebpf"),
-        64.0,
-        false,
-    ));
-    t
-}
-
 pub fn write(plan: &Plan, out: &Path, results: &Results, elapsed: Duration) -> Result<()> {
     let agg = aggregate(&results.samples);
-    let targets = targets(plan, &results.samples);
+    let targets = crate::targets::targets(plan, &results.samples);
     let disturbed = quality::disturbances(&results.samples, &results.machine);
     let comparisons = crate::agree::comparisons(&results.samples);
     std::fs::write(
@@ -421,7 +223,7 @@ pub fn write(plan: &Plan, out: &Path, results: &Results, elapsed: Duration) -> R
         results_json(&agg, &targets, &disturbed, &comparisons)?,
     )?;
     let mut md = String::new();
-    header(&mut md, plan, elapsed);
+    header(&mut md, plan, elapsed, &results.measured);
     quality::section(&mut md, &disturbed, &results.machine);
     table(&mut md, &agg);
     let _ = writeln!(

@@ -237,12 +237,10 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
             eprintln!("  building {mode} with {mappings} mappings");
             let bed = beds::bed(mode, mappings)
                 .with_context(|| format!("{mode} topology with {mappings} mappings"))?;
-            if mode == "iptables-random" {
-                let fillers = beds::filler_ports(mappings - beds::MEASURED.len() as u32).len();
+            if let Some((position, fillers)) = bed.rule_position {
                 results.notes.push(format!(
-                    "iptables-random N={mappings}: the measured mappings' rules after {} of the {fillers} other \
-                     mappings' rules (`iptables` has them last)",
-                    beds::random_rule_position(fillers)
+                    "{mode} N={mappings}: the measured mappings' rules after {position} of the {fillers} other \
+                     mappings' rules (`iptables` has them last)"
                 ));
             }
             beds.push(bed);
@@ -262,7 +260,9 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
         let nginx = crate::wrk::nginx_command(&b.lab.dir.join("ext"), crate::wrk::EXT_PORT)?;
         servers.push(b.lab.spawn_in(&b.lab.ext_ns, &nginx.iter().map(String::as_str).collect::<Vec<_>>()));
         for port in [9000, 5202, crate::wrk::EXT_PORT] {
-            wait_listening(&b.lab.ext_path(), "tcp", port);
+            if !wait_listening(&b.lab.ext_path(), "tcp", port) {
+                anyhow::bail!("the external server on port {port} did not start in {}", b.mode);
+            }
         }
     }
     // One discarded run per bed first: the first connections of a bed pay for neighbour
