@@ -380,8 +380,8 @@ pub fn admitting<A: Family>(s: &mut Scratch<A>, packet: &Packet<A>, peer: &A) ->
     let Some(owner) = A::snat_ports().get_ptr(&s.port_key) else {
         return false;
     };
-    // SAFETY: valid map value pointer, copied at once.
-    s.owner = unsafe { *owner };
+    // SAFETY: a port table's value, copied at once to the scratch area.
+    unsafe { conntrack::copy_value(&mut s.owner, owner) };
     let filter = u32::from(s.owner.filter);
     if filter & net::FILTER_ENDPOINT != 0 {
         return true;
@@ -439,8 +439,8 @@ pub fn punched<A: Family>(s: &mut Scratch<A>, packet: &Packet<A>) -> bool {
         _pad: [0; 3],
     };
     if let Some(punch) = A::punches().get_ptr(&s.punch_key) {
-        // SAFETY: valid map value pointer, copied at once.
-        s.punch = unsafe { *punch };
+        // SAFETY: a punch table's value, copied at once to the scratch area.
+        unsafe { conntrack::copy_value(&mut s.punch, punch) };
         if now.wrapping_sub(s.punch.last_seen) <= PUNCH_TICKS && still_mapped(s, packet) {
             s.owner = SnatOwner {
                 internal: s.punch.internal,

@@ -59,7 +59,8 @@ pub fn tracked<A: Family>(ctx: &TcContext, packet: &mut Packet<A>, hook: u8, own
         let Some(s) = conntrack::scratch::<A>() else {
             return TC_ACT_SHOT;
         };
-        s.current = unsafe { *hit.entry };
+        // SAFETY: a connection table's value, copied to the scratch area.
+        unsafe { conntrack::copy_value(&mut s.current, hit.entry) };
         &s.current
     };
     if hook == ct::HOOK_SANDBOX && entry.in_ifindex != 0 && entry.in_ifindex != own_ifindex {
@@ -157,7 +158,8 @@ pub fn dnat_from_outside<A: Family>(
     let Some(s) = conntrack::scratch::<A>() else {
         return TC_ACT_SHOT;
     };
-    s.target = *target;
+    // SAFETY: the published ports' value, copied to the scratch area.
+    unsafe { conntrack::copy_value(&mut s.target, target) };
     from_outside(ctx, packet, s, edge)
 }
 
@@ -259,8 +261,12 @@ fn outside_legs<A: Family>(ctx: &TcContext, packet: &Packet<A>, edge: u32, flow:
     };
     flow.forward.flags |= ct::FAST;
     flow.forward.out_ifindex = endpoint.host_ifindex;
-    flow.forward.smac = endpoint.gw_mac;
-    flow.forward.dmac = endpoint.mac;
+    // SAFETY: the endpoint table's value, copied to the scratch area (`copy_value`: the
+    // plain assignment of a MAC between two maps is an out-of-line byte loop).
+    unsafe {
+        conntrack::copy_value(&mut flow.forward.smac, &endpoint.gw_mac);
+        conntrack::copy_value(&mut flow.forward.dmac, &endpoint.mac);
+    }
     flow.forward.mtu = endpoint.mtu;
     flow.reply.flags |= ct::FAST;
     flow.reply.out_ifindex = edge;
