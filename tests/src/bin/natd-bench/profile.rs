@@ -119,8 +119,7 @@ pub fn run(plan: &Plan, out: &Path, results: &mut Results) -> Result<()> {
             .output()
             .context("perf report")?;
         if report.stdout.is_empty() {
-            // Seen on this VM now and then with a good perf.data (perf report on it later
-            // prints the profile): said, not hidden, and the data file is kept.
+            // Said, not hidden; the recording is kept for a look by hand.
             results.invalid.push(crate::Invalid {
                 what: format!("profile {label}"),
                 why: format!(
