@@ -226,31 +226,27 @@ pub fn docker_rules(lab: &Lab, bridge: &str, sandbox: &str, filler: &[u16], posi
          -A DOCKER-ISOLATION-STAGE-1 -j RETURN\n-A DOCKER-ISOLATION-STAGE-2 -o {bridge} -j DROP\n\
          -A DOCKER-ISOLATION-STAGE-2 -j RETURN\n"
     );
-    let (before, after) = filler.split_at(position.min(filler.len()));
-    let filler_rules = |nat: &mut String, filter: &mut String, ports: &[u16]| {
-        for p in ports {
-            let _ = writeln!(
-                nat,
-                "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {p} -j DNAT --to-destination 172.18.255.254:{p}"
-            );
-            let _ = writeln!(
-                filter,
-                "-A DOCKER -d 172.18.255.254/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {p} -j ACCEPT"
-            );
-        }
-    };
-    filler_rules(&mut nat, &mut filter, before);
-    for (hp, cp) in MEASURED {
+    // Docker's two rules of one published port: the DNAT and the filter's ACCEPT.
+    let mut mapping = |host_port: u16, target: &str, target_port: u16| {
         let _ = writeln!(
             nat,
-            "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {hp} -j DNAT --to-destination {sandbox}:{cp}"
+            "-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {host_port} -j DNAT --to-destination {target}:{target_port}"
         );
         let _ = writeln!(
             filter,
-            "-A DOCKER -d {sandbox}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {cp} -j ACCEPT"
+            "-A DOCKER -d {target}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {target_port} -j ACCEPT"
         );
+    };
+    let (before, after) = filler.split_at(position.min(filler.len()));
+    for &p in before {
+        mapping(p, "172.18.255.254", p);
     }
-    filler_rules(&mut nat, &mut filter, after);
+    for (host_port, sandbox_port) in MEASURED {
+        mapping(host_port, sandbox, sandbox_port);
+    }
+    for &p in after {
+        mapping(p, "172.18.255.254", p);
+    }
     let path = lab.dir.join("docker.rules");
     std::fs::write(&path, format!("{nat}COMMIT\n{filter}COMMIT\n"))?;
     let out = sh(
