@@ -599,8 +599,17 @@ impl Bpf {
     /// Empties the IPv4 embryonic table (flows that never completed a handshake); returns
     /// how many entries went. Established flows stay.
     pub fn clear_embryonic(&mut self) -> usize {
+        self.clear_ct(map::CT4_NEW)
+    }
+
+    /// Empties the IPv4 established table; returns how many entries went.
+    pub fn clear_established(&mut self) -> usize {
+        self.clear_ct(map::CT4)
+    }
+
+    fn clear_ct(&mut self, name: &str) -> usize {
         let mut table: HashMap<_, Ct4Key, Ct4Entry> =
-            HashMap::try_from(self.ebpf.map_mut(map::CT4_NEW).expect("conntrack")).expect("conntrack map");
+            HashMap::try_from(self.ebpf.map_mut(name).expect("conntrack")).expect("conntrack map");
         let keys: Vec<Ct4Key> = table.keys().filter_map(Result::ok).collect();
         keys.iter().filter(|k| table.remove(k).is_ok()).count()
     }

@@ -18,7 +18,7 @@ use natd::{dataplane::PortRule, portspec::Proto};
 
 mod filled;
 mod ipv6;
-pub use filled::{ENTRIES_PER_FLOW, filled, soak_filled};
+pub use filled::{ENTRIES_PER_FLOW, drawn_flows, filled, soak_filled};
 pub use ipv6::{IPV4_BESIDE, paths6, soak6};
 
 use crate::{

@@ -294,6 +294,12 @@ fn the_benchmarks_filled_table_rows_find_a_random_established_flow() {
     let costs = natlab::warm::filled(&[1, 70_000], 5000, 2).expect("every drawn flow is found established");
     assert_eq!(costs.len(), 4, "dnat_forward and dnat_reply at two fills");
     assert!(costs.iter().all(|(_, c)| c.ns.len() == 2));
+    // The draw is random: 5,000 draws among 70,000 flows reach about 4,830 different ones
+    // (a fixed or barely varying draw would reach one or a few). The control: one flow
+    // to draw from is reached, and only it.
+    let reached = natlab::warm::drawn_flows(70_000, 5000).expect("every drawn flow is found established");
+    assert!((4000..=5000).contains(&reached), "5000 random draws among 70000 flows reached {reached}");
+    assert_eq!(natlab::warm::drawn_flows(1, 5000).expect("one flow"), 1);
 }
 
 /// The IPv6 rows and the hand-on rows take the paths they are named after (each run's

@@ -5,7 +5,7 @@
 //! its cache lines as cold as traffic across that many flows leaves them.
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::HashMap;
-use nat_common::{Ct4Entry, Ct4Key, bench, counter, names::map};
+use nat_common::{Ct4Entry, Ct4Key, bench, counter, ct, names::map};
 
 use super::{PathCost, Vary, bench_setup_sized};
 use crate::{
@@ -21,14 +21,6 @@ const FILL_CLIENT: [u8; 4] = [198, 19, 0, 1];
 pub const ENTRIES_PER_FLOW: u32 = 2;
 
 impl Bpf {
-    /// Empties the IPv4 established table; returns how many entries went.
-    pub fn clear_established(&mut self) -> usize {
-        let mut table: HashMap<_, Ct4Key, Ct4Entry> =
-            HashMap::try_from(self.ebpf.map_mut(map::CT4).expect("conntrack")).expect("conntrack map");
-        let keys: Vec<Ct4Key> = table.keys().filter_map(Result::ok).collect();
-        keys.iter().filter(|k| table.remove(k).is_ok()).count()
-    }
-
     fn established_entries(&self) -> usize {
         let table: HashMap<_, Ct4Key, Ct4Entry> =
             HashMap::try_from(self.ebpf.map(map::CT4).expect("conntrack")).expect("conntrack map");
@@ -139,4 +131,31 @@ pub fn soak_filled(flows: u32, runs: u32, ready: impl FnOnce()) -> Result<f64> {
     };
     ready();
     bpf.warm_checked("dnat_forward", (INGRESS, &frames.ack, vary), runs, TC_ACT_REDIRECT, Some(counter::FAST_TO_SANDBOX))
+}
+
+/// How many different flows `runs` random draws among `flows` filled flows reached: each
+/// drawn flow's forward entry records the measured segment's end (from sequence 1101, 100
+/// past the fill's ACK, whose end stays below), which no undrawn flow has. Tells a random
+/// draw from a fixed one.
+pub fn drawn_flows(flows: u32, runs: u32) -> Result<usize> {
+    let entries = flows * ENTRIES_PER_FLOW;
+    let mut bpf = bench_setup_sized(
+        entries.max(nat_common::DEFAULT_CT_ENTRIES),
+        entries.next_power_of_two().max(nat_common::DEFAULT_CT_ENTRIES / 4),
+    )?;
+    fill(&mut bpf, &Frames::new(), flows)?;
+    bpf.as_edge();
+    let later = segment(FILL_CLIENT, 1024, HOST, 8080, 1101, ack(5001));
+    let vary = Vary {
+        first: 1,
+        how: bench::VARY_SADDR,
+        pick_among: flows,
+    };
+    bpf.warm_checked("dnat_forward", (INGRESS, &later, vary), runs, TC_ACT_REDIRECT, Some(counter::FAST_TO_SANDBOX))?;
+    Ok(bpf
+        .ct()
+        .iter()
+        // The end a forward entry records: the segment's sequence plus its payload.
+        .filter(|(_, e, established)| *established && e.kind == ct::DNAT_FORWARD && u32::from_be(e.seq) > 1100)
+        .count())
 }

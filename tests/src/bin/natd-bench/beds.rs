@@ -43,6 +43,14 @@ pub struct Bed {
 /// generator's server, iperf3, nginx (`wrk`).
 pub const MEASURED: [(u16, u16); 3] = [(8080, 80), (5201, 5201), (crate::wrk::PUBLISHED, crate::wrk::PORT)];
 
+/// The client and server namespace `ns` (a path) ready for many short connections: the
+/// port range widened, TIME_WAIT ports reused.
+pub fn many_connections(ns: &str) {
+    for (k, v) in [("net.ipv4.ip_local_port_range", "1024 65000"), ("net.ipv4.tcp_tw_reuse", "1")] {
+        sh("nsenter", &[&format!("--net={ns}"), "sysctl", "-qw", &format!("{k}={v}")]);
+    }
+}
+
 /// `arg` as one word of a `sh -c` script.
 fn shell_quoted(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', "'\\''"))
@@ -161,15 +169,7 @@ pub fn bed(mode: &'static str, mappings: u32) -> Result<Bed> {
         _ => {}
     }
     for ns in [lab.ext_path(), sandbox_ns.clone()] {
-        for (k, v) in [
-            ("net.ipv4.ip_local_port_range", "1024 65000"),
-            ("net.ipv4.tcp_tw_reuse", "1"),
-        ] {
-            sh(
-                "nsenter",
-                &[&format!("--net={ns}"), "sysctl", "-qw", &format!("{k}={v}")],
-            );
-        }
+        many_connections(&ns);
     }
     let routed = matches!(mode, "baseline" | "redirect");
     if routed {

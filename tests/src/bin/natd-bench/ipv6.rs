@@ -38,9 +38,7 @@ fn bed(mode: &'static str) -> Result<Bed> {
     let sandbox_veth = endpoint["host_ifname"].as_str().context("host veth")?.to_string();
     let bridge = lab.json(&["network", "inspect", "v6"])["bridge"].as_str().context("bridge")?.to_string();
     for ns in [lab.ext_path(), sandbox_ns.clone()] {
-        for (k, v) in [("net.ipv4.ip_local_port_range", "1024 65000"), ("net.ipv4.tcp_tw_reuse", "1")] {
-            sh("nsenter", &[&format!("--net={ns}"), "sysctl", "-qw", &format!("{k}={v}")]);
-        }
+        crate::beds::many_connections(&ns);
     }
     let mut redirect = None;
     let target = match mode {
