@@ -79,8 +79,47 @@ pub mod ct {
 /// another meaning) bumps it, in the same change, with the converter from the previous
 /// version in `nat-userspace`'s `dataplane::ebpf::pins`; a start refuses pins of a newer
 /// version and converts older ones. A field carved out of padding, whose zero value means
-/// what the padding meant, is not a change (e.g. `IfaceConfig::flags`).
-pub const LAYOUT_VERSION: u32 = 1;
+/// what the padding meant, is not a change (e.g. `IfaceConfig::flags`). Versions:
+/// 1, the pins of natd before versions; 2, `NATD_PORT_MARKS` added (converted from 1 by
+/// marking every port the pinned tables use, `pins::mark_pinned_ports`).
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// The host-bound miss filter (`names::map::PORT_MARKS`): one `u32` per TCP and UDP port,
+/// non-zero (the clock tick it was last marked at) once a flow, a mapping or a published
+/// port may use the port as a destination arriving at an edge. A TCP or UDP packet from
+/// outside to an unmarked port is nothing of natd's: it skips the connection, published
+/// port and mapping lookups (the host's own traffic, the common case on a busy host).
+pub mod port_marks {
+    /// TCP's ports, then UDP's.
+    pub const ENTRIES: u32 = 2 * 65536;
+
+    /// The mark of `port` (as keys and packets hold it: network byte order) of `proto`;
+    /// `None` for protocols without ports (their packets are never filtered).
+    #[inline(always)]
+    pub const fn index(proto: u8, port: u16) -> Option<u32> {
+        match proto {
+            crate::PROTO_TCP => Some(port as u32),
+            crate::PROTO_UDP => Some(65536 + port as u32),
+            _ => None,
+        }
+    }
+
+    /// The mark a flow entry needs: one looked up at an edge's ingress needs its
+    /// destination port's.
+    #[inline(always)]
+    pub fn of_flow<A>(key: &crate::CtKey<A>, entry: &crate::CtEntry<A>) -> Option<u32> {
+        if entry.hooks & crate::ct::HOOK_EDGE_INGRESS == 0 {
+            return None;
+        }
+        index(key.proto, key.dport)
+    }
+
+    /// The mark a port key (a published port, a mapping's holding) needs.
+    #[inline(always)]
+    pub fn of_port<A>(key: &crate::PortKey<A>) -> Option<u32> {
+        index(key.proto, key.port)
+    }
+}
 
 /// An IPv6 address as loaded from a packet: four `u32` words in network byte order.
 pub type Addr6 = [u32; 4];
@@ -495,6 +534,10 @@ pub mod config {
     /// The daemon's `allow-direct-routing` (Docker 28.2): every edge may reach published
     /// container ports on sandbox addresses.
     pub const DIRECT_ROUTING: u32 = 2;
+    /// `port_marks` is complete (natd marked every port its tables held after its programs
+    /// took over every link): unmarked ports may skip the lookups. Off, every packet takes
+    /// them (an upgrade's switch, whose older programs did not mark).
+    pub const PORT_FILTER: u32 = 4;
 }
 
 /// The benchmark's warm test runs: the frame the wrapper program restores before every

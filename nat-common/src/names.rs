@@ -38,6 +38,9 @@ pub mod map {
     pub const SOCK_ORIG: &str = "NATD_SOCK_ORIG";
     /// The layout version of the pinned maps (`LAYOUT_VERSION`), one `u32`.
     pub const LAYOUT: &str = "NATD_LAYOUT";
+    /// The host-bound miss filter (`nat_common::port_marks`), an mmapable array: natd
+    /// clears a mark with a compare-and-swap, so a mark the programs write meanwhile stays.
+    pub const PORT_MARKS: &str = "NATD_PORT_MARKS";
     /// Masquerade mappings (`nat_common::SnatKey` -> `SnatMapping`), who holds each
     /// external port (`PortKey` -> `SnatOwner`), and the remote addresses each mapping has
     /// sent to (`SnatPeerKey`, an LRU).
@@ -92,6 +95,7 @@ pub mod map {
         TRUSTED,
         SOCK_ORIG,
         LAYOUT,
+        PORT_MARKS,
         SNAT4,
         SNAT4_PORTS,
         SNAT4_PEERS,

@@ -8,6 +8,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use nat_common::{
     CtEntry, CtKey, PROTO_TCP, PortKey, PortTarget, Punch, PunchKey, SnatKey, SnatOwner, SnatPeerKey, clock, counter, csum, ct,
+    port_marks,
 };
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
     family::Family,
     lookup,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    quota,
+    portmarks, quota,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -256,7 +257,12 @@ fn insert_new<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), Inser
 #[inline(always)]
 fn insert_embryonic<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertError> {
     match A::ct_new().insert(key, entry, BPF_NOEXIST) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if let Some(index) = port_marks::of_flow(key, entry) {
+                portmarks::set(index, entry.last_seen);
+            }
+            Ok(())
+        }
         Err(e) if e == -EEXIST => Err(InsertError::Clash),
         Err(_) => Err(InsertError::Full),
     }

@@ -35,6 +35,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod policy;
 #[cfg(target_arch = "bpf")]
+mod portmarks;
+#[cfg(target_arch = "bpf")]
 mod quota;
 #[cfg(target_arch = "bpf")]
 mod sock;
@@ -45,7 +47,7 @@ mod programs {
         macros::{cgroup_sock_addr, classifier},
         programs::{SockAddrContext, TcContext},
     };
-    use nat_common::{Addr6, FASTPATH_MARK, TC_PASS, counter, ct, iface, net, port};
+    use nat_common::{Addr6, FASTPATH_MARK, PROTO_TCP, PROTO_UDP, TC_PASS, config, counter, ct, iface, net, port};
 
     /// TCX: hand the packet to the next program of the hook (the IPv4 programs to the
     /// IPv6 ones). The same verdict as `TC_PASS`, named for what it does here.
@@ -58,7 +60,7 @@ mod programs {
         nat::{self, ELSEWHERE, NOT_HANDLED},
         ndp,
         parse::{self, ETH_HLEN, Fragment, Packet, Parsed},
-        policy,
+        policy, portmarks,
     };
 
     /// Edge ingress (every interface of natd's namespace that is not natd's own): packets
@@ -377,10 +379,21 @@ mod programs {
         packet.fragment != Fragment::Later && packet.translatable()
     }
 
+    /// A TCP or UDP packet from outside to a port no flow, mapping or published port
+    /// uses (`portmarks`): none of the lookups below can find anything for it (the host's
+    /// own traffic), so it goes straight to the policy.
+    #[inline(always)]
+    fn nothing_of_natds<A: Family>(packet: &Packet<A>) -> bool {
+        (packet.proto == PROTO_TCP || packet.proto == PROTO_UDP)
+            && packet.fragment != Fragment::Later
+            && lookup::config().flags & config::PORT_FILTER != 0
+            && portmarks::unmarked(packet.proto, packet.dport)
+    }
+
     #[inline(never)]
     fn try_edge_ingress<A: Family>(ctx: &TcContext, packet: &mut Packet<A>) -> i32 {
         let edge = lookup::ifindex(ctx);
-        if packet.dst.is_loopback() {
+        if packet.dst.is_loopback() || nothing_of_natds(packet) {
             return policy::enforce(policy::from_outside(edge, packet.dst));
         }
         if tracked(packet) {

@@ -22,6 +22,7 @@ use crate::{
     family::Family,
     lookup,
     parse::Packet,
+    portmarks,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -114,7 +115,9 @@ fn mark_shared_port<A: Family>(s: &mut Scratch<A>) {
         filter: 0,
         _pad: 0,
     };
-    let _ = A::snat_shared().insert(&s.port_key, &s.owner, BPF_NOEXIST);
+    if A::snat_shared().insert(&s.port_key, &s.owner, BPF_NOEXIST).is_ok() {
+        portmarks::mark(s.flow.original.proto, s.flow.translated.sport, conntrack::now());
+    }
 }
 
 /// Whether a mapping uses the port `admitting` looked up (`s.port_key`).
@@ -283,6 +286,9 @@ fn take_port<A: Family>(ctx: &TcContext, s: &mut Scratch<A>, port: u16) -> bool 
     if A::snat_ports().insert(&s.port_key, &s.owner, BPF_NOEXIST).is_err() {
         return false;
     }
+    // Inbound packets to the port are the mapping's from now on (endpoint-independent
+    // filtering), whether or not its flow is made.
+    portmarks::mark(s.flow.original.proto, port, conntrack::now());
     s.flow.translated.sport = port;
     true
 }

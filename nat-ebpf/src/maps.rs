@@ -2,7 +2,7 @@
 //! directory, so translations, connection state and counters outlive a natd restart.
 //! Names are `nat_common::names::map` (aya's macro takes the identifier as the name).
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
@@ -12,7 +12,7 @@ use nat_common::{
     MAX_PORT_MAPPINGS, MAX_PUNCHES, MAX_QUOTA_SOURCES, MAX_SNAT_MAPPINGS, MAX_SNAT_PEERS, MAX_SOCK_REWRITES, MAX_TRUSTED, MappingStats, NatConfig, NetInfo4,
     NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, Punch4, Punch4Key, Punch6, Punch6Key, Snat4Key, Snat4Owner, Snat4PeerKey, Snat6Key,
     Snat6Owner, Snat6PeerKey, SnatMapping, SockKey, SockOrig, SourceQuota, TrustKey,
-    counter,
+    counter, port_marks,
 };
 
 #[map]
@@ -22,6 +22,11 @@ pub static NATD_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT,
 /// programs never read it.
 #[map]
 pub static NATD_LAYOUT: Array<u32> = Array::pinned(1, 0);
+
+/// The host-bound miss filter (`nat_common::port_marks`). Mmapable so natd can clear a
+/// mark with a compare-and-swap that loses to the programs' writes.
+#[map]
+pub static NATD_PORT_MARKS: Array<u32> = Array::pinned(port_marks::ENTRIES, BPF_F_MMAPABLE);
 
 #[map]
 pub static NATD_IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(MAX_IFACES, 0);

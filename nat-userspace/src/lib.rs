@@ -31,6 +31,17 @@ pub fn ebpf_object() -> std::borrow::Cow<'static, [u8]> {
     EBPF_OBJECT.into()
 }
 
+/// The layout version of `ebpf_object()`'s maps (what a start records): this natd's, or
+/// in a test build the one `NATD_EBPF_OBJECT_LAYOUT` gives the earlier natd's object it
+/// plays (that natd recorded its own).
+pub fn ebpf_object_layout() -> u32 {
+    #[cfg(feature = "failpoints")]
+    if let Some(version) = std::env::var("NATD_EBPF_OBJECT_LAYOUT").ok().and_then(|v| v.parse().ok()) {
+        return version;
+    }
+    nat_common::LAYOUT_VERSION
+}
+
 /// FNV-1a over `bytes`: a hash that stays the same across builds and restarts (std's does
 /// not promise that), for names and MACs derived from other names.
 pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {

@@ -149,6 +149,9 @@ impl Bpf {
             writer: MapWriter::default(),
             _pin: pin,
         };
+        // natd's steady state: the tables are empty, so every port in use is marked by
+        // whoever adds it (the programs, the map writer).
+        bpf.writer.set_port_filter(true);
         bpf.as_edge();
         bpf.network(2, [172, 20, 0, 0], 24, [172, 20, 0, 1], net::ICC | net::MASQ);
         bpf.endpoint(SANDBOX, SANDBOX_VETH, 2);
@@ -594,6 +597,32 @@ impl Bpf {
         }
         self.as_sandbox_veth(2, SANDBOX);
         (uplink, bridge)
+    }
+
+    /// The host-bound miss filter on or off (on after `load`, as natd runs once its
+    /// programs hold every link).
+    pub fn port_filter(&mut self, on: bool) {
+        self.writer.set_port_filter(on);
+        self.sync();
+    }
+
+    /// The mark of `port` (host byte order) of `proto` (`nat_common::port_marks`): 0 when
+    /// unmarked, else the clock tick it was marked at.
+    pub fn port_mark(&self, proto: u8, port: u16) -> u32 {
+        let index = nat_common::port_marks::index(proto, port.to_be()).expect("TCP or UDP");
+        let marks: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.ebpf.map(map::PORT_MARKS).expect("port marks")).expect("an array");
+        marks.get(&index, 0).expect("a mark")
+    }
+
+    /// natd's housekeeping tick as far as the marks go: the expiry pass (default timeouts),
+    /// then the sweep of marks made before tick `before`. Returns how many marks went.
+    pub fn expire_and_sweep(&mut self, before: u32) -> usize {
+        use natd::dataplane::ebpf::{conntrack, portmarks};
+        let mut used = std::collections::HashSet::new();
+        conntrack::expire(&mut self.ebpf, &conntrack::Timeouts::default(), &mut used).expect("expiry pass");
+        let marks = self.writer.marks(&self.ebpf).expect("marks open").expect("the object has marks");
+        portmarks::sweep(&self.ebpf, marks, used, before)
     }
 
     /// Empties the IPv4 embryonic table (flows that never completed a handshake); returns

@@ -169,12 +169,12 @@ fn idle_and_orphaned_flows_expire_and_busy_ones_stay() {
             e.last_seen = e.last_seen.saturating_sub(idle_ticks);
         }
     });
-    let report = expire(&mut bpf.ebpf, &Timeouts::default()).expect("expire");
+    let report = expire(&mut bpf.ebpf, &Timeouts::default(), &mut Default::default()).expect("expire");
     assert_eq!(report.expired, 2, "both entries of the idle flow");
     assert_eq!(bpf.ct().len(), 4);
     // The mapping's flow outlives its mapping only until the next GC.
     bpf.unpublish(None, 5353, 17);
-    let report = expire(&mut bpf.ebpf, &Timeouts::default()).expect("expire");
+    let report = expire(&mut bpf.ebpf, &Timeouts::default(), &mut Default::default()).expect("expire");
     assert_eq!(report.expired, 2, "both entries of the removed mapping's flow");
     let left = bpf.ct();
     assert_eq!(left.len(), 2);

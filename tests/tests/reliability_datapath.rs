@@ -306,7 +306,7 @@ fn full_tables_refuse_new_flows_exactly_and_recover() {
     // Their entries expire (aged here by hand, as the sweep ages them): ports come back.
     let idle_ticks = nat_common::clock::ticks(10_000_000_000_000);
     bpf.edit_ct(|_, entry| entry.last_seen = entry.last_seen.saturating_sub(idle_ticks));
-    let swept = expire(&mut bpf.ebpf, &Timeouts::default()).expect("expire");
+    let swept = expire(&mut bpf.ebpf, &Timeouts::default(), &mut Default::default()).expect("expire");
     assert_eq!(swept.expired, 8, "both entries of the four idle flows");
     let (ret, _) = bpf.run(EGRESS, &tcp(SANDBOX, 7000, REMOTE, 443, true));
     assert_eq!(ret, PASS, "service is back");

@@ -68,6 +68,15 @@ fn programs_on_links(lab: &Lab) -> Vec<OnLink> {
     out
 }
 
+/// The layout version a pinned `NATD_LAYOUT` records.
+fn pinned_layout(pin: &std::path::Path) -> u32 {
+    let data = aya::maps::MapData::from_pin(pin).expect("the layout record");
+    aya::maps::Array::<_, u32>::try_from(aya::maps::Map::from_map_data(data).expect("a map"))
+        .expect("an array")
+        .get(&0, 0)
+        .expect("its value")
+}
+
 /// A connection through an echo server, opened from `ns`.
 fn connect(ns: &str, addr: &str, port: u16) -> TcpStream {
     let stream = in_netns(ns, || TcpStream::connect_timeout(&format!("{addr}:{port}").parse().unwrap(), TIMEOUT))
@@ -395,21 +404,41 @@ fn natd_says_its_api_version_and_takes_earlier_request_shapes() {
     assert!(unknown.starts_with("HTTP/1.1 404") && unknown.to_lowercase().contains(&header), "{unknown}");
 }
 
-/// A real upgrade, from the previous natd's datapath: its eBPF object (the last layout
-/// before versions, `tests/fixtures`), run by this agent (a test build loads it through
-/// `NATD_EBPF_OBJECT`), with TCP connections and UDP flows held both ways and new
-/// connections opened all through the upgrade; then this natd over its pins. Every
-/// connection goes on, the UDP flows keep their NAT ports, every TC and cgroup link runs
-/// this natd's programs (new ids) on the pinned maps (the same maps: the layout did not
-/// change), and the layout version is recorded.
+/// A real upgrade from natd's datapath before layout versions: its eBPF object (2ebc2d1,
+/// `tests/fixtures`, whose unrecorded layout is read as 1), run by this agent (a test
+/// build loads it through `NATD_EBPF_OBJECT`), with TCP connections and UDP flows held both
+/// ways and new connections opened all through the upgrade; then this natd over its pins.
+/// Every connection goes on, the UDP flows keep their NAT ports, every TC and cgroup link
+/// runs this natd's programs (new ids) on the pinned maps (the same maps, adopted; layout
+/// 2 adds `NATD_PORT_MARKS`), the layout version is recorded, and the host-bound miss
+/// filter is on with the ports of every flow marked (those programs marked none).
 #[test]
-fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nat-ebpf-2ebc2d1.o");
+fn an_upgrade_from_the_layout_before_versions_keeps_every_flow() {
+    upgrade_keeps_every_flow("2ebc2d1", None);
+}
+
+/// The same from layout 1 as recorded (the last commit before layout 2, ad9fb4e): its
+/// programs do not mark ports either, so every flow they made must be marked by the
+/// upgrade (layout 1's converter) before the filter goes on.
+#[test]
+fn an_upgrade_from_layout_1_keeps_every_flow() {
+    upgrade_keeps_every_flow("ad9fb4e", Some(1));
+}
+
+/// Runs the eBPF object of `commit` (`tests/fixtures`), whose pinned layout record is
+/// `recorded`, holds flows through an upgrade to this natd and checks them (see above).
+fn upgrade_keeps_every_flow(commit: &str, recorded: Option<u32>) {
+    let fixture = format!("{}/fixtures/nat-ebpf-{commit}.o", env!("CARGO_MANIFEST_DIR"));
     let mut lab = Lab::new().expect("topology");
-    lab.natd_env = vec![("NATD_EBPF_OBJECT".into(), fixture.into())];
+    lab.natd_env = vec![("NATD_EBPF_OBJECT".into(), fixture)];
+    if let Some(version) = recorded {
+        lab.natd_env.push(("NATD_EBPF_OBJECT_LAYOUT".into(), version.to_string()));
+    }
     lab.start_natd(&["--dataplane", "ebpf"]).expect("the previous datapath starts");
-    assert!(
-        !lab.bpffs.join("maps").join(map::LAYOUT).exists(),
+    let layout_pin = lab.bpffs.join("maps").join(map::LAYOUT);
+    assert_eq!(
+        layout_pin.exists().then(|| pinned_layout(&layout_pin)),
+        recorded,
         "natd runs the previous layout (only a test build, `--features failpoints` as `cargo xtask test` \
          builds it, honours NATD_EBPF_OBJECT)"
     );
@@ -427,14 +456,7 @@ fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
     let switch = started.elapsed();
     held.extend(opener.stop());
 
-    let layout = aya::maps::Array::<_, u32>::try_from(
-        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::LAYOUT)).unwrap())
-            .unwrap(),
-    )
-    .unwrap()
-    .get(&0, 0)
-    .unwrap();
-    assert_eq!(layout, nat_common::LAYOUT_VERSION, "the layout version recorded");
+    assert_eq!(pinned_layout(&layout_pin), nat_common::LAYOUT_VERSION, "the layout version recorded");
     let maps_after = pinned_maps(&lab);
     for (name, id) in &maps_before {
         assert_eq!(maps_after.get(name), Some(id), "{name} adopted as it was (same layout)");
@@ -455,8 +477,8 @@ fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
         }
     }
     // Every link runs a program with this natd's instructions: switched where they changed
-    // since 2ebc2d1 (every TC program), adopted where they did not (the socket hooks); on
-    // the pinned maps either way.
+    // since the fixture (every TC program), adopted where they did not (the socket hooks);
+    // on the pinned maps either way.
     let mut tc_switched = 0;
     for (old, new) in links_before.iter().zip(&links_after) {
         let program = new.name.rsplit(['-']).next().unwrap_or_default();
@@ -475,12 +497,12 @@ fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
         assert!(foreign <= 4, "{}: its program uses the pinned maps ({:?})", new.name, new.maps);
     }
     let tc_links = links_after.iter().filter(|l| !l.name.starts_with("cgroup-")).count();
-    assert_eq!(tc_switched, tc_links, "every TC link switched (their programs changed since 2ebc2d1)");
+    assert_eq!(tc_switched, tc_links, "every TC link switched (their programs changed since {commit})");
     let switched = links_before.iter().zip(&links_after).filter(|(o, n)| o.id != n.id).count();
     let broken = broken(&mut held, &datagrams);
     let udp_after = udp_flows(&lab);
     println!(
-        "UPGRADE from 2ebc2d1's datapath: switch {} ms, TCP connections held {} ({} opened during the upgrade) and UDP \
+        "UPGRADE from {commit}'s datapath: switch {} ms, TCP connections held {} ({} opened during the upgrade) and UDP \
          flows {}, broken {}, links switched {switched} of {}",
         switch.as_millis(),
         held.len(),
@@ -491,6 +513,12 @@ fn an_upgrade_from_the_previous_layout_keeps_every_flow() {
     );
     assert!(broken.is_empty(), "broken by the upgrade: {broken:?}\n{}", lab.natd_log());
     assert!(udp_before.is_subset(&udp_after), "UDP flows keep their NAT ports: {udp_before:?} -> {udp_after:?}");
+    // Layout 1's converter: the previous programs marked nothing, so the ports of every
+    // flow and published port were marked before the host-bound miss filter went on; the
+    // held flows above answering through it is the proof that none was missed.
+    let filter = &lab.json(&["info"])["dataplane_detail"]["port_filter"];
+    assert_eq!(filter["on"], true, "the filter on after the upgrade: {filter}");
+    assert!(filter["ports_marked"].as_u64().unwrap_or(0) >= 4, "published and NAT ports marked: {filter}");
     let flows = lab.json(&["ct", "ls"]);
     assert!(flows.as_array().unwrap().len() >= held.len(), "the flows are listed: {flows}");
 }

@@ -3,18 +3,23 @@
 //! endpoint is gone, and the `natctl ct ls` listing. Both tables of both families are
 //! walked: established flows (`NATD_CT4`, `NATD_CT6`) and embryonic ones (`NATD_CT4_NEW`,
 //! `NATD_CT6_NEW`).
-use std::{collections::HashMap as StdHashMap, hash::Hash, net::IpAddr, time::Duration};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    hash::Hash,
+    net::IpAddr,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, MapData},
 };
-use nat_common::{Addr6, CtEntry, CtKey, SourceQuota, clock, ct, names::map};
+use nat_common::{Addr6, CtEntry, CtKey, SourceQuota, clock, ct, names::map, port_marks};
 
 use super::{
     err,
+    kernel_form::{from_raw, from_raw6},
     mappings,
-    maps::{from_raw, from_raw6},
 };
 use crate::dataplane::{CtTimeout, DataplaneError, Flow, FlowMapping, GcReport};
 
@@ -27,6 +32,8 @@ pub trait Family: Copy + Eq + Hash + Pod + 'static {
     /// Masquerade mappings, the ports they hold, the addresses they admit, the ports the
     /// default filtering's share.
     const SNAT: [&'static str; 4];
+    /// Published ports.
+    const PUBLISHED: &'static str;
     fn ip(self) -> IpAddr;
     /// What a quota counts the originator of a flow of entry kind `kind` under, as the
     /// programs key it (`nat-ebpf` `quota_key`): the IPv4 address, `quota_key6` (IPv6).
@@ -37,6 +44,7 @@ impl Family for u32 {
     const TABLES: [&'static str; 2] = [map::CT4, map::CT4_NEW];
     const QUOTA: &'static str = map::QUOTA4;
     const SNAT: [&'static str; 4] = [map::SNAT4, map::SNAT4_PORTS, map::SNAT4_PEERS, map::SNAT4_SHARED];
+    const PUBLISHED: &'static str = map::PORTS4;
     fn ip(self) -> IpAddr {
         IpAddr::V4(from_raw(self))
     }
@@ -49,6 +57,7 @@ impl Family for Addr6 {
     const TABLES: [&'static str; 2] = [map::CT6, map::CT6_NEW];
     const QUOTA: &'static str = map::QUOTA6;
     const SNAT: [&'static str; 4] = [map::SNAT6, map::SNAT6_PORTS, map::SNAT6_PEERS, map::SNAT6_SHARED];
+    const PUBLISHED: &'static str = map::PORTS6;
     fn ip(self) -> IpAddr {
         IpAddr::V6(from_raw6(self))
     }
@@ -237,11 +246,13 @@ fn live<A>(generations: Option<&Array<&MapData, u32>>, entry: &CtEntry<A>) -> bo
 /// since the walk (a packet may have used it meanwhile), original direction first: the
 /// reply entry holds the claim on the translated tuple, which must never be free while an
 /// entry that translates into it remains.
-pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError> {
+/// The ports (`port_marks` indexes) the flows and mappings the pass leaves use are added
+/// to `used`.
+pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut HashSet<u32>) -> Result<GcReport, DataplaneError> {
     // One family's failure does not keep the other's flows from expiring.
     let (v4, v6) = (
-        expire_family::<u32>(ebpf, timeouts),
-        expire_family::<Addr6>(ebpf, timeouts),
+        expire_family::<u32>(ebpf, timeouts, used),
+        expire_family::<Addr6>(ebpf, timeouts, used),
     );
     let (v4, v6) = (v4?, v6?);
     Ok(GcReport {
@@ -251,7 +262,7 @@ pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, Dataplan
     })
 }
 
-fn expire_family<A: Family>(ebpf: &mut Ebpf, timeouts: &Timeouts) -> Result<GcReport, DataplaneError>
+fn expire_family<A: Family>(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut HashSet<u32>) -> Result<GcReport, DataplaneError>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
@@ -262,6 +273,8 @@ where
 {
     let now = now_ticks();
     let all = entries::<A>(ebpf);
+    // Flows this pass removes too: a packet may be using one right now.
+    used.extend(all.iter().filter_map(|(key, entry, _)| port_marks::of_flow(key, entry)));
     let by_key: StdHashMap<CtKey<A>, &CtEntry<A>> = all.iter().map(|(k, e, _)| (*k, e)).collect();
     let gens = generations(ebpf);
     // (key, last_seen) of each entry to remove, the original direction before its peer.
@@ -320,7 +333,7 @@ where
         }
     }
     drop(embryonic);
-    let mappings_expired = mappings::expire::<A>(ebpf, &usage, timeouts, now)?;
+    let mappings_expired = mappings::expire::<A>(ebpf, &usage, timeouts, now, used)?;
     Ok(GcReport {
         scanned: all.len(),
         expired,

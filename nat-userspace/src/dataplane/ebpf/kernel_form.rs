@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nat_common::{
     Addr6, EndpointInfo, IfaceConfig, NetInfo4, NetInfo6, Port4Key, Port4Target, Port6Key, Port6Target, net,
-    port, role,
+    port, port_marks, role,
 };
 
 use crate::{
@@ -85,6 +85,14 @@ impl PortEntry {
         match *self {
             PortEntry::V6(k, t) => Some((k, t)),
             PortEntry::V4(..) => None,
+        }
+    }
+
+    /// The mark the entry needs (`nat_common::port_marks`).
+    pub fn mark(&self) -> Option<u32> {
+        match self {
+            PortEntry::V4(k, _) => port_marks::of_port(k),
+            PortEntry::V6(k, _) => port_marks::of_port(k),
         }
     }
 }

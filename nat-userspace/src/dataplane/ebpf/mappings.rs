@@ -14,7 +14,7 @@ use aya::{
     Ebpf, Pod,
     maps::{HashMap, MapData},
 };
-use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, clock, ct};
+use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, clock, ct, port_marks};
 
 use super::{conntrack::Family, err};
 use crate::dataplane::DataplaneError;
@@ -83,7 +83,14 @@ fn table<'a, K: Pod, V: Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<HashMap<&
 
 /// Removes the mappings whose time is up, their ports and admitted addresses, and ports
 /// and addresses no mapping accounts for. Returns how many mappings went.
-pub fn expire<A: Family>(ebpf: &mut Ebpf, usage: &Usage<A>, timeouts: &Timeouts, now: u32) -> Result<usize, DataplaneError>
+/// The ports of the mappings and holdings that stay are added to `used` (`port_marks`).
+pub fn expire<A: Family>(
+    ebpf: &mut Ebpf,
+    usage: &Usage<A>,
+    timeouts: &Timeouts,
+    now: u32,
+    used: &mut HashSet<u32>,
+) -> Result<usize, DataplaneError>
 where
     SnatKey<A>: Pod + Eq + std::hash::Hash,
     PortKey<A>: Pod + Eq + std::hash::Hash,
@@ -126,6 +133,7 @@ where
             }
         }
     }
+    used.extend(kept.iter().filter_map(|(key, port)| port_marks::index(key.proto, *port)));
     let mut held: HashSet<PortKey<A>> = HashSet::new();
     // Holdings, then the marks of shared ports (an object from before them has none).
     for name in [ports_name, shared_name] {
@@ -146,7 +154,10 @@ where
                 || usage.ports_in_use.contains(&(port.addr, port.port, port.proto));
             if !accounted {
                 let _ = ports.remove(&port);
-            } else if name == ports_name {
+                continue;
+            }
+            used.extend(port_marks::of_port(&port));
+            if name == ports_name {
                 held.insert(port);
             }
         }

@@ -15,13 +15,15 @@ use aya::{
 };
 use nat_common::{
     Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, NetInfo6,
-    Port4Key, Port4Target, Port6Key, Port6Target, TrustKey, config, names::map,
+    Port4Key, Port4Target, Port6Key, Port6Target, TrustKey, config, names::map, port_marks,
 };
 
 pub use super::kernel_form::{from_raw, from_raw6, raw, raw6};
 use super::{
+    conntrack::now_ticks,
     err,
     kernel_form::{PortEntry, endpoint_info, iface_config, net_info, net_info6, port_entry},
+    portmarks::PortMarks,
     slots::{SlotBook, SlotChange},
 };
 use crate::dataplane::{DataplaneError, Desired, EndpointRule, NetworkRule, PortRule};
@@ -90,6 +92,11 @@ pub struct MapWriter {
     mappings: SlotBook<u32>,
     endpoints: SlotBook<EndpointOwner>,
     mirror: Mirror,
+    /// The host-bound miss filter's marks, opened at first use (the inner `None`: an
+    /// object from before them).
+    marks: Option<Option<PortMarks>>,
+    /// Whether the programs skip the lookups for unmarked ports (`config::PORT_FILTER`).
+    port_filter: bool,
 }
 
 impl Default for MapWriter {
@@ -98,11 +105,37 @@ impl Default for MapWriter {
             mappings: SlotBook::new(0, MAX_PORT_MAPPINGS),
             endpoints: SlotBook::new(MAX_PORT_MAPPINGS, nat_common::MAX_ENDPOINTS),
             mirror: Mirror::default(),
+            marks: None,
+            port_filter: false,
         }
     }
 }
 
 impl MapWriter {
+    /// The host-bound miss filter's marks (`None`: the object has none).
+    pub fn marks(&mut self, ebpf: &Ebpf) -> Result<Option<&PortMarks>, DataplaneError> {
+        if self.marks.is_none() {
+            self.marks = Some(PortMarks::open(ebpf)?);
+        }
+        Ok(self.marks.as_ref().and_then(Option::as_ref))
+    }
+
+    /// Lets the programs skip the lookups for unmarked ports (or not) from the next write
+    /// on. On only once every port the tables use is marked, by these programs or by the
+    /// caller.
+    pub fn set_port_filter(&mut self, on: bool) {
+        self.port_filter = on;
+    }
+
+    pub fn port_filter(&self) -> bool {
+        self.port_filter
+    }
+
+    /// The marks, if opened already.
+    pub fn opened_marks(&self) -> Option<&PortMarks> {
+        self.marks.as_ref().and_then(Option::as_ref)
+    }
+
     /// Takes over the slots the maps hold already (natd restarted over pinned maps).
     pub fn adopt(&mut self, ebpf: &Ebpf) {
         self.mappings
@@ -204,7 +237,7 @@ impl MapWriter {
             map::TRUSTED,
         )?;
         self.write_endpoints(ebpf, &desired.endpoints)?;
-        write_config(ebpf, desired, &mut self.mirror.config)?;
+        write_config(ebpf, desired, self.port_filter, &mut self.mirror.config)?;
         self.write_ports(ebpf, &desired.ports)
     }
 
@@ -266,8 +299,14 @@ impl MapWriter {
                 PortEntry::V6(key, target) => want6.insert(key, target).map(drop),
             };
         }
-        // Counters start at zero before the mapping exists, so the programs only add.
+        // Counters start at zero before the mapping exists, so the programs only add;
+        // the port is marked before it is published (or its packets could skip it).
         zero_stats(ebpf, &fresh)?;
+        if let Some(marks) = self.marks(ebpf)? {
+            let now = now_ticks();
+            let wanted = want.keys().filter_map(port_marks::of_port);
+            marks.mark_all(wanted.chain(want6.keys().filter_map(port_marks::of_port)), now);
+        }
         sync_hash(
             &mut hash_map(ebpf, map::PORTS4)?,
             want,
@@ -319,6 +358,10 @@ impl MapWriter {
             new.push(port_entry(rule, slot, generations.get(slot)?));
         }
         zero_stats(ebpf, &fresh)?;
+        if let Some(marks) = self.marks(ebpf)? {
+            let now = now_ticks();
+            marks.mark_all(new.iter().filter_map(PortEntry::mark), now);
+        }
         apply_port_changes(
             ebpf,
             map::PORTS4,
@@ -514,6 +557,7 @@ where
 fn write_config(
     ebpf: &mut Ebpf,
     desired: &Desired,
+    port_filter: bool,
     mirror: &mut Option<NatConfig>,
 ) -> Result<(), DataplaneError> {
     let value = NatConfig {
@@ -524,7 +568,8 @@ fn write_config(
                 config::DIRECT_ROUTING
             } else {
                 0
-            }),
+            })
+            | (if port_filter { config::PORT_FILTER } else { 0 }),
         embryonic_per_source: desired.quota_embryonic,
         promoted_per_source: desired.quota_promoted,
     };

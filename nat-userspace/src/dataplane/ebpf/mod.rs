@@ -7,9 +7,10 @@ pub mod loader;
 pub mod mappings;
 pub mod maps;
 mod pins;
+pub mod portmarks;
 pub mod slots;
 
-use std::path::PathBuf;
+use std::{collections::HashSet, path::PathBuf};
 
 use aya::{Ebpf, maps::PerCpuArray};
 use nat_common::{
@@ -107,6 +108,22 @@ impl EbpfDataplane {
             programs: Default::default(),
             edges: Vec::new(),
         })
+    }
+
+    /// Turns the host-bound miss filter on once every link runs these programs, which
+    /// mark the ports of what they make: what the tables hold already (made by the
+    /// programs before a restart or an upgrade, carried over, or pinned by a natd that did
+    /// not mark, layout 1) is marked first. This is layout 1's converter.
+    fn start_port_filter(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
+        let used = portmarks::used(&self.ebpf);
+        let Some(marks) = self.writer.marks(&self.ebpf)? else {
+            return Ok(());
+        };
+        marks.mark_all(used.iter().copied(), conntrack::now_ticks());
+        self.writer.set_port_filter(true);
+        self.writer.write(&mut self.ebpf, desired)?;
+        tracing::info!(ports_in_use = used.len(), "host-bound miss filter on");
+        Ok(())
     }
 
     /// Flows that left by an edge whose role a bridge with the same MAC took over (a
@@ -220,6 +237,9 @@ impl Dataplane for EbpfDataplane {
                 tracing::warn!(refused, "flow entries of the switch window did not fit the new tables");
             }
         }
+        if self.links_checked.is_some() && !self.writer.port_filter() {
+            self.start_port_filter(desired)?;
+        }
         Ok(report)
     }
 
@@ -240,7 +260,15 @@ impl Dataplane for EbpfDataplane {
         // remembers writing: changes made behind natd's back are repaired within a tick.
         self.writer.reread();
         self.links_checked = None;
-        conntrack::expire(&mut self.ebpf, &self.timeouts)
+        // Marks made before the walks below began, of ports they find unused, go.
+        let before = conntrack::now_ticks().saturating_sub(1);
+        let mut used = HashSet::new();
+        let report = conntrack::expire(&mut self.ebpf, &self.timeouts, &mut used)?;
+        if let Some(marks) = self.writer.marks(&self.ebpf)? {
+            let cleared = portmarks::sweep(&self.ebpf, marks, used, before);
+            tracing::debug!(cleared, "port marks of unused ports cleared");
+        }
+        Ok(report)
     }
 
     fn info(&self) -> serde_json::Value {
@@ -256,6 +284,10 @@ impl Dataplane for EbpfDataplane {
             "links": loader::Links::pinned(&self.pin_dir.join("links")),
             "counters": counters,
             "fast_path": self.fast_path,
+            "port_filter": {
+                "on": self.writer.port_filter(),
+                "ports_marked": self.writer.opened_marks().map(portmarks::PortMarks::marked),
+            },
             "maps": {
                 "conntrack": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4), "capacity": self.sizes.established},
                 "conntrack_embryonic": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4_NEW), "capacity": self.sizes.embryonic},

@@ -314,7 +314,7 @@ pub fn record_layout(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         ebpf.map_mut(map::LAYOUT).ok_or_else(|| err("map missing", map::LAYOUT))?,
     )
     .map_err(|e| err(map::LAYOUT, e))?;
-    array.set(0, LAYOUT_VERSION, 0).map_err(|e| err(map::LAYOUT, e))
+    array.set(0, crate::ebpf_object_layout(), 0).map_err(|e| err(map::LAYOUT, e))
 }
 
 /// The oldest layout version this natd converts (every version since has a converter here).
