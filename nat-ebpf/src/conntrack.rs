@@ -258,13 +258,20 @@ fn insert_new<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), Inser
 fn insert_embryonic<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertError> {
     match A::ct_new().insert(key, entry, BPF_NOEXIST) {
         Ok(()) => {
-            if let Some(index) = port_marks::of_flow(key, entry) {
-                portmarks::set(index, entry.last_seen);
-            }
+            mark_port(key, entry, entry.last_seen);
             Ok(())
         }
         Err(e) if e == -EEXIST => Err(InsertError::Clash),
         Err(_) => Err(InsertError::Full),
+    }
+}
+
+/// Marks the destination port of an entry looked up at an edge's ingress as natd's
+/// (`portmarks`), at clock tick `now`.
+#[inline(always)]
+fn mark_port<A>(key: &CtKey<A>, entry: &CtEntry<A>, now: u32) {
+    if let Some(index) = port_marks::of_flow(key, entry) {
+        portmarks::set(index, now);
     }
 }
 
@@ -666,6 +673,12 @@ pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>, end: u32) {
     }
     let _ = A::ct_new().remove(second.0);
     let _ = A::ct_new().remove(first.0);
+    // natd's tick may have walked the established table before the move and the
+    // embryonic one after it, seeing the flow in neither: a mark of now is one its sweep
+    // keeps whatever its walk saw.
+    let now = now();
+    mark_port(first.0, first.1, now);
+    mark_port(second.0, second.1, now);
     if key.proto == PROTO_TCP {
         quota::release_embryonic(&key.src, kind);
     } else {

@@ -615,6 +615,14 @@ impl Bpf {
         marks.get(&index, 0).expect("a mark")
     }
 
+    /// Sets the mark of `port` (host byte order) of `proto` (an old mark: a small tick).
+    pub fn set_port_mark(&mut self, proto: u8, port: u16, tick: u32) {
+        let index = nat_common::port_marks::index(proto, port.to_be()).expect("TCP or UDP");
+        let mut marks: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(map::PORT_MARKS).expect("port marks")).expect("an array");
+        marks.set(index, tick, 0).expect("a mark written");
+    }
+
     /// natd's housekeeping tick as far as the marks go: the expiry pass (default timeouts),
     /// then the sweep of marks made before tick `before`. Returns how many marks went.
     pub fn expire_and_sweep(&mut self, before: u32) -> usize {

@@ -10,7 +10,7 @@ use aya::maps::HashMap;
 use nat_common::{Port4Key, Port4Target, Snat4Key, Snat4Owner, SnatMapping, names::map};
 use natlab::{
     bpf::{Bpf, CLIENT, HOST, SANDBOX},
-    frames::{SYN, inspect, seen, segment, tcp, udp},
+    frames::{Flags, SYN, ack, inspect, seen, segment, tcp, udp},
 };
 
 const TCP: u8 = 6;
@@ -121,4 +121,29 @@ fn the_tick_clears_only_marks_nothing_uses_made_before_its_walk() {
     bpf.unpublish(None, 8080, TCP);
     assert_eq!(bpf.expire_and_sweep(u32::MAX), 1);
     assert_eq!(bpf.port_mark(TCP, 8080), 0);
+}
+
+/// A flow whose handshake completes moves from the embryonic table to the established one:
+/// natd's tick walks the established table first, so a move between the two walks hides
+/// the flow from both. The move marks its port afresh, so that tick's sweep (which clears
+/// only marks older than its walk) keeps it. Shown on a masqueraded flow whose mark is made
+/// old by hand before its handshake completes; control: the SYN-ACK alone (no move)
+/// leaves the old mark as it is.
+#[test]
+fn a_flow_moved_to_the_established_table_is_marked_afresh() {
+    let mut bpf = load();
+    let (_, out) = bpf.run(EGRESS, &segment(SANDBOX, 5555, REMOTE, 443, 1000, SYN));
+    let nat_port = inspect(&out).sport;
+    bpf.set_port_mark(TCP, nat_port, 1);
+    let syn_ack = Flags {
+        syn: true,
+        ack: Some(1001),
+        ..Flags::default()
+    };
+    let (_, out) = bpf.run(INGRESS, &segment(REMOTE, 443, HOST, nat_port, 7000, syn_ack));
+    assert_eq!(inspect(&out), seen(REMOTE, 443, SANDBOX, 5555));
+    assert_eq!(bpf.port_mark(TCP, nat_port), 1, "control: no move, the old mark stays");
+    bpf.run(EGRESS, &segment(SANDBOX, 5555, REMOTE, 443, 1001, ack(7001)));
+    assert!(bpf.ct().iter().all(|(_, _, established)| *established), "the flow moved");
+    assert!(bpf.port_mark(TCP, nat_port) > 1, "the move marked the port afresh");
 }

@@ -135,14 +135,15 @@ impl Plan {
                 rss: (1000, 10),
             }
         } else {
-            // Ten repetitions of thirty beds must fit a quiet machine's ~90 minutes: the
-            // spread that decides a verdict is between repetitions, not within a run, so 2 s
-            // per run; several iperf3 streams share the one traffic CPU with the client and
-            // server, so only the single stream (the target's) is measured.
+            // Ten repetitions of thirty beds must fit a quiet machine's ~80 minutes (20 s a
+            // bed visit at 2 s per run: 100 minutes of traffic alone): the spread that
+            // decides a verdict is between repetitions, not within a run, so 1 s per run;
+            // several iperf3 streams share the one traffic CPU with the client and server,
+            // so only the single stream (the target's) is measured.
             Self {
                 quick,
                 reps: 10,
-                secs: 2.0,
+                secs: 1.0,
                 scale: vec![1, 100, 1000, 10000, 65000],
                 streams: vec![1],
                 program_sizes: vec![10, 1000, 65000],
