@@ -657,6 +657,12 @@ pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>, end: u32) {
     } else {
         ((&peer_key, &s.reply), (key, &s.forward))
     };
+    // natd's tick may walk the established table before the move and the embryonic one
+    // after it, seeing the flow in neither: a mark of now, made before the flow can be
+    // missed, is one its sweep keeps whatever its walk saw.
+    let now = now();
+    mark_port(first.0, first.1, now);
+    mark_port(second.0, second.1, now);
     match A::ct().insert(first.0, first.1, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU promoted it already.
@@ -673,12 +679,6 @@ pub fn promote<A: Family>(key: &CtKey<A>, hit: &Hit<A>, end: u32) {
     }
     let _ = A::ct_new().remove(second.0);
     let _ = A::ct_new().remove(first.0);
-    // natd's tick may have walked the established table before the move and the
-    // embryonic one after it, seeing the flow in neither: a mark of now is one its sweep
-    // keeps whatever its walk saw.
-    let now = now();
-    mark_port(first.0, first.1, now);
-    mark_port(second.0, second.1, now);
     if key.proto == PROTO_TCP {
         quota::release_embryonic(&key.src, kind);
     } else {

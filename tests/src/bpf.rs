@@ -627,7 +627,7 @@ impl Bpf {
     /// then the sweep of marks made before tick `before`. Returns how many marks went.
     pub fn expire_and_sweep(&mut self, before: u32) -> usize {
         use natd::dataplane::ebpf::{conntrack, portmarks};
-        let mut used = std::collections::HashSet::new();
+        let mut used = conntrack::PortsInUse::default();
         conntrack::expire(&mut self.ebpf, &conntrack::Timeouts::default(), &mut used).expect("expiry pass");
         let marks = self.writer.marks(&self.ebpf).expect("marks open").expect("the object has marks");
         portmarks::sweep(&self.ebpf, marks, used, before)

@@ -215,16 +215,50 @@ where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
 {
-    let mut out = Vec::new();
+    entries_read(ebpf).0
+}
+
+/// `entries`, and whether both tables were read to their end (a failed read ends a walk
+/// early).
+pub fn entries_read<A: Family>(ebpf: &Ebpf) -> (Vec<(CtKey<A>, CtEntry<A>, bool)>, bool)
+where
+    CtKey<A>: Pod,
+    CtEntry<A>: Pod,
+{
+    let (mut out, mut complete) = (Vec::new(), true);
     for (name, established) in [(A::TABLES[0], true), (A::TABLES[1], false)] {
-        if let Some(m) = ebpf
+        let Some(m) = ebpf
             .map(name)
             .and_then(|m| HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(m).ok())
-        {
-            out.extend(m.iter().filter_map(Result::ok).map(|(k, e)| (k, e, established)));
+        else {
+            complete = false;
+            continue;
+        };
+        for read in m.iter() {
+            match read {
+                Ok((k, e)) => out.push((k, e, established)),
+                Err(_) => complete = false,
+            }
         }
     }
-    out
+    (out, complete)
+}
+
+/// The ports (`port_marks` indexes) an expiry pass saw in use, and whether it read every
+/// table it walked completely: a sweep of the marks relies on it only then.
+pub struct PortsInUse {
+    pub ports: HashSet<u32>,
+    pub complete: bool,
+}
+
+impl Default for PortsInUse {
+    /// Nothing seen yet, nothing failed.
+    fn default() -> Self {
+        Self {
+            ports: HashSet::new(),
+            complete: true,
+        }
+    }
 }
 
 fn generations(ebpf: &Ebpf) -> Option<Array<&MapData, u32>> {
@@ -248,7 +282,7 @@ fn live<A>(generations: Option<&Array<&MapData, u32>>, entry: &CtEntry<A>) -> bo
 /// entry that translates into it remains.
 /// The ports (`port_marks` indexes) the flows and mappings the pass leaves use are added
 /// to `used`.
-pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut HashSet<u32>) -> Result<GcReport, DataplaneError> {
+pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut PortsInUse) -> Result<GcReport, DataplaneError> {
     // One family's failure does not keep the other's flows from expiring.
     let (v4, v6) = (
         expire_family::<u32>(ebpf, timeouts, used),
@@ -262,7 +296,7 @@ pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut HashSet<u32>) -> 
     })
 }
 
-fn expire_family<A: Family>(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut HashSet<u32>) -> Result<GcReport, DataplaneError>
+fn expire_family<A: Family>(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut PortsInUse) -> Result<GcReport, DataplaneError>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
@@ -272,9 +306,10 @@ where
     nat_common::SnatPeerKey<A>: Pod,
 {
     let now = now_ticks();
-    let all = entries::<A>(ebpf);
+    let (all, complete) = entries_read::<A>(ebpf);
+    used.complete &= complete;
     // Flows this pass removes too: a packet may be using one right now.
-    used.extend(all.iter().filter_map(|(key, entry, _)| port_marks::of_flow(key, entry)));
+    used.ports.extend(all.iter().filter_map(|(key, entry, _)| port_marks::of_flow(key, entry)));
     let by_key: StdHashMap<CtKey<A>, &CtEntry<A>> = all.iter().map(|(k, e, _)| (*k, e)).collect();
     let gens = generations(ebpf);
     // (key, last_seen) of each entry to remove, the original direction before its peer.

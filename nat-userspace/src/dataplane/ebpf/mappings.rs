@@ -16,7 +16,10 @@ use aya::{
 };
 use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, clock, ct, port_marks};
 
-use super::{conntrack::Family, err};
+use super::{
+    conntrack::{Family, PortsInUse},
+    err,
+};
 use crate::dataplane::DataplaneError;
 
 use super::conntrack::Timeouts;
@@ -89,7 +92,7 @@ pub fn expire<A: Family>(
     usage: &Usage<A>,
     timeouts: &Timeouts,
     now: u32,
-    used: &mut HashSet<u32>,
+    used: &mut PortsInUse,
 ) -> Result<usize, DataplaneError>
 where
     SnatKey<A>: Pod + Eq + std::hash::Hash,
@@ -106,7 +109,9 @@ where
     let mut kept: StdHashMap<SnatKey<A>, u16> = StdHashMap::new();
     {
         let mut mappings = table::<SnatKey<A>, SnatMapping>(ebpf, mappings_name)?;
-        let all: Vec<(SnatKey<A>, SnatMapping)> = mappings.iter().filter_map(Result::ok).collect();
+        let read: Vec<_> = mappings.iter().collect();
+        used.complete &= read.iter().all(Result::is_ok);
+        let all: Vec<(SnatKey<A>, SnatMapping)> = read.into_iter().filter_map(Result::ok).collect();
         for (key, mut mapping) in all {
             if usage.alive.contains(&key) {
                 kept.insert(key, mapping.port);
@@ -133,7 +138,7 @@ where
             }
         }
     }
-    used.extend(kept.iter().filter_map(|(key, port)| port_marks::index(key.proto, *port)));
+    used.ports.extend(kept.iter().filter_map(|(key, port)| port_marks::index(key.proto, *port)));
     let mut held: HashSet<PortKey<A>> = HashSet::new();
     // Holdings, then the marks of shared ports (an object from before them has none).
     for name in [ports_name, shared_name] {
@@ -141,7 +146,9 @@ where
             continue;
         }
         let mut ports = table::<PortKey<A>, SnatOwner<A>>(ebpf, name)?;
-        let all: Vec<(PortKey<A>, SnatOwner<A>)> = ports.iter().filter_map(Result::ok).collect();
+        let read: Vec<_> = ports.iter().collect();
+        used.complete &= read.iter().all(Result::is_ok);
+        let all: Vec<(PortKey<A>, SnatOwner<A>)> = read.into_iter().filter_map(Result::ok).collect();
         for (port, owner) in all {
             let mapping = SnatKey {
                 internal: owner.internal,
@@ -156,7 +163,7 @@ where
                 let _ = ports.remove(&port);
                 continue;
             }
-            used.extend(port_marks::of_port(&port));
+            used.ports.extend(port_marks::of_port(&port));
             if name == ports_name {
                 held.insert(port);
             }

@@ -10,7 +10,7 @@ mod pins;
 pub mod portmarks;
 pub mod slots;
 
-use std::{collections::HashSet, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::{Ebpf, maps::PerCpuArray};
 use nat_common::{
@@ -115,8 +115,13 @@ impl EbpfDataplane {
     /// programs before a restart or an upgrade, carried over, or pinned by a natd that did
     /// not mark, layout 1) is marked first. This is layout 1's converter.
     fn start_port_filter(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
-        let used = portmarks::used(&self.ebpf);
         let Some(marks) = self.writer.marks(&self.ebpf)? else {
+            return Ok(());
+        };
+        let Some(used) = portmarks::used(&self.ebpf) else {
+            // A table not read to its end: the filter stays off until a later sync reads
+            // them all (a port missed here would be a live one).
+            tracing::warn!("host-bound miss filter not started: a table could not be read");
             return Ok(());
         };
         marks.mark_all(used.iter().copied(), conntrack::now_ticks());
@@ -262,7 +267,7 @@ impl Dataplane for EbpfDataplane {
         self.links_checked = None;
         // Marks made before the walks below began, of ports they find unused, go.
         let before = conntrack::now_ticks().saturating_sub(1);
-        let mut used = HashSet::new();
+        let mut used = conntrack::PortsInUse::default();
         let report = conntrack::expire(&mut self.ebpf, &self.timeouts, &mut used)?;
         if let Some(marks) = self.writer.marks(&self.ebpf)? {
             let cleared = portmarks::sweep(&self.ebpf, marks, used, before);

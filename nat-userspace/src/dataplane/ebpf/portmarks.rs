@@ -21,7 +21,10 @@ use aya::{
 use nat_common::{CtEntry, CtKey, PortKey, PortTarget, SnatOwner, names::map, port_marks};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
-use super::{conntrack::Family, err};
+use super::{
+    conntrack::{Family, PortsInUse},
+    err,
+};
 use crate::dataplane::DataplaneError;
 
 /// The kernel rounds an array's values up to 8 bytes: mark `i` is at `i * STRIDE`.
@@ -109,15 +112,15 @@ impl Drop for PortMarks {
 }
 
 /// Every port the pinned tables use: flows, mappings' holdings and shared ports,
-/// published ports (what a takeover marks).
-pub fn used(ebpf: &Ebpf) -> HashSet<u32> {
+/// published ports (what a takeover marks); `None` unless every table was read to its end.
+pub fn used(ebpf: &Ebpf) -> Option<HashSet<u32>> {
     let mut used = HashSet::new();
-    family_used::<u32>(ebpf, &mut used);
-    family_used::<nat_common::Addr6>(ebpf, &mut used);
-    used
+    family_used::<u32>(ebpf, &mut used)?;
+    family_used::<nat_common::Addr6>(ebpf, &mut used)?;
+    Some(used)
 }
 
-fn family_used<A: Family>(ebpf: &Ebpf, used: &mut HashSet<u32>)
+fn family_used<A: Family>(ebpf: &Ebpf, used: &mut HashSet<u32>) -> Option<()>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
@@ -125,33 +128,34 @@ where
     SnatOwner<A>: Pod,
     PortTarget<A>: Pod,
 {
-    used.extend(
-        super::conntrack::entries::<A>(ebpf)
-            .iter()
-            .filter_map(|(key, entry, _)| port_marks::of_flow(key, entry)),
-    );
+    let (flows, complete) = super::conntrack::entries_read::<A>(ebpf);
+    complete.then_some(())?;
+    used.extend(flows.iter().filter_map(|(key, entry, _)| port_marks::of_flow(key, entry)));
     let [_, holdings, _, shared] = A::SNAT;
     for name in [holdings, shared] {
-        used.extend(keys::<PortKey<A>, SnatOwner<A>>(ebpf, name).iter().filter_map(port_marks::of_port));
+        used.extend(keys::<PortKey<A>, SnatOwner<A>>(ebpf, name)?.iter().filter_map(port_marks::of_port));
     }
-    used.extend(keys::<PortKey<A>, PortTarget<A>>(ebpf, A::PUBLISHED).iter().filter_map(port_marks::of_port));
+    used.extend(keys::<PortKey<A>, PortTarget<A>>(ebpf, A::PUBLISHED)?.iter().filter_map(port_marks::of_port));
+    Some(())
 }
 
 /// The tick's sweep, after the expiry pass (which began at tick `before` or later and
 /// added the ports of the flows and mappings it saw to `used`): clears the marks made
-/// before `before` of ports neither those nor a published port use. Returns how many.
-pub fn sweep(ebpf: &Ebpf, marks: &PortMarks, mut used: HashSet<u32>, before: u32) -> usize {
+/// before `before` of ports neither those nor a published port use. Returns how many; none
+/// when a table was not read to its end (a port missing from `used` would be a live one).
+pub fn sweep(ebpf: &Ebpf, marks: &PortMarks, mut used: PortsInUse, before: u32) -> usize {
     let published4 = keys::<PortKey<u32>, PortTarget<u32>>(ebpf, map::PORTS4);
     let published6 = keys::<PortKey<nat_common::Addr6>, PortTarget<nat_common::Addr6>>(ebpf, map::PORTS6);
-    used.extend(published4.iter().filter_map(port_marks::of_port));
-    used.extend(published6.iter().filter_map(port_marks::of_port));
-    marks.sweep(&used, before)
+    let (Some(published4), Some(published6), true) = (published4, published6, used.complete) else {
+        return 0;
+    };
+    used.ports.extend(published4.iter().filter_map(port_marks::of_port));
+    used.ports.extend(published6.iter().filter_map(port_marks::of_port));
+    marks.sweep(&used.ports, before)
 }
 
-/// The keys of a hash map (none when it cannot be read).
-fn keys<K: Pod, V: Pod>(ebpf: &Ebpf, name: &str) -> Vec<K> {
-    ebpf.map(name)
-        .and_then(|m| HashMap::<_, K, V>::try_from(m).ok())
-        .map(|m| m.keys().filter_map(Result::ok).collect())
-        .unwrap_or_default()
+/// The keys of a hash map, `None` unless every one was read.
+fn keys<K: Pod, V: Pod>(ebpf: &Ebpf, name: &str) -> Option<Vec<K>> {
+    let map = HashMap::<_, K, V>::try_from(ebpf.map(name)?).ok()?;
+    map.keys().collect::<Result<Vec<K>, _>>().ok()
 }
