@@ -190,7 +190,7 @@ fn dataplane_registry(stats: &StatsView, sandboxes: usize, networks: usize) -> R
     }
     registry.register(
         "natd_conntrack_entries",
-        "Tracked flows (all conntrack tables)",
+        "Tracked flows (all conntrack tables; eBPF dataplane: as the last expiry pass left them)",
         conntrack,
     );
     registry.register(
@@ -226,10 +226,16 @@ struct Scrape {
 }
 
 async fn scrape(State(scrape): State<Scrape>) -> Response {
+    // The maps are read without the lock, which requests wait for.
+    let source = scrape.daemon.lock().await.stats_source(false);
+    let Ok((dataplane, raw)) = tokio::task::spawn_blocking(move || source.read()).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "reading statistics failed").into_response();
+    };
     let (stats, sandboxes, networks) = {
         let daemon = scrape.daemon.lock().await;
         let (sandboxes, networks) = daemon.counts();
-        (daemon.stats(), sandboxes, networks)
+        let limit = daemon.metrics_port_series();
+        (daemon.stats_view(dataplane, raw, Some(limit)), sandboxes, networks)
     };
     let mut body = String::new();
     let encoded = encode_registry(&mut body, &scrape.api.registry)

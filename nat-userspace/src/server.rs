@@ -126,7 +126,18 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 async fn info(State(d): State<Shared>) -> Response {
-    Json(d.lock().await.info()).into_response()
+    let (mut info, keeper) = {
+        let daemon = d.lock().await;
+        (daemon.info(), daemon.housekeeping())
+    };
+    // The tables' fill is read without the lock (whole tables, in batches).
+    if let Some(keeper) = keeper
+        && let Ok(stats) = tokio::task::spawn_blocking(move || keeper.stats(&[], true)).await
+        && let Some(detail) = info.dataplane_detail.as_object_mut()
+    {
+        detail.insert("maps".into(), crate::dataplane::ebpf::table_fill(&stats));
+    }
+    Json(info).into_response()
 }
 
 async fn network_list(State(d): State<Shared>) -> Response {
@@ -209,7 +220,12 @@ async fn reconcile(State(d): State<Shared>) -> Response {
 }
 
 async fn stats(State(d): State<Shared>) -> Response {
-    Json(d.lock().await.stats()).into_response()
+    // The maps are read without the lock (a table of hundreds of thousands of entries).
+    let source = d.lock().await.stats_source(true);
+    match tokio::task::spawn_blocking(move || source.read()).await {
+        Ok((dataplane, raw)) => Json(d.lock().await.stats_view(dataplane, raw, None)).into_response(),
+        Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("reading statistics: {e}")),
+    }
 }
 
 async fn conntrack(State(d): State<Shared>) -> Response {

@@ -86,6 +86,9 @@ pub enum Change {
     NextId(u64),
 }
 
+/// The store's page cache (see `open_db`).
+const STORE_CACHE: usize = 4 << 20;
+
 pub struct Store {
     /// None after a failed write until it is reopened: redb refuses every transaction after
     /// an I/O error (disk full, read-only file system) until the database is opened again.
@@ -229,7 +232,10 @@ fn open_db(path: &Path, existing: bool) -> Result<Database, StateError> {
         }
         _ => {}
     }
-    Database::create(path).map_err(|e| match e {
+    // redb caches pages it reads up to its cache size (1 GiB by default): natd reads its
+    // records once at start and then writes, so a small cache keeps the daemon's memory
+    // to what it holds.
+    Database::builder().set_cache_size(STORE_CACHE).create(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse {
             path: path.to_owned(),
         },

@@ -153,6 +153,9 @@ pub struct Lab {
     pub natd_args: Vec<String>,
     /// Environment of natd's next starts (e.g. `NATD_EBPF_OBJECT` in test builds).
     pub natd_env: Vec<(String, String)>,
+    /// natd's next starts inherit SIGTERM and SIGINT blocked, as from a supervisor that
+    /// takes them with sigwait (signal masks survive exec).
+    pub natd_stop_signals_blocked: bool,
     extra_netns: Vec<String>,
 }
 
@@ -181,6 +184,7 @@ impl Lab {
             natd: None,
             natd_args: Vec::new(),
             natd_env: Vec::new(),
+            natd_stop_signals_blocked: false,
             extra_netns: Vec::new(),
         };
         live::register(live::LiveLab {
@@ -282,7 +286,8 @@ impl Lab {
             .create(true)
             .append(true)
             .open(self.dir.join("natd.log"))?;
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", self.host_ns))
             .arg(natd_bin())
             .args(self.base_args())
@@ -290,9 +295,11 @@ impl Lab {
             .envs(self.natd_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start natd")?;
+            .stderr(log);
+        if self.natd_stop_signals_blocked {
+            block_stop_signals(&mut command);
+        }
+        let child = command.spawn().context("start natd")?;
         self.natd = Some(Natd { child });
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -521,6 +528,20 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
+/// `command` starts with SIGTERM and SIGINT blocked.
+pub fn block_stop_signals(command: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only the async-signal-safe sigprocmask runs.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(nix::sys::signal::Signal::SIGTERM);
+            set.add(nix::sys::signal::Signal::SIGINT);
+            set.thread_block().map_err(std::io::Error::from)
+        });
+    }
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

@@ -1,6 +1,6 @@
 //! End-to-end tests of the foundation: natd started inside a fresh "host" namespace with
 //! its own socket/state/bpffs/prefix, driven with natctl, checked with real tools.
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use natlab::{Lab, sh, wait_until};
 use nix::sys::signal::Signal;
@@ -758,4 +758,35 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bridge address"));
+}
+
+/// A supervisor that takes SIGTERM with sigwait blocks it, and signal masks survive exec:
+/// natd started by one must still stop on SIGTERM (before this test, it never did).
+/// Control: a process started the same way does have SIGTERM blocked.
+#[test]
+fn natd_stops_on_sigterm_even_when_started_with_it_blocked() {
+    let mut lab = Lab::new().expect("lab");
+    lab.natd_stop_signals_blocked = true;
+    lab.start_natd(&[]).expect("start natd");
+    let mut control = Command::new("sleep");
+    control.arg("30");
+    natlab::block_stop_signals(&mut control);
+    let mut control = control.spawn().expect("spawn sleep");
+    let blocked = std::fs::read_to_string(format!("/proc/{}/status", control.id())).unwrap_or_default();
+    let _ = control.kill();
+    let _ = control.wait();
+    let mask = blocked
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigBlk");
+    assert_ne!(mask & (1 << (15 - 1)), 0, "the control has SIGTERM (15) blocked: {mask:x}");
+    let natd = lab.natd.as_mut().expect("natd running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(natd.child.id() as i32), Signal::SIGTERM).expect("signal natd");
+    let stopped = wait_until(Duration::from_secs(10), || natd.child.try_wait().ok().flatten().is_some());
+    if stopped {
+        lab.natd = None;
+    }
+    assert!(stopped, "natd did not stop on SIGTERM:\n{}", lab.natd_log());
+    assert!(lab.natd_log().contains("shutting down"), "{}", lab.natd_log());
 }

@@ -391,10 +391,30 @@ fn published_port_taken_by_a_host_process_is_refused() {
         err.contains("Bind for 0.0.0.0:7777 failed: address already in use"),
         "{err}"
     );
-    // Published ports are reserved so the host never uses them as ephemeral source ports.
-    lab.ok(&["run", "--name", "fine", "-p", "7778:80"]);
-    let reserved = lab.host_ok(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]);
-    assert!(reserved.contains("7778"), "{reserved}");
+    // Published ports inside the host's ephemeral range are reserved, so the host never
+    // uses one as the source port of its own connections; the host never picks a port
+    // outside the range, which stays unreserved; what someone else reserved stays.
+    let range = lab.host_ok(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
+    let lo: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).expect("ip_local_port_range");
+    let (inside, theirs) = (lo + 7, lo + 9);
+    lab.host_ok(&["sh", "-c", &format!("echo {theirs} > /proc/sys/net/ipv4/ip_local_reserved_ports")]);
+    lab.ok(&["run", "--name", "fine", "-p", "7778:80", "-p", &format!("{inside}:81")]);
+    let reserved = || {
+        let text = lab.host_ok(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+        let ports: Vec<u16> = text
+            .trim()
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .flat_map(|p| {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()
+            })
+            .collect();
+        ports
+    };
+    assert_eq!(reserved(), vec![inside, theirs], "published {inside} (in range) and 7778 (outside)");
+    lab.ok(&["rm", "fine"]);
+    assert_eq!(reserved(), vec![theirs], "the removed sandbox's port is released, the other entry kept");
 }
 
 #[test]
@@ -568,4 +588,25 @@ fn ports_are_published_and_withdrawn_on_a_running_sandbox() {
     assert_eq!(lab.json(&["port", "web"]).as_array().map(Vec::len), Some(0));
     let err = lab.fails(&["publish", "nosuch", "8093:80"]);
     assert!(err.contains("No such container: nosuch"), "{err}");
+}
+
+/// A host whose whole ephemeral range is reserved (every port in it published, say: the
+/// range is shared by TCP and UDP) has no port to bind a socket to: natd must still start,
+/// needing none (it once bound one to read its namespace's cookie and exited). Control: in
+/// that namespace a socket that needs an ephemeral port really gets none.
+#[test]
+fn natd_starts_with_the_whole_ephemeral_range_reserved() {
+    let mut lab = Lab::new().expect("lab");
+    let range = lab.host_ok(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
+    let bounds: Vec<&str> = range.split_whitespace().collect();
+    let reserve = format!("echo {}-{} > /proc/sys/net/ipv4/ip_local_reserved_ports", bounds[0], bounds[1]);
+    lab.host_ok(&["sh", "-c", &reserve]);
+    let bind_any = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('127.0.0.1', 0))";
+    let control = lab.host(&["python3", "-c", bind_any]);
+    assert!(
+        !control.status.success() && String::from_utf8_lossy(&control.stderr).contains("Address already in use"),
+        "no ephemeral port left: {control:?}"
+    );
+    lab.start_natd(&["--dataplane", "ebpf"]).expect("natd starts with no ephemeral port");
+    lab.ok(&["run", "--name", "alone", "-p", "8080:80"]);
 }

@@ -45,6 +45,15 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(config.log_format);
+    limit_malloc_retention();
+    // Signal masks survive exec: started by a supervisor that blocks SIGTERM for its own
+    // sigwait thread, natd would never see its stop signal (nor SIGINT).
+    let stop_signals: nix::sys::signal::SigSet = [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT]
+        .into_iter()
+        .collect();
+    if let Err(e) = stop_signals.thread_unblock() {
+        tracing::warn!("cannot unblock SIGTERM and SIGINT: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -69,6 +78,19 @@ fn main() -> ExitCode {
         };
     }
     runtime.block_on(serve(config))
+}
+
+/// glibc's malloc raises its mmap threshold each time a large block is freed, so the
+/// buffers of whole-table reads (tens of MiB every tick) end up in the heap and stay
+/// resident; and it gives each thread that allocates an arena of its own. A fixed
+/// threshold returns large buffers to the system when freed; two arenas serve natd's
+/// few busy threads.
+fn limit_malloc_retention() {
+    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -118,6 +140,15 @@ async fn serve(config: DaemonConfig) -> ExitCode {
         interval.tick().await;
         loop {
             interval.tick().await;
+            // The expiry pass walks whole tables: without the lock requests wait for.
+            let keeper = housekeeping.lock().await.housekeeping();
+            if let Some(keeper) = keeper {
+                match tokio::task::spawn_blocking(move || keeper.gc()).await {
+                    Ok(Ok(gc)) => natd::daemon::log_gc(&gc),
+                    Ok(Err(e)) => tracing::warn!("conntrack expiry: {e}"),
+                    Err(e) => tracing::warn!("conntrack expiry: {e}"),
+                }
+            }
             if let Err(e) = housekeeping.lock().await.tick().await {
                 tracing::warn!("housekeeping: {e}");
             }

@@ -126,6 +126,10 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on ADDR:PORT (path /metrics); off unless given.
     #[arg(long = "metrics-addr")]
     pub metrics_addr: Option<String>,
+    /// Published ports with series of their own in /metrics: the busiest N by packets;
+    /// the rest are summed into one series (mapping="other"). Default 1000.
+    #[arg(long = "metrics-port-series")]
+    pub metrics_port_series: Option<usize>,
     /// Cluster store for overlay networks: etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long = "cluster-store")]
     pub cluster_store: Option<String>,
@@ -190,6 +194,7 @@ pub struct FileConfig {
     pub gc_interval: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub metrics_addr: Option<String>,
+    pub metrics_port_series: Option<usize>,
     pub cluster_store: Option<String>,
     pub cluster_advertise: Option<String>,
     pub cluster_ttl: Option<u64>,

@@ -109,6 +109,8 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Where Prometheus metrics are served (None: not at all).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Published ports with series of their own in /metrics (the busiest by packets).
+    pub metrics_port_series: usize,
     /// Overlay networks' cluster store (None: overlay networks are refused).
     pub cluster: Option<ClusterConfig>,
 }
@@ -287,10 +289,18 @@ impl DaemonConfig {
                     )
                 })
             })?,
+            metrics_port_series: args
+                .metrics_port_series
+                .or(file.metrics_port_series)
+                .unwrap_or(DEFAULT_METRICS_PORT_SERIES),
             cluster,
         })
     }
 }
+
+/// Published ports with series of their own in /metrics unless configured: enough for
+/// the busiest of a host, bounded for a scraper whatever the host publishes.
+pub const DEFAULT_METRICS_PORT_SERIES: usize = 1000;
 
 /// The flag when given, else the file's value.
 fn pick(flag: &Option<String>, from_file: Option<String>) -> Option<String> {

@@ -125,6 +125,7 @@ impl Daemon {
             LinkEvent::Lost => true,
         });
         if relevant {
+            self.forget_view();
             let report = self.sync_dataplane().await?;
             if !report.attached.is_empty() || !report.detached.is_empty() {
                 tracing::info!(attached = ?report.attached, detached = ?report.detached, "edges followed");

@@ -260,25 +260,15 @@ impl Daemon {
                 }
             }
         }
-        let peer = names::peer_veth(&self.config.name_prefix, &endpoint.host_ifname);
         let bridge = self.nl.require_link(&network.bridge).await?;
-        // A leftover peer from an interrupted run would make the create fail.
-        if let Some(old) = self.nl.link(&peer).await? {
-            self.nl.delete_link(old.index).await?;
-        }
-        let host = self.nl.create_veth(&endpoint.host_ifname, &peer, mtu).await?;
-        rollback.record(Undo::DeleteLink(endpoint.host_ifname.clone()))?;
-        self.nl.set_master(host.index, bridge.index).await?;
-        self.nl.set_up(host.index).await?;
-        let peer_link = self.nl.require_link(&peer).await?;
-        if let Some(mac) = drivers::of(network.driver).endpoint_mac(endpoint.ipv4) {
-            self.nl.set_mac(peer_link.index, &mac).await?;
-        }
+        let mac = drivers::of(network.driver).endpoint_mac(endpoint.ipv4);
         let fd = netns::open(netns_path)?;
-        self.nl.move_to_netns(peer_link.index, fd.as_fd()).await?;
-        let peer_link = inner.require_link(&peer).await?;
-        inner.rename(peer_link.index, &endpoint.ifname).await?;
-        inner.set_mtu(peer_link.index, mtu).await?;
+        // The sandbox's end is made in its namespace under its final name.
+        self.nl
+            .create_veth_into(&endpoint.host_ifname, bridge.index, mtu, &endpoint.ifname, fd.as_fd(), mac)
+            .await?;
+        rollback.record(Undo::DeleteLink(endpoint.host_ifname.clone()))?;
+        let peer_link = inner.require_link(&endpoint.ifname).await?;
         for address in endpoint.ipv4_cidr().into_iter().chain(endpoint.ipv6_cidr()) {
             inner.add_address(peer_link.index, address).await?;
         }

@@ -34,6 +34,7 @@ use std::{
 
 pub use cleanup::cleanup;
 pub use error::{DaemonError, ErrorClass};
+pub use sync::log_gc;
 use error::{Result, not_found};
 
 use crate::{
@@ -64,6 +65,15 @@ pub struct Daemon {
     port_range: (u16, u16),
     /// Where the next random host port search starts.
     port_cursor: ports::Cursor,
+    /// Every published host port, kept in step with the records by `commit`.
+    port_book: ports::PortBook,
+    /// Published host ports in ip_local_reserved_ports.
+    reserved: ports::Reserved,
+    /// Published-port rules by sandbox as the last sync computed them.
+    port_rules: sync::PortRules,
+    /// Interfaces natd's own changes touched since the last sync (`None`: the next sync
+    /// dumps every link and address).
+    touched_links: Option<HashSet<String>>,
     /// Range of NAT source ports for masquerade.
     snat_ports: (u16, u16),
     last_reconcile: Vec<String>,
@@ -112,8 +122,44 @@ impl Daemon {
             "injected failure before the store commit (fail point before-commit)"
         )));
         self.store.commit(&changes)?;
-        self.state.apply(changes);
+        for change in changes {
+            self.follow_ports(&change);
+            self.state.apply(vec![change]);
+        }
         Ok(())
+    }
+
+    /// The port book and the port rules' cache before `change` reaches the records.
+    fn follow_ports(&mut self, change: &Change) {
+        let name = match change {
+            Change::PutSandbox(s) => &s.name,
+            Change::DeleteSandbox(name) => name,
+            Change::PutNetwork(_) | Change::DeleteNetwork(_) => {
+                self.touched_links = None;
+                return self.port_rules.forget();
+            }
+            Change::NextId(_) => return,
+        };
+        self.port_rules.touch(name);
+        let new = match change {
+            Change::PutSandbox(s) => Some(s),
+            _ => None,
+        };
+        let endpoints = self.state.sandboxes.get(name).into_iter().chain(new).flat_map(|s| s.endpoints.iter());
+        let ifnames: Vec<String> = endpoints.map(|e| e.host_ifname.clone()).collect();
+        if let Some(touched) = self.touched_links.as_mut() {
+            touched.extend(ifnames);
+        }
+        if let Some(old) = self.state.sandboxes.get(name) {
+            for m in &old.ports {
+                self.port_book.remove(m);
+            }
+        }
+        if let Change::PutSandbox(new) = change {
+            for m in &new.ports {
+                self.port_book.add(m);
+            }
+        }
     }
 
     /// `commit`, then the dataplane: the change is in the kernel when this returns.

@@ -13,7 +13,7 @@ use std::{
 use crate::{
     model::{PortMapping, display_host_ip},
     portspec::{ExposeSpec, PortRange, Proto, PublishSpec},
-    sys::sockets::HostSockets,
+    sys::{sockets::HostSockets, sysctl},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +50,28 @@ impl PortBook {
             .push(m.host_ip);
     }
 
+    /// Forgets one holding of `m` (a mapping published once is held once).
+    pub fn remove(&mut self, m: &PortMapping) {
+        let key = (m.proto, m.host_port);
+        if let Some(ips) = self.taken.get_mut(&key) {
+            if let Some(at) = ips.iter().position(|ip| *ip == m.host_ip) {
+                ips.swap_remove(at);
+            }
+            if ips.is_empty() {
+                self.taken.remove(&key);
+            }
+        }
+    }
+
+    /// How many mappings it holds.
+    pub fn len(&self) -> usize {
+        self.taken.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+    }
+
     /// Within one family, the unspecified address conflicts with every address, a specific
     /// address with itself and the unspecified one.
     pub fn taken(&self, ip: Option<IpAddr>, port: u16, proto: Proto) -> bool {
@@ -57,6 +79,68 @@ impl PortBook {
             ips.iter()
                 .any(|h| is_v6(*h) == is_v6(ip) && (is_any(*h) || is_any(ip) || *h == ip))
         })
+    }
+}
+
+/// Published host ports inside the host's ephemeral range (`ip_local_port_range`), held
+/// in `ip_local_reserved_ports` so the host never picks one as the source port of its own
+/// connections (whose replies would be taken for connections to the sandbox). The host
+/// never picks a port outside that range, so those are not reserved. Counted per port (one
+/// port may be published on several addresses and both families); the sysctl is written
+/// only when the set changes, and entries natd did not add are kept.
+pub struct Reserved {
+    count: Vec<u32>,
+    written: sysctl::PortSet,
+}
+
+impl Reserved {
+    /// `published`: every port natd publishes; those the sysctl holds already are taken as
+    /// natd's own (a natd before this bookkeeping wrote them, in range or not).
+    pub fn new(published: impl IntoIterator<Item = u16>) -> Self {
+        let mut reserved = Self {
+            count: vec![0; 65536],
+            written: sysctl::PortSet::default(),
+        };
+        reserved.reset(published);
+        reserved.written = sysctl::reserved_ports()
+            .map(|now| {
+                let mut ours = sysctl::PortSet::default();
+                for port in (0..=u16::MAX).filter(|p| reserved.count[usize::from(*p)] > 0 && now.contains(*p)) {
+                    ours.insert(port);
+                }
+                ours
+            })
+            .unwrap_or_default();
+        reserved
+    }
+
+    /// Counts `published` afresh.
+    pub fn reset(&mut self, published: impl IntoIterator<Item = u16>) {
+        self.count.fill(0);
+        for port in published {
+            self.count[usize::from(port)] += 1;
+        }
+    }
+
+    pub fn add(&mut self, port: u16) {
+        self.count[usize::from(port)] += 1;
+    }
+
+    pub fn remove(&mut self, port: u16) {
+        let count = &mut self.count[usize::from(port)];
+        *count = count.saturating_sub(1);
+    }
+
+    /// Brings the sysctl in line.
+    pub fn write(&mut self) -> std::io::Result<()> {
+        let (first, last) = sysctl::local_port_range().unwrap_or((32768, 60999));
+        let mut now = sysctl::PortSet::default();
+        for port in (first..=last).filter(|p| self.count[usize::from(*p)] > 0) {
+            now.insert(port);
+        }
+        sysctl::replace_reserved_ports(&self.written, &now)?;
+        self.written = now;
+        Ok(())
     }
 }
 
@@ -117,6 +201,9 @@ pub fn host_sockets(request: &PortRequest<'_>) -> HostSockets {
 pub type Cursor = HashMap<Proto, u16>;
 
 struct Allocator<'a> {
+    /// Every mapping published before the request.
+    published: &'a PortBook,
+    /// The request's own, as they are allocated.
     book: PortBook,
     host: &'a HostSockets,
     out: Vec<PortMapping>,
@@ -143,7 +230,11 @@ impl Allocator<'_> {
 
     /// Free on every one of `ips` (one port for both families).
     fn is_free(&self, ips: &[Option<IpAddr>], proto: Proto, port: u16) -> bool {
-        !self.host.in_use.contains(&(proto, port)) && !ips.iter().any(|ip| self.book.taken(*ip, port, proto))
+        !self.host.in_use.contains(&(proto, port)) && !ips.iter().any(|ip| self.taken(*ip, port, proto))
+    }
+
+    fn taken(&self, ip: Option<IpAddr>, port: u16, proto: Proto) -> bool {
+        self.book.taken(ip, port, proto) || self.published.taken(ip, port, proto)
     }
 
     /// The first free port of a `-p` host range.
@@ -181,7 +272,7 @@ impl Allocator<'_> {
         for (h, c) in host.ports().zip(spec.container_ports.ports()) {
             for ip in ips {
                 let addr = display_host_ip(*ip);
-                if self.book.taken(*ip, h, spec.proto) {
+                if self.taken(*ip, h, spec.proto) {
                     return Err(PortError::Allocated {
                         addr,
                         port: h.to_string(),
@@ -198,17 +289,19 @@ impl Allocator<'_> {
 }
 
 /// Turns `-p`/`-P` into concrete host ports, or the first conflict in Docker's words.
-/// `existing` is every mapping already published; `random` the range random ports come
-/// from.
-pub fn allocate<'a>(
-    existing: impl IntoIterator<Item = &'a PortMapping>,
+/// `published` holds every mapping already published (the daemon keeps it up to date, so
+/// a request costs what it asks for, not what the host publishes); `random` the range
+/// random ports come from.
+pub fn allocate(
+    published: &PortBook,
     host: &HostSockets,
     random: (u16, u16),
     cursor: &mut Cursor,
     request: &PortRequest<'_>,
 ) -> Result<Vec<PortMapping>, PortError> {
     let mut alloc = Allocator {
-        book: PortBook::of(existing),
+        published,
+        book: PortBook::default(),
         host,
         out: Vec::new(),
         cursor,
@@ -270,6 +363,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_book_forgets_one_holding_at_a_time() {
+        let (any, local) = (mapping(None, 8080), mapping(Some("127.0.0.1"), 8080));
+        let mut book = PortBook::of([&any, &local, &any]);
+        book.remove(&any);
+        assert!(book.taken(Some("198.51.100.1".parse().unwrap()), 8080, Proto::Tcp), "0.0.0.0 held twice");
+        book.remove(&any);
+        assert!(!book.taken(Some("198.51.100.1".parse().unwrap()), 8080, Proto::Tcp));
+        assert!(book.taken(None, 8080, Proto::Tcp), "127.0.0.1 still holds it");
+        book.remove(&local);
+        assert!(book.is_empty() && book.len() == 0);
+    }
+
     fn publish(
         existing: &[PortMapping],
         host: &HostSockets,
@@ -282,7 +388,7 @@ mod tests {
             expose: &[],
             ipv6: false,
         };
-        allocate(existing, host, (40000, 40009), &mut Cursor::new(), &request)
+        allocate(&PortBook::of(existing), host, (40000, 40009), &mut Cursor::new(), &request)
     }
 
     #[test]
@@ -314,7 +420,7 @@ mod tests {
             expose: &[],
             ipv6: true,
         };
-        allocate(existing, &HostSockets::default(), (40000, 40009), &mut Cursor::new(), &request)
+        allocate(&PortBook::of(existing), &HostSockets::default(), (40000, 40009), &mut Cursor::new(), &request)
     }
 
     fn shown(mappings: &[PortMapping]) -> Vec<String> {
@@ -387,7 +493,7 @@ mod tests {
             expose: &expose,
             ipv6: true,
         };
-        let got = allocate([], &HostSockets::default(), (40000, 40009), &mut Cursor::new(), &request).unwrap();
+        let got = allocate(&PortBook::default(), &HostSockets::default(), (40000, 40009), &mut Cursor::new(), &request).unwrap();
         assert_eq!(shown(&got), ["0.0.0.0:40000->53/udp", "[::]:40000->53/udp"]);
     }
 
@@ -457,7 +563,7 @@ mod tests {
             expose: &expose,
             ipv6: false,
         };
-        let got = allocate([], &none, (40000, 40009), &mut Cursor::new(), &request).unwrap();
+        let got = allocate(&PortBook::default(), &none, (40000, 40009), &mut Cursor::new(), &request).unwrap();
         let shown: Vec<String> = got
             .iter()
             .map(|m| format!("{}->{}/{}", m.host_display(), m.container_port, m.proto))
@@ -482,7 +588,7 @@ mod tests {
             expose: &[],
             ipv6: false,
         };
-        let got = allocate([], &none, (10000, 65535), &mut Cursor::new(), &request).unwrap();
+        let got = allocate(&PortBook::default(), &none, (10000, 65535), &mut Cursor::new(), &request).unwrap();
         let mut ports: Vec<u16> = got.iter().map(|m| m.host_port).collect();
         ports.sort_unstable();
         ports.dedup();
@@ -500,13 +606,13 @@ mod tests {
             ipv6: false,
         };
         let mut cursor = Cursor::new();
-        let first = allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
+        let first = allocate(&PortBook::default(), &none, (40000, 40002), &mut cursor, &request).unwrap();
         // The first mapping is gone again, yet the next request gets the next port...
-        let second = allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
+        let second = allocate(&PortBook::default(), &none, (40000, 40002), &mut cursor, &request).unwrap();
         assert_eq!((first[0].host_port, second[0].host_port), (40000, 40001));
         // ...and wraps around at the end of the range.
-        allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
-        let wrapped = allocate([], &none, (40000, 40002), &mut cursor, &request).unwrap();
+        allocate(&PortBook::default(), &none, (40000, 40002), &mut cursor, &request).unwrap();
+        let wrapped = allocate(&PortBook::default(), &none, (40000, 40002), &mut cursor, &request).unwrap();
         assert_eq!(wrapped[0].host_port, 40000);
     }
 }

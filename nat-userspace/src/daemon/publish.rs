@@ -126,8 +126,7 @@ impl Daemon {
             ipv6: network.has_ipv6() && sandbox.endpoints[0].ipv6.is_some(),
         };
         let host = ports::host_sockets(&request);
-        let existing = self.state.sandboxes.values().flat_map(|s| s.ports.iter());
-        let added = ports::allocate(existing, &host, self.port_range, &mut self.port_cursor, &request)
+        let added = ports::allocate(&self.port_book, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;
         let summary: Vec<String> = added.iter().map(describe).collect();
         let before = self.port_rules_of(&sandbox);
@@ -135,7 +134,7 @@ impl Daemon {
         sandbox.ports.extend(added);
         self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
         let (new, gone) = rule_changes(&before, &self.port_rules_of(&sandbox));
-        self.sync_ports(&new, &gone).await?;
+        self.sync_ports(name, &new, &gone).await?;
         info!(sandbox = name, ports = %summary.join(", "), "ports published");
         Ok(self.view(&sandbox))
     }
@@ -184,7 +183,7 @@ impl Daemon {
             .retain(|spec| kept.next().unwrap_or(true) || spec.host_ports.is_none());
         self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
         let (new, gone) = rule_changes(&rules_before, &self.port_rules_of(&sandbox));
-        self.sync_ports(&new, &gone).await?;
+        self.sync_ports(name, &new, &gone).await?;
         info!(sandbox = name, removed, "published ports withdrawn");
         Ok(self.view(&sandbox))
     }

@@ -27,6 +27,9 @@ impl Daemon {
         if let Err(e) = self.overlay_apply().await {
             report.push(format!("overlay networks: {e}"));
         }
+        // Everything afresh, the published ports' rules and the host's links included.
+        self.port_rules.forget();
+        self.forget_view();
         let sync = self.sync_dataplane().await?;
         report.extend(sync.attached.iter().map(|l| format!("attached program {l}")));
         report.extend(

@@ -296,8 +296,7 @@ impl Daemon {
         } else {
             ports::host_sockets(&request)
         };
-        let existing = self.state.sandboxes.values().flat_map(|s| s.ports.iter());
-        let ports = ports::allocate(existing, &host, self.port_range, &mut self.port_cursor, &request)
+        let ports = ports::allocate(&self.port_book, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;
 
         let (id, id_change) = self.alloc_id();

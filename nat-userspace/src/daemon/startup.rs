@@ -41,10 +41,16 @@ impl Daemon {
         let cluster = super::overlay::join(&config, &nl).await?;
         let ula_pool = crate::ipam6::ula_pool(&super::overlay::host_id(&config.state_dir)?);
         info!(dataplane = %dataplane.kind(), ?uplinks, "dataplane ready");
+        let port_book = super::ports::PortBook::of(state.sandboxes.values().flat_map(|s| s.ports.iter()));
+        let reserved = super::ports::Reserved::new(state.sandboxes.values().flat_map(|s| s.ports.iter().map(|m| m.host_port)));
         let mut daemon = Self {
             config,
             store,
             state,
+            port_book,
+            reserved,
+            port_rules: Default::default(),
+            touched_links: None,
             nl,
             dataplane,
             uplinks,

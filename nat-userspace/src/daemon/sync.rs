@@ -3,7 +3,7 @@
 //! Runs after every mutating request, on the periodic tick (which also expires idle flows
 //! and follows address changes of the host), and at reconcile.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -134,31 +134,123 @@ impl Daemon {
                     });
                 }
             }
-            desired.ports.extend(self.port_rules_of(sandbox));
         }
         desired
     }
 
+    /// Every published-port rule, and what changed since the last sync: `None` when every
+    /// sandbox's rules were computed afresh (start, the tick, a network changed), else the
+    /// rules added and removed by the sandboxes whose records changed (`commit` marks them).
+    fn refresh_port_rules(&mut self) -> (Vec<PortRule>, Option<(Vec<PortRule>, Vec<PortRule>)>) {
+        let Some(mut by_sandbox) = self.port_rules.by_sandbox.take() else {
+            let by_sandbox: BTreeMap<String, Vec<PortRule>> = self
+                .state
+                .sandboxes
+                .values()
+                .map(|s| (s.name.clone(), self.port_rules_of(s)))
+                .filter(|(_, rules)| !rules.is_empty())
+                .collect();
+            let all = by_sandbox.values().flatten().copied().collect();
+            self.port_rules = PortRules {
+                by_sandbox: Some(by_sandbox),
+                dirty: HashSet::new(),
+            };
+            return (all, None);
+        };
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for name in std::mem::take(&mut self.port_rules.dirty) {
+            let old = by_sandbox.remove(&name).unwrap_or_default();
+            let new = self
+                .state
+                .sandboxes
+                .get(&name)
+                .map(|s| self.port_rules_of(s))
+                .unwrap_or_default();
+            let (plus, minus) = rule_diff(&old, &new);
+            added.extend(plus);
+            removed.extend(minus);
+            if !new.is_empty() {
+                by_sandbox.insert(name, new);
+            }
+        }
+        let all = by_sandbox.values().flatten().copied().collect();
+        self.port_rules.by_sandbox = Some(by_sandbox);
+        (all, Some((added, removed)))
+    }
+
+    /// The host's links and addresses: the last view with the links natd's own changes
+    /// touched looked up again (one request each), or two dumps when the view may be stale
+    /// (start, the tick, a foreign interface changed, a network changed). A dump of every
+    /// link grows with the sandboxes (and the kernel's fill of each veth's peer namespace
+    /// with the number of namespaces): not for every request.
+    async fn current_view(&mut self) -> Result<KernelView> {
+        let touched = self.touched_links.take();
+        if let (Some(mut view), Some(touched)) = (self.kernel_view.take(), touched) {
+            let mut gone = Vec::new();
+            for name in &touched {
+                match self.nl.link(name).await? {
+                    Some(link) => {
+                        view.links.insert(name.clone(), link);
+                    }
+                    None => gone.extend(view.links.remove(name).map(|l| l.index)),
+                }
+            }
+            view.addresses.retain(|(index, _)| !gone.contains(index));
+            return Ok(view);
+        }
+        self.kernel_view().await
+    }
+
+    /// The next sync takes a whole new view of the host's links and addresses.
+    pub(super) fn forget_view(&mut self) {
+        self.touched_links = None;
+    }
+
     pub(super) async fn sync_dataplane(&mut self) -> Result<SyncReport> {
-        let view = self.kernel_view().await?;
-        let desired = self.desired_dataplane(&view);
+        let view = match self.current_view().await {
+            Ok(view) => view,
+            Err(e) => {
+                self.forget_view();
+                return Err(e);
+            }
+        };
+        // From now on, natd's own changes are followed link by link (`commit`).
+        self.touched_links = Some(HashSet::new());
+        let mut desired = self.desired_dataplane(&view);
+        let (ports, changed) = self.refresh_port_rules();
+        desired.ports = ports;
         self.warn_router_advertised_edges(&desired.ifaces);
         self.kernel_view = Some(view);
-        self.apply_desired(desired).await
+        self.apply_desired(desired, changed).await
     }
 
     /// After a change of published ports only (`added`, `removed`): the rest of the last
     /// sync's state stands, so only those port rules reach the dataplane. Without a last
     /// sync (start), a full one.
-    pub(super) async fn sync_ports(&mut self, added: &[PortRule], removed: &[PortRule]) -> Result<()> {
-        let Some(desired) = self.last_desired.as_mut() else {
+    pub(super) async fn sync_ports(&mut self, sandbox: &str, added: &[PortRule], removed: &[PortRule]) -> Result<()> {
+        let (Some(desired), Some(by_sandbox)) = (self.last_desired.as_mut(), self.port_rules.by_sandbox.as_mut()) else {
             return self.sync_after_change().await;
         };
-        let gone: HashSet<u32> = removed.iter().map(|r| r.mapping_id).collect();
-        desired.ports.retain(|r| !gone.contains(&r.mapping_id));
+        // The sandbox's rules as they are now, as a sync would have computed them.
+        let mut rules = by_sandbox.remove(sandbox).unwrap_or_default();
+        rules.retain(|r| !removed.contains(r));
+        rules.extend_from_slice(added);
+        if !rules.is_empty() {
+            by_sandbox.insert(sandbox.to_string(), rules);
+        }
+        self.port_rules.dirty.remove(sandbox);
+        if !removed.is_empty() {
+            let gone: HashSet<&PortRule> = removed.iter().collect();
+            desired.ports.retain(|r| !gone.contains(r));
+        }
         desired.ports.extend_from_slice(added);
-        let ports = reserved_ports(desired);
-        if let Err(e) = sysctl::reserve_local_ports(&ports) {
+        for rule in removed.iter().filter(|r| !r.is_open_port()) {
+            self.reserved.remove(rule.host_port);
+        }
+        for rule in added.iter().filter(|r| !r.is_open_port()) {
+            self.reserved.add(rule.host_port);
+        }
+        if let Err(e) = self.reserved.write() {
             warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
         }
         self.dataplane
@@ -167,7 +259,13 @@ impl Daemon {
             .map_err(|e| stored_but_not_applied(e.into()))
     }
 
-    async fn apply_desired(&mut self, desired: Desired) -> Result<SyncReport> {
+    /// `changed`: the port rules added and removed since the last sync, when known (the
+    /// dataplane may then write only those).
+    async fn apply_desired(
+        &mut self,
+        desired: Desired,
+        changed: Option<(Vec<PortRule>, Vec<PortRule>)>,
+    ) -> Result<SyncReport> {
         // With netfilter doing the NAT, a sandbox reaching its own published port is
         // bridged back out of the port it came in on (Docker does the same without its
         // userland proxy); the eBPF dataplane routes hairpin traffic and needs no such mode.
@@ -191,14 +289,31 @@ impl Daemon {
                 warn!(bridge = %network.bridge, error = %e, "cannot set route_localnet");
             }
         }
-        // Published host ports go into ip_local_reserved_ports of natd's namespace, so the
-        // host never picks one as the source port of its own connections (whose replies
-        // would otherwise be taken for connections to the sandbox).
-        let ports = reserved_ports(&desired);
-        if let Err(e) = sysctl::reserve_local_ports(&ports) {
+        // Published host ports go into ip_local_reserved_ports of natd's namespace
+        // (`ports::Reserved`).
+        match &changed {
+            Some((added, removed)) => {
+                for rule in removed.iter().filter(|r| !r.is_open_port()) {
+                    self.reserved.remove(rule.host_port);
+                }
+                for rule in added.iter().filter(|r| !r.is_open_port()) {
+                    self.reserved.add(rule.host_port);
+                }
+            }
+            None => self.reserved.reset(reserved_ports(&desired)),
+        }
+        if let Err(e) = self.reserved.write() {
             warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
         }
-        let report = self.dataplane.sync(&desired)?;
+        let report = match &changed {
+            Some((added, removed)) => self.dataplane.sync_with_ports(&desired, added, removed),
+            None => self.dataplane.sync(&desired),
+        };
+        if report.is_err() {
+            // What reached the kernel is not known: the next sync computes everything.
+            self.port_rules = PortRules::default();
+        }
+        let report = report?;
         self.last_desired = Some(desired);
         Ok(report)
     }
@@ -236,14 +351,29 @@ impl Daemon {
         Ok(())
     }
 
-    /// Periodic housekeeping: expire idle flows and follow address changes of the host.
+    /// The dataplane's housekeeping, which the tick runs before `tick` without this lock.
+    pub fn housekeeping(&self) -> Option<std::sync::Arc<dyn crate::dataplane::Housekeeping>> {
+        self.dataplane.housekeeping()
+    }
+
+    /// Periodic housekeeping: expire idle flows (unless the dataplane's housekeeping did
+    /// outside the lock), repair what changed behind natd's back and follow address
+    /// changes of the host.
     pub async fn tick(&mut self) -> Result<()> {
-        let gc = self.dataplane.gc()?;
-        if gc.expired > 0 {
-            tracing::debug!(scanned = gc.scanned, expired = gc.expired, "conntrack gc");
+        if self.dataplane.housekeeping().is_none() {
+            log_gc(&self.dataplane.gc()?);
         }
+        self.dataplane.recheck();
+        self.port_rules = PortRules::default();
+        self.forget_view();
         self.sync_dataplane().await?;
         Ok(())
+    }
+}
+
+pub fn log_gc(gc: &crate::dataplane::GcReport) {
+    if gc.expired > 0 || gc.mappings_expired > 0 {
+        tracing::debug!(scanned = gc.scanned, expired = gc.expired, mappings = gc.mappings_expired, "conntrack gc");
     }
 }
 
@@ -456,15 +586,41 @@ fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool
     rules
 }
 
+/// Published-port rules by sandbox as the last sync computed them (`None`: to be computed
+/// from every sandbox), and the sandboxes whose records changed since (`commit` adds them).
+#[derive(Default)]
+pub(super) struct PortRules {
+    by_sandbox: Option<BTreeMap<String, Vec<PortRule>>>,
+    dirty: HashSet<String>,
+}
+
+impl PortRules {
+    /// A sandbox's record changed (its rules are computed again at the next sync).
+    pub(super) fn touch(&mut self, sandbox: &str) {
+        if self.by_sandbox.is_some() {
+            self.dirty.insert(sandbox.to_string());
+        }
+    }
+
+    /// Something every rule may depend on changed (a network).
+    pub(super) fn forget(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Rules in `after` and not in `before`, and the other way round.
+fn rule_diff(before: &[PortRule], after: &[PortRule]) -> (Vec<PortRule>, Vec<PortRule>) {
+    let (had, has): (HashSet<&PortRule>, HashSet<&PortRule>) = (before.iter().collect(), after.iter().collect());
+    (
+        after.iter().filter(|r| !had.contains(r)).copied().collect(),
+        before.iter().filter(|r| !has.contains(r)).copied().collect(),
+    )
+}
+
 /// Host ports to keep out of the host's own ephemeral range: published ones, not a routed
 /// network's open container ports (no host port is taken there).
-fn reserved_ports(desired: &Desired) -> Vec<u16> {
-    desired
-        .ports
-        .iter()
-        .filter(|r| !r.is_open_port())
-        .map(|r| r.host_port)
-        .collect()
+fn reserved_ports(desired: &Desired) -> impl Iterator<Item = u16> + '_ {
+    desired.ports.iter().filter(|r| !r.is_open_port()).map(|r| r.host_port)
 }
 
 /// A global unicast address (not link-local, loopback, multicast or unspecified).

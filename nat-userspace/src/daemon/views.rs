@@ -1,8 +1,10 @@
 //! What the API shows: records with their live status, counters, flows, `info`.
+use std::collections::HashSet;
+
 use super::{Daemon, error::Result};
 use crate::{
     api::{AttachedSandbox, InfoResponse, MappingStatsView, NetworkView, SandboxView, StatsView},
-    dataplane::Flow,
+    dataplane::{Flow, Housekeeping, Stats},
     model::{Network, Sandbox},
     sys::process,
 };
@@ -84,12 +86,49 @@ impl Daemon {
             .collect()
     }
 
-    pub fn stats(&self) -> StatsView {
-        let raw = self.dataplane.stats();
+    /// What reading the statistics needs, taken under the lock without reading a map: the
+    /// read itself (`StatsSource::read`) runs after the lock is released. `exact`: see
+    /// `Housekeeping::stats`.
+    pub fn stats_source(&self, exact: bool) -> StatsSource {
+        let dataplane = self.dataplane.kind().to_string();
+        match self.dataplane.housekeeping() {
+            Some(keeper) => StatsSource {
+                dataplane,
+                read: Read::Keeper(keeper, self.dataplane.mapping_slots(), exact),
+            },
+            None => StatsSource {
+                dataplane,
+                read: Read::Done(self.dataplane.stats()),
+            },
+        }
+    }
+
+    /// `raw` with each mapping's sandbox and description. With `limit`, only the `limit`
+    /// busiest mappings (by packets) are listed one by one, the others summed into one
+    /// row whose mapping is `other`.
+    pub fn stats_view(&self, dataplane: String, raw: Stats, limit: Option<usize>) -> StatsView {
+        let shown: Option<HashSet<u32>> = limit.filter(|l| raw.mappings.len() > *l).map(|limit| {
+            let mut busiest: Vec<(u64, u32)> = raw.mappings.iter().map(|(id, (packets, _))| (*packets, *id)).collect();
+            busiest.select_nth_unstable_by(limit.saturating_sub(1), |a, b| b.cmp(a));
+            busiest.truncate(limit);
+            busiest.into_iter().map(|(_, id)| id).collect()
+        });
         let mut mappings = Vec::new();
+        let mut other = MappingStatsView {
+            sandbox: String::new(),
+            mapping: "other".into(),
+            mapping_id: 0,
+            packets: 0,
+            bytes: 0,
+        };
         for sandbox in self.state.sandboxes.values() {
             for rule in self.port_rules_of(sandbox) {
                 let (packets, bytes) = raw.mappings.get(&rule.mapping_id).copied().unwrap_or_default();
+                if shown.as_ref().is_some_and(|s| !s.contains(&rule.mapping_id)) {
+                    other.packets += packets;
+                    other.bytes += bytes;
+                    continue;
+                }
                 let host = rule
                     .host_ip
                     .map(|i| i.to_string())
@@ -106,12 +145,20 @@ impl Daemon {
                 });
             }
         }
+        if shown.is_some() {
+            mappings.push(other);
+        }
         StatsView {
-            dataplane: self.dataplane.kind().to_string(),
+            dataplane,
             counters: raw.counters,
             mappings,
             maps: raw.maps,
         }
+    }
+
+    /// Published ports with series of their own in /metrics.
+    pub fn metrics_port_series(&self) -> usize {
+        self.config.metrics_port_series
     }
 
     /// (sandboxes, networks) managed.
@@ -158,5 +205,27 @@ impl Daemon {
             last_reconcile: self.last_reconcile.clone(),
             cluster: self.cluster_info(),
         }
+    }
+}
+
+enum Read {
+    Keeper(std::sync::Arc<dyn Housekeeping>, Vec<(u32, u32)>, bool),
+    Done(Stats),
+}
+
+/// Statistics to read outside the daemon's lock (see `Daemon::stats_source`).
+pub struct StatsSource {
+    pub dataplane: String,
+    read: Read,
+}
+
+impl StatsSource {
+    /// Reads the maps (blocking: run it off the async workers).
+    pub fn read(self) -> (String, Stats) {
+        let stats = match self.read {
+            Read::Keeper(keeper, slots, exact) => keeper.stats(&slots, exact),
+            Read::Done(stats) => stats,
+        };
+        (self.dataplane, stats)
     }
 }

@@ -24,7 +24,7 @@ pub enum DataplaneError {
     NoneAvailable { ebpf: String, nftables: String },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IfaceRole {
     /// An edge: an interface of natd's namespace that is not natd's own (a NIC, a VLAN, a
     /// bridge natd does not run, a VPN device). Everything arriving there is from outside,
@@ -340,6 +340,9 @@ pub struct GcReport {
     pub expired: usize,
     /// Masquerade mappings whose time was up.
     pub mappings_expired: usize,
+    /// Entries each connection table holds after the pass (what it read, less what it
+    /// removed).
+    pub fill: std::collections::BTreeMap<&'static str, usize>,
 }
 
 pub trait Dataplane: Send + Sync {
@@ -347,9 +350,9 @@ pub trait Dataplane: Send + Sync {
     /// Makes the kernel match `desired`: attach what is missing, detach what is stale, and
     /// update maps element by element so no mapping is ever half-installed.
     fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError>;
-    /// Only published ports changed since the last sync (`desired` is the whole new
-    /// state): a dataplane may write just `added` and `removed`. By default, a full sync.
-    fn change_ports(
+    /// A full sync in which the published ports changed only by `added` and `removed`
+    /// (`desired` holds them all): a dataplane may write just those. By default, a full sync.
+    fn sync_with_ports(
         &mut self,
         desired: &Desired,
         added: &[PortRule],
@@ -358,12 +361,45 @@ pub trait Dataplane: Send + Sync {
         let _ = (added, removed);
         self.sync(desired)
     }
-    /// Expires idle flows; called periodically.
+    /// `sync_with_ports` when nothing but those ports changed: a dataplane may skip the
+    /// rest.
+    fn change_ports(
+        &mut self,
+        desired: &Desired,
+        added: &[PortRule],
+        removed: &[PortRule],
+    ) -> Result<SyncReport, DataplaneError> {
+        self.sync_with_ports(desired, added, removed)
+    }
+    /// Expires idle flows; called periodically (by the daemon only for a dataplane without
+    /// `housekeeping`).
     fn gc(&mut self) -> Result<GcReport, DataplaneError>;
+    /// The work that runs outside the daemon's lock (expiry, statistics), if this
+    /// dataplane has any.
+    fn housekeeping(&self) -> Option<std::sync::Arc<dyn Housekeeping>> {
+        None
+    }
+    /// The next sync compares with the kernel instead of what was last written, and checks
+    /// every attachment: the tick's repair of changes made behind natd's back.
+    fn recheck(&mut self) {}
+    /// (mapping id, statistics slot) of every published mapping, for `Housekeeping::stats`.
+    fn mapping_slots(&self) -> Vec<(u32, u32)> {
+        Vec::new()
+    }
     /// Attachments and map sizes for `natctl info`.
     fn info(&self) -> serde_json::Value;
     fn stats(&self) -> Stats;
     fn flows(&self) -> Vec<Flow>;
+}
+
+/// A dataplane's housekeeping: shared with the daemon's tasks and run without its lock.
+pub trait Housekeeping: Send + Sync {
+    /// Expires idle flows (and what only they kept).
+    fn gc(&self) -> Result<GcReport, DataplaneError>;
+    /// Counters, map fill levels and the traffic of the mappings in `slots`. `exact`:
+    /// the connection tables are counted now; else as the last expiry pass left them
+    /// (when one ran: a scrape every few seconds does not read them whole each time).
+    fn stats(&self, slots: &[(u32, u32)], exact: bool) -> Stats;
 }
 
 /// The one factory: `auto` prefers eBPF and falls back to nftables. Whatever another

@@ -2,6 +2,7 @@
 //! interface, and is the only place natd uses that interface.
 pub mod arp;
 pub mod bpf_link;
+pub mod bpf_map;
 pub mod netfilter;
 pub mod netlink;
 pub mod netns;

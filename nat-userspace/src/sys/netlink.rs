@@ -9,11 +9,11 @@ use std::{
 use futures::TryStreamExt as _;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags},
-        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType},
         route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType},
     },
 };
@@ -198,17 +198,39 @@ impl Netlink {
         self.require_link(name).await
     }
 
-    pub async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Link, NetlinkError> {
-        let message = LinkVeth::new(name, peer).mtu(mtu).build();
+    /// A veth pair whose host end `name` is up on bridge `master` and whose other end is
+    /// made directly in `netns` as `peer` (with `peer_mac` if given), both with `mtu`: one
+    /// request, and no move between namespaces (a move waits for the network stack to
+    /// quiesce, which costs milliseconds per sandbox).
+    pub async fn create_veth_into(
+        &self,
+        name: &str,
+        master: u32,
+        mtu: u32,
+        peer: &str,
+        netns: BorrowedFd<'_>,
+        peer_mac: Option<[u8; 6]>,
+    ) -> Result<Link, NetlinkError> {
+        let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .setns_by_fd(netns.as_raw_fd());
+        if let Some(mac) = peer_mac {
+            peer_message = peer_message.address(mac.to_vec());
+        }
+        let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string())
+            .mtu(mtu)
+            .controller(master)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message.build())))
+            .build();
         self.handle
             .link()
             .add(message)
             .execute()
             .await
             .map_err(request_err("create veth", name))?;
-        // The peer gets its MTU separately: IFLA_MTU of the request covers only the first end.
-        let peer_link = self.require_link(peer).await?;
-        self.set_mtu(peer_link.index, mtu).await?;
         self.require_link(name).await
     }
 
@@ -254,17 +276,6 @@ impl Netlink {
             "rename",
             name,
             LinkUnspec::new_with_index(index).name(name.to_string()).build(),
-        )
-        .await
-    }
-
-    pub async fn move_to_netns(&self, index: u32, netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
-        self.set(
-            "move to namespace",
-            index,
-            LinkUnspec::new_with_index(index)
-                .setns_by_fd(netns.as_raw_fd())
-                .build(),
         )
         .await
     }

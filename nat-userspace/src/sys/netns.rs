@@ -298,8 +298,14 @@ pub fn remove_etc(name: &str) -> io::Result<()> {
 pub fn current_cookie() -> std::io::Result<u64> {
     use std::os::fd::AsRawFd as _;
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let socket =
-        std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    // Unbound: a host whose whole ephemeral range is published (and so reserved) has no
+    // port to bind to, and the cookie needs none.
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid socket fd, a u64 out-buffer and its length.

@@ -1,7 +1,8 @@
 //! Sockets of natd's network namespace: which host ports are taken by the host's own
 //! processes. Listeners come from sock_diag (the kernel walks only its listening tables:
 //! cheap whatever the number of connections on the machine); every port in use, for
-//! picking random ports, from /proc/net (a walk of every connection).
+//! picking random ports, from a sock_diag dump of every socket (/proc/net where sock_diag
+//! is missing).
 use std::collections::HashSet;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
@@ -24,36 +25,46 @@ pub struct HostSockets {
 }
 
 /// TCP listeners and bound UDP sockets only (`in_use` holds the same), through
-/// sock_diag; falls back to `scan` if sock_diag is not available.
+/// sock_diag; falls back to /proc/net if sock_diag is not available.
 pub fn scan_listening() -> HostSockets {
+    diag_scan(false).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "sock_diag unavailable, reading /proc/net");
+        proc_scan()
+    })
+}
+
+/// Every local port in use, listening or connected, through sock_diag (one dump per
+/// family and protocol); falls back to /proc/net.
+pub fn scan() -> HostSockets {
+    diag_scan(true).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "sock_diag unavailable, reading /proc/net");
+        proc_scan()
+    })
+}
+
+/// `connected`: TCP sockets in every state too (for `in_use`), not only listeners.
+fn diag_scan(connected: bool) -> std::io::Result<HostSockets> {
     let mut out = HostSockets::default();
-    let mut socket = match diag_socket() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = %e, "sock_diag unavailable, reading /proc/net");
-            return scan();
-        }
-    };
+    let mut socket = diag_socket()?;
     for (family, protocol, proto, states) in [
         (AF_INET, IPPROTO_TCP, Proto::Tcp, StateFlags::LISTEN),
         (AF_INET6, IPPROTO_TCP, Proto::Tcp, StateFlags::LISTEN),
         (AF_INET, IPPROTO_UDP, Proto::Udp, StateFlags::all()),
         (AF_INET6, IPPROTO_UDP, Proto::Udp, StateFlags::all()),
     ] {
-        match diag_ports(&mut socket, family, protocol, states) {
-            Ok(ports) => {
-                for port in ports {
-                    out.listening.insert((proto, port));
-                    out.in_use.insert((proto, port));
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "sock_diag unavailable, reading /proc/net");
-                return scan();
+        for port in diag_ports(&mut socket, family, protocol, states)? {
+            out.listening.insert((proto, port));
+            out.in_use.insert((proto, port));
+        }
+    }
+    if connected {
+        for family in [AF_INET, AF_INET6] {
+            for port in diag_ports(&mut socket, family, IPPROTO_TCP, StateFlags::all())? {
+                out.in_use.insert((Proto::Tcp, port));
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn diag_socket() -> std::io::Result<Socket> {
@@ -117,7 +128,8 @@ fn diag_ports(
 }
 
 /// Reads /proc/net/{tcp,tcp6,udp,udp6}; a file that cannot be read counts as empty.
-pub fn scan() -> HostSockets {
+fn proc_scan() -> HostSockets {
+    use std::io::Read as _;
     let mut out = HostSockets::default();
     for (file, proto) in [
         ("/proc/net/tcp", Proto::Tcp),
@@ -125,7 +137,10 @@ pub fn scan() -> HostSockets {
         ("/proc/net/udp", Proto::Udp),
         ("/proc/net/udp6", Proto::Udp),
     ] {
-        if let Ok(text) = std::fs::read_to_string(file) {
+        // Each read of these files walks the socket tables from the start to where it
+        // left off: few large reads, not many small ones.
+        let mut text = String::with_capacity(1 << 20);
+        if std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text)).is_ok() {
             parse_into(&text, proto, &mut out);
         }
     }
@@ -172,6 +187,17 @@ mod tests {
             found.listening.contains(&(Proto::Udp, udp_port)),
             "UDP socket {udp_port}"
         );
+    }
+
+    #[test]
+    fn sock_diag_finds_a_connection_in_use() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let port = client.local_addr().expect("addr").port();
+        let found = scan();
+        assert!(found.in_use.contains(&(Proto::Tcp, port)), "connected port {port}");
+        assert!(!found.listening.contains(&(Proto::Tcp, port)), "not a listener");
+        assert!(!scan_listening().in_use.contains(&(Proto::Tcp, port)), "listeners only");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, Pod,
+    Pod,
     maps::{Array, HashMap, MapData},
 };
 use nat_common::{Addr6, CtEntry, CtKey, SourceQuota, clock, ct, names::map, port_marks};
@@ -20,6 +20,7 @@ use super::{
     err,
     kernel_form::{from_raw, from_raw6},
     mappings,
+    tables::{MapSet, read_all},
 };
 use crate::dataplane::{CtTimeout, DataplaneError, Flow, FlowMapping, GcReport};
 
@@ -199,7 +200,7 @@ fn idle<A>(now: u32, entry: &CtEntry<A>, peer: Option<&CtEntry<A>>) -> Duration 
 }
 
 fn table<'a, A: Family>(
-    ebpf: &'a mut Ebpf,
+    ebpf: &'a mut (impl MapSet + ?Sized),
     name: &str,
 ) -> Result<HashMap<&'a mut MapData, CtKey<A>, CtEntry<A>>, DataplaneError>
 where
@@ -210,7 +211,7 @@ where
 }
 
 /// Every entry of both tables of a family, and whether it is established.
-pub fn entries<A: Family>(ebpf: &Ebpf) -> Vec<(CtKey<A>, CtEntry<A>, bool)>
+pub fn entries<A: Family>(ebpf: &(impl MapSet + ?Sized)) -> Vec<(CtKey<A>, CtEntry<A>, bool)>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
@@ -220,25 +221,16 @@ where
 
 /// `entries`, and whether both tables were read to their end (a failed read ends a walk
 /// early).
-pub fn entries_read<A: Family>(ebpf: &Ebpf) -> (Vec<(CtKey<A>, CtEntry<A>, bool)>, bool)
+pub fn entries_read<A: Family>(ebpf: &(impl MapSet + ?Sized)) -> (Vec<(CtKey<A>, CtEntry<A>, bool)>, bool)
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
 {
     let (mut out, mut complete) = (Vec::new(), true);
     for (name, established) in [(A::TABLES[0], true), (A::TABLES[1], false)] {
-        let Some(m) = ebpf
-            .map(name)
-            .and_then(|m| HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(m).ok())
-        else {
-            complete = false;
-            continue;
-        };
-        for read in m.iter() {
-            match read {
-                Ok((k, e)) => out.push((k, e, established)),
-                Err(_) => complete = false,
-            }
+        match read_all::<CtKey<A>, CtEntry<A>>(ebpf, name) {
+            Ok(all) => out.extend(all.into_iter().map(|(k, e)| (k, e, established))),
+            Err(_) => complete = false,
         }
     }
     (out, complete)
@@ -261,7 +253,7 @@ impl Default for PortsInUse {
     }
 }
 
-fn generations(ebpf: &Ebpf) -> Option<Array<&MapData, u32>> {
+fn generations(ebpf: &(impl MapSet + ?Sized)) -> Option<Array<&MapData, u32>> {
     Array::try_from(ebpf.map(map::GENERATIONS)?).ok()
 }
 
@@ -282,7 +274,7 @@ fn live<A>(generations: Option<&Array<&MapData, u32>>, entry: &CtEntry<A>) -> bo
 /// entry that translates into it remains.
 /// The ports (`port_marks` indexes) the flows and mappings the pass leaves use are added
 /// to `used`.
-pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut PortsInUse) -> Result<GcReport, DataplaneError> {
+pub fn expire(ebpf: &mut (impl MapSet + ?Sized), timeouts: &Timeouts, used: &mut PortsInUse) -> Result<GcReport, DataplaneError> {
     // One family's failure does not keep the other's flows from expiring.
     let (v4, v6) = (
         expire_family::<u32>(ebpf, timeouts, used),
@@ -293,10 +285,11 @@ pub fn expire(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut PortsInUse) -> Re
         scanned: v4.scanned + v6.scanned,
         expired: v4.expired + v6.expired,
         mappings_expired: v4.mappings_expired + v6.mappings_expired,
+        fill: v4.fill.into_iter().chain(v6.fill).collect(),
     })
 }
 
-fn expire_family<A: Family>(ebpf: &mut Ebpf, timeouts: &Timeouts, used: &mut PortsInUse) -> Result<GcReport, DataplaneError>
+fn expire_family<A: Family>(ebpf: &mut (impl MapSet + ?Sized), timeouts: &Timeouts, used: &mut PortsInUse) -> Result<GcReport, DataplaneError>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
@@ -349,7 +342,7 @@ where
         }
     }
     recount_sources::<A>(ebpf, &sources)?;
-    let mut expired = 0;
+    let mut removed = (0, 0);
     let mut later = Vec::new();
     {
         let mut established = table::<A>(ebpf, A::TABLES[0])?;
@@ -357,22 +350,31 @@ where
             match unchanged(&established, flow) {
                 Check::Absent => later.push(flow),
                 Check::Changed => {}
-                Check::Unchanged => expired += remove(&mut established, flow),
+                Check::Unchanged => removed.0 += remove(&mut established, flow),
             }
         }
     }
     let mut embryonic = table::<A>(ebpf, A::TABLES[1])?;
     for flow in later {
         if unchanged(&embryonic, flow) == Check::Unchanged {
-            expired += remove(&mut embryonic, flow);
+            removed.1 += remove(&mut embryonic, flow);
         }
     }
     drop(embryonic);
+    let expired = removed.0 + removed.1;
     let mappings_expired = mappings::expire::<A>(ebpf, &usage, timeouts, now, used)?;
+    let established = all.iter().filter(|(_, _, established)| *established).count();
+    let (removed_established, removed_embryonic) = removed;
     Ok(GcReport {
         scanned: all.len(),
         expired,
         mappings_expired,
+        fill: [
+            (A::TABLES[0], established.saturating_sub(removed_established)),
+            (A::TABLES[1], (all.len() - established).saturating_sub(removed_embryonic)),
+        ]
+        .into_iter()
+        .collect(),
     })
 }
 
@@ -380,15 +382,15 @@ where
 /// flow's end is not theirs to see), so each expiry pass brings the counts back to the
 /// live flows, and forgets sources that hold none.
 fn recount_sources<A: Family>(
-    ebpf: &mut Ebpf,
+    ebpf: &mut (impl MapSet + ?Sized),
     live: &StdHashMap<A, SourceQuota>,
 ) -> Result<(), DataplaneError> {
+    let counted: Vec<(A, SourceQuota)> = read_all(ebpf, A::QUOTA).unwrap_or_default();
     let mut quota: HashMap<&mut MapData, A, SourceQuota> = HashMap::try_from(
         ebpf.map_mut(A::QUOTA)
             .ok_or_else(|| err("map missing", A::QUOTA))?,
     )
     .map_err(|e| err(A::QUOTA, e))?;
-    let counted: Vec<(A, SourceQuota)> = quota.iter().filter_map(Result::ok).collect();
     for (src, count) in counted {
         match live.get(&src) {
             None => {
@@ -441,11 +443,11 @@ where
 /// Flows that leave by interface `old` leave by `new` from now on (an uplink whose role a
 /// bridge took over, or gave back: same MAC, another interface). Returns how many entries
 /// changed.
-pub fn retarget(ebpf: &mut Ebpf, old: u32, new: u32) -> Result<usize, DataplaneError> {
+pub fn retarget(ebpf: &mut (impl MapSet + ?Sized), old: u32, new: u32) -> Result<usize, DataplaneError> {
     Ok(retarget_family::<u32>(ebpf, old, new)? + retarget_family::<Addr6>(ebpf, old, new)?)
 }
 
-fn retarget_family<A: Family>(ebpf: &mut Ebpf, old: u32, new: u32) -> Result<usize, DataplaneError>
+fn retarget_family<A: Family>(ebpf: &mut (impl MapSet + ?Sized), old: u32, new: u32) -> Result<usize, DataplaneError>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
@@ -470,13 +472,13 @@ where
 }
 
 /// Every tracked flow entry as `natctl ct ls` shows it.
-pub fn flows(ebpf: &Ebpf, timeouts: &Timeouts, mapping_of_slot: impl Fn(u32) -> Option<u32>) -> Vec<Flow> {
+pub fn flows(ebpf: &(impl MapSet + ?Sized), timeouts: &Timeouts, mapping_of_slot: impl Fn(u32) -> Option<u32>) -> Vec<Flow> {
     let mut out = flows_of::<u32>(ebpf, timeouts, &mapping_of_slot);
     out.extend(flows_of::<Addr6>(ebpf, timeouts, &mapping_of_slot));
     out
 }
 
-fn flows_of<A: Family>(ebpf: &Ebpf, timeouts: &Timeouts, mapping_of_slot: &impl Fn(u32) -> Option<u32>) -> Vec<Flow>
+fn flows_of<A: Family>(ebpf: &(impl MapSet + ?Sized), timeouts: &Timeouts, mapping_of_slot: &impl Fn(u32) -> Option<u32>) -> Vec<Flow>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,

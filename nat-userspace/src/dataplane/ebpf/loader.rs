@@ -232,6 +232,10 @@ pub struct Links<'a> {
     pub cgroup_root: Option<&'a Path>,
     /// What running programs are, by id (filled when an id is first seen on a link).
     pub programs: &'a mut ProgramCache,
+    /// Interfaces whose pinned links a sync checked since the last full check: a link of
+    /// one of them that is still pinned is not checked again (a request adds or removes
+    /// a sandbox, not every link of the host).
+    pub checked: &'a BTreeSet<(u32, String, IfaceRole)>,
 }
 
 /// What makes a program the one natd wants on a link: its instructions (the kernel's tag)
@@ -399,7 +403,8 @@ impl Links<'_> {
                 let name = format!("{}-{}-{dir}-{program}", iface.index, iface.name);
                 wanted.insert(name.clone());
                 let edge = matches!(iface.role, IfaceRole::Edge { .. });
-                plan.push((name, iface.name.clone(), direction, program, edge));
+                let known = self.checked.contains(&(iface.index, iface.name.clone(), iface.role));
+                plan.push((name, iface.name.clone(), direction, program, edge, known));
             }
         }
         let cgroup_plan: Vec<(String, &str)> = match self.cgroup_root {
@@ -432,8 +437,11 @@ impl Links<'_> {
             unpin(&self.dir.join(stale)).map_err(|e| err("detach", e))?;
             report.detached.push(stale.clone());
         }
-        for (name, ifname, direction, program, edge) in plan {
+        for (name, ifname, direction, program, edge, known) in plan {
             let pin = self.dir.join(&name);
+            if known && existing.contains(&name) {
+                continue;
+            }
             if !existing.contains(&name) {
                 match self.attach_tc(program, &ifname, direction, &pin) {
                     Ok(()) => report.attached.push(name),

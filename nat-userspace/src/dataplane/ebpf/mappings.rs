@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, Pod,
+    Pod,
     maps::{HashMap, MapData},
 };
 use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, SnatKey, SnatMapping, SnatOwner, SnatPeerKey, clock, ct, port_marks};
@@ -19,6 +19,7 @@ use nat_common::{CtEntry, CtKey, PROTO_TCP, PortKey, SnatKey, SnatMapping, SnatO
 use super::{
     conntrack::{Family, PortsInUse},
     err,
+    tables::{MapSet, read_all},
 };
 use crate::dataplane::DataplaneError;
 
@@ -80,7 +81,7 @@ where
     }
 }
 
-fn table<'a, K: Pod, V: Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<HashMap<&'a mut MapData, K, V>, DataplaneError> {
+fn table<'a, K: Pod, V: Pod>(ebpf: &'a mut (impl MapSet + ?Sized), name: &str) -> Result<HashMap<&'a mut MapData, K, V>, DataplaneError> {
     HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?).map_err(|e| err(name, e))
 }
 
@@ -88,7 +89,7 @@ fn table<'a, K: Pod, V: Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<HashMap<&
 /// and addresses no mapping accounts for. Returns how many mappings went.
 /// The ports of the mappings and holdings that stay are added to `used` (`port_marks`).
 pub fn expire<A: Family>(
-    ebpf: &mut Ebpf,
+    ebpf: &mut (impl MapSet + ?Sized),
     usage: &Usage<A>,
     timeouts: &Timeouts,
     now: u32,
@@ -108,10 +109,10 @@ where
     let mut expired = 0;
     let mut kept: StdHashMap<SnatKey<A>, u16> = StdHashMap::new();
     {
+        let read = read_all::<SnatKey<A>, SnatMapping>(ebpf, mappings_name);
+        used.complete &= read.is_ok();
+        let all = read.unwrap_or_default();
         let mut mappings = table::<SnatKey<A>, SnatMapping>(ebpf, mappings_name)?;
-        let read: Vec<_> = mappings.iter().collect();
-        used.complete &= read.iter().all(Result::is_ok);
-        let all: Vec<(SnatKey<A>, SnatMapping)> = read.into_iter().filter_map(Result::ok).collect();
         for (key, mut mapping) in all {
             if usage.alive.contains(&key) {
                 kept.insert(key, mapping.port);
@@ -145,10 +146,10 @@ where
         if ebpf.map(name).is_none() {
             continue;
         }
+        let read = read_all::<PortKey<A>, SnatOwner<A>>(ebpf, name);
+        used.complete &= read.is_ok();
+        let all = read.unwrap_or_default();
         let mut ports = table::<PortKey<A>, SnatOwner<A>>(ebpf, name)?;
-        let read: Vec<_> = ports.iter().collect();
-        used.complete &= read.iter().all(Result::is_ok);
-        let all: Vec<(PortKey<A>, SnatOwner<A>)> = read.into_iter().filter_map(Result::ok).collect();
         for (port, owner) in all {
             let mapping = SnatKey {
                 internal: owner.internal,
@@ -169,9 +170,9 @@ where
             }
         }
     }
+    let all: Vec<(SnatPeerKey<A>, u32)> = read_all(ebpf, peers_name).unwrap_or_default();
     let mut peers = table::<SnatPeerKey<A>, u32>(ebpf, peers_name)?;
-    let all: Vec<SnatPeerKey<A>> = peers.keys().filter_map(Result::ok).collect();
-    for peer in all {
+    for (peer, _) in all {
         let port = PortKey {
             addr: peer.external,
             port: peer.port,
@@ -187,12 +188,11 @@ where
 
 /// Every mapping of a family, read in one walk (`natctl ct ls` shows each flow's beside
 /// it: one walk, not a lookup per flow).
-pub fn all<A: Family>(ebpf: &Ebpf) -> StdHashMap<SnatKey<A>, SnatMapping>
+pub fn all<A: Family>(ebpf: &(impl MapSet + ?Sized)) -> StdHashMap<SnatKey<A>, SnatMapping>
 where
     SnatKey<A>: Pod + Eq + std::hash::Hash,
 {
-    ebpf.map(A::SNAT[0])
-        .and_then(|m| HashMap::<_, SnatKey<A>, SnatMapping>::try_from(m).ok())
-        .map(|m| m.iter().filter_map(Result::ok).collect())
+    read_all::<SnatKey<A>, SnatMapping>(ebpf, A::SNAT[0])
+        .map(|all| all.into_iter().collect())
         .unwrap_or_default()
 }

@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
 };
 use nat_common::{
     Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, NetInfo6,
@@ -22,6 +22,7 @@ pub use super::kernel_form::{from_raw, from_raw6, raw, raw6};
 use super::{
     conntrack::now_ticks,
     err,
+    tables::{read_all, write_all, write_per_cpu},
     kernel_form::{PortEntry, endpoint_info, iface_config, net_info, net_info6, port_entry},
     portmarks::PortMarks,
     slots::{SlotBook, SlotChange},
@@ -40,18 +41,20 @@ fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
 /// costs no read of the whole map); unknown, the kernel's map is read once. After a failed
 /// update it is unknown again.
 fn sync_hash<K, V>(
-    map: &mut HashMap<&mut MapData, K, V>,
+    ebpf: &mut Ebpf,
+    name: &str,
     want: BTreeMap<K, V>,
     mirror: &mut Option<BTreeMap<K, V>>,
-    name: &str,
 ) -> Result<(), DataplaneError>
 where
     K: aya::Pod + Ord,
     V: aya::Pod + PartialEq,
 {
-    let have = mirror
-        .take()
-        .unwrap_or_else(|| map.iter().filter_map(Result::ok).collect());
+    let have = match mirror.take() {
+        Some(have) => have,
+        None => read_all::<K, V>(ebpf, name)?.into_iter().collect(),
+    };
+    let mut map = hash_map::<K, V>(ebpf, name)?;
     for key in have.keys().filter(|k| !want.contains_key(k)) {
         let _ = map.remove(key);
     }
@@ -192,18 +195,34 @@ impl MapWriter {
     /// Makes every configuration map hold `desired`. Order matters: a program never finds
     /// a port mapping or endpoint whose generation, counters or network are not there yet.
     pub fn write(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> Result<(), DataplaneError> {
+        self.write_all_but_ports(ebpf, desired)?;
+        self.write_ports(ebpf, &desired.ports)
+    }
+
+    /// `write`, with the published ports changed only by `added` and `removed`: those alone
+    /// are written when what natd wrote is known, else every port.
+    pub fn write_with_ports(
+        &mut self,
+        ebpf: &mut Ebpf,
+        desired: &Desired,
+        added: &[PortRule],
+        removed: &[PortRule],
+    ) -> Result<(), DataplaneError> {
+        self.write_all_but_ports(ebpf, desired)?;
+        if self.change_ports(ebpf, added, removed)? {
+            return Ok(());
+        }
+        self.write_ports(ebpf, &desired.ports)
+    }
+
+    fn write_all_but_ports(&mut self, ebpf: &mut Ebpf, desired: &Desired) -> Result<(), DataplaneError> {
         let ifaces: BTreeMap<u32, IfaceConfig> = desired
             .ifaces
             .iter()
             .map(|i| (i.index, iface_config(i)))
             .collect();
         let m = &mut self.mirror;
-        sync_hash(
-            &mut hash_map(ebpf, map::IFACE_CONFIG)?,
-            ifaces,
-            &mut m.ifaces,
-            map::IFACE_CONFIG,
-        )?;
+        sync_hash(ebpf, map::IFACE_CONFIG, ifaces, &mut m.ifaces)?;
         let mut local = BTreeMap::new();
         let mut local6 = BTreeMap::new();
         for ip in &desired.local_addrs {
@@ -212,33 +231,17 @@ impl MapWriter {
                 IpAddr::V6(v6) => local6.insert(raw6(*v6), 1),
             };
         }
-        sync_hash(
-            &mut hash_map(ebpf, map::LOCAL4)?,
-            local,
-            &mut m.local,
-            map::LOCAL4,
-        )?;
-        sync_hash(
-            &mut hash_map(ebpf, map::LOCAL6)?,
-            local6,
-            &mut m.local6,
-            map::LOCAL6,
-        )?;
+        sync_hash(ebpf, map::LOCAL4, local, &mut m.local)?;
+        sync_hash(ebpf, map::LOCAL6, local6, &mut m.local6)?;
         write_networks(ebpf, &desired.networks, m)?;
         let trusted: BTreeMap<TrustKey, u32> = desired
             .trusted_edges()
             .into_iter()
             .map(|(ifindex, network_id)| (TrustKey { ifindex, network_id }, 1))
             .collect();
-        sync_hash(
-            &mut hash_map(ebpf, map::TRUSTED)?,
-            trusted,
-            &mut m.trusted,
-            map::TRUSTED,
-        )?;
+        sync_hash(ebpf, map::TRUSTED, trusted, &mut m.trusted)?;
         self.write_endpoints(ebpf, &desired.endpoints)?;
-        write_config(ebpf, desired, self.port_filter, &mut self.mirror.config)?;
-        self.write_ports(ebpf, &desired.ports)
+        write_config(ebpf, desired, self.port_filter, &mut self.mirror.config)
     }
 
     fn write_endpoints(&mut self, ebpf: &mut Ebpf, endpoints: &[EndpointRule]) -> Result<(), DataplaneError> {
@@ -262,18 +265,8 @@ impl MapWriter {
                 IpAddr::V6(v6) => want6.insert(raw6(v6), info),
             };
         }
-        sync_hash(
-            &mut hash_map(ebpf, map::ENDPOINTS4)?,
-            want,
-            &mut self.mirror.endpoints,
-            map::ENDPOINTS4,
-        )?;
-        sync_hash(
-            &mut hash_map(ebpf, map::ENDPOINTS6)?,
-            want6,
-            &mut self.mirror.endpoints6,
-            map::ENDPOINTS6,
-        )
+        sync_hash(ebpf, map::ENDPOINTS4, want, &mut self.mirror.endpoints)?;
+        sync_hash(ebpf, map::ENDPOINTS6, want6, &mut self.mirror.endpoints6)
     }
 
     fn write_ports(&mut self, ebpf: &mut Ebpf, ports: &[PortRule]) -> Result<(), DataplaneError> {
@@ -307,18 +300,8 @@ impl MapWriter {
             let wanted = want.keys().filter_map(port_marks::of_port);
             marks.mark_all(wanted.chain(want6.keys().filter_map(port_marks::of_port)), now);
         }
-        sync_hash(
-            &mut hash_map(ebpf, map::PORTS4)?,
-            want,
-            &mut self.mirror.ports,
-            map::PORTS4,
-        )?;
-        sync_hash(
-            &mut hash_map(ebpf, map::PORTS6)?,
-            want6,
-            &mut self.mirror.ports6,
-            map::PORTS6,
-        )
+        sync_hash(ebpf, map::PORTS4, want, &mut self.mirror.ports)?;
+        sync_hash(ebpf, map::PORTS6, want6, &mut self.mirror.ports6)
     }
 
     /// Published ports added and removed, nothing else changed: only those elements are
@@ -344,16 +327,18 @@ impl MapWriter {
             // The key does not depend on the slot.
             gone.push(port_entry(rule, 0, 0));
         }
-        let mut new = Vec::new();
         for rule in added {
             let change = self
                 .mappings
                 .take(&rule.mapping_id)
                 .map_err(|e| err("published ports", e))?;
             if let Some(SlotChange::Taken { slot, .. }) = change {
-                generations.bump(slot)?;
                 fresh.push(slot);
             }
+        }
+        generations.bump_all(&fresh)?;
+        let mut new = Vec::new();
+        for rule in added {
             let slot = self.mappings.slot(&rule.mapping_id).expect("taken above");
             new.push(port_entry(rule, slot, generations.get(slot)?));
         }
@@ -427,84 +412,79 @@ fn apply_port_changes<K: aya::Pod + Ord, V: aya::Pod>(
     new: impl Iterator<Item = (K, V)>,
     mirror: &mut BTreeMap<K, V>,
 ) -> Result<(), DataplaneError> {
-    let mut ports: HashMap<&mut MapData, K, V> = hash_map(ebpf, name)?;
-    for (key, _) in gone {
-        let _ = ports.remove(&key);
-        mirror.remove(&key);
+    {
+        let mut ports: HashMap<&mut MapData, K, V> = hash_map(ebpf, name)?;
+        for (key, _) in gone {
+            let _ = ports.remove(&key);
+            mirror.remove(&key);
+        }
     }
-    for (key, target) in new {
-        ports.insert(key, target, 0).map_err(|e| err(name, e))?;
-        mirror.insert(key, target);
-    }
+    // A range of thousands of ports in one syscall.
+    let new: Vec<(K, V)> = new.collect();
+    write_all(ebpf, name, &new)?;
+    mirror.extend(new);
     Ok(())
 }
 
-/// `NATD_GENERATIONS`, read and bumped slot by slot; a slot's value is read from the
-/// kernel once and then known (natd is its only writer).
+/// `NATD_GENERATIONS`: read once in a batch, then known (natd is its only writer), and
+/// bumped slot by slot or in a batch.
 struct Generations<'a> {
-    array: Array<&'a mut MapData, u32>,
+    ebpf: &'a mut Ebpf,
     known: &'a mut StdHashMap<u32, u32>,
 }
 
 impl<'a> Generations<'a> {
     fn open(ebpf: &'a mut Ebpf, known: &'a mut StdHashMap<u32, u32>) -> Result<Self, DataplaneError> {
-        let array = Array::try_from(
-            ebpf.map_mut(map::GENERATIONS)
-                .ok_or_else(|| err("map missing", map::GENERATIONS))?,
-        )
-        .map_err(|e| err(map::GENERATIONS, e))?;
-        Ok(Self { array, known })
+        if known.is_empty() {
+            // Every slot in one batched read, not one lookup per slot as it is needed.
+            known.extend(read_all::<u32, u32>(ebpf, map::GENERATIONS)?);
+        }
+        Ok(Self { ebpf, known })
     }
 
     fn get(&mut self, slot: u32) -> Result<u32, DataplaneError> {
         if let Some(g) = self.known.get(&slot) {
             return Ok(*g);
         }
-        let g = self.array.get(&slot, 0).map_err(|e| err(map::GENERATIONS, e))?;
+        let array: Array<&MapData, u32> = Array::try_from(
+            self.ebpf
+                .map(map::GENERATIONS)
+                .ok_or_else(|| err("map missing", map::GENERATIONS))?,
+        )
+        .map_err(|e| err(map::GENERATIONS, e))?;
+        let g = array.get(&slot, 0).map_err(|e| err(map::GENERATIONS, e))?;
         self.known.insert(slot, g);
         Ok(g)
     }
 
     fn bump(&mut self, slot: u32) -> Result<(), DataplaneError> {
-        let next = self.get(slot)?.wrapping_add(1);
-        self.known.remove(&slot);
-        self.array
-            .set(slot, next, 0)
-            .map_err(|e| err(map::GENERATIONS, e))?;
-        self.known.insert(slot, next);
+        self.bump_all(&[slot])
+    }
+
+    /// Every slot of `slots` to its next generation, in one write.
+    fn bump_all(&mut self, slots: &[u32]) -> Result<(), DataplaneError> {
+        let mut next = Vec::with_capacity(slots.len());
+        for slot in slots {
+            next.push((*slot, self.get(*slot)?.wrapping_add(1)));
+        }
+        // Unknown until written: a failed write leaves them to be read again.
+        for slot in slots {
+            self.known.remove(slot);
+        }
+        write_all(&*self.ebpf, map::GENERATIONS, &next)?;
+        self.known.extend(next);
         Ok(())
     }
 }
 
 fn zero_stats(ebpf: &mut Ebpf, slots: &[u32]) -> Result<(), DataplaneError> {
-    if slots.is_empty() {
-        return Ok(());
-    }
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| err("nr_cpus", e))?;
-    let mut stats: PerCpuArray<&mut MapData, MappingStats> = PerCpuArray::try_from(
-        ebpf.map_mut(map::MAPPING_STATS)
-            .ok_or_else(|| err("map missing", map::MAPPING_STATS))?,
-    )
-    .map_err(|e| err(map::MAPPING_STATS, e))?;
-    for slot in slots {
-        let zeros = PerCpuValues::try_from(vec![MappingStats::default(); cpus])
-            .map_err(|e| err(map::MAPPING_STATS, e))?;
-        stats
-            .set(*slot, zeros, 0)
-            .map_err(|e| err(map::MAPPING_STATS, e))?;
-    }
-    Ok(())
+    write_per_cpu(ebpf, map::MAPPING_STATS, slots, MappingStats::default())
 }
 
 fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule], m: &mut Mirror) -> Result<(), DataplaneError> {
     let infos: Vec<NetInfo4> = networks.iter().map(net_info).collect();
     let by_id: BTreeMap<u32, NetInfo4> = infos.iter().map(|i| (i.network_id, *i)).collect();
-    sync_hash(
-        &mut hash_map(ebpf, map::NETWORKS)?,
-        by_id,
-        &mut m.networks,
-        map::NETWORKS,
-    )?;
+    sync_hash(ebpf, map::NETWORKS, by_id, &mut m.networks)?;
     let want: BTreeMap<(u32, [u8; 4]), NetInfo4> = infos
         .iter()
         .map(|i| ((u32::from(i.prefix_len), i.subnet.to_ne_bytes()), *i))
@@ -597,10 +577,3 @@ pub fn write_netns_cookie(ebpf: &mut Ebpf, cookie: u64) -> Result<(), DataplaneE
     netns.set(0, cookie, 0).map_err(|e| err(map::NETNS, e))
 }
 
-/// Entries of a hash map, for `stats` (0 when the map cannot be read).
-pub fn entries<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> usize {
-    ebpf.map(name)
-        .and_then(|m| HashMap::<_, K, V>::try_from(m).ok())
-        .map(|m| m.keys().count())
-        .unwrap_or(0)
-}

@@ -2,6 +2,7 @@
 //! tracking and the isolation. `loader` loads and attaches (pinned, adopted on restart),
 //! `maps` writes the configuration maps, `conntrack` expires and lists flows.
 pub mod conntrack;
+pub mod housekeeper;
 pub mod kernel_form;
 pub mod loader;
 pub mod mappings;
@@ -9,16 +10,16 @@ pub mod maps;
 mod pins;
 pub mod portmarks;
 pub mod slots;
+pub mod tables;
 
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc};
 
-use aya::{Ebpf, maps::PerCpuArray};
-use nat_common::{
-    Addr6, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, EndpointInfo, IfaceConfig, NetInfo4, Port4Key, Port4Target,
-    Port6Key, Port6Target, counter, names::map,
+use aya::Ebpf;
+use nat_common::{Ct4Entry, Ct4Key, names::map};
+
+use super::{
+    Dataplane, DataplaneError, Desired, Flow, GcReport, Housekeeping, IfaceRole, PortRule, Stats, SyncReport,
 };
-
-use super::{Dataplane, DataplaneError, Desired, Flow, GcReport, IfaceRole, PortRule, Stats, SyncReport};
 use crate::{
     config::{DaemonConfig, DataplaneKind},
     sys::netns,
@@ -38,8 +39,8 @@ pub(crate) fn err(context: &str, e: impl std::fmt::Display + std::fmt::Debug) ->
 pub struct EbpfDataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    timeouts: conntrack::Timeouts,
-    sizes: loader::TableSizes,
+    /// Expiry and reads, outside the daemon's lock.
+    keeper: Arc<housekeeper::Housekeeper>,
     cgroup_root: Option<PathBuf>,
     writer: maps::MapWriter,
     /// natd 0.1's flows, converted at the first sync (they need the mappings' slots).
@@ -52,7 +53,7 @@ pub struct EbpfDataplane {
     fast_path: bool,
     /// The interfaces (index, name, role) whose attachments the last sync checked: a sync
     /// for the same set (a port change) skips the check; every tick makes it again.
-    links_checked: Option<Vec<(u32, String, IfaceRole)>>,
+    links_checked: Option<BTreeSet<(u32, String, IfaceRole)>>,
     /// What the programs on natd's links and natd's own are (`loader::ProgramCache`).
     programs: loader::ProgramCache,
     /// The edges (ifindex, MAC, is a bridge) of the last sync, to notice one whose role
@@ -90,14 +91,15 @@ impl EbpfDataplane {
         maps::write_netns_cookie(&mut ebpf, cookie)?;
         let mut writer = maps::MapWriter::default();
         writer.adopt(&ebpf);
+        let timeouts = conntrack::Timeouts {
+            mapping_refresh_inbound: config.masquerade_refresh_inbound,
+            ..conntrack::Timeouts::with(&config.conntrack_timeouts)
+        };
+        let keeper = Arc::new(housekeeper::Housekeeper::new(&ebpf, timeouts, sizes)?);
         Ok(Self {
             ebpf,
             pin_dir,
-            timeouts: conntrack::Timeouts {
-                mapping_refresh_inbound: config.masquerade_refresh_inbound,
-                ..conntrack::Timeouts::with(&config.conntrack_timeouts)
-            },
-            sizes,
+            keeper,
             cgroup_root: loader::cgroup2_root(),
             writer,
             legacy: carry.legacy,
@@ -179,31 +181,19 @@ impl EbpfDataplane {
         pins::restore(&mut self.ebpf, map::CT4, &converted)
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        let Some(array) = self
-            .ebpf
-            .map(map::COUNTERS)
-            .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok())
-        else {
-            return Vec::new();
-        };
-        counter::ALL
-            .iter()
-            .filter_map(|(id, name)| Some((*name, array.get(id, 0).ok()?.iter().sum())))
-            .collect()
-    }
-}
-
-impl Dataplane for EbpfDataplane {
-    fn kind(&self) -> DataplaneKind {
-        DataplaneKind::Ebpf
-    }
-
-    fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
+    /// Maps first, then attachments: a program never runs on a half-filled map. `ports`:
+    /// the published ports changed only by these (added, removed).
+    fn sync_maps_then_links(
+        &mut self,
+        desired: &Desired,
+        ports: Option<(&[PortRule], &[PortRule])>,
+    ) -> Result<SyncReport, DataplaneError> {
         let mut report = SyncReport::default();
         report.attached.append(&mut self.pin_report);
-        // Maps first, then attachments: a program never runs on a half-filled map.
-        self.writer.write(&mut self.ebpf, desired)?;
+        match ports {
+            Some((added, removed)) => self.writer.write_with_ports(&mut self.ebpf, desired, added, removed)?,
+            None => self.writer.write(&mut self.ebpf, desired)?,
+        }
         self.fast_path = desired.fast_path;
         self.follow_edges(desired, &mut report)?;
         let converted = self.convert_legacy()?;
@@ -212,7 +202,7 @@ impl Dataplane for EbpfDataplane {
                 "{converted} flows of natd 0.1's connection table carried over"
             ));
         }
-        let ifaces: Vec<(u32, String, IfaceRole)> = desired
+        let ifaces: BTreeSet<(u32, String, IfaceRole)> = desired
             .ifaces
             .iter()
             .map(|i| (i.index, i.name.clone(), i.role))
@@ -220,14 +210,15 @@ impl Dataplane for EbpfDataplane {
         if self.links_checked.as_ref() == Some(&ifaces) {
             return Ok(report);
         }
-        self.links_checked = None;
+        let checked = self.links_checked.take().unwrap_or_default();
         let mut links = loader::Links {
             ebpf: &mut self.ebpf,
             dir: self.pin_dir.join("links"),
             cgroup_root: self.cgroup_root.as_deref(),
             programs: &mut self.programs,
+            checked: &checked,
         };
-        // Until every link is attached, every sync tries again.
+        // Until every link is attached, every sync tries again (and checks every link).
         if links.sync(desired, &mut report)? {
             self.links_checked = Some(ifaces);
         }
@@ -248,6 +239,42 @@ impl Dataplane for EbpfDataplane {
         Ok(report)
     }
 
+}
+
+/// `natctl info`'s fill of the tables that fill with traffic, from `Housekeeping::stats`
+/// (read outside the daemon's lock).
+pub fn table_fill(stats: &Stats) -> serde_json::Value {
+    let fill = |name: &str| {
+        let (entries, capacity) = stats.maps.get(name).copied().unwrap_or_default();
+        serde_json::json!({"entries": entries, "capacity": capacity})
+    };
+    serde_json::json!({
+        "conntrack": fill(map::CT4),
+        "conntrack_embryonic": fill(map::CT4_NEW),
+        "conntrack6": fill(map::CT6),
+        "conntrack6_embryonic": fill(map::CT6_NEW),
+        "ports": fill(map::PORTS4),
+    })
+}
+
+impl Dataplane for EbpfDataplane {
+    fn kind(&self) -> DataplaneKind {
+        DataplaneKind::Ebpf
+    }
+
+    fn sync(&mut self, desired: &Desired) -> Result<SyncReport, DataplaneError> {
+        self.sync_maps_then_links(desired, None)
+    }
+
+    fn sync_with_ports(
+        &mut self,
+        desired: &Desired,
+        added: &[PortRule],
+        removed: &[PortRule],
+    ) -> Result<SyncReport, DataplaneError> {
+        self.sync_maps_then_links(desired, Some((added, removed)))
+    }
+
     fn change_ports(
         &mut self,
         desired: &Desired,
@@ -261,23 +288,28 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn gc(&mut self) -> Result<GcReport, DataplaneError> {
-        // The tick's sync, right after, compares with the kernel's maps, not with what natd
-        // remembers writing: changes made behind natd's back are repaired within a tick.
+        self.recheck();
+        self.keeper.gc()
+    }
+
+    fn housekeeping(&self) -> Option<Arc<dyn Housekeeping>> {
+        Some(self.keeper.clone())
+    }
+
+    fn recheck(&mut self) {
+        // The tick's sync compares with the kernel's maps, not with what natd remembers
+        // writing: changes made behind natd's back are repaired within a tick.
         self.writer.reread();
         self.links_checked = None;
-        // Marks made before the walks below began, of ports they find unused, go.
-        let before = conntrack::now_ticks().saturating_sub(1);
-        let mut used = conntrack::PortsInUse::default();
-        let report = conntrack::expire(&mut self.ebpf, &self.timeouts, &mut used)?;
-        if let Some(marks) = self.writer.marks(&self.ebpf)? {
-            let cleared = portmarks::sweep(&self.ebpf, marks, used, before);
-            tracing::debug!(cleared, "port marks of unused ports cleared");
-        }
-        Ok(report)
+    }
+
+    fn mapping_slots(&self) -> Vec<(u32, u32)> {
+        self.writer.mapping_slots(self.writer.mapping_ids())
     }
 
     fn info(&self) -> serde_json::Value {
         let counters: serde_json::Map<String, serde_json::Value> = self
+            .keeper
             .counters()
             .into_iter()
             .map(|(name, value)| (name.to_string(), value.into()))
@@ -293,132 +325,16 @@ impl Dataplane for EbpfDataplane {
                 "on": self.writer.port_filter(),
                 "ports_marked": self.writer.opened_marks().map(portmarks::PortMarks::marked),
             },
-            "maps": {
-                "conntrack": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4), "capacity": self.sizes.established},
-                "conntrack_embryonic": {"entries": maps::entries::<Ct4Key, Ct4Entry>(&self.ebpf, map::CT4_NEW), "capacity": self.sizes.embryonic},
-                "conntrack6": {"entries": maps::entries::<Ct6Key, Ct6Entry>(&self.ebpf, map::CT6), "capacity": self.sizes.established},
-                "conntrack6_embryonic": {"entries": maps::entries::<Ct6Key, Ct6Entry>(&self.ebpf, map::CT6_NEW), "capacity": self.sizes.embryonic},
-                "ports": {"entries": maps::entries::<Port4Key, Port4Target>(&self.ebpf, map::PORTS4), "capacity": nat_common::MAX_PORT_MAPPINGS},
-            },
         })
     }
 
     fn stats(&self) -> Stats {
-        let mut stats = Stats {
-            counters: self
-                .counters()
-                .into_iter()
-                .map(|(name, value)| (name.to_string(), value))
-                .collect(),
-            mappings: self.writer.mapping_stats(&self.ebpf, self.writer.mapping_ids()),
-            ..Default::default()
-        };
-        let ebpf = &self.ebpf;
-        for (name, entries, capacity) in [
-            (
-                map::CT4,
-                maps::entries::<Ct4Key, Ct4Entry>(ebpf, map::CT4),
-                self.sizes.established,
-            ),
-            (
-                map::CT4_NEW,
-                maps::entries::<Ct4Key, Ct4Entry>(ebpf, map::CT4_NEW),
-                self.sizes.embryonic,
-            ),
-            (
-                map::CT6,
-                maps::entries::<Ct6Key, Ct6Entry>(ebpf, map::CT6),
-                self.sizes.established,
-            ),
-            (
-                map::CT6_NEW,
-                maps::entries::<Ct6Key, Ct6Entry>(ebpf, map::CT6_NEW),
-                self.sizes.embryonic,
-            ),
-            (
-                map::PORTS4,
-                maps::entries::<Port4Key, Port4Target>(ebpf, map::PORTS4),
-                nat_common::MAX_PORT_MAPPINGS,
-            ),
-            (
-                map::PORTS6,
-                maps::entries::<Port6Key, Port6Target>(ebpf, map::PORTS6),
-                nat_common::MAX_PORT_MAPPINGS,
-            ),
-            (
-                map::ENDPOINTS6,
-                maps::entries::<Addr6, EndpointInfo>(ebpf, map::ENDPOINTS6),
-                nat_common::MAX_ENDPOINTS,
-            ),
-            (
-                map::ENDPOINTS4,
-                maps::entries::<u32, EndpointInfo>(ebpf, map::ENDPOINTS4),
-                nat_common::MAX_ENDPOINTS,
-            ),
-            (
-                map::LOCAL4,
-                maps::entries::<u32, u32>(ebpf, map::LOCAL4),
-                nat_common::MAX_LOCAL_ADDRS,
-            ),
-            (
-                map::NETWORKS,
-                maps::entries::<u32, NetInfo4>(ebpf, map::NETWORKS),
-                nat_common::MAX_NETWORKS,
-            ),
-            (
-                map::IFACE_CONFIG,
-                maps::entries::<u32, IfaceConfig>(ebpf, map::IFACE_CONFIG),
-                nat_common::MAX_IFACES,
-            ),
-            (
-                map::SNAT4,
-                maps::entries::<nat_common::Snat4Key, nat_common::SnatMapping>(ebpf, map::SNAT4),
-                nat_common::MAX_SNAT_MAPPINGS,
-            ),
-            (
-                map::SNAT6,
-                maps::entries::<nat_common::Snat6Key, nat_common::SnatMapping>(ebpf, map::SNAT6),
-                nat_common::MAX_SNAT_MAPPINGS,
-            ),
-            (
-                map::SNAT4_PORTS,
-                maps::entries::<Port4Key, nat_common::Snat4Owner>(ebpf, map::SNAT4_PORTS),
-                nat_common::MAX_SNAT_MAPPINGS,
-            ),
-            (
-                map::SNAT6_PORTS,
-                maps::entries::<Port6Key, nat_common::Snat6Owner>(ebpf, map::SNAT6_PORTS),
-                nat_common::MAX_SNAT_MAPPINGS,
-            ),
-            (
-                map::SNAT4_SHARED,
-                maps::entries::<Port4Key, nat_common::Snat4Owner>(ebpf, map::SNAT4_SHARED),
-                nat_common::MAX_SNAT_MAPPINGS,
-            ),
-            (
-                map::SNAT6_SHARED,
-                maps::entries::<Port6Key, nat_common::Snat6Owner>(ebpf, map::SNAT6_SHARED),
-                nat_common::MAX_SNAT_MAPPINGS,
-            ),
-            (
-                map::PUNCH4,
-                maps::entries::<nat_common::Punch4Key, nat_common::Punch4>(ebpf, map::PUNCH4),
-                nat_common::MAX_PUNCHES,
-            ),
-            (
-                map::PUNCH6,
-                maps::entries::<nat_common::Punch6Key, nat_common::Punch6>(ebpf, map::PUNCH6),
-                nat_common::MAX_PUNCHES,
-            ),
-        ] {
-            stats.maps.insert(name.to_string(), (entries, capacity));
-        }
-        stats
+        self.keeper.stats(&self.mapping_slots(), true)
     }
 
     fn flows(&self) -> Vec<Flow> {
         let owners = self.writer.mapping_owners();
-        conntrack::flows(&self.ebpf, &self.timeouts, |slot| owners.get(&slot).copied())
+        conntrack::flows(&self.ebpf, &self.keeper.timeouts(), |slot| owners.get(&slot).copied())
     }
 }
 

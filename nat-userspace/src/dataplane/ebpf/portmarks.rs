@@ -14,16 +14,14 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::{
-    Ebpf, Pod,
-    maps::{HashMap, Map},
-};
+use aya::{Pod, maps::Map};
 use nat_common::{CtEntry, CtKey, PortKey, PortTarget, SnatOwner, names::map, port_marks};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 use super::{
     conntrack::{Family, PortsInUse},
     err,
+    tables::{MapSet, read_all},
 };
 use crate::dataplane::DataplaneError;
 
@@ -44,7 +42,7 @@ unsafe impl Sync for PortMarks {}
 impl PortMarks {
     /// The loaded object's marks; `None` for an object from before them (layout 1, which
     /// a test build can load as the previous datapath).
-    pub fn open(ebpf: &Ebpf) -> Result<Option<Self>, DataplaneError> {
+    pub fn open(ebpf: &(impl MapSet + ?Sized)) -> Result<Option<Self>, DataplaneError> {
         let Some(found) = ebpf.map(map::PORT_MARKS) else {
             return Ok(None);
         };
@@ -113,14 +111,14 @@ impl Drop for PortMarks {
 
 /// Every port the pinned tables use: flows, mappings' holdings and shared ports,
 /// published ports (what a takeover marks); `None` unless every table was read to its end.
-pub fn used(ebpf: &Ebpf) -> Option<HashSet<u32>> {
+pub fn used(ebpf: &(impl MapSet + ?Sized)) -> Option<HashSet<u32>> {
     let mut used = HashSet::new();
     family_used::<u32>(ebpf, &mut used)?;
     family_used::<nat_common::Addr6>(ebpf, &mut used)?;
     Some(used)
 }
 
-fn family_used<A: Family>(ebpf: &Ebpf, used: &mut HashSet<u32>) -> Option<()>
+fn family_used<A: Family>(ebpf: &(impl MapSet + ?Sized), used: &mut HashSet<u32>) -> Option<()>
 where
     CtKey<A>: Pod,
     CtEntry<A>: Pod,
@@ -143,7 +141,7 @@ where
 /// added the ports of the flows and mappings it saw to `used`): clears the marks made
 /// before `before` of ports neither those nor a published port use. Returns how many; none
 /// when a table was not read to its end (a port missing from `used` would be a live one).
-pub fn sweep(ebpf: &Ebpf, marks: &PortMarks, mut used: PortsInUse, before: u32) -> usize {
+pub fn sweep(ebpf: &(impl MapSet + ?Sized), marks: &PortMarks, mut used: PortsInUse, before: u32) -> usize {
     let published4 = keys::<PortKey<u32>, PortTarget<u32>>(ebpf, map::PORTS4);
     let published6 = keys::<PortKey<nat_common::Addr6>, PortTarget<nat_common::Addr6>>(ebpf, map::PORTS6);
     let (Some(published4), Some(published6), true) = (published4, published6, used.complete) else {
@@ -155,7 +153,7 @@ pub fn sweep(ebpf: &Ebpf, marks: &PortMarks, mut used: PortsInUse, before: u32) 
 }
 
 /// The keys of a hash map, `None` unless every one was read.
-fn keys<K: Pod, V: Pod>(ebpf: &Ebpf, name: &str) -> Option<Vec<K>> {
-    let map = HashMap::<_, K, V>::try_from(ebpf.map(name)?).ok()?;
-    map.keys().collect::<Result<Vec<K>, _>>().ok()
+fn keys<K: Pod, V: Pod>(ebpf: &(impl MapSet + ?Sized), name: &str) -> Option<Vec<K>> {
+    let all = read_all::<K, V>(ebpf, name).ok()?;
+    Some(all.into_iter().map(|(k, _)| k).collect())
 }

@@ -103,7 +103,7 @@ fn publish_latency(lab: &Lab, first_port: u16, samples: usize) -> Result<Vec<(f6
 
 /// `count` established flows written straight into natd's pinned connection table (they
 /// belong to no mapping; natd's GC is off during the benchmark).
-fn fill_conntrack(lab: &Lab, count: u32) -> Result<()> {
+pub fn fill_conntrack(lab: &Lab, count: u32) -> Result<()> {
     let pin = lab.bpffs.join("maps").join(map::CT4);
     let data = MapData::from_pin(&pin).with_context(|| format!("open {}", pin.display()))?;
     let mut table: HashMap<MapData, Ct4Key, Ct4Entry> = HashMap::try_from(Map::HashMap(data))?;
@@ -310,6 +310,19 @@ pub fn memory(mappings: u32, sandboxes: u32, results: &mut Results) -> Result<()
     let mut args = vec!["run".to_string(), "--name".into(), "filler".into()];
     args.extend(publish_args(&filler_ports(mappings)));
     lab.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (rss_mib, map_mib) = natd_memory(&lab);
+    let s = &mut results.samples;
+    s.push(
+        Sample::new("control", "ebpf", mappings, "rss_mib", rss_mib)
+            .detail(format!("{sandboxes} sandboxes")),
+    );
+    s.push(Sample::new("control", "ebpf", mappings, "map_kib", map_mib * 1024.0));
+    Ok(())
+}
+
+/// natd's resident memory and the kernel memory of the maps pinned under its bpffs
+/// directory, MiB.
+pub fn natd_memory(lab: &Lab) -> (f64, f64) {
     let pid = lab.natd.as_ref().map(|n| n.child.id()).unwrap_or(0);
     // natd runs under nsenter: its child is the real process.
     let natd_pid = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -342,11 +355,13 @@ pub fn memory(mappings: u32, sandboxes: u32, results: &mut Results) -> Result<()
         .filter(|m| m["id"].as_u64().is_some_and(|id| pinned.contains(&id)))
         .map(|m| m["bytes_memlock"].as_f64().unwrap_or(0.0) / 1024.0)
         .sum();
-    let s = &mut results.samples;
-    s.push(
-        Sample::new("control", "ebpf", mappings, "rss_mib", rss_kib / 1024.0)
-            .detail(format!("{sandboxes} sandboxes")),
-    );
-    s.push(Sample::new("control", "ebpf", mappings, "map_kib", map_kib));
-    Ok(())
+    (rss_kib / 1024.0, map_kib / 1024.0)
+}
+
+/// Entries in natd's pinned IPv4 connection table.
+pub fn tracked(lab: &Lab) -> Result<u64> {
+    let pin = lab.bpffs.join("maps").join(map::CT4);
+    let data = MapData::from_pin(&pin).with_context(|| format!("open {}", pin.display()))?;
+    let table: HashMap<MapData, Ct4Key, Ct4Entry> = HashMap::try_from(Map::HashMap(data))?;
+    Ok(table.keys().count() as u64)
 }

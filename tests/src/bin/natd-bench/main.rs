@@ -18,6 +18,7 @@ mod profile;
 mod programs;
 mod quality;
 mod report;
+mod scale;
 mod stats;
 mod targets;
 mod traffic;
@@ -113,6 +114,8 @@ pub struct Plan {
     pub flood_secs: f64,
     pub flood_pps: u32,
     pub rss: (u32, u32),
+    /// The `scale` part: sandboxes, published mappings, tracked flows (connection entries).
+    pub host_scale: (u32, u32, u32),
 }
 
 impl Plan {
@@ -133,6 +136,7 @@ impl Plan {
                 flood_secs: 2.0,
                 flood_pps: 50_000,
                 rss: (1000, 10),
+                host_scale: (200, 20_000, 50_000),
             }
         } else {
             // Ten repetitions of thirty beds must fit a quiet machine's ~80 minutes (20 s a
@@ -155,6 +159,7 @@ impl Plan {
                 flood_secs: 4.0,
                 flood_pps: 100_000,
                 rss: (10000, 100),
+                host_scale: (1000, 100_000, 250_000),
             }
         }
     }
@@ -176,7 +181,7 @@ fn main() {
                 String::from_utf8_lossy(&stamp.stdout).trim()
             ))
         });
-    // `--only traffic,ipv6,overlay,programs,profile,flood,control`: a subset of the parts (the report then
+    // `--only traffic,ipv6,overlay,programs,profile,flood,control,scale`: a subset of the parts (the report then
     // states only what ran).
     let only: Option<Vec<String>> = args
         .iter()
@@ -228,6 +233,10 @@ fn run(quick: bool, out: &Path, only: Option<&[String]>) -> Result<()> {
             control::run(&plan, n, &mut results)?;
         }
         control::memory(plan.rss.0, plan.rss.1, &mut results)?;
+    }
+    if wanted("scale") {
+        eprintln!("== control plane at host scale {:?}", plan.host_scale);
+        scale::run(&plan, &mut results)?;
     }
     results.machine.end = quality::cpu_ticks();
     report::write(&plan, out, &results, started.elapsed())?;

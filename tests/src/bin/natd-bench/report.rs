@@ -56,7 +56,14 @@ modes' traffic runs.\n\
 - control: one more port published on a running sandbox through natd's API (`natctl publish`), timed from the request \
 until a connection through the new port is answered, with the connection table empty and filled with synthetic \
 flows; nftables: one element added to a map of N (libnftables); iptables: one rule appended to Docker's chain of N \
-(the iptables command).\n";
+(the iptables command).\n\
+- scale: one natd (eBPF, housekeeping at its default 5 s) given sandboxes one `run -p 80` at a time through the API \
+(`run_ms`; `rm_ms` for 20 of them), timed for the first 20 and for the last 20 at the full count; then published \
+mappings (every TCP port left free, then UDP) and synthetic established flows written into the connection table; with \
+those present: one port published at a time, 60 ms apart (`publish_ms`), `inspect` every 10 ms for 15 s, three \
+housekeeping ticks (`read_ms`: what any call waits behind), a 10,000-port UDP range in one request, five `/metrics` \
+scrapes from the LAN, natd's RSS and its maps' kernel memory, and a restart (SIGTERM, start) until `natctl info` \
+answers (polled every 50 ms) with the flows counted before and after.\n";
 
 pub fn aggregate(samples: &[crate::Sample]) -> BTreeMap<Key, Agg> {
     let mut groups: BTreeMap<Key, Vec<f64>> = BTreeMap::new();

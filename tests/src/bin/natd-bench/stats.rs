@@ -28,6 +28,16 @@ pub struct Interval {
 }
 
 impl Interval {
+    /// One figure (a single measurement, or a percentile of many) judged as it is.
+    pub fn point(value: f64) -> Self {
+        Self {
+            median: value,
+            lo: value,
+            hi: value,
+            n: 1,
+        }
+    }
+
     pub fn has_interval(&self) -> bool {
         self.n >= MIN_PAIRS
     }

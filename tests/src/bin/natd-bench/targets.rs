@@ -209,6 +209,46 @@ pub fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Measured, f64, b
         99.0,
         true,
     ));
+    // Issue 25: the control plane at host scale.
+    let (sb_n, _, _) = plan.host_scale;
+    for (metric, what) in [("run_ms", "run -p"), ("rm_ms", "rm")] {
+        let at = |d| ("scale", sb_n, metric, Some(d), "ebpf");
+        t.push((
+            format!("{what} via the API, median at {sb_n} sandboxes <= 1.2x the first {n}", n = crate::scale::PAIRED),
+            stats::median_interval(&stats::paired_ratios(samples, at("at full size"), at("first sandboxes"))).into(),
+            1.2,
+            false,
+        ));
+    }
+    t.push((
+        format!("run -p via the API, median at {sb_n} sandboxes <= 50 ms"),
+        get("scale", sb_n, "run_ms", Some("at full size"), "ebpf"),
+        50.0,
+        false,
+    ));
+    let full = samples.iter().find(|x| x.scenario == "scale" && x.metric == "publish_ms");
+    if let Some(full) = full {
+        let (n, d) = (full.mappings, full.detail.clone());
+        let d = d.as_deref();
+        let values = |m: &str| -> Vec<f64> { stats::by_rep(samples, ("scale", n, m, d, "ebpf")).into_values().collect() };
+        let p99 = |m: &str| {
+            let mut v = values(m);
+            (!v.is_empty()).then(|| crate::control::percentile(&mut v, 0.99))
+        };
+        let single = |m: &str| values(m).first().copied();
+        let size = d.unwrap_or("");
+        for (name, value, goal) in [
+            (format!("publish one port via the API, p99 <= 1 ms ({size})"), p99("publish_ms"), 1.0),
+            (format!("any API call while housekeeping runs, p99 <= 5 ms ({size})"), p99("read_ms"), 5.0),
+            (format!("a 10,000-port range published <= 50 ms ({size})"), single("range_publish_ms"), 50.0),
+            (format!("/metrics scrape <= 50 ms ({size})"), p99("scrape_ms"), 50.0),
+            (format!("natd RSS <= 64 MiB ({size})"), single("rss_mib"), 64.0),
+            (format!("restart until the API answers <= 1000 ms ({size})"), single("restart_ready_ms"), 1000.0),
+            (format!("flows lost over the restart = 0 ({size})"), single("restart_flows_lost"), 0.0),
+        ] {
+            t.push((name, value.map(stats::Interval::point).into(), goal, false));
+        }
+    }
     let (m, sb) = plan.rss;
     t.push((
         format!("natd RSS <= 64 MiB ({m} mappings, {sb} sandboxes)"),

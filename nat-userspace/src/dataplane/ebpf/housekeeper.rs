@@ -1,0 +1,178 @@
+//! The eBPF dataplane's work that does not need the daemon's lock: the expiry pass with
+//! the sweep of port marks, and the reads behind `stats`, `info` and `/metrics`. It works
+//! on descriptors of its own (`Tables`) for the same maps, reading them in batches, so
+//! requests, which write through the loaded object under the lock, never wait for a walk
+//! of a table. What it races with is what the programs race with all the time: the
+//! expiry pass removes a flow only if neither of its entries changed since it read them,
+//! and a sweep clears only marks older than its walk.
+use std::sync::Mutex;
+
+use nat_common::{
+    Addr6, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, EndpointInfo, IfaceConfig, MappingStats, NetInfo4, Port4Key,
+    Port4Target, Port6Key, Port6Target, counter, names::map,
+};
+
+use super::{
+    conntrack::{self, PortsInUse, Timeouts},
+    loader::TableSizes,
+    portmarks::{self, PortMarks},
+    tables::{self, Tables},
+};
+use crate::dataplane::{DataplaneError, GcReport, Housekeeping, Stats};
+
+pub struct Housekeeper {
+    /// The expiry pass's descriptors (one pass at a time).
+    expiry: Mutex<Tables>,
+    /// The reads' descriptors.
+    reads: Tables,
+    marks: Option<PortMarks>,
+    /// The connection tables' fill as the last expiry pass left them.
+    last_fill: Mutex<Option<std::collections::BTreeMap<&'static str, usize>>>,
+    timeouts: Timeouts,
+    sizes: TableSizes,
+}
+
+impl Housekeeper {
+    pub fn new(ebpf: &aya::Ebpf, timeouts: Timeouts, sizes: TableSizes) -> Result<Self, DataplaneError> {
+        let expiry = Tables::share(ebpf)?;
+        let marks = PortMarks::open(&expiry)?;
+        Ok(Self {
+            expiry: Mutex::new(expiry),
+            reads: Tables::share(ebpf)?,
+            marks,
+            last_fill: Mutex::new(None),
+            timeouts,
+            sizes,
+        })
+    }
+
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let Ok(sums) = tables::per_cpu_sums::<u64>(&self.reads, map::COUNTERS, |sum, v| *sum += v) else {
+            return Vec::new();
+        };
+        counter::ALL
+            .iter()
+            .filter_map(|(id, name)| Some((*name, *sums.get(*id as usize)?)))
+            .collect()
+    }
+
+    /// Entries of a hash map (0 when it cannot be read).
+    fn entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> usize {
+        tables::count::<K, V>(&self.reads, name).unwrap_or(0)
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+}
+
+impl Housekeeping for Housekeeper {
+    fn gc(&self) -> Result<GcReport, DataplaneError> {
+        let mut tables = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
+        // Marks made before the walks below began, of ports they find unused, go.
+        let before = conntrack::now_ticks().saturating_sub(1);
+        let mut used = PortsInUse::default();
+        let report = conntrack::expire(&mut *tables, &self.timeouts, &mut used)?;
+        if let Some(marks) = &self.marks {
+            let cleared = portmarks::sweep(&*tables, marks, used, before);
+            tracing::debug!(cleared, "port marks of unused ports cleared");
+        }
+        *self.last_fill.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.fill.clone());
+        Ok(report)
+    }
+
+    fn stats(&self, slots: &[(u32, u32)], exact: bool) -> Stats {
+        let mut stats = Stats {
+            counters: self
+                .counters()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect(),
+            ..Default::default()
+        };
+        if !slots.is_empty()
+            && let Ok(per_slot) = tables::per_cpu_sums::<MappingStats>(&self.reads, map::MAPPING_STATS, |sum, v| {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+            })
+        {
+            stats.mappings = slots
+                .iter()
+                .filter_map(|(id, slot)| {
+                    let s = per_slot.get(*slot as usize)?;
+                    Some((*id, (s.packets, s.bytes)))
+                })
+                .collect();
+        }
+        let (established, embryonic) = (self.sizes.established, self.sizes.embryonic);
+        let last = if exact {
+            None
+        } else {
+            self.last_fill.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
+        let ct4 = |name| match &last {
+            Some(fill) => fill.get(name).copied().unwrap_or(0),
+            None => self.entries::<Ct4Key, Ct4Entry>(name),
+        };
+        let ct6 = |name| match &last {
+            Some(fill) => fill.get(name).copied().unwrap_or(0),
+            None => self.entries::<Ct6Key, Ct6Entry>(name),
+        };
+        for (name, entries, capacity) in [
+            (map::CT4, ct4(map::CT4), established),
+            (map::CT4_NEW, ct4(map::CT4_NEW), embryonic),
+            (map::CT6, ct6(map::CT6), established),
+            (map::CT6_NEW, ct6(map::CT6_NEW), embryonic),
+            (map::PORTS4, self.entries::<Port4Key, Port4Target>(map::PORTS4), nat_common::MAX_PORT_MAPPINGS),
+            (map::PORTS6, self.entries::<Port6Key, Port6Target>(map::PORTS6), nat_common::MAX_PORT_MAPPINGS),
+            (map::ENDPOINTS6, self.entries::<Addr6, EndpointInfo>(map::ENDPOINTS6), nat_common::MAX_ENDPOINTS),
+            (map::ENDPOINTS4, self.entries::<u32, EndpointInfo>(map::ENDPOINTS4), nat_common::MAX_ENDPOINTS),
+            (map::LOCAL4, self.entries::<u32, u32>(map::LOCAL4), nat_common::MAX_LOCAL_ADDRS),
+            (map::NETWORKS, self.entries::<u32, NetInfo4>(map::NETWORKS), nat_common::MAX_NETWORKS),
+            (map::IFACE_CONFIG, self.entries::<u32, IfaceConfig>(map::IFACE_CONFIG), nat_common::MAX_IFACES),
+            (
+                map::SNAT4,
+                self.entries::<nat_common::Snat4Key, nat_common::SnatMapping>(map::SNAT4),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT6,
+                self.entries::<nat_common::Snat6Key, nat_common::SnatMapping>(map::SNAT6),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT4_PORTS,
+                self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_PORTS),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT6_PORTS,
+                self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_PORTS),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT4_SHARED,
+                self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_SHARED),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::SNAT6_SHARED,
+                self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_SHARED),
+                nat_common::MAX_SNAT_MAPPINGS,
+            ),
+            (
+                map::PUNCH4,
+                self.entries::<nat_common::Punch4Key, nat_common::Punch4>(map::PUNCH4),
+                nat_common::MAX_PUNCHES,
+            ),
+            (
+                map::PUNCH6,
+                self.entries::<nat_common::Punch6Key, nat_common::Punch6>(map::PUNCH6),
+                nat_common::MAX_PUNCHES,
+            ),
+        ] {
+            stats.maps.insert(name.to_string(), (entries, capacity));
+        }
+        stats
+    }
+}
