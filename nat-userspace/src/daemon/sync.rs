@@ -141,7 +141,7 @@ impl Daemon {
     /// Every published-port rule, and what changed since the last sync: `None` when every
     /// sandbox's rules were computed afresh (start, the tick, a network changed), else the
     /// rules added and removed by the sandboxes whose records changed (`commit` marks them).
-    fn refresh_port_rules(&mut self) -> (Vec<PortRule>, Option<(Vec<PortRule>, Vec<PortRule>)>) {
+    fn refresh_port_rules(&mut self) -> (Vec<PortRule>, Option<PortChange>) {
         let Some(mut by_sandbox) = self.port_rules.by_sandbox.take() else {
             let by_sandbox: BTreeMap<String, Vec<PortRule>> = self
                 .state
@@ -264,7 +264,7 @@ impl Daemon {
     async fn apply_desired(
         &mut self,
         desired: Desired,
-        changed: Option<(Vec<PortRule>, Vec<PortRule>)>,
+        changed: Option<PortChange>,
     ) -> Result<SyncReport> {
         // With netfilter doing the NAT, a sandbox reaching its own published port is
         // bridged back out of the port it came in on (Docker does the same without its
@@ -585,6 +585,9 @@ fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool
     rules.retain(|r| seen.insert((r.host_ip, r.host_port, r.proto, r.target, r.target_port)));
     rules
 }
+
+/// Published-port rules added and removed.
+type PortChange = (Vec<PortRule>, Vec<PortRule>);
 
 /// Published-port rules by sandbox as the last sync computed them (`None`: to be computed
 /// from every sandbox), and the sandboxes whose records changed since (`commit` adds them).
