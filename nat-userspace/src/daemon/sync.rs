@@ -232,15 +232,15 @@ impl Daemon {
             return self.sync_after_change().await;
         };
         // The sandbox's rules as they are now, as a sync would have computed them.
+        let gone: HashSet<&PortRule> = removed.iter().collect();
         let mut rules = by_sandbox.remove(sandbox).unwrap_or_default();
-        rules.retain(|r| !removed.contains(r));
+        rules.retain(|r| !gone.contains(r));
         rules.extend_from_slice(added);
         if !rules.is_empty() {
             by_sandbox.insert(sandbox.to_string(), rules);
         }
         self.port_rules.dirty.remove(sandbox);
         if !removed.is_empty() {
-            let gone: HashSet<&PortRule> = removed.iter().collect();
             desired.ports.retain(|r| !gone.contains(r));
         }
         desired.ports.extend_from_slice(added);
