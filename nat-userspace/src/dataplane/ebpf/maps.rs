@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
 };
 use nat_common::{
     Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, NetInfo6,
@@ -365,43 +365,11 @@ impl MapWriter {
         self.mirror.ports6 = Some(mirror6);
         Ok(true)
     }
-
-    /// Packets and bytes of each published mapping: mapping id -> (packets, bytes).
-    pub fn mapping_stats(
-        &self,
-        ebpf: &Ebpf,
-        ids: impl IntoIterator<Item = u32>,
-    ) -> BTreeMap<u32, (u64, u64)> {
-        let Some(stats) = ebpf
-            .map(map::MAPPING_STATS)
-            .and_then(|m| PerCpuArray::<_, MappingStats>::try_from(m).ok())
-        else {
-            return BTreeMap::new();
-        };
-        self.mapping_slots(ids)
-            .into_iter()
-            .filter_map(|(id, slot)| {
-                let values = stats.get(&slot, 0).ok()?;
-                Some((
-                    id,
-                    (
-                        values.iter().map(|v| v.packets).sum(),
-                        values.iter().map(|v| v.bytes).sum(),
-                    ),
-                ))
-            })
-            .collect()
-    }
 }
 
-/// The entries of a pinned hash map (none when it cannot be read).
+/// The entries of a pinned hash map, read in batches (none when it cannot be read).
 fn pinned<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> impl Iterator<Item = (K, V)> {
-    let entries: Vec<(K, V)> = ebpf
-        .map(name)
-        .and_then(|m| HashMap::<_, K, V>::try_from(m).ok())
-        .map(|m| m.iter().filter_map(Result::ok).collect())
-        .unwrap_or_default();
-    entries.into_iter()
+    read_all::<K, V>(ebpf, name).unwrap_or_default().into_iter()
 }
 
 /// Removes the `gone` keys and writes the `new` entries of one port map and its mirror.
