@@ -472,6 +472,62 @@ fn idle_flows_expire() {
     );
 }
 
+/// Changes made to natd's kernel state behind its back are found by the housekeeping
+/// tick (which compares outside the daemon's lock) and repaired, and only those: with
+/// requests running and nothing changed, no tick reports a change (the control that the
+/// comparison matches what natd wrote). Tampered with: a published port's entry deleted
+/// from the pinned table, then the uplink's pinned ingress link removed (its program
+/// detached);
+/// each breaks the published port (seen from the LAN) until the next tick repairs it.
+#[test]
+fn the_tick_repairs_what_was_changed_behind_natds_back_and_nothing_else() {
+    use nat_common::{Port4Key, Port4Target, names::map};
+    let lab = Lab::started(&["--dataplane", "ebpf", "--gc-interval", "2"]);
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8080).as_deref(), Some(EXT_IP), "control: published");
+    // Requests while ticks run: none of their writes may look like drift.
+    for i in 0..4 {
+        lab.ok(&["run", "--name", &format!("other{i}"), "-p", &format!("{}:80", 9000 + i), "--", "sleep", "60"]);
+        lab.ok(&["publish", "web", &format!("{}:80/udp", 7000 + i)]);
+    }
+    lab.ok(&["rm", "other0"]);
+    std::thread::sleep(Duration::from_secs(5));
+    let drift = "changed behind natd's back";
+    assert!(!lab.natd_log().contains(drift), "no change reported:\n{}", lab.natd_log());
+
+    let data = aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::PORTS4)).expect("pinned port table");
+    let mut ports = aya::maps::HashMap::<_, Port4Key, Port4Target>::try_from(aya::maps::Map::from_map_data(data).unwrap())
+        .unwrap();
+    let web = ports
+        .keys()
+        .filter_map(Result::ok)
+        .find(|k| u16::from_be(k.port) == 8080 && k.proto == 6)
+        .expect("the published port's entry");
+    ports.remove(&web).unwrap();
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8080), None, "the entry deleted: not translated");
+    assert!(
+        wait_until(Duration::from_secs(6), || ext_tcp(&lab, HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)),
+        "repaired by a tick"
+    );
+    assert!(lab.natd_log().contains(map::PORTS4), "the repair names the table:\n{}", lab.natd_log());
+
+    let pin = std::fs::read_dir(lab.bpffs.join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("-up0-ingress-{}", program::EDGE_INGRESS)))
+        .expect("the uplink's pinned ingress link");
+    std::fs::remove_file(&pin).unwrap();
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8080), None, "its program detached: not translated");
+    assert!(
+        wait_until(Duration::from_secs(6), || ext_tcp(&lab, HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)),
+        "attached again by a tick"
+    );
+    assert!(pin.exists(), "pinned again");
+    assert_no_kernel_nat(&lab);
+}
+
 /// A natd upgrade with different programs: the pinned links are updated in place.
 #[test]
 fn restart_replaces_an_outdated_program_in_place() {

@@ -140,18 +140,7 @@ async fn serve(config: DaemonConfig) -> ExitCode {
         interval.tick().await;
         loop {
             interval.tick().await;
-            // The expiry pass walks whole tables: without the lock requests wait for.
-            let keeper = housekeeping.lock().await.housekeeping();
-            if let Some(keeper) = keeper {
-                match tokio::task::spawn_blocking(move || keeper.gc()).await {
-                    Ok(Ok(gc)) => natd::daemon::log_gc(&gc),
-                    Ok(Err(e)) => tracing::warn!("conntrack expiry: {e}"),
-                    Err(e) => tracing::warn!("conntrack expiry: {e}"),
-                }
-            }
-            if let Err(e) = housekeeping.lock().await.tick().await {
-                tracing::warn!("housekeeping: {e}");
-            }
+            natd::daemon::housekeeping_tick(&housekeeping).await;
         }
     });
     // Interfaces that appear later (a VPN coming up, a hot-plugged NIC) are edges like the

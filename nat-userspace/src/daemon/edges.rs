@@ -119,9 +119,20 @@ impl Daemon {
                 .and_then(|v| v.links.values().find(|l| l.index == index))
                 .map(|l| l.name.clone())
         };
+        // An address event may come after its link went (a sandbox removed): natd's own
+        // links are known by the link events of the same batch.
+        let own: std::collections::HashSet<u32> = events
+            .iter()
+            .filter_map(|event| match event {
+                LinkEvent::Link { index, name, .. } if self.is_own_ifname(name) => Some(*index),
+                _ => None,
+            })
+            .collect();
         let relevant = events.iter().any(|event| match event {
             LinkEvent::Link { name, .. } => !self.is_own_ifname(name),
-            LinkEvent::Address { index } => known(*index).is_none_or(|name| !self.is_own_ifname(&name)),
+            LinkEvent::Address { index } => {
+                !own.contains(index) && known(*index).is_none_or(|name| !self.is_own_ifname(&name))
+            }
             LinkEvent::Lost => true,
         });
         if relevant {

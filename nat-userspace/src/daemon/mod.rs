@@ -25,6 +25,7 @@ pub mod rollback;
 mod sandboxes;
 mod startup;
 mod sync;
+mod tick;
 mod views;
 
 use std::{
@@ -35,6 +36,7 @@ use std::{
 pub use cleanup::cleanup;
 pub use error::{DaemonError, ErrorClass};
 pub use sync::log_gc;
+pub use tick::housekeeping_tick;
 use error::{Result, not_found};
 
 use crate::{
@@ -84,8 +86,14 @@ pub struct Daemon {
     /// Edges whose accept_ra natd checked once IPv6 forwarding was on.
     ra_checked: HashSet<String>,
     fast_path: sync::FastPath,
-    /// The host's links and addresses as the last full sync saw them.
-    kernel_view: Option<sync::KernelView>,
+    /// The host's links and addresses as the last sync saw them (shared with the tick's
+    /// comparison outside the lock).
+    kernel_view: Option<std::sync::Arc<sync::KernelView>>,
+    /// Counts the syncs that may have changed `kernel_view` (the tick's comparison holds
+    /// only if none ran while it dumped).
+    view_epoch: u64,
+    /// The last sync failed: the tick syncs again whatever its drift check finds.
+    sync_failed: bool,
     /// What the last full sync gave the dataplane (port changes start from it).
     last_desired: Option<crate::dataplane::Desired>,
     /// Membership of a cluster (`--cluster-store`), for overlay networks.

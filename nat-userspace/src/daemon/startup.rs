@@ -62,6 +62,8 @@ impl Daemon {
             localnet_set: HashSet::new(),
             ra_checked: HashSet::new(),
             kernel_view: None,
+            view_epoch: 0,
+            sync_failed: false,
             last_desired: None,
             cluster,
             ula_pool,

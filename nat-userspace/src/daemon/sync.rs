@@ -27,23 +27,41 @@ use crate::{
 };
 
 /// The host's links and addresses: two netlink dumps, whatever the number of sandboxes.
+#[derive(Clone)]
 pub(super) struct KernelView {
     pub(super) addresses: Vec<(u32, IpNetwork)>,
     pub(super) links: HashMap<String, Link>,
 }
 
+impl KernelView {
+    pub(super) async fn dump(nl: &crate::sys::netlink::Netlink) -> Result<Self> {
+        Ok(Self {
+            addresses: nl.all_addresses().await?,
+            links: nl.links().await?.into_iter().map(|l| (l.name.clone(), l)).collect(),
+        })
+    }
+
+    /// Whether the two views differ in what a sync reads from them: links, and addresses
+    /// but the IPv6 link-local ones (every veth has one, a sync ignores them, and natd's
+    /// own changes look links up without their addresses).
+    pub(super) fn same_as(&self, other: &KernelView) -> bool {
+        let used = |view: &KernelView| -> std::collections::BTreeSet<(u32, IpNetwork)> {
+            view.addresses
+                .iter()
+                .filter(|(_, net)| match net.ip() {
+                    IpAddr::V6(v6) => is_global_v6(v6),
+                    IpAddr::V4(_) => true,
+                })
+                .copied()
+                .collect()
+        };
+        self.links == other.links && used(self) == used(other)
+    }
+}
+
 impl Daemon {
     async fn kernel_view(&self) -> Result<KernelView> {
-        Ok(KernelView {
-            addresses: self.nl.all_addresses().await?,
-            links: self
-                .nl
-                .links()
-                .await?
-                .into_iter()
-                .map(|l| (l.name.clone(), l))
-                .collect(),
-        })
+        KernelView::dump(&self.nl).await
     }
 
     fn desired_dataplane(&self, view: &KernelView) -> Desired {
@@ -183,22 +201,27 @@ impl Daemon {
     /// (start, the tick, a foreign interface changed, a network changed). A dump of every
     /// link grows with the sandboxes (and the kernel's fill of each veth's peer namespace
     /// with the number of namespaces): not for every request.
-    async fn current_view(&mut self) -> Result<KernelView> {
+    async fn current_view(&mut self) -> Result<std::sync::Arc<KernelView>> {
         let touched = self.touched_links.take();
         if let (Some(mut view), Some(touched)) = (self.kernel_view.take(), touched) {
+            if touched.is_empty() {
+                return Ok(view);
+            }
+            // A copy only while the tick compares the old one.
+            let view_mut = std::sync::Arc::make_mut(&mut view);
             let mut gone = Vec::new();
             for name in &touched {
                 match self.nl.link(name).await? {
                     Some(link) => {
-                        view.links.insert(name.clone(), link);
+                        view_mut.links.insert(name.clone(), link);
                     }
-                    None => gone.extend(view.links.remove(name).map(|l| l.index)),
+                    None => gone.extend(view_mut.links.remove(name).map(|l| l.index)),
                 }
             }
-            view.addresses.retain(|(index, _)| !gone.contains(index));
+            view_mut.addresses.retain(|(index, _)| !gone.contains(index));
             return Ok(view);
         }
-        self.kernel_view().await
+        Ok(std::sync::Arc::new(self.kernel_view().await?))
     }
 
     /// The next sync takes a whole new view of the host's links and addresses.
@@ -207,10 +230,12 @@ impl Daemon {
     }
 
     pub(super) async fn sync_dataplane(&mut self) -> Result<SyncReport> {
+        self.view_epoch += 1;
         let view = match self.current_view().await {
             Ok(view) => view,
             Err(e) => {
                 self.forget_view();
+                self.sync_failed = true;
                 return Err(e);
             }
         };
@@ -221,7 +246,9 @@ impl Daemon {
         desired.ports = ports;
         self.warn_router_advertised_edges(&desired.ifaces);
         self.kernel_view = Some(view);
-        self.apply_desired(desired, changed).await
+        let report = self.apply_desired(desired, changed).await;
+        self.sync_failed = report.is_err();
+        report
     }
 
     /// After a change of published ports only (`added`, `removed`): the rest of the last
@@ -364,7 +391,6 @@ impl Daemon {
             log_gc(&self.dataplane.gc()?);
         }
         self.dataplane.recheck();
-        self.port_rules = PortRules::default();
         self.forget_view();
         self.sync_dataplane().await?;
         Ok(())

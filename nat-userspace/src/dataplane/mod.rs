@@ -380,8 +380,20 @@ pub trait Dataplane: Send + Sync {
         None
     }
     /// The next sync compares with the kernel instead of what was last written, and checks
-    /// every attachment: the tick's repair of changes made behind natd's back.
+    /// every attachment: the tick's repair of changes made behind natd's back (for a
+    /// dataplane without a `Housekeeping::drift_check`).
     fn recheck(&mut self) {}
+    /// What this dataplane last wrote, for its drift check: cheap to take (the lock is
+    /// held), None without a drift check.
+    fn written(&self) -> Option<WrittenState> {
+        None
+    }
+    /// Forgets what the drift check found changed behind natd's back (`DriftCheck::confirm`),
+    /// so the next sync reads it from the kernel and repairs it. True when a sync is due:
+    /// something drifted, or the last one left work undone (an edge not attached yet).
+    fn forget_drifted(&mut self, drifted: &[String]) -> bool {
+        !drifted.is_empty()
+    }
     /// (mapping id, statistics slot) of every published mapping, for `Housekeeping::stats`.
     fn mapping_slots(&self) -> Vec<(u32, u32)> {
         Vec::new()
@@ -400,6 +412,25 @@ pub trait Housekeeping: Send + Sync {
     /// the connection tables are counted now; else as the last expiry pass left them
     /// (when one ran: a scrape every few seconds does not read them whole each time).
     fn stats(&self, slots: &[(u32, u32)], exact: bool) -> Stats;
+    /// A comparison of the kernel's state with what was written (None: the tick's sync
+    /// compares under the lock, `Dataplane::recheck`).
+    fn drift_check(&self) -> Option<Box<dyn DriftCheck>> {
+        None
+    }
+}
+
+/// What a dataplane last wrote (`Dataplane::written`), for its own `DriftCheck` only.
+pub struct WrittenState(pub Box<dyn std::any::Any + Send + Sync>);
+
+/// Changes made behind natd's back, found in three steps so that no table-sized work
+/// holds the daemon's lock: `read` the kernel's state (no lock), `compare` it with what
+/// was written (taken under the lock after the read; no lock), `confirm` under the lock
+/// what still differs (a request may have written it since).
+pub trait DriftCheck: Send {
+    fn read(&mut self);
+    fn compare(&mut self, written: &WrittenState);
+    /// The names of what drifted (maps, links), for `Dataplane::forget_drifted`.
+    fn confirm(&self, written: &WrittenState) -> Vec<String>;
 }
 
 /// The one factory: `auto` prefers eBPF and falls back to nftables. Whatever another

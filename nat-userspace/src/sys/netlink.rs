@@ -75,7 +75,7 @@ pub enum LinkKind {
     Other(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
     pub name: String,

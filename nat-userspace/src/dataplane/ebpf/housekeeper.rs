@@ -5,7 +5,11 @@
 //! of a table. What it races with is what the programs race with all the time: the
 //! expiry pass removes a flow only if neither of its entries changed since it read them,
 //! and a sweep clears only marks older than its walk.
-use std::sync::Mutex;
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use nat_common::{
     Addr6, Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, EndpointInfo, IfaceConfig, MappingStats, NetInfo4, Port4Key,
@@ -14,17 +18,21 @@ use nat_common::{
 
 use super::{
     conntrack::{self, PortsInUse, Timeouts},
+    drift,
     loader::TableSizes,
     portmarks::{self, PortMarks},
     tables::{self, Tables},
 };
-use crate::dataplane::{DataplaneError, GcReport, Housekeeping, Stats};
+use crate::dataplane::{DataplaneError, DriftCheck, GcReport, Housekeeping, Stats};
 
 pub struct Housekeeper {
     /// The expiry pass's descriptors (one pass at a time).
     expiry: Mutex<Tables>,
-    /// The reads' descriptors.
-    reads: Tables,
+    /// The reads' descriptors (and the drift check's).
+    reads: Arc<Tables>,
+    /// Where the links are pinned, and the program each ran at the last drift check.
+    links_dir: PathBuf,
+    link_programs: Arc<Mutex<HashMap<String, u32>>>,
     marks: Option<PortMarks>,
     /// The connection tables' fill as the last expiry pass left them.
     last_fill: Mutex<Option<std::collections::BTreeMap<&'static str, usize>>>,
@@ -33,12 +41,19 @@ pub struct Housekeeper {
 }
 
 impl Housekeeper {
-    pub fn new(ebpf: &aya::Ebpf, timeouts: Timeouts, sizes: TableSizes) -> Result<Self, DataplaneError> {
+    pub fn new(
+        ebpf: &aya::Ebpf,
+        timeouts: Timeouts,
+        sizes: TableSizes,
+        links_dir: PathBuf,
+    ) -> Result<Self, DataplaneError> {
         let expiry = Tables::share(ebpf)?;
         let marks = PortMarks::open(&expiry)?;
         Ok(Self {
             expiry: Mutex::new(expiry),
-            reads: Tables::share(ebpf)?,
+            reads: Arc::new(Tables::share(ebpf)?),
+            links_dir,
+            link_programs: Arc::default(),
             marks,
             last_fill: Mutex::new(None),
             timeouts,
@@ -47,7 +62,7 @@ impl Housekeeper {
     }
 
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let Ok(sums) = tables::per_cpu_sums::<u64>(&self.reads, map::COUNTERS, |sum, v| *sum += v) else {
+        let Ok(sums) = tables::per_cpu_sums::<u64>(&*self.reads, map::COUNTERS, |sum, v| *sum += v) else {
             return Vec::new();
         };
         counter::ALL
@@ -58,7 +73,7 @@ impl Housekeeper {
 
     /// Entries of a hash map (0 when it cannot be read).
     fn entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> usize {
-        tables::count::<K, V>(&self.reads, name).unwrap_or(0)
+        tables::count::<K, V>(&*self.reads, name).unwrap_or(0)
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -91,7 +106,7 @@ impl Housekeeping for Housekeeper {
             ..Default::default()
         };
         if !slots.is_empty()
-            && let Ok(per_slot) = tables::per_cpu_sums::<MappingStats>(&self.reads, map::MAPPING_STATS, |sum, v| {
+            && let Ok(per_slot) = tables::per_cpu_sums::<MappingStats>(&*self.reads, map::MAPPING_STATS, |sum, v| {
                 sum.packets += v.packets;
                 sum.bytes += v.bytes;
             })
@@ -174,5 +189,13 @@ impl Housekeeping for Housekeeper {
             stats.maps.insert(name.to_string(), (entries, capacity));
         }
         stats
+    }
+
+    fn drift_check(&self) -> Option<Box<dyn DriftCheck>> {
+        Some(Box::new(drift::Check::new(
+            Arc::clone(&self.reads),
+            self.links_dir.clone(),
+            Arc::clone(&self.link_programs),
+        )))
     }
 }

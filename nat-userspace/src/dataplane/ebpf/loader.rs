@@ -367,8 +367,8 @@ impl Links<'_> {
 
     /// Attaches what `desired` needs and is not attached, adopts (or upgrades) what is,
     /// and detaches pinned links nothing needs any more. False: an edge could not be
-    /// attached now (to be tried again).
-    pub fn sync(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<bool, DataplaneError> {
+    /// attached now (to be tried again); with the names of the links wanted pinned.
+    pub fn sync(&mut self, desired: &Desired, report: &mut SyncReport) -> Result<(bool, BTreeSet<String>), DataplaneError> {
         let mut complete = true;
         let mut wanted = BTreeSet::new();
         let mut plan = Vec::new();
@@ -464,7 +464,7 @@ impl Links<'_> {
                 report.adopted.push(name);
             }
         }
-        Ok(complete)
+        Ok((complete, wanted))
     }
 }
 

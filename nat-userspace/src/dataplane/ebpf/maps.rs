@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use aya::{
@@ -44,7 +45,7 @@ fn sync_hash<K, V>(
     ebpf: &mut Ebpf,
     name: &str,
     want: BTreeMap<K, V>,
-    mirror: &mut Option<BTreeMap<K, V>>,
+    mirror: &mut Option<Arc<BTreeMap<K, V>>>,
 ) -> Result<(), DataplaneError>
 where
     K: aya::Pod + Ord,
@@ -52,7 +53,7 @@ where
 {
     let have = match mirror.take() {
         Some(have) => have,
-        None => read_all::<K, V>(ebpf, name)?.into_iter().collect(),
+        None => Arc::new(read_all::<K, V>(ebpf, name)?.into_iter().collect()),
     };
     let mut map = hash_map::<K, V>(ebpf, name)?;
     for key in have.keys().filter(|k| !want.contains_key(k)) {
@@ -63,28 +64,54 @@ where
             map.insert(key, value, 0).map_err(|e| err(name, e))?;
         }
     }
-    *mirror = Some(want);
+    *mirror = Some(Arc::new(want));
     Ok(())
 }
 
+/// What natd last wrote into a map, shared with the drift check (`drift`) so a copy of
+/// every mirror is a few reference counts; a write while the check holds one copies it.
+pub type Written<K, V> = Option<Arc<BTreeMap<K, V>>>;
+
 /// What natd last wrote into each configuration map (None: unknown, read from the
-/// kernel at the next write).
-#[derive(Default)]
-struct Mirror {
-    ifaces: Option<BTreeMap<u32, IfaceConfig>>,
-    local: Option<BTreeMap<u32, u32>>,
-    local6: Option<BTreeMap<Addr6, u32>>,
-    networks: Option<BTreeMap<u32, NetInfo4>>,
-    nets4: Option<BTreeMap<(u32, [u8; 4]), NetInfo4>>,
-    nets6: Option<BTreeMap<(u32, [u8; 16]), NetInfo6>>,
-    endpoints: Option<BTreeMap<u32, EndpointInfo>>,
-    endpoints6: Option<BTreeMap<Addr6, EndpointInfo>>,
-    ports: Option<BTreeMap<Port4Key, Port4Target>>,
-    ports6: Option<BTreeMap<Port6Key, Port6Target>>,
-    trusted: Option<BTreeMap<TrustKey, u32>>,
-    config: Option<NatConfig>,
+/// kernel at the next write). Cloning is cheap (`Written`).
+#[derive(Clone, Default)]
+pub struct Mirror {
+    pub ifaces: Written<u32, IfaceConfig>,
+    pub local: Written<u32, u32>,
+    pub local6: Written<Addr6, u32>,
+    pub networks: Written<u32, NetInfo4>,
+    pub nets4: Written<(u32, [u8; 4]), NetInfo4>,
+    pub nets6: Written<(u32, [u8; 16]), NetInfo6>,
+    pub endpoints: Written<u32, EndpointInfo>,
+    pub endpoints6: Written<Addr6, EndpointInfo>,
+    pub ports: Written<Port4Key, Port4Target>,
+    pub ports6: Written<Port6Key, Port6Target>,
+    pub trusted: Written<TrustKey, u32>,
+    pub config: Option<NatConfig>,
     /// Generation of each slot natd read or wrote.
-    generations: StdHashMap<u32, u32>,
+    pub generations: Arc<StdHashMap<u32, u32>>,
+}
+
+impl Mirror {
+    /// Forgets what natd wrote into the map `name` (the next write reads the kernel's).
+    pub fn forget(&mut self, name: &str) {
+        match name {
+            map::IFACE_CONFIG => self.ifaces = None,
+            map::LOCAL4 => self.local = None,
+            map::LOCAL6 => self.local6 = None,
+            map::NETWORKS => self.networks = None,
+            map::NETS4 => self.nets4 = None,
+            map::NETS6 => self.nets6 = None,
+            map::ENDPOINTS4 => self.endpoints = None,
+            map::ENDPOINTS6 => self.endpoints6 = None,
+            map::PORTS4 => self.ports = None,
+            map::PORTS6 => self.ports6 = None,
+            map::TRUSTED => self.trusted = None,
+            map::CONFIG => self.config = None,
+            map::GENERATIONS => self.generations = Arc::default(),
+            _ => {}
+        }
+    }
 }
 
 /// Who owns an endpoint slot: the address on that veth (the same address on a new veth
@@ -156,9 +183,19 @@ impl MapWriter {
     }
 
     /// Forgets what was written: the next write compares with the kernel's maps (and
-    /// repairs whatever was changed behind natd's back). Called on every housekeeping tick.
+    /// repairs whatever was changed behind natd's back).
     pub fn reread(&mut self) {
         self.mirror = Mirror::default();
+    }
+
+    /// What natd last wrote, to compare with the kernel's maps (`drift`).
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    /// What natd last wrote, to forget what the drift check found changed.
+    pub fn mirror_mut(&mut self) -> &mut Mirror {
+        &mut self.mirror
     }
 
     /// Every published mapping's id.
@@ -378,8 +415,9 @@ fn apply_port_changes<K: aya::Pod + Ord, V: aya::Pod>(
     name: &str,
     gone: impl Iterator<Item = (K, V)>,
     new: impl Iterator<Item = (K, V)>,
-    mirror: &mut BTreeMap<K, V>,
+    mirror: &mut Arc<BTreeMap<K, V>>,
 ) -> Result<(), DataplaneError> {
+    let mirror = Arc::make_mut(mirror);
     {
         let mut ports: HashMap<&mut MapData, K, V> = hash_map(ebpf, name)?;
         for (key, _) in gone {
@@ -402,7 +440,8 @@ struct Generations<'a> {
 }
 
 impl<'a> Generations<'a> {
-    fn open(ebpf: &'a mut Ebpf, known: &'a mut StdHashMap<u32, u32>) -> Result<Self, DataplaneError> {
+    fn open(ebpf: &'a mut Ebpf, known: &'a mut Arc<StdHashMap<u32, u32>>) -> Result<Self, DataplaneError> {
+        let known = Arc::make_mut(known);
         if known.is_empty() {
             // Every slot in one batched read, not one lookup per slot as it is needed.
             known.extend(read_all::<u32, u32>(ebpf, map::GENERATIONS)?);
@@ -475,13 +514,13 @@ fn sync_trie<K, V>(
     ebpf: &mut Ebpf,
     name: &str,
     want: BTreeMap<(u32, K), V>,
-    mirror: &mut Option<BTreeMap<(u32, K), V>>,
+    mirror: &mut Written<(u32, K), V>,
 ) -> Result<(), DataplaneError>
 where
     K: aya::Pod + Ord,
     V: aya::Pod + PartialEq,
 {
-    if mirror.as_ref() == Some(&want) {
+    if mirror.as_deref() == Some(&want) {
         return Ok(());
     }
     *mirror = None;
@@ -498,7 +537,7 @@ where
         trie.insert(&Key::new(*prefix, *data), *value, 0)
             .map_err(|e| err(name, e))?;
     }
-    *mirror = Some(want);
+    *mirror = Some(Arc::new(want));
     Ok(())
 }
 

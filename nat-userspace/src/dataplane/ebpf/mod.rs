@@ -2,6 +2,7 @@
 //! tracking and the isolation. `loader` loads and attaches (pinned, adopted on restart),
 //! `maps` writes the configuration maps, `conntrack` expires and lists flows.
 pub mod conntrack;
+pub mod drift;
 pub mod housekeeper;
 pub mod kernel_form;
 pub mod loader;
@@ -19,6 +20,7 @@ use nat_common::{Ct4Entry, Ct4Key, names::map};
 
 use super::{
     Dataplane, DataplaneError, Desired, Flow, GcReport, Housekeeping, IfaceRole, PortRule, Stats, SyncReport,
+    WrittenState,
 };
 use crate::{
     config::{DaemonConfig, DataplaneKind},
@@ -54,6 +56,8 @@ pub struct EbpfDataplane {
     /// The interfaces (index, name, role) whose attachments the last sync checked: a sync
     /// for the same set (a port change) skips the check; every tick makes it again.
     links_checked: Option<BTreeSet<(u32, String, IfaceRole)>>,
+    /// The links natd keeps pinned, as of the last complete check (for the drift check).
+    pins: Option<Arc<BTreeSet<String>>>,
     /// What the programs on natd's links and natd's own are (`loader::ProgramCache`).
     programs: loader::ProgramCache,
     /// The edges (ifindex, MAC, is a bridge) of the last sync, to notice one whose role
@@ -95,7 +99,7 @@ impl EbpfDataplane {
             mapping_refresh_inbound: config.masquerade_refresh_inbound,
             ..conntrack::Timeouts::with(&config.conntrack_timeouts)
         };
-        let keeper = Arc::new(housekeeper::Housekeeper::new(&ebpf, timeouts, sizes)?);
+        let keeper = Arc::new(housekeeper::Housekeeper::new(&ebpf, timeouts, sizes, pin_dir.join("links"))?);
         Ok(Self {
             ebpf,
             pin_dir,
@@ -107,6 +111,7 @@ impl EbpfDataplane {
             pin_report,
             fast_path: false,
             links_checked: None,
+            pins: None,
             programs: Default::default(),
             edges: Vec::new(),
         })
@@ -219,8 +224,12 @@ impl EbpfDataplane {
             checked: &checked,
         };
         // Until every link is attached, every sync tries again (and checks every link).
-        if links.sync(desired, &mut report)? {
+        let (complete, pinned) = links.sync(desired, &mut report)?;
+        if complete {
             self.links_checked = Some(ifaces);
+            self.pins = Some(Arc::new(pinned));
+        } else {
+            self.pins = None;
         }
         if !self.retiring.is_empty() {
             // Every link runs the new programs on the new maps now: what the old ones
@@ -301,6 +310,25 @@ impl Dataplane for EbpfDataplane {
         // writing: changes made behind natd's back are repaired within a tick.
         self.writer.reread();
         self.links_checked = None;
+    }
+
+    fn written(&self) -> Option<WrittenState> {
+        Some(WrittenState(Box::new(drift::EbpfWritten {
+            mirror: self.writer.mirror().clone(),
+            pins: self.pins.clone(),
+        })))
+    }
+
+    fn forget_drifted(&mut self, drifted: &[String]) -> bool {
+        for name in drifted {
+            if name == drift::LINKS {
+                self.links_checked = None;
+            } else {
+                self.writer.mirror_mut().forget(name);
+            }
+        }
+        // Work the last sync left: edges not attached yet, tables or flows to carry over.
+        !drifted.is_empty() || self.links_checked.is_none() || !self.retiring.is_empty() || !self.legacy.is_empty()
     }
 
     fn mapping_slots(&self) -> Vec<(u32, u32)> {
