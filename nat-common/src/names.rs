@@ -114,6 +114,9 @@ pub mod map {
         BENCH_JUMP,
         BENCH_ROUTE,
     ];
+
+    /// The maps of `ALL` that are never pinned (new with every load of the object).
+    pub const UNPINNED: &[&str] = &[SCRATCH, SCRATCH6, PACKETS4, PACKETS6, BENCH_FRAME, BENCH_JUMP, BENCH_ROUTE];
 }
 
 /// Programs. Kernel program names keep 15 characters (BPF_OBJ_NAME_LEN): these differ

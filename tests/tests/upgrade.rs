@@ -287,6 +287,65 @@ fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
     }
 }
 
+/// The one object directory under the lab's `programs` directory.
+fn programs_dir(lab: &Lab) -> std::path::PathBuf {
+    let objects: Vec<_> = std::fs::read_dir(lab.bpffs.join("programs")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(objects.len(), 1, "one object's programs pinned: {objects:?}");
+    objects[0].clone()
+}
+
+/// The ids of the TC programs pinned for the next start, by name.
+fn pinned_programs(lab: &Lab) -> BTreeMap<String, u32> {
+    let dir = programs_dir(lab);
+    program::TC
+        .iter()
+        .filter_map(|name| {
+            let pinned = aya::programs::SchedClassifier::from_pin(dir.join(name)).ok()?;
+            Some((name.to_string(), pinned.info().ok()?.id()))
+        })
+        .collect()
+}
+
+/// A restart of the same natd on the same maps takes the programs the last start pinned
+/// instead of verifying its own again (seconds at host scale): every link keeps the very
+/// program it ran (same id), the held flows go on, and a new flow is tracked in the
+/// pinned table. Control: with the pinned programs filed under another object (what an
+/// upgrade finds), the start verifies and pins its own again, and removes the others.
+#[test]
+fn a_restart_with_the_same_object_adopts_the_pinned_programs() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf"]);
+    let (_outside, mut held, datagrams) = held_connections(&lab);
+    let on_links = |lab: &Lab| -> BTreeMap<String, u32> { programs_on_links(lab).into_iter().map(|l| (l.name, l.id)).collect() };
+    let links_before = on_links(&lab);
+    let pinned_before = pinned_programs(&lab);
+    assert_eq!(pinned_before.len(), program::TC.len(), "every TC program pinned: {pinned_before:?}");
+
+    lab.restart_natd().expect("restart");
+    let report = lab.json(&["info"])["last_reconcile"].to_string();
+    assert!(report.contains("adopted without verifying again"), "{report}\n{}", lab.natd_log());
+    assert_eq!(pinned_programs(&lab), pinned_before, "the pinned programs themselves, none loaded anew");
+    assert_eq!(on_links(&lab), links_before, "every link runs the program it ran");
+    assert!(broken(&mut held, &datagrams).is_empty(), "held flows go on\n{}", lab.natd_log());
+    let mut fresh = connect(&lab.ext_path(), HOST_UPLINK_IP, 8081);
+    assert!(echo_line(&mut fresh, "new"));
+    let flows = lab.json(&["ct", "ls"]);
+    let to_8081 = flows.as_array().unwrap().iter().filter(|f| f.to_string().contains("8081")).count();
+    assert!(to_8081 >= 2, "the held and the new published-port flows are listed: {flows}");
+
+    // Pinned under another object's name: what an upgraded natd finds.
+    std::fs::rename(programs_dir(&lab), lab.bpffs.join("programs").join("0".repeat(64))).unwrap();
+    lab.restart_natd().expect("restart");
+    let report = lab.json(&["info"])["last_reconcile"].to_string();
+    assert!(!report.contains("adopted without verifying again"), "{report}");
+    let reloaded = pinned_programs(&lab);
+    assert_eq!(reloaded.len(), program::TC.len());
+    assert!(
+        reloaded.iter().all(|(name, id)| pinned_before[name] != *id),
+        "loaded and pinned anew: {pinned_before:?} -> {reloaded:?}"
+    );
+    assert!(broken(&mut held, &datagrams).is_empty(), "held flows go on");
+}
+
 /// An older natd's program left on a cgroup link, running on maps that are not natd's
 /// (here: a copy of the object loaded with maps of its own): before this natd switched
 /// cgroup links too, the host's connections to 127.0.0.1:<published port> went through

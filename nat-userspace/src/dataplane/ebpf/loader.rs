@@ -3,7 +3,7 @@
 //! `<bpffs>/links` so attachments outlive natd and are adopted when it comes back, and
 //! upgraded in place when natd carries a different program.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -11,14 +11,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, Program, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
     },
 };
 use nat_common::names::{map, program};
 
-use super::{err, pins};
+use super::{adopt, err, pins};
 use crate::{
     dataplane::{DataplaneError, Desired, IfaceRole, SyncReport},
     sys::bpf_link,
@@ -131,10 +131,10 @@ fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
 /// be replaced, the programs are verified first on maps of their own (a staging
 /// directory, removed after): a program this kernel refuses, or a start killed while
 /// verifying, then leaves the running datapath and its pins as they were.
-pub fn load(
-    pin_dir: &Path,
-    sizes: TableSizes,
-) -> Result<(Ebpf, pins::CarryOver, Vec<String>), DataplaneError> {
+///
+/// With every pinned map kept and the programs a natd with this same object pinned
+/// (`adopt`), those programs are taken instead of verifying the object's again.
+pub fn load(pin_dir: &Path, sizes: TableSizes) -> Result<Loaded, DataplaneError> {
     let maps = pin_dir.join("maps");
     pins::check_layout(&maps)?;
     check_fit(&maps, sizes)?;
@@ -146,7 +146,8 @@ pub fn load(
         nix::sys::resource::RLIM_INFINITY,
     );
     let expected = expected_shapes(sizes)?;
-    if pins::assess(&maps, &expected).iter().any(|(_, fate)| *fate != pins::Fate::Keep) {
+    let all_kept = pins::assess(&maps, &expected).iter().all(|(_, fate)| *fate == pins::Fate::Keep);
+    if !all_kept {
         let staging = pin_dir.join("staging");
         let _ = cleanup_maps_dir(&staging);
         let verified = load_verified(&staging, sizes);
@@ -158,17 +159,53 @@ pub fn load(
             tracing::warn!(?leftovers, "staging maps not removed");
         }
     }
-    let (carry, report) = pins::prepare(&maps, &expected);
-    let mut ebpf = load_verified(&maps, sizes)?;
+    let (carry, mut report) = pins::prepare(&maps, &expected);
+    let adopted = if all_kept { adopt::pinned(pin_dir) } else { None };
+    let mut ebpf = open_object(&maps, sizes)?;
+    let adopted = match adopted {
+        Some(programs) => {
+            report.push("programs: this object's, pinned by the last start, adopted without verifying again".into());
+            programs
+        }
+        None => {
+            verify_all(&mut ebpf)?;
+            // Only a faster next start depends on these pins.
+            if let Err(e) = adopt::pin_all(&mut ebpf, pin_dir) {
+                tracing::warn!("programs not pinned for the next start (it verifies them again): {e}");
+            }
+            HashMap::new()
+        }
+    };
     pins::record_layout(&mut ebpf)?;
-    Ok((ebpf, carry, report))
+    Ok(Loaded {
+        ebpf,
+        adopted,
+        carry,
+        report,
+    })
+}
+
+/// What `load` made: the object (its programs loaded unless adopted), the programs adopted
+/// from pins by name, the flows of replaced maps and a line per change.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub adopted: HashMap<String, Program>,
+    pub carry: pins::CarryOver,
+    pub report: Vec<String>,
 }
 
 /// The object with its maps pinned under `maps` (reused where they are) and every program
 /// loaded, so verified.
 fn load_verified(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError> {
+    let mut ebpf = open_object(maps, sizes)?;
+    verify_all(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// The object with its maps pinned under `maps` (reused where they are), no program loaded.
+fn open_object(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError> {
     std::fs::create_dir_all(maps).map_err(|e| err(&format!("create {}", maps.display()), e))?;
-    let mut ebpf = EbpfLoader::new()
+    EbpfLoader::new()
         .default_map_pin_directory(maps)
         .map_max_entries(map::CT4, sizes.established)
         .map_max_entries(map::CT4_NEW, sizes.embryonic)
@@ -184,7 +221,11 @@ fn load_verified(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError>
                 ),
                 e,
             )
-        })?;
+        })
+}
+
+/// Loads (so verifies) every program of the object.
+fn verify_all(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     // Test builds: a verifier refusal on demand (fail point `verify-programs`).
     fail::fail_point!("verify-programs", |_| Err(DataplaneError::Ebpf(
         "verifier rejected natd_edge_in (injected by fail point verify-programs)".into()
@@ -206,7 +247,7 @@ fn load_verified(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError>
     }
     load_all!(SchedClassifier, program::TC.iter().copied());
     load_all!(CgroupSockAddr, program::SOCKET.iter().copied());
-    Ok(ebpf)
+    Ok(())
 }
 
 /// Removes what is pinned under `dir` (maps, or links already unpinned) and the directory.
@@ -228,6 +269,8 @@ fn cleanup_maps_dir(dir: &Path) -> Vec<String> {
 /// The pinned program links of one natd and the object whose programs they run.
 pub struct Links<'a> {
     pub ebpf: &'a mut Ebpf,
+    /// Programs adopted from pins (`adopt`), used instead of the object's.
+    pub adopted: &'a mut HashMap<String, Program>,
     pub dir: PathBuf,
     pub cgroup_root: Option<&'a Path>,
     /// What running programs are, by id (filled when an id is first seen on a link).
@@ -287,11 +330,10 @@ impl ProgramCache {
         Ok(self.running.get(&id).cloned())
     }
 
-    fn ours(&mut self, maps_dir: &Path, ebpf: &Ebpf, name: &str) -> Result<Identity, DataplaneError> {
+    fn ours(&mut self, maps_dir: &Path, program: &Program, name: &str) -> Result<Identity, DataplaneError> {
         if let Some(known) = self.ours.get(name) {
             return Ok(known.clone());
         }
-        let program = ebpf.program(name).ok_or_else(|| err("program missing", name))?;
         let wanted = self.identity(maps_dir, &program.info().map_err(|e| err("program info", e))?)?;
         self.ours.insert(name.to_string(), wanted.clone());
         Ok(wanted)
@@ -309,12 +351,23 @@ impl Links<'_> {
             .unwrap_or_default()
     }
 
+    /// natd's program `name`: adopted, or the object's.
+    fn program(&self, name: &str) -> Result<&Program, DataplaneError> {
+        self.adopted
+            .get(name)
+            .or_else(|| self.ebpf.program(name))
+            .ok_or_else(|| err("program missing", name))
+    }
+
+    fn program_mut(&mut self, name: &str) -> Result<&mut Program, DataplaneError> {
+        match self.adopted.get_mut(name) {
+            Some(program) => Ok(program),
+            None => self.ebpf.program_mut(name).ok_or_else(|| err("program missing", name)),
+        }
+    }
+
     fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, DataplaneError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or_else(|| err("program missing", name))?
-            .try_into()
-            .map_err(|e| err("program type", e))
+        self.program_mut(name)?.try_into().map_err(|e| err("program type", e))
     }
 
     fn attach_tc(
@@ -339,11 +392,13 @@ impl Links<'_> {
         let link = bpf_link::open(pin).map_err(|e| err(&format!("open pinned link {}", pin.display()), e))?;
         let current = bpf_link::program_id(link.as_fd()).map_err(|e| err("link info", e))?;
         let maps_dir = self.dir.with_file_name("maps");
-        let wanted = self.programs.ours(&maps_dir, self.ebpf, program)?;
+        let ours = self.adopted.get(program).or_else(|| self.ebpf.program(program));
+        let ours = ours.ok_or_else(|| err("program missing", program))?;
+        let wanted = self.programs.ours(&maps_dir, ours, program)?;
         if self.programs.running(&maps_dir, current)? == Some(wanted) {
             return Ok(false);
         }
-        let prog = self.ebpf.program(program).ok_or_else(|| err("program missing", program))?;
+        let prog = self.program(program)?;
         let fd = prog.fd().map_err(|e| err("program fd", e))?;
         bpf_link::update(link.as_fd(), fd.as_fd()).map_err(|e| err(&format!("update link {}", pin.display()), e))?;
         Ok(true)
@@ -352,9 +407,7 @@ impl Links<'_> {
     fn attach_cgroup(&mut self, program: &str, root: &Path, pin: &Path) -> Result<(), DataplaneError> {
         let cgroup = std::fs::File::open(root).map_err(|e| err(&format!("open {}", root.display()), e))?;
         let prog: &mut CgroupSockAddr = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| err("program missing", program))?
+            .program_mut(program)?
             .try_into()
             .map_err(|e| err("program type", e))?;
         let id = prog
@@ -550,6 +603,7 @@ pub fn cleanup_pin_dir(pin_dir: &Path) -> Vec<String> {
     errors.extend(cleanup_maps_dir(&links));
     errors.extend(cleanup_maps_dir(&pin_dir.join("maps")));
     errors.extend(cleanup_maps_dir(&pin_dir.join("staging")));
+    errors.extend(adopt::remove_all(pin_dir));
     if let Err(e) = std::fs::remove_dir(pin_dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -1,6 +1,7 @@
 //! The eBPF dataplane: natd's own TC programs and BPF maps do the NAT, the connection
 //! tracking and the isolation. `loader` loads and attaches (pinned, adopted on restart),
 //! `maps` writes the configuration maps, `conntrack` expires and lists flows.
+pub mod adopt;
 pub mod conntrack;
 pub mod drift;
 pub mod housekeeper;
@@ -40,6 +41,8 @@ pub(crate) fn err(context: &str, e: impl std::fmt::Display + std::fmt::Debug) ->
 
 pub struct EbpfDataplane {
     ebpf: Ebpf,
+    /// The programs adopted from the last start's pins (`adopt`), by name.
+    adopted: std::collections::HashMap<String, aya::programs::Program>,
     pin_dir: PathBuf,
     /// Expiry and reads, outside the daemon's lock.
     keeper: Arc<housekeeper::Housekeeper>,
@@ -77,7 +80,12 @@ impl EbpfDataplane {
             established: config.conntrack_max,
             embryonic: config.conntrack_embryonic_max,
         };
-        let (mut ebpf, carry, mut pin_report) = loader::load(&pin_dir, sizes)?;
+        let loader::Loaded {
+            mut ebpf,
+            adopted,
+            carry,
+            report: mut pin_report,
+        } = loader::load(&pin_dir, sizes)?;
         let mut carried = Vec::new();
         for (name, flows) in [(map::CT4, &carry.established), (map::CT4_NEW, &carry.embryonic)] {
             carried.push((name, flows.len(), pins::restore(&mut ebpf, name, flows)?));
@@ -102,6 +110,7 @@ impl EbpfDataplane {
         let keeper = Arc::new(housekeeper::Housekeeper::new(&ebpf, timeouts, sizes, pin_dir.join("links"))?);
         Ok(Self {
             ebpf,
+            adopted,
             pin_dir,
             keeper,
             cgroup_root: loader::cgroup2_root(),
@@ -218,6 +227,7 @@ impl EbpfDataplane {
         let checked = self.links_checked.take().unwrap_or_default();
         let mut links = loader::Links {
             ebpf: &mut self.ebpf,
+            adopted: &mut self.adopted,
             dir: self.pin_dir.join("links"),
             cgroup_root: self.cgroup_root.as_deref(),
             programs: &mut self.programs,
