@@ -325,6 +325,9 @@ fn a_restart_with_the_same_object_adopts_the_pinned_programs() {
     assert!(report.contains("adopted without verifying again"), "{report}\n{}", lab.natd_log());
     assert_eq!(pinned_programs(&lab), pinned_before, "the pinned programs themselves, none loaded anew");
     assert_eq!(on_links(&lab), links_before, "every link runs the program it ran");
+    // The filter stays on without marking every port in use again: these programs kept them.
+    let filter = &lab.json(&["info"])["dataplane_detail"]["port_filter"];
+    assert_eq!(filter["on"], true, "{filter}");
     assert!(broken(&mut held, &datagrams).is_empty(), "held flows go on\n{}", lab.natd_log());
     let mut fresh = connect(&lab.ext_path(), HOST_UPLINK_IP, 8081);
     assert!(echo_line(&mut fresh, "new"));

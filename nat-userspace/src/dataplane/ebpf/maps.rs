@@ -574,6 +574,15 @@ fn write_config(
     Ok(())
 }
 
+/// Whether the pinned configuration has the host-bound miss filter on (a natd with these
+/// programs started it before).
+pub fn port_filter_on(ebpf: &Ebpf) -> bool {
+    ebpf.map(map::CONFIG)
+        .and_then(|m| Array::<&MapData, NatConfig>::try_from(m).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .is_some_and(|c| c.flags & config::PORT_FILTER != 0)
+}
+
 /// The cookie of the network namespace natd serves: socket hooks act only there.
 pub fn write_netns_cookie(ebpf: &mut Ebpf, cookie: u64) -> Result<(), DataplaneError> {
     let mut netns: Array<&mut MapData, u64> = Array::try_from(

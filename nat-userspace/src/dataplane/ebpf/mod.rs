@@ -103,6 +103,11 @@ impl EbpfDataplane {
         maps::write_netns_cookie(&mut ebpf, cookie)?;
         let mut writer = maps::MapWriter::default();
         writer.adopt(&ebpf);
+        // The programs adopted are the ones that ran with the filter on: every port in use
+        // has been marked all along, by them and by the natd that started it.
+        if !adopted.is_empty() && maps::port_filter_on(&ebpf) {
+            writer.set_port_filter(true);
+        }
         let timeouts = conntrack::Timeouts {
             mapping_refresh_inbound: config.masquerade_refresh_inbound,
             ..conntrack::Timeouts::with(&config.conntrack_timeouts)
