@@ -476,8 +476,8 @@ fn idle_flows_expire() {
 /// tick (which compares outside the daemon's lock) and repaired, and only those: with
 /// requests running and nothing changed, no tick reports a change (the control that the
 /// comparison matches what natd wrote). Tampered with: a published port's entry deleted
-/// from the pinned table, then the uplink's pinned ingress link removed (its program
-/// detached);
+/// from the pinned table, its slot's generation moved, then the uplink's pinned ingress
+/// link removed (its program detached);
 /// each breaks the published port (seen from the LAN) until the next tick repairs it.
 #[test]
 fn the_tick_repairs_what_was_changed_behind_natds_back_and_nothing_else() {
@@ -494,7 +494,9 @@ fn the_tick_repairs_what_was_changed_behind_natds_back_and_nothing_else() {
     lab.ok(&["rm", "other0"]);
     std::thread::sleep(Duration::from_secs(5));
     let drift = "changed behind natd's back";
-    assert!(!lab.natd_log().contains(drift), "no change reported:\n{}", lab.natd_log());
+    let quiet = lab.natd_log();
+    assert!(!quiet.contains(drift), "no change reported:\n{quiet}");
+    assert!(!quiet.contains("changed without an announcement"), "no host change seen:\n{quiet}");
 
     let data = aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::PORTS4)).expect("pinned port table");
     let mut ports = aya::maps::HashMap::<_, Port4Key, Port4Target>::try_from(aya::maps::Map::from_map_data(data).unwrap())
@@ -510,7 +512,29 @@ fn the_tick_repairs_what_was_changed_behind_natds_back_and_nothing_else() {
         wait_until(Duration::from_secs(6), || ext_tcp(&lab, HOST_UPLINK_IP, 8080).as_deref() == Some(EXT_IP)),
         "repaired by a tick"
     );
-    assert!(lab.natd_log().contains(map::PORTS4), "the repair names the table:\n{}", lab.natd_log());
+    let log = lab.natd_log();
+    let reported: Vec<&str> = log.lines().filter(|l| l.contains(drift)).collect();
+    assert!(
+        !reported.is_empty() && reported.iter().all(|l| l.contains(&format!("[\"{}\"]", map::PORTS4))),
+        "the repair names that table and no other:\n{log}"
+    );
+
+    // The mapping's generation moved: its entry (which carries the generation new flows
+    // start with, checked against the slot's on every later packet) is written again with
+    // the one the kernel holds.
+    let slot = ports.get(&web, 0).expect("the entry written back").slot;
+    let generations = aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::GENERATIONS)).unwrap();
+    let mut generations = aya::maps::Array::<_, u32>::try_from(aya::maps::Map::from_map_data(generations).unwrap()).unwrap();
+    let moved = generations.get(&slot, 0).unwrap().wrapping_add(7);
+    generations.set(slot, moved, 0).unwrap();
+    assert_ne!(ports.get(&web, 0).unwrap().generation, moved, "control: the entry has the old one");
+    assert!(
+        wait_until(Duration::from_secs(6), || ports.get(&web, 0).is_ok_and(|t| t.generation == moved)),
+        "the entry written again by a tick:\n{}",
+        lab.natd_log()
+    );
+    assert_eq!(ext_tcp(&lab, HOST_UPLINK_IP, 8080).as_deref(), Some(EXT_IP));
+    assert!(lab.natd_log().contains(&format!("[\"{}\"]", map::GENERATIONS)), "{}", lab.natd_log());
 
     let pin = std::fs::read_dir(lab.bpffs.join("links"))
         .unwrap()

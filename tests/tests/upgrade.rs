@@ -320,9 +320,10 @@ fn a_restart_with_the_same_object_adopts_the_pinned_programs() {
     let pinned_before = pinned_programs(&lab);
     assert_eq!(pinned_before.len(), program::TC.len(), "every TC program pinned: {pinned_before:?}");
 
+    let programs = |lab: &Lab| lab.json(&["info"])["dataplane_detail"]["programs"].as_str().unwrap_or_default().to_string();
+    assert_eq!(programs(&lab), "loaded and verified at start", "control: the first start verifies");
     lab.restart_natd().expect("restart");
-    let report = lab.json(&["info"])["last_reconcile"].to_string();
-    assert!(report.contains("adopted without verifying again"), "{report}\n{}", lab.natd_log());
+    assert_eq!(programs(&lab), natd::dataplane::ebpf::ADOPTED, "{}", lab.natd_log());
     assert_eq!(pinned_programs(&lab), pinned_before, "the pinned programs themselves, none loaded anew");
     assert_eq!(on_links(&lab), links_before, "every link runs the program it ran");
     // The filter stays on without marking every port in use again: these programs kept them.
@@ -334,12 +335,18 @@ fn a_restart_with_the_same_object_adopts_the_pinned_programs() {
     let flows = lab.json(&["ct", "ls"]);
     let to_8081 = flows.as_array().unwrap().iter().filter(|f| f.to_string().contains("8081")).count();
     assert!(to_8081 >= 2, "the held and the new published-port flows are listed: {flows}");
+    // Attached with the adopted programs: a sandbox made after the restart is published.
+    lab.run_script("late", &["-p", "8090:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("late"), "tcp", 80));
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut connect(&lab.ext_path(), HOST_UPLINK_IP, 8090), &mut line).unwrap();
+    assert_eq!(line.trim(), EXT_IP, "the new sandbox's published port answers");
+    assert_eq!(pinned_programs(&lab), pinned_before, "still the adopted programs");
 
     // Pinned under another object's name: what an upgraded natd finds.
     std::fs::rename(programs_dir(&lab), lab.bpffs.join("programs").join("0".repeat(64))).unwrap();
     lab.restart_natd().expect("restart");
-    let report = lab.json(&["info"])["last_reconcile"].to_string();
-    assert!(!report.contains("adopted without verifying again"), "{report}");
+    assert_eq!(programs(&lab), "loaded and verified at start");
     let reloaded = pinned_programs(&lab);
     assert_eq!(reloaded.len(), program::TC.len());
     assert!(

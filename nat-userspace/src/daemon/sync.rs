@@ -157,7 +157,7 @@ impl Daemon {
     }
 
     /// Every published-port rule, and what changed since the last sync: `None` when every
-    /// sandbox's rules were computed afresh (start, the tick, a network changed), else the
+    /// sandbox's rules were computed afresh (start, reconcile, a failed sync, a network changed), else the
     /// rules added and removed by the sandboxes whose records changed (`commit` marks them).
     fn refresh_port_rules(&mut self) -> (Vec<PortRule>, Option<PortChange>) {
         let Some(mut by_sandbox) = self.port_rules.by_sandbox.take() else {
@@ -198,7 +198,7 @@ impl Daemon {
 
     /// The host's links and addresses: the last view with the links natd's own changes
     /// touched looked up again (one request each), or two dumps when the view may be stale
-    /// (start, the tick, a foreign interface changed, a network changed). A dump of every
+    /// (start, a tick that found the host changed, a foreign interface changed, a network changed). A dump of every
     /// link grows with the sandboxes (and the kernel's fill of each veth's peer namespace
     /// with the number of namespaces): not for every request.
     async fn current_view(&mut self) -> Result<std::sync::Arc<KernelView>> {
@@ -280,10 +280,13 @@ impl Daemon {
         if let Err(e) = self.reserved.write() {
             warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
         }
-        self.dataplane
-            .change_ports(desired, added, removed)
-            .map(|_| ())
-            .map_err(|e| stored_but_not_applied(e.into()))
+        let changed = self.dataplane.change_ports(desired, added, removed);
+        if changed.is_err() {
+            // What reached the kernel is not known: the tick syncs everything again.
+            self.sync_failed = true;
+            self.port_rules = PortRules::default();
+        }
+        changed.map(|_| ()).map_err(|e| stored_but_not_applied(e.into()))
     }
 
     /// `changed`: the port rules added and removed since the last sync, when known (the

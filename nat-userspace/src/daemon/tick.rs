@@ -10,9 +10,9 @@ use super::{Daemon, error::Result, sync::KernelView};
 
 /// One tick. Errors are logged: the next tick tries again.
 pub async fn housekeeping_tick(daemon: &Mutex<Daemon>) {
-    let (keeper, nl, epoch) = {
+    let (keeper, nl) = {
         let d = daemon.lock().await;
-        (d.housekeeping(), d.nl.clone(), d.view_epoch)
+        (d.housekeeping(), d.nl.clone())
     };
     let Some(keeper) = keeper else {
         if let Err(e) = daemon.lock().await.tick().await {
@@ -38,6 +38,8 @@ pub async fn housekeeping_tick(daemon: &Mutex<Daemon>) {
             None
         }
     };
+    // Taken just before the dump: a sync during the expiry pass does not void the verdict.
+    let epoch = daemon.lock().await.view_epoch;
     let dumped = KernelView::dump(&nl).await;
     // What natd wrote and saw, taken after the kernel's side was read.
     let (written, view, epoch_now) = {
@@ -86,12 +88,16 @@ impl Daemon {
         }
         let mut due = self.dataplane.forget_drifted(&drifted);
         if view_drifted {
-            tracing::debug!("the host's links or addresses changed: a full sync");
+            tracing::info!("the host's links or addresses changed without an announcement: a full sync");
             self.forget_view();
             due = true;
         }
         if due || self.sync_failed {
             self.sync_dataplane().await?;
+        } else if let Err(e) = self.reserved.write() {
+            // What a sync does anyway: the reserved ports back if the sysctl was rewritten
+            // (`sysctl --system`) or the ephemeral range moved.
+            tracing::warn!(error = %e, "cannot reserve published ports in ip_local_reserved_ports");
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! Programs adopted across a restart: verifying natd's programs takes seconds (4 s at
 //! 1,000 sandboxes on the benchmark's machine, most of a restart), and a restart of the
 //! same natd on the same maps would verify the same instructions again. So every program
-//! is pinned under `<bpffs>/programs` once loaded, beside a file naming the object they
-//! came from (its SHA-256); a start with the same object whose pinned maps were all kept
-//! takes the pinned programs instead of loading its own, if each still uses only maps
-//! pinned now (a map replaced since, by a size change or a layout conversion, means the
-//! programs must be loaded for the new one). Anything else — another object, a pin
-//! missing, a map replaced — loads and verifies as before, and pins the new programs.
+//! is pinned once loaded, under `<bpffs>/programs/<SHA-256 of the object>` (bpffs holds no
+//! regular files: the directory's name records the object). A start with the same object
+//! whose pinned maps were all kept takes the pinned programs instead of loading its own if
+//! all are there (a start killed while pinning leaves some out) and every map they use is
+//! pinned now or known as their working memory (a map replaced since, by a size change or
+//! a layout conversion, means the programs must be loaded for the new one). Anything else
+//! loads and verifies as before, pins the new programs and removes the other objects'.
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
@@ -80,25 +81,29 @@ pub fn pinned(pin_dir: &Path) -> Option<HashMap<String, Program>> {
     (!uses_replaced_map(&unpinned)).then_some(programs)
 }
 
-/// Whether any of these maps the programs use, none of them pinned now, is one of natd's
-/// pinned maps that was replaced since (a size change, a layout conversion) rather than
-/// the programs' working memory, which is never pinned. Told by the kernel's name of the
-/// map (cut to 15 characters).
+/// Whether any of these maps the programs use, none of them pinned now, may be one of
+/// natd's pinned maps replaced since (a size change, a layout conversion) rather than the
+/// programs' working memory, which is never pinned: told by the kernel's name of each map
+/// (cut to 15 characters). A map that cannot be found or named counts as replaced.
 fn uses_replaced_map(unpinned: &HashSet<u32>) -> bool {
     if unpinned.is_empty() {
         return false;
     }
-    aya::maps::loaded_maps()
-        .filter_map(Result::ok)
-        .filter(|m| unpinned.contains(&m.id()))
-        .any(|m| {
-            let name = m.name_as_str().unwrap_or_default();
-            name.is_empty()
-                || map::ALL
-                    .iter()
-                    .filter(|n| !map::UNPINNED.contains(n))
-                    .any(|pinned| pinned.starts_with(name))
+    let Ok(named) = aya::maps::loaded_maps()
+        .filter_map(|m| match m {
+            Ok(m) if unpinned.contains(&m.id()) => Some(Ok((m.id(), m.name_as_str().unwrap_or_default().to_string()))),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
         })
+        .collect::<Result<HashMap<u32, String>, _>>()
+    else {
+        return true;
+    };
+    unpinned.iter().any(|id| {
+        named.get(id).is_none_or(|name| {
+            name.is_empty() || !map::UNPINNED.iter().any(|working| working.starts_with(name.as_str()))
+        })
+    })
 }
 
 /// Pins every program of `ebpf` (loaded) for the next start, and removes what other
@@ -138,7 +143,12 @@ fn remove(object: &Path) {
 pub fn remove_all(pin_dir: &Path) -> Vec<String> {
     let dir = dir(pin_dir);
     for object in Links::pinned(&dir) {
-        remove(&dir.join(object));
+        let path = dir.join(object);
+        if path.is_dir() {
+            remove(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
     }
     match std::fs::remove_dir(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => vec![format!("remove {}: {e}", dir.display())],

@@ -4,8 +4,12 @@
 //! copied under the lock afterwards (reference counts, `maps::Written`) and compared with
 //! no lock again; what differs is looked up once more under the lock (`confirm`), since a
 //! request may have written it in between. Only what is still different is repaired: its
-//! mirror is forgotten and the next sync reads that map whole. A tick that finds nothing
-//! holds the lock for two copies of reference counts and no syscall.
+//! mirror is forgotten and the next sync reads that map whole (more than `MAX_RECHECKED`
+//! keys differing in one map, a request's range racing the read, is taken as changed
+//! without looking each up: one read of that map too many). A pinned link counts as
+//! changed when it went, appeared, or runs another program than at the last check (the
+//! first check after a link is attached takes its program as the one to keep). A tick that
+//! finds nothing holds the lock for two copies of reference counts and no syscall.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     os::fd::AsFd as _,

@@ -159,12 +159,12 @@ pub fn load(pin_dir: &Path, sizes: TableSizes) -> Result<Loaded, DataplaneError>
             tracing::warn!(?leftovers, "staging maps not removed");
         }
     }
-    let (carry, mut report) = pins::prepare(&maps, &expected);
+    let (carry, report) = pins::prepare(&maps, &expected);
     let adopted = if all_kept { adopt::pinned(pin_dir) } else { None };
     let mut ebpf = open_object(&maps, sizes)?;
     let adopted = match adopted {
         Some(programs) => {
-            report.push("programs: this object's, pinned by the last start, adopted without verifying again".into());
+            tracing::info!("programs of this object pinned by the last start adopted without verifying again");
             programs
         }
         None => {

@@ -108,9 +108,33 @@ impl Mirror {
             map::PORTS6 => self.ports6 = None,
             map::TRUSTED => self.trusted = None,
             map::CONFIG => self.config = None,
-            map::GENERATIONS => self.generations = Arc::default(),
+            map::GENERATIONS => {
+                // The published ports and endpoints carry their slot's generation: written
+                // again with the generations read back, or their flows never match.
+                self.generations = Arc::default();
+                for dependent in [map::PORTS4, map::PORTS6, map::ENDPOINTS4, map::ENDPOINTS6] {
+                    self.forget(dependent);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Whether a map's contents are unknown (a write failed midway, or none was made yet):
+    /// the next sync reads it back and writes what is missing.
+    pub fn unknown(&self) -> bool {
+        self.ifaces.is_none()
+            || self.local.is_none()
+            || self.local6.is_none()
+            || self.networks.is_none()
+            || self.nets4.is_none()
+            || self.nets6.is_none()
+            || self.endpoints.is_none()
+            || self.endpoints6.is_none()
+            || self.ports.is_none()
+            || self.ports6.is_none()
+            || self.trusted.is_none()
+            || self.config.is_none()
     }
 }
 
@@ -343,7 +367,7 @@ impl MapWriter {
 
     /// Published ports added and removed, nothing else changed: only those elements are
     /// written (no walk of the other mappings). False when what natd wrote is not known
-    /// (start, after a tick): the caller writes everything instead.
+    /// (start, after a failed write, a map found changed by the tick): the caller writes everything instead.
     pub fn change_ports(
         &mut self,
         ebpf: &mut Ebpf,

@@ -39,6 +39,9 @@ pub(crate) fn err(context: &str, e: impl std::fmt::Display + std::fmt::Debug) ->
     DataplaneError::Ebpf(format!("{context}: {detail}"))
 }
 
+/// `natctl info`'s word for programs taken from the last start's pins (`adopt`).
+pub const ADOPTED: &str = "adopted from the last start's pins, not verified again";
+
 pub struct EbpfDataplane {
     ebpf: Ebpf,
     /// The programs adopted from the last start's pins (`adopt`), by name.
@@ -57,7 +60,8 @@ pub struct EbpfDataplane {
     retiring: Vec<(String, aya::maps::MapData)>,
     fast_path: bool,
     /// The interfaces (index, name, role) whose attachments the last sync checked: a sync
-    /// for the same set (a port change) skips the check; every tick makes it again.
+    /// for the same set (a port change) skips the check; a drift found on a pinned link
+    /// makes the next sync check them all.
     links_checked: Option<BTreeSet<(u32, String, IfaceRole)>>,
     /// The links natd keeps pinned, as of the last complete check (for the drift check).
     pins: Option<Arc<BTreeSet<String>>>,
@@ -342,8 +346,13 @@ impl Dataplane for EbpfDataplane {
                 self.writer.mirror_mut().forget(name);
             }
         }
-        // Work the last sync left: edges not attached yet, tables or flows to carry over.
-        !drifted.is_empty() || self.links_checked.is_none() || !self.retiring.is_empty() || !self.legacy.is_empty()
+        // Work the last sync left: a write that failed midway, edges not attached yet,
+        // tables or flows to carry over.
+        !drifted.is_empty()
+            || self.writer.mirror().unknown()
+            || self.links_checked.is_none()
+            || !self.retiring.is_empty()
+            || !self.legacy.is_empty()
     }
 
     fn mapping_slots(&self) -> Vec<(u32, u32)> {
@@ -361,6 +370,7 @@ impl Dataplane for EbpfDataplane {
             "attach": "tcx",
             "socket_hooks_cgroup": self.cgroup_root.as_ref().map(|p| p.display().to_string()),
             "pin_dir": self.pin_dir.display().to_string(),
+            "programs": if self.adopted.is_empty() { "loaded and verified at start" } else { ADOPTED },
             "links": loader::Links::pinned(&self.pin_dir.join("links")),
             "counters": counters,
             "fast_path": self.fast_path,
