@@ -413,6 +413,15 @@ fn published_port_taken_by_a_host_process_is_refused() {
         ports
     };
     assert_eq!(reserved(), vec![inside, theirs], "published {inside} (in range) and 7778 (outside)");
+    // Rewritten behind natd's back (`sysctl --system` does this): the next tick, which
+    // finds nothing else changed and syncs nothing, puts natd's port back.
+    lab.host_ok(&["sh", "-c", &format!("echo {theirs} > /proc/sys/net/ipv4/ip_local_reserved_ports")]);
+    assert_eq!(reserved(), vec![theirs], "control: natd's port gone");
+    assert!(
+        wait_until(Duration::from_secs(8), || reserved() == vec![inside, theirs]),
+        "reserved again by a tick: {:?}",
+        reserved()
+    );
     lab.ok(&["rm", "fine"]);
     assert_eq!(reserved(), vec![theirs], "the removed sandbox's port is released, the other entry kept");
 }

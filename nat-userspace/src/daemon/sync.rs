@@ -60,10 +60,6 @@ impl KernelView {
 }
 
 impl Daemon {
-    async fn kernel_view(&self) -> Result<KernelView> {
-        KernelView::dump(&self.nl).await
-    }
-
     fn desired_dataplane(&self, view: &KernelView) -> Desired {
         let (quota_embryonic, quota_promoted) = self.config.source_quotas();
         let mut desired = Desired {
@@ -221,7 +217,7 @@ impl Daemon {
             view_mut.addresses.retain(|(index, _)| !gone.contains(index));
             return Ok(view);
         }
-        Ok(std::sync::Arc::new(self.kernel_view().await?))
+        Ok(std::sync::Arc::new(KernelView::dump(&self.nl).await?))
     }
 
     /// The next sync takes a whole new view of the host's links and addresses.

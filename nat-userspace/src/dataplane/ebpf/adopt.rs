@@ -20,7 +20,10 @@ use aya::{
 use nat_common::names::{map, program};
 use sha2::{Digest as _, Sha256};
 
-use super::{err, loader::Links};
+use super::{
+    err,
+    loader::{self, Links},
+};
 use crate::dataplane::DataplaneError;
 
 /// Where every object's programs are pinned, each object in a directory of its own.
@@ -60,12 +63,7 @@ fn sock_attach_type(name: &str) -> Option<CgroupSockAddrAttachType> {
 /// now; None when any is missing, from another object or on a map no longer pinned.
 pub fn pinned(pin_dir: &Path) -> Option<HashMap<String, Program>> {
     let dir = object_dir(pin_dir);
-    let maps_dir = pin_dir.join("maps");
-    let pinned_maps: HashSet<u32> = Links::pinned(&maps_dir)
-        .iter()
-        .filter_map(|name| aya::maps::MapInfo::from_pin(maps_dir.join(name)).ok())
-        .map(|m| m.id())
-        .collect();
+    let pinned_maps = loader::pinned_map_ids(&pin_dir.join("maps"));
     let mut programs = HashMap::new();
     let mut unpinned = HashSet::new();
     for &name in program::TC.iter().chain(program::SOCKET) {

@@ -28,7 +28,7 @@ use nat_common::{
 
 use super::{
     loader::Links,
-    maps::{Mirror, Written},
+    maps::{Mirror, Written, config_entry},
     tables::{MapSet as _, Tables, read_all},
 };
 use crate::{
@@ -207,10 +207,6 @@ impl<K: Pod + Ord + Send, V: Pod + PartialEq + Send> MapCheck for TrieCheck<K, V
 struct ConfigCheck {
     kernel: Option<NatConfig>,
     differs: bool,
-}
-
-fn config_entry(maps: &Tables) -> Option<NatConfig> {
-    Array::<&MapData, NatConfig>::try_from(maps.map(map::CONFIG)?).ok()?.get(&0, 0).ok()
 }
 
 impl MapCheck for ConfigCheck {

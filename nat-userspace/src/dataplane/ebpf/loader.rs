@@ -298,15 +298,18 @@ pub struct ProgramCache {
     pinned: Option<std::collections::HashSet<u32>>,
 }
 
+/// The ids of the maps pinned under `maps_dir`.
+pub fn pinned_map_ids(maps_dir: &Path) -> std::collections::HashSet<u32> {
+    Links::pinned(maps_dir)
+        .iter()
+        .filter_map(|name| aya::maps::MapInfo::from_pin(maps_dir.join(name)).ok())
+        .map(|m| m.id())
+        .collect()
+}
+
 impl ProgramCache {
     fn identity(&mut self, maps_dir: &Path, info: &aya::programs::ProgramInfo) -> Result<Identity, DataplaneError> {
-        let pinned = self.pinned.get_or_insert_with(|| {
-            Links::pinned(maps_dir)
-                .iter()
-                .filter_map(|name| aya::maps::MapInfo::from_pin(maps_dir.join(name)).ok())
-                .map(|m| m.id())
-                .collect()
-        });
+        let pinned = self.pinned.get_or_insert_with(|| pinned_map_ids(maps_dir));
         let mut maps: Vec<u32> = info
             .map_ids()
             .map_err(|e| err("program map ids", e))?

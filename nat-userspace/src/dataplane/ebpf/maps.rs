@@ -23,7 +23,7 @@ pub use super::kernel_form::{from_raw, from_raw6, raw, raw6};
 use super::{
     conntrack::now_ticks,
     err,
-    tables::{read_all, write_all, write_per_cpu},
+    tables::{MapSet, read_all, write_all, write_per_cpu},
     kernel_form::{PortEntry, endpoint_info, iface_config, net_info, net_info6, port_entry},
     portmarks::PortMarks,
     slots::{SlotBook, SlotChange},
@@ -601,10 +601,12 @@ fn write_config(
 /// Whether the pinned configuration has the host-bound miss filter on (a natd with these
 /// programs started it before).
 pub fn port_filter_on(ebpf: &Ebpf) -> bool {
-    ebpf.map(map::CONFIG)
-        .and_then(|m| Array::<&MapData, NatConfig>::try_from(m).ok())
-        .and_then(|a| a.get(&0, 0).ok())
-        .is_some_and(|c| c.flags & config::PORT_FILTER != 0)
+    config_entry(ebpf).is_some_and(|c| c.flags & config::PORT_FILTER != 0)
+}
+
+/// `NATD_CONFIG`'s one entry as the kernel holds it.
+pub fn config_entry(maps: &(impl MapSet + ?Sized)) -> Option<NatConfig> {
+    Array::<&MapData, NatConfig>::try_from(maps.map(map::CONFIG)?).ok()?.get(&0, 0).ok()
 }
 
 /// The cookie of the network namespace natd serves: socket hooks act only there.
