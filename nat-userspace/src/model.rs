@@ -340,6 +340,15 @@ pub struct PortMapping {
     pub host_port: u16,
     pub container_port: u16,
     pub proto: Proto,
+    /// Sequential, from the counter sandbox and network ids come from, given when the
+    /// mapping is made and kept with it (0: not given yet; records of natd before ids
+    /// get theirs at start). Its statistics and its flows' entries name it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub id: u32,
+}
+
+fn is_zero(id: &u32) -> bool {
+    *id == 0
 }
 
 impl PortMapping {

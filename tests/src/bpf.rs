@@ -303,6 +303,7 @@ impl Bpf {
             target: IpAddr::from(target),
             target_port,
             mapping_id,
+            legacy_id: 0,
             trusted_only: false,
         });
         self.sync();
@@ -533,6 +534,7 @@ impl Bpf {
             target: IpAddr::from(target),
             target_port,
             mapping_id,
+            legacy_id: 0,
             trusted_only: false,
         });
         self.sync();

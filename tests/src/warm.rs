@@ -213,6 +213,7 @@ pub fn set_mappings(bpf: &mut Bpf, mappings: u32) {
             target: SANDBOX.into(),
             target_port: 80,
             mapping_id: 2 + i as u32,
+            legacy_id: 0,
             trusted_only: false,
         })
         .collect();
@@ -223,6 +224,7 @@ pub fn set_mappings(bpf: &mut Bpf, mappings: u32) {
         target: SANDBOX.into(),
         target_port: 80,
         mapping_id: 1,
+        legacy_id: 0,
         trusted_only: false,
     });
     bpf.desired.ports = rules;

@@ -248,7 +248,7 @@ fn a_frame_for_a_macvlan_is_left_to_the_macvlans_programs() {
 #[test]
 fn direct_access_is_opened_for_trusted_edges_on_published_container_ports_only() {
     let mut bpf = load();
-    let open = natd::dataplane::PortRule::open_port(natd::portspec::Proto::Tcp, SANDBOX.into(), 80, 7, true);
+    let open = natd::dataplane::PortRule::open_port(natd::portspec::Proto::Tcp, SANDBOX.into(), 80, (7, 1), true);
     bpf.publish_many([open]);
     let to_container = || segment(CLIENT, 40000, SANDBOX, 80, 1000, SYN);
     // Not trusted: dropped as direct access.

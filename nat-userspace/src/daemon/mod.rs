@@ -110,6 +110,21 @@ impl Daemon {
         (id as u32, Change::NextId(id + 1))
     }
 
+    /// Gives every mapping of `mappings` without an id the next ids of the counter
+    /// (`PortMapping::id`); the change that records the counter, if it moved.
+    fn number_mappings(&mut self, mappings: &mut [crate::model::PortMapping]) -> Result<Option<Change>> {
+        let mut moved = None;
+        for m in mappings.iter_mut().filter(|m| m.id == 0) {
+            let (id, change) = self.alloc_id();
+            if id >= crate::dataplane::OPEN_PORT_ID {
+                return Err(error::internal("mapping ids exhausted (2^31 handed out): recreate natd's state"));
+            }
+            m.id = id;
+            moved = Some(change);
+        }
+        Ok(moved)
+    }
+
     fn sandbox(&self, name: &str) -> Result<&Sandbox> {
         self.state
             .sandboxes

@@ -217,6 +217,7 @@ impl Allocator<'_> {
             host_port,
             container_port,
             proto,
+            id: 0,
         };
         self.book.add(&mapping);
         self.out.push(mapping);
@@ -360,6 +361,7 @@ mod tests {
             host_port: port,
             container_port: 80,
             proto: Proto::Tcp,
+            id: 0,
         }
     }
 

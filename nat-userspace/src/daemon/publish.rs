@@ -126,13 +126,14 @@ impl Daemon {
             ipv6: network.has_ipv6() && sandbox.endpoints[0].ipv6.is_some(),
         };
         let host = ports::host_sockets(&request);
-        let added = ports::allocate(&self.port_book, &host, self.port_range, &mut self.port_cursor, &request)
+        let mut added = ports::allocate(&self.port_book, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;
+        let numbered = self.number_mappings(&mut added)?;
         let summary: Vec<String> = added.iter().map(describe).collect();
         let before = self.port_rules_of(&sandbox);
         sandbox.publish.extend(specs);
         sandbox.ports.extend(added);
-        self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
+        self.commit(numbered.into_iter().chain([Change::PutSandbox(sandbox.clone())]).collect())?;
         let (new, gone) = rule_changes(&before, &self.port_rules_of(&sandbox));
         self.sync_ports(name, &new, &gone).await?;
         info!(sandbox = name, ports = %summary.join(", "), "ports published");

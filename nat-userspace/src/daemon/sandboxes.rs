@@ -296,11 +296,12 @@ impl Daemon {
         } else {
             ports::host_sockets(&request)
         };
-        let ports = ports::allocate(&self.port_book, &host, self.port_range, &mut self.port_cursor, &request)
+        let mut ports = ports::allocate(&self.port_book, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;
 
         let (id, id_change) = self.alloc_id();
         let mut changes = vec![id_change];
+        changes.extend(self.number_mappings(&mut ports)?);
         let attachment = match network {
             Some(network) => {
                 if let Some(ip) = req.ip.as_deref().filter(|ip| ip.contains(['/', '@'])) {

@@ -9,7 +9,7 @@ use super::{DEFAULT_NETWORK, Daemon, drivers, error::Result, error::invalid, now
 use crate::{
     config::DaemonConfig,
     dataplane,
-    model::{Driver, Network},
+    model::{Driver, Network, Sandbox},
     state::{Change, Store},
     sys::{netlink::Netlink, sysctl},
 };
@@ -73,6 +73,7 @@ impl Daemon {
             daemon.config.fast_path && daemon.dataplane.kind() == crate::config::DataplaneKind::Ebpf,
             &daemon.config.name_prefix,
         );
+        daemon.number_stored_mappings()?;
         daemon.ensure_default_network().await?;
         let report = daemon.reconcile().await?;
         for line in &report {
@@ -82,6 +83,28 @@ impl Daemon {
             info!(target: "natd::reconcile", "kernel state matches the stored state");
         }
         Ok(daemon)
+    }
+
+    /// Records written before mappings had ids (`PortMapping::id`) get theirs, in one
+    /// commit. The dataplane finds each mapping's slot by its fields, so its flows carry on.
+    fn number_stored_mappings(&mut self) -> Result<()> {
+        let mut changes = Vec::new();
+        let unnumbered: Vec<Sandbox> = self
+            .state
+            .sandboxes
+            .values()
+            .filter(|s| s.ports.iter().any(|m| m.id == 0))
+            .cloned()
+            .collect();
+        for mut sandbox in unnumbered {
+            changes.extend(self.number_mappings(&mut sandbox.ports)?);
+            changes.push(Change::PutSandbox(sandbox));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        info!(sandboxes = changes.iter().filter(|c| matches!(c, Change::PutSandbox(_))).count(), "published ports given their ids");
+        self.commit(changes)
     }
 
     /// The network named `bridge` follows natd's flags: created on first start, updated

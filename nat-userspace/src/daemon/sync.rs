@@ -582,25 +582,19 @@ fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool
                 None => continue,
             },
         };
+        let ids = (m.id, sandbox.id);
         let rule = if routed(target.is_ipv6()) {
-            PortRule::open_port(m.proto, target, m.container_port, sandbox.id, false)
+            PortRule::open_port(m.proto, target, m.container_port, ids, false)
         } else {
             if let Some(trusted_only) = direct {
-                rules.push(PortRule::open_port(
-                    m.proto,
-                    target,
-                    m.container_port,
-                    sandbox.id,
-                    trusted_only,
-                ));
+                rules.push(PortRule::open_port(m.proto, target, m.container_port, ids, trusted_only));
             }
             PortRule::new(
                 host_ip.filter(|ip| !ip.is_unspecified()),
                 m.host_port,
                 m.proto,
-                target,
-                m.container_port,
-                sandbox.id,
+                (target, m.container_port),
+                ids,
             )
         };
         rules.push(rule);

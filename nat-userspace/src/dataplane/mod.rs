@@ -84,57 +84,51 @@ pub struct PortRule {
     pub proto: Proto,
     pub target: IpAddr,
     pub target_port: u16,
-    /// Changes whenever any field above changes, so flows of an old mapping are recognised.
+    /// The mapping's id (`PortMapping::id`: sequential, kept with the record), for its
+    /// statistics; the container port a mapping opens on the sandbox's address has the
+    /// mapping's id with `OPEN_PORT_ID` set. Flows are told apart by the mapping's slot,
+    /// which the dataplane keys by the fields above, not by this id.
     pub mapping_id: u32,
+    /// The id natd gave the rule before ids were kept with the records (a hash of its
+    /// fields and its sandbox's id), which natd 0.1's connection entries carry.
+    pub legacy_id: u32,
     /// An open container port (the sandbox's address and port translated to themselves)
     /// that only edges its network trusts may use.
     pub trusted_only: bool,
 }
 
+/// Set in the id of the rule that opens a mapping's container port on the sandbox's own
+/// address (mapping ids stay below it).
+pub const OPEN_PORT_ID: u32 = 1 << 31;
+
 impl PortRule {
+    /// `host_ip` (None: every address of the family) and `host_port` to `target` and
+    /// `target_port`, for the mapping `id` of sandbox `sandbox_id`.
     pub fn new(
         host_ip: Option<IpAddr>,
         host_port: u16,
         proto: Proto,
-        target: IpAddr,
-        target_port: u16,
-        salt: u32,
+        (target, target_port): (IpAddr, u16),
+        (id, sandbox_id): (u32, u32),
     ) -> Self {
-        // FNV-1a over every field: a cheap stable id that differs when anything differs.
-        let mut hash: u32 = 0x811c_9dc5;
-        let mut feed = |bytes: &[u8]| {
-            for b in bytes {
-                hash ^= u32::from(*b);
-                hash = hash.wrapping_mul(0x0100_0193);
-            }
-        };
-        // IPv4 rules hash the bytes they always did: ids stay the same across an upgrade.
-        match host_ip {
-            None => feed(&[0; 4]),
-            Some(ip) => feed(&octets(ip)),
-        }
-        feed(&host_port.to_be_bytes());
-        feed(&[proto.number()]);
-        feed(&octets(target));
-        feed(&target_port.to_be_bytes());
-        feed(&salt.to_be_bytes());
         Self {
             host_ip,
             host_port,
             proto,
             target,
             target_port,
-            mapping_id: hash.max(1),
+            mapping_id: id,
+            legacy_id: legacy_id(host_ip, host_port, proto, target, target_port, sandbox_id),
             trusted_only: false,
         }
     }
 
     /// The container port opened on the sandbox's own address (routed mode, trusted
     /// edges, `allow-direct-routing`): translated to itself.
-    pub fn open_port(proto: Proto, target: IpAddr, port: u16, salt: u32, trusted_only: bool) -> Self {
+    pub fn open_port(proto: Proto, target: IpAddr, port: u16, (id, sandbox_id): (u32, u32), trusted_only: bool) -> Self {
         Self {
             trusted_only,
-            ..Self::new(Some(target), port, proto, target, port, salt)
+            ..Self::new(Some(target), port, proto, (target, port), (id | OPEN_PORT_ID, sandbox_id))
         }
     }
 
@@ -143,6 +137,29 @@ impl PortRule {
     pub fn is_open_port(&self) -> bool {
         self.host_ip == Some(self.target) && self.host_port == self.target_port
     }
+}
+
+/// FNV-1a over every field of a rule and its sandbox's id: the id natd gave a rule before
+/// ids were kept with the records (colliding ids shared a slot: at 100,000 mappings a
+/// collision is more likely than not).
+fn legacy_id(host_ip: Option<IpAddr>, host_port: u16, proto: Proto, target: IpAddr, target_port: u16, sandbox_id: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u32::from(*b);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    };
+    match host_ip {
+        None => feed(&[0; 4]),
+        Some(ip) => feed(&octets(ip)),
+    }
+    feed(&host_port.to_be_bytes());
+    feed(&[proto.number()]);
+    feed(&octets(target));
+    feed(&target_port.to_be_bytes());
+    feed(&sandbox_id.to_be_bytes());
+    hash.max(1)
 }
 
 fn octets(ip: IpAddr) -> Vec<u8> {

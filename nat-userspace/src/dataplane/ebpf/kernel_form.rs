@@ -88,12 +88,62 @@ impl PortEntry {
         }
     }
 
+    /// What owns the entry's generation slot: where the port is published and where it
+    /// leads, in the kernel's bytes. Not the mapping's id, so a mapping keeps its slot
+    /// (and its flows) when its id changes (the hashed ids of natd before persisted ones),
+    /// and a mapping whose target changed takes a fresh slot (the old target's flows end).
+    pub fn slot_owner(&self) -> MappingKey {
+        match *self {
+            PortEntry::V4(k, t) => MappingKey {
+                host: [k.addr, 0, 0, 0],
+                port: k.port,
+                proto: k.proto,
+                ipv6: false,
+                target: [t.addr, 0, 0, 0],
+                target_port: t.port,
+            },
+            PortEntry::V6(k, t) => MappingKey {
+                host: k.addr,
+                port: k.port,
+                proto: k.proto,
+                ipv6: true,
+                target: t.addr,
+                target_port: t.port,
+            },
+        }
+    }
+
+    /// The slot and mapping id the entry carries.
+    pub fn slot_and_id(&self) -> (u32, u32) {
+        match self {
+            PortEntry::V4(_, t) => (t.slot, t.mapping_id),
+            PortEntry::V6(_, t) => (t.slot, t.mapping_id),
+        }
+    }
+
     /// The mark the entry needs (`nat_common::port_marks`).
     pub fn mark(&self) -> Option<u32> {
         match self {
             PortEntry::V4(k, _) => port_marks::of_port(k),
             PortEntry::V6(k, _) => port_marks::of_port(k),
         }
+    }
+}
+
+/// The owner of a published mapping's generation slot (`PortEntry::slot_owner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MappingKey {
+    host: [u32; 4],
+    port: u16,
+    proto: u8,
+    ipv6: bool,
+    target: [u32; 4],
+    target_port: u16,
+}
+
+impl MappingKey {
+    pub fn of(rule: &PortRule) -> Self {
+        port_entry(rule, 0, 0).slot_owner()
     }
 }
 

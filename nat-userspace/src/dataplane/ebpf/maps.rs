@@ -5,7 +5,7 @@
 //! packet tests and the benchmark all write maps through here, so the bytes they install
 //! are the bytes natd installs.
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     net::IpAddr,
     sync::Arc,
 };
@@ -24,7 +24,7 @@ use super::{
     conntrack::now_ticks,
     err,
     tables::{MapSet, read_all, write_all, write_per_cpu},
-    kernel_form::{PortEntry, endpoint_info, iface_config, net_info, net_info6, port_entry},
+    kernel_form::{MappingKey, PortEntry, endpoint_info, iface_config, net_info, net_info6, port_entry},
     portmarks::PortMarks,
     slots::{SlotBook, SlotChange},
 };
@@ -143,7 +143,9 @@ impl Mirror {
 type EndpointOwner = (IpAddr, u32);
 
 pub struct MapWriter {
-    mappings: SlotBook<u32>,
+    mappings: SlotBook<MappingKey>,
+    /// slot -> the id of the mapping that holds it (for statistics and flows).
+    mapping_ids: StdHashMap<u32, u32>,
     endpoints: SlotBook<EndpointOwner>,
     mirror: Mirror,
     /// The host-bound miss filter's marks, opened at first use (the inner `None`: an
@@ -157,6 +159,7 @@ impl Default for MapWriter {
     fn default() -> Self {
         Self {
             mappings: SlotBook::new(0, MAX_PORT_MAPPINGS),
+            mapping_ids: StdHashMap::new(),
             endpoints: SlotBook::new(MAX_PORT_MAPPINGS, nat_common::MAX_ENDPOINTS),
             mirror: Mirror::default(),
             marks: None,
@@ -192,10 +195,13 @@ impl MapWriter {
 
     /// Takes over the slots the maps hold already (natd restarted over pinned maps).
     pub fn adopt(&mut self, ebpf: &Ebpf) {
+        let held: Vec<PortEntry> = pinned::<Port4Key, Port4Target>(ebpf, map::PORTS4)
+            .map(|(k, t)| PortEntry::V4(k, t))
+            .chain(pinned::<Port6Key, Port6Target>(ebpf, map::PORTS6).map(|(k, t)| PortEntry::V6(k, t)))
+            .collect();
         self.mappings
-            .adopt(pinned::<Port4Key, Port4Target>(ebpf, map::PORTS4).map(|(_, t)| (t.mapping_id, t.slot)));
-        self.mappings
-            .adopt(pinned::<Port6Key, Port6Target>(ebpf, map::PORTS6).map(|(_, t)| (t.mapping_id, t.slot)));
+            .adopt(held.iter().map(|e| (e.slot_owner(), e.slot_and_id().0)));
+        self.mapping_ids.extend(held.iter().map(PortEntry::slot_and_id));
         self.endpoints.adopt(
             pinned::<u32, EndpointInfo>(ebpf, map::ENDPOINTS4)
                 .map(|(addr, e)| ((IpAddr::V4(from_raw(addr)), e.host_ifindex), e.slot)),
@@ -222,14 +228,9 @@ impl MapWriter {
         &mut self.mirror
     }
 
-    /// Every published mapping's id.
-    pub fn mapping_ids(&self) -> Vec<u32> {
-        self.mappings.owners().map(|(id, _)| *id).collect()
-    }
-
     /// slot -> mapping id.
-    pub fn mapping_owners(&self) -> StdHashMap<u32, u32> {
-        self.mappings.owners().map(|(id, slot)| (slot, *id)).collect()
+    pub fn mapping_owners(&self) -> &StdHashMap<u32, u32> {
+        &self.mapping_ids
     }
 
     /// The current generation of `slots`.
@@ -246,10 +247,16 @@ impl MapWriter {
             .collect()
     }
 
-    /// The slot of a published mapping (for its statistics).
-    pub fn mapping_slots(&self, ids: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
-        ids.into_iter()
-            .filter_map(|id| Some((id, self.mappings.slot(&id)?)))
+    /// Every published mapping's (id, slot), for its statistics.
+    pub fn mapping_slots(&self) -> Vec<(u32, u32)> {
+        self.mapping_ids.iter().map(|(slot, id)| (*id, *slot)).collect()
+    }
+
+    /// The slot of the rule natd 0.1 knew by `legacy_id` (`PortRule::legacy_id`), among `rules`.
+    pub fn legacy_slots(&self, rules: &[PortRule]) -> StdHashMap<u32, u32> {
+        rules
+            .iter()
+            .filter_map(|r| Some((r.legacy_id, self.mappings.slot(&MappingKey::of(r))?)))
             .collect()
     }
 
@@ -331,8 +338,8 @@ impl MapWriter {
     }
 
     fn write_ports(&mut self, ebpf: &mut Ebpf, ports: &[PortRule]) -> Result<(), DataplaneError> {
-        let ids: Vec<u32> = ports.iter().map(|r| r.mapping_id).collect();
-        let changes = self.mappings.sync(&ids).map_err(|e| err("published ports", e))?;
+        let owners: Vec<MappingKey> = ports.iter().map(MappingKey::of).collect();
+        let changes = self.mappings.sync(&owners).map_err(|e| err("published ports", e))?;
         let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
         let mut fresh = Vec::new();
         for change in &changes {
@@ -346,8 +353,10 @@ impl MapWriter {
         }
         let mut want = BTreeMap::new();
         let mut want6 = BTreeMap::new();
-        for rule in ports {
-            let slot = self.mappings.slot(&rule.mapping_id).expect("synced above");
+        self.mapping_ids.clear();
+        for (rule, owner) in ports.iter().zip(&owners) {
+            let slot = self.mappings.slot(owner).expect("synced above");
+            self.mapping_ids.insert(slot, rule.mapping_id);
             match port_entry(rule, slot, generations.get(slot)?) {
                 PortEntry::V4(key, target) => want.insert(key, target).map(drop),
                 PortEntry::V6(key, target) => want6.insert(key, target).map(drop),
@@ -381,9 +390,14 @@ impl MapWriter {
         let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
         let mut fresh = Vec::new();
         let mut gone = Vec::new();
-        for rule in removed {
-            if let Some(SlotChange::Released { slot, .. }) = self.mappings.release(&rule.mapping_id) {
+        // A rule removed and added again with only its id changed (the open container port
+        // of two mappings, when the one whose id it had is withdrawn) keeps its slot and
+        // flows, as in a full write: its entry is just rewritten.
+        let staying: HashSet<MappingKey> = added.iter().map(MappingKey::of).collect();
+        for rule in removed.iter().filter(|r| !staying.contains(&MappingKey::of(r))) {
+            if let Some(SlotChange::Released { slot, .. }) = self.mappings.release(&MappingKey::of(rule)) {
                 generations.bump(slot)?;
+                self.mapping_ids.remove(&slot);
             }
             // The key does not depend on the slot.
             gone.push(port_entry(rule, 0, 0));
@@ -391,7 +405,7 @@ impl MapWriter {
         for rule in added {
             let change = self
                 .mappings
-                .take(&rule.mapping_id)
+                .take(&MappingKey::of(rule))
                 .map_err(|e| err("published ports", e))?;
             if let Some(SlotChange::Taken { slot, .. }) = change {
                 fresh.push(slot);
@@ -400,7 +414,8 @@ impl MapWriter {
         generations.bump_all(&fresh)?;
         let mut new = Vec::new();
         for rule in added {
-            let slot = self.mappings.slot(&rule.mapping_id).expect("taken above");
+            let slot = self.mappings.slot(&MappingKey::of(rule)).expect("taken above");
+            self.mapping_ids.insert(slot, rule.mapping_id);
             new.push(port_entry(rule, slot, generations.get(slot)?));
         }
         zero_stats(ebpf, &fresh)?;

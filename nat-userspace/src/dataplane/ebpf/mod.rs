@@ -183,14 +183,14 @@ impl EbpfDataplane {
     }
 
     /// natd 0.1's flows into today's table, once the mappings have their slots.
-    fn convert_legacy(&mut self) -> Result<usize, DataplaneError> {
+    fn convert_legacy(&mut self, ports: &[PortRule]) -> Result<usize, DataplaneError> {
         let legacy = std::mem::take(&mut self.legacy);
         if legacy.is_empty() {
             return Ok(0);
         }
         let now = conntrack::now_ticks();
-        let ids: Vec<u32> = legacy.iter().map(|(_, e)| e.mapping_id).collect();
-        let slots: std::collections::HashMap<u32, u32> = self.writer.mapping_slots(ids).into_iter().collect();
+        // natd 0.1's entries name their mapping by the id it hashed then.
+        let slots = self.writer.legacy_slots(ports);
         let generations = self.writer.generations_of(&self.ebpf, slots.values().copied());
         let converted: Vec<(Ct4Key, Ct4Entry)> = legacy
             .iter()
@@ -219,7 +219,7 @@ impl EbpfDataplane {
         }
         self.fast_path = desired.fast_path;
         self.follow_edges(desired, &mut report)?;
-        let converted = self.convert_legacy()?;
+        let converted = self.convert_legacy(&desired.ports)?;
         if converted > 0 {
             report.attached.push(format!(
                 "{converted} flows of natd 0.1's connection table carried over"
@@ -356,7 +356,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn mapping_slots(&self) -> Vec<(u32, u32)> {
-        self.writer.mapping_slots(self.writer.mapping_ids())
+        self.writer.mapping_slots()
     }
 
     fn info(&self) -> serde_json::Value {
