@@ -94,22 +94,14 @@ impl PortEntry {
     /// and a mapping whose target changed takes a fresh slot (the old target's flows end).
     pub fn slot_owner(&self) -> MappingKey {
         match *self {
-            PortEntry::V4(k, t) => MappingKey {
-                host: [k.addr, 0, 0, 0],
-                port: k.port,
-                proto: k.proto,
-                ipv6: false,
-                target: [t.addr, 0, 0, 0],
-                target_port: t.port,
-            },
-            PortEntry::V6(k, t) => MappingKey {
+            PortEntry::V4(k, t) => MappingKey::V4 {
                 host: k.addr,
-                port: k.port,
-                proto: k.proto,
-                ipv6: true,
                 target: t.addr,
+                port: k.port,
                 target_port: t.port,
+                proto: k.proto,
             },
+            PortEntry::V6(k, t) => MappingKey::V6(Box::new((k.addr, k.port, k.proto, t.addr, t.port))),
         }
     }
 
@@ -130,15 +122,18 @@ impl PortEntry {
     }
 }
 
-/// The owner of a published mapping's generation slot (`PortEntry::slot_owner`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MappingKey {
-    host: [u32; 4],
-    port: u16,
-    proto: u8,
-    ipv6: bool,
-    target: [u32; 4],
-    target_port: u16,
+/// The owner of a published mapping's generation slot (`PortEntry::slot_owner`). IPv6
+/// keys are boxed: the book holds one per mapping, and most are IPv4.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MappingKey {
+    V4 {
+        host: u32,
+        target: u32,
+        port: u16,
+        target_port: u16,
+        proto: u8,
+    },
+    V6(Box<(Addr6, u16, u8, Addr6, u16)>),
 }
 
 impl MappingKey {

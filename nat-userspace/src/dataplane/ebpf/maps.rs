@@ -138,14 +138,23 @@ impl Mirror {
     }
 }
 
+/// Records which mapping holds `slot` (None: no mapping).
+fn name_slot(ids: &mut Vec<Option<u32>>, slot: u32, id: Option<u32>) {
+    let index = slot as usize;
+    if ids.len() <= index {
+        ids.resize(index + 1, None);
+    }
+    ids[index] = id;
+}
+
 /// Who owns an endpoint slot: the address on that veth (the same address on a new veth
 /// is a new endpoint, whose flows are not the old one's).
 type EndpointOwner = (IpAddr, u32);
 
 pub struct MapWriter {
     mappings: SlotBook<MappingKey>,
-    /// slot -> the id of the mapping that holds it (for statistics and flows).
-    mapping_ids: StdHashMap<u32, u32>,
+    /// The id of the mapping that holds each slot (for statistics and flows), by slot.
+    mapping_ids: Vec<Option<u32>>,
     endpoints: SlotBook<EndpointOwner>,
     mirror: Mirror,
     /// The host-bound miss filter's marks, opened at first use (the inner `None`: an
@@ -159,7 +168,7 @@ impl Default for MapWriter {
     fn default() -> Self {
         Self {
             mappings: SlotBook::new(0, MAX_PORT_MAPPINGS),
-            mapping_ids: StdHashMap::new(),
+            mapping_ids: Vec::new(),
             endpoints: SlotBook::new(MAX_PORT_MAPPINGS, nat_common::MAX_ENDPOINTS),
             mirror: Mirror::default(),
             marks: None,
@@ -201,7 +210,9 @@ impl MapWriter {
             .collect();
         self.mappings
             .adopt(held.iter().map(|e| (e.slot_owner(), e.slot_and_id().0)));
-        self.mapping_ids.extend(held.iter().map(PortEntry::slot_and_id));
+        for (slot, id) in held.iter().map(PortEntry::slot_and_id) {
+            name_slot(&mut self.mapping_ids, slot, Some(id));
+        }
         self.endpoints.adopt(
             pinned::<u32, EndpointInfo>(ebpf, map::ENDPOINTS4)
                 .map(|(addr, e)| ((IpAddr::V4(from_raw(addr)), e.host_ifindex), e.slot)),
@@ -228,9 +239,9 @@ impl MapWriter {
         &mut self.mirror
     }
 
-    /// slot -> mapping id.
-    pub fn mapping_owners(&self) -> &StdHashMap<u32, u32> {
-        &self.mapping_ids
+    /// The id of the mapping holding `slot`.
+    pub fn mapping_of_slot(&self, slot: u32) -> Option<u32> {
+        self.mapping_ids.get(slot as usize).copied().flatten()
     }
 
     /// The current generation of `slots`.
@@ -249,7 +260,10 @@ impl MapWriter {
 
     /// Every published mapping's (id, slot), for its statistics.
     pub fn mapping_slots(&self) -> Vec<(u32, u32)> {
-        self.mapping_ids.iter().map(|(slot, id)| (*id, *slot)).collect()
+        (0u32..)
+            .zip(&self.mapping_ids)
+            .filter_map(|(slot, id)| Some(((*id)?, slot)))
+            .collect()
     }
 
     /// The slot of the rule natd 0.1 knew by `legacy_id` (`PortRule::legacy_id`), among `rules`.
@@ -356,7 +370,7 @@ impl MapWriter {
         self.mapping_ids.clear();
         for (rule, owner) in ports.iter().zip(&owners) {
             let slot = self.mappings.slot(owner).expect("synced above");
-            self.mapping_ids.insert(slot, rule.mapping_id);
+            name_slot(&mut self.mapping_ids, slot, Some(rule.mapping_id));
             match port_entry(rule, slot, generations.get(slot)?) {
                 PortEntry::V4(key, target) => want.insert(key, target).map(drop),
                 PortEntry::V6(key, target) => want6.insert(key, target).map(drop),
@@ -397,7 +411,7 @@ impl MapWriter {
         for rule in removed.iter().filter(|r| !staying.contains(&MappingKey::of(r))) {
             if let Some(SlotChange::Released { slot, .. }) = self.mappings.release(&MappingKey::of(rule)) {
                 generations.bump(slot)?;
-                self.mapping_ids.remove(&slot);
+                name_slot(&mut self.mapping_ids, slot, None);
             }
             // The key does not depend on the slot.
             gone.push(port_entry(rule, 0, 0));
@@ -415,7 +429,7 @@ impl MapWriter {
         let mut new = Vec::new();
         for rule in added {
             let slot = self.mappings.slot(&MappingKey::of(rule)).expect("taken above");
-            self.mapping_ids.insert(slot, rule.mapping_id);
+            name_slot(&mut self.mapping_ids, slot, Some(rule.mapping_id));
             new.push(port_entry(rule, slot, generations.get(slot)?));
         }
         zero_stats(ebpf, &fresh)?;

@@ -386,8 +386,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn flows(&self) -> Vec<Flow> {
-        let owners = self.writer.mapping_owners();
-        conntrack::flows(&self.ebpf, &self.keeper.timeouts(), |slot| owners.get(&slot).copied())
+        conntrack::flows(&self.ebpf, &self.keeper.timeouts(), |slot| self.writer.mapping_of_slot(slot))
     }
 }
 
