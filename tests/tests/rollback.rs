@@ -196,3 +196,30 @@ fn a_failure_at_each_step_of_a_request_leaves_nothing_behind() {
     assert_eq!(world(&lab), before, "a failed commit undoes the kernel changes");
     lab.stop_natd(nix::sys::signal::Signal::SIGTERM);
 }
+
+/// A Linux bridge takes at most 1,023 ports (`BR_MAX_PORTS`, port number 0 reserved); past
+/// that the kernel refuses a port with EXFULL ("exchange full", which is all Docker says).
+/// Here the bridge is filled by ports natd did not make (1,023 taps), so it is the kernel
+/// that refuses:
+/// the run is refused naming the limit, and leaves nothing behind. Control: with one
+/// of them gone the same run succeeds.
+#[test]
+fn a_full_bridge_refuses_the_sandbox_by_name_and_leaves_nothing() {
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    let batch: String = (0..1023)
+        .map(|i| format!("tuntap add mode tap name {p}f{i:x}\nlink set {p}f{i:x} master {}\n", lab.bridge, p = lab.prefix))
+        .collect();
+    let path = lab.dir.join("fill.batch");
+    std::fs::write(&path, batch).unwrap();
+    lab.host_ok(&["ip", "-batch", path.to_str().unwrap()]);
+    let before = world(&lab);
+    let err = lab.fails(&["run", "--name", "one-too-many", "--", "sleep", MARKER]);
+    assert!(
+        err.contains("the bridge has the most ports a Linux bridge can have (1023)"),
+        "{err}"
+    );
+    assert_eq!(world(&lab), before, "the refused run left nothing behind");
+    lab.host_ok(&["ip", "link", "del", &format!("{}f0", lab.prefix)]);
+    lab.ok(&["run", "--name", "one-too-many", "--", "sleep", MARKER]);
+    lab.ok(&["rm", "one-too-many"]);
+}

@@ -56,6 +56,24 @@ fn split_requested(text: Option<&str>) -> RequestedIp<'_> {
     }
 }
 
+/// Refuses an endpoint the network's bridge cannot take: a Linux bridge has at most
+/// `BRIDGE_MAX_PORTS` ports, and the kernel's own refusal ("exchange full", all Docker
+/// says past 1,023 containers on a network) would come after the namespace and veth.
+fn check_bridge_room(network: &str, bridge: &str, attached: usize, others: usize) -> Result<()> {
+    if attached + others < drivers::BRIDGE_MAX_PORTS {
+        return Ok(());
+    }
+    let besides = match others {
+        0 => String::new(),
+        n => format!(" and {n} port(s) of its own"),
+    };
+    Err(conflict(format!(
+        "network {network} is full: its bridge {bridge} has {attached} sandbox endpoints{besides}, and a \
+         Linux bridge takes at most {} ports; connect further sandboxes to another network",
+        drivers::BRIDGE_MAX_PORTS
+    )))
+}
+
 impl Daemon {
     fn used_v4(&self, network: &Network) -> HashSet<Ipv4Addr> {
         let mut used: HashSet<Ipv4Addr> = self
@@ -163,6 +181,14 @@ impl Daemon {
         sandbox: &str,
     ) -> Result<Endpoint> {
         let driver = drivers::of(network.driver);
+        let attached = self
+            .state
+            .sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.network == network.name)
+            .count();
+        check_bridge_room(&network.name, &network.bridge, attached, driver.other_bridge_ports())?;
         let ctx = EndpointContext {
             nl: &self.nl,
             cluster: self.cluster.as_deref(),
@@ -426,5 +452,24 @@ impl DefaultRoute {
             (true, false) => DefaultRoute::Exclusive,
             (true, true) => DefaultRoute::Replace,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel refuses the 1,025th port of a bridge (BR_MAX_PORTS, EXFULL): natd refuses
+    /// the endpoint that would be it, before anything is made.
+    #[test]
+    fn a_full_bridge_is_refused_by_name() {
+        assert!(check_bridge_room("web", "natdb2", 1022, 0).is_ok());
+        let full = check_bridge_room("web", "natdb2", 1023, 0).unwrap_err();
+        assert_eq!(full.class(), super::super::error::ErrorClass::Conflict);
+        assert!(full.to_string().starts_with("network web is full: its bridge natdb2 has 1023 sandbox endpoints, and"), "{full}");
+        assert!(full.to_string().contains("at most 1023 ports"), "{full}");
+        assert!(check_bridge_room("lan", "natdb3", 1021, 1).is_ok());
+        let full = check_bridge_room("lan", "natdb3", 1022, 1).unwrap_err().to_string();
+        assert!(full.contains("1022 sandbox endpoints and 1 port(s) of its own"), "{full}");
     }
 }

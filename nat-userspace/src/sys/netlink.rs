@@ -55,10 +55,14 @@ pub(crate) fn request_err(
             rtnetlink::Error::NetlinkError(m) => -m.raw_code(),
             _ => 0,
         };
-        let message = match &e {
+        let mut message = match &e {
             rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
             other => other.to_string(),
         };
+        if errno == libc::EXFULL {
+            // What enslaving a port to a full bridge answers (`BRIDGE_MAX_PORTS`).
+            message.push_str(": the bridge has the most ports a Linux bridge can have (1023)");
+        }
         NetlinkError::Request {
             op,
             target: target.to_string(),

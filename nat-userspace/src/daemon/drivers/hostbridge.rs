@@ -211,6 +211,11 @@ impl NetworkDriver for HostBridgeDriver {
     fn translated(&self) -> bool {
         false
     }
+
+    /// The LAN interface.
+    fn other_bridge_ports(&self) -> usize {
+        1
+    }
 }
 
 /// The LAN's subnet and router, both required: natd cannot guess a LAN's addressing.

@@ -100,12 +100,22 @@ pub trait NetworkDriver: Send + Sync {
     /// Whether natd's dataplane serves the network: NAT, published ports and isolation.
     fn translated(&self) -> bool;
 
+    /// Ports of the network's bridge that are not sandboxes' (the LAN's NIC, the VXLAN
+    /// device): they count against `BRIDGE_MAX_PORTS`.
+    fn other_bridge_ports(&self) -> usize {
+        0
+    }
+
     /// The MAC an endpoint with address `ip` gets, when the driver fixes it (None: the
     /// kernel's random one).
     fn endpoint_mac(&self, _ip: Ipv4Addr) -> Option<[u8; 6]> {
         None
     }
 }
+
+/// The most ports a Linux bridge takes: port numbers are below `BR_MAX_PORTS` (1024,
+/// net/bridge/br_private.h) and 0 is reserved. One more is refused with EXFULL.
+pub const BRIDGE_MAX_PORTS: usize = 1023;
 
 static BRIDGE: bridge::BridgeDriver = bridge::BridgeDriver;
 static HOSTBRIDGE: hostbridge::HostBridgeDriver = hostbridge::HostBridgeDriver;

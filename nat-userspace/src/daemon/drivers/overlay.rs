@@ -366,6 +366,11 @@ impl NetworkDriver for OverlayDriver {
         true
     }
 
+    /// The VXLAN device.
+    fn other_bridge_ports(&self) -> usize {
+        1
+    }
+
     /// Docker's 02:42 followed by the address: when an address is reused on another host,
     /// the neighbour entries other sandboxes still hold for it stay right.
     fn endpoint_mac(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
