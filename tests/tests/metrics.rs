@@ -60,6 +60,18 @@ fn metrics_follow_the_traffic() {
         "{after}"
     );
     assert!(sample(&after, "natd_conntrack_capacity") >= 262_144.0, "{after}");
+    // The masquerade tables too are counted by the expiry pass, not read per scrape: a
+    // flow out of the sandbox makes a mapping, which shows once a pass has run, as many
+    // as `natctl stats` (which reads the table) finds.
+    assert!(lab.exec("web", &["ping", "-c1", "-W2", EXT_IP]).status.success(), "ping out");
+    let snat = "natd_map_entries{map=\"NATD_SNAT4\"}";
+    assert!(
+        wait_until(Duration::from_secs(8), || sample(&scrape(&lab), snat) >= 1.0),
+        "{}",
+        scrape(&lab)
+    );
+    let read = lab.json(&["stats"])["maps"]["NATD_SNAT4"][0].as_u64();
+    assert_eq!(Some(sample(&scrape(&lab), snat) as u64), read, "the pass's count is the table's");
     assert_eq!(sample(&after, "natd_objects{kind=\"sandbox\"}"), 1.0);
     assert_eq!(sample(&after, "natd_dataplane_info{dataplane=\"ebpf\"}"), 1.0);
     // natd's own API: the run request, counted by route pattern and status, and timed.

@@ -617,6 +617,16 @@ pub(super) struct PortRules {
 }
 
 impl PortRules {
+    /// `sandbox`'s rules as the last sync computed them, if its record has not changed
+    /// since.
+    pub(super) fn cached(&self, sandbox: &str) -> Option<&[PortRule]> {
+        if self.dirty.contains(sandbox) {
+            return None;
+        }
+        let by_sandbox = self.by_sandbox.as_ref()?;
+        Some(by_sandbox.get(sandbox).map_or(&[], Vec::as_slice))
+    }
+
     /// A sandbox's record changed (its rules are computed again at the next sync).
     pub(super) fn touch(&mut self, sandbox: &str) {
         if self.by_sandbox.is_some() {

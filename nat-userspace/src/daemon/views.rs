@@ -122,7 +122,12 @@ impl Daemon {
             bytes: 0,
         };
         for sandbox in self.state.sandboxes.values() {
-            for rule in self.port_rules_of(sandbox) {
+            // Under the lock: the rules the last sync computed, not computed again.
+            let rules = match self.port_rules.cached(&sandbox.name) {
+                Some(rules) => std::borrow::Cow::Borrowed(rules),
+                None => std::borrow::Cow::Owned(self.port_rules_of(sandbox)),
+            };
+            for rule in rules.iter() {
                 let (packets, bytes) = raw.mappings.get(&rule.mapping_id).copied().unwrap_or_default();
                 if shown.as_ref().is_some_and(|s| !s.contains(&rule.mapping_id)) {
                     other.packets += packets;

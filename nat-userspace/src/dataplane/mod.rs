@@ -357,8 +357,8 @@ pub struct GcReport {
     pub expired: usize,
     /// Masquerade mappings whose time was up.
     pub mappings_expired: usize,
-    /// Entries each connection table holds after the pass (what it read, less what it
-    /// removed).
+    /// Entries each connection and masquerade table holds after the pass (what it read,
+    /// less what it removed).
     pub fill: std::collections::BTreeMap<&'static str, usize>,
 }
 

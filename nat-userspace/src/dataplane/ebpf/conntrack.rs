@@ -362,7 +362,7 @@ where
     }
     drop(embryonic);
     let expired = removed.0 + removed.1;
-    let mappings_expired = mappings::expire::<A>(ebpf, &usage, timeouts, now, used)?;
+    let (mappings_expired, mappings_fill) = mappings::expire::<A>(ebpf, &usage, timeouts, now, used)?;
     let established = all.iter().filter(|(_, _, established)| *established).count();
     let (removed_established, removed_embryonic) = removed;
     Ok(GcReport {
@@ -374,6 +374,7 @@ where
             (A::TABLES[1], (all.len() - established).saturating_sub(removed_embryonic)),
         ]
         .into_iter()
+        .chain(mappings_fill)
         .collect(),
     })
 }

@@ -125,14 +125,11 @@ impl Housekeeping for Housekeeper {
         } else {
             self.last_fill.lock().unwrap_or_else(|e| e.into_inner()).clone()
         };
-        let ct4 = |name| match &last {
-            Some(fill) => fill.get(name).copied().unwrap_or(0),
-            None => self.entries::<Ct4Key, Ct4Entry>(name),
-        };
-        let ct6 = |name| match &last {
-            Some(fill) => fill.get(name).copied().unwrap_or(0),
-            None => self.entries::<Ct6Key, Ct6Entry>(name),
-        };
+        // The tables the expiry pass walks (connection and masquerade tables) are counted
+        // by it; the others are read.
+        let counted = |name: &str| last.as_ref().and_then(|fill| fill.get(name).copied());
+        let ct4 = |name| counted(name).unwrap_or_else(|| self.entries::<Ct4Key, Ct4Entry>(name));
+        let ct6 = |name| counted(name).unwrap_or_else(|| self.entries::<Ct6Key, Ct6Entry>(name));
         for (name, entries, capacity) in [
             (map::CT4, ct4(map::CT4), established),
             (map::CT4_NEW, ct4(map::CT4_NEW), embryonic),
@@ -147,32 +144,32 @@ impl Housekeeping for Housekeeper {
             (map::IFACE_CONFIG, self.entries::<u32, IfaceConfig>(map::IFACE_CONFIG), nat_common::MAX_IFACES),
             (
                 map::SNAT4,
-                self.entries::<nat_common::Snat4Key, nat_common::SnatMapping>(map::SNAT4),
+                counted(map::SNAT4).unwrap_or_else(|| self.entries::<nat_common::Snat4Key, nat_common::SnatMapping>(map::SNAT4)),
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT6,
-                self.entries::<nat_common::Snat6Key, nat_common::SnatMapping>(map::SNAT6),
+                counted(map::SNAT6).unwrap_or_else(|| self.entries::<nat_common::Snat6Key, nat_common::SnatMapping>(map::SNAT6)),
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT4_PORTS,
-                self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_PORTS),
+                counted(map::SNAT4_PORTS).unwrap_or_else(|| self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_PORTS)),
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT6_PORTS,
-                self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_PORTS),
+                counted(map::SNAT6_PORTS).unwrap_or_else(|| self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_PORTS)),
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT4_SHARED,
-                self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_SHARED),
+                counted(map::SNAT4_SHARED).unwrap_or_else(|| self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_SHARED)),
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT6_SHARED,
-                self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_SHARED),
+                counted(map::SNAT6_SHARED).unwrap_or_else(|| self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_SHARED)),
                 nat_common::MAX_SNAT_MAPPINGS,
             ),
             (

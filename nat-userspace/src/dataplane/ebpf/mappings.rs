@@ -86,7 +86,8 @@ fn table<'a, K: Pod, V: Pod>(ebpf: &'a mut (impl MapSet + ?Sized), name: &str) -
 }
 
 /// Removes the mappings whose time is up, their ports and admitted addresses, and ports
-/// and addresses no mapping accounts for. Returns how many mappings went.
+/// and addresses no mapping accounts for. Returns how many mappings went, and how many
+/// entries each of the four tables kept (what `/metrics` shows until the next pass).
 /// The ports of the mappings and holdings that stay are added to `used` (`port_marks`).
 pub fn expire<A: Family>(
     ebpf: &mut (impl MapSet + ?Sized),
@@ -94,7 +95,7 @@ pub fn expire<A: Family>(
     timeouts: &Timeouts,
     now: u32,
     used: &mut PortsInUse,
-) -> Result<usize, DataplaneError>
+) -> Result<(usize, Vec<(&'static str, usize)>), DataplaneError>
 where
     SnatKey<A>: Pod + Eq + std::hash::Hash,
     PortKey<A>: Pod + Eq + std::hash::Hash,
@@ -104,7 +105,7 @@ where
     let [mappings_name, ports_name, peers_name, shared_name] = A::SNAT;
     if ebpf.map(mappings_name).is_none() {
         // An object from before mappings (the previous datapath a test build can load).
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     let mut expired = 0;
     let mut kept: StdHashMap<SnatKey<A>, u16> = StdHashMap::new();
@@ -140,6 +141,7 @@ where
         }
     }
     used.ports.extend(kept.iter().filter_map(|(key, port)| port_marks::index(key.proto, *port)));
+    let mut fill = vec![(mappings_name, kept.len())];
     let mut held: HashSet<PortKey<A>> = HashSet::new();
     // Holdings, then the marks of shared ports (an object from before them has none).
     for name in [ports_name, shared_name] {
@@ -150,6 +152,7 @@ where
         used.complete &= read.is_ok();
         let all = read.unwrap_or_default();
         let mut ports = table::<PortKey<A>, SnatOwner<A>>(ebpf, name)?;
+        let mut stayed = 0;
         for (port, owner) in all {
             let mapping = SnatKey {
                 internal: owner.internal,
@@ -165,13 +168,16 @@ where
                 continue;
             }
             used.ports.extend(port_marks::of_port(&port));
+            stayed += 1;
             if name == ports_name {
                 held.insert(port);
             }
         }
+        fill.push((name, stayed));
     }
     let all: Vec<(SnatPeerKey<A>, u32)> = read_all(ebpf, peers_name).unwrap_or_default();
     let mut peers = table::<SnatPeerKey<A>, u32>(ebpf, peers_name)?;
+    let mut stayed = 0;
     for (peer, _) in all {
         let port = PortKey {
             addr: peer.external,
@@ -179,11 +185,14 @@ where
             proto: peer.proto,
             _pad: 0,
         };
-        if !held.contains(&port) {
+        if held.contains(&port) {
+            stayed += 1;
+        } else {
             let _ = peers.remove(&peer);
         }
     }
-    Ok(expired)
+    fill.push((peers_name, stayed));
+    Ok((expired, fill))
 }
 
 /// Every mapping of a family, read in one walk (`natctl ct ls` shows each flow's beside
