@@ -200,11 +200,11 @@ fn a_failure_at_each_step_of_a_request_leaves_nothing_behind() {
 /// A Linux bridge takes at most 1,023 ports (`BR_MAX_PORTS`, port number 0 reserved); past
 /// that the kernel refuses a port with EXFULL ("exchange full", which is all Docker says).
 /// Here the bridge is filled by ports natd did not make (1,023 taps), so it is the kernel
-/// that refuses:
-/// the run is refused naming the limit, and leaves nothing behind. Control: with one
-/// of them gone the same run succeeds.
+/// that refuses (natd's own count, which names the network, refuses earlier: the unit
+/// test of `check_bridge_room`): the run is refused naming the limit, and leaves nothing
+/// behind. Control: with one of them gone the same run succeeds.
 #[test]
-fn a_full_bridge_refuses_the_sandbox_by_name_and_leaves_nothing() {
+fn a_bridge_full_of_other_ports_refuses_the_sandbox_and_leaves_nothing() {
     let lab = Lab::started(&["--dataplane", "ebpf"]);
     let batch: String = (0..1023)
         .map(|i| format!("tuntap add mode tap name {p}f{i:x}\nlink set {p}f{i:x} master {}\n", lab.bridge, p = lab.prefix))
@@ -212,14 +212,21 @@ fn a_full_bridge_refuses_the_sandbox_by_name_and_leaves_nothing() {
     let path = lab.dir.join("fill.batch");
     std::fs::write(&path, batch).unwrap();
     lab.host_ok(&["ip", "-batch", path.to_str().unwrap()]);
+    // Not `MARKER`: the other test of this file counts those processes meanwhile.
+    const OWN_MARKER: &str = "8675311";
+    let running = || String::from_utf8_lossy(&sh("pgrep", &["-f", OWN_MARKER]).stdout).lines().count();
+    // The other test's processes come and go meanwhile: this one counts its own.
+    let world = |lab: &Lab| World { processes: 0, ..world(lab) };
     let before = world(&lab);
-    let err = lab.fails(&["run", "--name", "one-too-many", "--", "sleep", MARKER]);
+    let err = lab.fails(&["run", "--name", "one-too-many", "--", "sleep", OWN_MARKER]);
     assert!(
         err.contains("the bridge has the most ports a Linux bridge can have (1023)"),
         "{err}"
     );
     assert_eq!(world(&lab), before, "the refused run left nothing behind");
+    assert_eq!(running(), 0, "and started no process");
     lab.host_ok(&["ip", "link", "del", &format!("{}f0", lab.prefix)]);
-    lab.ok(&["run", "--name", "one-too-many", "--", "sleep", MARKER]);
+    lab.ok(&["run", "--name", "one-too-many", "--", "sleep", OWN_MARKER]);
+    assert_eq!(running(), 1, "control: the run went through");
     lab.ok(&["rm", "one-too-many"]);
 }

@@ -57,10 +57,10 @@ fn split_requested(text: Option<&str>) -> RequestedIp<'_> {
 }
 
 /// Refuses an endpoint the network's bridge cannot take: a Linux bridge has at most
-/// `BRIDGE_MAX_PORTS` ports, and the kernel's own refusal ("exchange full", all Docker
+/// `sys::netlink::BRIDGE_MAX_PORTS` ports, and the kernel's own refusal ("exchange full", all Docker
 /// says past 1,023 containers on a network) would come after the namespace and veth.
 fn check_bridge_room(network: &str, bridge: &str, attached: usize, others: usize) -> Result<()> {
-    if attached + others < drivers::BRIDGE_MAX_PORTS {
+    if attached + others < crate::sys::netlink::BRIDGE_MAX_PORTS {
         return Ok(());
     }
     let besides = match others {
@@ -70,7 +70,7 @@ fn check_bridge_room(network: &str, bridge: &str, attached: usize, others: usize
     Err(conflict(format!(
         "network {network} is full: its bridge {bridge} has {attached} sandbox endpoints{besides}, and a \
          Linux bridge takes at most {} ports; connect further sandboxes to another network",
-        drivers::BRIDGE_MAX_PORTS
+        crate::sys::netlink::BRIDGE_MAX_PORTS
     )))
 }
 

@@ -117,7 +117,10 @@ impl Daemon {
         for m in mappings.iter_mut().filter(|m| m.id == 0) {
             let (id, change) = self.alloc_id();
             if id >= crate::dataplane::OPEN_PORT_ID {
-                return Err(error::internal("mapping ids exhausted (2^31 handed out): recreate natd's state"));
+                return Err(error::internal(format!(
+                    "mapping ids exhausted ({} handed out): recreate natd's state",
+                    crate::dataplane::OPEN_PORT_ID
+                )));
             }
             m.id = id;
             moved = Some(change);

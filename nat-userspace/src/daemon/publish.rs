@@ -2,7 +2,7 @@
 //! recreating the sandbox, `natctl port rm` withdraws some. Same rules and wording as `run
 //! -p` (the allocator in `ports`); nothing in the kernel changes before the commit, so
 //! there is nothing to roll back: the dataplane follows in the sync after it.
-use std::{collections::HashSet, net::IpAddr};
+use std::net::IpAddr;
 
 use tracing::info;
 
@@ -11,10 +11,10 @@ use super::{
     error::{Result, conflict, invalid},
     ports::{self, PortRequest},
     sandboxes::{check_publish_families, parse_publish},
+    sync,
 };
 use crate::{
     api::SandboxView,
-    dataplane::PortRule,
     model::{NetworkMode, PortMapping, display_host_ip},
     portspec::{PortRange, Proto, PublishSpec, parse_range},
     state::Change,
@@ -134,7 +134,7 @@ impl Daemon {
         sandbox.publish.extend(specs);
         sandbox.ports.extend(added);
         self.commit(numbered.into_iter().chain([Change::PutSandbox(sandbox.clone())]).collect())?;
-        let (new, gone) = rule_changes(&before, &self.port_rules_of(&sandbox));
+        let (new, gone) = sync::rule_diff(&before, &self.port_rules_of(&sandbox));
         self.sync_ports(name, &new, &gone).await?;
         info!(sandbox = name, ports = %summary.join(", "), "ports published");
         Ok(self.view(&sandbox))
@@ -183,29 +183,11 @@ impl Daemon {
             .publish
             .retain(|spec| kept.next().unwrap_or(true) || spec.host_ports.is_none());
         self.commit(vec![Change::PutSandbox(sandbox.clone())])?;
-        let (new, gone) = rule_changes(&rules_before, &self.port_rules_of(&sandbox));
+        let (new, gone) = sync::rule_diff(&rules_before, &self.port_rules_of(&sandbox));
         self.sync_ports(name, &new, &gone).await?;
         info!(sandbox = name, removed, "published ports withdrawn");
         Ok(self.view(&sandbox))
     }
-}
-
-/// The port rules in `after` and not in `before`, and the other way round.
-fn rule_changes(before: &[PortRule], after: &[PortRule]) -> (Vec<PortRule>, Vec<PortRule>) {
-    let ids = |rules: &[PortRule]| rules.iter().map(|r| r.mapping_id).collect::<HashSet<u32>>();
-    let (had, has) = (ids(before), ids(after));
-    (
-        after
-            .iter()
-            .filter(|r| !had.contains(&r.mapping_id))
-            .copied()
-            .collect(),
-        before
-            .iter()
-            .filter(|r| !has.contains(&r.mapping_id))
-            .copied()
-            .collect(),
-    )
 }
 
 fn describe(m: &PortMapping) -> String {

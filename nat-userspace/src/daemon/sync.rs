@@ -641,7 +641,7 @@ impl PortRules {
 }
 
 /// Rules in `after` and not in `before`, and the other way round.
-fn rule_diff(before: &[PortRule], after: &[PortRule]) -> (Vec<PortRule>, Vec<PortRule>) {
+pub(super) fn rule_diff(before: &[PortRule], after: &[PortRule]) -> (Vec<PortRule>, Vec<PortRule>) {
     let (had, has): (HashSet<&PortRule>, HashSet<&PortRule>) = (before.iter().collect(), after.iter().collect());
     (
         after.iter().filter(|r| !had.contains(r)).copied().collect(),

@@ -46,6 +46,10 @@ impl NetlinkError {
     }
 }
 
+/// The most ports a Linux bridge takes: port numbers are below `BR_MAX_PORTS` (1024,
+/// net/bridge/br_private.h) and 0 is reserved. One more is refused with EXFULL.
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
 pub(crate) fn request_err(
     op: &'static str,
     target: impl ToString,
@@ -60,8 +64,10 @@ pub(crate) fn request_err(
             other => other.to_string(),
         };
         if errno == libc::EXFULL {
-            // What enslaving a port to a full bridge answers (`BRIDGE_MAX_PORTS`).
-            message.push_str(": the bridge has the most ports a Linux bridge can have (1023)");
+            // What enslaving a port to a full bridge answers.
+            message.push_str(&format!(
+                ": the bridge has the most ports a Linux bridge can have ({BRIDGE_MAX_PORTS})"
+            ));
         }
         NetlinkError::Request {
             op,

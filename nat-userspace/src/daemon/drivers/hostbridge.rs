@@ -212,7 +212,8 @@ impl NetworkDriver for HostBridgeDriver {
         false
     }
 
-    /// The LAN interface.
+    /// The LAN interface. An adopted bridge may hold more ports of its own: the kernel's
+    /// refusal (worded by `request_err`) covers those.
     fn other_bridge_ports(&self) -> usize {
         1
     }

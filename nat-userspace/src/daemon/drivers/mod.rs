@@ -101,7 +101,7 @@ pub trait NetworkDriver: Send + Sync {
     fn translated(&self) -> bool;
 
     /// Ports of the network's bridge that are not sandboxes' (the LAN's NIC, the VXLAN
-    /// device): they count against `BRIDGE_MAX_PORTS`.
+    /// device): they count against `sys::netlink::BRIDGE_MAX_PORTS`.
     fn other_bridge_ports(&self) -> usize {
         0
     }
@@ -112,10 +112,6 @@ pub trait NetworkDriver: Send + Sync {
         None
     }
 }
-
-/// The most ports a Linux bridge takes: port numbers are below `BR_MAX_PORTS` (1024,
-/// net/bridge/br_private.h) and 0 is reserved. One more is refused with EXFULL.
-pub const BRIDGE_MAX_PORTS: usize = 1023;
 
 static BRIDGE: bridge::BridgeDriver = bridge::BridgeDriver;
 static HOSTBRIDGE: hostbridge::HostBridgeDriver = hostbridge::HostBridgeDriver;

@@ -109,9 +109,13 @@ where
     }
     let mut expired = 0;
     let mut kept: StdHashMap<SnatKey<A>, u16> = StdHashMap::new();
+    // Only tables read whole are counted (a failed read falls back to reading them for
+    // `/metrics`).
+    let mut fill = Vec::new();
     {
         let read = read_all::<SnatKey<A>, SnatMapping>(ebpf, mappings_name);
         used.complete &= read.is_ok();
+        let counted = read.is_ok();
         let all = read.unwrap_or_default();
         let mut mappings = table::<SnatKey<A>, SnatMapping>(ebpf, mappings_name)?;
         for (key, mut mapping) in all {
@@ -139,9 +143,11 @@ where
                 kept.insert(key, mapping.port);
             }
         }
+        if counted {
+            fill.push((mappings_name, kept.len()));
+        }
     }
     used.ports.extend(kept.iter().filter_map(|(key, port)| port_marks::index(key.proto, *port)));
-    let mut fill = vec![(mappings_name, kept.len())];
     let mut held: HashSet<PortKey<A>> = HashSet::new();
     // Holdings, then the marks of shared ports (an object from before them has none).
     for name in [ports_name, shared_name] {
@@ -150,6 +156,7 @@ where
         }
         let read = read_all::<PortKey<A>, SnatOwner<A>>(ebpf, name);
         used.complete &= read.is_ok();
+        let counted = read.is_ok();
         let all = read.unwrap_or_default();
         let mut ports = table::<PortKey<A>, SnatOwner<A>>(ebpf, name)?;
         let mut stayed = 0;
@@ -173,11 +180,12 @@ where
                 held.insert(port);
             }
         }
-        fill.push((name, stayed));
+        if counted {
+            fill.push((name, stayed));
+        }
     }
     let all: Vec<(SnatPeerKey<A>, u32)> = read_all(ebpf, peers_name).unwrap_or_default();
     let mut peers = table::<SnatPeerKey<A>, u32>(ebpf, peers_name)?;
-    let mut stayed = 0;
     for (peer, _) in all {
         let port = PortKey {
             addr: peer.external,
@@ -185,13 +193,10 @@ where
             proto: peer.proto,
             _pad: 0,
         };
-        if held.contains(&port) {
-            stayed += 1;
-        } else {
+        if !held.contains(&port) {
             let _ = peers.remove(&peer);
         }
     }
-    fill.push((peers_name, stayed));
     Ok((expired, fill))
 }
 

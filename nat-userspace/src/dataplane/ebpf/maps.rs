@@ -210,8 +210,11 @@ impl MapWriter {
             .collect();
         self.mappings
             .adopt(held.iter().map(|e| (e.slot_owner(), e.slot_and_id().0)));
-        for (slot, id) in held.iter().map(PortEntry::slot_and_id) {
-            name_slot(&mut self.mapping_ids, slot, Some(id));
+        for (owner, (slot, id)) in held.iter().map(|e| (e.slot_owner(), e.slot_and_id())) {
+            // Only what the book took (a slot in range, held by one owner).
+            if self.mappings.slot(&owner) == Some(slot) {
+                name_slot(&mut self.mapping_ids, slot, Some(id));
+            }
         }
         self.endpoints.adopt(
             pinned::<u32, EndpointInfo>(ebpf, map::ENDPOINTS4)

@@ -41,14 +41,17 @@ impl<K: Eq + Hash + Clone> SlotBook<K> {
     }
 
     /// The slots owners hold in the kernel already (after a restart): adopted as they are.
+    /// A slot two owners hold (mappings whose hashed ids collided, before ids were kept
+    /// with the records) stays with the first; the others take fresh slots at the next
+    /// sync, so no slot is ever given out twice.
     pub fn adopt(&mut self, held: impl IntoIterator<Item = (K, u32)>) {
+        let mut taken: std::collections::HashSet<u32> = self.owners.values().copied().collect();
         for (owner, slot) in held {
-            if (self.first..self.first + self.len).contains(&slot) {
+            if (self.first..self.first + self.len).contains(&slot) && taken.insert(slot) {
                 self.owners.insert(owner, slot);
                 self.next = self.next.max(slot + 1);
             }
         }
-        let taken: std::collections::HashSet<u32> = self.owners.values().copied().collect();
         self.free = (self.first..self.next).filter(|s| !taken.contains(s)).collect();
     }
 
@@ -114,6 +117,20 @@ impl<K: Eq + Hash + Clone> SlotBook<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_held_twice_is_adopted_once() {
+        let mut book = SlotBook::new(100, 4);
+        book.adopt([("a", 101), ("b", 101), ("c", 102)]);
+        assert_eq!((book.slot(&"a"), book.slot(&"b"), book.slot(&"c")), (Some(101), None, Some(102)));
+        // b takes a slot nobody holds, and releasing a frees 101 once.
+        let changes = book.sync(&["a", "b", "c"]).unwrap();
+        assert_eq!(changes, [SlotChange::Taken { owner: "b", slot: 100 }]);
+        book.release(&"a");
+        book.release(&"a");
+        assert_eq!(book.take(&"d").unwrap(), Some(SlotChange::Taken { owner: "d", slot: 101 }));
+        assert_eq!(book.take(&"e").unwrap(), Some(SlotChange::Taken { owner: "e", slot: 103 }));
+    }
 
     #[test]
     fn owners_get_slots_and_give_them_back() {
