@@ -71,7 +71,7 @@ impl Daemon {
     /// A port is published on an address that is the host's, or on every address: one that
     /// is not (a typo, another host's, an address that left) is refused as Docker refuses
     /// to bind it. Loopback is always the host's.
-    pub(super) async fn check_host_addresses(&self, specs: &[PublishSpec]) -> Result<()> {
+    pub(super) async fn check_host_addresses(&mut self, specs: &[PublishSpec]) -> Result<()> {
         let bound: Vec<(&PublishSpec, IpAddr)> = specs
             .iter()
             .filter_map(|s| Some((s, s.host_ip?)))
@@ -87,13 +87,22 @@ impl Daemon {
             .into_iter()
             .map(|(_, a)| a.ip())
             .collect();
-        match bound.into_iter().find(|(_, ip)| !local.contains(ip)) {
-            Some((spec, ip)) => Err(invalid(format!(
+        if let Some((spec, ip)) = bound.iter().find(|(_, ip)| !local.contains(ip)) {
+            return Err(invalid(format!(
                 "failed to bind host port for {spec}: cannot assign requested address \
                  ({ip} is not an address of this host)"
-            ))),
-            None => Ok(()),
+            )));
         }
+        // An address added a moment ago whose event natd has not followed yet: the sync
+        // after this request reads the host's addresses again, or the port would wait
+        // for the next tick (the programs take only the host's known addresses as its own).
+        if bound
+            .iter()
+            .any(|(_, ip)| self.kernel_view.as_ref().is_some_and(|view| !view.has_address(*ip)))
+        {
+            self.forget_view();
+        }
+        Ok(())
     }
 
     /// Publishes more ports of a running bridge-mode sandbox.

@@ -251,7 +251,12 @@ impl Daemon {
     /// sync's state stands, so only those port rules reach the dataplane. Without a last
     /// sync (start), a full one.
     pub(super) async fn sync_ports(&mut self, sandbox: &str, added: &[PortRule], removed: &[PortRule]) -> Result<()> {
-        let (Some(desired), Some(by_sandbox)) = (self.last_desired.as_mut(), self.port_rules.by_sandbox.as_mut()) else {
+        // A view to take again (`forget_view`) means a full sync: the host changed.
+        let (Some(desired), Some(by_sandbox), Some(_)) = (
+            self.last_desired.as_mut(),
+            self.port_rules.by_sandbox.as_mut(),
+            self.touched_links.as_ref(),
+        ) else {
             return self.sync_after_change().await;
         };
         // The sandbox's rules as they are now, as a sync would have computed them.
