@@ -127,6 +127,12 @@ fn published_ports_and_masquerade_over_ipv6(dataplane: &str) {
     assert_eq!(peer(&line), ip(EXT_IP6));
     assert!(ext_tcp(&lab, &format!("[{HOST_UPLINK_IP6}]"), 8083).is_none(), "another IPv6 address does not");
     assert!(ext_tcp(&lab, HOST_UPLINK_IP, 8083).is_none(), "nor IPv4");
+    // The same on a running sandbox (`publish`, whose sync otherwise writes only the new
+    // port): an address added a moment ago answers at once, not after natd's next tick.
+    lab.host_ok(&["ip", "addr", "add", "2001:db8:198::4/64", "dev", "up0", "nodad"]);
+    lab.ok(&["publish", "bound", "[2001:db8:198::4]:8084:80"]);
+    let line = ext_tcp(&lab, "[2001:db8:198::4]", 8084).expect("the address just added answers");
+    assert_eq!(peer(&line), ip(EXT_IP6));
 }
 
 #[test]
