@@ -81,8 +81,13 @@ pub mod ct {
 /// version and converts older ones. A field carved out of padding, whose zero value means
 /// what the padding meant, is not a change (e.g. `IfaceConfig::flags`). Versions:
 /// 1, the pins of natd before versions; 2, `NATD_PORT_MARKS` added (converted from 1 by
-/// marking every port the pinned tables use, `pins::mark_pinned_ports`).
-pub const LAYOUT_VERSION: u32 = 2;
+/// marking every port the pinned tables use, `pins::mark_pinned_ports`); 3, the hash
+/// tables allocated by use (`BPF_F_NO_PREALLOC`; converted from 1 and 2 by replacing
+/// them, every entry carried over as it was by `pins`: flows, masquerade mappings and the
+/// configuration the flows' slots refer to). A natd of layout 2 would replace such tables
+/// as foreign (emptying the masquerade mappings): the version keeps it from starting over
+/// them.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The host-bound miss filter (`names::map::PORT_MARKS`): one `u32` per TCP and UDP port,
 /// non-zero (the clock tick it was last marked at) once a flow, a mapping or a published

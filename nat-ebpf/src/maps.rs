@@ -15,6 +15,18 @@ use nat_common::{
     counter, port_marks,
 };
 
+/// natd's hash tables allocate an entry when it is inserted (BPF_F_NO_PREALLOC), so their
+/// kernel memory follows what they hold: preallocated, the tables took 262 MiB at
+/// defaults, most of it for flows, mappings and IPv6 tables a host did not have. Only the
+/// buckets (16 bytes per entry of capacity, rounded to a power of two) are allocated up
+/// front. LRU maps cannot do this (the kernel always preallocates them). A table at its
+/// size refuses an insert as before (E2BIG), and an insert that finds no memory (ENOMEM,
+/// the per-CPU cache drained by a burst until it refills) is refused the same way and
+/// handled by the same paths (a flow stays embryonic, counted in `CT_PROMOTE_FULL`; a
+/// port a new mapping tries counts as taken and the search moves on; a masquerade mapping
+/// goes unrecorded, `SNAT_MAPPING_UNRECORDED`).
+const BY_USE: u32 = BPF_F_NO_PREALLOC;
+
 #[map]
 pub static NATD_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
@@ -29,13 +41,13 @@ pub static NATD_LAYOUT: Array<u32> = Array::pinned(1, 0);
 pub static NATD_PORT_MARKS: Array<u32> = Array::pinned(port_marks::ENTRIES, BPF_F_MMAPABLE);
 
 #[map]
-pub static NATD_IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(MAX_IFACES, 0);
+pub static NATD_IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(MAX_IFACES, BY_USE);
 
-/// Established IPv4 flows, two entries each (one per direction). Preallocated, not an
-/// LRU: when it is full new flows stay embryonic, established ones are never evicted.
+/// Established IPv4 flows, two entries each (one per direction). Not an LRU: when it is
+/// full new flows stay embryonic, established ones are never evicted.
 /// natd sizes it (`--conntrack-max`) and expires idle entries.
 #[map]
-pub static NATD_CT4: HashMap<Ct4Key, Ct4Entry> = HashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+pub static NATD_CT4: HashMap<Ct4Key, Ct4Entry> = HashMap::pinned(DEFAULT_CT_ENTRIES, BY_USE);
 
 /// Flows whose handshake is not complete (TCP: the originator has not acknowledged the
 /// SYN-ACK; UDP and ICMP: no exchange both ways yet). An LRU, so a flood of them evicts
@@ -45,27 +57,27 @@ pub static NATD_CT4_NEW: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::pinned(DEFAU
 
 /// Published ports: host address (or 0.0.0.0) and port -> sandbox address and port.
 #[map]
-pub static NATD_PORTS4: HashMap<Port4Key, Port4Target> = HashMap::pinned(MAX_PORT_MAPPINGS, 0);
+pub static NATD_PORTS4: HashMap<Port4Key, Port4Target> = HashMap::pinned(MAX_PORT_MAPPINGS, BY_USE);
 
 /// Masquerade mappings (endpoint-independent: one external port per sandbox address, port
 /// and external address, whatever the destination), and who holds each external port.
 /// Not LRUs: a mapping evicted under a live flow would change the sandbox's external port
 /// behind its back; when full, new flows get a port of their own (counted).
 #[map]
-pub static NATD_SNAT4: HashMap<Snat4Key, SnatMapping> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+pub static NATD_SNAT4: HashMap<Snat4Key, SnatMapping> = HashMap::pinned(MAX_SNAT_MAPPINGS, BY_USE);
 
 #[map]
-pub static NATD_SNAT4_PORTS: HashMap<Port4Key, Snat4Owner> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+pub static NATD_SNAT4_PORTS: HashMap<Port4Key, Snat4Owner> = HashMap::pinned(MAX_SNAT_MAPPINGS, BY_USE);
 
 /// Remote addresses each mapping sent to, for address-dependent filtering.
 #[map]
 pub static NATD_SNAT4_PEERS: LruHashMap<Snat4PeerKey, u32> = LruHashMap::pinned(MAX_SNAT_PEERS, 0);
 
 #[map]
-pub static NATD_SNAT6: HashMap<Snat6Key, SnatMapping> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+pub static NATD_SNAT6: HashMap<Snat6Key, SnatMapping> = HashMap::pinned(MAX_SNAT_MAPPINGS, BY_USE);
 
 #[map]
-pub static NATD_SNAT6_PORTS: HashMap<Port6Key, Snat6Owner> = HashMap::pinned(MAX_SNAT_MAPPINGS, 0);
+pub static NATD_SNAT6_PORTS: HashMap<Port6Key, Snat6Owner> = HashMap::pinned(MAX_SNAT_MAPPINGS, BY_USE);
 
 #[map]
 pub static NATD_SNAT6_PEERS: LruHashMap<Snat6PeerKey, u32> = LruHashMap::pinned(MAX_SNAT_PEERS, 0);
@@ -86,25 +98,25 @@ pub static NATD_PUNCH6: LruHashMap<Punch6Key, Punch6> = LruHashMap::pinned(MAX_P
 
 /// Sandbox endpoints by address: where the fast path delivers their packets.
 #[map]
-pub static NATD_ENDPOINTS4: HashMap<u32, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, 0);
+pub static NATD_ENDPOINTS4: HashMap<u32, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, BY_USE);
 
 /// The IPv6 counterparts of the tables above (their own maps: IPv6 keys are 40 bytes,
 /// IPv4 lookups stay on 16-byte keys). Sized like the IPv4 ones; natd sizes both.
 #[map]
-pub static NATD_CT6: HashMap<Ct6Key, Ct6Entry> = HashMap::pinned(DEFAULT_CT_ENTRIES, 0);
+pub static NATD_CT6: HashMap<Ct6Key, Ct6Entry> = HashMap::pinned(DEFAULT_CT_ENTRIES, BY_USE);
 
 #[map]
 pub static NATD_CT6_NEW: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::pinned(DEFAULT_CT_ENTRIES / 4, 0);
 
 #[map]
-pub static NATD_PORTS6: HashMap<Port6Key, Port6Target> = HashMap::pinned(MAX_PORT_MAPPINGS, 0);
+pub static NATD_PORTS6: HashMap<Port6Key, Port6Target> = HashMap::pinned(MAX_PORT_MAPPINGS, BY_USE);
 
 #[map]
-pub static NATD_ENDPOINTS6: HashMap<Addr6, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, 0);
+pub static NATD_ENDPOINTS6: HashMap<Addr6, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, BY_USE);
 
 /// The host's own IPv6 addresses.
 #[map]
-pub static NATD_LOCAL6: HashMap<Addr6, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+pub static NATD_LOCAL6: HashMap<Addr6, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, BY_USE);
 
 /// natd's networks' IPv6 subnets (longest prefix match).
 #[map]
@@ -121,7 +133,7 @@ pub static NATD_MAPPING_STATS: PerCpuArray<MappingStats> = PerCpuArray::pinned(M
 
 /// The host's own IPv4 addresses, for ports published on every address.
 #[map]
-pub static NATD_LOCAL4: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+pub static NATD_LOCAL4: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, BY_USE);
 
 /// natd's networks by subnet (longest prefix match on an address).
 #[map]
@@ -129,7 +141,7 @@ pub static NATD_NETS4: LpmTrie<[u8; 4], NetInfo4> = LpmTrie::pinned(MAX_NETWORKS
 
 /// natd's networks by id (the id sandbox veths carry in `NATD_IFACE_CONFIG`).
 #[map]
-pub static NATD_NETWORKS: HashMap<u32, NetInfo4> = HashMap::pinned(MAX_NETWORKS, 0);
+pub static NATD_NETWORKS: HashMap<u32, NetInfo4> = HashMap::pinned(MAX_NETWORKS, BY_USE);
 
 #[map]
 pub static NATD_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
@@ -149,7 +161,7 @@ pub static NATD_QUOTA6: LruHashMap<Addr6, SourceQuota> = LruHashMap::pinned(MAX_
 /// Edges a network trusts: they may reach its sandboxes' published container ports on
 /// the sandboxes' own addresses (`com.docker.network.bridge.trusted_host_interfaces`).
 #[map]
-pub static NATD_TRUSTED: HashMap<TrustKey, u32> = HashMap::pinned(MAX_TRUSTED, 0);
+pub static NATD_TRUSTED: HashMap<TrustKey, u32> = HashMap::pinned(MAX_TRUSTED, BY_USE);
 
 /// Sockets whose destination the connect/sendmsg hooks rewrote, to restore the address the
 /// application used in recvmsg/getpeername.

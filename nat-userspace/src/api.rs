@@ -252,6 +252,10 @@ pub struct StatsView {
     pub mappings: Vec<MappingStatsView>,
     /// Map name -> (entries, capacity).
     pub maps: std::collections::BTreeMap<String, (usize, u32)>,
+    /// Map name -> kernel memory charged for it, bytes (eBPF dataplane; absent from
+    /// natd before 0.3).
+    #[serde(default)]
+    pub map_memory: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -176,6 +176,15 @@ fn dataplane_registry(stats: &StatsView, sandboxes: usize, networks: usize) -> R
         "Capacity of each of natd's kernel maps",
         capacity,
     );
+    let memory = Family::<Labels, Gauge>::default();
+    for (map, bytes) in &stats.map_memory {
+        memory.get_or_create(&label("map", map)).set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "natd_map_memory_bytes",
+        "Kernel memory charged for each of natd's maps (hash tables: what they hold; LRU and arrays: their capacity)",
+        memory,
+    );
 
     let conntrack = Gauge::<i64>::default();
     let conntrack_capacity = Gauge::<i64>::default();
@@ -288,6 +297,7 @@ mod tests {
             maps: [(nat_common::names::map::CT4.to_string(), (2usize, 1024u32))]
                 .into_iter()
                 .collect(),
+            map_memory: [(nat_common::names::map::CT4.to_string(), 4096u64)].into_iter().collect(),
         };
         let mut text = String::new();
         encode_registry(&mut text, &dataplane_registry(&stats, 1, 2)).unwrap();
@@ -298,6 +308,7 @@ mod tests {
             "natd_published_port_bytes_total{sandbox=\"web\",mapping=\"0.0.0.0:8080->172.18.0.2:80/tcp\"} 300",
             "natd_conntrack_entries 2",
             "natd_conntrack_capacity 1024",
+            "natd_map_memory_bytes{map=\"NATD_CT4\"} 4096",
             "natd_objects{kind=\"network\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");

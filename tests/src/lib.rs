@@ -489,6 +489,18 @@ impl Lab {
         tcp_line(&[ctl.to_str().expect("natctl path"), "--socket", &socket, "exec", sandbox, "--"], addr, port)
     }
 
+    /// The tuples of natd's UDP flows as `natctl ct ls` shows them, original -> translated
+    /// (what a flow carried through a restart or a table change must keep: its NAT port).
+    pub fn udp_flows(&self) -> std::collections::BTreeSet<String> {
+        self.json(&["ct", "ls"])
+            .as_array()
+            .expect("natctl ct ls prints a list")
+            .iter()
+            .filter(|f| f["proto"] == "udp")
+            .map(|f| format!("{} -> {}", f["original"], f["translated"]))
+            .collect()
+    }
+
     /// A dataplane counter as `natctl stats` shows it (0 when it is not there).
     pub fn counter(&self, name: &str) -> u64 {
         self.json(&["stats"])["counters"][name].as_u64().unwrap_or(0)

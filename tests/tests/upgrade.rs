@@ -111,17 +111,6 @@ fn udp_echo(socket: &UdpSocket, text: &str) -> bool {
     socket.send(text.as_bytes()).is_ok() && socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == text.as_bytes())
 }
 
-/// The translated tuples of natd's UDP flows (what a carried flow must keep: its NAT port).
-fn udp_flows(lab: &Lab) -> std::collections::BTreeSet<String> {
-    lab.json(&["ct", "ls"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["proto"] == "udp")
-        .map(|f| format!("{} -> {}", f["original"], f["translated"]))
-        .collect()
-}
-
 /// New connections (a pair, in and out) every 100 ms from a thread, each held, until
 /// `stop`: flows started while natd restarts.
 struct Opener {
@@ -203,17 +192,18 @@ fn held_connections(lab: &Lab) -> (Vec<natlab::Background>, Vec<(&'static str, T
 fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
     let mut lab = Lab::started(&["--dataplane", "ebpf", "--conntrack-max", "4096"]);
     let (_outside, mut held, datagrams) = held_connections(&lab);
-    let udp_before = udp_flows(&lab);
+    let udp_before = lab.udp_flows();
     assert!(udp_before.len() >= 2, "both UDP flows tracked: {udp_before:?}");
     let before = pinned_maps(&lab);
-    // The IPv4 programs use NATD_CT4, the IPv6 ones NATD_CT6 (replaced alike).
-    let uses = |links: &[(String, Vec<u32>)], maps: &BTreeMap<String, u32>| {
-        let tables = [maps[map::CT4], maps[map::CT6]];
+    // The IPv4 programs use NATD_CT4, the IPv6 ones NATD_CT6 (dormant here: no IPv6
+    // network, so it keeps its few entries and is not replaced).
+    let uses = |links: &[(String, Vec<u32>)], tables: &[u32]| {
         links.iter().filter(|(_, used)| used.iter().any(|id| tables.contains(id))).count()
     };
     let tc_links = links(&lab).iter().filter(|(name, _)| !name.starts_with("cgroup-")).count();
     assert!(tc_links >= 8, "edge and sandbox links: {tc_links}");
-    assert_eq!(uses(&links(&lab), &before), tc_links, "control: every TC link on the pinned tables");
+    let tables = |maps: &BTreeMap<String, u32>| [maps[map::CT4], maps[map::CT6]];
+    assert_eq!(uses(&links(&lab), &tables(&before)), tc_links, "control: every TC link on the pinned tables");
 
     // What a start would do, said first, changing nothing.
     let (code, plan) = check_upgrade(&lab, &["--conntrack-max", "8192"]);
@@ -236,11 +226,12 @@ fn a_larger_connection_table_takes_effect_on_restart_with_every_flow_kept() {
     assert_ne!(after[map::CT4], before[map::CT4], "a new table");
     assert_eq!(after[map::PORTS4], before[map::PORTS4], "the others kept");
     let now = links(&lab);
-    assert_eq!(uses(&now, &after), tc_links, "every TC link uses the new pinned tables: {now:?}");
-    assert_eq!(uses(&now, &before), 0, "none the old ones");
+    assert_eq!(uses(&now, &tables(&after)), tc_links, "every TC link uses the pinned tables: {now:?}");
+    assert_eq!(uses(&now, &[before[map::CT4]]), 0, "none the old NATD_CT4");
+    assert_eq!(after[map::CT6], before[map::CT6], "the dormant NATD_CT6 kept");
 
     let broken = broken(&mut held, &datagrams);
-    let udp_after = udp_flows(&lab);
+    let udp_after = lab.udp_flows();
     assert!(
         udp_before.is_subset(&udp_after),
         "the UDP flows are carried with their translation (NAT port) unchanged: {udp_before:?} -> {udp_after:?}"
@@ -494,6 +485,37 @@ fn an_upgrade_from_layout_1_keeps_every_flow() {
     upgrade_keeps_every_flow("ad9fb4e", Some(1));
 }
 
+/// The same from layout 2 (the last commit before layout 3, 1e26666), whose hash tables
+/// were preallocated: they are replaced by tables allocated by use, the flows and the
+/// masquerade mappings (a sandbox's external port, RFC 4787 REQ-1) carried into them,
+/// the configuration rewritten before any link switches.
+#[test]
+fn an_upgrade_from_layout_2_keeps_every_flow() {
+    upgrade_keeps_every_flow("1e26666", Some(2));
+}
+
+/// Whether natd replaces a pinned map of an earlier layout: a hash table preallocated
+/// (layout 3 allocates them by use, `BPF_F_NO_PREALLOC`).
+fn preallocated_hash(info: &MapInfo) -> bool {
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    info.map_type().is_ok_and(|t| t == aya::maps::MapType::Hash) && info.map_flags() & BPF_F_NO_PREALLOC == 0
+}
+
+/// The masquerade mappings pinned: (sandbox address, external address, port, protocol) ->
+/// external port (None: a datapath from before mappings, 2ebc2d1).
+fn masquerade_mappings(lab: &Lab) -> Option<BTreeMap<(u32, u32, u16, u8), u16>> {
+    let data = aya::maps::MapData::from_pin(lab.bpffs.join("maps").join(map::SNAT4)).ok()?;
+    let table: aya::maps::HashMap<_, nat_common::Snat4Key, nat_common::SnatMapping> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
+    Some(
+        table
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| ((k.internal, k.external, k.port, k.proto), v.port))
+            .collect(),
+    )
+}
+
 /// Runs the eBPF object of `commit` (`tests/fixtures`), whose pinned layout record is
 /// `recorded`, holds flows through an upgrade to this natd and checks them (see above).
 fn upgrade_keeps_every_flow(commit: &str, recorded: Option<u32>) {
@@ -512,8 +534,19 @@ fn upgrade_keeps_every_flow(commit: &str, recorded: Option<u32>) {
          builds it, honours NATD_EBPF_OBJECT)"
     );
     let (_outside, mut held, datagrams) = held_connections(&lab);
-    let udp_before = udp_flows(&lab);
+    let udp_before = lab.udp_flows();
     let maps_before = pinned_maps(&lab);
+    // Replaced: the preallocated hash tables. (The IPv6 tables are dormant already: this
+    // agent, playing the previous datapath, sized them; `table_memory.rs` makes full ones
+    // dormant.)
+    let replaced: Vec<String> = maps_before
+        .keys()
+        .filter(|name| MapInfo::from_pin(lab.bpffs.join("maps").join(name)).is_ok_and(|i| preallocated_hash(&i)))
+        .cloned()
+        .collect();
+    assert!(replaced.contains(&map::CT4.to_string()), "the previous layout preallocated: {replaced:?}");
+    let mappings_before = masquerade_mappings(&lab);
+    assert!(mappings_before.as_ref().is_none_or(|m| !m.is_empty()), "the masqueraded flows made mappings");
     let links_before = programs_on_links(&lab);
     let newest_before = aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).max().unwrap_or(0);
     assert!(links_before.iter().any(|l| l.name.starts_with("cgroup-")), "cgroup links too");
@@ -525,10 +558,20 @@ fn upgrade_keeps_every_flow(commit: &str, recorded: Option<u32>) {
     let switch = started.elapsed();
     held.extend(opener.stop());
 
-    assert_eq!(pinned_layout(&layout_pin), nat_common::LAYOUT_VERSION, "the layout version recorded");
+    assert_eq!(pinned_layout(&layout_pin), nat_common::LAYOUT_VERSION, "the layout version recorded\n{}", lab.natd_log());
     let maps_after = pinned_maps(&lab);
     for (name, id) in &maps_before {
-        assert_eq!(maps_after.get(name), Some(id), "{name} adopted as it was (same layout)");
+        if replaced.contains(name) {
+            assert!(maps_after.get(name).is_some_and(|new| new != id), "{name} replaced (allocated by use now)");
+            let info = MapInfo::from_pin(lab.bpffs.join("maps").join(name)).unwrap();
+            assert!(!preallocated_hash(&info), "{name} allocated by use");
+        } else {
+            assert_eq!(maps_after.get(name), Some(id), "{name} adopted as it was (same definition)");
+        }
+    }
+    let mappings_after = masquerade_mappings(&lab).expect("NATD_SNAT4 pinned");
+    for (key, port) in mappings_before.iter().flatten() {
+        assert_eq!(mappings_after.get(key), Some(port), "masquerade mapping {key:?} carried with its port");
     }
     let pinned: Vec<u32> = maps_after.values().copied().collect();
     let links_after = programs_on_links(&lab);
@@ -569,7 +612,7 @@ fn upgrade_keeps_every_flow(commit: &str, recorded: Option<u32>) {
     assert_eq!(tc_switched, tc_links, "every TC link switched (their programs changed since {commit})");
     let switched = links_before.iter().zip(&links_after).filter(|(o, n)| o.id != n.id).count();
     let broken = broken(&mut held, &datagrams);
-    let udp_after = udp_flows(&lab);
+    let udp_after = lab.udp_flows();
     println!(
         "UPGRADE from {commit}'s datapath: switch {} ms, TCP connections held {} ({} opened during the upgrade) and UDP \
          flows {}, broken {}, links switched {switched} of {}",

@@ -20,7 +20,8 @@ impl Daemon {
         let nl = Netlink::connect()?;
         let mut forwarding = vec!["net.ipv4.ip_forward"];
         // Networks created with --ipv6 need it as much as the default one.
-        if config.ipv6 || state.networks.values().any(|n| n.has_ipv6()) {
+        let ipv6 = config.ipv6 || state.networks.values().any(|n| n.has_ipv6());
+        if ipv6 {
             forwarding.push("net.ipv6.conf.all.forwarding");
         }
         for key in forwarding {
@@ -37,7 +38,7 @@ impl Daemon {
         // The dataplane first: loading and verifying the programs takes seconds, and the
         // cluster lease granted at join is only renewed once start-up is done (with a short
         // --cluster-ttl it expired meanwhile and the host was dropped by its peers).
-        let dataplane = dataplane::create(&config)?;
+        let dataplane = dataplane::create(&config, ipv6)?;
         let cluster = super::overlay::join(&config, &nl).await?;
         let ula_pool = crate::ipam6::ula_pool(&super::overlay::host_id(&config.state_dir)?);
         info!(dataplane = %dataplane.kind(), ?uplinks, "dataplane ready");

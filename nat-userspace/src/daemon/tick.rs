@@ -20,6 +20,7 @@ pub async fn housekeeping_tick(daemon: &Mutex<Daemon>) {
         }
         return;
     };
+    let read_from = std::sync::Arc::clone(&keeper);
     let read = tokio::task::spawn_blocking(move || {
         match keeper.gc() {
             Ok(gc) => super::log_gc(&gc),
@@ -65,6 +66,11 @@ pub async fn housekeeping_tick(daemon: &Mutex<Daemon>) {
         (Ok(_), None) => true,
     };
     let mut d = daemon.lock().await;
+    // The dataplane reloaded its maps meanwhile (the IPv6 tables grown): what was read is
+    // another set of maps than the one written since. The next tick judges.
+    if d.housekeeping().is_some_and(|now| !std::sync::Arc::ptr_eq(&now, &read_from)) {
+        return;
+    }
     if let Err(e) = d.repair_drift(check, view_drifted).await {
         tracing::warn!("housekeeping: {e}");
     }

@@ -158,6 +158,7 @@ impl Daemon {
             counters: raw.counters,
             mappings,
             maps: raw.maps,
+            map_memory: raw.map_memory,
         }
     }
 

@@ -294,6 +294,9 @@ pub struct Stats {
     /// map name -> (entries, capacity); the nftables dataplane reports the kernel's
     /// conntrack as `KERNEL_CONNTRACK`.
     pub maps: std::collections::BTreeMap<String, (usize, u32)>,
+    /// map name -> kernel memory charged for it, bytes (eBPF dataplane: every map).
+    #[serde(default)]
+    pub map_memory: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a sync changed, for the reconcile report.
@@ -451,9 +454,10 @@ pub trait DriftCheck: Send {
 }
 
 /// The one factory: `auto` prefers eBPF and falls back to nftables. Whatever another
-/// dataplane left in the kernel (after a switch) is removed first.
-pub fn create(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
-    let dataplane = open(config)?;
+/// dataplane left in the kernel (after a switch) is removed first. `ipv6`: natd has an
+/// IPv6 network (the eBPF dataplane sizes its IPv6 tables by it).
+pub fn create(config: &DaemonConfig, ipv6: bool) -> Result<Box<dyn Dataplane>, DataplaneError> {
+    let dataplane = open(config, ipv6)?;
     let leftovers = match dataplane.kind() {
         DataplaneKind::Ebpf => nftables::remove_leftovers(config),
         DataplaneKind::Nftables => ebpf::loader::cleanup_pin_dir(&config.bpffs),
@@ -473,12 +477,12 @@ pub fn remove_all(config: &DaemonConfig) -> Vec<String> {
     errors
 }
 
-fn open(config: &DaemonConfig) -> Result<Box<dyn Dataplane>, DataplaneError> {
+fn open(config: &DaemonConfig, ipv6: bool) -> Result<Box<dyn Dataplane>, DataplaneError> {
     match config.dataplane {
         DataplaneKind::None => Ok(Box::new(none::NoDataplane)),
-        DataplaneKind::Ebpf => Ok(Box::new(ebpf::EbpfDataplane::open(config)?)),
+        DataplaneKind::Ebpf => Ok(Box::new(ebpf::EbpfDataplane::open(config, ipv6)?)),
         DataplaneKind::Nftables => Ok(Box::new(nftables::NftablesDataplane::open(config)?)),
-        DataplaneKind::Auto => match ebpf::EbpfDataplane::open(config) {
+        DataplaneKind::Auto => match ebpf::EbpfDataplane::open(config, ipv6) {
             Ok(dp) => Ok(Box::new(dp)),
             Err(ebpf_err) => {
                 tracing::warn!(error = %ebpf_err, "eBPF dataplane unavailable, trying nftables");

@@ -80,3 +80,14 @@ pub fn update(map: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> 
     }
     Ok(())
 }
+
+/// The kernel memory charged for a map (`memlock` in its fdinfo, Linux 6.4 and later
+/// compute it from what the map holds: for a hash map allocated by use, its buckets and
+/// the entries present; for a preallocated one, its whole capacity).
+pub fn memlock(map: BorrowedFd<'_>) -> io::Result<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in the map's fdinfo"))
+}

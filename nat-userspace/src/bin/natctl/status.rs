@@ -51,7 +51,7 @@ pub async fn stats(client: &Client, json: bool) -> Result<(), CliError> {
     );
     println!();
     print_table(
-        &["MAP", "ENTRIES", "CAPACITY", "FILL"],
+        &["MAP", "ENTRIES", "CAPACITY", "FILL", "MEMORY"],
         stats
             .maps
             .iter()
@@ -61,17 +61,33 @@ pub async fn stats(client: &Client, json: bool) -> Result<(), CliError> {
                 } else {
                     *n as f64 * 100.0 / f64::from(*cap)
                 };
+                let memory = stats
+                    .map_memory
+                    .get(name)
+                    .map(|bytes| format!("{:.1} MiB", *bytes as f64 / MIB))
+                    .unwrap_or_else(|| "-".into());
                 vec![
                     name.clone(),
                     n.to_string(),
                     cap.to_string(),
                     format!("{fill:.1}%"),
+                    memory,
                 ]
             })
             .collect(),
     );
+    if !stats.map_memory.is_empty() {
+        let total: u64 = stats.map_memory.values().sum();
+        println!(
+            "\nkernel memory of natd's {} maps: {:.1} MiB",
+            stats.map_memory.len(),
+            total as f64 / MIB
+        );
+    }
     Ok(())
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn conntrack(client: &Client, json: bool) -> Result<(), CliError> {
     let flows: Vec<Flow> = client.get(paths::CONNTRACK).await?;

@@ -19,7 +19,7 @@ use nat_common::{
 use super::{
     conntrack::{self, PortsInUse, Timeouts},
     drift,
-    loader::TableSizes,
+    sizes::TableSizes,
     portmarks::{self, PortMarks},
     tables::{self, Tables},
 };
@@ -184,6 +184,13 @@ impl Housekeeping for Housekeeper {
             ),
         ] {
             stats.maps.insert(name.to_string(), (entries, capacity));
+        }
+        // Capacities as the kernel made the maps (sizes set at load, dormant IPv6 tables).
+        for (name, (capacity, bytes)) in self.reads.footprints() {
+            if let Some((_, known)) = stats.maps.get_mut(&name) {
+                *known = capacity;
+            }
+            stats.map_memory.insert(name, bytes);
         }
         stats
     }

@@ -18,7 +18,7 @@ use aya::{
 };
 use nat_common::names::{map, program};
 
-use super::{adopt, err, pins};
+use super::{adopt, err, pins, sizes::TableSizes};
 use crate::{
     dataplane::{DataplaneError, Desired, IfaceRole, SyncReport},
     sys::bpf_link,
@@ -54,21 +54,9 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// Sizes of the connection tables: established flows and embryonic ones.
-#[derive(Clone, Copy, Debug)]
-pub struct TableSizes {
-    pub established: u32,
-    pub embryonic: u32,
-}
-
 /// The shapes the maps of this natd's object get with `sizes`.
 fn expected_shapes(sizes: TableSizes) -> Result<std::collections::BTreeMap<String, pins::Shape>, DataplaneError> {
-    pins::expected(&[
-        (map::CT4, sizes.established),
-        (map::CT4_NEW, sizes.embryonic),
-        (map::CT6, sizes.established),
-        (map::CT6_NEW, sizes.embryonic),
-    ])
+    pins::expected(&sizes.overrides())
 }
 
 /// What a start of this natd with `sizes` would do to the maps pinned under `pin_dir`,
@@ -90,8 +78,9 @@ pub fn check_upgrade(pin_dir: &Path, sizes: TableSizes) -> Result<Vec<String>, D
         lines.push(match fate {
             pins::Fate::Keep => format!("{name}: adopted as it is"),
             pins::Fate::Carry { why } => format!(
-                "{name}: replaced ({why}), {} flows carried over",
-                pins::flows_in(&maps, &name)
+                "{name}: replaced ({why}), {} {} carried over",
+                pins::entries_in(&maps, &name),
+                pins::entry_word(&name)
             ),
             pins::Fate::Replace { why } => format!("{name}: replaced ({why}), rebuilt by natd"),
             pins::Fate::Remove => format!("{name}: removed (no natd map of that name any more)"),
@@ -112,7 +101,7 @@ fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
         if !matches!(fate, pins::Fate::Carry { .. }) || (name != map::CT4 && name != map::CT6) {
             continue;
         }
-        let held = pins::flows_in(maps, &name);
+        let held = pins::entries_in(maps, &name);
         if held > sizes.established as usize {
             return Err(DataplaneError::Ebpf(format!(
                 "{name} holds {held} flow entries, more than --conntrack-max {} leaves room for: \
@@ -205,12 +194,12 @@ fn load_verified(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError>
 /// The object with its maps pinned under `maps` (reused where they are), no program loaded.
 fn open_object(maps: &Path, sizes: TableSizes) -> Result<Ebpf, DataplaneError> {
     std::fs::create_dir_all(maps).map_err(|e| err(&format!("create {}", maps.display()), e))?;
-    EbpfLoader::new()
-        .default_map_pin_directory(maps)
-        .map_max_entries(map::CT4, sizes.established)
-        .map_max_entries(map::CT4_NEW, sizes.embryonic)
-        .map_max_entries(map::CT6, sizes.established)
-        .map_max_entries(map::CT6_NEW, sizes.embryonic)
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(maps);
+    for (name, entries) in sizes.overrides() {
+        loader.map_max_entries(name, entries);
+    }
+    loader
         .load(&crate::ebpf_object())
         .map_err(|e| {
             err(

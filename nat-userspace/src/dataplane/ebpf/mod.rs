@@ -8,9 +8,11 @@ pub mod housekeeper;
 pub mod kernel_form;
 pub mod loader;
 pub mod mappings;
+mod legacy;
 pub mod maps;
 mod pins;
 pub mod portmarks;
+pub mod sizes;
 pub mod slots;
 pub mod tables;
 
@@ -44,6 +46,12 @@ pub const ADOPTED: &str = "adopted from the last start's pins, not verified agai
 
 pub struct EbpfDataplane {
     ebpf: Ebpf,
+    /// The table sizes it was loaded with, and the expiry settings (what a reload needs).
+    sizes: sizes::TableSizes,
+    timeouts: conntrack::Timeouts,
+    /// The last growth of the IPv6 tables failed: not tried again before this, and why
+    /// (`natctl info`). IPv6 works meanwhile, on the dormant tables' few entries.
+    growth_failed: Option<(std::time::Instant, String)>,
     /// The programs adopted from the last start's pins (`adopt`), by name.
     adopted: std::collections::HashMap<String, aya::programs::Program>,
     pin_dir: PathBuf,
@@ -52,10 +60,10 @@ pub struct EbpfDataplane {
     cgroup_root: Option<PathBuf>,
     writer: maps::MapWriter,
     /// natd 0.1's flows, converted at the first sync (they need the mappings' slots).
-    legacy: Vec<(pins::LegacyKey, pins::LegacyEntry)>,
+    legacy: Vec<(legacy::LegacyKey, legacy::LegacyEntry)>,
     /// What start-up did to pinned maps, reported by the first sync.
     pin_report: Vec<String>,
-    /// Replaced connection tables the old programs may still write to until the first
+    /// Replaced tables the old programs may still write to until the first
     /// sync switches the links (`pins::copy_delta`).
     retiring: Vec<(String, aya::maps::MapData)>,
     fast_path: bool,
@@ -74,32 +82,35 @@ pub struct EbpfDataplane {
 }
 
 impl EbpfDataplane {
-    pub fn open(config: &DaemonConfig) -> Result<Self, DataplaneError> {
+    /// `ipv6`: natd has an IPv6 network (the IPv6 tables get their full sizes).
+    pub fn open(config: &DaemonConfig, ipv6: bool) -> Result<Self, DataplaneError> {
         let pin_dir = config.bpffs.clone();
         loader::ensure_bpffs(&pin_dir)?;
         for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
             std::fs::create_dir_all(&dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
         }
-        let sizes = loader::TableSizes {
+        let sizes = sizes::TableSizes {
             established: config.conntrack_max,
             embryonic: config.conntrack_embryonic_max,
+            ipv6: sizes::TableSizes::ipv6_full(&pin_dir, ipv6),
         };
+        let timeouts = conntrack::Timeouts {
+            mapping_refresh_inbound: config.masquerade_refresh_inbound,
+            ..conntrack::Timeouts::with(&config.conntrack_timeouts)
+        };
+        Self::load(pin_dir, sizes, timeouts)
+    }
+
+    fn load(pin_dir: PathBuf, sizes: sizes::TableSizes, timeouts: conntrack::Timeouts) -> Result<Self, DataplaneError> {
         let loader::Loaded {
             mut ebpf,
             adopted,
             carry,
             report: mut pin_report,
         } = loader::load(&pin_dir, sizes)?;
-        let mut carried = Vec::new();
-        for (name, flows) in [(map::CT4, &carry.established), (map::CT4_NEW, &carry.embryonic)] {
-            carried.push((name, flows.len(), pins::restore(&mut ebpf, name, flows)?));
-        }
-        for (name, flows) in [(map::CT6, &carry.established6), (map::CT6_NEW, &carry.embryonic6)] {
-            carried.push((name, flows.len(), pins::restore(&mut ebpf, name, flows)?));
-        }
-        for (name, had, kept) in carried {
+        for (name, had, kept) in pins::restore_all(&ebpf, &carry.tables)? {
             if kept < had {
-                pin_report.push(format!("{name}: {} flows did not fit the new size", had - kept));
+                pin_report.push(format!("{name}: {} {} did not fit the new size", had - kept, pins::entry_word(&name)));
             }
         }
         let cookie =
@@ -112,13 +123,12 @@ impl EbpfDataplane {
         if !adopted.is_empty() && maps::port_filter_on(&ebpf) {
             writer.set_port_filter(true);
         }
-        let timeouts = conntrack::Timeouts {
-            mapping_refresh_inbound: config.masquerade_refresh_inbound,
-            ..conntrack::Timeouts::with(&config.conntrack_timeouts)
-        };
         let keeper = Arc::new(housekeeper::Housekeeper::new(&ebpf, timeouts, sizes, pin_dir.join("links"))?);
         Ok(Self {
             ebpf,
+            sizes,
+            timeouts,
+            growth_failed: None,
             adopted,
             pin_dir,
             keeper,
@@ -132,6 +142,63 @@ impl EbpfDataplane {
             pins: None,
             programs: Default::default(),
             edges: Vec::new(),
+        })
+    }
+
+    /// The first IPv6 network: the IPv6 tables, dormant until now, are replaced by
+    /// full-size ones, as a restart with new sizes does (`loader::load`: programs verified
+    /// on maps of their own first, what the replaced tables hold carried over). The sync
+    /// that follows fills the maps and switches every link to the reloaded programs, then
+    /// copies what the old programs wrote meanwhile. Seconds, once per set of pins. True:
+    /// grown (a new writer: the sync writes everything).
+    ///
+    /// A growth that fails (the verifier, the memory for the tables) is logged and reported
+    /// by `natctl info`, and the sync goes on without it: IPv6 works on the dormant tables
+    /// (a few hundred flows) and the growth is tried again after `GROWTH_RETRY`, never by
+    /// every request (each try holds the daemon's lock for seconds).
+    fn grow_ipv6_tables(&mut self, desired: &Desired) -> bool {
+        const GROWTH_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+        if self.sizes.ipv6 || !desired.networks.iter().any(|n| n.v6.is_some()) {
+            return false;
+        }
+        if self.growth_failed.as_ref().is_some_and(|(at, _)| at.elapsed() < GROWTH_RETRY) {
+            return false;
+        }
+        let sizes = sizes::TableSizes { ipv6: true, ..self.sizes };
+        let started = std::time::Instant::now();
+        let mut grown = match Self::load(self.pin_dir.clone(), sizes, self.timeouts) {
+            Ok(grown) => grown,
+            Err(e) => {
+                tracing::warn!(error = %e, "the IPv6 tables could not grow: IPv6 runs on the dormant tables");
+                self.growth_failed = Some((std::time::Instant::now(), e.to_string()));
+                return false;
+            }
+        };
+        grown.legacy = std::mem::take(&mut self.legacy);
+        grown.retiring.append(&mut self.retiring);
+        grown.edges = std::mem::take(&mut self.edges);
+        // The marks are in `NATD_PORT_MARKS`, which the growth keeps: the filter stays as
+        // it was (a new writer would turn it off for the programs still running).
+        grown.writer.set_port_filter(self.writer.port_filter());
+        let mut report = std::mem::take(&mut self.pin_report);
+        report.push(format!(
+            "IPv6 tables grown from {} entries to full size for the first IPv6 network",
+            sizes::IPV6_DORMANT_ENTRIES
+        ));
+        report.append(&mut grown.pin_report);
+        grown.pin_report = report;
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "IPv6 tables grown for the first IPv6 network");
+        // The old object goes: its programs stay on the links (which hold them and their
+        // maps) until the sync switches each link.
+        *self = grown;
+        true
+    }
+
+    /// Why the IPv6 tables are dormant, for `natctl info` (None: they are full).
+    fn ipv6_tables_state(&self) -> Option<String> {
+        (!self.sizes.ipv6).then(|| match &self.growth_failed {
+            Some((_, why)) => format!("dormant: growth failed ({why})"),
+            None => "dormant (no IPv6 network yet)".to_string(),
         })
     }
 
@@ -195,13 +262,13 @@ impl EbpfDataplane {
         let converted: Vec<(Ct4Key, Ct4Entry)> = legacy
             .iter()
             .filter_map(|(k, e)| {
-                pins::convert(k, e, now, |id| {
+                legacy::convert(k, e, now, |id| {
                     let slot = *slots.get(&id)?;
                     Some((slot, *generations.get(&slot)?))
                 })
             })
             .collect();
-        pins::restore(&mut self.ebpf, map::CT4, &converted)
+        legacy::restore(&mut self.ebpf, map::CT4, &converted)
     }
 
     /// Maps first, then attachments: a program never runs on a half-filled map. `ports`:
@@ -211,6 +278,7 @@ impl EbpfDataplane {
         desired: &Desired,
         ports: Option<(&[PortRule], &[PortRule])>,
     ) -> Result<SyncReport, DataplaneError> {
+        let ports = if self.grow_ipv6_tables(desired) { None } else { ports };
         let mut report = SyncReport::default();
         report.attached.append(&mut self.pin_report);
         match ports {
@@ -256,9 +324,9 @@ impl EbpfDataplane {
             let (copied, refused) = pins::copy_delta(&mut self.ebpf, std::mem::take(&mut self.retiring))?;
             report
                 .attached
-                .push(format!("{copied} flow entries written or updated during the switch carried over"));
+                .push(format!("{copied} entries written or updated during the switch carried over"));
             if refused > 0 {
-                tracing::warn!(refused, "flow entries of the switch window did not fit the new tables");
+                tracing::warn!(refused, "entries of the switch window did not fit the new tables");
             }
         }
         if self.links_checked.is_some() && !self.writer.port_filter() {
@@ -282,6 +350,7 @@ pub fn table_fill(stats: &Stats) -> serde_json::Value {
         "conntrack6": fill(map::CT6),
         "conntrack6_embryonic": fill(map::CT6_NEW),
         "ports": fill(map::PORTS4),
+        "memory_bytes": stats.map_memory.values().sum::<u64>(),
     })
 }
 
@@ -309,6 +378,9 @@ impl Dataplane for EbpfDataplane {
         added: &[PortRule],
         removed: &[PortRule],
     ) -> Result<SyncReport, DataplaneError> {
+        if self.grow_ipv6_tables(desired) {
+            return self.sync(desired);
+        }
         if self.writer.change_ports(&mut self.ebpf, added, removed)? {
             return Ok(SyncReport::default());
         }
@@ -378,6 +450,7 @@ impl Dataplane for EbpfDataplane {
                 "on": self.writer.port_filter(),
                 "ports_marked": self.writer.opened_marks().map(portmarks::PortMarks::marked),
             },
+            "ipv6_tables": self.ipv6_tables_state().unwrap_or_else(|| "full".to_string()),
         })
     }
 

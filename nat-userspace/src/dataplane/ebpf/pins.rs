@@ -2,19 +2,31 @@
 //! without comparing it to the object's definition, so natd does: a pinned map whose
 //! type, key, value, size or flags differ from what this natd carries (an upgrade, or a
 //! changed `--conntrack-max`) is replaced, and maps no natd uses any more are removed.
-//! Flows are never thrown away on the way: the connection tables are read out first and
-//! written into the new maps, and the connection table of natd 0.1 (`NATD_CT`, 16-byte
-//! address keys) is converted into today's compact entries.
+//! Nothing is thrown away on the way: a replaced hash table whose entries kept their
+//! layout (a new size, new flags) is read out first and its entries written into the new
+//! map as they were (flows, masquerade mappings, and the configuration whose slots and
+//! generations the flows refer to), and the connection table of natd 0.1 (`legacy`) is
+//! converted into today's compact entries. Other replaced maps start empty: natd refills
+//! configuration before any program runs on them, counters start again.
 use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapInfo},
+    maps::{HashMap, Map, MapData, MapInfo, MapType},
 };
-use nat_common::{Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, LAYOUT_VERSION, csum, ct, names::map};
+use std::os::fd::AsFd as _;
 
-use super::err;
-use crate::dataplane::DataplaneError;
+use nat_common::{
+    Ct4Entry, Ct4Key, Ct6Entry, Ct6Key, LAYOUT_VERSION, Port4Key, Port6Key, Snat4Key, Snat4Owner, Snat6Key,
+    Snat6Owner, SnatMapping, names::map,
+};
+
+use super::{
+    err,
+    legacy::{self, LEGACY_CT, LegacyEntry, LegacyKey},
+    tables,
+};
+use crate::{dataplane::DataplaneError, sys::bpf_map};
 
 /// What a map must look like: (type, key size, value size, max entries, flags).
 pub type Shape = (u32, u32, u32, u32, u32);
@@ -39,18 +51,24 @@ pub fn expected(overrides: &[(&str, u32)]) -> Result<BTreeMap<String, Shape>, Da
         .collect())
 }
 
-/// Flows read out of pinned tables that are being replaced.
+/// The entries of one hash table as the kernel keeps them: keys and values one after the
+/// other, each of the map's key and value size.
+pub struct RawEntries {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    count: usize,
+}
+
+/// Entries read out of pinned tables that are being replaced.
 #[derive(Default)]
 pub struct CarryOver {
-    pub established: Vec<(Ct4Key, Ct4Entry)>,
-    pub embryonic: Vec<(Ct4Key, Ct4Entry)>,
-    pub established6: Vec<(Ct6Key, Ct6Entry)>,
-    pub embryonic6: Vec<(Ct6Key, Ct6Entry)>,
+    /// Every replaced hash table whose entries kept their layout, by name.
+    pub tables: Vec<(String, RawEntries)>,
     /// natd 0.1's table, converted when the slots of mappings are known (first sync).
     pub legacy: Vec<(LegacyKey, LegacyEntry)>,
-    /// The replaced connection tables themselves, unpinned but kept open: the programs
-    /// still attached use them until the links are switched, and the flows they start
-    /// meanwhile are copied after the switch (`copy_delta`).
+    /// The replaced tables themselves, unpinned but kept open: the programs still
+    /// attached use them until the links are switched, and what they write meanwhile is
+    /// copied after the switch (`copy_delta`).
     pub retiring: Vec<(String, MapData)>,
 }
 
@@ -59,7 +77,7 @@ pub struct CarryOver {
 pub enum Fate {
     /// It fits this natd: adopted as it is.
     Keep,
-    /// Replaced by one of the new definition, its flows carried over.
+    /// Replaced by one of the new definition (same key and value), its entries carried over.
     Carry { why: String },
     /// Replaced, its contents rebuilt by natd (configuration) or lost (counters).
     Replace { why: String },
@@ -118,32 +136,61 @@ fn fate(name: &str, info: &MapInfo, expected: Option<&Shape>) -> Fate {
     } else {
         format!("definition changed: type {} key {} value {} flags {:#x} -> type {} key {} value {} flags {:#x}", s.0, s.1, s.2, s.4, e.0, e.1, e.2, e.4)
     };
-    if CONNECTION_TABLES.contains(&name) && s.1 == e.1 && s.2 == e.2 {
+    let hash = |t: u32| HASH_TYPES.iter().any(|h| *h as u32 == t);
+    if hash(s.0) && hash(e.0) && s.1 == e.1 && s.2 == e.2 {
         Fate::Carry { why }
     } else {
         Fate::Replace { why }
     }
 }
 
-/// The tables whose entries are flows: carried over when replaced.
-const CONNECTION_TABLES: [&str; 4] = [map::CT4, map::CT4_NEW, map::CT6, map::CT6_NEW];
+/// Entries copy between any two hash maps (hash or LRU hash) with the same key and value
+/// sizes. A layout change that gives an entry's bytes another meaning converts that table
+/// before this raw carry (the versioning rule, `nat_common::LAYOUT_VERSION`).
+const HASH_TYPES: [MapType; 2] = [MapType::Hash, MapType::LruHash];
 
-/// How many entries the pinned table `name` holds (what a replacement would carry over).
-pub fn flows_in(maps_dir: &Path, name: &str) -> usize {
-    fn count<K: aya::Pod, V: aya::Pod>(path: &Path) -> usize {
-        read_pinned(path, &mut Vec::<(K, V)>::new())
-    }
-    let path = maps_dir.join(name);
+/// The hash tables the programs write whose entries must survive a switch (flows,
+/// masquerade mappings and their ports): what the old programs write into a replaced one
+/// until the links switch is copied after (`copy_delta`). The LRUs the programs also write
+/// (peers, shared ports, quotas, punches, socket rewrites) are soft state: what the old
+/// programs add to a replaced one in that window is not copied.
+const PROGRAM_WRITTEN: [&str; 8] = [
+    map::CT4,
+    map::CT4_NEW,
+    map::CT6,
+    map::CT6_NEW,
+    map::SNAT4,
+    map::SNAT4_PORTS,
+    map::SNAT6,
+    map::SNAT6_PORTS,
+];
+
+/// What an entry of the table `name` is, for reports.
+pub fn entry_word(name: &str) -> &'static str {
     match name {
-        map::CT4 | map::CT4_NEW => count::<Ct4Key, Ct4Entry>(&path),
-        map::CT6 | map::CT6_NEW => count::<Ct6Key, Ct6Entry>(&path),
-        LEGACY_CT => count::<LegacyKey, LegacyEntry>(&path),
-        _ => 0,
+        map::CT4 | map::CT4_NEW | map::CT6 | map::CT6_NEW | LEGACY_CT => "flows",
+        map::SNAT4 | map::SNAT6 => "masquerade mappings",
+        map::SNAT4_PORTS | map::SNAT6_PORTS => "held external ports",
+        _ => "entries",
     }
 }
 
+/// Every entry of the pinned hash table at `path`, raw (None: it cannot be read).
+fn read_raw(path: &Path) -> Option<RawEntries> {
+    let info = MapInfo::from_pin(path).ok()?;
+    let data = MapData::from_pin(path).ok()?;
+    let (keys, values, count) =
+        bpf_map::dump(data.fd().as_fd(), info.key_size() as usize, info.value_size() as usize).ok()?;
+    Some(RawEntries { keys, values, count })
+}
+
+/// How many entries the pinned table `name` holds (what a replacement would carry over).
+pub fn entries_in(maps_dir: &Path, name: &str) -> usize {
+    read_raw(&maps_dir.join(name)).map_or(0, |raw| raw.count)
+}
+
 /// Prepares `maps_dir` for loading: keeps what fits, replaces what does not (carrying
-/// flows over), removes what no natd uses. Returns the carried flows and what it did.
+/// entries over), removes what no natd uses. Returns the carried entries and what it did.
 pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOver, Vec<String>) {
     let mut carry = CarryOver::default();
     let mut report = Vec::new();
@@ -151,14 +198,18 @@ pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOve
         let path = maps_dir.join(&name);
         let carried = match (&fate, name.as_str()) {
             (Fate::Keep, _) => continue,
-            (Fate::Carry { .. }, map::CT4) => read_pinned(&path, &mut carry.established),
-            (Fate::Carry { .. }, map::CT4_NEW) => read_pinned(&path, &mut carry.embryonic),
-            (Fate::Carry { .. }, map::CT6) => read_pinned(&path, &mut carry.established6),
-            (Fate::Carry { .. }, map::CT6_NEW) => read_pinned(&path, &mut carry.embryonic6),
-            (Fate::Carry { .. }, LEGACY_CT) => read_pinned(&path, &mut carry.legacy),
+            (Fate::Carry { .. }, LEGACY_CT) => legacy::read_pinned(&path, &mut carry.legacy),
+            (Fate::Carry { .. }, _) => match read_raw(&path) {
+                Some(raw) => {
+                    let count = raw.count;
+                    carry.tables.push((name.clone(), raw));
+                    count
+                }
+                None => 0,
+            },
             _ => 0,
         };
-        if CONNECTION_TABLES.contains(&name.as_str())
+        if PROGRAM_WRITTEN.contains(&name.as_str())
             && matches!(fate, Fate::Carry { .. })
             && let Ok(old) = MapData::from_pin(&path)
         {
@@ -166,7 +217,9 @@ pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOve
         }
         match std::fs::remove_file(&path) {
             Ok(()) => report.push(match fate {
-                Fate::Carry { why, .. } => format!("replaced pinned map {name} ({why}; {carried} flows carried over)"),
+                Fate::Carry { why, .. } => {
+                    format!("replaced pinned map {name} ({why}; {carried} {} carried over)", entry_word(&name))
+                }
                 Fate::Replace { why } => format!("replaced pinned map {name} ({why})"),
                 _ => format!("removed pinned map {name} (no longer used)"),
             }),
@@ -176,78 +229,105 @@ pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOve
     (carry, report)
 }
 
-fn read_pinned<K: aya::Pod, V: aya::Pod>(path: &Path, into: &mut Vec<(K, V)>) -> usize {
-    let Ok(data) = MapData::from_pin(path) else {
-        return 0;
-    };
-    let Ok(map) = Map::from_map_data(data) else {
-        return 0;
-    };
-    let Ok(table) = HashMap::<_, K, V>::try_from(map) else {
-        return 0;
-    };
-    let before = into.len();
-    into.extend(table.iter().filter_map(Result::ok));
-    into.len() - before
+
+/// Writes every carried table into the object's map of the same name: (name, entries
+/// carried, entries written: fewer when the new table is smaller).
+pub fn restore_all(ebpf: &Ebpf, carried: &[(String, RawEntries)]) -> Result<Vec<(String, usize, usize)>, DataplaneError> {
+    let mut out = Vec::new();
+    for (name, raw) in carried {
+        let map = ebpf.map(name).and_then(tables::data).ok_or_else(|| err("map missing", name))?;
+        let fd = map.fd().as_fd();
+        match bpf_map::update(fd, &raw.keys, &raw.values, raw.count) {
+            Ok(()) => {}
+            // A hash table smaller than what it held (E2BIG), or short of memory: one at a
+            // time, as many as fit.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ArgumentListTooLong | std::io::ErrorKind::OutOfMemory) => {
+                let (ks, vs) = (raw.keys.len() / raw.count, raw.values.len() / raw.count);
+                for i in 0..raw.count {
+                    let _ = bpf_map::update(fd, &raw.keys[i * ks..][..ks], &raw.values[i * vs..][..vs], 1);
+                }
+            }
+            Err(e) => return Err(err(&format!("carry the entries of {name} over"), e)),
+        }
+        // Counted in the new table: a smaller LRU takes every write and evicts.
+        let (ks, vs) = (raw.keys.len() / raw.count.max(1), raw.values.len() / raw.count.max(1));
+        let kept = if raw.count == 0 {
+            0
+        } else {
+            bpf_map::dump(fd, ks, vs).map_err(|e| err(&format!("read {name}"), e))?.2
+        };
+        out.push((name.clone(), raw.count, kept));
+    }
+    Ok(out)
 }
 
-/// Writes carried flows into a table of the new object (as many as fit).
-pub fn restore<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    flows: &[(K, V)],
-) -> Result<usize, DataplaneError> {
-    let mut table: HashMap<&mut MapData, K, V> =
-        HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?)
-            .map_err(|e| err(name, e))?;
-    Ok(flows
-        .iter()
-        .filter(|(k, e)| table.insert(k, e, 0).is_ok())
-        .count())
-}
 
 /// Copies into the new tables what the programs wrote into the replaced ones between the
-/// snapshot and the switch of the links: flows started in that window, and newer state
-/// (last seen, TCP events) of flows carried before. An entry the new table has is replaced
-/// only by one seen later. Returns (copied, refused: the table full, or the new programs
-/// gave the tuple to another flow meanwhile).
+/// snapshot and the switch of the links: flows and mappings made in that window, and newer
+/// state (last seen, TCP events) of those carried before. An entry the new table has is
+/// replaced only by one seen later and otherwise the same (a mapping's port, a port's
+/// holder). Returns (copied, refused: the table full, or the new programs gave the tuple,
+/// the source or the port to another meanwhile).
 pub fn copy_delta(ebpf: &mut Ebpf, retiring: Vec<(String, MapData)>) -> Result<(usize, usize), DataplaneError> {
+    /// Whether the old table's entry replaces the new table's: Some(yes or no), None when
+    /// the two disagree (refused).
+    type Newer<V> = fn(old: &V, now: &V) -> Option<bool>;
     fn copy<K: aya::Pod, V: aya::Pod>(
         ebpf: &mut Ebpf,
         name: &str,
         old: MapData,
-        last_seen: fn(&V) -> u32,
+        newer: Newer<V>,
     ) -> Result<(usize, usize), DataplaneError> {
-        let mut flows = Vec::new();
+        let mut entries = Vec::new();
         if let Ok(map) = Map::from_map_data(old)
             && let Ok(table) = HashMap::<_, K, V>::try_from(map)
         {
-            flows.extend(table.iter().filter_map(Result::ok));
+            entries.extend(table.iter().filter_map(Result::ok));
         }
         let mut table: HashMap<&mut MapData, K, V> =
             HashMap::try_from(ebpf.map_mut(name).ok_or_else(|| err("map missing", name))?)
                 .map_err(|e| err(name, e))?;
         let (mut copied, mut refused) = (0, 0);
-        for (key, old) in &flows {
-            let newer = match table.get(key, 0) {
-                Err(_) => true,
-                // Ticks wrap: "later" is a positive difference.
-                Ok(now) => (last_seen(old).wrapping_sub(last_seen(&now)) as i32) > 0,
+        for (key, old) in &entries {
+            let write = match table.get(key, 0) {
+                Err(_) => Some(true),
+                Ok(now) => newer(old, &now),
             };
-            if newer {
-                match table.insert(key, old, 0) {
+            match write {
+                Some(true) => match table.insert(key, old, 0) {
                     Ok(()) => copied += 1,
                     Err(_) => refused += 1,
-                }
+                },
+                Some(false) => {}
+                None => refused += 1,
             }
         }
         Ok((copied, refused))
     }
+    // Ticks wrap: "later" is a positive difference.
+    fn later(old: u32, now: u32) -> bool {
+        (old.wrapping_sub(now) as i32) > 0
+    }
+    // Each table on its own: a mapping made in the window whose port the new programs gave
+    // to another source meanwhile still comes over (the port's holder stays the new one's,
+    // refused above); a window of milliseconds, at an upgrade.
     let (mut copied, mut refused) = (0, 0);
     for (name, old) in retiring {
         let (c, r) = match name.as_str() {
-            map::CT4 | map::CT4_NEW => copy::<Ct4Key, Ct4Entry>(ebpf, &name, old, |e| e.last_seen)?,
-            map::CT6 | map::CT6_NEW => copy::<Ct6Key, Ct6Entry>(ebpf, &name, old, |e| e.last_seen)?,
+            map::CT4 | map::CT4_NEW => {
+                copy::<Ct4Key, Ct4Entry>(ebpf, &name, old, |o, n| Some(later(o.last_seen, n.last_seen)))?
+            }
+            map::CT6 | map::CT6_NEW => {
+                copy::<Ct6Key, Ct6Entry>(ebpf, &name, old, |o, n| Some(later(o.last_seen, n.last_seen)))?
+            }
+            map::SNAT4 => copy::<Snat4Key, SnatMapping>(ebpf, &name, old, |o, n| {
+                (o.port == n.port).then(|| later(o.last_seen, n.last_seen))
+            })?,
+            map::SNAT6 => copy::<Snat6Key, SnatMapping>(ebpf, &name, old, |o, n| {
+                (o.port == n.port).then(|| later(o.last_seen, n.last_seen))
+            })?,
+            map::SNAT4_PORTS => copy::<Port4Key, Snat4Owner>(ebpf, &name, old, |o, n| (o == n).then_some(false))?,
+            map::SNAT6_PORTS => copy::<Port6Key, Snat6Owner>(ebpf, &name, old, |o, n| (o == n).then_some(false))?,
             _ => (0, 0),
         };
         copied += c;
@@ -320,119 +400,3 @@ pub fn record_layout(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
 /// The oldest layout version this natd converts (every version since has a converter here).
 const OLDEST_CONVERTED: u32 = 1;
 
-/// natd 0.1's connection table.
-const LEGACY_CT: &str = "NATD_CT";
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LegacyKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LegacyEntry {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-    pub rewrite: u8,
-    pub kind: u8,
-    pub state: u8,
-    pub _pad: u8,
-    pub mapping_id: u32,
-    pub _pad2: u32,
-    pub created_ns: u64,
-    pub last_seen_ns: u64,
-    pub packets: u64,
-    pub bytes: u64,
-}
-const _: () = assert!(std::mem::size_of::<LegacyKey>() == 40 && std::mem::size_of::<LegacyEntry>() == 80);
-
-// SAFETY: #[repr(C)] integers and byte arrays without implicit padding (asserted sizes).
-unsafe impl aya::Pod for LegacyKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for LegacyEntry {}
-
-fn raw4(a: &[u8; 16]) -> u32 {
-    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
-}
-
-/// natd 0.1's entry as today's (slow path: its forwarding details are not known; a
-/// published-port flow keeps the slot of its mapping, found by `slot_of` its mapping id,
-/// and is dropped if the mapping is gone).
-pub fn convert(
-    key: &LegacyKey,
-    old: &LegacyEntry,
-    now: u32,
-    slot_of: impl Fn(u32) -> Option<(u32, u32)>,
-) -> Option<(Ct4Key, Ct4Entry)> {
-    const OLD_ESTABLISHED: u8 = 2;
-    const OLD_CLOSING: u8 = 3;
-    const OLD_CLOSED: u8 = 4;
-    const OLD_REPLIED: u8 = 6;
-    if key.family != nat_common::FAMILY_V4 {
-        return None;
-    }
-    let k = Ct4Key {
-        src: raw4(&key.src),
-        dst: raw4(&key.dst),
-        sport: key.sport,
-        dport: key.dport,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
-    let hooks = match old.kind {
-        ct::DNAT_FORWARD => ct::HOOK_EDGE_INGRESS | ct::HOOK_SANDBOX,
-        ct::DNAT_REPLY => ct::HOOK_EDGE_EGRESS | ct::HOOK_SANDBOX,
-        ct::SNAT_FORWARD => ct::HOOK_EDGE_EGRESS,
-        ct::SNAT_REPLY => ct::HOOK_EDGE_INGRESS,
-        _ => return None,
-    };
-    let (gen_slot, generation) = match old.kind {
-        ct::DNAT_FORWARD | ct::DNAT_REPLY => slot_of(old.mapping_id)?,
-        _ => (u32::MAX, 0),
-    };
-    let (src, dst) = (raw4(&old.src), raw4(&old.dst));
-    let ports = |s: u16, d: u16| {
-        let (s, d) = (s.to_ne_bytes(), d.to_ne_bytes());
-        u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
-    };
-    let tcp = match old.state {
-        OLD_ESTABLISHED => ct::TCP_SYN | ct::TCP_SYNACK | ct::TCP_ESTABLISHED,
-        OLD_CLOSING => ct::TCP_ESTABLISHED | ct::TCP_FIN,
-        OLD_CLOSED => ct::TCP_RST,
-        _ => ct::TCP_SYN,
-    };
-    let entry = Ct4Entry {
-        src,
-        dst,
-        sport: old.sport,
-        dport: old.dport,
-        addr_csum: csum::diff2([k.src, k.dst], [src, dst]),
-        port_csum: csum::diff1(ports(k.sport, k.dport), ports(old.sport, old.dport)),
-        kind: old.kind,
-        hooks,
-        flags: (if hooks & ct::HOOK_EDGE_INGRESS != 0 {
-            ct::FROM_OUTSIDE
-        } else {
-            0
-        }) | (if old.state == OLD_REPLIED { ct::REPLIED } else { 0 }),
-        tcp: if key.proto == nat_common::PROTO_TCP {
-            tcp
-        } else {
-            0
-        },
-        gen_slot,
-        generation,
-        last_seen: now,
-        ..Default::default()
-    };
-    Some((k, entry))
-}

@@ -62,6 +62,22 @@ impl Tables {
     }
 }
 
+impl Tables {
+    /// Every map's capacity (its max entries as created) and the kernel memory charged
+    /// for it, by name (a map the kernel does not answer for is left out).
+    pub fn footprints(&self) -> StdHashMap<String, (u32, u64)> {
+        self.maps
+            .iter()
+            .filter_map(|(name, map)| {
+                let data = data(map)?;
+                let capacity = data.info().ok()?.max_entries();
+                let bytes = bpf_map::memlock(data.fd().as_fd()).ok()?;
+                Some((name.clone(), (capacity, bytes)))
+            })
+            .collect()
+    }
+}
+
 /// The map behind any of the kinds natd's object has.
 pub fn data(map: &Map) -> Option<&MapData> {
     match map {

@@ -107,6 +107,10 @@ fn range_args(ports: &[u16], udp: bool) -> Vec<String> {
         .collect()
 }
 
+/// The detail of the rows measured right after the first start (defaults, the default
+/// IPv4 network, nothing running).
+pub const AT_START: &str = "at start: defaults, one IPv4 network";
+
 pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     let (sandboxes, mappings, flows) = plan.host_scale;
     let mut lab = Lab::new()?;
@@ -116,6 +120,9 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     let row = |metric: &'static str, n: u32, value: f64, detail: &str, rep: usize| {
         Sample::new("scale", "ebpf", n, metric, value).detail(detail).rep(rep)
     };
+    let (_, map_mib) = control::natd_memory(&lab);
+    s.push(row("map_mib", 0, map_mib, AT_START, 0));
+    results.notes.push(format!("scale: map memory at start, by map (KiB): {}", map_breakdown(&lab)));
     let publish_one = || vec!["80".to_string()];
     // The first sandboxes, and `rm` at that size (the removed ones come back).
     let mut names: Vec<String> = (0..sandboxes).map(|i| format!("s{i}")).collect();
@@ -211,6 +218,7 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     let (rss_mib, map_mib) = control::natd_memory(&lab);
     s.push(row("rss_mib", present, rss_mib, &size, 0));
     s.push(row("map_mib", present, map_mib, &size, 0));
+    results.notes.push(format!("scale: map memory at full size, by map (KiB): {}", map_breakdown(&lab)));
     // Restart: SIGTERM, start, until the API answers; the flows are still there.
     let before = control::tracked(&lab)?;
     lab.stop_natd(nix::sys::signal::Signal::SIGTERM);
@@ -226,6 +234,20 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
          throughout; read_ms: `inspect` every 10 ms for 15 s; restart_ready_ms polls `natctl info` every 50 ms"
     ));
     Ok(())
+}
+
+/// The kernel memory of each map natd pinned, largest first, as `natctl stats` reports it
+/// (the kernel's `memlock` of each map).
+fn map_breakdown(lab: &Lab) -> String {
+    let memory: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(lab.json(&["stats"])["map_memory"].clone()).unwrap_or_default();
+    let mut by_size: Vec<(String, u64)> = memory.into_iter().filter(|(_, b)| *b >= 64 * 1024).collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1));
+    by_size
+        .iter()
+        .map(|(name, bytes)| format!("{name} {}", bytes / 1024))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One `/metrics` scrape from the lab's LAN: ms, bytes, series.

@@ -221,6 +221,12 @@ pub fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Measured, f64, b
         ));
     }
     t.push((
+        "map memory at defaults, IPv4 only <= 64 MiB (at start)".to_string(),
+        get("scale", 0, "map_mib", Some(crate::scale::AT_START), "ebpf"),
+        64.0,
+        false,
+    ));
+    t.push((
         format!("run -p via the API, median at {sb_n} sandboxes <= 50 ms"),
         get("scale", sb_n, "run_ms", Some("at full size"), "ebpf"),
         50.0,

@@ -1,0 +1,85 @@
+//! How large natd makes its maps: the connection tables as configured
+//! (`--conntrack-max`, `--conntrack-embryonic-max`), every other map as its definition in
+//! the object says, except the IPv6 tables while natd has no IPv6 network (dormant: a
+//! few entries each, so a host without IPv6 does not hold their memory).
+use std::path::Path;
+
+use aya::maps::MapInfo;
+use nat_common::names::map;
+
+use super::pins;
+
+/// Sizes of the tables: the connection tables' (established flows and embryonic ones),
+/// and whether the IPv6 tables have their full sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSizes {
+    pub established: u32,
+    pub embryonic: u32,
+    /// False while natd has no IPv6 network: the IPv6 tables then hold
+    /// `IPV6_DORMANT_ENTRIES` each (nothing but an IPv6 network's sandboxes and published
+    /// ports puts entries there), and the first IPv6 network grows them
+    /// (`EbpfDataplane::grow_ipv6_tables`).
+    pub ipv6: bool,
+}
+
+/// The tables only IPv6 traffic of natd's networks fills. The LRUs among them are
+/// preallocated whatever they hold: 47 MiB at full size.
+pub const IPV6_TABLES: [&str; 10] = [
+    map::CT6,
+    map::CT6_NEW,
+    map::PORTS6,
+    map::ENDPOINTS6,
+    map::SNAT6,
+    map::SNAT6_PORTS,
+    map::SNAT6_PEERS,
+    map::SNAT6_SHARED,
+    map::QUOTA6,
+    map::PUNCH6,
+];
+
+/// The IPv6 tables whose entries are live state (flows, mappings, published ports,
+/// endpoints): full-size tables are kept while one of them holds anything. The others
+/// (peers, shared ports, quotas, punches) only qualify what those hold.
+const IPV6_LIVE: [&str; 6] = [map::CT6, map::CT6_NEW, map::SNAT6, map::SNAT6_PORTS, map::PORTS6, map::ENDPOINTS6];
+
+/// Entries of each IPv6 table while no IPv6 network needs them.
+pub const IPV6_DORMANT_ENTRIES: u32 = 256;
+
+/// Whether IPv6 tables are at full size, judged by `NATD_PORTS6`'s capacity (the one IPv6
+/// table whose full size no setting changes: `--conntrack-max` may be below the dormant
+/// size).
+pub fn ipv6_tables_full(ports6_capacity: u32) -> bool {
+    ports6_capacity > IPV6_DORMANT_ENTRIES
+}
+
+impl TableSizes {
+    /// The sizes that differ from the object's definitions: what natd loads it with.
+    pub fn overrides(&self) -> Vec<(&'static str, u32)> {
+        let mut sizes = vec![
+            (map::CT4, self.established),
+            (map::CT4_NEW, self.embryonic),
+            (map::CT6, self.established),
+            (map::CT6_NEW, self.embryonic),
+        ];
+        if !self.ipv6 {
+            sizes.retain(|(name, _)| !IPV6_TABLES.contains(name));
+            sizes.extend(IPV6_TABLES.iter().map(|name| (*name, IPV6_DORMANT_ENTRIES)));
+        }
+        sizes
+    }
+
+    /// Whether a start gives the IPv6 tables their full sizes: `wanted` (natd has an IPv6
+    /// network), or full-size ones pinned under `pin_dir` still hold IPv6 state (an IPv6
+    /// network removed a moment ago leaves its flows). Full-size tables that hold nothing
+    /// go dormant again: their memory back, as after a natd of an earlier layout, whose
+    /// IPv6 tables were always full.
+    pub fn ipv6_full(pin_dir: &Path, wanted: bool) -> bool {
+        if wanted {
+            return true;
+        }
+        let maps = pin_dir.join("maps");
+        let pinned_full =
+            MapInfo::from_pin(maps.join(map::PORTS6)).is_ok_and(|info| ipv6_tables_full(info.max_entries()));
+        pinned_full && IPV6_LIVE.iter().any(|name| pins::entries_in(&maps, name) > 0)
+    }
+}

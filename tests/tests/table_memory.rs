@@ -1,0 +1,175 @@
+//! natd's kernel memory follows what the host uses (issue 25, "memory sized by use"):
+//! hash tables allocate an entry when it is inserted, so their memory grows with the
+//! flows they hold; the IPv6 tables stay dormant (a few entries each) until the first
+//! IPv6 network, which grows them to full size live, every IPv4 flow and masquerade
+//! mapping carried on; a restart makes them dormant again once nothing IPv6 is left (and
+//! keeps them full while they hold IPv6 flows or natd has an IPv6 network).
+use std::{
+    collections::BTreeMap,
+    net::{TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use aya::maps::MapInfo;
+use nat_common::names::map;
+use natlab::{EXT_IP, EXT_IP6, HOST_UPLINK_IP, HOST_UPLINK_IP6, Lab, echo_line, in_netns, wait_listening, whoami6};
+use natd::dataplane::ebpf::sizes::{IPV6_DORMANT_ENTRIES, IPV6_TABLES};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// (map id, capacity) of every map pinned under the lab's `maps` directory, by name.
+fn pinned(lab: &Lab) -> BTreeMap<String, (u32, u32)> {
+    std::fs::read_dir(lab.bpffs.join("maps"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let info = MapInfo::from_pin(e.path()).ok()?;
+            Some((e.file_name().to_string_lossy().to_string(), (info.id(), info.max_entries())))
+        })
+        .collect()
+}
+
+/// The kernel memory `natctl stats` reports for each of natd's maps, bytes.
+fn memory(lab: &Lab) -> BTreeMap<String, u64> {
+    serde_json::from_value(lab.json(&["stats"])["map_memory"].clone()).expect("map_memory in natctl stats")
+}
+
+fn connect(ns: &str, addr: &str, port: u16) -> TcpStream {
+    let stream = in_netns(ns, || TcpStream::connect_timeout(&format!("{addr}:{port}").parse().unwrap(), TIMEOUT))
+        .expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+fn udp_echo(socket: &UdpSocket, text: &str) -> bool {
+    let mut buf = [0u8; 64];
+    socket.send(text.as_bytes()).is_ok() && socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == text.as_bytes())
+}
+
+#[test]
+fn the_first_ipv6_network_grows_the_dormant_ipv6_tables_with_every_flow_kept() {
+    // Closed TCP flows expire within seconds here (the last step waits for the IPv6 ones).
+    let mut lab = Lab::started(&["--dataplane", "ebpf", "--conntrack-timeout", "tcp-closing=2", "--gc-interval", "1"]);
+    let start = pinned(&lab);
+    for name in IPV6_TABLES {
+        assert_eq!(start[name].1, IPV6_DORMANT_ENTRIES, "{name} dormant: no IPv6 network yet");
+    }
+    assert_eq!(start[map::CT4].1, nat_common::DEFAULT_CT_ENTRIES, "the IPv4 connection table at its default size");
+    let detail = &lab.json(&["info"])["dataplane_detail"];
+    assert_eq!(detail["ipv6_tables"], "dormant (no IPv6 network yet)", "{detail}");
+    let empty = memory(&lab);
+
+    // Flows both ways over IPv4, held: a published port's and a masqueraded sandbox's,
+    // TCP and UDP.
+    lab.run_script("srv", &["-p", "8081:81"], "socat TCP-LISTEN:81,fork,reuseaddr EXEC:cat");
+    lab.ok(&["run", "--name", "cli"]);
+    let _outside = [
+        lab.spawn_in(&lab.ext_ns, &["socat", "TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]),
+        lab.spawn_in(&lab.ext_ns, &["socat", "UDP-LISTEN:9001,fork,reuseaddr", "PIPE"]),
+    ];
+    assert!(wait_listening(&lab.netns_of("srv"), "tcp", 81));
+    assert!(wait_listening(&lab.ext_path(), "tcp", 9000) && wait_listening(&lab.ext_path(), "udp", 9001));
+    let mut held = vec![
+        ("inbound (published port)", connect(&lab.ext_path(), HOST_UPLINK_IP, 8081)),
+        ("outbound (masqueraded)", connect(&lab.netns_of("cli"), EXT_IP, 9000)),
+    ];
+    let datagrams = in_netns(&lab.netns_of("cli"), || UdpSocket::bind("0.0.0.0:0")).expect("bind");
+    datagrams.connect(format!("{EXT_IP}:9001")).unwrap();
+    datagrams.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(udp_echo(&datagrams, "before"), "UDP masqueraded: works before");
+    for (what, stream) in &mut held {
+        assert!(echo_line(stream, "before"), "{what}: works before");
+    }
+    // Allocated by use: the established table's memory grew by the flows it now holds
+    // (the fill the expiry pass counted: read exactly, as `natctl stats` does).
+    let used = memory(&lab);
+    let (flows, _) = lab.json(&["stats"])["maps"][map::CT4]
+        .as_array()
+        .map(|a| (a[0].as_u64().unwrap(), a[1].as_u64().unwrap()))
+        .expect("NATD_CT4 in natctl stats");
+    assert!(flows >= 4, "the held flows are established (two entries each): {flows}");
+    assert!(
+        used[map::CT4] > empty[map::CT4],
+        "NATD_CT4's memory follows its entries: {} bytes empty, {} with {flows}",
+        empty[map::CT4],
+        used[map::CT4]
+    );
+    let udp_before = lab.udp_flows();
+    assert!(!udp_before.is_empty(), "the masqueraded UDP flow is listed");
+
+    // The first IPv6 network: its sandbox answers over IPv6 (the control: the grown tables
+    // are the ones its programs use), with the client's own address seen.
+    lab.ok(&["network", "create", "--ipv6", "n6"]);
+    lab.run_script("web6", &["--network", "n6", "-p", "8086:80"], &whoami6(80));
+    let out = lab.ext(&["socat", "-t3", "-T3", "-", &format!("TCP:[{HOST_UPLINK_IP6}]:8086,connect-timeout=3")]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        natlab::peer_ip(&line).map(|ip| ip.to_string()),
+        Some(EXT_IP6.to_string()),
+        "the IPv6 published port answers through the grown tables: {line:?}\n{}",
+        lab.natd_log()
+    );
+
+    let grown = pinned(&lab);
+    for name in IPV6_TABLES {
+        assert!(grown[name].1 > IPV6_DORMANT_ENTRIES, "{name} grown: {:?}", grown[name]);
+        assert_ne!(grown[name].0, start[name].0, "{name} is a new map");
+    }
+    assert_eq!(grown[map::CT6].1, grown[map::CT4].1, "CT6 sized as CT4 (--conntrack-max)");
+    for (name, (id, _)) in &start {
+        if !IPV6_TABLES.contains(&name.as_str()) {
+            assert_eq!(grown[name].0, *id, "{name} kept as it was (not an IPv6 table)");
+        }
+    }
+    assert_eq!(lab.json(&["info"])["dataplane_detail"]["ipv6_tables"], "full");
+    let broken: Vec<&str> = held
+        .iter_mut()
+        .filter_map(|(what, stream)| (!echo_line(stream, "after")).then_some(*what))
+        .collect();
+    assert!(broken.is_empty(), "broken by the growth: {broken:?}\n{}", lab.natd_log());
+    assert!(udp_echo(&datagrams, "after"), "UDP masqueraded: carries on");
+    let udp_after = lab.udp_flows();
+    assert!(udp_before.is_subset(&udp_after), "the UDP flow keeps its NAT port: {udp_before:?} -> {udp_after:?}");
+    let full = memory(&lab);
+    let ipv6_bytes = |m: &BTreeMap<String, u64>| IPV6_TABLES.iter().map(|n| m[*n]).sum::<u64>();
+    println!(
+        "TABLE MEMORY: all maps {:.1} MiB with no IPv6 network ({:.1} MiB of it IPv6 tables), {:.1} MiB after the \
+         first ({:.1} MiB IPv6)",
+        empty.values().sum::<u64>() as f64 / 1048576.0,
+        ipv6_bytes(&empty) as f64 / 1048576.0,
+        full.values().sum::<u64>() as f64 / 1048576.0,
+        ipv6_bytes(&full) as f64 / 1048576.0,
+    );
+    assert!(ipv6_bytes(&full) > ipv6_bytes(&empty), "the IPv6 tables took their memory");
+
+    // The IPv6 network gone and its flows expired, a restart makes the IPv6 tables dormant
+    // again: the memory back, the IPv4 flows carried on.
+    lab.ok(&["rm", "web6"]);
+    lab.ok(&["network", "rm", "n6"]);
+    let ipv6_flows = |lab: &Lab| {
+        let maps = &lab.json(&["stats"])["maps"];
+        [map::CT6, map::CT6_NEW].iter().map(|n| maps[*n][0].as_u64().unwrap_or(0)).sum::<u64>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ipv6_flows(&lab) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the closed IPv6 flows expire (tcp-closing=2)");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.restart_natd().expect("restart");
+    let shrunk = pinned(&lab);
+    for name in IPV6_TABLES {
+        assert_eq!(shrunk[name].1, IPV6_DORMANT_ENTRIES, "{name} dormant again: nothing IPv6 left");
+    }
+    assert_eq!(lab.json(&["info"])["dataplane_detail"]["ipv6_tables"], "dormant (no IPv6 network yet)");
+    let back = memory(&lab);
+    assert!(
+        ipv6_bytes(&back) < ipv6_bytes(&full) / 10,
+        "the IPv6 tables' memory back: {} -> {} bytes",
+        ipv6_bytes(&full),
+        ipv6_bytes(&back)
+    );
+    for (what, stream) in &mut held {
+        assert!(echo_line(stream, "after the restarts"), "{what}: after the restarts");
+    }
+    assert!(udp_echo(&datagrams, "after the restarts"), "UDP masqueraded: after the restarts");
+}
