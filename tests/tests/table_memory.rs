@@ -121,7 +121,10 @@ fn the_first_ipv6_network_grows_the_dormant_ipv6_tables_with_every_flow_kept() {
             assert_eq!(grown[name].0, *id, "{name} kept as it was (not an IPv6 table)");
         }
     }
-    assert_eq!(lab.json(&["info"])["dataplane_detail"]["ipv6_tables"], "full");
+    let detail = &lab.json(&["info"])["dataplane_detail"];
+    assert_eq!(detail["ipv6_tables"], "full", "{detail}");
+    // The host-bound miss filter is on after the reload (its marks kept).
+    assert_eq!(detail["port_filter"]["on"], true, "{detail}");
     let broken: Vec<&str> = held
         .iter_mut()
         .filter_map(|(what, stream)| (!echo_line(stream, "after")).then_some(*what))
@@ -172,4 +175,40 @@ fn the_first_ipv6_network_grows_the_dormant_ipv6_tables_with_every_flow_kept() {
         assert!(echo_line(stream, "after the restarts"), "{what}: after the restarts");
     }
     assert!(udp_echo(&datagrams, "after the restarts"), "UDP masqueraded: after the restarts");
+}
+
+/// A growth that fails (here injected: fail point `grow-ipv6-tables`; in life the verifier
+/// or the memory for the tables) does not fail the IPv6 network: it is created, its
+/// sandbox answers over IPv6 on the dormant tables, `natctl info` says why they are
+/// dormant, and the IPv4 flows are untouched. Control: the same sandbox's answer is what
+/// the grown tables give in the test above.
+#[test]
+fn an_ipv6_network_works_on_the_dormant_tables_when_they_cannot_grow() {
+    let lab = Lab::started(&["--dataplane", "ebpf"]);
+    lab.run_script("srv", &["-p", "8081:81"], "socat TCP-LISTEN:81,fork,reuseaddr EXEC:cat");
+    assert!(wait_listening(&lab.netns_of("srv"), "tcp", 81));
+    let mut held = connect(&lab.ext_path(), HOST_UPLINK_IP, 8081);
+    assert!(echo_line(&mut held, "before"), "the published port answers before");
+    lab.failpoint("grow-ipv6-tables", "return");
+    lab.ok(&["network", "create", "--ipv6", "n6"]);
+    lab.run_script("web6", &["--network", "n6", "-p", "8086:80"], &whoami6(80));
+    let out = lab.ext(&["socat", "-t3", "-T3", "-", &format!("TCP:[{HOST_UPLINK_IP6}]:8086,connect-timeout=3")]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        natlab::peer_ip(&line).map(|ip| ip.to_string()),
+        Some(EXT_IP6.to_string()),
+        "the IPv6 published port answers on the dormant tables: {line:?}\n{}",
+        lab.natd_log()
+    );
+    let tables = pinned(&lab);
+    for name in IPV6_TABLES {
+        assert_eq!(tables[name].1, IPV6_DORMANT_ENTRIES, "{name} still dormant");
+    }
+    let state = lab.json(&["info"])["dataplane_detail"]["ipv6_tables"].as_str().unwrap_or_default().to_string();
+    assert!(
+        state.starts_with("dormant: growth failed") && state.contains("grow-ipv6-tables"),
+        "natctl info says why: {state}"
+    );
+    assert!(lab.natd_log().contains("the IPv6 tables could not grow"), "logged");
+    assert!(echo_line(&mut held, "after"), "the IPv4 connection carries on");
 }

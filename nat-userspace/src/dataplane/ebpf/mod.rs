@@ -166,7 +166,14 @@ impl EbpfDataplane {
         }
         let sizes = sizes::TableSizes { ipv6: true, ..self.sizes };
         let started = std::time::Instant::now();
-        let mut grown = match Self::load(self.pin_dir.clone(), sizes, self.timeouts) {
+        let load = || -> Result<Self, DataplaneError> {
+            // Test builds: a growth that fails on demand (fail point `grow-ipv6-tables`).
+            fail::fail_point!("grow-ipv6-tables", |_| Err(DataplaneError::Ebpf(
+                "injected by fail point grow-ipv6-tables".into()
+            )));
+            Self::load(self.pin_dir.clone(), sizes, self.timeouts)
+        };
+        let mut grown = match load() {
             Ok(grown) => grown,
             Err(e) => {
                 tracing::warn!(error = %e, "the IPv6 tables could not grow: IPv6 runs on the dormant tables");

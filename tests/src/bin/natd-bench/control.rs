@@ -101,14 +101,17 @@ fn publish_latency(lab: &Lab, first_port: u16, samples: usize) -> Result<Vec<(f6
     Ok(out)
 }
 
-/// `count` established flows written straight into natd's pinned connection table (they
-/// belong to no mapping; natd's GC is off during the benchmark).
+/// `count` entries (`count / 2` established TCP flows, both directions each) written
+/// straight into natd's pinned connection table. They belong to no mapping; as complete,
+/// established flows they live for the established timeout (an entry without its other
+/// direction is expired by natd's next pass, as the remains of a refused insert).
 pub fn fill_conntrack(lab: &Lab, count: u32) -> Result<()> {
     let pin = lab.bpffs.join("maps").join(map::CT4);
     let data = MapData::from_pin(&pin).with_context(|| format!("open {}", pin.display()))?;
     let mut table: HashMap<MapData, Ct4Key, Ct4Entry> = HashMap::try_from(Map::HashMap(data))?;
     let now = natd::dataplane::ebpf::conntrack::now_ticks();
-    for i in 0..count {
+    let established = nat_common::ct::TCP_SYN | nat_common::ct::TCP_SYNACK | nat_common::ct::TCP_ESTABLISHED;
+    for i in 0..count / 2 {
         let key = Ct4Key {
             src: u32::from_be_bytes([10, 200, (i >> 8) as u8, i as u8]).to_be(),
             dst: u32::from_be_bytes([203, 0, 113, 200]).to_be(),
@@ -123,11 +126,21 @@ pub fn fill_conntrack(lab: &Lab, count: u32) -> Result<()> {
             sport: key.sport,
             dport: key.dport,
             kind: nat_common::ct::SNAT_FORWARD,
+            tcp: established,
             gen_slot: u32::MAX,
             last_seen: now,
             ..Default::default()
         };
+        let reply = Ct4Entry {
+            src: key.dst,
+            dst: key.src,
+            sport: key.dport,
+            dport: key.sport,
+            kind: nat_common::ct::SNAT_REPLY,
+            ..entry
+        };
         table.insert(key, entry, 0)?;
+        table.insert(key.peer(&entry), reply, 0)?;
     }
     Ok(())
 }

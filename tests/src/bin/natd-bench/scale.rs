@@ -221,6 +221,9 @@ pub fn run(plan: &Plan, results: &mut Results) -> Result<()> {
     results.notes.push(format!("scale: map memory at full size, by map (KiB): {}", map_breakdown(&lab)));
     // Restart: SIGTERM, start, until the API answers; the flows are still there.
     let before = control::tracked(&lab)?;
+    if before < u64::from(flows) {
+        bail!("only {before} of the {flows} synthetic flow entries are tracked before the restart: the figures at full size are not");
+    }
     lab.stop_natd(nix::sys::signal::Signal::SIGTERM);
     let t0 = Instant::now();
     lab.restart_natd()?;
