@@ -46,6 +46,21 @@ fn udp_echo(socket: &UdpSocket, text: &str) -> bool {
     socket.send(text.as_bytes()).is_ok() && socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == text.as_bytes())
 }
 
+/// Creates the IPv6 network `n6` with a sandbox `web6` publishing 8086 and checks that a
+/// client outside reaches it over IPv6, seen with its own address (`how`: for the message).
+fn first_ipv6_sandbox_answers(lab: &Lab, how: &str) {
+    lab.ok(&["network", "create", "--ipv6", "n6"]);
+    lab.run_script("web6", &["--network", "n6", "-p", "8086:80"], &whoami6(80));
+    let out = lab.ext(&["socat", "-t3", "-T3", "-", &format!("TCP:[{HOST_UPLINK_IP6}]:8086,connect-timeout=3")]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        natlab::peer_ip(&line).map(|ip| ip.to_string()),
+        Some(EXT_IP6.to_string()),
+        "the IPv6 published port answers {how}: {line:?}\n{}",
+        lab.natd_log()
+    );
+}
+
 #[test]
 fn the_first_ipv6_network_grows_the_dormant_ipv6_tables_with_every_flow_kept() {
     // Closed TCP flows expire within seconds here (the last step waits for the IPv6 ones).
@@ -99,16 +114,7 @@ fn the_first_ipv6_network_grows_the_dormant_ipv6_tables_with_every_flow_kept() {
 
     // The first IPv6 network: its sandbox answers over IPv6 (the control: the grown tables
     // are the ones its programs use), with the client's own address seen.
-    lab.ok(&["network", "create", "--ipv6", "n6"]);
-    lab.run_script("web6", &["--network", "n6", "-p", "8086:80"], &whoami6(80));
-    let out = lab.ext(&["socat", "-t3", "-T3", "-", &format!("TCP:[{HOST_UPLINK_IP6}]:8086,connect-timeout=3")]);
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(
-        natlab::peer_ip(&line).map(|ip| ip.to_string()),
-        Some(EXT_IP6.to_string()),
-        "the IPv6 published port answers through the grown tables: {line:?}\n{}",
-        lab.natd_log()
-    );
+    first_ipv6_sandbox_answers(&lab, "through the grown tables");
 
     let grown = pinned(&lab);
     for name in IPV6_TABLES {
@@ -190,16 +196,7 @@ fn an_ipv6_network_works_on_the_dormant_tables_when_they_cannot_grow() {
     let mut held = connect(&lab.ext_path(), HOST_UPLINK_IP, 8081);
     assert!(echo_line(&mut held, "before"), "the published port answers before");
     lab.failpoint("grow-ipv6-tables", "return");
-    lab.ok(&["network", "create", "--ipv6", "n6"]);
-    lab.run_script("web6", &["--network", "n6", "-p", "8086:80"], &whoami6(80));
-    let out = lab.ext(&["socat", "-t3", "-T3", "-", &format!("TCP:[{HOST_UPLINK_IP6}]:8086,connect-timeout=3")]);
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(
-        natlab::peer_ip(&line).map(|ip| ip.to_string()),
-        Some(EXT_IP6.to_string()),
-        "the IPv6 published port answers on the dormant tables: {line:?}\n{}",
-        lab.natd_log()
-    );
+    first_ipv6_sandbox_answers(&lab, "on the dormant tables");
     let tables = pinned(&lab);
     for name in IPV6_TABLES {
         assert_eq!(tables[name].1, IPV6_DORMANT_ENTRIES, "{name} still dormant");

@@ -102,7 +102,8 @@ fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
             continue;
         }
         let held = pins::entries_in(maps, &name);
-        if held > sizes.established as usize {
+        let room = expected.get(&name).map_or(sizes.established, |shape| shape.3);
+        if held > room as usize {
             return Err(DataplaneError::Ebpf(format!(
                 "{name} holds {held} flow entries, more than --conntrack-max {} leaves room for: \
                  established flows would be dropped. Nothing was changed: start with --conntrack-max \

@@ -41,6 +41,9 @@ pub(crate) fn err(context: &str, e: impl std::fmt::Display + std::fmt::Debug) ->
     DataplaneError::Ebpf(format!("{context}: {detail}"))
 }
 
+/// How long after a failed growth of the IPv6 tables a tick tries again.
+const GROWTH_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// `natctl info`'s word for programs taken from the last start's pins (`adopt`).
 pub const ADOPTED: &str = "adopted from the last start's pins, not verified again";
 
@@ -154,11 +157,16 @@ impl EbpfDataplane {
     ///
     /// A growth that fails (the verifier, the memory for the tables) is logged and reported
     /// by `natctl info`, and the sync goes on without it: IPv6 works on the dormant tables
-    /// (a few hundred flows) and the growth is tried again after `GROWTH_RETRY`, never by
-    /// every request (each try holds the daemon's lock for seconds).
+    /// (256 flows, published IPv6 ports, IPv6 sandboxes: past that, the sync that writes
+    /// one more fails) and the growth is tried again by the first tick `GROWTH_RETRY`
+    /// after, never by every request (each try holds the daemon's lock for seconds).
     fn grow_ipv6_tables(&mut self, desired: &Desired) -> bool {
-        const GROWTH_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
-        if self.sizes.ipv6 || !desired.networks.iter().any(|n| n.v6.is_some()) {
+        if self.sizes.ipv6 {
+            return false;
+        }
+        if !desired.networks.iter().any(|n| n.v6.is_some()) {
+            // The IPv6 network that wanted them is gone: nothing to try again.
+            self.growth_failed = None;
             return false;
         }
         if self.growth_failed.as_ref().is_some_and(|(at, _)| at.elapsed() < GROWTH_RETRY) {
@@ -426,12 +434,13 @@ impl Dataplane for EbpfDataplane {
             }
         }
         // Work the last sync left: a write that failed midway, edges not attached yet,
-        // tables or flows to carry over.
+        // tables or flows to carry over, a growth of the IPv6 tables to try again.
         !drifted.is_empty()
             || self.writer.mirror().unknown()
             || self.links_checked.is_none()
             || !self.retiring.is_empty()
             || !self.legacy.is_empty()
+            || self.growth_failed.as_ref().is_some_and(|(at, _)| at.elapsed() >= GROWTH_RETRY)
     }
 
     fn mapping_slots(&self) -> Vec<(u32, u32)> {

@@ -178,7 +178,7 @@ pub fn run(plan: &Plan, mappings: u32, results: &mut Results) -> Result<()> {
     let full = publish_latency(&lab, first + samples as u16, samples)?;
     let s = &mut results.samples;
     s.push(Sample::new("control", "ebpf", mappings, "load_s", load_s));
-    let flows = format!("{} flows", plan.control_flows);
+    let flows = format!("{} flow entries", plan.control_flows);
     for (rows, detail) in [(&empty, "0 flows"), (&full, flows.as_str())] {
         let api: Vec<f64> = rows.iter().map(|r| r.0).collect();
         let first_answer: Vec<f64> = rows.iter().map(|r| r.1).collect();

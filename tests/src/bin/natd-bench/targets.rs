@@ -190,7 +190,7 @@ pub fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Measured, f64, b
             1000.0,
             false,
         ));
-        let flows = format!("{} flows", plan.control_flows);
+        let flows = format!("{} flow entries", plan.control_flows);
         let with_flows = stats::paired_ratios(
             samples,
             ("control", n, "add_us_p50", Some(flows.as_str()), "ebpf"),
