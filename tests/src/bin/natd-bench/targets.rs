@@ -242,13 +242,17 @@ pub fn targets(plan: &Plan, samples: &[Sample]) -> Vec<(String, Measured, f64, b
             (!v.is_empty()).then(|| crate::control::percentile(&mut v, 0.99))
         };
         let single = |m: &str| values(m).first().copied();
+        let median = |m: &str| {
+            let mut v = values(m);
+            (!v.is_empty()).then(|| crate::control::percentile(&mut v, 0.5))
+        };
         let size = d.unwrap_or("");
         for (name, value, goal) in [
             (format!("publish one port via the API, p99 <= 1 ms ({size})"), p99("publish_ms"), 1.0),
             (format!("any API call while housekeeping runs, p99 <= 5 ms ({size})"), p99("read_ms"), 5.0),
             (format!("a 10,000-port range published <= 50 ms ({size})"), single("range_publish_ms"), 50.0),
             (format!("/metrics scrape <= 50 ms ({size})"), p99("scrape_ms"), 50.0),
-            (format!("natd RSS <= 64 MiB ({size})"), single("rss_mib"), 64.0),
+            (format!("natd RSS <= 64 MiB, median of its samples ({size})"), median("rss_mib"), 64.0),
             (format!("restart until the API answers <= 1000 ms ({size})"), single("restart_ready_ms"), 1000.0),
             (format!("flows lost over the restart = 0 ({size})"), single("restart_flows_lost"), 0.0),
         ] {
