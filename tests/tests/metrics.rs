@@ -72,6 +72,9 @@ fn metrics_follow_the_traffic() {
     );
     let read = lab.json(&["stats"])["maps"]["NATD_SNAT4"][0].as_u64();
     assert_eq!(Some(sample(&scrape(&lab), snat) as u64), read, "the pass's count is the table's");
+    // Each map's kernel memory, as the kernel charges it: the established table's buckets
+    // at least (16 bytes per entry of capacity, allocated up front).
+    assert!(sample(&after, "natd_map_memory_bytes{map=\"NATD_CT4\"}") >= 16.0 * 262_144.0, "{after}");
     assert_eq!(sample(&after, "natd_objects{kind=\"sandbox\"}"), 1.0);
     assert_eq!(sample(&after, "natd_dataplane_info{dataplane=\"ebpf\"}"), 1.0);
     // natd's own API: the run request, counted by route pattern and status, and timed.

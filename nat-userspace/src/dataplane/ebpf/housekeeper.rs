@@ -19,7 +19,6 @@ use nat_common::{
 use super::{
     conntrack::{self, PortsInUse, Timeouts},
     drift,
-    sizes::TableSizes,
     portmarks::{self, PortMarks},
     tables::{self, Tables},
 };
@@ -37,14 +36,12 @@ pub struct Housekeeper {
     /// The connection tables' fill as the last expiry pass left them.
     last_fill: Mutex<Option<std::collections::BTreeMap<&'static str, usize>>>,
     timeouts: Timeouts,
-    sizes: TableSizes,
 }
 
 impl Housekeeper {
     pub fn new(
         ebpf: &aya::Ebpf,
         timeouts: Timeouts,
-        sizes: TableSizes,
         links_dir: PathBuf,
     ) -> Result<Self, DataplaneError> {
         let expiry = Tables::share(ebpf)?;
@@ -57,7 +54,6 @@ impl Housekeeper {
             marks,
             last_fill: Mutex::new(None),
             timeouts,
-            sizes,
         })
     }
 
@@ -119,7 +115,6 @@ impl Housekeeping for Housekeeper {
                 })
                 .collect();
         }
-        let (established, embryonic) = (self.sizes.established, self.sizes.embryonic);
         let last = if exact {
             None
         } else {
@@ -130,68 +125,49 @@ impl Housekeeping for Housekeeper {
         let counted = |name: &str| last.as_ref().and_then(|fill| fill.get(name).copied());
         let ct4 = |name| counted(name).unwrap_or_else(|| self.entries::<Ct4Key, Ct4Entry>(name));
         let ct6 = |name| counted(name).unwrap_or_else(|| self.entries::<Ct6Key, Ct6Entry>(name));
-        for (name, entries, capacity) in [
-            (map::CT4, ct4(map::CT4), established),
-            (map::CT4_NEW, ct4(map::CT4_NEW), embryonic),
-            (map::CT6, ct6(map::CT6), established),
-            (map::CT6_NEW, ct6(map::CT6_NEW), embryonic),
-            (map::PORTS4, self.entries::<Port4Key, Port4Target>(map::PORTS4), nat_common::MAX_PORT_MAPPINGS),
-            (map::PORTS6, self.entries::<Port6Key, Port6Target>(map::PORTS6), nat_common::MAX_PORT_MAPPINGS),
-            (map::ENDPOINTS6, self.entries::<Addr6, EndpointInfo>(map::ENDPOINTS6), nat_common::MAX_ENDPOINTS),
-            (map::ENDPOINTS4, self.entries::<u32, EndpointInfo>(map::ENDPOINTS4), nat_common::MAX_ENDPOINTS),
-            (map::LOCAL4, self.entries::<u32, u32>(map::LOCAL4), nat_common::MAX_LOCAL_ADDRS),
-            (map::NETWORKS, self.entries::<u32, NetInfo4>(map::NETWORKS), nat_common::MAX_NETWORKS),
-            (map::IFACE_CONFIG, self.entries::<u32, IfaceConfig>(map::IFACE_CONFIG), nat_common::MAX_IFACES),
+        for (name, entries) in [
+            (map::CT4, ct4(map::CT4)),
+            (map::CT4_NEW, ct4(map::CT4_NEW)),
+            (map::CT6, ct6(map::CT6)),
+            (map::CT6_NEW, ct6(map::CT6_NEW)),
+            (map::PORTS4, self.entries::<Port4Key, Port4Target>(map::PORTS4)),
+            (map::PORTS6, self.entries::<Port6Key, Port6Target>(map::PORTS6)),
+            (map::ENDPOINTS6, self.entries::<Addr6, EndpointInfo>(map::ENDPOINTS6)),
+            (map::ENDPOINTS4, self.entries::<u32, EndpointInfo>(map::ENDPOINTS4)),
+            (map::LOCAL4, self.entries::<u32, u32>(map::LOCAL4)),
+            (map::NETWORKS, self.entries::<u32, NetInfo4>(map::NETWORKS)),
+            (map::IFACE_CONFIG, self.entries::<u32, IfaceConfig>(map::IFACE_CONFIG)),
             (
                 map::SNAT4,
                 counted(map::SNAT4).unwrap_or_else(|| self.entries::<nat_common::Snat4Key, nat_common::SnatMapping>(map::SNAT4)),
-                nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT6,
                 counted(map::SNAT6).unwrap_or_else(|| self.entries::<nat_common::Snat6Key, nat_common::SnatMapping>(map::SNAT6)),
-                nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT4_PORTS,
                 counted(map::SNAT4_PORTS).unwrap_or_else(|| self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_PORTS)),
-                nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT6_PORTS,
                 counted(map::SNAT6_PORTS).unwrap_or_else(|| self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_PORTS)),
-                nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT4_SHARED,
                 counted(map::SNAT4_SHARED).unwrap_or_else(|| self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_SHARED)),
-                nat_common::MAX_SNAT_MAPPINGS,
             ),
             (
                 map::SNAT6_SHARED,
                 counted(map::SNAT6_SHARED).unwrap_or_else(|| self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_SHARED)),
-                nat_common::MAX_SNAT_MAPPINGS,
             ),
-            (
-                map::PUNCH4,
-                self.entries::<nat_common::Punch4Key, nat_common::Punch4>(map::PUNCH4),
-                nat_common::MAX_PUNCHES,
-            ),
-            (
-                map::PUNCH6,
-                self.entries::<nat_common::Punch6Key, nat_common::Punch6>(map::PUNCH6),
-                nat_common::MAX_PUNCHES,
-            ),
+            (map::PUNCH4, self.entries::<nat_common::Punch4Key, nat_common::Punch4>(map::PUNCH4)),
+            (map::PUNCH6, self.entries::<nat_common::Punch6Key, nat_common::Punch6>(map::PUNCH6)),
         ] {
-            stats.maps.insert(name.to_string(), (entries, capacity));
+            // The capacity the kernel made the map with (sizes set at load, dormant tables).
+            stats.maps.insert(name.to_string(), (entries, self.reads.capacity(name)));
         }
-        // Capacities as the kernel made the maps (sizes set at load, dormant IPv6 tables).
-        for (name, (capacity, bytes)) in self.reads.footprints() {
-            if let Some((_, known)) = stats.maps.get_mut(&name) {
-                *known = capacity;
-            }
-            stats.map_memory.insert(name, bytes);
-        }
+        stats.map_memory = self.reads.memory();
         stats
     }
 

@@ -126,7 +126,7 @@ impl EbpfDataplane {
         if !adopted.is_empty() && maps::port_filter_on(&ebpf) {
             writer.set_port_filter(true);
         }
-        let keeper = Arc::new(housekeeper::Housekeeper::new(&ebpf, timeouts, sizes, pin_dir.join("links"))?);
+        let keeper = Arc::new(housekeeper::Housekeeper::new(&ebpf, timeouts, pin_dir.join("links"))?);
         Ok(Self {
             ebpf,
             sizes,

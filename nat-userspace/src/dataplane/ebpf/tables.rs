@@ -31,6 +31,8 @@ impl MapSet for Ebpf {
 /// Descriptors of their own for every map of a loaded object (the same kernel maps).
 pub struct Tables {
     maps: StdHashMap<String, Map>,
+    /// Max entries of each map, read once: fixed for a map's life.
+    capacities: StdHashMap<String, u32>,
 }
 
 impl MapSet for Tables {
@@ -45,9 +47,12 @@ impl MapSet for Tables {
 
 impl Tables {
     pub fn share(ebpf: &Ebpf) -> Result<Self, DataplaneError> {
-        let mut maps = StdHashMap::new();
+        let (mut maps, mut capacities) = (StdHashMap::new(), StdHashMap::new());
         for (name, map) in ebpf.maps() {
             let Some(data) = data(map) else { continue };
+            if let Ok(info) = data.info() {
+                capacities.insert(name.to_string(), info.max_entries());
+            }
             let fd = data
                 .fd()
                 .as_fd()
@@ -58,22 +63,22 @@ impl Tables {
                 .map_err(|e| err(name, e))?;
             maps.insert(name.to_string(), shared);
         }
-        Ok(Self { maps })
+        Ok(Self { maps, capacities })
     }
 }
 
 impl Tables {
-    /// Every map's capacity (its max entries as created) and the kernel memory charged
-    /// for it, by name (a map the kernel does not answer for is left out).
-    pub fn footprints(&self) -> StdHashMap<String, (u32, u64)> {
+    /// The capacity of the map `name` as the kernel made it (0: not one of these).
+    pub fn capacity(&self, name: &str) -> u32 {
+        self.capacities.get(name).copied().unwrap_or(0)
+    }
+
+    /// The kernel memory charged for each map now, bytes, by name (a map whose fdinfo
+    /// cannot be read is left out).
+    pub fn memory(&self) -> std::collections::BTreeMap<String, u64> {
         self.maps
             .iter()
-            .filter_map(|(name, map)| {
-                let data = data(map)?;
-                let capacity = data.info().ok()?.max_entries();
-                let bytes = bpf_map::memlock(data.fd().as_fd()).ok()?;
-                Some((name.clone(), (capacity, bytes)))
-            })
+            .filter_map(|(name, map)| Some((name.clone(), bpf_map::memlock(data(map)?.fd().as_fd()).ok()?)))
             .collect()
     }
 }
