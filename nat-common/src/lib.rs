@@ -86,8 +86,11 @@ pub mod ct {
 /// them, every entry carried over as it was by `pins`: flows, masquerade mappings and the
 /// configuration the flows' slots refer to). A natd of layout 2 would replace such tables
 /// as foreign (emptying the masquerade mappings): the version keeps it from starting over
-/// them.
-pub const LAYOUT_VERSION: u32 = 3;
+/// them. 4, `NATD_MAPPING_STATS` one mmapable array of per-CPU regions sized to the
+/// published ports natd allows (was a per-CPU array of `MAX_PORT_MAPPINGS` slots read
+/// with a syscall per batch), `NATD_STATS_SLOTS` added (converted from 1 to 3 by copying
+/// each CPU's counters of each slot into that CPU's region, `pins::MappingStatsCarry`).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The host-bound miss filter (`names::map::PORT_MARKS`): one `u32` per TCP and UDP port,
 /// non-zero (the clock tick it was last marked at) once a flow, a mapping or a published
@@ -597,7 +600,12 @@ pub const FASTPATH_MARK: u32 = 0x6e61_7464;
 
 pub const MAX_IFACES: u32 = 4096;
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
+/// Published mappings (generation slots and per-mapping counters): the most natd allows
+/// (`--max-published-ports` sets fewer) and its default.
 pub const MAX_PORT_MAPPINGS: u32 = 131_072;
+/// The fewest published mappings `--max-published-ports` may set (above the dormant IPv6
+/// tables' size, which `NATD_PORTS6`'s capacity is told from).
+pub const MIN_PORT_MAPPINGS: u32 = 1024;
 pub const MAX_ENDPOINTS: u32 = 16_384;
 /// Generation slots: published mappings first, then endpoints.
 pub const GENERATION_SLOTS: u32 = MAX_PORT_MAPPINGS + MAX_ENDPOINTS;

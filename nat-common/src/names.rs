@@ -24,7 +24,12 @@ pub mod map {
     pub const LOCAL6: &str = "NATD_LOCAL6";
     pub const NETS6: &str = "NATD_NETS6";
     pub const GENERATIONS: &str = "NATD_GENERATIONS";
+    /// Traffic per published mapping (`MappingStats`), an mmapable array of one region
+    /// per possible CPU, each of `STATS_SLOTS` slots: natd reads it without a syscall.
     pub const MAPPING_STATS: &str = "NATD_MAPPING_STATS";
+    /// The slots of each CPU's region of `MAPPING_STATS` (natd's `--max-published-ports`),
+    /// one `u32`: 0 until natd writes it, and nothing is counted meanwhile.
+    pub const STATS_SLOTS: &str = "NATD_STATS_SLOTS";
     pub const LOCAL4: &str = "NATD_LOCAL4";
     pub const NETS4: &str = "NATD_NETS4";
     pub const NETWORKS: &str = "NATD_NETWORKS";
@@ -85,6 +90,7 @@ pub mod map {
         NETS6,
         GENERATIONS,
         MAPPING_STATS,
+        STATS_SLOTS,
         LOCAL4,
         NETS4,
         NETWORKS,

@@ -1,5 +1,6 @@
 //! Per-CPU counters only: no shared counter is written from two CPUs, and nothing is
 //! logged per packet.
+use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use nat_common::counter;
 
 use crate::maps;
@@ -17,11 +18,18 @@ pub fn add(id: u32, by: u64) {
     }
 }
 
-/// Traffic of one published mapping, by its slot.
+/// Traffic of one published mapping, by its slot, in this CPU's region.
 #[inline(always)]
 pub fn mapping(slot: u32, len: u32) {
-    if let Some(stats) = maps::NATD_MAPPING_STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU value of this CPU.
+    let slots = maps::NATD_STATS_SLOTS.get(0).copied().unwrap_or(0);
+    if slot >= slots {
+        return;
+    }
+    // SAFETY: a helper without arguments; below the possible CPUs, which natd sized the
+    // array for (`get_ptr_mut` checks the bound anyway).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if let Some(stats) = maps::NATD_MAPPING_STATS.get_ptr_mut(cpu.wrapping_mul(slots).wrapping_add(slot)) {
+        // SAFETY: this CPU's region, only this CPU writes it while the program runs.
         unsafe {
             (*stats).packets += 1;
             (*stats).bytes += u64::from(len);

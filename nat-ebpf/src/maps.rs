@@ -127,9 +127,16 @@ pub static NATD_NETS6: LpmTrie<[u8; 16], NetInfo6> = LpmTrie::pinned(MAX_NETWORK
 #[map]
 pub static NATD_GENERATIONS: Array<u32> = Array::pinned(GENERATION_SLOTS, 0);
 
-/// Traffic per published mapping, per CPU, by the mapping's slot.
+/// Traffic per published mapping: CPU `c`'s counters of slot `s` at `c * slots + s`
+/// (`slots` from `NATD_STATS_SLOTS`). One region per CPU, so no counter is written from two
+/// CPUs and no cache line is shared between them (a per-CPU array would do the same, but
+/// natd could only read it with a syscall per batch: 38 ms a scrape at 131,072 slots);
+/// mmapable, so natd reads it as memory. natd sizes it (published ports x possible CPUs).
 #[map]
-pub static NATD_MAPPING_STATS: PerCpuArray<MappingStats> = PerCpuArray::pinned(MAX_PORT_MAPPINGS, 0);
+pub static NATD_MAPPING_STATS: Array<MappingStats> = Array::pinned(MAX_PORT_MAPPINGS, BPF_F_MMAPABLE);
+
+#[map]
+pub static NATD_STATS_SLOTS: Array<u32> = Array::pinned(1, 0);
 
 /// The host's own IPv4 addresses, for ports published on every address.
 #[map]

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -24,7 +24,7 @@ use nat_common::{
 };
 use natd::{
     dataplane::{
-        Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, ebpf::maps::MapWriter,
+        Desired, EndpointRule, Iface, IfaceRole, NetworkRule, NetworkRule6, PortRule, ebpf::{mapping_stats, maps::MapWriter},
     },
     model::NatFiltering,
     portspec::Proto,
@@ -129,12 +129,16 @@ impl Bpf {
     pub fn load_sized(established: u32, embryonic: u32) -> Result<Self> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("a private network namespace")?;
         let pin = PinDir::create("natlab-bpf")?;
+        // The per-mapping counters as natd sizes them: a region of every slot per CPU.
+        let cpus = mapping_stats::possible_cpus()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin.0)
             .map_max_entries(map::CT4, established)
             .map_max_entries(map::CT4_NEW, embryonic)
+            .map_max_entries(map::MAPPING_STATS, mapping_stats::entries(nat_common::MAX_PORT_MAPPINGS, cpus))
             .load(natd::EBPF_OBJECT)
             .context("load natd's eBPF object")?;
+        mapping_stats::write_slots(&mut ebpf, nat_common::MAX_PORT_MAPPINGS)?;
         for name in program::TC.iter().chain([&program::EMPTY]) {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context("program")?.try_into()?;
             p.load().with_context(|| format!("verifier rejected {name}"))?;
@@ -435,6 +439,27 @@ impl Bpf {
                     (u16::from_be(k.from), u16::from_be(k.to)),
                     (v.internal.to_ne_bytes(), u16::from_be(v.port)),
                 )
+            })
+            .collect()
+    }
+
+    /// The counters of the published mapping `mapping_id` in each CPU's region of
+    /// `NATD_MAPPING_STATS` (CPU `c`'s at `c * MAX_PORT_MAPPINGS + slot`, the slots this
+    /// harness loads with), by CPU: (packets, bytes).
+    pub fn mapping_stats(&self, mapping_id: u32) -> Vec<(u64, u64)> {
+        let slot = self
+            .writer
+            .mapping_slots()
+            .into_iter()
+            .find_map(|(id, slot)| (id == mapping_id).then_some(slot))
+            .expect("the mapping holds a slot");
+        let array: Array<_, nat_common::MappingStats> =
+            Array::try_from(self.ebpf.map(map::MAPPING_STATS).expect("mapping stats")).expect("an array");
+        let cpus = mapping_stats::possible_cpus().expect("possible CPUs");
+        (0..cpus)
+            .map(|cpu| {
+                let s = array.get(&(cpu * nat_common::MAX_PORT_MAPPINGS + slot), 0).expect("in the array");
+                (s.packets, s.bytes)
             })
             .collect()
     }

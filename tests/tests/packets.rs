@@ -27,9 +27,18 @@ fn load(ct_capacity: u32) -> Bpf {
 
 #[test]
 fn dnat_forward_reverse_and_established() {
+    // On one CPU, the highest this test may use (whose region is furthest from the
+    // first: a wrong offset shows), so the mapping's counters must all be in its region.
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpu = (0..nix::sched::CpuSet::count()).rev().find(|c| allowed.is_set(*c).unwrap_or(false)).unwrap();
+    let mut on_cpu = nix::sched::CpuSet::new();
+    on_cpu.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &on_cpu).expect("pin the test to a CPU");
     let mut bpf = load(1024);
     bpf.publish(None, 8080, 6, SANDBOX, 80, 11);
+    let mut frames_len = 0u64;
     let (ret, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1000, SYN));
+    frames_len += segment(CLIENT, 40000, HOST, 8080, 1000, SYN).len() as u64;
     assert_eq!(ret, PASS);
     assert_eq!(
         inspect(&out),
@@ -51,6 +60,7 @@ fn dnat_forward_reverse_and_established() {
         ..Flags::default()
     };
     let (ret, out) = bpf.run(SANDBOX_PROG, &segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack));
+    frames_len += segment(SANDBOX, 80, CLIENT, 40000, 5000, syn_ack).len() as u64;
     assert_eq!(ret, PASS);
     assert_eq!(
         inspect(&out),
@@ -61,6 +71,7 @@ fn dnat_forward_reverse_and_established() {
     // The client's ACK of the SYN-ACK completes the handshake.
     bpf.as_edge();
     let (_, out) = bpf.run(INGRESS, &segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)));
+    frames_len += segment(CLIENT, 40000, HOST, 8080, 1001, ack(5001)).len() as u64;
     assert_eq!(inspect(&out), seen(CLIENT, 40000, SANDBOX, 80));
     assert_eq!(bpf.counter(counter::DNAT_ESTABLISHED), 1);
     assert_eq!(bpf.counter(counter::CT_PROMOTED), 1);
@@ -71,7 +82,15 @@ fn dnat_forward_reverse_and_established() {
     );
     // A reply that reaches the uplink's egress untranslated is translated there too.
     let (_, out) = bpf.run(EGRESS, &segment(SANDBOX, 80, CLIENT, 40000, 5001, ack(1010)));
+    frames_len += segment(SANDBOX, 80, CLIENT, 40000, 5001, ack(1010)).len() as u64;
     assert_eq!(inspect(&out), seen(HOST, 8080, CLIENT, 40000));
+    // Every packet of the mapping's flow counted, each with its length, in the region of
+    // the CPU it ran on and nowhere else.
+    let by_cpu = bpf.mapping_stats(11);
+    for (i, counted) in by_cpu.iter().enumerate() {
+        let expected = if i == cpu { (4, frames_len) } else { (0, 0) };
+        assert_eq!(*counted, expected, "CPU {i}'s region: {by_cpu:?}");
+    }
 }
 
 #[test]

@@ -209,3 +209,76 @@ fn an_ipv6_network_works_on_the_dormant_tables_when_they_cannot_grow() {
     assert!(lab.natd_log().contains("the IPv6 tables could not grow"), "logged");
     assert!(echo_line(&mut held, "after"), "the IPv4 connection carries on");
 }
+
+/// Packets `natctl stats` counts for the published mapping whose description starts with
+/// `prefix` (e.g. "0.0.0.0:8080->").
+fn mapping_packets(lab: &Lab, prefix: &str) -> u64 {
+    let stats = lab.json(&["stats"]);
+    stats["mappings"]
+        .as_array()
+        .expect("mappings in natctl stats")
+        .iter()
+        .find(|m| m["mapping"].as_str().is_some_and(|d| d.starts_with(prefix)))
+        .and_then(|m| m["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no mapping {prefix} in {stats}"))
+}
+
+/// `--max-published-ports` sizes the published-port tables and the per-mapping counters
+/// (a region of 16 bytes per mapping for each possible CPU), so a host that publishes few
+/// ports does not pay 2 MiB per CPU for them. A request for more mappings than it allows is
+/// refused naming the option, with nothing changed, where one that fits passes; a restart
+/// with a larger size carries every counter into the new regions; a start with a size
+/// below the mappings natd has is refused before anything is loaded, every pin kept.
+#[test]
+fn max_published_ports_sizes_the_counters_and_is_enforced() {
+    let cpus = natd::dataplane::ebpf::mapping_stats::possible_cpus().unwrap();
+    let mut lab = Lab::started(&["--dataplane", "ebpf", "--max-published-ports", "1024"]);
+    let maps = pinned(&lab);
+    assert_eq!(maps[map::MAPPING_STATS].1, 1024 * cpus, "a region of 1024 counters per possible CPU");
+    assert_eq!(maps[map::PORTS4].1, 1024);
+    let counters = &lab.json(&["info"])["dataplane_detail"]["maps"]["mapping_counters"];
+    assert_eq!(counters["mappings"], 1024, "{counters}");
+    assert_eq!(counters["bytes_per_cpu"], 1024 * 16, "{counters}");
+
+    lab.run_script("web", &["-p", "8080:80"], &natlab::whoami(80));
+    assert!(wait_listening(&lab.netns_of("web"), "tcp", 80));
+    let outside = |lab: &Lab| natlab::tcp_line(&["ip", "netns", "exec", &lab.ext_ns], HOST_UPLINK_IP, 8080);
+    for _ in 0..3 {
+        assert_eq!(outside(&lab).as_deref(), Some(EXT_IP), "the published port answers");
+    }
+    // Three connections: at least a SYN, an ACK and a FIN each went in.
+    let counted = mapping_packets(&lab, "0.0.0.0:8080->");
+    assert!(counted >= 9, "the mapping's packets counted in this CPU's region: {counted}");
+
+    // 1,100 more mappings do not fit beside the one held; 1,000 do (the control).
+    let err = lab.fails(&["run", "--name", "many", "-p", "20000-21099:20000-21099/udp"]);
+    assert!(err.contains("--max-published-ports") && err.contains("1024"), "{err}");
+    assert!(lab.fails(&["inspect", "many"]).contains("many"), "the refused sandbox is not kept");
+    lab.ok(&["run", "--name", "fits", "-p", "20000-20999:20000-20999/udp"]);
+    assert_eq!(outside(&lab).as_deref(), Some(EXT_IP), "published ports still answer");
+    let counted = mapping_packets(&lab, "0.0.0.0:8080->");
+
+    // Larger: a new array, every counter carried into its region.
+    lab.start_natd(&["--dataplane", "ebpf", "--max-published-ports", "2048"]).expect("a restart with a larger size");
+    let maps = pinned(&lab);
+    assert_eq!(maps[map::MAPPING_STATS].1, 2048 * cpus);
+    assert_eq!(maps[map::PORTS4].1, 2048);
+    assert_eq!(mapping_packets(&lab, "0.0.0.0:8080->"), counted, "the counters carried over");
+    assert_eq!(outside(&lab).as_deref(), Some(EXT_IP));
+    assert!(mapping_packets(&lab, "0.0.0.0:8080->") > counted, "and counting on in the new regions");
+    lab.ok(&["run", "--name", "more", "-p", "30000-30499:30000-30499/udp"]);
+
+    // 1,501 mappings: a start allowing 1,024 would drop some. Refused, nothing changed.
+    lab.stop_natd(nix::sys::signal::Signal::SIGTERM);
+    let before = pinned(&lab);
+    let err = lab
+        .start_natd(&["--dataplane", "ebpf", "--max-published-ports", "1024"])
+        .expect_err("a start below the mappings held is refused");
+    assert!(
+        err.to_string().contains("1501 published mappings") && err.to_string().contains("Nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(pinned(&lab), before, "every pin as it was");
+    lab.start_natd(&["--dataplane", "ebpf", "--max-published-ports", "2048"]).expect("the same size starts");
+    assert_eq!(outside(&lab).as_deref(), Some(EXT_IP));
+}

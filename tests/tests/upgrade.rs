@@ -494,11 +494,45 @@ fn an_upgrade_from_layout_2_keeps_every_flow() {
     upgrade_keeps_every_flow("1e26666", Some(2));
 }
 
+/// The same from layout 3 (the last commit before layout 4, 32fdbf0), whose per-mapping
+/// counters were a per-CPU array: replaced by one mmapable array of per-CPU regions, each
+/// CPU's counters of each published mapping carried into its region.
+#[test]
+fn an_upgrade_from_layout_3_keeps_every_flow() {
+    upgrade_keeps_every_flow("32fdbf0", Some(3));
+}
+
 /// Whether natd replaces a pinned map of an earlier layout: a hash table preallocated
 /// (layout 3 allocates them by use, `BPF_F_NO_PREALLOC`).
 fn preallocated_hash(info: &MapInfo) -> bool {
     const BPF_F_NO_PREALLOC: u32 = 1;
     info.map_type().is_ok_and(|t| t == aya::maps::MapType::Hash) && info.map_flags() & BPF_F_NO_PREALLOC == 0
+}
+
+/// Whether a pinned map is one this layout replaces: a preallocated hash table, or the
+/// per-CPU array of per-mapping counters (layout 4 has one mmapable array of per-CPU
+/// regions).
+fn replaced_by_this_layout(name: &str, info: &MapInfo) -> bool {
+    preallocated_hash(info)
+        || (name == map::MAPPING_STATS && info.map_type().is_ok_and(|t| t == aya::maps::MapType::PerCpuArray))
+}
+
+/// Packets counted for published mappings, summed over every slot and CPU, read from the
+/// pinned `NATD_MAPPING_STATS` whichever its layout (a per-CPU array before layout 4).
+fn mapping_packets(lab: &Lab) -> u64 {
+    let path = lab.bpffs.join("maps").join(map::MAPPING_STATS);
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).expect("pinned")).unwrap();
+    match map {
+        aya::maps::Map::PerCpuArray(data) => {
+            let array = aya::maps::PerCpuArray::<_, nat_common::MappingStats>::try_from(aya::maps::Map::PerCpuArray(data)).unwrap();
+            (0..array.len()).filter_map(|i| array.get(&i, 0).ok()).map(|v| v.iter().map(|s| s.packets).sum::<u64>()).sum()
+        }
+        aya::maps::Map::Array(data) => {
+            let array = aya::maps::Array::<_, nat_common::MappingStats>::try_from(aya::maps::Map::Array(data)).unwrap();
+            array.iter().filter_map(Result::ok).map(|s| s.packets).sum()
+        }
+        other => panic!("{} is neither array: {other:?}", map::MAPPING_STATS),
+    }
 }
 
 /// The masquerade mappings pinned: (sandbox address, external address, port, protocol) ->
@@ -536,18 +570,26 @@ fn upgrade_keeps_every_flow(commit: &str, recorded: Option<u32>) {
     let (_outside, mut held, datagrams) = held_connections(&lab);
     let udp_before = lab.udp_flows();
     let maps_before = pinned_maps(&lab);
-    // Replaced: the preallocated hash tables. (The IPv6 tables are dormant already: this
-    // agent, playing the previous datapath, sized them; `table_memory.rs` makes full ones
-    // dormant.)
+    // Replaced: the preallocated hash tables, the per-CPU counters. (The IPv6 tables are
+    // dormant already: this agent, playing the previous datapath, sized them;
+    // `table_memory.rs` makes full ones dormant.)
     let replaced: Vec<String> = maps_before
         .keys()
-        .filter(|name| MapInfo::from_pin(lab.bpffs.join("maps").join(name)).is_ok_and(|i| preallocated_hash(&i)))
+        .filter(|name| {
+            MapInfo::from_pin(lab.bpffs.join("maps").join(name)).is_ok_and(|i| replaced_by_this_layout(name, &i))
+        })
         .cloned()
         .collect();
-    assert!(replaced.contains(&map::CT4.to_string()), "the previous layout preallocated: {replaced:?}");
+    assert!(
+        replaced.contains(&map::MAPPING_STATS.to_string())
+            && (recorded.is_some_and(|v| v >= 3) || replaced.contains(&map::CT4.to_string())),
+        "the previous layout's per-CPU counters (and before layout 3, preallocated tables): {replaced:?}"
+    );
     let mappings_before = masquerade_mappings(&lab);
     assert!(mappings_before.as_ref().is_none_or(|m| !m.is_empty()), "the masqueraded flows made mappings");
     let links_before = programs_on_links(&lab);
+    let counted_before = mapping_packets(&lab);
+    assert!(counted_before > 0, "the published port's traffic counted by the previous datapath");
     let newest_before = aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).max().unwrap_or(0);
     assert!(links_before.iter().any(|l| l.name.starts_with("cgroup-")), "cgroup links too");
 
@@ -562,13 +604,21 @@ fn upgrade_keeps_every_flow(commit: &str, recorded: Option<u32>) {
     let maps_after = pinned_maps(&lab);
     for (name, id) in &maps_before {
         if replaced.contains(name) {
-            assert!(maps_after.get(name).is_some_and(|new| new != id), "{name} replaced (allocated by use now)");
+            assert!(maps_after.get(name).is_some_and(|new| new != id), "{name} replaced");
             let info = MapInfo::from_pin(lab.bpffs.join("maps").join(name)).unwrap();
-            assert!(!preallocated_hash(&info), "{name} allocated by use");
+            assert!(!replaced_by_this_layout(name, &info), "{name} has this layout's definition");
         } else {
             assert_eq!(maps_after.get(name), Some(id), "{name} adopted as it was (same definition)");
         }
     }
+    // The counters carried into the new array's regions (layout 4's converter); what the
+    // previous programs counted between the read and the switch may be missing, what the
+    // new ones count since adds up.
+    let counted_after = mapping_packets(&lab);
+    assert!(
+        counted_after + 64 >= counted_before && counted_after > 0,
+        "per-mapping counters carried over: {counted_before} packets before, {counted_after} after"
+    );
     let mappings_after = masquerade_mappings(&lab).expect("NATD_SNAT4 pinned");
     for (key, port) in mappings_before.iter().flatten() {
         assert_eq!(mappings_after.get(key), Some(port), "masquerade mapping {key:?} carried with its port");

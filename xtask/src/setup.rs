@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     // The benchmark's profiles of the warm paths.
     "linux-perf",
+    // request_cost.rs counts natd's system calls per request.
+    "strace",
     // natd-cni's tests: podman with its CNI backend, and the reference plugins.
     "podman",
     "runc",

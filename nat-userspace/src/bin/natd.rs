@@ -28,12 +28,9 @@ fn main() -> ExitCode {
     if args.check_upgrade {
         // The IPv6 tables as a start would size them, judged without natd's state: a start
         // with an IPv6 network in it keeps or grows them full where this may say dormant.
-        let sizes = natd::dataplane::ebpf::sizes::TableSizes {
-            established: config.conntrack_max,
-            embryonic: config.conntrack_embryonic_max,
-            ipv6: natd::dataplane::ebpf::sizes::TableSizes::ipv6_full(&config.bpffs, config.ipv6),
-        };
-        return match natd::dataplane::ebpf::loader::check_upgrade(&config.bpffs, sizes) {
+        let checked = natd::dataplane::ebpf::sizes::TableSizes::of(&config, config.ipv6)
+            .and_then(|sizes| natd::dataplane::ebpf::loader::check_upgrade(&config.bpffs, sizes));
+        return match checked {
             Ok(lines) => {
                 for line in lines {
                     println!("{line}");

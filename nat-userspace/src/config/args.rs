@@ -98,6 +98,12 @@ pub struct DaemonArgs {
     /// of --conntrack-max.
     #[arg(long = "conntrack-embryonic-max")]
     pub conntrack_embryonic_max: Option<u32>,
+    /// Published mappings natd allows (each `-p` port, per protocol and host address).
+    /// Sizes the published-port tables and the per-mapping counters, which take 16 bytes
+    /// per mapping per possible CPU (2 MiB per CPU at the default, 131072, the most).
+    /// At least 1024, and never below the mappings natd has.
+    #[arg(long = "max-published-ports")]
+    pub max_published_ports: Option<u32>,
     /// Percentage of each connection table one source address may hold: its pending flows
     /// (TCP until the handshake completes, UDP/ICMP until answered) in the embryonic
     /// table, its UDP/ICMP flows in the established one. One client cannot churn or fill
@@ -186,6 +192,7 @@ pub struct FileConfig {
     pub masquerade_refresh_inbound: Option<bool>,
     pub conntrack_max: Option<u32>,
     pub conntrack_embryonic_max: Option<u32>,
+    pub max_published_ports: Option<u32>,
     pub conntrack_source_share: Option<u32>,
     pub allow_direct_routing: Option<bool>,
     pub fast_path: Option<bool>,

@@ -98,6 +98,8 @@ pub struct DaemonConfig {
     pub conntrack_max: u32,
     /// Capacity of the embryonic-flow table.
     pub conntrack_embryonic_max: u32,
+    /// Published mappings natd allows (`--max-published-ports`).
+    pub max_published_ports: u32,
     /// Percentage of each connection table one source address may hold (0: no quota).
     pub conntrack_source_share: u32,
     /// Docker 28.2's allow-direct-routing.
@@ -198,6 +200,17 @@ impl DaemonConfig {
                 format!("{conntrack_embryonic_max} is out of range (64-16777216)"),
             ));
         }
+        let max_published_ports = args
+            .max_published_ports
+            .or(file.max_published_ports)
+            .unwrap_or(nat_common::MAX_PORT_MAPPINGS);
+        let allowed = nat_common::MIN_PORT_MAPPINGS..=nat_common::MAX_PORT_MAPPINGS;
+        if !allowed.contains(&max_published_ports) {
+            return Err(invalid(
+                "max-published-ports",
+                format!("{max_published_ports} is out of range ({}-{})", allowed.start(), allowed.end()),
+            ));
+        }
         let conntrack_source_share = args
             .conntrack_source_share
             .or(file.conntrack_source_share)
@@ -269,6 +282,7 @@ impl DaemonConfig {
                 .unwrap_or(false),
             conntrack_max,
             conntrack_embryonic_max,
+            max_published_ports,
             conntrack_source_share,
             allow_direct_routing: args
                 .allow_direct_routing

@@ -142,8 +142,10 @@ impl Daemon {
         let before = self.port_rules_of(&sandbox);
         sandbox.publish.extend(specs);
         sandbox.ports.extend(added);
+        let after = self.port_rules_of(&sandbox);
+        self.check_mapping_room(after.len().saturating_sub(before.len()))?;
         self.commit(numbered.into_iter().chain([Change::PutSandbox(sandbox.clone())]).collect())?;
-        let (new, gone) = sync::rule_diff(&before, &self.port_rules_of(&sandbox));
+        let (new, gone) = sync::rule_diff(&before, &after);
         self.sync_ports(name, &new, &gone).await?;
         info!(sandbox = name, ports = %summary.join(", "), "ports published");
         Ok(self.view(&sandbox))

@@ -298,6 +298,11 @@ impl Daemon {
         };
         let mut ports = ports::allocate(&self.port_book, &host, self.port_range, &mut self.port_cursor, &request)
             .map_err(|e| conflict(e.to_string()))?;
+        self.check_mapping_room(super::sync::rules_at_most(
+            ports.len(),
+            network.as_ref(),
+            self.config.allow_direct_routing,
+        ))?;
 
         let (id, id_change) = self.alloc_id();
         let mut changes = vec![id_change];

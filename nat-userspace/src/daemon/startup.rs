@@ -17,6 +17,7 @@ use crate::{
 impl Daemon {
     pub async fn start(config: DaemonConfig) -> anyhow::Result<Self> {
         let (store, state) = Store::open(&config.state_dir)?;
+        check_published_ports(&config, &state)?;
         let nl = Netlink::connect()?;
         let mut forwarding = vec!["net.ipv4.ip_forward"];
         // Networks created with --ipv6 need it as much as the default one.
@@ -212,6 +213,30 @@ impl Daemon {
 
 /// Masquerade ports sit outside the host's ephemeral range, so a NAT port can never equal
 /// the source port of one of the host's own connections.
+/// A start whose `--max-published-ports` is below the mappings natd has would drop some
+/// (and the counters of their slots): refused before anything is loaded.
+fn check_published_ports(config: &DaemonConfig, state: &crate::state::Snapshot) -> Result<()> {
+    if matches!(config.dataplane, crate::config::DataplaneKind::Nftables | crate::config::DataplaneKind::None) {
+        return Ok(());
+    }
+    let held: usize = state
+        .sandboxes
+        .values()
+        .map(|sandbox| {
+            let network = sandbox.endpoints.first().and_then(|e| state.networks.get(&e.network));
+            sync::port_rules(sandbox, network, config.allow_direct_routing).len()
+        })
+        .sum();
+    if held > config.max_published_ports as usize {
+        return Err(invalid(format!(
+            "max-published-ports: natd has {held} published mappings, more than {} allows. Nothing was \
+             changed: start with --max-published-ports {held} or more (or remove some first)",
+            config.max_published_ports
+        )));
+    }
+    Ok(())
+}
+
 fn masquerade_ports(local: (u16, u16)) -> (u16, u16) {
     if local.1 <= 65535 - 1024 {
         (local.1 + 1, 65535)

@@ -537,6 +537,22 @@ impl FastPath {
 }
 
 impl Daemon {
+    /// Refuses a request that would take natd past the published mappings its dataplane
+    /// can hold (eBPF: `--max-published-ports`, which sizes its tables): `adding` more (at
+    /// most) than it holds now. Checked before anything is stored.
+    pub(super) fn check_mapping_room(&self, adding: usize) -> super::error::Result<()> {
+        let Some((held, allowed)) = self.dataplane.mapping_room() else {
+            return Ok(());
+        };
+        if adding > 0 && held + adding > allowed {
+            return Err(super::error::invalid(format!(
+                "cannot publish {adding} more mappings: natd allows {allowed} published mappings \
+                 (--max-published-ports) and has {held}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The kernel-side form of a sandbox's published ports (see `port_rules`).
     pub(super) fn port_rules_of(&self, sandbox: &Sandbox) -> Vec<PortRule> {
         let network = sandbox
@@ -554,7 +570,7 @@ impl Daemon {
 /// Docker's routed mode opens it in its firewall. In nat mode the container port is also
 /// opened on the sandbox's address when edges may reach it directly (Docker 28.2): for
 /// every edge with `allow-direct-routing`, else for the edges the network trusts.
-fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool) -> Vec<PortRule> {
+pub(super) fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool) -> Vec<PortRule> {
     let Some(endpoint) = sandbox.endpoints.first() else {
         return Vec::new();
     };
@@ -564,17 +580,7 @@ fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool
             mode == GatewayMode::Routed && !n.internal
         })
     };
-    let direct = network.and_then(|n| {
-        if n.internal || !drivers::of(n.driver).translated() {
-            None
-        } else if direct_routing {
-            Some(false)
-        } else if !n.trusted_host_interfaces.is_empty() {
-            Some(true)
-        } else {
-            None
-        }
-    });
+    let direct = direct_rules(network, direct_routing);
     let mut rules: Vec<PortRule> = Vec::new();
     for m in &sandbox.ports {
         let (host_ip, target) = match m.host_ip {
@@ -608,6 +614,28 @@ fn port_rules(sandbox: &Sandbox, network: Option<&Network>, direct_routing: bool
     let mut seen = HashSet::new();
     rules.retain(|r| seen.insert((r.host_ip, r.host_port, r.proto, r.target, r.target_port)));
     rules
+}
+
+/// Whether a network's sandboxes also get their container ports opened to edges directly
+/// (Some(only to the edges it trusts)).
+fn direct_rules(network: Option<&Network>, direct_routing: bool) -> Option<bool> {
+    network.and_then(|n| {
+        if n.internal || !drivers::of(n.driver).translated() {
+            None
+        } else if direct_routing {
+            Some(false)
+        } else if !n.trusted_host_interfaces.is_empty() {
+            Some(true)
+        } else {
+            None
+        }
+    })
+}
+
+/// The most rules `mappings` published ports of a sandbox on `network` make (one each, two
+/// where the container port is also opened directly).
+pub(super) fn rules_at_most(mappings: usize, network: Option<&Network>, direct_routing: bool) -> usize {
+    mappings * if direct_rules(network, direct_routing).is_some() { 2 } else { 1 }
 }
 
 /// Published-port rules added and removed.

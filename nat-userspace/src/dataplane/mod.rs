@@ -418,6 +418,10 @@ pub trait Dataplane: Send + Sync {
     fn mapping_slots(&self) -> Vec<(u32, u32)> {
         Vec::new()
     }
+    /// (published mappings held, the most it can hold), where the dataplane has a limit.
+    fn mapping_room(&self) -> Option<(usize, usize)> {
+        None
+    }
     /// Attachments and map sizes for `natctl info`.
     fn info(&self) -> serde_json::Value;
     fn stats(&self) -> Stats;

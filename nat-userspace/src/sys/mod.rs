@@ -3,6 +3,7 @@
 pub mod arp;
 pub mod bpf_link;
 pub mod bpf_map;
+pub mod memory;
 pub mod netfilter;
 pub mod netlink;
 pub mod netns;

@@ -59,6 +59,10 @@ trait MapCheck: Send {
     fn compare(&mut self, written: &Mirror);
     /// Under the lock: whether anything found still differs from what natd wrote now.
     fn confirm(&self, maps: &Tables, written: &Mirror) -> bool;
+    /// After `read`: the entries the kernel's map holds (None: not read, or not counted).
+    fn entries(&self) -> Option<usize> {
+        None
+    }
 }
 
 struct HashCheck<K, V> {
@@ -87,6 +91,10 @@ impl<K: Pod + Ord + Send, V: Pod + PartialEq + Send> MapCheck for HashCheck<K, V
             kernel.sort_unstable_by_key(|entry| entry.0);
             kernel
         });
+    }
+
+    fn entries(&self) -> Option<usize> {
+        self.kernel.as_ref().map(Vec::len)
     }
 
     fn compare(&mut self, written: &Mirror) {
@@ -308,11 +316,23 @@ pub struct Check {
     odd_pins: Vec<String>,
     /// Pins whose program changed since the last check (or cannot be read).
     reprogrammed: bool,
+    /// The entries of each hash map read, for statistics (`Housekeeper::stats`): the
+    /// scrape does not read the tables the check has just read.
+    counted: Counted,
 }
 
+/// Entries of maps as a walk of them found, by map name.
+pub type Counted = Arc<Mutex<BTreeMap<&'static str, usize>>>;
+
 impl Check {
-    pub fn new(maps: Arc<Tables>, links_dir: PathBuf, programs: Arc<Mutex<HashMap<String, u32>>>) -> Self {
+    pub fn new(
+        maps: Arc<Tables>,
+        links_dir: PathBuf,
+        programs: Arc<Mutex<HashMap<String, u32>>>,
+        counted: Counted,
+    ) -> Self {
         Self {
+            counted,
             maps,
             checks: map_checks(),
             links_dir,
@@ -329,6 +349,13 @@ impl DriftCheck for Check {
         for check in &mut self.checks {
             check.read(&self.maps);
         }
+        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        for check in &self.checks {
+            if let Some(entries) = check.entries() {
+                counted.insert(check.name(), entries);
+            }
+        }
+        drop(counted);
         let pins = Links::pinned(&self.links_dir)
             .into_iter()
             .map(|name| {

@@ -19,6 +19,7 @@ use nat_common::{
 use super::{
     conntrack::{self, PortsInUse, Timeouts},
     drift,
+    mapping_stats::StatsRegions,
     portmarks::{self, PortMarks},
     tables::{self, Tables},
 };
@@ -33,8 +34,12 @@ pub struct Housekeeper {
     links_dir: PathBuf,
     link_programs: Arc<Mutex<HashMap<String, u32>>>,
     marks: Option<PortMarks>,
+    /// The per-mapping counters, mapped (`None`: an object before layout 4, read by syscall).
+    mapping_stats: Option<StatsRegions>,
     /// The connection tables' fill as the last expiry pass left them.
     last_fill: Mutex<Option<std::collections::BTreeMap<&'static str, usize>>>,
+    /// The configuration tables' entries as the last drift check read them.
+    drift_counted: drift::Counted,
     timeouts: Timeouts,
 }
 
@@ -46,13 +51,17 @@ impl Housekeeper {
     ) -> Result<Self, DataplaneError> {
         let expiry = Tables::share(ebpf)?;
         let marks = PortMarks::open(&expiry)?;
+        let reads = Tables::share(ebpf)?;
+        let mapping_stats = StatsRegions::open(&reads)?;
         Ok(Self {
             expiry: Mutex::new(expiry),
-            reads: Arc::new(Tables::share(ebpf)?),
+            reads: Arc::new(reads),
+            mapping_stats,
             links_dir,
             link_programs: Arc::default(),
             marks,
             last_fill: Mutex::new(None),
+            drift_counted: drift::Counted::default(),
             timeouts,
         })
     }
@@ -101,7 +110,10 @@ impl Housekeeping for Housekeeper {
                 .collect(),
             ..Default::default()
         };
-        if !slots.is_empty()
+        if let Some(regions) = &self.mapping_stats {
+            stats.mappings = slots.iter().map(|(id, slot)| (*id, regions.sum(*slot))).collect();
+        } else if !slots.is_empty()
+            // The per-CPU array of an object before layout 4.
             && let Ok(per_slot) = tables::per_cpu_sums::<MappingStats>(&*self.reads, map::MAPPING_STATS, |sum, v| {
                 sum.packets += v.packets;
                 sum.bytes += v.bytes;
@@ -121,46 +133,39 @@ impl Housekeeping for Housekeeper {
             self.last_fill.lock().unwrap_or_else(|e| e.into_inner()).clone()
         };
         // The tables the expiry pass walks (connection and masquerade tables) are counted
-        // by it; the others are read.
-        let counted = |name: &str| last.as_ref().and_then(|fill| fill.get(name).copied());
+        // by it, the configuration tables by the last drift check (a tick ago at most);
+        // the others, and all of them for an exact read, are read.
+        let drift = if exact {
+            Default::default()
+        } else {
+            self.drift_counted.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
+        let counted = |name: &str| {
+            last.as_ref()
+                .and_then(|fill| fill.get(name).copied())
+                .or_else(|| drift.get(name).copied())
+        };
         let ct4 = |name| counted(name).unwrap_or_else(|| self.entries::<Ct4Key, Ct4Entry>(name));
         let ct6 = |name| counted(name).unwrap_or_else(|| self.entries::<Ct6Key, Ct6Entry>(name));
+        let or_read = |name, read: fn(&Self, &str) -> usize| counted(name).unwrap_or_else(|| read(self, name));
         for (name, entries) in [
             (map::CT4, ct4(map::CT4)),
             (map::CT4_NEW, ct4(map::CT4_NEW)),
             (map::CT6, ct6(map::CT6)),
             (map::CT6_NEW, ct6(map::CT6_NEW)),
-            (map::PORTS4, self.entries::<Port4Key, Port4Target>(map::PORTS4)),
-            (map::PORTS6, self.entries::<Port6Key, Port6Target>(map::PORTS6)),
-            (map::ENDPOINTS6, self.entries::<Addr6, EndpointInfo>(map::ENDPOINTS6)),
-            (map::ENDPOINTS4, self.entries::<u32, EndpointInfo>(map::ENDPOINTS4)),
-            (map::LOCAL4, self.entries::<u32, u32>(map::LOCAL4)),
-            (map::NETWORKS, self.entries::<u32, NetInfo4>(map::NETWORKS)),
-            (map::IFACE_CONFIG, self.entries::<u32, IfaceConfig>(map::IFACE_CONFIG)),
-            (
-                map::SNAT4,
-                counted(map::SNAT4).unwrap_or_else(|| self.entries::<nat_common::Snat4Key, nat_common::SnatMapping>(map::SNAT4)),
-            ),
-            (
-                map::SNAT6,
-                counted(map::SNAT6).unwrap_or_else(|| self.entries::<nat_common::Snat6Key, nat_common::SnatMapping>(map::SNAT6)),
-            ),
-            (
-                map::SNAT4_PORTS,
-                counted(map::SNAT4_PORTS).unwrap_or_else(|| self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_PORTS)),
-            ),
-            (
-                map::SNAT6_PORTS,
-                counted(map::SNAT6_PORTS).unwrap_or_else(|| self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_PORTS)),
-            ),
-            (
-                map::SNAT4_SHARED,
-                counted(map::SNAT4_SHARED).unwrap_or_else(|| self.entries::<Port4Key, nat_common::Snat4Owner>(map::SNAT4_SHARED)),
-            ),
-            (
-                map::SNAT6_SHARED,
-                counted(map::SNAT6_SHARED).unwrap_or_else(|| self.entries::<Port6Key, nat_common::Snat6Owner>(map::SNAT6_SHARED)),
-            ),
+            (map::PORTS4, or_read(map::PORTS4, Self::entries::<Port4Key, Port4Target>)),
+            (map::PORTS6, or_read(map::PORTS6, Self::entries::<Port6Key, Port6Target>)),
+            (map::ENDPOINTS6, or_read(map::ENDPOINTS6, Self::entries::<Addr6, EndpointInfo>)),
+            (map::ENDPOINTS4, or_read(map::ENDPOINTS4, Self::entries::<u32, EndpointInfo>)),
+            (map::LOCAL4, or_read(map::LOCAL4, Self::entries::<u32, u32>)),
+            (map::NETWORKS, or_read(map::NETWORKS, Self::entries::<u32, NetInfo4>)),
+            (map::IFACE_CONFIG, or_read(map::IFACE_CONFIG, Self::entries::<u32, IfaceConfig>)),
+            (map::SNAT4, or_read(map::SNAT4, Self::entries::<nat_common::Snat4Key, nat_common::SnatMapping>)),
+            (map::SNAT6, or_read(map::SNAT6, Self::entries::<nat_common::Snat6Key, nat_common::SnatMapping>)),
+            (map::SNAT4_PORTS, or_read(map::SNAT4_PORTS, Self::entries::<Port4Key, nat_common::Snat4Owner>)),
+            (map::SNAT6_PORTS, or_read(map::SNAT6_PORTS, Self::entries::<Port6Key, nat_common::Snat6Owner>)),
+            (map::SNAT4_SHARED, or_read(map::SNAT4_SHARED, Self::entries::<Port4Key, nat_common::Snat4Owner>)),
+            (map::SNAT6_SHARED, or_read(map::SNAT6_SHARED, Self::entries::<Port6Key, nat_common::Snat6Owner>)),
             (map::PUNCH4, self.entries::<nat_common::Punch4Key, nat_common::Punch4>(map::PUNCH4)),
             (map::PUNCH6, self.entries::<nat_common::Punch6Key, nat_common::Punch6>(map::PUNCH6)),
         ] {
@@ -176,6 +181,7 @@ impl Housekeeping for Housekeeper {
             Arc::clone(&self.reads),
             self.links_dir.clone(),
             Arc::clone(&self.link_programs),
+            Arc::clone(&self.drift_counted),
         )))
     }
 }

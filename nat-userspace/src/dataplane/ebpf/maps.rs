@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
 };
 use nat_common::{
-    Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, MappingStats, NatConfig, NetInfo4, NetInfo6,
+    Addr6, EndpointInfo, IfaceConfig, MAX_PORT_MAPPINGS, NatConfig, NetInfo4, NetInfo6,
     Port4Key, Port4Target, Port6Key, Port6Target, TrustKey, config, names::map, port_marks,
 };
 
@@ -23,10 +23,10 @@ pub use super::kernel_form::{from_raw, from_raw6, raw, raw6};
 use super::{
     conntrack::now_ticks,
     err,
-    tables::{MapSet, read_all, write_all, write_per_cpu},
+    tables::{MapSet, read_all, write_all},
     kernel_form::{MappingKey, PortEntry, endpoint_info, iface_config, net_info, net_info6, port_entry},
     portmarks::PortMarks,
-    slots::{SlotBook, SlotChange},
+    slots::{SlotBook, SlotChange, SlotsExhausted},
 };
 use crate::dataplane::{DataplaneError, Desired, EndpointRule, NetworkRule, PortRule};
 
@@ -166,8 +166,15 @@ pub struct MapWriter {
 
 impl Default for MapWriter {
     fn default() -> Self {
+        Self::new(MAX_PORT_MAPPINGS)
+    }
+}
+
+impl MapWriter {
+    /// A writer for `published_ports` mappings at most (`--max-published-ports`).
+    pub fn new(published_ports: u32) -> Self {
         Self {
-            mappings: SlotBook::new(0, MAX_PORT_MAPPINGS),
+            mappings: SlotBook::new(0, published_ports.min(MAX_PORT_MAPPINGS)),
             mapping_ids: Vec::new(),
             endpoints: SlotBook::new(MAX_PORT_MAPPINGS, nat_common::MAX_ENDPOINTS),
             mirror: Mirror::default(),
@@ -259,6 +266,11 @@ impl MapWriter {
             .into_iter()
             .filter_map(|s| Some((s, array.get(&s, 0).ok()?)))
             .collect()
+    }
+
+    /// (published mappings held, the most allowed).
+    pub fn mapping_room(&self) -> (usize, usize) {
+        self.mappings.room()
     }
 
     /// Every published mapping's (id, slot), for its statistics.
@@ -356,7 +368,7 @@ impl MapWriter {
 
     fn write_ports(&mut self, ebpf: &mut Ebpf, ports: &[PortRule]) -> Result<(), DataplaneError> {
         let owners: Vec<MappingKey> = ports.iter().map(MappingKey::of).collect();
-        let changes = self.mappings.sync(&owners).map_err(|e| err("published ports", e))?;
+        let changes = self.mappings.sync(&owners).map_err(no_room)?;
         let mut generations = Generations::open(ebpf, &mut self.mirror.generations)?;
         let mut fresh = Vec::new();
         for change in &changes {
@@ -423,7 +435,7 @@ impl MapWriter {
             let change = self
                 .mappings
                 .take(&MappingKey::of(rule))
-                .map_err(|e| err("published ports", e))?;
+                .map_err(no_room)?;
             if let Some(SlotChange::Taken { slot, .. }) = change {
                 fresh.push(slot);
             }
@@ -540,8 +552,17 @@ impl<'a> Generations<'a> {
     }
 }
 
+/// Every slot for published mappings taken (the daemon refuses requests past
+/// `--max-published-ports` before they are stored; this is what a sync meets otherwise).
+fn no_room(e: SlotsExhausted) -> DataplaneError {
+    err(
+        "published ports",
+        format!("natd allows {} (--max-published-ports) and every one is taken", e.0),
+    )
+}
+
 fn zero_stats(ebpf: &mut Ebpf, slots: &[u32]) -> Result<(), DataplaneError> {
-    write_per_cpu(ebpf, map::MAPPING_STATS, slots, MappingStats::default())
+    super::mapping_stats::zero(ebpf, slots)
 }
 
 fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule], m: &mut Mirror) -> Result<(), DataplaneError> {

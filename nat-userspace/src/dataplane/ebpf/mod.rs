@@ -7,6 +7,7 @@ pub mod drift;
 pub mod housekeeper;
 pub mod kernel_form;
 pub mod loader;
+pub mod mapping_stats;
 pub mod mappings;
 mod legacy;
 pub mod maps;
@@ -92,11 +93,7 @@ impl EbpfDataplane {
         for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
             std::fs::create_dir_all(&dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
         }
-        let sizes = sizes::TableSizes {
-            established: config.conntrack_max,
-            embryonic: config.conntrack_embryonic_max,
-            ipv6: sizes::TableSizes::ipv6_full(&pin_dir, ipv6),
-        };
+        let sizes = sizes::TableSizes::of(config, ipv6)?;
         let timeouts = conntrack::Timeouts {
             mapping_refresh_inbound: config.masquerade_refresh_inbound,
             ..conntrack::Timeouts::with(&config.conntrack_timeouts)
@@ -116,10 +113,14 @@ impl EbpfDataplane {
                 pin_report.push(format!("{name}: {} {} did not fit the new size", had - kept, pins::entry_word(&name)));
             }
         }
+        if let Some(stats) = &carry.mapping_stats {
+            stats.restore(&ebpf)?;
+        }
+        mapping_stats::write_slots(&mut ebpf, sizes.published_ports)?;
         let cookie =
             netns::current_cookie().map_err(|e| err("netns cookie (SO_NETNS_COOKIE, Linux >= 5.14)", e))?;
         maps::write_netns_cookie(&mut ebpf, cookie)?;
-        let mut writer = maps::MapWriter::default();
+        let mut writer = maps::MapWriter::new(sizes.published_ports);
         writer.adopt(&ebpf);
         // The programs adopted are the ones that ran with the filter on: every port in use
         // has been marked all along, by them and by the natd that started it.
@@ -359,6 +360,8 @@ pub fn table_fill(stats: &Stats) -> serde_json::Value {
         let (entries, capacity) = stats.maps.get(name).copied().unwrap_or_default();
         serde_json::json!({"entries": entries, "capacity": capacity})
     };
+    let published = stats.maps.get(map::PORTS4).map_or(0, |(_, capacity)| *capacity);
+    let cpus = mapping_stats::possible_cpus().unwrap_or(0);
     serde_json::json!({
         "conntrack": fill(map::CT4),
         "conntrack_embryonic": fill(map::CT4_NEW),
@@ -366,6 +369,14 @@ pub fn table_fill(stats: &Stats) -> serde_json::Value {
         "conntrack6_embryonic": fill(map::CT6_NEW),
         "ports": fill(map::PORTS4),
         "memory_bytes": stats.map_memory.values().sum::<u64>(),
+        // A region per possible CPU, a counter pair (16 bytes) per mapping natd allows
+        // (`--max-published-ports`, the published-port tables' capacity).
+        "mapping_counters": {
+            "mappings": published,
+            "cpus": cpus,
+            "bytes_per_cpu": u64::from(published) * size_of::<nat_common::MappingStats>() as u64,
+            "memory_bytes": stats.map_memory.get(map::MAPPING_STATS).copied().unwrap_or(0),
+        },
     })
 }
 
@@ -445,6 +456,10 @@ impl Dataplane for EbpfDataplane {
 
     fn mapping_slots(&self) -> Vec<(u32, u32)> {
         self.writer.mapping_slots()
+    }
+
+    fn mapping_room(&self) -> Option<(usize, usize)> {
+        Some(self.writer.mapping_room())
     }
 
     fn info(&self) -> serde_json::Value {

@@ -6,8 +6,11 @@
 //! layout (a new size, new flags) is read out first and its entries written into the new
 //! map as they were (flows, masquerade mappings, and the configuration whose slots and
 //! generations the flows refer to), and the connection table of natd 0.1 (`legacy`) is
-//! converted into today's compact entries. Other replaced maps start empty: natd refills
-//! configuration before any program runs on them, counters start again.
+//! converted into today's compact entries. The per-mapping counters come over into the
+//! new array's regions (`mapping_stats::StatsCarry`: what the old programs count between
+//! the read and the switch of the links, milliseconds, is not). Other replaced maps start
+//! empty: natd refills configuration before any program runs on them, the datapath's
+//! counters start again.
 use std::{collections::BTreeMap, path::Path};
 
 use aya::{
@@ -24,7 +27,7 @@ use nat_common::{
 use super::{
     err,
     legacy::{self, LEGACY_CT, LegacyEntry, LegacyKey},
-    tables,
+    mapping_stats, tables,
 };
 use crate::{dataplane::DataplaneError, sys::bpf_map};
 
@@ -70,6 +73,9 @@ pub struct CarryOver {
     /// attached use them until the links are switched, and what they write meanwhile is
     /// copied after the switch (`copy_delta`).
     pub retiring: Vec<(String, MapData)>,
+    /// The counters of a replaced `NATD_MAPPING_STATS` (another size, or a layout before
+    /// 4), written into the new array each CPU into its region.
+    pub mapping_stats: Option<mapping_stats::StatsCarry>,
 }
 
 /// What a start does to one pinned map.
@@ -199,6 +205,10 @@ pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOve
         let carried = match (&fate, name.as_str()) {
             (Fate::Keep, _) => continue,
             (Fate::Carry { .. }, LEGACY_CT) => legacy::read_pinned(&path, &mut carry.legacy),
+            (Fate::Carry { .. } | Fate::Replace { .. }, map::MAPPING_STATS) => {
+                carry.mapping_stats = mapping_stats::StatsCarry::read_pinned(&path);
+                carry.mapping_stats.as_ref().map_or(0, mapping_stats::StatsCarry::slots_counted)
+            }
             (Fate::Carry { .. }, _) => match read_raw(&path) {
                 Some(raw) => {
                     let count = raw.count;
@@ -219,6 +229,9 @@ pub fn prepare(maps_dir: &Path, expected: &BTreeMap<String, Shape>) -> (CarryOve
             Ok(()) => report.push(match fate {
                 Fate::Carry { why, .. } => {
                     format!("replaced pinned map {name} ({why}; {carried} {} carried over)", entry_word(&name))
+                }
+                Fate::Replace { why } if name == map::MAPPING_STATS => {
+                    format!("replaced pinned map {name} ({why}; the counters of {carried} mappings carried over)")
                 }
                 Fate::Replace { why } => format!("replaced pinned map {name} ({why})"),
                 _ => format!("removed pinned map {name} (no longer used)"),

@@ -1,13 +1,16 @@
 //! How large natd makes its maps: the connection tables as configured
-//! (`--conntrack-max`, `--conntrack-embryonic-max`), every other map as its definition in
-//! the object says, except the IPv6 tables while natd has no IPv6 network (dormant: a
-//! few entries each, so a host without IPv6 does not hold their memory).
+//! (`--conntrack-max`, `--conntrack-embryonic-max`), the published-port tables and the
+//! per-mapping counters (`--max-published-ports`; the counters once per possible CPU),
+//! every other map as its definition in the object says, except the IPv6 tables while natd
+//! has no IPv6 network (dormant: a few entries each, so a host without IPv6 does not hold
+//! their memory).
 use std::path::Path;
 
 use aya::maps::MapInfo;
 use nat_common::names::map;
 
-use super::pins;
+use super::{mapping_stats, pins};
+use crate::config::DaemonConfig;
 
 /// Sizes of the tables: the connection tables' (established flows and embryonic ones),
 /// and whether the IPv6 tables have their full sizes.
@@ -15,6 +18,11 @@ use super::pins;
 pub struct TableSizes {
     pub established: u32,
     pub embryonic: u32,
+    /// Published mappings natd allows: `NATD_PORTS4`/`NATD_PORTS6` and each CPU's region
+    /// of `NATD_MAPPING_STATS`.
+    pub published_ports: u32,
+    /// Possible CPUs (a region of counters each).
+    pub cpus: u32,
     /// False while natd has no IPv6 network: the IPv6 tables then hold
     /// `IPV6_DORMANT_ENTRIES` each (nothing but an IPv6 network's sandboxes and published
     /// ports puts entries there), and the first IPv6 network grows them
@@ -53,6 +61,17 @@ pub fn ipv6_tables_full(ports6_capacity: u32) -> bool {
 }
 
 impl TableSizes {
+    /// The sizes `config` asks for; `ipv6`: natd has an IPv6 network (see `ipv6_full`).
+    pub fn of(config: &DaemonConfig, ipv6: bool) -> Result<Self, crate::dataplane::DataplaneError> {
+        Ok(Self {
+            established: config.conntrack_max,
+            embryonic: config.conntrack_embryonic_max,
+            published_ports: config.max_published_ports,
+            cpus: mapping_stats::possible_cpus()?,
+            ipv6: Self::ipv6_full(&config.bpffs, ipv6),
+        })
+    }
+
     /// The sizes that differ from the object's definitions: what natd loads it with.
     pub fn overrides(&self) -> Vec<(&'static str, u32)> {
         let mut sizes = vec![
@@ -60,6 +79,9 @@ impl TableSizes {
             (map::CT4_NEW, self.embryonic),
             (map::CT6, self.established),
             (map::CT6_NEW, self.embryonic),
+            (map::PORTS4, self.published_ports),
+            (map::PORTS6, self.published_ports),
+            (map::MAPPING_STATS, mapping_stats::entries(self.published_ports, self.cpus)),
         ];
         if !self.ipv6 {
             sizes.retain(|(name, _)| !IPV6_TABLES.contains(name));

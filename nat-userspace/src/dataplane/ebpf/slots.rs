@@ -55,6 +55,11 @@ impl<K: Eq + Hash + Clone> SlotBook<K> {
         self.free = (self.first..self.next).filter(|s| !taken.contains(s)).collect();
     }
 
+    /// (slots held, slots in all).
+    pub fn room(&self) -> (usize, usize) {
+        (self.owners.len(), self.len as usize)
+    }
+
     pub fn owners(&self) -> impl Iterator<Item = (&K, u32)> {
         self.owners.iter().map(|(k, s)| (k, *s))
     }
