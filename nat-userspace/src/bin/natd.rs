@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(config.log_format);
-    limit_malloc_retention();
+    natd::sys::memory::limit_malloc_retention();
     // Signal masks survive exec: started by a supervisor that blocks SIGTERM for its own
     // sigwait thread, natd would never see its stop signal (nor SIGINT).
     let stop_signals: nix::sys::signal::SigSet = [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT]
@@ -78,19 +78,6 @@ fn main() -> ExitCode {
         };
     }
     runtime.block_on(serve(config))
-}
-
-/// glibc's malloc raises its mmap threshold each time a large block is freed, so the
-/// buffers of whole-table reads (tens of MiB every tick) end up in the heap and stay
-/// resident; and it gives each thread that allocates an arena of its own. A fixed
-/// threshold returns large buffers to the system when freed; two arenas serve natd's
-/// few busy threads.
-fn limit_malloc_retention() {
-    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
 
 fn init_tracing(format: LogFormat) {
