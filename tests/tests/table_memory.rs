@@ -282,3 +282,47 @@ fn max_published_ports_sizes_the_counters_and_is_enforced() {
     lab.start_natd(&["--dataplane", "ebpf", "--max-published-ports", "2048"]).expect("the same size starts");
     assert_eq!(outside(&lab).as_deref(), Some(EXT_IP));
 }
+
+/// `--masquerade-max` sizes the masquerade tables (mappings, held ports, shared ports,
+/// peers; the last two LRUs the kernel allocates whole), so a host with few masqueraded
+/// flows does not hold 21 MiB for them. A restart with a larger size carries every mapping
+/// (the UDP flow keeps its external port and goes on); the IPv6 ones stay dormant.
+#[test]
+fn masquerade_max_sizes_the_masquerade_tables() {
+    let mut lab = Lab::started(&["--dataplane", "ebpf", "--masquerade-max", "4096"]);
+    let tables = [map::SNAT4, map::SNAT4_PORTS, map::SNAT4_SHARED, map::SNAT4_PEERS];
+    let maps = pinned(&lab);
+    for name in tables {
+        assert_eq!(maps[name].1, 4096, "{name} sized by --masquerade-max");
+    }
+    for name in [map::SNAT6, map::SNAT6_PEERS] {
+        assert_eq!(maps[name].1, IPV6_DORMANT_ENTRIES, "{name} dormant: no IPv6 network");
+    }
+    let small = memory(&lab);
+
+    lab.ok(&["run", "--name", "cli"]);
+    let _echo = lab.spawn_in(&lab.ext_ns, &["socat", "UDP-LISTEN:9001,fork,reuseaddr", "PIPE"]);
+    assert!(wait_listening(&lab.ext_path(), "udp", 9001));
+    let datagrams = in_netns(&lab.netns_of("cli"), || UdpSocket::bind("0.0.0.0:0")).expect("bind");
+    datagrams.connect(format!("{EXT_IP}:9001")).unwrap();
+    datagrams.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(udp_echo(&datagrams, "before"), "UDP masqueraded through the smaller tables");
+    let flows_before = lab.udp_flows();
+    assert!(!flows_before.is_empty(), "the masqueraded UDP flow is listed");
+
+    lab.start_natd(&["--dataplane", "ebpf", "--masquerade-max", "8192"]).expect("a restart with a larger size");
+    let maps = pinned(&lab);
+    for name in tables {
+        assert_eq!(maps[name].1, 8192, "{name} resized");
+    }
+    let large = memory(&lab);
+    for name in [map::SNAT4_SHARED, map::SNAT4_PEERS] {
+        assert!(large[name] > small[name], "{name}, an LRU, takes memory by its size: {} -> {}", small[name], large[name]);
+    }
+    assert!(udp_echo(&datagrams, "after"), "the UDP flow goes on");
+    assert!(
+        flows_before.is_subset(&lab.udp_flows()),
+        "its mapping carried over, the same external port: {flows_before:?} -> {:?}",
+        lab.udp_flows()
+    );
+}

@@ -104,6 +104,12 @@ pub struct DaemonArgs {
     /// At least 1024, and never below the mappings natd has.
     #[arg(long = "max-published-ports")]
     pub max_published_ports: Option<u32>,
+    /// Masquerade mappings each family's tables hold (one per sandbox address, port,
+    /// protocol and external address in use), and as many held ports, shared ports and
+    /// remembered peers (the peers and shared ports are LRUs, allocated whole: 21 MiB for
+    /// IPv4 at the default, 131072). At least 1024, and never below the mappings held.
+    #[arg(long = "masquerade-max")]
+    pub masquerade_max: Option<u32>,
     /// Percentage of each connection table one source address may hold: its pending flows
     /// (TCP until the handshake completes, UDP/ICMP until answered) in the embryonic
     /// table, its UDP/ICMP flows in the established one. One client cannot churn or fill
@@ -193,6 +199,7 @@ pub struct FileConfig {
     pub conntrack_max: Option<u32>,
     pub conntrack_embryonic_max: Option<u32>,
     pub max_published_ports: Option<u32>,
+    pub masquerade_max: Option<u32>,
     pub conntrack_source_share: Option<u32>,
     pub allow_direct_routing: Option<bool>,
     pub fast_path: Option<bool>,

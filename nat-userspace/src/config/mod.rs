@@ -100,6 +100,8 @@ pub struct DaemonConfig {
     pub conntrack_embryonic_max: u32,
     /// Published mappings natd allows (`--max-published-ports`).
     pub max_published_ports: u32,
+    /// Capacity of the masquerade tables, per family (`--masquerade-max`).
+    pub masquerade_max: u32,
     /// Percentage of each connection table one source address may hold (0: no quota).
     pub conntrack_source_share: u32,
     /// Docker 28.2's allow-direct-routing.
@@ -211,6 +213,16 @@ impl DaemonConfig {
                 format!("{max_published_ports} is out of range ({}-{})", allowed.start(), allowed.end()),
             ));
         }
+        let masquerade_max = args
+            .masquerade_max
+            .or(file.masquerade_max)
+            .unwrap_or(nat_common::MAX_SNAT_MAPPINGS);
+        if !(1024..=4_194_304).contains(&masquerade_max) {
+            return Err(invalid(
+                "masquerade-max",
+                format!("{masquerade_max} is out of range (1024-4194304)"),
+            ));
+        }
         let conntrack_source_share = args
             .conntrack_source_share
             .or(file.conntrack_source_share)
@@ -283,6 +295,7 @@ impl DaemonConfig {
             conntrack_max,
             conntrack_embryonic_max,
             max_published_ports,
+            masquerade_max,
             conntrack_source_share,
             allow_direct_routing: args
                 .allow_direct_routing

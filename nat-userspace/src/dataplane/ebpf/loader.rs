@@ -92,23 +92,30 @@ pub fn check_upgrade(pin_dir: &Path, sizes: TableSizes) -> Result<Vec<String>, D
     Ok(lines)
 }
 
-/// A smaller established table than the flows it holds would drop established flows: the
-/// start is refused, nothing changed. (Pending flows are an LRU's: what does not fit is
-/// reported, as the LRU would evict it anyway.)
+/// A smaller established table than the flows it holds would drop established flows, a
+/// smaller masquerade table mappings in use (their sandboxes' flows would leave from
+/// other ports): the start is refused, nothing changed. (Pending flows, peers and shared
+/// ports are LRUs': what does not fit is reported, as the LRU would evict it anyway.)
 fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
     let expected = expected_shapes(sizes)?;
     for (name, fate) in pins::assess(maps, &expected) {
-        if !matches!(fate, pins::Fate::Carry { .. }) || (name != map::CT4 && name != map::CT6) {
+        let (option, value, entries, dropped) = match name.as_str() {
+            map::CT4 | map::CT6 => ("--conntrack-max", sizes.established, "flow entries", "established flows"),
+            map::SNAT4 | map::SNAT6 => {
+                ("--masquerade-max", sizes.masquerade, "masquerade mappings", "masquerade mappings in use")
+            }
+            _ => continue,
+        };
+        if !matches!(fate, pins::Fate::Carry { .. }) {
             continue;
         }
         let held = pins::entries_in(maps, &name);
-        let room = expected.get(&name).map_or(sizes.established, |shape| shape.3);
+        let room = expected.get(&name).map_or(value, |shape| shape.3);
         if held > room as usize {
             return Err(DataplaneError::Ebpf(format!(
-                "{name} holds {held} flow entries, more than --conntrack-max {} leaves room for: \
-                 established flows would be dropped. Nothing was changed: start with --conntrack-max \
-                 {held} or more (or once the flows have ended)",
-                sizes.established
+                "{name} holds {held} {entries}, more than {option} {value} leaves room for: {dropped} \
+                 would be dropped. Nothing was changed: start with {option} {held} or more (or once \
+                 they have ended)"
             )));
         }
     }

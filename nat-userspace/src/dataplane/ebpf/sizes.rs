@@ -1,6 +1,7 @@
 //! How large natd makes its maps: the connection tables as configured
 //! (`--conntrack-max`, `--conntrack-embryonic-max`), the published-port tables and the
-//! per-mapping counters (`--max-published-ports`; the counters once per possible CPU),
+//! per-mapping counters (`--max-published-ports`; the counters once per possible CPU), the
+//! masquerade tables (`--masquerade-max`),
 //! every other map as its definition in the object says, except the IPv6 tables while natd
 //! has no IPv6 network (dormant: a few entries each, so a host without IPv6 does not hold
 //! their memory).
@@ -23,6 +24,8 @@ pub struct TableSizes {
     pub published_ports: u32,
     /// Possible CPUs (a region of counters each).
     pub cpus: u32,
+    /// Masquerade mappings per family, and their held ports, shared ports and peers.
+    pub masquerade: u32,
     /// False while natd has no IPv6 network: the IPv6 tables then hold
     /// `IPV6_DORMANT_ENTRIES` each (nothing but an IPv6 network's sandboxes and published
     /// ports puts entries there), and the first IPv6 network grows them
@@ -50,6 +53,19 @@ pub const IPV6_TABLES: [&str; 10] = [
 /// (peers, shared ports, quotas, punches) only qualify what those hold.
 const IPV6_LIVE: [&str; 6] = [map::CT6, map::CT6_NEW, map::SNAT6, map::SNAT6_PORTS, map::PORTS6, map::ENDPOINTS6];
 
+/// The masquerade tables (`--masquerade-max`): mappings, the ports they hold, the ports
+/// mappings of the default filtering share, the peers they sent to.
+const MASQUERADE_TABLES: [&str; 8] = [
+    map::SNAT4,
+    map::SNAT4_PORTS,
+    map::SNAT4_SHARED,
+    map::SNAT4_PEERS,
+    map::SNAT6,
+    map::SNAT6_PORTS,
+    map::SNAT6_SHARED,
+    map::SNAT6_PEERS,
+];
+
 /// Entries of each IPv6 table while no IPv6 network needs them.
 pub const IPV6_DORMANT_ENTRIES: u32 = 256;
 
@@ -68,6 +84,7 @@ impl TableSizes {
             embryonic: config.conntrack_embryonic_max,
             published_ports: config.max_published_ports,
             cpus: mapping_stats::possible_cpus()?,
+            masquerade: config.masquerade_max,
             ipv6: Self::ipv6_full(&config.bpffs, ipv6),
         })
     }
@@ -83,6 +100,7 @@ impl TableSizes {
             (map::PORTS6, self.published_ports),
             (map::MAPPING_STATS, mapping_stats::entries(self.published_ports, self.cpus)),
         ];
+        sizes.extend(MASQUERADE_TABLES.iter().map(|name| (*name, self.masquerade)));
         if !self.ipv6 {
             sizes.retain(|(name, _)| !IPV6_TABLES.contains(name));
             sizes.extend(IPV6_TABLES.iter().map(|name| (*name, IPV6_DORMANT_ENTRIES)));
