@@ -18,7 +18,7 @@ pub fn limit_malloc_retention() {
 /// Returns the heap's free pages to the kernel: what the smaller blocks of a tick's work
 /// leave free in the heap otherwise stays resident. Called after every tick; the scale
 /// benchmark's natd at 100,000 mappings had a median RSS of 67.6-94.8 MiB in four runs
-/// without it, 71.1-79.8 MiB in three with it: less spread, not yet the 64 MiB asked.
+/// without it, 68.7-80.9 MiB in five with it: not reliably less, not the 64 MiB asked.
 pub fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases memory the allocator holds free.

@@ -276,6 +276,11 @@ pub struct Links<'a> {
     /// one of them that is still pinned is not checked again (a request adds or removes
     /// a sandbox, not every link of the host).
     pub checked: &'a BTreeSet<(u32, String, IfaceRole)>,
+    /// The links pinned as the last complete sync left them, when `checked` is in use:
+    /// taken for the directory's listing, which grows with the sandboxes (three pins
+    /// each; `getdents64` on every request, 2 ms at 600 sandboxes). What changed behind
+    /// natd's back there is the drift check's to find (it lists the directory every tick).
+    pub known: Option<&'a BTreeSet<String>>,
 }
 
 /// What makes a program the one natd wants on a link: its instructions (the kernel's tag)
@@ -468,8 +473,17 @@ impl Links<'_> {
             None => Vec::new(),
         };
         wanted.extend(cgroup_plan.iter().map(|(name, _)| name.clone()));
-        rename_legacy_pins(&self.dir, &wanted, report);
-        let existing = Self::pinned(&self.dir);
+        let listed;
+        let existing = match self.known {
+            Some(known) => known,
+            None => {
+                // Renamed pins (an earlier natd's program names, a renamed interface) are
+                // a start's or a full check's to find.
+                rename_legacy_pins(&self.dir, &wanted, report);
+                listed = Self::pinned(&self.dir);
+                &listed
+            }
+        };
         for (name, program) in cgroup_plan {
             if existing.contains(&name) {
                 if self.replace_if_outdated(program, &self.dir.join(&name))? {

@@ -318,6 +318,7 @@ impl EbpfDataplane {
             return Ok(report);
         }
         let checked = self.links_checked.take().unwrap_or_default();
+        let known = self.pins.take().filter(|_| !checked.is_empty());
         let mut links = loader::Links {
             ebpf: &mut self.ebpf,
             adopted: &mut self.adopted,
@@ -325,6 +326,7 @@ impl EbpfDataplane {
             cgroup_root: self.cgroup_root.as_deref(),
             programs: &mut self.programs,
             checked: &checked,
+            known: known.as_deref(),
         };
         // Until every link is attached, every sync tries again (and checks every link).
         let (complete, pinned) = links.sync(desired, &mut report)?;
