@@ -89,7 +89,7 @@ pub mod ct {
 /// them. 4, `NATD_MAPPING_STATS` one mmapable array of per-CPU regions sized to the
 /// published ports natd allows (was a per-CPU array of `MAX_PORT_MAPPINGS` slots read
 /// with a syscall per batch), `NATD_STATS_SLOTS` added (converted from 1 to 3 by copying
-/// each CPU's counters of each slot into that CPU's region, `pins::MappingStatsCarry`).
+/// each CPU's counters of each slot into that CPU's region, `mapping_stats::StatsCarry`).
 pub const LAYOUT_VERSION: u32 = 4;
 
 /// The host-bound miss filter (`names::map::PORT_MARKS`): one `u32` per TCP and UDP port,
@@ -477,6 +477,14 @@ pub struct MappingStats {
 }
 const _: () = assert!(core::mem::size_of::<MappingStats>() == 16);
 
+/// Where CPU `cpu`'s counters of slot `slot` sit in `names::map::MAPPING_STATS`: one region
+/// of `slots` counters per CPU (`names::map::STATS_SLOTS`), so no counter is written from
+/// two CPUs and no cache line is shared between them.
+#[inline(always)]
+pub const fn mapping_stats_index(cpu: u32, slots: u32, slot: u32) -> u32 {
+    cpu.wrapping_mul(slots).wrapping_add(slot)
+}
+
 /// A socket whose destination a cgroup hook rewrote, and the address it rewrote it to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -606,6 +614,9 @@ pub const MAX_PORT_MAPPINGS: u32 = 131_072;
 /// The fewest published mappings `--max-published-ports` may set (above the dormant IPv6
 /// tables' size, which `NATD_PORTS6`'s capacity is told from).
 pub const MIN_PORT_MAPPINGS: u32 = 1024;
+/// The range of `--masquerade-max` (masquerade mappings per family).
+pub const MIN_SNAT_MAPPINGS: u32 = 1024;
+pub const MAX_SNAT_MAPPINGS_SET: u32 = 4_194_304;
 pub const MAX_ENDPOINTS: u32 = 16_384;
 /// Generation slots: published mappings first, then endpoints.
 pub const GENERATION_SLOTS: u32 = MAX_PORT_MAPPINGS + MAX_ENDPOINTS;

@@ -1,7 +1,7 @@
 //! Per-CPU counters only: no shared counter is written from two CPUs, and nothing is
 //! logged per packet.
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
-use nat_common::counter;
+use nat_common::{counter, mapping_stats_index};
 
 use crate::maps;
 
@@ -28,7 +28,7 @@ pub fn mapping(slot: u32, len: u32) {
     // SAFETY: a helper without arguments; below the possible CPUs, which natd sized the
     // array for (`get_ptr_mut` checks the bound anyway).
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    if let Some(stats) = maps::NATD_MAPPING_STATS.get_ptr_mut(cpu.wrapping_mul(slots).wrapping_add(slot)) {
+    if let Some(stats) = maps::NATD_MAPPING_STATS.get_ptr_mut(mapping_stats_index(cpu, slots, slot)) {
         // SAFETY: this CPU's region, only this CPU writes it while the program runs.
         unsafe {
             (*stats).packets += 1;

@@ -130,7 +130,7 @@ impl Bpf {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("a private network namespace")?;
         let pin = PinDir::create("natlab-bpf")?;
         // The per-mapping counters as natd sizes them: a region of every slot per CPU.
-        let cpus = mapping_stats::possible_cpus()?;
+        let cpus = mapping_stats::cpu_regions()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin.0)
             .map_max_entries(map::CT4, established)
@@ -444,8 +444,8 @@ impl Bpf {
     }
 
     /// The counters of the published mapping `mapping_id` in each CPU's region of
-    /// `NATD_MAPPING_STATS` (CPU `c`'s at `c * MAX_PORT_MAPPINGS + slot`, the slots this
-    /// harness loads with), by CPU: (packets, bytes).
+    /// `NATD_MAPPING_STATS` (regions of `MAX_PORT_MAPPINGS` slots, as this harness loads
+    /// them), by CPU: (packets, bytes).
     pub fn mapping_stats(&self, mapping_id: u32) -> Vec<(u64, u64)> {
         let slot = self
             .writer
@@ -455,10 +455,11 @@ impl Bpf {
             .expect("the mapping holds a slot");
         let array: Array<_, nat_common::MappingStats> =
             Array::try_from(self.ebpf.map(map::MAPPING_STATS).expect("mapping stats")).expect("an array");
-        let cpus = mapping_stats::possible_cpus().expect("possible CPUs");
+        let cpus = mapping_stats::cpu_regions().expect("possible CPUs");
         (0..cpus)
             .map(|cpu| {
-                let s = array.get(&(cpu * nat_common::MAX_PORT_MAPPINGS + slot), 0).expect("in the array");
+                let index = nat_common::mapping_stats_index(cpu, nat_common::MAX_PORT_MAPPINGS, slot);
+                let s = array.get(&index, 0).expect("in the array");
                 (s.packets, s.bytes)
             })
             .collect()

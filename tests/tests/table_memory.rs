@@ -231,7 +231,7 @@ fn mapping_packets(lab: &Lab, prefix: &str) -> u64 {
 /// below the mappings natd has is refused before anything is loaded, every pin kept.
 #[test]
 fn max_published_ports_sizes_the_counters_and_is_enforced() {
-    let cpus = natd::dataplane::ebpf::mapping_stats::possible_cpus().unwrap();
+    let cpus = natd::dataplane::ebpf::mapping_stats::cpu_regions().unwrap();
     let mut lab = Lab::started(&["--dataplane", "ebpf", "--max-published-ports", "1024"]);
     let maps = pinned(&lab);
     assert_eq!(maps[map::MAPPING_STATS].1, 1024 * cpus, "a region of 1024 counters per possible CPU");
@@ -256,7 +256,16 @@ fn max_published_ports_sizes_the_counters_and_is_enforced() {
     assert!(lab.fails(&["inspect", "many"]).contains("many"), "the refused sandbox is not kept");
     lab.ok(&["run", "--name", "fits", "-p", "20000-20999:20000-20999/udp"]);
     assert_eq!(outside(&lab).as_deref(), Some(EXT_IP), "published ports still answer");
-    let counted = mapping_packets(&lab, "0.0.0.0:8080->");
+    // Settled: the last connection's closing packets counted before the figure is taken.
+    let mut counted = mapping_packets(&lab, "0.0.0.0:8080->");
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = mapping_packets(&lab, "0.0.0.0:8080->");
+        if now == counted {
+            break;
+        }
+        counted = now;
+    }
 
     // Larger: a new array, every counter carried into its region.
     lab.start_natd(&["--dataplane", "ebpf", "--max-published-ports", "2048"]).expect("a restart with a larger size");
@@ -278,6 +287,19 @@ fn max_published_ports_sizes_the_counters_and_is_enforced() {
         err.to_string().contains("1501 published mappings") && err.to_string().contains("Nothing was changed"),
         "{err}"
     );
+    assert_eq!(pinned(&lab), before, "every pin as it was");
+    lab.start_natd(&["--dataplane", "ebpf", "--max-published-ports", "2048"]).expect("the same size starts");
+    assert_eq!(outside(&lab).as_deref(), Some(EXT_IP));
+
+    // 501 mappings left would fit in 1,024, but "more"'s sit in slots above 1,000 (taken
+    // after "fits"'s): moved to other slots, their flows would outlive them. Refused too.
+    lab.ok(&["rm", "fits"]);
+    lab.stop_natd(nix::sys::signal::Signal::SIGTERM);
+    let before = pinned(&lab);
+    let err = lab
+        .start_natd(&["--dataplane", "ebpf", "--max-published-ports", "1024"])
+        .expect_err("a start below the slots held is refused");
+    assert!(err.to_string().contains("holds slot") && err.to_string().contains("Nothing was changed"), "{err}");
     assert_eq!(pinned(&lab), before, "every pin as it was");
     lab.start_natd(&["--dataplane", "ebpf", "--max-published-ports", "2048"]).expect("the same size starts");
     assert_eq!(outside(&lab).as_deref(), Some(EXT_IP));

@@ -217,10 +217,11 @@ impl DaemonConfig {
             .masquerade_max
             .or(file.masquerade_max)
             .unwrap_or(nat_common::MAX_SNAT_MAPPINGS);
-        if !(1024..=4_194_304).contains(&masquerade_max) {
+        let allowed = nat_common::MIN_SNAT_MAPPINGS..=nat_common::MAX_SNAT_MAPPINGS_SET;
+        if !allowed.contains(&masquerade_max) {
             return Err(invalid(
                 "masquerade-max",
-                format!("{masquerade_max} is out of range (1024-4194304)"),
+                format!("{masquerade_max} is out of range ({}-{})", allowed.start(), allowed.end()),
             ));
         }
         let conntrack_source_share = args

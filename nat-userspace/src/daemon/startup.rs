@@ -211,8 +211,6 @@ impl Daemon {
     }
 }
 
-/// Masquerade ports sit outside the host's ephemeral range, so a NAT port can never equal
-/// the source port of one of the host's own connections.
 /// A start whose `--max-published-ports` is below the mappings natd has would drop some
 /// (and the counters of their slots): refused before anything is loaded.
 fn check_published_ports(config: &DaemonConfig, state: &crate::state::Snapshot) -> Result<()> {
@@ -237,6 +235,8 @@ fn check_published_ports(config: &DaemonConfig, state: &crate::state::Snapshot) 
     Ok(())
 }
 
+/// Masquerade ports sit outside the host's ephemeral range, so a NAT port can never equal
+/// the source port of one of the host's own connections.
 fn masquerade_ports(local: (u16, u16)) -> (u16, u16) {
     if local.1 <= 65535 - 1024 {
         (local.1 + 1, 65535)

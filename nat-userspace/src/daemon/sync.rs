@@ -546,7 +546,7 @@ impl Daemon {
         };
         if adding > 0 && held + adding > allowed {
             return Err(super::error::invalid(format!(
-                "cannot publish {adding} more mappings: natd allows {allowed} published mappings \
+                "cannot publish up to {adding} more mappings: natd allows {allowed} published mappings \
                  (--max-published-ports) and has {held}"
             )));
         }

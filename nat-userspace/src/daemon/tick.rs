@@ -74,9 +74,6 @@ pub async fn housekeeping_tick(daemon: &Mutex<Daemon>) {
     if let Err(e) = d.repair_drift(check, view_drifted).await {
         tracing::warn!("housekeeping: {e}");
     }
-    drop(d);
-    // The tick's reads freed megabytes: back to the kernel, off the async workers.
-    let _ = tokio::task::spawn_blocking(crate::sys::memory::release_free_memory).await;
 }
 
 impl Daemon {

@@ -433,8 +433,10 @@ pub trait Housekeeping: Send + Sync {
     /// Expires idle flows (and what only they kept).
     fn gc(&self) -> Result<GcReport, DataplaneError>;
     /// Counters, map fill levels and the traffic of the mappings in `slots`. `exact`:
-    /// the connection tables are counted now; else as the last expiry pass left them
-    /// (when one ran: a scrape every few seconds does not read them whole each time).
+    /// every table is counted now; else the connection and masquerade tables as the last
+    /// expiry pass left them and the configuration tables as the last drift check read
+    /// them (when they ran; both a `--gc-interval` old at most), so a scrape every few
+    /// seconds does not read them whole each time.
     fn stats(&self, slots: &[(u32, u32)], exact: bool) -> Stats;
     /// A comparison of the kernel's state with what was written (None: the tick's sync
     /// compares under the lock, `Dataplane::recheck`).

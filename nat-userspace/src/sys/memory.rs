@@ -1,5 +1,7 @@
 //! natd's own heap and glibc's allocator. Each housekeeping tick reads whole tables in
-//! batches (megabytes at a host's scale) and frees them again.
+//! batches (megabytes at a host's scale) and frees them again. (A `malloc_trim` after
+//! each tick was tried: RSS medians 68.7-80.9 MiB in five scale runs with it, 67.6-94.8
+//! in four without, no reliable gain, and it takes the arenas' locks while requests run.)
 
 /// glibc's malloc raises its mmap threshold each time a large block is freed, so the
 /// buffers of whole-table reads (tens of MiB every tick) end up in the heap and stay
@@ -12,17 +14,5 @@ pub fn limit_malloc_retention() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
         libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Returns the heap's free pages to the kernel: what the smaller blocks of a tick's work
-/// leave free in the heap otherwise stays resident. Called after every tick; the scale
-/// benchmark's natd at 100,000 mappings had a median RSS of 67.6-94.8 MiB in four runs
-/// without it, 68.7-80.9 MiB in five with it: not reliably less, not the 64 MiB asked.
-pub fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases memory the allocator holds free.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

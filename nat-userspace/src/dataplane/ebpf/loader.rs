@@ -119,7 +119,34 @@ fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
             )));
         }
     }
+    // Mappings keep their slots over a restart; one beyond the new regions would be given
+    // another, and the flows still carrying the old one would outlive the mapping. Slots
+    // are reused lowest first, but after mappings come and go one may sit high.
+    if let Some(highest) = highest_mapping_slot(maps)
+        && highest >= sizes.published_ports
+    {
+        return Err(DataplaneError::Ebpf(format!(
+            "a published mapping holds slot {highest}, beyond what --max-published-ports {} leaves: \
+             it would move and its flows outlive it. Nothing was changed: start with \
+             --max-published-ports {} or more (slots are taken again lowest first: remove mappings \
+             and publish them again to lower it)",
+            sizes.published_ports,
+            highest + 1
+        )));
+    }
     Ok(())
+}
+
+/// The highest generation slot a pinned published mapping holds.
+fn highest_mapping_slot(maps: &Path) -> Option<u32> {
+    fn highest<K: aya::Pod, V: aya::Pod>(path: &Path, slot: fn(&V) -> u32) -> Option<u32> {
+        let data = aya::maps::MapData::from_pin(path).ok()?;
+        let table: aya::maps::HashMap<_, K, V> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).ok()?;
+        table.iter().filter_map(Result::ok).map(|(_, target)| slot(&target)).max()
+    }
+    let v4 = highest::<nat_common::Port4Key, nat_common::Port4Target>(&maps.join(map::PORTS4), |t| t.slot);
+    let v6 = highest::<nat_common::Port6Key, nat_common::Port6Target>(&maps.join(map::PORTS6), |t| t.slot);
+    v4.max(v6)
 }
 
 /// Loads the object with its maps pinned under `pin_dir/maps` and every program
@@ -277,9 +304,10 @@ pub struct Links<'a> {
     /// a sandbox, not every link of the host).
     pub checked: &'a BTreeSet<(u32, String, IfaceRole)>,
     /// The links pinned as the last complete sync left them, when `checked` is in use:
-    /// taken for the directory's listing, which grows with the sandboxes (three pins
-    /// each; `getdents64` on every request, 2 ms at 600 sandboxes). What changed behind
-    /// natd's back there is the drift check's to find (it lists the directory every tick).
+    /// taken for the directory's listing, which grows with the sandboxes (two pins each;
+    /// `getdents64` on every request, 2 ms at 600 sandboxes). What changed behind natd's
+    /// back there is the drift check's to find (it lists the directory every tick); a sync
+    /// that fails on it is done again with the listing.
     pub known: Option<&'a BTreeSet<String>>,
 }
 
@@ -473,8 +501,13 @@ impl Links<'_> {
             None => Vec::new(),
         };
         wanted.extend(cgroup_plan.iter().map(|(name, _)| name.clone()));
+        // A pin to drop and one to make at once may be one renamed (an interface renamed):
+        // the directory is read and renames found, so the link moves without a gap.
+        let known = self
+            .known
+            .filter(|known| known.difference(&wanted).next().is_none() || wanted.difference(known).next().is_none());
         let listed;
-        let existing = match self.known {
+        let existing = match known {
             Some(known) => known,
             None => {
                 // Renamed pins (an earlier natd's program names, a renamed interface) are
@@ -600,6 +633,8 @@ fn unpin(path: &Path) -> Result<(), String> {
             );
             Ok(())
         }
+        // Gone already (removed behind natd's back): nothing to detach.
+        Err(_) if !path.exists() => Ok(()),
         Err(_) => std::fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display())),
     }
 }

@@ -1,16 +1,22 @@
-//! Traffic per published mapping (`NATD_MAPPING_STATS`): one region per possible CPU,
-//! each of `slots` counters (`NATD_STATS_SLOTS`, natd's `--max-published-ports`), CPU
-//! `c`'s counters of slot `s` at `c * slots + s`. natd reads them through a shared
-//! mapping of the array: a scrape sums the slots it names from memory, where a per-CPU
-//! array took a syscall per batch and 38 ms for its 131,072 slots. Also the carry of the
-//! counters over a replacement of the array (a size change, or layout 3's per-CPU array).
-use std::{num::NonZeroUsize, os::fd::AsFd as _, path::Path, ptr::NonNull};
+//! Traffic per published mapping (`NATD_MAPPING_STATS`): one region per CPU id, each of
+//! `slots` counters (`NATD_STATS_SLOTS`, natd's `--max-published-ports`), placed by
+//! `nat_common::mapping_stats_index`. natd reads them through a shared mapping of the
+//! array: a scrape sums the slots it names from memory, where a per-CPU array took a
+//! syscall per batch and 38 ms for its 131,072 slots. Also the carry of the counters over
+//! a replacement of the array (a size change, or the per-CPU array of layouts 1 to 3).
+use std::{
+    num::NonZeroUsize,
+    os::fd::AsFd as _,
+    path::Path,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use aya::{
     Ebpf,
     maps::{Map, MapData, MapInfo, MapType},
 };
-use nat_common::{MappingStats, names::map};
+use nat_common::{MappingStats, mapping_stats_index, names::map};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 use super::{
@@ -22,15 +28,32 @@ use crate::{dataplane::DataplaneError, sys::bpf_map};
 /// The kernel's size of one counter pair (values rounded up to 8 bytes: 16 already).
 const VALUE: usize = size_of::<MappingStats>();
 
-/// The possible CPUs: every CPU the programs may run on has a region.
-pub fn possible_cpus() -> Result<u32, DataplaneError> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| err("possible CPUs", e))?;
-    Ok(cpus as u32)
+/// The ids of the possible CPUs, in order (`/sys/devices/system/cpu/possible`, e.g. "0-3"
+/// or "0,2-5"): a per-CPU map's values come in this order.
+fn possible_cpu_ids() -> Result<Vec<u32>, DataplaneError> {
+    let path = "/sys/devices/system/cpu/possible";
+    let text = std::fs::read_to_string(path).map_err(|e| err(path, e))?;
+    let mut ids = Vec::new();
+    for range in text.trim().split(',') {
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let (Ok(first), Ok(last)) = (first.parse::<u32>(), last.parse::<u32>()) else {
+            return Err(err(path, format!("cannot read {text:?}")));
+        };
+        ids.extend(first..=last);
+    }
+    Ok(ids)
+}
+
+/// Regions of counters: one per CPU id the programs may see from
+/// `bpf_get_smp_processor_id` (the highest possible id and one: the kernel's
+/// `nr_cpu_ids`, the number of possible CPUs when they are numbered without gaps).
+pub fn cpu_regions() -> Result<u32, DataplaneError> {
+    Ok(possible_cpu_ids()?.last().map_or(1, |last| last + 1))
 }
 
 /// Entries of `NATD_MAPPING_STATS` for `slots` published ports.
-pub fn entries(slots: u32, cpus: u32) -> u32 {
-    slots.saturating_mul(cpus)
+pub fn entries(slots: u32, regions: u32) -> u32 {
+    slots.saturating_mul(regions)
 }
 
 /// The counters, mapped read-only into natd's memory.
@@ -38,10 +61,10 @@ pub struct StatsRegions {
     base: NonNull<u8>,
     len: usize,
     slots: u32,
-    cpus: u32,
+    regions: u32,
 }
 
-// SAFETY: memory shared with the kernel, only read (volatile: the programs write it).
+// SAFETY: memory shared with the kernel, only read, through atomics.
 unsafe impl Send for StatsRegions {}
 // SAFETY: as above.
 unsafe impl Sync for StatsRegions {}
@@ -54,7 +77,7 @@ impl StatsRegions {
             return Ok(None);
         };
         let capacity = data.info().map_err(|e| err(map::MAPPING_STATS, e))?.max_entries();
-        let cpus = possible_cpus()?;
+        let regions = cpu_regions()?;
         let len = capacity as usize * VALUE;
         let Some(length) = NonZeroUsize::new(len) else {
             return Ok(None);
@@ -66,9 +89,17 @@ impl StatsRegions {
         Ok(Some(Self {
             base: base.cast(),
             len,
-            slots: capacity / cpus.max(1),
-            cpus,
+            slots: capacity / regions.max(1),
+            regions,
         }))
+    }
+
+    fn counter(&self, index: u32, field: usize) -> u64 {
+        // SAFETY: inside the mapping (the caller keeps `index` below its entries), 8-byte
+        // aligned (page-aligned base, 16-byte values); the programs write it concurrently,
+        // so it is read atomically.
+        let word = unsafe { &*self.base.as_ptr().add(index as usize * VALUE + field * 8).cast::<AtomicU64>() };
+        word.load(Ordering::Relaxed)
     }
 
     /// The counters of `slot`, summed over CPUs (zero beyond the regions).
@@ -76,12 +107,9 @@ impl StatsRegions {
         if slot >= self.slots {
             return (0, 0);
         }
-        (0..self.cpus).fold((0, 0), |(packets, bytes), cpu| {
-            let index = (cpu * self.slots + slot) as usize;
-            // SAFETY: inside the mapping (slot and CPU below the regions' bounds), 16-byte
-            // aligned (page-aligned base); a volatile read of memory the programs write.
-            let value = unsafe { std::ptr::read_volatile(self.base.as_ptr().add(index * VALUE).cast::<MappingStats>()) };
-            (packets + value.packets, bytes + value.bytes)
+        (0..self.regions).fold((0, 0), |(packets, bytes), cpu| {
+            let index = mapping_stats_index(cpu, self.slots, slot);
+            (packets + self.counter(index, 0), bytes + self.counter(index, 1))
         })
     }
 }
@@ -107,10 +135,15 @@ pub fn zero(ebpf: &Ebpf, slots: &[u32]) -> Result<(), DataplaneError> {
     match ebpf.map(map::MAPPING_STATS) {
         Some(Map::Array(data)) => {
             let capacity = data.info().map_err(|e| err(map::MAPPING_STATS, e))?.max_entries();
-            let cpus = possible_cpus()?;
-            let per_cpu = capacity / cpus.max(1);
-            let zeroed: Vec<(u32, MappingStats)> = (0..cpus)
-                .flat_map(|cpu| slots.iter().filter(|s| **s < per_cpu).map(move |s| (cpu * per_cpu + s, MappingStats::default())))
+            let regions = cpu_regions()?;
+            let per_cpu = capacity / regions.max(1);
+            let zeroed: Vec<(u32, MappingStats)> = (0..regions)
+                .flat_map(|cpu| {
+                    slots
+                        .iter()
+                        .filter(|s| **s < per_cpu)
+                        .map(move |s| (mapping_stats_index(cpu, per_cpu, *s), MappingStats::default()))
+                })
                 .collect();
             tables::write_all(ebpf, map::MAPPING_STATS, &zeroed)
         }
@@ -119,10 +152,11 @@ pub fn zero(ebpf: &Ebpf, slots: &[u32]) -> Result<(), DataplaneError> {
     }
 }
 
-/// Each CPU's counters of each slot of a replaced `NATD_MAPPING_STATS`, by CPU then slot.
+/// The counters of a replaced `NATD_MAPPING_STATS` that counted anything: (CPU id, slot,
+/// counters).
 #[derive(Debug, Default)]
 pub struct StatsCarry {
-    per_cpu: Vec<Vec<MappingStats>>,
+    counted: Vec<(u32, u32, MappingStats)>,
 }
 
 impl StatsCarry {
@@ -131,59 +165,57 @@ impl StatsCarry {
     pub fn read_pinned(path: &Path) -> Option<Self> {
         let info = MapInfo::from_pin(path).ok()?;
         let data = MapData::from_pin(path).ok()?;
-        let cpus = possible_cpus().ok()? as usize;
         let fd = data.fd().as_fd();
-        let mut per_cpu = vec![Vec::new(); cpus];
+        let counted = |s: &MappingStats| s.packets > 0 || s.bytes > 0;
+        let mut carry = Vec::new();
         match info.map_type().ok()? {
             MapType::PerCpuArray => {
-                let (_, values, count) = bpf_map::dump(fd, 4, VALUE * cpus).ok()?;
-                for (cpu, slots) in per_cpu.iter_mut().enumerate() {
-                    slots.extend((0..count).map(|slot| read(&values, slot * cpus + cpu)));
+                let ids = possible_cpu_ids().ok()?;
+                let (_, values, count) = bpf_map::dump(fd, 4, VALUE * ids.len()).ok()?;
+                for slot in 0..count {
+                    for (k, cpu) in ids.iter().enumerate() {
+                        let stats = read(&values, slot * ids.len() + k);
+                        if counted(&stats) {
+                            carry.push((*cpu, slot as u32, stats));
+                        }
+                    }
                 }
             }
             MapType::Array => {
                 let (_, values, count) = bpf_map::dump(fd, 4, VALUE).ok()?;
-                let slots = count / cpus;
-                for (cpu, region) in per_cpu.iter_mut().enumerate() {
-                    region.extend((0..slots).map(|slot| read(&values, cpu * slots + slot)));
+                let slots = count / cpu_regions().ok()?.max(1) as usize;
+                for index in 0..count {
+                    let stats = read(&values, index);
+                    if counted(&stats) && slots > 0 {
+                        carry.push(((index / slots) as u32, (index % slots) as u32, stats));
+                    }
                 }
             }
             _ => return None,
         }
-        Some(Self { per_cpu })
+        Some(Self { counted: carry })
     }
 
     /// Slots with traffic (what a report counts).
     pub fn slots_counted(&self) -> usize {
-        let longest = self.per_cpu.iter().map(Vec::len).max().unwrap_or(0);
-        (0..longest)
-            .filter(|slot| self.per_cpu.iter().any(|region| region.get(*slot).is_some_and(|s| s.packets > 0)))
-            .count()
+        self.counted.iter().map(|(_, slot, _)| *slot).collect::<std::collections::HashSet<_>>().len()
     }
 
-    /// Writes the counters into the loaded object's array, each CPU into its region (slots
-    /// beyond the new regions are gone: no mapping can hold them, `--max-published-ports`
-    /// is checked against the mappings natd has before a start).
+    /// Writes the counters into the loaded object's array, each CPU into its region. A
+    /// start never makes the regions smaller than the slots mappings hold
+    /// (`loader::check_fit`), so what falls beyond them counted for no mapping natd has.
     pub fn restore(&self, ebpf: &Ebpf) -> Result<(), DataplaneError> {
         let Some(Map::Array(data)) = ebpf.map(map::MAPPING_STATS) else {
             return Ok(());
         };
         let capacity = data.info().map_err(|e| err(map::MAPPING_STATS, e))?.max_entries();
-        let cpus = possible_cpus()?;
-        let per_cpu = capacity / cpus.max(1);
+        let regions = cpu_regions()?;
+        let per_cpu = capacity / regions.max(1);
         let entries: Vec<(u32, MappingStats)> = self
-            .per_cpu
+            .counted
             .iter()
-            .enumerate()
-            .take(cpus as usize)
-            .flat_map(|(cpu, region)| {
-                region
-                    .iter()
-                    .enumerate()
-                    .take(per_cpu as usize)
-                    .filter(|(_, s)| s.packets > 0 || s.bytes > 0)
-                    .map(move |(slot, s)| (cpu as u32 * per_cpu + slot as u32, *s))
-            })
+            .filter(|(cpu, slot, _)| *cpu < regions && *slot < per_cpu)
+            .map(|(cpu, slot, stats)| (mapping_stats_index(*cpu, per_cpu, *slot), *stats))
             .collect();
         tables::write_all(ebpf, map::MAPPING_STATS, &entries)
     }

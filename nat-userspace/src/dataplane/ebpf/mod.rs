@@ -329,7 +329,15 @@ impl EbpfDataplane {
             known: known.as_deref(),
         };
         // Until every link is attached, every sync tries again (and checks every link).
-        let (complete, pinned) = links.sync(desired, &mut report)?;
+        let (complete, pinned) = match links.sync(desired, &mut report) {
+            // The pins as natd left them were not as it left them: read them.
+            Err(e) if links.known.is_some() => {
+                tracing::info!(error = %e, "pinned links changed behind natd's back: reading them again");
+                links.known = None;
+                links.sync(desired, &mut report)?
+            }
+            result => result?,
+        };
         if complete {
             self.links_checked = Some(ifaces);
             self.pins = Some(Arc::new(pinned));
@@ -363,7 +371,7 @@ pub fn table_fill(stats: &Stats) -> serde_json::Value {
         serde_json::json!({"entries": entries, "capacity": capacity})
     };
     let published = stats.maps.get(map::PORTS4).map_or(0, |(_, capacity)| *capacity);
-    let cpus = mapping_stats::possible_cpus().unwrap_or(0);
+    let cpus = mapping_stats::cpu_regions().unwrap_or(0);
     serde_json::json!({
         "conntrack": fill(map::CT4),
         "conntrack_embryonic": fill(map::CT4_NEW),

@@ -22,8 +22,9 @@ pub struct TableSizes {
     /// Published mappings natd allows: `NATD_PORTS4`/`NATD_PORTS6` and each CPU's region
     /// of `NATD_MAPPING_STATS`.
     pub published_ports: u32,
-    /// Possible CPUs (a region of counters each).
-    pub cpus: u32,
+    /// Regions of per-mapping counters: one per CPU id, or one for an object before
+    /// layout 4 (a test build playing it), whose per-CPU array has a value per CPU.
+    pub stats_regions: u32,
     /// Masquerade mappings per family, and their held ports, shared ports and peers.
     pub masquerade: u32,
     /// False while natd has no IPv6 network: the IPv6 tables then hold
@@ -69,9 +70,9 @@ const MASQUERADE_TABLES: [&str; 8] = [
 /// Entries of each IPv6 table while no IPv6 network needs them.
 pub const IPV6_DORMANT_ENTRIES: u32 = 256;
 
-/// Whether IPv6 tables are at full size, judged by `NATD_PORTS6`'s capacity (the one IPv6
-/// table whose full size no setting changes: `--conntrack-max` may be below the dormant
-/// size).
+/// Whether IPv6 tables are at full size, judged by `NATD_PORTS6`'s capacity (whose full
+/// size, `--max-published-ports`, is never below `MIN_PORT_MAPPINGS`, above the dormant
+/// size; `--conntrack-max` may be below it).
 pub fn ipv6_tables_full(ports6_capacity: u32) -> bool {
     ports6_capacity > IPV6_DORMANT_ENTRIES
 }
@@ -83,7 +84,7 @@ impl TableSizes {
             established: config.conntrack_max,
             embryonic: config.conntrack_embryonic_max,
             published_ports: config.max_published_ports,
-            cpus: mapping_stats::possible_cpus()?,
+            stats_regions: if crate::ebpf_object_layout() < 4 { 1 } else { mapping_stats::cpu_regions()? },
             masquerade: config.masquerade_max,
             ipv6: Self::ipv6_full(&config.bpffs, ipv6),
         })
@@ -98,7 +99,7 @@ impl TableSizes {
             (map::CT6_NEW, self.embryonic),
             (map::PORTS4, self.published_ports),
             (map::PORTS6, self.published_ports),
-            (map::MAPPING_STATS, mapping_stats::entries(self.published_ports, self.cpus)),
+            (map::MAPPING_STATS, mapping_stats::entries(self.published_ports, self.stats_regions)),
         ];
         sizes.extend(MASQUERADE_TABLES.iter().map(|name| (*name, self.masquerade)));
         if !self.ipv6 {
