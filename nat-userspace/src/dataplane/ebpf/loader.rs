@@ -137,12 +137,18 @@ fn check_fit(maps: &Path, sizes: TableSizes) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// The highest generation slot a pinned published mapping holds.
+/// The highest generation slot a pinned published mapping holds (read in batches: a
+/// start at 100,000 mappings must not make a syscall per entry).
 fn highest_mapping_slot(maps: &Path) -> Option<u32> {
     fn highest<K: aya::Pod, V: aya::Pod>(path: &Path, slot: fn(&V) -> u32) -> Option<u32> {
         let data = aya::maps::MapData::from_pin(path).ok()?;
-        let table: aya::maps::HashMap<_, K, V> = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).ok()?;
-        table.iter().filter_map(Result::ok).map(|(_, target)| slot(&target)).max()
+        let (_, values, count) = crate::sys::bpf_map::dump(data.fd().as_fd(), size_of::<K>(), size_of::<V>()).ok()?;
+        (0..count)
+            .map(|i| {
+                // SAFETY: a Pod value the kernel copied, exactly the map's value size each.
+                slot(&unsafe { std::ptr::read_unaligned(values[i * size_of::<V>()..].as_ptr().cast::<V>()) })
+            })
+            .max()
     }
     let v4 = highest::<nat_common::Port4Key, nat_common::Port4Target>(&maps.join(map::PORTS4), |t| t.slot);
     let v6 = highest::<nat_common::Port6Key, nat_common::Port6Target>(&maps.join(map::PORTS6), |t| t.slot);

@@ -46,9 +46,15 @@ fn possible_cpu_ids() -> Result<Vec<u32>, DataplaneError> {
 
 /// Regions of counters: one per CPU id the programs may see from
 /// `bpf_get_smp_processor_id` (the highest possible id and one: the kernel's
-/// `nr_cpu_ids`, the number of possible CPUs when they are numbered without gaps).
+/// `nr_cpu_ids`, the number of possible CPUs when they are numbered without gaps). Fixed
+/// for the kernel's life: read once.
 pub fn cpu_regions() -> Result<u32, DataplaneError> {
-    Ok(possible_cpu_ids()?.last().map_or(1, |last| last + 1))
+    static REGIONS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(regions) = REGIONS.get() {
+        return Ok(*regions);
+    }
+    let regions = possible_cpu_ids()?.last().map_or(1, |last| last + 1);
+    Ok(*REGIONS.get_or_init(|| regions))
 }
 
 /// Entries of `NATD_MAPPING_STATS` for `slots` published ports.
@@ -130,14 +136,15 @@ pub fn write_slots(ebpf: &mut Ebpf, slots: u32) -> Result<(), DataplaneError> {
     tables::write_all(&*ebpf, map::STATS_SLOTS, &[(0u32, slots)])
 }
 
-/// Zeroes the counters of `slots` on every CPU (slots given to new mappings).
-pub fn zero(ebpf: &Ebpf, slots: &[u32]) -> Result<(), DataplaneError> {
+/// Zeroes the counters of `slots` on every CPU (slots given to new mappings); `per_cpu`:
+/// the slots of each region (the writer's `--max-published-ports`).
+pub fn zero(ebpf: &Ebpf, slots: &[u32], per_cpu: u32) -> Result<(), DataplaneError> {
+    if slots.is_empty() {
+        return Ok(());
+    }
     match ebpf.map(map::MAPPING_STATS) {
-        Some(Map::Array(data)) => {
-            let capacity = data.info().map_err(|e| err(map::MAPPING_STATS, e))?.max_entries();
-            let regions = cpu_regions()?;
-            let per_cpu = capacity / regions.max(1);
-            let zeroed: Vec<(u32, MappingStats)> = (0..regions)
+        Some(Map::Array(_)) => {
+            let zeroed: Vec<(u32, MappingStats)> = (0..cpu_regions()?)
                 .flat_map(|cpu| {
                     slots
                         .iter()

@@ -393,7 +393,7 @@ impl MapWriter {
         }
         // Counters start at zero before the mapping exists, so the programs only add;
         // the port is marked before it is published (or its packets could skip it).
-        zero_stats(ebpf, &fresh)?;
+        super::mapping_stats::zero(ebpf, &fresh, self.mappings.room().1 as u32)?;
         if let Some(marks) = self.marks(ebpf)? {
             let now = now_ticks();
             let wanted = want.keys().filter_map(port_marks::of_port);
@@ -447,7 +447,7 @@ impl MapWriter {
             name_slot(&mut self.mapping_ids, slot, Some(rule.mapping_id));
             new.push(port_entry(rule, slot, generations.get(slot)?));
         }
-        zero_stats(ebpf, &fresh)?;
+        super::mapping_stats::zero(ebpf, &fresh, self.mappings.room().1 as u32)?;
         if let Some(marks) = self.marks(ebpf)? {
             let now = now_ticks();
             marks.mark_all(new.iter().filter_map(PortEntry::mark), now);
@@ -559,10 +559,6 @@ fn no_room(e: SlotsExhausted) -> DataplaneError {
         "published ports",
         format!("natd allows {} (--max-published-ports) and every one is taken", e.0),
     )
-}
-
-fn zero_stats(ebpf: &mut Ebpf, slots: &[u32]) -> Result<(), DataplaneError> {
-    super::mapping_stats::zero(ebpf, slots)
 }
 
 fn write_networks(ebpf: &mut Ebpf, networks: &[NetworkRule], m: &mut Mirror) -> Result<(), DataplaneError> {
