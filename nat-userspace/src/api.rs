@@ -218,6 +218,20 @@ pub struct ClusterInfo {
     /// Live hosts (names) as this host last saw them.
     pub hosts: Vec<String>,
     pub overlay_networks: usize,
+    /// Records of the store natd does not apply: "key: why".
+    #[serde(default)]
+    pub rejected_records: Vec<String>,
+    /// VXLAN the underlay filter dropped (None: no filter on this host yet).
+    #[serde(default)]
+    pub underlay_drops: Option<UnderlayDrops>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnderlayDrops {
+    /// Frames for natd's VNIs from an address that is no live member's.
+    pub non_member: u64,
+    /// Frames from a member that carry none of that member's sandboxes.
+    pub spoofed: u64,
 }
 
 #[cfg(test)]

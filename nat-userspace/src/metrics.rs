@@ -103,7 +103,12 @@ pub async fn track(
 }
 
 /// The dataplane's view at one instant, as metric families.
-fn dataplane_registry(stats: &StatsView, sandboxes: usize, networks: usize) -> Registry {
+fn dataplane_registry(
+    stats: &StatsView,
+    sandboxes: usize,
+    networks: usize,
+    cluster: Option<&crate::api::ClusterInfo>,
+) -> Registry {
     let mut registry = Registry::default();
     let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
 
@@ -216,7 +221,43 @@ fn dataplane_registry(stats: &StatsView, sandboxes: usize, networks: usize) -> R
         .get_or_create(&label("kind", "network"))
         .set(networks as i64);
     registry.register("natd_objects", "Sandboxes and networks natd manages", objects);
+    if let Some(cluster) = cluster {
+        register_cluster(&mut registry, cluster);
+    }
     registry
+}
+
+/// The cluster store's records natd refuses, and the VXLAN its underlay filter drops.
+fn register_cluster(registry: &mut Registry, cluster: &crate::api::ClusterInfo) {
+    let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    let rejected = Family::<Labels, Gauge>::default();
+    for kind in ["hosts", "networks", "ips", "other"] {
+        rejected.get_or_create(&label("kind", kind)).set(0);
+    }
+    for line in &cluster.rejected_records {
+        // "/natd/v1/<kind>/...: why"
+        let kind = line
+            .strip_prefix(crate::cluster::ROOT)
+            .and_then(|rest| rest.split('/').next())
+            .filter(|k| ["hosts", "networks", "ips"].contains(k))
+            .unwrap_or("other");
+        rejected.get_or_create(&label("kind", kind)).inc();
+    }
+    registry.register(
+        "natd_cluster_records_rejected",
+        "Records of the cluster store natd does not apply now (natctl info lists them)",
+        rejected,
+    );
+    if let Some(drops) = &cluster.underlay_drops {
+        let family = Family::<Labels, Counter>::default();
+        family.get_or_create(&label("reason", "non_member")).inc_by(drops.non_member);
+        family.get_or_create(&label("reason", "spoofed")).inc_by(drops.spoofed);
+        registry.register(
+            "natd_overlay_underlay_drops",
+            "VXLAN packets for natd's overlay networks the underlay filter dropped",
+            family,
+        );
+    }
 }
 
 fn is_conntrack_map(name: &str) -> bool {
@@ -240,15 +281,15 @@ async fn scrape(State(scrape): State<Scrape>) -> Response {
     let Ok((dataplane, raw)) = tokio::task::spawn_blocking(move || source.read()).await else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "reading statistics failed").into_response();
     };
-    let (stats, sandboxes, networks) = {
+    let (stats, sandboxes, networks, cluster) = {
         let daemon = scrape.daemon.lock().await;
         let (sandboxes, networks) = daemon.counts();
         let limit = daemon.metrics_port_series();
-        (daemon.stats_view(dataplane, raw, Some(limit)), sandboxes, networks)
+        (daemon.stats_view(dataplane, raw, Some(limit)), sandboxes, networks, daemon.cluster_info())
     };
     let mut body = String::new();
     let encoded = encode_registry(&mut body, &scrape.api.registry)
-        .and_then(|()| encode_registry(&mut body, &dataplane_registry(&stats, sandboxes, networks)))
+        .and_then(|()| encode_registry(&mut body, &dataplane_registry(&stats, sandboxes, networks, cluster.as_ref())))
         .and_then(|()| encode_eof(&mut body));
     match encoded {
         Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
@@ -300,7 +341,7 @@ mod tests {
             map_memory: [(nat_common::names::map::CT4.to_string(), 4096u64)].into_iter().collect(),
         };
         let mut text = String::new();
-        encode_registry(&mut text, &dataplane_registry(&stats, 1, 2)).unwrap();
+        encode_registry(&mut text, &dataplane_registry(&stats, 1, 2, None)).unwrap();
         for line in [
             "natd_drops_total{reason=\"ct_full\"} 3",
             "natd_translations_total{kind=\"dnat_new\"} 7",

@@ -105,6 +105,26 @@ impl Etcd {
         }
     }
 
+    fn etcdctl(&self, args: &[&str]) -> String {
+        let url = Self::url(ETCD_PORT);
+        let mut full = vec![format!("--net=/run/netns/{}", self.netns), "etcdctl".into(), "--endpoints".into(), url];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = sh("nsenter", &full);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `etcdctl put KEY VALUE`: a record written as anyone with access to the store could.
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", key, value]);
+    }
+
+    /// `etcdctl del KEY`.
+    pub fn del(&self, key: &str) {
+        self.etcdctl(&["del", key]);
+    }
+
     /// `etcdctl get --prefix KEY` inside the namespace: the keys found.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let out = sh(

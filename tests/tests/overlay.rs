@@ -299,9 +299,9 @@ fn overlay_across_hosts(dataplane: &str) {
         wait_until(CONVERGE, || from_sandbox(a, "p1", &b1, 80).as_deref() == Some(p1_overlay.as_str())),
         "a connected sandbox reaches the other host through its overlay interface"
     );
-    assert!(etcd.keys("/natd/ips/ov1/").iter().any(|k| k.ends_with(&format!("/{p1_overlay}"))));
+    assert!(etcd.keys("/natd/v1/ips/ov1/").iter().any(|k| k.ends_with(&format!("/{p1_overlay}"))));
     a.ok(&["network", "disconnect", "ov1", "p1"]);
-    assert!(!etcd.keys("/natd/ips/ov1/").iter().any(|k| k.ends_with(&format!("/{p1_overlay}"))));
+    assert!(!etcd.keys("/natd/v1/ips/ov1/").iter().any(|k| k.ends_with(&format!("/{p1_overlay}"))));
     assert_eq!(from_sandbox(a, "p1", &b1, 80), None);
 
     // A third host joins later and sees everything; allocation stays unique under
@@ -377,7 +377,7 @@ fn overlay_across_hosts(dataplane: &str) {
     let late = a.sandbox_ip("late");
     assert!(!seen.contains(&late) && late != b1 && late != c1);
     assert!(
-        etcd.keys("/natd/ips/ov1/").iter().any(|k| k.ends_with(&b1)),
+        etcd.keys("/natd/v1/ips/ov1/").iter().any(|k| k.ends_with(&b1)),
         "claims survived the restart"
     );
 
@@ -442,7 +442,7 @@ fn overlay_across_hosts(dataplane: &str) {
     // must not hand a running sandbox's address to another host), and go back to the
     // cluster once it has been unregistered longer than the claim grace: released by a live
     // host, said in its log. A's and C's claims stay (checked below).
-    let b1_claimed = || etcd.keys("/natd/ips/ov1/").iter().any(|k| k.ends_with(&format!("/{b1}")));
+    let b1_claimed = || etcd.keys("/natd/v1/ips/ov1/").iter().any(|k| k.ends_with(&format!("/{b1}")));
     assert!(b1_claimed(), "B's claim outlives its lease");
     let vanished = Instant::now();
     assert!(
@@ -463,16 +463,16 @@ fn overlay_across_hosts(dataplane: &str) {
         a.natd_log(),
         c.natd_log()
     );
-    assert!(etcd.keys("/natd/gone/").is_empty(), "{:?}", etcd.keys("/natd/gone/"));
+    assert!(etcd.keys("/natd/v1/gone/").is_empty(), "{:?}", etcd.keys("/natd/v1/gone/"));
 
     // With its only remote user dead, ov2 can go, everywhere.
     a.ok(&["network", "rm", "ov2"]);
     assert!(wait_until(CONVERGE, || !networks(c).contains(&"ov2".to_string())));
-    assert!(etcd.keys("/natd/networks/ov2").is_empty() && etcd.keys("/natd/ips/ov2/").is_empty());
+    assert!(etcd.keys("/natd/v1/networks/ov2").is_empty() && etcd.keys("/natd/v1/ips/ov2/").is_empty());
 
     // `natd --cleanup` on C gives its addresses and its registration back at once.
     let claimed = |ip: &str| {
-        etcd.keys("/natd/ips/ov1/")
+        etcd.keys("/natd/v1/ips/ov1/")
             .iter()
             .any(|k| k.ends_with(&format!("/{ip}")))
     };
@@ -482,9 +482,9 @@ fn overlay_across_hosts(dataplane: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!claimed(&c1) && claimed(&a1));
     assert_eq!(
-        etcd.keys("/natd/hosts/").len(),
+        etcd.keys("/natd/v1/hosts/").len(),
         1,
         "only A is registered: {:?}",
-        etcd.keys("/natd/hosts/")
+        etcd.keys("/natd/v1/hosts/")
     );
 }

@@ -1,7 +1,8 @@
 //! Overlay networks' shared state: which hosts are alive, which overlay networks exist,
 //! and which address each sandbox on them has, kept in a cluster store (etcd).
 //!
-//! Keys (JSON values), under `/natd/`:
+//! Keys (JSON values), under `/natd/v1/` (the schema's version: a later layout gets its
+//! own prefix and a migration, as `migrate_unversioned` does for natd 0.x's `/natd/`):
 //! - `hosts/<host id>`: a live host and its underlay address, under the host's lease, so a
 //!   host that stops renewing disappears within the lease's TTL;
 //! - `networks/<name>`, `subnets/<cidr>`, `vnis/<vni>`: an overlay network, created in one
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod etcd;
 pub mod store;
+pub mod validate;
 
 use std::{
     collections::BTreeMap,
@@ -30,12 +32,18 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use store::{ClusterStore, Cond, Event, Kv, Op, StoreError};
 
-pub const ROOT: &str = "/natd/";
+pub const ROOT: &str = "/natd/v1/";
+/// Where natd 0.x kept the same records, without a version.
+pub const UNVERSIONED_ROOT: &str = "/natd/";
+/// Written once the unversioned records were copied under `ROOT`.
+fn migrated_key() -> String {
+    format!("{ROOT}migrated-from-unversioned")
+}
 
-fn host_key(id: &str) -> String {
+pub fn host_key(id: &str) -> String {
     format!("{ROOT}hosts/{id}")
 }
-fn network_key(name: &str) -> String {
+pub fn network_key(name: &str) -> String {
     format!("{ROOT}networks/{name}")
 }
 fn subnet_key(subnet: Ipv4Network) -> String {
@@ -47,7 +55,7 @@ fn vni_key(vni: u32) -> String {
 fn claims_prefix(network: &str) -> String {
     format!("{ROOT}ips/{network}/")
 }
-fn claim_key(network: &str, ip: Ipv4Addr) -> String {
+pub fn claim_key(network: &str, ip: Ipv4Addr) -> String {
     format!("{}{ip}", claims_prefix(network))
 }
 fn gone_key(id: &str) -> String {
@@ -98,7 +106,9 @@ pub struct Claim {
     pub mac: Option<String>,
 }
 
-/// Everything under `/natd/` as the last list and the watch events after it left it.
+/// Everything under `ROOT` as the last list and the watch events after it left it. Hosts
+/// and networks are held only once they passed `validate`; claims are checked against
+/// their network when read (`remote_endpoints`), as a claim may arrive before its network.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
     /// At least one list succeeded: until then nothing may be removed for being absent.
@@ -107,15 +117,37 @@ pub struct ClusterView {
     pub hosts: BTreeMap<String, HostRecord>,
     pub networks: BTreeMap<String, OverlayRecord>,
     pub claims: BTreeMap<String, BTreeMap<Ipv4Addr, Claim>>,
+    /// Records natd does not apply: key -> why.
+    rejected: BTreeMap<String, String>,
 }
 
-fn decode<T: DeserializeOwned>(kv: &Kv) -> Option<T> {
-    match serde_json::from_slice(&kv.value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(key = %kv.key, error = %e, "ignoring a cluster record natd cannot read");
-            None
-        }
+fn decode<T: DeserializeOwned>(kv: &Kv) -> Result<T, String> {
+    if kv.value.len() > validate::MAX_RECORD_BYTES {
+        return Err(format!("the record is {} bytes, more than {}", kv.value.len(), validate::MAX_RECORD_BYTES));
+    }
+    serde_json::from_slice(&kv.value).map_err(|e| format!("natd cannot read the record: {e}"))
+}
+
+/// The records of one kind under `ROOT`, by the rest of their key.
+enum Key<'a> {
+    Host(&'a str),
+    Network(&'a str),
+    Claim(&'a str, &'a str),
+    Other,
+}
+
+fn parse_key(key: &str) -> Key<'_> {
+    let Some(rest) = key.strip_prefix(ROOT) else {
+        return Key::Other;
+    };
+    if let Some(id) = rest.strip_prefix("hosts/") {
+        Key::Host(id)
+    } else if let Some(name) = rest.strip_prefix("networks/") {
+        Key::Network(name)
+    } else if let Some((network, ip)) = rest.strip_prefix("ips/").and_then(|r| r.rsplit_once('/')) {
+        Key::Claim(network, ip)
+    } else {
+        Key::Other
     }
 }
 
@@ -133,55 +165,86 @@ impl ClusterView {
     }
 
     fn put(&mut self, kv: &Kv) {
-        let Some(rest) = kv.key.strip_prefix(ROOT) else {
-            return;
+        // A put replaces what the key held, accepted or not.
+        self.delete(&kv.key);
+        let accepted = match parse_key(&kv.key) {
+            Key::Host(id) => decode::<HostRecord>(kv)
+                .and_then(|h| validate::host(id, &h).map(|()| h))
+                .map(|h| {
+                    self.hosts.insert(id.to_string(), h);
+                }),
+            Key::Network(name) => decode::<OverlayRecord>(kv)
+                .and_then(|n| validate::network(name, &n).map(|()| n))
+                .map(|n| {
+                    self.networks.insert(name.to_string(), n);
+                }),
+            Key::Claim(network, ip) => ip
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("{ip:?} is not an IPv4 address"))
+                .and_then(|ip| decode::<Claim>(kv).and_then(|c| validate::claim(&c).map(|()| (ip, c))))
+                .map(|(ip, claim)| {
+                    self.claims.entry(network.to_string()).or_default().insert(ip, claim);
+                }),
+            Key::Other => Ok(()),
         };
-        if let Some(id) = rest.strip_prefix("hosts/") {
-            if let Some(host) = decode(kv) {
-                self.hosts.insert(id.to_string(), host);
-            }
-        } else if let Some(name) = rest.strip_prefix("networks/") {
-            if let Some(network) = decode(kv) {
-                self.networks.insert(name.to_string(), network);
-            }
-        } else if let Some((network, ip)) = rest.strip_prefix("ips/").and_then(|r| r.rsplit_once('/'))
-            && let (Ok(ip), Some(claim)) = (ip.parse(), decode(kv))
-        {
-            self.claims
-                .entry(network.to_string())
-                .or_default()
-                .insert(ip, claim);
+        if let Err(why) = accepted {
+            self.rejected.insert(kv.key.clone(), why);
         }
     }
 
     fn delete(&mut self, key: &str) {
-        let Some(rest) = key.strip_prefix(ROOT) else {
-            return;
-        };
-        if let Some(id) = rest.strip_prefix("hosts/") {
-            self.hosts.remove(id);
-        } else if let Some(name) = rest.strip_prefix("networks/") {
-            self.networks.remove(name);
-        } else if let Some((network, ip)) = rest.strip_prefix("ips/").and_then(|r| r.rsplit_once('/'))
-            && let Ok(ip) = ip.parse::<Ipv4Addr>()
-            && let Some(claims) = self.claims.get_mut(network)
-        {
-            claims.remove(&ip);
-            if claims.is_empty() {
-                self.claims.remove(network);
+        self.rejected.remove(key);
+        match parse_key(key) {
+            Key::Host(id) => {
+                self.hosts.remove(id);
             }
+            Key::Network(name) => {
+                self.networks.remove(name);
+            }
+            Key::Claim(network, ip) => {
+                if let Ok(ip) = ip.parse::<Ipv4Addr>()
+                    && let Some(claims) = self.claims.get_mut(network)
+                {
+                    claims.remove(&ip);
+                    if claims.is_empty() {
+                        self.claims.remove(network);
+                    }
+                }
+            }
+            Key::Other => {}
         }
     }
 
-    /// Sandboxes of live hosts other than `me` on `network`: (address, MAC, underlay).
-    pub fn remote_endpoints(&self, network: &str, me: &str) -> Vec<(Ipv4Addr, String, Ipv4Addr)> {
-        let Some(claims) = self.claims.get(network) else {
+    /// Every record natd does not apply, and why: the ones refused on their own and the
+    /// claims that do not fit their network.
+    pub fn rejected(&self) -> BTreeMap<String, String> {
+        let mut out = self.rejected.clone();
+        for (name, claims) in &self.claims {
+            let Some(network) = self.networks.get(name) else {
+                continue; // Not applied anyway: no such network (yet).
+            };
+            for (ip, _) in claims {
+                if let Err(why) = validate::claim_in(network, *ip) {
+                    out.insert(claim_key(name, *ip), why);
+                }
+            }
+        }
+        out
+    }
+
+    /// Sandboxes of live hosts other than `me` on `network` whose claims fit it:
+    /// (address, MAC, underlay).
+    pub fn remote_endpoints(&self, network: &str, me: &str) -> Vec<(Ipv4Addr, [u8; 6], Ipv4Addr)> {
+        let (Some(claims), Some(record)) = (self.claims.get(network), self.networks.get(network)) else {
             return Vec::new();
         };
         claims
             .iter()
-            .filter(|(_, c)| c.host != me)
-            .filter_map(|(ip, c)| Some((*ip, c.mac.clone()?, self.hosts.get(&c.host)?.addr)))
+            .filter(|(ip, c)| c.host != me && validate::claim_in(record, **ip).is_ok())
+            .filter_map(|(ip, c)| {
+                let mac = validate::endpoint_mac(c.mac.as_deref()?).ok()?;
+                Some((*ip, mac, self.hosts.get(&c.host)?.addr))
+            })
             .collect()
     }
 
@@ -242,6 +305,10 @@ pub struct Cluster {
     /// for a store that is down (inside requests, under the daemon's lock) is skipped, and
     /// the agent catches up when the store answers again.
     reachable: std::sync::atomic::AtomicBool,
+    /// Records not applied, as last reported: each is logged when it first appears.
+    rejected: Mutex<BTreeMap<String, String>>,
+    /// The unversioned records were looked at (and copied if there were any).
+    migrated: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -264,7 +331,25 @@ impl Cluster {
             lease: Mutex::default(),
             gone_seen: Mutex::default(),
             reachable: std::sync::atomic::AtomicBool::new(false),
+            rejected: Mutex::default(),
+            migrated: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Records natd does not apply now (key -> why); a record that newly appears among
+    /// them (or is refused for another reason) is logged once.
+    pub fn report_rejected(&self, now: BTreeMap<String, String>) {
+        let mut reported = self.rejected.lock().expect("rejected lock");
+        for (key, why) in &now {
+            if reported.get(key) != Some(why) {
+                tracing::warn!(%key, "cluster store record not applied: {why}");
+            }
+        }
+        *reported = now;
+    }
+
+    pub fn rejected_records(&self) -> BTreeMap<String, String> {
+        self.rejected.lock().expect("rejected lock").clone()
     }
 
     pub fn view(&self) -> ClusterView {
@@ -273,6 +358,13 @@ impl Cluster {
 
     /// Lists the whole tree again: the view is then exactly the store's.
     pub async fn refresh(&self) -> Result<i64, StoreError> {
+        if !self.migrated.load(std::sync::atomic::Ordering::Relaxed) {
+            let copied = self.migrate_unversioned().await?;
+            if copied > 0 {
+                tracing::info!(copied, "copied natd 0.x's unversioned cluster records (under {UNVERSIONED_ROOT}) to {ROOT}");
+            }
+            self.migrated.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let listed = self.store.range(ROOT).await;
         self.reachable.store(listed.is_ok(), std::sync::atomic::Ordering::Relaxed);
         let (revision, kvs) = listed?;
@@ -282,6 +374,52 @@ impl Cluster {
             *view = ClusterView::from_kvs(revision, &kvs);
         }
         Ok(revision)
+    }
+
+    /// natd 0.x kept its records under `/natd/` without a version: the first natd with
+    /// versioned keys copies its networks, subnets, VNIs and claims under `ROOT`, once for
+    /// the cluster (hosts and `gone` records belong to running hosts and come back with
+    /// them). The old records stay for the natds not upgraded yet, which do not see the
+    /// new ones: upgrade every host, then remove them. Returns how many it copied.
+    pub async fn migrate_unversioned(&self) -> Result<usize, StoreError> {
+        let marker = migrated_key();
+        if self.store.range(&marker).await?.1.iter().any(|kv| kv.key == marker) {
+            return Ok(0);
+        }
+        let (_, old) = self.store.range(UNVERSIONED_ROOT).await?;
+        let copies: Vec<(String, Vec<u8>)> = old
+            .iter()
+            .filter_map(|kv| {
+                let rest = kv.key.strip_prefix(UNVERSIONED_ROOT)?;
+                ["networks/", "subnets/", "vnis/", "ips/"]
+                    .iter()
+                    .any(|kind| rest.starts_with(kind))
+                    .then(|| (format!("{ROOT}{rest}"), kv.value.clone()))
+            })
+            .collect();
+        let mut copied = 0;
+        // Each key only if absent (a natd of this version may have written it meanwhile);
+        // the bounds of one etcd transaction as in `collect_vanished`.
+        for batch in copies.chunks(64) {
+            let when: Vec<Cond> = batch.iter().map(|(key, _)| Cond::Absent(key.clone())).collect();
+            let then: Vec<Op> = batch
+                .iter()
+                .map(|(key, value)| Op::Put { key: key.clone(), value: value.clone(), lease: None })
+                .collect();
+            if self.store.txn(&when, &then).await?.is_some() {
+                copied += batch.len();
+                continue;
+            }
+            for (key, value) in batch {
+                let put = Op::Put { key: key.clone(), value: value.clone(), lease: None };
+                if self.store.txn(&[Cond::Absent(key.clone())], &[put]).await?.is_some() {
+                    copied += 1;
+                }
+            }
+        }
+        let done = Op::Put { key: marker.clone(), value: b"1".to_vec(), lease: None };
+        self.store.txn(&[Cond::Absent(marker)], &[done]).await?;
+        Ok(copied)
     }
 
     /// Whether the store answered the last list (see `reachable`).
@@ -462,7 +600,7 @@ impl Cluster {
     pub async fn network_record(&self, name: &str) -> Result<Option<OverlayRecord>, StoreError> {
         let key = network_key(name);
         let (_, kvs) = self.store.range(&key).await?;
-        Ok(kvs.iter().find(|kv| kv.key == key).and_then(decode))
+        Ok(kvs.iter().find(|kv| kv.key == key).and_then(|kv| decode(kv).ok()))
     }
 
     /// The store's current claims of `network` (not the view's: callers decide on them).
@@ -471,7 +609,7 @@ impl Cluster {
         let prefix = claims_prefix(network);
         Ok(kvs
             .iter()
-            .filter_map(|kv| Some((kv.key.strip_prefix(&prefix)?.parse().ok()?, decode(kv)?)))
+            .filter_map(|kv| Some((kv.key.strip_prefix(&prefix)?.parse().ok()?, decode(kv).ok()?)))
             .collect())
     }
 
@@ -590,7 +728,7 @@ impl Cluster {
             let (_, claims) = self.store.range(&format!("{ROOT}ips/")).await?;
             let theirs: Vec<&Kv> = claims
                 .iter()
-                .filter(|kv| decode::<Claim>(kv).is_some_and(|c| c.host == *host))
+                .filter(|kv| decode::<Claim>(kv).is_ok_and(|c| c.host == *host))
                 .collect();
             // etcd bounds the compares and the operations of one transaction (128 each by
             // default); each claim is deleted only if it is still that host's (another

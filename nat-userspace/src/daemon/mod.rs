@@ -98,6 +98,9 @@ pub struct Daemon {
     last_desired: Option<crate::dataplane::Desired>,
     /// Membership of a cluster (`--cluster-store`), for overlay networks.
     cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    /// What the underlay filter was last given (None: to be written, e.g. after a
+    /// reconcile or when the table was found missing).
+    underlay_applied: std::sync::Mutex<Option<drivers::underlay::Allowed>>,
     /// The host's unique-local /48 (from `<state-dir>/host-id`), for `--ipv6` networks
     /// without an IPv6 subnet.
     ula_pool: ipnetwork::Ipv6Network,

@@ -3,14 +3,19 @@
 //! host's address claims carry its sandboxes' MACs (and nothing else), and each overlay's
 //! VXLAN device holds exactly one FDB and one neighbour entry per sandbox of the other
 //! live hosts. Level-triggered: any view of the store, after any missed event, converges.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+    sync::Arc,
+};
 
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::{info, warn};
 
 use super::{
     Daemon,
-    drivers::{self, overlay},
+    drivers::{self, overlay, underlay},
     error::{Result, internal, unavailable},
     rollback::Rollback,
 };
@@ -157,7 +162,7 @@ impl Daemon {
     }
 
     /// `natctl info`'s cluster part.
-    pub(super) fn cluster_info(&self) -> Option<crate::api::ClusterInfo> {
+    pub fn cluster_info(&self) -> Option<crate::api::ClusterInfo> {
         let cluster = self.cluster.as_ref()?;
         let view = cluster.view();
         Some(crate::api::ClusterInfo {
@@ -167,6 +172,14 @@ impl Daemon {
             reachable: cluster.reachable(),
             hosts: view.hosts.values().map(|h| format!("{} ({}, {})", h.name, h.addr, &h.id[..h.id.len().min(8)])).collect(),
             overlay_networks: view.networks.len(),
+            rejected_records: cluster
+                .rejected_records()
+                .into_iter()
+                .map(|(key, why)| format!("{key}: {why}"))
+                .collect(),
+            underlay_drops: underlay::drops(&self.config.name_prefix).map(|(non_member, spoofed)| {
+                crate::api::UnderlayDrops { non_member, spoofed }
+            }),
         })
     }
 
@@ -206,9 +219,21 @@ impl Daemon {
         let store = |e: StoreError| unavailable(e.to_string());
         let mut errors = Vec::new();
         let mut changed = false;
+        let mut rejected = view.rejected();
         for record in view.networks.values() {
             match self.state.networks.get(&record.name) {
                 None => {
+                    match self.local_conflict(record.subnet).await {
+                        Ok(None) => {}
+                        Ok(Some(why)) => {
+                            rejected.insert(crate::cluster::network_key(&record.name), why);
+                            continue;
+                        }
+                        Err(e) => {
+                            errors.push(format!("joining {}: {e}", record.name));
+                            continue;
+                        }
+                    }
                     let joined = async {
                         if cluster.network_record(&record.name).await.map_err(store)?.as_ref() != Some(record) {
                             return Ok(false); // Gone or re-created meanwhile: the next view says.
@@ -256,7 +281,8 @@ impl Daemon {
             errors.push(e.to_string());
         }
         errors.extend(self.publish_claims(&cluster).await);
-        errors.extend(self.program_peers(&cluster, &view).await);
+        errors.extend(self.program_peers(&cluster, &view, &mut rejected).await);
+        cluster.report_rejected(rejected);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -367,21 +393,98 @@ impl Daemon {
         Ok(())
     }
 
-    /// Puts the other hosts' sandboxes into each overlay's VXLAN device.
-    async fn program_peers(&self, cluster: &Cluster, view: &ClusterView) -> Vec<String> {
+    /// What on this host an overlay network's subnet would collide with: another network,
+    /// a route natd did not make (the underlay's included), or an address of the host.
+    async fn local_conflict(&self, subnet: Ipv4Network) -> Result<Option<String>> {
+        if let Some(other) = self.state.networks.values().find(|n| n.subnet.overlaps(subnet)) {
+            return Ok(Some(format!("subnet {subnet} overlaps network {} ({}) on this host", other.name, other.subnet)));
+        }
+        let mut bridges = BTreeSet::new();
+        for network in self.state.networks.values() {
+            if let Some(link) = self.nl.link(&network.bridge).await? {
+                bridges.insert(link.index);
+            }
+        }
+        for route in self.nl.routes_v4().await? {
+            if let IpNetwork::V4(dst) = route.destination
+                && dst.prefix() > 0
+                && dst.overlaps(subnet)
+                && route.oif.is_none_or(|o| !bridges.contains(&o))
+            {
+                return Ok(Some(format!("subnet {subnet} overlaps route {dst} on this host")));
+            }
+        }
+        for (_, address) in self.nl.all_addresses().await? {
+            if let IpNetwork::V4(a) = address
+                && subnet.contains(a.ip())
+            {
+                return Ok(Some(format!("subnet {subnet} holds address {} of this host", a.ip())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Puts the other hosts' sandboxes into each overlay's VXLAN device and the underlay
+    /// filter, leaving out (and noting in `rejected`) what would collide with this host:
+    /// a host at one of this host's addresses, a claim of a local sandbox's address, a
+    /// MAC claimed twice.
+    async fn program_peers(
+        &self,
+        cluster: &Cluster,
+        view: &ClusterView,
+        rejected: &mut BTreeMap<String, String>,
+    ) -> Vec<String> {
         let mut errors = Vec::new();
-        for network in self.current_overlays(view) {
-            let mut peers: Vec<vxlan::Peer> = view
-                .remote_endpoints(&network.name, &cluster.host_id)
+        let own_addresses: BTreeSet<Ipv4Addr> = match self.nl.all_addresses().await {
+            Ok(all) => all
                 .into_iter()
-                .filter_map(|(ip, mac, underlay)| {
-                    Some(vxlan::Peer {
-                        ip,
-                        mac: vxlan::parse_mac(&mac)?,
-                        underlay,
-                    })
+                .filter_map(|(_, a)| match a {
+                    IpNetwork::V4(a) => Some(a.ip()),
+                    IpNetwork::V6(_) => None,
                 })
+                .collect(),
+            Err(e) => return vec![format!("addresses of this host: {e}")],
+        };
+        let mut allowed = underlay::Allowed::default();
+        for (id, host) in view.hosts.iter().filter(|(id, _)| **id != cluster.host_id) {
+            if own_addresses.contains(&host.addr) {
+                rejected.insert(
+                    crate::cluster::host_key(id),
+                    format!("underlay address {} is an address of this host", host.addr),
+                );
+            } else {
+                allowed.members.insert(host.addr);
+            }
+        }
+        for network in self.current_overlays(view) {
+            let Some(vni) = network.overlay.as_ref().map(|o| o.vni) else {
+                continue;
+            };
+            allowed.vnis.insert(vni);
+            let local: BTreeMap<Ipv4Addr, &str> = self
+                .state
+                .sandboxes
+                .values()
+                .flat_map(|s| s.endpoints.iter().map(move |e| (e.ipv4, s.name.as_str(), &e.network)))
+                .filter(|(_, _, n)| **n == network.name)
+                .map(|(ip, name, _)| (ip, name))
                 .collect();
+            let mut macs = BTreeSet::new();
+            let mut peers = Vec::new();
+            for (ip, mac, underlay) in view.remote_endpoints(&network.name, &cluster.host_id) {
+                let key = crate::cluster::claim_key(&network.name, ip);
+                if !allowed.members.contains(&underlay) {
+                    continue; // Its host was rejected above.
+                }
+                if let Some(sandbox) = local.get(&ip) {
+                    rejected.insert(key, format!("address {ip} is sandbox {sandbox}'s on this host"));
+                } else if !macs.insert(mac) {
+                    rejected.insert(key, format!("MAC {} is claimed for another address of {}", crate::sys::netlink::format_mac(&mac), network.name));
+                } else {
+                    allowed.speakers.insert((underlay, vni, mac, ip));
+                    peers.push(vxlan::Peer { ip, mac, underlay });
+                }
+            }
             peers.sort();
             let programmed = async {
                 let Some(device) = self.nl.link(&overlay::vxlan_name(&network)).await? else {
@@ -397,7 +500,30 @@ impl Daemon {
                 Err(e) => errors.push(format!("forwarding entries of {}: {e}", network.name)),
             }
         }
+        if let Err(e) = self.apply_underlay_filter(allowed) {
+            errors.push(format!("underlay filter: {e}"));
+        }
         errors
+    }
+
+    /// Writes the underlay filter when what it allows changed, or when its table is gone.
+    fn apply_underlay_filter(&self, allowed: underlay::Allowed) -> std::result::Result<(), crate::sys::nft::NftError> {
+        let prefix = &self.config.name_prefix;
+        let mut applied = self.underlay_applied.lock().expect("underlay filter lock");
+        if applied.as_ref() == Some(&allowed) && underlay::present(prefix) {
+            return Ok(());
+        }
+        underlay::apply(prefix, &allowed)?;
+        if applied.as_ref().is_none_or(|a| a.members != allowed.members || a.vnis != allowed.vnis) {
+            info!(
+                members = allowed.members.len(),
+                sandboxes = allowed.speakers.len(),
+                vnis = allowed.vnis.len(),
+                "underlay filter: VXLAN accepted from these hosts only"
+            );
+        }
+        *applied = Some(allowed);
+        Ok(())
     }
 
     /// After a change or a failed request: this host's claims follow its sandboxes (MACs

@@ -112,13 +112,7 @@ pub(super) fn check_publish_families(
 
 /// Docker's rule for container and network names.
 pub(super) fn validate_name(kind: &str, name: &str) -> Result<()> {
-    let ok = name.len() >= 2
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if crate::cluster::validate::valid_name(name) {
         Ok(())
     } else {
         Err(invalid(format!(

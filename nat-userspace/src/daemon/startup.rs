@@ -68,6 +68,7 @@ impl Daemon {
             sync_failed: false,
             last_desired: None,
             cluster,
+            underlay_applied: Default::default(),
             ula_pool,
             fast_path: sync::FastPath::new(false, ""),
         };

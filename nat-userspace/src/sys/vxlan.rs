@@ -113,9 +113,9 @@ pub async fn fdb(
                 _ => {}
             }
         }
-        if let (Some(mac), Some(dst)) = (mac, dst)
-            && mac != [0; 6]
-        {
+        // The all-zero MAC included: it is VXLAN's default destination (every broadcast goes
+        // there), natd never wants one, and an older natd could have been made to write it.
+        if let (Some(mac), Some(dst)) = (mac, dst) {
             out.push((mac, dst, message));
         }
     }

@@ -147,6 +147,18 @@ pub async fn info(client: &Client, json: bool) -> Result<(), CliError> {
         println!("cluster host:   {} advertising {}", cluster.host_id, cluster.advertise);
         println!("cluster hosts:  {}", cluster.hosts.join(", "));
         println!("overlays:       {}", cluster.overlay_networks);
+        if let Some(drops) = &cluster.underlay_drops {
+            println!(
+                "underlay drops: {} from non-members, {} spoofed by members",
+                drops.non_member, drops.spoofed
+            );
+        }
+        if !cluster.rejected_records.is_empty() {
+            println!("store records not applied:");
+            for line in &cluster.rejected_records {
+                println!("  {line}");
+            }
+        }
     }
     if let Some(links) = info.dataplane_detail.get("links").and_then(|l| l.as_array()) {
         println!(

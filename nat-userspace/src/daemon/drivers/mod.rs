@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod hostbridge;
 pub mod nat;
 pub mod overlay;
+pub mod underlay;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 

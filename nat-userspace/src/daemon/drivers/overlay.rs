@@ -30,7 +30,7 @@ use crate::{
 
 /// VNIs natd picks from when none is given (Docker's overlay starts at 4096 too).
 const FIRST_AUTO_VNI: u32 = 4096;
-const MAX_VNI: u32 = (1 << 24) - 1;
+use crate::cluster::validate::MAX_VNI;
 
 pub struct OverlayDriver;
 
