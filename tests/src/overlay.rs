@@ -28,11 +28,73 @@ pub fn member_args(ttl: u64) -> Vec<String> {
     .into()
 }
 
+/// Certificates made for one test with openssl: a CA, the store's certificate (for
+/// EXT_IP), a client certificate (CN `natd`), and a second CA with a client certificate of
+/// its own (what a stranger would hold).
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
+    pub other_ca: PathBuf,
+    pub stranger: (PathBuf, PathBuf),
+}
+
+fn openssl(args: &[&str]) {
+    let out = sh("openssl", args);
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Certs {
+    pub fn make(dir: &std::path::Path) -> Self {
+        let path = |name: &str| dir.join(name);
+        let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+        let ca = |name: &str| {
+            let (key, cert) = (path(&format!("{name}.key")), path(&format!("{name}.pem")));
+            openssl(&[
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", &s(&key), "-out", &s(&cert), "-days", "2", "-subj", &format!("/CN={name}"),
+            ]);
+            (key, cert)
+        };
+        let leaf = |name: &str, cn: &str, (ca_key, ca_cert): &(PathBuf, PathBuf), ext: &str| {
+            let (key, csr, cert, extfile) = (
+                path(&format!("{name}.key")),
+                path(&format!("{name}.csr")),
+                path(&format!("{name}.pem")),
+                path(&format!("{name}.ext")),
+            );
+            std::fs::write(&extfile, ext).unwrap();
+            openssl(&[
+                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", &s(&key), "-out", &s(&csr), "-subj", &format!("/CN={cn}"),
+            ]);
+            openssl(&[
+                "x509", "-req", "-in", &s(&csr), "-CA", &s(ca_cert), "-CAkey", &s(ca_key), "-CAcreateserial",
+                "-out", &s(&cert), "-days", "2", "-extfile", &s(&extfile),
+            ]);
+            (cert, key)
+        };
+        let main = ca("ca");
+        let other = ca("other-ca");
+        Self {
+            server: leaf("server", "etcd", &main, &format!("subjectAltName=IP:{EXT_IP}\nextendedKeyUsage=serverAuth,clientAuth\n")),
+            client: leaf("client", "natd", &main, "extendedKeyUsage=clientAuth\n"),
+            stranger: leaf("stranger", "natd", &other, "extendedKeyUsage=clientAuth\n"),
+            ca: main.1,
+            other_ca: other.1,
+        }
+    }
+}
+
 /// A single-member etcd in a namespace, its data in a directory of the test's.
 pub struct Etcd {
     netns: String,
     dir: PathBuf,
     child: Option<Child>,
+    /// Served with TLS and client certificates from these.
+    tls: Option<(PathBuf, (PathBuf, PathBuf), (PathBuf, PathBuf))>,
+    /// `USER:PASSWORD` for etcdctl once authentication is on.
+    user: Option<String>,
 }
 
 impl Etcd {
@@ -41,30 +103,80 @@ impl Etcd {
             netns: netns.to_string(),
             dir,
             child: None,
+            tls: None,
+            user: None,
         };
         etcd.restart();
         etcd
+    }
+
+    /// etcd with TLS that also requires a client certificate signed by the CA.
+    pub fn start_tls(netns: &str, dir: PathBuf, certs: &Certs) -> Self {
+        let mut etcd = Self {
+            netns: netns.to_string(),
+            dir,
+            child: None,
+            tls: Some((certs.ca.clone(), certs.server.clone(), certs.client.clone())),
+            user: None,
+        };
+        etcd.restart();
+        etcd
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     fn url(port: u16) -> String {
         format!("http://{EXT_IP}:{port}")
     }
 
+    fn client_url(&self) -> String {
+        format!("{}://{EXT_IP}:{ETCD_PORT}", self.scheme())
+    }
+
+    /// The client certificate arguments curl and etcdctl share.
+    fn tls_args(&self, ca: &str, cert: &str, key: &str) -> Vec<String> {
+        match &self.tls {
+            Some((ca_path, _, (cert_path, key_path))) => vec![
+                ca.to_string(),
+                ca_path.display().to_string(),
+                cert.to_string(),
+                cert_path.display().to_string(),
+                key.to_string(),
+                key_path.display().to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     /// Starts etcd (again, on the same data) and waits until it answers /health.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "etcd is running");
         let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg("etcd")
             .args(["--name", "n1", "--data-dir"])
             .arg(self.dir.join("etcd-data"))
-            .args(["--listen-client-urls", &Self::url(ETCD_PORT)])
-            .args(["--advertise-client-urls", &Self::url(ETCD_PORT)])
+            .args(["--listen-client-urls", &self.client_url()])
+            .args(["--advertise-client-urls", &self.client_url()])
             .args(["--listen-peer-urls", &Self::url(2380)])
             .args(["--initial-advertise-peer-urls", &Self::url(2380)])
             .args(["--initial-cluster", &format!("n1={}", Self::url(2380))])
-            .args(["--initial-cluster-state", "new", "--logger=zap"])
+            .args(["--initial-cluster-state", "new", "--logger=zap"]);
+        if let Some((ca, (cert, key), _)) = &self.tls {
+            command
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -72,18 +184,32 @@ impl Etcd {
             .expect("start etcd (apt-get install etcd-server; `cargo xtask setup` does)");
         self.child = Some(child);
         let healthy = wait_until(Duration::from_secs(20), || {
-            let out = sh(
-                "nsenter",
-                &[
-                    &format!("--net=/run/netns/{}", self.netns),
-                    "curl",
-                    "-sf",
-                    &format!("{}/health", Self::url(ETCD_PORT)),
-                ],
-            );
+            let mut args = vec![format!("--net=/run/netns/{}", self.netns), "curl".into(), "-sf".into()];
+            args.extend(self.tls_args("--cacert", "--cert", "--key"));
+            args.push(format!("{}/health", self.client_url()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = sh("nsenter", &args);
             String::from_utf8_lossy(&out.stdout).contains("true")
         });
         assert!(healthy, "etcd did not become healthy:\n{}", self.log());
+    }
+
+    /// etcd's authentication on: a `root` user (for the test's etcdctl) and a `natd` user
+    /// with read-write access to `/natd/` only. With client certificates, a request without
+    /// a token is made as the certificate's CN (`natd`).
+    pub fn enable_auth(&mut self, natd_password: &str) {
+        for args in [
+            vec!["user", "add", "root", "--new-user-password", "root-pw"],
+            vec!["user", "grant-role", "root", "root"],
+            vec!["role", "add", "natd"],
+            vec!["role", "grant-permission", "natd", "--prefix=true", "readwrite", "/natd/"],
+            vec!["user", "add", "natd", "--new-user-password", natd_password],
+            vec!["user", "grant-role", "natd", "natd"],
+            vec!["auth", "enable"],
+        ] {
+            self.etcdctl(&args);
+        }
+        self.user = Some("root:root-pw".into());
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -106,8 +232,11 @@ impl Etcd {
     }
 
     fn etcdctl(&self, args: &[&str]) -> String {
-        let url = Self::url(ETCD_PORT);
-        let mut full = vec![format!("--net=/run/netns/{}", self.netns), "etcdctl".into(), "--endpoints".into(), url];
+        let mut full = vec![format!("--net=/run/netns/{}", self.netns), "etcdctl".into(), "--endpoints".into(), self.client_url()];
+        full.extend(self.tls_args("--cacert", "--cert", "--key"));
+        if let Some(user) = &self.user {
+            full.push(format!("--user={user}"));
+        }
         full.extend(args.iter().map(|a| a.to_string()));
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
         let out = sh("nsenter", &full);
@@ -127,21 +256,7 @@ impl Etcd {
 
     /// `etcdctl get --prefix KEY` inside the namespace: the keys found.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        let out = sh(
-            "nsenter",
-            &[
-                &format!("--net=/run/netns/{}", self.netns),
-                "etcdctl",
-                "--endpoints",
-                &Self::url(ETCD_PORT),
-                "get",
-                "--prefix",
-                "--keys-only",
-                prefix,
-            ],
-        );
-        assert!(out.status.success(), "etcdctl get: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
+        self.etcdctl(&["get", "--prefix", "--keys-only", prefix])
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_string)

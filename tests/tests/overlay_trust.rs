@@ -283,3 +283,100 @@ fn forged_store_records_change_nothing_in_the_kernel() {
         assert_eq!(lines, 1, "{key} logged {lines} times\n{log}");
     }
 }
+
+/// natd arguments of a member using `opts` as `--cluster-store-opt`s.
+fn tls_member(opts: &[String]) -> Vec<String> {
+    let mut args = member_args(TTL);
+    for opt in opts {
+        args.extend(["--cluster-store-opt".to_string(), opt.clone()]);
+    }
+    args
+}
+
+fn start_error(lab: &mut Lab, args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match lab.start_natd(&args) {
+        Ok(()) => panic!("natd started with {args:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// etcd with TLS and client certificates (`--client-cert-auth`), then with user
+/// authentication as well: natd connects with the right files, and with a wrong one
+/// refuses to start, naming the option, before it changes anything on the host.
+#[test]
+fn a_store_with_tls_client_certificates_and_passwords() {
+    let mut hosts = shared_lan(2);
+    let lan = hosts[0].ext_ns.clone();
+    let certs = natlab::overlay::Certs::make(&hosts[0].dir);
+    let mut etcd = Etcd::start_tls(&lan, hosts[0].dir.clone(), &certs);
+    let path = |p: &std::path::Path| p.display().to_string();
+    let ca = format!("kv.cacertfile={}", path(&certs.ca));
+    let cert = format!("kv.certfile={}", path(&certs.client.0));
+    let key = format!("kv.keyfile={}", path(&certs.client.1));
+
+    let right = tls_member(&[ca.clone(), cert.clone(), key.clone()]);
+    hosts[0].start_natd(&right.iter().map(String::as_str).collect::<Vec<_>>()).expect("natd with the right files");
+    let a = &hosts[0];
+    assert!(
+        wait_until(CONVERGE, || a.json(&["info"])["cluster"]["hosts"].as_array().map(Vec::len) == Some(1)),
+        "A registers through TLS: {}\n{}",
+        a.json(&["info"]),
+        a.natd_log()
+    );
+    assert!(a.ok(&["info"]).contains("etcd+tls://"));
+    a.ok(&["network", "create", "-d", "overlay", "--subnet", "10.70.0.0/24", "ov1"]);
+    assert_eq!(etcd.keys("/natd/v1/networks/").len(), 1);
+
+    let b = &mut hosts[1];
+    let cases = [
+        (vec![format!("kv.cacertfile={}", path(&certs.other_ca)), cert.clone(), key.clone()], "kv.cacertfile"),
+        (vec![ca.clone()], "kv.certfile"),
+        (
+            vec![ca.clone(), format!("kv.certfile={}", path(&certs.stranger.0)), format!("kv.keyfile={}", path(&certs.stranger.1))],
+            "kv.certfile",
+        ),
+        (vec!["kv.cacertfile=/nonexistent/ca.pem".to_string()], "kv.cacertfile=/nonexistent/ca.pem"),
+        (vec![ca.clone(), cert.clone()], "kv.certfile and kv.keyfile go together"),
+        (vec![format!("kv.cacertfile={}", path(&certs.client.1))], "not a PEM certificate"),
+    ];
+    for (opts, named) in &cases {
+        let error = start_error(b, &tls_member(opts));
+        assert!(error.contains(named), "{opts:?} should name {named}:\n{error}");
+        // Refused before the dataplane or anything else was set up.
+        let links = b.host_ok(&["ip", "-o", "link", "show"]);
+        assert!(!links.contains(&b.prefix), "{opts:?} left links:\n{links}");
+        assert_eq!(b.host_ok(&["nft", "list", "tables"]), "", "{opts:?} left tables");
+    }
+
+    // Passwords on top: the user natd names must exist with that password.
+    etcd.enable_auth("natd-pw");
+    let wrong = b.dir.join("wrong-password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let right_password = b.dir.join("password");
+    std::fs::write(&right_password, "natd-pw\n").unwrap();
+    let with_password = |file: &std::path::Path| {
+        tls_member(&[ca.clone(), cert.clone(), key.clone(), "kv.username=natd".into(), format!("kv.passwordfile={}", path(file))])
+    };
+    let error = start_error(b, &with_password(&wrong));
+    assert!(error.contains("kv.username/kv.passwordfile"), "{error}");
+    b.start_natd(&with_password(&right_password).iter().map(String::as_str).collect::<Vec<_>>())
+        .expect("natd with the right password");
+    let (a, b) = (&hosts[0], &hosts[1]);
+    assert!(
+        wait_until(CONVERGE, || b.ok(&["network", "ls"]).contains("ov1")),
+        "B reads the store as user natd\n{}",
+        b.natd_log()
+    );
+    // Both hosts keep working: A (as its certificate's CN) and B (with its token).
+    a.run_script("a1", &["--network", "ov1"], &natlab::whoami(80));
+    b.ok(&["run", "--name", "b1", "--network", "ov1"]);
+    assert!(wait_listening(&a.netns_of("a1"), "tcp", 80));
+    let (a1, b1) = (a.sandbox_ip("a1"), b.sandbox_ip("b1"));
+    assert!(
+        wait_until(CONVERGE, || b.tcp_line_from("b1", &a1, 80).as_deref() == Some(b1.as_str())),
+        "overlay traffic across hosts with an authenticated TLS store\nA: {}\nB: {}",
+        a.natd_log(),
+        b.natd_log()
+    );
+}

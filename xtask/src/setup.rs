@@ -32,6 +32,9 @@ const PACKAGES: &[&str] = &[
     "linux-perf",
     // request_cost.rs counts natd's system calls per request.
     "strace",
+    // etcd-client's build compiles etcd's gRPC definitions (protoc and the well-known types).
+    "protobuf-compiler",
+    "libprotobuf-dev",
     // natd-cni's tests: podman with its CNI backend, and the reference plugins.
     "podman",
     "runc",

@@ -1,456 +1,309 @@
-//! The etcd store, through etcd's v3 JSON gateway (`/v3/...` on the client port) over the
-//! HTTP client natd already has: no protobuf toolchain, the same on etcd 3.4 (Debian's) to
-//! 3.6, and every request can be replayed with curl.
-//!
-//! Gateway facts this code depends on (checked against etcd 3.4.23): keys and values are
-//! base64; int64 fields come back as JSON strings; zero, false and empty fields are left
-//! out of responses (a failed txn has no `succeeded`, an unknown lease's keepalive no
-//! `TTL`); unknown request fields are ignored silently, so every field name here matters;
-//! a watch answers with an endless stream of newline-separated JSON objects.
+//! The etcd store through the `etcd-client` crate (etcd's gRPC API, over tonic): TLS with
+//! a CA and an optional client certificate, and etcd's user/password authentication
+//! (`--cluster-store-opt kv.*`, Docker's names). The client connects on first use, so
+//! natd starts while the store is down; every call has a deadline, and responses are
+//! bounded (`MAX_RESPONSE_BYTES`).
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
-use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, body::Incoming};
-use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Deserializer, de::DeserializeOwned};
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
 
 use super::store::{ClusterStore, Cond, Event, Kv, Op, StoreError, Watch};
+use crate::config::ClusterConfig;
 
-/// How long one member may take to accept a connection before the next is tried.
+/// How long connecting to the store may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request may take once connected.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest response natd reads: a list of the whole tree at about 100,000 address
+/// claims. A store that answers more (a writer filling it) fails the list rather than
+/// natd's memory.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
-/// A client of one etcd cluster: requests go to the first endpoint that answers.
+/// A client of one etcd cluster.
 pub struct Etcd {
     endpoints: Vec<String>,
-    /// Index of the member that answered last.
-    preferred: std::sync::atomic::AtomicUsize,
+    options: ConnectOptions,
+    tls: bool,
+    client: tokio::sync::Mutex<Option<Client>>,
 }
 
 impl Etcd {
-    /// `endpoints`: `HOST:PORT` of each member.
-    pub fn new(endpoints: Vec<String>) -> Self {
+    pub fn new(config: &ClusterConfig) -> Self {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        if let Some(tls) = &config.tls {
+            let mut settings = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                settings = settings.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(settings);
+        }
+        if let Some(auth) = &config.auth {
+            options = options
+                .with_user(auth.username.clone(), auth.password.clone())
+                .with_auto_token_refresh(true);
+        }
         Self {
-            endpoints,
-            preferred: Default::default(),
+            endpoints: config.endpoints.clone(),
+            options,
+            tls: config.tls.is_some(),
+            client: Default::default(),
         }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, String), StoreError> {
-        let mut last = String::from("no endpoint configured");
-        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
-        // The member that answered last first; each member gets its own time budget.
-        for i in 0..self.endpoints.len() {
-            let index = (first + i) % self.endpoints.len();
-            let endpoint = &self.endpoints[index];
-            let attempt = async {
-                let stream = TcpStream::connect(endpoint.as_str()).await.map_err(|e| e.to_string())?;
-                let _ = stream.set_nodelay(true);
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-                Ok(Ok((sender, connection))) => {
-                    tokio::spawn(connection);
-                    self.preferred.store(index, std::sync::atomic::Ordering::Relaxed);
-                    return Ok((sender, endpoint.clone()));
+    /// The client, connected (and authenticated) on first use.
+    async fn client(&self) -> Result<Client, StoreError> {
+        let mut client = self.client.lock().await;
+        if let Some(client) = client.as_ref() {
+            return Ok(client.clone());
+        }
+        let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, connect)
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("{}: no answer", self.describe())))?
+            .map_err(store_error)?;
+        *client = Some(connected.clone());
+        Ok(connected)
+    }
+
+    async fn call<T, F>(&self, what: &str, call: impl FnOnce(Client) -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let client = self.client().await?;
+        tokio::time::timeout(REQUEST_TIMEOUT, call(client))
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("etcd {what}: no answer within {REQUEST_TIMEOUT:?}")))?
+            .map_err(store_error)
+    }
+
+    /// One request, for `natd`'s start: a store that answers with the wrong certificate or
+    /// refuses the credentials is a configuration error (returned); one that does not
+    /// answer may come later (`Ok(Err)`).
+    pub async fn probe(&self) -> Result<Result<(), StoreError>, StoreError> {
+        let mut last = None;
+        // A server that rejects the client certificate (TLS 1.3: after the client finished
+        // its handshake) sends an alert and hangs up; the client may see the hang-up first,
+        // as a broken pipe. Such an answer is asked again, a few times, for the alert.
+        for _ in 0..3 {
+            match self.range(super::ROOT).await {
+                Ok(_) => return Ok(Ok(())),
+                Err(StoreError::Misconfigured(e)) => return Err(StoreError::Misconfigured(e)),
+                Err(e) => {
+                    let hung_up = e.to_string().to_lowercase();
+                    let ambiguous = hung_up.contains("broken pipe") || hung_up.contains("connection reset");
+                    last = Some(e);
+                    if !ambiguous {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Ok(Err(e)) => last = format!("{endpoint}: {e}"),
-                Err(_) => last = format!("{endpoint}: connection timed out"),
             }
         }
-        Err(StoreError::Unavailable(last))
+        Ok(Err(last.expect("at least one attempt")))
     }
+}
 
-    async fn send(&self, path: &str, body: &Value) -> Result<hyper::Response<Incoming>, StoreError> {
-        let (sender, endpoint) = self.connect().await?;
-        Self::send_on(sender, &endpoint, path, body).await
+/// The error and its causes, in one line (tonic's TLS failures are two or three levels down).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
     }
+    text
+}
 
-    async fn send_on(
-        mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-        endpoint: &str,
-        path: &str,
-        body: &Value,
-    ) -> Result<hyper::Response<Incoming>, StoreError> {
-        let request = Request::post(path)
-            .header("host", endpoint)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| StoreError::Protocol(e.to_string()))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{endpoint}: {e}")))
+/// What an etcd-client error means to natd: the operator's settings are wrong (and
+/// which one), the store is not there, or it refused this request.
+fn store_error(error: etcd_client::Error) -> StoreError {
+    let text = chain(&error);
+    let lower = text.to_lowercase();
+    let misconfigured = |option: &str, what: &str| StoreError::Misconfigured(format!("{option}: {what} ({text})"));
+    if lower.contains("unknownissuer") || lower.contains("invalid peer certificate") {
+        return misconfigured("kv.cacertfile", "the store's certificate is not signed by this CA");
     }
-
-    async fn call<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, StoreError> {
-        let (sender, endpoint) = self.connect().await?;
-        let exchange = async {
-            let response = Self::send_on(sender, &endpoint, path, &body).await?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?
-                .to_bytes();
-            if !status.is_success() {
-                let message = serde_json::from_slice::<GatewayError>(&bytes)
-                    .map(|e| e.message.or(e.error).unwrap_or_default())
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-                return Err(StoreError::Refused(format!("etcd {path}: {status}: {message}")));
+    if lower.contains("certificaterequired") || lower.contains("badcertificate") || lower.contains("unknownca") {
+        return misconfigured("kv.certfile/kv.keyfile", "the store refused this host's client certificate");
+    }
+    if lower.contains("authentication failed") || lower.contains("invalid user id or password") {
+        return misconfigured("kv.username/kv.passwordfile", "the store refused the user or password");
+    }
+    if lower.contains("corrupt message") || lower.contains("invalid content type") || lower.contains("http2 error") && lower.contains("frame") {
+        return misconfigured("kv.cacertfile", "the store does not speak TLS, or speaks it where natd does not");
+    }
+    match &error {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                StoreError::Unavailable(text)
             }
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Protocol(format!("etcd {path}: {e}")))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!("etcd {path}: no answer within {REQUEST_TIMEOUT:?}"))
-            })?
-    }
-}
-
-/// `prefix`'s range end: the prefix with its last byte below 0xff incremented.
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    B64.encode(bytes)
-}
-
-fn op_json(op: &Op) -> Value {
-    match op {
-        Op::Put { key, value, lease } => {
-            let mut put = json!({"key": b64(key), "value": b64(value)});
-            if let Some(lease) = lease {
-                put["lease"] = json!(lease.to_string());
+            // A connection that broke under the request.
+            tonic::Code::Unknown if status.message() == "transport error" => StoreError::Unavailable(text),
+            tonic::Code::OutOfRange if lower.contains("decoded message length too large") => {
+                StoreError::Protocol(format!("the store's answer is larger than {MAX_RESPONSE_BYTES} bytes ({text})"))
             }
-            json!({"request_put": put})
-        }
-        Op::Delete { key } => json!({"request_delete_range": {"key": b64(key)}}),
-        Op::DeletePrefix { prefix } => json!({"request_delete_range": {
-            "key": b64(prefix), "range_end": b64(prefix_end(prefix))}}),
+            _ => StoreError::Refused(text),
+        },
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => StoreError::Unavailable(text),
+        _ => StoreError::Protocol(text),
     }
 }
 
-fn cond_json(cond: &Cond) -> Value {
+fn compare(cond: &Cond) -> Compare {
     match cond {
-        Cond::Absent(key) => {
-            json!({"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
-        }
-        Cond::ValueIs(key, value) => {
-            json!({"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)})
-        }
-        Cond::Present(key) => {
-            json!({"key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"})
-        }
+        Cond::Absent(key) => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+        Cond::ValueIs(key, value) => Compare::value(key.as_str(), CompareOp::Equal, value.clone()),
+        Cond::Present(key) => Compare::create_revision(key.as_str(), CompareOp::Greater, 0),
         // A range compare holds when every key of the range satisfies it (an empty range does).
-        Cond::UnchangedSince { prefix, revision } => json!({
-            "key": b64(prefix), "range_end": b64(prefix_end(prefix)),
-            "target": "MOD", "result": "LESS", "mod_revision": (revision + 1).to_string()}),
+        Cond::UnchangedSince { prefix, revision } => {
+            Compare::mod_revision(prefix.as_str(), CompareOp::Less, revision + 1).with_prefix()
+        }
     }
+}
+
+fn operation(op: &Op) -> TxnOp {
+    match op {
+        Op::Put { key, value, lease } => TxnOp::put(
+            key.as_str(),
+            value.clone(),
+            lease.map(|lease| PutOptions::new().with_lease(lease)),
+        ),
+        Op::Delete { key } => TxnOp::delete(key.as_str(), None),
+        Op::DeletePrefix { prefix } => TxnOp::delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix())),
+    }
+}
+
+fn kv_of(kv: &etcd_client::KeyValue) -> Result<Kv, StoreError> {
+    Ok(Kv {
+        key: kv
+            .key_str()
+            .map_err(|_| StoreError::Protocol("a key that is not UTF-8".into()))?
+            .to_string(),
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision(),
+    })
 }
 
 #[async_trait]
 impl ClusterStore for Etcd {
     fn describe(&self) -> String {
-        format!("etcd://{}", self.endpoints.join(","))
+        let scheme = if self.tls { "etcd+tls" } else { "etcd" };
+        format!("{scheme}://{}", self.endpoints.join(","))
     }
 
     async fn range(&self, prefix: &str) -> Result<(i64, Vec<Kv>), StoreError> {
-        let response: RangeResponse = self
-            .call(
-                "/v3/kv/range",
-                json!({"key": b64(prefix), "range_end": b64(prefix_end(prefix))}),
-            )
+        let response = self
+            .call("range", |client| async move {
+                client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            })
             .await?;
-        let kvs = response
-            .kvs
-            .into_iter()
-            .map(RawKv::decode)
-            .collect::<Result<_, _>>()?;
-        Ok((response.header.revision, kvs))
+        let revision = response.header().map_or(0, |h| h.revision());
+        let kvs = response.kvs().iter().map(kv_of).collect::<Result<_, _>>()?;
+        Ok((revision, kvs))
     }
 
     async fn txn(&self, when: &[Cond], then: &[Op]) -> Result<Option<i64>, StoreError> {
-        let body = json!({
-            "compare": when.iter().map(cond_json).collect::<Vec<_>>(),
-            "success": then.iter().map(op_json).collect::<Vec<_>>(),
-        });
-        let response: TxnResponse = self.call("/v3/kv/txn", body).await?;
-        Ok(response.succeeded.then_some(response.header.revision))
+        let txn = Txn::new()
+            .when(when.iter().map(compare).collect::<Vec<_>>())
+            .and_then(then.iter().map(operation).collect::<Vec<_>>());
+        let response = self.call("txn", |client| async move { client.kv_client().txn(txn).await }).await?;
+        Ok(response
+            .succeeded()
+            .then(|| response.header().map_or(0, |h| h.revision())))
     }
 
     async fn grant(&self, ttl: u64) -> Result<i64, StoreError> {
-        let response: LeaseResponse = self
-            .call("/v3/lease/grant", json!({"TTL": ttl.to_string()}))
+        let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+        let response = self
+            .call("lease grant", |client| async move { client.lease_client().grant(ttl, None).await })
             .await?;
-        Ok(response.id)
+        Ok(response.id())
     }
 
     async fn keepalive(&self, lease: i64) -> Result<bool, StoreError> {
-        // The gateway streams keepalives; one object in, one line out, then it closes.
-        let response: KeepaliveResponse = self
-            .call("/v3/lease/keepalive", json!({"ID": lease.to_string()}))
+        // One request on the keepalive stream and its answer; the stream ends with them.
+        let response = self
+            .call("lease keepalive", |client| async move {
+                let (_keeper, mut answers) = client.lease_client().keep_alive(lease).await?;
+                answers.message().await
+            })
             .await?;
-        match response.result {
-            Some(result) => Ok(result.ttl > 0),
-            None => Err(StoreError::Unavailable(format!(
-                "etcd lease keepalive: {}",
-                response.error.map(|e| e.to_string()).unwrap_or_else(|| "no result".into())
-            ))),
+        match response {
+            Some(answer) => Ok(answer.ttl() > 0),
+            None => Err(StoreError::Unavailable("etcd lease keepalive: the stream ended unanswered".into())),
         }
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        let _: Value = self
-            .call("/v3/lease/revoke", json!({"ID": lease.to_string()}))
+        self.call("lease revoke", |client| async move { client.lease_client().revoke(lease).await })
             .await?;
         Ok(())
     }
 
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<Box<dyn Watch>, StoreError> {
-        let body = json!({"create_request": {
-            "key": b64(prefix), "range_end": b64(prefix_end(prefix)),
-            "start_revision": from_revision.to_string(), "prev_kv": true}});
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.send("/v3/watch", &body))
-            .await
-            .map_err(|_| StoreError::Unavailable("etcd watch: no answer".into()))??;
-        if !response.status().is_success() {
-            return Err(StoreError::Refused(format!("etcd watch: {}", response.status())));
-        }
-        Ok(Box::new(EtcdWatch {
-            body: response.into_body(),
-            buffer: BytesMut::new(),
-        }))
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision)
+            .with_prev_key();
+        let stream = self
+            .call("watch", |client| async move {
+                client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .watch(prefix, Some(options))
+                    .await
+            })
+            .await?;
+        Ok(Box::new(EtcdWatch { stream }))
     }
 }
 
 struct EtcdWatch {
-    body: Incoming,
-    buffer: BytesMut,
-}
-
-impl EtcdWatch {
-    async fn next_line(&mut self) -> Result<Bytes, StoreError> {
-        loop {
-            if let Some(at) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line = self.buffer.split_to(at + 1);
-                return Ok(line.freeze().slice(..at));
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buffer.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => return Err(StoreError::Unavailable(format!("etcd watch: {e}"))),
-                None => return Err(StoreError::Unavailable("etcd watch: stream ended".into())),
-            }
-        }
-    }
+    stream: WatchStream,
 }
 
 #[async_trait]
 impl Watch for EtcdWatch {
     async fn next(&mut self) -> Result<(i64, Vec<Event>), StoreError> {
         loop {
-            let line = self.next_line().await?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let message: WatchMessage = serde_json::from_slice(&line)
-                .map_err(|e| StoreError::Protocol(format!("etcd watch: {e}")))?;
-            let Some(result) = message.result else {
-                let why = message.error.map(|e| e.to_string()).unwrap_or_default();
-                return Err(StoreError::Unavailable(format!("etcd watch ended: {why}")));
+            let Some(response) = self.stream.message().await.map_err(store_error)? else {
+                return Err(StoreError::Unavailable("etcd watch: the stream ended".into()));
             };
-            if result.canceled {
-                return Err(StoreError::Compacted(result.compact_revision));
+            if response.canceled() {
+                if response.compact_revision() > 0 {
+                    return Err(StoreError::Compacted(response.compact_revision()));
+                }
+                return Err(StoreError::Unavailable(format!(
+                    "etcd watch canceled: {}",
+                    response.cancel_reason()
+                )));
             }
-            if result.events.is_empty() {
+            if response.events().is_empty() {
                 continue; // `created` and progress notifications.
             }
-            let events = result
-                .events
-                .into_iter()
-                .map(|e| {
-                    let kv = e.kv.decode()?;
-                    Ok(if e.kind.as_deref() == Some("DELETE") {
-                        Event::Delete(kv.key)
-                    } else {
-                        Event::Put(kv)
-                    })
+            let events = response
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    Some(kv_of(kv).map(|kv| match event.event_type() {
+                        EventType::Delete => Event::Delete(kv.key),
+                        EventType::Put => Event::Put(kv),
+                    }))
                 })
                 .collect::<Result<_, StoreError>>()?;
-            return Ok((result.header.revision, events));
+            return Ok((response.header().map_or(0, |h| h.revision()), events));
         }
-    }
-}
-
-/// int64 fields: strings from the gateway, numbers accepted too.
-fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Int {
-        Text(String),
-        Number(i64),
-    }
-    match Int::deserialize(d)? {
-        Int::Number(n) => Ok(n),
-        Int::Text(t) => t.parse().map_err(serde::de::Error::custom),
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct Header {
-    #[serde(default, deserialize_with = "int64")]
-    revision: i64,
-}
-
-#[derive(Deserialize)]
-struct GatewayError {
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct RawKv {
-    #[serde(default)]
-    key: String,
-    #[serde(default)]
-    value: String,
-    #[serde(default, deserialize_with = "int64")]
-    mod_revision: i64,
-}
-
-impl RawKv {
-    fn decode(self) -> Result<Kv, StoreError> {
-        let bad = |e: base64::DecodeError| StoreError::Protocol(format!("etcd sent bad base64: {e}"));
-        let key = String::from_utf8(B64.decode(&self.key).map_err(bad)?)
-            .map_err(|_| StoreError::Protocol("a key that is not UTF-8".into()))?;
-        Ok(Kv {
-            key,
-            value: B64.decode(&self.value).map_err(bad)?,
-            mod_revision: self.mod_revision,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct RangeResponse {
-    #[serde(default)]
-    header: Header,
-    #[serde(default)]
-    kvs: Vec<RawKv>,
-}
-
-#[derive(Deserialize)]
-struct TxnResponse {
-    #[serde(default)]
-    header: Header,
-    #[serde(default)]
-    succeeded: bool,
-}
-
-#[derive(Deserialize)]
-struct LeaseResponse {
-    #[serde(rename = "ID", deserialize_with = "int64")]
-    id: i64,
-}
-
-#[derive(Deserialize, Default)]
-struct KeepaliveResult {
-    #[serde(rename = "TTL", default, deserialize_with = "int64")]
-    ttl: i64,
-}
-
-#[derive(Deserialize)]
-struct KeepaliveResponse {
-    /// Absent when the stream reports an error instead (`{"error": ...}` with status 200).
-    #[serde(default)]
-    result: Option<KeepaliveResult>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct WatchMessage {
-    #[serde(default)]
-    result: Option<WatchResult>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct WatchResult {
-    #[serde(default)]
-    header: Header,
-    #[serde(default)]
-    canceled: bool,
-    #[serde(default, deserialize_with = "int64")]
-    compact_revision: i64,
-    #[serde(default)]
-    events: Vec<RawEvent>,
-}
-
-#[derive(Deserialize)]
-struct RawEvent {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    kv: RawKv,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end("/natd/ips/"), b"/natd/ips0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
-    }
-
-    #[test]
-    fn decodes_gateway_shapes() {
-        let line = br#"{"result":{"header":{"revision":"19"},"events":[{"type":"DELETE","kv":{"key":"L25hdGQvYQ==","mod_revision":"19"}},{"kv":{"key":"L25hdGQvYg==","value":"aG9zdEE=","mod_revision":"19"}}]}}"#;
-        let message: WatchMessage = serde_json::from_slice(line).unwrap();
-        let result = message.result.unwrap();
-        assert_eq!(result.header.revision, 19);
-        assert_eq!(result.events[0].kind.as_deref(), Some("DELETE"));
-        let kv = result.events.into_iter().nth(1).unwrap().kv.decode().unwrap();
-        assert_eq!(
-            (kv.key.as_str(), kv.value.as_slice()),
-            ("/natd/b", b"hostA".as_slice())
-        );
-        let failed: TxnResponse = serde_json::from_str(r#"{"header":{"revision":"7"}}"#).unwrap();
-        assert!(!failed.succeeded);
-        let gone: KeepaliveResponse = serde_json::from_str(r#"{"result":{"header":{},"ID":"999"}}"#).unwrap();
-        assert_eq!(gone.result.map(|r| r.ttl), Some(0));
-        let failed: KeepaliveResponse =
-            serde_json::from_str(r#"{"error":{"grpc_code":14,"http_code":503,"message":"transport is closing"}}"#)
-                .unwrap();
-        assert!(failed.result.is_none() && failed.error.is_some());
     }
 }

@@ -9,6 +9,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("cluster store refused the request: {0}")]
     Refused(String),
+    /// The store answered, but natd's settings for it are wrong (a certificate, a password):
+    /// names the option. At start this stops natd.
+    #[error("cluster store settings: {0}")]
+    Misconfigured(String),
     #[error("cluster store answered something natd cannot read: {0}")]
     Protocol(String),
     /// The watch asked for history the store has compacted: list again.

@@ -158,6 +158,12 @@ pub struct DaemonArgs {
     /// sandboxes' addresses).
     #[arg(long = "cluster-claim-grace")]
     pub cluster_claim_grace: Option<u64>,
+    /// Cluster store option KEY=VALUE (repeatable; Docker's names): kv.cacertfile (TLS: the
+    /// CA the store's certificate must be signed by), kv.certfile and kv.keyfile (a client
+    /// certificate), kv.username and kv.passwordfile (etcd authentication; the password is
+    /// read from the file, never given on the command line).
+    #[arg(long = "cluster-store-opt")]
+    pub cluster_store_opt: Vec<String>,
     /// Remove everything natd owns (sandboxes, networks, pinned programs, state) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -213,6 +219,8 @@ pub struct FileConfig {
     pub cluster_advertise: Option<String>,
     pub cluster_ttl: Option<u64>,
     pub cluster_claim_grace: Option<u64>,
+    #[serde(default)]
+    pub cluster_store_opts: std::collections::BTreeMap<String, String>,
 }
 
 /// daemon.json examples write `"mtu": "1500"`; Docker itself wants a number. Take both.

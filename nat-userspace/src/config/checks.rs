@@ -181,8 +181,12 @@ pub fn cluster(
     advertise: Option<String>,
     ttl: Option<u64>,
     claim_grace: Option<u64>,
+    options: (Option<super::StoreTls>, Option<super::StoreAuth>),
 ) -> Result<Option<super::ClusterConfig>, ConfigError> {
     let Some(store) = store else {
+        if options.0.is_some() || options.1.is_some() {
+            return Err(invalid("cluster-store-opt", "needs --cluster-store"));
+        }
         if advertise.is_some() {
             return Err(invalid("cluster-advertise", "needs --cluster-store"));
         }
@@ -244,5 +248,74 @@ pub fn cluster(
         advertise,
         ttl,
         claim_grace,
+        tls: options.0,
+        auth: options.1,
     }))
+}
+
+/// Store option keys natd knows (Docker's `kv.` names, and etcd's user and password).
+const STORE_OPTIONS: [&str; 5] = ["kv.cacertfile", "kv.certfile", "kv.keyfile", "kv.username", "kv.passwordfile"];
+
+/// `--cluster-store-opt KEY=VALUE` (daemon.json `cluster-store-opts`, command line first):
+/// the files read now, so a wrong path or a file of the wrong kind stops natd before it
+/// touches anything, naming the option.
+pub fn store_options(
+    args: &[String],
+    file: &std::collections::BTreeMap<String, String>,
+) -> Result<(Option<super::StoreTls>, Option<super::StoreAuth>), ConfigError> {
+    let mut options = file.clone();
+    for item in args {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| invalid("cluster-store-opt", format!("{item:?} is not KEY=VALUE")))?;
+        options.insert(key.to_string(), value.to_string());
+    }
+    if let Some(key) = options.keys().find(|k| !STORE_OPTIONS.contains(&k.as_str())) {
+        return Err(invalid(
+            "cluster-store-opt",
+            format!("unknown option {key} (natd knows {})", STORE_OPTIONS.join(", ")),
+        ));
+    }
+    let read = |key: &'static str, marker: &str, what: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = options.get(key) else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(path).map_err(|e| invalid("cluster-store-opt", format!("{key}={path}: {e}")))?;
+        if !String::from_utf8_lossy(&bytes).contains(marker) {
+            return Err(invalid("cluster-store-opt", format!("{key}={path}: not a PEM {what}")));
+        }
+        Ok(Some(bytes))
+    };
+    let ca = read("kv.cacertfile", "-----BEGIN CERTIFICATE-----", "certificate")?;
+    let cert = read("kv.certfile", "-----BEGIN CERTIFICATE-----", "certificate")?;
+    let key = read("kv.keyfile", "PRIVATE KEY-----", "private key")?;
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(invalid("cluster-store-opt", "kv.certfile and kv.keyfile go together")),
+    };
+    let tls = match (ca, identity) {
+        (Some(ca_pem), identity) => Some(super::StoreTls { ca_pem, identity }),
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(invalid(
+                "cluster-store-opt",
+                "a client certificate needs kv.cacertfile (the CA the store's certificate is checked against)",
+            ));
+        }
+    };
+    let auth = match (options.get("kv.username"), options.get("kv.passwordfile")) {
+        (Some(username), Some(path)) => {
+            let password = std::fs::read_to_string(path)
+                .map_err(|e| invalid("cluster-store-opt", format!("kv.passwordfile={path}: {e}")))?;
+            let password = password.trim_end_matches(['\n', '\r']).to_string();
+            if username.is_empty() || password.is_empty() {
+                return Err(invalid("cluster-store-opt", "kv.username and the password in kv.passwordfile must not be empty"));
+            }
+            Some(super::StoreAuth { username: username.clone(), password })
+        }
+        (None, None) => None,
+        _ => return Err(invalid("cluster-store-opt", "kv.username and kv.passwordfile go together")),
+    };
+    Ok((tls, auth))
 }

@@ -129,6 +129,30 @@ pub struct ClusterConfig {
     pub ttl: u64,
     /// Seconds after which a vanished host's address claims are released.
     pub claim_grace: u64,
+    /// `kv.cacertfile`, `kv.certfile`, `kv.keyfile`: TLS to the store.
+    pub tls: Option<StoreTls>,
+    /// `kv.username`, `kv.passwordfile`: etcd authentication.
+    pub auth: Option<StoreAuth>,
+}
+
+/// The store's TLS files, read and checked when natd starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreTls {
+    pub ca_pem: Vec<u8>,
+    /// Client certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for StoreAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreAuth").field("username", &self.username).finish_non_exhaustive()
+    }
 }
 
 pub const DEFAULT_CLUSTER_TTL: u64 = 20;
@@ -239,6 +263,7 @@ impl DaemonConfig {
             pick(&args.cluster_advertise, file.cluster_advertise),
             args.cluster_ttl.or(file.cluster_ttl),
             args.cluster_claim_grace.or(file.cluster_claim_grace),
+            checks::store_options(&args.cluster_store_opt, &file.cluster_store_opts)?,
         )?;
         let gc_interval = args.gc_interval.or(file.gc_interval).unwrap_or(5);
         if gc_interval == 0 {
@@ -503,6 +528,46 @@ mod tests {
             let err = DaemonConfig::load(&args(&flags)).unwrap_err().to_string();
             assert!(err.contains(needle), "{flags:?}: {err}");
         }
+    }
+
+    #[test]
+    fn cluster_store_options() {
+        let dir = std::env::temp_dir().join(format!("natd-store-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let password = dir.join("password");
+        std::fs::write(&password, "secret\n").unwrap();
+        let base = ["--cluster-store", "etcd://h:2379", "--cluster-advertise", "eth0"];
+        let with = |opts: &[String]| {
+            let mut flags: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            for opt in opts {
+                flags.extend(["--cluster-store-opt".to_string(), opt.clone()]);
+            }
+            DaemonConfig::load(&args(&flags.iter().map(String::as_str).collect::<Vec<_>>()))
+        };
+        let ca = format!("kv.cacertfile={}", pem.display());
+        let cluster = with(&[ca.clone(), "kv.username=natd".into(), format!("kv.passwordfile={}", password.display())])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(cluster.tls.is_some_and(|t| t.identity.is_none()));
+        let auth = cluster.auth.unwrap();
+        assert_eq!((auth.username.as_str(), auth.password.as_str()), ("natd", "secret"));
+        assert!(!format!("{auth:?}").contains("secret"), "the password never reaches a log");
+        for (opts, needle) in [
+            (vec!["kv.path=/x".to_string()], "unknown option kv.path"),
+            (vec!["kv.cacertfile".to_string()], "is not KEY=VALUE"),
+            (vec![format!("kv.certfile={}", pem.display()), format!("kv.keyfile={}", pem.display())], "not a PEM private key"),
+            (vec!["kv.username=natd".to_string()], "go together"),
+            (vec!["kv.username=natd".to_string(), format!("kv.passwordfile={}", dir.join("missing").display())], "kv.passwordfile="),
+        ] {
+            let err = with(&opts).unwrap_err().to_string();
+            assert!(err.contains(needle), "{opts:?}: {err}");
+        }
+        let err = DaemonConfig::load(&args(&["--cluster-store-opt", &ca])).unwrap_err().to_string();
+        assert!(err.contains("needs --cluster-store"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -28,10 +28,28 @@ use crate::{
     sys::{netlink::Netlink, vxlan},
 };
 
-/// Joins the cluster named by `--cluster-store`, if any. The store may be down: natd
-/// starts anyway and the agent keeps trying (bridge networks do not need it).
-pub(super) async fn join(config: &DaemonConfig, nl: &Netlink) -> anyhow::Result<Option<Arc<Cluster>>> {
+/// The store of `--cluster-store`, tried once before natd changes anything: wrong
+/// certificates or credentials stop natd here, naming the option; a store that is down
+/// does not (natd starts and the agent keeps trying).
+pub(super) async fn open_store(config: &DaemonConfig) -> anyhow::Result<Option<Arc<Etcd>>> {
     let Some(settings) = &config.cluster else {
+        return Ok(None);
+    };
+    let store = Arc::new(Etcd::new(settings));
+    if let Err(e) = store.probe().await {
+        anyhow::bail!("--cluster-store-opt: {e}");
+    }
+    Ok(Some(store))
+}
+
+/// Joins the cluster of `store` (from `open_store`), if any. The store may be down: natd
+/// starts anyway and the agent keeps trying (bridge networks do not need it).
+pub(super) async fn join(
+    config: &DaemonConfig,
+    nl: &Netlink,
+    store: Option<Arc<Etcd>>,
+) -> anyhow::Result<Option<Arc<Cluster>>> {
+    let (Some(settings), Some(store)) = (&config.cluster, store) else {
         return Ok(None);
     };
     let advertise = advertised_address(nl, &settings.advertise).await?;
@@ -39,7 +57,6 @@ pub(super) async fn join(config: &DaemonConfig, nl: &Netlink) -> anyhow::Result<
     let host_name = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let store = Arc::new(Etcd::new(settings.endpoints.clone()));
     let cluster = Arc::new(Cluster::new(host_id, host_name, advertise, settings.ttl, settings.claim_grace, store));
     match cluster.register().await {
         Ok(()) => {
@@ -119,7 +136,7 @@ pub(super) async fn leave(config: &DaemonConfig, networks: impl Iterator<Item = 
         Ipv4Addr::UNSPECIFIED,
         settings.ttl,
         settings.claim_grace,
-        Arc::new(Etcd::new(settings.endpoints.clone())),
+        Arc::new(Etcd::new(settings)),
     );
     let mut errors = Vec::new();
     for network in networks.filter(|n| n.driver == Driver::Overlay) {

@@ -39,8 +39,9 @@ impl Daemon {
         // The dataplane first: loading and verifying the programs takes seconds, and the
         // cluster lease granted at join is only renewed once start-up is done (with a short
         // --cluster-ttl it expired meanwhile and the host was dropped by its peers).
+        let cluster_store = super::overlay::open_store(&config).await?;
         let dataplane = dataplane::create(&config, ipv6)?;
-        let cluster = super::overlay::join(&config, &nl).await?;
+        let cluster = super::overlay::join(&config, &nl, cluster_store).await?;
         let ula_pool = crate::ipam6::ula_pool(&super::overlay::host_id(&config.state_dir)?);
         info!(dataplane = %dataplane.kind(), ?uplinks, "dataplane ready");
         let port_book = super::ports::PortBook::of(state.sandboxes.values().flat_map(|s| s.ports.iter()));
