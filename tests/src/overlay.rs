@@ -249,6 +249,11 @@ impl Etcd {
         self.etcdctl(&["put", key, value]);
     }
 
+    /// `etcdctl get KEY`: its value.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.etcdctl(&["get", "--print-value-only", key]).lines().next().map(str::to_string)
+    }
+
     /// `etcdctl del KEY`.
     pub fn del(&self, key: &str) {
         self.etcdctl(&["del", key]);

@@ -1,7 +1,7 @@
 //! Overlay networks across hosts: three natd hosts on one LAN, a real etcd on it. A
 //! network created on one host exists on all; sandboxes on different hosts share its
-//! subnet with unique addresses and reach each other by address through VXLAN (and
-//! nothing of theirs crosses the LAN in clear); isolation between overlays and from
+//! subnet with unique addresses and reach each other by address through VXLAN (their
+//! packets cross the LAN only inside it: encapsulated, not encrypted); isolation between overlays and from
 //! bridge networks; masquerade and published ports per host; a host that joins late sees
 //! everything; the store restarting loses nothing; a dead host's sandboxes leave the
 //! others' forwarding tables within the TTL.
@@ -186,7 +186,9 @@ fn overlay_across_hosts(dataplane: &str) {
     assert!(ping("1422"), "1422 bytes of ICMP payload + 28 = 1450");
     assert!(!ping("1423"));
 
-    // On the LAN (host B's port) only VXLAN between the hosts' addresses: no sandbox address in clear.
+    // On the LAN (host B's port) the sandboxes' packets travel inside VXLAN between the hosts'
+    // addresses: no sandbox address in an outer header. Encapsulated, not encrypted: the inner
+    // frames are readable on the LAN (counted below).
     let pcap = hosts[0].dir.join("lan.pcap");
     {
         let _capture = a.spawn_in(
@@ -233,7 +235,7 @@ fn overlay_across_hosts(dataplane: &str) {
     assert_eq!(
         count("net 10.70.0.0/24"),
         0,
-        "no sandbox address on the LAN in clear"
+        "no sandbox address in an outer header on the LAN"
     );
     // Ethertype of the frame inside VXLAN: after UDP (8 bytes), VXLAN (8) and two MACs (12).
     let inner_arp = count("udp port 4789 and udp[28:2] = 0x0806");

@@ -63,6 +63,10 @@ async fn keep_lease(cluster: Arc<Cluster>) {
                     Renewal::Registered => {
                         info!(host = %cluster.host_id, addr = %cluster.advertise, "registered in the cluster store")
                     }
+                    Renewal::Restored => warn!(
+                        host = %cluster.host_id, addr = %cluster.advertise,
+                        "this host's registration in the cluster store had been changed or removed by another writer; written again"
+                    ),
                     Renewal::Reregistered => warn!(
                         host = %cluster.host_id, addr = %cluster.advertise,
                         "registered again in the cluster store: the lease had expired, so other hosts dropped this one meanwhile"

@@ -91,7 +91,7 @@ impl Etcd {
         // its handshake) sends an alert and hangs up; the client may see the hang-up first,
         // as a broken pipe. Such an answer is asked again, a few times, for the alert.
         for _ in 0..3 {
-            match self.range(super::ROOT).await {
+            match self.range(&super::migrated_key()).await {
                 Ok(_) => return Ok(Ok(())),
                 Err(StoreError::Misconfigured(e)) => return Err(StoreError::Misconfigured(e)),
                 Err(e) => {
@@ -135,6 +135,12 @@ fn store_error(error: etcd_client::Error) -> StoreError {
     }
     if lower.contains("authentication failed") || lower.contains("invalid user id or password") {
         return misconfigured("kv.username/kv.passwordfile", "the store refused the user or password");
+    }
+    if lower.contains("user name is empty") || lower.contains("invalid auth token") {
+        return misconfigured("kv.username/kv.passwordfile", "the store requires a user");
+    }
+    if lower.contains("etcdserver: permission denied") {
+        return misconfigured("kv.username", "the store's user may not read and write natd's keys");
     }
     if lower.contains("corrupt message") || lower.contains("invalid content type") || lower.contains("http2 error") && lower.contains("frame") {
         return misconfigured("kv.cacertfile", "the store does not speak TLS, or speaks it where natd does not");
@@ -188,6 +194,7 @@ fn kv_of(kv: &etcd_client::KeyValue) -> Result<Kv, StoreError> {
             .to_string(),
         value: kv.value().to_vec(),
         mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
     })
 }
 
@@ -232,16 +239,19 @@ impl ClusterStore for Etcd {
     }
 
     async fn keepalive(&self, lease: i64) -> Result<bool, StoreError> {
-        // One request on the keepalive stream and its answer; the stream ends with them.
-        let response = self
-            .call("lease keepalive", |client| async move {
-                let (_keeper, mut answers) = client.lease_client().keep_alive(lease).await?;
-                answers.message().await
-            })
-            .await?;
-        match response {
-            Some(answer) => Ok(answer.ttl() > 0),
-            None => Err(StoreError::Unavailable("etcd lease keepalive: the stream ended unanswered".into())),
+        // etcd-client sends one request on a new keepalive stream and reads its answer
+        // (the stream ends when both halves are dropped); an answer with no TTL left is
+        // its "lease not found".
+        let client = self.client().await?;
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async move {
+            client.lease_client().keep_alive(lease).await.map(|_| ())
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable(format!("etcd lease keepalive: no answer within {REQUEST_TIMEOUT:?}")))?;
+        match answer {
+            Ok(()) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(message)) if message.contains("not found") => Ok(false),
+            Err(e) => Err(store_error(e)),
         }
     }
 

@@ -36,7 +36,7 @@ pub const ROOT: &str = "/natd/v1/";
 /// Where natd 0.x kept the same records, without a version.
 pub const UNVERSIONED_ROOT: &str = "/natd/";
 /// Written once the unversioned records were copied under `ROOT`.
-fn migrated_key() -> String {
+pub(crate) fn migrated_key() -> String {
     format!("{ROOT}migrated-from-unversioned")
 }
 
@@ -223,8 +223,8 @@ impl ClusterView {
             let Some(network) = self.networks.get(name) else {
                 continue; // Not applied anyway: no such network (yet).
             };
-            for (ip, _) in claims {
-                if let Err(why) = validate::claim_in(network, *ip) {
+            for (ip, claim) in claims {
+                if let Err(why) = validate::claim_in(network, *ip).and_then(|()| validate::claim_mac(*ip, claim)) {
                     out.insert(claim_key(name, *ip), why);
                 }
             }
@@ -242,7 +242,7 @@ impl ClusterView {
             .iter()
             .filter(|(ip, c)| c.host != me && validate::claim_in(record, **ip).is_ok())
             .filter_map(|(ip, c)| {
-                let mac = validate::endpoint_mac(c.mac.as_deref()?).ok()?;
+                let mac = validate::claim_mac(*ip, c).ok()??;
                 Some((*ip, mac, self.hosts.get(&c.host)?.addr))
             })
             .collect()
@@ -277,6 +277,9 @@ pub enum Renewal {
     Registered,
     /// The store had dropped the lease (it expired): the host's key was gone meanwhile.
     Reregistered,
+    /// The lease was alive but the host's key said something else (another writer changed
+    /// or removed it): written again.
+    Restored,
 }
 
 /// What claiming an address found.
@@ -359,11 +362,17 @@ impl Cluster {
     /// Lists the whole tree again: the view is then exactly the store's.
     pub async fn refresh(&self) -> Result<i64, StoreError> {
         if !self.migrated.load(std::sync::atomic::Ordering::Relaxed) {
-            let copied = self.migrate_unversioned().await?;
-            if copied > 0 {
-                tracing::info!(copied, "copied natd 0.x's unversioned cluster records (under {UNVERSIONED_ROOT}) to {ROOT}");
+            // A failed copy is tried again at the next list; it never keeps the view from
+            // loading.
+            match self.migrate_unversioned().await {
+                Ok(copied) => {
+                    if copied > 0 {
+                        tracing::info!(copied, "copied natd 0.x's unversioned cluster records (under {UNVERSIONED_ROOT}) to {ROOT}");
+                    }
+                    self.migrated.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!("copying natd 0.x's cluster records to {ROOT}: {e}"),
             }
-            self.migrated.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let listed = self.store.range(ROOT).await;
         self.reachable.store(listed.is_ok(), std::sync::atomic::Ordering::Relaxed);
@@ -386,17 +395,14 @@ impl Cluster {
         if self.store.range(&marker).await?.1.iter().any(|kv| kv.key == marker) {
             return Ok(0);
         }
-        let (_, old) = self.store.range(UNVERSIONED_ROOT).await?;
-        let copies: Vec<(String, Vec<u8>)> = old
-            .iter()
-            .filter_map(|kv| {
+        let mut copies: Vec<(String, Vec<u8>)> = Vec::new();
+        for kind in ["networks/", "subnets/", "vnis/", "ips/"] {
+            let (_, old) = self.store.range(&format!("{UNVERSIONED_ROOT}{kind}")).await?;
+            copies.extend(old.iter().filter_map(|kv| {
                 let rest = kv.key.strip_prefix(UNVERSIONED_ROOT)?;
-                ["networks/", "subnets/", "vnis/", "ips/"]
-                    .iter()
-                    .any(|kind| rest.starts_with(kind))
-                    .then(|| (format!("{ROOT}{rest}"), kv.value.clone()))
-            })
-            .collect();
+                Some((format!("{ROOT}{rest}"), kv.value.clone()))
+            }));
+        }
         let mut copied = 0;
         // Each key only if absent (a natd of this version may have written it meanwhile);
         // the bounds of one etcd transaction as in `collect_vanished`.
@@ -480,7 +486,19 @@ impl Cluster {
     pub async fn keepalive(&self) -> Result<Renewal, StoreError> {
         let lease = *self.lease.lock().expect("lease lock");
         match lease {
-            Some(lease) if self.store.keepalive(lease).await? => Ok(Renewal::Renewed),
+            Some(lease) if self.store.keepalive(lease).await? => {
+                // Another writer may have put its own address under this host's id (its
+                // sandboxes' traffic would go there) or removed the key.
+                let key = host_key(&self.host_id);
+                let record = self.host_record();
+                let (_, kvs) = self.store.range(&key).await?;
+                if kvs.iter().any(|kv| kv.key == key && kv.value == record && kv.lease == lease) {
+                    return Ok(Renewal::Renewed);
+                }
+                let put = Op::Put { key, value: record, lease: Some(lease) };
+                self.store.txn(&[], &[put]).await?;
+                Ok(Renewal::Restored)
+            }
             Some(_) => {
                 self.register().await?;
                 Ok(Renewal::Reregistered)

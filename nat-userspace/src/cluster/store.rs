@@ -25,6 +25,8 @@ pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+    /// The lease the key lives under (0: none).
+    pub lease: i64,
 }
 
 /// A condition of a transaction.

@@ -47,6 +47,15 @@ pub fn underlay_address(ip: Ipv4Addr) -> Result<(), String> {
     Err(format!("underlay address {ip} is {why}"))
 }
 
+/// An overlay sandbox's MAC: Docker's 02:42 followed by its address. Every natd gives
+/// its overlay endpoints this MAC (when an address is reused on another host, the neighbour
+/// entries other sandboxes still hold for it stay right), so a claim with any other MAC is
+/// forged: this also keeps a claim from taking a local sandbox's or another claim's MAC.
+pub fn overlay_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// A sandbox's MAC: unicast and not all zeros.
 pub fn endpoint_mac(text: &str) -> Result<[u8; 6], String> {
     let mac = crate::sys::vxlan::parse_mac(text).ok_or_else(|| format!("MAC {text:?} is not a MAC address"))?;
@@ -65,6 +74,10 @@ pub fn host(id: &str, record: &HostRecord) -> Result<(), String> {
     }
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(format!("host id {id:?} is not a host id"));
+    }
+    // Shown by `natctl info` and `network inspect`: a host name, no control characters.
+    if record.name.len() > 253 || !record.name.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!("host name {:?} is not a host name", record.name));
     }
     underlay_address(record.addr)
 }
@@ -126,6 +139,20 @@ pub fn claim_in(network: &OverlayRecord, ip: Ipv4Addr) -> Result<(), String> {
     Ok(())
 }
 
+/// A claim's MAC against its address (see `overlay_mac`); a claim without a MAC yet is
+/// not programmed anywhere.
+pub fn claim_mac(ip: Ipv4Addr, claim: &Claim) -> Result<Option<[u8; 6]>, String> {
+    let Some(text) = &claim.mac else {
+        return Ok(None);
+    };
+    let mac = endpoint_mac(text)?;
+    if mac != overlay_mac(ip) {
+        let want = overlay_mac(ip).map(|b| format!("{b:02x}")).join(":");
+        return Err(format!("MAC {text} is not the MAC of address {ip} ({want})"));
+    }
+    Ok(Some(mac))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +204,9 @@ mod tests {
         assert!(claim_in(&good, "10.70.0.1".parse().unwrap()).unwrap_err().contains("gateway"));
         assert!(claim_in(&good, "10.70.0.255".parse().unwrap()).is_err());
         assert!(claim_in(&good, "10.70.0.0".parse().unwrap()).is_err());
+        let claim = |mac: &str| Claim { host: "a".into(), sandbox: "s1".into(), mac: Some(mac.into()) };
+        let ip: Ipv4Addr = "10.70.0.9".parse().unwrap();
+        assert_eq!(claim_mac(ip, &claim("02:42:0a:46:00:09")), Ok(Some(overlay_mac(ip))));
+        assert!(claim_mac(ip, &claim("02:42:0a:46:00:02")).unwrap_err().contains("not the MAC of address"));
     }
 }

@@ -50,9 +50,7 @@ pub async fn cleanup(config: &DaemonConfig) -> Vec<String> {
         }
     }
     errors.extend(super::overlay::leave(config, snapshot.networks.values()).await);
-    if let Err(e) = drivers::underlay::remove(&config.name_prefix) {
-        errors.push(e.to_string());
-    }
+    errors.extend(drivers::underlay::remove(&config.name_prefix));
     for network in snapshot.networks.values() {
         errors.extend(drivers::of(network.driver).teardown(&nl, network).await);
     }

@@ -240,6 +240,17 @@ impl Daemon {
         for record in view.networks.values() {
             match self.state.networks.get(&record.name) {
                 None => {
+                    if let Some(other) = self
+                        .overlay_networks()
+                        .into_iter()
+                        .find(|n| n.overlay.as_ref().is_some_and(|o| o.vni == record.vni))
+                    {
+                        rejected.insert(
+                            crate::cluster::network_key(&record.name),
+                            format!("VNI {} is network {}'s on this host", record.vni, other.name),
+                        );
+                        continue;
+                    }
                     match self.local_conflict(record.subnet).await {
                         Ok(None) => {}
                         Ok(Some(why)) => {
@@ -416,20 +427,9 @@ impl Daemon {
         if let Some(other) = self.state.networks.values().find(|n| n.subnet.overlaps(subnet)) {
             return Ok(Some(format!("subnet {subnet} overlaps network {} ({}) on this host", other.name, other.subnet)));
         }
-        let mut bridges = BTreeSet::new();
-        for network in self.state.networks.values() {
-            if let Some(link) = self.nl.link(&network.bridge).await? {
-                bridges.insert(link.index);
-            }
-        }
-        for route in self.nl.routes_v4().await? {
-            if let IpNetwork::V4(dst) = route.destination
-                && dst.prefix() > 0
-                && dst.overlaps(subnet)
-                && route.oif.is_none_or(|o| !bridges.contains(&o))
-            {
-                return Ok(Some(format!("subnet {subnet} overlaps route {dst} on this host")));
-            }
+        let (_, routes) = drivers::bridge::BridgeDriver::taken_by(&self.nl, &self.state.networks).await?;
+        if let Some(route) = routes.iter().find(|r| r.overlaps(subnet)) {
+            return Ok(Some(format!("subnet {subnet} overlaps route {route} on this host")));
         }
         for (_, address) in self.nl.all_addresses().await? {
             if let IpNetwork::V4(a) = address
@@ -473,11 +473,16 @@ impl Daemon {
                 allowed.members.insert(host.addr);
             }
         }
+        // Every overlay device here is filtered, also one whose network left the cluster's
+        // view (removed or re-created elsewhere while local sandboxes still use it): its
+        // VNI is in the set with no speakers, so nothing reaches it from the underlay.
+        allowed
+            .vnis
+            .extend(self.overlay_networks().iter().filter_map(|n| n.overlay.as_ref().map(|o| o.vni)));
         for network in self.current_overlays(view) {
             let Some(vni) = network.overlay.as_ref().map(|o| o.vni) else {
                 continue;
             };
-            allowed.vnis.insert(vni);
             let local: BTreeMap<Ipv4Addr, &str> = self
                 .state
                 .sandboxes
@@ -486,8 +491,9 @@ impl Daemon {
                 .filter(|(_, _, n)| **n == network.name)
                 .map(|(ip, name, _)| (ip, name))
                 .collect();
-            let mut macs = BTreeSet::new();
             let mut peers = Vec::new();
+            // MACs derive from addresses (`validate::claim_mac`): one claim per address makes
+            // one per MAC, and a local sandbox's MAC comes only with its address.
             for (ip, mac, underlay) in view.remote_endpoints(&network.name, &cluster.host_id) {
                 let key = crate::cluster::claim_key(&network.name, ip);
                 if !allowed.members.contains(&underlay) {
@@ -495,8 +501,6 @@ impl Daemon {
                 }
                 if let Some(sandbox) = local.get(&ip) {
                     rejected.insert(key, format!("address {ip} is sandbox {sandbox}'s on this host"));
-                } else if !macs.insert(mac) {
-                    rejected.insert(key, format!("MAC {} is claimed for another address of {}", crate::sys::netlink::format_mac(&mac), network.name));
                 } else {
                     allowed.speakers.insert((underlay, vni, mac, ip));
                     peers.push(vxlan::Peer { ip, mac, underlay });
@@ -521,6 +525,23 @@ impl Daemon {
             errors.push(format!("underlay filter: {e}"));
         }
         errors
+    }
+
+    /// The housekeeping tick: the underlay filter's table put back if something removed
+    /// it (`nft flush ruleset`), without waiting for a change in the cluster.
+    pub(super) fn heal_underlay_filter(&self) {
+        let prefix = &self.config.name_prefix;
+        let applied = self.underlay_applied.lock().expect("underlay filter lock");
+        let Some(allowed) = applied.as_ref() else {
+            return;
+        };
+        if underlay::present(prefix) {
+            return;
+        }
+        match underlay::apply(prefix, allowed) {
+            Ok(()) => warn!("the underlay filter's table was removed behind natd's back; put back"),
+            Err(e) => warn!("putting the underlay filter back: {e}"),
+        }
     }
 
     /// Writes the underlay filter when what it allows changed, or when its table is gone.

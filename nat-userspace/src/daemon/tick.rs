@@ -15,9 +15,11 @@ pub async fn housekeeping_tick(daemon: &Mutex<Daemon>) {
         (d.housekeeping(), d.nl.clone())
     };
     let Some(keeper) = keeper else {
-        if let Err(e) = daemon.lock().await.tick().await {
+        let mut d = daemon.lock().await;
+        if let Err(e) = d.tick().await {
             tracing::warn!("housekeeping: {e}");
         }
+        d.heal_underlay_filter();
         return;
     };
     let read_from = std::sync::Arc::clone(&keeper);
@@ -74,6 +76,7 @@ pub async fn housekeeping_tick(daemon: &Mutex<Daemon>) {
     if let Err(e) = d.repair_drift(check, view_drifted).await {
         tracing::warn!("housekeeping: {e}");
     }
+    d.heal_underlay_filter();
 }
 
 impl Daemon {

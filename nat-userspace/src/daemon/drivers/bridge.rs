@@ -32,14 +32,22 @@ impl BridgeDriver {
     /// Subnets a new network must not overlap: natd's networks and the host's routes
     /// (routes through natd's own bridges are its networks, compared separately).
     pub(super) async fn taken_subnets(ctx: &PlanContext<'_>) -> Result<(Vec<Ipv4Network>, Vec<Ipv4Network>)> {
+        Self::taken_by(ctx.nl, ctx.networks).await
+    }
+
+    /// The subnets of natd's `networks`, and the IPv4 routes on the host that are not on
+    /// one of their bridges (the underlay's and any the operator made).
+    pub async fn taken_by(
+        nl: &Netlink,
+        networks: &std::collections::BTreeMap<String, crate::model::Network>,
+    ) -> Result<(Vec<Ipv4Network>, Vec<Ipv4Network>)> {
         let mut bridge_indexes = HashSet::new();
-        for network in ctx.networks.values() {
-            if let Some(link) = ctx.nl.link(&network.bridge).await? {
+        for network in networks.values() {
+            if let Some(link) = nl.link(&network.bridge).await? {
                 bridge_indexes.insert(link.index);
             }
         }
-        let routes = ctx
-            .nl
+        let routes = nl
             .routes_v4()
             .await?
             .into_iter()
@@ -50,7 +58,7 @@ impl BridgeDriver {
                 _ => None,
             })
             .collect();
-        let networks = ctx.networks.values().map(|n| n.subnet).collect();
+        let networks = networks.values().map(|n| n.subnet).collect();
         Ok((networks, routes))
     }
 

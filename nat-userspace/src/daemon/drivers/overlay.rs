@@ -374,7 +374,6 @@ impl NetworkDriver for OverlayDriver {
     /// Docker's 02:42 followed by the address: when an address is reused on another host,
     /// the neighbour entries other sandboxes still hold for it stay right.
     fn endpoint_mac(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
-        let [a, b, c, d] = ip.octets();
-        Some([0x02, 0x42, a, b, c, d])
+        Some(crate::cluster::validate::overlay_mac(ip))
     }
 }

@@ -109,18 +109,21 @@ pub fn drops(prefix: &str) -> Option<(u64, u64)> {
     Some(drops)
 }
 
-/// Whether the table is still there (someone may have flushed the ruleset).
+/// Whether the table is still there (someone may have flushed the ruleset): names only,
+/// not the sets' elements.
 pub fn present(prefix: &str) -> bool {
-    Nft::new(false).is_ok_and(|mut nft| nft.run(&format!("list table ip {}", table(prefix))).is_ok())
+    let wanted = format!("table ip {}", table(prefix));
+    Nft::new(false)
+        .and_then(|mut nft| nft.run("list tables"))
+        .is_ok_and(|tables| tables.lines().any(|line| line.trim() == wanted))
 }
 
 /// `natd --cleanup`: the table goes, if it is there.
-pub fn remove(prefix: &str) -> Result<(), NftError> {
-    let mut nft = Nft::new(false)?;
-    if nft.run(&format!("list table ip {}", table(prefix))).is_err() {
-        return Ok(());
+pub fn remove(prefix: &str) -> Vec<String> {
+    match Nft::new(false) {
+        Ok(mut nft) => crate::dataplane::nftables::delete_table(&mut nft, &table(prefix)),
+        Err(e) => vec![e.to_string()],
     }
-    nft.run(&format!("delete table ip {}", table(prefix))).map(|_| ())
 }
 
 #[cfg(test)]
