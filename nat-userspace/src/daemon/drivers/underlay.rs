@@ -12,7 +12,9 @@
 //! offsets from the outer UDP header (`@th`, in bits): the VNI at 12 bytes (after UDP and
 //! the VXLAN flags), the inner source MAC at 22, the inner ethertype at 28 and the inner
 //! IPv4 source at 42. Only IPv4 frames pass: overlay networks carry IPv4 and the VXLAN
-//! devices answer ARP themselves (no ARP crosses hosts).
+//! devices answer ARP themselves (no ARP crosses hosts). A member's own sandbox's frame is
+//! accepted by the first rule (one set lookup); only what it does not accept is sorted
+//! into the two drop counters, for natd's VNIs.
 use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr};
 
 use crate::sys::{
@@ -56,9 +58,9 @@ add chain {t} input {{ type filter hook input priority filter - 10; policy accep
 add chain {t} check
 flush chain {t} input
 flush chain {t} check
+add rule {t} input udp dport {VXLAN_PORT} @th,224,16 0x0800 {inner} @speakers accept
 add rule {t} input udp dport {VXLAN_PORT} @th,96,24 @vnis jump check
 add rule {t} check ip saddr != @members counter name {NON_MEMBER} drop
-add rule {t} check @th,224,16 0x0800 {inner} @speakers accept
 add rule {t} check counter name {SPOOFED} drop
 flush set {t} vnis
 flush set {t} members
@@ -145,5 +147,6 @@ mod tests {
         assert!(text.contains("add element ip natd_underlay speakers { 198.51.100.3 . 4096 . 0x02420a460002 . 0x0a460002 }"), "{text}");
         assert!(text.contains("add element ip natd_underlay members { 198.51.100.3 }"));
         assert!(text.contains("udp dport 4789 @th,96,24 @vnis jump check"));
+        assert!(text.contains("input udp dport 4789 @th,224,16 0x0800 ip saddr . @th,96,24 . @th,176,48 . @th,336,32 @speakers accept"));
     }
 }
