@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{EXT_IP, sh, wait_until};
+use crate::{EXT_IP, Lab, sh, wait_until};
 
 pub const ETCD_PORT: u16 = 2379;
 
@@ -276,4 +276,28 @@ impl Drop for Etcd {
             let _ = child.wait();
         }
     }
+}
+
+/// The VXLAN device natd made for `network` on the lab's host.
+pub fn vxlan_of(lab: &Lab, network: &str) -> String {
+    let bridge = lab.json(&["network", "inspect", network])["bridge"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let links = lab.host_ok(&["ip", "-o", "link", "show", "master", &bridge, "type", "vxlan"]);
+    links
+        .split(':')
+        .nth(1)
+        .map(|s| s.trim().split('@').next().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The VXLAN device's own forwarding entries (MAC -> remote host), not the bridge's
+/// learned ones.
+pub fn fdb(lab: &Lab, device: &str) -> String {
+    lab.host_ok(&["bridge", "fdb", "show", "dev", device])
+        .lines()
+        .filter(|l| l.contains(" dst "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

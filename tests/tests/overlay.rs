@@ -13,7 +13,7 @@ use std::{
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
     lan::{host_ip, shared_lan},
-    overlay::{Etcd, member_args},
+    overlay::{Etcd, fdb, member_args, vxlan_of},
     sh, wait_listening, wait_until,
 };
 
@@ -36,29 +36,6 @@ fn networks(lab: &Lab) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn vxlan_of(lab: &Lab, network: &str) -> String {
-    let bridge = lab.json(&["network", "inspect", network])["bridge"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let links = lab.host_ok(&["ip", "-o", "link", "show", "master", &bridge, "type", "vxlan"]);
-    links
-        .split(':')
-        .nth(1)
-        .map(|s| s.trim().split('@').next().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-/// The VXLAN device's own forwarding entries (MAC -> remote host), not the bridge's
-/// learned ones.
-fn fdb(lab: &Lab, device: &str) -> String {
-    lab.host_ok(&["bridge", "fdb", "show", "dev", device])
-        .lines()
-        .filter(|l| l.contains(" dst "))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn mac_of(lab: &Lab, sandbox: &str) -> String {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use natlab::{
     EXT_IP, HOST_UPLINK_IP, Lab,
     lan::shared_lan,
-    overlay::{Etcd, member_args},
+    overlay::{Etcd, fdb, member_args, vxlan_of},
     wait_listening, wait_until,
 };
 
@@ -16,24 +16,6 @@ const TTL: u64 = 3;
 const CONVERGE: Duration = Duration::from_secs(10);
 const VNI: &str = "4242";
 const METRICS: &str = "127.0.0.1:9323";
-
-fn vxlan_of(lab: &Lab, network: &str) -> String {
-    let bridge = lab.json(&["network", "inspect", network])["bridge"].as_str().unwrap().to_string();
-    let links = lab.host_ok(&["ip", "-o", "link", "show", "master", &bridge, "type", "vxlan"]);
-    links
-        .split(':')
-        .nth(1)
-        .map(|s| s.trim().split('@').next().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-fn fdb(lab: &Lab, device: &str) -> String {
-    lab.host_ok(&["bridge", "fdb", "show", "dev", device])
-        .lines()
-        .filter(|l| l.contains(" dst "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn mac_of(lab: &Lab, sandbox: &str) -> String {
     lab.json(&["inspect", sandbox])["endpoints"][0]["mac"].as_str().unwrap().to_string()
