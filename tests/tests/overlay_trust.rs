@@ -311,6 +311,23 @@ fn forged_store_records_change_nothing_in_the_kernel() {
     }
 }
 
+/// A directory of the test's own, removed when it is dropped.
+struct CertDir(std::path::PathBuf);
+
+impl CertDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("natd-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// natd arguments of a member using `opts` as `--cluster-store-opt`s.
 fn tls_member(opts: &[String]) -> Vec<String> {
     let mut args = member_args(TTL);
@@ -333,9 +350,11 @@ fn start_error(lab: &mut Lab, args: &[String]) -> String {
 /// refuses to start, naming the option, before it changes anything on the host.
 #[test]
 fn a_store_with_tls_client_certificates_and_passwords() {
+    // Declared first, dropped last: each lab's `natd --cleanup` reads these files too.
+    let files = CertDir::new();
     let mut hosts = shared_lan(2);
     let lan = hosts[0].ext_ns.clone();
-    let certs = natlab::overlay::Certs::make(&hosts[0].dir);
+    let certs = natlab::overlay::Certs::make(&files.0);
     let mut etcd = Etcd::start_tls(&lan, hosts[0].dir.clone(), &certs);
     let path = |p: &std::path::Path| p.display().to_string();
     let ca = format!("kv.cacertfile={}", path(&certs.ca));
@@ -378,9 +397,9 @@ fn a_store_with_tls_client_certificates_and_passwords() {
 
     // Passwords on top: the user natd names must exist with that password.
     etcd.enable_auth("natd-pw");
-    let wrong = b.dir.join("wrong-password");
+    let wrong = files.0.join("wrong-password");
     std::fs::write(&wrong, "not-the-password\n").unwrap();
-    let right_password = b.dir.join("password");
+    let right_password = files.0.join("password");
     std::fs::write(&right_password, "natd-pw\n").unwrap();
     let with_password = |file: &std::path::Path| {
         tls_member(&[ca.clone(), cert.clone(), key.clone(), "kv.username=natd".into(), format!("kv.passwordfile={}", path(file))])
