@@ -194,8 +194,9 @@ impl Etcd {
         assert!(healthy, "etcd did not become healthy:\n{}", self.log());
     }
 
-    /// etcd's authentication on: a `root` user (for the test's etcdctl) and a `natd` user
-    /// with read-write access to `/natd/` only. With client certificates, a request without
+    /// etcd's authentication on: a `root` user (for the test's etcdctl), a `natd` user
+    /// with read-write access to `/natd/` only and a `reader` user (same password) with
+    /// read access only. With client certificates, a request without
     /// a token is made as the certificate's CN (`natd`).
     pub fn enable_auth(&mut self, natd_password: &str) {
         for args in [
@@ -205,6 +206,11 @@ impl Etcd {
             vec!["role", "grant-permission", "natd", "--prefix=true", "readwrite", "/natd/"],
             vec!["user", "add", "natd", "--new-user-password", natd_password],
             vec!["user", "grant-role", "natd", "natd"],
+            // A user that may read natd's keys but not write them.
+            vec!["role", "add", "reader"],
+            vec!["role", "grant-permission", "reader", "--prefix=true", "read", "/natd/"],
+            vec!["user", "add", "reader", "--new-user-password", natd_password],
+            vec!["user", "grant-role", "reader", "reader"],
             vec!["auth", "enable"],
         ] {
             self.etcdctl(&args);

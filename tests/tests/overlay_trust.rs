@@ -401,11 +401,14 @@ fn a_store_with_tls_client_certificates_and_passwords() {
     std::fs::write(&wrong, "not-the-password\n").unwrap();
     let right_password = files.0.join("password");
     std::fs::write(&right_password, "natd-pw\n").unwrap();
-    let with_password = |file: &std::path::Path| {
-        tls_member(&[ca.clone(), cert.clone(), key.clone(), "kv.username=natd".into(), format!("kv.passwordfile={}", path(file))])
+    let as_user = |user: &str, file: &std::path::Path| {
+        tls_member(&[ca.clone(), cert.clone(), key.clone(), format!("kv.username={user}"), format!("kv.passwordfile={}", path(file))])
     };
+    let with_password = |file: &std::path::Path| as_user("natd", file);
     let error = start_error(b, &with_password(&wrong));
     assert!(error.contains("kv.username/kv.passwordfile"), "{error}");
+    let error = start_error(b, &as_user("reader", &right_password));
+    assert!(error.contains("kv.username") && error.contains("may not read and write"), "{error}");
     b.start_natd(&with_password(&right_password).iter().map(String::as_str).collect::<Vec<_>>())
         .expect("natd with the right password");
     let (a, b) = (&hosts[0], &hosts[1]);

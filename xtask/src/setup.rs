@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     // etcd-client's build compiles etcd's gRPC definitions (protoc and the well-known types).
     "protobuf-compiler",
     "libprotobuf-dev",
+    // overlay_trust.rs makes the etcd TLS certificates of its test.
+    "openssl",
     // natd-cni's tests: podman with its CNI backend, and the reference plugins.
     "podman",
     "runc",

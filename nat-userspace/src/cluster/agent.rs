@@ -65,7 +65,7 @@ async fn keep_lease(cluster: Arc<Cluster>) {
                     }
                     Renewal::Restored => warn!(
                         host = %cluster.host_id, addr = %cluster.advertise,
-                        "this host's registration in the cluster store had been changed or removed by another writer; written again"
+                        "this host's registration in the cluster store had been changed or removed by another writer (another natd with this host's id? each host needs its own <state-dir>/host-id); written again"
                     ),
                     Renewal::Reregistered => warn!(
                         host = %cluster.host_id, addr = %cluster.advertise,

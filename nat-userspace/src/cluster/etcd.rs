@@ -92,20 +92,45 @@ impl Etcd {
         // as a broken pipe. Such an answer is asked again, a few times, for the alert.
         for _ in 0..3 {
             match self.range(&super::migrated_key()).await {
-                Ok(_) => return Ok(Ok(())),
+                // Write access too: etcd checks the permission of every operation of a
+                // transaction, also of a branch its compare does not take.
+                Ok(_) => match self.check_write().await {
+                    Err(StoreError::Misconfigured(e)) => return Err(StoreError::Misconfigured(e)),
+                    _ => return Ok(Ok(())),
+                },
                 Err(StoreError::Misconfigured(e)) => return Err(StoreError::Misconfigured(e)),
                 Err(e) => {
-                    let hung_up = e.to_string().to_lowercase();
-                    let ambiguous = hung_up.contains("broken pipe") || hung_up.contains("connection reset");
-                    last = Some(e);
-                    if !ambiguous {
+                    let text = e.to_string().to_lowercase();
+                    let hung_up = ["broken pipe", "connection reset", "connection closed", "unexpected eof"]
+                        .iter()
+                        .any(|sign| text.contains(sign));
+                    last = Some((e, hung_up));
+                    if !hung_up {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        Ok(Err(last.expect("at least one attempt")))
+        match last.expect("at least one attempt") {
+            // A store that is down refuses the connection or does not answer; one that
+            // accepts it and hangs up on every TLS connection rejects this host's certificate
+            // (or its lack of one).
+            (e, true) if self.tls => Err(StoreError::Misconfigured(format!(
+                "kv.certfile/kv.keyfile: the store hung up on every TLS connection, as a store that refuses this host's client certificate (or its lack of one) does ({e})"
+            ))),
+            (e, _) => Ok(Err(e)),
+        }
+    }
+}
+
+impl Etcd {
+    /// A transaction that writes natd's probe key only if it holds a value it never holds.
+    async fn check_write(&self) -> Result<Option<i64>, StoreError> {
+        let key = super::migrated_key();
+        let never = b"natd: this value is never written".to_vec();
+        let put = Op::Put { key: key.clone(), value: never.clone(), lease: None };
+        self.txn(&[Cond::ValueIs(key, never)], &[put]).await
     }
 }
 
@@ -136,7 +161,7 @@ fn store_error(error: etcd_client::Error) -> StoreError {
     if lower.contains("authentication failed") || lower.contains("invalid user id or password") {
         return misconfigured("kv.username/kv.passwordfile", "the store refused the user or password");
     }
-    if lower.contains("user name is empty") || lower.contains("invalid auth token") {
+    if lower.contains("user name is empty") {
         return misconfigured("kv.username/kv.passwordfile", "the store requires a user");
     }
     if lower.contains("etcdserver: permission denied") {

@@ -361,22 +361,21 @@ impl Cluster {
 
     /// Lists the whole tree again: the view is then exactly the store's.
     pub async fn refresh(&self) -> Result<i64, StoreError> {
-        if !self.migrated.load(std::sync::atomic::Ordering::Relaxed) {
-            // A failed copy is tried again at the next list; it never keeps the view from
-            // loading.
+        let listed = self.store.range(ROOT).await;
+        self.reachable.store(listed.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        let (mut revision, mut kvs) = listed?;
+        if !self.migrated.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // Once per process, with the store answering: a copy that fails is said once
+            // and not retried (a later natd's start tries again; the copy is idempotent).
             match self.migrate_unversioned().await {
+                Ok(0) => {}
                 Ok(copied) => {
-                    if copied > 0 {
-                        tracing::info!(copied, "copied natd 0.x's unversioned cluster records (under {UNVERSIONED_ROOT}) to {ROOT}");
-                    }
-                    self.migrated.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(copied, "copied natd 0.x's unversioned cluster records (under {UNVERSIONED_ROOT}) to {ROOT}");
+                    (revision, kvs) = self.store.range(ROOT).await?;
                 }
                 Err(e) => tracing::warn!("copying natd 0.x's cluster records to {ROOT}: {e}"),
             }
         }
-        let listed = self.store.range(ROOT).await;
-        self.reachable.store(listed.is_ok(), std::sync::atomic::Ordering::Relaxed);
-        let (revision, kvs) = listed?;
         let mut view = self.view.lock().expect("cluster view lock");
         // Two listers (the agent, a request's plan): the view never goes back in time.
         if !view.loaded || revision >= view.revision {
@@ -491,13 +490,18 @@ impl Cluster {
                 // sandboxes' traffic would go there) or removed the key.
                 let key = host_key(&self.host_id);
                 let record = self.host_record();
-                let (_, kvs) = self.store.range(&key).await?;
+                // Best effort: the renewal itself succeeded whatever this read finds.
+                let Ok((_, kvs)) = self.store.range(&key).await else {
+                    return Ok(Renewal::Renewed);
+                };
                 if kvs.iter().any(|kv| kv.key == key && kv.value == record && kv.lease == lease) {
                     return Ok(Renewal::Renewed);
                 }
                 let put = Op::Put { key, value: record, lease: Some(lease) };
-                self.store.txn(&[], &[put]).await?;
-                Ok(Renewal::Restored)
+                match self.store.txn(&[], &[put]).await {
+                    Ok(_) => Ok(Renewal::Restored),
+                    Err(_) => Ok(Renewal::Renewed),
+                }
             }
             Some(_) => {
                 self.register().await?;

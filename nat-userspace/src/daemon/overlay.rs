@@ -237,6 +237,31 @@ impl Daemon {
         let mut errors = Vec::new();
         let mut changed = false;
         let mut rejected = view.rejected();
+        // Removals first: a network re-created elsewhere with a VNI that one removed here
+        // used is joined in the same pass.
+        for network in self.overlay_networks() {
+            if view.networks.contains_key(&network.name) || self.has_local_endpoints(&network.name) {
+                continue;
+            }
+            match cluster.network_record(&network.name).await {
+                Ok(Some(_)) => continue, // The view is behind (a create that just happened).
+                Ok(None) => {}
+                Err(e) => {
+                    errors.push(format!("checking {}: {e}", network.name));
+                    continue;
+                }
+            }
+            for e in drivers::of(Driver::Overlay).teardown(&self.nl, &network).await {
+                warn!(network = %network.name, error = %e, "overlay teardown");
+            }
+            match self.commit(vec![Change::DeleteNetwork(network.name.clone())]) {
+                Ok(()) => {
+                    info!(network = %network.name, "overlay network removed from the cluster; removed here");
+                    changed = true;
+                }
+                Err(e) => errors.push(format!("removing {}: {e}", network.name)),
+            }
+        }
         for record in view.networks.values() {
             match self.state.networks.get(&record.name) {
                 None => {
@@ -280,29 +305,6 @@ impl Daemon {
                     warn!(network = %record.name, "the cluster's overlay network of this name is another one (re-created elsewhere); remove the local sandboxes on it");
                 }
                 Some(_) => {}
-            }
-        }
-        for network in self.overlay_networks() {
-            if view.networks.contains_key(&network.name) || self.has_local_endpoints(&network.name) {
-                continue;
-            }
-            match cluster.network_record(&network.name).await {
-                Ok(Some(_)) => continue, // The view is behind (a create that just happened).
-                Ok(None) => {}
-                Err(e) => {
-                    errors.push(format!("checking {}: {e}", network.name));
-                    continue;
-                }
-            }
-            for e in drivers::of(Driver::Overlay).teardown(&self.nl, &network).await {
-                warn!(network = %network.name, error = %e, "overlay teardown");
-            }
-            match self.commit(vec![Change::DeleteNetwork(network.name.clone())]) {
-                Ok(()) => {
-                    info!(network = %network.name, "overlay network removed from the cluster; removed here");
-                    changed = true;
-                }
-                Err(e) => errors.push(format!("removing {}: {e}", network.name)),
             }
         }
         if changed && let Err(e) = self.sync_after_change().await {
@@ -527,6 +529,23 @@ impl Daemon {
         errors
     }
 
+    /// Until the cluster's view is first read (the store may be down after a reboot), the
+    /// overlay devices natd recreated are closed to the underlay: their VNIs with no member
+    /// and no sandbox. The first pass over the view replaces it.
+    pub(super) fn close_underlay_until_loaded(&self) {
+        if self.cluster.is_none() || underlay::present(&self.config.name_prefix) {
+            return;
+        }
+        let allowed = underlay::Allowed {
+            vnis: self.overlay_networks().iter().filter_map(|n| n.overlay.as_ref().map(|o| o.vni)).collect(),
+            ..Default::default()
+        };
+        match underlay::apply(&self.config.name_prefix, &allowed) {
+            Ok(()) => *self.underlay_applied.lock().expect("underlay filter lock") = Some(allowed),
+            Err(e) => warn!("underlay filter: {e}"),
+        }
+    }
+
     /// The housekeeping tick: the underlay filter's table put back if something removed
     /// it (`nft flush ruleset`), without waiting for a change in the cluster.
     pub(super) fn heal_underlay_filter(&self) {
@@ -539,7 +558,7 @@ impl Daemon {
             return;
         }
         match underlay::apply(prefix, allowed) {
-            Ok(()) => warn!("the underlay filter's table was removed behind natd's back; put back"),
+            Ok(()) => warn!("{FILTER_PUT_BACK}"),
             Err(e) => warn!("putting the underlay filter back: {e}"),
         }
     }
@@ -548,10 +567,14 @@ impl Daemon {
     fn apply_underlay_filter(&self, allowed: underlay::Allowed) -> std::result::Result<(), crate::sys::nft::NftError> {
         let prefix = &self.config.name_prefix;
         let mut applied = self.underlay_applied.lock().expect("underlay filter lock");
-        if applied.as_ref() == Some(&allowed) && underlay::present(prefix) {
+        let present = underlay::present(prefix);
+        if applied.as_ref() == Some(&allowed) && present {
             return Ok(());
         }
         underlay::apply(prefix, &allowed)?;
+        if applied.is_some() && !present {
+            warn!("{FILTER_PUT_BACK}");
+        }
         if applied.as_ref().is_none_or(|a| a.members != allowed.members || a.vnis != allowed.vnis) {
             info!(
                 members = allowed.members.len(),
@@ -575,6 +598,8 @@ impl Daemon {
         }
     }
 }
+
+const FILTER_PUT_BACK: &str = "the underlay filter's table was removed behind natd's back; put back";
 
 /// Whether this host's network is the cluster's network `record` (same subnet and VNI).
 fn same_network(local: &Network, record: &OverlayRecord) -> bool {

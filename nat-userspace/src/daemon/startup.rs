@@ -79,6 +79,7 @@ impl Daemon {
         );
         daemon.number_stored_mappings()?;
         daemon.ensure_default_network().await?;
+        daemon.close_underlay_until_loaded();
         let report = daemon.reconcile().await?;
         for line in &report {
             info!(target: "natd::reconcile", "{line}");
