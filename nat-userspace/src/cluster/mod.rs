@@ -18,8 +18,11 @@
 //!   host removes the record of a registered host).
 pub mod agent;
 pub mod etcd;
+mod migrate;
+mod records;
 pub mod store;
 pub mod validate;
+mod vanished;
 
 use std::{
     collections::BTreeMap,
@@ -28,233 +31,14 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use store::{ClusterStore, Cond, Event, Kv, Op, StoreError};
-
-pub const ROOT: &str = "/natd/v1/";
-/// Where natd 0.x kept the same records, without a version.
-pub const UNVERSIONED_ROOT: &str = "/natd/";
-/// Written once the unversioned records were copied under `ROOT`.
-pub(crate) fn migrated_key() -> String {
-    format!("{ROOT}migrated-from-unversioned")
-}
-
-pub fn host_key(id: &str) -> String {
-    format!("{ROOT}hosts/{id}")
-}
-pub fn network_key(name: &str) -> String {
-    format!("{ROOT}networks/{name}")
-}
-fn subnet_key(subnet: Ipv4Network) -> String {
-    format!("{ROOT}subnets/{}_{}", subnet.network(), subnet.prefix())
-}
-fn vni_key(vni: u32) -> String {
-    format!("{ROOT}vnis/{vni}")
-}
-fn claims_prefix(network: &str) -> String {
-    format!("{ROOT}ips/{network}/")
-}
-pub fn claim_key(network: &str, ip: Ipv4Addr) -> String {
-    format!("{}{ip}", claims_prefix(network))
-}
-fn gone_key(id: &str) -> String {
-    format!("{ROOT}gone/{id}")
-}
-
-/// A host holding claims is unregistered (`gone/<host id>`). The time is for people
-/// reading the store; collectors measure the grace on their own clocks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GoneRecord {
-    /// Seconds since the Unix epoch, by the clock of the host that noticed.
-    pub since: u64,
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostRecord {
-    pub id: String,
-    pub name: String,
-    /// Underlay address VXLAN packets for this host's sandboxes go to.
-    pub addr: Ipv4Addr,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverlayRecord {
-    pub name: String,
-    pub subnet: Ipv4Network,
-    pub gateway: Ipv4Addr,
-    pub vni: u32,
-    pub internal: bool,
-    pub created: u64,
-    /// The host (id) whose `network create` made it.
-    pub created_by: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    /// Owner host id.
-    pub host: String,
-    pub sandbox: String,
-    /// The endpoint's MAC, once its interface exists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-}
-
-/// Everything under `ROOT` as the last list and the watch events after it left it. Hosts
-/// and networks are held only once they passed `validate`; claims are checked against
-/// their network when read (`remote_endpoints`), as a claim may arrive before its network.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterView {
-    /// At least one list succeeded: until then nothing may be removed for being absent.
-    pub loaded: bool,
-    pub revision: i64,
-    pub hosts: BTreeMap<String, HostRecord>,
-    pub networks: BTreeMap<String, OverlayRecord>,
-    pub claims: BTreeMap<String, BTreeMap<Ipv4Addr, Claim>>,
-    /// Records natd does not apply: key -> why.
-    rejected: BTreeMap<String, String>,
-}
-
-fn decode<T: DeserializeOwned>(kv: &Kv) -> Result<T, String> {
-    if kv.value.len() > validate::MAX_RECORD_BYTES {
-        return Err(format!("the record is {} bytes, more than {}", kv.value.len(), validate::MAX_RECORD_BYTES));
-    }
-    serde_json::from_slice(&kv.value).map_err(|e| format!("natd cannot read the record: {e}"))
-}
-
-/// The records of one kind under `ROOT`, by the rest of their key.
-enum Key<'a> {
-    Host(&'a str),
-    Network(&'a str),
-    Claim(&'a str, &'a str),
-    Other,
-}
-
-fn parse_key(key: &str) -> Key<'_> {
-    let Some(rest) = key.strip_prefix(ROOT) else {
-        return Key::Other;
-    };
-    if let Some(id) = rest.strip_prefix("hosts/") {
-        Key::Host(id)
-    } else if let Some(name) = rest.strip_prefix("networks/") {
-        Key::Network(name)
-    } else if let Some((network, ip)) = rest.strip_prefix("ips/").and_then(|r| r.rsplit_once('/')) {
-        Key::Claim(network, ip)
-    } else {
-        Key::Other
-    }
-}
-
-impl ClusterView {
-    fn from_kvs(revision: i64, kvs: &[Kv]) -> Self {
-        let mut view = Self {
-            loaded: true,
-            revision,
-            ..Default::default()
-        };
-        for kv in kvs {
-            view.put(kv);
-        }
-        view
-    }
-
-    fn put(&mut self, kv: &Kv) {
-        // A put replaces what the key held, accepted or not.
-        self.delete(&kv.key);
-        let accepted = match parse_key(&kv.key) {
-            Key::Host(id) => decode::<HostRecord>(kv)
-                .and_then(|h| validate::host(id, &h).map(|()| h))
-                .map(|h| {
-                    self.hosts.insert(id.to_string(), h);
-                }),
-            Key::Network(name) => decode::<OverlayRecord>(kv)
-                .and_then(|n| validate::network(name, &n).map(|()| n))
-                .map(|n| {
-                    self.networks.insert(name.to_string(), n);
-                }),
-            Key::Claim(network, ip) => ip
-                .parse::<Ipv4Addr>()
-                .map_err(|_| format!("{ip:?} is not an IPv4 address"))
-                .and_then(|ip| decode::<Claim>(kv).and_then(|c| validate::claim(&c).map(|()| (ip, c))))
-                .map(|(ip, claim)| {
-                    self.claims.entry(network.to_string()).or_default().insert(ip, claim);
-                }),
-            Key::Other => Ok(()),
-        };
-        if let Err(why) = accepted {
-            self.rejected.insert(kv.key.clone(), why);
-        }
-    }
-
-    fn delete(&mut self, key: &str) {
-        self.rejected.remove(key);
-        match parse_key(key) {
-            Key::Host(id) => {
-                self.hosts.remove(id);
-            }
-            Key::Network(name) => {
-                self.networks.remove(name);
-            }
-            Key::Claim(network, ip) => {
-                if let Ok(ip) = ip.parse::<Ipv4Addr>()
-                    && let Some(claims) = self.claims.get_mut(network)
-                {
-                    claims.remove(&ip);
-                    if claims.is_empty() {
-                        self.claims.remove(network);
-                    }
-                }
-            }
-            Key::Other => {}
-        }
-    }
-
-    /// Every record natd does not apply, and why: the ones refused on their own and the
-    /// claims that do not fit their network.
-    pub fn rejected(&self) -> BTreeMap<String, String> {
-        let mut out = self.rejected.clone();
-        for (name, claims) in &self.claims {
-            let Some(network) = self.networks.get(name) else {
-                continue; // Not applied anyway: no such network (yet).
-            };
-            for (ip, claim) in claims {
-                if let Err(why) = validate::claim_in(network, *ip).and_then(|()| validate::claim_mac(*ip, claim)) {
-                    out.insert(claim_key(name, *ip), why);
-                }
-            }
-        }
-        out
-    }
-
-    /// Sandboxes of live hosts other than `me` on `network` whose claims fit it:
-    /// (address, MAC, underlay).
-    pub fn remote_endpoints(&self, network: &str, me: &str) -> Vec<(Ipv4Addr, [u8; 6], Ipv4Addr)> {
-        let (Some(claims), Some(record)) = (self.claims.get(network), self.networks.get(network)) else {
-            return Vec::new();
-        };
-        claims
-            .iter()
-            .filter(|(ip, c)| c.host != me && validate::claim_in(record, **ip).is_ok())
-            .filter_map(|(ip, c)| {
-                let mac = validate::claim_mac(*ip, c).ok()??;
-                Some((*ip, mac, self.hosts.get(&c.host)?.addr))
-            })
-            .collect()
-    }
-
-    pub fn host_name(&self, id: &str) -> String {
-        self.hosts
-            .get(id)
-            .map(|h| h.name.clone())
-            .unwrap_or_else(|| format!("{id} (not running)"))
-    }
-}
+pub use records::{
+    Claim, ClusterView, GoneRecord, HostRecord, OverlayRecord, ROOT, UNVERSIONED_ROOT, claim_key, host_key,
+    network_key,
+};
+pub(crate) use records::migrated_key;
+use records::{claims_prefix, decode, gone_key, subnet_key, vni_key};
+use store::{ClusterStore, Cond, Event, Op, StoreError};
 
 /// Why an overlay network could not be created in the store.
 #[derive(Debug, thiserror::Error)]
@@ -382,49 +166,6 @@ impl Cluster {
             *view = ClusterView::from_kvs(revision, &kvs);
         }
         Ok(revision)
-    }
-
-    /// natd 0.x kept its records under `/natd/` without a version: the first natd with
-    /// versioned keys copies its networks, subnets, VNIs and claims under `ROOT`, once for
-    /// the cluster (hosts and `gone` records belong to running hosts and come back with
-    /// them). The old records stay for the natds not upgraded yet, which do not see the
-    /// new ones: upgrade every host, then remove them. Returns how many it copied.
-    pub async fn migrate_unversioned(&self) -> Result<usize, StoreError> {
-        let marker = migrated_key();
-        if self.store.range(&marker).await?.1.iter().any(|kv| kv.key == marker) {
-            return Ok(0);
-        }
-        let mut copies: Vec<(String, Vec<u8>)> = Vec::new();
-        for kind in ["networks/", "subnets/", "vnis/", "ips/"] {
-            let (_, old) = self.store.range(&format!("{UNVERSIONED_ROOT}{kind}")).await?;
-            copies.extend(old.iter().filter_map(|kv| {
-                let rest = kv.key.strip_prefix(UNVERSIONED_ROOT)?;
-                Some((format!("{ROOT}{rest}"), kv.value.clone()))
-            }));
-        }
-        let mut copied = 0;
-        // Each key only if absent (a natd of this version may have written it meanwhile);
-        // the bounds of one etcd transaction as in `collect_vanished`.
-        for batch in copies.chunks(64) {
-            let when: Vec<Cond> = batch.iter().map(|(key, _)| Cond::Absent(key.clone())).collect();
-            let then: Vec<Op> = batch
-                .iter()
-                .map(|(key, value)| Op::Put { key: key.clone(), value: value.clone(), lease: None })
-                .collect();
-            if self.store.txn(&when, &then).await?.is_some() {
-                copied += batch.len();
-                continue;
-            }
-            for (key, value) in batch {
-                let put = Op::Put { key: key.clone(), value: value.clone(), lease: None };
-                if self.store.txn(&[Cond::Absent(key.clone())], &[put]).await?.is_some() {
-                    copied += 1;
-                }
-            }
-        }
-        let done = Op::Put { key: marker.clone(), value: b"1".to_vec(), lease: None };
-        self.store.txn(&[Cond::Absent(marker)], &[done]).await?;
-        Ok(copied)
     }
 
     /// Whether the store answered the last list (see `reachable`).
@@ -694,85 +435,4 @@ impl Cluster {
         Ok(self.store.txn(&when, &[Op::Delete { key }]).await?.is_some())
     }
 
-    /// Releases the claims of hosts whose registration has been gone longer than the
-    /// claim grace (a host that died and never came back), and notes that a host is gone
-    /// for hosts that just vanished. Any live host may run it; the store's conditions make
-    /// concurrent runs harmless. The grace is measured on this host's monotonic clock from
-    /// when it first saw the record (never by comparing clocks of two hosts), so a host
-    /// that restarts waits a whole grace again. Returns what it did, for the log.
-    pub async fn collect_vanished(&self) -> Result<Vec<String>, StoreError> {
-        let view = self.view();
-        if !view.loaded {
-            return Ok(Vec::new());
-        }
-        let owners: std::collections::BTreeSet<&String> = view
-            .claims
-            .values()
-            .flat_map(|claims| claims.values().map(|c| &c.host))
-            .filter(|host| **host != self.host_id && !view.hosts.contains_key(*host))
-            .collect();
-        let prefix = format!("{ROOT}gone/");
-        let (_, kvs) = self.store.range(&prefix).await?;
-        let gone: BTreeMap<String, Vec<u8>> = kvs
-            .iter()
-            .filter_map(|kv| Some((kv.key.strip_prefix(&prefix)?.to_string(), kv.value.clone())))
-            .collect();
-        let mut done = Vec::new();
-        for host in owners.iter().filter(|h| !gone.contains_key(**h)) {
-            let record = serde_json::to_vec(&GoneRecord { since: unix_now() }).expect("record serializes");
-            let when = [Cond::Absent(gone_key(host)), Cond::Absent(host_key(host))];
-            let put = Op::Put { key: gone_key(host), value: record, lease: None };
-            if self.store.txn(&when, &[put]).await?.is_some() {
-                done.push(format!(
-                    "host {host} holds address claims and is no longer registered: its claims are released after {} s",
-                    self.claim_grace
-                ));
-            }
-        }
-        let now = std::time::Instant::now();
-        let due: Vec<(String, Vec<u8>)> = {
-            let mut seen = self.gone_seen.lock().expect("gone lock");
-            seen.retain(|host, (raw, _)| gone.get(host) == Some(raw));
-            for (host, raw) in &gone {
-                seen.entry(host.clone()).or_insert_with(|| (raw.clone(), now));
-            }
-            seen.iter()
-                .filter(|(_, (_, first))| now.duration_since(*first).as_secs() >= self.claim_grace)
-                .map(|(host, (raw, _))| (host.clone(), raw.clone()))
-                .collect()
-        };
-        for (host, raw) in gone.iter().filter(|(host, _)| view.hosts.contains_key(*host)) {
-            // Registered again (by a natd that does not remove its record): not gone.
-            let when = [Cond::ValueIs(gone_key(host), raw.clone())];
-            self.store.txn(&when, &[Op::Delete { key: gone_key(host) }]).await?;
-        }
-        for (host, raw) in due.iter().filter(|(host, _)| !view.hosts.contains_key(host)) {
-            let (_, claims) = self.store.range(&format!("{ROOT}ips/")).await?;
-            let theirs: Vec<&Kv> = claims
-                .iter()
-                .filter(|kv| decode::<Claim>(kv).is_ok_and(|c| c.host == *host))
-                .collect();
-            // etcd bounds the compares and the operations of one transaction (128 each by
-            // default); each claim is deleted only if it is still that host's (another
-            // host's collector may have freed it already, and it may be claimed anew).
-            let mut released = 0;
-            for batch in theirs.chunks(64) {
-                let mut when = vec![Cond::Absent(host_key(host)), Cond::ValueIs(gone_key(host), raw.clone())];
-                when.extend(batch.iter().map(|kv| Cond::ValueIs(kv.key.clone(), kv.value.clone())));
-                let ops: Vec<Op> = batch.iter().map(|kv| Op::Delete { key: kv.key.clone() }).collect();
-                if self.store.txn(&when, &ops).await?.is_some() {
-                    released += batch.len();
-                }
-            }
-            let when = [Cond::Absent(host_key(host)), Cond::ValueIs(gone_key(host), raw.clone())];
-            if self.store.txn(&when, &[Op::Delete { key: gone_key(host) }]).await?.is_some() {
-                self.gone_seen.lock().expect("gone lock").remove(host);
-                done.push(format!(
-                    "released {released} address claims of host {host}, unregistered for at least {} s (claim grace)",
-                    self.claim_grace
-                ));
-            }
-        }
-        Ok(done)
-    }
 }
