@@ -194,7 +194,7 @@ fn scrape(lab: &Lab) -> String {
 fn forged_store_records_change_nothing_in_the_kernel() {
     let mut hosts = shared_lan(1);
     let lan = hosts[0].ext_ns.clone();
-    let etcd = Etcd::start(&lan, hosts[0].dir.clone());
+    let mut etcd = Etcd::start(&lan, hosts[0].dir.clone());
     // natd 0.x's layout, before this natd first starts.
     etcd.put(
         "/natd/networks/legacy",
@@ -309,6 +309,18 @@ fn forged_store_records_change_nothing_in_the_kernel() {
         let lines = log.lines().filter(|l| l.contains("record not applied") && l.contains(key)).count();
         assert_eq!(lines, 1, "{key} logged {lines} times\n{log}");
     }
+
+    // A start with the store down and the filter gone (a reboot): the overlays come back
+    // closed to the underlay (their VNIs, no member) until the store is read.
+    let table = format!("{}_underlay", hosts[0].prefix);
+    hosts[0].stop_natd(nix::sys::signal::Signal::SIGTERM);
+    hosts[0].host_ok(&["nft", "delete", "table", "ip", &table]);
+    etcd.stop();
+    hosts[0].restart_natd().expect("natd starts with its store down");
+    let a = &hosts[0];
+    let set = |name: &str| a.host_ok(&["nft", "list", "set", "ip", &table, name]);
+    assert!(set("vnis").contains("elements"), "{}", set("vnis"));
+    assert!(!set("members").contains("elements") && !set("speakers").contains("elements"), "{}", set("members"));
 }
 
 /// A directory of the test's own, removed when it is dropped.

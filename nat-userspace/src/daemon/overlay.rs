@@ -423,6 +423,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// The host's addresses as the last sync saw them (the housekeeping tick syncs again
+    /// when they change), so a pass over the cluster's view, which runs on every watched
+    /// change, does not dump them; a dump when no sync has run yet.
+    async fn host_addresses(&self) -> Result<Vec<(u32, IpNetwork)>> {
+        match &self.kernel_view {
+            Some(view) => Ok(view.addresses.clone()),
+            None => Ok(self.nl.all_addresses().await?),
+        }
+    }
+
     /// What on this host an overlay network's subnet would collide with: another network,
     /// a route natd did not make (the underlay's included), or an address of the host.
     async fn local_conflict(&self, subnet: Ipv4Network) -> Result<Option<String>> {
@@ -433,7 +443,7 @@ impl Daemon {
         if let Some(route) = routes.iter().find(|r| r.overlaps(subnet)) {
             return Ok(Some(format!("subnet {subnet} overlaps route {route} on this host")));
         }
-        for (_, address) in self.nl.all_addresses().await? {
+        for (_, address) in self.host_addresses().await? {
             if let IpNetwork::V4(a) = address
                 && subnet.contains(a.ip())
             {
@@ -454,7 +464,7 @@ impl Daemon {
         rejected: &mut BTreeMap<String, String>,
     ) -> Vec<String> {
         let mut errors = Vec::new();
-        let own_addresses: BTreeSet<Ipv4Addr> = match self.nl.all_addresses().await {
+        let own_addresses: BTreeSet<Ipv4Addr> = match self.host_addresses().await {
             Ok(all) => all
                 .into_iter()
                 .filter_map(|(_, a)| match a {
